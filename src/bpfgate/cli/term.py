@@ -1,0 +1,47 @@
+"""The one terminal helper: tables, JSON output, messages. Commands print through here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def print_json_line(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, separators=(",", ":"), default=str) + "\n")
+    sys.stdout.flush()
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    out.print(t)
+
+
+def ok(msg: str) -> None:
+    out.print(f"[green]OK[/green]   {msg}")
+
+
+def fail(msg: str) -> None:
+    out.print(f"[red]FAIL[/red] {msg}")
+
+
+def info(msg: str) -> None:
+    out.print(msg)
+
+
+def error(msg: str) -> None:
+    err.print(f"[red]bpfgate: error:[/red] {msg}", markup=True)

@@ -1,0 +1,88 @@
+"""Typed errors. Each names the operation that failed and the cause; the CLI maps them to one line."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class BpfgateError(Exception):
+    """Base of every error bpfgate raises on purpose. `op` is what we were doing, `cause` why it failed."""
+
+    exit_code = 1
+
+    def __init__(self, op: str, cause: str, *, hint: str | None = None):
+        self.op = op
+        self.cause = cause
+        self.hint = hint
+        super().__init__(f"{op}: {cause}" + (f" ({hint})" if hint else ""))
+
+
+class NotSupported(BpfgateError):
+    """The kernel (or libbpf) lacks a feature."""
+
+    exit_code = 3
+
+    def __init__(self, feature: str, cause: str, *, min_kernel: str | None = None, hint: str | None = None):
+        self.feature = feature
+        self.min_kernel = min_kernel
+        if min_kernel and not hint:
+            hint = f"needs Linux >= {min_kernel}"
+        super().__init__(feature, cause, hint=hint)
+
+
+class PermissionDenied(BpfgateError):
+    exit_code = 4
+
+    def __init__(self, op: str, cause: str = "operation not permitted"):
+        super().__init__(op, cause, hint="run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN")
+
+
+class VerifierError(BpfgateError):
+    """The verifier rejected a program. `log` is the full log; `summary` the useful tail."""
+
+    exit_code = 5
+
+    def __init__(self, op: str, summary: str, log: str):
+        self.summary = summary
+        self.log = log
+        super().__init__(op, f"verifier rejected the program: {summary}")
+
+
+class ObjectError(BpfgateError):
+    """A BPF object file is missing, corrupt, or lacks an expected program/map."""
+
+
+class AttachError(BpfgateError):
+    def __init__(self, op: str, err: int | str, *, hint: str | None = None):
+        self.errno = err if isinstance(err, int) else None
+        cause = os.strerror(err) if isinstance(err, int) else err
+        super().__init__(op, cause, hint=hint)
+
+
+class NotFound(BpfgateError):
+    """An interface, namespace, pin, map key, ... that does not exist."""
+
+    exit_code = 2
+
+
+class PolicyError(BpfgateError):
+    """A policy that does not validate. `path` points at the field (and line, where known)."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"policy {path}", reason)
+
+
+def from_errno(op: str, err: int, *, hint: str | None = None) -> BpfgateError:
+    """The typed error for a failed syscall/libbpf call (err > 0)."""
+    if err in (_errno.EPERM, _errno.EACCES):
+        return PermissionDenied(op, os.strerror(err))
+    if err in (_errno.ENOENT, _errno.ENODEV):
+        return NotFound(op, os.strerror(err), hint=hint)
+    if err in (_errno.EOPNOTSUPP, _errno.ENOTSUP, _errno.ENOSYS):
+        return NotSupported(op, os.strerror(err), hint=hint)
+    return AttachError(op, err, hint=hint)
