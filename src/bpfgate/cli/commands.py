@@ -1,7 +1,3 @@
-"""Registry of command groups. Add one line per cli module (each has register(app))."""
+"""Registry of command groups. Add one line per cli module (each has register(app: click.Group))."""
 
-from bpfgate.cli import version_cmd
-
-REGISTRY = [
-    version_cmd.register,
-]
+REGISTRY: list = []

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import sys
 
-import typer
+import click
 
 from bpfgate.errors import BpfgateError, VerifierError
 
-app = typer.Typer(
-    name="bpfgate",
-    help="eBPF programs in the Linux network path, driven from Python.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bpfgate")
+def app() -> None:
+    """eBPF programs in the Linux network path, driven from Python."""
 
 
 def _register() -> None:
@@ -25,32 +23,28 @@ def _register() -> None:
         register(app)
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> None:
     """Entry point of the console script: every BpfgateError becomes one line and an exit code."""
     from bpfgate.cli import term
 
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app.main(args=argv, prog_name="bpfgate", standalone_mode=False)
     except BpfgateError as e:
         term.error(str(e))
-        if isinstance(e, VerifierError) and e.summary != e.log:
+        if isinstance(e, VerifierError):
             term.err.print(e.summary, markup=False, highlight=False)
         sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except typer.Exit as e:
+    except click.ClickException as e:
+        e.show()
         sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
-    return 0
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":
