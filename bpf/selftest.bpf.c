@@ -48,6 +48,8 @@ struct {
 
 static __u64 seq;
 
+BG_EXPORT_TYPE(struct bg_test_event, test_event);
+
 static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&bg_stats, &idx);

@@ -17,6 +17,12 @@
 /* Every bpfgate program name starts with this, so `status` can tell ours from others'. */
 #define BG_PROG_PREFIX "bg_"
 
+/*
+ * Keep a record type in the object's BTF even when the program only uses it through a pointer the
+ * compiler optimises away (ring buffer records): Python reads layouts from BTF.
+ */
+#define BG_EXPORT_TYPE(T, tag) const T *__bg_btf_##tag __attribute__((unused))
+
 /* ---- generic counters ---------------------------------------------------------------------- */
 
 struct bg_counter {
