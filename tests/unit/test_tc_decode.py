@@ -103,3 +103,22 @@ def test_bad_protocol_and_ids_are_typed_errors():
         tc.add_filter("lo", "ingress", 0, handle=0)
     with pytest.raises(AttachError, match="out of range"):
         tc.delete_filter("lo", "egress", handle=1, priority=0x10000)
+
+
+def test_netlink_errors_become_typed_errors_naming_the_operation():
+    import errno
+
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from bpfgate.errors import NotFound, NotSupported, PermissionDenied
+    from bpfgate.kernel.netlink import translate
+
+    op = "attach tc ingress filter on interface 'veth0'"
+    e = translate(op, NetlinkError(errno.EEXIST, "Filter already exists"))
+    assert isinstance(e, AttachError) and str(e) == f"{op}: File exists (Filter already exists)"
+    # pyroute2 puts strerror in the message slot when the kernel sent none: no "(File exists)" echo
+    assert translate(op, NetlinkError(errno.EEXIST, "File exists")).hint == "already exists; use replace"
+    assert translate(op, NetlinkError(errno.EINVAL, "Invalid argument"), {errno.EINVAL: "why"}).hint == "why"
+    assert isinstance(translate(op, NetlinkError(errno.EPERM)), PermissionDenied)
+    assert isinstance(translate(op, NetlinkError(errno.ENODEV)), NotFound)
+    assert isinstance(translate(op, NetlinkError(errno.EOPNOTSUPP)), NotSupported)

@@ -7,6 +7,7 @@ Every function takes `netns=None` (the caller's namespace) or the name of an ipr
 from __future__ import annotations
 
 import errno
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Union
@@ -34,7 +35,6 @@ _HINTS = {
     errno.EEXIST: "already exists; use replace",
     errno.EBUSY: "something is already attached; detach it or use replace",
     errno.ENODEV: "no such interface",
-    errno.EINVAL: "the kernel rejected the request",
 }
 
 
@@ -45,13 +45,16 @@ def _errno_of(exc: BaseException) -> int:
     return abs(code) if code else errno.EIO
 
 
-def translate(op: str, exc: BaseException) -> BpfgateError:
-    """NetlinkError/OSError -> typed error naming `op`; the kernel's extack message becomes the hint."""
+def translate(op: str, exc: BaseException, hints: dict[int, str] | None = None) -> BpfgateError:
+    """NetlinkError/OSError -> typed error naming `op`. The hint is the kernel's extack message when it
+    sent one, else the caller's `hints` for that errno, else a generic one."""
     err = _errno_of(exc)
     extack = ""
     if isinstance(exc, NetlinkError) and len(exc.args) > 1 and exc.args[1]:
         extack = str(exc.args[1]).strip()
-    return from_errno(op, err, hint=extack or _HINTS.get(err))
+        if extack == os.strerror(err):  # pyroute2 fills in strerror when the kernel sent no message
+            extack = ""
+    return from_errno(op, err, hint=extack or (hints or {}).get(err) or _HINTS.get(err))
 
 
 def on_where(dev: Dev, netns: str | None) -> str:
@@ -203,6 +206,9 @@ def xdp_query(dev: Dev, netns: str | None = None) -> XdpState:
         return _xdp_state(index, _get_link(ipr, index, op))
 
 
+_XDP_HINTS = {errno.EINVAL: "is it an XDP program, and does the device support this mode?"}
+
+
 def _set_xdp(ipr: IPRoute, index: int, attrs: list, op: str) -> None:
     msg = ifinfmsg()
     msg["index"] = index
@@ -210,7 +216,7 @@ def _set_xdp(ipr: IPRoute, index: int, attrs: list, op: str) -> None:
     try:
         ipr.nlm_request(msg, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK)
     except NetlinkError as e:
-        raise translate(op, e) from None
+        raise translate(op, e, _XDP_HINTS) from None
 
 
 def _mode_flags(mode: str, op: str) -> int:

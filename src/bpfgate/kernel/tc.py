@@ -7,6 +7,7 @@ below add TCA_BPF_FLAGS_GEN/TAG/ID (and TCA_CHAIN at the top level) to read back
 
 from __future__ import annotations
 
+import errno
 import socket
 from contextlib import contextmanager
 import dataclasses
@@ -88,11 +89,16 @@ def _parent(direction: str, op: str) -> int:
         raise AttachError(op, f"unknown direction {direction!r}", hint="ingress or egress") from None
 
 
-def _request(ipr: IPRoute, msg: TcMsg, kind: int, flags: int, op: str) -> list:
+def _request(ipr: IPRoute, msg: TcMsg, kind: int, flags: int, op: str, hints: dict | None = None) -> list:
     try:
         return list(ipr.nlm_request(msg, kind, flags))
     except (NetlinkError, OSError) as e:
-        raise translate(op, e) from None
+        raise translate(op, e, hints) from None
+
+
+# the kernel says only EINVAL for a program of the wrong type (or a stale fd)
+_ATTACH_HINTS = {errno.EINVAL: "is it a sched_cls (SEC(\"tc\")) program?",
+                 errno.EBADF: "not an open program file descriptor"}
 
 
 # ---------------------------------------------------------------- clsact qdisc
@@ -256,7 +262,7 @@ def add_filter(dev: Dev, direction: str, prog_fd: int, *, handle: int = 1, prior
         index = resolve(ipr, dev, op)
         msg = filter_msg(index, direction, handle=handle, priority=priority, protocol=protocol_number(protocol),
                          prog_fd=prog_fd, name=name, direct_action=direct_action)
-        _request(ipr, msg, RTM_NEWTFILTER, flags, op)
+        _request(ipr, msg, RTM_NEWTFILTER, flags, op, _ATTACH_HINTS)
         for f in _filters(ipr, index, direction, op):
             if f.handle == handle and f.priority == priority:
                 return f
