@@ -88,9 +88,9 @@ def resolve(ipr: IPRoute, dev: Dev, op: str) -> int:
     """ifindex of `dev` on this socket's namespace, or NotFound(op, 'no such interface')."""
     try:
         if isinstance(dev, int):
-            found = ipr.get_links(dev)
-            return dev if found else 0
-        found = ipr.link_lookup(ifname=dev)
+            found = [m["index"] for m in ipr.get_links(dev)]
+        else:
+            found = ipr.link_lookup(ifname=dev)
     except NetlinkError as e:
         if _errno_of(e) in (errno.ENODEV, errno.ENOENT):
             found = []
