@@ -1,0 +1,89 @@
+"""Two classifiers that must always agree.
+
+- `Reference` reads only the compiled map contents (bg_conf, bg_cls, bg_rules) and does what the BPF
+  program does, step by step: the oracle of the kernel differential test.
+- `naive()` walks the policy's rules in order and tests each field directly: the oracle of the compiler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import layout as L
+from .compile import DEFAULT_NAME, CompiledHook
+from .model import HookPolicy, Rule
+from .packet import Packet
+
+NO_MATCH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Verdict:
+    rule_id: int | None      # None from naive(); the slot from Reference
+    name: str                # rule name, or "(default)"
+    action: int              # layout.ACT_*
+
+
+class Reference:
+    """Classify from map contents exactly as the data plane does (see docs/policy-engine.md, 'lookup')."""
+
+    def __init__(self, conf: L.Conf, cls: dict[bytes, L.ClsValue], rules: dict[int, L.RuleAction],
+                 names: dict[int, str] | None = None):
+        self.conf, self.cls, self.rules, self.names = conf, cls, rules, names or {}
+        self.shapes = [(s.best_prio, L.key_int(s.mask), L.shape_gen_bits(s.id, conf.gen)) for s in conf.shapes]
+        self.lookups = 0  # hash lookups done, for tests of the early stop
+
+    @classmethod
+    def of(cls, compiled: CompiledHook) -> "Reference":
+        return cls(compiled.conf(), compiled.cls, compiled.rules, compiled.names)
+
+    def lookup(self, key: bytes) -> int:
+        """The rule_id for a packed packet key."""
+        k = L.key_int(key)
+        best_prio, best_rule = NO_MATCH, self.conf.default_rule
+        for shape_best, mask, tag in self.shapes:      # BPF: bounded loop over MAX_SHAPES
+            if shape_best >= best_prio:                # no later shape can hold a better rule
+                break
+            self.lookups += 1
+            hit = self.cls.get(L.int_key((k & mask) | tag))
+            if hit is not None and hit.prio < best_prio:
+                best_prio, best_rule = hit.prio, hit.rule_id
+        return best_rule
+
+    def classify(self, pkt: Packet) -> Verdict:
+        rid = self.lookup(pkt.key())
+        return Verdict(rid, self.names.get(rid, str(rid)), self.rules[rid].action)
+
+
+def rule_matches(rule: Rule, p: Packet) -> bool:
+    """The rule's meaning, written directly (p must be Packet.effective())."""
+    if rule.src is not None and (p.src is None or not any(p.src in n for n in rule.src)):
+        return False
+    if rule.dst is not None and (p.dst is None or not any(p.dst in n for n in rule.dst)):
+        return False
+    if rule.protocol is not None and p.proto not in rule.protocol:
+        return False
+    for ranges, port in ((rule.src_port, p.sport), (rule.dst_port, p.dport)):
+        if ranges is not None and (port is None or not any(lo <= port <= hi for lo, hi in ranges)):
+            return False
+    if rule.tcp_flags is not None:
+        mask, value = rule.tcp_flags
+        if p.tcp_flags is None or p.tcp_flags & mask != value:
+            return False
+    for want, got in ((rule.icmp_type, p.icmp_type), (rule.icmp_code, p.icmp_code)):
+        if want is not None and got != want:
+            return False
+    if rule.vlan is not None and p.vlan not in rule.vlan:
+        return False
+    if rule.ct is not None and p.ct not in rule.ct:
+        return False
+    return True
+
+
+def naive(hp: HookPolicy, pkt: Packet) -> Verdict:
+    """First matching rule in order, else the hook default."""
+    p = pkt.effective()
+    for rule in hp.rules:
+        if rule_matches(rule, p):
+            return Verdict(None, rule.name, L.ACTIONS[rule.action])
+    return Verdict(None, DEFAULT_NAME, L.ACTIONS[hp.default])

@@ -1,0 +1,217 @@
+"""Policy -> the exact entries of the engine's maps (bg_cls, bg_rules, bg_conf). Pure, no kernel.
+
+See docs/policy-engine.md for the classifier; layout.py for the binary records.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import PolicyError
+from . import layout as L
+from .atoms import ADDR_BITS, Atom, atom_count, rule_atoms
+from .model import Hook, HookPolicy, Policy, Rule
+from .parse import rule_problem
+from .shapes import Lengths, TooManyShapes, plan_shapes
+
+PRIO_STEP = 1024          # gap between consecutive rules' priorities, so a live insert needs no renumbering
+DEFAULT_MAX_SHAPES = 16   # hash lookups per packet, worst case
+DEFAULT_MAX_ENTRIES = 1 << 20
+DEFAULT_MAX_RULE_ENTRIES = 1 << 16
+DEFAULT_NAME = "(default)"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_shapes: int = DEFAULT_MAX_SHAPES
+    max_entries: int = DEFAULT_MAX_ENTRIES
+    max_rule_entries: int = DEFAULT_MAX_RULE_ENTRIES
+    cheap_merge: int = 4096   # merge two shapes below max_shapes when it adds at most this many entries
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """What the compiler knows about a shape beyond its mask: which atoms may go in it (live edits)."""
+
+    id: int
+    sig: tuple
+    lengths: Lengths
+    mask: bytes
+
+
+@dataclass
+class CompiledHook:
+    hook: Hook
+    gen: int
+    default_rule: int
+    shapes: dict[int, ShapeSpec]
+    cls: dict[bytes, L.ClsValue]            # bg_cls: packed bg_cls_key -> value
+    rules: dict[int, L.RuleAction]          # bg_rules: rule_id -> action
+    names: dict[int, str]                   # rule_id -> rule name
+    prios: dict[int, int]                   # rule_id -> priority (lower wins)
+    rule_keys: dict[int, list[bytes]] = field(default_factory=dict)  # keys each rule produced, won or not
+    source: dict[int, Rule] = field(default_factory=dict)
+
+    def conf(self) -> L.Conf:
+        """bg_conf for this generation: non-empty shapes ordered by their best priority."""
+        best: dict[int, int] = {}
+        count: Counter = Counter()
+        for key, val in self.cls.items():
+            sid = key[0]
+            count[sid] += 1
+            if val.prio < best.get(sid, 1 << 32):
+                best[sid] = val.prio
+        shapes = [L.Shape(sid, self.shapes[sid].mask, best[sid], count[sid]) for sid in best]
+        shapes.sort(key=lambda s: (s.best_prio, s.id))
+        return L.Conf(self.gen, self.default_rule, tuple(shapes))
+
+    def entries(self):
+        """bg_cls as (ClsKey, ClsValue) records, for display and tests."""
+        return [(L.ClsKey.unpack(k), v) for k, v in self.cls.items()]
+
+
+def prefix_mask(length: int, bits: int) -> int:
+    return ((1 << length) - 1) << (bits - length)
+
+
+def shape_mask(sig: tuple, q: Lengths) -> bytes:
+    have, fam, proto, tcp_mask, it, ic, ct, vlan = sig
+    ff = lambda on: 0xFF if on else 0  # noqa: E731
+    return struct.pack(L.KEY_FMT, 0, 0, have, ff(fam), ff(proto), tcp_mask, ff(it), ff(ic), ff(ct), 0,
+                       0xFFFF if vlan else 0, prefix_mask(q[2], 16), prefix_mask(q[3], 16),
+                       prefix_mask(q[0], ADDR_BITS).to_bytes(16, "big"),
+                       prefix_mask(q[1], ADDR_BITS).to_bytes(16, "big"))
+
+
+def _spread(value: int, length: int, width: int, q: int, bits: int) -> list[int]:
+    """All values of a prefix (value/length) at the longer length q (capped at the field's real width)."""
+    top = min(q, width)
+    extra = top - length
+    if extra <= 0:
+        return [value]
+    shift = bits - top
+    return [value | (i << shift) for i in range(1 << extra)]
+
+
+def atom_keys(atom: Atom, shape_id: int, gen: int, q: Lengths) -> list[bytes]:
+    f = atom.fixed
+    head = (shape_id, gen, f.have, f.family, f.proto or 0, f.tcp[1], f.icmp_type or 0, f.icmp_code or 0,
+            f.ct or 0, 0, f.vlan or 0)
+    out = []
+    for src in _spread(*atom.src, q[0], ADDR_BITS):
+        sb = src.to_bytes(16, "big")
+        for dst in _spread(*atom.dst, q[1], ADDR_BITS):
+            db = dst.to_bytes(16, "big")
+            for sp in _spread(*atom.sport, 16, q[2], 16):
+                for dp in _spread(*atom.dport, 16, q[3], 16):
+                    out.append(struct.pack(L.KEY_FMT, *head, sp, dp, sb, db))
+    return out
+
+
+def _ifindex(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise PolicyError(f"redirect.interface {name}", "no such interface") from None
+
+
+def rule_action(rule: Rule, ifindex: Callable[[str], int] = _ifindex) -> L.RuleAction:
+    flags = L.RF_COUNT if rule.count else 0
+    rate = burst = over = log_rate = redir = 0
+    if rule.log:
+        flags |= L.RF_LOG
+        log_rate = rule.log.rate
+    if rule.mark is not None:
+        flags |= L.RF_MARK
+    if rule.rate_limit:
+        rl = rule.rate_limit
+        flags |= L.RF_RATE | (L.RF_RATE_BYTES if rl.unit == "bytes" else 0)
+        flags |= L.RF_RATE_PER_SRC if rl.per == "source" else 0
+        rate, burst, over = rl.rate, rl.burst or rl.rate, L.ACTIONS[rl.over]
+    if rule.redirect:
+        redir = ifindex(rule.redirect.interface)
+        flags |= L.RF_REDIR_INGRESS if rule.redirect.direction == "ingress" else 0
+    return L.RuleAction(L.ACTIONS[rule.action], over, flags, redir, rule.mark or 0, log_rate, rate, burst)
+
+
+class SlotAllocator:
+    """rule_id allocation. A rule keeps its slot (and so its counters) across a whole-policy swap when its
+    name and action are unchanged; a changed action gets a fresh slot, so packets of the old generation never
+    read the new action."""
+
+    def __init__(self, previous: CompiledHook | None = None):
+        self.used: set[int] = set(previous.rules) if previous else set()
+        self.keep = {(previous.names[i], a): i for i, a in previous.rules.items()} if previous else {}
+        self.taken: set[int] = set()
+        self.next = 0
+
+    def get(self, name: str, action: L.RuleAction) -> int:
+        rid = self.keep.get((name, action))
+        if rid is not None and rid not in self.taken:
+            self.taken.add(rid)
+            return rid
+        while self.next in self.used or self.next in self.taken:
+            self.next += 1
+        self.taken.add(self.next)
+        return self.next
+
+
+def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = Limits(),
+                 ifindex: Callable[[str], int] = _ifindex, previous: CompiledHook | None = None,
+                 where: Callable[[tuple], str] | None = None) -> CompiledHook:
+    where = where or (lambda loc: ".".join(str(x) for x in loc))
+    slots = SlotAllocator(previous)
+    default = L.RuleAction(L.ACTIONS[hp.default], flags=L.RF_COUNT)
+    default_id = slots.get(DEFAULT_NAME, default)
+    out = CompiledHook(hook, gen, default_id, {}, {}, {default_id: default}, {default_id: DEFAULT_NAME}, {})
+    atoms: list[tuple[int, list[Atom]]] = []
+    hist: Counter = Counter()
+    for i, rule in enumerate(hp.rules):
+        loc = ("hooks", hook.value, "rules", i)
+        problem = rule_problem(rule, hook)
+        if problem:
+            raise PolicyError(where(loc + ((problem[0],) if problem[0] else ())), problem[1])
+        if atom_count(rule) > limits.max_rule_entries:
+            raise PolicyError(where(loc), f"rule {rule.name!r} expands to {atom_count(rule)} entries "
+                              f"(limit {limits.max_rule_entries}): split it or use wider prefixes/ranges")
+        rid = slots.get(rule.name, rule_action(rule, ifindex))
+        out.rules[rid] = rule_action(rule, ifindex)
+        out.names[rid], out.prios[rid], out.source[rid] = rule.name, (i + 1) * PRIO_STEP, rule
+        ra = list(rule_atoms(rule))
+        atoms.append((rid, ra))
+        for a in ra:
+            hist[(a.fixed.sig(), a.lengths(), a.widths())] += 1
+    try:
+        plans = plan_shapes(hist, limits.max_shapes, limits.max_entries, limits.cheap_merge)
+    except TooManyShapes as e:
+        raise PolicyError(where(("hooks", hook.value)), e.reason) from None
+    ids: dict[tuple, int] = {}
+    for plan in plans.values():
+        pk = (plan.sig, plan.lengths)
+        if pk not in ids:
+            ids[pk] = len(ids)
+            out.shapes[ids[pk]] = ShapeSpec(ids[pk], plan.sig, plan.lengths, shape_mask(plan.sig, plan.lengths))
+    for i, (rid, ra) in enumerate(atoms):   # rules in priority order: the first writer of a key wins
+        keys = out.rule_keys[rid] = []
+        val = L.ClsValue(out.prios[rid], rid)
+        for a in ra:
+            plan = plans[(a.fixed.sig(), a.lengths())]
+            keys.extend(atom_keys(a, ids[(plan.sig, plan.lengths)], gen, plan.lengths))
+        if len(keys) > limits.max_rule_entries:
+            raise PolicyError(where(("hooks", hook.value, "rules", i)),
+                              f"rule {out.names[rid]!r} expands to {len(keys)} entries after shape fitting "
+                              f"(limit {limits.max_rule_entries}): split it or use fewer prefix lengths")
+        for k in keys:
+            out.cls.setdefault(k, val)
+    return out
+
+
+def compile_policy(policy: Policy, *, previous: dict[Hook, CompiledHook] | None = None,
+                   **kw) -> dict[Hook, CompiledHook]:
+    """One CompiledHook per hook; the kernel layer loads it once per interface of the policy."""
+    previous = previous or {}
+    return {hook: compile_hook(hp, hook, previous=previous.get(hook), **kw) for hook, hp in policy.hooks.items()}

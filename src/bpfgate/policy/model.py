@@ -1,0 +1,236 @@
+"""The policy file as pydantic models. Values are normalised on validation (ports -> ranges, flags ->
+mask/value, protocols -> numbers), so the compiler and the classifiers never re-parse user text."""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import Enum
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51, "icmpv6": 58, "sctp": 132}
+PORT_PROTOCOLS = {6, 17, 132}
+ICMP_PROTOCOLS = {1, 58}
+TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20, "ece": 0x40, "cwr": 0x80}
+CT_STATES = {"new": 1, "established": 2, "related": 3, "invalid": 4}
+
+
+class Hook(str, Enum):
+    TC_INGRESS = "tc-ingress"
+    TC_EGRESS = "tc-egress"
+    XDP = "xdp"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+def parse_ports(v) -> tuple[tuple[int, int], ...]:
+    """80 | "1000-2000" | [80, "8000-8100"] -> ((lo, hi), ...) inclusive."""
+    out = []
+    for item in _as_list(v):
+        if isinstance(item, bool):
+            raise ValueError(f"port {item!r} is not a number")
+        if isinstance(item, int):
+            lo = hi = item
+        elif isinstance(item, str):
+            text = item.strip()
+            lo_s, sep, hi_s = text.partition("-")
+            try:
+                lo = int(lo_s)
+                hi = int(hi_s) if sep else lo
+            except ValueError:
+                raise ValueError(f"port {item!r} is not a number or a range 'a-b'") from None
+        else:
+            raise ValueError(f"port {item!r} is not a number or a range 'a-b'")
+        for p in (lo, hi):
+            if not 0 <= p <= 65535:
+                raise ValueError(f"port {p} out of range 0-65535")
+        if lo > hi:
+            raise ValueError(f"port range {item!r} is empty (start > end)")
+        out.append((lo, hi))
+    if not out:
+        raise ValueError("empty port list")
+    return tuple(out)
+
+
+def parse_tcp_flags(v) -> tuple[int, int]:
+    """"syn,!ack" (set / clear), "0x02/0x12" (value/mask) or {value:, mask:} -> (mask, value)."""
+    if isinstance(v, dict):
+        mask, value = v.get("mask"), v.get("value")
+        if set(v) - {"mask", "value"} or not isinstance(mask, int) or not isinstance(value, int):
+            raise ValueError("tcp_flags mapping needs integer 'mask' and 'value' only")
+    elif isinstance(v, str) and "/" in v:
+        try:
+            value, mask = (int(x, 0) for x in v.split("/", 1))
+        except ValueError:
+            raise ValueError(f"tcp_flags {v!r}: expected VALUE/MASK numbers") from None
+    elif isinstance(v, str):
+        mask = value = 0
+        for word in (w.strip().lower() for w in v.split(",")):
+            neg = word.startswith("!")
+            bit = TCP_FLAGS.get(word.lstrip("!"))
+            if bit is None:
+                raise ValueError(f"unknown TCP flag {word!r} (known: {', '.join(TCP_FLAGS)})")
+            if mask & bit:
+                raise ValueError(f"TCP flag {word.lstrip('!')!r} named twice")
+            mask |= bit
+            value |= 0 if neg else bit
+    else:
+        raise ValueError("tcp_flags: expected 'syn,!ack', 'VALUE/MASK' or {value:, mask:}")
+    if not (0 <= mask <= 0xFF and 0 <= value <= 0xFF):
+        raise ValueError("tcp_flags mask/value must fit in 8 bits")
+    if value & ~mask:
+        raise ValueError("tcp_flags value has bits outside the mask")
+    if mask == 0:
+        raise ValueError("tcp_flags names no flag")
+    return mask, value
+
+
+def parse_protocol(item) -> int:
+    if isinstance(item, bool):
+        raise ValueError(f"protocol {item!r} is not valid")
+    if isinstance(item, int):
+        if not 0 <= item <= 255:
+            raise ValueError(f"protocol {item} out of range 0-255")
+        return item
+    if isinstance(item, str) and item.lower() in PROTOCOLS:
+        return PROTOCOLS[item.lower()]
+    raise ValueError(f"unknown protocol {item!r} (known: {', '.join(PROTOCOLS)}, or a number)")
+
+
+class Redirect(Strict):
+    interface: str = Field(min_length=1, max_length=15)
+    direction: Literal["egress", "ingress"] = "egress"
+
+
+class RateLimit(Strict):
+    rate: int = Field(gt=0, description="tokens per second")
+    unit: Literal["packets", "bytes"] = "packets"
+    per: Literal["rule", "source"] = "rule"
+    burst: int | None = Field(default=None, gt=0, description="bucket depth; default one second of rate")
+    over: Literal["drop", "pass"] = "drop"
+
+
+class Log(Strict):
+    rate: int = Field(default=10, gt=0, le=1_000_000, description="max events per second")
+
+
+class Rule(Strict):
+    """One named rule: match fields (all must hold; lists mean any of) and what to do."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # match
+    src: tuple[Network, ...] | None = None
+    dst: tuple[Network, ...] | None = None
+    protocol: tuple[int, ...] | None = None
+    src_port: tuple[tuple[int, int], ...] | None = None
+    dst_port: tuple[tuple[int, int], ...] | None = None
+    tcp_flags: tuple[int, int] | None = None  # (mask, value)
+    icmp_type: int | None = Field(default=None, ge=0, le=255)
+    icmp_code: int | None = Field(default=None, ge=0, le=255)
+    vlan: tuple[Annotated[int, Field(ge=0, le=4094)], ...] | None = None
+    ct: tuple[int, ...] | None = None  # CT_STATES values
+    # action
+    action: Literal["pass", "drop", "redirect"] = "pass"
+    redirect: Redirect | None = None
+    mark: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
+    rate_limit: RateLimit | None = None
+    log: Log | None = None
+    count: bool = True
+
+    @field_validator("src", "dst", mode="before")
+    @classmethod
+    def _cidrs(cls, v):
+        if v is None:
+            return v
+        out = []
+        for item in _as_list(v):
+            try:
+                out.append(ipaddress.ip_network(str(item), strict=True))
+            except ValueError as e:
+                raise ValueError(f"bad CIDR {item!r}: {e}") from None
+        if not out:
+            raise ValueError("empty address list")
+        return tuple(out)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, v):
+        return v if v is None else tuple(parse_protocol(x) for x in _as_list(v))
+
+    @field_validator("src_port", "dst_port", mode="before")
+    @classmethod
+    def _ports(cls, v):
+        return v if v is None else parse_ports(v)
+
+    @field_validator("tcp_flags", mode="before")
+    @classmethod
+    def _flags(cls, v):
+        return v if v is None else parse_tcp_flags(v)
+
+    @field_validator("vlan", mode="before")
+    @classmethod
+    def _vlan(cls, v):
+        return v if v is None else tuple(_as_list(v))
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _log(cls, v):
+        if v is True:
+            return {}
+        if v is False:
+            return None
+        return v
+
+    @field_validator("ct", mode="before")
+    @classmethod
+    def _ct(cls, v):
+        if v is None:
+            return v
+        out = []
+        for s in _as_list(v):
+            if not isinstance(s, str) or s.lower() not in CT_STATES:
+                raise ValueError(f"unknown ct state {s!r} (known: {', '.join(CT_STATES)})")
+            out.append(CT_STATES[s.lower()])
+        return tuple(out)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _action_shorthand(cls, data):
+        # `action: {redirect: {interface: x}}` is accepted as a shorthand of action + redirect
+        if isinstance(data, dict) and isinstance(data.get("action"), dict):
+            act = dict(data["action"])
+            if len(act) == 1 and "redirect" in act and "redirect" not in data:
+                data = {**data, "action": "redirect", "redirect": act["redirect"]}
+        return data
+
+    def match_fields(self) -> list[str]:
+        return [f for f in MATCH_FIELDS if getattr(self, f) is not None]
+
+
+MATCH_FIELDS = ("src", "dst", "protocol", "src_port", "dst_port", "tcp_flags", "icmp_type", "icmp_code",
+                "vlan", "ct")
+
+
+class HookPolicy(Strict):
+    default: Literal["allow", "deny"] = "allow"
+    rules: tuple[Rule, ...] = ()
+
+
+class Policy(Strict):
+    version: Literal[1] = 1
+    interfaces: tuple[Annotated[str, Field(min_length=1, max_length=15)], ...] = Field(min_length=1)
+    hooks: dict[Hook, HookPolicy] = Field(min_length=1)
+
+    @field_validator("interfaces", mode="before")
+    @classmethod
+    def _ifaces(cls, v):
+        return tuple(_as_list(v))
