@@ -1,0 +1,55 @@
+"""Shared fixtures. Kernel tests (`@pytest.mark.kernel`) need root; the session ends with a leak check:
+no network namespace, root-namespace veth or sandbox marker of this process, and no new pin under
+/sys/fs/bpf/bpfgate, may survive the run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bpfgate.sandbox import Sandbox, leftovers, sweep_stale
+
+PIN_ROOT = "/sys/fs/bpf/bpfgate"
+IS_ROOT = os.geteuid() == 0
+NOT_ROOT_REASON = "kernel test: needs root (BPF, network namespaces); run `sudo scripts/run test`"
+
+
+def pytest_collection_modifyitems(config, items):
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason=NOT_ROOT_REASON)
+    for item in items:
+        if "kernel" in item.keywords:
+            item.add_marker(skip)
+
+
+def _pins() -> set[str]:
+    found = set()
+    for parent, dirs, files in os.walk(PIN_ROOT):
+        found.update(os.path.join(parent, n) for n in dirs + files)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leak_check():
+    """Fails the session (error at teardown of its last test) if this run left anything behind."""
+    if not IS_ROOT:
+        yield
+        return
+    sweep_stale()  # what crashed runs left: their owner PIDs are gone, so it is nobody's
+    pins_before = _pins()
+    yield
+    leaks = leftovers(os.getpid()) + [f"pin {p}" for p in sorted(_pins() - pins_before)]
+    if leaks:
+        pytest.fail("this test run leaked (pins are compared with the session start, so a concurrent "
+                    "run pinning there shows up too):\n  " + "\n  ".join(leaks), pytrace=False)
+
+
+@pytest.fixture
+def sandbox():
+    """A fresh Sandbox (see bpfgate.sandbox), torn down after the test, pass or fail."""
+    if not IS_ROOT:
+        pytest.skip(NOT_ROOT_REASON)
+    with Sandbox() as sb:
+        yield sb
