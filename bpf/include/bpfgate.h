@@ -144,4 +144,78 @@ struct bg_drop_event {
 	__u8 pad[5];
 };
 
+/* ---- inspection: events, syn, attempts (issue 5 part A: bpf/syn.bpf.c, bpf/attempts.bpf.c) ---- */
+
+enum bg_inspect_event_type {
+	BG_EV_SYN_FLOOD = 20,    /* struct bg_syn_flood_event */
+	BG_EV_CONN_ATTEMPT = 21, /* struct bg_attempt_event */
+};
+
+/* a source address: IPv4 in the first 4 bytes of addr, the rest zero */
+struct bg_src_key {
+	__u8 family; /* 4 or 6 */
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+/* syn_config[0]: flood detection, editable live */
+struct bg_syn_config {
+	__u64 rate;     /* SYNs per second from one source that count as a flood; 0: detection off */
+	__u64 block_ns; /* drop a flooding source for this long at XDP; 0: report only */
+};
+
+/* syn_totals (per-CPU hash, key: ifindex) */
+struct bg_syn_total {
+	__u64 syns;    /* SYN without ACK */
+	__u64 blocked; /* of those, dropped because the source was on syn_blocklist */
+};
+
+/* syn_sources (LRU hash): per interface and source */
+struct bg_syn_src_key {
+	__u32 ifindex;
+	struct bg_src_key src;
+};
+
+struct bg_syn_src {
+	__u64 syns;            /* atomic: exact */
+	__u64 last_ns;         /* CLOCK_MONOTONIC of the last SYN */
+	__u64 window_start_ns; /* one-second window of the flood detector (approximate across CPUs) */
+	__u64 window_syns;
+	__u64 reported;        /* window_start_ns of the last window that raised an event */
+};
+
+/* syn_blocklist: key struct bg_src_key, value: CLOCK_MONOTONIC ns the block expires (checked per packet) */
+
+struct bg_syn_flood_event {
+	struct bg_event_hdr hdr;
+	__u32 ifindex;
+	struct bg_src_key src;
+	__u32 pad;
+	__u64 window_syns;    /* SYNs from the source in the current one-second window */
+	__u64 rate;           /* the configured limit */
+	__u64 block_until_ns; /* CLOCK_MONOTONIC; 0: not blocked */
+};
+
+/* attempt_ports: key struct bg_port_key (port 0: every port), value __u32 (unused, 1) */
+struct bg_attempt_key {
+	__u32 ifindex;
+	__u16 port;
+	__u16 pad;
+};
+
+struct bg_attempt_event {
+	struct bg_event_hdr hdr;
+	__u32 ifindex;
+	__u8 family;
+	__u8 tcp_flags;
+	__u16 sport;
+	__u16 dport;
+	__u16 pad;
+	__u32 pkt_len;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* ---- end inspection ---- */
+
 #endif /* BPFGATE_H */
