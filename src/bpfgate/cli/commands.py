@@ -1,3 +1,12 @@
-"""Registry of command groups. Add one line per cli module (each has register(app: click.Group))."""
+"""Registry of command groups: one line per module under bpfgate/cli exposing register(app: click.Group).
 
-REGISTRY: list = []
+Modules are imported by name so that adding a command group is a one-line change here.
+"""
+
+import importlib
+
+MODULES = [
+    "status_cmd",
+]
+
+REGISTRY = [importlib.import_module(f"bpfgate.cli.{m}").register for m in MODULES]

@@ -1,0 +1,5 @@
+"""`python -m bpfgate ...` is the `bpfgate` command."""
+
+from bpfgate.cli.main import run
+
+run()

@@ -1,0 +1,260 @@
+"""Attach bpfgate programs to interfaces, remember what we did, and undo exactly that.
+
+One entry point per hook, each usable in the current or a named network namespace:
+  attach_tc(prog, "eth0", "ingress")                       clsact + direct-action filter (what `tc` shows)
+  attach_tc(prog, "eth0", "ingress", method="libbpf")      the same through libbpf's bpf_tc_*
+  attach_tc(prog, "eth0", "ingress", method="tcx")         a TCX link (kernel >= 6.6), pinned
+  attach_xdp(prog, "eth0", mode="native"|"generic"|"auto", link=False)
+
+Every attachment is recorded under /run/bpfgate/attachments/ (what we attached, whether we created the
+clsact qdisc, which pins belong to it) so `bpfgate detach`, run later from another process, removes our
+filters, links and pins, and a clsact qdisc only if bpfgate created it and nothing else uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from bpfgate.errors import BpfgateError, NotFound
+from bpfgate.kernel import links, netlink, netns, pins, tc
+
+STATE_DIR = "/run/bpfgate/attachments"
+DEFAULT_HANDLE = 0xB9F  # "bpf": stable, so a second attach replaces rather than stacks
+DEFAULT_PRIORITY = 100
+HOOKS = ("tc-ingress", "tc-egress", "tcx-ingress", "tcx-egress", "xdp")
+
+
+@dataclass
+class Attachment:
+    hook: str  # one of HOOKS
+    dev: str
+    ifindex: int
+    netns: str | None
+    method: str  # "tc" (netlink), "libbpf", "tcx", "xdp", "xdp-link"
+    prog_id: int
+    prog_name: str
+    owner: str = ""  # what attached it: "gate", "capture", ...
+    handle: int = 0
+    priority: int = 0
+    xdp_mode: str = ""
+    created_clsact: bool = False
+    pins: list[str] = field(default_factory=list)  # removed on detach (maps, links, programs)
+
+    @property
+    def key(self) -> str:
+        extra = f"-{self.handle:x}-{self.priority}" if self.hook.startswith("tc-") else ""
+        return f"{self.netns or '-'}.{self.dev}.{self.hook}{extra}"
+
+    @property
+    def direction(self) -> str:
+        return self.hook.split("-", 1)[1] if "-" in self.hook else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- records -----------------------------------------------------------------------------------------
+
+
+def _record_path(key: str) -> str:
+    return os.path.join(STATE_DIR, key + ".json")
+
+
+def _save(att: Attachment) -> None:
+    os.makedirs(STATE_DIR, exist_ok=True)
+    tmp = _record_path(att.key) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(att.to_dict(), f)
+    os.replace(tmp, _record_path(att.key))
+
+
+def _forget(att: Attachment) -> None:
+    try:
+        os.unlink(_record_path(att.key))
+    except FileNotFoundError:
+        pass
+
+
+def _clsact_marker(att_netns: str | None, dev: str) -> str:
+    return os.path.join(STATE_DIR, "clsact", f"{att_netns or '-'}.{dev}")
+
+
+def _mark_clsact_ours(att_netns: str | None, dev: str) -> None:
+    path = _clsact_marker(att_netns, dev)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "w").close()
+
+
+def records() -> list[Attachment]:
+    """Every attachment bpfgate recorded (any namespace)."""
+    out = []
+    try:
+        names = sorted(os.listdir(STATE_DIR))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(STATE_DIR, name)) as f:
+                out.append(Attachment(**json.load(f)))
+        except (OSError, ValueError, TypeError):
+            continue  # a torn or foreign file is not ours to trust
+    return out
+
+
+def find(dev: str | None = None, hook: str | None = None, netns_name: str | None = None,
+         any_netns: bool = False, owner: str | None = None) -> list[Attachment]:
+    return [a for a in records()
+            if (dev is None or a.dev == dev) and (hook is None or a.hook == hook)
+            and (any_netns or a.netns == netns_name) and (owner is None or a.owner == owner)]
+
+
+def link_pin_path(att_netns: str | None, dev: str, hook: str) -> str:
+    return pins.pin_path("links", att_netns or "-", dev, hook)
+
+
+# ---- attach --------------------------------------------------------------------------------------------
+
+
+def _prog(prog: Any) -> tuple[int, int, str]:
+    from bpfgate.kernel.objects import prog_info
+
+    fd = prog if isinstance(prog, int) else prog.fd
+    info = prog_info(fd)
+    return fd, info.id, info.name
+
+
+def attach_tc(prog: Any, dev: str, direction: str, *, netns_name: str | None = None, method: str = "tc",
+              handle: int = DEFAULT_HANDLE, priority: int = DEFAULT_PRIORITY, owner: str = "",
+              replace: bool = True, extra_pins: Iterable[str] = ()) -> Attachment:
+    """Attach a SEC("tc") program at `direction` of `dev`. `replace`: swap our own filter in place
+    (same handle/priority) atomically instead of failing."""
+    if direction not in ("ingress", "egress"):
+        raise BpfgateError("attach tc", f"direction must be ingress or egress, not {direction!r}")
+    if method not in ("tc", "libbpf", "tcx"):
+        raise BpfgateError("attach tc", f"method must be tc, libbpf or tcx, not {method!r}")
+    fd, prog_id, prog_name = _prog(prog)
+    ifindex = netlink.ifindex(dev, netns_name)  # NotFound for an unknown interface/namespace
+    att = Attachment(hook=f"tc-{direction}" if method != "tcx" else f"tcx-{direction}", dev=dev,
+                     ifindex=ifindex, netns=netns_name, method=method, prog_id=prog_id, prog_name=prog_name,
+                     owner=owner, pins=list(extra_pins))
+    previous = {a.key: a for a in find(dev, att.hook, netns_name)}
+    if method == "tcx":
+        with netns.entered(netns_name):
+            link = links.attach_tcx(fd, ifindex, direction)
+        path = link_pin_path(netns_name, dev, att.hook)
+        try:
+            if os.path.exists(path):  # replacing our own: the old link goes when its pin goes
+                pins.unpin(path)
+            link.pin(path)
+        except BaseException:
+            link.detach()
+            raise
+        link.close()
+        att.pins.append(path)
+    else:
+        att.handle, att.priority = handle, priority
+        if att.key in previous:
+            att.created_clsact = previous[att.key].created_clsact
+            if not replace:
+                raise BpfgateError(f"attach tc {direction} on {dev}", "bpfgate already has a filter there",
+                                   hint="detach it first, or replace")
+        if method == "tc":
+            created = tc.ensure_clsact(dev, netns_name)
+            try:
+                tc.add_filter(dev, direction, fd, handle=handle, priority=priority, name=prog_name,
+                              replace=replace, netns=netns_name)
+            except BaseException:
+                if created:
+                    tc.remove_clsact(dev, netns_name)
+                raise
+        else:
+            with netns.entered(netns_name):
+                _, created = links.tc_attach_libbpf(fd, ifindex, direction, handle=handle, priority=priority,
+                                                    replace=replace)
+        att.created_clsact = att.created_clsact or created
+        if created:  # per device, not per filter: the last of our filters to go takes the qdisc along
+            _mark_clsact_ours(netns_name, dev)
+    _save(att)
+    return att
+
+
+def attach_xdp(prog: Any, dev: str, *, mode: str = "auto", netns_name: str | None = None, link: bool = False,
+               owner: str = "", replace: bool = True, extra_pins: Iterable[str] = ()) -> Attachment:
+    """Attach a SEC("xdp") program. link=True makes an XDP link (pinned; driver mode only)."""
+    fd, prog_id, prog_name = _prog(prog)
+    ifindex = netlink.ifindex(dev, netns_name)
+    att = Attachment(hook="xdp", dev=dev, ifindex=ifindex, netns=netns_name, method="xdp-link" if link else "xdp",
+                     prog_id=prog_id, prog_name=prog_name, owner=owner, xdp_mode=mode, pins=list(extra_pins))
+    if link:
+        with netns.entered(netns_name):
+            lk = links.attach_xdp_link(fd, ifindex)
+        path = link_pin_path(netns_name, dev, "xdp")
+        try:
+            lk.pin(path)
+        except BaseException:
+            lk.detach()
+            raise
+        lk.close()
+        att.pins.append(path)
+    else:
+        state = netlink.xdp_attach(dev, fd, mode=mode, replace=replace, netns=netns_name)
+        att.xdp_mode = state.mode or mode
+    _save(att)
+    return att
+
+
+# ---- detach --------------------------------------------------------------------------------------------
+
+
+def detach(att: Attachment) -> list[str]:
+    """Undo one attachment; returns what was removed (for the user). Tolerates half-gone state."""
+    done: list[str] = []
+    where = f"{att.dev}" + (f" (netns {att.netns})" if att.netns else "")
+    try:
+        if att.method in ("tc", "libbpf"):
+            try:
+                tc.delete_filter(att.dev, att.direction, handle=att.handle, priority=att.priority, netns=att.netns)
+                done.append(f"tc {att.direction} filter {att.prog_name} (handle {att.handle:#x} prio {att.priority}) on {where}")
+            except NotFound:
+                pass
+            marker = _clsact_marker(att.netns, att.dev)
+            if os.path.exists(marker) and _clsact_unused(att):
+                if tc.remove_clsact(att.dev, att.netns):
+                    done.append(f"clsact qdisc on {where} (created by bpfgate)")
+                os.unlink(marker)
+        elif att.method == "xdp":
+            state = netlink.xdp_query(att.dev, att.netns)
+            if state.prog_id == att.prog_id or att.prog_id in state.ids().values():
+                netlink.xdp_detach(att.dev, netns=att.netns)
+                done.append(f"xdp {att.prog_name} on {where}")
+    except NotFound:  # interface or namespace already gone: nothing attached there any more
+        if att.method in ("tc", "libbpf"):
+            try:
+                os.unlink(_clsact_marker(att.netns, att.dev))
+            except FileNotFoundError:
+                pass
+    for path in att.pins:
+        if pins.unpin(path):
+            done.append(f"pin {path}")
+            pins.prune_empty(os.path.dirname(path))
+    _forget(att)
+    return done
+
+
+def _clsact_unused(att: Attachment) -> bool:
+    """True if no filter remains at either side of the clsact qdisc (ours are gone already)."""
+    return not tc.list_filters(att.dev, "ingress", att.netns) and not tc.list_filters(att.dev, "egress", att.netns)
+
+
+def detach_matching(dev: str | None = None, hook: str | None = None, netns_name: str | None = None,
+                    any_netns: bool = False, owner: str | None = None) -> list[str]:
+    done: list[str] = []
+    for att in find(dev, hook, netns_name, any_netns, owner):
+        done.extend(detach(att))
+    return done

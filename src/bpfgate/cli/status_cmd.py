@@ -1,0 +1,70 @@
+"""`bpfgate status` and `bpfgate detach`."""
+
+from __future__ import annotations
+
+import click
+
+from bpfgate import attach, status
+from bpfgate.cli import term
+
+
+def _netns_list(netns: str | None, all_netns: bool) -> list[str | None]:
+    if all_netns:
+        return status.all_netns()
+    return [netns]
+
+
+def register(app: click.Group) -> None:
+    @app.command("status")
+    @click.option("--netns", help="Look inside this named network namespace instead of the current one.")
+    @click.option("--all-netns", is_flag=True, help="The current namespace and every named one.")
+    @click.option("--stats", "stats_window", type=float, default=0.0, metavar="SECONDS",
+                  help="Enable run-time stats for SECONDS first, so run_cnt/run_time_ns show live traffic.")
+    @click.option("--no-cgroups", is_flag=True, help="Skip the cgroup v2 tree walk.")
+    @click.option("--ours", is_flag=True, help="Only bpfgate's attachments.")
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    def status_cmd(netns, all_netns, stats_window, no_cgroups, ours, as_json):
+        """List every BPF attachment: tc filters, TCX, XDP, cgroups, with run stats."""
+        entries = status.collect(_netns_list(netns, all_netns), cgroups=not no_cgroups,
+                                 stats_window=stats_window)
+        if ours:
+            entries = [e for e in entries if e.bpfgate]
+        if as_json:
+            term.print_json({"attachments": [e.to_dict() for e in entries]})
+            return
+        if not entries:
+            term.info("no BPF attachments found")
+            return
+        rows = []
+        for e in entries:
+            d = e.details
+            detail = (f"handle {d['handle']} prio {d['priority']}{' da' if d.get('direct_action') else ''}"
+                      if e.hook.startswith("tc-") else d.get("mode", ""))
+            rows.append([e.netns or "-", e.target, e.hook, e.prog_id, e.prog_name, e.tag, detail,
+                         e.run_cnt, e.run_time_ns, f"{e.avg_ns:.0f}" if e.avg_ns else "",
+                         (e.owner or "yes") if e.bpfgate else ""])
+        term.table(None, ["netns", "target", "hook", "id", "name", "tag", "details", "run_cnt",
+                          "run_time_ns", "avg_ns", "bpfgate"], rows)
+
+    @app.command("detach")
+    @click.option("--dev", help="Only this interface.")
+    @click.option("--hook", type=click.Choice(attach.HOOKS), help="Only this hook.")
+    @click.option("--netns", help="In this named network namespace (default: the current one).")
+    @click.option("--all-netns", is_flag=True, help="In every namespace.")
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    def detach_cmd(dev, hook, netns, all_netns, as_json):
+        """Remove bpfgate's own attachments (filters, links, XDP, pins, a clsact bpfgate created)."""
+        done = attach.detach_matching(dev, hook, netns, any_netns=all_netns)
+        # bg_* programs attached with no record (a crashed run): ours to remove too
+        for e in status.orphans(status.collect(_netns_list(netns, all_netns), cgroups=False)):
+            if (dev is None or e.target == dev) and (hook is None or e.hook == hook):
+                what = status.detach_orphan(e)
+                if what:
+                    done.append(what)
+        if as_json:
+            term.print_json({"removed": done})
+            return
+        if not done:
+            term.info("nothing of bpfgate's is attached there")
+        for line in done:
+            term.info(f"removed {line}")

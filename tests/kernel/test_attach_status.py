@@ -1,0 +1,155 @@
+"""Every attach mode, in a throwaway namespace: status lists it (prog id, name, hook, ours), detach removes
+filters, links, pins and a clsact qdisc only if bpfgate created it."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from bpfgate import attach, status
+from bpfgate.errors import NotFound
+from bpfgate.kernel import tc
+from bpfgate.kernel.objects import BpfObject
+
+pytestmark = pytest.mark.kernel
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, capture_output=True, text=True, check=check)
+
+
+@pytest.fixture
+def ns():
+    name = f"bgat{os.getpid() % 10000}{uuid.uuid4().hex[:4]}"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "add", "va", "type", "veth", "peer", "name", "vb")
+        sh("ip", "-n", name, "link", "set", "va", "up")
+        sh("ip", "-n", name, "link", "set", "vb", "up")
+        yield name
+    finally:
+        attach.detach_matching(netns_name=name)
+        sh("ip", "netns", "del", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def progs():
+    with BpfObject.open("selftest") as obj:
+        obj.load()
+        yield obj
+
+
+def ours(ns_name, hook=None):
+    return [e for e in status.collect([ns_name], cgroups=False) if e.bpfgate and (hook is None or e.hook == hook)]
+
+
+@pytest.mark.parametrize("method", ["tc", "libbpf"])
+@pytest.mark.parametrize("direction", ["ingress", "egress"])
+def test_tc_attach_listed_and_detached(ns, progs, method, direction):
+    prog = progs.program("bg_empty_tc")
+    att = attach.attach_tc(prog, "va", direction, netns_name=ns, method=method, owner="test")
+    shown = sh("ip", "netns", "exec", ns, "tc", "filter", "show", "dev", "va", direction).stdout
+    assert f"id {att.prog_id}" in shown and "direct-action" in shown
+    [e] = ours(ns, f"tc-{direction}")
+    assert (e.prog_id, e.target, e.owner) == (att.prog_id, "va", "test")
+    assert e.details["priority"] == attach.DEFAULT_PRIORITY and e.details["direct_action"]
+    assert e.prog_name.startswith("bg_") and len(e.tag) == 16
+    removed = attach.detach_matching(netns_name=ns)
+    assert any("clsact" in r for r in removed)
+    assert not ours(ns)
+    assert "clsact" not in sh("ip", "netns", "exec", ns, "tc", "qdisc", "show", "dev", "va").stdout
+
+
+def test_preexisting_clsact_is_left_alone(ns, progs):
+    sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "va", "clsact")
+    attach.attach_tc(progs.program("bg_empty_tc"), "va", "ingress", netns_name=ns)
+    attach.attach_tc(progs.program("bg_empty_tc"), "va", "egress", netns_name=ns)
+    attach.detach_matching(netns_name=ns)
+    assert not tc.list_filters("va", "ingress", ns)
+    assert tc.has_clsact("va", ns)
+
+
+def test_clsact_goes_with_the_last_of_our_filters(ns, progs):
+    attach.attach_tc(progs.program("bg_empty_tc"), "va", "ingress", netns_name=ns)  # creates clsact
+    attach.attach_tc(progs.program("bg_empty_tc"), "va", "egress", netns_name=ns)
+    attach.detach_matching(netns_name=ns, hook="tc-ingress")
+    assert tc.has_clsact("va", ns)  # egress filter still there
+    attach.detach_matching(netns_name=ns, hook="tc-egress")
+    assert not tc.has_clsact("va", ns)
+
+
+def test_reattach_replaces_in_place(ns, progs):
+    a1 = attach.attach_tc(progs.program("bg_empty_tc"), "va", "ingress", netns_name=ns)
+    a2 = attach.attach_tc(progs.program("bg_selftest_mark"), "va", "ingress", netns_name=ns)
+    filters = tc.list_filters("va", "ingress", ns)
+    assert [f.prog_id for f in filters] == [a2.prog_id] != [a1.prog_id]
+
+
+@pytest.mark.parametrize("direction", ["ingress", "egress"])
+def test_tcx_link_pinned_listed_detached(ns, progs, direction):
+    att = attach.attach_tc(progs.program("bg_empty_tc"), "va", direction, netns_name=ns, method="tcx")
+    assert att.pins and os.path.exists(att.pins[0])
+    [e] = ours(ns, f"tcx-{direction}")
+    assert e.prog_id == att.prog_id
+    attach.detach(att)
+    assert not os.path.exists(att.pins[0])
+    assert not ours(ns)
+
+
+@pytest.mark.parametrize("mode", ["native", "generic"])
+def test_xdp_modes(ns, progs, mode):
+    att = attach.attach_xdp(progs.program("bg_empty_xdp"), "va", mode=mode, netns_name=ns)
+    [e] = ours(ns, "xdp")
+    assert e.prog_id == att.prog_id
+    assert e.details["mode"] == mode
+    attach.detach(att)
+    assert not ours(ns)
+
+
+def test_xdp_link(ns, progs):
+    att = attach.attach_xdp(progs.program("bg_empty_xdp"), "va", netns_name=ns, link=True)
+    [e] = ours(ns, "xdp")
+    assert e.prog_id == att.prog_id
+    attach.detach(att)
+    assert not ours(ns)
+
+
+def test_unknown_interface_and_namespace(progs):
+    with pytest.raises(NotFound):
+        attach.attach_tc(progs.program("bg_empty_tc"), "nosuchdev0", "ingress")
+    with pytest.raises(NotFound):
+        attach.attach_tc(progs.program("bg_empty_tc"), "va", "ingress", netns_name="bg-no-such-ns")
+
+
+def test_cli_status_and_detach(ns, progs):
+    attach.attach_tc(progs.program("bg_empty_tc"), "va", "ingress", netns_name=ns)
+    attach.attach_xdp(progs.program("bg_empty_xdp"), "vb", mode="generic", netns_name=ns)
+    out = sh(sys.executable, "-m", "bpfgate", "status", "--netns", ns, "--json", "--no-cgroups").stdout
+    hooks = {(e["target"], e["hook"]) for e in json.loads(out)["attachments"] if e["bpfgate"]}
+    assert hooks == {("va", "tc-ingress"), ("vb", "xdp")}
+    r = sh(sys.executable, "-m", "bpfgate", "detach", "--netns", ns, "--json")
+    assert len(json.loads(r.stdout)["removed"]) >= 3  # filter, clsact, xdp
+    assert not ours(ns)
+
+
+def test_cli_status_with_stats_counts_runs(ns, progs):
+    attach.attach_tc(progs.program("bg_empty_tc"), "va", "egress", netns_name=ns)
+    sh("ip", "-n", ns, "addr", "add", "198.18.7.1/24", "dev", "va")
+    # traffic through va egress while stats are on (ping to the peer subnet; bounded)
+    p = subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-c", "20", "-i", "0.05", "-W", "1", "198.18.7.2"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        entries = status.collect([ns], cgroups=False, stats_window=1.5)
+    finally:
+        p.wait(timeout=10)
+    [e] = [e for e in entries if e.hook == "tc-egress"]
+    assert e.run_cnt > 0 and e.run_time_ns > 0
+
+
+def test_cli_errors_are_one_line(ns):
+    r = sh(sys.executable, "-m", "bpfgate", "status", "--netns", "bg-no-such-ns", check=False)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "no such network namespace" in r.stderr
