@@ -218,4 +218,57 @@ struct bg_attempt_event {
 
 /* ---- end inspection ---- */
 
+/* ---- inspection: flows, capture (issue 5 part B: bpf/flows.bpf.c, bpf/capture.bpf.c) ---------- */
+
+#include "flow.h" /* the flow table key/value (shared with conntrack) */
+
+/* Record types of the flows and capture ring buffers (hdr.type); values kept apart from other sections'. */
+enum bg_flow_event_type {
+	BG_EV_FLOW_END = 50, /* struct bg_flow_end_event */
+	BG_EV_CAPTURE = 51,  /* struct bg_capture_event + cap_len packet bytes */
+};
+
+/* A flow reported once when it ends (FIN/RST in the kernel), with its counters at that moment. */
+struct bg_flow_end_event {
+	struct bg_event_hdr hdr;
+	struct bg_flow_key key;
+	struct bg_flow_value val;
+};
+
+/* Where a captured packet was seen (bg_capture_event.hook). */
+enum bg_capture_hook {
+	BG_HOOK_TC = 1,   /* capture program at clsact/TCX: before the gate, no verdict yet */
+	BG_HOOK_XDP = 2,
+	BG_HOOK_GATE = 3, /* emitted by the policy engine itself, after its decision */
+};
+
+/* Verdict of a captured packet (bg_capture_event.verdict). */
+enum bg_capture_verdict {
+	BG_VERDICT_UNKNOWN = 0, /* seen before any decision */
+	BG_VERDICT_PASS = 1,
+	BG_VERDICT_DROP = 2,
+	BG_VERDICT_REDIRECT = 3,
+};
+
+/*
+ * One captured packet: this header, then cap_len bytes of the packet from its Ethernet header.
+ * hdr.len = sizeof(struct bg_capture_event) + cap_len. The policy engine emits captured packets with
+ * their verdict by writing this same record (hook BG_HOOK_GATE, verdict, rule_id) into the capture
+ * ring buffer it shares with bpfgate.inspect.capture (reuse_map on the pinned "capture_events").
+ */
+#define BG_CAPTURE_MAX 65535 /* largest snaplen: an skb (GSO included) is at most 64 KiB */
+
+struct bg_capture_event {
+	struct bg_event_hdr hdr;
+	__u32 ifindex;
+	__u32 pkt_len;  /* skb->len: the packet's length before truncation */
+	__u32 cap_len;  /* bytes that follow */
+	__u32 rule_id;  /* policy rule that decided (BG_HOOK_GATE), 0: none */
+	__u8 dir;       /* enum bg_dir */
+	__u8 hook;      /* enum bg_capture_hook */
+	__u8 verdict;   /* enum bg_capture_verdict */
+	__u8 pad[5];
+	__u8 data[];
+};
+
 #endif /* BPFGATE_H */
