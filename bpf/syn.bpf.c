@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
+/*
+ * SYN counter at XDP: counts SYNs (SYN without ACK) per interface and per source, detects sources
+ * above a rate (SYNs per second) and, when configured, drops them for a while.
+ *
+ * The block list (syn_blocklist: source -> CLOCK_MONOTONIC expiry) is its own map so the policy
+ * engine can own it later (reuse_map): the datapath only drops while now < expiry, so a block ends on
+ * time even if nobody deletes the entry.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "bpfgate.h"
+#include "inspect_parse.h"
+
+#define NSEC_PER_SEC 1000000000ULL
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BG_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} bg_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bg_syn_config);
+} syn_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct bg_syn_total);
+} syn_totals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct bg_syn_src_key);
+	__type(value, struct bg_syn_src);
+} syn_sources SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct bg_src_key);
+	__type(value, __u64);
+} syn_blocklist SEC(".maps");
+
+BG_EXPORT_TYPE(struct bg_syn_flood_event, syn_flood_event);
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&bg_stats, &idx);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline struct bg_syn_total *total_of(__u32 ifindex)
+{
+	struct bg_syn_total *t = bpf_map_lookup_elem(&syn_totals, &ifindex);
+	struct bg_syn_total zero = {};
+
+	if (t)
+		return t;
+	bpf_map_update_elem(&syn_totals, &ifindex, &zero, BPF_NOEXIST); /* EEXIST: another CPU won */
+	return bpf_map_lookup_elem(&syn_totals, &ifindex);
+}
+
+static __always_inline struct bg_syn_src *source_of(struct bg_syn_src_key *key, __u64 now)
+{
+	struct bg_syn_src *s = bpf_map_lookup_elem(&syn_sources, key);
+	struct bg_syn_src fresh = {.window_start_ns = now};
+
+	if (s)
+		return s;
+	bpf_map_update_elem(&syn_sources, key, &fresh, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&syn_sources, key);
+}
+
+static __always_inline void report(__u32 ifindex, struct bg_src_key *src, __u64 now, __u64 window_syns,
+				   __u64 rate, __u64 until)
+{
+	struct bg_syn_flood_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+
+	if (!ev) {
+		stat_inc(BG_STAT_EVENTS_LOST);
+		return;
+	}
+	ev->hdr.type = BG_EV_SYN_FLOOD;
+	ev->hdr.len = sizeof(*ev);
+	ev->hdr.cpu = bpf_get_smp_processor_id();
+	ev->hdr.ts_ns = now;
+	ev->ifindex = ifindex;
+	ev->src = *src;
+	ev->pad = 0;
+	ev->window_syns = window_syns;
+	ev->rate = rate;
+	ev->block_until_ns = until;
+	bpf_ringbuf_submit(ev, 0);
+	stat_inc(BG_STAT_EVENTS);
+}
+
+/* Flood detector: fixed one-second windows per source; one event per window over the rate. */
+static __always_inline void detect(struct bg_syn_src *s, struct bg_syn_src_key *key, __u64 now)
+{
+	__u32 zero = 0;
+	struct bg_syn_config *cfg = bpf_map_lookup_elem(&syn_config, &zero);
+	__u64 start, n, until = 0;
+
+	if (!cfg || !cfg->rate)
+		return;
+	start = s->window_start_ns;
+	if (now - start >= NSEC_PER_SEC) {
+		s->window_start_ns = now;
+		s->window_syns = 0;
+		start = now;
+	}
+	n = __sync_fetch_and_add(&s->window_syns, 1) + 1;
+	if (n <= cfg->rate || s->reported == start)
+		return;
+	s->reported = start;
+	if (cfg->block_ns) {
+		until = now + cfg->block_ns;
+		bpf_map_update_elem(&syn_blocklist, &key->src, &until, BPF_ANY);
+	}
+	report(key->ifindex, &key->src, now, n, cfg->rate, until);
+}
+
+SEC("xdp")
+int bg_syn_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	struct bg_syn_src_key key = {};
+	struct ip_pkt p = {};
+	struct bg_syn_total *t;
+	struct bg_syn_src *s;
+	__u64 now, *until;
+
+	if (ip_parse(data, data_end, &p) < 0 || !ip_is_syn(&p))
+		return XDP_PASS;
+	now = bpf_ktime_get_ns();
+	key.ifindex = ctx->ingress_ifindex;
+	key.src.family = p.family;
+	__builtin_memcpy(key.src.addr, p.saddr, 16);
+
+	t = total_of(key.ifindex);
+	if (t)
+		t->syns++; /* per-CPU: no atomics needed */
+	s = source_of(&key, now);
+	if (s) {
+		__sync_fetch_and_add(&s->syns, 1);
+		s->last_ns = now;
+	}
+
+	until = bpf_map_lookup_elem(&syn_blocklist, &key.src);
+	if (until) {
+		if (now < *until) {
+			if (t)
+				t->blocked++;
+			return XDP_DROP;
+		}
+		bpf_map_delete_elem(&syn_blocklist, &key.src); /* expired: released */
+	}
+	if (s)
+		detect(s, &key, now);
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
