@@ -7,6 +7,7 @@ import importlib
 
 MODULES = [
     "status_cmd",
+    "demo_cmd",
 ]
 
 REGISTRY = [importlib.import_module(f"bpfgate.cli.{m}").register for m in MODULES]
