@@ -56,8 +56,9 @@ struct bg_flow_value {
 	__u64 bytes;
 	__u64 first_ns;  /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u64 last_ns;
-	__u32 tcp_flags; /* OR of the TCP flag bytes seen (FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 ...) */
-	__u32 ended;     /* enum bg_flow_end_reason, set once (atomic) when a flow-end record went out */
+	/* 64-bit: clang's default BPF target (v1/v2) has 64-bit atomic or/fetch-or only */
+	__u64 tcp_flags; /* OR of the TCP flag bytes seen (FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 ...) */
+	__u64 ended;     /* enum bg_flow_end_reason, set once (atomic) when a flow-end record went out */
 };
 
 /* Per-CPU counters of the flows program (array map "flow_stats"). */

@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
+/*
+ * Flow accounting at TC ingress and egress: one LRU hash entry per (5-tuple, interface, direction)
+ * with packets, bytes, first/last seen and the TCP flags seen. The first FIN or RST of a flow sends one
+ * flow-end record (final counters) to the ring buffer; user space expires idle flows and counts LRU
+ * evictions (created - ended - expired - live), so no flow disappears silently.
+ * Transparent: returns TC_ACT_UNSPEC / TCX_NEXT, so the next filter (the gate) still decides.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "bpfgate.h"
+#include "flow_parse.h"
+
+#define TC_ACT_UNSPEC (-1)
+#define BG_TCP_FIN 0x01
+#define BG_TCP_RST 0x04
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct bg_flow_key);
+	__type(value, struct bg_flow_value);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} flow_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BG_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} bg_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BG_FLOW_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} flow_stats SEC(".maps");
+
+BG_EXPORT_TYPE(struct bg_flow_end_event, flow_end_event);
+
+static __always_inline void count(void *map, __u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(map, &idx);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline void flow_end(struct bg_flow_key *key, struct bg_flow_value *val, __u32 reason)
+{
+	struct bg_flow_end_event *ev;
+
+	/* atomic: of two CPUs seeing a FIN/RST for the same flow, exactly one reports it */
+	if (__sync_fetch_and_or(&val->ended, reason) != 0)
+		return;
+	ev = bpf_ringbuf_reserve(&flow_events, sizeof(*ev), 0);
+	if (!ev) {
+		count(&bg_stats, BG_STAT_EVENTS_LOST);
+		return;
+	}
+	ev->hdr.type = BG_EV_FLOW_END;
+	ev->hdr.len = sizeof(*ev);
+	ev->hdr.cpu = bpf_get_smp_processor_id();
+	ev->hdr.ts_ns = val->last_ns;
+	ev->key = *key;
+	ev->val = *val;
+	ev->val.ended = reason;
+	bpf_ringbuf_submit(ev, 0);
+	count(&bg_stats, BG_STAT_EVENTS);
+	count(&flow_stats, BG_FLOW_STAT_ENDED);
+}
+
+static __always_inline int account(struct __sk_buff *skb, __u8 dir)
+{
+	struct bg_flow_key key = {};
+	struct bg_pkt pkt = {};
+	struct bg_flow_value *val;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 segs, bytes;
+
+	if (bg_parse(skb, &key, &pkt) < 0) {
+		count(&flow_stats, BG_FLOW_STAT_UNPARSED);
+		return TC_ACT_UNSPEC;
+	}
+	key.dir = dir;
+	key.ifindex = skb->ifindex;
+	/* a GSO/GRO packet stands for gso_segs wire packets, each repeating the headers */
+	segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+	bytes = pkt.l3_len + (segs - 1) * pkt.hdr_len;
+
+	val = bpf_map_lookup_elem(&flows, &key);
+	if (!val) {
+		struct bg_flow_value fresh = {
+			.packets = segs, .bytes = bytes, .first_ns = now, .last_ns = now, .tcp_flags = pkt.tcp_flags,
+		};
+
+		if (bpf_map_update_elem(&flows, &key, &fresh, BPF_NOEXIST) == 0) {
+			count(&flow_stats, BG_FLOW_STAT_NEW);
+			if (key.proto == IPPROTO_TCP && (pkt.tcp_flags & (BG_TCP_FIN | BG_TCP_RST))) {
+				val = bpf_map_lookup_elem(&flows, &key);
+				if (val)
+					flow_end(&key, val, pkt.tcp_flags & BG_TCP_RST ? BG_FLOW_END_RST : BG_FLOW_END_FIN);
+			}
+			return TC_ACT_UNSPEC;
+		}
+		val = bpf_map_lookup_elem(&flows, &key); /* another CPU created it first */
+		if (!val) {
+			count(&flow_stats, BG_FLOW_STAT_CREATE_FAIL);
+			return TC_ACT_UNSPEC;
+		}
+	}
+	__sync_fetch_and_add(&val->packets, segs);
+	__sync_fetch_and_add(&val->bytes, bytes);
+	val->last_ns = now;
+	if (pkt.tcp_flags && (val->tcp_flags | pkt.tcp_flags) != val->tcp_flags)
+		__sync_fetch_and_or(&val->tcp_flags, pkt.tcp_flags);
+	if (key.proto == IPPROTO_TCP && (pkt.tcp_flags & (BG_TCP_FIN | BG_TCP_RST)) && !val->ended)
+		flow_end(&key, val, pkt.tcp_flags & BG_TCP_RST ? BG_FLOW_END_RST : BG_FLOW_END_FIN);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int bg_flows_ingress(struct __sk_buff *skb)
+{
+	return account(skb, BG_DIR_INGRESS);
+}
+
+SEC("tc")
+int bg_flows_egress(struct __sk_buff *skb)
+{
+	return account(skb, BG_DIR_EGRESS);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
