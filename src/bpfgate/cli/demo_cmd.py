@@ -14,6 +14,10 @@ def register(app: click.Group) -> None:
     def demo_cmd(as_json, timeout):
         """Drop HTTP with a live BPF map, in throwaway network namespaces, checked with real requests."""
         from bpfgate import demo
+        from bpfgate.kernel import caps
+
+        caps.require("run the demo (network namespaces, BPF)", caps.CAP_BPF, caps.CAP_NET_ADMIN,
+                     caps.CAP_SYS_ADMIN)
 
         def report(c):
             if not as_json:

@@ -35,6 +35,9 @@ def run(argv: list[str] | None = None) -> None:
         if isinstance(e, VerifierError):
             term.err.print(e.summary, markup=False, highlight=False)
         sys.exit(e.exit_code)
+    except PermissionError as e:  # a file or syscall we were not allowed: one line, not a traceback
+        term.error(f"{e.strerror or e}: {e.filename or ''} (run as root, or with CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+        sys.exit(4)
     except click.exceptions.Abort:
         sys.exit(130)
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import click
 
 from bpfgate import attach, status
 from bpfgate.cli import term
+from bpfgate.kernel import caps
 
 
 def _netns_list(netns: str | None, all_netns: bool) -> list[str | None]:
@@ -25,6 +26,7 @@ def register(app: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
     def status_cmd(netns, all_netns, stats_window, no_cgroups, ours, as_json):
         """List every BPF attachment: tc filters, TCX, XDP, cgroups, with run stats."""
+        caps.require("list BPF attachments", caps.CAP_BPF, caps.CAP_NET_ADMIN, caps.CAP_SYS_ADMIN)
         entries = status.collect(_netns_list(netns, all_netns), cgroups=not no_cgroups,
                                  stats_window=stats_window)
         if ours:
@@ -54,6 +56,7 @@ def register(app: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
     def detach_cmd(dev, hook, netns, all_netns, as_json):
         """Remove bpfgate's own attachments (filters, links, XDP, pins, a clsact bpfgate created)."""
+        caps.require("detach", caps.CAP_BPF, caps.CAP_NET_ADMIN, caps.CAP_SYS_ADMIN)
         done = attach.detach_matching(dev, hook, netns, any_netns=all_netns)
         # bg_* programs attached with no record (a crashed run): ours to remove too
         for e in status.orphans(status.collect(_netns_list(netns, all_netns), cgroups=False)):

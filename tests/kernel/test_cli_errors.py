@@ -1,0 +1,35 @@
+"""User errors from the CLI: one line naming the operation and the cause, non-zero exit, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+NO_CAPS = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
+
+
+def bpfgate(*args, prefix=()):
+    return subprocess.run([*prefix, sys.executable, "-m", "bpfgate", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("cmd", [["status"], ["detach"], ["demo"]])
+def test_missing_privileges_one_line(cmd):
+    r = bpfgate(*cmd, prefix=NO_CAPS)
+    assert r.returncode == 4
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "missing CAP_" in lines[0]
+
+
+def test_unknown_namespace():
+    r = bpfgate("status", "--netns", "bg-nonexistent-ns")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no such network namespace" in r.stderr
+
+
+def test_usage_error_is_not_a_traceback():
+    r = bpfgate("detach", "--hook", "bogus")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "bogus" in r.stderr
