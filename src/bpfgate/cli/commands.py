@@ -8,6 +8,7 @@ import importlib
 MODULES = [
     "status_cmd",
     "demo_cmd",
+    "doctor_cmd",
 ]
 
 REGISTRY = [importlib.import_module(f"bpfgate.cli.{m}").register for m in MODULES]

@@ -1,0 +1,305 @@
+"""Feature probes: each loads one tiny program from objects/probes.o (bpf/probes.bpf.c) and, where the
+feature is about attaching, attaches it somewhere throwaway (scratch.py). A probe returns a detail string
+when the feature works and raises when it does not; run() turns that into a Check.
+
+Nothing a probe makes survives it: programs and maps close with their object, links with their fd,
+tc/XDP attachments live in a scratch namespace the kernel destroys, the scratch cgroup is removed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from bpfgate.doctor import scratch, system
+from bpfgate.doctor.model import MISSING, OK, Check, errno_name, reason
+from bpfgate.errors import BpfgateError, NotFound
+
+OBJECT = "probes"
+MAPS = ("probe_hash", "probe_events", "probe_sockmap")
+PROBE_MAGIC = 0xB9F9A7E5  # bg_probe_ringbuf's record
+XDP_PASS, XDP_DROP = 2, 1
+BPF_SK_SKB_STREAM_VERDICT, BPF_SK_MSG_VERDICT = 5, 7
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+
+# Ethernet + IPv4 + UDP between two benchmarking-range addresses (198.18.0.1 -> 198.18.0.2). Probes only
+# run it through BPF_PROG_TEST_RUN or inject it into a program that drops it: nothing is ever sent.
+FRAME = (bytes.fromhex("020000000002" "020000000001" "0800")
+         + struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + 18, 0, 0x4000, 64, 17, 0,
+                       bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2]))
+         + struct.pack("!HHHH", 40000, 9, 8 + 18, 0) + bytes(18))
+
+
+class ProbeFailed(BpfgateError):
+    """A probe's own diagnosis (the feature is absent for a reason we can name)."""
+
+    def __init__(self, op: str, cause: str, err: int | None = None, *, fix: str | None = None):
+        self.errno = err
+        self.fix = fix
+        super().__init__(op, cause)
+
+
+@contextmanager
+def loaded(prog: str, maps: tuple[str, ...] = ()) -> Iterator[object]:
+    """probes.o with only `prog` loaded and only `maps` created (so a map type the kernel lacks breaks
+    only the probe that needs it)."""
+    from bpfgate.kernel import libbpf as L
+    from bpfgate.kernel.objects import BpfObject
+
+    obj = BpfObject.open(OBJECT)
+    try:
+        for name in obj.program_names():
+            obj.set_autoload(name, name == prog)
+        for name in MAPS:
+            # BpfObject has no autocreate switch yet: libbpf >= 0.8 has one, reached through the object ptr
+            m = L.bpf_object__find_map_by_name(obj._ptr, name.encode())
+            _set_autocreate(m, name in maps)
+        obj.load()
+        yield obj
+    finally:
+        obj.close()
+
+
+def _set_autocreate(map_ptr: int, on: bool) -> None:
+    from bpfgate.kernel import libbpf as L
+
+    fn = L.lib.bpf_map__set_autocreate
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_bool], ctypes.c_int
+    fn(map_ptr, on)
+
+
+# ---- packet path ------------------------------------------------------------------------------------
+
+
+def probe_tc() -> str:
+    from bpfgate.kernel import tc
+
+    with loaded("bg_probe_tc") as obj, scratch.netns_with_veth() as veth:
+        prog = obj.program("bg_probe_tc")
+        tc.ensure_clsact(veth.name)
+        for direction in ("ingress", "egress"):
+            f = tc.add_filter(veth.name, direction, prog.fd, name="bg_probe_tc")
+            if f.prog_id != prog.id:
+                raise ProbeFailed(f"attach tc {direction} filter", f"kernel reports prog id {f.prog_id}, not {prog.id}")
+    return "clsact qdisc + direct-action bpf filters (ingress, egress) on a scratch veth"
+
+
+def probe_tcx() -> str:
+    from bpfgate.kernel import links
+
+    with loaded("bg_probe_tc") as obj, scratch.netns_with_veth() as veth:
+        with links.attach_tcx(obj.program("bg_probe_tc"), veth.ifindex, "ingress") as link:
+            kind = link.info().type
+    if kind != "tcx":
+        raise ProbeFailed("attach tcx ingress", f"the kernel made a {kind!r} link")
+    return "tcx ingress link on a scratch veth (BPF_LINK_CREATE)"
+
+
+def _probe_xdp(mode: str) -> str:
+    from bpfgate.kernel import netlink
+
+    with loaded("bg_probe_xdp") as obj, scratch.netns_with_veth() as veth:
+        state = netlink.xdp_attach(veth.name, obj.program("bg_probe_xdp").fd, mode=mode)
+        try:
+            if state.mode != mode:
+                raise ProbeFailed(f"attach XDP ({mode})", f"the kernel reports mode {state.mode!r}")
+        finally:
+            netlink.xdp_detach(veth.name)
+    return f"XDP {mode} mode on a scratch veth"
+
+
+def probe_xdp_native() -> str:
+    return _probe_xdp("native")
+
+
+def probe_xdp_generic() -> str:
+    return _probe_xdp("generic")
+
+
+def probe_maps() -> str:
+    from bpfgate.kernel.testrun import test_run
+
+    with loaded("bg_probe_map", ("probe_hash",)) as obj:
+        obj.map("probe_hash")[0] = 0x2A
+        got = test_run(obj.program("bg_probe_map"), FRAME).retval
+    if got != 0x2A:
+        raise ProbeFailed("read a hash map from BPF", f"the program read {got:#x}, Python wrote 0x2a")
+    return "hash map written from Python, read back by a program"
+
+
+def probe_ringbuf() -> str:
+    from bpfgate.kernel.ringbuf import RingBuffer
+    from bpfgate.kernel.testrun import test_run
+
+    with loaded("bg_probe_ringbuf", ("probe_events",)) as obj:
+        with RingBuffer(obj.map("probe_events")) as rb:
+            test_run(obj.program("bg_probe_ringbuf"), FRAME)
+            rb.consume()
+            records = rb.drain()
+    if len(records) != 1 or int.from_bytes(records[0][:8], "little") != PROBE_MAGIC:
+        raise ProbeFailed("receive a ring buffer record", f"got {len(records)} record(s), expected 1 with the probe's value")
+    return "record submitted by a program, consumed from Python"
+
+
+def probe_test_run() -> str:
+    from bpfgate.kernel.testrun import test_run
+
+    with loaded("bg_probe_xdp") as obj:
+        res = test_run(obj.program("bg_probe_xdp"), FRAME, repeat=10)
+    if res.retval != XDP_PASS:
+        raise ProbeFailed("BPF_PROG_TEST_RUN", f"XDP program returned {res.retval}, expected XDP_PASS")
+    return f"XDP program run in the kernel on a test frame ({res.duration_ns} ns/run)"
+
+
+def probe_xdp_live_frames() -> str:
+    from bpfgate.kernel.testrun import xdp_live_frames
+
+    with loaded("bg_probe_xdp_drop") as obj, scratch.netns_with_veth() as veth:
+        xdp_live_frames(obj.program("bg_probe_xdp_drop"), FRAME, repeat=8, ifindex=veth.ifindex)
+    return "8 frames injected into a scratch veth and dropped (BPF_F_TEST_XDP_LIVE_FRAMES)"
+
+
+# ---- tracing ---------------------------------------------------------------------------------------------
+
+
+def _attach_auto(prog: str) -> str:
+    from bpfgate.kernel import links
+
+    with loaded(prog) as obj:
+        with links.attach_auto(obj, prog) as link:
+            kind = link.info().type
+    return kind
+
+
+def probe_tracepoints() -> str:
+    if not system.tracefs_mounted():
+        raise ProbeFailed("attach tracepoint sock/inet_sock_set_state",
+                          f"tracefs is not mounted at {system.TRACEFS}", errno.ENOENT, fix=system.MOUNT_TRACEFS)
+    _attach_auto("bg_probe_tp")
+    return "tracepoint sock/inet_sock_set_state attached (perf event through tracefs)"
+
+
+def probe_tp_btf() -> str:
+    _attach_auto("bg_probe_tp_btf")
+    return "tp_btf/inet_sock_set_state attached"
+
+
+def probe_raw_tp() -> str:
+    _attach_auto("bg_probe_raw_tp")
+    return "raw_tp/inet_sock_set_state attached"
+
+
+def probe_kprobes() -> str:
+    try:
+        _attach_auto("bg_probe_kprobe")
+    except BpfgateError as e:
+        if not os.path.exists(KPROBE_PMU):
+            raise ProbeFailed(e.op, f"{e.cause}: no kprobe PMU ({KPROBE_PMU}), the kernel is built without "
+                                    "CONFIG_KPROBES", errno.ENOENT) from None
+        raise
+    return "kprobe/tcp_v4_connect attached"
+
+
+def probe_fentry() -> str:
+    try:
+        _attach_auto("bg_probe_fentry")
+    except BpfgateError as e:
+        if errno_name(e) == "EPERM" and system.effective_caps() >> system.CAPS["CAP_BPF"] & 1:
+            raise ProbeFailed(e.op, f"{e.cause}: the kernel refuses fentry (BPF trampoline) programs even with "
+                                    "CAP_BPF/CAP_PERFMON", errno.EPERM) from None
+        raise
+    return "fentry/tcp_v4_connect attached (BPF trampoline)"
+
+
+# ---- cgroups and sockets ----------------------------------------------------------------------------------
+
+
+def _probe_cgroup(prog: str) -> str:
+    from bpfgate.kernel import links
+
+    root = system.cgroup2_mount()
+    if root is None:
+        raise ProbeFailed(f"attach {prog}", "no cgroup v2 mount in /proc/self/mounts", errno.ENOENT)
+    with loaded(prog) as obj, scratch.cgroup(root) as cg:
+        with links.attach_cgroup(obj, prog, cg):
+            pass
+    return f"attached to a scratch cgroup under {root}"
+
+
+def probe_cgroup_skb() -> str:
+    return "cgroup_skb/egress " + _probe_cgroup("bg_probe_cgroup_skb")
+
+
+def probe_sockops() -> str:
+    return "sockops " + _probe_cgroup("bg_probe_sockops")
+
+
+def _probe_sockmap(prog: str, attach_type: int, what: str) -> str:
+    from bpfgate.errors import from_errno
+    from bpfgate.kernel import libbpf as L
+
+    with loaded(prog, ("probe_sockmap",)) as obj:
+        prog_fd, map_fd = obj.program(prog).fd, obj.map("probe_sockmap").fd
+        if L.bpf_prog_attach(prog_fd, map_fd, attach_type, 0) != 0:
+            raise from_errno(f"attach {what} to a sockmap", L.libc_errno())
+        L.bpf_prog_detach2(prog_fd, map_fd, attach_type)  # the map's close would drop it too
+    return f"{what} attached to a sockmap"
+
+
+def probe_sk_msg() -> str:
+    return _probe_sockmap("bg_probe_sk_msg", BPF_SK_MSG_VERDICT, "sk_msg verdict")
+
+
+def probe_sk_skb() -> str:
+    return _probe_sockmap("bg_probe_sk_skb", BPF_SK_SKB_STREAM_VERDICT, "sk_skb stream verdict")
+
+
+# ---- registry ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    fn: Callable[[], str]
+    impact: str  # what in bpfgate is disabled or degraded when the feature is missing
+
+
+PROBES = {p.name: p for p in (
+    Probe("maps", probe_maps, "nothing works: every bpfgate program keeps its rules and counters in maps"),
+    Probe("ringbuf", probe_ringbuf, "event streams (trace, inspect) must fall back to the perf buffer"),
+    Probe("tc", probe_tc, "no TC gate, rewrite or steering: the core packet path"),
+    Probe("xdp_generic", probe_xdp_generic, "no XDP gate at all (the TC gate still works)"),
+    Probe("xdp_native", probe_xdp_native, "XDP gates run in generic (skb) mode: same behaviour, slower"),
+    Probe("tcx", probe_tcx, "nothing essential: TC attaches through clsact filters instead of TCX links"),
+    Probe("test_run", probe_test_run, "no policy self-test or per-packet cost benchmarks (BPF_PROG_TEST_RUN)"),
+    Probe("xdp_live_frames", probe_xdp_live_frames, "no XDP live-frames traffic generator for the datapath benchmark"),
+    Probe("tracepoints", probe_tracepoints, "trace tcp uses tp_btf instead of classic tracepoints"),
+    Probe("tp_btf", probe_tp_btf, "trace tcp falls back to raw or classic tracepoints"),
+    Probe("raw_tracepoints", probe_raw_tp, "trace tcp cannot use raw tracepoints (tp_btf or classic ones remain)"),
+    Probe("kprobes", probe_kprobes, "trace tcp uses the tracepoint backend (no kprobe on tcp_v4_connect)"),
+    Probe("fentry", probe_fentry, "nothing essential: tracers use tracepoints instead of fentry"),
+    Probe("cgroup_skb", probe_cgroup_skb, "no per-cgroup packet policy (cgroup_skb)"),
+    Probe("sockops", probe_sockops, "no sockops TCP tuning, and sockmap acceleration cannot collect sockets"),
+    Probe("sk_msg", probe_sk_msg, "no sockmap socket acceleration (sk_msg redirect)"),
+    Probe("sk_skb", probe_sk_skb, "no sockmap stream verdicts (sk_skb)"),
+)}
+
+
+def run(name: str) -> Check:
+    """Run probe `name`; never raises for a missing feature (that is the answer, not an error)."""
+    probe = PROBES.get(name)
+    if probe is None:
+        raise NotFound(f"run probe {name!r}", "no such probe", hint=", ".join(PROBES))
+    try:
+        detail = probe.fn()
+    except (BpfgateError, OSError) as e:
+        return Check(name, "probe", MISSING, reason(e), impact=probe.impact, fix=getattr(e, "fix", None),
+                     errno=errno_name(e))
+    except Exception as e:  # a bug in a probe must not take the report down: show it as the reason
+        return Check(name, "probe", MISSING, f"probe crashed: {reason(e)}", impact=probe.impact)
+    return Check(name, "probe", OK, detail)

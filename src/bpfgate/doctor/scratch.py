@@ -1,0 +1,89 @@
+"""Throwaway places for probes to attach to: a network namespace with a veth pair, a cgroup.
+
+The namespace is anonymous: the calling thread unshare()s into it and setns()es back. It has no name
+in /run/netns and no process in it, so the kernel destroys it (with its veths, qdiscs, filters and XDP
+programs) as soon as the thread leaves and the last socket into it closes, whatever happened inside,
+even if we are SIGKILLed: nothing to clean up, nothing another tool could see or keep alive.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import secrets
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from bpfgate.errors import BpfgateError, NotSupported, from_errno
+
+CLONE_NEWNET = 0x40000000
+VETH, PEER = "bgprobe0", "bgprobe1"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+@dataclass(frozen=True)
+class Veth:
+    name: str
+    ifindex: int
+    peer: str
+    peer_ifindex: int
+
+
+@contextmanager
+def netns_with_veth() -> Iterator[Veth]:
+    """Run the body (this thread only) in a new, empty network namespace holding veth pair
+    bgprobe0 <-> bgprobe1, both up, no addresses. Always returns to the caller's namespace."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise from_errno("create a scratch network namespace", err,
+                             hint="needs CAP_SYS_ADMIN" if err == errno.EPERM else None)
+        try:
+            yield _make_veth()
+        finally:
+            if _libc.setns(home, CLONE_NEWNET) != 0:  # cannot happen with our own fd; never stay behind silently
+                raise from_errno("return from the scratch network namespace", ctypes.get_errno())
+    finally:
+        os.close(home)
+
+
+def _make_veth() -> Veth:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPRoute() as ipr:  # created here, so bound to the scratch namespace
+            ipr.link("add", ifname=VETH, kind="veth", peer=PEER)
+            indexes = {}
+            for name in (VETH, PEER, "lo"):
+                idx = ipr.link_lookup(ifname=name)[0]
+                ipr.link("set", index=idx, state="up")
+                indexes[name] = idx
+    except NetlinkError as e:
+        if e.code == errno.EOPNOTSUPP:
+            raise NotSupported("veth", "the kernel has no veth driver (CONFIG_VETH)") from None
+        raise from_errno("create a veth pair in the scratch namespace", e.code) from None
+    return Veth(VETH, indexes[VETH], PEER, indexes[PEER])
+
+
+@contextmanager
+def cgroup(root: str) -> Iterator[str]:
+    """An empty child cgroup of the cgroup2 mount `root`, removed afterwards (rmdir: it holds no task)."""
+    path = os.path.join(root, f"bpfgate-doctor-{os.getpid()}-{secrets.token_hex(3)}")
+    try:
+        os.mkdir(path)
+    except OSError as e:
+        raise BpfgateError(f"create cgroup {path}", e.strerror or str(e)) from None
+    try:
+        yield path
+    finally:
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
