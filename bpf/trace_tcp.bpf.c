@@ -1,0 +1,346 @@
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
+/*
+ * TCP connection lifecycle from tracepoints, for kernels without kprobes: connect, accept, close
+ * (duration, bytes, final state), failed connects with their cause, retransmits and resets.
+ *
+ * The owner PID problem: sock:inet_sock_set_state often fires in softirq context (the final CLOSE of
+ * a connection, the passive ESTABLISHED), where the "current" task is whoever was interrupted. So the
+ * owner is only taken where the transition runs in the owner's process context and carried with the
+ * socket in `socks` (keyed by sk address):
+ *   CLOSE -> SYN_SENT          connect()
+ *   CLOSE -> LISTEN            listen(): remembered per (netns, port) in `listeners`; a child socket
+ *                              (LISTEN -> SYN_RECV, softirq) inherits its listener's owner
+ *   -> FIN_WAIT1 / -> LAST_ACK close()/shutdown(): the process that holds the fd now
+ *
+ * Every hook exists twice: tp_btf (BTF-typed raw tracepoint, preferred) and a classic tracepoint
+ * (needs tracefs). Python enables one of each pair with set_autoload, by what the kernel has.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "bpfgate.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BG_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} bg_stats SEC(".maps");
+
+/* sk address -> owner; an LRU so sockets we never see close (tracing started mid-way) age out */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct bg_sock_owner);
+} socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct bg_listen_key);
+	__type(value, struct bg_sock_owner);
+} listeners SEC(".maps");
+
+BG_EXPORT_TYPE(struct bg_tcp_event, tcp_event);
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&bg_stats, &idx);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline __u32 sk_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline void owner_from_current(struct bg_sock_owner *o)
+{
+	o->pid = bpf_get_current_pid_tgid() >> 32;
+	o->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+static __always_inline struct bg_tcp_event *reserve(void)
+{
+	struct bg_tcp_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+
+	if (!ev) {
+		stat_inc(BG_STAT_EVENTS_LOST);
+		return NULL;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->hdr.type = BG_EV_TCP;
+	ev->hdr.len = sizeof(*ev);
+	ev->hdr.cpu = bpf_get_smp_processor_id();
+	ev->hdr.ts_ns = bpf_ktime_get_ns();
+	return ev;
+}
+
+static __always_inline void submit(struct bg_tcp_event *ev)
+{
+	bpf_ringbuf_submit(ev, 0);
+	stat_inc(BG_STAT_EVENTS);
+}
+
+/* local end in saddr/sport, remote in daddr/dport, as `ss` shows them */
+static __always_inline void flow_from_sk(struct bg_tcp_event *ev, const struct sock *sk)
+{
+	ev->sk = (__u64)sk;
+	ev->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	ev->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	ev->netns = sk_netns(sk);
+	if (ev->family == AF_INET6) {
+		BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&ev->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		BPF_CORE_READ_INTO((__u32 *)ev->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)ev->daddr, sk, __sk_common.skc_daddr);
+	}
+}
+
+static __always_inline void put_owner(struct bg_tcp_event *ev, const struct bg_sock_owner *o)
+{
+	if (!o)
+		return;
+	ev->pid = o->pid;
+	ev->cgroup_id = o->cgroup_id;
+	ev->owner_flags = o->flags;
+	__builtin_memcpy(ev->comm, o->comm, sizeof(ev->comm));
+}
+
+static __always_inline void emit(const struct sock *sk, __u8 kind, int old, int new,
+				 struct bg_sock_owner *o, __u64 now)
+{
+	struct bg_tcp_event *ev = reserve();
+
+	if (!ev)
+		return;
+	flow_from_sk(ev, sk);
+	put_owner(ev, o);
+	ev->kind = kind;
+	ev->old_state = old;
+	ev->new_state = new;
+	if (o && o->start_ns)
+		ev->duration_ns = now - o->start_ns;
+	if (kind == BG_TCP_CLOSE) {
+		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+
+		/* payload only: bytes_acked/bytes_received also count SYN and FIN sequence numbers;
+		 * bytes_sent counts payload including retransmissions */
+		ev->bytes_sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
+		ev->bytes_received = BPF_CORE_READ(tp, bytes_received);
+		if (ev->bytes_received && (BPF_CORE_READ(sk, __sk_common.skc_flags) & (1UL << SOCK_DONE)))
+			ev->bytes_received--; /* the peer's FIN (SOCK_DONE: tcp_fin() ran) */
+	} else if (kind == BG_TCP_CONNECT_FAIL) {
+		int err = BPF_CORE_READ(sk, sk_err);
+
+		ev->error = err ? err : BPF_CORE_READ(sk, sk_err_soft);
+	}
+	submit(ev);
+}
+
+static __always_inline void on_state(const struct sock *sk, int old, int new)
+{
+	__u64 key = (__u64)sk, now = bpf_ktime_get_ns();
+	struct bg_sock_owner fresh = {}, *o;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return;
+
+	if (new == TCP_LISTEN || old == TCP_LISTEN) {
+		struct bg_listen_key lk = {.netns = sk_netns(sk), .port = BPF_CORE_READ(sk, __sk_common.skc_num)};
+
+		if (new == TCP_LISTEN) { /* listen(): process context */
+			owner_from_current(&fresh);
+			bpf_map_update_elem(&listeners, &lk, &fresh, BPF_ANY);
+		} else if (new == TCP_SYN_RECV) { /* a child of the listener, in softirq */
+			o = bpf_map_lookup_elem(&listeners, &lk);
+			if (o)
+				fresh = *o;
+			fresh.start_ns = now;
+			fresh.flags = BG_OWNER_PASSIVE;
+			bpf_map_update_elem(&socks, &key, &fresh, BPF_ANY);
+		} else if (new == TCP_CLOSE) {
+			bpf_map_delete_elem(&listeners, &lk);
+		}
+		return;
+	}
+
+	switch (new) {
+	case TCP_SYN_SENT: /* connect(): process context */
+		owner_from_current(&fresh);
+		fresh.start_ns = now;
+		fresh.flags = BG_OWNER_ACTIVE;
+		bpf_map_update_elem(&socks, &key, &fresh, BPF_ANY);
+		return;
+	case TCP_ESTABLISHED:
+		if (old == TCP_SYN_SENT || old == TCP_SYN_RECV)
+			emit(sk, old == TCP_SYN_SENT ? BG_TCP_CONNECT : BG_TCP_ACCEPT, old, new,
+			     bpf_map_lookup_elem(&socks, &key), now);
+		return;
+	case TCP_FIN_WAIT1:
+	case TCP_LAST_ACK: /* close()/shutdown(): the process holding the socket now */
+		o = bpf_map_lookup_elem(&socks, &key);
+		if (!o) { /* opened before tracing began: owner known from here on, duration not */
+			owner_from_current(&fresh);
+			bpf_map_update_elem(&socks, &key, &fresh, BPF_NOEXIST);
+		} else if (!o->pid || (o->flags & BG_OWNER_PASSIVE)) {
+			/* a listener's owner is a guess for its children (pre-fork servers): the closer knows */
+			owner_from_current(o);
+		}
+		return;
+	case TCP_CLOSE:
+		o = bpf_map_lookup_elem(&socks, &key);
+		if (old == TCP_SYN_SENT)
+			emit(sk, BG_TCP_CONNECT_FAIL, old, new, o, now);
+		else if (old != TCP_SYN_RECV && old != TCP_CLOSE)
+			emit(sk, BG_TCP_CLOSE, old, new, o, now);
+		if (o)
+			bpf_map_delete_elem(&socks, &key);
+		return;
+	}
+}
+
+static __always_inline void on_sk_event(const struct sock *sk, __u8 kind, __u32 error)
+{
+	__u64 key = (__u64)sk;
+	struct bg_tcp_event *ev = reserve();
+
+	if (!ev)
+		return;
+	flow_from_sk(ev, sk);
+	put_owner(ev, bpf_map_lookup_elem(&socks, &key));
+	ev->kind = kind;
+	ev->old_state = ev->new_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	ev->error = error;
+	submit(ev);
+}
+
+/* RST sent for a segment that matched no socket (closed port): the flow comes from the segment */
+static __always_inline void on_reset_nosk(const struct sk_buff *skb, __u32 reason)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header), th = BPF_CORE_READ(skb, transport_header);
+	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	struct bg_tcp_event *ev;
+	struct tcphdr tcp;
+
+	if (bpf_probe_read_kernel(&tcp, sizeof(tcp), head + th) < 0)
+		return;
+	ev = reserve();
+	if (!ev)
+		return;
+	ev->kind = BG_TCP_RESET_TX;
+	ev->error = reason;
+	ev->netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+	ev->sport = bpf_ntohs(tcp.dest); /* we are the segment's destination */
+	ev->dport = bpf_ntohs(tcp.source);
+	if (proto == ETH_P_IP) {
+		struct iphdr ip;
+
+		bpf_probe_read_kernel(&ip, sizeof(ip), head + nh);
+		ev->family = AF_INET;
+		__builtin_memcpy(ev->saddr, &ip.daddr, 4);
+		__builtin_memcpy(ev->daddr, &ip.saddr, 4);
+	} else if (proto == ETH_P_IPV6) {
+		struct ipv6hdr ip6;
+
+		bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh);
+		ev->family = AF_INET6;
+		__builtin_memcpy(ev->saddr, &ip6.daddr, 16);
+		__builtin_memcpy(ev->daddr, &ip6.saddr, 16);
+	}
+	submit(ev);
+}
+
+static __always_inline void on_send_reset(const struct sock *sk, const struct sk_buff *skb, __u32 reason)
+{
+	/* sk is a full socket, a request or a timewait socket: only full sockets have an owner entry, and
+	 * the flow fields read below sit in sock_common, which all three share */
+	if (sk)
+		on_sk_event(sk, BG_TCP_RESET_TX, reason);
+	else if (skb)
+		on_reset_nosk(skb, reason);
+}
+
+/* ---- tp_btf: BTF-typed raw tracepoints ------------------------------------------------------------ */
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(bg_tcp_state_btf, const struct sock *sk, const int old, const int new)
+{
+	on_state(sk, old, new);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(bg_tcp_retrans_btf, const struct sock *sk, const struct sk_buff *skb, int err)
+{
+	on_sk_event(sk, BG_TCP_RETRANSMIT, -err);
+	return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(bg_tcp_rst_rx_btf, struct sock *sk)
+{
+	on_sk_event(sk, BG_TCP_RESET_RX, 0);
+	return 0;
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(bg_tcp_rst_tx_btf, const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason)
+{
+	on_send_reset(sk, skb, reason);
+	return 0;
+}
+
+/* ---- classic tracepoints (tracefs) ---------------------------------------------------------------- */
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int bg_tcp_state_tp(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	on_state(ctx->skaddr, ctx->oldstate, ctx->newstate);
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_retransmit_skb")
+int bg_tcp_retrans_tp(struct trace_event_raw_tcp_retransmit_skb *ctx)
+{
+	on_sk_event(ctx->skaddr, BG_TCP_RETRANSMIT, -BPF_CORE_READ(ctx, err));
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_receive_reset")
+int bg_tcp_rst_rx_tp(struct trace_event_raw_tcp_event_sk *ctx)
+{
+	on_sk_event(ctx->skaddr, BG_TCP_RESET_RX, 0);
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_send_reset")
+int bg_tcp_rst_tx_tp(struct trace_event_raw_tcp_send_reset *ctx)
+{
+	on_send_reset(ctx->skaddr, ctx->skbaddr, ctx->reason);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
