@@ -1,0 +1,12 @@
+"""Inspection: what is hitting this host, from whom, without copying every packet to user space.
+
+- events:   the event pipeline (ring buffers of several programs -> one stream, exact loss accounting,
+            JSON form with wall-clock times); new producers register an EventKind
+- syn:      SYN counter per interface and source at XDP, flood detection, expiring block list
+- attempts: connection-attempt log at TC ingress for a live-editable port set
+- metrics:  Prometheus exporter; other modules add collectors to its registry
+(flows, capture, top: part B of the inspection issue)
+
+Submodules are imported explicitly (`from bpfgate.inspect.syn import SynCounter`): importing the
+package loads nothing.
+"""

@@ -1,0 +1,118 @@
+"""Connection-attempt log at TC ingress (bpf/attempts.bpf.c): each SYN to a watched port becomes a
+`conn_attempt` event; exact counts per interface and port are kept in the kernel as well.
+
+    with AttemptLog(ports=[22, 443]) as log:
+        log.attach("eth0")                  # TCX link (kernel >= 6.6), else clsact + bpf filter
+        log.add_port(8080)                  # live: the port set is a map
+        EventStream([log.event_source()])
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from bpfgate.errors import BpfgateError, NotSupported
+from bpfgate.inspect.events import EventSource
+from bpfgate.kernel import netlink, netns, tc
+from bpfgate.kernel.links import attach_tcx
+from bpfgate.kernel.objects import BpfObject
+
+PROGRAM = "bg_attempts_tc"
+ALL_PORTS = 0  # in the port map: watch every port
+# classic tc fallback: a handle/priority of our own, so we delete exactly our filter
+TC_HANDLE = TC_PRIORITY = 0xB6A7
+
+
+def _port(port: int) -> int:
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise BpfgateError("watch port", f"not a TCP port: {port!r}")
+    return port
+
+
+class AttemptLog:
+    def __init__(self, ports: Iterable[int] = (), *, ring_size: int | None = None):
+        obj = BpfObject.open("attempts")
+        try:
+            if ring_size:
+                obj.set_max_entries("events", ring_size)
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        self.obj = obj
+        self.prog = obj.program(PROGRAM)
+        self.interfaces: dict[int, str] = {}
+        self._undo: list[Callable[[], None]] = []
+        for p in ports:
+            self.add_port(p)
+
+    # ---- attach ------------------------------------------------------------------------------------
+
+    def attach(self, dev: str | int, netns_name: str | None = None) -> int:
+        """Attach at TC ingress of `dev`; returns the ifindex. Detached by close()."""
+        ifindex = netlink.ifindex(dev, netns_name)
+        try:
+            with netns.entered(netns_name):
+                link = attach_tcx(self.prog, ifindex, "ingress")
+            self._undo.append(link.close)
+        except NotSupported:
+            self._attach_classic(dev, netns_name)
+        self.interfaces[ifindex] = str(dev)
+        return ifindex
+
+    def _attach_classic(self, dev: str | int, netns_name: str | None) -> None:
+        """Kernels without TCX: clsact + direct-action filter; remove the qdisc only if we made it."""
+        created = tc.ensure_clsact(dev, netns_name)
+        try:
+            tc.add_filter(dev, "ingress", self.prog.fd, handle=TC_HANDLE, priority=TC_PRIORITY,
+                          name="bg_attempts", netns=netns_name)
+        except BaseException:
+            if created:
+                tc.remove_clsact(dev, netns_name)
+            raise
+
+        def undo() -> None:
+            if created:
+                tc.remove_clsact(dev, netns_name)
+            else:
+                tc.delete_filter(dev, "ingress", handle=TC_HANDLE, priority=TC_PRIORITY, netns=netns_name)
+
+        self._undo.append(undo)
+
+    def close(self) -> None:
+        """Detach everything (best effort for each, so one failure does not leave the rest attached)."""
+        errors = []
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except BpfgateError as e:
+                errors.append(e)
+        self.obj.close()
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "AttemptLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- ports (live) -----------------------------------------------------------------------------------
+
+    def add_port(self, port: int) -> None:
+        self.obj.map("attempt_ports")[{"port": _port(port)}] = 1
+
+    def remove_port(self, port: int) -> bool:
+        return self.obj.map("attempt_ports").delete({"port": _port(port)})
+
+    def ports(self) -> set[int]:
+        return {k.port for k in self.obj.map("attempt_ports").keys()}
+
+    # ---- counters ---------------------------------------------------------------------------------------
+
+    def counts(self) -> dict[tuple[int, int], int]:
+        """(ifindex, port) -> attempts seen (exact, even when events were lost)."""
+        return {(k.ifindex, k.port): sum(v) for k, v in self.obj.map("attempt_counts").items()}
+
+    def event_source(self) -> EventSource:
+        return EventSource.from_object(self.obj, "attempts", interfaces=self.interfaces)

@@ -1,0 +1,360 @@
+"""The event pipeline: ring buffers of several programs merged into one stream of typed records.
+
+    stream = EventStream([syn.event_source(), attempts.event_source()])
+    for rec in stream.iter(timeout=5):          # ctypes records (BTF layouts), or stream.aiter() in asyncio
+        print(stream.describe(rec))             # {"type": "conn_attempt", "time": "...Z", "src": ...}
+    stream.lost                                  # exact: reserves that failed in the kernel
+
+Every record starts with struct bg_event_hdr; its `type` picks the record layout (read from the
+source object's BTF) and the JSON form (an EventKind in KINDS). A new producer (policy `log` rules)
+plugs in with register_kind(EventKind(type_id, "rule_log", "bg_rule_log_event", fields)); its
+`fields(rec, ctx)` turns a record into type-specific keys, and may use ctx.rule_name(id) for names.
+
+JSON keys common to every event (stable): type, time (ISO-8601 UTC), epoch (seconds, float), mono_ns
+(the kernel's CLOCK_MONOTONIC stamp), cpu, source (which program family produced it). Loss is an event
+too: {"type": "events_lost", "source", "lost" (new since the last report), "lost_total"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+
+from bpfgate.errors import BpfgateError
+from bpfgate.kernel.btf import Btf
+from bpfgate.kernel.maps import Map
+from bpfgate.kernel.ringbuf import Handler, RingBuffer
+
+# enum bg_stat (bpfgate.h): indexes of the per-CPU bg_stats array every event producer keeps
+STAT_EVENTS, STAT_EVENTS_LOST = 0, 1
+
+TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"),
+                  (0x40, "ECE"), (0x80, "CWR"))
+
+
+# ---- time ---------------------------------------------------------------------------------------------
+
+
+class Clock:
+    """CLOCK_MONOTONIC (bpf_ktime_get_ns) -> wall clock. The offset is sampled once; `resync()` after
+    the wall clock steps (NTP), so a long-running stream stays right."""
+
+    def __init__(self) -> None:
+        self.offset_ns = 0
+        self.resync()
+
+    def resync(self) -> None:
+        # the tightest of a few samples: a preemption between the two reads would skew one of them
+        best = None
+        for _ in range(5):
+            m0 = time.monotonic_ns()
+            w = time.time_ns()
+            m1 = time.monotonic_ns()
+            if best is None or m1 - m0 < best[0]:
+                best = (m1 - m0, w - (m0 + m1) // 2)
+        self.offset_ns = best[1]
+
+    def wall_ns(self, mono_ns: int) -> int:
+        return mono_ns + self.offset_ns
+
+    def epoch(self, mono_ns: int) -> float:
+        return self.wall_ns(mono_ns) / 1e9
+
+    def iso(self, mono_ns: int) -> str:
+        return iso8601(self.wall_ns(mono_ns))
+
+
+def iso8601(wall_ns: int) -> str:
+    """'2026-11-24T13:30:00.123456Z' (UTC, microseconds)."""
+    dt = datetime.fromtimestamp(wall_ns // 1000 / 1e6, tz=timezone.utc)
+    return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# ---- formatting helpers the kinds share ---------------------------------------------------------------
+
+
+def addr_str(family: int, raw: Any) -> str:
+    """An address from a 16-byte field (IPv4 in the first 4 bytes)."""
+    b = bytes(raw)
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, b[:4])
+    if family == 6:
+        return socket.inet_ntop(socket.AF_INET6, b[:16])
+    return b.hex()
+
+
+def addr_bytes(addr: str) -> tuple[int, bytes]:
+    """'198.18.0.1' -> (4, 16 bytes, IPv4 first); '::1' -> (6, 16 bytes). ValueError if not an address."""
+    try:
+        return 4, socket.inet_pton(socket.AF_INET, addr) + bytes(12)
+    except OSError:
+        pass
+    try:
+        return 6, socket.inet_pton(socket.AF_INET6, addr)
+    except OSError:
+        raise ValueError(f"not an IP address: {addr!r}") from None
+
+
+def tcp_flags_str(flags: int) -> str:
+    """0x12 -> 'SYN|ACK'."""
+    return "|".join(name for bit, name in TCP_FLAG_NAMES if flags & bit)
+
+
+# ---- event kinds ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a kind's fields() may need beyond the record: names of interfaces and rules, the clock."""
+
+    clock: Clock
+    interfaces: dict[int, str] = field(default_factory=dict)
+    rules: dict[int, str] = field(default_factory=dict)
+
+    def ifname(self, ifindex: int) -> str | None:
+        return self.interfaces.get(ifindex)
+
+    def rule_name(self, rule_id: int) -> str | None:
+        return self.rules.get(rule_id)
+
+
+@dataclass(frozen=True)
+class EventKind:
+    type_id: int  # bg_event_hdr.type
+    name: str  # the JSON "type"
+    struct: str  # the record's struct name in bpfgate.h (layout read from BTF)
+    fields: Callable[[Any, Context], dict]
+
+
+KINDS: dict[int, EventKind] = {}
+
+
+def register_kind(kind: EventKind) -> EventKind:
+    old = KINDS.get(kind.type_id)
+    if old is not None and old != kind:
+        raise BpfgateError("register event kind", f"type {kind.type_id} is already {old.name!r}")
+    KINDS[kind.type_id] = kind
+    return kind
+
+
+def _attempt_fields(rec: Any, ctx: Context) -> dict:
+    return {
+        "interface": ctx.ifname(rec.ifindex),
+        "ifindex": rec.ifindex,
+        "family": rec.family,
+        "src": addr_str(rec.family, rec.saddr),
+        "sport": rec.sport,
+        "dst": addr_str(rec.family, rec.daddr),
+        "dport": rec.dport,
+        "flags": tcp_flags_str(rec.tcp_flags),
+        "len": rec.pkt_len,
+    }
+
+
+def _flood_fields(rec: Any, ctx: Context) -> dict:
+    until = rec.block_until_ns
+    return {
+        "interface": ctx.ifname(rec.ifindex),
+        "ifindex": rec.ifindex,
+        "family": rec.src.family,
+        "src": addr_str(rec.src.family, rec.src.addr),
+        "window_syns": rec.window_syns,
+        "rate": rec.rate,
+        "blocked": bool(until),
+        "block_until": ctx.clock.iso(until) if until else None,
+    }
+
+
+# type ids: enum bg_inspect_event_type in bpfgate.h
+register_kind(EventKind(21, "conn_attempt", "bg_attempt_event", _attempt_fields))
+register_kind(EventKind(20, "syn_flood", "bg_syn_flood_event", _flood_fields))
+register_kind(EventKind(1, "test", "bg_test_event", lambda rec, ctx: {"seq": rec.seq, "len": rec.pkt_len}))
+
+
+# ---- sources and the stream -----------------------------------------------------------------------------
+
+
+class TypedRingBuffer(RingBuffer):
+    """A RingBuffer whose records are decoded by their header's type (layouts from one object's BTF)."""
+
+    def __init__(self, ringbuf: Map, types: dict[int, Any], **kw: Any):
+        self._types = types
+        self._min = min((ctypes.sizeof(t) for t in types.values()), default=0)
+        super().__init__(ringbuf, **kw)
+
+    def _decode(self, addr: int, size: int) -> Any:
+        rt = self._types.get(ctypes.c_uint16.from_address(addr).value) if size >= 2 else None
+        if rt is not None and size >= ctypes.sizeof(rt):
+            return rt.from_buffer_copy((ctypes.c_char * ctypes.sizeof(rt)).from_address(addr))
+        return ctypes.string_at(addr, size)  # unknown type: raw bytes, reported as such
+
+
+@dataclass
+class EventSource:
+    """One producer: its ring buffer, its bg_stats (loss), the BTF its record layouts come from."""
+
+    name: str
+    ringbuf: Map
+    stats: Map | None
+    btf: Btf
+    interfaces: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_object(cls, obj: Any, name: str, *, ringbuf: str = "events", stats: str = "bg_stats",
+                    interfaces: dict[int, str] | None = None) -> "EventSource":
+        return cls(name, obj.map(ringbuf), obj.map(stats), obj.btf, dict(interfaces or {}))
+
+    def record_types(self) -> dict[int, Any]:
+        """type id -> ctypes struct, for every registered kind this object's BTF knows."""
+        out = {}
+        for tid, kind in KINDS.items():
+            try:
+                out[tid] = self.btf.struct(kind.struct)
+            except BpfgateError:
+                continue  # not a record this object produces
+        return out
+
+    def counters(self) -> tuple[int, int]:
+        """(submitted, lost) as counted by the programs, summed over CPUs."""
+        if self.stats is None:
+            return 0, 0
+        return sum(self.stats.get(STAT_EVENTS, [0])), sum(self.stats.get(STAT_EVENTS_LOST, [0]))
+
+
+class EventStream:
+    """Merge the events of several sources. Records come out as ctypes structs (fast); describe()
+    makes the JSON form. With `handler`, records are handed over in batches from poll()."""
+
+    def __init__(self, sources: Iterable[EventSource], *, handler: Handler | None = None,
+                 clock: Clock | None = None, rules: dict[int, str] | None = None):
+        self.sources = list(sources)
+        if not self.sources:
+            raise BpfgateError("open event stream", "no event sources")
+        self.clock = clock or Clock()
+        self.ctx = Context(self.clock, rules=dict(rules or {}))
+        self._kind_of: dict[type, tuple[EventKind, str]] = {}
+        self._rings: list[TypedRingBuffer] = []
+        self._pending: list[Any] = []
+        self._reported_lost = {s.name: 0 for s in self.sources}
+        self._ep = select.epoll()
+        try:
+            for s in self.sources:
+                types = s.record_types()
+                for tid, rt in types.items():
+                    self._kind_of[rt] = (KINDS[tid], s.name)
+                self.ctx.interfaces.update(s.interfaces)
+                rb = TypedRingBuffer(s.ringbuf, types, handler=handler)
+                self._rings.append(rb)
+                self._ep.register(rb.epoll_fd(), select.EPOLLIN)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- reading -----------------------------------------------------------------------------------------
+
+    def poll(self, timeout_ms: int = 100) -> int:
+        """Wait up to timeout_ms for any source, then consume every source; returns records consumed."""
+        if len(self._rings) == 1:
+            return self._rings[0].poll(timeout_ms)
+        try:
+            self._ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
+        except InterruptedError:
+            pass
+        return sum(rb.consume() for rb in self._rings)
+
+    def drain(self) -> list[Any]:
+        out: list[Any] = []
+        for rb in self._rings:
+            out.extend(rb.drain())
+        return out
+
+    def iter(self, timeout: float | None = None, poll_ms: int = 100) -> Iterator[Any]:
+        """Yield records as they arrive; stop after `timeout` seconds (None: until the caller stops)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            left = poll_ms if deadline is None else max(0, min(poll_ms, int((deadline - time.monotonic()) * 1000)))
+            self.poll(left)
+            yield from self.drain()
+
+    __iter__ = iter
+
+    async def aiter(self) -> AsyncIterator[Any]:
+        """asyncio: wake on the sources' epoll fds, yield what is there."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        loop.add_reader(self._ep.fileno(), ready.set)
+        try:
+            while True:
+                self.poll(0)
+                for rec in self.drain():
+                    yield rec
+                await ready.wait()
+                ready.clear()
+        finally:
+            loop.remove_reader(self._ep.fileno())
+
+    # ---- accounting ----------------------------------------------------------------------------------------
+
+    @property
+    def received(self) -> int:
+        return sum(rb.received for rb in self._rings)
+
+    @property
+    def lost(self) -> int:
+        return sum(s.counters()[1] for s in self.sources)
+
+    @property
+    def submitted(self) -> int:
+        return sum(s.counters()[0] for s in self.sources)
+
+    def loss_events(self) -> list[dict]:
+        """One events_lost record per source whose loss grew since the last call (empty if none)."""
+        out = []
+        now = time.monotonic_ns()
+        for s in self.sources:
+            total = s.counters()[1]
+            new = total - self._reported_lost[s.name]
+            if new > 0:
+                self._reported_lost[s.name] = total
+                out.append({**self._common("events_lost", now, -1, s.name), "lost": new, "lost_total": total})
+        return out
+
+    # ---- JSON form -------------------------------------------------------------------------------------------
+
+    def _common(self, type_name: str, mono_ns: int, cpu: int, source: str) -> dict:
+        return {"type": type_name, "time": self.clock.iso(mono_ns), "epoch": round(self.clock.epoch(mono_ns), 6),
+                "mono_ns": mono_ns, "cpu": cpu, "source": source}
+
+    def describe(self, rec: Any) -> dict:
+        """The stable JSON object for one record (see the module docstring for the keys)."""
+        if isinstance(rec, bytes):
+            tid = int.from_bytes(rec[:2], "little") if len(rec) >= 2 else -1
+            ts = int.from_bytes(rec[8:16], "little") if len(rec) >= 16 else 0
+            return {**self._common("unknown", ts, -1, "?"), "type_id": tid, "len": len(rec), "data": rec.hex()}
+        kind, source = self._kind_of[type(rec)]
+        return {**self._common(kind.name, rec.hdr.ts_ns, rec.hdr.cpu, source), **kind.fields(rec, self.ctx)}
+
+    def kind(self, rec: Any) -> str:
+        return "unknown" if isinstance(rec, bytes) else self._kind_of[type(rec)][0].name
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for rb in self._rings:
+            rb.close()
+        self._rings = []
+        if not self._ep.closed:
+            self._ep.close()
+
+    def __enter__(self) -> "EventStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
