@@ -5,6 +5,7 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "bpfgate.h"
 
 #define TC_ACT_OK 0
@@ -119,11 +120,24 @@ int bg_empty_xdp(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+/* counts frames of the IEEE local experimental ethertype 0x88B5 only (what the tests send) */
 SEC("xdp")
 int bg_selftest_xdp_count(struct xdp_md *ctx)
 {
-	stat_inc(BG_STAT_EVENTS);
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) <= end && eth->h_proto == bpf_htons(0x88B5))
+		stat_inc(BG_STAT_EVENTS);
 	return XDP_PASS;
+}
+
+/* bounces every frame back out of the interface: the live-frames traffic generator */
+SEC("xdp")
+int bg_selftest_xdp_tx(struct xdp_md *ctx)
+{
+	return XDP_TX;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

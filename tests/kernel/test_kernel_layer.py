@@ -201,3 +201,35 @@ def test_pin_and_reopen_program_and_map(selftest):
         pins.unpin(base)
         pins.prune_empty(pins.PIN_ROOT)
     assert not os.path.exists(base)
+
+
+def test_xdp_live_frames_really_transmit():
+    """BPF_F_TEST_XDP_LIVE_FRAMES: frames a program returns XDP_TX for leave the device; the peer's XDP
+    counter sees exactly that many."""
+    import subprocess
+
+    from bpfgate import attach
+    from bpfgate.kernel import netlink, netns
+    from bpfgate.kernel.testrun import xdp_live_frames
+
+    name = f"bglf{os.getpid() % 10000}{uuid.uuid4().hex[:4]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for cmd in (["link", "add", "va", "type", "veth", "peer", "name", "vb"], ["link", "set", "va", "up"],
+                    ["link", "set", "vb", "up"]):
+            subprocess.run(["ip", "-n", name, *cmd], check=True)
+        with BpfObject.open("selftest") as gen, BpfObject.open("selftest") as counter:
+            gen.load()
+            counter.load()
+            attach.attach_xdp(counter.program("bg_selftest_xdp_count"), "vb", mode="native", netns_name=name)
+            # va needs an XDP program too for veth to take XDP_TX frames in native mode
+            attach.attach_xdp(gen.program("bg_empty_xdp"), "va", mode="native", netns_name=name)
+            frame = bytes.fromhex("ffffffffffff" "020000000001" "88b5") + bytes(50)  # local experimental ethertype
+            with netns.entered(name):
+                r = xdp_live_frames(gen.program("bg_selftest_xdp_tx"), frame, repeat=1000,
+                                    ifindex=netlink.ifindex("va"))
+            assert r.retval == 0
+            assert sum(counter.map("bg_stats")[BG_STAT_EVENTS]) == 1000
+    finally:
+        attach.detach_matching(netns_name=name)
+        subprocess.run(["ip", "netns", "del", name])
