@@ -6,6 +6,9 @@ Modules are imported by name so that adding a command group is a one-line change
 import importlib
 
 MODULES = [
+    "events_cmd",
+    "syn_cmd",
+    "metrics_cmd",
     "status_cmd",
     "demo_cmd",
     "doctor_cmd",

@@ -1,0 +1,64 @@
+"""`bpfgate metrics`: attach the SYN counter and the attempt log, export them for Prometheus."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any
+
+import click
+
+from bpfgate.cli import term
+from bpfgate.cli.events_cmd import DURATION_HELP, dev_options, exit_on_signals, open_attempts, open_syn, pump
+
+
+def register(app: click.Group) -> None:
+    from bpfgate.inspect.metrics import DEFAULT_LISTEN
+
+    @app.command("metrics")
+    @dev_options
+    @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="ADDR:PORT",
+                  help="where to serve /metrics (loopback unless you name another address; port 0: any free)")
+    @click.option("--port", "ports", type=click.IntRange(0, 65535), multiple=True,
+                  help="count connection attempts to this port (repeatable; default: every port)")
+    @click.option("--syn-rate", type=click.IntRange(min=0), default=0, help="SYN flood threshold (SYNs/s/source)")
+    @click.option("--block", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+                  help="drop a flooding source for this long (needs --syn-rate)")
+    @click.option("--top", "top_n", type=click.IntRange(min=0), default=20, show_default=True,
+                  help="export per-source SYN counts for this many of the busiest sources")
+    @click.option("--duration", type=click.FloatRange(min=0), default=None, help=DURATION_HELP)
+    @click.option("--json", "as_json", is_flag=True, help="print the listen address as JSON")
+    def metrics(devs, netns, listen, ports, syn_rate, block, top_n, duration, as_json):
+        """Serve Prometheus metrics: SYNs, connection attempts, event loss, BPF program run stats.
+
+        Metrics: bpfgate_syn_total{interface}, bpfgate_syn_blocked_total{interface},
+        bpfgate_syn_source_total{interface,source}, bpfgate_syn_blocked_sources,
+        bpfgate_connection_attempts_total{interface,port}, bpfgate_events_total{source},
+        bpfgate_events_lost_total{source}, bpfgate_program_runs_total{program,id},
+        bpfgate_program_run_seconds_total{program,id}.
+        """
+        from bpfgate.errors import BpfgateError
+        from bpfgate.inspect import metrics as M
+        from bpfgate.inspect.events import EventStream
+        from bpfgate.kernel.stats import stats_enabled
+
+        if block and not syn_rate:
+            raise BpfgateError("bpfgate metrics", "--block needs --syn-rate")
+        M.parse_listen(listen)  # a bad address fails before anything is attached
+        with exit_on_signals(), ExitStack() as stack:
+            syn = open_syn(stack, devs, netns, rate=syn_rate, block=block)
+            log = open_attempts(stack, devs, netns, ports)
+            sources = [syn.event_source(), log.event_source()]
+            # consume the events so the loss counters mean "fell behind", not "nobody reads"
+            stream = stack.enter_context(EventStream(sources))
+            stack.enter_context(stats_enabled())
+            exp = stack.enter_context(M.Exporter())
+            for c in (M.SynCollector(syn, top_n), M.AttemptCollector(log), M.EventCollector(sources),
+                      M.ProgramCollector([syn.prog, log.prog])):
+                exp.add(c)
+            host, port = exp.serve(listen)
+            url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
+            if as_json:
+                term.print_json_line({"listen": f"{host}:{port}", "url": url})
+            else:
+                term.info(f"serving {url} (Ctrl-C to stop)")
+            pump(stream, duration, None, syn.sweep if block else None)
