@@ -59,7 +59,12 @@ def loaded(prog: str, maps: tuple[str, ...] = ()) -> Iterator[object]:
             # BpfObject has no autocreate switch yet: libbpf >= 0.8 has one, reached through the object ptr
             m = L.bpf_object__find_map_by_name(obj._ptr, name.encode())
             _set_autocreate(m, name in maps)
-        obj.load()
+        section = obj.program(prog).section
+        try:
+            obj.load()
+        except BpfgateError as e:  # name the program, not the object file: that is what the user needs
+            name = errno_name(e)
+            raise ProbeFailed(f"load {section}", e.cause, getattr(errno, name) if name else None) from None
         yield obj
     finally:
         obj.close()
@@ -171,9 +176,14 @@ def _attach_auto(prog: str) -> str:
     from bpfgate.kernel import links
 
     with loaded(prog) as obj:
-        with links.attach_auto(obj, prog) as link:
-            kind = link.info().type
-    return kind
+        try:
+            link = links.attach_auto(obj, prog)
+        except BpfgateError as e:
+            name = errno_name(e)
+            raise ProbeFailed(f"attach {obj.program(prog).section}", e.cause,
+                              getattr(errno, name) if name else None) from None
+        with link:
+            return link.info().type
 
 
 def probe_tracepoints() -> str:
@@ -198,7 +208,7 @@ def probe_kprobes() -> str:
     try:
         _attach_auto("bg_probe_kprobe")
     except BpfgateError as e:
-        if not os.path.exists(KPROBE_PMU):
+        if e.op.startswith("attach") and not os.path.exists(KPROBE_PMU):
             raise ProbeFailed(e.op, f"{e.cause}: no kprobe PMU ({KPROBE_PMU}), the kernel is built without "
                                     "CONFIG_KPROBES", errno.ENOENT) from None
         raise
@@ -298,8 +308,11 @@ def run(name: str) -> Check:
     try:
         detail = probe.fn()
     except (BpfgateError, OSError) as e:
-        return Check(name, "probe", MISSING, reason(e), impact=probe.impact, fix=getattr(e, "fix", None),
-                     errno=errno_name(e))
+        err = errno_name(e)
+        fix = getattr(e, "fix", None)
+        if err in ("EPERM", "EACCES") and not system.effective_caps() >> system.CAPS["CAP_BPF"] & 1:
+            fix = fix or "run as root (bpfgate needs CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+        return Check(name, "probe", MISSING, reason(e), impact=probe.impact, fix=fix, errno=err)
     except Exception as e:  # a bug in a probe must not take the report down: show it as the reason
         return Check(name, "probe", MISSING, f"probe crashed: {reason(e)}", impact=probe.impact)
     return Check(name, "probe", OK, detail)
