@@ -1,12 +1,13 @@
 """A rule as a set of atoms: the cross product of its lists, with port ranges split into aligned prefix blocks.
 
-An atom is one (mask, value) over the classifier key, except that the four prefix fields (src, dst,
-sport, dport) keep their own prefix length, so the shape quantiser can later widen them.
+An atom is one (mask, value) over the classifier key, held as one integer (layout.key_int) so that
+shape fitting is plain bit arithmetic: an atom fits any shape whose mask covers its own.
 """
 
 from __future__ import annotations
 
 import itertools
+import struct
 from dataclasses import dataclass
 
 from . import layout as L
@@ -34,40 +35,25 @@ def net_prefix(net) -> tuple[int, int, int]:
 
 
 @dataclass(frozen=True, slots=True)
-class Fixed:
-    """The exact-match part of an atom (masks + values); equal masks are a necessary part of one shape."""
-
-    have: int = 0
-    family: int = 0          # value; mask is 0xff when nonzero
-    proto: int | None = None
-    tcp: tuple[int, int] = (0, 0)    # (mask, value)
-    icmp_type: int | None = None
-    icmp_code: int | None = None
-    ct: int | None = None
-    vlan: int | None = None
-
-    def sig(self) -> tuple:
-        """The masks alone: atoms with the same sig can share a shape."""
-        return (self.have, bool(self.family), self.proto is not None, self.tcp[0], self.icmp_type is not None,
-                self.icmp_code is not None, self.ct is not None, self.vlan is not None)
-
-
-@dataclass(frozen=True, slots=True)
 class Atom:
-    fixed: Fixed
-    src: tuple[int, int, int]      # (value, len, width); len 0 = any
-    dst: tuple[int, int, int]
-    sport: tuple[int, int]         # (value, len) over 16 bits
-    dport: tuple[int, int]
+    """One (mask, value) over the key as an integer (layout.key_int). `zero` are bits the packet is known
+    to have zero whenever the atom's mask matches (an IPv4 address's bits past 32), never worth expanding."""
 
-    def lengths(self) -> tuple[int, int, int, int]:
-        return self.src[1], self.dst[1], self.sport[1], self.dport[1]
-
-    def widths(self) -> tuple[int, int]:
-        return self.src[2], self.dst[2]
+    mask: int
+    value: int
+    zero: int
 
 
-ANY_PORT = (0, 0)
+def _pack(have, family, proto, tcp, it, ic, ct, vlan, sport, dport, src, dst) -> int:
+    return L.key_int(struct.pack(L.KEY_FMT, 0, 0, have, family, proto, tcp, it, ic, ct, 0, vlan, sport, dport,
+                                 src.to_bytes(16, "big"), dst.to_bytes(16, "big")))
+
+
+def prefix_mask(length: int, bits: int) -> int:
+    return ((1 << length) - 1) << (bits - length)
+
+
+V4_ZERO = _pack(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (1 << 96) - 1, (1 << 96) - 1)
 
 
 def _have(rule: Rule) -> int:
@@ -90,7 +76,7 @@ def _have(rule: Rule) -> int:
 
 
 def atom_count(rule: Rule) -> int:
-    """How many atoms rule_atoms() will yield (before shape quantisation), without building them."""
+    """How many atoms rule_atoms() will yield (before shape fitting), without building them."""
     n = 1
     for f in ("src", "dst", "protocol", "vlan", "ct"):
         n *= len(getattr(rule, f) or (None,))
@@ -100,22 +86,34 @@ def atom_count(rule: Rule) -> int:
     return n
 
 
+ANY = (0, 0, ADDR_BITS)
+
+
 def rule_atoms(rule: Rule):
     """Yield the rule's atoms. Address pairs of different families are skipped (they match nothing)."""
     have = _have(rule)
+    tmask, tval = rule.tcp_flags or (0, 0)
     srcs = [net_prefix(n) for n in rule.src] if rule.src else [None]
     dsts = [net_prefix(n) for n in rule.dst] if rule.dst else [None]
-    sports = [b for lo, hi in rule.src_port for b in port_blocks(lo, hi)] if rule.src_port else [ANY_PORT]
-    dports = [b for lo, hi in rule.dst_port for b in port_blocks(lo, hi)] if rule.dst_port else [ANY_PORT]
+    sports = [b for lo, hi in rule.src_port for b in port_blocks(lo, hi)] if rule.src_port else [(0, 0)]
+    dports = [b for lo, hi in rule.dst_port for b in port_blocks(lo, hi)] if rule.dst_port else [(0, 0)]
+    it, ic = rule.icmp_type, rule.icmp_code
     for s, d in itertools.product(srcs, dsts):
-        fams = {p[2] for p in (s, d) if p is not None}
-        if len(fams) > 1:
+        widths = {p[2] for p in (s, d) if p is not None}
+        if len(widths) > 1:
             continue
-        width = fams.pop() if fams else ADDR_BITS
-        family = {32: 4, 128: 6}[width] if (s or d) else 0
-        any_addr = (0, 0, width)  # a wildcard beside a known family widens only over that family's bits
-        for proto, vlan, ct in itertools.product(rule.protocol or (None,), rule.vlan or (None,),
-                                                 rule.ct or (None,)):
-            fixed = Fixed(have, family, proto, rule.tcp_flags or (0, 0), rule.icmp_type, rule.icmp_code, ct, vlan)
-            for sp, dp in itertools.product(sports, dports):
-                yield Atom(fixed, s or any_addr, d or any_addr, sp, dp)
+        family = {32: 4, 128: 6}[widths.pop()] if widths else 0
+        s, d = s or ANY, d or ANY
+        zero = V4_ZERO if family == 4 else 0
+        for proto, vlan, ct in itertools.product(rule.protocol or (None,), rule.vlan or (None,), rule.ct or (None,)):
+            for (sp, spl), (dp, dpl) in itertools.product(sports, dports):
+                mask = _pack(have, 0xFF if family else 0, 0 if proto is None else 0xFF, tmask,
+                             0 if it is None else 0xFF, 0 if ic is None else 0xFF, 0 if ct is None else CT_MASK,
+                             0 if vlan is None else VLAN_MASK, prefix_mask(spl, 16), prefix_mask(dpl, 16),
+                             prefix_mask(s[1], ADDR_BITS), prefix_mask(d[1], ADDR_BITS))
+                value = _pack(have, family, proto or 0, tval, it or 0, ic or 0, ct or 0, vlan or 0, sp, dp, s[0], d[0])
+                yield Atom(mask, value, zero)
+
+
+CT_MASK = 0x07     # ct states are 1..4: three bits, so a shape that adds ct costs 8x, not 256x
+VLAN_MASK = 0x0FFF

@@ -6,17 +6,16 @@ See docs/policy-engine.md for the classifier; layout.py for the binary records.
 from __future__ import annotations
 
 import socket
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import PolicyError
 from . import layout as L
-from .atoms import ADDR_BITS, Atom, atom_count, rule_atoms
+from .atoms import Atom, atom_count, rule_atoms
 from .model import Hook, HookPolicy, Policy, Rule
 from .parse import rule_problem
-from .shapes import Lengths, TooManyShapes, plan_shapes
+from .shapes import TooManyShapes, expand, free_bits, plan_shapes
 
 PRIO_STEP = 1024          # gap between consecutive rules' priorities, so a live insert needs no renumbering
 DEFAULT_MAX_SHAPES = 16   # hash lookups per packet, worst case
@@ -35,12 +34,12 @@ class Limits:
 
 @dataclass(frozen=True)
 class ShapeSpec:
-    """What the compiler knows about a shape beyond its mask: which atoms may go in it (live edits)."""
-
     id: int
-    sig: tuple
-    lengths: Lengths
-    mask: bytes
+    mask: int            # layout.key_int of the mask; shape and gen bytes zero
+
+    @property
+    def mask_bytes(self) -> bytes:
+        return L.int_key(self.mask)
 
 
 @dataclass
@@ -65,7 +64,7 @@ class CompiledHook:
             count[sid] += 1
             if val.prio < best.get(sid, 1 << 32):
                 best[sid] = val.prio
-        shapes = [L.Shape(sid, self.shapes[sid].mask, best[sid], count[sid]) for sid in best]
+        shapes = [L.Shape(sid, self.shapes[sid].mask_bytes, best[sid], count[sid]) for sid in best]
         shapes.sort(key=lambda s: (s.best_prio, s.id))
         return L.Conf(self.gen, self.default_rule, tuple(shapes))
 
@@ -74,42 +73,10 @@ class CompiledHook:
         return [(L.ClsKey.unpack(k), v) for k, v in self.cls.items()]
 
 
-def prefix_mask(length: int, bits: int) -> int:
-    return ((1 << length) - 1) << (bits - length)
-
-
-def shape_mask(sig: tuple, q: Lengths) -> bytes:
-    have, fam, proto, tcp_mask, it, ic, ct, vlan = sig
-    ff = lambda on: 0xFF if on else 0  # noqa: E731
-    return struct.pack(L.KEY_FMT, 0, 0, have, ff(fam), ff(proto), tcp_mask, ff(it), ff(ic), ff(ct), 0,
-                       0xFFFF if vlan else 0, prefix_mask(q[2], 16), prefix_mask(q[3], 16),
-                       prefix_mask(q[0], ADDR_BITS).to_bytes(16, "big"),
-                       prefix_mask(q[1], ADDR_BITS).to_bytes(16, "big"))
-
-
-def _spread(value: int, length: int, width: int, q: int, bits: int) -> list[int]:
-    """All values of a prefix (value/length) at the longer length q (capped at the field's real width)."""
-    top = min(q, width)
-    extra = top - length
-    if extra <= 0:
-        return [value]
-    shift = bits - top
-    return [value | (i << shift) for i in range(1 << extra)]
-
-
-def atom_keys(atom: Atom, shape_id: int, gen: int, q: Lengths) -> list[bytes]:
-    f = atom.fixed
-    head = (shape_id, gen, f.have, f.family, f.proto or 0, f.tcp[1], f.icmp_type or 0, f.icmp_code or 0,
-            f.ct or 0, 0, f.vlan or 0)
-    out = []
-    for src in _spread(*atom.src, q[0], ADDR_BITS):
-        sb = src.to_bytes(16, "big")
-        for dst in _spread(*atom.dst, q[1], ADDR_BITS):
-            db = dst.to_bytes(16, "big")
-            for sp in _spread(*atom.sport, 16, q[2], 16):
-                for dp in _spread(*atom.dport, 16, q[3], 16):
-                    out.append(struct.pack(L.KEY_FMT, *head, sp, dp, sb, db))
-    return out
+def atom_keys(atom: Atom, shape: ShapeSpec, gen: int) -> list[bytes]:
+    """The bg_cls keys of one atom placed in a shape: its value with every combination of free bits."""
+    tag = L.shape_gen_bits(shape.id, gen)
+    return [L.int_key(v | tag) for v in expand(atom.value, free_bits(shape.mask, atom.mask, atom.zero))]
 
 
 def _ifindex(name: str) -> int:
@@ -184,23 +151,20 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         ra = list(rule_atoms(rule))
         atoms.append((rid, ra))
         for a in ra:
-            hist[(a.fixed.sig(), a.lengths(), a.widths())] += 1
+            hist[(a.mask, a.zero)] += 1
     try:
-        plans = plan_shapes(hist, limits.max_shapes, limits.max_entries, limits.cheap_merge)
+        placement = plan_shapes(hist, limits.max_shapes, limits.max_entries, limits.cheap_merge)
     except TooManyShapes as e:
         raise PolicyError(where(("hooks", hook.value)), e.reason) from None
-    ids: dict[tuple, int] = {}
-    for plan in plans.values():
-        pk = (plan.sig, plan.lengths)
-        if pk not in ids:
-            ids[pk] = len(ids)
-            out.shapes[ids[pk]] = ShapeSpec(ids[pk], plan.sig, plan.lengths, shape_mask(plan.sig, plan.lengths))
+    ids: dict[int, ShapeSpec] = {}
+    for mask in sorted(set(placement.values())):
+        spec = ShapeSpec(len(ids), mask)
+        ids[mask] = out.shapes[spec.id] = spec
     for i, (rid, ra) in enumerate(atoms):   # rules in priority order: the first writer of a key wins
         keys = out.rule_keys[rid] = []
         val = L.ClsValue(out.prios[rid], rid)
         for a in ra:
-            plan = plans[(a.fixed.sig(), a.lengths())]
-            keys.extend(atom_keys(a, ids[(plan.sig, plan.lengths)], gen, plan.lengths))
+            keys.extend(atom_keys(a, ids[placement[a.mask]], gen))
         if len(keys) > limits.max_rule_entries:
             raise PolicyError(where(("hooks", hook.value, "rules", i)),
                               f"rule {out.names[rid]!r} expands to {len(keys)} entries after shape fitting "

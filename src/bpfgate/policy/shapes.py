@@ -1,41 +1,38 @@
-"""Shape planning: group atoms by mask, then widen prefix lengths until the number of shapes fits.
+"""Shape planning: one shape = one mask over the key = one hash lookup per packet.
 
-A shape is one mask over the classifier key = one hash lookup per packet. Atoms whose exact-match fields
-are the same (Fixed.sig) but whose prefix lengths differ can share a shape whose lengths are the maximum
-of theirs; each atom is then expanded into 2^(extra bits) entries. Greedy: merge the pair of shapes that
-adds the fewest entries until at most max_shapes remain (tuple-space search with quantised prefixes).
+An atom (mask m, value v) can live in any shape whose mask M covers m: it becomes the 2^k entries that
+fill in the k bits of M it leaves free (bits known to be zero excepted). Quantising prefix lengths is the
+special case where M is a longer prefix. Greedy: start with one shape per distinct atom mask, then merge
+the pair of shapes that adds the fewest entries, until at most max_shapes remain, and further while a
+merge is cheap (one lookup less per packet is worth a few thousand entries).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
-from dataclasses import dataclass, field
-
-Lengths = tuple[int, int, int, int]   # src, dst, sport, dport prefix lengths
-Widths = tuple[int, int]              # src, dst address widths (32 or 128)
 
 
-def expansion(lens: Lengths, widths: Widths, q: Lengths) -> int:
-    """Entries one atom with prefix lengths `lens` becomes in a shape with lengths `q` (>= lens)."""
-    (ls, ld, lsp, ldp), (ws, wd) = lens, widths
-    bits = max(min(q[0], ws) - ls, 0) + max(min(q[1], wd) - ld, 0) + (q[2] - lsp) + (q[3] - ldp)
-    return 1 << bits
+def free_bits(shape_mask: int, atom_mask: int, zero: int) -> int:
+    return shape_mask & ~atom_mask & ~zero
 
 
-@dataclass
-class Plan:
-    sig: tuple
-    lengths: Lengths
-    hist: Counter = field(default_factory=Counter)   # (lens, widths) -> atoms
-
-    def cost(self, q: Lengths | None = None) -> int:
-        q = q or self.lengths
-        return sum(n * expansion(lens, w, q) for (lens, w), n in self.hist.items())
+def expansion(shape_mask: int, atom_mask: int, zero: int) -> int:
+    return 1 << free_bits(shape_mask, atom_mask, zero).bit_count()
 
 
-def _merged(a: Plan, b: Plan) -> Plan:
-    q = tuple(max(x, y) for x, y in zip(a.lengths, b.lengths))
-    return Plan(a.sig, q, a.hist + b.hist)
+def expand(value: int, free: int):
+    """value with every combination of the free bits (subset enumeration)."""
+    sub = 0
+    while True:
+        yield value | sub
+        if sub == free:
+            return
+        sub = (sub - free) & free
+
+
+def _cost(mask: int, hist: Counter) -> int:
+    return sum(n * expansion(mask, am, z) for (am, z), n in hist.items())
 
 
 class TooManyShapes(Exception):
@@ -44,52 +41,56 @@ class TooManyShapes(Exception):
         super().__init__(reason)
 
 
-def plan_shapes(hist: Counter, max_shapes: int, max_entries: int, cheap_merge: int = 4096) -> dict[tuple, Plan]:
-    """hist: (sig, lens, widths) -> atom count. Returns (sig, lens) -> the Plan that holds those atoms.
+def plan_shapes(hist: Counter, max_shapes: int, max_entries: int, cheap_merge: int = 4096) -> dict[int, int]:
+    """hist: (atom mask, zero bits) -> atom count. Returns atom mask -> the mask of the shape it goes to."""
+    plans: dict[int, Counter] = {}
+    for (am, z), n in hist.items():
+        plans.setdefault(am, Counter())[(am, z)] += n
+    cost = {m: _cost(m, h) for m, h in plans.items()}
+    members = {m: [m] for m in plans}
+    total = sum(cost.values())
+    heap = []
 
-    Merges until at most max_shapes remain, and beyond that while a merge is cheap (adds at most
-    max(cheap_merge, total/8) entries): one lookup less per packet is worth a few thousand entries."""
-    plans: dict[tuple, Plan] = {}
-    for (sig, lens, widths), n in hist.items():
-        plans.setdefault((sig, lens), Plan(sig, lens)).hist[(lens, widths)] += n
-    members = {k: [k] for k in plans}                  # plan key -> the (sig, lens) it absorbed
-    n_sigs = len({sig for sig, _ in plans})
-    if n_sigs > max_shapes:
-        raise TooManyShapes(
-            f"the rules use {n_sigs} different combinations of match fields; at most {max_shapes} shapes "
-            f"(hash lookups per packet) are allowed: use fewer field combinations or raise max_shapes")
-    pair_cost: dict[tuple, int] = {}
-    total = sum(p.cost() for p in plans.values())
-    while len(plans) > 1:
-        best = None
-        keys = list(plans)
-        for i, ka in enumerate(keys):
-            for kb in keys[i + 1:]:
-                if ka[0] != kb[0]:
-                    continue
-                pk = (ka, kb)
-                if pk not in pair_cost:
-                    a, b = plans[ka], plans[kb]
-                    pair_cost[pk] = _merged(a, b).cost() - a.cost() - b.cost()
-                if best is None or pair_cost[pk] < best[0]:
-                    best = (pair_cost[pk], ka, kb)
-        if best is None:
+    def extra_of(a: int, b: int) -> int:
+        merged = a | b
+        third = merged in plans and merged not in (a, b)
+        hist = plans[a] + plans[b] + (plans[merged] if third else Counter())
+        return _cost(merged, hist) - cost[a] - cost[b] - (cost[merged] if third else 0)
+
+    def push(a: int, b: int) -> None:
+        heapq.heappush(heap, (extra_of(a, b), a, b))
+
+    keys = list(plans)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            push(a, b)
+    while heap and len(plans) > 1:
+        extra, a, b = heapq.heappop(heap)
+        if a not in plans or b not in plans:
+            continue  # stale: one side was merged away
+        if extra != (now := extra_of(a, b)):
+            heapq.heappush(heap, (now, a, b))  # a shape it depends on changed since: re-rank
+            continue
+        if len(plans) <= max_shapes and extra > max(cheap_merge, total // 8):
             break
-        cost, ka, kb = best
-        if len(plans) <= max_shapes and cost > max(cheap_merge, total // 8):
-            break
-        total += cost
-        m = _merged(plans.pop(ka), plans.pop(kb))
-        mk = (m.sig, m.lengths)
-        absorbed = members.pop(ka) + members.pop(kb)
-        if mk in plans:  # the widened shape already exists: fold into it
-            m = Plan(m.sig, m.lengths, m.hist + plans.pop(mk).hist)
-            absorbed += members.pop(mk)
-        plans[mk], members[mk] = m, absorbed
-        pair_cost = {k: v for k, v in pair_cost.items() if not ({k[0], k[1]} & {ka, kb, mk})}
+        merged = a | b
+        hist = plans.pop(a) + plans.pop(b)
+        absorbed = members.pop(a) + members.pop(b)
+        if merged in plans:  # the union is an existing shape: fold into it (its pairs go stale with it)
+            hist += plans.pop(merged)
+            absorbed += members.pop(merged)
+            cost.pop(merged)
+        plans[merged], members[merged], cost[merged] = hist, absorbed, _cost(merged, hist)
+        total += extra
+        for other in plans:
+            if other != merged:
+                push(min(other, merged), max(other, merged))
+    if len(plans) > max_shapes:
+        raise TooManyShapes(f"the rules need more than {max_shapes} shapes (hash lookups per packet)")
+    total = sum(cost[m] for m in plans)
     if total > max_entries:
         raise TooManyShapes(
-            f"fitting the rules into {len(plans)} shapes needs {total} map entries (limit {max_entries}): "
-            f"prefix lengths / port ranges are too varied; use fewer distinct prefix lengths, align port "
-            f"ranges, or raise max_shapes / max_entries")
-    return {orig: plans[k] for k, origs in members.items() for orig in origs}
+            f"fitting the rules into {len(plans)} shapes needs {total} map entries (limit {max_entries}): the "
+            f"rules combine too many different match fields / prefix lengths / port ranges; use fewer "
+            f"combinations, align port ranges, or raise max_shapes (each shape costs one lookup per packet)")
+    return {orig: m for m, origs in members.items() for orig in origs}
