@@ -133,13 +133,13 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 dir)
 }
 
 SEC("tc")
-int bg_capture_ingress(struct __sk_buff *skb)
+int bg_cap_ingress(struct __sk_buff *skb)
 {
 	return capture(skb, BG_DIR_INGRESS);
 }
 
 SEC("tc")
-int bg_capture_egress(struct __sk_buff *skb)
+int bg_cap_egress(struct __sk_buff *skb)
 {
 	return capture(skb, BG_DIR_EGRESS);
 }

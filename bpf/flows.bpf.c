@@ -126,13 +126,13 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 }
 
 SEC("tc")
-int bg_flows_ingress(struct __sk_buff *skb)
+int bg_flow_ingress(struct __sk_buff *skb)
 {
 	return account(skb, BG_DIR_INGRESS);
 }
 
 SEC("tc")
-int bg_flows_egress(struct __sk_buff *skb)
+int bg_flow_egress(struct __sk_buff *skb)
 {
 	return account(skb, BG_DIR_EGRESS);
 }

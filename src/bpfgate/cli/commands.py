@@ -9,6 +9,7 @@ MODULES = [
     "events_cmd",
     "syn_cmd",
     "metrics_cmd",
+    "flows_cmd",
     "status_cmd",
     "demo_cmd",
     "doctor_cmd",

@@ -1,0 +1,79 @@
+"""`bpfgate flows`: per-flow packets/bytes on an interface, counted in the kernel for a while."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from bpfgate.cli import term
+from bpfgate.inspect.events import tcp_flags_str
+from bpfgate.inspect.flows import SORT_KEYS, Flow, FlowMonitor, top_flows
+
+
+def flow_row(f: Flow, now_ns: int) -> list:
+    """One table row; shared with `bpfgate top`."""
+    return [f.protocol, f"{_ep(f.src, f.sport)}", f"{_ep(f.dst, f.dport)}", f.direction[:2], f.interface or f.ifindex,
+            f.packets, human_bytes(f.bytes), tcp_flags_str(f.tcp_flags), f"{(now_ns - f.last_ns) / 1e9:.1f}s",
+            f.ended or ""]
+
+
+FLOW_COLUMNS = ["proto", "source", "destination", "dir", "if", "packets", "bytes", "tcp flags", "idle", "ended"]
+
+
+def _ep(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def register(app: click.Group) -> None:
+    @app.command("flows")
+    @click.option("--dev", required=True, help="Interface to watch (ingress and egress).")
+    @click.option("--netns", help="The interface is in this named network namespace.")
+    @click.option("--duration", type=float, default=3.0, show_default=True, metavar="SECONDS",
+                  help="How long to count before printing.")
+    @click.option("--sort", type=click.Choice(SORT_KEYS), default="bytes", show_default=True)
+    @click.option("--top", "top_n", type=click.IntRange(min=1), help="Only the first N flows.")
+    @click.option("--direction", type=click.Choice(["ingress", "egress", "both"]), default="both", show_default=True)
+    @click.option("--max-flows", type=click.IntRange(min=16), default=65536, show_default=True,
+                  help="Size of the kernel's flow table (LRU: the least recently used go first, counted).")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON document: flows, ended flows, stats.")
+    def flows_cmd(dev, netns, duration, sort, top_n, direction, max_flows, as_json):
+        """Count flows (5-tuple, both families) on DEV for a while, then print the top ones.
+
+        Flows that ended while counting (TCP FIN/RST) are listed once with their final counters;
+        entries the full table dropped are counted as evicted."""
+        ended = []
+        with FlowMonitor(dev, netns_name=netns, direction=direction, max_flows=max_flows) as mon:
+            deadline = time.monotonic() + max(duration, 0)
+            try:
+                while (left := deadline - time.monotonic()) > 0:
+                    ended.extend(mon.poll_ended(int(min(left, 0.2) * 1000)))
+            except KeyboardInterrupt:
+                pass  # Ctrl-C: print what was counted so far
+            ended.extend(mon.poll_ended())
+            flows = mon.flows()
+            stats = mon.stats(live=len(flows))
+            clock = mon.clock
+        shown = top_flows(flows, sort, top_n)
+        if as_json:
+            term.print_json({"interface": dev, "netns": netns, "duration": duration, "sort": sort,
+                             "flows": [f.to_json(clock) for f in shown],
+                             "ended": [e.to_json(clock) for e in ended], "stats": stats.to_json()})
+            return
+        now = time.monotonic_ns()
+        term.table(f"flows on {dev} ({len(shown)} of {len(flows)}, by {sort})", FLOW_COLUMNS,
+                   [flow_row(f, now) for f in shown])
+        if ended:
+            term.table("ended while counting", FLOW_COLUMNS[:-1] + ["reason"],
+                       [flow_row(e.flow, now)[:-1] + [e.reason] for e in ended])
+        term.info(f"live {stats.live}, created {stats.created}, ended {stats.ended}, expired {stats.expired}, "
+                  f"evicted {stats.evicted}, unparsed packets {stats.unparsed}, flow-end records lost "
+                  f"{stats.events_lost}")

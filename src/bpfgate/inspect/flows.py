@@ -1,0 +1,313 @@
+"""Per-flow accounting in the kernel (bpf/flows.bpf.c), read from Python in batches.
+
+    with FlowMonitor("eth0") as mon:            # attaches at ingress + egress, detaches on close
+        ...traffic...
+        for f in top_flows(mon.flows(), "bytes", 10):
+            print(f.src, f.sport, "->", f.dst, f.dport, f.packets, f.bytes)
+        ended = mon.poll_ended()                 # FIN/RST records from the kernel + idle expiry here
+        mon.stats()                              # created / ended / expired / evicted / events lost
+
+Nothing disappears silently: the kernel reports a flow's first FIN or RST once (ring buffer, final
+counters); flows idle longer than `idle_timeout` are deleted and reported here (reason "idle"); and
+entries the LRU table dropped to make room are counted (created - live - deleted by us), since the
+kernel does not say which ones they were.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from bpfgate.errors import BpfgateError, NotSupported, from_errno
+from bpfgate.inspect.events import Clock, tcp_flags_str
+from bpfgate.kernel import links, netlink, netns, tc
+from bpfgate.kernel.libbpf import sys_bpf
+from bpfgate.kernel.objects import BpfObject
+from bpfgate.kernel.ringbuf import RingBuffer
+
+DIRECTIONS = ("ingress", "egress")
+END_REASONS = {1: "fin", 2: "rst", 3: "idle", 4: "evicted"}
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
+SORT_KEYS = ("bytes", "packets", "last")
+# enum bg_flow_stat / bg_stat (bpfgate.h, flow.h)
+STAT_NEW, STAT_ENDED, STAT_UNPARSED, STAT_CREATE_FAIL = 0, 1, 2, 3
+STAT_EVENTS_LOST = 1
+BPF_F_BEFORE = 1 << 3  # TCX: put the link first in the chain
+# clsact fallback (kernels without TCX): priority 1 runs before the gate's filters
+TC_PRIORITY, TC_HANDLE = 1, 0xB9F5
+
+
+# ---- attaching a pair of programs ----------------------------------------------------------------------
+
+
+class TcHooks:
+    """Programs attached at TC ingress and/or egress of one interface for the lifetime of this object.
+
+    method "tcx" (kernel >= 6.6): links placed first in the TCX chain, so they see every packet before
+    other programs decide; the kernel detaches them when the process exits, even on SIGKILL.
+    method "tc": clsact direct-action filters at priority 1; the qdisc is removed on close only if we
+    created it and no other filter is left. "auto": tcx, else tc.
+    Our programs return TC_ACT_UNSPEC/TCX_NEXT: they never change what happens to a packet.
+    """
+
+    def __init__(self, dev: str, progs: dict[str, Any], *, netns_name: str | None = None, method: str = "auto"):
+        if method not in ("auto", "tcx", "tc"):
+            raise BpfgateError("attach", f"method must be auto, tcx or tc, not {method!r}")
+        self.dev, self.netns, self.method = dev, netns_name, method
+        self.ifindex = netlink.ifindex(dev, netns_name)  # NotFound: one line, nothing attached yet
+        self._links: list[links.Link] = []
+        self._filters: list[str] = []
+        self._created_clsact = False
+        try:
+            for direction, prog in progs.items():
+                self._attach(direction, prog)
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self, direction: str, prog: Any) -> None:
+        if self.method in ("auto", "tcx"):
+            try:
+                self._links.append(_tcx_first(prog, self.ifindex, direction, self.netns))
+                self.method = "tcx"
+                return
+            except NotSupported:
+                if self.method == "tcx":
+                    raise
+                self.method = "tc"
+        if not self._filters and not self._created_clsact:
+            self._created_clsact = tc.ensure_clsact(self.ifindex, self.netns)
+        tc.add_filter(self.ifindex, direction, prog.fd, handle=TC_HANDLE, priority=TC_PRIORITY,
+                      name=prog.name, netns=self.netns)
+        self._filters.append(direction)
+
+    def close(self) -> None:
+        for link in self._links:
+            link.close()
+        self._links = []
+        for direction in self._filters:
+            try:
+                tc.delete_filter(self.ifindex, direction, handle=TC_HANDLE, priority=TC_PRIORITY, netns=self.netns)
+            except BpfgateError:
+                pass  # the interface (or its namespace) is gone, and the filter with it
+        self._filters = []
+        if self._created_clsact:
+            self._created_clsact = False
+            try:
+                if not any(tc.list_filters(self.ifindex, d, self.netns) for d in DIRECTIONS):
+                    tc.remove_clsact(self.ifindex, self.netns)
+            except BpfgateError:
+                pass
+
+
+class _LinkCreateTcx(ctypes.Structure):
+    """bpf_attr for BPF_LINK_CREATE with a TCX target (kernel.links has no BPF_F_BEFORE option yet)."""
+
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_ifindex", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("relative_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("expected_revision", ctypes.c_uint64), ("_rest", ctypes.c_uint8 * 96)]
+
+
+def _tcx_first(prog: Any, ifindex: int, direction: str, netns_name: str | None) -> links.Link:
+    at = links.BPF_TCX_INGRESS if direction == "ingress" else links.BPF_TCX_EGRESS
+    attr = _LinkCreateTcx(prog_fd=prog.fd, target_ifindex=ifindex, attach_type=at, flags=BPF_F_BEFORE)
+    with netns.entered(netns_name):
+        fd = sys_bpf(links.BPF_LINK_CREATE, attr)
+    if fd < 0:
+        if -fd == errno.EINVAL:
+            raise NotSupported("TCX", "the kernel rejects TCX links", min_kernel="6.6")
+        raise from_errno(f"attach tcx {direction} to ifindex {ifindex}", -fd)
+    return links.Link(fd, what=f"tcx {direction} ifindex {ifindex}")
+
+
+def open_pair(obj_name: str, prefix: str, dev: str, direction: str, *, netns_name: str | None = None,
+              method: str = "auto", rodata: dict | None = None, sizes: dict[str, int] | None = None,
+              ) -> tuple[BpfObject, TcHooks]:
+    """Load `obj_name` (programs <prefix>_ingress / <prefix>_egress) and attach it at `direction`
+    ('ingress', 'egress' or 'both'). The caller closes hooks, then the object."""
+    dirs = DIRECTIONS if direction == "both" else (direction,)
+    if any(d not in DIRECTIONS for d in dirs):
+        raise BpfgateError("attach", f"direction must be ingress, egress or both, not {direction!r}")
+    netlink.ifindex(dev, netns_name)  # unknown interface: fail before loading anything
+    obj = BpfObject.open(obj_name, rodata=rodata)
+    try:
+        for name, n in (sizes or {}).items():
+            obj.set_max_entries(name, n)
+        obj.load()
+        hooks = TcHooks(dev, {d: obj.program(f"{prefix}_{d}") for d in dirs}, netns_name=netns_name, method=method)
+    except BaseException:
+        obj.close()
+        raise
+    return obj, hooks
+
+
+# ---- flows ----------------------------------------------------------------------------------------------
+
+
+def _addr(family: int, raw: Any) -> str:
+    b = bytes(raw)
+    return socket.inet_ntop(socket.AF_INET, b[12:16]) if family == 4 else socket.inet_ntop(socket.AF_INET6, b)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One direction of one connection as seen on one interface (bg_flow_key + bg_flow_value)."""
+
+    family: int
+    proto: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    direction: str
+    ifindex: int
+    interface: str | None
+    packets: int
+    bytes: int
+    first_ns: int  # CLOCK_MONOTONIC
+    last_ns: int
+    tcp_flags: int
+    ended: str | None  # "fin"/"rst" once the kernel reported the end, else None
+
+    @classmethod
+    def from_kernel(cls, key: Any, val: Any, names: dict[int, str]) -> "Flow":
+        return cls(family=key.family, proto=key.proto, src=_addr(key.family, key.saddr), sport=key.sport,
+                   dst=_addr(key.family, key.daddr), dport=key.dport, direction=DIRECTIONS[key.dir & 1],
+                   ifindex=key.ifindex, interface=names.get(key.ifindex), packets=val.packets, bytes=val.bytes,
+                   first_ns=val.first_ns, last_ns=val.last_ns, tcp_flags=val.tcp_flags,
+                   ended=END_REASONS.get(val.ended))
+
+    @property
+    def protocol(self) -> str:
+        return PROTO_NAMES.get(self.proto, str(self.proto))
+
+    def to_json(self, clock: Clock) -> dict:
+        return {"family": self.family, "proto": self.protocol, "src": self.src, "sport": self.sport,
+                "dst": self.dst, "dport": self.dport, "direction": self.direction, "interface": self.interface,
+                "ifindex": self.ifindex, "packets": self.packets, "bytes": self.bytes,
+                "first_seen": clock.iso(self.first_ns), "last_seen": clock.iso(self.last_ns),
+                "tcp_flags": tcp_flags_str(self.tcp_flags), "ended": self.ended}
+
+
+@dataclass(frozen=True)
+class FlowEnd:
+    flow: Flow
+    reason: str  # "fin", "rst" (kernel) or "idle" (expired here)
+
+    def to_json(self, clock: Clock) -> dict:
+        return {**self.flow.to_json(clock), "ended": self.reason}
+
+
+@dataclass(frozen=True)
+class FlowStats:
+    live: int  # entries in the table now
+    created: int  # entries the kernel created
+    ended: int  # FIN/RST records the kernel sent
+    expired: int  # idle entries deleted (and reported) here
+    evicted: int  # entries the full LRU table dropped: created - live - deleted here
+    unparsed: int  # packets not IPv4/IPv6: not accounted
+    events_lost: int  # flow-end records the ring buffer had no room for
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def top_flows(flows: Iterable[Flow], sort: str = "bytes", n: int | None = None) -> list[Flow]:
+    if sort not in SORT_KEYS:
+        raise BpfgateError("sort flows", f"sort by one of {', '.join(SORT_KEYS)}, not {sort!r}")
+    attr = "last_ns" if sort == "last" else sort
+    out = sorted(flows, key=lambda f: getattr(f, attr), reverse=True)
+    return out[:n] if n else out
+
+
+class FlowMonitor:
+    """Flow accounting on one interface (both directions by default) while the object is open."""
+
+    def __init__(self, dev: str, *, netns_name: str | None = None, direction: str = "both",
+                 max_flows: int = 65536, idle_timeout: float = 60.0, end_grace: float = 5.0,
+                 method: str = "auto", clock: Clock | None = None):
+        self.dev, self.netns = dev, netns_name
+        self.idle_timeout_ns = int(idle_timeout * 1e9)
+        self.end_grace_ns = int(end_grace * 1e9)  # ended flows stay listed this long, then go quietly
+        self.clock = clock or Clock()
+        self.obj, self.hooks = open_pair("flows", "bg_flow", dev, direction, netns_name=netns_name, method=method,
+                                         sizes={"flows": max_flows})
+        try:
+            self.table = self.obj.map("flows")
+            self._stats = self.obj.map("flow_stats")
+            self._bg_stats = self.obj.map("bg_stats")
+            self._names = {i.ifindex: i.name for i in netlink.interfaces(netns_name)}
+            self._ring = RingBuffer(self.obj.map("flow_events"), record_type=self.obj.btf.struct("bg_flow_end_event"))
+        except BaseException:
+            self.close()
+            raise
+        self.deleted = 0  # entries we removed (ended after grace, or idle)
+        self.expired = 0
+
+    # ---- reading ---------------------------------------------------------------------------------------
+
+    def flows(self) -> list[Flow]:
+        """Every flow in the table: one batched read (bpf_map_lookup_batch)."""
+        return [Flow.from_kernel(k, v, self._names) for k, v in self.table.lookup_batch()]
+
+    def poll_ended(self, timeout_ms: int = 0) -> list[FlowEnd]:
+        """Flow ends since the last call: the kernel's FIN/RST records, then idle flows expired here."""
+        self._ring.poll(timeout_ms)
+        ended = [FlowEnd(Flow.from_kernel(r.key, r.val, self._names), END_REASONS.get(r.val.ended, "fin"))
+                 for r in self._ring.drain()]
+        return ended + self.expire()
+
+    def expire(self, now_ns: int | None = None) -> list[FlowEnd]:
+        """Delete idle flows (reported, reason 'idle') and ended flows past the grace time (already reported)."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        out, gone = [], []
+        for f, key in self._entries():
+            idle = now - f.last_ns
+            if f.ended and idle > self.end_grace_ns:
+                gone.append(key)
+            elif not f.ended and idle > self.idle_timeout_ns:
+                gone.append(key)
+                out.append(FlowEnd(f, "idle"))
+        for key in gone:  # one by one: a delete that finds nothing means the LRU took it first
+            if self.table.delete(key):
+                self.deleted += 1
+        self.expired += len(out)
+        return out
+
+    def _entries(self) -> list[tuple[Flow, Any]]:
+        return [(Flow.from_kernel(k, v, self._names), k) for k, v in self.table.lookup_batch()]
+
+    def stats(self, live: int | None = None) -> FlowStats:
+        def total(m: Any, i: int) -> int:
+            return sum(m.get(i, [0]))
+
+        live = len(list(self.table.lookup_batch())) if live is None else live
+        created = total(self._stats, STAT_NEW)
+        return FlowStats(live=live, created=created, ended=total(self._stats, STAT_ENDED), expired=self.expired,
+                         evicted=max(0, created - live - self.deleted), unparsed=total(self._stats, STAT_UNPARSED),
+                         events_lost=total(self._bg_stats, STAT_EVENTS_LOST))
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        hooks, self.hooks = getattr(self, "hooks", None), None
+        if hooks is not None:
+            hooks.close()
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            ring.close()
+            self._ring = None
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+
+    def __enter__(self) -> "FlowMonitor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,250 @@
+"""Flow accounting (bpf/flows.bpf.c, bpfgate.inspect.flows) against real traffic between two throwaway
+namespaces: counters equal what the sockets sent plus the headers we can compute, flow ends are reported
+once, idle flows expire with a report, LRU evictions are counted, the CLI prints the flows."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from bpfgate.errors import NotFound
+from bpfgate.inspect.flows import FlowMonitor, top_flows
+from bpfgate.kernel import netns, tc
+
+pytestmark = pytest.mark.kernel
+
+UDP_HDR = {4: 20 + 8, 6: 40 + 8}  # IP + UDP header bytes per datagram
+TCP_HDR = {4: (20 + 20, 20 + 60), 6: (40 + 20, 40 + 60)}  # IP + TCP header, without / with max options
+FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+DEADLINE = 10.0  # seconds: every wait in these tests is bounded by this
+
+
+@pytest.fixture
+def pair(sandbox):
+    """client <-> server over one veth pair; flows are watched on the client's end."""
+    client, server = sandbox.host("client"), sandbox.host("server")
+    link = sandbox.link(client, server)
+    return client, server, link.end(client), link.end(server)
+
+
+def _bound(host, family: int, addr: str, kind: int) -> socket.socket:
+    with host.entered():
+        s = socket.socket(FAMILY[family], kind)
+    s.bind((addr, 0))
+    s.settimeout(DEADLINE)
+    return s
+
+
+def _wait_for(pred, what: str):
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _udp_exchange(pair, family: int, sizes: list[int]) -> tuple[int, int]:
+    """Client sends one datagram per size; the server echoes each. Returns (client port, server port)."""
+    client, server, c_if, s_if = pair
+    srv = _bound(server, family, s_if.addr(family), socket.SOCK_DGRAM)
+    cli = _bound(client, family, c_if.addr(family), socket.SOCK_DGRAM)
+    try:
+        dst = srv.getsockname()[:2]
+        for n in sizes:
+            cli.sendto(bytes(n), dst)
+            data, peer = srv.recvfrom(65535)
+            assert len(data) == n
+            srv.sendto(data, peer)
+            assert len(cli.recv(65535)) == n
+        return cli.getsockname()[1], dst[1]
+    finally:
+        srv.close()
+        cli.close()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_udp_counts_are_exact(pair, family):
+    client, _, c_if, s_if = pair
+    sizes = [1 + 97 * i for i in range(15)]  # 1 .. 1359 bytes: below the MTU, no fragments
+    with FlowMonitor(c_if.name, netns_name=client.netns) as mon:
+        cport, sport = _udp_exchange(pair, family, sizes)
+        flows = [f for f in mon.flows() if f.proto == 17 and {f.sport, f.dport} == {cport, sport}]
+    by_dir = {f.direction: f for f in flows}
+    assert set(by_dir) == {"egress", "ingress"}, flows
+    expect_bytes = sum(sizes) + len(sizes) * UDP_HDR[family]
+    out, back = by_dir["egress"], by_dir["ingress"]
+    assert (out.src, out.sport, out.dst, out.dport) == (c_if.addr(family), cport, s_if.addr(family), sport)
+    assert (back.src, back.sport, back.dst, back.dport) == (s_if.addr(family), sport, c_if.addr(family), cport)
+    for f in (out, back):
+        assert f.family == family and f.interface == c_if.name
+        assert (f.packets, f.bytes) == (len(sizes), expect_bytes)
+        assert f.first_ns <= f.last_ns and f.tcp_flags == 0 and f.ended is None
+
+
+def _tcp_transfer(pair, family: int, payload: int) -> tuple[int, int]:
+    """Client sends `payload` bytes and closes; the server reads to EOF, then closes. (cport, sport)"""
+    client, server, c_if, s_if = pair
+    lst = _bound(server, family, s_if.addr(family), socket.SOCK_STREAM)
+    lst.listen(1)
+    got = []
+
+    def serve():
+        conn, _ = lst.accept()
+        with conn:
+            conn.settimeout(DEADLINE)
+            n = 0
+            while chunk := conn.recv(1 << 16):
+                n += len(chunk)
+            got.append(n)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    cli = _bound(client, family, c_if.addr(family), socket.SOCK_STREAM)
+    try:
+        cli.connect(lst.getsockname()[:2])
+        cli.sendall(b"x" * payload)
+        cli.shutdown(socket.SHUT_WR)
+        assert cli.recv(1) == b""  # the server's FIN: both sides closed
+        t.join(DEADLINE)
+        assert got == [payload]
+        return cli.getsockname()[1], lst.getsockname()[1]
+    finally:
+        cli.close()
+        lst.close()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_tcp_bytes_within_header_overhead_and_flow_end_once(pair, family):
+    client, _, c_if, _ = pair
+    payload = 3_000_000  # large enough for GSO: the program expands super-packets into wire segments
+    with FlowMonitor(c_if.name, netns_name=client.netns) as mon:
+        cport, sport = _tcp_transfer(pair, family, payload)
+        ends = []
+        _wait_for(lambda: ends.extend(mon.poll_ended(100)) or len([e for e in ends if e.flow.proto == 6]) >= 2,
+                  "two flow-end records")
+        time.sleep(0.2)
+        ends.extend(mon.poll_ended(100))  # nothing more may come: each direction reported once
+        flows = {f.direction: f for f in mon.flows() if f.proto == 6 and f.sport in (cport, sport)}
+        stats = mon.stats()
+    ends = [e for e in ends if e.flow.proto == 6 and {e.flow.sport, e.flow.dport} == {cport, sport}]
+    assert sorted(e.flow.direction for e in ends) == ["egress", "ingress"]
+    assert all(e.reason == "fin" for e in ends)
+    lo, hi = TCP_HDR[family]
+    out = flows["egress"]  # client -> server: the payload
+    assert payload + out.packets * lo <= out.bytes <= payload + out.packets * hi
+    assert out.packets >= payload // 65536  # at least one wire packet per 64 KiB
+    assert out.tcp_flags & 0x13 == 0x13 and out.ended == "fin"  # SYN, ACK, FIN seen
+    back = flows["ingress"]  # server -> client: ACKs only, no payload
+    assert back.packets * lo <= back.bytes <= back.packets * hi
+    end_out = next(e for e in ends if e.flow.direction == "egress")
+    assert payload + end_out.flow.packets * lo <= end_out.flow.bytes <= out.bytes  # counters at FIN time
+    assert stats.ended >= 2 and stats.events_lost == 0
+
+
+def test_idle_flows_expire_once_with_a_report(pair):
+    client, _, c_if, _ = pair
+    with FlowMonitor(c_if.name, netns_name=client.netns, idle_timeout=0.3) as mon:
+        cport, sport = _udp_exchange(pair, 4, [10, 20, 30])
+        time.sleep(0.5)
+        ended = [e for e in mon.poll_ended() if e.flow.proto == 17 and e.flow.sport in (cport, sport)]
+        again = [e for e in mon.poll_ended() if e.flow.proto == 17 and e.flow.sport in (cport, sport)]
+        left = [f for f in mon.flows() if f.proto == 17 and f.sport in (cport, sport)]
+        stats = mon.stats()
+    assert sorted(e.flow.direction for e in ended) == ["egress", "ingress"]
+    assert all(e.reason == "idle" and e.flow.packets == 3 for e in ended)
+    assert again == [] and left == []
+    assert stats.expired >= 2 and stats.evicted == 0
+
+
+def test_lru_evictions_are_counted(pair):
+    client, server, c_if, s_if = pair
+    with FlowMonitor(c_if.name, netns_name=client.netns, direction="egress", max_flows=64) as mon:
+        srv = _bound(server, 4, s_if.ip4, socket.SOCK_DGRAM)
+        try:
+            for port in range(40000, 40300):  # 300 source ports: 300 flows into a 64-entry table
+                with client.entered():
+                    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                cli.bind((c_if.ip4, port))
+                cli.sendto(b"x", srv.getsockname())
+                cli.close()
+        finally:
+            srv.close()
+        stats = mon.stats()
+    assert stats.created >= 300
+    assert stats.live <= 64
+    assert stats.evicted == stats.created - stats.live > 0
+
+
+def test_clsact_fallback_leaves_nothing(pair):
+    client, _, c_if, _ = pair
+    with FlowMonitor(c_if.name, netns_name=client.netns, method="tc") as mon:
+        names = {f.prog_name for d in ("ingress", "egress") for f in tc.list_filters(c_if.name, d, client.netns)}
+        assert names == {"bg_flow_ingress", "bg_flow_egress"}
+        _udp_exchange(pair, 4, [100])
+        assert any(f.proto == 17 for f in mon.flows())
+    assert not tc.has_clsact(c_if.name, client.netns)
+
+
+def test_unknown_interface_is_one_typed_error(pair):
+    client = pair[0]
+    with pytest.raises(NotFound):
+        FlowMonitor("nosuchif0", netns_name=client.netns)
+
+
+def test_top_flows_sorting(pair):
+    client, _, c_if, _ = pair
+    with FlowMonitor(c_if.name, netns_name=client.netns) as mon:
+        _udp_exchange(pair, 4, [1000])
+        _udp_exchange(pair, 4, [10])
+        flows = mon.flows()
+    by_bytes = top_flows(flows, "bytes", 1)
+    assert len(by_bytes) == 1 and by_bytes[0].bytes == max(f.bytes for f in flows)
+    assert top_flows(flows, "last")[0].last_ns == max(f.last_ns for f in flows)
+
+
+def test_cli_flows_json(pair):
+    client, server, c_if, s_if = pair
+    srv = _bound(server, 4, s_if.ip4, socket.SOCK_DGRAM)
+    cli = _bound(client, 4, c_if.ip4, socket.SOCK_DGRAM)
+    dport = srv.getsockname()[1]
+    stop = threading.Event()
+
+    def send():  # bounded: at most 400 datagrams, one per 25 ms
+        for _ in range(400):
+            if stop.wait(0.025):
+                return
+            cli.sendto(b"y" * 50, srv.getsockname())
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "bpfgate.cli.main", "flows", "--dev", c_if.name,
+                            "--netns", client.netns, "--duration", "1.5", "--json", "--sort", "packets"],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        stop.set()
+        t.join(DEADLINE)
+        srv.close()
+        cli.close()
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    udp = [f for f in doc["flows"] if f["proto"] == "udp" and f["dport"] == dport]
+    assert udp and udp[0]["packets"] > 0 and udp[0]["bytes"] == udp[0]["packets"] * (50 + 28)
+    assert udp[0]["direction"] == "egress" and udp[0]["src"] == c_if.ip4
+    assert set(doc["stats"]) >= {"live", "created", "evicted", "events_lost"}
+
+
+def test_cli_unknown_interface_one_line(pair):
+    r = subprocess.run([sys.executable, "-m", "bpfgate.cli.main", "flows", "--dev", "nosuchif0", "--netns",
+                        pair[0].netns, "--duration", "0.1"], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
