@@ -96,6 +96,7 @@ struct bg_sock_owner {
 
 #define BG_OWNER_ACTIVE 1  /* we saw connect() */
 #define BG_OWNER_PASSIVE 2 /* child of a listener */
+#define BG_OWNER_CLOSER 4  /* owner taken at close()/shutdown() (the fd holder then) */
 
 /* key of the listener map: who called listen() on (netns, port) */
 struct bg_listen_key {
