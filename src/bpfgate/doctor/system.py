@@ -52,9 +52,11 @@ def mounted(path: str, fstype: str) -> bool:
 
 
 def cgroup2_mount() -> str | None:
-    """Where cgroup v2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts)."""
+    """Where cgroup v2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts): the
+    system's mount under /sys/fs/cgroup when there is one, else the first cgroup2 mount."""
     points = [p for p, t in mounts() if t == "cgroup2"]
-    return min(points, key=len) if points else None
+    system_wide = [p for p in points if p == "/sys/fs/cgroup" or p.startswith("/sys/fs/cgroup/")]
+    return (system_wide or points or [None])[0]
 
 
 def tracefs_mounted() -> bool:

@@ -1,0 +1,75 @@
+"""doctor's report model without a kernel: exit status, the JSON document, reasons from errors."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from bpfgate import doctor
+from bpfgate.doctor.model import Check, document, errno_name, exit_code, reason
+from bpfgate.errors import AttachError, NotSupported, PermissionDenied
+
+
+def checks(**status: str) -> list[Check]:
+    """Every check OK, except those given (name=status)."""
+    return [Check(n, "probe", status.get(n, "ok"), "detail", impact="" if status.get(n, "ok") == "ok" else "x")
+            for n in doctor.names()]
+
+
+def test_exit_status_is_zero_only_when_every_essential_check_is_ok():
+    assert exit_code(checks()) == doctor.EXIT_OK == 0
+    for name in doctor.ESSENTIAL:
+        assert exit_code(checks(**{name: "missing"})) == doctor.EXIT_CORE_MISSING == 1
+        assert exit_code(checks(**{name: "warn"})) == 1
+    for name in ("kprobes", "fentry", "tracepoints", "tcx", "xdp_native", "tracefs", "jit"):
+        assert exit_code(checks(**{name: "missing"})) == 0
+    assert exit_code([c for c in checks() if c.name != "tc"]) == 1  # not run is not OK
+
+
+def test_essential_set_is_the_documented_core():
+    assert doctor.ESSENTIAL == {"btf", "maps", "ringbuf", "tc", "xdp_generic"}
+    assert set(doctor.ESSENTIAL) <= set(doctor.names())
+
+
+def test_document_keys_and_missing_list():
+    doc = document(checks(kprobes="missing", fentry="missing", jit="warn"))
+    assert list(doc) == ["schema", "bpfgate", "kernel", "core_ok", "exit_code", "missing", "checks"]
+    assert doc["schema"] == 1 and doc["core_ok"] is True and doc["exit_code"] == 0
+    assert doc["missing"] == [n for n in doctor.names() if n in ("kprobes", "fentry")]
+    c = doc["checks"][0]
+    assert list(c) == ["name", "kind", "status", "detail", "impact", "fix", "errno", "essential"]
+
+
+def test_names_are_unique_system_first():
+    names = doctor.names()
+    assert len(names) == len(set(names))
+    assert names[0] == "kernel" and names.index("tracefs") < names.index("tracepoints")
+
+
+@pytest.mark.parametrize("exc, name", [
+    (PermissionDenied("load x", "Operation not permitted"), "EPERM"),
+    (AttachError("attach x", errno.EBUSY), "EBUSY"),
+    (OSError(errno.ENOENT, "No such file or directory", "/sys/kernel/tracing"), "ENOENT"),
+    (NotSupported("TCX", "the kernel rejects TCX links"), None),
+    (ValueError("boom"), None),
+])
+def test_errno_name(exc, name):
+    assert errno_name(exc) == name
+
+
+def test_reason_names_operation_and_cause_without_generic_hints():
+    r = reason(PermissionDenied("load fentry/tcp_v4_connect", "Operation not permitted"))
+    assert r == "load fentry/tcp_v4_connect: Operation not permitted (EPERM)"
+    assert "run as root" not in r  # PermissionDenied's hint is wrong advice when root is refused
+    assert reason(OSError(errno.EACCES, "Permission denied", "/x")) == "Permission denied: /x (EACCES)"
+    assert reason(KeyError("k")) == "KeyError: 'k'"
+
+
+def test_unknown_check_is_not_found():
+    from bpfgate.errors import NotFound
+
+    with pytest.raises(NotFound):
+        doctor.run_check("warp_drive")
+    with pytest.raises(NotFound):
+        doctor.run_checks(only=["warp_drive"])
