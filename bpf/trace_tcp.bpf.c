@@ -104,7 +104,10 @@ static __always_inline void flow_from_sk(struct bg_tcp_event *ev, const struct s
 {
 	ev->sk = (__u64)sk;
 	ev->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* inet_sport outlives the bound port (skc_num is 0 once the port is released at close) */
+	ev->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+	if (!ev->sport)
+		ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	ev->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	ev->netns = sk_netns(sk);
 	if (ev->family == AF_INET6) {
@@ -201,10 +204,12 @@ static __always_inline void on_state(const struct sock *sk, int old, int new)
 		o = bpf_map_lookup_elem(&socks, &key);
 		if (!o) { /* opened before tracing began: owner known from here on, duration not */
 			owner_from_current(&fresh);
+			fresh.flags = BG_OWNER_CLOSER;
 			bpf_map_update_elem(&socks, &key, &fresh, BPF_NOEXIST);
 		} else if (!o->pid || (o->flags & BG_OWNER_PASSIVE)) {
 			/* a listener's owner is a guess for its children (pre-fork servers): the closer knows */
 			owner_from_current(o);
+			o->flags |= BG_OWNER_CLOSER;
 		}
 		return;
 	case TCP_CLOSE:

@@ -1,0 +1,85 @@
+"""What the tcp and drop tracers share: load with a backend per hook, one event stream, filters, loss
+reported as events, and close() that detaches everything (also on Ctrl-C: use `with`)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from bpfgate.inspect.events import EventSource, EventStream
+from bpfgate.trace import backend, format  # noqa: F401  (format registers the record kinds)
+from bpfgate.trace.filters import Filter
+
+
+class Tracer:
+    OBJECT = ""
+    WHAT = ""
+    HOOKS: tuple[backend.Hook, ...] = ()
+
+    def __init__(self, *, filters: Filter | None = None, prefer: str = "auto", rodata: dict | None = None,
+                 setup=None):
+        self.filters = filters or Filter()
+        self.obj, self.links, self.choices = backend.load(self.OBJECT, self.HOOKS, what=self.WHAT,
+                                                          prefer=prefer, rodata=rodata, setup=setup)
+        try:
+            self.stream = EventStream([EventSource.from_object(self.obj, self.OBJECT)])
+        except BaseException:
+            self.close()
+            raise
+        self.matched = 0
+
+    # ---- what runs ---------------------------------------------------------------------------------------
+
+    def backends(self) -> list[dict]:
+        """Per hook: the backend used (tp_btf / tracepoint / null: missing), what it gives, notes."""
+        return [c.describe() for c in self.choices]
+
+    def missing(self) -> list[str]:
+        return [f"{c.hook.name} ({c.hook.gives}): {c.note}" for c in self.choices if c.backend is None]
+
+    # ---- events -------------------------------------------------------------------------------------------
+
+    def poll(self, timeout_ms: int = 100) -> list[dict]:
+        """Events that arrived within timeout_ms (JSON form, filtered), then an events_lost record if
+        the kernel failed to hand over some since the last call."""
+        self.stream.poll(timeout_ms)
+        out = [d for d in map(self.stream.describe, self.stream.drain()) if self._keep(d)]
+        self.matched += len(out)
+        return out + self.stream.loss_events()
+
+    def _keep(self, ev: dict) -> bool:
+        return self.filters.match(ev)
+
+    def events(self, timeout: float | None = None, poll_ms: int = 100) -> Iterator[dict]:
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            yield from self.poll(poll_ms)
+
+    @property
+    def lost(self) -> int:
+        return self.stream.lost
+
+    @property
+    def submitted(self) -> int:
+        return self.stream.submitted
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach every hook, free the ring buffer and the object (idempotent)."""
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.close()
+        for link in self.links:
+            link.close()
+        self.links = []
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+
+    def __enter__(self) -> "Tracer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

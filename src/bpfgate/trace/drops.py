@@ -1,0 +1,53 @@
+"""`trace drops`: every skb the kernel freed as dropped (skb:kfree_skb), with the kernel's drop reason:
+per-reason counts (all drops, kept in the kernel) and per-flow events (ring buffer). Drops made by a
+bpfgate TC program are attributed to it (bpfgate.trace.attribution)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bpfgate.errors import BpfgateError
+from bpfgate.trace import names
+from bpfgate.trace.backend import Hook
+from bpfgate.trace.base import Tracer
+from bpfgate.trace.filters import Filter
+
+HOOKS = (Hook("skb", "kfree_skb", "bg_drop_btf", "bg_drop_tp", "drops with reasons", required=True),)
+
+
+class DropTracer(Tracer):
+    """Per-flow events through poll()/events(); counts() for the per-reason totals.
+
+    reasons: only events of these reasons (names or codes; counts always cover every reason).
+    include_unspecified: also emit events for NOT_SPECIFIED (plentiful and uninformative: counted only,
+    by default). tcp: a running TcpTracer whose socket owners give drops a PID."""
+
+    OBJECT = "trace_drops"
+    WHAT = "trace drops"
+    HOOKS = HOOKS
+
+    def __init__(self, *, filters: Filter | None = None, prefer: str = "auto", reasons: tuple = (),
+                 include_unspecified: bool = False, tcp: Any = None):
+        table = names.drop_reasons()
+        if not table:
+            raise BpfgateError("trace drops", "the kernel's BTF has no enum skb_drop_reason: reasons unknown")
+        self.reasons = frozenset(names.drop_reason_code(str(r), table) for r in reasons)
+        skip = {} if include_unspecified else {"cfg_skip_reason": names.drop_reason_code("NOT_SPECIFIED", table)}
+
+        def share(obj):
+            if tcp is not None and tcp.obj is not None:
+                obj.reuse_map("socks", tcp.obj.map("socks").fd)
+
+        super().__init__(filters=filters, prefer=prefer, rodata=skip, setup=share)
+
+    def _keep(self, ev: dict) -> bool:
+        if ev.get("type") == "drop" and self.reasons and ev["reason_code"] not in self.reasons:
+            return False
+        return super()._keep(ev)
+
+    def counts(self) -> dict[str, int]:
+        """Drop reason name -> packets dropped since start (all drops, whatever the filters)."""
+        table = names.drop_reasons()
+        m = self.obj.map("reason_counts")
+        out = {names.drop_reason(int(k), table): sum(v) for k, v in m.items()}
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
