@@ -73,3 +73,12 @@ def test_unknown_check_is_not_found():
         doctor.run_check("warp_drive")
     with pytest.raises(NotFound):
         doctor.run_checks(only=["warp_drive"])
+
+
+def test_reason_is_one_line_for_verifier_errors_and_keeps_build_hints():
+    from bpfgate.errors import ObjectError, VerifierError
+
+    v = VerifierError("load x", "0: r0 = 0\n1: exit\nR0 !read_ok", "full log")
+    assert reason(v) == "load x: verifier rejected the program: R0 !read_ok"
+    o = ObjectError("open BPF object probes.o", "no such file", hint="build the objects with `make -C bpf`")
+    assert reason(o) == "open BPF object probes.o: no such file (build the objects with `make -C bpf`)"

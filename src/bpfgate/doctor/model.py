@@ -9,7 +9,7 @@ import errno as _errno
 import os
 from dataclasses import asdict, dataclass
 
-from bpfgate.errors import BpfgateError
+from bpfgate.errors import BpfgateError, ObjectError
 
 SCHEMA = 1
 OK, MISSING, WARN = "ok", "missing", "warn"
@@ -89,11 +89,21 @@ def errno_name(exc: BaseException) -> str | None:
     return _BY_STRERROR.get(cause) if isinstance(cause, str) else None
 
 
+def cause(exc: BpfgateError) -> str:
+    """The error's cause on one line: a verifier summary shrinks to its last line (the error), and a
+    missing object keeps its hint (how to build it)."""
+    lines = [ln.strip() for ln in exc.cause.splitlines() if ln.strip()]
+    text = lines[0] if len(lines) <= 1 else f"{lines[0].split(':')[0]}: {lines[-1]}"
+    if isinstance(exc, ObjectError) and exc.hint:
+        text += f" ({exc.hint})"
+    return text
+
+
 def reason(exc: BaseException) -> str:
     """One line saying what failed: the operation and the kernel's answer, without generic hints
     (doctor adds its own diagnosis: 'run as root' is wrong advice when root is refused)."""
     if isinstance(exc, BpfgateError):
-        text = f"{exc.op}: {exc.cause}"
+        text = f"{exc.op}: {cause(exc)}"
     elif isinstance(exc, OSError):
         text = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
     else:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from bpfgate.doctor import scratch, system
-from bpfgate.doctor.model import MISSING, OK, Check, errno_name, reason
+from bpfgate.doctor.model import MISSING, OK, Check, cause, errno_name, reason
 from bpfgate.errors import BpfgateError, NotFound
 
 OBJECT = "probes"
@@ -64,7 +64,7 @@ def loaded(prog: str, maps: tuple[str, ...] = ()) -> Iterator[object]:
             obj.load()
         except BpfgateError as e:  # name the program, not the object file: that is what the user needs
             name = errno_name(e)
-            raise ProbeFailed(f"load {section}", e.cause, getattr(errno, name) if name else None) from None
+            raise ProbeFailed(f"load {section}", cause(e), getattr(errno, name) if name else None) from None
         yield obj
     finally:
         obj.close()
