@@ -13,6 +13,7 @@ MODULES = [
     "status_cmd",
     "demo_cmd",
     "doctor_cmd",
+    "trace_cmd",
 ]
 
 REGISTRY = [importlib.import_module(f"bpfgate.cli.{m}").register for m in MODULES]
