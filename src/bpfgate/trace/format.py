@@ -121,8 +121,9 @@ def tcp_line(ev: dict) -> str:
         detail.append(f"cause={ev['cause']} ({ev['error']})")
     if ev.get("reason"):
         detail.append(f"reason={ev['reason']}")
-    if ev["event"] in ("close", "retransmit", "reset_rx", "reset_tx"):
-        detail.append(f"state={ev['old_state']}" if ev["event"] == "close" else f"state={ev['state']}")
+    state = ev["old_state"] if ev["event"] == "close" else ev["state"]  # close: the state it ended from
+    if state and ev["event"] in ("close", "retransmit", "reset_rx", "reset_tx"):
+        detail.append(f"state={state}")
     return (f"{_t(ev):<15} {ev['event']:<14} {_v(ev['pid']):>7} {_v(ev['comm']):<15.15} {_v(ev['ip']):>2} "
             f"{_v(ev['laddr']):<22} {ev['lport']:>5} {_v(ev['raddr']):<22} {ev['rport']:>5} "
             f"{_v(ev.get('tx_bytes')):>9} {_v(ev.get('rx_bytes')):>9} {_v(ev.get('duration_ms')):>9}  "
