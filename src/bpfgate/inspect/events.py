@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+from collections import ChainMap
 import select
 import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
 
 from bpfgate.errors import BpfgateError
 from bpfgate.kernel.btf import Btf
@@ -114,7 +115,7 @@ class Context:
     """What a kind's fields() may need beyond the record: names of interfaces and rules, the clock."""
 
     clock: Clock
-    interfaces: dict[int, str] = field(default_factory=dict)
+    interfaces: Mapping[int, str] = field(default_factory=dict)
     rules: dict[int, str] = field(default_factory=dict)
 
     def ifname(self, ifindex: int) -> str | None:
@@ -208,7 +209,8 @@ class EventSource:
     @classmethod
     def from_object(cls, obj: Any, name: str, *, ringbuf: str = "events", stats: str = "bg_stats",
                     interfaces: dict[int, str] | None = None) -> "EventSource":
-        return cls(name, obj.map(ringbuf), obj.map(stats), obj.btf, dict(interfaces or {}))
+        # the caller's dict itself: interfaces attached later still get their names
+        return cls(name, obj.map(ringbuf), obj.map(stats), obj.btf, interfaces if interfaces is not None else {})
 
     def record_types(self) -> dict[int, Any]:
         """type id -> ctypes struct, for every registered kind this object's BTF knows."""
@@ -237,7 +239,8 @@ class EventStream:
         if not self.sources:
             raise BpfgateError("open event stream", "no event sources")
         self.clock = clock or Clock()
-        self.ctx = Context(self.clock, rules=dict(rules or {}))
+        # live view of every source's names (attach() after the stream opened still names events)
+        self.ctx = Context(self.clock, ChainMap(*(s.interfaces for s in self.sources)), dict(rules or {}))
         self._kind_of: dict[type, tuple[EventKind, str]] = {}
         self._rings: list[TypedRingBuffer] = []
         self._pending: list[Any] = []
@@ -248,7 +251,6 @@ class EventStream:
                 types = s.record_types()
                 for tid, rt in types.items():
                     self._kind_of[rt] = (KINDS[tid], s.name)
-                self.ctx.interfaces.update(s.interfaces)
                 rb = TypedRingBuffer(s.ringbuf, types, handler=handler)
                 self._rings.append(rb)
                 self._ep.register(rb.epoll_fd(), select.EPOLLIN)
