@@ -173,6 +173,10 @@ def test_cli_events_json_lines_and_sigterm_detaches(net):
     assert "Traceback" not in err
     assert all(json.loads(x)["type"] == "conn_attempt" for x in out.splitlines())
     # programs exist only while something holds them: gone means no link, filter or XDP left attached
+    # (freed after an RCU grace period: wait, bounded)
+    deadline = time.monotonic() + WAIT
+    while ours & (_prog_ids("bg_attempts_tc") | _prog_ids("bg_syn_xdp")) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not ours & (_prog_ids("bg_attempts_tc") | _prog_ids("bg_syn_xdp"))
     assert server.run(["ip", "-j", "link", "show", "dev", link.b.name], check=True).stdout.count("xdp") == 0
 
