@@ -1,6 +1,7 @@
 """Shared fixtures. Kernel tests (`@pytest.mark.kernel`) need root; the session ends with a leak check:
 no network namespace, root-namespace veth or sandbox marker of this process, and no new pin under
-/sys/fs/bpf/bpfgate, may survive the run."""
+/sys/fs/bpf/bpfgate, may survive the run. Pins carry no owner: a new pin counts as ours unless its path
+names another run's sandbox (so pin per-namespace state under the sandbox host's netns name)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import pytest
 
 from bpfgate.sandbox import Sandbox, leftovers, sweep_stale
+from bpfgate.sandbox.names import owner_of
 
 PIN_ROOT = "/sys/fs/bpf/bpfgate"
 IS_ROOT = os.geteuid() == 0
@@ -31,6 +33,20 @@ def _pins() -> set[str]:
     return found
 
 
+def _leaked_pins(before: set[str]) -> list[str]:
+    """Pins (and empty directories) that appeared during the session, except those whose path names
+    another live run's sandbox (e.g. gate/<tag>-server/eth0/...): runs share this machine."""
+    leaked = []
+    for path in sorted(_pins() - before):
+        owners = [owner_of(part) for part in os.path.relpath(path, PIN_ROOT).split(os.sep)]
+        if any(o and o[1] != os.getpid() for o in owners):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path) and os.listdir(path):
+            continue  # a parent: its contents are judged one by one
+        leaked.append(path)
+    return leaked
+
+
 @pytest.fixture(scope="session", autouse=True)
 def leak_check():
     """Fails the session (error at teardown of its last test) if this run left anything behind."""
@@ -40,10 +56,9 @@ def leak_check():
     sweep_stale()  # what crashed runs left: their owner PIDs are gone, so it is nobody's
     pins_before = _pins()
     yield
-    leaks = leftovers(os.getpid()) + [f"pin {p}" for p in sorted(_pins() - pins_before)]
+    leaks = leftovers(os.getpid()) + [f"pin {p}" for p in _leaked_pins(pins_before)]
     if leaks:
-        pytest.fail("this test run leaked (pins are compared with the session start, so a concurrent "
-                    "run pinning there shows up too):\n  " + "\n  ".join(leaks), pytrace=False)
+        pytest.fail("this test run left behind:\n  " + "\n  ".join(leaks), pytrace=False)
 
 
 @pytest.fixture

@@ -45,8 +45,8 @@ def _zombie(pid: int) -> bool:
 def test_routed_ping_and_tcp(sandbox, family):
     t = sandbox.routed()
     server_addr = getattr(t.right.b, family)
-    assert t.client.ping(server_addr)
-    assert not t.client.tcp_connect(server_addr, 9000, timeout=1)  # nothing listens yet: refused
+    assert t.client.ping(server_addr), f"no echo reply from {server_addr}"
+    assert not t.client.tcp_connect(server_addr, 9000, timeout=1), "connected before the server started"
     srv = t.server.spawn([sys.executable, "-c", textwrap.dedent("""
         import socket
         s = socket.create_server(("::", 9000), family=socket.AF_INET6, dualstack_ipv6=True)
@@ -54,14 +54,14 @@ def test_routed_ping_and_tcp(sandbox, family):
         while True:
             s.accept()[0].close()
         """)])
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while not t.client.tcp_connect(server_addr, 9000, timeout=0.5):
-        assert srv.alive and time.monotonic() < deadline, srv.output()
+        assert srv.alive and time.monotonic() < deadline, f"server never accepted: {srv.output()}"
         time.sleep(0.02)
     # the router is what carries it: without forwarding the same probes fail
     t.router.set_forwarding(False)
-    assert not t.client.ping(server_addr, timeout=0.5)
-    assert not t.client.tcp_connect(server_addr, 9000, timeout=0.5)
+    assert not t.client.ping(server_addr, timeout=0.5), "echo reply with forwarding off"
+    assert not t.client.tcp_connect(server_addr, 9000, timeout=0.5), "connected with forwarding off"
 
 
 def test_addresses_routes_and_names(sandbox):
@@ -104,6 +104,14 @@ def test_http_server_and_get_both_families(sandbox):
         assert r.status == 200 and r.ok and r.body == b"bpfgate sandbox server\n", (url, r)
     r = t.client.http_get(f"http://{t.right.b.ip4}:8081/", timeout=1)
     assert r.status is None and not r.ok and "refused" in r.error.lower()
+
+
+def test_http_server_port_taken(sandbox):
+    h = sandbox.host("h")
+    first = h.http_server(8080)
+    with pytest.raises(SandboxError, match="Address already in use"):
+        h.http_server(8080)  # must not mistake the first server for the second one
+    assert first.alive
 
 
 def test_http_server_on_one_address(sandbox):

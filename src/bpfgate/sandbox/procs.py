@@ -131,6 +131,34 @@ def spawn(ns: str | None, host: str, argv: Sequence[str], log_path: str,
     return Process(p, [str(a) for a in argv], host, log_path)
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds a TCP socket listening on `port` (a connect probe could be
+    answered by someone else already on that port)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return False
+    for table in ("tcp", "tcp6"):  # /proc/<pid>/net shows that process's namespace
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            # local_address is ADDR:PORT in hex, state 0A is LISTEN, column 9 the socket's inode
+            if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A" and cols[9] in inodes:
+                return True
+    return False
+
+
 def pids_in_netns(ns: str) -> list[int]:
     """PIDs whose network namespace is the named one (what `ip netns pids` reports)."""
     try:

@@ -10,14 +10,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from bpfgate.errors import BpfgateError, from_errno
+from bpfgate.errors import from_errno
 from bpfgate.kernel import netns
 from bpfgate.sandbox import cleanup, names, probe, procs
 from bpfgate.sandbox.procs import Process, SandboxError
@@ -112,21 +111,20 @@ class Host:
 
     def http_server(self, port: int = 8000, bind: str | None = None, timeout: float = 5.0) -> Process:
         """Serve a small page on `port` (bind None: every address, IPv4 and IPv6); returns once the
-        port accepts connections."""
+        server process listens on the port."""
         www = tempfile.mkdtemp(prefix=f"www-{self.name}-{port}-", dir=self.sandbox.workdir)
         with open(os.path.join(www, "index.html"), "w") as f:
             f.write(f"bpfgate sandbox {self.name}\n")
         bind = bind or "::"  # http.server binds '::' dual-stack (IPV6_V6ONLY off): both families
         proc = self.spawn([sys.executable, "-m", "http.server", "--bind", bind, "--directory", www, str(port)])
-        probe_addr = {"::": "::1", "0.0.0.0": "127.0.0.1"}.get(bind, bind)
         deadline = time.monotonic() + timeout
-        while not self.tcp_connect(probe_addr, port, timeout=0.2):
+        while not procs.listens_on(proc.pid, port):
             if not proc.alive or time.monotonic() > deadline:
-                out = proc.output().strip().splitlines()[-1:] or ["no output"]
+                out = (proc.output().strip().splitlines() or ["no output"])[-1]
+                why = f"exited with {proc.returncode}" if not proc.alive else f"not listening after {timeout:g}s"
                 proc.stop()
-                raise SandboxError(f"start http server on [{bind}]:{port} in {self.name}",
-                                   f"not accepting connections after {timeout:g}s: {out[0]}")
-            time.sleep(0.02)
+                raise SandboxError(f"start http server on [{bind}]:{port} in {self.name}", f"{why}: {out}")
+            time.sleep(0.01)
         return proc
 
     def http_get(self, url: str, timeout: float = 3.0) -> probe.HttpResult:
@@ -222,17 +220,21 @@ class Sandbox:
                 continue
         else:
             raise SandboxError("create sandbox", "no free name")
-        self.workdir = tempfile.mkdtemp(prefix=f"bpfgate-{self.tag}-")
-        self.record.workdir = self.workdir
-        self.record.save()
         self.hosts: dict[str, Host] = {}
         self.links: list[Link] = []
         self.processes: list[Process] = []
         self._closed = False
         self._n_links = 0
         self._n_root_ifaces = 0
+        try:
+            self.workdir = tempfile.mkdtemp(prefix=f"bpfgate-{self.tag}-")
+            self.record.workdir = self.workdir
+            self.record.save()
+            self.root = Host(self, "root", None)
+        except BaseException:
+            cleanup.remove_record(self.record)
+            raise
         cleanup.register(self)
-        self.root = Host(self, "root", None)
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.tag} hosts={list(self.hosts)}>"
