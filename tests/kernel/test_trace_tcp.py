@@ -1,0 +1,349 @@
+"""trace tcp / trace drops against real traffic: a client process and a server process (each with its
+own comm) in two namespaces of a sandbox, over a veth pair, IPv4 and IPv6. The client connects to the
+listening server, to a closed port (refused), to a port that bpfgate's gate program drops at the server's
+TC ingress (timed out) and to an address of its subnet nobody has (unreachable). The trace must show the
+right owner pid/comm at both ends, the addresses and ports, the exact payload byte counts, durations that
+fit what the test did, the failed connects with their cause, retransmits, resets and drop reasons.
+
+Events are picked out by network namespace (inode), so concurrent traffic elsewhere does not matter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from bpfgate.errors import NotSupported
+from bpfgate.kernel.links import tc_attach_libbpf, tc_detach_libbpf
+from bpfgate.kernel.objects import BpfObject
+from bpfgate.trace import DropTracer, Filter, TcpTracer
+from bpfgate.trace.backend import tracefs_root
+
+pytestmark = pytest.mark.kernel
+
+PORT, CLOSED_PORT, DROPPED_PORT = 8080, 8081, 8082
+SENT, REPLY, HOLD_S = 3000, 1234, 0.3  # client payload, server payload, client pause before sending
+COLLECT_S = 20.0  # upper bound for events to show up after the traffic (normally immediate)
+
+SERVER = textwrap.dedent("""
+    import ctypes, json, socket, sys
+    ctypes.CDLL(None).prctl(15, b"bgt-server")            # PR_SET_NAME: the comm the trace must show
+    port, reply, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    ls = socket.socket(socket.AF_INET6)
+    ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)   # dual stack: v4 arrives v4-mapped
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("::", port)); ls.listen(8)
+    print("ready", flush=True)
+    ls.settimeout(30)
+    for _ in range(n):
+        c, peer = ls.accept()
+        c.settimeout(30)
+        got = 0
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            got += len(b)
+        c.sendall(b"s" * reply)
+        c.close()
+        print(json.dumps({"peer": peer[0], "got": got}), flush=True)
+""")
+
+CLIENT = textwrap.dedent("""
+    import ctypes, json, socket, sys, time
+    ctypes.CDLL(None).prctl(15, b"bgt-client")
+    TCP_SYNCNT = 7
+    def attempt(addr, port, syncnt=None, send=0, hold=0.0):
+        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        if syncnt:
+            s.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, syncnt)   # bounds a connect timeout (1: ~3 s)
+        t0 = time.monotonic()
+        try:
+            s.connect((addr, port))                                # blocking: the kernel decides the outcome
+        except OSError as e:
+            s.close()
+            return {"addr": addr, "port": port, "error": e.errno, "s": time.monotonic() - t0}
+        lport = s.getsockname()[1]
+        time.sleep(hold)
+        s.sendall(b"c" * send)
+        s.shutdown(socket.SHUT_WR)
+        got = 0
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += len(b)
+        s.close()
+        return {"addr": addr, "port": port, "lport": lport, "got": got, "s": time.monotonic() - t0}
+    for step in json.loads(sys.argv[1]):
+        print(json.dumps(attempt(**step)), flush=True)
+""")
+
+
+def _ino(ns: str) -> int:
+    return os.stat(f"/run/netns/{ns}").st_ino
+
+
+def _collect(tracers, want, timeout: float = COLLECT_S) -> list[dict]:
+    """Poll every tracer until want(events) holds or the bound runs out; returns what was seen."""
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for t in tracers:
+            seen.extend(t.poll(50))
+        if want(seen):
+            break
+    return seen
+
+
+@pytest.fixture
+def net(sandbox, tmp_path):
+    client, server = sandbox.host("cli"), sandbox.host("srv")
+    link = sandbox.link(client, server)
+    # unreachable in ~0.3 s instead of 3 s: one ARP probe, short retransmit time (client side only)
+    client.sysctl(f"net.ipv4.neigh.{link.a.name}.mcast_solicit", 1)
+    client.sysctl(f"net.ipv4.neigh.{link.a.name}.retrans_time_ms", 300)
+    (tmp_path / "server.py").write_text(SERVER)
+    (tmp_path / "client.py").write_text(CLIENT)
+    return client, server, link, tmp_path
+
+
+@pytest.fixture
+def gate(net):
+    """bg_gate_ports at the server's TC ingress, dropping TCP to DROPPED_PORT; removed after the test."""
+    _, server, link, _ = net
+    obj = BpfObject.open("gate").load()
+    obj.map("blocked_ports")[{"port": DROPPED_PORT, "pad": 0}] = {"packets": 0, "bytes": 0}
+    with server.entered():
+        prog_id, _ = tc_attach_libbpf(obj.program("bg_gate_ports"), link.b.index, "ingress")
+    try:
+        yield prog_id
+    finally:
+        with server.entered():
+            try:
+                tc_detach_libbpf(link.b.index, "ingress")
+            except Exception:
+                pass  # the namespace goes with the sandbox anyway
+        obj.close()
+
+
+def _start_server(server, tmp_path, n: int):
+    proc = server.spawn([sys.executable, str(tmp_path / "server.py"), str(PORT), str(REPLY), str(n)])
+    deadline = time.monotonic() + 10
+    while "ready" not in proc.output():
+        assert proc.alive and time.monotonic() < deadline, f"server did not start: {proc.output()}"
+        time.sleep(0.02)
+    return proc
+
+
+def _run_client(client, tmp_path, steps, timeout=60) -> tuple[list[dict], float]:
+    t0 = time.monotonic()
+    r = client.run([sys.executable, str(tmp_path / "client.py"), json.dumps(steps)], timeout=timeout)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()], elapsed
+
+
+def _one(events, **match) -> dict:
+    hits = [e for e in events if all(e.get(k) == v for k, v in match.items())]
+    assert len(hits) == 1, f"want one event {match}, got {len(hits)}: {hits}\nall: {events}"
+    return hits[0]
+
+
+def test_lifecycle_pid_bytes_failures_drops(net, gate):
+    client, server, link, tmp = net
+    nss = {_ino(client.netns), _ino(server.netns)}
+    ghost = str(link.a.net4[99])  # in the client's subnet, owned by nobody: ARP fails
+    steps = [
+        {"addr": link.b.ip4, "port": PORT, "send": SENT, "hold": HOLD_S},
+        {"addr": link.b.ip6, "port": PORT, "send": SENT, "hold": HOLD_S},
+        {"addr": link.b.ip4, "port": CLOSED_PORT},
+        {"addr": link.b.ip4, "port": DROPPED_PORT, "syncnt": 1},
+        {"addr": ghost, "port": PORT, "syncnt": 3},
+    ]
+    with TcpTracer() as tcp, DropTracer(tcp=tcp) as drops:
+        assert {b["backend"] for b in tcp.backends()} <= {"tp_btf", "tracepoint"}
+        srv = _start_server(server, tmp, n=2)
+        results, elapsed = _run_client(client, tmp, steps)
+        srv.wait(10)
+        cpid, spid = None, srv.pid
+
+        def done(evs):
+            mine = [e for e in evs if e.get("netns") in nss]
+            kinds = [(e["type"], e.get("event"), e.get("reason")) for e in mine]
+            return (kinds.count(("tcp", "close", None)) >= 4 and kinds.count(("tcp", "connect_failed", None)) >= 3
+                    and ("drop", None, "TC_INGRESS") in kinds)
+
+        events = _collect([tcp, drops], done)
+        assert tcp.lost == 0 and drops.lost == 0
+
+    mine = [e for e in events if e.get("netns") in nss]
+    ok4, ok6, refused, dropped, unreach = results
+    assert ok4["got"] == REPLY and ok6["got"] == REPLY
+    assert refused["error"] == 111 and dropped["error"] == 110 and unreach["error"] == 113, results
+
+    tcp_ev = [e for e in mine if e["type"] == "tcp"]
+    for ip, res, caddr, saddr in ((4, ok4, link.a.ip4, link.b.ip4), (6, ok6, link.a.ip6, link.b.ip6)):
+        con = _one(tcp_ev, event="connect", lport=res["lport"], rport=PORT, ip=ip)
+        acc = _one(tcp_ev, event="accept", lport=PORT, rport=res["lport"], ip=ip)
+        cclose = _one(tcp_ev, event="close", lport=res["lport"], rport=PORT, ip=ip)
+        sclose = _one(tcp_ev, event="close", lport=PORT, rport=res["lport"], ip=ip)
+        cpid = cpid or con["pid"]
+        # the owners: client process at connect and close; the server process, known from listen()
+        for e in (con, cclose):
+            assert (e["pid"], e["comm"], e["laddr"], e["raddr"]) == (cpid, "bgt-client", caddr, saddr), e
+        for e in (acc, sclose):
+            assert (e["pid"], e["comm"], e["laddr"], e["raddr"]) == (spid, "bgt-server", saddr, caddr), e
+        assert acc["owner"] == "listener" and con["owner"] == "connect"
+        # payload bytes, exactly
+        assert (cclose["tx_bytes"], cclose["rx_bytes"]) == (SENT, REPLY), cclose
+        assert (sclose["tx_bytes"], sclose["rx_bytes"]) == (REPLY, SENT), sclose
+        # the client held the connection HOLD_S before sending; nothing outlives the client run
+        assert HOLD_S * 1000 <= cclose["duration_ms"] <= elapsed * 1000, (cclose, elapsed)
+        assert HOLD_S * 1000 <= sclose["duration_ms"] <= elapsed * 1000, (sclose, elapsed)
+        assert 0 < con["duration_ms"] <= cclose["duration_ms"]
+    assert cpid and cpid != spid
+
+    # failed connects, with their cause and the client as owner
+    for res, cause in ((refused, "refused"), (dropped, "timeout"), (unreach, "unreachable")):
+        f = _one(tcp_ev, event="connect_failed", raddr=res["addr"], rport=res["port"])
+        assert (f["cause"], f["pid"], f["comm"]) == (cause, cpid, "bgt-client"), f
+        assert 0 < f["duration_ms"] <= elapsed * 1000
+    # the RST of the closed port: sent by the server's kernel (no socket), received by the client
+    rst_tx = [e for e in tcp_ev if e["event"] == "reset_tx" and e["lport"] == CLOSED_PORT]
+    assert rst_tx and rst_tx[0]["reason"] == "NO_SOCKET" and rst_tx[0]["laddr"] == link.b.ip4
+    rst_rx = _one(tcp_ev, event="reset_rx", rport=CLOSED_PORT)
+    assert (rst_rx["pid"], rst_rx["comm"], rst_rx["state"]) == (cpid, "bgt-client", "SYN_SENT")
+    # the dropped port: the client's kernel retransmitted the SYN, on behalf of the client
+    rtx = [e for e in tcp_ev if e["event"] == "retransmit" and e["rport"] == DROPPED_PORT]
+    assert rtx and all((e["pid"], e["comm"], e["state"]) == (cpid, "bgt-client", "SYN_SENT") for e in rtx)
+
+    # drops: the gate's SYN drops at the server's ingress, attributed to the gate program
+    drop_ev = [e for e in mine if e["type"] == "drop"]
+    gated = [e for e in drop_ev if e["reason"] == "TC_INGRESS" and e["dport"] == DROPPED_PORT]
+    assert len(gated) >= 2, drop_ev  # the SYN and at least one retransmission
+    for e in gated:
+        assert (e["saddr"], e["daddr"], e["protocol"]) == (link.a.ip4, link.b.ip4, "tcp")
+        assert e["by"] and e["by"]["program"] == "bg_gate_ports" and e["by"]["prog_id"] == gate, e
+    # the closed port's SYN: dropped by the server's kernel for want of a socket
+    assert any(e["reason"] == "NO_SOCKET" and e["dport"] == CLOSED_PORT for e in drop_ev), drop_ev
+
+
+def test_filters_keep_only_matching_flows(net):
+    client, server, link, tmp = net
+    with TcpTracer(filters=Filter.parse(ports=[PORT], addrs=[str(link.b.net6)])) as tcp:
+        srv = _start_server(server, tmp, n=2)
+        results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 10},
+                                               {"addr": link.b.ip6, "port": PORT, "send": 10}])
+        srv.wait(10)
+        events = _collect([tcp], lambda evs: sum(e.get("event") == "close" for e in evs) >= 2, timeout=5)
+    mine = [e for e in events if e.get("netns") in {_ino(client.netns), _ino(server.netns)}]
+    assert mine and all(e["ip"] == 6 and PORT in (e["lport"], e["rport"]) for e in mine), mine
+    assert {e["event"] for e in mine} >= {"connect", "accept", "close"}
+
+
+class _Cli:
+    """`bpfgate trace ...` in a subprocess; stdout lines arrive through a reader thread (a select() on a
+    buffered pipe would miss lines already buffered)."""
+
+    def __init__(self, *args: str):
+        import queue
+        import threading
+
+        exe = os.path.join(os.path.dirname(sys.executable), "bpfgate")
+        self.proc = subprocess.Popen([exe, "trace", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.out: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.out.append(line)
+            self.lines.put(line)
+
+    def readline(self, timeout: float) -> str:
+        import queue
+
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return ""
+
+    def finish(self, timeout: float) -> tuple[list[str], str]:
+        err = self.proc.stderr.read() if self.proc.wait(timeout) is not None else ""
+        self._reader.join(timeout)
+        return self.out, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def test_cli_json_lines_and_ctrl_c(net):
+    client, server, link, tmp = net
+    cli = _Cli("tcp", "--json", "--port", str(PORT), "--addr", link.b.ip4)
+    try:
+        first = json.loads(cli.readline(30) or "{}")
+        assert first.get("type") == "trace_started", first
+        assert first["filters"]["port"] == [PORT]
+        srv = _start_server(server, tmp, n=1)
+        results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 77}])
+        srv.wait(10)
+        lport = results[0]["lport"]
+        got, deadline = [], time.monotonic() + COLLECT_S
+        # other sandboxes may use the same addresses: look at this flow only
+        while time.monotonic() < deadline and sum(e.get("event") == "close" and lport in (e["lport"], e["rport"])
+                                                  for e in got) < 2:
+            line = cli.readline(1)
+            if line:
+                got.append(json.loads(line))
+        closes = [e for e in got if e.get("event") == "close" and e["lport"] == lport]
+        assert len(closes) == 1 and closes[0]["tx_bytes"] == 77 and closes[0]["comm"] == "bgt-client", got
+        cli.proc.send_signal(signal.SIGINT)  # Ctrl-C: detach, then a summary line, exit 0
+        out, err = cli.finish(30)
+        assert cli.proc.returncode == 0, err
+        summary = json.loads(out[-1])
+        assert summary["type"] == "trace_summary" and summary["lost"] == 0 and summary["events"] >= len(got)
+        assert "Traceback" not in err
+    finally:
+        cli.kill()
+
+
+def test_cli_bad_filter_is_one_line():
+    cli = _Cli("tcp", "--port", "70000")
+    out, err = cli.finish(30)
+    assert cli.proc.returncode != 0 and "Traceback" not in err
+    assert "--port" in err and "70000" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_classic_tracepoint_backend_or_clear_error():
+    """The classic backend works where tracefs is mounted; elsewhere the error names what is missing."""
+    if tracefs_root() is None:
+        with pytest.raises(NotSupported) as exc:
+            TcpTracer(prefer="tracepoint")
+        assert "tracefs" in str(exc.value) and "inet_sock_set_state" in str(exc.value)
+        return
+    import socket
+
+    with TcpTracer(prefer="tracepoint") as tcp:
+        assert {b["backend"] for b in tcp.backends()} == {"tracepoint"}
+        with socket.socket() as ls:  # loopback only
+            ls.bind(("127.0.0.1", 0))
+            ls.listen()
+            port = ls.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                lport = c.getsockname()[1]
+        events = _collect([tcp], lambda evs: any(e.get("event") == "connect" and e["lport"] == lport for e in evs))
+    con = [e for e in events if e.get("event") == "connect" and e["lport"] == lport]
+    assert con and con[0]["pid"] == os.getpid(), events
