@@ -82,3 +82,17 @@ def test_reason_is_one_line_for_verifier_errors_and_keeps_build_hints():
     assert reason(v) == "load x: verifier rejected the program: R0 !read_ok"
     o = ObjectError("open BPF object probes.o", "no such file", hint="build the objects with `make -C bpf`")
     assert reason(o) == "open BPF object probes.o: no such file (build the objects with `make -C bpf`)"
+
+
+def test_a_crashing_check_becomes_a_line_of_the_report(monkeypatch):
+    from bpfgate.doctor import probes, system
+
+    def boom(**kw):
+        raise RuntimeError("odd host")
+
+    monkeypatch.setitem(system.SYSTEM_CHECKS, "jit", boom)
+    c = doctor.run_check("jit")
+    assert c.status == "warn" and "odd host" in c.detail
+    monkeypatch.setitem(probes.PROBES, "tcx", probes.Probe("tcx", lambda: 1 / 0, "impact"))
+    c = doctor.run_check("tcx")
+    assert c.status == "missing" and "ZeroDivisionError" in c.detail and c.impact == "impact"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 
 from bpfgate.doctor.model import (ESSENTIAL, EXIT_CORE_MISSING, EXIT_OK, MISSING, OK, WARN, Check, core_ok,
-                                  document, exit_code)
+                                  document, exit_code, reason)
 from bpfgate.doctor.probes import PROBES
 from bpfgate.doctor.system import FIXABLE, SYSTEM_CHECKS
 from bpfgate.errors import NotFound
@@ -34,7 +34,10 @@ def run_check(name: str, *, fix: bool = False) -> Check:
     """Run one check. `fix` lets the bpffs/tracefs checks mount what is missing."""
     if name in SYSTEM_CHECKS:
         fn = SYSTEM_CHECKS[name]
-        return fn(fix=fix) if name in FIXABLE else fn()
+        try:
+            return fn(fix=fix) if name in FIXABLE else fn()
+        except Exception as e:  # an odd host must not take the whole report down
+            return Check(name, "system", WARN, f"check failed: {reason(e)}", impact="unknown")
     if name in PROBES:
         from bpfgate.doctor import probes
 

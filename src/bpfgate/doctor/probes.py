@@ -2,6 +2,9 @@
 feature is about attaching, attaches it somewhere throwaway (scratch.py). A probe returns a detail string
 when the feature works and raises when it does not; run() turns that into a Check.
 
+Kernel modules are imported inside the probes: `import bpfgate.doctor` stays cheap and works where
+libbpf is absent (the report then says so, probe by probe).
+
 Nothing a probe makes survives it: programs and maps close with their object, links with their fd,
 tc/XDP attachments live in a scratch namespace the kernel destroys, the scratch cgroup is removed.
 """
@@ -12,18 +15,21 @@ import ctypes
 import errno
 import os
 import struct
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from bpfgate.doctor import scratch, system
 from bpfgate.doctor.model import MISSING, OK, Check, cause, errno_name, reason
 from bpfgate.errors import BpfgateError, NotFound
 
+if TYPE_CHECKING:
+    from bpfgate.kernel.objects import BpfObject
+
 OBJECT = "probes"
 MAPS = ("probe_hash", "probe_events", "probe_sockmap")
 PROBE_MAGIC = 0xB9F9A7E5  # bg_probe_ringbuf's record
-XDP_PASS, XDP_DROP = 2, 1
+XDP_PASS = 2
 BPF_SK_SKB_STREAM_VERDICT, BPF_SK_MSG_VERDICT = 5, 7
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
 
@@ -38,14 +44,20 @@ FRAME = (bytes.fromhex("020000000002" "020000000001" "0800")
 class ProbeFailed(BpfgateError):
     """A probe's own diagnosis (the feature is absent for a reason we can name)."""
 
-    def __init__(self, op: str, cause: str, err: int | None = None, *, fix: str | None = None):
+    def __init__(self, op: str, why: str, err: int | None = None, *, fix: str | None = None):
         self.errno = err
         self.fix = fix
-        super().__init__(op, cause)
+        super().__init__(op, why)
+
+    @classmethod
+    def wrap(cls, op: str, exc: BpfgateError) -> "ProbeFailed":
+        """`exc` renamed after what the probe was doing (the program's SEC, not the object file)."""
+        name = errno_name(exc)
+        return cls(op, cause(exc), getattr(errno, name) if name else None)
 
 
 @contextmanager
-def loaded(prog: str, maps: tuple[str, ...] = ()) -> Iterator[object]:
+def loaded(prog: str, maps: tuple[str, ...] = ()) -> Iterator["BpfObject"]:
     """probes.o with only `prog` loaded and only `maps` created (so a map type the kernel lacks breaks
     only the probe that needs it)."""
     from bpfgate.kernel import libbpf as L
@@ -62,9 +74,8 @@ def loaded(prog: str, maps: tuple[str, ...] = ()) -> Iterator[object]:
         section = obj.program(prog).section
         try:
             obj.load()
-        except BpfgateError as e:  # name the program, not the object file: that is what the user needs
-            name = errno_name(e)
-            raise ProbeFailed(f"load {section}", cause(e), getattr(errno, name) if name else None) from None
+        except BpfgateError as e:
+            raise ProbeFailed.wrap(f"load {section}", e) from None
         yield obj
     finally:
         obj.close()
@@ -179,9 +190,7 @@ def _attach_auto(prog: str) -> str:
         try:
             link = links.attach_auto(obj, prog)
         except BpfgateError as e:
-            name = errno_name(e)
-            raise ProbeFailed(f"attach {obj.program(prog).section}", e.cause,
-                              getattr(errno, name) if name else None) from None
+            raise ProbeFailed.wrap(f"attach {obj.program(prog).section}", e) from None
         with link:
             return link.info().type
 

@@ -160,7 +160,11 @@ def check_cgroup2() -> Check:
 
 
 def check_libbpf() -> Check:
-    from bpfgate.kernel import libbpf as L
+    try:
+        from bpfgate.kernel import libbpf as L
+    except BpfgateError as e:  # libbpf.so.1 absent: every probe will say so too
+        return Check("libbpf", "system", MISSING, e.cause, impact="nothing loads: bpfgate drives the kernel through libbpf",
+                     fix="apt-get install libbpf1", errno="ENOENT")
 
     v = L.version()
     major = L.libbpf_major_version()
