@@ -10,6 +10,7 @@ MODULES = [
     "syn_cmd",
     "metrics_cmd",
     "flows_cmd",
+    "capture_cmd",
     "status_cmd",
     "demo_cmd",
     "doctor_cmd",

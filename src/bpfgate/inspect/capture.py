@@ -1,0 +1,284 @@
+"""Packet capture in the kernel (bpf/capture.bpf.c): only packets matching the filter leave the kernel,
+each cut to the snaplen, with its direction, hook and (when the gate reports it) verdict.
+
+    filt = CaptureFilter.parse(proto="tcp", port=443, host="198.18.0.0/15")
+    with Capture("eth0", filt, snaplen=128) as cap:          # attaches at ingress + egress
+        for pkt in cap.packets(timeout_ms=100):              # CapturedPacket: data, lengths, wall time
+            ...
+    capture_to_file("out.pcapng", "eth0", filt, count=100, pcapng=True)
+
+The record (struct bg_capture_event in bpfgate.h) carries a verdict and rule id. Today the capture
+program runs first at TC, before any decision, so its verdict is "unknown"; the policy engine will
+write the same record (hook "gate", its verdict and rule id) into a ring buffer of this layout after it
+decides (the hook left for it: pin "capture_events" or reuse_map it into the gate's object); decoding
+(_decode) and output already carry the verdict to the pcapng packet comment and the JSON `verdict`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import signal
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from bpfgate.errors import BpfgateError, NotSupported
+from bpfgate.inspect.events import Clock
+from bpfgate.inspect.flows import DIRECTIONS, open_pair
+from bpfgate.inspect.pcap import PcapWriter, open_writer
+from bpfgate.kernel.maps import possible_cpus
+from bpfgate.kernel.ringbuf import RingBuffer
+
+MAX_SNAPLEN = 65535  # BG_CAPTURE_MAX: an skb is at most 64 KiB
+PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
+HOOKS = {1: "tc", 2: "xdp", 3: "gate"}
+VERDICTS = {0: "unknown", 1: "pass", 2: "drop", 3: "redirect"}
+STAT_EVENTS, STAT_EVENTS_LOST = 0, 1
+
+
+def _op() -> str:
+    return "capture filter"
+
+
+@dataclass(frozen=True)
+class CaptureFilter:
+    """What to capture: every packet (all None), or IP packets matching every given option.
+    port matches source or destination (TCP/UDP); host is a CIDR matching source or destination."""
+
+    proto: int | None = None
+    port: int | None = None
+    host: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+
+    @classmethod
+    def parse(cls, proto: str | int | None = None, port: int | None = None, host: str | None = None) -> "CaptureFilter":
+        p = None
+        if proto is not None:
+            name = str(proto).lower()
+            if name in PROTOCOLS:
+                p = PROTOCOLS[name]
+            elif name.isdigit() and 0 < int(name) < 256:
+                p = int(name)
+            else:
+                raise BpfgateError(_op(), f"unknown protocol {proto!r}", hint=f"one of {', '.join(PROTOCOLS)} or 1-255")
+        if port is not None and not 0 < int(port) < 65536:
+            raise BpfgateError(_op(), f"port {port} out of range 1-65535")
+        if port is not None and p not in (None, 6, 17):
+            raise BpfgateError(_op(), "a port needs protocol tcp or udp")
+        net = None
+        if host is not None:
+            try:
+                net = ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise BpfgateError(_op(), f"not an address or CIDR: {host!r}") from None
+        return cls(p, int(port) if port is not None else None, net)
+
+    def rodata(self) -> dict:
+        """The load-time constants of bpf/capture.bpf.c (addresses 16 bytes, IPv4-mapped, as u32 words)."""
+        out: dict = {"cfg_ip_only": int(any(v is not None for v in (self.proto, self.port, self.host)))}
+        if self.proto is not None:
+            out["cfg_proto"] = self.proto
+        if self.port is not None:
+            out["cfg_port"] = self.port
+        if self.host is not None:
+            if self.host.version == 4:
+                addr = b"\0" * 10 + b"\xff\xff" + self.host.network_address.packed
+                mask = b"\xff" * 12 + self.host.netmask.packed
+            else:
+                addr, mask = self.host.network_address.packed, self.host.netmask.packed
+            out.update(cfg_host_on=1, cfg_host_family=self.host.version,
+                       cfg_host=list(struct.unpack("=4I", addr)), cfg_mask=list(struct.unpack("=4I", mask)))
+        return out
+
+    def describe(self) -> str:
+        parts = [name for name, n in PROTOCOLS.items() if n == self.proto] or ([str(self.proto)] if self.proto else [])
+        if self.port:
+            parts.append(f"port {self.port}")
+        if self.host:
+            parts.append(f"host {self.host}")
+        return " and ".join(parts) or "all packets"
+
+
+@dataclass(frozen=True)
+class CapturedPacket:
+    mono_ns: int  # CLOCK_MONOTONIC (kernel)
+    wall_ns: int
+    ifindex: int
+    direction: str
+    hook: str
+    verdict: str
+    rule_id: int
+    pkt_len: int  # length on the wire (before the snaplen)
+    data: bytes
+
+    def comment(self) -> str:
+        """The pcapng packet comment: where it was seen and what was decided."""
+        rule = f" rule={self.rule_id}" if self.rule_id else ""
+        return f"bpfgate hook={self.hook} dir={self.direction} verdict={self.verdict}{rule}"
+
+    def to_json(self, clock: Clock) -> dict:
+        return {"time": clock.iso(self.mono_ns), "epoch": round(self.wall_ns / 1e9, 9), "ifindex": self.ifindex,
+                "direction": self.direction, "hook": self.hook, "verdict": self.verdict,
+                "rule_id": self.rule_id or None, "len": self.pkt_len, "caplen": len(self.data),
+                **summarize(self.data)}
+
+
+def summarize(frame: bytes) -> dict:
+    """family/proto/src/dst/ports of an Ethernet frame, for JSON lines (best effort, no deps)."""
+    if len(frame) < 14:
+        return {}
+    etype, off = struct.unpack_from("!H", frame, 12)[0], 14
+    if etype == 0x8100 and len(frame) >= 18:
+        etype, off = struct.unpack_from("!H", frame, 16)[0], 18
+    if etype == 0x0800 and len(frame) >= off + 20:
+        ihl = (frame[off] & 0x0F) * 4
+        out = {"family": 4, "proto": frame[off + 9], "src": socket.inet_ntop(socket.AF_INET, frame[off + 12:off + 16]),
+               "dst": socket.inet_ntop(socket.AF_INET, frame[off + 16:off + 20])}
+        l4 = off + ihl
+    elif etype == 0x86DD and len(frame) >= off + 40:
+        out = {"family": 6, "proto": frame[off + 6], "src": socket.inet_ntop(socket.AF_INET6, frame[off + 8:off + 24]),
+               "dst": socket.inet_ntop(socket.AF_INET6, frame[off + 24:off + 40])}
+        l4 = off + 40
+    else:
+        return {"ethertype": f"0x{etype:04x}"}
+    if out["proto"] in (6, 17) and len(frame) >= l4 + 4:
+        out["sport"], out["dport"] = struct.unpack_from("!HH", frame, l4)
+    return out
+
+
+class Capture:
+    """The capture program attached to `dev` (`direction`: ingress, egress or both) while open."""
+
+    def __init__(self, dev: str, filt: CaptureFilter | None = None, *, netns_name: str | None = None,
+                 snaplen: int = MAX_SNAPLEN, direction: str = "both", method: str = "auto",
+                 clock: Clock | None = None):
+        if not 0 < snaplen <= MAX_SNAPLEN:
+            raise BpfgateError("capture", f"snaplen {snaplen} out of range 1-{MAX_SNAPLEN}")
+        self.dev, self.snaplen, self.filter = dev, snaplen, filt or CaptureFilter()
+        self.clock = clock or Clock()
+        rodata = {"cfg_snaplen": snaplen, **self.filter.rodata()}
+        self.obj, self.hooks = open_pair("capture", "bg_cap", dev, direction, netns_name=netns_name, method=method,
+                                         rodata=rodata, sizes={"capture_scratch": possible_cpus()})
+        try:
+            self._hdr = self.obj.btf.struct("bg_capture_event")
+            self._hsize = ctypes.sizeof(self._hdr)
+            self._stats = self.obj.map("bg_stats")
+            self._ring = RingBuffer(self.obj.map("capture_events"), record_type=None)
+        except BaseException:
+            self.close()
+            raise
+
+    def _decode(self, raw: bytes) -> CapturedPacket:
+        h = self._hdr.from_buffer_copy(raw[: self._hsize])
+        data = raw[self._hsize: self._hsize + h.cap_len]
+        return CapturedPacket(mono_ns=h.hdr.ts_ns, wall_ns=self.clock.wall_ns(h.hdr.ts_ns), ifindex=h.ifindex,
+                              direction=DIRECTIONS[h.dir & 1], hook=HOOKS.get(h.hook, str(h.hook)),
+                              verdict=VERDICTS.get(h.verdict, str(h.verdict)), rule_id=h.rule_id,
+                              pkt_len=h.pkt_len, data=data)
+
+    def packets(self, timeout_ms: int = 100) -> list[CapturedPacket]:
+        """Wait up to timeout_ms, then every packet captured so far, oldest first."""
+        self._ring.poll(timeout_ms)
+        return [self._decode(raw) for raw in self._ring.drain()]
+
+    @property
+    def lost(self) -> int:
+        """Packets that matched but found no room in the ring buffer (the reader fell behind)."""
+        return sum(self._stats.get(STAT_EVENTS_LOST, [0]))
+
+    @property
+    def matched(self) -> int:
+        return sum(self._stats.get(STAT_EVENTS, [0])) + self.lost
+
+    def close(self) -> None:
+        hooks, self.hooks = getattr(self, "hooks", None), None
+        if hooks is not None:
+            hooks.close()
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            ring.close()
+            self._ring = None
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class CaptureSummary:
+    written: int
+    matched: int  # matched in the kernel (written + cut by --count + lost)
+    lost: int
+    path: str | None
+    interrupted: bool
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def rule_capture(rule: str) -> None:
+    """--rule NAME: capture what a policy rule matches. Needs the policy engine's capture hook."""
+    raise NotSupported(f"capture --rule {rule}", "the policy engine is not integrated with capture yet",
+                       hint="use match options: --proto, --port, --host")
+
+
+def capture_to_file(path: str | None, dev: str, filt: CaptureFilter | None = None, *, netns_name: str | None = None,
+                    snaplen: int = MAX_SNAPLEN, count: int | None = None, duration: float | None = None,
+                    direction: str = "both", pcapng: bool = False, method: str = "auto",
+                    on_packet: Callable[[CapturedPacket, Clock], None] | None = None,
+                    on_ready: Callable[[], None] | None = None) -> CaptureSummary:
+    """Capture to `path` (pcap, or pcapng with verdict comments) until `count` packets, `duration`
+    seconds, Ctrl-C or SIGTERM. The file is opened before anything is attached (a bad path fails
+    first, with nothing to undo) and is complete whatever stops the capture."""
+    writer: PcapWriter | None = open_writer(path, pcapng=pcapng, snaplen=snaplen, ifname=dev) if path else None
+    written, interrupted = 0, False
+    restore = _sigterm_as_interrupt()
+    try:
+        with Capture(dev, filt, netns_name=netns_name, snaplen=snaplen, direction=direction, method=method) as cap:
+            if on_ready:
+                on_ready()
+            deadline = None if duration is None else time.monotonic() + duration
+            try:
+                for pkt in _stream(cap, deadline):
+                    if writer:
+                        writer.write(pkt.wall_ns, pkt.data, pkt.pkt_len, comment=pkt.comment(), direction=pkt.direction)
+                    if on_packet:
+                        on_packet(pkt, cap.clock)
+                    written += 1
+                    if count is not None and written >= count:
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
+            matched, lost = cap.matched, cap.lost
+    finally:
+        if writer:
+            writer.close()
+        restore()
+    return CaptureSummary(written, matched, lost, path, interrupted)
+
+
+def _stream(cap: Capture, deadline: float | None) -> Iterator[CapturedPacket]:
+    while deadline is None or time.monotonic() < deadline:
+        wait = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
+        yield from cap.packets(wait)
+    yield from cap.packets(0)  # what arrived in the last moments
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """SIGTERM stops a capture like Ctrl-C (file closed, programs detached); returns the undo.
+    Only the main thread may set handlers: elsewhere, signals are left alone."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, old)
