@@ -102,7 +102,6 @@ static __always_inline void report(__u32 ifindex, struct bg_src_key *src, __u64 
 	ev->hdr.ts_ns = now;
 	ev->ifindex = ifindex;
 	ev->src = *src;
-	ev->pad = 0;
 	ev->window_syns = window_syns;
 	ev->rate = rate;
 	ev->block_until_ns = until;

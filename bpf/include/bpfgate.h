@@ -190,8 +190,7 @@ struct bg_syn_src {
 struct bg_syn_flood_event {
 	struct bg_event_hdr hdr;
 	__u32 ifindex;
-	struct bg_src_key src;
-	__u32 pad;
+	struct bg_src_key src; /* ends at offset 40: the u64s below need no padding */
 	__u64 window_syns;    /* SYNs from the source in the current one-second window */
 	__u64 rate;           /* the configured limit */
 	__u64 block_until_ns; /* CLOCK_MONOTONIC; 0: not blocked */
