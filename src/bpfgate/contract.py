@@ -11,4 +11,13 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "bg_port_key": ("port", "pad"),
     "bg_event_hdr": ("type", "len", "cpu", "ts_ns"),
     "bg_test_event": ("hdr", "seq", "pkt_len", "mark"),
+    # inspection (bpfgate.inspect: events, syn, attempts)
+    "bg_src_key": ("family", "addr"),
+    "bg_syn_config": ("rate", "block_ns"),
+    "bg_syn_total": ("syns", "blocked"),
+    "bg_syn_src_key": ("ifindex", "src"),
+    "bg_syn_src": ("syns", "last_ns"),
+    "bg_syn_flood_event": ("hdr", "ifindex", "src", "window_syns", "rate", "block_until_ns"),
+    "bg_attempt_key": ("ifindex", "port"),
+    "bg_attempt_event": ("hdr", "ifindex", "family", "tcp_flags", "sport", "dport", "pkt_len", "saddr", "daddr"),
 }
