@@ -270,3 +270,13 @@ def test_unprivileged_run_reports_instead_of_crashing():
     for name in ("maps", "tc", "xdp_generic", "ringbuf"):
         assert checks[name]["status"] == "missing" and checks[name]["errno"] in ("EPERM", "EACCES")
         assert "root" in checks[name]["fix"]
+
+
+def test_attached_but_never_run_is_missing(monkeypatch):
+    """The packet-path probes require the program to run on frames crossing the scratch veth: with the
+    frames suppressed, attaching alone does not pass."""
+    monkeypatch.setattr(probes, "RUN_WAIT", 0.2)
+    monkeypatch.setattr(probes.scratch, "send_frame", lambda ifname, frame: None)
+    for name in ("tc", "tcx", "xdp_generic"):
+        c = doctor.run_check(name)
+        assert c.status == "missing" and "did not run" in c.detail, c

@@ -15,6 +15,7 @@ import ctypes
 import errno
 import os
 import struct
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -24,7 +25,7 @@ from bpfgate.doctor.model import MISSING, OK, Check, cause, errno_name, reason
 from bpfgate.errors import BpfgateError, NotFound
 
 if TYPE_CHECKING:
-    from bpfgate.kernel.objects import BpfObject
+    from bpfgate.kernel.objects import BpfObject, Program
 
 OBJECT = "probes"
 MAPS = ("probe_hash", "probe_events", "probe_sockmap")
@@ -32,6 +33,7 @@ PROBE_MAGIC = 0xB9F9A7E5  # bg_probe_ringbuf's record
 XDP_PASS = 2
 BPF_SK_SKB_STREAM_VERDICT, BPF_SK_MSG_VERDICT = 5, 7
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
+RUN_WAIT = 2.0  # seconds a frame may take to cross the scratch veth (it takes microseconds)
 
 # Ethernet + IPv4 + UDP between two benchmarking-range addresses (198.18.0.1 -> 198.18.0.2). Probes only
 # run it through BPF_PROG_TEST_RUN or inject it into a program that drops it: nothing is ever sent.
@@ -92,6 +94,24 @@ def _set_autocreate(map_ptr: int, on: bool) -> None:
 # ---- packet path ------------------------------------------------------------------------------------
 
 
+def _runs_on_frames(prog: "Program", senders: list[str], what: str) -> None:
+    """Send FRAME once from each interface in `senders` (scratch namespace) and wait until `prog` ran
+    that many more times: attached is not enough, it must see packets. run_cnt counts only while
+    run-time stats are on, which they are for this call only."""
+    from bpfgate.kernel.stats import stats_enabled
+
+    with stats_enabled():
+        target = prog.info().run_cnt + len(senders)
+        for ifname in senders:
+            scratch.send_frame(ifname, FRAME)
+        deadline = time.monotonic() + RUN_WAIT
+        while prog.info().run_cnt < target:
+            if time.monotonic() > deadline:
+                raise ProbeFailed(f"run {what}", f"attached, but it did not run on the {len(senders)} frame(s) "
+                                                 "sent through the scratch veth")
+            time.sleep(0.005)
+
+
 def probe_tc() -> str:
     from bpfgate.kernel import tc
 
@@ -102,31 +122,37 @@ def probe_tc() -> str:
             f = tc.add_filter(veth.name, direction, prog.fd, name="bg_probe_tc")
             if f.prog_id != prog.id:
                 raise ProbeFailed(f"attach tc {direction} filter", f"kernel reports prog id {f.prog_id}, not {prog.id}")
-    return "clsact qdisc + direct-action bpf filters (ingress, egress) on a scratch veth"
+        # one frame leaves through veth's egress, one arrives from the peer at its ingress
+        _runs_on_frames(prog, [veth.name, veth.peer], "tc filters")
+    return "clsact qdisc + direct-action bpf filters (ingress, egress) on a scratch veth, run on frames"
 
 
 def probe_tcx() -> str:
     from bpfgate.kernel import links
 
     with loaded("bg_probe_tc") as obj, scratch.netns_with_veth() as veth:
-        with links.attach_tcx(obj.program("bg_probe_tc"), veth.ifindex, "ingress") as link:
+        prog = obj.program("bg_probe_tc")
+        with links.attach_tcx(prog, veth.ifindex, "ingress") as link:
             kind = link.info().type
-    if kind != "tcx":
-        raise ProbeFailed("attach tcx ingress", f"the kernel made a {kind!r} link")
-    return "tcx ingress link on a scratch veth (BPF_LINK_CREATE)"
+            if kind != "tcx":
+                raise ProbeFailed("attach tcx ingress", f"the kernel made a {kind!r} link")
+            _runs_on_frames(prog, [veth.peer], "tcx ingress")
+    return "tcx ingress link on a scratch veth (BPF_LINK_CREATE), run on a frame"
 
 
 def _probe_xdp(mode: str) -> str:
     from bpfgate.kernel import netlink
 
     with loaded("bg_probe_xdp") as obj, scratch.netns_with_veth() as veth:
-        state = netlink.xdp_attach(veth.name, obj.program("bg_probe_xdp").fd, mode=mode)
+        prog = obj.program("bg_probe_xdp")
+        state = netlink.xdp_attach(veth.name, prog.fd, mode=mode)
         try:
             if state.mode != mode:
                 raise ProbeFailed(f"attach XDP ({mode})", f"the kernel reports mode {state.mode!r}")
+            _runs_on_frames(prog, [veth.peer], f"XDP ({mode})")
         finally:
             netlink.xdp_detach(veth.name)
-    return f"XDP {mode} mode on a scratch veth"
+    return f"XDP {mode} mode on a scratch veth, run on a frame"
 
 
 def probe_xdp_native() -> str:

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 import secrets
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -57,6 +58,7 @@ def _make_veth() -> Veth:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
+    _quiet_ipv6()
     try:
         with IPRoute() as ipr:  # created here, so bound to the scratch namespace
             ipr.link("add", ifname=VETH, kind="veth", peer=PEER)
@@ -70,6 +72,24 @@ def _make_veth() -> Veth:
             raise NotSupported("veth", "the kernel has no veth driver (CONFIG_VETH)") from None
         raise from_errno("create a veth pair in the scratch namespace", e.code) from None
     return Veth(VETH, indexes[VETH], PEER, indexes[PEER])
+
+
+def _quiet_ipv6() -> None:
+    """No IPv6 on the scratch interfaces: a veth coming up would otherwise send router solicitations
+    and MLD reports by itself, and probes count the frames their programs see."""
+    try:  # /proc/sys/net is the opening thread's namespace: this one is the scratch namespace's
+        with open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f:
+            f.write("1")
+    except FileNotFoundError:  # a kernel without IPv6 sends nothing by itself anyway
+        pass
+
+
+def send_frame(ifname: str, frame: bytes) -> None:
+    """Put one raw Ethernet frame on `ifname` of this thread's namespace (the scratch one: the frame
+    crosses the veth to its peer and ends there, nothing routes it anywhere)."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((ifname, 0))
+        s.send(frame)
 
 
 @contextmanager
