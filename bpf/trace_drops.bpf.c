@@ -24,6 +24,10 @@
 /* set before load: skip per-flow events for SKB_DROP_REASON_NOT_SPECIFIED (still counted) */
 const volatile __u32 cfg_skip_reason = 0xffffffff;
 
+/* set before load: wake the consumer only once this much is waiting (0: on every record). A wakeup
+ * per record costs a context switch per event; batching leaves the consumer to poll with a timeout. */
+const volatile __u32 cfg_wakeup_bytes = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
@@ -52,6 +56,14 @@ struct {
 } socks SEC(".maps");
 
 BG_EXPORT_TYPE(struct bg_drop_event, drop_event);
+
+static __always_inline __u64 wakeup_flag(void)
+{
+	if (!cfg_wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										: BPF_RB_NO_WAKEUP;
+}
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -142,7 +154,7 @@ static __always_inline void on_drop(const struct sk_buff *skb, void *location, _
 	o = key ? bpf_map_lookup_elem(&socks, &key) : 0;
 	if (o)
 		ev->pid = o->pid;
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, wakeup_flag());
 	stat_inc(BG_STAT_EVENTS);
 }
 

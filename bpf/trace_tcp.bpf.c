@@ -28,6 +28,10 @@
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 
+/* set before load: wake the consumer only once this much is waiting (0: on every record). A wakeup
+ * per record costs a context switch per event; batching leaves the consumer to poll with a timeout. */
+const volatile __u32 cfg_wakeup_bytes = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
@@ -56,6 +60,14 @@ struct {
 } listeners SEC(".maps");
 
 BG_EXPORT_TYPE(struct bg_tcp_event, tcp_event);
+
+static __always_inline __u64 wakeup_flag(void)
+{
+	if (!cfg_wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										: BPF_RB_NO_WAKEUP;
+}
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -95,7 +107,7 @@ static __always_inline struct bg_tcp_event *reserve(void)
 
 static __always_inline void submit(struct bg_tcp_event *ev)
 {
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, wakeup_flag());
 	stat_inc(BG_STAT_EVENTS);
 }
 

@@ -27,7 +27,7 @@ class DropTracer(Tracer):
     HOOKS = HOOKS
 
     def __init__(self, *, filters: Filter | None = None, prefer: str = "auto", reasons: tuple = (),
-                 include_unspecified: bool = False, tcp: Any = None):
+                 include_unspecified: bool = False, tcp: Any = None, **kw: Any):
         table = names.drop_reasons()
         if not table:
             raise BpfgateError("trace drops", "the kernel's BTF has no enum skb_drop_reason: reasons unknown")
@@ -38,7 +38,7 @@ class DropTracer(Tracer):
             if tcp is not None and tcp.obj is not None:
                 obj.reuse_map("socks", tcp.obj.map("socks").fd)
 
-        super().__init__(filters=filters, prefer=prefer, rodata=skip, setup=share)
+        super().__init__(filters=filters, prefer=prefer, rodata=skip, setup=share, **kw)
 
     def _keep(self, ev: dict) -> bool:
         if ev.get("type") == "drop" and self.reasons and ev["reason_code"] not in self.reasons:

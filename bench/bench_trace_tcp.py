@@ -1,0 +1,132 @@
+"""Cost of `trace tcp` on a loopback connect/accept/close loop, as rate ratios measured in one run.
+
+Conditions, interleaved rep by rep so drift hits them alike:
+  none     no tracing
+  kernel   trace_tcp's programs attached, the ring buffer drained raw (the BPF side's cost)
+  cli      `bpfgate trace tcp --json > /dev/null` (programs + decode + JSON: what a user runs)
+Each rep runs the loop in a fresh network namespace (its own loopback, so TIME_WAIT sockets of one rep do
+not slow the next) for a fixed time, in a child process; we report connections/s, median of REPS reps
+with min-max, and each traced rate as a ratio of the untraced one. Run as root:
+
+    .venv/bin/python bench/bench_trace_tcp.py [--reps 7] [--seconds 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import fmt, header, median  # noqa: E402
+
+PY = sys.executable
+BPFGATE = os.path.join(os.path.dirname(PY), "bpfgate")
+
+# the measured loop: connect, accept, close both; prints connections per second
+LOOP = r"""
+import ctypes, json, socket, subprocess, sys, time
+if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:   # CLONE_NEWNET: a private loopback
+    sys.exit("unshare(CLONE_NEWNET) failed")
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+    f.write("1024 65535")
+seconds = float(sys.argv[1])
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(128)
+addr = ls.getsockname()
+def once():
+    c = socket.create_connection(addr)
+    a, _ = ls.accept()
+    c.close(); a.close()
+end = time.perf_counter() + 0.2
+while time.perf_counter() < end:       # warm up
+    once()
+n, t0 = 0, time.perf_counter()
+end = t0 + seconds
+while time.perf_counter() < end:
+    for _ in range(50):
+        once()
+    n += 50
+print(json.dumps({"rate": n / (time.perf_counter() - t0), "n": n}))
+"""
+
+# the kernel-side condition: attach, drain records without decoding them, report counts on SIGTERM
+RAW_TRACER = r"""
+import json, signal, sys
+from bpfgate.trace import TcpTracer
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+with TcpTracer() as t:
+    print("ready", flush=True)
+    n = 0
+    while not stop:
+        n += len(t.poll_raw(100))
+    print(json.dumps({"received": n, "lost": t.lost}), flush=True)
+"""
+
+
+def run_loop(seconds: float) -> float:
+    r = subprocess.run([PY, "-c", LOOP, str(seconds)], capture_output=True, text=True, timeout=seconds + 60)
+    if r.returncode != 0:
+        raise SystemExit(f"loop failed: {r.stderr.strip()}")
+    return json.loads(r.stdout)["rate"]
+
+
+class Tracer:
+    """A tracer process for the duration of one rep; stop() returns its final report."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        argv = [PY, "-c", RAW_TRACER] if kind == "kernel" else [BPFGATE, "trace", "tcp", "--json"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline()  # "ready" / the trace_started line: attached
+        if not first:
+            raise SystemExit(f"{kind} tracer did not start: {self.proc.stderr.read().strip()}")
+        self.events = 0
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGTERM if self.kind == "kernel" else signal.SIGINT)
+        last = {}
+        for line in self.proc.stdout:  # the CLI streams events: count them, keep the summary
+            self.events += 1
+            last = line
+        self.proc.wait(60)
+        return json.loads(last) if last else {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root")
+    header("trace tcp: loopback connect/accept/close loop, connections/s")
+    rates: dict[str, list[float]] = {"none": [], "kernel": [], "cli": []}
+    lost = {"kernel": 0, "cli": 0}
+    run_loop(args.seconds / 4)  # warm caches and the page cache for python itself
+    for _ in range(args.reps):
+        for cond in rates:
+            tracer = Tracer(cond) if cond != "none" else None
+            try:
+                rates[cond].append(run_loop(args.seconds))
+            finally:
+                if tracer:
+                    report = tracer.stop()
+                    lost[cond] += int(report.get("lost", 0))
+    base = median(rates["none"])
+    for cond, values in rates.items():
+        print(f"{cond:<7} {fmt(values, 'conn/s', digits=0)}")
+    for cond in ("kernel", "cli"):
+        ratios = [t / n for t, n in zip(rates[cond], rates["none"])]
+        print(f"{cond:<7} rate ratio traced/untraced: median-of-rates {median(rates[cond]) / base:.3f}, "
+              f"per-rep pairs {fmt(ratios, '', digits=3)}; cost {100 * (1 - median(rates[cond]) / base):.1f}%; "
+              f"events lost {lost[cond]}")
+
+
+if __name__ == "__main__":
+    main()
