@@ -89,6 +89,12 @@ def test_mtu_and_root_link(sandbox):
     assert "mtu 1400" in h.run(["ip", "link", "show", link.b.name]).stdout
     assert sandbox.root.ping(link.b.ip4) and sandbox.root.ping(link.b.ip6)
     assert h.ping(link.a.ip4)
+    with pytest.raises(ValueError):  # teardown deletes root interfaces by name: only tagged ones
+        sandbox.link(sandbox.root, h, ifnames=("eth0", None))
+    other = sandbox.host("other")
+    named = sandbox.link(h, other, ifnames=("wan0", "lan0"), net4="198.18.200.0/30", net6="fd00:c8::/64")
+    assert (named.a.ip4, named.b.ip6) == ("198.18.200.1", "fd00:c8::2")
+    assert other.ping(named.a.ip6) and h.iface("wan0").peer.name == "lan0"
     # the root namespace leads off the machine: probes from it must stay on our links
     with pytest.raises(SandboxError):
         sandbox.root.tcp_connect("198.18.99.1", 80)

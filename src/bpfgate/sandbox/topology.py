@@ -278,6 +278,8 @@ class Sandbox:
         n4, n6 = self._subnets(a.is_root or b.is_root, net4, net6)
         ends = []
         for host, want in ((a, ifnames[0]), (b, ifnames[1])):
+            if want and host.is_root:  # teardown deletes it by name: it must be ours beyond doubt
+                raise ValueError("root-namespace interface names are chosen by the sandbox (<tag><n>)")
             ends.append(names.check_ifname(want) if want else self._ifname(host))
         if a.is_root or b.is_root:
             self.record.ifaces.append(ends[0] if a.is_root else ends[1])
