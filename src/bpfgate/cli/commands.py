@@ -11,6 +11,7 @@ MODULES = [
     "metrics_cmd",
     "flows_cmd",
     "capture_cmd",
+    "top_cmd",
     "status_cmd",
     "demo_cmd",
     "doctor_cmd",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import click
+from rich.markup import escape
 
 from bpfgate.cli import term
 from bpfgate.inspect.events import tcp_flags_str
@@ -22,7 +23,8 @@ FLOW_COLUMNS = ["proto", "source", "destination", "dir", "if", "packets", "bytes
 
 
 def _ep(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    # escaped: "[fd00::1]:80" would otherwise be read as Rich markup and vanish
+    return escape(f"[{addr}]:{port}") if ":" in addr else f"{addr}:{port}"
 
 
 def human_bytes(n: int) -> str:

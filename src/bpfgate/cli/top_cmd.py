@@ -1,0 +1,67 @@
+"""`bpfgate top`: live table of the busiest flows on an interface (q or Ctrl-C quits)."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from bpfgate.cli import term
+from bpfgate.errors import BpfgateError
+from bpfgate.inspect.flows import SORT_KEYS, FlowMonitor
+from bpfgate.inspect.top import Top, run_live
+
+
+def _syn_counter(dev: str, netns: str | None, top: Top):
+    """The optional SYN panel: part of the view only if the SYN counter can attach (XDP may be taken)."""
+    try:
+        from bpfgate.inspect.syn import SynCounter
+    except ImportError:
+        top.notes.append("SYN counter not available in this build")
+        return None
+    try:
+        syn = SynCounter()
+    except BpfgateError as e:
+        top.notes.append(f"no SYN panel: {e}")
+        return None
+    try:
+        syn.attach(dev, netns)
+    except BpfgateError as e:
+        syn.close()
+        top.notes.append(f"no SYN panel: {e}")
+        return None
+    return syn
+
+
+def register(app: click.Group) -> None:
+    @app.command("top")
+    @click.option("--dev", required=True, help="Interface to watch (ingress and egress).")
+    @click.option("--netns", help="The interface is in this named network namespace.")
+    @click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True, metavar="SECONDS")
+    @click.option("--sort", type=click.Choice(SORT_KEYS), default="bytes", show_default=True)
+    @click.option("--top", "top_n", type=click.IntRange(min=1), default=20, show_default=True)
+    @click.option("--syn", is_flag=True, help="Also count SYNs at XDP (needs the XDP hook of DEV free).")
+    @click.option("--once", is_flag=True, help="Count for one interval, print one frame, exit.")
+    @click.option("--json", "as_json", is_flag=True, help="Count for one interval, print one snapshot as JSON.")
+    def top_cmd(dev, netns, interval, sort, top_n, syn, once, as_json):
+        """Live view of the top flows on DEV: packets, bytes, rates, TCP flags, recent flow ends."""
+        with FlowMonitor(dev, netns_name=netns) as mon:
+            view = Top(mon, sort=sort, n=top_n, title=f"bpfgate top: {dev}" + (f" (netns {netns})" if netns else ""))
+            counter = view.syn = _syn_counter(dev, netns, view) if syn else None
+            try:
+                if once or as_json:
+                    view.snapshot()  # rate baseline
+                    try:
+                        time.sleep(interval)
+                    except KeyboardInterrupt:
+                        pass
+                    snap = view.snapshot()
+                    if as_json:
+                        term.print_json(snap.to_json(mon.clock))
+                    else:
+                        term.out.print(view.render(snap))
+                    return
+                run_live(view, interval, term.out)
+            finally:
+                if counter is not None:
+                    counter.close()
