@@ -285,15 +285,44 @@ def probe_sockops() -> str:
 
 
 def _probe_sockmap(prog: str, attach_type: int, what: str) -> str:
+    """Attach `prog` to a sockmap, put both ends of a loopback TCP connection (scratch namespace) in it,
+    and require the bytes sent to arrive with the program having run on them."""
     from bpfgate.errors import from_errno
     from bpfgate.kernel import libbpf as L
+    from bpfgate.kernel.stats import stats_enabled
 
-    with loaded(prog, ("probe_sockmap",)) as obj:
-        prog_fd, map_fd = obj.program(prog).fd, obj.map("probe_sockmap").fd
-        if L.bpf_prog_attach(prog_fd, map_fd, attach_type, 0) != 0:
+    payload = b"bpfgate doctor sockmap probe"
+    with loaded(prog, ("probe_sockmap",)) as obj, scratch.netns(), scratch.tcp_pair() as (client, server):
+        p, sockmap = obj.program(prog), obj.map("probe_sockmap")
+        if L.bpf_prog_attach(p.fd, sockmap.fd, attach_type, 0) != 0:
             raise from_errno(f"attach {what} to a sockmap", L.libc_errno())
-        L.bpf_prog_detach2(prog_fd, map_fd, attach_type)  # the map's close would drop it too
-    return f"{what} attached to a sockmap"
+        try:
+            sockmap[0], sockmap[1] = client.fileno(), server.fileno()  # programs apply to sockets added after
+            with stats_enabled():
+                before = p.info().run_cnt
+                client.sendall(payload)
+                got = _recv(server, len(payload))
+                ran = p.info().run_cnt - before
+        finally:
+            L.bpf_prog_detach2(p.fd, sockmap.fd, attach_type)
+    if got != payload:
+        raise ProbeFailed(f"pass data through {what}", f"sent {len(payload)} bytes, received {len(got)}")
+    if ran < 1:
+        raise ProbeFailed(f"run {what}", "data passed, but the program never ran on it")
+    return f"{what} on a sockmap holding a loopback TCP connection: data passed, program ran"
+
+
+def _recv(sock, n: int) -> bytes:
+    data = b""
+    try:
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError:  # timeout: report what arrived
+        pass
+    return data
 
 
 def probe_sk_msg() -> str:

@@ -36,9 +36,9 @@ class Veth:
 
 
 @contextmanager
-def netns_with_veth() -> Iterator[Veth]:
-    """Run the body (this thread only) in a new, empty network namespace holding veth pair
-    bgprobe0 <-> bgprobe1, both up, no addresses. Always returns to the caller's namespace."""
+def netns() -> Iterator[None]:
+    """Run the body (this thread only) in a new, empty network namespace with only `lo`, up, and IPv6
+    quiet. Always returns to the caller's namespace."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         if _libc.unshare(CLONE_NEWNET) != 0:
@@ -46,7 +46,9 @@ def netns_with_veth() -> Iterator[Veth]:
             raise from_errno("create a scratch network namespace", err,
                              hint="needs CAP_SYS_ADMIN" if err == errno.EPERM else None)
         try:
-            yield _make_veth()
+            _quiet_ipv6()
+            _links(lambda ipr: None)
+            yield
         finally:
             if _libc.setns(home, CLONE_NEWNET) != 0:  # cannot happen with our own fd; never stay behind silently
                 raise from_errno("return from the scratch network namespace", ctypes.get_errno())
@@ -54,24 +56,49 @@ def netns_with_veth() -> Iterator[Veth]:
         os.close(home)
 
 
-def _make_veth() -> Veth:
+@contextmanager
+def netns_with_veth() -> Iterator[Veth]:
+    """netns() holding the veth pair bgprobe0 <-> bgprobe1, both up, no addresses."""
+    with netns():
+        yield _links(lambda ipr: ipr.link("add", ifname=VETH, kind="veth", peer=PEER))
+
+
+def _links(create) -> Veth | None:
+    """Run `create(ipr)`, then bring every interface up; the Veth when there is one."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    _quiet_ipv6()
     try:
         with IPRoute() as ipr:  # created here, so bound to the scratch namespace
-            ipr.link("add", ifname=VETH, kind="veth", peer=PEER)
+            create(ipr)
             indexes = {}
-            for name in (VETH, PEER, "lo"):
-                idx = ipr.link_lookup(ifname=name)[0]
-                ipr.link("set", index=idx, state="up")
-                indexes[name] = idx
+            for link in ipr.get_links():
+                indexes[link.get_attr("IFLA_IFNAME")] = link["index"]
+                ipr.link("set", index=link["index"], state="up")
     except NetlinkError as e:
         if e.code == errno.EOPNOTSUPP:
             raise NotSupported("veth", "the kernel has no veth driver (CONFIG_VETH)") from None
-        raise from_errno("create a veth pair in the scratch namespace", e.code) from None
+        raise from_errno("set up interfaces in the scratch namespace", e.code) from None
+    if VETH not in indexes:
+        return None
     return Veth(VETH, indexes[VETH], PEER, indexes[PEER])
+
+
+@contextmanager
+def tcp_pair(timeout: float = 2.0) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected (client, server) TCP pair over 127.0.0.1 of this thread's namespace."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=timeout)
+        try:
+            listener.settimeout(timeout)
+            server, _ = listener.accept()
+            try:
+                server.settimeout(timeout)
+                yield client, server
+            finally:
+                server.close()
+        finally:
+            client.close()
 
 
 def _quiet_ipv6() -> None:
