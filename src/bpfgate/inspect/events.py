@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import mmap
 from collections import ChainMap
 import select
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
 
-from bpfgate.errors import BpfgateError
+from bpfgate.errors import BpfgateError, from_errno
 from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.maps import Map
-from bpfgate.kernel.ringbuf import Handler, RingBuffer
+from bpfgate.kernel.ringbuf import Handler
 
 # enum bg_stat (bpfgate.h): indexes of the per-CPU bg_stats array every event producer keeps
 STAT_EVENTS, STAT_EVENTS_LOST = 0, 1
@@ -181,19 +183,79 @@ register_kind(EventKind(1, "test", "bg_test_event", lambda rec, ctx: {"seq": rec
 # ---- sources and the stream -----------------------------------------------------------------------------
 
 
-class TypedRingBuffer(RingBuffer):
-    """A RingBuffer whose records are decoded by their header's type (layouts from one object's BTF)."""
+class RingReader:
+    """Reads a BPF ring buffer straight from its mmap'd pages, the way libbpf does, minus the ctypes
+    callback per record: one copy of everything available per consume(), then a plain Python loop
+    (header check, dispatch on bg_event_hdr.type, from_buffer_copy). Records are decoded by type with
+    layouts from one object's BTF; unknown types come out as bytes.
 
-    def __init__(self, ringbuf: Map, types: dict[int, Any], **kw: Any):
+    Layout (kernel/bpf/ringbuf.c): page 0 consumer position (we write it), page 1 producer position,
+    then the data area mapped twice in a row, so a record that wraps is contiguous. Each record has an
+    8-byte header: u32 length with BUSY (not committed yet) and DISCARD bits, u32 page offset.
+    """
+
+    BUSY, DISCARD = 1 << 31, 1 << 30
+
+    def __init__(self, ringbuf: Map, types: dict[int, Any], handler: Handler | None = None):
+        size = ringbuf.max_entries
+        if size & (size - 1) or size < mmap.PAGESIZE:
+            raise BpfgateError(f"read ring buffer {ringbuf.name}", f"unexpected size {size}")
+        self.name, self.fd, self._mask, self._page = ringbuf.name, ringbuf.fd, size - 1, mmap.PAGESIZE
         self._types = types
-        self._min = min((ctypes.sizeof(t) for t in types.values()), default=0)
-        super().__init__(ringbuf, **kw)
+        self._min = {t: ctypes.sizeof(rt) for t, rt in types.items()}
+        self._handler = handler
+        self._pending: list[Any] = []
+        self.received = 0
+        try:
+            self._cons = mmap.mmap(self.fd, self._page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._data = mmap.mmap(self.fd, self._page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+                                   offset=self._page)
+        except OSError as e:
+            raise from_errno(f"map ring buffer {ringbuf.name}", e.errno or 22) from None
 
-    def _decode(self, addr: int, size: int) -> Any:
-        rt = self._types.get(ctypes.c_uint16.from_address(addr).value) if size >= 2 else None
-        if rt is not None and size >= ctypes.sizeof(rt):
-            return rt.from_buffer_copy((ctypes.c_char * ctypes.sizeof(rt)).from_address(addr))
-        return ctypes.string_at(addr, size)  # unknown type: raw bytes, reported as such
+    def consume(self) -> int:
+        """Decode every committed record; returns how many (handed to the handler, or kept for drain())."""
+        cons = _U64.unpack_from(self._cons, 0)[0]
+        prod = _U64.unpack_from(self._data, 0)[0]
+        if cons == prod:
+            return 0
+        start = self._page + (cons & self._mask)
+        buf = self._data[start:start + (prod - cons)]
+        out: list[Any] = []
+        append, types, mins, end, pos = out.append, self._types, self._min, len(buf), 0
+        hdr, busy, discard = _REC_HDR.unpack_from, self.BUSY, self.DISCARD
+        while pos + 10 <= end:
+            hlen, rtype = hdr(buf, pos)
+            if hlen & busy:
+                break  # not committed yet: it and everything after it wait for the next call
+            n = hlen & ~(busy | discard)
+            if not hlen & discard:
+                rt = types.get(rtype)
+                if rt is not None and n >= mins[rtype]:
+                    append(rt.from_buffer_copy(buf, pos + 8))
+                else:
+                    append(buf[pos + 8:pos + 8 + n])
+            pos += (n + 15) & ~7  # 8-byte header + data, rounded up to 8
+        _U64.pack_into(self._cons, 0, cons + pos)  # frees the space for the producer
+        self.received += len(out)
+        if self._handler is not None:
+            self._handler(out)
+        else:
+            self._pending.extend(out)
+        return len(out)
+
+    def drain(self) -> list[Any]:
+        out, self._pending = self._pending, []
+        return out
+
+    def close(self) -> None:
+        for m in (getattr(self, "_cons", None), getattr(self, "_data", None)):
+            if m is not None and not m.closed:
+                m.close()
+
+
+_U64 = struct.Struct("<Q")
+_REC_HDR = struct.Struct("<I4xH")  # ring record length word, (page offset), bg_event_hdr.type
 
 
 @dataclass
@@ -242,7 +304,7 @@ class EventStream:
         # live view of every source's names (attach() after the stream opened still names events)
         self.ctx = Context(self.clock, ChainMap(*(s.interfaces for s in self.sources)), dict(rules or {}))
         self._kind_of: dict[type, tuple[EventKind, str]] = {}
-        self._rings: list[TypedRingBuffer] = []
+        self._rings: list[RingReader] = []
         self._pending: list[Any] = []
         self._reported_lost = {s.name: 0 for s in self.sources}
         self._ep = select.epoll()
@@ -251,9 +313,9 @@ class EventStream:
                 types = s.record_types()
                 for tid, rt in types.items():
                     self._kind_of[rt] = (KINDS[tid], s.name)
-                rb = TypedRingBuffer(s.ringbuf, types, handler=handler)
+                rb = RingReader(s.ringbuf, types, handler=handler)
                 self._rings.append(rb)
-                self._ep.register(rb.epoll_fd(), select.EPOLLIN)
+                self._ep.register(rb.fd, select.EPOLLIN)  # readable while records wait
         except BaseException:
             self.close()
             raise
@@ -262,8 +324,6 @@ class EventStream:
 
     def poll(self, timeout_ms: int = 100) -> int:
         """Wait up to timeout_ms for any source, then consume every source; returns records consumed."""
-        if len(self._rings) == 1:
-            return self._rings[0].poll(timeout_ms)
         try:
             self._ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
         except InterruptedError:
