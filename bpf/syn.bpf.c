@@ -147,7 +147,9 @@ int bg_syn_xdp(struct xdp_md *ctx)
 
 	if (ip_parse(data, data_end, &p) < 0 || !ip_is_syn(&p))
 		return XDP_PASS;
-	now = bpf_ktime_get_ns();
+	/* CLOCK_MONOTONIC_COARSE (one jiffy resolution): enough for 1 s windows and block expiry, and
+	 * ~23 ns cheaper per SYN than bpf_ktime_get_ns() here (bench/bench_syn_cost.py) */
+	now = bpf_ktime_get_coarse_ns();
 	key.ifindex = ctx->ingress_ifindex;
 	key.src.family = p.family;
 	__builtin_memcpy(key.src.addr, p.saddr, 16);
