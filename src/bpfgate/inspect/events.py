@@ -11,9 +11,9 @@ plugs in with register_kind(EventKind(type_id, "rule_log", "bg_rule_log_event", 
 `fields(rec, ctx)` turns a record into type-specific keys, and may use ctx.rule_name(id) for names.
 
 JSON keys common to every event (stable): type, time (ISO-8601 UTC), epoch (seconds, float), mono_ns
-(the kernel's CLOCK_MONOTONIC stamp;
-syn_flood: the coarse clock, one-jiffy resolution), cpu, source (which program family produced it). Loss is an event
-too: {"type": "events_lost", "source", "lost" (new since the last report), "lost_total"}.
+(the kernel's CLOCK_MONOTONIC stamp; syn_flood uses the coarse clock, one-jiffy resolution), cpu,
+source (which program family produced it). Loss is an event too:
+{"type": "events_lost", "source", "lost" (new since the last report), "lost_total"}.
 """
 
 from __future__ import annotations
