@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from bpfgate.cli import term
-from bpfgate.cli.events_cmd import DURATION_HELP, dev_options, emit, exit_on_signals, open_syn, pump
+from bpfgate.cli.events_cmd import (DURATION_HELP, dev_options, emit, exit_on_signals, human_line, open_syn,
+                                    pump)
 
 
 class Snapshot:
@@ -106,8 +107,7 @@ def register(app: click.Group) -> None:
                 if as_json:
                     emit(ev, True)
                 else:
-                    term.out.log(f"flood: {ev['src']} {ev['window_syns']} SYN/s on {ev['interface']}"
-                                 + (f", blocked until {ev['block_until'][11:19]}" if ev["blocked"] else ""))
+                    live.console.print(human_line(ev), markup=False)  # above the live table
                 return False
 
             def tick() -> None:
