@@ -187,3 +187,38 @@ def test_cli_events_rejects_block_without_rate(net):
                         server.netns, "--block", "5"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == ["bpfgate: error: bpfgate events: --block needs --syn-rate"]
+
+
+def test_pinned_source_from_another_loader():
+    """A producer this process did not load (a pinned gate's ring buffer later): maps by pin, record
+    layouts from the object file's BTF. Records come from BPF_PROG_TEST_RUN of the real program."""
+    import os
+
+    import dpkt
+
+    from bpfgate.inspect.attempts import ALL_PORTS
+    from bpfgate.inspect.events import EventSource
+    from bpfgate.kernel.objects import packaged_path
+    from bpfgate.kernel.pins import unpin
+    from bpfgate.kernel.testrun import test_run
+
+    tcp = dpkt.tcp.TCP(sport=1234, dport=443, flags=dpkt.tcp.TH_SYN)
+    ip = dpkt.ip.IP(src=socket.inet_aton("198.18.0.1"), dst=socket.inet_aton("198.18.0.2"), p=6, data=tcp)
+    frame = b"\x02" * 12 + b"\x08\x00" + bytes(ip)
+    base = f"/sys/fs/bpf/bg-inspect-test-{os.getpid()}"
+    with AttemptLog([ALL_PORTS]) as log:
+        log.obj.map("events").pin(base + "-events")
+        try:
+            log.obj.map("bg_stats").pin(base + "-stats")
+            src = EventSource.from_pins("pinned", base + "-events", str(packaged_path("attempts")),
+                                        stats_pin=base + "-stats")
+            with EventStream([src]) as stream:
+                test_run(log.prog, frame, repeat=3)
+                stream.poll(100)
+                got = [stream.describe(r) for r in stream.drain()]
+                assert [(e["source"], e["src"], e["sport"], e["dport"]) for e in got] == \
+                    [("pinned", "198.18.0.1", 1234, 443)] * 3
+                assert stream.submitted == 3 and stream.lost == 0
+        finally:
+            unpin(base + "-events")
+            unpin(base + "-stats")

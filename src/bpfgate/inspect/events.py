@@ -275,6 +275,14 @@ class EventSource:
         # the caller's dict itself: interfaces attached later still get their names
         return cls(name, obj.map(ringbuf), obj.map(stats), obj.btf, interfaces if interfaces is not None else {})
 
+    @classmethod
+    def from_pins(cls, name: str, ringbuf_pin: str, object_path: str, *, stats_pin: str | None = None,
+                  interfaces: dict[int, str] | None = None) -> "EventSource":
+        """A producer another process runs (e.g. a pinned gate): its pinned maps, layouts from its .o."""
+        stats = Map.from_pin(stats_pin, ctypes.c_uint32, ctypes.c_uint64) if stats_pin else None
+        return cls(name, Map.from_pin(ringbuf_pin), stats, Btf.from_elf(object_path),
+                   interfaces if interfaces is not None else {})
+
     def record_types(self) -> dict[int, Any]:
         """type id -> ctypes struct, for every registered kind this object's BTF knows."""
         out = {}
