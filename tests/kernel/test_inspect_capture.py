@@ -30,6 +30,19 @@ DEADLINE = 10.0
 CLI = [sys.executable, "-m", "bpfgate.cli.main"]
 
 
+def run_cli(args: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """`bpfgate ARGS` in a child. Should it hang, its Python stacks (faulthandler, SIGABRT) are the failure."""
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "bpfgate.cli.main", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"bpfgate {' '.join(args)} still running after {timeout} s; its stacks:\n{err[-4000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 @pytest.fixture
 def pair(sandbox):
     client, server = sandbox.host("client"), sandbox.host("server")
@@ -170,7 +183,7 @@ def test_cli_ctrl_c_leaves_complete_file_and_nothing_attached(pair, tmp_path):
                                    "--port", str(srv.getsockname()[1]), "--pcapng", "-w", str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a loaded CI machine may take a while to start Python
         while time.monotonic() < deadline and not any(n.startswith("bg_cap") for n in _tcx_progs(client.netns, c_if.name)):
             time.sleep(0.1)
         assert any(n.startswith("bg_cap") for n in _tcx_progs(client.netns, c_if.name)), "capture never attached"
@@ -196,8 +209,8 @@ def test_cli_json_lines_carry_verdict(pair):
     cli, srv = _udp_socks(pair, 6)
     stop = threading.Event()
 
-    def send():  # bounded: at most 400 datagrams
-        for _ in range(400):
+    def send():  # bounded: at most 4000 datagrams, until the CLI is done
+        for _ in range(4000):
             if stop.wait(0.025):
                 return
             cli.sendto(b"q" * 7, srv.getsockname()[:2])
@@ -205,9 +218,8 @@ def test_cli_json_lines_carry_verdict(pair):
     t = threading.Thread(target=send, daemon=True)
     t.start()
     try:
-        r = subprocess.run(CLI + ["capture", "--dev", c_if.name, "--netns", client.netns, "--proto", "udp",
-                                  "--host", f"{srv.getsockname()[0]}/128", "--count", "3", "--duration", "20",
-                                  "--json"], capture_output=True, text=True, timeout=60)
+        r = run_cli(["capture", "--dev", c_if.name, "--netns", client.netns, "--proto", "udp",
+                     "--host", f"{srv.getsockname()[0]}/128", "--count", "3", "--duration", "60", "--json"])
     finally:
         stop.set()
         t.join(DEADLINE)
@@ -232,8 +244,7 @@ def test_cli_json_lines_carry_verdict(pair):
 def test_cli_errors_are_one_line_and_attach_nothing(pair, tmp_path, args, needle):
     client, _, c_if, _ = pair
     dev = "nosuchif0" if needle == "no such" else c_if.name
-    r = subprocess.run(CLI + ["capture", "--dev", dev, "--netns", client.netns, *args], capture_output=True,
-                       text=True, timeout=60, cwd=tmp_path)
+    r = run_cli(["capture", "--dev", dev, "--netns", client.netns, *args], cwd=tmp_path)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert needle in r.stderr.lower()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,19 @@ UDP_HDR = {4: 20 + 8, 6: 40 + 8}  # IP + UDP header bytes per datagram
 TCP_HDR = {4: (20 + 20, 20 + 60), 6: (40 + 20, 40 + 60)}  # IP + TCP header, without / with max options
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 DEADLINE = 10.0  # seconds: every wait in these tests is bounded by this
+
+
+def run_cli(args: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """`bpfgate ARGS` in a child. Should it hang, its Python stacks (faulthandler, SIGABRT) are the failure."""
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "bpfgate.cli.main", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"bpfgate {' '.join(args)} still running after {timeout} s; its stacks:\n{err[-4000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture
@@ -218,8 +232,8 @@ def test_cli_flows_json(pair):
     dport = srv.getsockname()[1]
     stop = threading.Event()
 
-    def send():  # bounded: at most 400 datagrams, one per 25 ms
-        for _ in range(400):
+    def send():  # bounded: at most 4000 datagrams, one per 25 ms, until the CLI is done
+        for _ in range(4000):
             if stop.wait(0.025):
                 return
             cli.sendto(b"y" * 50, srv.getsockname())
@@ -227,9 +241,8 @@ def test_cli_flows_json(pair):
     t = threading.Thread(target=send, daemon=True)
     t.start()
     try:
-        r = subprocess.run([sys.executable, "-m", "bpfgate.cli.main", "flows", "--dev", c_if.name,
-                            "--netns", client.netns, "--duration", "1.5", "--json", "--sort", "packets"],
-                           capture_output=True, text=True, timeout=30)
+        r = run_cli(["flows", "--dev", c_if.name, "--netns", client.netns, "--duration", "1.5", "--json",
+                     "--sort", "packets"])
     finally:
         stop.set()
         t.join(DEADLINE)
@@ -244,7 +257,6 @@ def test_cli_flows_json(pair):
 
 
 def test_cli_unknown_interface_one_line(pair):
-    r = subprocess.run([sys.executable, "-m", "bpfgate.cli.main", "flows", "--dev", "nosuchif0", "--netns",
-                        pair[0].netns, "--duration", "0.1"], capture_output=True, text=True, timeout=30)
+    r = run_cli(["flows", "--dev", "nosuchif0", "--netns", pair[0].netns, "--duration", "0.1"])
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

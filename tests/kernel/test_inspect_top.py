@@ -30,9 +30,22 @@ CLI = [sys.executable, "-m", "bpfgate.cli.main"]
 DEADLINE = 10.0
 
 
+def run_cli(args: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """`bpfgate ARGS` in a child. Should it hang, its Python stacks (faulthandler, SIGABRT) are the failure."""
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "bpfgate.cli.main", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"bpfgate {' '.join(args)} still running after {timeout} s; its stacks:\n{err[-4000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 @pytest.fixture
 def traffic(sandbox):
-    """client -> server UDP, one datagram per 20 ms while the test runs (at most 1500: bounded)."""
+    """client -> server UDP, one datagram per 20 ms while the test runs (at most 6000: bounded)."""
     client, server = sandbox.host("client"), sandbox.host("server")
     link = sandbox.link(client, server)
     c_if, s_if = link.end(client), link.end(server)
@@ -50,7 +63,7 @@ def traffic(sandbox):
     stop = threading.Event()
 
     def send():
-        for _ in range(1500):
+        for _ in range(6000):
             if stop.wait(0.02):
                 return
             cli.sendto(b"t" * 100, srv.getsockname())
@@ -68,8 +81,8 @@ def traffic(sandbox):
 
 def test_once_renders_the_flows(traffic):
     client, c_if, src, dst, src6 = traffic
-    r = subprocess.run(CLI + ["top", "--dev", c_if.name, "--netns", client.netns, "--once", "--interval", "1"],
-                       capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    r = run_cli(["top", "--dev", c_if.name, "--netns", client.netns, "--once", "--interval", "1"],
+                env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
     line = next((ln for ln in r.stdout.splitlines() if src in ln and dst in ln), None)
     assert line is not None, r.stdout
@@ -80,8 +93,7 @@ def test_once_renders_the_flows(traffic):
 
 def test_json_snapshot_has_rates(traffic):
     client, c_if, src, dst, _ = traffic
-    r = subprocess.run(CLI + ["top", "--dev", c_if.name, "--netns", client.netns, "--json", "--interval", "1"],
-                       capture_output=True, text=True, timeout=60)
+    r = run_cli(["top", "--dev", c_if.name, "--netns", client.netns, "--json", "--interval", "1"])
     assert r.returncode == 0, r.stderr
     snap = json.loads(r.stdout)
     flows = [f for f in snap["flows"] if f"{f['src']}:{f['sport']}" == src and f"{f['dst']}:{f['dport']}" == dst]
@@ -149,7 +161,7 @@ def test_live_view_on_a_terminal_resizes_and_quits_cleanly(traffic, how):
                             stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
                             env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")})
     try:
-        out = _read_until(master, dst.encode(), 30)
+        out = _read_until(master, dst.encode(), 90)
         assert dst.encode() in out, out.decode(errors="replace")
         _set_size(slave, 20, 50)  # the terminal shrinks: the kernel sends SIGWINCH
         os.kill(proc.pid, signal.SIGWINCH)
