@@ -70,7 +70,11 @@ def test_addresses_routes_and_names(sandbox):
     assert (t.right.a.ip6, t.right.b.ip6) == ("fd00:0:0:2::1", "fd00:0:0:2::2")
     assert t.left.a.peer is t.left.b and t.left.peer_of(t.client) is t.left.b
     out = t.client.run(["ip", "-o", "addr", "show", "dev", "eth0"], check=True).stdout
-    assert "198.18.1.1/24" in out and "fd00:0:0:1::1/64" in out and "tentative" not in out
+    assert "198.18.1.1/24" in out and "fd00:0:0:1::1/64" in out
+    # usable at once: a router's neighbour solicitation needs a non-tentative link-local address
+    for h in (t.client, t.router, t.server):
+        out = h.run(["ip", "-6", "-o", "addr", "show", "scope", "link"], check=True).stdout
+        assert "fe80::" in out and "tentative" not in out, (h.name, out)
     routes = t.client.run(["ip", "-6", "route", "show", "default"], check=True).stdout
     assert "via fd00:0:0:1::2" in routes
     assert t.router.run(["sysctl", "-n", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]).stdout.split() == ["1", "1"]

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ NET6 = ipaddress.ip_network("fd00::/8")  # unique local addresses
 # it with every other run: they get a random, unused /30 of 198.19.0.0/16 and the matching fd00:0:1:<k>::/64.
 ROOT_NET4 = ipaddress.ip_network("198.19.0.0/16")
 IFA_F_NODAD = 0x02
+IFA_F_TENTATIVE = 0x40
 
 
 def _nl(op: str, fn, *args, **kw):
@@ -299,6 +301,8 @@ class Sandbox:
         for i in (ia, ib):
             self._configure(i, mtu)
             i.host.ifaces.append(i)
+        for i in (ia, ib):  # or the first packets are dropped or held back for a second
+            self._wait_up(i)
         link = Link(ia, ib, mtu)
         self.links.append(link)
         return link
@@ -347,12 +351,36 @@ class Sandbox:
 
     def _configure(self, i: Iface, mtu: int | None) -> None:
         ipr, idx, where = i.host.ipr, i.host.ifindex(i.name), f"{i.name} in {i.host.name}"
+        if i.host.is_root:  # our own interface only: its link-local address usable without DAD's 1 s
+            with open(f"/proc/sys/net/ipv6/conf/{i.name}/accept_dad", "w") as f:
+                f.write("0")
         if mtu:
             _nl(f"set mtu {mtu} on {where}", ipr.link, "set", index=idx, mtu=mtu)
         _nl(f"add {i.ip4} to {where}", ipr.addr, "add", index=idx, address=i.ip4, prefixlen=i.net4.prefixlen)
         _nl(f"add {i.ip6} to {where}", ipr.addr, "add", index=idx, address=i.ip6,
             prefixlen=i.net6.prefixlen, flags=IFA_F_NODAD)
         _nl(f"set {where} up", ipr.link, "set", index=idx, state="up")
+
+    def _wait_up(self, i: Iface, timeout: float = 3.0) -> None:
+        """Until the interface is usable for both families: operstate UP (carrier seen, qdisc attached)
+        and an IPv6 link-local address that is no longer tentative. Without the latter, the kernel
+        cannot send neighbour solicitations from it (a router forwarding to a new neighbour needs one)
+        and retries only after a second."""
+        host, what = i.host, f"{i.name} in {i.host.name}"
+        deadline = time.monotonic() + timeout
+        while True:
+            idx = host.ifindex(i.name)
+            link = _nl(f"read state of {what}", host.ipr.get_links, idx)[0]
+            addrs = _nl(f"read addresses of {what}", host.ipr.get_addr, index=idx, family=socket.AF_INET6)
+            flags = {a.get("address"): a.get("IFA_FLAGS", a["flags"]) for a in addrs}
+            ready = (link.get("IFLA_OPERSTATE") == "UP"
+                     and any(a.startswith("fe80:") for a in flags)
+                     and not any(f & IFA_F_TENTATIVE for f in flags.values()))
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise SandboxError(f"bring up {what}", f"not ready after {timeout:g}s")
+            time.sleep(0.002)
 
     def _spawn(self, host: Host, argv: Sequence[str], env: dict[str, str] | None) -> Process:
         if self._closed:
