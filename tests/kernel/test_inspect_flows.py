@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -104,8 +105,15 @@ def test_udp_counts_are_exact(pair, family):
         assert f.first_ns <= f.last_ns and f.tcp_flags == 0 and f.ended is None
 
 
-def _tcp_transfer(pair, family: int, payload: int) -> tuple[int, int]:
-    """Client sends `payload` bytes and closes; the server reads to EOF, then closes. (cport, sport)"""
+def _segments(sock: socket.socket) -> tuple[int, int]:
+    """(tcpi_segs_out, tcpi_segs_in) from TCP_INFO: what the kernel's TCP itself counted, GSO included."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("=II", info, 136)  # offsets fixed by the uapi struct tcp_info
+
+
+def _tcp_transfer(pair, family: int, payload: int) -> tuple[int, int, tuple[int, int]]:
+    """Client sends `payload` bytes and closes; the server reads to EOF, then closes.
+    Returns (client port, server port, the client socket's (segments out, segments in))."""
     client, server, c_if, s_if = pair
     lst = _bound(server, family, s_if.addr(family), socket.SOCK_STREAM)
     lst.listen(1)
@@ -130,7 +138,7 @@ def _tcp_transfer(pair, family: int, payload: int) -> tuple[int, int]:
         assert cli.recv(1) == b""  # the server's FIN: both sides closed
         t.join(DEADLINE)
         assert got == [payload]
-        return cli.getsockname()[1], lst.getsockname()[1]
+        return cli.getsockname()[1], lst.getsockname()[1], _segments(cli)
     finally:
         cli.close()
         lst.close()
@@ -141,7 +149,7 @@ def test_tcp_bytes_within_header_overhead_and_flow_end_once(pair, family):
     client, _, c_if, _ = pair
     payload = 3_000_000  # large enough for GSO: the program expands super-packets into wire segments
     with FlowMonitor(c_if.name, netns_name=client.netns) as mon:
-        cport, sport = _tcp_transfer(pair, family, payload)
+        cport, sport, (segs_out, segs_in) = _tcp_transfer(pair, family, payload)
         ends = []
         _wait_for(lambda: ends.extend(mon.poll_ended(100)) or len([e for e in ends if e.flow.proto == 6]) >= 2,
                   "two flow-end records")
@@ -154,10 +162,12 @@ def test_tcp_bytes_within_header_overhead_and_flow_end_once(pair, family):
     assert all(e.reason == "fin" for e in ends)
     lo, hi = TCP_HDR[family]
     out = flows["egress"]  # client -> server: the payload
+    back = flows["ingress"]  # server -> client: ACKs only, no payload
+    # exact: wire segments as TCP counted them, though the stack hands TC 64 KiB GSO packets
+    assert (out.packets, back.packets) == (segs_out, segs_in)
     assert payload + out.packets * lo <= out.bytes <= payload + out.packets * hi
     assert out.packets >= payload // 65536  # at least one wire packet per 64 KiB
-    assert out.tcp_flags & 0x13 == 0x13 and out.ended == "fin"  # SYN, ACK, FIN seen
-    back = flows["ingress"]  # server -> client: ACKs only, no payload
+    assert (out.tcp_flags & 0x13) == 0x13 and out.ended == "fin"  # SYN, ACK, FIN seen
     assert back.packets * lo <= back.bytes <= back.packets * hi
     end_out = next(e for e in ends if e.flow.direction == "egress")
     assert payload + end_out.flow.packets * lo <= end_out.flow.bytes <= out.bytes  # counters at FIN time

@@ -209,7 +209,8 @@ class FlowStats:
     created: int  # entries the kernel created
     ended: int  # FIN/RST records the kernel sent
     expired: int  # idle entries deleted (and reported) here
-    evicted: int  # entries the full LRU table dropped: created - live - deleted here
+    evicted: int  # entries the full LRU table dropped: created - live - deleted here (exact at rest;
+    # while flows are being created the two reads are a moment apart)
     unparsed: int  # packets not IPv4/IPv6: not accounted
     events_lost: int  # flow-end records the ring buffer had no room for
 
