@@ -250,3 +250,35 @@ def test_cli_errors_are_one_line_and_attach_nothing(pair, tmp_path, args, needle
     assert needle in r.stderr.lower()
     assert not any(n.startswith("bg_cap") for n in _tcx_progs(client.netns, c_if.name))
     assert not os.path.exists(tmp_path / "x.pcap")
+
+
+def test_packets_the_gate_drops_are_captured(pair):
+    """The drop-port gate (clsact filter) drops SYNs to a port; the capture, first in line, still has them."""
+    from bpfgate.kernel.objects import BpfObject
+
+    client, _, c_if, s_if = pair
+    port = 5555
+    with BpfObject.open("gate") as gate:
+        gate.load()
+        gate.map("blocked_ports")[{"port": port}] = {"packets": 0, "bytes": 0}
+        tc.ensure_clsact(c_if.name, client.netns)
+        tc.add_filter(c_if.name, "egress", gate.program("bg_gate_ports").fd, handle=1, priority=1,
+                      netns=client.netns)  # the qdisc goes with the sandbox's namespace
+        with Capture(c_if.name, CaptureFilter.parse("tcp", port), netns_name=client.netns, direction="egress") as cap:
+            with client.entered():
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(1.5)  # the SYN and one retransmission, both dropped
+            with pytest.raises(OSError):
+                s.connect((s_if.ip4, port))
+            s.close()
+            got = []
+            deadline = time.monotonic() + DEADLINE
+            dropped = 0
+            while time.monotonic() < deadline:
+                got.extend(cap.packets(100))
+                dropped = sum(v.packets for v in gate.map("blocked_ports")[{"port": port}])
+                if dropped and len(got) >= dropped:
+                    break
+    assert dropped >= 1 and len(got) == dropped  # every packet the gate dropped is in the capture
+    for p in got:
+        assert p.data[47] & 0x02 and p.verdict == "unknown" and p.direction == "egress"  # SYN (14 + 20 + 13)
