@@ -144,6 +144,21 @@ def test_run_captures_and_times_out(sandbox):
     assert not netns_pids(h.netns)  # the shell and its background child: whole group killed
 
 
+def test_spawned_process_handle(sandbox):
+    h = sandbox.host("h")
+    quick = h.spawn(["sh", "-c", "echo hello; exit 7"])
+    assert quick.wait(5) == 7 and not quick.alive and quick.output() == "hello\n"
+    assert quick.stop() == 7
+    group = h.spawn(["sh", "-c", "sleep 60 & sleep 60"])
+    deadline = time.monotonic() + 5
+    while len(netns_pids(h.netns)) < 3 and time.monotonic() < deadline:  # sh and both sleeps
+        time.sleep(0.02)
+    members = netns_pids(h.netns)
+    assert len(members) == 3 and group.alive
+    assert group.stop() == -signal.SIGTERM
+    assert all(gone(p) for p in members) and not netns_pids(h.netns)
+
+
 def netns_pids(ns: str) -> list[int]:
     out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=5).stdout
     return [int(p) for p in out.split()]

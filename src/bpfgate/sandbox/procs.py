@@ -43,7 +43,9 @@ def kill_group(pid: int, sig: int) -> None:
 
 
 class Process:
-    """A background process started in a host. `stop()` ends it and its children (process group)."""
+    """A background process started in a host, leader of its own process group. `stop()` ends the
+    group. The leader is reaped only by `stop()`: until then its PID (= the group's ID) cannot be
+    reused, so signalling the group never hits a stranger."""
 
     def __init__(self, popen: subprocess.Popen, argv: list[str], host: str, log_path: str):
         self.popen = popen
@@ -56,13 +58,22 @@ class Process:
     def __repr__(self) -> str:
         return f"<Process {self.pid} in {self.host}: {' '.join(self.argv)}>"
 
+    def _exit_status(self) -> int | None:
+        """Exit code (negative: killed by that signal) once the leader ended, without reaping it."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
     @property
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self._exit_status() is None
 
     @property
     def returncode(self) -> int | None:
-        return self.popen.poll()
+        return self._exit_status()
 
     def output(self) -> str:
         """What it wrote so far (stdout and stderr, interleaved)."""
@@ -73,22 +84,32 @@ class Process:
             return ""
 
     def wait(self, timeout: float) -> int:
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise SandboxError(f"wait for {self!r}", f"still running after {timeout:g}s") from None
+        """Until the leader exits (not reaped; see the class docstring); SandboxError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while (rc := self._exit_status()) is None:
+            if time.monotonic() > deadline:
+                raise SandboxError(f"wait for {self!r}", f"still running after {timeout:g}s")
+            time.sleep(0.01)
+        return rc
+
+    def terminate(self) -> None:
+        if self.popen.returncode is None:
+            kill_group(self.pid, signal.SIGTERM)
 
     def stop(self, timeout: float = 3.0) -> int:
-        """SIGTERM the group, SIGKILL it if still there after `timeout`; returns the exit code."""
-        if self.popen.poll() is None:
-            kill_group(self.pid, signal.SIGTERM)
+        """SIGTERM the group, SIGKILL whatever is left after `timeout`, reap; returns the exit code."""
+        self.terminate()
+        return self.finish(time.monotonic() + timeout)
+
+    def finish(self, deadline: float) -> int:
+        if self.popen.returncode is None:
             try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
+                self.wait(max(0.0, deadline - time.monotonic()))
+            except SandboxError:
                 pass
-        # children of a well-behaved leader may outlive it: finish the group either way
-        kill_group(self.pid, signal.SIGKILL)
-        return self.popen.wait(timeout)
+            # children of a well-behaved leader may outlive it; the unreaped leader keeps the group ID ours
+            kill_group(self.pid, signal.SIGKILL)
+        return self.popen.wait(5)
 
 
 def run(ns: str | None, host: str, argv: Sequence[str], timeout: float, *, input: bytes | str | None = None,

@@ -413,17 +413,11 @@ class Sandbox:
             raise SandboxError(f"tear down sandbox {self.tag}", "; ".join(problems))
 
     def _stop_processes(self, problems: list[str]) -> None:
-        running = [p for p in self.processes if p.alive]
-        for p in running:  # all at once, then one shared deadline
-            procs.kill_group(p.pid, signal.SIGTERM)
+        for p in self.processes:  # all at once, then one shared deadline
+            p.terminate()
         deadline = time.monotonic() + 2
         for p in self.processes:
             try:
-                p.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            procs.kill_group(p.pid, signal.SIGKILL)
-            try:
-                p.popen.wait(2)
+                p.finish(deadline)
             except subprocess.TimeoutExpired:
                 problems.append(f"process {p.pid} ({p.argv[0]}) survived SIGKILL")
