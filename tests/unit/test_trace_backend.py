@@ -1,0 +1,96 @@
+"""Backend choice per tracepoint and the fallback when tp_btf fails to load (no root: detection and
+loading are replaced by fakes; the kernel tests exercise the real thing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bpfgate.errors import BpfgateError, NotSupported
+from bpfgate.trace import backend
+from bpfgate.trace.drops import HOOKS as DROP_HOOKS
+from bpfgate.trace.tcp import HOOKS as TCP_HOOKS
+
+
+def _kernel(monkeypatch, *, btf=(), tracefs=(), has_btf=True, tracefs_mounted=True):
+    monkeypatch.setattr(backend, "has_tp_btf", lambda ev: ev in btf)
+    monkeypatch.setattr(backend, "has_tracepoint", lambda cat, ev: ev in tracefs)
+    monkeypatch.setattr(backend, "kernel_btf", lambda: object() if has_btf else None)
+    monkeypatch.setattr(backend, "tracefs_root", lambda: "/sys/kernel/tracing" if tracefs_mounted else None)
+
+
+ALL = [h.event for h in TCP_HOOKS]
+
+
+def test_prefers_tp_btf(monkeypatch):
+    _kernel(monkeypatch, btf=ALL, tracefs=ALL)
+    assert {c.backend for c in backend.choose(TCP_HOOKS)} == {"tp_btf"}
+    assert {c.backend for c in backend.choose(TCP_HOOKS, "tracepoint")} == {"tracepoint"}
+
+
+def test_per_hook_fallback_and_missing(monkeypatch):
+    _kernel(monkeypatch, btf=["inet_sock_set_state"], tracefs=["tcp_retransmit_skb"])
+    got = {c.hook.event: c for c in backend.choose(TCP_HOOKS)}
+    assert got["inet_sock_set_state"].backend == "tp_btf"
+    assert got["tcp_retransmit_skb"].backend == "tracepoint" and "btf_trace_tcp_retransmit_skb" in got["tcp_retransmit_skb"].note
+    assert got["tcp_send_reset"].backend is None and "tcp:tcp_send_reset" in got["tcp_send_reset"].note
+
+
+def test_missing_required_hook_names_feature_and_what_works(monkeypatch):
+    _kernel(monkeypatch, btf=["tcp_retransmit_skb"], has_btf=True, tracefs_mounted=False)
+    with pytest.raises(NotSupported) as e:
+        backend.load("trace_tcp", TCP_HOOKS, what="trace tcp")
+    msg = str(e.value)
+    assert "sock:inet_sock_set_state" in msg and "mount -t tracefs" in msg and "retransmits" in msg
+
+
+def test_no_btf_no_tracefs(monkeypatch):
+    _kernel(monkeypatch, has_btf=False, tracefs_mounted=False)
+    (c,) = backend.choose(DROP_HOOKS)
+    assert c.backend is None and "no kernel BTF" in c.note and "tracefs not mounted" in c.note
+
+
+def test_bad_backend_name():
+    with pytest.raises(BpfgateError):
+        backend.choose(TCP_HOOKS, "kprobe")
+
+
+class _FakeObj:
+    def __init__(self):
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_tp_btf_load_failure_falls_back_to_tracepoints(monkeypatch):
+    _kernel(monkeypatch, btf=ALL, tracefs=ALL)
+    tried, attached = [], []
+
+    def fake_open(name, choices, rodata, setup):
+        tried.append({c.backend for c in choices})
+        if "tp_btf" in tried[-1]:
+            raise BpfgateError("load BPF object trace_tcp.o", "operation not permitted")
+        return _FakeObj()
+
+    monkeypatch.setattr(backend, "_open", fake_open)
+    monkeypatch.setattr(backend, "attach_auto", lambda obj, prog: attached.append(prog) or _FakeObj())
+    obj, links, choices = backend.load("trace_tcp", TCP_HOOKS, what="trace tcp")
+    assert tried == [{"tp_btf"}, {"tracepoint"}]
+    assert all(c.backend == "tracepoint" and "tp_btf failed" in c.note for c in choices)
+    assert attached == [h.tp_prog for h in TCP_HOOKS]
+
+
+def test_optional_attach_failure_is_reported_not_fatal(monkeypatch):
+    _kernel(monkeypatch, btf=ALL)
+    monkeypatch.setattr(backend, "_open", lambda *a: _FakeObj())
+
+    def attach(obj, prog):
+        if prog == "bg_tcp_rst_tx_btf":
+            raise BpfgateError("attach bg_tcp_rst_tx_btf", "no such file or directory")
+        return _FakeObj()
+
+    monkeypatch.setattr(backend, "attach_auto", attach)
+    _, links, choices = backend.load("trace_tcp", TCP_HOOKS, what="trace tcp")
+    assert len(links) == 3
+    (missing,) = [c for c in choices if c.backend is None]
+    assert missing.hook.event == "tcp_send_reset" and "attach failed" in missing.note
