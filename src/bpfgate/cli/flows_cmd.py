@@ -61,17 +61,17 @@ def register(app: click.Group) -> None:
             except KeyboardInterrupt:
                 pass  # Ctrl-C: print what was counted so far
             ended.extend(mon.poll_ended())
-            flows = mon.flows()
-            stats = mon.stats(live=len(flows))
+            entries = mon.entries()
+            stats = mon.stats(live=len(entries))
+            shown = [mon.decode(k, v) for k, v in top_flows(entries, sort, top_n, raw=True)]
             clock = mon.clock
-        shown = top_flows(flows, sort, top_n)
         if as_json:
             term.print_json({"interface": dev, "netns": netns, "duration": duration, "sort": sort,
                              "flows": [f.to_json(clock) for f in shown],
                              "ended": [e.to_json(clock) for e in ended], "stats": stats.to_json()})
             return
         now = time.monotonic_ns()
-        term.table(f"flows on {dev} ({len(shown)} of {len(flows)}, by {sort})", FLOW_COLUMNS,
+        term.table(f"flows on {dev} ({len(shown)} of {len(entries)}, by {sort})", FLOW_COLUMNS,
                    [flow_row(f, now) for f in shown])
         if ended:
             term.table("ended while counting", FLOW_COLUMNS[:-1] + ["reason"],

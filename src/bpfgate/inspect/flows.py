@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import heapq
 import socket
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any, Iterable
 
 from bpfgate.errors import BpfgateError, NotSupported, from_errno
 from bpfgate.inspect.events import Clock, tcp_flags_str
+from bpfgate.kernel import libbpf as L
 from bpfgate.kernel import links, netlink, netns, tc
 from bpfgate.kernel.libbpf import sys_bpf
 from bpfgate.kernel.objects import BpfObject
@@ -149,9 +151,33 @@ def open_pair(obj_name: str, prefix: str, dev: str, direction: str, *, netns_nam
 # ---- flows ----------------------------------------------------------------------------------------------
 
 
-def _addr(family: int, raw: Any) -> str:
-    b = bytes(raw)
+def _addr(family: int, b: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET, b[12:16]) if family == 4 else socket.inet_ntop(socket.AF_INET6, b)
+
+
+def read_table(table: Any, chunk: int = 8192) -> list[tuple[Any, Any]]:
+    """Every (key, value) of the flow table, `chunk` per bpf_map_lookup_batch call, decoded a whole
+    chunk at a time (ctypes arrays over the buffers: ~10x faster than entry-by-entry copies)."""
+    kt, vt = table.key_type, table.value_type
+    kbuf, vbuf = (kt * chunk)(), (vt * chunk)()
+    tok_in, tok_out = kt(), kt()  # hash maps: the cursor is key-sized
+    opts = L.MapBatchOpts(sz=ctypes.sizeof(L.MapBatchOpts))
+    out: list[tuple[Any, Any]] = []
+    first = True
+    while True:
+        cnt = ctypes.c_uint32(chunk)
+        rc = L.bpf_map_lookup_batch(table.fd, None if first else ctypes.byref(tok_in), ctypes.byref(tok_out),
+                                    kbuf, vbuf, ctypes.byref(cnt), ctypes.byref(opts))
+        err = L.libc_errno() if rc != 0 else 0
+        if rc != 0 and err != errno.ENOENT:
+            raise from_errno(f"batch read map {table.name}", err)
+        n = cnt.value
+        if n:
+            out.extend(zip((kt * n).from_buffer_copy(kbuf, 0), (vt * n).from_buffer_copy(vbuf, 0)))
+        if rc != 0:  # ENOENT: that was the last chunk
+            return out
+        ctypes.memmove(ctypes.byref(tok_in), ctypes.byref(tok_out), ctypes.sizeof(kt))
+        first = False
 
 
 @dataclass(frozen=True)
@@ -176,8 +202,9 @@ class Flow:
 
     @classmethod
     def from_kernel(cls, key: Any, val: Any, names: dict[int, str]) -> "Flow":
-        return cls(family=key.family, proto=key.proto, src=_addr(key.family, key.saddr), sport=key.sport,
-                   dst=_addr(key.family, key.daddr), dport=key.dport, direction=DIRECTIONS[key.dir & 1],
+        raw = bytes(key)  # one copy; addresses are its first 32 bytes (flow.h)
+        return cls(family=key.family, proto=key.proto, src=_addr(key.family, raw[:16]), sport=key.sport,
+                   dst=_addr(key.family, raw[16:32]), dport=key.dport, direction=DIRECTIONS[key.dir & 1],
                    ifindex=key.ifindex, interface=names.get(key.ifindex), packets=val.packets, bytes=val.bytes,
                    first_ns=val.first_ns, last_ns=val.last_ns, tcp_flags=val.tcp_flags,
                    ended=END_REASONS.get(val.ended))
@@ -218,12 +245,18 @@ class FlowStats:
         return dict(self.__dict__)
 
 
-def top_flows(flows: Iterable[Flow], sort: str = "bytes", n: int | None = None) -> list[Flow]:
+def _sort_attr(sort: str) -> str:
     if sort not in SORT_KEYS:
         raise BpfgateError("sort flows", f"sort by one of {', '.join(SORT_KEYS)}, not {sort!r}")
-    attr = "last_ns" if sort == "last" else sort
-    out = sorted(flows, key=lambda f: getattr(f, attr), reverse=True)
-    return out[:n] if n else out
+    return "last_ns" if sort == "last" else sort
+
+
+def top_flows(flows: Iterable[Any], sort: str = "bytes", n: int | None = None, *, raw: bool = False) -> list[Any]:
+    """The first n by `sort`, largest first. raw=True: (key, value) pairs as read_table returns them,
+    so only the flows shown need decoding."""
+    attr = _sort_attr(sort)
+    key = (lambda e: getattr(e[1], attr)) if raw else (lambda f: getattr(f, attr))
+    return heapq.nlargest(n, flows, key=key) if n else sorted(flows, key=key, reverse=True)
 
 
 class FlowMonitor:
@@ -252,9 +285,19 @@ class FlowMonitor:
 
     # ---- reading ---------------------------------------------------------------------------------------
 
-    def flows(self) -> list[Flow]:
-        """Every flow in the table: one batched read (bpf_map_lookup_batch)."""
-        return [Flow.from_kernel(k, v, self._names) for k, v in self.table.lookup_batch()]
+    def flows(self, sort: str | None = None, n: int | None = None) -> list[Flow]:
+        """Flows in the table (batched reads); with `sort`, the first n only, and only those decoded."""
+        entries = read_table(self.table)
+        if sort is not None:
+            entries = top_flows(entries, sort, n, raw=True)
+        return [self.decode(k, v) for k, v in entries]
+
+    def entries(self) -> list[tuple[Any, Any]]:
+        """The raw table: (bg_flow_key, bg_flow_value) ctypes pairs."""
+        return read_table(self.table)
+
+    def decode(self, key: Any, val: Any) -> Flow:
+        return Flow.from_kernel(key, val, self._names)
 
     def poll_ended(self, timeout_ms: int = 0) -> list[FlowEnd]:
         """Flow ends since the last call: the kernel's FIN/RST records, then idle flows expired here."""
@@ -267,27 +310,24 @@ class FlowMonitor:
         """Delete idle flows (reported, reason 'idle') and ended flows past the grace time (already reported)."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         out, gone = [], []
-        for f, key in self._entries():
-            idle = now - f.last_ns
-            if f.ended and idle > self.end_grace_ns:
+        for key, val in read_table(self.table):
+            idle = now - val.last_ns
+            if val.ended and idle > self.end_grace_ns:
                 gone.append(key)
-            elif not f.ended and idle > self.idle_timeout_ns:
+            elif not val.ended and idle > self.idle_timeout_ns:
                 gone.append(key)
-                out.append(FlowEnd(f, "idle"))
+                out.append(FlowEnd(self.decode(key, val), "idle"))
         for key in gone:  # one by one: a delete that finds nothing means the LRU took it first
             if self.table.delete(key):
                 self.deleted += 1
         self.expired += len(out)
         return out
 
-    def _entries(self) -> list[tuple[Flow, Any]]:
-        return [(Flow.from_kernel(k, v, self._names), k) for k, v in self.table.lookup_batch()]
-
     def stats(self, live: int | None = None) -> FlowStats:
         def total(m: Any, i: int) -> int:
             return sum(m.get(i, [0]))
 
-        live = len(list(self.table.lookup_batch())) if live is None else live
+        live = len(read_table(self.table)) if live is None else live
         created = total(self._stats, STAT_NEW)
         return FlowStats(live=live, created=created, ended=total(self._stats, STAT_ENDED), expired=self.expired,
                          evicted=max(0, created - live - self.deleted), unparsed=total(self._stats, STAT_UNPARSED),

@@ -93,20 +93,21 @@ class Top:
         self.notes: list[str] = []
 
     def snapshot(self) -> Snapshot:
+        """One batched read; rates for every flow from raw counters, only the top n decoded."""
         self._ended.extend(self.monitor.poll_ended())
-        flows = self.monitor.flows()
+        entries = self.monitor.entries()
         now = time.monotonic_ns()
         dt = (now - self._prev_ns) / 1e9 if self._prev_ns else 0.0
+        current = {bytes(k): (v.packets, v.bytes) for k, v in entries}
+        shown = [(bytes(k), self.monitor.decode(k, v)) for k, v in top_flows(entries, self.sort, self.n, raw=True)]
         rates = {}
-        current = {}
-        for f in flows:
-            fid = flow_id(f)
-            current[fid] = (f.packets, f.bytes)
-            p0, b0 = self._prev.get(fid, (0, 0) if f.first_ns >= self._prev_ns else (f.packets, f.bytes))
-            rates[fid] = ((f.packets - p0) / dt, (f.bytes - b0) / dt) if dt > 0 else (0.0, 0.0)
+        for raw, f in shown:
+            # a flow new since the last frame counts from zero; on the first frame there is no rate yet
+            p0, b0 = self._prev.get(raw, (0, 0) if self._prev_ns and f.first_ns >= self._prev_ns else (f.packets, f.bytes))
+            rates[flow_id(f)] = ((f.packets - p0) / dt, (f.bytes - b0) / dt) if dt > 0 else (0.0, 0.0)
         self._prev, self._prev_ns = current, now
-        snap = Snapshot(now, dt, top_flows(flows, self.sort, self.n), rates, len(flows), list(self._ended),
-                        self.monitor.stats(live=len(flows)), notes=list(self.notes))
+        snap = Snapshot(now, dt, [f for _, f in shown], rates, len(entries), list(self._ended),
+                        self.monitor.stats(live=len(entries)), notes=list(self.notes))
         if self.syn is not None:
             total = sum(t.syns for t in self.syn.totals().values())
             rate = (total - self._prev_syns) / dt if dt > 0 else 0.0
