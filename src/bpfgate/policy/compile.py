@@ -161,10 +161,11 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         spec = ShapeSpec(len(ids), mask)
         ids[mask] = out.shapes[spec.id] = spec
     for i, (rid, ra) in enumerate(atoms):   # rules in priority order: the first writer of a key wins
-        keys = out.rule_keys[rid] = []
+        keys = []
         val = L.ClsValue(out.prios[rid], rid)
         for a in ra:
             keys.extend(atom_keys(a, ids[placement[a.mask]], gen))
+        keys = out.rule_keys[rid] = list(dict.fromkeys(keys))   # overlapping lists give a key once
         if len(keys) > limits.max_rule_entries:
             raise PolicyError(where(("hooks", hook.value, "rules", i)),
                               f"rule {out.names[rid]!r} expands to {len(keys)} entries after shape fitting "

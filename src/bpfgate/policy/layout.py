@@ -131,7 +131,7 @@ class Shape:
     id: int
     mask: bytes            # 48 bytes, bg_cls_key layout; shape and gen bytes are zero
     best_prio: int
-    entries: int = 0
+    entries: int = field(default=0, compare=False)   # informational: not a reason to rewrite bg_conf
 
     def pack(self) -> bytes:
         return struct.pack(SHAPE_FMT, self.mask, self.best_prio, self.id, 0, 0, 0, self.entries, 0)

@@ -1,0 +1,231 @@
+"""Live edits of a compiled hook: one rule added, deleted or replaced becomes the minimal set of map writes.
+
+Apply a Diff in this order (docs/policy-engine.md, 'live updates'): rules_update; conf_before (write the
+inactive bg_conf slot, flip bg_active); cls_update; cls_delete; conf_after (same flip); then, after the
+programs' RCU grace period, forget rules_free. Each step alone leaves a consistent classifier.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import PolicyError
+from . import layout as L
+from .atoms import atom_count, rule_atoms
+from .compile import CompiledHook, Limits, ShapeSpec, _ifindex, atom_keys, compile_hook, rule_action
+from .model import HookPolicy, Rule
+from .parse import rule_problem
+from .shapes import expansion
+
+
+@dataclass
+class Diff:
+    rules_update: dict[int, L.RuleAction] = field(default_factory=dict)
+    conf_before: L.Conf | None = None
+    cls_update: dict[bytes, L.ClsValue] = field(default_factory=dict)
+    cls_delete: list[bytes] = field(default_factory=list)
+    conf_after: L.Conf | None = None
+    rules_free: list[int] = field(default_factory=list)
+
+    def writes(self) -> int:
+        return (len(self.rules_update) + len(self.cls_update) + len(self.cls_delete)
+                + (self.conf_before is not None) + (self.conf_after is not None))
+
+
+class LiveHook:
+    """A compiled hook kept in step with the kernel maps. It owns `compiled` and mutates it."""
+
+    def __init__(self, compiled: CompiledHook, limits: Limits = Limits(),
+                 ifindex: Callable[[str], int] = _ifindex):
+        self.c, self.limits, self.ifindex = compiled, limits, ifindex
+        self.owners: dict[bytes, dict[int, int]] = {}   # key -> {rule_id: prio} of every rule producing it
+        for rid, keys in compiled.rule_keys.items():
+            for k in keys:
+                self.owners.setdefault(k, {})[rid] = compiled.prios[rid]
+        self.conf = compiled.conf()
+        self.best = {s.id: s.best_prio for s in self.conf.shapes}  # a lower bound of each shape's best
+        self.count = {s.id: s.entries for s in self.conf.shapes}
+        self.quarantine: set[int] = set()
+        self.fresh: set[int] = set()   # shape ids handed out during the current edit
+        self.order = sorted((p, r) for r, p in compiled.prios.items())
+
+    # ---- queries -------------------------------------------------------------------------------
+    def rule_id(self, name: str) -> int:
+        for rid, n in self.c.names.items():
+            if n == name and rid in self.c.prios:
+                return rid
+        raise PolicyError(f"rule {name}", "no such rule")
+
+    def _prio_at(self, position: int | None) -> int:
+        """A free priority so the new rule sits at `position` (0 = first; None = last)."""
+        prios = [p for p, _ in self.order]
+        position = len(prios) if position is None else max(0, min(position, len(prios)))
+        lo = prios[position - 1] if position > 0 else 0
+        hi = prios[position] if position < len(prios) else lo + 2 * 1024
+        if hi - lo < 2:
+            raise PolicyError(f"rule position {position}",
+                              "no priority gap left there; apply the whole policy (atomic swap) to renumber")
+        return (lo + hi) // 2
+
+    # ---- edits ---------------------------------------------------------------------------------
+    def add(self, rule: Rule, position: int | None = None) -> Diff:
+        if self._exists(rule.name):
+            raise PolicyError(f"rule {rule.name}", "a rule of that name exists; replace it or delete it first")
+        prio = self._prio_at(position)
+        keys = self._prepare(rule)
+        diff, before = Diff(), {}
+        self._insert(rule, keys, prio, diff, before)
+        return self._finish(diff, before)
+
+    def delete(self, name: str) -> Diff:
+        diff, before = Diff(), {}
+        self._remove(self.rule_id(name), diff, before)
+        return self._finish(diff, before)
+
+    def replace(self, name: str, rule: Rule) -> Diff:
+        """Same position. The new version keeps the slot (and counters) when its action is unchanged, else
+        gets a fresh slot, so no packet ever combines the old match with the new action's record."""
+        old = self.rule_id(name)
+        if rule.name != name and self._exists(rule.name):
+            raise PolicyError(f"rule {rule.name}", "a rule of that name exists")
+        keys = self._prepare(rule)   # may refuse: nothing has changed yet
+        keep = rule_action(rule, self.ifindex) == self.c.rules[old]
+        diff, before, prio = Diff(), {}, self.c.prios[old]
+        self._remove(old, diff, before, keep_slot=keep)
+        self._insert(rule, keys, prio, diff, before, slot=old if keep else None)
+        return self._finish(diff, before)
+
+    # ---- mechanics -----------------------------------------------------------------------------
+    def _exists(self, name: str) -> bool:
+        return any(n == name for r, n in self.c.names.items() if r in self.c.prios)
+
+    def _prepare(self, rule: Rule) -> list[bytes]:
+        """Validate and place the rule's atoms; returns its keys. Changes nothing but may add shape specs
+        (ids reserved in self.fresh until the edit finishes)."""
+        problem = rule_problem(rule, self.c.hook)
+        if problem:
+            raise PolicyError(f"rule {rule.name}" + (f".{problem[0]}" if problem[0] else ""), problem[1])
+        if atom_count(rule) > self.limits.max_rule_entries:
+            raise PolicyError(f"rule {rule.name}", f"expands to {atom_count(rule)} entries (limit "
+                              f"{self.limits.max_rule_entries})")
+        keys: list[bytes] = []
+        try:  # place every atom first: a refusal leaves everything unchanged
+            placed = [(atom, self._place(atom)) for atom in rule_atoms(rule)]
+            n = sum(expansion(shape.mask, atom.mask, atom.zero) for atom, shape in placed)
+            if n > self.limits.max_rule_entries:
+                raise PolicyError(f"rule {rule.name}", f"expands to {n} entries in the current shapes (limit "
+                                  f"{self.limits.max_rule_entries}); apply the whole policy to re-plan the shapes")
+            for atom, shape in placed:
+                keys.extend(atom_keys(atom, shape, self.c.gen))
+        except PolicyError:
+            for sid in self.fresh:
+                self.c.shapes.pop(sid, None)
+            self.fresh.clear()
+            raise
+        return list(dict.fromkeys(keys))   # overlapping lists in one rule produce a key once
+
+    def _insert(self, rule: Rule, keys: list[bytes], prio: int, diff: Diff, before: dict,
+                slot: int | None = None) -> None:
+        action = rule_action(rule, self.ifindex)
+        if slot is None:
+            slot = self._new_slot()
+            diff.rules_update[slot] = action
+        self.c.rules[slot], self.c.names[slot], self.c.prios[slot], self.c.source[slot] = action, rule.name, prio, rule
+        bisect.insort(self.order, (prio, slot))
+        self.c.rule_keys[slot] = keys
+        val = L.ClsValue(prio, slot)
+        for k in keys:
+            before.setdefault(k, self.c.cls.get(k))
+            self.owners.setdefault(k, {})[slot] = prio
+            cur = self.c.cls.get(k)
+            if cur is None:
+                self.count[k[0]] = self.count.get(k[0], 0) + 1
+            if cur is None or prio <= cur.prio:
+                self.c.cls[k] = val
+                self.best[k[0]] = min(prio, self.best.get(k[0], 1 << 32))  # only ever lowered: a safe bound
+
+    def _remove(self, rid: int, diff: Diff, before: dict, keep_slot: bool = False) -> None:
+        for k in self.c.rule_keys.pop(rid, []):
+            before.setdefault(k, self.c.cls.get(k))
+            owners = self.owners[k]
+            owners.pop(rid, None)
+            if self.c.cls[k].rule_id != rid:
+                continue
+            if owners:
+                nr = min(owners, key=lambda r: (owners[r], r))
+                self.c.cls[k] = L.ClsValue(owners[nr], nr)
+            else:
+                del self.owners[k], self.c.cls[k]
+                self.count[k[0]] -= 1
+        self.order.remove((self.c.prios.pop(rid), rid))
+        self.c.source.pop(rid, None)
+        if not keep_slot:
+            diff.rules_free.append(rid)
+            self.quarantine.add(rid)   # in-flight packets may still hold it: not reusable until released
+            del self.c.rules[rid], self.c.names[rid]
+
+    def _finish(self, diff: Diff, before: dict) -> Diff:
+        for k, old in before.items():
+            new = self.c.cls.get(k)
+            if new == old:
+                continue
+            if new is None:
+                diff.cls_delete.append(k)
+            else:
+                diff.cls_update[k] = new
+        listed = {s.id for s in self.conf.shapes}
+        present = {sid for sid, n in self.count.items() if n > 0}
+        widened = self._conf(listed | present)   # new shapes join before their entries are written ...
+        final = self._conf(present)              # ... emptied ones leave after their entries are gone
+        if widened != self.conf:
+            diff.conf_before = widened
+        if final != widened:
+            diff.conf_after = final
+        self.conf = final
+        self.fresh.clear()
+        return diff
+
+    def _new_slot(self) -> int:
+        used = set(self.c.rules) | self.quarantine
+        return next(i for i in range(len(used) + 1) if i not in used)
+
+    def release(self, slots) -> None:
+        """The kernel layer calls this once freed slots are past the programs' RCU grace period."""
+        self.quarantine.difference_update(slots)
+
+    def _place(self, atom) -> ShapeSpec:
+        """The existing shape that takes the atom with the fewest entries, else a new shape."""
+        fits = [s for s in self.c.shapes.values() if s.mask & atom.mask == atom.mask]
+        best = min(fits, key=lambda s: expansion(s.mask, atom.mask, atom.zero)) if fits else None
+        if best is not None and expansion(best.mask, atom.mask, atom.zero) <= max(self.limits.cheap_merge, 1):
+            return best
+        for spec in self.c.shapes.values():   # an unused shape of exactly this mask
+            if spec.mask == atom.mask:
+                return spec
+        in_use = ({s.id for s in self.conf.shapes} | {sid for sid, n in self.count.items() if n > 0}
+                  | self.fresh)
+        free = [i for i in range(self.limits.max_shapes) if i not in in_use]
+        if not free:
+            if best is not None:
+                return best
+            raise PolicyError("shapes", f"the rule needs a new shape and all {self.limits.max_shapes} are in "
+                              f"use; apply the whole policy (atomic swap) to re-plan the shapes")
+        spec = ShapeSpec(free[0], atom.mask)
+        self.c.shapes[spec.id] = spec
+        self.fresh.add(spec.id)   # its keys are written only after every atom is placed
+        return spec
+
+    def _conf(self, sids) -> L.Conf:
+        shapes = [L.Shape(sid, self.c.shapes[sid].mask_bytes, self.best[sid], self.count.get(sid, 0))
+                  for sid in sids]
+        shapes.sort(key=lambda s: (s.best_prio, s.id))
+        return L.Conf(self.c.gen, self.c.default_rule, tuple(shapes))
+
+
+def swap(previous: CompiledHook, hp: HookPolicy, **kw) -> CompiledHook:
+    """Whole-policy swap: compile into the other generation, keeping the slots of unchanged rules.
+    Load: write rules, write all new bg_cls entries (key.gen differs, so nothing live changes), write the
+    inactive bg_conf slot, flip bg_active, then delete the old generation's entries."""
+    return compile_hook(hp, previous.hook, gen=previous.gen ^ 1, previous=previous, **kw)

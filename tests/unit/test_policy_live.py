@@ -1,0 +1,126 @@
+"""Live edits: each op's diff, applied to a model of the kernel maps, gives the classifier of the edited
+policy, writes nothing that does not change, and keeps slots (counters) of untouched rules."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bpfgate.errors import PolicyError
+from bpfgate.policy import layout as L
+from bpfgate.policy.classify import Reference, naive
+from bpfgate.policy.compile import Limits, compile_hook
+from bpfgate.policy.live import LiveHook, swap
+from bpfgate.policy.model import Hook, HookPolicy, Rule
+
+from policy_gen import random_packet, random_policy, random_rule
+
+LIMITS = Limits(max_shapes=32)
+
+
+class KernelModel:
+    """The maps as the kernel would hold them after applying diffs in the documented order."""
+
+    def __init__(self, compiled):
+        self.cls, self.rules, self.conf = dict(compiled.cls), dict(compiled.rules), compiled.conf()
+
+    def apply(self, d):
+        for rid, act in d.rules_update.items():
+            assert rid not in self.rules, "a live slot was overwritten"
+            self.rules[rid] = act
+        self.conf = d.conf_before or self.conf
+        for k, v in d.cls_update.items():
+            assert self.cls.get(k) != v, "no-op write"
+            self.cls[k] = v
+        for k in d.cls_delete:
+            del self.cls[k]
+        self.conf = d.conf_after or self.conf
+        for rid in d.rules_free:
+            assert all(v.rule_id != rid for v in self.cls.values()), "freed slot still referenced"
+            del self.rules[rid]
+
+    def reference(self, names):
+        return Reference(self.conf, self.cls, self.rules, names)
+
+
+def _check(kernel, live, rules, default, rng, n=300):
+    hp = HookPolicy(default=default, rules=tuple(rules))
+    assert kernel.cls == live.c.cls
+    ref = kernel.reference(live.c.names)
+    for _ in range(n):
+        pkt = random_packet(rng, hp)
+        got, want = ref.classify(pkt), naive(hp, pkt)
+        assert (got.name, got.action) == (want.name, want.action), pkt
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_edit_sequences(seed):
+    rng = random.Random(seed)
+    hp = random_policy(rng, rng.randrange(0, 12))
+    try:
+        compiled = compile_hook(hp, Hook.TC_INGRESS, limits=LIMITS)
+    except PolicyError:
+        pytest.skip("policy too varied for the limits")
+    live, kernel, rules = LiveHook(compiled, LIMITS), KernelModel(compiled), list(hp.rules)
+    for step in range(25):
+        op = rng.choice(["add", "add", "delete", "replace"]) if rules else "add"
+        slots_before = {r.name: live.rule_id(r.name) for r in rules}
+        try:
+            if op == "add":
+                rule = random_rule(rng, 100 + step)
+                pos = rng.randrange(len(rules) + 1)
+                diff = live.add(rule, pos)
+                rules.insert(pos, rule)
+            elif op == "delete":
+                victim = rules.pop(rng.randrange(len(rules)))
+                diff = live.delete(victim.name)
+            else:
+                i = rng.randrange(len(rules))
+                new = random_rule(rng, 100 + step).model_copy(update={"name": rules[i].name})
+                diff = live.replace(rules[i].name, new)
+                rules[i] = new
+        except PolicyError as e:
+            assert "shape" in str(e) or "gap" in str(e)   # only shapes/priorities may refuse a live edit
+            continue
+        kernel.apply(diff)
+        live.release(diff.rules_free)
+        for r in rules:   # untouched rules keep their slot, hence their counters
+            if r.name in slots_before and r is not new if op == "replace" else r.name in slots_before:
+                assert live.rule_id(r.name) == slots_before[r.name]
+        _check(kernel, live, rules, hp.default, rng)
+
+
+def test_add_is_minimal_and_delete_restores_shadowed():
+    hp = HookPolicy(rules=(Rule(name="a", protocol="tcp", dst_port=80, action="drop"),))
+    c = compile_hook(hp, Hook.TC_INGRESS)
+    live = LiveHook(c)
+    before = dict(c.cls)
+    d = live.add(Rule(name="b", protocol="tcp", dst_port=[80, 81]), position=0)
+    assert len(d.cls_update) == 2 and not d.cls_delete and len(d.rules_update) == 1
+    assert d.conf_before is not None  # best priority of the shape went down
+    d2 = live.delete("b")
+    assert dict(c.cls) == before   # rule a wins port 80 again
+    assert len(d2.cls_update) == 1 and len(d2.cls_delete) == 1 and d2.rules_free
+    d3 = live.replace("a", Rule(name="a", protocol="tcp", dst_port=80, action="drop", log={"rate": 1}))
+    assert d3.rules_update and d3.rules_free and len(d3.cls_update) == 1   # new action: new slot
+
+
+def test_priority_gap_exhaustion_is_reported():
+    live = LiveHook(compile_hook(HookPolicy(rules=(Rule(name="a"), Rule(name="b"))), Hook.XDP))
+    with pytest.raises(PolicyError, match="no priority gap"):
+        for i in range(20):
+            live.add(Rule(name=f"x{i}", protocol=6), position=1)
+
+
+def test_swap_flips_generation_and_keeps_unchanged_slots():
+    r1, r2 = Rule(name="a", protocol="udp"), Rule(name="b", protocol="tcp", dst_port=22, action="drop")
+    old = compile_hook(HookPolicy(rules=(r1, r2)), Hook.TC_INGRESS)
+    new = swap(old, HookPolicy(rules=(r2.model_copy(update={"action": "pass"}), r1)))
+    assert new.gen == 1 and all(k[1] == 1 for k in new.cls)
+    assert not set(new.cls) & set(old.cls)   # generations never share a key
+    ra, rb_old, rb_new = (next(i for i, n in c.names.items() if n == nm)
+                          for c, nm in ((new, "a"), (old, "b"), (new, "b")))
+    assert ra == next(i for i, n in old.names.items() if n == "a")   # same action: same slot
+    assert rb_new != rb_old and rb_new not in old.rules            # changed action: fresh slot
+    assert Reference.of(new).conf.gen == 1
