@@ -153,14 +153,17 @@ class Capture:
 
     def __init__(self, dev: str, filt: CaptureFilter | None = None, *, netns_name: str | None = None,
                  snaplen: int = MAX_SNAPLEN, direction: str = "both", method: str = "auto",
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, ring_size: int = 1 << 23):
         if not 0 < snaplen <= MAX_SNAPLEN:
             raise BpfgateError("capture", f"snaplen {snaplen} out of range 1-{MAX_SNAPLEN}")
+        if ring_size < 4096 or ring_size & (ring_size - 1):
+            raise BpfgateError("capture", f"ring buffer size {ring_size} is not a power of two >= 4096")
         self.dev, self.snaplen, self.filter = dev, snaplen, filt or CaptureFilter()
         self.clock = clock or Clock()
         rodata = {"cfg_snaplen": snaplen, **self.filter.rodata()}
         self.obj, self.hooks = open_pair("capture", "bg_cap", dev, direction, netns_name=netns_name, method=method,
-                                         rodata=rodata, sizes={"capture_scratch": possible_cpus()})
+                                         rodata=rodata, sizes={"capture_scratch": possible_cpus(),
+                                                                       "capture_events": ring_size})
         try:
             self._hdr = self.obj.btf.struct("bg_capture_event")
             self._hsize = ctypes.sizeof(self._hdr)
