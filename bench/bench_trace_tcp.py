@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -80,25 +81,32 @@ def run_loop(seconds: float) -> dict:
 
 
 class Tracer:
-    """A tracer process for the duration of one rep; stop() returns its final report."""
+    """A tracer process for the duration of one rep; stop() returns its final report. Its stdout goes to
+    a file, not a pipe: a pipe nobody reads during the rep would block the CLI and lose events."""
 
     def __init__(self, kind: str):
         self.kind = kind
         argv = [PY, "-c", RAW_TRACER] if kind == "kernel" else [BPFGATE, "trace", "tcp", "--json"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        first = self.proc.stdout.readline()  # "ready" / the trace_started line: attached
-        if not first:
-            raise SystemExit(f"{kind} tracer did not start: {self.proc.stderr.read().strip()}")
+        self.out = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not self._lines():  # "ready" / the trace_started line: attached
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{kind} tracer did not start: {self.proc.stderr.read().strip()}")
+            time.sleep(0.05)
         self.events = 0
+
+    def _lines(self) -> list[str]:
+        self.out.seek(0)
+        return self.out.read().splitlines()
 
     def stop(self) -> dict:
         self.proc.send_signal(signal.SIGTERM if self.kind == "kernel" else signal.SIGINT)
-        last = {}
-        for line in self.proc.stdout:  # the CLI streams events: count them, keep the summary
-            self.events += 1
-            last = line
-        self.proc.wait(60)
-        return json.loads(last) if last else {}
+        self.proc.wait(120)
+        lines = self._lines()
+        self.out.close()
+        self.events = max(0, len(lines) - 2)
+        return json.loads(lines[-1]) if lines else {}
 
 
 def main() -> None:

@@ -32,6 +32,9 @@
  * per record costs a context switch per event; batching leaves the consumer to poll with a timeout. */
 const volatile __u32 cfg_wakeup_bytes = 0;
 
+/* set before load: which events to emit, bit (1 << enum bg_tcp_kind); fewer events, less to consume */
+const volatile __u32 cfg_kinds = ~0U;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
@@ -113,9 +116,13 @@ static __always_inline void owner_from_current(struct bg_sock_owner *o)
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
-static __always_inline struct bg_tcp_event *reserve(void)
+static __always_inline struct bg_tcp_event *reserve(__u8 kind)
 {
-	struct bg_tcp_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	struct bg_tcp_event *ev;
+
+	if (!(cfg_kinds & (1U << kind)))
+		return NULL;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 
 	if (!ev) {
 		stat_inc(BG_STAT_EVENTS_LOST);
@@ -126,6 +133,7 @@ static __always_inline struct bg_tcp_event *reserve(void)
 	ev->hdr.len = sizeof(*ev);
 	ev->hdr.cpu = bpf_get_smp_processor_id();
 	ev->hdr.ts_ns = bpf_ktime_get_ns();
+	ev->kind = kind;
 	return ev;
 }
 
@@ -174,13 +182,12 @@ static __always_inline void emit(const struct sock *sk, __u8 kind, int old, int 
 				 struct bg_sock_owner *o, __u64 now, const bool direct)
 {
 	const struct tcp_sock *tp = tcp_of(sk, direct);
-	struct bg_tcp_event *ev = reserve();
+	struct bg_tcp_event *ev = reserve(kind);
 
 	if (!ev)
 		return;
 	flow_from_sk(ev, sk, tp, direct);
 	put_owner(ev, o);
-	ev->kind = kind;
 	ev->old_state = old;
 	ev->new_state = new;
 	if (o && o->start_ns)
@@ -268,13 +275,12 @@ static __always_inline void on_sk_event(const struct sock *sk, __u8 kind, __u32 
 {
 	const struct tcp_sock *tp = tcp_of(sk, direct);
 	__u64 key = (__u64)sk;
-	struct bg_tcp_event *ev = reserve();
+	struct bg_tcp_event *ev = reserve(kind);
 
 	if (!ev)
 		return;
 	flow_from_sk(ev, sk, tp, direct);
 	put_owner(ev, bpf_map_lookup_elem(&socks, &key));
-	ev->kind = kind;
 	ev->old_state = ev->new_state = RD(direct, sk, __sk_common.skc_state);
 	ev->error = error;
 	submit(ev);
@@ -291,10 +297,9 @@ static __always_inline void on_reset_nosk(const struct sk_buff *skb, __u32 reaso
 
 	if (bpf_probe_read_kernel(&tcp, sizeof(tcp), head + th) < 0)
 		return;
-	ev = reserve();
+	ev = reserve(BG_TCP_RESET_TX);
 	if (!ev)
 		return;
-	ev->kind = BG_TCP_RESET_TX;
 	ev->error = reason;
 	ev->netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
 	ev->sport = bpf_ntohs(tcp.dest); /* we are the segment's destination */

@@ -250,6 +250,21 @@ def test_filters_keep_only_matching_flows(net):
     assert {e["event"] for e in mine} >= {"connect", "accept", "close"}
 
 
+def test_event_selection_is_done_in_the_kernel(net):
+    client, server, link, tmp = net
+    with TcpTracer(events=["close"]) as tcp:
+        srv = _start_server(server, tmp, n=1)
+        _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 5},
+                                  {"addr": link.b.ip4, "port": CLOSED_PORT}])
+        srv.wait(10)
+        nss = {_ino(client.netns), _ino(server.netns)}
+        events = _collect([tcp], lambda evs: sum(e.get("netns") in nss for e in evs) >= 2, timeout=5)
+    mine = [e for e in events if e.get("netns") in nss]
+    assert len(mine) == 2 and {e["event"] for e in mine} == {"close"}, mine
+    # the refused connect, its resets, the connects and accepts were never sent, by anyone's traffic
+    assert {e["event"] for e in events if e["type"] == "tcp"} == {"close"}
+
+
 class _Cli:
     """`bpfgate trace ...` in a subprocess; stdout lines arrive through a reader thread (a select() on a
     buffered pipe would miss lines already buffered)."""

@@ -61,3 +61,14 @@ def test_cgroup_by_id_path_and_missing(tmp_path):
 def test_describe_round_trip():
     f = Filter.parse(pids=[3], ports=[80], addrs=["198.18.0.0/24"])
     assert f.describe() == {"pid": [3], "port": [80], "addr": ["198.18.0.0/24"], "cgroup": []}
+
+
+def test_event_selection_mask():
+    from bpfgate.trace.tcp import EVENTS, kinds_mask
+
+    assert kinds_mask(["connect"]) == 1 << 1 and kinds_mask(["close", "reset_tx"]) == (1 << 3) | (1 << 7)
+    assert kinds_mask(EVENTS) == sum(1 << n for n in range(1, 8))
+    for bad in (["conect"], []):
+        with pytest.raises(BpfgateError) as e:
+            kinds_mask(bad)
+        assert "--events" in str(e.value)

@@ -52,14 +52,18 @@ def _run_options(f):
 @trace.command("tcp")
 @_run_options
 @_filter_options
-def trace_tcp(as_json, duration, count, backend, pids, ports, addrs, cgroups) -> None:
+@click.option("--events", "events", default=None, metavar="LIST",
+              help="Comma-separated events to trace (default all): connect, accept, close, connect_failed, "
+                   "retransmit, reset_rx, reset_tx. The kernel sends only these: less to consume.")
+def trace_tcp(as_json, duration, count, backend, pids, ports, addrs, cgroups, events) -> None:
     """Connect, accept, close (duration, bytes, final state), failed connects with their cause
     (refused, timeout, unreachable), retransmits and resets, each with the socket owner's PID."""
     from bpfgate.trace import Filter, TcpTracer
     from bpfgate.trace.format import TCP_HEADER, tcp_line
 
     flt = Filter.parse(pids=pids, ports=ports, addrs=addrs, cgroups=cgroups)
-    with TcpTracer(filters=flt, prefer=backend) as tracer:
+    chosen = None if events is None else [e.strip() for e in events.split(",") if e.strip()]
+    with TcpTracer(filters=flt, prefer=backend, events=chosen) as tracer:
         _loop(tracer, "tcp", as_json, duration, count, TCP_HEADER, tcp_line, lambda: {})
 
 

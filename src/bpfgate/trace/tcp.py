@@ -4,8 +4,12 @@ how the owner is carried with the socket when the kernel reports a change outsid
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
+from bpfgate.errors import BpfgateError
 from bpfgate.trace.backend import Hook
 from bpfgate.trace.base import Tracer
+from bpfgate.trace.names import TCP_KINDS
 
 HOOKS = (
     Hook("sock", "inet_sock_set_state", "bg_tcp_state_btf", "bg_tcp_state_tp",
@@ -23,3 +27,24 @@ class TcpTracer(Tracer):
     OBJECT = "trace_tcp"
     WHAT = "trace tcp"
     HOOKS = HOOKS
+
+    def __init__(self, *, events: Iterable[str] | None = None, **kw: Any):
+        """events: which of EVENTS to emit (None: all); the others are never sent by the kernel."""
+        self.events = tuple(EVENTS) if events is None else tuple(events)
+        super().__init__(rodata={"cfg_kinds": kinds_mask(self.events)}, **kw)
+
+
+EVENTS = tuple(TCP_KINDS.values())
+
+
+def kinds_mask(events: Iterable[str]) -> int:
+    """Bit (1 << enum bg_tcp_kind) per event name; BpfgateError for a name that is not an event."""
+    code = {name: n for n, name in TCP_KINDS.items()}
+    mask = 0
+    for e in events:
+        if e not in code:
+            raise BpfgateError("trace tcp --events", f"unknown event {e!r} (events: {', '.join(EVENTS)})")
+        mask |= 1 << code[e]
+    if not mask:
+        raise BpfgateError("trace tcp --events", "no events selected")
+    return mask
