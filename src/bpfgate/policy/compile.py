@@ -14,7 +14,7 @@ from ..errors import PolicyError
 from . import layout as L
 from .atoms import Atom, atom_count, rule_atoms
 from .model import Hook, HookPolicy, Policy, Rule
-from .parse import rule_problem
+from .parse import _fmt, rule_problem
 from .shapes import TooManyShapes, expand, free_bits, plan_shapes
 
 PRIO_STEP = 1024          # gap between consecutive rules' priorities, so a live insert needs no renumbering
@@ -130,7 +130,7 @@ class SlotAllocator:
 def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = Limits(),
                  ifindex: Callable[[str], int] = _ifindex, previous: CompiledHook | None = None,
                  where: Callable[[tuple], str] | None = None) -> CompiledHook:
-    where = where or (lambda loc: ".".join(str(x) for x in loc))
+    where = where or _fmt
     slots = SlotAllocator(previous)
     default = L.RuleAction(L.ACTIONS[hp.default], flags=L.RF_COUNT)
     default_id = slots.get(DEFAULT_NAME, default)

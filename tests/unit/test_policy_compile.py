@@ -1,0 +1,97 @@
+"""Compiler output: record layout, port splitting, shape limits, early stop, slot reuse."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+
+from bpfgate.errors import PolicyError
+from bpfgate.policy import layout as L
+from bpfgate.policy.atoms import port_blocks
+from bpfgate.policy.classify import Reference, naive
+from bpfgate.policy.compile import PRIO_STEP, Limits, compile_hook
+from bpfgate.policy.model import Hook, HookPolicy, Rule
+from bpfgate.policy.packet import Packet
+
+
+def test_record_sizes_and_key_fields():
+    assert L.KEY_SIZE == 48 and len(L.Conf(0, 0).pack()) == 16 + L.MAX_SHAPES * 64
+    k = L.ClsKey(shape=3, gen=1, have=L.HAVE_PORTS, family=4, proto=6, dport=443,
+                 src=ipaddress.ip_address("198.18.0.1").packed + bytes(12))
+    raw = k.pack()
+    assert raw[0] == 3 and raw[1] == 1 and raw[3] == 4 and struct.unpack_from("=H", raw, 14) == (443,)
+    assert raw[16:20] == bytes([198, 18, 0, 1]) and L.ClsKey.unpack(raw) == k
+
+
+@pytest.mark.parametrize("lo, hi", [(0, 65535), (1, 65534), (1000, 2000), (80, 80), (32767, 32768)])
+def test_port_blocks_cover_exactly(lo, hi):
+    covered = [p for v, n in port_blocks(lo, hi) for p in range(v, v + (1 << (16 - n)))]
+    assert sorted(covered) == list(range(lo, hi + 1))
+    assert all(v % (1 << (16 - n)) == 0 for v, n in port_blocks(lo, hi))   # aligned
+
+
+def test_many_rules_one_shape_and_flat_lookups():
+    """10k single-port rules: one shape, one lookup per packet, whatever the rule count."""
+    rules = tuple(Rule(name=f"p{i}", protocol="tcp", dst_port=i + 1, action="drop") for i in range(10_000))
+    c = compile_hook(HookPolicy(rules=rules), Hook.TC_INGRESS)
+    ref = Reference.of(c)
+    assert len(ref.conf.shapes) == 1 and len(c.cls) == 10_000
+    v = ref.classify(Packet(4, ipaddress.ip_address("1.2.3.4"), ipaddress.ip_address("1.2.3.5"), 6, 9, 5000))
+    assert v.name == "p4999" and ref.lookups == 1
+
+
+def test_early_stop_skips_shapes_that_cannot_win():
+    rules = (Rule(name="first", protocol="udp"),
+             Rule(name="later", protocol="udp", dst_port=53, src=["10.0.0.0/8"]))
+    ref = Reference.of(compile_hook(HookPolicy(rules=rules), Hook.XDP))
+    pkt = Packet(4, ipaddress.ip_address("10.1.1.1"), ipaddress.ip_address("10.2.2.2"), 17, 5, 53)
+    assert ref.classify(pkt).name == "first" and ref.lookups == 1 and len(ref.conf.shapes) == 2
+
+
+def test_fragments_and_truncation():
+    rules = (Rule(name="ports", protocol="udp", dst_port=53, action="drop"), Rule(name="udp", protocol="udp"))
+    hp = HookPolicy(default="deny", rules=rules)
+    ref = Reference.of(compile_hook(hp, Hook.TC_INGRESS))
+    a, b = ipaddress.ip_address("198.18.0.1"), ipaddress.ip_address("198.18.0.2")
+    assert ref.classify(Packet(4, a, b, 17, 1, 53)).name == "ports"
+    assert ref.classify(Packet(4, a, b, 17, 1, 53, fragment="later")).name == "udp"   # no ports: only portless rules
+    assert ref.classify(Packet(4, a, b, 17, None, None)).name == "udp"                # L4 truncated
+    assert ref.classify(Packet(4, None, b, 17, 1, 53)).name == "(default)"            # L3 truncated: nothing above
+    for p in (Packet(4, a, b, 17, 1, 53, fragment="later"), Packet(4, None, b, 17, 1, 53)):
+        assert naive(hp, p).name == ref.classify(p).name
+
+
+def test_shape_limit_is_reported_with_advice():
+    rules = tuple(Rule(name=f"r{i}", src=[str(ipaddress.ip_network(f"10.{i}.0.0/{8 + i}", strict=False))],
+                       dst=[str(ipaddress.ip_network(f"172.16.{i}.0/{32 - i}", strict=False))],
+                       protocol="tcp", dst_port=f"{i}-{1000 + 77 * i}") for i in range(20))
+    with pytest.raises(PolicyError, match="shapes|entries") as e:
+        compile_hook(HookPolicy(rules=rules), Hook.TC_INGRESS, limits=Limits(max_shapes=2, max_entries=10_000))
+    assert "hooks.tc-ingress" in str(e.value)
+
+
+def test_rule_expansion_cap():
+    big = Rule(name="big", src=[f"10.0.{i}.0/24" for i in range(100)], dst=[f"10.1.{i}.0/24" for i in range(100)],
+               protocol="tcp", dst_port="1-65534")
+    with pytest.raises(PolicyError, match=r"rules\[0\].*expands to"):
+        compile_hook(HookPolicy(rules=(big,)), Hook.TC_INGRESS)
+
+
+def test_priorities_and_default_slot():
+    c = compile_hook(HookPolicy(default="deny", rules=(Rule(name="a"), Rule(name="b", protocol=6))), Hook.XDP)
+    assert c.rules[c.default_rule].action == L.ACT_DROP and c.names[c.default_rule] == "(default)"
+    assert sorted(c.prios.values()) == [PRIO_STEP, 2 * PRIO_STEP]
+
+
+def test_actions_encoded():
+    r = Rule(name="x", protocol="tcp", action="redirect", redirect={"interface": "veth9", "direction": "ingress"},
+             mark=7, log={"rate": 3}, rate_limit={"rate": 1000, "unit": "bytes", "per": "source", "over": "pass"})
+    c = compile_hook(HookPolicy(rules=(r,)), Hook.TC_INGRESS, ifindex=lambda name: 42)
+    act = c.rules[next(i for i, n in c.names.items() if n == "x")]
+    assert act.action == L.ACT_REDIRECT and act.redirect_ifindex == 42 and act.mark == 7
+    assert act.flags == (L.RF_COUNT | L.RF_LOG | L.RF_MARK | L.RF_RATE | L.RF_RATE_BYTES | L.RF_RATE_PER_SRC
+                         | L.RF_REDIR_INGRESS)
+    assert (act.rate, act.burst, act.over_action, act.log_rate) == (1000, 1000, L.ACT_PASS, 3)
+    assert len(act.pack()) == 32

@@ -1,0 +1,118 @@
+"""Policy file parsing: normalised values, and errors that name file, line and field."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from bpfgate.errors import PolicyError
+from bpfgate.policy.model import Hook, parse_ports, parse_tcp_flags
+from bpfgate.policy.parse import load_file, load_text
+
+GOOD = """\
+interfaces: [eth0]
+hooks:
+  tc-ingress:
+    default: deny
+    rules:
+      - name: est
+        ct: [established, related]
+      - name: ssh
+        src: [198.18.0.0/24, "fd00::/64"]
+        protocol: tcp
+        dst_port: 22
+        tcp_flags: "syn,!ack"
+        log: {rate: 5}
+      - name: web
+        protocol: [tcp, udp]
+        dst_port: [80, "8000-8100"]
+        rate_limit: {rate: 100, per: source, unit: bytes}
+      - name: mirror
+        vlan: 100
+        action: {redirect: {interface: eth1, direction: ingress}}
+      - name: tag
+        protocol: icmp
+        icmp_type: 8
+        mark: 0x10
+  xdp:
+    rules:
+      - {name: drop-bad, src: 203.0.113.0/24, action: drop}
+"""
+
+
+def test_good_policy_normalised():
+    p = load_text(GOOD)
+    rules = p.hooks[Hook.TC_INGRESS].rules
+    assert p.hooks[Hook.TC_INGRESS].default == "deny"
+    assert rules[0].ct == (2, 3)
+    assert rules[1].tcp_flags == (0x12, 0x02) and rules[1].protocol == (6,) and rules[1].log.rate == 5
+    assert rules[2].dst_port == ((80, 80), (8000, 8100)) and rules[2].protocol == (6, 17)
+    assert rules[3].action == "redirect" and rules[3].redirect.direction == "ingress"
+    assert rules[4].mark == 0x10 and p.hooks[Hook.XDP].default == "allow"
+
+
+def _err(text: str) -> str:
+    with pytest.raises(PolicyError) as e:
+        load_text(textwrap.dedent(text), "policy.yaml")
+    return str(e.value)
+
+
+def _rule(body: str, hook: str = "tc-ingress") -> str:
+    lines = ["interfaces: [eth0]", "hooks:", f"  {hook}:", "    rules:", "      - name: a"]
+    lines += ["        " + ln for ln in textwrap.dedent(body).strip().splitlines()]
+    return _err("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("body, where, why", [
+    ("protocol: tcp\ndst_port: 70000", "policy.yaml:7 hooks.tc-ingress.rules[0].dst_port", "70000 out of range"),
+    ("protocol: tcp\ndst_port: [80, 90-10]", ":7 hooks.tc-ingress.rules[0].dst_port", "empty"),
+    ("dst_port: 80", ":6 hooks.tc-ingress.rules[0].dst_port", "ports need protocol"),
+    ("protocol: udp\ntcp_flags: syn", ":7 hooks.tc-ingress.rules[0].tcp_flags", "needs protocol tcp"),
+    ("protocol: tcp\ntcp_flags: syn,bogus", ":7 hooks.tc-ingress.rules[0].tcp_flags", "unknown TCP flag"),
+    ("src: 10.0.0.1/8", ":6 hooks.tc-ingress.rules[0].src", "host bits set"),
+    ("src: 10.0.0.0/8\ndst: fd00::/8", ":7 hooks.tc-ingress.rules[0].dst", "different address families"),
+    ("ct: opened", ":6 hooks.tc-ingress.rules[0].ct", "unknown ct state"),
+    ("icmp_type: 3", ":6 hooks.tc-ingress.rules[0].icmp_type", "needs protocol icmp"),
+    ("vlan: 5000", ":6 hooks.tc-ingress.rules[0].vlan", "4094"),
+    ("colour: red", ":6 hooks.tc-ingress.rules[0].colour", "unknown field"),
+    ("action: redirect", ":5 hooks.tc-ingress.rules[0].redirect", "needs redirect"),
+    ("protocol: banana", ":6 hooks.tc-ingress.rules[0].protocol", "unknown protocol"),
+])
+def test_rule_errors_point_at_field_and_line(body, where, why):
+    msg = _rule(body)
+    assert where in msg and why in msg, msg
+
+
+def test_hook_refuses_what_it_cannot_do():
+    assert "mark is not possible at xdp" in _rule("mark: 1", hook="xdp")
+    assert "xdp can only redirect" in _rule("action: {redirect: {interface: x, direction: ingress}}", hook="xdp")
+
+
+def test_structure_errors():
+    assert "hooks.tc-middle" in _err("interfaces: [eth0]\nhooks:\n  tc-middle: {}\n")
+    dup = _err("interfaces: [eth0]\nhooks:\n  xdp: {}\n  xdp: {}\n")
+    assert ":4 hooks.xdp" in dup and "duplicate key" in dup
+    assert "already used" in _err("interfaces: [e]\nhooks:\n  xdp:\n    rules:\n      - {name: a}\n      - {name: a}\n")
+    assert "not valid YAML" in _err("interfaces: [eth0\n")
+    assert "empty policy" in _err("")
+    assert "interfaces" in _err("hooks:\n  xdp: {}\n")
+
+
+def test_load_file_errors(tmp_path):
+    with pytest.raises(PolicyError, match="cannot read"):
+        load_file(tmp_path / "missing.yaml")
+    f = tmp_path / "p.yaml"
+    f.write_text("interfaces: [eth0]\nhooks:\n  xdp:\n    default: maybe\n")
+    with pytest.raises(PolicyError, match=r"p.yaml:4 hooks.xdp.default"):
+        load_file(f)
+
+
+def test_value_parsers():
+    assert parse_ports([22, "1000-2000", " 5 "]) == ((22, 22), (1000, 2000), (5, 5))
+    assert parse_tcp_flags("syn,!ack") == (0x12, 0x02)
+    assert parse_tcp_flags("0x02/0x12") == (0x12, 0x02)
+    assert parse_tcp_flags({"mask": 0x3F, "value": 0x02}) == (0x3F, 0x02)
+    for bad in ("0x13/0x02", "syn,syn", {"mask": 1}):
+        with pytest.raises(ValueError):
+            parse_tcp_flags(bad)
