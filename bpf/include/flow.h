@@ -67,6 +67,8 @@ enum bg_flow_stat {
 	BG_FLOW_STAT_ENDED,       /* flow-end records submitted by the kernel (FIN/RST) */
 	BG_FLOW_STAT_UNPARSED,    /* packets that were not IPv4/IPv6 or were truncated: not accounted */
 	BG_FLOW_STAT_CREATE_FAIL, /* bpf_map_update_elem failed for a new flow */
+	BG_FLOW_STAT_DELETED,     /* entries user space deleted (written by user space, CPU 0's slot):
+	                           * evicted = NEW - live entries - DELETED, for every reader */
 	BG_FLOW_STAT_MAX,
 };
 

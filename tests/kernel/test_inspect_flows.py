@@ -4,6 +4,7 @@ once, idle flows expire with a report, LRU evictions are counted, the CLI prints
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -17,8 +18,10 @@ import time
 import pytest
 
 from bpfgate.errors import NotFound
-from bpfgate.inspect.flows import FlowMonitor, top_flows
-from bpfgate.kernel import netns, tc
+from bpfgate.inspect.flows import FlowMonitor, pin_dir, top_flows
+from bpfgate.kernel import libbpf as L
+from bpfgate.kernel import links, netlink, netns, tc
+from bpfgate.kernel.objects import Program
 
 pytestmark = pytest.mark.kernel
 
@@ -55,6 +58,22 @@ def _bound(host, family: int, addr: str, kind: int) -> socket.socket:
     s.bind((addr, 0))
     s.settimeout(DEADLINE)
     return s
+
+
+def _tcx_prog_names(netns_name: str, dev: str) -> list[str]:
+    """Programs attached to `dev` by TCX, both directions (BPF_PROG_QUERY)."""
+    ifindex = netlink.ifindex(dev, netns_name)
+    names = []
+    for at in (links.BPF_TCX_INGRESS, links.BPF_TCX_EGRESS):
+        ids, cnt, flags = (ctypes.c_uint32 * 64)(), ctypes.c_uint32(64), ctypes.c_uint32(0)
+        with netns.entered(netns_name):
+            if L.bpf_prog_query(ifindex, at, 0, ctypes.byref(flags), ids, ctypes.byref(cnt)) != 0:
+                continue
+        for pid in ids[: cnt.value]:
+            prog = Program.from_id(pid)
+            names.append(prog.name)
+            prog.close()
+    return names
 
 
 def _wait_for(pred, what: str):
@@ -270,3 +289,34 @@ def test_cli_unknown_interface_one_line(pair):
     r = run_cli(["flows", "--dev", "nosuchif0", "--netns", pair[0].netns, "--duration", "0.1"])
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_keep_leaves_accounting_running_until_stop(pair):
+    client, _, c_if, _ = pair
+    base = ["--dev", c_if.name, "--netns", client.netns]
+    try:
+        r = run_cli(["flows", *base, "--keep"])
+        assert r.returncode == 0, r.stderr
+        assert os.path.isdir(pin_dir(c_if.name, client.netns))
+        assert sorted(_tcx_prog_names(client.netns, c_if.name)) == ["bg_flow_egress", "bg_flow_ingress"]
+        cport, sport = _udp_exchange(pair, 4, [100, 200])  # after the process that attached has exited
+        r = run_cli(["flows", *base, "--json"])
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        udp = {f["direction"]: f for f in doc["flows"] if f["proto"] == "udp" and f["sport"] in (cport, sport)}
+        assert doc["kept"] and udp["egress"]["bytes"] == 300 + 2 * 28 and udp["ingress"]["packets"] == 2
+        with FlowMonitor(c_if.name, netns_name=client.netns, pinned=True, idle_timeout=0) as mon:
+            expired = [e for e in mon.poll_ended() if e.flow.proto == 17 and e.flow.sport in (cport, sport)]
+        assert len(expired) == 2
+        with FlowMonitor(c_if.name, netns_name=client.netns, pinned=True) as mon:
+            stats = mon.stats()  # another reader: the deletions above are not mistaken for evictions
+        assert stats.evicted == 0 and stats.created >= 2
+        r = run_cli(["flows", *base, "--keep"])
+        assert r.returncode != 0 and "already running" in r.stderr
+    finally:
+        r = run_cli(["flows", *base, "--stop"])
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(pin_dir(c_if.name, client.netns))
+    assert _tcx_prog_names(client.netns, c_if.name) == []  # the links went with their pins
+    r = run_cli(["flows", *base, "--stop"])
+    assert r.returncode != 0 and "none is running" in r.stderr

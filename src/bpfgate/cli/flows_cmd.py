@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import click
@@ -9,7 +10,7 @@ from rich.markup import escape
 
 from bpfgate.cli import term
 from bpfgate.inspect.events import tcp_flags_str
-from bpfgate.inspect.flows import SORT_KEYS, Flow, FlowMonitor, top_flows
+from bpfgate.inspect.flows import SORT_KEYS, Flow, FlowMonitor, pin_dir, top_flows
 
 
 def flow_row(f: Flow, now_ns: int) -> list:
@@ -39,21 +40,37 @@ def register(app: click.Group) -> None:
     @app.command("flows")
     @click.option("--dev", required=True, help="Interface to watch (ingress and egress).")
     @click.option("--netns", help="The interface is in this named network namespace.")
-    @click.option("--duration", type=float, default=3.0, show_default=True, metavar="SECONDS",
-                  help="How long to count before printing.")
+    @click.option("--duration", type=float, metavar="SECONDS",
+                  help="How long to count before printing [default: 3; 0 when reading accounting left running].")
     @click.option("--sort", type=click.Choice(SORT_KEYS), default="bytes", show_default=True)
     @click.option("--top", "top_n", type=click.IntRange(min=1), help="Only the first N flows.")
     @click.option("--direction", type=click.Choice(["ingress", "egress", "both"]), default="both", show_default=True)
     @click.option("--max-flows", type=click.IntRange(min=16), default=65536, show_default=True,
                   help="Size of the kernel's flow table (LRU: the least recently used go first, counted).")
+    @click.option("--keep", is_flag=True, help="Leave the accounting running (pinned) and exit; later calls read it.")
+    @click.option("--stop", is_flag=True, help="Stop accounting left running by --keep.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON document: flows, ended flows, stats.")
-    def flows_cmd(dev, netns, duration, sort, top_n, direction, max_flows, as_json):
+    def flows_cmd(dev, netns, duration, sort, top_n, direction, max_flows, keep, stop, as_json):
         """Count flows (5-tuple, both families) on DEV for a while, then print the top ones.
 
         Flows that ended while counting (TCP FIN/RST) are listed once with their final counters;
-        entries the full table dropped are counted as evicted."""
+        entries the full table dropped are counted as evicted. With --keep the accounting stays
+        attached after the command exits, and `bpfgate flows --dev DEV` reads it at once."""
+        if stop:
+            FlowMonitor.stop(dev, netns)
+            term.err.print(f"flow accounting on {dev} stopped", markup=False)
+            return
+        if keep:
+            with FlowMonitor(dev, netns_name=netns, direction=direction, max_flows=max_flows) as mon:
+                where = mon.keep()
+            term.err.print(f"flow accounting left running on {dev} ({where}); read it with "
+                           f"`bpfgate flows --dev {dev}`, stop it with --stop", markup=False)
+            return
+        pinned = os.path.isdir(pin_dir(dev, netns))
+        if duration is None:
+            duration = 0.0 if pinned else 3.0
         ended = []
-        with FlowMonitor(dev, netns_name=netns, direction=direction, max_flows=max_flows) as mon:
+        with FlowMonitor(dev, netns_name=netns, direction=direction, max_flows=max_flows, pinned=pinned) as mon:
             deadline = time.monotonic() + max(duration, 0)
             try:
                 while (left := deadline - time.monotonic()) > 0:
@@ -66,7 +83,7 @@ def register(app: click.Group) -> None:
             shown = [mon.decode(k, v) for k, v in top_flows(entries, sort, top_n, raw=True)]
             clock = mon.clock
         if as_json:
-            term.print_json({"interface": dev, "netns": netns, "duration": duration, "sort": sort,
+            term.print_json({"interface": dev, "netns": netns, "duration": duration, "sort": sort, "kept": pinned,
                              "flows": [f.to_json(clock) for f in shown],
                              "ended": [e.to_json(clock) for e in ended], "stats": stats.to_json()})
             return

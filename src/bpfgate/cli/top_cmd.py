@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import click
 
 from bpfgate.cli import term
 from bpfgate.errors import BpfgateError
-from bpfgate.inspect.flows import SORT_KEYS, FlowMonitor
+from bpfgate.inspect.flows import SORT_KEYS, FlowMonitor, pin_dir
 from bpfgate.inspect.top import Top, run_live
 
 
@@ -45,7 +46,8 @@ def register(app: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Count for one interval, print one snapshot as JSON.")
     def top_cmd(dev, netns, interval, sort, top_n, syn, once, as_json):
         """Live view of the top flows on DEV: packets, bytes, rates, TCP flags, recent flow ends."""
-        with FlowMonitor(dev, netns_name=netns) as mon:
+        # accounting left running by `bpfgate flows --keep` is read in place; else attach for this view
+        with FlowMonitor(dev, netns_name=netns, pinned=os.path.isdir(pin_dir(dev, netns))) as mon:
             view = Top(mon, sort=sort, n=top_n, title=f"bpfgate top: {dev}" + (f" (netns {netns})" if netns else ""))
             counter = view.syn = _syn_counter(dev, netns, view) if syn else None
             try:

@@ -2,15 +2,18 @@
 
     with FlowMonitor("eth0") as mon:            # attaches at ingress + egress, detaches on close
         ...traffic...
-        for f in top_flows(mon.flows(), "bytes", 10):
+        for f in mon.flows(sort="bytes", n=10):  # only the flows shown are decoded
             print(f.src, f.sport, "->", f.dst, f.dport, f.packets, f.bytes)
         ended = mon.poll_ended()                 # FIN/RST records from the kernel + idle expiry here
         mon.stats()                              # created / ended / expired / evicted / events lost
+        mon.keep()                               # optional: stay attached after we exit (pins)
+
+    FlowMonitor("eth0", pinned=True)             # read accounting left running; FlowMonitor.stop("eth0")
 
 Nothing disappears silently: the kernel reports a flow's first FIN or RST once (ring buffer, final
 counters); flows idle longer than `idle_timeout` are deleted and reported here (reason "idle"); and
-entries the LRU table dropped to make room are counted (created - live - deleted by us), since the
-kernel does not say which ones they were.
+entries the LRU table dropped to make room are counted (created - live - deleted by user space, the
+deletions counted in the shared stats map), since the kernel does not say which ones they were.
 """
 
 from __future__ import annotations
@@ -18,16 +21,18 @@ from __future__ import annotations
 import ctypes
 import errno
 import heapq
+import os
 import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from bpfgate.errors import BpfgateError, NotSupported, from_errno
+from bpfgate.errors import BpfgateError, NotFound, NotSupported, from_errno
 from bpfgate.inspect.events import Clock, tcp_flags_str
 from bpfgate.kernel import libbpf as L
-from bpfgate.kernel import links, netlink, netns, tc
+from bpfgate.kernel import links, netlink, netns, pins, tc
 from bpfgate.kernel.libbpf import sys_bpf
+from bpfgate.kernel.maps import Map, possible_cpus
 from bpfgate.kernel.objects import BpfObject
 from bpfgate.kernel.ringbuf import RingBuffer
 
@@ -36,11 +41,17 @@ END_REASONS = {1: "fin", 2: "rst", 3: "idle", 4: "evicted"}
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 SORT_KEYS = ("bytes", "packets", "last")
 # enum bg_flow_stat / bg_stat (bpfgate.h, flow.h)
-STAT_NEW, STAT_ENDED, STAT_UNPARSED, STAT_CREATE_FAIL = 0, 1, 2, 3
+STAT_NEW, STAT_ENDED, STAT_UNPARSED, STAT_CREATE_FAIL, STAT_DELETED = 0, 1, 2, 3, 4
 STAT_EVENTS_LOST = 1
 BPF_F_BEFORE = 1 << 3  # TCX: put the link first in the chain
 # clsact fallback (kernels without TCX): priority 1 runs before the gate's filters
 TC_PRIORITY, TC_HANDLE = 1, 0xB9F5
+PINNED_MAPS = ("flows", "flow_stats", "bg_stats", "flow_events")
+
+
+def pin_dir(dev: str, netns_name: str | None = None) -> str:
+    """Where keep() pins a long-running flow accounting: /sys/fs/bpf/bpfgate/flows/<netns|->/<dev>."""
+    return pins.pin_path("flows", netns_name or "-", dev)
 
 
 # ---- attaching a pair of programs ----------------------------------------------------------------------
@@ -61,7 +72,7 @@ class TcHooks:
             raise BpfgateError("attach", f"method must be auto, tcx or tc, not {method!r}")
         self.dev, self.netns, self.method = dev, netns_name, method
         self.ifindex = netlink.ifindex(dev, netns_name)  # NotFound: one line, nothing attached yet
-        self._links: list[links.Link] = []
+        self.links: dict[str, links.Link] = {}  # direction -> TCX link
         self._filters: list[str] = []
         self._created_clsact = False
         try:
@@ -74,7 +85,7 @@ class TcHooks:
     def _attach(self, direction: str, prog: Any) -> None:
         if self.method in ("auto", "tcx"):
             try:
-                self._links.append(_tcx_first(prog, self.ifindex, direction, self.netns))
+                self.links[direction] = _tcx_first(prog, self.ifindex, direction, self.netns)
                 self.method = "tcx"
                 return
             except NotSupported:
@@ -88,9 +99,9 @@ class TcHooks:
         self._filters.append(direction)
 
     def close(self) -> None:
-        for link in self._links:
+        for link in self.links.values():
             link.close()
-        self._links = []
+        self.links = {}
         for direction in self._filters:
             try:
                 tc.delete_filter(self.ifindex, direction, handle=TC_HANDLE, priority=TC_PRIORITY, netns=self.netns)
@@ -264,24 +275,75 @@ class FlowMonitor:
 
     def __init__(self, dev: str, *, netns_name: str | None = None, direction: str = "both",
                  max_flows: int = 65536, idle_timeout: float = 60.0, end_grace: float = 5.0,
-                 method: str = "auto", clock: Clock | None = None):
+                 method: str = "auto", clock: Clock | None = None, pinned: bool = False):
         self.dev, self.netns = dev, netns_name
         self.idle_timeout_ns = int(idle_timeout * 1e9)
         self.end_grace_ns = int(end_grace * 1e9)  # ended flows stay listed this long, then go quietly
         self.clock = clock or Clock()
-        self.obj, self.hooks = open_pair("flows", "bg_flow", dev, direction, netns_name=netns_name, method=method,
-                                         sizes={"flows": max_flows})
+        self.pin_dir = pin_dir(dev, netns_name)
+        self.hooks: TcHooks | None = None
+        self._maps: list[Map] = []  # opened from pins: ours to close
+        if pinned:
+            self.obj = self._open_pinned()
+        else:
+            self.obj, self.hooks = open_pair("flows", "bg_flow", dev, direction, netns_name=netns_name,
+                                             method=method, sizes={"flows": max_flows})
         try:
-            self.table = self.obj.map("flows")
-            self._stats = self.obj.map("flow_stats")
-            self._bg_stats = self.obj.map("bg_stats")
+            maps = {name: self._map(name) for name in PINNED_MAPS}
+            self.table, self._stats, self._bg_stats = maps["flows"], maps["flow_stats"], maps["bg_stats"]
             self._names = {i.ifindex: i.name for i in netlink.interfaces(netns_name)}
-            self._ring = RingBuffer(self.obj.map("flow_events"), record_type=self.obj.btf.struct("bg_flow_end_event"))
+            self._ring = RingBuffer(maps["flow_events"], record_type=self.obj.btf.struct("bg_flow_end_event"))
         except BaseException:
             self.close()
             raise
-        self.deleted = 0  # entries we removed (ended after grace, or idle)
-        self.expired = 0
+        self.expired = 0  # idle flows this reader deleted and reported
+
+    # ---- pinned (long-running) accounting ------------------------------------------------------------
+
+    def _open_pinned(self) -> BpfObject:
+        if not os.path.isdir(self.pin_dir):
+            raise NotFound(f"read flows on {self.dev}", "no flow accounting is left running there",
+                           hint="start it with `bpfgate flows --dev DEV --keep`")
+        return BpfObject.open("flows")  # never loaded: only its BTF, for the key/value layouts
+
+    def _map(self, name: str) -> Map:
+        if self.hooks is not None:
+            return self.obj.map(name)
+        types = {"flows": (self.obj.btf.struct("bg_flow_key"), self.obj.btf.struct("bg_flow_value")),
+                 "flow_stats": (ctypes.c_uint32, ctypes.c_uint64), "bg_stats": (ctypes.c_uint32, ctypes.c_uint64)}
+        m = Map.from_pin(os.path.join(self.pin_dir, name), *types.get(name, (None, None)))
+        self._maps.append(m)
+        return m
+
+    def keep(self) -> str:
+        """Leave the accounting running after this process: pin the TCX links and the maps, so
+        FlowMonitor(..., pinned=True) (`bpfgate flows`, `top`) reads it later. Returns the pin directory."""
+        if self.hooks is None or self.hooks.method != "tcx":
+            raise NotSupported("keep flow accounting running", "needs TCX links (kernel >= 6.6)", min_kernel="6.6")
+        if os.path.exists(self.pin_dir):
+            raise BpfgateError(f"keep flow accounting on {self.dev}", "already running there",
+                               hint="stop it first: bpfgate flows --dev DEV --stop")
+        try:
+            for direction, link in self.hooks.links.items():
+                link.pin(os.path.join(self.pin_dir, f"link_{direction}"))
+            for name in PINNED_MAPS:
+                self.obj.map(name).pin(os.path.join(self.pin_dir, name))
+        except BaseException:
+            pins.unpin(self.pin_dir)
+            raise
+        return self.pin_dir
+
+    @staticmethod
+    def stop(dev: str, netns_name: str | None = None) -> None:
+        """Detach and forget accounting left running by keep() (unpinning the links detaches them)."""
+        d = pin_dir(dev, netns_name)
+        if not pins.unpin(d):
+            raise NotFound(f"stop flow accounting on {dev}", "none is running there")
+        for parent in (os.path.dirname(d), os.path.dirname(os.path.dirname(d))):  # <netns>/, flows/
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break  # not empty: other accounting still runs
 
     # ---- reading ---------------------------------------------------------------------------------------
 
@@ -317,11 +379,18 @@ class FlowMonitor:
             elif not val.ended and idle > self.idle_timeout_ns:
                 gone.append(key)
                 out.append(FlowEnd(self.decode(key, val), "idle"))
-        for key in gone:  # one by one: a delete that finds nothing means the LRU took it first
-            if self.table.delete(key):
-                self.deleted += 1
+        deleted = sum(self.table.delete(key) for key in gone)  # False: the LRU took it first
+        if deleted:
+            self._add_deleted(deleted)
         self.expired += len(out)
         return out
+
+    def _add_deleted(self, n: int) -> None:
+        """Count our deletions in the shared stats map (CPU 0's slot; the kernel never writes this index),
+        so every reader of a long-running table computes the same evictions."""
+        per_cpu = self._stats.get(STAT_DELETED) or [0] * possible_cpus()
+        per_cpu[0] += n
+        self._stats.update(STAT_DELETED, per_cpu)
 
     def stats(self, live: int | None = None) -> FlowStats:
         def total(m: Any, i: int) -> int:
@@ -330,7 +399,7 @@ class FlowMonitor:
         live = len(read_table(self.table)) if live is None else live
         created = total(self._stats, STAT_NEW)
         return FlowStats(live=live, created=created, ended=total(self._stats, STAT_ENDED), expired=self.expired,
-                         evicted=max(0, created - live - self.deleted), unparsed=total(self._stats, STAT_UNPARSED),
+                         evicted=max(0, created - live - total(self._stats, STAT_DELETED)), unparsed=total(self._stats, STAT_UNPARSED),
                          events_lost=total(self._bg_stats, STAT_EVENTS_LOST))
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
@@ -338,11 +407,14 @@ class FlowMonitor:
     def close(self) -> None:
         hooks, self.hooks = getattr(self, "hooks", None), None
         if hooks is not None:
-            hooks.close()
+            hooks.close()  # after keep(), the pins hold the links: they stay attached
         ring = getattr(self, "_ring", None)
         if ring is not None:
             ring.close()
             self._ring = None
+        for m in getattr(self, "_maps", []):
+            m.close()
+        self._maps = []
         if self.obj is not None:
             self.obj.close()
             self.obj = None
