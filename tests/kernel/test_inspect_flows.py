@@ -320,3 +320,85 @@ def test_keep_leaves_accounting_running_until_stop(pair):
     assert _tcx_prog_names(client.netns, c_if.name) == []  # the links went with their pins
     r = run_cli(["flows", *base, "--stop"])
     assert r.returncode != 0 and "none is running" in r.stderr
+
+
+# ---- the parser (bpf/include/flow_parse.h) on crafted frames, through BPF_PROG_TEST_RUN ----------------
+
+def _eth(etype: int, payload: bytes, vlans: tuple[tuple[int, int], ...] = ()) -> bytes:
+    hdr = b"\x04" * 6 + b"\x02" * 6
+    for tpid, vid in vlans:
+        hdr += struct.pack("!HH", tpid, vid)
+    return hdr + struct.pack("!H", etype) + payload
+
+
+def _ip4(proto: int, l4: bytes, *, options: bytes = b"", frag: int = 0) -> bytes:
+    ihl = 5 + len(options) // 4
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(l4), 1, frag, 64, proto, 0,
+                      socket.inet_aton("198.18.0.1"), socket.inet_aton("198.18.0.2"))
+    return hdr + options + l4
+
+
+def _ip6(nxt: int, rest: bytes) -> bytes:
+    return struct.pack("!IHBB", 0x60000000, len(rest), nxt, 64) + socket.inet_pton(socket.AF_INET6, "fd00::1") + \
+        socket.inet_pton(socket.AF_INET6, "fd00::2") + rest
+
+
+UDP = struct.pack("!HHHH", 1000, 2000, 18, 0) + b"u" * 10
+TCP = struct.pack("!HHIIBBHHH", 3000, 443, 1, 0, 0x50, 0x02, 1024, 0, 0)
+HBH_TO_FRAG = bytes([44, 0]) + b"\x01\x04" + bytes(4)  # hop-by-hop, 8 bytes, next: fragment
+
+
+def _frag6(offset: int) -> bytes:
+    return bytes([17, 0]) + struct.pack("!HI", (offset << 3) | 1, 0x1234)
+
+
+PARSER_CASES = {
+    # name: (frame, L2 length, (family, proto, sport, dport))
+    "ipv4 options + tcp": (_eth(0x0800, _ip4(6, TCP, options=b"\x01" * 8)), 14, (4, 6, 3000, 443)),
+    "vlan + ipv4 udp": (_eth(0x0800, _ip4(17, UDP), ((0x8100, 7),)), 18, (4, 17, 1000, 2000)),
+    "qinq + ipv4 udp": (_eth(0x0800, _ip4(17, UDP), ((0x88A8, 1), (0x8100, 2))), 22, (4, 17, 1000, 2000)),
+    "ipv4 later fragment": (_eth(0x0800, _ip4(17, UDP, frag=100)), 14, (4, 17, 0, 0)),
+    "ipv6 hop-by-hop + first fragment": (_eth(0x86DD, _ip6(0, HBH_TO_FRAG + _frag6(0) + UDP)), 14, (6, 17, 1000, 2000)),
+    "ipv6 later fragment": (_eth(0x86DD, _ip6(44, _frag6(100) + UDP)), 14, (6, 17, 0, 0)),
+    "icmp echo": (_eth(0x0800, _ip4(1, struct.pack("!BBHHH", 8, 0, 0, 0x4242, 1))), 14, (4, 1, 0x4242, 0x0800)),
+    "icmpv6 echo": (_eth(0x86DD, _ip6(58, struct.pack("!BBHHH", 128, 0, 0, 0x77, 1))), 14, (6, 58, 0x77, 0x8000)),
+}
+
+
+@pytest.fixture(scope="module")
+def flows_obj():
+    from bpfgate.kernel.objects import BpfObject
+
+    with BpfObject.open("flows") as obj:
+        yield obj.load()
+
+
+@pytest.mark.parametrize("case", list(PARSER_CASES))
+def test_parser_finds_the_5_tuple(flows_obj, case):
+    from bpfgate.inspect.flows import Flow, read_table
+    from bpfgate.kernel.testrun import test_run
+
+    frame, l2, (family, proto, sport, dport) = PARSER_CASES[case]
+    table = flows_obj.map("flows")
+    table.clear()
+    assert test_run(flows_obj.program("bg_flow_egress"), frame, repeat=3).retval == 0xFFFFFFFF  # TC_ACT_UNSPEC
+    flows = [Flow.from_kernel(k, v, {}) for k, v in read_table(table)]
+    assert len(flows) == 1
+    f = flows[0]
+    src, dst = ("198.18.0.1", "198.18.0.2") if family == 4 else ("fd00::1", "fd00::2")
+    assert (f.family, f.proto, f.src, f.sport, f.dst, f.dport) == (family, proto, src, sport, dst, dport)
+    assert (f.direction, f.packets, f.bytes) == ("egress", 3, 3 * (len(frame) - l2))
+
+
+@pytest.mark.parametrize("frame", [_eth(0x0806, bytes(28)), _eth(0x0800, _ip4(6, bytes(10))),
+                                   _eth(0x86DD, _ip6(0, b"\x11"))],
+                         ids=["arp", "truncated tcp header", "truncated ipv6 extension"])
+def test_parser_skips_what_it_cannot_account(flows_obj, frame):
+    from bpfgate.inspect.flows import STAT_UNPARSED
+    from bpfgate.kernel.testrun import test_run
+
+    table, stats = flows_obj.map("flows"), flows_obj.map("flow_stats")
+    table.clear()
+    before = sum(stats[STAT_UNPARSED])
+    test_run(flows_obj.program("bg_flow_ingress"), frame, repeat=2)
+    assert len(table) == 0 and sum(stats[STAT_UNPARSED]) == before + 2
