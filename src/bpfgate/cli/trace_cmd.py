@@ -7,7 +7,9 @@ as they happen, never dropped silently.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -86,15 +88,17 @@ def trace_drops(as_json, duration, count, backend, pids, ports, addrs, cgroups, 
 
 
 @contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
+def _stop_requested() -> Iterator[list]:
+    """Ctrl-C / SIGTERM set a flag the loop checks between polls (no exception mid-output, so the
+    summary counts exactly what was printed); the poll returns early on the signal."""
+    stop: list = []
+    handler = lambda signum, frame: stop.append(signum)  # noqa: E731
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def _loop(tracer, what: str, as_json: bool, duration, count, header: str, line, extra) -> None:
@@ -110,24 +114,14 @@ def _loop(tracer, what: str, as_json: bool, duration, count, header: str, line, 
     for m in tracer.missing():
         term.err.print(f"bpfgate: warning: running without {m}", markup=False)
     deadline = None if duration is None else time.monotonic() + duration
-    shown = 0
+    printed = [0]
     try:
-        with _stop_on_sigterm():
-            while (deadline is None or time.monotonic() < deadline) and (count is None or shown < count):
-                left = 100 if deadline is None else max(0, min(100, int((deadline - time.monotonic()) * 1000)))
-                for ev in tracer.poll(left):
-                    if ev["type"] == "events_lost":
-                        _lost(ev, as_json)
-                        continue
-                    if as_json:
-                        term.print_json_line(ev)
-                    else:
-                        term.out.print(line(ev), markup=False, highlight=False)
-                    shown += 1
-                    if count is not None and shown >= count:
-                        break
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how a trace normally ends: detach (the caller's `with`) and summarise
+        _events(tracer, as_json, deadline, count, line, printed)
+    except BrokenPipeError:  # `bpfgate trace tcp | head`: the reader is gone, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    shown = printed[0]
+    # Ctrl-C is how a trace normally ends: the caller's `with` detaches everything after this summary
     summary = {"type": "trace_summary", "trace": what, "events": shown, "lost": tracer.lost,
                "submitted": tracer.submitted, **extra()}
     if as_json:
@@ -136,6 +130,24 @@ def _loop(tracer, what: str, as_json: bool, duration, count, header: str, line, 
     term.err.print(f"{shown} events shown, {tracer.lost} lost", markup=False)
     if summary.get("counts") is not None:
         term.table("drops by reason", ("reason", "packets"), summary["counts"].items())
+
+
+def _events(tracer, as_json: bool, deadline, count, line, shown: list) -> None:
+    """Print events until stopped; shown[0] counts exactly the events printed."""
+    with _stop_requested() as stop:
+        while not stop and (deadline is None or time.monotonic() < deadline) and (count is None or shown[0] < count):
+            left = 100 if deadline is None else max(0, min(100, int((deadline - time.monotonic()) * 1000)))
+            for ev in tracer.poll(left):
+                if ev["type"] == "events_lost":
+                    _lost(ev, as_json)
+                    continue
+                if as_json:
+                    term.print_json_line(ev)
+                else:
+                    term.out.print(line(ev), markup=False, highlight=False)
+                shown[0] += 1
+                if count is not None and shown[0] >= count:
+                    break
 
 
 def _lost(ev: dict, as_json: bool) -> None:
