@@ -402,3 +402,20 @@ def test_parser_skips_what_it_cannot_account(flows_obj, frame):
     before = sum(stats[STAT_UNPARSED])
     test_run(flows_obj.program("bg_flow_ingress"), frame, repeat=2)
     assert len(table) == 0 and sum(stats[STAT_UNPARSED]) == before + 2
+
+
+def test_flow_ends_in_the_event_stream(pair):
+    from bpfgate.inspect.events import EventStream
+
+    client, _, c_if, _ = pair
+    with FlowMonitor(c_if.name, netns_name=client.netns) as mon:
+        with EventStream([mon.event_source()]) as stream:
+            cport, sport, _ = _tcp_transfer(pair, 6, 10_000)
+            got = []
+            deadline = time.monotonic() + DEADLINE
+            while time.monotonic() < deadline and len(got) < 2:
+                got += [stream.describe(r) for r in stream.iter(timeout=0.2)]
+    ends = [e for e in got if e["type"] == "flow_end" and {e["sport"], e["dport"]} == {cport, sport}]
+    assert sorted(e["direction"] for e in ends) == ["egress", "ingress"]
+    assert all(e["reason"] == "fin" and e["interface"] == c_if.name and e["family"] == 6 for e in ends)
+    assert next(e for e in ends if e["direction"] == "egress")["bytes"] > 10_000

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from bpfgate.errors import BpfgateError, NotFound, NotSupported, from_errno
-from bpfgate.inspect.events import Clock, tcp_flags_str
+from bpfgate.inspect.events import Clock, Context, EventKind, EventSource, register_kind, tcp_flags_str
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel import links, netlink, netns, pins, tc
 from bpfgate.kernel.libbpf import sys_bpf
@@ -232,6 +232,16 @@ class Flow:
                 "tcp_flags": tcp_flags_str(self.tcp_flags), "ended": self.ended}
 
 
+def _flow_end_fields(rec: Any, ctx: Context) -> dict:
+    """The `flow_end` event of `bpfgate events` (EventStream): the flow with its final counters."""
+    f = Flow.from_kernel(rec.key, rec.val, ctx.interfaces)
+    return {**{k: v for k, v in f.to_json(ctx.clock).items() if k != "ended"}, "reason": END_REASONS.get(rec.val.ended)}
+
+
+# type id: enum bg_flow_event_type in bpfgate.h
+register_kind(EventKind(50, "flow_end", "bg_flow_end_event", _flow_end_fields))
+
+
 @dataclass(frozen=True)
 class FlowEnd:
     flow: Flow
@@ -292,11 +302,17 @@ class FlowMonitor:
             maps = {name: self._map(name) for name in PINNED_MAPS}
             self.table, self._stats, self._bg_stats = maps["flows"], maps["flow_stats"], maps["bg_stats"]
             self._names = {i.ifindex: i.name for i in netlink.interfaces(netns_name)}
-            self._ring = RingBuffer(maps["flow_events"], record_type=self.obj.btf.struct("bg_flow_end_event"))
+            self._ring_map = maps["flow_events"]
+            self._ring = RingBuffer(self._ring_map, record_type=self.obj.btf.struct("bg_flow_end_event"))
         except BaseException:
             self.close()
             raise
         self.expired = 0  # idle flows this reader deleted and reported
+
+    def event_source(self) -> EventSource:
+        """The kernel's flow-end records as an EventStream source (then do not also call poll_ended:
+        both would consume the same ring buffer)."""
+        return EventSource(f"flows:{self.dev}", self._ring_map, self._bg_stats, self.obj.btf, dict(self._names))
 
     # ---- pinned (long-running) accounting ------------------------------------------------------------
 
