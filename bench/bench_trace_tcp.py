@@ -138,7 +138,8 @@ def main() -> None:
     for cond in ("kernel", "cli"):
         ratios = [t / n for t, n in zip(rates[cond], rates["none"])]
         cpu_ratios = [t / n for t, n in zip(cpu[cond], cpu["none"])]
-        print(f"{cond:<7} rate traced/untraced {median(rates[cond]) / base:.3f} (per-rep pairs {fmt(ratios, '', digits=3)})")
+        print(f"{cond:<7} rate traced/untraced {median(rates[cond]) / base:.3f} "
+              f"(per-rep pairs {fmt(ratios, '', digits=3)})")
         print(f"{cond:<7} CPU per connection traced/untraced {median(cpu[cond]) / base_cpu:.3f} (per-rep pairs "
               f"{fmt(cpu_ratios, '', digits=3)}); events lost {lost[cond]}")
 

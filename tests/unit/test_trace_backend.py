@@ -31,7 +31,8 @@ def test_per_hook_fallback_and_missing(monkeypatch):
     _kernel(monkeypatch, btf=["inet_sock_set_state"], tracefs=["tcp_retransmit_skb"])
     got = {c.hook.event: c for c in backend.choose(TCP_HOOKS)}
     assert got["inet_sock_set_state"].backend == "tp_btf"
-    assert got["tcp_retransmit_skb"].backend == "tracepoint" and "btf_trace_tcp_retransmit_skb" in got["tcp_retransmit_skb"].note
+    rtx = got["tcp_retransmit_skb"]
+    assert rtx.backend == "tracepoint" and "btf_trace_tcp_retransmit_skb" in rtx.note
     assert got["tcp_send_reset"].backend is None and "tcp:tcp_send_reset" in got["tcp_send_reset"].note
 
 

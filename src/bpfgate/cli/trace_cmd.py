@@ -47,7 +47,8 @@ def _run_options(f):
     f = click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N events.")(f)
     f = click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Stop after this many seconds.")(f)
-    f = click.option("--json", "as_json", is_flag=True, help="One JSON object per line (keys: bpfgate.trace.format).")(f)
+    f = click.option("--json", "as_json", is_flag=True,
+                     help="One JSON object per line (keys: bpfgate.trace.format).")(f)
     return f
 
 
