@@ -5,7 +5,7 @@ real TCP connections, counted on the server's veth; a flooding source blocked, t
 from __future__ import annotations
 
 import json
-import os
+import select
 import signal
 import socket
 import subprocess
@@ -278,9 +278,14 @@ def test_cli_syn_json_counts_and_detaches_on_sigterm(net, inject):
         assert wait_for(lambda: _xdp_ids(net) != 0 or p.poll() is not None), "never attached"
         assert p.poll() is None, p.stderr.read()
         inject.tcp(net.cif.ip4, net.sif.ip4, SYN, n=12)
-        time.sleep(0.5)
+        seen = []  # snapshots until one shows all 12 (bounded), so SIGTERM lands mid-run
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and not (seen and seen[-1]["interfaces"][0]["syns"] == 12):
+            if select.select([p.stdout], [], [], 0.5)[0]:
+                seen.append(json.loads(p.stdout.readline()))
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=WAIT)
+        out = "".join(json.dumps(x) + "\n" for x in seen) + out
     finally:
         if p.poll() is None:
             p.kill()
