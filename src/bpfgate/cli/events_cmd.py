@@ -148,6 +148,7 @@ def register(app: click.Group) -> None:
             stream = stack.enter_context(EventStream(sources))
             if not as_json:
                 term.err.print(f"watching {', '.join(devs)} (Ctrl-C to stop)", markup=False)
+
             def on_record(rec: Any) -> bool:
                 nonlocal seen
                 emit(stream.describe(rec), as_json)
