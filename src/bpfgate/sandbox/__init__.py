@@ -19,7 +19,8 @@ Addresses: links between namespaces get 198.18.<n>.0/24 and fd00:0:0:<n>::/64 (I
 first host given to `link` takes .1/::1, the second .2/::2. `link.a`, `link.b` are `Iface`s with
 `name`, `ip4`, `ip6`, `index`, `peer`.
 Processes: `host.run(argv, timeout)` -> CompletedProcess (SandboxError on timeout, process group killed),
-`host.spawn(argv)` -> Process (`.stop()`, `.alive`, `.output()`), stopped by PID at teardown.
+`host.spawn(argv)` -> Process (`.stop()`, `.wait(t)`, `.alive`, `.output()`), stopped by PID at teardown.
+Links are returned ready (operstate UP, IPv6 link-local usable): the first packet is not lost or held.
 
 Teardown (`close()`, the `with` exit, atexit, SIGTERM turned into SystemExit; Ctrl-C is held until
 teardown ends) kills the processes, removes root-namespace veths and the namespaces. A run killed with
