@@ -220,6 +220,7 @@ def test_fix_mounts_tracefs_and_bpffs_in_a_private_mount_namespace():
     host_before = open("/proc/self/mounts").read()
     script = (
         "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; "
+        "umount /sys/kernel/debug 2>/dev/null; "  # debugfs would automount tracefs at debug/tracing
         "umount /sys/fs/bpf 2>/dev/null; "
         "grep -c -E ' (tracefs|bpf) ' /proc/self/mounts; "  # 0: nothing mounted before the fix
         f"{sys.executable} -m bpfgate.cli.main doctor --fix --json > /dev/stderr; echo rc=$?; "

@@ -47,6 +47,8 @@ def test_tracefs_at_either_place(files):
     assert not system.tracefs_mounted()
     files["/proc/self/mounts"] = HYBRID_MOUNTS + "tracefs /sys/kernel/debug/tracing tracefs rw 0 0\n"
     assert system.tracefs_mounted()
+    files["/proc/self/mounts"] = HYBRID_MOUNTS + "debugfs /sys/kernel/debug debugfs rw 0 0\n"
+    assert system.tracefs_mounted() and "automounted" in system.check_tracefs().detail
     files["/proc/self/mounts"] = HYBRID_MOUNTS + "nodev /sys/kernel/tracing tracefs rw 0 0\n"
     c = system.check_tracefs()
     assert c.status == "ok" and c.detail == "mounted at /sys/kernel/tracing"

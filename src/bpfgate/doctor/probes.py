@@ -33,7 +33,7 @@ PROBE_MAGIC = 0xB9F9A7E5  # bg_probe_ringbuf's record
 XDP_PASS = 2
 BPF_SK_SKB_STREAM_VERDICT, BPF_SK_MSG_VERDICT = 5, 7
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe"
-RUN_WAIT = 2.0  # seconds a frame may take to cross the scratch veth (it takes microseconds)
+RUN_WAIT = 3.0  # seconds for a frame to be seen crossing a fresh scratch veth (usually well under 0.1)
 
 # Ethernet + IPv4 + UDP between two benchmarking-range addresses (198.18.0.1 -> 198.18.0.2). Probes only
 # run it through BPF_PROG_TEST_RUN or inject it into a program that drops it: nothing is ever sent.
@@ -95,21 +95,33 @@ def _set_autocreate(map_ptr: int, on: bool) -> None:
 
 
 def _runs_on_frames(prog: "Program", senders: list[str], what: str) -> None:
-    """Send FRAME once from each interface in `senders` (scratch namespace) and wait until `prog` ran
-    that many more times: attached is not enough, it must see packets. run_cnt counts only while
-    run-time stats are on, which they are for this call only."""
+    """Send FRAME from each interface in `senders` (scratch namespace), one after the other, and require
+    `prog` to run on each: attached is not enough, it must see packets. run_cnt counts only while
+    run-time stats are on, which they are for this call only.
+
+    A frame is re-sent until it is seen (bounded): a fresh veth drops what it is given until the
+    kernel's link watcher has activated its queue, which happens asynchronously after `up`. Nothing
+    else sends in the scratch namespace, so a count that moves after a send is that send's frame."""
     from bpfgate.kernel.stats import stats_enabled
 
     with stats_enabled():
-        target = prog.info().run_cnt + len(senders)
         for ifname in senders:
-            scratch.send_frame(ifname, FRAME)
-        deadline = time.monotonic() + RUN_WAIT
-        while prog.info().run_cnt < target:
-            if time.monotonic() > deadline:
-                raise ProbeFailed(f"run {what}", f"attached, but it did not run on the {len(senders)} frame(s) "
-                                                 "sent through the scratch veth")
-            time.sleep(0.005)
+            before = prog.info().run_cnt
+            deadline = time.monotonic() + RUN_WAIT
+            while not _sent_and_seen(prog, ifname, before):
+                if time.monotonic() > deadline:
+                    raise ProbeFailed(f"run {what}", f"attached, but it did not run on frames sent from {ifname} "
+                                                     f"through the scratch veth within {RUN_WAIT:g} s")
+
+
+def _sent_and_seen(prog: "Program", ifname: str, before: int, wait: float = 0.1) -> bool:
+    scratch.send_frame(ifname, FRAME)
+    until = time.monotonic() + wait
+    while time.monotonic() < until:
+        if prog.info().run_cnt > before:
+            return True
+        time.sleep(0.002)
+    return False
 
 
 def probe_tc() -> str:

@@ -59,8 +59,20 @@ def cgroup2_mount() -> str | None:
     return (system_wide or points or [None])[0]
 
 
+def tracefs_where() -> str | None:
+    """Where tracefs is (or appears on first access: debugfs automounts it at debug/tracing, which is
+    the path libbpf then uses), or None."""
+    if mounted(TRACEFS, "tracefs"):
+        return TRACEFS
+    if mounted(TRACEFS_LEGACY, "tracefs"):
+        return TRACEFS_LEGACY
+    if mounted(os.path.dirname(TRACEFS_LEGACY), "debugfs"):
+        return f"{TRACEFS_LEGACY} (automounted by debugfs)"
+    return None
+
+
 def tracefs_mounted() -> bool:
-    return mounted(TRACEFS, "tracefs") or mounted(TRACEFS_LEGACY, "tracefs")
+    return tracefs_where() is not None
 
 
 def effective_caps() -> int:
@@ -135,8 +147,8 @@ _BPFFS_IMPACT = "no pins: gates cannot outlive the command that made them, the a
 
 
 def check_tracefs(fix: bool = False) -> Check:
-    if tracefs_mounted():
-        where = TRACEFS if mounted(TRACEFS, "tracefs") else TRACEFS_LEGACY
+    where = tracefs_where()
+    if where:
         return Check("tracefs", "system", OK, f"mounted at {where}")
     if fix:
         try:
