@@ -265,6 +265,27 @@ def test_event_selection_is_done_in_the_kernel(net):
     assert {e["event"] for e in events if e["type"] == "tcp"} == {"close"}
 
 
+@pytest.mark.parametrize("seed", [True, False])
+def test_server_started_before_tracing(net, seed):
+    """A listener older than the trace: its owner comes from /proc at start (seeded), else it is unknown
+    at accept time (and known from close() on)."""
+    client, server, link, tmp = net
+    srv = _start_server(server, tmp, n=1)
+    with TcpTracer(seed_listeners=seed) as tcp:
+        results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 5}])
+        srv.wait(10)
+        nss = {_ino(client.netns), _ino(server.netns)}
+        events = _collect([tcp], lambda evs: sum(e.get("netns") in nss and e.get("event") == "close"
+                                                 for e in evs) >= 2, timeout=5)
+    acc = _one([e for e in events if e.get("netns") in nss], event="accept", rport=results[0]["lport"])
+    sclose = _one([e for e in events if e.get("netns") in nss], event="close", lport=PORT)
+    if seed:
+        assert (acc["pid"], acc["comm"], acc["owner"]) == (srv.pid, "bgt-server", "listener"), acc
+    else:
+        assert acc["pid"] is None, acc
+    assert (sclose["pid"], sclose["comm"], sclose["owner"]) == (srv.pid, "bgt-server", "close"), sclose
+
+
 class _Cli:
     """`bpfgate trace ...` in a subprocess; stdout lines arrive through a reader thread (a select() on a
     buffered pipe would miss lines already buffered)."""

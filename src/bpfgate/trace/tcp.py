@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from bpfgate.errors import BpfgateError
+from bpfgate.trace import owners
 from bpfgate.trace.backend import Hook
 from bpfgate.trace.base import Tracer
 from bpfgate.trace.names import TCP_KINDS
@@ -28,10 +29,17 @@ class TcpTracer(Tracer):
     WHAT = "trace tcp"
     HOOKS = HOOKS
 
-    def __init__(self, *, events: Iterable[str] | None = None, **kw: Any):
-        """events: which of EVENTS to emit (None: all); the others are never sent by the kernel."""
+    def __init__(self, *, events: Iterable[str] | None = None, seed_listeners: bool = True, **kw: Any):
+        """events: which of EVENTS to emit (None: all); the others are never sent by the kernel.
+        seed_listeners: learn the owners of servers that were listening before we started (/proc)."""
         self.events = tuple(EVENTS) if events is None else tuple(events)
         super().__init__(rodata={"cfg_kinds": kinds_mask(self.events)}, **kw)
+        self.seeded = 0
+        if seed_listeners:
+            try:
+                self.seeded = owners.seed(self.obj.map("listeners"))
+            except (OSError, BpfgateError):
+                pass  # best effort: accepts on those listeners then show their owner from close() on
 
 
 EVENTS = tuple(TCP_KINDS.values())
