@@ -130,7 +130,8 @@ static __always_inline void detect(struct bg_syn_src *s, struct bg_syn_src_key *
 	s->reported = start;
 	if (cfg->block_ns) {
 		until = now + cfg->block_ns;
-		bpf_map_update_elem(&syn_blocklist, &key->src, &until, BPF_ANY);
+		if (bpf_map_update_elem(&syn_blocklist, &key->src, &until, BPF_ANY))
+			until = 0; /* block list full: the event says "not blocked", truthfully */
 	}
 	report(key->ifindex, &key->src, now, n, cfg->rate, until);
 }

@@ -307,3 +307,38 @@ def test_cli_unknown_interface_is_one_line(net):
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bpfgate: error:") and "no such interface" in lines[0]
+
+
+def test_cli_syn_flood_block_then_release_events(net, inject):
+    """`bpfgate syn --rate --block --json`: a syn_flood event (blocked), then syn_unblock for the same
+    source once the block expired, and the snapshot counts what the block dropped."""
+    spoofed = net.cif.net4[55].exploded
+    argv = [sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", net.sif.name, "--netns", net.server.netns,
+            "--json", "--interval", "0.2", "--rate", "3", "--block", "1"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[dict] = []
+    try:
+        assert wait_for(lambda: _xdp_ids(net) != 0 or p.poll() is not None), "never attached"
+        inject.tcp(spoofed, net.sif.ip4, SYN, n=10)
+        deadline = time.monotonic() + 3 * WAIT
+        while time.monotonic() < deadline and p.poll() is None:
+            if select.select([p.stdout], [], [], 0.5)[0]:
+                lines.append(json.loads(p.stdout.readline()))
+                if lines[-1]["type"] == "syn_unblock":
+                    break
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=WAIT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 128 + signal.SIGTERM, err
+    lines += [json.loads(x) for x in out.splitlines()]
+    floods = [x for x in lines if x["type"] == "syn_flood"]
+    unblocks = [x for x in lines if x["type"] == "syn_unblock"]
+    assert len(floods) == 1 and floods[0]["src"] == spoofed and floods[0]["blocked"] is True
+    assert [u["source"] for u in unblocks] == [spoofed]
+    assert lines.index(floods[0]) < lines.index(unblocks[0])
+    final = lines[-1]
+    assert final["type"] == "syn_stats" and final["blocked_sources"] == []
+    assert final["interfaces"][0]["syns"] == 10 and final["interfaces"][0]["blocked"] == 10 - 4

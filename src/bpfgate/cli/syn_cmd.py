@@ -110,12 +110,21 @@ def register(app: click.Group) -> None:
                     live.console.print(human_line(ev), markup=False)  # above the live table
                 return False
 
+            blocked_before: set[str] = set()
+
             def tick() -> None:
-                for src in syn.sweep():
+                nonlocal blocked_before
+                syn.sweep()  # housekeeping; the datapath also drops expired entries it meets
+                blocked_now = {b.source for b in syn.blocks()}
+                for src in sorted(blocked_before - blocked_now):  # released, whoever removed the entry
                     if as_json:
                         now = time.monotonic_ns()
                         term.print_json_line({"type": "syn_unblock", "time": stream.clock.iso(now),
                                               "epoch": round(stream.clock.epoch(now), 6), "source": src})
+                    else:
+                        live.console.print(f"{stream.clock.iso(time.monotonic_ns())[11:26]} released {src}",
+                                           markup=False)
+                blocked_before = blocked_now
                 for ev in stream.loss_events():
                     if as_json:
                         emit(ev, True)

@@ -9,6 +9,9 @@
 The block list (map `syn_blocklist`, source -> CLOCK_MONOTONIC expiry) is checked per packet, so a
 block ends on time by itself; sweep() only deletes expired entries. The policy engine can take the
 block list over by sharing that map.
+
+Totals per interface are exact. Per-source counts live in an LRU map (max_sources): a spoofed flood
+from more sources than that evicts the quietest ones, so `top` stays right while the long tail is lost.
 """
 
 from __future__ import annotations
