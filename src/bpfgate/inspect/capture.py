@@ -161,9 +161,9 @@ class Capture:
         self.dev, self.snaplen, self.filter = dev, snaplen, filt or CaptureFilter()
         self.clock = clock or Clock()
         rodata = {"cfg_snaplen": snaplen, **self.filter.rodata()}
+        sizes = {"capture_scratch": possible_cpus(), "capture_events": ring_size}
         self.obj, self.hooks = open_pair("capture", "bg_cap", dev, direction, netns_name=netns_name, method=method,
-                                         rodata=rodata, sizes={"capture_scratch": possible_cpus(),
-                                                                       "capture_events": ring_size})
+                                         rodata=rodata, sizes=sizes)
         try:
             self._hdr = self.obj.btf.struct("bg_capture_event")
             self._hsize = ctypes.sizeof(self._hdr)
