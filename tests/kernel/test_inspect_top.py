@@ -81,7 +81,7 @@ def traffic(sandbox):
 
 def test_once_renders_the_flows(traffic):
     client, c_if, src, dst, src6 = traffic
-    r = run_cli(["top", "--dev", c_if.name, "--netns", client.netns, "--once", "--interval", "1"],
+    r = run_cli(["top", "--dev", c_if.name, "--netns", client.netns, "--once", "--interval", "1", "--syn"],
                 env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
     line = next((ln for ln in r.stdout.splitlines() if src in ln and dst in ln), None)
@@ -89,6 +89,7 @@ def test_once_renders_the_flows(traffic):
     assert "udp" in line and " eg " in line
     assert src6 in r.stdout  # IPv6 endpoints are text, not Rich markup
     assert "flows live" in r.stdout
+    assert "SYN total 0" in r.stdout  # the optional panel (XDP on the same interface): UDP only, no SYN
 
 
 def test_json_snapshot_has_rates(traffic):

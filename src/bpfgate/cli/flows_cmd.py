@@ -11,29 +11,17 @@ from rich.markup import escape
 from bpfgate.cli import term
 from bpfgate.inspect.events import tcp_flags_str
 from bpfgate.inspect.flows import SORT_KEYS, Flow, FlowMonitor, pin_dir, top_flows
+from bpfgate.inspect.top import endpoint, human
 
 
 def flow_row(f: Flow, now_ns: int) -> list:
-    """One table row; shared with `bpfgate top`."""
-    return [f.protocol, f"{_ep(f.src, f.sport)}", f"{_ep(f.dst, f.dport)}", f.direction[:2], f.interface or f.ifindex,
-            f.packets, human_bytes(f.bytes), tcp_flags_str(f.tcp_flags), f"{(now_ns - f.last_ns) / 1e9:.1f}s",
-            f.ended or ""]
+    # escaped: "[fd00::1]:80" would otherwise be read as Rich markup and vanish
+    return [f.protocol, escape(endpoint(f.src, f.sport)), escape(endpoint(f.dst, f.dport)), f.direction[:2],
+            f.interface or f.ifindex, f.packets, human(f.bytes), tcp_flags_str(f.tcp_flags),
+            f"{(now_ns - f.last_ns) / 1e9:.1f}s", f.ended or ""]
 
 
 FLOW_COLUMNS = ["proto", "source", "destination", "dir", "if", "packets", "bytes", "tcp flags", "idle", "ended"]
-
-
-def _ep(addr: str, port: int) -> str:
-    # escaped: "[fd00::1]:80" would otherwise be read as Rich markup and vanish
-    return escape(f"[{addr}]:{port}") if ":" in addr else f"{addr}:{port}"
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def register(app: click.Group) -> None:
