@@ -134,3 +134,12 @@ def test_cli_help(cmd):
     assert r.returncode == 0 and "--dev" in r.stdout and "--netns" in r.stdout
     if cmd != "metrics":
         assert "--json" in r.stdout
+
+
+def test_ring_size_validation():
+    from bpfgate.inspect.events import ring_size
+
+    assert ring_size(4096) == 4096 and ring_size(1 << 24) == 1 << 24
+    for bad in (0, -5, 1000, 4097, 6144):
+        with pytest.raises(BpfgateError):
+            ring_size(bad)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from bpfgate.errors import BpfgateError, NotSupported
+from bpfgate.inspect import events
 from bpfgate.inspect.events import EventSource
 from bpfgate.kernel import netlink, netns, tc
 from bpfgate.kernel.links import attach_tcx
@@ -34,7 +35,7 @@ class AttemptLog:
         obj = BpfObject.open("attempts")
         try:
             if ring_size:
-                obj.set_max_entries("events", ring_size)
+                obj.set_max_entries("events", events.ring_size(ring_size))
             obj.load()
         except BaseException:
             obj.close()

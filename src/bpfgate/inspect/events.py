@@ -80,6 +80,13 @@ def iso8601(wall_ns: int) -> str:
     return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def ring_size(n: int) -> int:
+    """A valid ring buffer size (bytes): a power of two, at least one page."""
+    if n < mmap.PAGESIZE or n & (n - 1):
+        raise BpfgateError("size the ring buffer", f"{n} bytes: must be a power of two >= {mmap.PAGESIZE}")
+    return n
+
+
 # ---- formatting helpers the kinds share ---------------------------------------------------------------
 
 

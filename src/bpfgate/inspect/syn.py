@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bpfgate.errors import BpfgateError
+from bpfgate.inspect import events
 from bpfgate.inspect.events import EventSource, addr_bytes, addr_str
 from bpfgate.kernel import netlink, netns
 from bpfgate.kernel.links import Link, attach_xdp_link
@@ -60,7 +61,7 @@ class SynCounter:
         try:
             obj.set_max_entries("syn_sources", max_sources)
             if ring_size:
-                obj.set_max_entries("events", ring_size)
+                obj.set_max_entries("events", events.ring_size(ring_size))
             obj.load()
         except BaseException:
             obj.close()
