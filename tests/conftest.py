@@ -47,6 +47,30 @@ def _leaked_pins(before: set[str]) -> list[str]:
     return leaked
 
 
+def _netns() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+def _records() -> set[str]:
+    from bpfgate import attach
+
+    return {a.key for a in attach.records()}
+
+
+def _root_clsacts() -> set[str]:
+    from bpfgate.kernel import netlink, tc
+
+    return {i.name for i in netlink.interfaces() if tc.has_clsact(i.name)}
+
+
+def _host_state() -> dict[str, set[str]]:
+    """Machine-wide state a test could leak. Compared only in CI (CI=true), where this run is alone."""
+    return {"network namespace": _netns(), "attachment record": _records(), "clsact qdisc on": _root_clsacts()}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def leak_check():
     """Fails the session (error at teardown of its last test) if this run left anything behind."""
