@@ -79,8 +79,13 @@ def leak_check():
         return
     sweep_stale()  # what crashed runs left: their owner PIDs are gone, so it is nobody's
     pins_before = _pins()
+    alone = bool(os.environ.get("CI"))
+    host_before = _host_state() if alone else {}
     yield
     leaks = leftovers(os.getpid()) + [f"pin {p}" for p in _leaked_pins(pins_before)]
+    if alone:
+        for what, names in _host_state().items():
+            leaks += [f"{what} {n}" for n in sorted(names - host_before[what])]
     if leaks:
         pytest.fail("this test run left behind:\n  " + "\n  ".join(leaks), pytrace=False)
 
