@@ -140,4 +140,11 @@ int bg_selftest_xdp_tx(struct xdp_md *ctx)
 	return XDP_TX;
 }
 
+/* lets everything through: a cgroup attachment for status listing tests */
+SEC("cgroup_skb/ingress")
+int bg_selftest_cgskb(struct __sk_buff *skb)
+{
+	return 1;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -165,3 +165,23 @@ def test_cli_errors_are_one_line(ns):
     r = sh(sys.executable, "-m", "bpfgate", "status", "--netns", "bg-no-such-ns", check=False)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and "no such network namespace" in r.stderr
+
+
+def test_cgroup_attachment_listed():
+    from bpfgate.kernel import links
+
+    root = status.cgroup2_mount()
+    assert root, "no cgroup v2 mount"
+    cg = os.path.join(root, f"bgtest-{os.getpid()}-{uuid.uuid4().hex[:4]}")
+    os.mkdir(cg)
+    try:
+        with BpfObject.open("selftest") as obj:
+            obj.load()
+            with links.attach_cgroup(obj, "bg_selftest_cgskb", cg):
+                found = [e for e in status.cgroup_entries(root) if e.target == cg]
+                assert [e.hook for e in found] == ["cgroup_inet_ingress"]
+                e = status._fill(found[0], {})
+                assert e.bpfgate and e.prog_name.startswith("bg_selftest_cg")
+            assert not [e for e in status.cgroup_entries(root) if e.target == cg]
+    finally:
+        os.rmdir(cg)
