@@ -66,8 +66,7 @@ def register(app: click.Group) -> None:
             except KeyboardInterrupt:
                 pass  # Ctrl-C: print what was counted so far
             ended.extend(mon.poll_ended())
-            entries = mon.entries()
-            stats = mon.stats(live=len(entries))
+            entries, stats = mon.read()
             shown = [mon.decode(k, v) for k, v in top_flows(entries, sort, top_n, raw=True)]
             clock = mon.clock
         if as_json:

@@ -408,15 +408,23 @@ class FlowMonitor:
         per_cpu[0] += n
         self._stats.update(STAT_DELETED, per_cpu)
 
-    def stats(self, live: int | None = None) -> FlowStats:
+    def stats(self) -> FlowStats:
+        return self.read()[1]
+
+    def read(self) -> tuple[list[tuple[Any, Any]], FlowStats]:
+        """The raw table and the stats, consistently: `created` is read before the table and `deleted`
+        after it, so a flow created or deleted meanwhile never shows up as a phantom eviction."""
         def total(m: Any, i: int) -> int:
             return sum(m.get(i, [0]))
 
-        live = len(read_table(self.table)) if live is None else live
         created = total(self._stats, STAT_NEW)
-        return FlowStats(live=live, created=created, ended=total(self._stats, STAT_ENDED), expired=self.expired,
-                         evicted=max(0, created - live - total(self._stats, STAT_DELETED)), unparsed=total(self._stats, STAT_UNPARSED),
-                         events_lost=total(self._bg_stats, STAT_EVENTS_LOST))
+        entries = read_table(self.table)
+        deleted = total(self._stats, STAT_DELETED)
+        live = len(entries)
+        return entries, FlowStats(live=live, created=created, ended=total(self._stats, STAT_ENDED),
+                                  expired=self.expired, evicted=max(0, created - live - deleted),
+                                  unparsed=total(self._stats, STAT_UNPARSED),
+                                  events_lost=total(self._bg_stats, STAT_EVENTS_LOST))
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 

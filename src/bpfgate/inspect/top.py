@@ -95,7 +95,7 @@ class Top:
     def snapshot(self) -> Snapshot:
         """One batched read; rates for every flow from raw counters, only the top n decoded."""
         self._ended.extend(self.monitor.poll_ended())
-        entries = self.monitor.entries()
+        entries, stats = self.monitor.read()
         now = time.monotonic_ns()
         dt = (now - self._prev_ns) / 1e9 if self._prev_ns else 0.0
         current = {bytes(k): (v.packets, v.bytes) for k, v in entries}
@@ -107,7 +107,7 @@ class Top:
             rates[flow_id(f)] = ((f.packets - p0) / dt, (f.bytes - b0) / dt) if dt > 0 else (0.0, 0.0)
         self._prev, self._prev_ns = current, now
         snap = Snapshot(now, dt, [f for _, f in shown], rates, len(entries), list(self._ended),
-                        self.monitor.stats(live=len(entries)), notes=list(self.notes))
+                        stats, notes=list(self.notes))
         if self.syn is not None:
             total = sum(t.syns for t in self.syn.totals().values())
             rate = (total - self._prev_syns) / dt if dt > 0 else 0.0
