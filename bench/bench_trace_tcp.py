@@ -3,7 +3,9 @@
 Conditions, interleaved rep by rep so drift hits them alike:
   none     no tracing
   kernel   trace_tcp's programs attached, the ring buffer drained raw (the BPF side's cost)
-  cli      `bpfgate trace tcp --json > /dev/null` (programs + decode + JSON: what a user runs)
+  cli      `bpfgate trace tcp --json > file` (programs + decode + JSON: what a user runs; 4 events per
+           connection: connect, accept, two closes)
+  close    `bpfgate trace tcp --json --events close > file` (tcplife's view: 2 events per connection)
 Each rep runs the loop in a fresh network namespace (its own loopback, so TIME_WAIT sockets of one rep do
 not slow the next) for a fixed time, in a child process; we report connections/s, median of REPS reps
 with min-max, and each traced rate as a ratio of the untraced one. Run as root:
@@ -86,7 +88,8 @@ class Tracer:
 
     def __init__(self, kind: str):
         self.kind = kind
-        argv = [PY, "-c", RAW_TRACER] if kind == "kernel" else [BPFGATE, "trace", "tcp", "--json"]
+        argv = {"kernel": [PY, "-c", RAW_TRACER], "cli": [BPFGATE, "trace", "tcp", "--json"],
+                "close": [BPFGATE, "trace", "tcp", "--json", "--events", "close"]}[kind]
         self.out = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
@@ -117,9 +120,9 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("needs root")
     header("trace tcp: loopback connect/accept/close loop, connections/s")
-    rates: dict[str, list[float]] = {"none": [], "kernel": [], "cli": []}
+    rates: dict[str, list[float]] = {"none": [], "kernel": [], "cli": [], "close": []}
     cpu: dict[str, list[float]] = {k: [] for k in rates}
-    lost = {"kernel": 0, "cli": 0}
+    lost = {"kernel": 0, "cli": 0, "close": 0}
     run_loop(args.seconds / 4)  # warm caches and the page cache for python itself
     for _ in range(args.reps):
         for cond in rates:
@@ -135,7 +138,7 @@ def main() -> None:
     base, base_cpu = median(rates["none"]), median(cpu["none"])
     for cond in rates:
         print(f"{cond:<7} rate {fmt(rates[cond], 'conn/s', digits=0)}; loop CPU {fmt(cpu[cond], 'us/conn', digits=2)}")
-    for cond in ("kernel", "cli"):
+    for cond in ("kernel", "cli", "close"):
         ratios = [t / n for t, n in zip(rates[cond], rates["none"])]
         cpu_ratios = [t / n for t, n in zip(cpu[cond], cpu["none"])]
         print(f"{cond:<7} rate traced/untraced {median(rates[cond]) / base:.3f} "

@@ -24,6 +24,9 @@
 /* set before load: skip per-flow events for SKB_DROP_REASON_NOT_SPECIFIED (still counted) */
 const volatile __u32 cfg_skip_reason = 0xffffffff;
 
+/* set before load: only drops in the network namespaces (inode numbers) in `netns_filter` */
+const volatile __u32 cfg_netns_filter = 0;
+
 /* set before load: wake the consumer only once this much is waiting (0: on every record). A wakeup
  * per record costs a context switch per event; batching leaves the consumer to poll with a timeout. */
 const volatile __u32 cfg_wakeup_bytes = 0;
@@ -54,6 +57,13 @@ struct {
 	__type(key, __u64);
 	__type(value, struct bg_sock_owner);
 } socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+} netns_filter SEC(".maps");
 
 BG_EXPORT_TYPE(struct bg_drop_event, drop_event);
 
@@ -134,8 +144,14 @@ static __always_inline void on_drop(const struct sk_buff *skb, void *location, _
 {
 	struct bg_drop_event *ev;
 	struct bg_sock_owner *o;
+	__u32 netns = 0;
 	__u64 key;
 
+	if (cfg_netns_filter) { /* counts too: they then describe the traced namespaces */
+		netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+		if (!bpf_map_lookup_elem(&netns_filter, &netns))
+			return;
+	}
 	count(reason);
 	if (reason == cfg_skip_reason)
 		return;

@@ -32,6 +32,9 @@
  * per record costs a context switch per event; batching leaves the consumer to poll with a timeout. */
 const volatile __u32 cfg_wakeup_bytes = 0;
 
+/* set before load: trace only the network namespaces (inode numbers) in `netns_filter` */
+const volatile __u32 cfg_netns_filter = 0;
+
 /* set before load: which events to emit, bit (1 << enum bg_tcp_kind); fewer events, less to consume */
 const volatile __u32 cfg_kinds = ~0U;
 
@@ -62,7 +65,19 @@ struct {
 	__type(value, struct bg_sock_owner);
 } listeners SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+} netns_filter SEC(".maps");
+
 BG_EXPORT_TYPE(struct bg_tcp_event, tcp_event);
+
+static __always_inline bool netns_wanted(__u32 netns)
+{
+	return !cfg_netns_filter || bpf_map_lookup_elem(&netns_filter, &netns);
+}
 
 /* wake the consumer when this record makes the pending data cross the threshold, not on every
  * record after it (a forced wakeup per record while the consumer catches up costs ~2 us each) */
@@ -214,6 +229,8 @@ static __always_inline void on_state(const struct sock *sk, int old, int new, co
 
 	if (RD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return;
+	if (cfg_netns_filter && !netns_wanted(sk_netns(sk, direct)))
+		return;
 
 	if (new == TCP_LISTEN || old == TCP_LISTEN) {
 		struct bg_listen_key lk = {.netns = sk_netns(sk, direct), .port = RD(direct, sk, __sk_common.skc_num)};
@@ -273,9 +290,14 @@ static __always_inline void on_state(const struct sock *sk, int old, int new, co
 
 static __always_inline void on_sk_event(const struct sock *sk, __u8 kind, __u32 error, const bool direct)
 {
-	const struct tcp_sock *tp = tcp_of(sk, direct);
+	const struct tcp_sock *tp;
 	__u64 key = (__u64)sk;
-	struct bg_tcp_event *ev = reserve(kind);
+	struct bg_tcp_event *ev;
+
+	if (cfg_netns_filter && !netns_wanted(sk_netns(sk, direct)))
+		return;
+	tp = tcp_of(sk, direct);
+	ev = reserve(kind);
 
 	if (!ev)
 		return;
@@ -292,16 +314,17 @@ static __always_inline void on_reset_nosk(const struct sk_buff *skb, __u32 reaso
 	unsigned char *head = BPF_CORE_READ(skb, head);
 	__u16 nh = BPF_CORE_READ(skb, network_header), th = BPF_CORE_READ(skb, transport_header);
 	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	__u32 netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
 	struct bg_tcp_event *ev;
 	struct tcphdr tcp;
 
-	if (bpf_probe_read_kernel(&tcp, sizeof(tcp), head + th) < 0)
+	if (!netns_wanted(netns) || bpf_probe_read_kernel(&tcp, sizeof(tcp), head + th) < 0)
 		return;
 	ev = reserve(BG_TCP_RESET_TX);
 	if (!ev)
 		return;
 	ev->error = reason;
-	ev->netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+	ev->netns = netns;
 	ev->sport = bpf_ntohs(tcp.dest); /* we are the segment's destination */
 	ev->dport = bpf_ntohs(tcp.source);
 	if (proto == ETH_P_IP) {

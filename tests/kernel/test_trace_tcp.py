@@ -5,7 +5,8 @@ TC ingress (timed out) and to an address of its subnet nobody has (unreachable).
 right owner pid/comm at both ends, the addresses and ports, the exact payload byte counts, durations that
 fit what the test did, the failed connects with their cause, retransmits, resets and drop reasons.
 
-Events are picked out by network namespace (inode), so concurrent traffic elsewhere does not matter.
+The tracers trace only the test's namespaces (a filter applied in the kernel), so concurrent traffic
+elsewhere on the machine can neither fill the ring buffer nor show up in the assertions.
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ def _run_client(client, tmp_path, steps, timeout=60) -> tuple[list[dict], float]
     return [json.loads(line) for line in r.stdout.splitlines()], elapsed
 
 
+def _only(*hosts) -> Filter:
+    return Filter.parse(netns=[h.netns for h in hosts])
+
+
 def _one(events, **match) -> dict:
     hits = [e for e in events if all(e.get(k) == v for k, v in match.items())]
     assert len(hits) == 1, f"want one event {match}, got {len(hits)}: {hits}\nall: {events}"
@@ -169,7 +174,7 @@ def test_lifecycle_pid_bytes_failures_drops(net, gate):
         {"addr": link.b.ip4, "port": DROPPED_PORT, "syncnt": 1},
         {"addr": ghost, "port": PORT, "syncnt": 3},
     ]
-    with TcpTracer() as tcp, DropTracer(tcp=tcp) as drops:
+    with TcpTracer(filters=_only(client, server)) as tcp, DropTracer(tcp=tcp, filters=_only(client, server)) as drops:
         assert {b["backend"] for b in tcp.backends()} <= {"tp_btf", "tracepoint"}
         srv = _start_server(server, tmp, n=2)
         results, elapsed = _run_client(client, tmp, steps)
@@ -239,7 +244,8 @@ def test_lifecycle_pid_bytes_failures_drops(net, gate):
 
 def test_filters_keep_only_matching_flows(net):
     client, server, link, tmp = net
-    with TcpTracer(filters=Filter.parse(ports=[PORT], addrs=[str(link.b.net6)])) as tcp:
+    flt = Filter.parse(ports=[PORT], addrs=[str(link.b.net6)], netns=[client.netns, server.netns])
+    with TcpTracer(filters=flt) as tcp:
         srv = _start_server(server, tmp, n=2)
         results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 10},
                                                {"addr": link.b.ip6, "port": PORT, "send": 10}])
@@ -252,7 +258,7 @@ def test_filters_keep_only_matching_flows(net):
 
 def test_event_selection_is_done_in_the_kernel(net):
     client, server, link, tmp = net
-    with TcpTracer(events=["close"]) as tcp:
+    with TcpTracer(events=["close"], filters=_only(client, server)) as tcp:
         srv = _start_server(server, tmp, n=1)
         _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 5},
                                   {"addr": link.b.ip4, "port": CLOSED_PORT}])
@@ -265,13 +271,28 @@ def test_event_selection_is_done_in_the_kernel(net):
     assert {e["event"] for e in events if e["type"] == "tcp"} == {"close"}
 
 
+def test_netns_filter_is_done_in_the_kernel(net):
+    client, server, link, tmp = net
+    with TcpTracer(filters=_only(server)) as tcp:
+        srv = _start_server(server, tmp, n=1)
+        _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 5}])
+        srv.wait(10)
+        events = _collect([tcp], lambda evs: any(e.get("event") == "close" for e in evs), timeout=5)
+        events += tcp.poll(200)
+        submitted = tcp.submitted
+    # the server's side only; and the kernel sent nothing else: only our traffic is in that namespace
+    assert {e["event"] for e in events} == {"accept", "close"} and len(events) == 2, events
+    assert all(e["netns"] == _ino(server.netns) and e["lport"] == PORT for e in events)
+    assert submitted == 2
+
+
 @pytest.mark.parametrize("seed", [True, False])
 def test_server_started_before_tracing(net, seed):
     """A listener older than the trace: its owner comes from /proc at start (seeded), else it is unknown
     at accept time (and known from close() on)."""
     client, server, link, tmp = net
     srv = _start_server(server, tmp, n=1)
-    with TcpTracer(seed_listeners=seed) as tcp:
+    with TcpTracer(seed_listeners=seed, filters=_only(client, server)) as tcp:
         results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 5}])
         srv.wait(10)
         nss = {_ino(client.netns), _ino(server.netns)}
@@ -328,7 +349,8 @@ class _Cli:
 
 def test_cli_json_lines_and_ctrl_c(net):
     client, server, link, tmp = net
-    cli = _Cli("tcp", "--json", "--port", str(PORT), "--addr", link.b.ip4)
+    cli = _Cli("tcp", "--json", "--port", str(PORT), "--addr", link.b.ip4, "--netns", client.netns,
+               "--netns", server.netns)
     try:
         first = json.loads(cli.readline(30) or "{}")
         assert first.get("type") == "trace_started", first
@@ -372,7 +394,7 @@ def test_classic_tracepoint_backend_or_clear_error():
         return
     import socket
 
-    with TcpTracer(prefer="tracepoint") as tcp:
+    with TcpTracer(prefer="tracepoint", filters=Filter.parse(netns=["/proc/self/ns/net"])) as tcp:
         assert {b["backend"] for b in tcp.backends()} == {"tracepoint"}
         with socket.socket() as ls:  # loopback only
             ls.bind(("127.0.0.1", 0))
@@ -383,3 +405,37 @@ def test_classic_tracepoint_backend_or_clear_error():
         events = _collect([tcp], lambda evs: any(e.get("event") == "connect" and e["lport"] == lport for e in evs))
     con = [e for e in events if e.get("event") == "connect" and e["lport"] == lport]
     assert con and con[0]["pid"] == os.getpid(), events
+
+
+def test_cli_drops_json_reason_filter_and_counts(net):
+    client, server, link, tmp = net
+    cli = _Cli("drops", "--json", "--reason", "NO_SOCKET", "--port", str(CLOSED_PORT), "--addr", link.b.ip4,
+               "--netns", server.netns)
+    try:
+        first = json.loads(cli.readline(30) or "{}")
+        assert first.get("type") == "trace_started" and first["backends"][0]["hook"] == "skb:kfree_skb", first
+        results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": CLOSED_PORT}])
+        assert results[0]["error"] == 111
+        got, deadline = [], time.monotonic() + COLLECT_S
+        while time.monotonic() < deadline and not got:
+            line = cli.readline(1)
+            if line:
+                got.append(json.loads(line))
+        (ev,) = got
+        assert (ev["type"], ev["reason"], ev["daddr"], ev["dport"], ev["saddr"]) == \
+            ("drop", "NO_SOCKET", link.b.ip4, CLOSED_PORT, link.a.ip4), ev
+        assert ev["location"] and ev["by"] is None
+        cli.proc.send_signal(signal.SIGINT)
+        out, err = cli.finish(30)
+        assert cli.proc.returncode == 0, err
+        summary = json.loads(out[-1])
+        assert summary["type"] == "trace_summary" and summary["counts"].get("NO_SOCKET", 0) >= 1, summary
+    finally:
+        cli.kill()
+
+
+def test_cli_drops_unknown_reason_is_one_line():
+    cli = _Cli("drops", "--reason", "NO_SUCH_REASON")
+    out, err = cli.finish(30)
+    assert cli.proc.returncode != 0 and "Traceback" not in err
+    assert "NO_SUCH_REASON" in err and len(err.strip().splitlines()) == 1, err

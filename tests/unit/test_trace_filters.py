@@ -60,7 +60,7 @@ def test_cgroup_by_id_path_and_missing(tmp_path):
 
 def test_describe_round_trip():
     f = Filter.parse(pids=[3], ports=[80], addrs=["198.18.0.0/24"])
-    assert f.describe() == {"pid": [3], "port": [80], "addr": ["198.18.0.0/24"], "cgroup": []}
+    assert f.describe() == {"pid": [3], "port": [80], "addr": ["198.18.0.0/24"], "cgroup": [], "netns": []}
 
 
 def test_event_selection_mask():
@@ -72,3 +72,13 @@ def test_event_selection_mask():
         with pytest.raises(BpfgateError) as e:
             kinds_mask(bad)
         assert "--events" in str(e.value)
+
+
+def test_netns_by_name_path_inode():
+    own = os.stat("/proc/self/ns/net").st_ino
+    f = Filter.parse(netns=["/proc/self/ns/net", "12345"])
+    assert f.netns == {own, 12345} and not f.empty
+    assert f.match({"netns": own}) and not f.match({"netns": 1}) and not f.match({})
+    with pytest.raises(BpfgateError) as e:
+        Filter.parse(netns=["no-such-namespace-bg"])
+    assert "--netns" in str(e.value)

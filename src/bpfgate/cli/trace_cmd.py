@@ -31,6 +31,9 @@ def trace() -> None:
 
 
 def _filter_options(f):
+    f = click.option("--netns", "netns", multiple=True, metavar="NAME",
+                     help="Only this network namespace (ip netns name, /proc/PID/ns/net, or inode; repeatable). "
+                          "Filtered in the kernel.")(f)
     f = click.option("--cgroup", "cgroups", multiple=True, metavar="PATH",
                      help="Only sockets owned by processes of this cgroup v2 (path or id; repeatable).")(f)
     f = click.option("--addr", "addrs", multiple=True, metavar="IP[/LEN]",
@@ -58,13 +61,13 @@ def _run_options(f):
 @click.option("--events", "events", default=None, metavar="LIST",
               help="Comma-separated events to trace (default all): connect, accept, close, connect_failed, "
                    "retransmit, reset_rx, reset_tx. The kernel sends only these: less to consume.")
-def trace_tcp(as_json, duration, count, backend, pids, ports, addrs, cgroups, events) -> None:
+def trace_tcp(as_json, duration, count, backend, netns, pids, ports, addrs, cgroups, events) -> None:
     """Connect, accept, close (duration, bytes, final state), failed connects with their cause
     (refused, timeout, unreachable), retransmits and resets, each with the socket owner's PID."""
     from bpfgate.trace import Filter, TcpTracer
     from bpfgate.trace.format import TCP_HEADER, tcp_line
 
-    flt = Filter.parse(pids=pids, ports=ports, addrs=addrs, cgroups=cgroups)
+    flt = Filter.parse(pids=pids, ports=ports, addrs=addrs, cgroups=cgroups, netns=netns)
     chosen = None if events is None else [e.strip() for e in events.split(",") if e.strip()]
     with TcpTracer(filters=flt, prefer=backend, events=chosen) as tracer:
         _loop(tracer, "tcp", as_json, duration, count, TCP_HEADER, tcp_line, lambda: {})
@@ -77,13 +80,14 @@ def trace_tcp(as_json, duration, count, backend, pids, ports, addrs, cgroups, ev
               help="Only events with this drop reason (e.g. NO_SOCKET, TC_INGRESS; repeatable). Counts cover all.")
 @click.option("--all", "include_unspecified", is_flag=True,
               help="Also show NOT_SPECIFIED drops as events (always counted).")
-def trace_drops(as_json, duration, count, backend, pids, ports, addrs, cgroups, reasons, include_unspecified) -> None:
+def trace_drops(as_json, duration, count, backend, netns, pids, ports, addrs, cgroups, reasons,
+                include_unspecified) -> None:
     """Packets the kernel dropped (skb:kfree_skb) with the drop reason: per-flow events while running,
     per-reason counts at the end. Drops by a bpfgate TC program name the program."""
     from bpfgate.trace import DropTracer, Filter
     from bpfgate.trace.format import DROP_HEADER, drop_line
 
-    flt = Filter.parse(pids=pids, ports=ports, addrs=addrs, cgroups=cgroups)
+    flt = Filter.parse(pids=pids, ports=ports, addrs=addrs, cgroups=cgroups, netns=netns)
     with DropTracer(filters=flt, prefer=backend, reasons=reasons, include_unspecified=include_unspecified) as tracer:
         _loop(tracer, "drops", as_json, duration, count, DROP_HEADER, drop_line, lambda: {"counts": tracer.counts()})
 

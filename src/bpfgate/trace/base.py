@@ -24,10 +24,13 @@ class Tracer:
     def __init__(self, *, filters: Filter | None = None, prefer: str = "auto", rodata: dict | None = None,
                  setup=None, wakeup_bytes: int = WAKEUP_BYTES):
         self.filters = filters or Filter()
-        rodata = {**(rodata or {}), "cfg_wakeup_bytes": wakeup_bytes}
+        rodata = {**(rodata or {}), "cfg_wakeup_bytes": wakeup_bytes,
+                  "cfg_netns_filter": int(bool(self.filters.netns))}
         self.obj, self.links, self.choices = backend.load(self.OBJECT, self.HOOKS, what=self.WHAT,
                                                           prefer=prefer, rodata=rodata, setup=setup)
         try:
+            for ns in self.filters.netns:  # until filled, the kernel sends nothing at all: never too much
+                self.obj.map("netns_filter")[ns] = 1
             self.stream = EventStream([EventSource.from_object(self.obj, self.OBJECT)])
         except BaseException:
             self.close()

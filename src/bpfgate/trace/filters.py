@@ -1,6 +1,8 @@
-"""Which events the user asked for: pid, port, address (or CIDR), cgroup. Applied to the JSON form of
-an event, so the same filter serves `trace tcp` and `trace drops`; several values of one kind are ORed,
-different kinds ANDed. Bad values raise BpfgateError naming the option (the CLI prints one line)."""
+"""Which events the user asked for: pid, port, address (or CIDR), cgroup, network namespace. Applied to
+the JSON form of an event, so the same filter serves `trace tcp` and `trace drops`; several values of one
+kind are ORed, different kinds ANDed. Bad values raise BpfgateError naming the option (the CLI prints one
+line). The namespace filter is also applied in the kernel (the tracers load it into `netns_filter`): events
+of other namespaces are never sent, which keeps a trace of one container cheap whatever the host does."""
 
 from __future__ import annotations
 
@@ -22,21 +24,25 @@ class Filter:
     nets: tuple = ()  # ip_network objects
     cgroup_ids: frozenset[int] = frozenset()
     cgroup_paths: tuple[str, ...] = field(default=(), compare=False)
+    netns: frozenset[int] = frozenset()  # namespace inode numbers
 
     @classmethod
     def parse(cls, *, pids: Iterable = (), ports: Iterable = (), addrs: Iterable[str] = (),
-              cgroups: Iterable[str] = ()) -> "Filter":
+              cgroups: Iterable[str] = (), netns: Iterable = ()) -> "Filter":
         cg = [(str(c), cgroup_id(str(c))) for c in cgroups]
         return cls(frozenset(_int("--pid", p, 1, 2**32 - 1) for p in pids),
                    frozenset(_int("--port", p, 1, 65535) for p in ports),
                    tuple(_net(a) for a in addrs),
-                   frozenset(i for _, i in cg), tuple(p for p, _ in cg))
+                   frozenset(i for _, i in cg), tuple(p for p, _ in cg),
+                   frozenset(netns_inode(str(n)) for n in netns))
 
     @property
     def empty(self) -> bool:
-        return not (self.pids or self.ports or self.nets or self.cgroup_ids)
+        return not (self.pids or self.ports or self.nets or self.cgroup_ids or self.netns)
 
     def match(self, ev: dict) -> bool:
+        if self.netns and ev.get("netns") not in self.netns:
+            return False
         if self.pids and ev.get("pid") not in self.pids:
             return False
         if self.cgroup_ids and ev.get("cgroup_id") not in self.cgroup_ids:
@@ -51,7 +57,7 @@ class Filter:
 
     def describe(self) -> dict:
         return {"pid": sorted(self.pids), "port": sorted(self.ports), "addr": [str(n) for n in self.nets],
-                "cgroup": list(self.cgroup_paths)}
+                "cgroup": list(self.cgroup_paths), "netns": sorted(self.netns)}
 
 
 def _int(opt: str, value, lo: int, hi: int) -> int:
@@ -69,6 +75,18 @@ def _net(text: str):
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise BpfgateError("trace filter --addr", f"{text!r} is not an IP address or CIDR prefix") from None
+
+
+def netns_inode(name: str) -> int:
+    """A network namespace's inode: an iproute2 name (/run/netns/NAME), a path (/proc/PID/ns/net), or the
+    number itself."""
+    if name.isdigit():
+        return int(name)
+    path = name if "/" in name else f"/run/netns/{name}"
+    try:
+        return os.stat(path).st_ino
+    except OSError as e:
+        raise BpfgateError("trace filter --netns", f"{name!r}: {e.strerror} (see `ip netns list`)") from None
 
 
 def cgroup_id(path_or_id: str, mount: str | None = None) -> int:
