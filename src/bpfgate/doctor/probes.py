@@ -11,7 +11,6 @@ tc/XDP attachments live in a scratch namespace the kernel destroys, the scratch 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
@@ -62,7 +61,6 @@ class ProbeFailed(BpfgateError):
 def loaded(prog: str, maps: tuple[str, ...] = ()) -> Iterator["BpfObject"]:
     """probes.o with only `prog` loaded and only `maps` created (so a map type the kernel lacks breaks
     only the probe that needs it)."""
-    from bpfgate.kernel import libbpf as L
     from bpfgate.kernel.objects import BpfObject
 
     obj = BpfObject.open(OBJECT)
@@ -70,9 +68,7 @@ def loaded(prog: str, maps: tuple[str, ...] = ()) -> Iterator["BpfObject"]:
         for name in obj.program_names():
             obj.set_autoload(name, name == prog)
         for name in MAPS:
-            # BpfObject has no autocreate switch yet: libbpf >= 0.8 has one, reached through the object ptr
-            m = L.bpf_object__find_map_by_name(obj._ptr, name.encode())
-            _set_autocreate(m, name in maps)
+            obj.set_autocreate(name, name in maps)
         section = obj.program(prog).section
         try:
             obj.load()
@@ -81,14 +77,6 @@ def loaded(prog: str, maps: tuple[str, ...] = ()) -> Iterator["BpfObject"]:
         yield obj
     finally:
         obj.close()
-
-
-def _set_autocreate(map_ptr: int, on: bool) -> None:
-    from bpfgate.kernel import libbpf as L
-
-    fn = L.lib.bpf_map__set_autocreate
-    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_bool], ctypes.c_int
-    fn(map_ptr, on)
 
 
 # ---- packet path ------------------------------------------------------------------------------------

@@ -243,6 +243,7 @@ bpf_map__set_max_entries = _fn("bpf_map__set_max_entries", c_int, c_void_p, c_ui
 bpf_map__initial_value = _fn("bpf_map__initial_value", c_void_p, c_void_p, POINTER(c_size_t))
 bpf_map__btf_key_type_id = _fn("bpf_map__btf_key_type_id", c_uint32, c_void_p)
 bpf_map__btf_value_type_id = _fn("bpf_map__btf_value_type_id", c_uint32, c_void_p)
+bpf_map__set_autocreate = _fn("bpf_map__set_autocreate", c_int, c_void_p, ctypes.c_bool)
 bpf_map__reuse_fd = _fn("bpf_map__reuse_fd", c_int, c_void_p, c_int)
 bpf_map__set_pin_path = _fn("bpf_map__set_pin_path", c_int, c_void_p, c_char_p)
 

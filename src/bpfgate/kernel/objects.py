@@ -197,6 +197,12 @@ class BpfObject:
     def set_autoload(self, prog_name: str, on: bool) -> None:
         L.bpf_program__set_autoload(self._prog_ptr(prog_name), on)
 
+    def set_autocreate(self, map_name: str, on: bool) -> None:
+        """Skip creating a map at load (a map type the kernel lacks, or one a program will not use)."""
+        m = L.bpf_object__find_map_by_name(self._ptr, map_name.encode())
+        if not m or L.bpf_map__set_autocreate(m, on) != 0:
+            raise ObjectError(f"set autocreate of map {map_name}", f"no such map in {self.path}")
+
     def reuse_map(self, map_name: str, fd: int) -> None:
         """Share an existing map (e.g. a pinned one) instead of creating a new one at load."""
         m = L.bpf_object__find_map_by_name(self._ptr, map_name.encode())
