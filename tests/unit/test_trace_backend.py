@@ -95,3 +95,12 @@ def test_optional_attach_failure_is_reported_not_fatal(monkeypatch):
     assert len(links) == 3
     (missing,) = [c for c in choices if c.backend is None]
     assert missing.hook.event == "tcp_send_reset" and "attach failed" in missing.note
+
+
+def test_availability_report(monkeypatch):
+    from bpfgate.trace import availability
+
+    _kernel(monkeypatch, btf=ALL + ["kfree_skb"])
+    rep = availability()
+    assert {b["backend"] for b in rep["trace tcp"]} == {"tp_btf"}
+    assert rep["trace drops"][0]["hook"] == "skb:kfree_skb"
