@@ -1,7 +1,6 @@
 """The libbpf ctypes layer against the real kernel: objects, rodata, maps, batch ops, ring/perf buffers,
 test_run, stats, pins, verifier errors."""
 
-import ctypes
 import os
 import uuid
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from bpfgate.contract import CONTRACT
-from bpfgate.kernel.btf import KIND_STRUCT, Btf
+from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.objects import OBJECTS_DIR
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")

@@ -8,7 +8,6 @@ import random
 import pytest
 
 from bpfgate.errors import PolicyError
-from bpfgate.policy import layout as L
 from bpfgate.policy.classify import Reference, naive
 from bpfgate.policy.compile import Limits, compile_hook
 from bpfgate.policy.live import LiveHook, swap

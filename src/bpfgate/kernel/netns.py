@@ -43,7 +43,7 @@ def entered(name: str | None) -> Iterator[None]:
     try:
         target = os.open(path_of(name), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise NotFound(op, "no such network namespace", hint=f"see `ip netns list`") from None
+        raise NotFound(op, "no such network namespace", hint="see `ip netns list`") from None
     except PermissionError:
         raise from_errno(op, 1) from None
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

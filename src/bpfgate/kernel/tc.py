@@ -255,7 +255,7 @@ def add_filter(dev: Dev, direction: str, prog_fd: int, *, handle: int = 1, prior
     ensure_clsact). Fails with EEXIST if handle+priority is taken, unless `replace` (which also creates).
     Returns the filter as the kernel now reports it (with its prog id)."""
     op = f"{'replace' if replace else 'attach'} tc {direction} filter on {on_where(dev, netns)}"
-    parent = _parent(direction, op)
+    _parent(direction, op)  # validates the direction
     _check_ids(handle, priority, op)
     flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
     with route(netns, op) as ipr:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
