@@ -17,6 +17,16 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
+/* 1: emit through the perf buffer (kernels without BPF ring buffers, < 5.8); set before load. The
+ * unused branch is pruned by the verifier, so the ring buffer map need not even exist then. */
+const volatile __u8 cfg_perf_events = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} perf_events SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, BG_STAT_MAX);
@@ -48,6 +58,18 @@ static __always_inline void stat_inc(__u32 idx)
 		(*v)++;
 }
 
+/* one record to user space, counted as submitted or lost (bg_stats) whichever the transport */
+static __always_inline void emit(void *ctx, void *ev, __u64 size)
+{
+	long err;
+
+	if (cfg_perf_events)
+		err = bpf_perf_event_output(ctx, &perf_events, BPF_F_CURRENT_CPU, ev, size);
+	else
+		err = bpf_ringbuf_output(&events, ev, size, 0);
+	stat_inc(err ? BG_STAT_EVENTS_LOST : BG_STAT_EVENTS);
+}
+
 static __always_inline int watched(__u16 port)
 {
 	struct bg_port_key k = {.port = port};
@@ -76,33 +98,26 @@ SEC("tc")
 int bg_attempts_tc(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
-	struct bg_attempt_event *ev;
+	struct bg_attempt_event ev = {};
 	struct ip_pkt p = {};
 
 	if (ip_parse(data, data_end, &p) < 0 || !ip_is_syn(&p) || !watched(p.dport))
 		return TC_ACT_OK;
 	count(skb->ifindex, p.dport);
 
-	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		stat_inc(BG_STAT_EVENTS_LOST);
-		return TC_ACT_OK;
-	}
-	ev->hdr.type = BG_EV_CONN_ATTEMPT;
-	ev->hdr.len = sizeof(*ev);
-	ev->hdr.cpu = bpf_get_smp_processor_id();
-	ev->hdr.ts_ns = bpf_ktime_get_ns();
-	ev->ifindex = skb->ifindex;
-	ev->family = p.family;
-	ev->tcp_flags = p.tcp_flags;
-	ev->sport = p.sport;
-	ev->dport = p.dport;
-	ev->pad = 0;
-	ev->pkt_len = skb->len;
-	__builtin_memcpy(ev->saddr, p.saddr, 16);
-	__builtin_memcpy(ev->daddr, p.daddr, 16);
-	bpf_ringbuf_submit(ev, 0);
-	stat_inc(BG_STAT_EVENTS);
+	ev.hdr.type = BG_EV_CONN_ATTEMPT;
+	ev.hdr.len = sizeof(ev);
+	ev.hdr.cpu = bpf_get_smp_processor_id();
+	ev.hdr.ts_ns = bpf_ktime_get_ns();
+	ev.ifindex = skb->ifindex;
+	ev.family = p.family;
+	ev.tcp_flags = p.tcp_flags;
+	ev.sport = p.sport;
+	ev.dport = p.dport;
+	ev.pkt_len = skb->len;
+	__builtin_memcpy(ev.saddr, p.saddr, 16);
+	__builtin_memcpy(ev.daddr, p.daddr, 16);
+	emit(skb, &ev, sizeof(ev));
 	return TC_ACT_OK;
 }
 

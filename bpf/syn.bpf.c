@@ -20,6 +20,16 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
+/* 1: emit through the perf buffer (kernels without BPF ring buffers, < 5.8); set before load. The
+ * unused branch is pruned by the verifier, so the ring buffer map need not even exist then. */
+const volatile __u8 cfg_perf_events = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} perf_events SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, BG_STAT_MAX);
@@ -65,6 +75,18 @@ static __always_inline void stat_inc(__u32 idx)
 		(*v)++;
 }
 
+/* one record to user space, counted as submitted or lost (bg_stats) whichever the transport */
+static __always_inline void emit(void *ctx, void *ev, __u64 size)
+{
+	long err;
+
+	if (cfg_perf_events)
+		err = bpf_perf_event_output(ctx, &perf_events, BPF_F_CURRENT_CPU, ev, size);
+	else
+		err = bpf_ringbuf_output(&events, ev, size, 0);
+	stat_inc(err ? BG_STAT_EVENTS_LOST : BG_STAT_EVENTS);
+}
+
 static __always_inline struct bg_syn_total *total_of(__u32 ifindex)
 {
 	struct bg_syn_total *t = bpf_map_lookup_elem(&syn_totals, &ifindex);
@@ -87,30 +109,25 @@ static __always_inline struct bg_syn_src *source_of(struct bg_syn_src_key *key, 
 	return bpf_map_lookup_elem(&syn_sources, key);
 }
 
-static __always_inline void report(__u32 ifindex, struct bg_src_key *src, __u64 now, __u64 window_syns,
-				   __u64 rate, __u64 until)
+static __always_inline void report(void *ctx, __u32 ifindex, struct bg_src_key *src, __u64 now,
+				   __u64 window_syns, __u64 rate, __u64 until)
 {
-	struct bg_syn_flood_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	struct bg_syn_flood_event ev = {};
 
-	if (!ev) {
-		stat_inc(BG_STAT_EVENTS_LOST);
-		return;
-	}
-	ev->hdr.type = BG_EV_SYN_FLOOD;
-	ev->hdr.len = sizeof(*ev);
-	ev->hdr.cpu = bpf_get_smp_processor_id();
-	ev->hdr.ts_ns = now;
-	ev->ifindex = ifindex;
-	ev->src = *src;
-	ev->window_syns = window_syns;
-	ev->rate = rate;
-	ev->block_until_ns = until;
-	bpf_ringbuf_submit(ev, 0);
-	stat_inc(BG_STAT_EVENTS);
+	ev.hdr.type = BG_EV_SYN_FLOOD;
+	ev.hdr.len = sizeof(ev);
+	ev.hdr.cpu = bpf_get_smp_processor_id();
+	ev.hdr.ts_ns = now;
+	ev.ifindex = ifindex;
+	ev.src = *src;
+	ev.window_syns = window_syns;
+	ev.rate = rate;
+	ev.block_until_ns = until;
+	emit(ctx, &ev, sizeof(ev));
 }
 
 /* Flood detector: fixed one-second windows per source; one event per window over the rate. */
-static __always_inline void detect(struct bg_syn_src *s, struct bg_syn_src_key *key, __u64 now)
+static __always_inline void detect(void *ctx, struct bg_syn_src *s, struct bg_syn_src_key *key, __u64 now)
 {
 	__u32 zero = 0;
 	struct bg_syn_config *cfg = bpf_map_lookup_elem(&syn_config, &zero);
@@ -133,7 +150,7 @@ static __always_inline void detect(struct bg_syn_src *s, struct bg_syn_src_key *
 		if (bpf_map_update_elem(&syn_blocklist, &key->src, &until, BPF_ANY))
 			until = 0; /* block list full: the event says "not blocked", truthfully */
 	}
-	report(key->ifindex, &key->src, now, n, cfg->rate, until);
+	report(ctx, key->ifindex, &key->src, now, n, cfg->rate, until);
 }
 
 SEC("xdp")
@@ -174,7 +191,7 @@ int bg_syn_xdp(struct xdp_md *ctx)
 		bpf_map_delete_elem(&syn_blocklist, &key.src); /* expired: released */
 	}
 	if (s)
-		detect(s, &key, now);
+		detect(ctx, s, &key, now);
 	return XDP_PASS;
 }
 

@@ -222,3 +222,31 @@ def test_pinned_source_from_another_loader():
         finally:
             unpin(base + "-events")
             unpin(base + "-stats")
+
+
+def test_perf_transport_fallback_with_exact_loss(net):
+    """The perf buffer path (kernels without ring buffers), forced here: the same events, and loss
+    counted exactly when the per-CPU buffers (one page each) overflow with nobody polling."""
+    client, server, link = net
+    with AttemptLog([7070], transport="perf") as log:
+        assert log.transport == "perf"
+        src = log.event_source()
+        src.perf_pages = 1
+        with EventStream([src]) as stream:
+            ifindex = log.attach(link.b.name, server.netns)
+            n = 200
+            assert all(refused(client, link.b.ip4, 7070) for _ in range(n))
+            deadline = time.monotonic() + WAIT
+            while log.counts().get((ifindex, 7070), 0) < n and time.monotonic() < deadline:
+                time.sleep(0.02)
+            stream.poll(100)
+            got = [stream.describe(r) for r in stream.drain()]
+            assert 0 < len(got) < n and stream.lost == n - len(got) and stream.submitted == len(got)
+            assert all(list(e) == ATTEMPT_KEYS and e["dport"] == 7070 and e["src"] == link.a.ip4 for e in got)
+            assert refused(client, link.b.ip6, 7070)
+            deadline = time.monotonic() + WAIT
+            more: list = []
+            while not more and time.monotonic() < deadline:
+                stream.poll(50)
+                more = [stream.describe(r) for r in stream.drain()]
+            assert [e["family"] for e in more] == [6]

@@ -5,6 +5,8 @@
         log.attach("eth0")                  # TCX link (kernel >= 6.6), else clsact + bpf filter
         log.add_port(8080)                  # live: the port set is a map
         EventStream([log.event_source()])
+
+Events go through the ring buffer, or the perf buffer where the kernel has none (transport="auto").
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ def _port(port: int) -> int:
 
 
 class AttemptLog:
-    def __init__(self, ports: Iterable[int] = (), *, ring_size: int | None = None):
+    def __init__(self, ports: Iterable[int] = (), *, ring_size: int | None = None, transport: str = "auto"):
         obj = BpfObject.open("attempts")
         try:
-            if ring_size:
+            self.transport = events.prepare_transport(obj, transport)
+            if ring_size and self.transport == "ringbuf":
                 obj.set_max_entries("events", events.ring_size(ring_size))
             obj.load()
         except BaseException:
@@ -116,4 +119,4 @@ class AttemptLog:
         return {(k.ifindex, k.port): sum(v) for k, v in self.obj.map("attempt_counts").items()}
 
     def event_source(self) -> EventSource:
-        return EventSource.from_object(self.obj, "attempts", interfaces=self.interfaces)
+        return EventSource.from_object(self.obj, "attempts", transport=self.transport, interfaces=self.interfaces)

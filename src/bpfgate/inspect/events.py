@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
 
-from bpfgate.errors import BpfgateError, from_errno
+from bpfgate.errors import BpfgateError, NotSupported, from_errno
 from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.maps import Map
-from bpfgate.kernel.ringbuf import Handler
+from bpfgate.kernel import libbpf as L
+from bpfgate.kernel.ringbuf import Handler, PerfBuffer
 
 # enum bg_stat (bpfgate.h): indexes of the per-CPU bg_stats array every event producer keeps
 STAT_EVENTS, STAT_EVENTS_LOST = 0, 1
@@ -85,6 +86,39 @@ def ring_size(n: int) -> int:
     if n < mmap.PAGESIZE or n & (n - 1):
         raise BpfgateError("size the ring buffer", f"{n} bytes: must be a power of two >= {mmap.PAGESIZE}")
     return n
+
+
+TRANSPORTS = ("auto", "ringbuf", "perf")
+_RINGBUF_MAP_TYPE = 27
+
+
+def ringbuf_supported() -> bool:
+    """Whether this kernel has BPF ring buffers (5.8+); otherwise events go through the perf buffer."""
+    return L.libbpf_probe_bpf_map_type(_RINGBUF_MAP_TYPE, None) == 1
+
+
+def prepare_transport(obj: Any, transport: str = "auto") -> str:
+    """Before load: pick how `obj`'s programs emit events (their `cfg_perf_events` constant) and, on a
+    kernel without ring buffers, do not create the `events` ring buffer map at all."""
+    if transport not in TRANSPORTS:
+        raise BpfgateError("choose the event transport", f"{transport!r}: one of {', '.join(TRANSPORTS)}")
+    has_ringbuf = ringbuf_supported()
+    if transport == "auto":
+        transport = "ringbuf" if has_ringbuf else "perf"
+    if transport == "ringbuf" and not has_ringbuf:
+        raise NotSupported("BPF ring buffer", "the kernel has no BPF ring buffers", min_kernel="5.8",
+                           hint="use the perf transport")
+    if transport == "perf":
+        obj.set_rodata({"cfg_perf_events": 1})
+        if not has_ringbuf:
+            m = L.bpf_object__find_map_by_name(obj._ptr, b"events")
+            if m and _set_autocreate(m, False) != 0:
+                raise BpfgateError("skip the ring buffer map", "libbpf refused (too old?)")
+    return transport
+
+
+_set_autocreate = L._fn("bpf_map__set_autocreate", ctypes.c_int, ctypes.c_void_p, ctypes.c_bool) \
+    if L.has("bpf_map__set_autocreate") else (lambda m, on: -1)
 
 
 # ---- formatting helpers the kinds share ---------------------------------------------------------------
@@ -262,6 +296,34 @@ class RingReader:
                 m.close()
 
 
+class PerfReader(PerfBuffer):
+    """The perf buffer fallback, records typed by their header like RingReader (slower: libbpf calls
+    back into Python once per record)."""
+
+    def __init__(self, perf_map: Map, types: dict[int, Any], handler: Handler | None = None,
+                 page_cnt: int = 64):
+        self._types = types
+        super().__init__(perf_map, handler=handler, page_cnt=page_cnt)
+        self.fd = self.epoll_fd()
+
+    def _decode(self, addr: int, size: int) -> Any:
+        rt = self._types.get(ctypes.c_uint16.from_address(addr).value) if size >= 2 else None
+        if rt is not None and size >= ctypes.sizeof(rt):
+            return rt.from_buffer_copy((ctypes.c_char * ctypes.sizeof(rt)).from_address(addr))
+        return ctypes.string_at(addr, size)
+
+    def consume(self) -> int:
+        """Read every CPU's buffer. Not poll(0): the stream's own epoll wait already took the perf fds'
+        readiness (perf_poll clears it), so libbpf's epoll would report nothing ready."""
+        before = self.received
+        n = L.perf_buffer__consume(self._ptr)
+        self._flush()
+        self._raise_pending()
+        if n < 0:
+            raise from_errno("consume perf buffer", -n)
+        return self.received - before
+
+
 _U64 = struct.Struct("<Q")
 _REC_HDR = struct.Struct("<I4xH")  # ring record length word, (page offset), bg_event_hdr.type
 
@@ -271,16 +333,21 @@ class EventSource:
     """One producer: its ring buffer, its bg_stats (loss), the BTF its record layouts come from."""
 
     name: str
-    ringbuf: Map
+    ringbuf: Map  # the BPF_MAP_TYPE_RINGBUF, or the PERF_EVENT_ARRAY when transport is "perf"
     stats: Map | None
     btf: Btf
     interfaces: dict[int, str] = field(default_factory=dict)
+    transport: str = "ringbuf"
+    perf_pages: int = 64  # per CPU, perf transport only
 
     @classmethod
-    def from_object(cls, obj: Any, name: str, *, ringbuf: str = "events", stats: str = "bg_stats",
-                    interfaces: dict[int, str] | None = None) -> "EventSource":
+    def from_object(cls, obj: Any, name: str, *, transport: str = "ringbuf", stats: str = "bg_stats",
+                    interfaces: dict[int, str] | None = None, perf_pages: int = 64) -> "EventSource":
+        """An object's `events` ring buffer (or `perf_events` for the perf transport) and bg_stats."""
+        buf = obj.map("perf_events" if transport == "perf" else "events")
         # the caller's dict itself: interfaces attached later still get their names
-        return cls(name, obj.map(ringbuf), obj.map(stats), obj.btf, interfaces if interfaces is not None else {})
+        return cls(name, buf, obj.map(stats), obj.btf, interfaces if interfaces is not None else {},
+                   transport, perf_pages)
 
     @classmethod
     def from_pins(cls, name: str, ringbuf_pin: str, object_path: str, *, stats_pin: str | None = None,
@@ -320,7 +387,7 @@ class EventStream:
         # live view of every source's names (attach() after the stream opened still names events)
         self.ctx = Context(self.clock, ChainMap(*(s.interfaces for s in self.sources)), dict(rules or {}))
         self._kind_of: dict[type, tuple[EventKind, str]] = {}
-        self._rings: list[RingReader] = []
+        self._rings: list[RingReader | PerfReader] = []
         self._pending: list[Any] = []
         self._reported_lost = {s.name: 0 for s in self.sources}
         self._ep = select.epoll()
@@ -329,7 +396,10 @@ class EventStream:
                 types = s.record_types()
                 for tid, rt in types.items():
                     self._kind_of[rt] = (KINDS[tid], s.name)
-                rb = RingReader(s.ringbuf, types, handler=handler)
+                if s.transport == "perf":
+                    rb = PerfReader(s.ringbuf, types, handler=handler, page_cnt=s.perf_pages)
+                else:
+                    rb = RingReader(s.ringbuf, types, handler=handler)
                 self._rings.append(rb)
                 self._ep.register(rb.fd, select.EPOLLIN)  # readable while records wait
         except BaseException:

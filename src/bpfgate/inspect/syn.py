@@ -10,6 +10,9 @@ The block list (map `syn_blocklist`, source -> CLOCK_MONOTONIC expiry) is checke
 block ends on time by itself; sweep() only deletes expired entries. The policy engine can take the
 block list over by sharing that map.
 
+Events go through the `events` ring buffer, or the perf buffer on kernels without ring buffers
+(transport="auto" picks; "perf" forces it).
+
 Totals per interface are exact. Per-source counts live in an LRU map (max_sources): a spoofed flood
 from more sources than that evicts the quietest ones, so `top` stays right while the long tail is lost.
 """
@@ -56,11 +59,12 @@ class SynCounter:
     """Load bg_syn_xdp, attach it to interfaces, read counters, set flood detection, edit the block list."""
 
     def __init__(self, *, rate: int = 0, block: float = 0.0, max_sources: int = 16384,
-                 ring_size: int | None = None):
+                 ring_size: int | None = None, transport: str = "auto"):
         obj = BpfObject.open("syn")
         try:
             obj.set_max_entries("syn_sources", max_sources)
-            if ring_size:
+            self.transport = events.prepare_transport(obj, transport)
+            if ring_size and self.transport == "ringbuf":
                 obj.set_max_entries("events", events.ring_size(ring_size))
             obj.load()
         except BaseException:
@@ -157,7 +161,7 @@ class SynCounter:
     # ---- events ----------------------------------------------------------------------------------------
 
     def event_source(self) -> EventSource:
-        return EventSource.from_object(self.obj, "syn", interfaces=self.interfaces)
+        return EventSource.from_object(self.obj, "syn", transport=self.transport, interfaces=self.interfaces)
 
 
 def _src(source: str) -> tuple[int, list[int]]:
