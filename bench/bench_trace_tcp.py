@@ -6,6 +6,8 @@ Conditions, interleaved rep by rep so drift hits them alike:
   cli      `bpfgate trace tcp --json > file` (programs + decode + JSON: what a user runs; 4 events per
            connection: connect, accept, two closes)
   close    `bpfgate trace tcp --json --events close > file` (tcplife's view: 2 events per connection)
+With 2+ CPUs the loop is pinned to CPU 0 and the tracer to CPU 1: the figure is then the cost to the traced
+workload (the programs run in its context), not the consumer's competition for its CPU.
 Each rep runs the loop in a fresh network namespace (its own loopback, so TIME_WAIT sockets of one rep do
 not slow the next) for a fixed time, in a child process; we report connections/s, median of REPS reps
 with min-max, and each traced rate as a ratio of the untraced one. Run as root:
@@ -32,7 +34,9 @@ BPFGATE = os.path.join(os.path.dirname(PY), "bpfgate")
 
 # the measured loop: connect, accept, close both; prints connections per second
 LOOP = r"""
-import ctypes, json, socket, subprocess, sys, time
+import ctypes, json, os, socket, subprocess, sys, time
+if os.cpu_count() >= 2:
+    os.sched_setaffinity(0, {0})
 if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:   # CLONE_NEWNET: a private loopback
     sys.exit("unshare(CLONE_NEWNET) failed")
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
@@ -91,7 +95,8 @@ class Tracer:
         argv = {"kernel": [PY, "-c", RAW_TRACER], "cli": [BPFGATE, "trace", "tcp", "--json"],
                 "close": [BPFGATE, "trace", "tcp", "--json", "--events", "close"]}[kind]
         self.out = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.PIPE, text=True)
+        pin = (lambda: os.sched_setaffinity(0, {1})) if (os.cpu_count() or 1) >= 2 else None
+        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.PIPE, text=True, preexec_fn=pin)
         deadline = time.monotonic() + 30
         while not self._lines():  # "ready" / the trace_started line: attached
             if self.proc.poll() is not None or time.monotonic() > deadline:
