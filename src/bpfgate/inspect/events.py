@@ -28,6 +28,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
 
 from bpfgate.errors import BpfgateError, NotSupported, from_errno
@@ -77,8 +78,14 @@ class Clock:
 
 def iso8601(wall_ns: int) -> str:
     """'2026-11-24T13:30:00.123456Z' (UTC, microseconds)."""
-    dt = datetime.fromtimestamp(wall_ns // 1000 / 1e6, tz=timezone.utc)
-    return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    sec, ns = divmod(wall_ns, 1_000_000_000)
+    return f"{_second(sec)}.{ns // 1000:06d}Z"
+
+
+@lru_cache(maxsize=4)
+def _second(sec: int) -> str:
+    # events come in bursts within the same second: format the date part once per second
+    return datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def ring_size(n: int) -> int:
