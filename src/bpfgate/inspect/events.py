@@ -21,20 +21,20 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import mmap
-from collections import ChainMap
 import select
 import socket
 import struct
 import time
+from collections import ChainMap
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
 
 from bpfgate.errors import BpfgateError, NotSupported, from_errno
+from bpfgate.kernel import libbpf as L
 from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.maps import Map
-from bpfgate.kernel import libbpf as L
 from bpfgate.kernel.ringbuf import Handler, PerfBuffer
 
 # enum bg_stat (bpfgate.h): indexes of the per-CPU bg_stats array every event producer keeps
@@ -86,6 +86,9 @@ def iso8601(wall_ns: int) -> str:
 def _second(sec: int) -> str:
     # events come in bursts within the same second: format the date part once per second
     return datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# ---- transport: ring buffer, or perf buffer on kernels without one ------------------------------------
 
 
 def ring_size(n: int) -> int:
@@ -395,7 +398,6 @@ class EventStream:
         self.ctx = Context(self.clock, ChainMap(*(s.interfaces for s in self.sources)), dict(rules or {}))
         self._kind_of: dict[type, tuple[EventKind, str]] = {}
         self._rings: list[RingReader | PerfReader] = []
-        self._pending: list[Any] = []
         self._reported_lost = {s.name: 0 for s in self.sources}
         self._ep = select.epoll()
         try:
