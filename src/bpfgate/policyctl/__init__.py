@@ -1,0 +1,302 @@
+"""The policy control plane: what `bpfgate apply`, `rule add/del`, `rules`, `policy export` and `confirm`
+do, as a Python API.
+
+    from bpfgate import policyctl
+    res = policyctl.apply("policy.yaml", netns="blue")           # validate, compile, compare, change
+    print("\\n".join(res.plan.lines()) if res.changed else res.plan.summary())
+    policyctl.apply("policy.yaml", netns="blue", confirm=30)    # rolled back in 30 s unless ...
+    policyctl.confirm(netns="blue")                             # ... confirmed
+    policyctl.add_rule("eth0", "tc-ingress", {"name": "web", "protocol": "tcp", "dst_port": 80,
+                       "action": "drop"}, before="est", netns="blue")
+    policyctl.delete_rule("eth0", "tc-ingress", "web", netns="blue")
+    for r in policyctl.rules(netns="blue"): print(r.name, r.packets, r.bytes)
+    text = policyctl.export(netns="blue")                       # YAML; apply(text) changes nothing
+
+`apply` is idempotent (an unchanged hook is not touched), all-or-nothing across interfaces and hooks (see
+apply.py), refuses a default-deny ingress without a `ct: established` pass rule unless `force` (guard.py),
+and validates and compiles everything before the kernel is touched. Whole-hook changes go through the
+engine's atomic swap (unchanged rules keep their counters). Every function takes `netns` (a named network
+namespace; None: the current one) and `backend` (default: the engine; MemoryBackend for pure tests).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bpfgate.errors import BpfgateError, NotFound, PolicyError
+from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
+
+from . import confirm as _confirm
+from . import guard
+from .apply import ApplyError, execute, precheck, resolver
+from .backend import Backend, MemoryBackend, RuleCounters
+from .export import (
+    desired_state,
+    export_text,
+    load_policies,
+    load_policy_file,
+    rule_data,
+)
+from .plan import HookPlan, Plan
+from .plan import plan as make_plan
+
+__all__ = [
+    "ApplyError",
+    "ApplyResult",
+    "Backend",
+    "HookPlan",
+    "MemoryBackend",
+    "Plan",
+    "RuleRow",
+    "add_rule",
+    "apply",
+    "confirm",
+    "delete_rule",
+    "export",
+    "load_policies",
+    "load_policy_file",
+    "parse_hook",
+    "plan",
+    "rule_from",
+    "rules",
+    "running",
+]
+
+Source = str | Path | Policy | Iterable[Policy]
+
+
+def _backend(backend: Backend | None) -> Backend:
+    if backend is not None:
+        return backend
+    from .engine_backend import EngineBackend
+
+    return EngineBackend()
+
+
+def _ifindex(backend: Backend, netns: str | None):
+    return (lambda name: 1) if isinstance(backend, MemoryBackend) else resolver(netns)
+
+
+def _policies(source: Source) -> list[Policy]:
+    if isinstance(source, Policy):
+        return [source]
+    if isinstance(source, (str, Path)):
+        return load_policy_file(source)
+    return list(source)
+
+
+def parse_hook(hook: str | Hook) -> Hook:
+    try:
+        return Hook(hook)
+    except ValueError:
+        raise PolicyError(f"hook {hook}", f"unknown hook (known: {', '.join(h.value for h in Hook)})") from None
+
+
+def rule_from(data: Rule | dict[str, Any]) -> Rule:
+    """A Rule from the same fields as the policy file; errors name the rule and field."""
+    if isinstance(data, Rule):
+        return data
+    from pydantic import ValidationError
+
+    try:
+        return Rule.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if isinstance(p, str))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        raise PolicyError(f"rule {data.get('name', '?')}" + (f".{loc}" if loc else ""), msg) from None
+
+
+# ---- apply ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ApplyResult:
+    plan: Plan
+    applied: bool                      # the kernel was changed
+    dry_run: bool = False
+    pending: _confirm.Pending | None = None   # set with confirm=SECONDS
+
+    @property
+    def changed(self) -> bool:
+        return self.plan.changed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.plan.to_dict()
+        d.update(applied=self.applied, dry_run=self.dry_run)
+        if self.pending:
+            d["confirm"] = {"deadline": self.pending.deadline, "seconds_left": round(self.pending.remaining, 1),
+                            "watcher_pid": self.pending.watcher_pid}
+        return d
+
+
+def running(netns: str | None = None, backend: Backend | None = None) -> dict[tuple[str, Hook], HookPolicy]:
+    return _backend(backend).running(netns)
+
+
+def plan(source: Source, *, netns: str | None = None, backend: Backend | None = None) -> Plan:
+    backend = _backend(backend)
+    return make_plan(desired_state(_policies(source)), backend.running(netns), netns)
+
+
+def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, force: bool = False,
+          confirm: float | None = None, mode: str | None = None, backend: Backend | None = None,
+          state_root: str | None = None, start_watcher: bool = True) -> ApplyResult:
+    """Validate, compile, compare with what runs, and change only what differs (all or nothing)."""
+    backend = _backend(backend)
+    policies = _policies(source)
+    if confirm is not None and not 0 < confirm <= 86400:
+        raise BpfgateError("apply with --confirm", f"{confirm:g} s is not between 0 and 86400 seconds")
+    p = make_plan(desired_state(policies), backend.running(netns), netns)
+    precheck(p, force=force, ifindex=_ifindex(backend, netns))
+    if dry_run or not p.changed:
+        return ApplyResult(p, False, dry_run=dry_run)
+    waiting = _confirm.read(netns, state_root)
+    if waiting is not None:
+        raise BpfgateError("apply policy", f"a change is waiting for confirmation ({waiting.remaining:.0f} s left)",
+                           hint="`bpfgate confirm` it first, or let it roll back")
+    pending = None
+    if confirm is not None:
+        prev = {(h.dev, h.hook): h.old for h in p.changes()}
+        pending = _confirm.arm(_confirm.Pending(netns, time.time() + confirm, prev, mode), state_root,
+                               start_watcher=start_watcher)
+    try:
+        execute(p, backend, mode=mode)
+    except BaseException:
+        if pending is not None:
+            _confirm.disarm(pending)
+        raise
+    return ApplyResult(p, True, pending=pending)
+
+
+def confirm(netns: str | None = None, state_root: str | None = None) -> _confirm.Pending:
+    """Keep the change made by apply(confirm=...): its rollback is cancelled."""
+    return _confirm.confirm(netns, state_root)
+
+
+# ---- live edits ----------------------------------------------------------------------------------------
+
+def _current(backend: Backend, dev: str, hook: Hook, netns: str | None) -> HookPolicy:
+    hp = backend.running(netns).get((dev, hook))
+    if hp is None:
+        raise NotFound(f"edit rules on {dev} {hook.value}", "no bpfgate policy is attached there",
+                       hint="`bpfgate apply` a policy for it first")
+    return hp
+
+
+def _position(hp: HookPolicy, before: str | None, after: str | None, position: int | None) -> int | None:
+    if sum(x is not None for x in (before, after, position)) > 1:
+        raise BpfgateError("add rule", "give only one of before, after, position")
+    names = [r.name for r in hp.rules]
+    for ref, off in ((before, 0), (after, 1)):
+        if ref is not None:
+            if ref not in names:
+                raise NotFound("add rule", f"no rule named {ref!r} to place it {'before' if off == 0 else 'after'}")
+            return names.index(ref) + off
+    if position is not None and not 0 <= position <= len(names):
+        raise BpfgateError("add rule", f"position {position} is outside 0..{len(names)}")
+    return position
+
+
+def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: str | None = None,
+             before: str | None = None, after: str | None = None, position: int | None = None,
+             force: bool = False, backend: Backend | None = None) -> int:
+    """Add one rule live (no reload; other rules keep their counters). Returns its index."""
+    backend, hook = _backend(backend), parse_hook(hook)
+    rule = rule_from(rule)
+    hp = _current(backend, dev, hook, netns)
+    if any(r.name == rule.name for r in hp.rules):
+        raise PolicyError(f"rule {rule.name}", f"a rule of that name exists on {dev} {hook.value}; delete it first")
+    pos = _position(hp, before, after, position)
+    new_rules = list(hp.rules)
+    new_rules.insert(len(new_rules) if pos is None else pos, rule)
+    new = HookPolicy(default=hp.default, rules=tuple(new_rules))
+    compile_check = make_plan({(dev, hook): new}, {(dev, hook): hp}, netns)
+    precheck(compile_check, force=True, ifindex=_ifindex(backend, netns))
+    backend.add_rule(dev, hook, netns, rule, pos)
+    return len(new_rules) - 1 if pos is None else pos
+
+
+def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = None, force: bool = False,
+                backend: Backend | None = None) -> None:
+    """Delete one rule live. Refused (unless force) when it is the rule that keeps established connections
+    alive under a default deny."""
+    backend, hook = _backend(backend), parse_hook(hook)
+    hp = _current(backend, dev, hook, netns)
+    if not any(r.name == name for r in hp.rules):
+        raise NotFound(f"delete rule {name} on {dev} {hook.value}", "no such rule")
+    new = HookPolicy(default=hp.default, rules=tuple(r for r in hp.rules if r.name != name))
+    if not force and guard.problem(dev, hook, hp) is None:
+        why = guard.problem(dev, hook, new)
+        if why:
+            raise BpfgateError(f"delete rule {name}", why)
+    backend.delete_rule(dev, hook, netns, name)
+
+
+# ---- reading -------------------------------------------------------------------------------------------
+
+@dataclass
+class RuleRow:
+    dev: str
+    hook: str
+    position: int | None          # None for the default
+    name: str
+    action: str
+    match: str
+    packets: int = 0
+    bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dev": self.dev, "hook": self.hook, "position": self.position, "name": self.name,
+                "action": self.action, "match": self.match, "packets": self.packets, "bytes": self.bytes,
+                **({"options": self.extra} if self.extra else {})}
+
+
+def _match_text(data: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
+                    for k, v in data.items() if k in Rule.model_fields and k not in
+                    ("name", "action", "redirect", "mark", "rate_limit", "log", "count")) or "any"
+
+
+def rules(dev: str | None = None, *, netns: str | None = None, hook: str | Hook | None = None,
+          backend: Backend | None = None) -> list[RuleRow]:
+    """Every rule of every running hook (or of one interface / hook), in order, with its counters."""
+    backend = _backend(backend)
+    hook = parse_hook(hook) if hook is not None else None
+    state = backend.running(netns)
+    if dev is not None and not any(d == dev for d, _ in state):
+        raise NotFound(f"list rules of {dev}", "no bpfgate policy is attached there")
+    out = []
+    for (d, h), hp in sorted(state.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
+        if (dev is not None and d != dev) or (hook is not None and h != hook):
+            continue
+        counts = backend.counters(d, h, netns)
+        for i, r in enumerate(hp.rules):
+            data = rule_data(r)
+            c = counts.get(r.name, RuleCounters(r.name, 0, 0))
+            extra = {k: data[k] for k in ("redirect", "mark", "rate_limit", "log", "count") if k in data}
+            out.append(RuleRow(d, h.value, i, r.name, r.action, _match_text(data), c.packets, c.bytes, extra))
+        c = counts.get("(default)", RuleCounters("(default)", 0, 0))
+        out.append(RuleRow(d, h.value, None, "(default)", hp.default, "no rule matched", c.packets, c.bytes))
+    return out
+
+
+def export(dev: str | None = None, *, netns: str | None = None, backend: Backend | None = None) -> str:
+    """The running policy as YAML that `apply` turns back into the same state."""
+    backend = _backend(backend)
+    state = backend.running(netns)
+    if dev is not None:
+        state = {k: v for k, v in state.items() if k[0] == dev}
+        if not state:
+            raise NotFound(f"export policy of {dev}", "no bpfgate policy is attached there")
+    if not state:
+        raise NotFound("export policy", "no bpfgate policy is running" + (f" in {netns}" if netns else ""))
+    return export_text(state, header="exported by `bpfgate policy export`" + (f" (netns {netns})" if netns else ""))
+
+

@@ -1,0 +1,116 @@
+"""Carry out a Plan: every hook changes or none does.
+
+Order: attaches and swaps first (each swap is the engine's atomic whole-policy swap: unchanged rules keep
+their slots and counters), detaches last. When a step fails, the steps already done are undone in reverse
+(a swapped hook is swapped back, an attached one detached, a detached one re-attached with its policy) and
+the error says what failed and that the rest was rolled back.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from bpfgate.errors import BpfgateError
+from bpfgate.kernel import netns as _netns
+from bpfgate.policy.compile import compile_hook
+from bpfgate.policy.model import Hook, HookPolicy
+
+from . import guard
+from .backend import Backend
+from .plan import HookPlan, Plan
+
+
+class ApplyError(BpfgateError):
+    """A step of an apply failed; what had been done was rolled back (or `rollback_errors` says not)."""
+
+    def __init__(self, op: str, cause: BaseException, undone: int, rollback_errors: list[str]):
+        self.cause_error = cause
+        self.rollback_errors = rollback_errors
+        self.exit_code = getattr(cause, "exit_code", 1)
+        if rollback_errors:
+            tail = f"rollback FAILED for: {'; '.join(rollback_errors)}"
+        elif undone:
+            tail = f"{undone} hook change(s) already made were rolled back; nothing changed"
+        else:
+            tail = "nothing changed"
+        super().__init__(op, f"{cause} ({tail})")
+
+
+def resolver(netns: str | None) -> Callable[[str], int]:
+    """ifindex of an interface in `netns` (for redirect targets), PolicyError when it does not exist."""
+    from bpfgate.errors import PolicyError
+
+    def ifindex(name: str) -> int:
+        try:
+            with _netns.entered(netns):
+                return socket.if_nametoindex(name)
+        except OSError:
+            raise PolicyError(f"redirect.interface {name}", "no such interface"
+                              + (f" in network namespace {netns}" if netns else "")) from None
+    return ifindex
+
+
+def precheck(plan: Plan, *, force: bool = False, ifindex: Callable[[str], int] | None = None) -> None:
+    """Everything that can be refused before the kernel is touched: compile every new hook policy (limits,
+    hook-specific actions, redirect targets) and the guard."""
+    for hp in plan.changes():
+        if hp.new is None:
+            continue
+        kw = {"ifindex": ifindex} if ifindex else {}
+        compile_hook(hp.new, hp.hook, **kw)
+        if not force:
+            why = guard.problem(hp.dev, hp.hook, hp.new)
+            if why:
+                raise BpfgateError("apply policy", why)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def execute(plan: Plan, backend: Backend, *, mode: str | None = None, op: str = "apply policy") -> int:
+    """Make the changes of `plan`; all or nothing. Returns the number of hooks changed."""
+    steps = [h for h in plan.changes() if h.action != "detach"] + [h for h in plan.changes()
+                                                                    if h.action == "detach"]
+    done: list[HookPlan] = []
+    ns = plan.netns
+    try:
+        for h in steps:
+            if h.action == "attach":
+                backend.attach(h.dev, h.hook, ns, h.new, mode)
+            elif h.action == "swap":
+                backend.swap(h.dev, h.hook, ns, h.new)
+            else:
+                backend.detach(h.dev, h.hook, ns)
+            done.append(h)
+    except BaseException as e:
+        errors = []
+        for h in reversed(done):
+            try:
+                if h.action == "attach":
+                    backend.detach(h.dev, h.hook, ns)
+                elif h.action == "swap":
+                    backend.swap(h.dev, h.hook, ns, h.old)
+                else:
+                    backend.attach(h.dev, h.hook, ns, h.old, mode)
+            except BaseException as re:  # noqa: BLE001 - keep undoing the others
+                errors.append(f"{h.where}: {_describe(re)}")
+        if not isinstance(e, Exception):
+            raise
+        raise ApplyError(op, e, len(done), errors) from e
+    return len(done)
+
+
+def restore_plan(previous: dict[tuple[str, Hook], HookPolicy | None], running: dict, netns: str | None) -> Plan:
+    """The plan that puts the listed hooks back as they were (None: not attached)."""
+    hooks = []
+    for (dev, hook), old in sorted(previous.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
+        cur = running.get((dev, hook))
+        if old is None and cur is not None:
+            hooks.append(HookPlan(dev, hook, "detach", cur, None))
+        elif old is not None and cur is None:
+            hooks.append(HookPlan(dev, hook, "attach", None, old))
+        elif old is not None and cur != old:
+            hooks.append(HookPlan(dev, hook, "swap", cur, old))
+    return Plan(netns, hooks)

@@ -1,0 +1,99 @@
+"""Where running policies live. The control plane talks to a Backend; the real one drives the engine
+(bpfgate.engine: programs, maps and state pinned per namespace/interface/hook), MemoryBackend keeps
+hooks in a dict for the pure tests of planning, rollback and confirmation logic.
+
+A Backend works in one network namespace at a time (`netns` None: the current one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bpfgate.errors import BpfgateError, NotFound
+from bpfgate.policy.model import Hook, HookPolicy, Rule
+
+State = dict[tuple[str, Hook], HookPolicy]
+
+
+@dataclass(frozen=True)
+class RuleCounters:
+    name: str
+    packets: int
+    bytes: int
+
+
+class Backend(Protocol):
+    def running(self, netns: str | None) -> State: ...
+
+    def attach(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy, mode: str | None) -> None: ...
+
+    def swap(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy) -> None: ...
+
+    def detach(self, dev: str, hook: Hook, netns: str | None) -> None: ...
+
+    def add_rule(self, dev: str, hook: Hook, netns: str | None, rule: Rule, position: int | None) -> None: ...
+
+    def delete_rule(self, dev: str, hook: Hook, netns: str | None, name: str) -> None: ...
+
+    def counters(self, dev: str, hook: Hook, netns: str | None) -> dict[str, RuleCounters]: ...
+
+
+class MemoryBackend:
+    """Hooks in a dict, per namespace. `fail_on` = {(op, dev, hook)}: that operation raises, to test that
+    a failure part way through leaves nothing half-applied."""
+
+    def __init__(self) -> None:
+        self.hooks: dict[str | None, State] = {}
+        self.packets: dict[tuple, dict[str, int]] = {}
+        self.fail_on: set[tuple[str, str, Hook]] = set()
+        self.log: list[tuple] = []
+
+    def _fail(self, op: str, dev: str, hook: Hook) -> None:
+        if (op, dev, hook) in self.fail_on:
+            raise BpfgateError(f"{op} {dev} {hook.value}", "injected failure")
+
+    def running(self, netns):
+        return dict(self.hooks.get(netns, {}))
+
+    def attach(self, dev, hook, netns, hp, mode=None):
+        self._fail("attach", dev, hook)
+        self.hooks.setdefault(netns, {})[(dev, hook)] = hp
+        self.log.append(("attach", dev, hook))
+
+    def _get(self, dev, hook, netns) -> HookPolicy:
+        try:
+            return self.hooks[netns][(dev, hook)]
+        except KeyError:
+            raise NotFound(f"open policy on {dev} {hook.value}", "no bpfgate policy is attached there") from None
+
+    def swap(self, dev, hook, netns, hp):
+        self._get(dev, hook, netns)
+        self._fail("swap", dev, hook)
+        self.hooks[netns][(dev, hook)] = hp
+        self.log.append(("swap", dev, hook))
+
+    def detach(self, dev, hook, netns):
+        self._get(dev, hook, netns)
+        self._fail("detach", dev, hook)
+        del self.hooks[netns][(dev, hook)]
+        self.log.append(("detach", dev, hook))
+
+    def add_rule(self, dev, hook, netns, rule, position):
+        hp = self._get(dev, hook, netns)
+        rules = list(hp.rules)
+        rules.insert(len(rules) if position is None else position, rule)
+        self.hooks[netns][(dev, hook)] = HookPolicy(default=hp.default, rules=tuple(rules))
+        self.log.append(("add_rule", dev, hook, rule.name))
+
+    def delete_rule(self, dev, hook, netns, name):
+        hp = self._get(dev, hook, netns)
+        self.hooks[netns][(dev, hook)] = HookPolicy(default=hp.default,
+                                                    rules=tuple(r for r in hp.rules if r.name != name))
+        self.log.append(("delete_rule", dev, hook, name))
+
+    def counters(self, dev, hook, netns):
+        hp = self._get(dev, hook, netns)
+        pk = self.packets.get((netns, dev, hook), {})
+        names = [r.name for r in hp.rules] + ["(default)"]
+        return {n: RuleCounters(n, pk.get(n, 0), pk.get(n, 0) * 100) for n in names}

@@ -1,0 +1,193 @@
+"""`apply --confirm SECONDS`: the previous policy comes back unless the change is confirmed in time.
+
+Before the change, the previous state of every hook it touches is written to a pending-rollback file
+(/run/bpfgate/policyctl/<netns>/pending.json). A detached watcher process (`python -m
+bpfgate.policyctl.watcher FILE`, its own session, so it outlives the CLI and a closed SSH session) polls
+the file; at the deadline it claims the file by renaming it and restores the previous policy. A
+confirmation claims the same file by removing it: whichever of the two renames/removes it first wins, so
+a late confirmation never races a rollback. The watcher exits as soon as the file is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bpfgate.errors import BpfgateError, NotFound
+from bpfgate.policy.model import Hook, HookPolicy
+
+from .export import hook_data
+
+STATE_DIR = "/run/bpfgate/policyctl"
+
+
+def state_dir(netns: str | None, root: str | None = None) -> str:
+    return os.path.join(root or STATE_DIR, netns or "-")
+
+
+def pending_path(netns: str | None, root: str | None = None) -> str:
+    return os.path.join(state_dir(netns, root), "pending.json")
+
+
+def result_path(netns: str | None, root: str | None = None) -> str:
+    return os.path.join(state_dir(netns, root), "last-rollback.json")
+
+
+@dataclass
+class Pending:
+    netns: str | None
+    deadline: float
+    previous: dict[tuple[str, Hook], HookPolicy | None]
+    mode: str | None = None
+    watcher_pid: int = 0
+    path: str = ""
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.time())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"netns": self.netns, "deadline": self.deadline, "mode": self.mode,
+                "watcher_pid": self.watcher_pid,
+                "previous": [{"dev": d, "hook": h.value, "policy": hook_data(hp) if hp is not None else None}
+                             for (d, h), hp in self.previous.items()]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: str = "") -> Pending:
+        prev = {(e["dev"], Hook(e["hook"])): (HookPolicy.model_validate(e["policy"]) if e["policy"] else None)
+                for e in data["previous"]}
+        return cls(data["netns"], float(data["deadline"]), prev, data.get("mode"), int(data.get("watcher_pid", 0)),
+                   path)
+
+
+def _write(path: str, data: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def read(netns: str | None, root: str | None = None) -> Pending | None:
+    path = pending_path(netns, root)
+    try:
+        with open(path) as f:
+            return Pending.from_json(json.load(f), path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BpfgateError(f"read {path}", f"unreadable pending rollback: {e}") from None
+
+
+def arm(pending: Pending, root: str | None = None, start_watcher: bool = True) -> Pending:
+    """Write the pending-rollback file (before the change is made) and start the watcher."""
+    pending.path = pending_path(pending.netns, root)
+    if os.path.exists(pending.path):
+        raise BpfgateError("apply with --confirm", "a change is already waiting for confirmation",
+                           hint="`bpfgate confirm` it, or wait for its rollback")
+    _write(pending.path, pending.to_json())
+    if start_watcher:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen([sys.executable, "-m", "bpfgate.policyctl.watcher", pending.path],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True, env=env)
+        pending.watcher_pid = proc.pid
+        data = pending.to_json()
+        _write(pending.path, data)
+    return pending
+
+
+def disarm(pending: Pending) -> None:
+    """Forget a pending rollback whose change failed (and was rolled back already)."""
+    try:
+        os.unlink(pending.path)
+    except FileNotFoundError:
+        pass
+
+
+def confirm(netns: str | None, root: str | None = None) -> Pending:
+    """Keep the change: claim the pending file (the watcher then exits). NotFound when none is pending."""
+    path = pending_path(netns, root)
+    try:
+        with open(path) as f:
+            pending = Pending.from_json(json.load(f), path)
+        os.unlink(path)   # the claim: if the watcher renamed it first, this fails and the rollback stands
+    except FileNotFoundError:
+        last = last_rollback(netns, root)
+        hint = (f"the change was rolled back at {time.strftime('%H:%M:%S', time.localtime(last['time']))}"
+                if last else None)
+        raise NotFound("confirm policy", "no change is waiting for confirmation", hint=hint) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BpfgateError(f"confirm policy ({path})", str(e)) from None
+    return pending
+
+
+def claim_for_rollback(path: str) -> Pending | None:
+    """The watcher's side of the claim. None when the change was confirmed meanwhile."""
+    claimed = path + ".rollback"
+    try:
+        os.rename(path, claimed)
+    except FileNotFoundError:
+        return None
+    with open(claimed) as f:
+        p = Pending.from_json(json.load(f), claimed)
+    return p
+
+
+def last_rollback(netns: str | None, root: str | None = None) -> dict | None:
+    try:
+        with open(result_path(netns, root)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def record_rollback(p: Pending, ok: bool, detail: str) -> None:
+    """Next to the pending file: what the watcher did (read by confirm's message and by tests)."""
+    _write(os.path.join(os.path.dirname(p.path), "last-rollback.json"),
+           {"time": time.time(), "ok": ok, "detail": detail})
+
+
+def rollback(p: Pending, backend) -> int:
+    """Restore the previous state of the hooks a pending change touched. Returns hooks changed."""
+    from .apply import execute, restore_plan
+
+    plan = restore_plan(p.previous, backend.running(p.netns), p.netns)
+    return execute(plan, backend, mode=p.mode, op="roll back unconfirmed policy")
+
+
+def watch(path: str, backend=None, poll: float = 0.1) -> int:
+    """The watcher's loop: exit 0 when confirmed, else roll back at the deadline (exit 1 if that failed)."""
+    try:
+        with open(path) as f:
+            deadline = float(json.load(f)["deadline"])
+    except (OSError, ValueError, KeyError):
+        return 0
+    while time.time() < deadline:
+        if not os.path.exists(path):
+            return 0
+        time.sleep(min(poll, max(0.0, deadline - time.time())))
+    p = claim_for_rollback(path)
+    if p is None:
+        return 0
+    if backend is None:
+        from .engine_backend import EngineBackend
+
+        backend = EngineBackend()
+    try:
+        n = rollback(p, backend)
+        record_rollback(p, True, f"restored {n} hook(s)")
+        return 0
+    except Exception as e:  # noqa: BLE001 - the watcher has nobody to raise to: record it
+        record_rollback(p, False, str(e))
+        return 1
+    finally:
+        try:
+            os.unlink(p.path)
+        except FileNotFoundError:
+            pass

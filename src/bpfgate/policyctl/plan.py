@@ -1,0 +1,158 @@
+"""What `apply` would change: the desired hooks against the running ones, rule by rule. Pure.
+
+Scope: the interfaces the policy file names. Every (interface, hook) of the file is attached or swapped;
+a hook that runs on one of those interfaces but is no longer in the file is detached. Interfaces the file
+does not name are left alone (another file may own them).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from bpfgate.policy.model import MATCH_FIELDS, Hook, HookPolicy, Rule
+
+from .export import rule_data
+
+State = dict[tuple[str, Hook], HookPolicy]
+
+_ALL_FIELDS = ("name",) + MATCH_FIELDS + ("action", "redirect", "mark", "rate_limit", "log", "count")
+
+
+@dataclass(frozen=True)
+class RuleChange:
+    kind: str              # added | removed | changed | moved
+    name: str
+    position: int | None   # index in the new rule list (old list for removed)
+    fields: tuple[str, ...] = ()   # for changed: the fields that differ
+
+    def describe(self) -> str:
+        where = f" at {self.position}" if self.position is not None else ""
+        if self.kind == "changed":
+            return f"~ rule {self.name}: {', '.join(self.fields)} changed"
+        sign = {"added": "+", "removed": "-", "moved": "~"}[self.kind]
+        return f"{sign} rule {self.name} {self.kind}{where}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "position": self.position, "fields": list(self.fields)}
+
+
+@dataclass
+class HookPlan:
+    dev: str
+    hook: Hook
+    action: str                        # attach | swap | detach | none
+    old: HookPolicy | None
+    new: HookPolicy | None
+    rules: list[RuleChange] = field(default_factory=list)
+    default: tuple[str, str] | None = None   # (old, new) when the default changes
+
+    @property
+    def changed(self) -> bool:
+        return self.action != "none"
+
+    @property
+    def where(self) -> str:
+        return f"{self.dev} {self.hook.value}"
+
+    def lines(self) -> list[str]:
+        if self.action == "attach":
+            head = [f"+ {self.where}: attach, default {self.new.default}, {len(self.new.rules)} rule(s)"]
+        elif self.action == "detach":
+            return [f"- {self.where}: detach ({len(self.old.rules)} rule(s), default {self.old.default})"]
+        elif self.action == "swap":
+            head = [f"~ {self.where}: policy swap"]
+        else:
+            return [f"= {self.where}: unchanged"]
+        out = list(head)
+        if self.default:
+            out.append(f"  ~ default {self.default[0]} -> {self.default[1]}")
+        out += [f"  {c.describe()}" for c in self.rules]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dev": self.dev, "hook": self.hook.value, "action": self.action,
+                "default": {"old": self.default[0], "new": self.default[1]} if self.default else None,
+                "rules": [c.to_dict() for c in self.rules]}
+
+
+@dataclass
+class Plan:
+    netns: str | None
+    hooks: list[HookPlan]
+
+    @property
+    def changed(self) -> bool:
+        return any(h.changed for h in self.hooks)
+
+    def changes(self) -> list[HookPlan]:
+        return [h for h in self.hooks if h.changed]
+
+    def summary(self) -> str:
+        if not self.changed:
+            return f"no change: {len(self.hooks)} hook(s) already run this policy"
+        n = {a: sum(h.action == a for h in self.hooks) for a in ("attach", "swap", "detach")}
+        parts = [f"{v} {k}" for k, v in n.items() if v]
+        rules = sum(len(h.rules) for h in self.hooks)
+        return f"{', '.join(parts)}; {rules} rule change(s)"
+
+    def lines(self) -> list[str]:
+        return [ln for h in self.hooks for ln in h.lines()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"netns": self.netns, "changed": self.changed, "summary": self.summary(),
+                "hooks": [h.to_dict() for h in self.hooks]}
+
+
+def rule_fields_changed(old: Rule, new: Rule) -> tuple[str, ...]:
+    a, b = rule_data(old), rule_data(new)
+    return tuple(f for f in _ALL_FIELDS if a.get(f) != b.get(f))
+
+
+def rule_changes(old: HookPolicy | None, new: HookPolicy | None) -> list[RuleChange]:
+    old_rules = list(old.rules) if old else []
+    new_rules = list(new.rules) if new else []
+    by_old = {r.name: (i, r) for i, r in enumerate(old_rules)}
+    by_new = {r.name: (i, r) for i, r in enumerate(new_rules)}
+    out: list[RuleChange] = []
+    for name, (i, r) in by_old.items():
+        if name not in by_new:
+            out.append(RuleChange("removed", name, i))
+    for name, (i, r) in by_new.items():
+        if name not in by_old:
+            out.append(RuleChange("added", name, i))
+        elif by_old[name][1] != r:
+            out.append(RuleChange("changed", name, i, rule_fields_changed(by_old[name][1], r)))
+    # order: rules kept by both whose relative order changed (outside the longest common subsequence)
+    a = [r.name for r in old_rules if r.name in by_new]
+    b = [r.name for r in new_rules if r.name in by_old]
+    if a != b:
+        sm = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
+        stay = {name for blk in sm.get_matching_blocks() for name in b[blk.b:blk.b + blk.size]}
+        for name in b:
+            if name not in stay:
+                out.append(RuleChange("moved", name, by_new[name][0]))
+    order = {"removed": 0, "added": 1, "changed": 1, "moved": 1}
+    out.sort(key=lambda c: (order[c.kind], c.position if c.position is not None else -1, c.name))
+    return out
+
+
+def plan(desired: State, running: State, netns: str | None = None) -> Plan:
+    """Compare per (interface, hook). `running` may hold hooks of interfaces outside the file: ignored."""
+    devs = {dev for dev, _ in desired}
+    keys = sorted(set(desired) | {k for k in running if k[0] in devs}, key=lambda k: (k[0], k[1].value))
+    hooks = []
+    for dev, hook in keys:
+        old, new = running.get((dev, hook)), desired.get((dev, hook))
+        if old is None:
+            hp = HookPlan(dev, hook, "attach", None, new, rule_changes(None, new))
+        elif new is None:
+            hp = HookPlan(dev, hook, "detach", old, None, rule_changes(old, None))
+        elif old == new:
+            hp = HookPlan(dev, hook, "none", old, new)
+        else:
+            hp = HookPlan(dev, hook, "swap", old, new, rule_changes(old, new),
+                          (old.default, new.default) if old.default != new.default else None)
+        hooks.append(hp)
+    return Plan(netns, hooks)
