@@ -16,6 +16,7 @@ MODULES = [
     "demo_cmd",
     "doctor_cmd",
     "trace_cmd",
+    "policy_cmd",
 ]
 
 REGISTRY = [importlib.import_module(f"bpfgate.cli.{m}").register for m in MODULES]

@@ -1,0 +1,219 @@
+"""`bpfgate apply`, `confirm`, `rule add/del`, `rules`, `policy export`: the policy control plane."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from bpfgate.cli import term
+
+NETNS = click.option("--netns", metavar="NAME", help="The interfaces are in this named network namespace.")
+HOOKS = click.Choice(["tc-ingress", "tc-egress", "xdp"])
+
+
+def _mark(value):
+    if value is None:
+        return None
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number (decimal or 0x...)") from None
+
+
+def _print_plan(res, as_json: bool) -> None:
+    if as_json:
+        term.print_json(res.to_dict())
+        return
+    p = res.plan
+    if not p.changed:
+        term.ok(p.summary())
+        return
+    for line in p.lines():
+        term.info(line)
+    if res.dry_run:
+        term.info(f"dry run: would {p.summary()}")
+    else:
+        term.ok(f"applied: {p.summary()}")
+    if res.pending:
+        term.info(f"[yellow]rolls back in {res.pending.remaining:.0f} s[/yellow] unless confirmed: "
+                  f"`bpfgate confirm{' --netns ' + res.pending.netns if res.pending.netns else ''}`")
+
+
+def register(app: click.Group) -> None:
+    @app.command("apply")
+    @click.argument("file", required=False)
+    @click.option("--dry-run", is_flag=True, help="Validate, compile and show what would change; change nothing.")
+    @click.option("--confirm", "confirm_s", type=float, metavar="SECONDS",
+                  help="Roll back to the previous policy unless confirmed within SECONDS.")
+    @click.option("--confirmed", is_flag=True, help="Confirm the change waiting for confirmation (then apply FILE, "
+                  "if given: normally nothing left to change).")
+    @click.option("--force", is_flag=True, help="Apply even a default-deny ingress with no `ct: established` pass.")
+    @click.option("--mode", type=click.Choice(["tc", "tcx", "xdp-native", "xdp-generic", "auto"]), default=None,
+                  help="Attach mode for hooks attached now (default: the engine's: tc clsact; xdp native).")
+    @NETNS
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    def apply_cmd(file, dry_run, confirm_s, confirmed, force, mode, netns, as_json):
+        """Make the running policy match FILE (YAML; `-` for stdin): only what differs changes."""
+        from bpfgate import policyctl
+
+        if confirmed:
+            if confirm_s is not None or dry_run:
+                raise click.UsageError("--confirmed cannot be combined with --confirm or --dry-run")
+            p = policyctl.confirm(netns)
+            if not as_json:
+                term.ok(f"change confirmed ({p.remaining:.0f} s were left); rollback cancelled")
+            if file is None:
+                if as_json:
+                    term.print_json({"confirmed": True, "netns": netns})
+                return
+        elif file is None:
+            raise click.UsageError("missing FILE (or --confirmed)")
+        res = policyctl.apply(file, netns=netns, dry_run=dry_run, force=force, confirm=confirm_s, mode=mode)
+        _print_plan(res, as_json)
+
+    @app.command("confirm")
+    @NETNS
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    def confirm_cmd(netns, as_json):
+        """Keep the change made by `apply --confirm`: cancel its rollback."""
+        from bpfgate import policyctl
+
+        p = policyctl.confirm(netns)
+        if as_json:
+            term.print_json({"confirmed": True, "netns": netns, "seconds_left": round(p.remaining, 1)})
+        else:
+            term.ok(f"change confirmed ({p.remaining:.0f} s were left); rollback cancelled")
+
+    @app.group("rule")
+    def rule_group():
+        """Live edits of one rule (no reload; the other rules keep their counters)."""
+
+    @rule_group.command("add")
+    @click.argument("name")
+    @click.option("--dev", required=True, help="Interface.")
+    @click.option("--hook", type=HOOKS, default="tc-ingress", show_default=True)
+    @click.option("--src", multiple=True, help="Source CIDR (repeat for a list).")
+    @click.option("--dst", multiple=True, help="Destination CIDR (repeat for a list).")
+    @click.option("--proto", multiple=True, help="Protocol name or number (repeat for a list).")
+    @click.option("--sport", multiple=True, help="Source port or range a-b (repeat for a list).")
+    @click.option("--dport", multiple=True, help="Destination port or range a-b (repeat for a list).")
+    @click.option("--tcp-flags", help="e.g. 'syn,!ack' or VALUE/MASK.")
+    @click.option("--icmp-type", type=int)
+    @click.option("--icmp-code", type=int)
+    @click.option("--vlan", multiple=True, type=int, help="Outer VLAN id (repeat for a list).")
+    @click.option("--ct", multiple=True, help="Conntrack state: new, established, related, invalid.")
+    @click.option("--action", type=click.Choice(["pass", "drop", "redirect"]), default="pass", show_default=True)
+    @click.option("--redirect", "redirect_if", metavar="IF", help="Redirect target interface (action redirect).")
+    @click.option("--redirect-ingress", is_flag=True, help="Redirect to the target's ingress (default egress).")
+    @click.option("--mark", help="skb mark (tc hooks only).")
+    @click.option("--rate", type=int, help="Rate limit: tokens per second.")
+    @click.option("--rate-unit", type=click.Choice(["packets", "bytes"]), default="packets", show_default=True)
+    @click.option("--rate-per", type=click.Choice(["rule", "source"]), default="rule", show_default=True)
+    @click.option("--burst", type=int)
+    @click.option("--over", type=click.Choice(["drop", "pass"]), default="drop", show_default=True,
+                  help="Action for packets over the rate limit.")
+    @click.option("--log", "log_rate", type=int, default=None, metavar="PER_SECOND", help="Log matches (rate cap).")
+    @click.option("--no-count", is_flag=True, help="Do not count matches.")
+    @click.option("--before", metavar="RULE", help="Insert before this rule.")
+    @click.option("--after", metavar="RULE", help="Insert after this rule.")
+    @click.option("--position", type=int, help="Insert at this index (0 = first). Default: last.")
+    @NETNS
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    def rule_add(name, dev, hook, src, dst, proto, sport, dport, tcp_flags, icmp_type, icmp_code, vlan, ct,
+                 action, redirect_if, redirect_ingress, mark, rate, rate_unit, rate_per, burst, over, log_rate,
+                 no_count, before, after, position, netns, as_json):
+        """Add rule NAME on --dev/--hook, matching like the YAML fields."""
+        from bpfgate import policyctl
+
+        data = {"name": name, "action": action}
+        for key, val in (("src", src), ("dst", dst), ("protocol", proto), ("src_port", sport),
+                         ("dst_port", dport), ("vlan", vlan), ("ct", ct)):
+            if val:
+                data[key] = list(val)
+        for key, val in (("tcp_flags", tcp_flags), ("icmp_type", icmp_type), ("icmp_code", icmp_code),
+                         ("mark", _mark(mark))):
+            if val is not None:
+                data[key] = val
+        if redirect_if:
+            data["redirect"] = {"interface": redirect_if, "direction": "ingress" if redirect_ingress else "egress"}
+        if rate is not None:
+            data["rate_limit"] = {"rate": rate, "unit": rate_unit, "per": rate_per, "over": over,
+                                  **({"burst": burst} if burst is not None else {})}
+        if log_rate is not None:
+            data["log"] = {"rate": log_rate}
+        if no_count:
+            data["count"] = False
+        pos = policyctl.add_rule(dev, hook, data, netns=netns, before=before, after=after, position=position)
+        if as_json:
+            term.print_json({"added": name, "dev": dev, "hook": hook, "position": pos})
+        else:
+            term.ok(f"rule {name} added on {dev} {hook} at position {pos}")
+
+    @rule_group.command("del")
+    @click.argument("name")
+    @click.option("--dev", required=True, help="Interface.")
+    @click.option("--hook", type=HOOKS, default="tc-ingress", show_default=True)
+    @click.option("--force", is_flag=True, help="Even the rule that keeps established connections alive.")
+    @NETNS
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    def rule_del(name, dev, hook, force, netns, as_json):
+        """Delete rule NAME from --dev/--hook."""
+        from bpfgate import policyctl
+
+        policyctl.delete_rule(dev, hook, name, netns=netns, force=force)
+        if as_json:
+            term.print_json({"deleted": name, "dev": dev, "hook": hook})
+        else:
+            term.ok(f"rule {name} deleted from {dev} {hook}")
+
+    @app.command("rules")
+    @click.option("--dev", help="Only this interface.")
+    @click.option("--hook", type=HOOKS, default=None)
+    @NETNS
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    def rules_cmd(dev, hook, netns, as_json):
+        """The running rules, in order, with their counters (packets, bytes)."""
+        from bpfgate import policyctl
+
+        rows = policyctl.rules(dev, netns=netns, hook=hook)
+        if as_json:
+            term.print_json([r.to_dict() for r in rows])
+            return
+        if not rows:
+            term.info("no bpfgate policy is running" + (f" in {netns}" if netns else ""))
+            return
+        opts = lambda r: " ".join(f"{k}={v}" for k, v in r.extra.items())
+        term.table(None, ["dev", "hook", "#", "rule", "action", "match", "options", "packets", "bytes"],
+                   [[r.dev, r.hook, "" if r.position is None else r.position, r.name, r.action, r.match,
+                     opts(r), r.packets, r.bytes] for r in rows])
+
+    @app.group("policy")
+    def policy_group():
+        """The running policy as a whole."""
+
+    @policy_group.command("export")
+    @click.option("--dev", help="Only this interface.")
+    @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file.")
+    @NETNS
+    @click.option("--json", "as_json", is_flag=True, help="The same data as JSON instead of YAML.")
+    def export_cmd(dev, output, netns, as_json):
+        """The running policy as YAML that `bpfgate apply` turns back into the same state."""
+        from bpfgate import policyctl
+
+        text = policyctl.export(dev, netns=netns)
+        if as_json:
+            term.print_json(_docs(text))
+            return
+        if output:
+            with open(output, "w") as f:
+                f.write(text)
+            term.ok(f"policy written to {output} at {time.strftime('%H:%M:%S')}")
+        else:
+            click.echo(text, nl=False)
+
+
+def _docs(text: str) -> list:
+    import yaml
+
+    return [d for d in yaml.safe_load_all(text) if d]
