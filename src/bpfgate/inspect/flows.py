@@ -31,7 +31,6 @@ from bpfgate.errors import BpfgateError, NotFound, NotSupported, from_errno
 from bpfgate.inspect.events import Clock, Context, EventKind, EventSource, register_kind, tcp_flags_str
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel import links, netlink, netns, pins, tc
-from bpfgate.kernel.libbpf import sys_bpf
 from bpfgate.kernel.maps import Map, possible_cpus
 from bpfgate.kernel.objects import BpfObject
 from bpfgate.kernel.ringbuf import RingBuffer
@@ -43,7 +42,6 @@ SORT_KEYS = ("bytes", "packets", "last")
 # enum bg_flow_stat / bg_stat (bpfgate.h, flow.h)
 STAT_NEW, STAT_ENDED, STAT_UNPARSED, STAT_CREATE_FAIL, STAT_DELETED = 0, 1, 2, 3, 4
 STAT_EVENTS_LOST = 1
-BPF_F_BEFORE = 1 << 3  # TCX: put the link first in the chain
 # clsact fallback (kernels without TCX): priority 1 runs before the gate's filters
 TC_PRIORITY, TC_HANDLE = 1, 0xB9F5
 PINNED_MAPS = ("flows", "flow_stats", "bg_stats", "flow_events")
@@ -117,25 +115,9 @@ class TcHooks:
                 pass
 
 
-class _LinkCreateTcx(ctypes.Structure):
-    """bpf_attr for BPF_LINK_CREATE with a TCX target (kernel.links has no BPF_F_BEFORE option yet)."""
-
-    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_ifindex", ctypes.c_uint32),
-                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("relative_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
-                ("expected_revision", ctypes.c_uint64), ("_rest", ctypes.c_uint8 * 96)]
-
-
 def _tcx_first(prog: Any, ifindex: int, direction: str, netns_name: str | None) -> links.Link:
-    at = links.BPF_TCX_INGRESS if direction == "ingress" else links.BPF_TCX_EGRESS
-    attr = _LinkCreateTcx(prog_fd=prog.fd, target_ifindex=ifindex, attach_type=at, flags=BPF_F_BEFORE)
     with netns.entered(netns_name):
-        fd = sys_bpf(links.BPF_LINK_CREATE, attr)
-    if fd < 0:
-        if -fd == errno.EINVAL:
-            raise NotSupported("TCX", "the kernel rejects TCX links", min_kernel="6.6")
-        raise from_errno(f"attach tcx {direction} to ifindex {ifindex}", -fd)
-    return links.Link(fd, what=f"tcx {direction} ifindex {ifindex}")
+        return links.attach_tcx(prog, ifindex, direction, first=True)
 
 
 def open_pair(obj_name: str, prefix: str, dev: str, direction: str, *, netns_name: str | None = None,

@@ -178,8 +178,11 @@ class _LinkCreateAttr(ctypes.Structure):
     ]
 
 
-def _link_create(prog: Any, ifindex: int, attach_type: int, what: str) -> Link:
-    attr = _LinkCreateAttr(prog_fd=_prog_fd(prog), target_ifindex=ifindex, attach_type=attach_type)
+BPF_F_BEFORE = 1 << 3  # TCX: put the new link first in the chain (with no relative target)
+
+
+def _link_create(prog: Any, ifindex: int, attach_type: int, what: str, flags: int = 0) -> Link:
+    attr = _LinkCreateAttr(prog_fd=_prog_fd(prog), target_ifindex=ifindex, attach_type=attach_type, flags=flags)
     fd = L.sys_bpf(BPF_LINK_CREATE, attr)
     if fd < 0:
         err = -fd
@@ -189,10 +192,11 @@ def _link_create(prog: Any, ifindex: int, attach_type: int, what: str) -> Link:
     return Link(fd, what=what)
 
 
-def attach_tcx(prog: Any, ifindex: int, direction: str) -> Link:
-    """A TCX link (kernel >= 6.6): tc without qdiscs, ordered, owned by a link."""
+def attach_tcx(prog: Any, ifindex: int, direction: str, *, first: bool = False) -> Link:
+    """A TCX link (kernel >= 6.6): tc without qdiscs, ordered, owned by a link. `first`: run before every
+    program already there (observers such as flow accounting and capture must see what a gate drops)."""
     at = BPF_TCX_INGRESS if _direction(direction) == "ingress" else BPF_TCX_EGRESS
-    return _link_create(prog, ifindex, at, f"tcx {direction} ifindex {ifindex}")
+    return _link_create(prog, ifindex, at, f"tcx {direction} ifindex {ifindex}", BPF_F_BEFORE if first else 0)
 
 
 def attach_xdp_link(prog: Any, ifindex: int) -> Link:
