@@ -439,3 +439,27 @@ def test_cli_drops_unknown_reason_is_one_line():
     out, err = cli.finish(30)
     assert cli.proc.returncode != 0 and "Traceback" not in err
     assert "NO_SUCH_REASON" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_close_detaches_every_link_and_program():
+    from bpfgate.errors import BpfgateError
+    from bpfgate.kernel.links import Link
+    from bpfgate.kernel.objects import Program
+
+    with TcpTracer(filters=Filter.parse(netns=["/proc/self/ns/net"])) as tcp, DropTracer(tcp=tcp) as drops:
+        infos = [link.info() for t in (tcp, drops) for link in t.links]
+    assert len(infos) == 5
+
+    def alive(opener, ident) -> bool:
+        try:
+            opener(ident).close()
+            return True
+        except BpfgateError:
+            return False
+
+    for info in infos:  # links go at once; a tracepoint link lets go of its program after an RCU grace period
+        assert not alive(Link.from_id, info.id)
+    deadline = time.monotonic() + 20
+    while any(alive(Program.from_id, i.prog_id) for i in infos) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [i.prog_id for i in infos if alive(Program.from_id, i.prog_id)]
