@@ -140,16 +140,16 @@ def running(netns: str | None = None, backend: Backend | None = None) -> dict[tu
 
 
 def plan(source: Source, *, netns: str | None = None, backend: Backend | None = None) -> Plan:
-    backend = _backend(backend)
-    return make_plan(desired_state(_policies(source)), backend.running(netns), netns)
+    policies = _policies(source)
+    return make_plan(desired_state(policies), _backend(backend).running(netns), netns)
 
 
 def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, force: bool = False,
           confirm: float | None = None, mode: str | None = None, backend: Backend | None = None,
           state_root: str | None = None, start_watcher: bool = True) -> ApplyResult:
     """Validate, compile, compare with what runs, and change only what differs (all or nothing)."""
-    backend = _backend(backend)
     policies = _policies(source)
+    backend = _backend(backend)
     if confirm is not None and not 0 < confirm <= 86400:
         raise BpfgateError("apply with --confirm", f"{confirm:g} s is not between 0 and 86400 seconds")
     p = make_plan(desired_state(policies), backend.running(netns), netns)
@@ -207,8 +207,8 @@ def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: 
              before: str | None = None, after: str | None = None, position: int | None = None,
              force: bool = False, backend: Backend | None = None) -> int:
     """Add one rule live (no reload; other rules keep their counters). Returns its index."""
-    backend, hook = _backend(backend), parse_hook(hook)
-    rule = rule_from(rule)
+    hook, rule = parse_hook(hook), rule_from(rule)
+    backend = _backend(backend)
     hp = _current(backend, dev, hook, netns)
     if any(r.name == rule.name for r in hp.rules):
         raise PolicyError(f"rule {rule.name}", f"a rule of that name exists on {dev} {hook.value}; delete it first")

@@ -109,7 +109,7 @@ def policies_of(state: dict[tuple[str, Hook], HookPolicy]) -> list[Policy]:
                 break
         else:
             groups.append(([dev], hooks))
-    return [Policy(interfaces=tuple(devs), hooks=hooks) for devs, hooks in groups]
+    return [Policy(interfaces=list(devs), hooks=hooks) for devs, hooks in groups]
 
 
 def export_text(state: dict[tuple[str, Hook], HookPolicy], header: str | None = None) -> str:
