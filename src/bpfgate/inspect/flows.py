@@ -19,7 +19,6 @@ deletions counted in the shared stats map), since the kernel does not say which 
 from __future__ import annotations
 
 import ctypes
-import errno
 import heapq
 import os
 import socket
@@ -27,9 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from bpfgate.errors import BpfgateError, NotFound, NotSupported, from_errno
+from bpfgate.errors import BpfgateError, NotFound, NotSupported
 from bpfgate.inspect.events import Clock, Context, EventKind, EventSource, register_kind, tcp_flags_str
-from bpfgate.kernel import libbpf as L
 from bpfgate.kernel import links, netlink, netns, pins, tc
 from bpfgate.kernel.maps import Map, possible_cpus
 from bpfgate.kernel.objects import BpfObject
@@ -149,28 +147,8 @@ def _addr(family: int, b: bytes) -> str:
 
 
 def read_table(table: Any, chunk: int = 8192) -> list[tuple[Any, Any]]:
-    """Every (key, value) of the flow table, `chunk` per bpf_map_lookup_batch call, decoded a whole
-    chunk at a time (ctypes arrays over the buffers: ~10x faster than entry-by-entry copies)."""
-    kt, vt = table.key_type, table.value_type
-    kbuf, vbuf = (kt * chunk)(), (vt * chunk)()
-    tok_in, tok_out = kt(), kt()  # hash maps: the cursor is key-sized
-    opts = L.MapBatchOpts(sz=ctypes.sizeof(L.MapBatchOpts))
-    out: list[tuple[Any, Any]] = []
-    first = True
-    while True:
-        cnt = ctypes.c_uint32(chunk)
-        rc = L.bpf_map_lookup_batch(table.fd, None if first else ctypes.byref(tok_in), ctypes.byref(tok_out),
-                                    kbuf, vbuf, ctypes.byref(cnt), ctypes.byref(opts))
-        err = L.libc_errno() if rc != 0 else 0
-        if rc != 0 and err != errno.ENOENT:
-            raise from_errno(f"batch read map {table.name}", err)
-        n = cnt.value
-        if n:
-            out.extend(zip((kt * n).from_buffer_copy(kbuf, 0), (vt * n).from_buffer_copy(vbuf, 0)))
-        if rc != 0:  # ENOENT: that was the last chunk
-            return out
-        ctypes.memmove(ctypes.byref(tok_in), ctypes.byref(tok_out), ctypes.sizeof(kt))
-        first = False
+    """Every (key, value) of the flow table, `chunk` per bpf_map_lookup_batch call."""
+    return list(table.lookup_batch(chunk))
 
 
 @dataclass(frozen=True)
