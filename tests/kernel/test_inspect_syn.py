@@ -349,7 +349,7 @@ def test_cli_syn_flood_block_then_release_events(net, inject):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from bpfgate.kernel.testrun import test_run  # noqa: E402
+from bpfgate.kernel.testrun import test_run as run_prog  # noqa: E402  (not collected as a test)
 
 V6_EXT = (0, 43, 60, 44, 51)
 
@@ -443,5 +443,5 @@ def test_parser_matches_reference(syn_for_parser, frame):
         return sum(t.syns for t in syn.totals().values())
 
     before = total()
-    assert test_run(syn.prog, frame).retval == 2  # XDP_PASS: counting never drops
+    assert run_prog(syn.prog, frame).retval == 2  # XDP_PASS: counting never drops
     assert total() - before == int(reference_is_syn(frame)), frame.hex()
