@@ -30,7 +30,7 @@ from typing import Any
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
 
-from . import confirm as _confirm
+from . import pending as _confirm
 from . import guard
 from .apply import ApplyError, execute, precheck, resolver
 from .backend import Backend, MemoryBackend, RuleCounters

@@ -1,8 +1,8 @@
-"""The detached rollback watcher: `python -m bpfgate.policyctl.watcher PENDING_FILE` (see confirm.py)."""
+"""The detached rollback watcher: `python -m bpfgate.policyctl.watcher PENDING_FILE` (see pending.py)."""
 
 import sys
 
-from bpfgate.policyctl.confirm import watch
+from bpfgate.policyctl.pending import watch
 
 if __name__ == "__main__":
     sys.exit(watch(sys.argv[1]))
