@@ -15,10 +15,13 @@ from dataclasses import dataclass
 
 import dpkt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bpfgate.inspect.events import EventStream
 from bpfgate.inspect.syn import SynCounter
 from bpfgate.kernel import netlink, netns
+from bpfgate.kernel.testrun import test_run as run_prog  # (a name pytest would collect as a test)
 
 pytestmark = pytest.mark.kernel
 
@@ -345,11 +348,6 @@ def test_cli_syn_flood_block_then_release_events(net, inject):
 
 
 # ---- the parser against a Python reference, on generated frames (BPF_PROG_TEST_RUN) ------------------
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from bpfgate.kernel.testrun import test_run as run_prog  # noqa: E402  (not collected as a test)
 
 V6_EXT = (0, 43, 60, 44, 51)
 
