@@ -7,14 +7,21 @@ import os
 import random
 
 import pytest
+from policy_gen import random_policy
 
 from bpfgate.errors import PolicyError
 from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
 from bpfgate.policy.parse import load_text
-from bpfgate.policyctl.export import (desired_state, dump, export_text, load_policies, load_policy_file,
-                                      policy_data, rule_data, split_documents)
-
-from policy_gen import random_policy
+from bpfgate.policyctl.export import (
+    desired_state,
+    dump,
+    export_text,
+    load_policies,
+    load_policy_file,
+    policy_data,
+    rule_data,
+    split_documents,
+)
 
 EXAMPLES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "examples", "*.yaml")))
 

@@ -30,8 +30,8 @@ from typing import Any
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
 
-from . import pending as _confirm
 from . import guard
+from . import pending as _confirm
 from .apply import ApplyError, execute, precheck, resolver
 from .backend import Backend, MemoryBackend, RuleCounters
 from .export import (
