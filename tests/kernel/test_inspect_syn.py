@@ -1,6 +1,7 @@
 """SYN counter and flood detection at XDP with real frames: raw frames injected on the client's veth
 (AF_PACKET: SYNs, SYN-ACKs, ACKs, RSTs, UDP, VLAN-tagged, fragments, IPv6 with extension headers) and
-real TCP connections, counted on the server's veth; a flooding source blocked, then released."""
+real TCP connections, counted on the server's veth; a flooding source blocked, then released; and the
+parser (inspect_parse.h) checked against a Python reference on generated frames."""
 
 from __future__ import annotations
 
