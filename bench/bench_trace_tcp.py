@@ -128,6 +128,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {"none": [], "kernel": [], "cli": [], "close": []}
     cpu: dict[str, list[float]] = {k: [] for k in rates}
     lost = {"kernel": 0, "cli": 0, "close": 0}
+    shown: dict[str, list[float]] = {"cli": [], "close": []}  # events the CLI printed per second
     run_loop(args.seconds / 4)  # warm caches and the page cache for python itself
     for _ in range(args.reps):
         for cond in rates:
@@ -140,6 +141,8 @@ def main() -> None:
                 if tracer:
                     report = tracer.stop()
                     lost[cond] += int(report.get("lost", 0))
+                    if cond in shown:
+                        shown[cond].append(tracer.events / (args.seconds + 0.2))
     base, base_cpu = median(rates["none"]), median(cpu["none"])
     for cond in rates:
         print(f"{cond:<7} rate {fmt(rates[cond], 'conn/s', digits=0)}; loop CPU {fmt(cpu[cond], 'us/conn', digits=2)}")
@@ -150,6 +153,8 @@ def main() -> None:
               f"(per-rep pairs {fmt(ratios, '', digits=3)})")
         print(f"{cond:<7} CPU per connection traced/untraced {median(cpu[cond]) / base_cpu:.3f} (per-rep pairs "
               f"{fmt(cpu_ratios, '', digits=3)}); events lost {lost[cond]}")
+        if cond in shown:
+            print(f"{cond:<7} CLI output {fmt(shown[cond], 'events/s', digits=0)} (JSON lines written)")
 
 
 if __name__ == "__main__":
