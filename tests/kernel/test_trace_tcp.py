@@ -277,7 +277,11 @@ def test_netns_filter_is_done_in_the_kernel(net):
         srv = _start_server(server, tmp, n=1)
         _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 5}])
         srv.wait(10)
-        events = _collect([tcp], lambda evs: any(e.get("event") == "close" for e in evs), timeout=5)
+        events = []
+        for ev in tcp.events(timeout=COLLECT_S):  # the iterator form of poll()
+            events.append(ev)
+            if ev.get("event") == "close":
+                break
         events += tcp.poll(200)
         submitted = tcp.submitted
     # the server's side only; and the kernel sent nothing else: only our traffic is in that namespace

@@ -3,6 +3,7 @@ reported as events, and close() that detaches everything (also on Ctrl-C: use `w
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator
 
 from bpfgate.inspect.events import EventSource, EventStream
@@ -35,7 +36,6 @@ class Tracer:
         except BaseException:
             self.close()
             raise
-        self.matched = 0
 
     # ---- what runs ---------------------------------------------------------------------------------------
 
@@ -52,7 +52,6 @@ class Tracer:
         """Events that arrived within timeout_ms (JSON form, filtered), then an events_lost record if
         the kernel failed to hand over some since the last call."""
         out = [d for d in map(self.stream.describe, self.poll_raw(timeout_ms)) if self._keep(d)]
-        self.matched += len(out)
         return out + self.stream.loss_events()
 
     def poll_raw(self, timeout_ms: int = 100) -> list[Any]:
@@ -66,8 +65,7 @@ class Tracer:
         return self.filters.match(ev)
 
     def events(self, timeout: float | None = None, poll_ms: int = 100) -> Iterator[dict]:
-        import time
-
+        """poll() as an iterator, for `timeout` seconds (None: until the caller stops)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
             yield from self.poll(poll_ms)

@@ -32,8 +32,8 @@ class TcpTracer(Tracer):
     def __init__(self, *, events: Iterable[str] | None = None, seed_listeners: bool = True, **kw: Any):
         """events: which of EVENTS to emit (None: all); the others are never sent by the kernel.
         seed_listeners: learn the owners of servers that were listening before we started (/proc)."""
-        self.events = tuple(EVENTS) if events is None else tuple(events)
-        super().__init__(rodata={"cfg_kinds": kinds_mask(self.events)}, **kw)
+        self.kinds = tuple(EVENTS) if events is None else tuple(events)
+        super().__init__(rodata={"cfg_kinds": kinds_mask(self.kinds)}, **kw)
         self.seeded = 0
         if seed_listeners:
             try:
