@@ -57,7 +57,7 @@ def one_line_error(err: str) -> str:
 def test_bad_policy_file_is_one_line(be, capsys, tmp_path, text, where):
     f = tmp_path / "bad.yaml"
     f.write_text(text)
-    code, out, err = run(capsys, "apply", str(f))
+    code, _out, err = run(capsys, "apply", str(f))
     assert code == 2 and where in one_line_error(err) and be.log == []
 
 
