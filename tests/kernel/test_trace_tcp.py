@@ -58,7 +58,7 @@ SERVER = textwrap.dedent("""
 """)
 
 CLIENT = textwrap.dedent("""
-    import ctypes, json, socket, sys, time
+    import ctypes, json, os, socket, sys, time
     ctypes.CDLL(None).prctl(15, b"bgt-client")
     TCP_SYNCNT = 7
     def attempt(addr, port, syncnt=None, send=0, hold=0.0):
@@ -85,7 +85,7 @@ CLIENT = textwrap.dedent("""
         s.close()
         return {"addr": addr, "port": port, "lport": lport, "got": got, "s": time.monotonic() - t0}
     for step in json.loads(sys.argv[1]):
-        print(json.dumps(attempt(**step)), flush=True)
+        print(json.dumps({**attempt(**step), "pid": os.getpid()}), flush=True)
 """)
 
 
@@ -133,6 +133,25 @@ def gate(net):
                 tc_detach_libbpf(link.b.index, "ingress")
             except Exception:
                 pass  # the namespace goes with the sandbox anyway
+        obj.close()
+
+
+@pytest.fixture
+def gate_egress(net):
+    """bg_gate_ports at the client's TC egress, dropping TCP to DROPPED_PORT as it leaves."""
+    client, _, link, _ = net
+    obj = BpfObject.open("gate").load()
+    obj.map("blocked_ports")[{"port": DROPPED_PORT, "pad": 0}] = {"packets": 0, "bytes": 0}
+    with client.entered():
+        prog_id, _ = tc_attach_libbpf(obj.program("bg_gate_ports"), link.a.index, "egress")
+    try:
+        yield prog_id
+    finally:
+        with client.entered():
+            try:
+                tc_detach_libbpf(link.a.index, "egress")
+            except Exception:
+                pass
         obj.close()
 
 
@@ -201,7 +220,7 @@ def test_lifecycle_pid_bytes_failures_drops(net, gate):
         acc = _one(tcp_ev, event="accept", lport=PORT, rport=res["lport"], ip=ip)
         cclose = _one(tcp_ev, event="close", lport=res["lport"], rport=PORT, ip=ip)
         sclose = _one(tcp_ev, event="close", lport=PORT, rport=res["lport"], ip=ip)
-        cpid = cpid or con["pid"]
+        cpid = cpid or results[0]["pid"]
         # the owners: client process at connect and close; the server process, known from listen()
         for e in (con, cclose):
             assert (e["pid"], e["comm"], e["laddr"], e["raddr"]) == (cpid, "bgt-client", caddr, saddr), e
@@ -467,3 +486,21 @@ def test_close_detaches_every_link_and_program():
     while any(alive(Program.from_id, i.prog_id) for i in infos) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [i.prog_id for i in infos if alive(Program.from_id, i.prog_id)]
+
+
+def test_egress_drop_names_program_and_sending_process(net, gate_egress):
+    """A SYN dropped by bpfgate at the client's egress: reason TC_EGRESS, the program, and the PID of the
+    process whose socket sent it (the skb still belongs to that socket)."""
+    client, server, link, tmp = net
+    flt = _only(client, server)
+    with TcpTracer(events=(), filters=flt) as owners, DropTracer(tcp=owners, filters=flt) as drops:
+        results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": DROPPED_PORT, "syncnt": 1}])
+        assert results[0]["error"] == 110
+        events = _collect([owners, drops], lambda evs: any(e.get("reason") == "TC_EGRESS" for e in evs))
+        assert owners.submitted == 0  # owners only: no tcp events at all
+    gated = [e for e in events if e.get("reason") == "TC_EGRESS" and e["dport"] == DROPPED_PORT]
+    assert gated, events
+    for e in gated:
+        assert e["by"]["program"] == "bg_gate_ports" and e["by"]["direction"] == "egress", e
+        assert e["by"]["prog_id"] == gate_egress and e["saddr"] == link.a.ip4
+        assert e["pid"] == results[0]["pid"], (e, results)

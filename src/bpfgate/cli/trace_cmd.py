@@ -11,12 +11,13 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 import click
 
 from bpfgate.cli import term
+from bpfgate.errors import BpfgateError
 
 _BACKEND = click.Choice(["auto", "tp_btf", "tracepoint"])
 
@@ -84,11 +85,20 @@ def trace_drops(as_json, duration, count, backend, netns, pids, ports, addrs, cg
                 include_unspecified) -> None:
     """Packets the kernel dropped (skb:kfree_skb) with the drop reason: per-flow events while running,
     per-reason counts at the end. Drops by a bpfgate TC program name the program."""
-    from bpfgate.trace import DropTracer, Filter
+    from bpfgate.trace import DropTracer, Filter, TcpTracer
     from bpfgate.trace.format import DROP_HEADER, drop_line
 
     flt = Filter.parse(pids=pids, ports=ports, addrs=addrs, cgroups=cgroups, netns=netns)
-    with DropTracer(filters=flt, prefer=backend, reasons=reasons, include_unspecified=include_unspecified) as tracer:
+    with ExitStack() as stack:
+        # socket owners only (no tcp events): a drop on a socket opened from now on carries its owner's
+        # PID; drops are traced without PIDs where that tracepoint is missing
+        try:
+            owners = stack.enter_context(TcpTracer(events=(), filters=flt, prefer=backend))
+        except BpfgateError as e:
+            owners = None
+            term.err.print(f"bpfgate: warning: drops without PIDs ({e})", markup=False)
+        tracer = stack.enter_context(DropTracer(filters=flt, prefer=backend, reasons=reasons,
+                                                include_unspecified=include_unspecified, tcp=owners))
         _loop(tracer, "drops", as_json, duration, count, DROP_HEADER, drop_line, lambda: {"counts": tracer.counts()})
 
 

@@ -30,10 +30,11 @@ class TcpTracer(Tracer):
     HOOKS = HOOKS
 
     def __init__(self, *, events: Iterable[str] | None = None, seed_listeners: bool = True, **kw: Any):
-        """events: which of EVENTS to emit (None: all); the others are never sent by the kernel.
+        """events: which of EVENTS to emit (None: all; empty: none, only keep socket owners for a
+        DropTracer); the others are never sent by the kernel.
         seed_listeners: learn the owners of servers that were listening before we started (/proc)."""
         self.kinds = tuple(EVENTS) if events is None else tuple(events)
-        super().__init__(rodata={"cfg_kinds": kinds_mask(self.kinds)}, **kw)
+        super().__init__(rodata={"cfg_kinds": kinds_mask(self.kinds) if self.kinds else 0}, **kw)
         self.seeded = 0
         if seed_listeners:
             try:
