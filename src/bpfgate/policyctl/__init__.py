@@ -56,6 +56,7 @@ __all__ = [
     "apply",
     "confirm",
     "delete_rule",
+    "remove",
     "export",
     "load_policies",
     "load_policy_file",
@@ -236,6 +237,27 @@ def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = No
         if why:
             raise BpfgateError(f"delete rule {name}", why)
     backend.delete_rule(dev, hook, netns, name)
+
+
+def remove(dev: str | None = None, hook: str | Hook | None = None, *, netns: str | None = None,
+           backend: Backend | None = None) -> list[tuple[str, Hook]]:
+    """Detach the policies of one interface / hook (default: every one in `netns`). Returns what went."""
+    backend = _backend(backend)
+    hook = parse_hook(hook) if hook is not None else None
+    gone = []
+    errors = []
+    for d, h in sorted(backend.running(netns), key=lambda k: (k[0], k[1].value)):
+        if (dev is None or d == dev) and (hook is None or h == hook):
+            try:
+                backend.detach(d, h, netns)
+                gone.append((d, h))
+            except BpfgateError as e:   # go on with the others, report at the end
+                errors.append(str(e))
+    if errors:
+        raise BpfgateError("remove policy", "; ".join(errors))
+    if dev is not None and not gone:
+        raise NotFound(f"remove policy of {dev}", "no bpfgate policy is attached there")
+    return gone
 
 
 # ---- reading -------------------------------------------------------------------------------------------
