@@ -14,7 +14,7 @@ pytestmark = pytest.mark.kernel
 
 
 def test_demo_scenario_holds_and_leaves_nothing():
-    res = demo.run(timeout=2.0)
+    res = demo.run(timeout=5.0)  # generous: a loaded CI machine must not turn "served" into a timeout
     failed = [c for c in res.checks if not c.ok]
     assert not failed, failed
     assert res.counters[80]["packets"] > 0 and res.counters[80]["bytes"] > 0
@@ -24,7 +24,7 @@ def test_demo_scenario_holds_and_leaves_nothing():
 
 
 def test_demo_cli_json_exit_code():
-    r = subprocess.run([sys.executable, "-m", "bpfgate", "demo", "--json"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "bpfgate", "demo", "--json", "--timeout", "5"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
