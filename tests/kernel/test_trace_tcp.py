@@ -504,3 +504,49 @@ def test_egress_drop_names_program_and_sending_process(net, gate_egress):
         assert e["by"]["program"] == "bg_gate_ports" and e["by"]["direction"] == "egress", e
         assert e["by"]["prog_id"] == gate_egress and e["saddr"] == link.a.ip4
         assert e["pid"] == results[0]["pid"], (e, results)
+
+
+@pytest.fixture
+def cgroup():
+    """A fresh cgroup v2 directory (removed after the test; it is empty by then)."""
+    from bpfgate.doctor.system import cgroup2_mount
+
+    mount = cgroup2_mount()
+    if not mount:
+        pytest.skip("no cgroup v2 mount")
+    path = os.path.join(mount, f"bgtrace-{os.getpid()}-{time.monotonic_ns() % 10**9}")
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # the client's exit is still being accounted
+
+
+def test_cgroup_filter_keeps_the_cgroups_sockets(net, cgroup):
+    client, server, link, tmp = net
+    with TcpTracer(filters=Filter.parse(cgroups=[cgroup], netns=[client.netns, server.netns])) as tcp:
+        srv = _start_server(server, tmp, n=1)
+        steps = json.dumps([{"addr": link.b.ip4, "port": PORT, "send": 9}])
+
+        def join_cgroup():  # in the child, before exec (`ip netns exec` hides /sys/fs/cgroup)
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+        r = subprocess.run(["ip", "netns", "exec", client.netns, sys.executable, str(tmp / "client.py"), steps],
+                           capture_output=True, text=True, timeout=60, preexec_fn=join_cgroup)
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout.splitlines()[0])
+        srv.wait(10)
+        events = _collect([tcp], lambda evs: any(e.get("event") == "close" for e in evs), timeout=5)
+        events += tcp.poll(200)
+    # the client's side only: the server process is not in the cgroup
+    assert {e["event"] for e in events} == {"connect", "close"} and len(events) == 2, events
+    assert all(e["pid"] == res["pid"] and e["cgroup_id"] == os.stat(cgroup).st_ino for e in events), events
