@@ -401,6 +401,27 @@ def test_cli_json_lines_and_ctrl_c(net):
         cli.kill()
 
 
+def test_cli_text_columns_and_count(net):
+    client, server, link, tmp = net
+    cli = _Cli("tcp", "--count", "4", "--netns", client.netns, "--netns", server.netns)
+    try:
+        header = cli.readline(30)
+        assert header.split()[:6] == ["TIME", "EVENT", "PID", "COMM", "IP", "LADDR"], header
+        srv = _start_server(server, tmp, n=1)
+        results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 321}])
+        srv.wait(10)
+        out, err = cli.finish(COLLECT_S)  # --count 4: connect, accept and two closes, then it exits
+        assert cli.proc.returncode == 0, err
+        rows = [line.split() for line in out[1:]]
+        assert sorted(r[1] for r in rows) == ["accept", "close", "close", "connect"], out
+        client_close = next(r for r in rows if r[1] == "close" and r[6] == str(results[0]["lport"]))
+        assert client_close[2:5] == [str(results[0]["pid"]), "bgt-client", "4"] and client_close[9] == "321", out
+        assert "tracing tcp with tp_btf" in err or "tracing tcp with tracepoint" in err, err
+        assert "4 events shown, 0 lost" in err, err
+    finally:
+        cli.kill()
+
+
 def test_cli_bad_filter_is_one_line():
     cli = _Cli("tcp", "--port", "70000")
     out, err = cli.finish(30)
