@@ -1,0 +1,107 @@
+"""`apply --confirm`: a real detached watcher restores the previous policy unless confirmed (real traffic)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from bpfgate import policyctl
+from bpfgate.errors import NotFound
+from bpfgate.policy.model import Policy
+from bpfgate.policyctl import pending
+
+pytestmark = pytest.mark.kernel
+T = 1.0
+
+
+@pytest.fixture
+def net(sandbox):
+    client, server = sandbox.host("client"), sandbox.host("server")
+    link = sandbox.link(client, server)
+    for port in (80, 8080):
+        server.http_server(port)
+    n = type("Net", (), {})()
+    n.client, n.server, n.dev, n.ns = client, server, link.end(server).name, server.netns
+    n.ip4 = link.end(server).ip4
+    try:
+        yield n
+    finally:
+        _wait_no_pending(n.ns, 15)
+        try:
+            policyctl.remove(netns=n.ns)
+        finally:
+            shutil.rmtree(os.path.join(pending.STATE_DIR, n.ns), ignore_errors=True)
+
+
+def _wait_no_pending(ns, limit):
+    deadline = time.monotonic() + limit
+    path = pending.pending_path(ns)
+    while (os.path.exists(path) or os.path.exists(path + ".rollback")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not os.path.exists(path) and not os.path.exists(path + ".rollback")
+
+
+def served(n, port):
+    return n.client.http_get(f"http://{n.ip4}:{port}/", T).ok
+
+
+def pol(dev, port):
+    return Policy.model_validate({"interfaces": [dev], "hooks": {"tc-ingress": {"rules": [
+        {"name": "drop", "protocol": "tcp", "dst_port": port, "action": "drop"}]}}})
+
+
+def test_unconfirmed_change_is_rolled_back(net):
+    n = net
+    policyctl.apply(pol(n.dev, 80), netns=n.ns)
+    before = policyctl.running(n.ns)
+    r = policyctl.apply(pol(n.dev, 8080), netns=n.ns, confirm=1.5)
+    assert r.pending and r.pending.watcher_pid > 0
+    assert served(n, 80) and not served(n, 8080)          # the new policy runs ...
+    assert _wait_no_pending(n.ns, 15), "the watcher did not act"
+    last = pending.last_rollback(n.ns)
+    assert last and last["ok"], last
+    assert policyctl.running(n.ns) == before              # ... and the old one is back
+    assert not served(n, 80) and served(n, 8080)
+    with pytest.raises(NotFound, match="no change is waiting"):
+        policyctl.confirm(n.ns)
+
+
+def test_first_apply_unconfirmed_detaches(net):
+    n = net
+    policyctl.apply(pol(n.dev, 80), netns=n.ns, confirm=1.0)
+    assert not served(n, 80)
+    assert _wait_no_pending(n.ns, 15)
+    assert policyctl.running(n.ns) == {}
+    assert served(n, 80)
+
+
+def test_confirmed_change_stays(net):
+    n = net
+    policyctl.apply(pol(n.dev, 80), netns=n.ns)
+    r = policyctl.apply(pol(n.dev, 8080), netns=n.ns, confirm=1.5)
+    policyctl.confirm(n.ns)
+    time.sleep(r.pending.remaining + 0.5)
+    assert not os.path.exists(pending.pending_path(n.ns) + ".rollback")
+    assert served(n, 80) and not served(n, 8080)
+    try:
+        os.kill(r.pending.watcher_pid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive or _zombie_or_gone(r.pending.watcher_pid)
+
+
+def _zombie_or_gone(pid):
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
