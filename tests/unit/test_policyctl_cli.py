@@ -128,6 +128,10 @@ def test_rule_add_del_rules_export(be, capsys, tmp_path):
     assert code == 0 and "no change" in out
     code, out, _ = run(capsys, "policy", "export", "--json")
     assert json.loads(out)[0]["interfaces"] == ["eth0"]
+    code, out, _ = run(capsys, "policy", "remove", "--json")
+    assert code == 0 and json.loads(out) == [{"dev": "eth0", "hook": "tc-ingress"}] and be.running(None) == {}
+    code, _, err = run(capsys, "policy", "remove", "--dev", "eth0")
+    assert code == 2 and "no bpfgate policy" in one_line_error(err)
 
 
 @pytest.mark.parametrize("argv, msg", [

@@ -212,6 +212,23 @@ def register(app: click.Group) -> None:
         else:
             click.echo(text, nl=False)
 
+    @policy_group.command("remove")
+    @click.option("--dev", help="Only this interface.")
+    @click.option("--hook", type=HOOKS, default=None, help="Only this hook.")
+    @NETNS
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    def remove_cmd(dev, hook, netns, as_json):
+        """Detach running policies (all of them in the namespace unless --dev/--hook)."""
+        from bpfgate import policyctl
+
+        gone = policyctl.remove(dev, hook, netns=netns)
+        if as_json:
+            term.print_json([{"dev": d, "hook": h.value} for d, h in gone])
+        elif not gone:
+            term.info("no bpfgate policy is running" + (f" in {netns}" if netns else ""))
+        for d, h in [] if as_json else gone:
+            term.ok(f"{d} {h.value}: policy detached")
+
 
 def _docs(text: str) -> list:
     import yaml
