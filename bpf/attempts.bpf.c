@@ -9,30 +9,9 @@
 #include <bpf/bpf_endian.h>
 #include "bpfgate.h"
 #include "inspect_parse.h"
+#include "bg_emit.h"
 
 #define TC_ACT_OK 0
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
-} events SEC(".maps");
-
-/* 1: emit through the perf buffer (kernels without BPF ring buffers, < 5.8); set before load. The
- * unused branch is pruned by the verifier, so the ring buffer map need not even exist then. */
-const volatile __u8 cfg_perf_events = 0;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(__u32));
-} perf_events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, BG_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} bg_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -49,26 +28,6 @@ struct {
 } attempt_counts SEC(".maps");
 
 BG_EXPORT_TYPE(struct bg_attempt_event, attempt_event);
-
-static __always_inline void stat_inc(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&bg_stats, &idx);
-
-	if (v)
-		(*v)++;
-}
-
-/* one record to user space, counted as submitted or lost (bg_stats) whichever the transport */
-static __always_inline void emit(void *ctx, void *ev, __u64 size)
-{
-	long err;
-
-	if (cfg_perf_events)
-		err = bpf_perf_event_output(ctx, &perf_events, BPF_F_CURRENT_CPU, ev, size);
-	else
-		err = bpf_ringbuf_output(&events, ev, size, 0);
-	stat_inc(err ? BG_STAT_EVENTS_LOST : BG_STAT_EVENTS);
-}
 
 static __always_inline int watched(__u16 port)
 {

@@ -9,6 +9,7 @@
 #include <bpf/bpf_endian.h>
 #include "bpfgate.h"
 #include "flow_parse.h"
+#include "bg_stats.h"
 
 #define TC_ACT_UNSPEC (-1)
 
@@ -26,13 +27,6 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 23);
 } capture_events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, BG_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} bg_stats SEC(".maps");
 
 /*
  * The record is built here, then copied with its exact length (ring buffer reserve needs a constant).
@@ -52,13 +46,6 @@ struct {
 
 BG_EXPORT_TYPE(struct bg_capture_event, capture_event);
 
-static __always_inline void count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&bg_stats, &idx);
-
-	if (v)
-		(*v)++;
-}
 
 static __always_inline int in_prefix(const __u8 *addr)
 {
@@ -110,7 +97,7 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 dir)
 	if (len == 0 || len > BG_CAPTURE_MAX)
 		return TC_ACT_UNSPEC;
 	if (bpf_skb_load_bytes(skb, 0, s->buf + sizeof(*ev), len) < 0) {
-		count(BG_STAT_EVENTS_LOST);
+		stat_inc(BG_STAT_EVENTS_LOST);
 		return TC_ACT_UNSPEC;
 	}
 	ev = (void *)s->buf;
@@ -126,9 +113,9 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 dir)
 	ev->hook = BG_HOOK_TC;
 	ev->verdict = BG_VERDICT_UNKNOWN;
 	if (bpf_ringbuf_output(&capture_events, s, sizeof(*ev) + len, 0) < 0)
-		count(BG_STAT_EVENTS_LOST);
+		stat_inc(BG_STAT_EVENTS_LOST);
 	else
-		count(BG_STAT_EVENTS);
+		stat_inc(BG_STAT_EVENTS);
 	return TC_ACT_UNSPEC;
 }
 

@@ -11,6 +11,7 @@
 #include <bpf/bpf_endian.h>
 #include "bpfgate.h"
 #include "flow_parse.h"
+#include "bg_stats.h"
 
 #define TC_ACT_UNSPEC (-1)
 #define BG_TCP_FIN 0x01
@@ -30,27 +31,12 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, BG_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} bg_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, BG_FLOW_STAT_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
 } flow_stats SEC(".maps");
 
 BG_EXPORT_TYPE(struct bg_flow_end_event, flow_end_event);
-
-static __always_inline void count(void *map, __u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(map, &idx);
-
-	if (v)
-		(*v)++;
-}
 
 static __always_inline void flow_end(struct bg_flow_key *key, struct bg_flow_value *val, __u32 reason)
 {
@@ -61,7 +47,7 @@ static __always_inline void flow_end(struct bg_flow_key *key, struct bg_flow_val
 		return;
 	ev = bpf_ringbuf_reserve(&flow_events, sizeof(*ev), 0);
 	if (!ev) {
-		count(&bg_stats, BG_STAT_EVENTS_LOST);
+		percpu_inc(&bg_stats, BG_STAT_EVENTS_LOST);
 		return;
 	}
 	ev->hdr.type = BG_EV_FLOW_END;
@@ -72,8 +58,8 @@ static __always_inline void flow_end(struct bg_flow_key *key, struct bg_flow_val
 	ev->val = *val;
 	ev->val.ended = reason;
 	bpf_ringbuf_submit(ev, 0);
-	count(&bg_stats, BG_STAT_EVENTS);
-	count(&flow_stats, BG_FLOW_STAT_ENDED);
+	percpu_inc(&bg_stats, BG_STAT_EVENTS);
+	percpu_inc(&flow_stats, BG_FLOW_STAT_ENDED);
 }
 
 static __always_inline int account(struct __sk_buff *skb, __u8 dir)
@@ -85,7 +71,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 	__u64 segs, bytes;
 
 	if (bg_parse(skb, &key, &pkt) < 0) {
-		count(&flow_stats, BG_FLOW_STAT_UNPARSED);
+		percpu_inc(&flow_stats, BG_FLOW_STAT_UNPARSED);
 		return TC_ACT_UNSPEC;
 	}
 	key.dir = dir;
@@ -101,7 +87,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 		};
 
 		if (bpf_map_update_elem(&flows, &key, &fresh, BPF_NOEXIST) == 0) {
-			count(&flow_stats, BG_FLOW_STAT_NEW);
+			percpu_inc(&flow_stats, BG_FLOW_STAT_NEW);
 			if (key.proto == IPPROTO_TCP && (pkt.tcp_flags & (BG_TCP_FIN | BG_TCP_RST))) {
 				val = bpf_map_lookup_elem(&flows, &key);
 				if (val)
@@ -111,7 +97,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 dir)
 		}
 		val = bpf_map_lookup_elem(&flows, &key); /* another CPU created it first */
 		if (!val) {
-			count(&flow_stats, BG_FLOW_STAT_CREATE_FAIL);
+			percpu_inc(&flow_stats, BG_FLOW_STAT_CREATE_FAIL);
 			return TC_ACT_UNSPEC;
 		}
 	}

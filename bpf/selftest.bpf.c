@@ -7,6 +7,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "bpfgate.h"
+#include "bg_stats.h"
 
 #define TC_ACT_OK 0
 
@@ -24,13 +25,6 @@ struct {
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, sizeof(__u32));
 } perf_events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, BG_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} bg_stats SEC(".maps");
 
 /* plain maps for map-API tests */
 struct {
@@ -50,14 +44,6 @@ struct {
 static __u64 seq;
 
 BG_EXPORT_TYPE(struct bg_test_event, test_event);
-
-static __always_inline void stat_inc(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&bg_stats, &idx);
-
-	if (v)
-		(*v)++;
-}
 
 SEC("tc")
 int bg_selftest_ringbuf(struct __sk_buff *skb)
