@@ -97,3 +97,11 @@ def sandbox():
         pytest.skip(NOT_ROOT_REASON)
     with Sandbox() as sb:
         yield sb
+
+
+@pytest.fixture
+def pair(sandbox):
+    """client <-> server over one veth pair: (client, server, client's iface, server's iface)."""
+    client, server = sandbox.host("client"), sandbox.host("server")
+    link = sandbox.link(client, server)
+    return client, server, link.end(client), link.end(server)

@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -21,33 +20,13 @@ from bpfgate.inspect.capture import Capture, CaptureFilter, capture_to_file
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel import links, netlink, netns, tc
 from bpfgate.kernel.objects import Program
+from clirun import CLI, run_cli  # noqa: E402  (tests/kernel helper)
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed (scripts/run installs it)")]
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 DEADLINE = 10.0
-CLI = [sys.executable, "-m", "bpfgate.cli.main"]
-
-
-def run_cli(args: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    """`bpfgate ARGS` in a child. Should it hang, its Python stacks (faulthandler, SIGABRT) are the failure."""
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "bpfgate.cli.main", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGABRT)
-        out, err = proc.communicate(timeout=30)
-        pytest.fail(f"bpfgate {' '.join(args)} still running after {timeout} s; its stacks:\n{err[-4000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-@pytest.fixture
-def pair(sandbox):
-    client, server = sandbox.host("client"), sandbox.host("server")
-    link = sandbox.link(client, server)
-    return client, server, link.end(client), link.end(server)
 
 
 def _udp_socks(pair, family: int):

@@ -7,11 +7,8 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 
@@ -22,6 +19,7 @@ from bpfgate.inspect.flows import FlowMonitor, pin_dir, top_flows
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel import links, netlink, netns, tc
 from bpfgate.kernel.objects import Program
+from clirun import run_cli  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
 
@@ -29,27 +27,6 @@ UDP_HDR = {4: 20 + 8, 6: 40 + 8}  # IP + UDP header bytes per datagram
 TCP_HDR = {4: (20 + 20, 20 + 60), 6: (40 + 20, 40 + 60)}  # IP + TCP header, without / with max options
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 DEADLINE = 10.0  # seconds: every wait in these tests is bounded by this
-
-
-def run_cli(args: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    """`bpfgate ARGS` in a child. Should it hang, its Python stacks (faulthandler, SIGABRT) are the failure."""
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "bpfgate.cli.main", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGABRT)
-        out, err = proc.communicate(timeout=30)
-        pytest.fail(f"bpfgate {' '.join(args)} still running after {timeout} s; its stacks:\n{err[-4000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-@pytest.fixture
-def pair(sandbox):
-    """client <-> server over one veth pair; flows are watched on the client's end."""
-    client, server = sandbox.host("client"), sandbox.host("server")
-    link = sandbox.link(client, server)
-    return client, server, link.end(client), link.end(server)
 
 
 def _bound(host, family: int, addr: str, kind: int) -> socket.socket:

@@ -13,7 +13,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import termios
 import threading
 import time
@@ -23,24 +22,11 @@ from rich.console import Console
 
 from bpfgate.inspect.flows import FlowMonitor
 from bpfgate.inspect.top import Top, run_live
+from clirun import CLI, run_cli  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
 
-CLI = [sys.executable, "-m", "bpfgate.cli.main"]
 DEADLINE = 10.0
-
-
-def run_cli(args: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    """`bpfgate ARGS` in a child. Should it hang, its Python stacks (faulthandler, SIGABRT) are the failure."""
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "bpfgate.cli.main", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGABRT)
-        out, err = proc.communicate(timeout=30)
-        pytest.fail(f"bpfgate {' '.join(args)} still running after {timeout} s; its stacks:\n{err[-4000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture
