@@ -1,0 +1,536 @@
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
+/*
+ * The policy engine: one classifier core shared by a TC program and an XDP program.
+ *
+ *   parse (parse.h) -> key with `have` bits -> conntrack state -> tuple-space search over bg_cls
+ *   (one hash lookup per shape, early stop) -> bg_rules[rule_id] -> counters, log, rate limit, action.
+ *
+ * The map contract is docs/policy-engine.md section 5 (structs in bpfgate.h). bg_ct_track is a
+ * conntrack-only program for the other direction of an interface whose ingress is gated, so replies of
+ * outgoing flows are known as established.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "bpfgate.h"
+#define BG_EVENTS_SIZE (256 * 1024)
+#include "bg_emit.h"
+#include "parse.h"
+
+#define TC_ACT_UNSPEC -1
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+#define NSEC 1000000000ULL
+
+/* set before load */
+const volatile __u8 cfg_hook = BG_ENGINE_TC_INGRESS; /* enum bg_engine_hook (events say where) */
+const volatile __u8 cfg_ct = 1;          /* track flows and set ct_state */
+const volatile __u8 cfg_test_mark = 0;   /* tests: ct_state from skb->mark low 3 bits, rule_id+1 into mark */
+const volatile __u64 cfg_ct_timeout_new_ns = 30 * NSEC;   /* no reply seen yet */
+const volatile __u64 cfg_ct_timeout_est_ns = 600 * NSEC;  /* reply seen */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 21); /* two generations of 1M entries during a swap */
+	__type(key, struct bg_cls_key);
+	__type(value, struct bg_cls_val);
+} bg_cls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct bg_conf);
+} bg_conf SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} bg_active SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 18);
+	__type(key, __u32);
+	__type(value, struct bg_rule);
+} bg_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1 << 18);
+	__type(key, __u32);
+	__type(value, struct bg_counter);
+} bg_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 18);
+	__type(key, __u32);
+	__type(value, struct bg_bucket);
+} bg_rate_rule SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct bg_rate_src_key);
+	__type(value, struct bg_bucket);
+} bg_rate_src SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1 << 18);
+	__type(key, __u32);
+	__type(value, struct bg_log_bucket);
+} bg_log_rate SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct bg_ct_key);
+	__type(value, struct bg_ct_entry);
+} bg_ct SEC(".maps");
+
+BG_EXPORT_TYPE(struct bg_rule_log_event, rule_log_event);
+
+/* ---- conntrack ------------------------------------------------------------------------------------ */
+
+/* Flow key of the packet, in the packet's direction. 0 if the packet is not trackable. */
+static __always_inline int ct_key_of(const struct bg_cls_key *k, const struct bg_parsed *p, struct bg_ct_key *ck)
+{
+	if (!(k->have & BG_HAVE_PROTO))
+		return 0;
+	ck->family = k->family;
+	ck->proto = k->proto;
+	__builtin_memcpy(ck->src, k->src, 16);
+	__builtin_memcpy(ck->dst, k->dst, 16);
+	if (k->have & BG_HAVE_PORTS) {
+		ck->sport = k->sport;
+		ck->dport = k->dport;
+	} else if (k->have & BG_HAVE_ICMP) {
+		/* echo request/reply share the identifier; other ICMP is tracked per address pair */
+		__u8 t = k->icmp_type;
+
+		if (t == 8 || t == 0 || t == 128 || t == 129)
+			ck->sport = ck->dport = p->icmp_id;
+	} else if (k->proto == 6 || k->proto == 17 || k->proto == 132 || k->proto == 1 || k->proto == 58) {
+		return 0; /* fragment or truncated: no L4 to tell the flow */
+	}
+	return 1;
+}
+
+static __always_inline void ct_reverse(const struct bg_ct_key *ck, struct bg_ct_key *rk)
+{
+	rk->family = ck->family;
+	rk->proto = ck->proto;
+	rk->sport = ck->dport;
+	rk->dport = ck->sport;
+	__builtin_memcpy(rk->src, ck->dst, 16);
+	__builtin_memcpy(rk->dst, ck->src, 16);
+}
+
+static __always_inline int ct_live(const struct bg_ct_entry *e, __u64 now)
+{
+	__u64 t = (e->flags & BG_CTF_REPLY) ? cfg_ct_timeout_est_ns : cfg_ct_timeout_new_ns;
+
+	return now - e->last_ns <= t;
+}
+
+static __always_inline void ct_account(struct bg_ct_entry *e, int reply, __u32 len, __u8 tcp_flags, __u64 now)
+{
+	e->last_ns = now;
+	if (reply) {
+		__sync_fetch_and_add(&e->packets_reply, 1);
+		__sync_fetch_and_add(&e->bytes_reply, len);
+		if (!(e->flags & BG_CTF_REPLY))
+			e->flags |= BG_CTF_REPLY;
+	} else {
+		__sync_fetch_and_add(&e->packets_orig, 1);
+		__sync_fetch_and_add(&e->bytes_orig, len);
+	}
+	e->tcp_flags_seen |= tcp_flags;
+}
+
+/* Look the packet's flow up (creating it for a valid first packet); returns enum bg_ct_state or 0. */
+static __always_inline __u8 ct_track(const struct bg_cls_key *k, const struct bg_parsed *p, __u32 len)
+{
+	struct bg_ct_key ck = {}, rk = {};
+	struct bg_ct_entry *e;
+	__u64 now = bpf_ktime_get_ns();
+	__u8 flags = (k->have & BG_HAVE_TCPFLAGS) ? k->tcp_flags : 0;
+
+	if (!ct_key_of(k, p, &ck))
+		return 0;
+	e = bpf_map_lookup_elem(&bg_ct, &ck);
+	if (e && ct_live(e, now)) {
+		ct_account(e, 0, len, flags, now);
+		return (e->flags & BG_CTF_REPLY) ? BG_CT_ESTABLISHED : BG_CT_NEW;
+	}
+	ct_reverse(&ck, &rk);
+	e = bpf_map_lookup_elem(&bg_ct, &rk);
+	if (e && ct_live(e, now)) {
+		ct_account(e, 1, len, flags, now);
+		return BG_CT_ESTABLISHED;
+	}
+	/* a new flow: TCP only from a SYN without ACK (anything else without state is invalid) */
+	if (k->proto == 6) {
+		if (!(k->have & BG_HAVE_TCPFLAGS) || (flags & 0x16) != 0x02) /* SYN, no ACK, no RST */
+			return BG_CT_INVALID;
+	}
+	{
+		struct bg_ct_entry ne = {};
+
+		ne.first_ns = ne.last_ns = now;
+		ne.packets_orig = 1;
+		ne.bytes_orig = len;
+		ne.tcp_flags_seen = flags;
+		bpf_map_update_elem(&bg_ct, &ck, &ne, BPF_ANY);
+	}
+	return BG_CT_NEW;
+}
+
+/* ---- classifier ----------------------------------------------------------------------------------- */
+
+static __always_inline __u32 classify(const struct bg_cls_key *pkt)
+{
+	__u32 zero = 0, slot, *active;
+	struct bg_conf *cf;
+	__u32 best = 0xffffffff, rule;
+
+	active = bpf_map_lookup_elem(&bg_active, &zero);
+	slot = active ? (*active & 1) : 0;
+	cf = bpf_map_lookup_elem(&bg_conf, &slot);
+	if (!cf)
+		return 0xffffffff;
+	rule = cf->default_rule;
+	for (int i = 0; i < BG_MAX_SHAPES; i++) {
+		struct bg_cls_key k;
+		struct bg_cls_val *v;
+		const __u64 *m = (const __u64 *)&cf->shapes[i].mask, *pk = (const __u64 *)pkt;
+		__u64 *d = (__u64 *)&k;
+
+		if (i >= cf->nshapes || cf->shapes[i].best_prio >= best)
+			break;
+		d[0] = pk[0] & m[0];
+		d[1] = pk[1] & m[1];
+		d[2] = pk[2] & m[2];
+		d[3] = pk[3] & m[3];
+		d[4] = pk[4] & m[4];
+		d[5] = pk[5] & m[5];
+		k.shape = cf->shapes[i].id;
+		k.gen = cf->gen;
+		v = bpf_map_lookup_elem(&bg_cls, &k);
+		if (v && v->prio < best) {
+			best = v->prio;
+			rule = v->rule_id;
+		}
+	}
+	return rule;
+}
+
+/* ---- actions -------------------------------------------------------------------------------------- */
+
+/* Token bucket; credit is tokens * 1e9 so slow rates refill without rounding away. 1: within the rate. */
+static __always_inline int bucket_refill_take(struct bg_bucket *b, const struct bg_rule *r, __u64 cost, __u64 now)
+{
+	__u64 cap = r->burst * NSEC, elapsed, credit;
+	int ok;
+
+	if (!b->last_ns) {
+		credit = cap;
+	} else {
+		elapsed = now - b->last_ns;
+		if (elapsed > 10 * NSEC)
+			elapsed = 10 * NSEC; /* bounds elapsed * rate; 10 s refills any bucket of rate <= 1.8e9 */
+		credit = b->credit + elapsed * r->rate;
+		if (credit > cap)
+			credit = cap;
+	}
+	ok = credit >= cost;
+	b->credit = ok ? credit - cost : credit;
+	b->last_ns = now;
+	return ok;
+}
+
+/* per-rule buckets (ARRAY) are exact under the lock; per-source buckets live in an LRU hash, where the
+ * kernel allows no spin lock: concurrent CPUs may race on one source's bucket (approximate, never stuck) */
+static __always_inline int bucket_take_locked(struct bg_bucket *b, const struct bg_rule *r, __u64 cost, __u64 now)
+{
+	int ok;
+
+	bpf_spin_lock(&b->lock);
+	ok = bucket_refill_take(b, r, cost, now);
+	bpf_spin_unlock(&b->lock);
+	return ok;
+}
+
+static __always_inline int within_rate(__u32 rule_id, const struct bg_rule *r, const struct bg_cls_key *k,
+				       __u32 len)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 cost = ((r->flags & BG_RF_RATE_BYTES) ? len : 1) * NSEC;
+	struct bg_bucket *b;
+
+	if (r->flags & BG_RF_RATE_PER_SRC) {
+		struct bg_rate_src_key sk = {};
+
+		sk.rule_id = rule_id;
+		sk.family = k->family;
+		__builtin_memcpy(sk.addr, k->src, 16);
+		b = bpf_map_lookup_elem(&bg_rate_src, &sk);
+		if (!b) {
+			struct bg_bucket fresh = {};
+
+			bpf_map_update_elem(&bg_rate_src, &sk, &fresh, BPF_NOEXIST);
+			b = bpf_map_lookup_elem(&bg_rate_src, &sk);
+			if (!b)
+				return 1; /* table full under churn: fail open for this packet */
+		}
+		return bucket_refill_take(b, r, cost, now);
+	}
+	b = bpf_map_lookup_elem(&bg_rate_rule, &rule_id);
+	if (!b)
+		return 1;
+	return bucket_take_locked(b, r, cost, now);
+}
+
+static __always_inline int log_allowed(__u32 rule_id, const struct bg_rule *r)
+{
+	struct bg_log_bucket *b = bpf_map_lookup_elem(&bg_log_rate, &rule_id);
+	__u64 now = bpf_ktime_get_ns(), cap = (__u64)r->log_rate * NSEC, credit;
+
+	if (!b)
+		return 0;
+	if (!b->last_ns) {
+		credit = cap;
+	} else {
+		__u64 elapsed = now - b->last_ns;
+
+		if (elapsed > 10 * NSEC)
+			elapsed = 10 * NSEC;
+		credit = b->credit + elapsed * r->log_rate;
+		if (credit > cap)
+			credit = cap;
+	}
+	b->last_ns = now;
+	if (credit < NSEC) {
+		b->credit = credit;
+		return 0;
+	}
+	b->credit = credit - NSEC;
+	return 1;
+}
+
+static __always_inline void log_event(void *ctx, __u32 rule_id, __u8 action, const struct bg_cls_key *k,
+				      __u32 len, __u32 ifindex)
+{
+	struct bg_rule_log_event ev = {};
+
+	ev.hdr.type = BG_EV_RULE_LOG;
+	ev.hdr.len = sizeof(ev);
+	ev.hdr.cpu = bpf_get_smp_processor_id();
+	ev.hdr.ts_ns = bpf_ktime_get_ns();
+	ev.rule_id = rule_id;
+	ev.ifindex = ifindex;
+	ev.pkt_len = len;
+	ev.action = action;
+	ev.hook = cfg_hook;
+	ev.family = k->family;
+	ev.proto = k->proto;
+	ev.sport = k->sport;
+	ev.dport = k->dport;
+	ev.ct_state = k->ct_state;
+	ev.tcp_flags = k->tcp_flags;
+	__builtin_memcpy(ev.src, k->src, 16);
+	__builtin_memcpy(ev.dst, k->dst, 16);
+	emit(ctx, &ev, sizeof(ev));
+}
+
+struct verdict {
+	__u32 rule_id;
+	__u8 action;      /* enum bg_action; 0: no rule record (pass) */
+	__u8 redir_ingress;
+	__u32 ifindex;
+	__u32 mark;       /* applied when has_mark */
+	__u8 has_mark;
+};
+
+/* The whole decision for one packet: classify, count, log, rate-limit. */
+static __always_inline void decide(void *ctx, struct bg_cls_key *k, __u32 len, __u32 ifindex, struct verdict *v)
+{
+	struct bg_rule *r;
+	struct bg_counter *c;
+	__u32 rid = classify(k);
+
+	v->rule_id = rid;
+	r = bpf_map_lookup_elem(&bg_rules, &rid);
+	if (!r) {
+		v->action = 0;
+		return;
+	}
+	v->action = r->action;
+	if ((r->flags & BG_RF_RATE) && !within_rate(rid, r, k, len))
+		v->action = r->over_action;
+	if (r->flags & BG_RF_COUNT) {
+		c = bpf_map_lookup_elem(&bg_counters, &rid);
+		if (c) {
+			c->packets++;
+			c->bytes += len;
+		}
+	}
+	if ((r->flags & BG_RF_LOG) && log_allowed(rid, r))
+		log_event(ctx, rid, v->action, k, len, ifindex);
+	if (v->action == BG_ACT_REDIRECT) {
+		v->ifindex = r->redirect_ifindex;
+		v->redir_ingress = !!(r->flags & BG_RF_REDIR_INGRESS);
+	}
+	if (r->flags & BG_RF_MARK) {
+		v->has_mark = 1;
+		v->mark = r->mark;
+	}
+}
+
+/* ---- programs ------------------------------------------------------------------------------------- */
+
+static __always_inline void tc_key(struct __sk_buff *skb, struct bg_cls_key *k, struct bg_parsed *p)
+{
+	void *data, *end;
+
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	/* headers may sit in paged data (GRO): make the first 128 bytes linear when they are not */
+	if (data + 128 > end && (long)skb->len > end - data) {
+		bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+		data = (void *)(long)skb->data;
+		end = (void *)(long)skb->data_end;
+	}
+	if (skb->vlan_present) { /* the outer tag was taken off into the skb (VLAN acceleration) */
+		k->vlan = skb->vlan_tci & 0x0fff;
+		k->have |= BG_HAVE_VLAN;
+	}
+	bg_parse(data, end, k, p);
+}
+
+SEC("tc")
+int bg_engine_tc(struct __sk_buff *skb)
+{
+	struct bg_cls_key k = {};
+	struct bg_parsed p = {};
+	struct verdict v = {};
+
+	tc_key(skb, &k, &p);
+	if (cfg_test_mark) {
+		if (skb->mark & 7) {
+			k.ct_state = skb->mark & 7;
+			k.have |= BG_HAVE_CT;
+		}
+	} else if (cfg_ct) {
+		k.ct_state = ct_track(&k, &p, skb->len);
+		if (k.ct_state)
+			k.have |= BG_HAVE_CT;
+	}
+	decide(skb, &k, skb->len, skb->ifindex, &v);
+	if (v.has_mark)
+		skb->mark = v.mark;
+	if (cfg_test_mark)
+		skb->mark = v.rule_id + 1;
+	if (v.action == BG_ACT_DROP)
+		return TC_ACT_SHOT;
+	if (v.action == BG_ACT_REDIRECT)
+		return bpf_redirect(v.ifindex, v.redir_ingress ? BPF_F_INGRESS : 0);
+	return TC_ACT_OK;
+}
+
+SEC("xdp")
+int bg_engine_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct bg_cls_key k = {};
+	struct bg_parsed p = {};
+	struct verdict v = {};
+	__u32 len = end - data;
+
+	bg_parse(data, end, &k, &p);
+	if (cfg_ct && !cfg_test_mark) {
+		k.ct_state = ct_track(&k, &p, len);
+		if (k.ct_state)
+			k.have |= BG_HAVE_CT;
+	}
+	decide(ctx, &k, len, ctx->ingress_ifindex, &v);
+	if (v.action == BG_ACT_DROP)
+		return XDP_DROP;
+	if (v.action == BG_ACT_REDIRECT)
+		return bpf_redirect(v.ifindex, 0);
+	return XDP_PASS;
+}
+
+/* Conntrack only (the other direction of a gated interface): never decides, lets the next filter run. */
+SEC("tc")
+int bg_ct_track(struct __sk_buff *skb)
+{
+	struct bg_cls_key k = {};
+	struct bg_parsed p = {};
+
+	tc_key(skb, &k, &p);
+	ct_track(&k, &p, skb->len);
+	return TC_ACT_UNSPEC;
+}
+
+/* Benchmark baselines: the empty-program floor and an LPM-trie-only filter (bench/bench_classifier.py). */
+struct bg_lpm_v4 {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct bg_lpm_v6 {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct bg_lpm_v4);
+	__type(value, __u32);
+} bg_bench_lpm4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct bg_lpm_v6);
+	__type(value, __u32);
+} bg_bench_lpm6 SEC(".maps");
+
+SEC("tc")
+int bg_bench_empty(struct __sk_buff *skb)
+{
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int bg_bench_lpm(struct __sk_buff *skb)
+{
+	struct bg_cls_key k = {};
+	struct bg_parsed p = {};
+	__u32 *hit = 0;
+
+	tc_key(skb, &k, &p);
+	if (k.family == 4) {
+		struct bg_lpm_v4 lk = { .prefixlen = 32 };
+
+		__builtin_memcpy(lk.addr, k.src, 4);
+		hit = bpf_map_lookup_elem(&bg_bench_lpm4, &lk);
+	} else if (k.family == 6) {
+		struct bg_lpm_v6 lk = { .prefixlen = 128 };
+
+		__builtin_memcpy(lk.addr, k.src, 16);
+		hit = bpf_map_lookup_elem(&bg_bench_lpm6, &lk);
+	}
+	return hit && *hit ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
