@@ -21,6 +21,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "bpfgate.h"
+#include "bg_stats.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -42,13 +43,6 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, BG_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} bg_stats SEC(".maps");
 
 /* sk address -> owner; an LRU so sockets we never see close (tracing started mid-way) age out */
 struct {
@@ -90,14 +84,6 @@ static __always_inline __u64 wakeup_flag(void)
 	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA); /* includes this record (+8 byte header) */
 	return avail >= cfg_wakeup_bytes && avail < cfg_wakeup_bytes + sizeof(struct bg_tcp_event) + 8 ? BPF_RB_FORCE_WAKEUP
 											   : BPF_RB_NO_WAKEUP;
-}
-
-static __always_inline void stat_inc(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&bg_stats, &idx);
-
-	if (v)
-		(*v)++;
 }
 
 /*
