@@ -20,4 +20,11 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "bg_syn_flood_event": ("hdr", "ifindex", "src", "window_syns", "rate", "block_until_ns"),
     "bg_attempt_key": ("ifindex", "port"),
     "bg_attempt_event": ("hdr", "ifindex", "family", "tcp_flags", "sport", "dport", "pkt_len", "saddr", "daddr"),
+    # tcp tracing (bpfgate.trace)
+    "bg_tcp_event": ("hdr", "sk", "duration_ns", "bytes_sent", "bytes_received", "cgroup_id", "saddr", "daddr",
+                     "pid", "netns", "error", "sport", "dport", "family", "kind", "old_state", "new_state",
+                     "owner_flags", "comm"),
+    "bg_drop_event": ("hdr", "location", "saddr", "daddr", "reason", "ifindex", "netns", "pid", "len", "sport",
+                      "dport", "family", "protocol"),
+    "bg_sock_owner": ("start_ns", "cgroup_id", "pid", "flags", "comm"),
 }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bpfgate.contract import CONTRACT
 from bpfgate.errors import BpfgateError
 from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.objects import BpfObject
@@ -17,14 +18,7 @@ from bpfgate.trace.drops import HOOKS as DROP_HOOKS
 from bpfgate.trace.tcp import HOOKS as TCP_HOOKS
 
 OBJECTS = Path(__file__).resolve().parents[2] / "src" / "bpfgate" / "objects"
-USED = {
-    "bg_tcp_event": ("hdr", "sk", "duration_ns", "bytes_sent", "bytes_received", "cgroup_id", "saddr", "daddr",
-                     "pid", "netns", "error", "sport", "dport", "family", "kind", "old_state", "new_state",
-                     "owner_flags", "comm"),
-    "bg_drop_event": ("hdr", "location", "saddr", "daddr", "reason", "ifindex", "netns", "pid", "len", "sport",
-                      "dport", "family", "protocol"),
-    "bg_sock_owner": ("start_ns", "cgroup_id", "pid", "flags", "comm"),
-}
+USED = CONTRACT  # the names Python reads: one list, in bpfgate.contract
 
 
 @pytest.mark.parametrize("obj, structs", [("trace_tcp", ("bg_tcp_event", "bg_sock_owner")),

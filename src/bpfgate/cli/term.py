@@ -17,8 +17,14 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def print_json_line(data: Any) -> None:
+def print_json_line(data: Any, flush: bool = True) -> None:
+    """One JSON object per line. Streams that print bursts pass flush=False and call flush() per burst."""
     sys.stdout.write(json.dumps(data, separators=(",", ":"), default=str) + "\n")
+    if flush:
+        sys.stdout.flush()
+
+
+def flush() -> None:
     sys.stdout.flush()
 
 

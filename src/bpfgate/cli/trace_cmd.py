@@ -157,12 +157,14 @@ def _events(tracer, as_json: bool, deadline, count, line, shown: list) -> None:
                     _lost(ev, as_json)
                     continue
                 if as_json:
-                    term.print_json_line(ev)
+                    term.print_json_line(ev, flush=False)  # one flush per poll below
                 else:
                     term.out.print(line(ev), markup=False, highlight=False)
                 shown[0] += 1
                 if count is not None and shown[0] >= count:
                     break
+            if as_json:
+                term.flush()
 
 
 def _lost(ev: dict, as_json: bool) -> None:
