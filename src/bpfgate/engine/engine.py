@@ -1,0 +1,376 @@
+"""The policy engine driver: one loaded engine object (programs + maps) for one (netns, interface, hook).
+
+See the package docstring for the API. Map writes follow docs/policy-engine.md section 6 (apply order).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import time
+from typing import Iterable
+
+from bpfgate import attach as attach_mod
+from bpfgate.errors import BpfgateError, NotFound
+from bpfgate.kernel import netlink, pins
+from bpfgate.kernel.maps import Map
+from bpfgate.kernel.objects import BpfObject
+from bpfgate.policy import layout as L
+from bpfgate.policy.compile import DEFAULT_NAME, CompiledHook, Limits, compile_hook
+from bpfgate.policy.live import Diff, LiveHook, swap as live_swap
+from bpfgate.policy.model import Hook, HookPolicy, Rule
+
+from . import records as R
+from .state import StateStore
+
+OBJECT = "engine"
+OWNER = "engine"
+CT_OWNER = "engine-ct"
+CT_HANDLE, CT_PRIORITY = 0xB9E, 99       # the conntrack tracker runs before any filter of ours
+GRACE_S = 1.0                            # freed rule slots wait this long (in-flight packets, RCU)
+MAPS = ("bg_cls", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_rate_src",
+        "bg_log_rate", "bg_ct", "events", "bg_stats")
+U32_KEYED = {"bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate", "bg_stats"}
+HOOK_CODE = {Hook.TC_INGRESS: 1, Hook.TC_EGRESS: 2, Hook.XDP: 3}
+_U32 = struct.Struct("=I")
+
+
+def pin_dir(dev: str, hook: Hook, netns_name: str | None) -> str:
+    return pins.pin_path("engine", netns_name or "-", dev, Hook(hook).value)
+
+
+def _u32s(ids: Iterable[int]) -> bytes:
+    return b"".join(_U32.pack(i) for i in ids)
+
+
+class Engine:
+    """A policy engine instance. Create with attach() / open() / load() (detached: tests, benchmarks)."""
+
+    def __init__(self, hook: Hook, maps: dict[str, Map], *, dev: str | None = None, netns_name: str | None = None,
+                 obj: BpfObject | None = None, store: StateStore | None = None):
+        self.hook, self.maps, self.dev, self.netns = Hook(hook), maps, dev, netns_name
+        self.obj, self.store = obj, store
+        self.live: LiveHook | None = None
+        self.pending_free: list[tuple[float, list[int]]] = []
+
+    # ---- creation --------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, hook: Hook | str, *, ct: bool = True, test_mark: bool = False,
+             max_entries: dict[str, int] | None = None, reuse: dict[str, int] | None = None) -> "Engine":
+        """Load the engine object without attaching it (BPF_PROG_TEST_RUN, benchmarks, attach())."""
+        hook = Hook(hook)
+        obj = BpfObject.open(OBJECT, rodata={"cfg_hook": HOOK_CODE[hook], "cfg_ct": int(ct),
+                                             "cfg_test_mark": int(test_mark)})
+        try:
+            for name, n in (max_entries or {}).items():
+                obj.set_max_entries(name, n)
+            for name, fd in (reuse or {}).items():
+                obj.reuse_map(name, fd)
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        return cls(hook, {m: obj.map(m) for m in MAPS}, obj=obj)
+
+    @property
+    def program(self):
+        """The hook's program (TC or XDP) of a loaded object."""
+        if self.obj is None:
+            raise BpfgateError("engine program", "engine was opened from pins: no program object")
+        return self.obj.program("bg_engine_xdp" if self.hook is Hook.XDP else "bg_engine_tc")
+
+    @classmethod
+    def attach(cls, dev: str, hook: Hook | str, policy: HookPolicy | CompiledHook | None = None, *,
+               netns_name: str | None = None, mode: str | None = None, ct: bool = True,
+               limits: Limits = Limits()) -> "Engine":
+        """Load, write `policy` (default: allow everything), pin the maps, attach. Nothing stays behind on
+        failure. mode: tc|libbpf|tcx for TC hooks, auto|native|generic for XDP."""
+        hook = Hook(hook)
+        ifindex = netlink.ifindex(dev, netns_name)   # NotFound before anything is loaded
+        store = StateStore(dev, hook, netns_name)
+        if store.exists():
+            raise BpfgateError(f"attach engine on {dev} {hook.value}", "an engine is already attached there",
+                               hint="swap its policy, or detach it first")
+        reuse = {}
+        shared = cls._sibling_ct(dev, hook, netns_name)   # one flow table per interface, shared by its hooks
+        if shared is not None:
+            reuse["bg_ct"] = shared.fd
+        eng = cls.load(hook, ct=ct, reuse=reuse)
+        if shared is not None:
+            shared.close()
+        eng.dev, eng.netns, eng.store = dev, netns_name, store
+        atts: list = []
+        pdir = pin_dir(dev, hook, netns_name)
+        pinned: list[str] = []
+        try:
+            compiled = policy if isinstance(policy, CompiledHook) else compile_hook(
+                policy or HookPolicy(default="allow"), hook, limits=limits, ifindex=eng._ifindex)
+            eng.load_policy(compiled, limits=limits)
+            for name in MAPS:
+                path = os.path.join(pdir, name)
+                pins.unpin(path)
+                eng.maps[name].pin(path)
+                pinned.append(path)
+            if hook is Hook.XDP:
+                atts.append(attach_mod.attach_xdp(eng.program, dev, mode=mode or "auto", netns_name=netns_name,
+                                                  owner=OWNER, extra_pins=pinned))
+            else:
+                atts.append(attach_mod.attach_tc(eng.program, dev, hook.value.split("-")[1], netns_name=netns_name,
+                                                 method=mode or "tc", owner=OWNER, extra_pins=pinned))
+            if ct and hook is not Hook.TC_EGRESS:   # replies are known only if outgoing flows are tracked
+                atts.append(attach_mod.attach_tc(eng.obj.program("bg_ct_track"), dev, "egress",
+                                                 netns_name=netns_name, handle=CT_HANDLE, priority=CT_PRIORITY,
+                                                 owner=CT_OWNER))
+            store.save_meta({"ifindex": ifindex, "prog_id": eng.program.id, "mode": mode,
+                             "attachments": [a.key for a in atts], "pins": pinned})
+            eng._snapshot()
+        except BaseException:
+            for a in atts:
+                attach_mod.detach(a)
+            for p in pinned:
+                pins.unpin(p)
+            pins.prune_empty(pdir)
+            store.remove()
+            eng.close()
+            raise
+        return eng
+
+    @classmethod
+    def _sibling_ct(cls, dev: str, hook: Hook, netns_name: str | None) -> Map | None:
+        for other in Hook:
+            path = os.path.join(pin_dir(dev, other, netns_name), "bg_ct")
+            if other is not hook and os.path.exists(path):
+                return Map.from_pin(path)
+        return None
+
+    @classmethod
+    def open(cls, dev: str, hook: Hook | str, netns_name: str | None = None) -> "Engine":
+        """Reopen an attached engine from its pins and saved state (another process, e.g. the CLI)."""
+        hook = Hook(hook)
+        store = StateStore(dev, hook, netns_name)
+        if not store.exists():
+            raise NotFound(f"open engine on {dev} {hook.value}", "no bpfgate engine is attached there")
+        pdir = pin_dir(dev, hook, netns_name)
+        maps = {}
+        u32 = ctypes.c_uint32
+        try:
+            for name in MAPS:
+                kt = u32 if name in U32_KEYED else None
+                maps[name] = Map.from_pin(os.path.join(pdir, name), kt, u32 if name == "bg_active" else None)
+        except BpfgateError:
+            for m in maps.values():
+                m.close()
+            raise NotFound(f"open engine on {dev} {hook.value}", f"its pins under {pdir} are gone") from None
+        eng = cls(hook, maps, dev=dev, netns_name=netns_name, store=store)
+        eng.live = store.load_live(eng._ifindex)
+        eng.pending_free = store.pending_free()
+        return eng
+
+    @staticmethod
+    def attached(netns_name: str | None = None) -> list[tuple[str, Hook]]:
+        """(dev, hook) of every engine attached in a namespace."""
+        return StateStore.listing(netns_name)
+
+    def detach(self) -> None:
+        """Remove filters, the tracker, pins and saved state."""
+        if self.store is None:
+            raise BpfgateError("detach engine", "this engine was not attached")
+        meta = self.store.load_meta()
+        keys = set(meta.get("attachments", []))
+        for att in attach_mod.find(self.dev, None, self.netns):
+            if att.key in keys:
+                attach_mod.detach(att)
+        for p in meta.get("pins", []):
+            pins.unpin(p)
+        pins.prune_empty(pin_dir(self.dev, self.hook, self.netns))
+        self.store.remove()
+        self.close()
+
+    def close(self) -> None:
+        if self.obj is None:
+            for m in self.maps.values():
+                m.close()
+        else:
+            self.obj.close()
+            self.obj = None
+        self.maps = {}
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def prog_id(self) -> int:
+        return self.store.load_meta()["prog_id"] if self.store else self.program.id
+
+    def _ifindex(self, name: str) -> int:
+        return netlink.ifindex(name, self.netns)
+
+    # ---- whole policies ----------------------------------------------------------------------------
+    def load_policy(self, compiled: CompiledHook, limits: Limits = Limits()) -> None:
+        """First policy of a fresh engine (maps empty): bulk writes, then publish the conf."""
+        if self.live is not None:
+            raise BpfgateError("load policy", "the engine has a policy: use swap()")
+        self._write_rules(compiled.rules, fresh=False)
+        self._write_cls(compiled.cls)
+        self._publish(compiled.conf())
+        self.live = LiveHook(compiled, limits, self._ifindex)
+
+    def swap(self, new: CompiledHook | HookPolicy) -> CompiledHook:
+        """Atomic whole-policy swap into the other generation (unchanged rules keep slots and counters)."""
+        old = self._live().c
+        if isinstance(new, HookPolicy):
+            new = live_swap(old, new, limits=self.live.limits, ifindex=self._ifindex)
+        if new.gen == old.gen:
+            raise BpfgateError("swap policy", "the new policy must be compiled into the other generation")
+        fresh = {rid: a for rid, a in new.rules.items() if old.rules.get(rid) != a}
+        self._write_rules(fresh, fresh=True)
+        self._write_cls(new.cls)
+        self._publish(new.conf())
+        self._delete_cls(list(old.cls))
+        freed = [rid for rid in old.rules if rid not in new.rules]
+        limits = self.live.limits
+        self.live = LiveHook(new, limits, self._ifindex)
+        self.live.quarantine.update(freed)
+        for _t, slots in self.pending_free:
+            self.live.quarantine.update(slots)
+        if freed:
+            self.pending_free.append((time.time(), freed))
+        self._snapshot()
+        return new
+
+    # ---- live edits ----------------------------------------------------------------------------------
+    def add_rule(self, rule: Rule, position: int | None = None) -> Diff:
+        self._release_due()
+        diff = self._live().add(rule, position)
+        self.apply_diff(diff)
+        self._journal("add", rule=rule, position=position)
+        return diff
+
+    def delete_rule(self, name: str) -> Diff:
+        self._release_due()
+        diff = self._live().delete(name)
+        self.apply_diff(diff)
+        self._journal("delete", name=name)
+        return diff
+
+    def replace_rule(self, name: str, rule: Rule) -> Diff:
+        self._release_due()
+        diff = self._live().replace(name, rule)
+        self.apply_diff(diff)
+        self._journal("replace", name=name, rule=rule)
+        return diff
+
+    def apply_diff(self, diff: Diff) -> None:
+        """Write one LiveHook Diff in the documented order; each step leaves a consistent classifier."""
+        self._write_rules(diff.rules_update, fresh=True)
+        if diff.conf_before is not None:
+            self._publish(diff.conf_before)
+        self._write_cls(diff.cls_update)
+        self._delete_cls(diff.cls_delete)
+        if diff.conf_after is not None:
+            self._publish(diff.conf_after)
+        if diff.rules_free:
+            self.pending_free.append((time.time(), list(diff.rules_free)))
+
+    def _release_due(self) -> None:
+        now, keep = time.time(), []
+        for t, slots in self.pending_free:
+            if now - t >= GRACE_S:
+                self._live().release(slots)
+                self._journal("release", slots=slots)
+            else:
+                keep.append((t, slots))
+        self.pending_free = keep
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def policy(self) -> HookPolicy:
+        """The running policy, rules in order (after live edits): what `policy export` writes."""
+        live = self._live()
+        c = live.c
+        default = "allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny"
+        return HookPolicy(default=default, rules=tuple(c.source[rid] for _p, rid in live.order))
+
+    def rule_ids(self) -> dict[str, int]:
+        c = self._live().c
+        return {c.names[rid]: rid for rid in [c.default_rule] + [r for _p, r in self.live.order]}
+
+    def counters(self) -> dict[str, R.Counter]:
+        """Packets and bytes per rule name (per-CPU, summed), "(default)" included."""
+        ids = self.rule_ids()
+        m = self.maps["bg_counters"]
+        out = {}
+        for name, rid in ids.items():
+            vals = m.lookup(rid) or []
+            pk = by = 0
+            for v in vals:
+                p, b = struct.unpack(R.COUNTER_FMT, bytes(v))
+                pk, by = pk + p, by + b
+            out[name] = R.Counter(name, pk, by)
+        return out
+
+    def conntrack(self) -> list[R.Flow]:
+        out = []
+        for k, v in self.maps["bg_ct"].lookup_batch():
+            out.append(R.Flow.decode(bytes(k), bytes(v)))
+        return out
+
+    def events(self, timeout: float = 0.0) -> list[R.RuleLogEvent]:
+        """Log events (rules with `log`) waiting in the ring buffer."""
+        from bpfgate.kernel.ringbuf import RingBuffer
+
+        names = self._live().c.names
+        got: list = []
+        with RingBuffer(self.maps["events"], handler=lambda raw: got.append(bytes(raw))) as rb:
+            rb.poll(int(timeout * 1000))
+        return [R.RuleLogEvent.decode(raw, names) for raw in got]
+
+    # ---- map writes --------------------------------------------------------------------------------
+    def _live(self) -> LiveHook:
+        if self.live is None:
+            raise BpfgateError("engine", "no policy loaded")
+        return self.live
+
+    def _write_rules(self, rules: dict[int, L.RuleAction], fresh: bool) -> None:
+        if not rules:
+            return
+        ids = sorted(rules)
+        keys = _u32s(ids)
+        if fresh:   # a new slot starts with zero counters and full buckets (docs section 5)
+            for name, size in (("bg_counters", 16), ("bg_rate_rule", R.BUCKET_SIZE),
+                               ("bg_log_rate", R.LOG_BUCKET_SIZE)):
+                m = self.maps[name]
+                m.update_batch_raw(keys, bytes(m._vbuf_size * len(ids)), len(ids))
+        self.maps["bg_rules"].update_batch_raw(keys, b"".join(rules[i].pack() for i in ids), len(ids))
+
+    def _write_cls(self, entries: dict[bytes, L.ClsValue]) -> None:
+        if entries:
+            self.maps["bg_cls"].update_batch_raw(b"".join(entries), b"".join(v.pack() for v in entries.values()),
+                                                 len(entries))
+
+    def _delete_cls(self, keys: list[bytes]) -> None:
+        if keys:
+            self.maps["bg_cls"].delete_batch(keys)
+
+    def _publish(self, conf: L.Conf) -> None:
+        """Write the inactive bg_conf slot, then flip bg_active: one 4-byte write publishes it."""
+        active = self.maps["bg_active"].lookup(0) or 0
+        nxt = (int(active) & 1) ^ 1
+        self.maps["bg_conf"].update_batch_raw(_U32.pack(nxt), conf.pack(), 1)
+        self.maps["bg_active"].update_batch_raw(_U32.pack(0), _U32.pack(nxt), 1)
+
+    # ---- persistence --------------------------------------------------------------------------------
+    def _snapshot(self) -> None:
+        if self.store is not None:
+            self.store.snapshot(self.live, self.pending_free)
+
+    def _journal(self, op: str, **kw) -> None:
+        if self.store is not None:
+            self.store.journal(op, **kw)
+
+
+def rule_names(compiled: CompiledHook) -> dict[int, str]:
+    return dict(compiled.names) | {compiled.default_rule: DEFAULT_NAME}
