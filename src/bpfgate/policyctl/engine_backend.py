@@ -1,0 +1,72 @@
+"""The real Backend: bpfgate.engine (programs and maps pinned per namespace/interface/hook, state saved
+next to them), reopened from its pins on every call, so any process sees and edits the same policy."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from bpfgate.policy.model import Hook, HookPolicy, Rule
+
+from .backend import RuleCounters, State
+
+XDP_MODES = {"xdp-native": "native", "xdp-generic": "generic", "auto": "auto"}
+TC_MODES = {"tc": "tc", "tcx": "tcx", "auto": None}
+
+
+def engine_mode(hook: Hook, mode: str | None) -> str | None:
+    """The CLI's --mode (tc, tcx, xdp-native, xdp-generic, auto) as the engine's per-hook mode."""
+    if mode is None:
+        return None
+    return XDP_MODES.get(mode) if hook is Hook.XDP else TC_MODES.get(mode)
+
+
+class EngineBackend:
+    @staticmethod
+    @contextmanager
+    def _open(dev: str, hook: Hook, netns: str | None):
+        from bpfgate.engine import Engine
+
+        eng = Engine.open(dev, hook, netns)
+        try:
+            yield eng
+        finally:
+            eng.close()
+
+    def running(self, netns: str | None) -> State:
+        from bpfgate.engine import Engine
+        from bpfgate.errors import NotFound
+
+        out: State = {}
+        for dev, hook in Engine.attached(netns):
+            try:
+                with self._open(dev, hook, netns) as eng:
+                    out[(dev, hook)] = eng.policy()
+            except NotFound:   # detached meanwhile, or its interface (namespace) went away
+                continue
+        return out
+
+    def attach(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy, mode: str | None) -> None:
+        from bpfgate.engine import Engine
+
+        Engine.attach(dev, hook, hp, netns_name=netns, mode=engine_mode(hook, mode)).close()
+
+    def swap(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy) -> None:
+        with self._open(dev, hook, netns) as eng:
+            eng.swap(hp)
+
+    def detach(self, dev: str, hook: Hook, netns: str | None) -> None:
+        from bpfgate.engine import Engine
+
+        Engine.open(dev, hook, netns).detach()
+
+    def add_rule(self, dev: str, hook: Hook, netns: str | None, rule: Rule, position: int | None) -> None:
+        with self._open(dev, hook, netns) as eng:
+            eng.add_rule(rule, position)
+
+    def delete_rule(self, dev: str, hook: Hook, netns: str | None, name: str) -> None:
+        with self._open(dev, hook, netns) as eng:
+            eng.delete_rule(name)
+
+    def counters(self, dev: str, hook: Hook, netns: str | None) -> dict[str, RuleCounters]:
+        with self._open(dev, hook, netns) as eng:
+            return {n: RuleCounters(n, c.packets, c.bytes) for n, c in eng.counters().items()}
