@@ -113,7 +113,7 @@ def run(report: Callable[[Check], None] = lambda c: None, timeout: float = 1.0, 
 
     with Sandbox() as sb:
         server = sb.host("server")
-        a, b, c = sb.host("client-a"), sb.host("client-b"), sb.host("client-c")
+        a, b, c = sb.host("client_a"), sb.host("client_b"), sb.host("client_c")
         la, lb, lc = sb.link(a, server), sb.link(b, server), sb.link(c, server)
         for port in (80, 8080):
             server.http_server(port)

@@ -56,12 +56,12 @@ __all__ = [
     "apply",
     "confirm",
     "delete_rule",
-    "remove",
     "export",
     "load_policies",
     "load_policy_file",
     "parse_hook",
     "plan",
+    "remove",
     "rule_from",
     "rules",
     "running",
@@ -246,7 +246,9 @@ def remove(dev: str | None = None, hook: str | Hook | None = None, *, netns: str
     hook = parse_hook(hook) if hook is not None else None
     gone = []
     errors = []
-    for d, h in sorted(backend.running(netns), key=lambda k: (k[0], k[1].value)):
+    listing = getattr(backend, "attached", None)   # without reading each policy: works on broken state too
+    keys = listing(netns) if listing else list(backend.running(netns))
+    for d, h in sorted(keys, key=lambda k: (k[0], k[1].value)):
         if (dev is None or d == dev) and (hook is None or h == hook):
             try:
                 backend.detach(d, h, netns)
