@@ -421,6 +421,11 @@ int bg_engine_tc(struct __sk_buff *skb)
 	struct verdict v = {};
 
 	tc_key(skb, &k, &p);
+	if (p.arp) {
+		if (cfg_test_mark)
+			skb->mark = 0;
+		return TC_ACT_OK;
+	}
 	if (cfg_test_mark) {
 		if (skb->mark & 7) {
 			k.ct_state = skb->mark & 7;
@@ -453,6 +458,8 @@ int bg_engine_xdp(struct xdp_md *ctx)
 	__u32 len = end - data;
 
 	bg_parse(data, end, &k, &p);
+	if (p.arp)
+		return XDP_PASS;
 	if (cfg_ct && !cfg_test_mark) {
 		k.ct_state = ct_track(&k, &p, len);
 		if (k.ct_state)

@@ -15,6 +15,7 @@
 
 #define BG_ETH_P_IP 0x0800
 #define BG_ETH_P_IPV6 0x86DD
+#define BG_ETH_P_ARP 0x0806
 #define BG_ETH_P_8021Q 0x8100
 #define BG_ETH_P_8021AD 0x88A8
 #define BG_IPV6_EXT_MAX 6 /* extension headers walked before giving up on the protocol */
@@ -23,7 +24,7 @@
 struct bg_parsed {
 	__u16 icmp_id;    /* ICMP/ICMPv6 echo identifier, host order (0 if none) */
 	__u8 later_frag;  /* non-first fragment */
-	__u8 pad;
+	__u8 arp;         /* an ARP frame: passed untouched, never classified (an IP filter must not cut ARP) */
 };
 
 static __always_inline int bg_is_v6_ext(__u8 nh)
@@ -140,7 +141,9 @@ static __always_inline void bg_parse(void *data, void *end, struct bg_cls_key *k
 		type = ((__u16)tag[2] << 8) | tag[3];
 		cur = tag + 4;
 	}
-	if (type == BG_ETH_P_IP)
+	if (type == BG_ETH_P_ARP)
+		p->arp = 1;
+	else if (type == BG_ETH_P_IP)
 		bg_parse_v4(cur, end, k, p);
 	else if (type == BG_ETH_P_IPV6)
 		bg_parse_v6(cur, end, k, p);

@@ -36,8 +36,8 @@ def build(p: Packet, *, vlans: tuple[int, ...] = (), ip_options: int = 0, v6_ext
           payload: bytes = b"") -> bytes:
     """A frame carrying p. vlans: tag ids (outer first; p.vlan is ignored); ip_options: IPv4 option words;
     v6_ext: IPv6 extension header types before L4 (44 = fragment header). p.fragment sets the offset."""
-    if p.family not in (4, 6):   # not IP: an ARP request
-        return DST_MAC + SRC_MAC + struct.pack("!H", 0x0806) + bytes(28)
+    if p.family not in (4, 6):   # not IP (local experimental ethertype): classified with no L3
+        return DST_MAC + SRC_MAC + struct.pack("!H", 0x88B5) + bytes(28)
     proto = p.proto if p.proto is not None else 59
     later = p.fragment == "later"
     l4 = _l4(p) + payload
@@ -65,6 +65,17 @@ def build(p: Packet, *, vlans: tuple[int, ...] = (), ip_options: int = 0, v6_ext
     for i, vid in enumerate(vlans):
         tags += struct.pack("!HH", types[i], vid & 0xFFF)
     return DST_MAC + SRC_MAC + tags + struct.pack("!H", etype) + l3
+
+
+def is_arp(frame: bytes) -> bool:
+    """ARP frames (after up to two VLAN tags) pass the engine unclassified (parse.h `arp`)."""
+    etype, cur = (struct.unpack_from("!H", frame, 12)[0], 14) if len(frame) >= 14 else (0, 14)
+    for _ in range(2):
+        if etype not in (ETH_8021Q, ETH_8021AD) or cur + 4 > len(frame):
+            break
+        etype = struct.unpack_from("!H", frame, cur + 2)[0]
+        cur += 4
+    return etype == 0x0806
 
 
 def parse(frame: bytes) -> Packet:
