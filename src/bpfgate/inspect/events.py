@@ -23,7 +23,6 @@ import ctypes
 import mmap
 import select
 import socket
-import struct
 import time
 from collections import ChainMap
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from bpfgate.errors import BpfgateError, NotSupported, from_errno
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.maps import Map
-from bpfgate.kernel.ringbuf import Handler, PerfBuffer
+from bpfgate.kernel.ringbuf import Handler, PerfBuffer, RingBuffer
 
 # enum bg_stat (bpfgate.h): indexes of the per-CPU bg_stats array every event producer keeps
 STAT_EVENTS, STAT_EVENTS_LOST = 0, 1
@@ -43,9 +42,7 @@ STAT_EVENTS, STAT_EVENTS_LOST = 0, 1
 TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"),
                   (0x40, "ECE"), (0x80, "CWR"))
 
-
 # ---- time ---------------------------------------------------------------------------------------------
-
 
 class Clock:
     """CLOCK_MONOTONIC (bpf_ktime_get_ns) -> wall clock. The offset is sampled once; `resync()` after
@@ -75,21 +72,17 @@ class Clock:
     def iso(self, mono_ns: int) -> str:
         return iso8601(self.wall_ns(mono_ns))
 
-
 def iso8601(wall_ns: int) -> str:
     """'2026-11-24T13:30:00.123456Z' (UTC, microseconds)."""
     sec, ns = divmod(wall_ns, 1_000_000_000)
     return f"{_second(sec)}.{ns // 1000:06d}Z"
-
 
 @lru_cache(maxsize=4)
 def _second(sec: int) -> str:
     # events come in bursts within the same second: format the date part once per second
     return datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
-
 # ---- transport: ring buffer, or perf buffer on kernels without one ------------------------------------
-
 
 def ring_size(n: int) -> int:
     """A valid ring buffer size (bytes): a power of two, at least one page."""
@@ -97,15 +90,12 @@ def ring_size(n: int) -> int:
         raise BpfgateError("size the ring buffer", f"{n} bytes: must be a power of two >= {mmap.PAGESIZE}")
     return n
 
-
 TRANSPORTS = ("auto", "ringbuf", "perf")
 _RINGBUF_MAP_TYPE = 27
-
 
 def ringbuf_supported() -> bool:
     """Whether this kernel has BPF ring buffers (5.8+); otherwise events go through the perf buffer."""
     return L.libbpf_probe_bpf_map_type(_RINGBUF_MAP_TYPE, None) == 1
-
 
 def prepare_transport(obj: Any, transport: str = "auto") -> str:
     """Before load: pick how `obj`'s programs emit events (their `cfg_perf_events` constant) and, on a
@@ -126,13 +116,10 @@ def prepare_transport(obj: Any, transport: str = "auto") -> str:
                 raise BpfgateError("skip the ring buffer map", "libbpf refused (too old?)")
     return transport
 
-
 _set_autocreate = L._fn("bpf_map__set_autocreate", ctypes.c_int, ctypes.c_void_p, ctypes.c_bool) \
     if L.has("bpf_map__set_autocreate") else (lambda m, on: -1)
 
-
 # ---- formatting helpers the kinds share ---------------------------------------------------------------
-
 
 def addr_str(family: int, raw: Any) -> str:
     """An address from a 16-byte field (IPv4 in the first 4 bytes)."""
@@ -142,7 +129,6 @@ def addr_str(family: int, raw: Any) -> str:
     if family == 6:
         return socket.inet_ntop(socket.AF_INET6, b[:16])
     return b.hex()
-
 
 def addr_bytes(addr: str) -> tuple[int, bytes]:
     """'198.18.0.1' -> (4, 16 bytes, IPv4 first); '::1' -> (6, 16 bytes). ValueError if not an address."""
@@ -155,14 +141,11 @@ def addr_bytes(addr: str) -> tuple[int, bytes]:
     except OSError:
         raise ValueError(f"not an IP address: {addr!r}") from None
 
-
 def tcp_flags_str(flags: int) -> str:
     """0x12 -> 'SYN|ACK'."""
     return "|".join(name for bit, name in TCP_FLAG_NAMES if flags & bit)
 
-
 # ---- event kinds ---------------------------------------------------------------------------------------
-
 
 @dataclass
 class Context:
@@ -178,7 +161,6 @@ class Context:
     def rule_name(self, rule_id: int) -> str | None:
         return self.rules.get(rule_id)
 
-
 @dataclass(frozen=True)
 class EventKind:
     type_id: int  # bg_event_hdr.type
@@ -186,9 +168,7 @@ class EventKind:
     struct: str  # the record's struct name in bpfgate.h (layout read from BTF)
     fields: Callable[[Any, Context], dict]
 
-
 KINDS: dict[int, EventKind] = {}
-
 
 def register_kind(kind: EventKind) -> EventKind:
     old = KINDS.get(kind.type_id)
@@ -196,7 +176,6 @@ def register_kind(kind: EventKind) -> EventKind:
         raise BpfgateError("register event kind", f"type {kind.type_id} is already {old.name!r}")
     KINDS[kind.type_id] = kind
     return kind
-
 
 def _attempt_fields(rec: Any, ctx: Context) -> dict:
     return {
@@ -211,7 +190,6 @@ def _attempt_fields(rec: Any, ctx: Context) -> dict:
         "len": rec.pkt_len,
     }
 
-
 def _flood_fields(rec: Any, ctx: Context) -> dict:
     until = rec.block_until_ns
     return {
@@ -225,86 +203,17 @@ def _flood_fields(rec: Any, ctx: Context) -> dict:
         "block_until": ctx.clock.iso(until) if until else None,
     }
 
-
 # type ids: enum bg_inspect_event_type in bpfgate.h
 register_kind(EventKind(21, "conn_attempt", "bg_attempt_event", _attempt_fields))
 register_kind(EventKind(20, "syn_flood", "bg_syn_flood_event", _flood_fields))
 register_kind(EventKind(1, "test", "bg_test_event", lambda rec, ctx: {"seq": rec.seq, "len": rec.pkt_len}))
 
-
 # ---- sources and the stream -----------------------------------------------------------------------------
 
-
-class RingReader:
-    """Reads a BPF ring buffer straight from its mmap'd pages, the way libbpf does, minus the ctypes
-    callback per record: one copy of everything available per consume(), then a plain Python loop
-    (header check, dispatch on bg_event_hdr.type, from_buffer_copy). Records are decoded by type with
-    layouts from one object's BTF; unknown types come out as bytes.
-
-    Layout (kernel/bpf/ringbuf.c): page 0 consumer position (we write it), page 1 producer position,
-    then the data area mapped twice in a row, so a record that wraps is contiguous. Each record has an
-    8-byte header: u32 length with BUSY (not committed yet) and DISCARD bits, u32 page offset.
-    """
-
-    BUSY, DISCARD = 1 << 31, 1 << 30
-
-    def __init__(self, ringbuf: Map, types: dict[int, Any], handler: Handler | None = None):
-        size = ringbuf.max_entries
-        if size & (size - 1) or size < mmap.PAGESIZE:
-            raise BpfgateError(f"read ring buffer {ringbuf.name}", f"unexpected size {size}")
-        self.name, self.fd, self._mask, self._page = ringbuf.name, ringbuf.fd, size - 1, mmap.PAGESIZE
-        self._types = types
-        self._min = {t: ctypes.sizeof(rt) for t, rt in types.items()}
-        self._handler = handler
-        self._pending: list[Any] = []
-        self.received = 0
-        try:
-            self._cons = mmap.mmap(self.fd, self._page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            self._data = mmap.mmap(self.fd, self._page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
-                                   offset=self._page)
-        except OSError as e:
-            raise from_errno(f"map ring buffer {ringbuf.name}", e.errno or 22) from None
-
-    def consume(self) -> int:
-        """Decode every committed record; returns how many (handed to the handler, or kept for drain())."""
-        cons = _U64.unpack_from(self._cons, 0)[0]
-        prod = _U64.unpack_from(self._data, 0)[0]
-        if cons == prod:
-            return 0
-        start = self._page + (cons & self._mask)
-        buf = self._data[start:start + (prod - cons)]
-        out: list[Any] = []
-        append, types, mins, end, pos = out.append, self._types, self._min, len(buf), 0
-        hdr, busy, discard = _REC_HDR.unpack_from, self.BUSY, self.DISCARD
-        while pos + 10 <= end:
-            hlen, rtype = hdr(buf, pos)
-            if hlen & busy:
-                break  # not committed yet: it and everything after it wait for the next call
-            n = hlen & ~(busy | discard)
-            if not hlen & discard:
-                rt = types.get(rtype)
-                if rt is not None and n >= mins[rtype]:
-                    append(rt.from_buffer_copy(buf, pos + 8))
-                else:
-                    append(buf[pos + 8:pos + 8 + n])
-            pos += (n + 15) & ~7  # 8-byte header + data, rounded up to 8
-        _U64.pack_into(self._cons, 0, cons + pos)  # frees the space for the producer
-        self.received += len(out)
-        if self._handler is not None:
-            self._handler(out)
-        else:
-            self._pending.extend(out)
-        return len(out)
-
-    def drain(self) -> list[Any]:
-        out, self._pending = self._pending, []
-        return out
-
-    def close(self) -> None:
-        for m in (getattr(self, "_cons", None), getattr(self, "_data", None)):
-            if m is not None and not m.closed:
-                m.close()
-
+def RingReader(ringbuf: Map, types: dict[int, Any], handler: Handler | None = None) -> RingBuffer:
+    """The ring buffer consumer of the kernel layer (mmap'd pages, no callback per record), records
+    typed by their bg_event_hdr.type."""
+    return RingBuffer(ringbuf, types=types, handler=handler)
 
 class PerfReader(PerfBuffer):
     """The perf buffer fallback, records typed by their header like RingReader (slower: libbpf calls
@@ -332,11 +241,6 @@ class PerfReader(PerfBuffer):
         if n < 0:
             raise from_errno("consume perf buffer", -n)
         return self.received - before
-
-
-_U64 = struct.Struct("<Q")
-_REC_HDR = struct.Struct("<I4xH")  # ring record length word, (page offset), bg_event_hdr.type
-
 
 @dataclass
 class EventSource:
@@ -383,7 +287,6 @@ class EventSource:
             return 0, 0
         return sum(self.stats.get(STAT_EVENTS, [0])), sum(self.stats.get(STAT_EVENTS_LOST, [0]))
 
-
 class EventStream:
     """Merge the events of several sources. Records come out as ctypes structs (fast); describe()
     makes the JSON form. With `handler`, records are handed over in batches from poll()."""
@@ -397,7 +300,7 @@ class EventStream:
         # live view of every source's names (attach() after the stream opened still names events)
         self.ctx = Context(self.clock, ChainMap(*(s.interfaces for s in self.sources)), dict(rules or {}))
         self._kind_of: dict[type, tuple[EventKind, str]] = {}
-        self._rings: list[RingReader | PerfReader] = []
+        self._rings: list[RingBuffer | PerfReader] = []
         self._reported_lost = {s.name: 0 for s in self.sources}
         self._ep = select.epoll()
         try:
