@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -105,3 +107,30 @@ def _zombie_or_gone(pid):
             return True
         time.sleep(0.05)
     return False
+
+
+def _cli(*argv):
+    return subprocess.run([sys.executable, "-m", "bpfgate", *argv], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_cli_confirm_outlives_the_command_and_apply_confirmed(net, tmp_path):
+    n = net
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    for f, port in ((old, 80), (new, 8080)):
+        f.write_text(f"interfaces: [{n.dev}]\nhooks:\n  tc-ingress:\n    rules:\n"
+                     f"      - {{name: drop, protocol: tcp, dst_port: {port}, action: drop}}\n")
+    assert _cli("apply", "--netns", n.ns, str(old)).returncode == 0
+    r = _cli("apply", "--netns", n.ns, "--confirm", "30", str(new))
+    assert r.returncode == 0 and "rolls back in" in r.stdout, r.stderr
+    r = _cli("apply", "--netns", n.ns, str(old))           # another change while one waits: refused
+    assert r.returncode == 1 and "waiting for confirmation" in r.stderr
+    r = _cli("apply", "--netns", n.ns, "--confirmed", str(new))
+    assert r.returncode == 0 and "confirmed" in r.stdout and "no change" in r.stdout, r.stdout + r.stderr
+    assert served(n, 80) and not served(n, 8080)
+    # and the command's watcher, started by a process that has exited, rolls back on its own
+    r = _cli("apply", "--netns", n.ns, "--confirm", "1", str(old))
+    assert r.returncode == 0
+    assert not served(n, 80)
+    assert _wait_no_pending(n.ns, 15)
+    assert served(n, 80) and not served(n, 8080)

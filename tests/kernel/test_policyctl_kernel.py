@@ -159,3 +159,17 @@ def test_cli_apply_rules_export(net, tmp_path):
     assert r.returncode == 0 and "no change" in r.stdout
     r = _cli("rule", "del", "--netns", n.ns, "--dev", n.dev, "nope")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("mode", ["xdp-generic", "xdp-native"])
+def test_xdp_and_egress_hooks(net, mode):
+    n = net
+    p = Policy.model_validate({"interfaces": [n.dev], "hooks": {
+        "xdp": {"rules": [WEB]},
+        "tc-egress": {"rules": [{"name": "no-reply-8080", "protocol": "tcp", "src_port": 8080, "action": "drop"}]}}})
+    r = policyctl.apply(p, netns=n.ns, mode=mode)
+    assert sorted(h.hook.value for h in r.plan.changes()) == ["tc-egress", "xdp"]
+    assert not get(n, 80) and not get(n, 8080) and not get(n, 8080, v6=True)
+    c = {(r.hook, r.name): r.packets for r in policyctl.rules(n.dev, netns=n.ns)}
+    assert c[("xdp", "web")] > 0 and c[("tc-egress", "no-reply-8080")] > 0
+    assert not policyctl.apply(p, netns=n.ns, mode=mode).changed
