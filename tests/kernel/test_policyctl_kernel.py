@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from bpfgate import policyctl
-from bpfgate.errors import BpfgateError, PolicyError
+from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.policy.model import Hook, Policy
+from bpfgate.policyctl.engine_backend import EngineBackend
 
 pytestmark = pytest.mark.kernel
 T = 1.0
@@ -89,9 +90,28 @@ def test_failed_apply_leaves_the_previous_policy_running(net):
     # the guard
     with pytest.raises(BpfgateError, match="established"):
         policyctl.apply(pol([n.dev], [ALT], default="deny"), netns=n.ns)
-    # the second interface does not exist: the first one, already swapped, is swapped back
-    with pytest.raises(policyctl.ApplyError, match="rolled back"):
+    # an interface that does not exist: refused before anything changes
+    with pytest.raises(NotFound):
         policyctl.apply(pol([n.dev, "zz-missing0"], [ALT]), netns=n.ns)
+    assert policyctl.running(n.ns) == before
+
+
+def test_interface_gone_mid_apply_rolls_back_the_first(net):
+    """The second interface disappears between planning and its attach (a real attach failure): the first
+    interface, already swapped, is swapped back: its old policy drops again, with real traffic."""
+    n = net
+    policyctl.apply(pol([n.dev], [WEB]), netns=n.ns)
+    before = policyctl.running(n.ns)
+
+    class Vanishing(EngineBackend):
+        def attach(self, dev, hook, netns, hp, mode):
+            if dev == n.dev2:
+                n.server.run(["ip", "link", "del", n.dev2], check=True)
+            return super().attach(dev, hook, netns, hp, mode)
+
+    with pytest.raises(policyctl.ApplyError, match="rolled back") as e:
+        policyctl.apply(pol([n.dev, n.dev2], [ALT]), netns=n.ns, backend=Vanishing())
+    assert isinstance(e.value.cause_error, NotFound) and not e.value.rollback_errors
     assert policyctl.running(n.ns) == before
     assert not get(n, 80) and get(n, 8080)
 

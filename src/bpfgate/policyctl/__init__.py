@@ -154,7 +154,8 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
     if confirm is not None and not 0 < confirm <= 86400:
         raise BpfgateError("apply with --confirm", f"{confirm:g} s is not between 0 and 86400 seconds")
     p = make_plan(desired_state(policies), backend.running(netns), netns)
-    precheck(p, force=force, ifindex=_ifindex(backend, netns))
+    precheck(p, force=force, ifindex=_ifindex(backend, netns),
+             check_interfaces=not isinstance(backend, MemoryBackend))
     if dry_run or not p.changed:
         return ApplyResult(p, False, dry_run=dry_run)
     waiting = _confirm.read(netns, state_root)

@@ -51,9 +51,15 @@ def resolver(netns: str | None) -> Callable[[str], int]:
     return ifindex
 
 
-def precheck(plan: Plan, *, force: bool = False, ifindex: Callable[[str], int] | None = None) -> None:
-    """Everything that can be refused before the kernel is touched: compile every new hook policy (limits,
-    hook-specific actions, redirect targets) and the guard."""
+def precheck(plan: Plan, *, force: bool = False, ifindex: Callable[[str], int] | None = None,
+             check_interfaces: bool = False) -> None:
+    """Everything that can be refused before the kernel is touched: the interfaces to attach to exist,
+    every new hook policy compiles (limits, hook-specific actions, redirect targets), and the guard."""
+    if check_interfaces:
+        from bpfgate.kernel import netlink
+
+        for dev in sorted({h.dev for h in plan.changes() if h.action == "attach"}):
+            netlink.ifindex(dev, plan.netns)   # NotFound: no such interface / namespace
     for hp in plan.changes():
         if hp.new is None:
             continue
