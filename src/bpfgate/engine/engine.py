@@ -324,7 +324,7 @@ class Engine:
 
         names = self._live().c.names
         got: list = []
-        with RingBuffer(self.maps["events"], handler=lambda raw: got.append(bytes(raw))) as rb:
+        with RingBuffer(self.maps["events"], handler=lambda batch: got.extend(bytes(r) for r in batch)) as rb:
             rb.poll(int(timeout * 1000))
         return [R.RuleLogEvent.decode(raw, names) for raw in got]
 

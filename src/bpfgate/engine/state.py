@@ -9,6 +9,7 @@ which is deterministic, so another process ends up with the same state without r
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -20,6 +21,13 @@ from bpfgate.policy.live import LiveHook
 from bpfgate.policy.model import Hook, Rule
 
 STATE_ROOT = "/run/bpfgate/engine"
+
+
+def _rule(text: str) -> Rule:
+    rule = pickle.loads(base64.b64decode(text))
+    if not isinstance(rule, Rule):
+        raise ValueError("journal entry is not a rule")
+    return rule
 
 
 class StateStore:
@@ -75,7 +83,8 @@ class StateStore:
     def journal(self, op: str, **kw) -> None:
         rec = {"op": op}
         for k, v in kw.items():
-            rec[k] = v.model_dump(mode="json", exclude_none=True) if isinstance(v, Rule) else v
+            # a Rule holds normalised values (port ranges as tuples ...) that do not re-validate from JSON
+            rec[k] = base64.b64encode(pickle.dumps(v)).decode() if isinstance(v, Rule) else v
         with open(self._p("journal.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -93,11 +102,11 @@ class StateStore:
         for rec in lines:   # the same edits, in order, reach the same state (LiveHook is deterministic)
             op = rec["op"]
             if op == "add":
-                diff = live.add(Rule.model_validate(rec["rule"]), rec.get("position"))
+                diff = live.add(_rule(rec["rule"]), rec.get("position"))
             elif op == "delete":
                 diff = live.delete(rec["name"])
             elif op == "replace":
-                diff = live.replace(rec["name"], Rule.model_validate(rec["rule"]))
+                diff = live.replace(rec["name"], _rule(rec["rule"]))
             elif op == "release":
                 live.release(rec["slots"])
                 self._pending = [(t, s) for t, s in self._pending if s != rec["slots"]]
