@@ -70,3 +70,18 @@ def test_guard():
     assert not allows_established(hp(Rule(name="x", ct="established", action="drop")))
     assert not allows_established(hp(Rule(name="x", ct="new")))
     assert "--force" in problem("eth0", TI, hp(default="deny"))
+
+
+def test_nd_warning_for_default_deny_ingress():
+    from bpfgate.policyctl.guard import warnings
+
+    assert warnings("eth0", TI, hp(EST, default="deny"))
+    assert not warnings("eth0", TI, hp(EST, default="allow"))
+    assert not warnings("eth0", TE, hp(EST, default="deny"))
+    nd = Rule(name="nd", protocol="icmpv6", icmp_type=135)
+    na = Rule(name="na", protocol="icmpv6", icmp_type=136)
+    assert warnings("eth0", TI, hp(EST, nd, default="deny"))          # 136 still missing
+    assert not warnings("eth0", XDP, hp(EST, nd, na, default="deny"))
+    assert not warnings("eth0", TI, hp(EST, Rule(name="icmp6", protocol="icmpv6"), default="deny"))
+    p = plan({("eth0", TI): hp(EST, default="deny")}, {})
+    assert len(p.warnings()) == 1 and p.to_dict()["warnings"] == p.warnings()

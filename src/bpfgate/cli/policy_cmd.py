@@ -31,6 +31,8 @@ def _print_plan(res, as_json: bool) -> None:
         return
     for line in p.lines():
         term.info(line)
+    for w in p.warnings():
+        term.err.print(f"[yellow]warning:[/yellow] {w}", markup=True, highlight=False)
     if res.dry_run:
         term.info(f"dry run: would {p.summary()}")
     else:

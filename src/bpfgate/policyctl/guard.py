@@ -21,6 +21,33 @@ def allows_established(hp: HookPolicy) -> bool:
     return False
 
 
+ND_TYPES = {135, 136}   # neighbour solicitation / advertisement
+
+
+def _passes_nd(hp: HookPolicy) -> bool:
+    """Whether some pass rule lets both ND types through (rules with only protocol/icmp_type fields)."""
+    have: set[int] = set()
+    for r in hp.rules:
+        if r.action != "pass" or r.rate_limit is not None or set(r.match_fields()) - {"protocol", "icmp_type"}:
+            continue
+        if r.protocol is not None and 58 not in r.protocol:
+            continue
+        have |= ND_TYPES if r.icmp_type is None else {r.icmp_type} & ND_TYPES
+        if r.protocol is None and r.icmp_type is None:
+            return True
+    return have >= ND_TYPES
+
+
+def warnings(dev: str, hook: Hook, hp: HookPolicy) -> list[str]:
+    """Things a default-deny ingress probably does not mean (not refused: an IPv4-only host is fine)."""
+    if hook not in INGRESS or hp.default != "deny" or _passes_nd(hp):
+        return []
+    why = (f"{dev} {hook.value}: default deny drops IPv6 neighbour discovery (icmpv6 types 135, 136): IPv6 "
+           f"stops working once neighbour entries expire; add e.g. `- {{name: nd, protocol: icmpv6, "
+           f"icmp_type: 135}}` and one for 136")
+    return [why]
+
+
 def problem(dev: str, hook: Hook, hp: HookPolicy) -> str | None:
     """Why this hook policy would cut established connections, or None."""
     if hook not in INGRESS or hp.default != "deny" or allows_established(hp):

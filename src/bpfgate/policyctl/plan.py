@@ -100,9 +100,14 @@ class Plan:
     def lines(self) -> list[str]:
         return [ln for h in self.hooks for ln in h.lines()]
 
+    def warnings(self) -> list[str]:
+        from .guard import warnings
+
+        return [w for h in self.changes() if h.new is not None for w in warnings(h.dev, h.hook, h.new)]
+
     def to_dict(self) -> dict[str, Any]:
         return {"netns": self.netns, "changed": self.changed, "summary": self.summary(),
-                "hooks": [h.to_dict() for h in self.hooks]}
+                "warnings": self.warnings(), "hooks": [h.to_dict() for h in self.hooks]}
 
 
 def rule_fields_changed(old: Rule, new: Rule) -> tuple[str, ...]:
