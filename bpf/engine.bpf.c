@@ -94,6 +94,9 @@ struct {
 } bg_ct SEC(".maps");
 
 BG_EXPORT_TYPE(struct bg_rule_log_event, rule_log_event);
+BG_EXPORT_TYPE(enum bg_have, have);
+BG_EXPORT_TYPE(enum bg_rule_flags, rule_flags);
+BG_EXPORT_TYPE(enum bg_action, action);
 
 /* ---- conntrack ------------------------------------------------------------------------------------ */
 
