@@ -133,15 +133,17 @@ def _steps(res, check, sb, server, clients, links, mode, backend, timeout) -> No
     devs = [sa.name, sbi.name, sc.name]
     ns = server.netns
 
-    def get(host, srv_if, port, v6=False):
-        return host.http_get(f"http://[{srv_if.ip6}]:{port}/" if v6 else f"http://{srv_if.ip4}:{port}/", timeout)
+    slow = 3 * timeout   # what a request expected to be served may take on a busy machine
+
+    def get(host, srv_if, port, v6, wait):
+        return host.http_get(f"http://[{srv_if.ip6}]:{port}/" if v6 else f"http://{srv_if.ip4}:{port}/", wait)
 
     def expect_http(step, host, srv_if, port, served, v6=False):
-        r = get(host, srv_if, port, v6)
+        r = get(host, srv_if, port, v6, slow if served else timeout)
         check(step, "served" if served else "dropped", _served(r), r.ok if served else r.status is None)
 
     def expect_tcp(step, host, srv_if, port, open_):
-        ok = host.tcp_connect(srv_if.ip4, port, timeout)
+        ok = host.tcp_connect(srv_if.ip4, port, slow if open_ else timeout)
         check(step, "connects" if open_ else "dropped", "connects" if ok else "no answer", ok == open_)
 
     applied = lambda p, **kw: policyctl.apply(p, netns=ns, mode=mode, backend=backend, **kw)
@@ -217,9 +219,9 @@ def _steps(res, check, sb, server, clients, links, mode, backend, timeout) -> No
           r.applied and sum(h.action == "swap" for h in r.plan.hooks) == 3)
     expect_http("default deny: a GET :8080 (allowed port)", a, sa, 8080, True)
     expect_tcp("default deny: a to :9100 (no rule)", a, sa, 9100, False)
-    out = server.http_get(f"http://{la.a.ip4}:{CLIENT_HTTP}/", timeout)
+    out = server.http_get(f"http://{la.a.ip4}:{CLIENT_HTTP}/", slow)
     check("default deny: the server's own request to a (replies by conntrack)", "served", _served(out), out.ok)
-    out = server.http_get(f"http://[{la.a.ip6}]:{CLIENT_HTTP}/", timeout)
+    out = server.http_get(f"http://[{la.a.ip6}]:{CLIENT_HTTP}/", slow)
     check("default deny: the same over IPv6", "served", _served(out), out.ok)
     no_ct = _policy(devs, {"tc-ingress": {"default": "deny", "rules": deny["tc-ingress"]["rules"][1:]}})
     try:

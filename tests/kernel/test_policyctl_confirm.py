@@ -47,7 +47,11 @@ def _wait_no_pending(ns, limit):
 
 
 def served(n, port):
-    return n.client.http_get(f"http://{n.ip4}:{port}/", T).ok
+    return n.client.http_get(f"http://{n.ip4}:{port}/", 3.0).ok
+
+
+def dropped(n, port):
+    return n.client.http_get(f"http://{n.ip4}:{port}/", T).status is None
 
 
 def pol(dev, port):
@@ -59,22 +63,22 @@ def test_unconfirmed_change_is_rolled_back(net):
     n = net
     policyctl.apply(pol(n.dev, 80), netns=n.ns)
     before = policyctl.running(n.ns)
-    r = policyctl.apply(pol(n.dev, 8080), netns=n.ns, confirm=1.5)
+    r = policyctl.apply(pol(n.dev, 8080), netns=n.ns, confirm=4)
     assert r.pending and r.pending.watcher_pid > 0
-    assert served(n, 80) and not served(n, 8080)          # the new policy runs ...
+    assert served(n, 80) and dropped(n, 8080)          # the new policy runs ...
     assert _wait_no_pending(n.ns, 15), "the watcher did not act"
     last = pending.last_rollback(n.ns)
     assert last and last["ok"], last
     assert policyctl.running(n.ns) == before              # ... and the old one is back
-    assert not served(n, 80) and served(n, 8080)
+    assert dropped(n, 80) and served(n, 8080)
     with pytest.raises(NotFound, match="no change is waiting"):
         policyctl.confirm(n.ns)
 
 
 def test_first_apply_unconfirmed_detaches(net):
     n = net
-    policyctl.apply(pol(n.dev, 80), netns=n.ns, confirm=1.0)
-    assert not served(n, 80)
+    policyctl.apply(pol(n.dev, 80), netns=n.ns, confirm=3)
+    assert dropped(n, 80)
     assert _wait_no_pending(n.ns, 15)
     assert policyctl.running(n.ns) == {}
     assert served(n, 80)
@@ -83,11 +87,11 @@ def test_first_apply_unconfirmed_detaches(net):
 def test_confirmed_change_stays(net):
     n = net
     policyctl.apply(pol(n.dev, 80), netns=n.ns)
-    r = policyctl.apply(pol(n.dev, 8080), netns=n.ns, confirm=1.5)
+    r = policyctl.apply(pol(n.dev, 8080), netns=n.ns, confirm=4)
     policyctl.confirm(n.ns)
     time.sleep(r.pending.remaining + 0.5)
     assert not os.path.exists(pending.pending_path(n.ns) + ".rollback")
-    assert served(n, 80) and not served(n, 8080)
+    assert served(n, 80) and dropped(n, 8080)
     try:
         os.kill(r.pending.watcher_pid, 0)
         alive = True
@@ -127,10 +131,10 @@ def test_cli_confirm_outlives_the_command_and_apply_confirmed(net, tmp_path):
     assert r.returncode == 1 and "waiting for confirmation" in r.stderr
     r = _cli("apply", "--netns", n.ns, "--confirmed", str(new))
     assert r.returncode == 0 and "confirmed" in r.stdout and "no change" in r.stdout, r.stdout + r.stderr
-    assert served(n, 80) and not served(n, 8080)
+    assert served(n, 80) and dropped(n, 8080)
     # and the command's watcher, started by a process that has exited, rolls back on its own
-    r = _cli("apply", "--netns", n.ns, "--confirm", "1", str(old))
+    r = _cli("apply", "--netns", n.ns, "--confirm", "3", str(old))
     assert r.returncode == 0
-    assert not served(n, 80)
+    assert dropped(n, 80)
     assert _wait_no_pending(n.ns, 15)
-    assert served(n, 80) and not served(n, 8080)
+    assert served(n, 80) and dropped(n, 8080)

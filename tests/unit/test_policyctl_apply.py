@@ -251,3 +251,26 @@ def test_rules_listing_and_export_round_trip(be):
         policyctl.export("eth5", netns="ns", backend=be)
     with pytest.raises(NotFound):
         policyctl.rules("eth5", netns="ns", backend=be)
+
+
+def test_deadline_restarts_after_the_change_and_watcher_rereads_it(be, tmp_path):
+    policyctl.apply(BASE, backend=be)
+    r = policyctl.apply(pol(["eth0"], {"tc-ingress": {"default": "deny", "rules": [EST]}}), backend=be,
+                        confirm=0.3, state_root=str(tmp_path), start_watcher=False)
+    pconfirm.restart_clock(r.pending, 0.6)                 # e.g. the clock restarted later
+    t = time.monotonic()
+    assert pconfirm.watch(r.pending.path, backend=be, poll=0.02) == 0
+    assert time.monotonic() - t >= 0.5
+
+
+def test_overdue_change_without_watcher_is_rolled_back_by_the_next_apply(be, tmp_path):
+    policyctl.apply(BASE, backend=be)
+    before = be.running(None)
+    new = pol(["eth0"], {"tc-ingress": {"default": "deny", "rules": [EST]}})
+    r = policyctl.apply(new, backend=be, confirm=0.05, state_root=str(tmp_path), start_watcher=False)
+    assert r.pending.watcher_pid == 0                       # no watcher: as if it had been killed
+    time.sleep(0.1)
+    with pytest.raises(BpfgateError, match="restored now"):
+        policyctl.apply(new, backend=be, state_root=str(tmp_path))
+    assert be.running(None) == before and pconfirm.read(None, str(tmp_path)) is None
+    assert policyctl.apply(new, backend=be, state_root=str(tmp_path)).applied

@@ -156,9 +156,11 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
     p = make_plan(desired_state(policies), backend.running(netns), netns)
     precheck(p, force=force, ifindex=_ifindex(backend, netns),
              check_interfaces=not isinstance(backend, MemoryBackend))
+    waiting = None if dry_run else _confirm.read(netns, state_root)
+    if waiting is not None and waiting.remaining == 0 and not _confirm.alive(waiting.watcher_pid):
+        _recover(waiting, backend)
     if dry_run or not p.changed:
         return ApplyResult(p, False, dry_run=dry_run)
-    waiting = _confirm.read(netns, state_root)
     if waiting is not None:
         raise BpfgateError("apply policy", f"a change is waiting for confirmation ({waiting.remaining:.0f} s left)",
                            hint="`bpfgate confirm` it first, or let it roll back")
@@ -173,7 +175,26 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
         if pending is not None:
             _confirm.disarm(pending)
         raise
+    if pending is not None:
+        _confirm.restart_clock(pending, confirm)
     return ApplyResult(p, True, pending=pending)
+
+
+def _recover(waiting: _confirm.Pending, backend: Backend) -> None:
+    """An unconfirmed change is past its deadline and its watcher is gone (killed): roll back now."""
+    claimed = _confirm.claim_for_rollback(waiting.path)
+    if claimed is None:
+        return
+    try:
+        n = _confirm.rollback(claimed, backend)
+        _confirm.record_rollback(claimed, True, f"restored {n} hook(s) (watcher gone; by the next apply)")
+    except BpfgateError as e:
+        _confirm.record_rollback(claimed, False, str(e))
+        raise
+    finally:
+        _confirm.disarm(claimed)
+    raise BpfgateError("apply policy", f"an unconfirmed change had expired without its watcher (pid "
+                       f"{waiting.watcher_pid}): the previous policy was restored now; run the apply again")
 
 
 def confirm(netns: str | None = None, state_root: str | None = None) -> _confirm.Pending:

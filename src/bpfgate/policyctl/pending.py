@@ -102,6 +102,22 @@ def arm(pending: Pending, root: str | None = None, start_watcher: bool = True) -
     return pending
 
 
+def restart_clock(pending: Pending, seconds: float) -> None:
+    """Deadline = now + seconds (called once the change is in place, so slow changes do not eat the time)."""
+    pending.deadline = time.time() + seconds
+    _write(pending.path, pending.to_json())
+
+
+def alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def disarm(pending: Pending) -> None:
     """Forget a pending rollback whose change failed (and was rolled back already)."""
     try:
@@ -162,16 +178,21 @@ def rollback(p: Pending, backend) -> int:
 
 
 def watch(path: str, backend=None, poll: float = 0.1) -> int:
-    """The watcher's loop: exit 0 when confirmed, else roll back at the deadline (exit 1 if that failed)."""
-    try:
-        with open(path) as f:
-            deadline = float(json.load(f)["deadline"])
-    except (OSError, ValueError, KeyError):
-        return 0
-    while time.time() < deadline:
-        if not os.path.exists(path):
-            return 0
-        time.sleep(min(poll, max(0.0, deadline - time.time())))
+    """The watcher's loop: exit 0 when confirmed, else roll back at the deadline (exit 1 if that failed).
+    The deadline is re-read on every poll: apply() restarts the clock once the change is in place."""
+    while True:
+        try:
+            with open(path) as f:
+                deadline = float(json.load(f)["deadline"])
+        except FileNotFoundError:
+            return 0                      # confirmed (or claimed by someone else)
+        except (OSError, ValueError, KeyError):
+            time.sleep(poll)              # caught between write and rename: read again
+            continue
+        left = deadline - time.time()
+        if left <= 0:
+            break
+        time.sleep(min(poll, left))
     p = claim_for_rollback(path)
     if p is None:
         return 0
