@@ -78,26 +78,14 @@ class EngineBackend:
     def add_rule(self, dev: str, hook: Hook, netns: str | None, rule: Rule, position: int | None) -> None:
         with self._open(dev, hook, netns) as eng:
             eng.add_rule(rule, position)
-            _settle(eng)
 
     def delete_rule(self, dev: str, hook: Hook, netns: str | None, name: str) -> None:
         with self._open(dev, hook, netns) as eng:
             eng.delete_rule(name)
-            _settle(eng)
 
     def counters(self, dev: str, hook: Hook, netns: str | None) -> dict[str, RuleCounters]:
         with self._open(dev, hook, netns) as eng:
             return {n: RuleCounters(n, c.packets, c.bytes) for n, c in eng.counters().items()}
-
-
-def _settle(eng) -> None:
-    """Save the engine's whole state after a live edit instead of leaving a journal line to replay.
-    Workaround: the engine's journal writes rules as model_dump() (normalised values: dst_port
-    [[80, 80]]) that Rule.model_validate() refuses on the next Engine.open. Remove once the journal
-    round-trips (policyctl.export.rule_data does)."""
-    snap = getattr(eng, "_snapshot", None)
-    if snap is not None:
-        snap()
 
 
 def purge(dev: str, hook: Hook, netns: str | None) -> None:
