@@ -169,7 +169,7 @@ def test_confirmed_change_stays(be, tmp_path):
 def test_confirm_without_change_or_bad_seconds(be, tmp_path):
     policyctl.apply(BASE, backend=be)
     r = policyctl.apply(BASE, backend=be, confirm=5, state_root=str(tmp_path), start_watcher=False)
-    assert r.pending is None and not os.listdir(tmp_path)   # nothing changed: nothing to roll back
+    assert r.pending is None and pconfirm.read(None, str(tmp_path)) is None   # nothing changed: nothing to roll back
     with pytest.raises(BpfgateError, match="between"):
         policyctl.apply(BASE, backend=be, confirm=0)
 
@@ -274,3 +274,20 @@ def test_overdue_change_without_watcher_is_rolled_back_by_the_next_apply(be, tmp
         policyctl.apply(new, backend=be, state_root=str(tmp_path))
     assert be.running(None) == before and pconfirm.read(None, str(tmp_path)) is None
     assert policyctl.apply(new, backend=be, state_root=str(tmp_path)).applied
+
+
+def test_changes_in_one_namespace_are_serialised(be, tmp_path):
+    import threading
+
+    done = threading.Event()
+
+    def worker():
+        policyctl.apply(BASE, backend=be, netns="ns", state_root=str(tmp_path))
+        done.set()
+
+    with pconfirm.locked("ns", str(tmp_path)):      # e.g. a watcher rolling back, another apply
+        t = threading.Thread(target=worker)
+        t.start()
+        assert not done.wait(0.3) and be.log == []
+    t.join(5)
+    assert done.is_set() and len(be.log) == 4

@@ -21,6 +21,7 @@ namespace; None: the current one) and `backend` (default: the engine; MemoryBack
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -76,6 +77,13 @@ def _backend(backend: Backend | None) -> Backend:
     from .engine_backend import EngineBackend
 
     return EngineBackend()
+
+
+def _serialised(netns: str | None, backend: Backend, state_root: str | None = None):
+    """The namespace's control-plane lock (not for MemoryBackend: nothing is shared between processes)."""
+    if isinstance(backend, MemoryBackend) and state_root is None:
+        return contextlib.nullcontext()
+    return _confirm.locked(netns, state_root)
 
 
 def _ifindex(backend: Backend, netns: str | None):
@@ -153,31 +161,33 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
     backend = _backend(backend)
     if confirm is not None and not 0 < confirm <= 86400:
         raise BpfgateError("apply with --confirm", f"{confirm:g} s is not between 0 and 86400 seconds")
-    p = make_plan(desired_state(policies), backend.running(netns), netns)
-    precheck(p, force=force, ifindex=_ifindex(backend, netns),
-             check_interfaces=not isinstance(backend, MemoryBackend))
-    waiting = None if dry_run else _confirm.read(netns, state_root)
-    if waiting is not None and waiting.remaining == 0 and not _confirm.alive(waiting.watcher_pid):
-        _recover(waiting, backend)
-    if dry_run or not p.changed:
-        return ApplyResult(p, False, dry_run=dry_run)
-    if waiting is not None:
-        raise BpfgateError("apply policy", f"a change is waiting for confirmation ({waiting.remaining:.0f} s left)",
-                           hint="`bpfgate confirm` it first, or let it roll back")
-    pending = None
-    if confirm is not None:
-        prev = {(h.dev, h.hook): h.old for h in p.changes()}
-        pending = _confirm.arm(_confirm.Pending(netns, time.time() + confirm, prev, mode), state_root,
-                               start_watcher=start_watcher)
-    try:
-        execute(p, backend, mode=mode)
-    except BaseException:
+    with _serialised(netns, backend, state_root):
+        p = make_plan(desired_state(policies), backend.running(netns), netns)
+        precheck(p, force=force, ifindex=_ifindex(backend, netns),
+                 check_interfaces=not isinstance(backend, MemoryBackend))
+        waiting = None if dry_run else _confirm.read(netns, state_root)
+        if waiting is not None and waiting.remaining == 0 and not _confirm.alive(waiting.watcher_pid):
+            _recover(waiting, backend)
+        if dry_run or not p.changed:
+            return ApplyResult(p, False, dry_run=dry_run)
+        if waiting is not None:
+            raise BpfgateError("apply policy", f"a change is waiting for confirmation ({waiting.remaining:.0f} s left)",
+                               hint="`bpfgate confirm` it first, or let it roll back")
+        pending = None
+        if confirm is not None:
+            prev = {(h.dev, h.hook): h.old for h in p.changes()}
+            # the clock restarts once the change is in place; until then it cannot run out mid-apply
+            pending = _confirm.arm(_confirm.Pending(netns, time.time() + confirm + 60, prev, mode), state_root,
+                                   start_watcher=start_watcher)
+        try:
+            execute(p, backend, mode=mode)
+        except BaseException:
+            if pending is not None:
+                _confirm.disarm(pending)
+            raise
         if pending is not None:
-            _confirm.disarm(pending)
-        raise
-    if pending is not None:
-        _confirm.restart_clock(pending, confirm)
-    return ApplyResult(p, True, pending=pending)
+            _confirm.restart_clock(pending, confirm)
+        return ApplyResult(p, True, pending=pending)
 
 
 def _recover(waiting: _confirm.Pending, backend: Backend) -> None:
@@ -232,17 +242,18 @@ def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: 
     """Add one rule live (no reload; other rules keep their counters). Returns its index."""
     hook, rule = parse_hook(hook), rule_from(rule)
     backend = _backend(backend)
-    hp = _current(backend, dev, hook, netns)
-    if any(r.name == rule.name for r in hp.rules):
-        raise PolicyError(f"rule {rule.name}", f"a rule of that name exists on {dev} {hook.value}; delete it first")
-    pos = _position(hp, before, after, position)
-    new_rules = list(hp.rules)
-    new_rules.insert(len(new_rules) if pos is None else pos, rule)
-    new = HookPolicy(default=hp.default, rules=tuple(new_rules))
-    compile_check = make_plan({(dev, hook): new}, {(dev, hook): hp}, netns)
-    precheck(compile_check, force=True, ifindex=_ifindex(backend, netns))
-    backend.add_rule(dev, hook, netns, rule, pos)
-    return len(new_rules) - 1 if pos is None else pos
+    with _serialised(netns, backend):
+        hp = _current(backend, dev, hook, netns)
+        if any(r.name == rule.name for r in hp.rules):
+            raise PolicyError(f"rule {rule.name}", f"a rule of that name exists on {dev} {hook.value}; delete it first")
+        pos = _position(hp, before, after, position)
+        new_rules = list(hp.rules)
+        new_rules.insert(len(new_rules) if pos is None else pos, rule)
+        new = HookPolicy(default=hp.default, rules=tuple(new_rules))
+        compile_check = make_plan({(dev, hook): new}, {(dev, hook): hp}, netns)
+        precheck(compile_check, force=True, ifindex=_ifindex(backend, netns))
+        backend.add_rule(dev, hook, netns, rule, pos)
+        return len(new_rules) - 1 if pos is None else pos
 
 
 def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = None, force: bool = False,
@@ -250,15 +261,16 @@ def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = No
     """Delete one rule live. Refused (unless force) when it is the rule that keeps established connections
     alive under a default deny."""
     backend, hook = _backend(backend), parse_hook(hook)
-    hp = _current(backend, dev, hook, netns)
-    if not any(r.name == name for r in hp.rules):
-        raise NotFound(f"delete rule {name} on {dev} {hook.value}", "no such rule")
-    new = HookPolicy(default=hp.default, rules=tuple(r for r in hp.rules if r.name != name))
-    if not force and guard.problem(dev, hook, hp) is None:
-        why = guard.problem(dev, hook, new)
-        if why:
-            raise BpfgateError(f"delete rule {name}", why)
-    backend.delete_rule(dev, hook, netns, name)
+    with _serialised(netns, backend):
+        hp = _current(backend, dev, hook, netns)
+        if not any(r.name == name for r in hp.rules):
+            raise NotFound(f"delete rule {name} on {dev} {hook.value}", "no such rule")
+        new = HookPolicy(default=hp.default, rules=tuple(r for r in hp.rules if r.name != name))
+        if not force and guard.problem(dev, hook, hp) is None:
+            why = guard.problem(dev, hook, new)
+            if why:
+                raise BpfgateError(f"delete rule {name}", why)
+        backend.delete_rule(dev, hook, netns, name)
 
 
 def remove(dev: str | None = None, hook: str | Hook | None = None, *, netns: str | None = None,
@@ -266,17 +278,20 @@ def remove(dev: str | None = None, hook: str | Hook | None = None, *, netns: str
     """Detach the policies of one interface / hook (default: every one in `netns`). Returns what went."""
     backend = _backend(backend)
     hook = parse_hook(hook) if hook is not None else None
-    gone = []
-    errors = []
-    listing = getattr(backend, "attached", None)   # without reading each policy: works on broken state too
-    keys = listing(netns) if listing else list(backend.running(netns))
-    for d, h in sorted(keys, key=lambda k: (k[0], k[1].value)):
-        if (dev is None or d == dev) and (hook is None or h == hook):
-            try:
-                backend.detach(d, h, netns)
-                gone.append((d, h))
-            except BpfgateError as e:   # go on with the others, report at the end
-                errors.append(str(e))
+    with _serialised(netns, backend):
+        gone = []
+        errors = []
+        listing = getattr(backend, "attached", None)   # without reading each policy: works on broken state too
+        keys = listing(netns) if listing else list(backend.running(netns))
+        for d, h in sorted(keys, key=lambda k: (k[0], k[1].value)):
+            if (dev is None or d == dev) and (hook is None or h == hook):
+                try:
+                    backend.detach(d, h, netns)
+                    gone.append((d, h))
+                except BpfgateError as e:   # go on with the others, report at the end
+                    errors.append(str(e))
+        if dev is None and hook is None and not errors and not isinstance(backend, MemoryBackend):
+            _confirm.forget(netns)
     if errors:
         raise BpfgateError("remove policy", "; ".join(errors))
     if dev is not None and not gone:

@@ -10,11 +10,14 @@ a late confirmation never races a rollback. The watcher exits as soon as the fil
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +39,29 @@ def pending_path(netns: str | None, root: str | None = None) -> str:
 
 def result_path(netns: str | None, root: str | None = None) -> str:
     return os.path.join(state_dir(netns, root), "last-rollback.json")
+
+
+@contextmanager
+def locked_dir(directory: str):
+    """One control-plane change at a time per namespace (apply, rule edits, remove, a rollback)."""
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def locked(netns: str | None, root: str | None = None):
+    return locked_dir(state_dir(netns, root))
+
+
+def forget(netns: str | None, root: str | None = None) -> None:
+    """Remove the namespace's state directory once nothing is pending (after its last policy went)."""
+    d = state_dir(netns, root)
+    if not os.path.exists(os.path.join(d, "pending.json")):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @dataclass
@@ -201,7 +227,8 @@ def watch(path: str, backend=None, poll: float = 0.1) -> int:
 
         backend = EngineBackend()
     try:
-        n = rollback(p, backend)
+        with locked_dir(os.path.dirname(p.path)):
+            n = rollback(p, backend)
         record_rollback(p, True, f"restored {n} hook(s)")
         return 0
     except Exception as e:  # noqa: BLE001 - the watcher has nobody to raise to: record it
