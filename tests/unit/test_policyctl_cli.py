@@ -159,3 +159,32 @@ def test_rule_bad_input_is_one_line(be, capsys, tmp_path, argv, msg):
 def test_mark_must_be_a_number(be, capsys):
     code, _, err = run(capsys, "rule", "add", "--dev", "eth0", "x", "--mark", "ten")
     assert code == 2 and "not a number" in err and "Traceback" not in err
+
+
+def test_apply_from_stdin(be, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(GOOD))
+    code, out, _ = run(capsys, "apply", "-")
+    assert code == 0 and "applied: 1 attach" in out
+    monkeypatch.setattr("sys.stdin", io.StringIO(GOOD.replace("dst_port: 80", "dst_port: 99999")))
+    code, _, err = run(capsys, "apply", "-")
+    assert code == 2 and "<stdin>:11 hooks.tc-ingress.rules[1].dst_port" in one_line_error(err)
+
+
+@pytest.mark.parametrize("ok", [True, False])
+def test_tour_command_exit_code_and_json(monkeypatch, capsys, ok):
+    from bpfgate import tour
+    from bpfgate.kernel import caps
+
+    res = tour.TourResult([tour.Check("step one", "served", "HTTP 200", True),
+                           tour.Check("step two", "dropped", "HTTP 200" if not ok else "no answer", ok)],
+                          [{"position": 0, "name": "r", "action": "drop", "match": "any", "packets": 3, "bytes": 9}])
+    monkeypatch.setattr(tour, "run", lambda report, timeout, mode: [report(c) for c in res.checks] and res)
+    monkeypatch.setattr(caps, "require", lambda *a, **k: None)
+    code, out, _ = run(capsys, "tour", "--json")
+    d = json.loads(out)
+    assert code == (0 if ok else 1) and d["ok"] is ok and len(d["checks"]) == 2 and d["counters"][0]["packets"] == 3
+    code, out, _ = run(capsys, "tour")
+    assert code == (0 if ok else 1)
+    assert ("all 2 expectations held" in out) if ok else ("1 of 2 expectations failed" in out and "FAIL" in out)
