@@ -30,6 +30,7 @@ from typing import Any
 
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
+from bpfgate.policy.parse import rule_problem
 
 from . import guard
 from . import pending as _confirm
@@ -215,7 +216,8 @@ def confirm(netns: str | None = None, state_root: str | None = None) -> _confirm
 # ---- live edits ----------------------------------------------------------------------------------------
 
 def _current(backend: Backend, dev: str, hook: Hook, netns: str | None) -> HookPolicy:
-    hp = backend.running(netns).get((dev, hook))
+    one = getattr(backend, "policy", None)   # only this hook's state, not every hook's in the namespace
+    hp = one(dev, hook, netns) if one else backend.running(netns).get((dev, hook))
     if hp is None:
         raise NotFound(f"edit rules on {dev} {hook.value}", "no bpfgate policy is attached there",
                        hint="`bpfgate apply` a policy for it first")
@@ -247,13 +249,13 @@ def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: 
         if any(r.name == rule.name for r in hp.rules):
             raise PolicyError(f"rule {rule.name}", f"a rule of that name exists on {dev} {hook.value}; delete it first")
         pos = _position(hp, before, after, position)
-        new_rules = list(hp.rules)
-        new_rules.insert(len(new_rules) if pos is None else pos, rule)
-        new = HookPolicy(default=hp.default, rules=tuple(new_rules))
-        compile_check = make_plan({(dev, hook): new}, {(dev, hook): hp}, netns)
-        precheck(compile_check, force=True, ifindex=_ifindex(backend, netns))
+        problem = rule_problem(rule, hook)   # the engine's live edit checks limits and shapes itself
+        if problem:
+            raise PolicyError(f"rule {rule.name}" + (f".{problem[0]}" if problem[0] else ""), problem[1])
+        if rule.redirect is not None:
+            _ifindex(backend, netns)(rule.redirect.interface)
         backend.add_rule(dev, hook, netns, rule, pos)
-        return len(new_rules) - 1 if pos is None else pos
+        return len(hp.rules) if pos is None else pos
 
 
 def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = None, force: bool = False,

@@ -26,6 +26,8 @@ class RuleCounters:
 class Backend(Protocol):
     def running(self, netns: str | None) -> State: ...
 
+    def policy(self, dev: str, hook: Hook, netns: str | None) -> HookPolicy | None: ...
+
     def attach(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy, mode: str | None) -> None: ...
 
     def swap(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy) -> None: ...
@@ -56,6 +58,9 @@ class MemoryBackend:
     def running(self, netns):
         return dict(self.hooks.get(netns, {}))
 
+    def policy(self, dev, hook, netns):
+        return self.hooks.get(netns, {}).get((dev, hook))
+
     def attach(self, dev, hook, netns, hp, mode=None):
         self._fail("attach", dev, hook)
         self.hooks.setdefault(netns, {})[(dev, hook)] = hp
@@ -81,6 +86,7 @@ class MemoryBackend:
 
     def add_rule(self, dev, hook, netns, rule, position):
         hp = self._get(dev, hook, netns)
+        self._fail("add_rule", dev, hook)
         rules = list(hp.rules)
         rules.insert(len(rules) if position is None else position, rule)
         self.hooks[netns][(dev, hook)] = HookPolicy(default=hp.default, rules=tuple(rules))

@@ -45,6 +45,15 @@ class EngineBackend:
                 continue
         return out
 
+    def policy(self, dev: str, hook: Hook, netns: str | None) -> HookPolicy | None:
+        from bpfgate.errors import NotFound
+
+        try:
+            with self._open(dev, hook, netns) as eng:
+                return eng.policy()
+        except NotFound:
+            return None
+
     def attach(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy, mode: str | None) -> None:
         from bpfgate.engine import Engine
 
