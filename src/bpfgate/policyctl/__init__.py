@@ -80,11 +80,17 @@ def _backend(backend: Backend | None) -> Backend:
     return EngineBackend()
 
 
+@contextlib.contextmanager
 def _serialised(netns: str | None, backend: Backend, state_root: str | None = None):
-    """The namespace's control-plane lock (not for MemoryBackend: nothing is shared between processes)."""
-    if isinstance(backend, MemoryBackend) and state_root is None:
-        return contextlib.nullcontext()
-    return _confirm.locked(netns, state_root)
+    """The namespace's control-plane lock (not for MemoryBackend alone: nothing is shared between
+    processes), and the backend's session: what it reads stays valid until the lock is released."""
+    with contextlib.ExitStack() as stack:
+        if not (isinstance(backend, MemoryBackend) and state_root is None):
+            stack.enter_context(_confirm.locked(netns, state_root))
+        session = getattr(backend, "session", None)
+        if session is not None:
+            stack.enter_context(session())
+        yield
 
 
 def _ifindex(backend: Backend, netns: str | None):

@@ -21,16 +21,47 @@ def engine_mode(hook: Hook, mode: str | None) -> str | None:
 
 
 class EngineBackend:
-    @staticmethod
+    def __init__(self) -> None:
+        self._cache: dict | None = None   # opened engines, kept while a session() holds the namespace lock
+
     @contextmanager
-    def _open(dev: str, hook: Hook, netns: str | None):
+    def session(self):
+        """Within the control plane's lock nobody else changes the engines: open each one once (opening
+        loads its saved state, the expensive part of a one-rule edit)."""
+        if self._cache is not None:
+            yield
+            return
+        self._cache = {}
+        try:
+            yield
+        finally:
+            cache, self._cache = self._cache, None
+            for eng in cache.values():
+                eng.close()
+
+    @contextmanager
+    def _open(self, dev: str, hook: Hook, netns: str | None):
         from bpfgate.engine import Engine
 
+        key = (dev, hook, netns)
+        if self._cache is not None and key in self._cache:
+            yield self._cache[key]
+            return
         eng = Engine.open(dev, hook, netns)
+        if self._cache is not None:
+            self._cache[key] = eng
+            yield eng
+            return
         try:
             yield eng
         finally:
             eng.close()
+
+    def _forget(self, dev: str, hook: Hook, netns: str | None) -> None:
+        if self._cache is not None:
+            eng = self._cache.pop((dev, hook, netns), None)
+            if eng is not None:
+                eng.close()
 
     def running(self, netns: str | None) -> State:
         from bpfgate.engine import Engine
@@ -57,6 +88,7 @@ class EngineBackend:
     def attach(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy, mode: str | None) -> None:
         from bpfgate.engine import Engine
 
+        self._forget(dev, hook, netns)
         Engine.attach(dev, hook, hp, netns_name=netns, mode=engine_mode(hook, mode)).close()
 
     def swap(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy) -> None:
@@ -75,6 +107,7 @@ class EngineBackend:
         from bpfgate.engine import Engine
         from bpfgate.errors import NotFound
 
+        self._forget(dev, hook, netns)
         try:
             eng = Engine.open(dev, hook, netns)
         except NotFound:
