@@ -156,6 +156,60 @@ static __always_inline void ct_account(struct bg_ct_entry *e, int reply, __u32 l
 	e->tcp_flags_seen |= tcp_flags;
 }
 
+/* An ICMP error (unreachable, time exceeded, parameter problem; ICMPv6 types 1-4) about a tracked flow:
+ * the error quotes the offending packet's IP header and first L4 bytes. */
+static __always_inline int ct_related(const struct bg_cls_key *k, const struct bg_parsed *p, __u64 now)
+{
+	struct bg_ct_key ik = {}, rk = {};
+	struct bg_ct_entry *e;
+	__u8 t = k->icmp_type, *in;
+	void *end = p->end;
+
+	if (!(k->have & BG_HAVE_ICMP) || !p->l4)
+		return 0;
+	if (k->proto == 1 ? !(t == 3 || t == 11 || t == 12) : !(t >= 1 && t <= 4))
+		return 0;
+	in = p->l4 + 8;
+	if (k->family == 4) {
+		struct iphdr *ip = (void *)in;
+
+		if ((void *)(ip + 1) > end || ip->ihl < 5)
+			return 0;
+		ik.family = 4;
+		ik.proto = ip->protocol;
+		__builtin_memcpy(ik.src, &ip->saddr, 4);
+		__builtin_memcpy(ik.dst, &ip->daddr, 4);
+		in += ip->ihl * 4;
+	} else {
+		struct ipv6hdr *ip6 = (void *)in;
+
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		ik.family = 6;
+		ik.proto = ip6->nexthdr;
+		__builtin_memcpy(ik.src, &ip6->saddr, 16);
+		__builtin_memcpy(ik.dst, &ip6->daddr, 16);
+		in = (void *)(ip6 + 1);
+	}
+	if (ik.proto == 6 || ik.proto == 17 || ik.proto == 132) {
+		if ((void *)(in + 4) > end)
+			return 0;
+		ik.sport = ((__u16)in[0] << 8) | in[1];
+		ik.dport = ((__u16)in[2] << 8) | in[3];
+	} else if (ik.proto == 1 || ik.proto == 58) {
+		if ((void *)(in + 6) > end)
+			return 0;
+		if (in[0] == 8 || in[0] == 0 || in[0] == 128 || in[0] == 129)
+			ik.sport = ik.dport = ((__u16)in[4] << 8) | in[5];
+	}
+	e = bpf_map_lookup_elem(&bg_ct, &ik);
+	if (e && ct_live(e, now))
+		return 1;
+	ct_reverse(&ik, &rk);
+	e = bpf_map_lookup_elem(&bg_ct, &rk);
+	return e && ct_live(e, now);
+}
+
 /* Look the packet's flow up (creating it for a valid first packet); returns enum bg_ct_state or 0. */
 static __always_inline __u8 ct_track(const struct bg_cls_key *k, const struct bg_parsed *p, __u32 len)
 {
@@ -177,6 +231,8 @@ static __always_inline __u8 ct_track(const struct bg_cls_key *k, const struct bg
 		ct_account(e, 1, len, flags, now);
 		return BG_CT_ESTABLISHED;
 	}
+	if (ct_related(k, p, now))
+		return BG_CT_RELATED;
 	/* a new flow: TCP only from a SYN without ACK (anything else without state is invalid) */
 	if (k->proto == 6) {
 		if (!(k->have & BG_HAVE_TCPFLAGS) || (flags & 0x16) != 0x02) /* SYN, no ACK, no RST */

@@ -22,6 +22,8 @@
 
 /* what the parser found besides the key: where L4 starts (for the conntrack ICMP echo id) */
 struct bg_parsed {
+	void *l4;         /* start of the L4 header (NULL if not reached): conntrack reads ICMP error payloads */
+	void *end;        /* end of the packet data */
 	__u16 icmp_id;    /* ICMP/ICMPv6 echo identifier, host order (0 if none) */
 	__u8 later_frag;  /* non-first fragment */
 	__u8 arp;         /* an ARP frame: passed untouched, never classified (an IP filter must not cut ARP) */
@@ -39,6 +41,7 @@ static __always_inline void bg_parse_l4(void *l4, void *end, struct bg_cls_key *
 
 	if (p->later_frag)
 		return;
+	p->l4 = l4;
 	if (proto == 6 || proto == 17 || proto == 132) {
 		if ((void *)(b + 4) > end)
 			return;
@@ -124,6 +127,7 @@ static __always_inline void bg_parse(void *data, void *end, struct bg_cls_key *k
 	void *cur = eth + 1;
 	__u16 type;
 
+	p->end = end;
 	if (cur > end)
 		return;
 	type = bpf_ntohs(eth->h_proto);

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -209,3 +210,17 @@ def test_detach_removes_everything(net):
     assert attach.find(n.dev, None, n.server.netns) == []
     with pytest.raises(NotFound):
         Engine.open(n.dev, "tc-ingress", n.server.netns)
+
+
+def test_icmp_error_about_a_tracked_flow_is_related(net):
+    n = net
+    eng = n.attach(n.cdev, "tc-ingress", hp([{"name": "est", "ct": "established"},
+                                             {"name": "rel", "ct": "related"}], default="deny"), host=n.client)
+    # UDP to a closed port of the server: its ICMP port unreachable is related to the client's flow
+    code = f"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', ('{n.ip4}', 9))"
+    n.client.run([sys.executable, "-c", code], timeout=10, check=True)
+    for _ in range(30):    # the error is generated in the server's softirq: give it up to 3 s
+        if eng.counters()["rel"].packets:
+            break
+        time.sleep(0.1)
+    assert eng.counters()["rel"].packets == 1
