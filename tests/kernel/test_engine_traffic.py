@@ -146,6 +146,10 @@ def test_redirect_to_other_interface(net):
                                        "action": "redirect"}]))
     code = f"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(5): s.sendto(b'x', ('{n.ip4}', 9999))"
     n.client.run([sys.executable, "-c", code], timeout=10, check=True)
+    for _ in range(30):    # delivery through two veth pairs is asynchronous: up to 3 s
+        if seen.counters()["udp9999"].packets >= 5:
+            break
+        time.sleep(0.1)
     assert seen.counters()["udp9999"].packets == 5
 
 
