@@ -338,6 +338,12 @@ def rules(dev: str | None = None, *, netns: str | None = None, hook: str | Hook 
     """Every rule of every running hook (or of one interface / hook), in order, with its counters."""
     backend = _backend(backend)
     hook = parse_hook(hook) if hook is not None else None
+    session = getattr(backend, "session", None)
+    with session() if session else contextlib.nullcontext():   # each engine opened once
+        return _rules(backend, dev, hook, netns)
+
+
+def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None) -> list[RuleRow]:
     state = backend.running(netns)
     if dev is not None and not any(d == dev for d, _ in state):
         raise NotFound(f"list rules of {dev}", "no bpfgate policy is attached there")
