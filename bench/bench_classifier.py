@@ -22,19 +22,18 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import fmt, header, median, reps  # noqa: E402
+from common import fmt, header, median, reps
 
-from bpfgate.engine import Engine, frames  # noqa: E402
-from bpfgate.errors import PolicyError  # noqa: E402
-from bpfgate.kernel.testrun import test_run  # noqa: E402
-from bpfgate.policy.compile import Limits, compile_hook  # noqa: E402
-from bpfgate.policy.model import Hook, HookPolicy, Rule  # noqa: E402
-from bpfgate.policy.packet import Packet  # noqa: E402
+from bpfgate.engine import Engine, frames
+from bpfgate.errors import PolicyError
+from bpfgate.kernel.testrun import test_run
+from bpfgate.policy.compile import Limits, compile_hook
+from bpfgate.policy.model import Hook, HookPolicy, Rule
+from bpfgate.policy.packet import Packet
 
 QUICK = "--quick" in sys.argv
 SIZES = [1, 100, 10_000] if QUICK else [1, 100, 10_000, 100_000]
@@ -136,7 +135,7 @@ def netns_run(argv: list[str], stdin: str) -> float:
     try:
         t0 = time.perf_counter()
         subprocess.run(["ip", "netns", "exec", ns] + argv, input=stdin, text=True, check=True,
-                       capture_output=True, timeout=120)  # noqa: S603
+                       capture_output=True, timeout=120)
         return time.perf_counter() - t0
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)

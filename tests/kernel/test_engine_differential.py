@@ -22,7 +22,7 @@ from bpfgate.policy.compile import Limits, compile_hook
 from bpfgate.policy.model import Hook
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit"))
-from policy_gen import random_packet, random_policy  # noqa: E402
+from policy_gen import random_packet, random_policy
 
 pytestmark = pytest.mark.kernel
 SKB_SIZE = 192               # struct __sk_buff; mark at offset 8

@@ -6,8 +6,9 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from bpfgate.engine import frames
 from policy_gen import random_packet, random_policy
+
+from bpfgate.engine import frames
 
 
 def test_round_trip_matches_contract():

@@ -22,4 +22,4 @@ BPF_PROG_TEST_RUN (ct_state from skb->mark, rule_id + 1 written back to the mark
 from .engine import Engine, pin_dir
 from .records import Counter, Flow, RuleLogEvent
 
-__all__ = ["Engine", "Counter", "Flow", "RuleLogEvent", "pin_dir"]
+__all__ = ["Counter", "Engine", "Flow", "RuleLogEvent", "pin_dir"]

@@ -10,7 +10,7 @@ import ctypes
 import os
 import struct
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from bpfgate import attach as attach_mod
 from bpfgate.errors import BpfgateError, NotFound
@@ -19,7 +19,8 @@ from bpfgate.kernel.maps import Map
 from bpfgate.kernel.objects import BpfObject
 from bpfgate.policy import layout as L
 from bpfgate.policy.compile import DEFAULT_NAME, CompiledHook, Limits, compile_hook
-from bpfgate.policy.live import Diff, LiveHook, swap as live_swap
+from bpfgate.policy.live import Diff, LiveHook
+from bpfgate.policy.live import swap as live_swap
 from bpfgate.policy.model import Hook, HookPolicy, Rule
 
 from . import records as R
@@ -68,7 +69,7 @@ class Engine:
     # ---- creation --------------------------------------------------------------------------------
     @classmethod
     def load(cls, hook: Hook | str, *, ct: bool = True, test_mark: bool = False, cls_capacity: int | None = None,
-             max_entries: dict[str, int] | None = None, reuse: dict[str, int] | None = None) -> "Engine":
+             max_entries: dict[str, int] | None = None, reuse: dict[str, int] | None = None) -> Engine:
         """Load the engine object without attaching it (BPF_PROG_TEST_RUN, benchmarks, attach()).
         cls_capacity: preallocate bg_cls with that many entries (inserts ~2x faster, memory ~100 B/entry
         up front, and a swap or live add past it fails cleanly); default: allocate per entry, up to 2M."""
@@ -99,7 +100,7 @@ class Engine:
     @classmethod
     def attach(cls, dev: str, hook: Hook | str, policy: HookPolicy | CompiledHook | None = None, *,
                netns_name: str | None = None, mode: str | None = None, ct: bool = True,
-               limits: Limits = Limits(), cls_capacity: int | None = None) -> "Engine":
+               limits: Limits = Limits(), cls_capacity: int | None = None) -> Engine:
         """Load, write `policy` (default: allow everything), pin the maps, attach. Nothing stays behind on
         failure. mode: tc|libbpf|tcx for TC hooks, auto|native|generic for XDP."""
         hook = Hook(hook)
@@ -161,7 +162,7 @@ class Engine:
         return None
 
     @classmethod
-    def open(cls, dev: str, hook: Hook | str, netns_name: str | None = None) -> "Engine":
+    def open(cls, dev: str, hook: Hook | str, netns_name: str | None = None) -> Engine:
         """Reopen an attached engine from its pins and saved state (another process, e.g. the CLI)."""
         hook = Hook(hook)
         store = StateStore(dev, hook, netns_name)
@@ -212,7 +213,7 @@ class Engine:
             self.obj = None
         self.maps = {}
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:

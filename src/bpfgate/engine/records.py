@@ -56,7 +56,7 @@ class Flow:
     tcp_flags_seen: int
 
     @classmethod
-    def decode(cls, key: bytes, val: bytes) -> "Flow":
+    def decode(cls, key: bytes, val: bytes) -> Flow:
         fam, proto, sport, dport, _pad, src, dst = struct.unpack(CT_KEY_FMT, key)
         first, last, po, bo, pr, br, flags, tf = struct.unpack(CT_ENTRY_FMT, val)
         return cls(fam, proto, _addr(fam, src), _addr(fam, dst), sport, dport, first, last, po, bo, pr, br,
@@ -82,7 +82,7 @@ class RuleLogEvent:
     ts_ns: int
 
     @classmethod
-    def decode(cls, raw: bytes, names: dict[int, str]) -> "RuleLogEvent":
+    def decode(cls, raw: bytes, names: dict[int, str]) -> RuleLogEvent:
         (_t, _l, _cpu, ts, rid, ifindex, plen, action, hook, fam, proto, sport, dport, ct, tf, src,
          dst) = struct.unpack(RULE_LOG_FMT, raw[:struct.calcsize(RULE_LOG_FMT)])
         return cls(rid, names.get(rid, str(rid)), ifindex, plen, action, hook, fam, proto, sport, dport, ct, tf,
