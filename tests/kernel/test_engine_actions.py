@@ -157,3 +157,37 @@ def test_log_rate_cap():
             run(eng, frame())
         evs = eng.events(timeout=0.5)
         assert 2 <= len(evs) <= 3 and all(e.name == "lg" and e.dport == 80 for e in evs)
+
+
+def test_conntrack_entries_and_expiry():
+    from bpfgate.engine import engine as E
+
+    eng = Engine.load("tc-ingress", ct=True)
+    try:
+        eng.load_policy(compile_hook(HookPolicy.model_validate({"default": "allow", "rules": [
+            {"name": "est", "ct": "established"}, {"name": "new", "ct": "new"},
+            {"name": "inv", "ct": "invalid"}]}), Hook.TC_INGRESS, ifindex=lambda _n: 1))
+        syn = frame(proto=6, dport=443)
+        p = Packet(family=4, src=ipaddress.ip_address("198.18.0.2"), dst=ipaddress.ip_address("198.18.0.1"),
+                   proto=6, sport=443, dport=1234, tcp_flags=0x12)
+        synack = frames.build(p)
+        stray = frames.build(Packet(family=4, src=p.src, dst=p.dst, proto=6, sport=1, dport=2, tcp_flags=0x10))
+        for fr in (syn, synack, syn, stray):
+            run(eng, fr)
+        c = eng.counters()
+        assert (c["new"].packets, c["est"].packets, c["inv"].packets) == (1, 2, 1)
+        flows = eng.conntrack()
+        assert len(flows) == 1
+        f = flows[0]
+        assert (str(f.src), f.sport, f.dport, f.packets_orig, f.packets_reply, f.replied) == \
+            ("198.18.0.1", 1234, 443, 2, 1, True)
+        assert eng.expire_flows() == 0
+        saved, E.CT_TIMEOUT_EST_S = E.CT_TIMEOUT_EST_S, -1     # everything is past its timeout for the reader
+        try:
+            assert eng.conntrack() == [] and len(eng.conntrack(include_expired=True)) == 1
+            assert eng.expire_flows() == 1
+        finally:
+            E.CT_TIMEOUT_EST_S = saved
+        assert eng.conntrack(include_expired=True) == []
+    finally:
+        eng.close()

@@ -30,6 +30,7 @@ OBJECT = "engine"
 OWNER = "engine"
 CT_OWNER = "engine-ct"
 CT_HANDLE, CT_PRIORITY = 0xB9E, 99       # the conntrack tracker runs before any filter of ours
+CT_TIMEOUT_NEW_S, CT_TIMEOUT_EST_S = 30, 600   # flow expiry after the last packet: no reply seen / replied
 GRACE_S = 1.0                            # freed rule slots wait this long (in-flight packets, RCU)
 MAPS = ("bg_cls", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_rate_src",
         "bg_log_rate", "bg_ct", "events", "bg_stats")
@@ -75,7 +76,9 @@ class Engine:
         up front, and a swap or live add past it fails cleanly); default: allocate per entry, up to 2M."""
         hook = Hook(hook)
         obj = BpfObject.open(OBJECT, rodata={"cfg_hook": HOOK_CODE[hook], "cfg_ct": int(ct),
-                                             "cfg_test_mark": int(test_mark)})
+                                             "cfg_test_mark": int(test_mark),
+                                             "cfg_ct_timeout_new_ns": CT_TIMEOUT_NEW_S * 10**9,
+                                             "cfg_ct_timeout_est_ns": CT_TIMEOUT_EST_S * 10**9})
         try:
             for name, n in (max_entries or {}).items():
                 obj.set_max_entries(name, n)
@@ -346,11 +349,19 @@ class Engine:
             out[name] = R.Counter(name, pk, by)
         return out
 
-    def conntrack(self) -> list[R.Flow]:
-        out = []
-        for k, v in self.maps["bg_ct"].lookup_batch():
-            out.append(R.Flow.decode(bytes(k), bytes(v)))
-        return out
+    def conntrack(self, include_expired: bool = False) -> list[R.Flow]:
+        """The interface's flows (the data plane ignores expired ones; the LRU reclaims them under pressure)."""
+        now = time.monotonic_ns()    # CLOCK_MONOTONIC, as bpf_ktime_get_ns()
+        flows = [R.Flow.decode(bytes(k), bytes(v)) for k, v in self.maps["bg_ct"].lookup_batch()]
+        return flows if include_expired else [f for f in flows if not _expired(f, now)]
+
+    def expire_flows(self) -> int:
+        """Delete expired flows now; returns how many."""
+        now, m, n = time.monotonic_ns(), self.maps["bg_ct"], 0
+        for k, v in list(m.lookup_batch()):
+            if _expired(R.Flow.decode(bytes(k), bytes(v)), now):
+                n += m.delete(k)
+        return n
 
     def events(self, timeout: float = 0.0) -> list[R.RuleLogEvent]:
         """Log events (rules with `log`) waiting in the ring buffer."""
@@ -412,6 +423,10 @@ class Engine:
     def _journal(self, op: str, **kw) -> None:
         if self.store is not None:
             self.store.journal(op, **kw)
+
+
+def _expired(f: R.Flow, now_ns: int) -> bool:
+    return now_ns - f.last_ns > (CT_TIMEOUT_EST_S if f.replied else CT_TIMEOUT_NEW_S) * 10**9
 
 
 def rule_names(compiled: CompiledHook) -> dict[int, str]:
