@@ -228,3 +228,29 @@ def test_icmp_error_about_a_tracked_flow_is_related(net):
             break
         time.sleep(0.1)
     assert eng.counters()["rel"].packets == 1
+
+
+def test_vlan_match(net):
+    n = net
+    # a VLAN 100 sub-interface on both ends of the client link, addressed from its own 198.18 subnet
+    for host, dev, ip in ((n.client, n.cdev, "198.18.250.1/24"), (n.server, n.dev, "198.18.250.2/24")):
+        r = host.run(["ip", "link", "add", "link", dev, "name", "v100", "type", "vlan", "id", "100"])
+        if r.returncode != 0:
+            pytest.skip(f"no VLAN devices in this kernel ({r.stderr!r}); VLAN parsing is covered by "
+                        "test_engine_differential")
+        host.run(["ip", "addr", "add", ip, "dev", "v100"], check=True)
+        host.run(["ip", "link", "set", "v100", "up"], check=True)
+    assert n.client.ping("198.18.250.2", timeout=3)
+    eng = n.attach(n.dev, "tc-ingress", hp([{"name": "v100", "vlan": 100, "protocol": "icmp", "action": "drop"}]))
+    assert not n.client.ping("198.18.250.2")
+    assert n.client.ping(n.ip4)                     # untagged traffic is not VLAN 100
+    assert eng.counters()["v100"].packets >= 1
+
+
+def test_xdp_default_deny_with_established_replies(net):
+    n = net
+    n.client.http_server(9000)
+    n.attach(n.dev, "xdp", hp([{"name": "est", "ct": "established"},
+                               {"name": "alt", "protocol": "tcp", "dst_port": 8080}], default="deny"), mode="native")
+    assert get(n, 8080) and not get(n, 80)
+    assert n.server.http_get(f"http://{n.cip4}:9000/", T).ok    # replies of the server's own connection
