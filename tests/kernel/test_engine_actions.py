@@ -191,3 +191,30 @@ def test_conntrack_entries_and_expiry():
         assert eng.conntrack(include_expired=True) == []
     finally:
         eng.close()
+
+
+def test_two_editors_stay_in_step_and_refusals_change_nothing(sandbox):
+    from bpfgate.policy.model import Rule
+
+    a, b = sandbox.host("a"), sandbox.host("b")
+    dev = sandbox.link(a, b).end(b).name
+    eng = Engine.attach(dev, "xdp", HookPolicy.model_validate({"default": "allow", "rules": [
+        {"name": "r0", "protocol": "udp", "dst_port": 1}]}), netns_name=b.netns, mode="generic")
+    other = Engine.open(dev, "xdp", b.netns)
+    try:
+        eng.add_rule(Rule.model_validate({"name": "r1", "protocol": "udp", "dst_port": 2}))
+        other.add_rule(Rule.model_validate({"name": "r2", "protocol": "udp", "dst_port": 3}), 0)   # catches up
+        eng.delete_rule("r0")                                                                     # catches up
+        assert [r.name for r in other.policy().rules] == ["r2", "r1"]
+        before = {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()}
+        with pytest.raises(PolicyError):
+            eng.add_rule(Rule.model_validate({"name": "m", "mark": 1}))          # mark at XDP: refused
+        with pytest.raises(PolicyError):
+            eng.add_rule(Rule.model_validate({"name": "r1", "protocol": "udp"}))  # duplicate name
+        with pytest.raises(PolicyError):
+            eng.swap(HookPolicy.model_validate({"default": "allow", "rules": [{"name": "m", "mark": 1}]}))
+        assert {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()} == before
+        assert [r.name for r in Engine.open(dev, "xdp", b.netns).policy().rules] == ["r2", "r1"]
+    finally:
+        other.close()
+        eng.detach()

@@ -1,4 +1,4 @@
-"""`bpfgate demo`: the drop-HTTP example in a sandbox, with a verdict table; exit 0 only if all held."""
+"""`bpfgate tour`: the policy engine end to end in a sandbox; a verdict table; exit 0 only if all held."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ from bpfgate.cli import term
 
 
 def register(app: click.Group) -> None:
-    @app.command("demo")
+    @app.command("tour")
     @click.option("--json", "as_json", is_flag=True, help="JSON result for scripts.")
-    @click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds per HTTP request.")
-    def demo_cmd(as_json, timeout):
-        """Drop HTTP with a live BPF map, in throwaway network namespaces, checked with real requests."""
-        from bpfgate import demo
+    @click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds per request.")
+    @click.option("--mode", type=click.Choice(["tc", "tcx", "xdp-native", "xdp-generic", "auto"]), default=None,
+                  help="Attach mode of the engine (default: tc clsact).")
+    def tour_cmd(as_json, timeout, mode):
+        """The policy engine in throwaway namespaces: drop HTTP, by source, per CIDR, port range, IPv6, rate
+        limit, default deny with conntrack, a live edit, counters; every step checked with real traffic."""
+        from bpfgate import tour
         from bpfgate.kernel import caps
 
-        caps.require("run the demo (network namespaces, BPF)", caps.CAP_BPF, caps.CAP_NET_ADMIN,
+        caps.require("run the tour (network namespaces, BPF)", caps.CAP_BPF, caps.CAP_NET_ADMIN,
                      caps.CAP_SYS_ADMIN)
 
         def report(c):
@@ -24,14 +27,17 @@ def register(app: click.Group) -> None:
                 (term.ok if c.ok else term.fail)(f"{c.step}: expected {c.expected}, got {c.observed}")
 
         if not as_json:
-            term.info("[bold]bpfgate demo[/bold]: client --veth-- server (HTTP :80 and :8080); "
-                      "TC ingress gate on the server drops TCP to the ports in a BPF map")
-        res = demo.run(report, timeout=timeout)
+            term.info("[bold]bpfgate tour[/bold]: client-a, client-b, client-c --veth-- server; policies on the "
+                      "server's interfaces through `apply` / `rule add` / `rules`")
+        res = tour.run(report, timeout=timeout, mode=mode)
         if as_json:
-            term.print_json({"ok": res.ok, "checks": [c.__dict__ for c in res.checks],
-                             "counters": res.counters})
+            term.print_json({"ok": res.ok, "checks": [c.__dict__ for c in res.checks], "counters": res.counters})
         else:
-            term.table("per-port drop counters (while 80 was blocked)", ["port", "packets", "bytes"],
-                       [[p, c["packets"], c["bytes"]] for p, c in res.counters.items()])
-            term.info("[green]all expectations held[/green]" if res.ok else "[red]some expectations failed[/red]")
+            term.table("per-rule counters on client-a's side of the server (before the swap)",
+                       ["#", "rule", "action", "match", "packets", "bytes"],
+                       [["" if r["position"] is None else r["position"], r["name"], r["action"], r["match"],
+                         r["packets"], r["bytes"]] for r in res.counters])
+            passed = sum(c.ok for c in res.checks)
+            term.info(f"[green]all {passed} expectations held[/green]" if res.ok else
+                      f"[red]{len(res.checks) - passed} of {len(res.checks)} expectations failed[/red]")
         raise SystemExit(0 if res.ok else 1)

@@ -10,6 +10,7 @@ import ctypes
 import os
 import struct
 import time
+from contextlib import contextmanager
 from collections.abc import Iterable
 
 from bpfgate import attach as attach_mod
@@ -65,6 +66,7 @@ class Engine:
         self.obj, self.store = obj, store
         self._live_hook: LiveHook | None = None
         self._pending_compiled: tuple[CompiledHook, Limits] | None = None   # LiveHook built on first use
+        self._seen_version: tuple | None = None   # saved state this process is in step with
         self.pending_free: list[tuple[float, list[int]]] = []
 
     # ---- creation --------------------------------------------------------------------------------
@@ -145,6 +147,7 @@ class Engine:
             store.save_meta({"ifindex": ifindex, "prog_id": eng.program.id, "mode": mode,
                              "attachments": [a.key for a in atts], "pins": pinned})
             eng._snapshot()
+            eng._seen_version = store.version()
         except BaseException:
             for a in atts:
                 attach_mod.detach(a)
@@ -183,8 +186,10 @@ class Engine:
                 m.close()
             raise NotFound(f"open engine on {dev} {hook.value}", f"its pins under {pdir} are gone") from None
         eng = cls(hook, maps, dev=dev, netns_name=netns_name, store=store)
-        eng.live = store.load_live(eng._ifindex)
-        eng.pending_free = store.pending_free()
+        with store.locked():
+            eng.live = store.load_live(eng._ifindex)
+            eng.pending_free = store.pending_free()
+            eng._seen_version = store.version()
         return eng
 
     @staticmethod
@@ -252,6 +257,10 @@ class Engine:
 
     def swap(self, new: CompiledHook | HookPolicy) -> CompiledHook:
         """Atomic whole-policy swap into the other generation (unchanged rules keep slots and counters)."""
+        with self._editing():
+            return self._swap(new)
+
+    def _swap(self, new: CompiledHook | HookPolicy) -> CompiledHook:
         old = self._live().c
         if isinstance(new, HookPolicy):
             new = live_swap(old, new, limits=self.live.limits, ifindex=self._ifindex)
@@ -281,25 +290,51 @@ class Engine:
 
     # ---- live edits ----------------------------------------------------------------------------------
     def add_rule(self, rule: Rule, position: int | None = None) -> Diff:
-        self._release_due()
-        diff = self._live().add(rule, position)
-        self.apply_diff(diff)
-        self._journal("add", rule=rule, position=position)
-        return diff
+        with self._editing():
+            diff = self._live().add(rule, position)   # a refusal (PolicyError) has written nothing
+            self.apply_diff(diff)
+            self._journal("add", rule=rule, position=position)
+            return diff
 
     def delete_rule(self, name: str) -> Diff:
-        self._release_due()
-        diff = self._live().delete(name)
-        self.apply_diff(diff)
-        self._journal("delete", name=name)
-        return diff
+        with self._editing():
+            diff = self._live().delete(name)
+            self.apply_diff(diff)
+            self._journal("delete", name=name)
+            return diff
 
     def replace_rule(self, name: str, rule: Rule) -> Diff:
-        self._release_due()
-        diff = self._live().replace(name, rule)
-        self.apply_diff(diff)
-        self._journal("replace", name=name, rule=rule)
-        return diff
+        with self._editing():
+            diff = self._live().replace(name, rule)
+            self.apply_diff(diff)
+            self._journal("replace", name=name, rule=rule)
+            return diff
+
+    def _sync(self) -> None:
+        """Readers catch up with edits other processes made (not called inside an edit: flock is not
+        re-entrant across file descriptions)."""
+        if self.store is not None and self.store.version() != self._seen_version:
+            with self.store.locked():
+                self.live = self.store.load_live(self._ifindex)
+                self.pending_free = self.store.pending_free()
+                self._seen_version = self.store.version()
+
+    @contextmanager
+    def _editing(self):
+        """One editor at a time per engine (flock); catch up first if another process edited since."""
+        if self.store is None:
+            self._release_due()
+            yield
+            return
+        with self.store.locked():
+            if self.store.version() != self._seen_version:
+                self.live = self.store.load_live(self._ifindex)
+                self.pending_free = self.store.pending_free()
+            self._release_due()
+            try:
+                yield
+            finally:
+                self._seen_version = self.store.version()
 
     def apply_diff(self, diff: Diff) -> None:
         """Write one LiveHook Diff in the documented order; each step leaves a consistent classifier."""
@@ -326,12 +361,14 @@ class Engine:
     # ---- reading ----------------------------------------------------------------------------------
     def policy(self) -> HookPolicy:
         """The running policy, rules in order (after live edits): what `policy export` writes."""
+        self._sync()
         live = self._live()
         c = live.c
         default = "allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny"
         return HookPolicy(default=default, rules=tuple(c.source[rid] for _p, rid in live.order))
 
     def rule_ids(self) -> dict[str, int]:
+        self._sync()
         c = self._live().c
         return {c.names[rid]: rid for rid in [c.default_rule] + [r for _p, r in self.live.order]}
 
@@ -367,6 +404,7 @@ class Engine:
         """Log events (rules with `log`) waiting in the ring buffer."""
         from bpfgate.kernel.ringbuf import RingBuffer
 
+        self._sync()
         names = self._live().c.names
         got: list = []
         with RingBuffer(self.maps["events"], handler=lambda batch: got.extend(bytes(r) for r in batch)) as rb:

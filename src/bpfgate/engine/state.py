@@ -64,6 +64,17 @@ class StateStore:
             f.write(data)
         os.replace(tmp, self._p(name))
 
+    def version(self) -> tuple:
+        """Changes whenever another process snapshots or journals: (snapshot mtime, journal size)."""
+        out = []
+        for name in ("snapshot.pickle", "journal.jsonl"):
+            try:
+                st = os.stat(self._p(name))
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
     def save_meta(self, meta: dict) -> None:
         self._write("meta.json", json.dumps(meta).encode())
 
