@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /*
- * Drop-port gate: drops TCP whose destination port is in the blocked_ports hash map.
- * The port list is a map, so it changes live with no reload. One source, TC ingress and egress.
- * (The policy engine grows out of this program; keep one data plane.)
+ * Test fixture, not a product data plane (that is bpf/engine.bpf.c): a TC program that drops TCP to the
+ * destination ports in the drop_ports hash map. Tests of other layers (netlink/tc listing, capture of
+ * dropped packets, drop tracing) use it as "some program that drops", independent of the engine.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -20,7 +20,7 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, struct bg_port_key);
 	__type(value, struct bg_counter);
-} blocked_ports SEC(".maps");
+} drop_ports SEC(".maps");
 
 static __always_inline int tcp_dport(struct __sk_buff *skb, __u16 *dport)
 {
@@ -55,14 +55,14 @@ static __always_inline int tcp_dport(struct __sk_buff *skb, __u16 *dport)
 }
 
 SEC("tc")
-int bg_gate_ports(struct __sk_buff *skb)
+int bg_dropper(struct __sk_buff *skb)
 {
 	struct bg_port_key key = {};
 	struct bg_counter *hit;
 
 	if (tcp_dport(skb, &key.port) < 0)
 		return TC_ACT_OK;
-	hit = bpf_map_lookup_elem(&blocked_ports, &key);
+	hit = bpf_map_lookup_elem(&drop_ports, &key);
 	if (!hit)
 		return TC_ACT_OK;
 	hit->packets++;

@@ -30,7 +30,7 @@ struct bg_counter {
 	__u64 bytes;
 };
 
-/* ---- drop-port gate (foundation slice; grows into the policy engine) ------------------------ */
+/* ---- ports (the test fixture bpf/dropper.bpf.c, selftest maps) --------------------------------- */
 
 /* key of the blocked_ports hash: destination port in host byte order, padded to 4 bytes */
 struct bg_port_key {

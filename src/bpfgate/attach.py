@@ -37,7 +37,7 @@ class Attachment:
     method: str  # "tc" (netlink), "libbpf", "tcx", "xdp", "xdp-link"
     prog_id: int
     prog_name: str
-    owner: str = ""  # what attached it: "gate", "capture", ...
+    owner: str = ""  # what attached it: "engine", "capture", ...
     handle: int = 0
     priority: int = 0
     xdp_mode: str = ""

@@ -1,4 +1,4 @@
-"""`bpfgate tour`: the policy engine end to end, in a sandbox of network namespaces, with real traffic.
+"""`bpfgate demo`: the policy engine end to end, in a sandbox of network namespaces, with real traffic.
 
     client-a --veth-- server --veth-- client-b        (client-c on a third link of the server)
 
@@ -7,7 +7,7 @@ The server's interfaces get policies through the control plane (bpfgate.policyct
 clients: drop HTTP (both families), drop by source address, a port allowed only from one CIDR, a port
 range, an IPv6-only rule, rate limiting (a burst of pings), default deny with replies let through by
 conntrack (the server's own outbound connection works; without the `ct established` rule it does not),
-a live rule edit (add, then delete) and the per-rule counters. The tour passes only if every check held.
+a live rule edit (add, then delete) and the per-rule counters. The demo passes only if every check held.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Check:
 
 
 @dataclass
-class TourResult:
+class DemoResult:
     checks: list[Check] = field(default_factory=list)
     counters: list[dict] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
@@ -103,8 +103,8 @@ def _policy(devs, hooks) -> Policy:
 
 
 def run(report: Callable[[Check], None] = lambda c: None, timeout: float = 1.0, mode: str | None = None,
-        backend=None) -> TourResult:
-    res = TourResult()
+        backend=None) -> DemoResult:
+    res = DemoResult()
 
     def check(step: str, expected: str, observed: str, ok: bool) -> None:
         c = Check(step, expected, observed, ok)

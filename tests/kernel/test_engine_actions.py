@@ -156,7 +156,8 @@ def test_log_rate_cap():
         for _ in range(20):
             run(eng, frame())
         evs = eng.events(timeout=0.5)
-        assert 2 <= len(evs) <= 3 and all(e.name == "lg" and e.dport == 80 for e in evs)
+        # the log cap is per CPU: the test thread may move between CPUs during the loop
+        assert 2 <= len(evs) <= 2 * os.cpu_count() + 1 and all(e.name == "lg" and e.dport == 80 for e in evs)
 
 
 def test_conntrack_entries_and_expiry():

@@ -237,11 +237,11 @@ def test_packets_the_gate_drops_are_captured(pair):
 
     client, _, c_if, s_if = pair
     port = 5555
-    with BpfObject.open("gate") as gate:
+    with BpfObject.open("dropper") as gate:
         gate.load()
-        gate.map("blocked_ports")[{"port": port}] = {"packets": 0, "bytes": 0}
+        gate.map("drop_ports")[{"port": port}] = {"packets": 0, "bytes": 0}
         tc.ensure_clsact(c_if.name, client.netns)
-        tc.add_filter(c_if.name, "egress", gate.program("bg_gate_ports").fd, handle=1, priority=1,
+        tc.add_filter(c_if.name, "egress", gate.program("bg_dropper").fd, handle=1, priority=1,
                       netns=client.netns)  # the qdisc goes with the sandbox's namespace
         with Capture(c_if.name, CaptureFilter.parse("tcp", port), netns_name=client.netns, direction="egress") as cap:
             with client.entered():
@@ -255,7 +255,7 @@ def test_packets_the_gate_drops_are_captured(pair):
             dropped = 0
             while time.monotonic() < deadline:
                 got.extend(cap.packets(100))
-                dropped = sum(v.packets for v in gate.map("blocked_ports")[{"port": port}])
+                dropped = sum(v.packets for v in gate.map("drop_ports")[{"port": port}])
                 if dropped and len(got) >= dropped:
                     break
     assert dropped >= 1 and len(got) == dropped  # every packet the gate dropped is in the capture

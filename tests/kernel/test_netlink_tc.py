@@ -1,6 +1,6 @@
 """kernel.netlink / kernel.tc against the real kernel: throwaway namespaces joined by a veth pair,
 programs loaded and pinned by bpftool (independent of bpfgate's own loader), checked with `tc`/`ip`,
-and real TCP through bg_gate_ports."""
+and real TCP through bg_dropper."""
 
 from __future__ import annotations
 
@@ -206,9 +206,9 @@ def test_filter_add_list_replace_delete(pair, direction):
 def test_lists_a_filter_added_by_tc(pair):
     run("tc", "-n", pair.b, "qdisc", "add", "dev", "b0", "clsact")
     run("tc", "-n", pair.b, "filter", "add", "dev", "b0", "egress", "prio", "5", "handle", "3",
-        "bpf", "da", "obj", str(OBJECTS / "gate.o"), "sec", "tc")
+        "bpf", "da", "obj", str(OBJECTS / "dropper.o"), "sec", "tc")
     [f] = tc.list_filters("b0", "egress", pair.b)
-    assert (f.handle, f.priority, f.name, f.prog_name, f.direct_action) == (3, 5, "gate.o:[tc]", "bg_gate_ports", True)
+    assert (f.handle, f.priority, f.name, f.prog_name, f.direct_action) == (3, 5, "dropper.o:[tc]", "bg_dropper", True)
     shown = run("tc", "-n", pair.b, "filter", "show", "dev", "b0", "egress").stdout
     assert f"id {f.prog_id} " in shown and f"tag {f.tag}" in shown
 
@@ -307,13 +307,13 @@ def _connects(ns: str, addr: str, port: int, timeout: float = 1.0) -> bool:
 
 def _block(pair: Pair, port: int) -> None:
     key = [str(b) for b in port.to_bytes(2, "little") + b"\0\0"]  # struct bg_port_key, host order
-    run("bpftool", "map", "update", "pinned", f"{pair.pins}/gate_maps/blocked_ports",
+    run("bpftool", "map", "update", "pinned", f"{pair.pins}/dropper_maps/drop_ports",
         "key", *key, "value", *(["0"] * 16))
 
 
 def _blocked_packets(pair: Pair, port: int) -> int:
     key = [str(b) for b in port.to_bytes(2, "little") + b"\0\0"]
-    out = json.loads(run("bpftool", "-j", "map", "lookup", "pinned", f"{pair.pins}/gate_maps/blocked_ports",
+    out = json.loads(run("bpftool", "-j", "map", "lookup", "pinned", f"{pair.pins}/dropper_maps/drop_ports",
                          "key", *key).stdout)
     return sum(v["value"]["packets"] for v in out["formatted"]["values"])
 
@@ -324,11 +324,11 @@ def test_gate_filter_drops_tcp_to_a_blocked_port(pair, where):
     ns = pair.b if dev == "b0" else pair.a
     servers = [_listen(pair.b, pair.addr_b, p) for p in (80, 8080)]
     try:
-        gate = pair.prog("gate", "bg_gate_ports")
+        gate = pair.prog("dropper", "bg_dropper")
         assert _connects(pair.a, pair.addr_b, 80)  # sanity: the path works before any filter
         assert tc.ensure_clsact(dev, ns) is True
         f = tc.add_filter(dev, direction, gate, handle=1, priority=1, name="bg_gate", netns=ns)
-        assert f.prog_name == "bg_gate_ports"
+        assert f.prog_name == "bg_dropper"
         assert _connects(pair.a, pair.addr_b, 80)  # attached, but the map is empty
 
         _block(pair, 80)

@@ -119,12 +119,12 @@ def net(sandbox, tmp_path):
 
 @pytest.fixture
 def gate(net):
-    """bg_gate_ports at the server's TC ingress, dropping TCP to DROPPED_PORT; removed after the test."""
+    """bg_dropper at the server's TC ingress, dropping TCP to DROPPED_PORT; removed after the test."""
     _, server, link, _ = net
-    obj = BpfObject.open("gate").load()
-    obj.map("blocked_ports")[{"port": DROPPED_PORT, "pad": 0}] = {"packets": 0, "bytes": 0}
+    obj = BpfObject.open("dropper").load()
+    obj.map("drop_ports")[{"port": DROPPED_PORT, "pad": 0}] = {"packets": 0, "bytes": 0}
     with server.entered():
-        prog_id, _ = tc_attach_libbpf(obj.program("bg_gate_ports"), link.b.index, "ingress")
+        prog_id, _ = tc_attach_libbpf(obj.program("bg_dropper"), link.b.index, "ingress")
     try:
         yield prog_id
     finally:
@@ -138,12 +138,12 @@ def gate(net):
 
 @pytest.fixture
 def gate_egress(net):
-    """bg_gate_ports at the client's TC egress, dropping TCP to DROPPED_PORT as it leaves."""
+    """bg_dropper at the client's TC egress, dropping TCP to DROPPED_PORT as it leaves."""
     client, _, link, _ = net
-    obj = BpfObject.open("gate").load()
-    obj.map("blocked_ports")[{"port": DROPPED_PORT, "pad": 0}] = {"packets": 0, "bytes": 0}
+    obj = BpfObject.open("dropper").load()
+    obj.map("drop_ports")[{"port": DROPPED_PORT, "pad": 0}] = {"packets": 0, "bytes": 0}
     with client.entered():
-        prog_id, _ = tc_attach_libbpf(obj.program("bg_gate_ports"), link.a.index, "egress")
+        prog_id, _ = tc_attach_libbpf(obj.program("bg_dropper"), link.a.index, "egress")
     try:
         yield prog_id
     finally:
@@ -256,7 +256,7 @@ def test_lifecycle_pid_bytes_failures_drops(net, gate):
     assert len(gated) >= 2, drop_ev  # the SYN and at least one retransmission
     for e in gated:
         assert (e["saddr"], e["daddr"], e["protocol"]) == (link.a.ip4, link.b.ip4, "tcp")
-        assert e["by"] and e["by"]["program"] == "bg_gate_ports" and e["by"]["prog_id"] == gate, e
+        assert e["by"] and e["by"]["program"] == "bg_dropper" and e["by"]["prog_id"] == gate, e
     # the closed port's SYN: dropped by the server's kernel for want of a socket
     assert any(e["reason"] == "NO_SOCKET" and e["dport"] == CLOSED_PORT for e in drop_ev), drop_ev
 
@@ -522,7 +522,7 @@ def test_egress_drop_names_program_and_sending_process(net, gate_egress):
     gated = [e for e in events if e.get("reason") == "TC_EGRESS" and e["dport"] == DROPPED_PORT]
     assert gated, events
     for e in gated:
-        assert e["by"]["program"] == "bg_gate_ports" and e["by"]["direction"] == "egress", e
+        assert e["by"]["program"] == "bg_dropper" and e["by"]["direction"] == "egress", e
         assert e["by"]["prog_id"] == gate_egress and e["saddr"] == link.a.ip4
         assert e["pid"] == results[0]["pid"], (e, results)
 

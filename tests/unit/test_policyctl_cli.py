@@ -173,18 +173,18 @@ def test_apply_from_stdin(be, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("ok", [True, False])
-def test_tour_command_exit_code_and_json(monkeypatch, capsys, ok):
-    from bpfgate import tour
+def test_demo_command_exit_code_and_json(monkeypatch, capsys, ok):
+    from bpfgate import demo
     from bpfgate.kernel import caps
 
-    res = tour.TourResult([tour.Check("step one", "served", "HTTP 200", True),
-                           tour.Check("step two", "dropped", "HTTP 200" if not ok else "no answer", ok)],
+    res = demo.DemoResult([demo.Check("step one", "served", "HTTP 200", True),
+                           demo.Check("step two", "dropped", "HTTP 200" if not ok else "no answer", ok)],
                           [{"position": 0, "name": "r", "action": "drop", "match": "any", "packets": 3, "bytes": 9}])
-    monkeypatch.setattr(tour, "run", lambda report, timeout, mode: [report(c) for c in res.checks] and res)
+    monkeypatch.setattr(demo, "run", lambda report, timeout, mode: [report(c) for c in res.checks] and res)
     monkeypatch.setattr(caps, "require", lambda *a, **k: None)
-    code, out, _ = run(capsys, "tour", "--json")
+    code, out, _ = run(capsys, "demo", "--json")
     d = json.loads(out)
     assert code == (0 if ok else 1) and d["ok"] is ok and len(d["checks"]) == 2 and d["counters"][0]["packets"] == 3
-    code, out, _ = run(capsys, "tour")
+    code, out, _ = run(capsys, "demo")
     assert code == (0 if ok else 1)
     assert ("all 2 expectations held" in out) if ok else ("1 of 2 expectations failed" in out and "FAIL" in out)

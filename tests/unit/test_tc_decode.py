@@ -23,7 +23,7 @@ def nla(kind: int, payload: bytes) -> bytes:
 
 
 def kernel_filter_reply(*, ifindex=3, handle=7, prio=3, proto=0x0003, parent=0xFFFFFFF2, chain=None,
-                        prog_id=131, tag=bytes.fromhex("59f4a931744dcdc6"), name=b"gate.o:[tc]", flags=1) -> bytes:
+                        prog_id=131, tag=bytes.fromhex("59f4a931744dcdc6"), name=b"dropper.o:[tc]", flags=1) -> bytes:
     info = (prio << 16) | socket.htons(proto)
     body = struct.pack("=BBHiIII", socket.AF_UNSPEC, 0, 0, ifindex, handle, parent, info)
     body += nla(TCA_KIND, b"bpf\0")
@@ -47,7 +47,7 @@ def test_decodes_prog_id_tag_name_and_direct_action():
     assert (f.ifindex, f.kind, f.handle, f.priority, f.protocol) == (3, "bpf", 7, 3, "all")
     assert f.prog_id == 131
     assert f.tag == "59f4a931744dcdc6"
-    assert f.name == "gate.o:[tc]"
+    assert f.name == "dropper.o:[tc]"
     assert f.direct_action is True
     assert f.chain == 0
     assert f.prog_name == ""  # filled by list_filters from bpf_prog_info, not by netlink

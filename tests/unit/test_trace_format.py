@@ -92,7 +92,7 @@ def test_reset_tx_reason_and_no_state(tcp_t, monkeypatch):
 
 def test_drop_fields_and_attribution_hook(drop_t, monkeypatch):
     monkeypatch.setattr(names, "drop_reasons", lambda: {2: "NOT_SPECIFIED", 3: "NO_SOCKET", 73: "TC_INGRESS"})
-    monkeypatch.setattr(attribution, "_program_at", lambda ns, idx, d: {"program": "bg_gate_ports", "prog_id": 9,
+    monkeypatch.setattr(attribution, "_program_at", lambda ns, idx, d: {"program": "bg_dropper", "prog_id": 9,
                                                                         "direction": d, "priority": 1, "handle": 1})
     monkeypatch.setattr(attribution, "_cache", {})
     monkeypatch.setattr(attribution, "_resolvers", [])
@@ -103,12 +103,12 @@ def test_drop_fields_and_attribution_hook(drop_t, monkeypatch):
     _addr(rec.daddr, "198.18.0.2")
     d = fmt.drop_fields(rec)
     assert (d["reason"], d["protocol"], d["saddr"], d["dport"]) == ("TC_INGRESS", "tcp", "198.18.0.1", 8082)
-    assert d["by"] == {"program": "bg_gate_ports", "prog_id": 9, "direction": "ingress", "priority": 1,
+    assert d["by"] == {"program": "bg_dropper", "prog_id": 9, "direction": "ingress", "priority": 1,
                        "handle": 1, "rule": None}
     # the policy engine's hook names the rule
     attribution.register_rule_resolver(lambda ev, prog: f"deny-{ev['dport']}" if prog["prog_id"] == 9 else None)
     assert fmt.drop_fields(rec)["by"]["rule"] == "deny-8082"
-    assert "by bg_gate_ports (id 9, tc ingress, rule deny-8082)" in fmt.drop_line({**fmt.drop_fields(rec), "time": ""})
+    assert "by bg_dropper (id 9, tc ingress, rule deny-8082)" in fmt.drop_line({**fmt.drop_fields(rec), "time": ""})
     rec.reason = 3  # not a TC drop: never attributed
     assert fmt.drop_fields(rec)["by"] is None
 

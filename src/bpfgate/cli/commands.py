@@ -17,7 +17,6 @@ MODULES = [
     "doctor_cmd",
     "trace_cmd",
     "policy_cmd",
-    "tour_cmd",
 ]
 
 REGISTRY = [importlib.import_module(f"bpfgate.cli.{m}").register for m in MODULES]

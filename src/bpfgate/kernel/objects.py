@@ -1,9 +1,9 @@
 """BPF objects and programs: open an object, set load-time constants, load, find programs and maps.
 
-    with BpfObject.open("gate", rodata={"cfg_mark": 7}) as obj:   # packaged object by name, or a path
+    with BpfObject.open("selftest", rodata={"cfg_mark": 7}) as obj:   # packaged object by name, or a path
         obj.load()                                                # VerifierError shows the log's tail
-        prog = obj.program("bg_gate_ports")
-        ports = obj.map("blocked_ports")                          # typed mapping (maps.Map)
+        prog = obj.program("bg_selftest_mark")
+        hits = obj.map("test_hash")                               # typed mapping (maps.Map)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ PROG_TYPES = {
 
 
 def packaged_path(name: str) -> Path:
-    """Path of a packaged object: 'gate' -> .../bpfgate/objects/gate.o."""
+    """Path of a packaged object: 'engine' -> .../bpfgate/objects/engine.o."""
     return OBJECTS_DIR / f"{name}.o"
 
 

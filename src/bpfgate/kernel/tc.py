@@ -181,7 +181,7 @@ class TcFilter:
     protocol: str  # 'all', 'ip', 'ipv6', ... or '0x88cc'
     chain: int = 0
     prog_id: int = 0  # bpf only (TCA_BPF_ID)
-    name: str = ""  # TCA_BPF_NAME, the filter's name, what tc prints first ("gate.o:[tc]")
+    name: str = ""  # TCA_BPF_NAME, the filter's name, what tc prints first ("dropper.o:[tc]")
     prog_name: str = ""  # the program's own name (bpf_prog_info), what tc prints after "name"
     tag: str = ""  # hex
     direct_action: bool = False
