@@ -219,3 +219,22 @@ def test_two_editors_stay_in_step_and_refusals_change_nothing(sandbox):
     finally:
         other.close()
         eng.detach()
+
+
+def test_rule_arrays_sized_to_the_policy_and_edits_past_them_refused():
+    from bpfgate.engine.engine import rule_array_sizes
+    from bpfgate.policy.model import Rule
+
+    assert rule_array_sizes(3)["bg_rules"] == 1 << 14 and rule_array_sizes(100_001)["bg_counters"] == 1 << 18
+    eng = Engine.load("tc-ingress", ct=False, max_entries={"bg_rules": 4, "bg_counters": 4, "bg_rate_rule": 4,
+                                                           "bg_log_rate": 4})
+    try:
+        eng.load_policy(compile_hook(HookPolicy.model_validate({"default": "allow", "rules": [
+            {"name": f"r{i}", "protocol": "udp", "dst_port": i} for i in range(3)]}), Hook.TC_INGRESS))
+        with pytest.raises(PolicyError, match="room for 4"):
+            eng.add_rule(Rule.model_validate({"name": "x", "protocol": "tcp"}))
+        assert [r.name for r in eng.policy().rules] == ["r0", "r1", "r2"]
+        eng.delete_rule("r0")
+        assert run(eng, frame(dport=1))[0] == TC_OK and eng.counters()["r1"].packets == 1
+    finally:
+        eng.close()

@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from collections.abc import Iterable
 
 from bpfgate import attach as attach_mod
-from bpfgate.errors import BpfgateError, NotFound
+from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.kernel import netlink, pins
 from bpfgate.kernel.maps import Map
 from bpfgate.kernel.objects import BpfObject
 from bpfgate.policy import layout as L
-from bpfgate.policy.compile import DEFAULT_NAME, CompiledHook, Limits, compile_hook
+from bpfgate.policy.compile import DEFAULT_NAME, CompiledHook, Limits, compile_hook, rule_action
 from bpfgate.policy.live import Diff, LiveHook
 from bpfgate.policy.live import swap as live_swap
 from bpfgate.policy.model import Hook, HookPolicy, Rule
@@ -32,6 +32,8 @@ OWNER = "engine"
 CT_OWNER = "engine-ct"
 CT_HANDLE, CT_PRIORITY = 0xB9E, 99       # the conntrack tracker runs before any filter of ours
 CT_TIMEOUT_NEW_S, CT_TIMEOUT_EST_S = 30, 600   # flow expiry after the last packet: no reply seen / replied
+RULE_ARRAYS = ("bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate")
+MAX_RULE_SLOTS = 1 << 18
 GRACE_S = 1.0                            # freed rule slots wait this long (in-flight packets, RCU)
 MAPS = ("bg_cls", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_rate_src",
         "bg_log_rate", "bg_ct", "events", "bg_stats")
@@ -43,6 +45,13 @@ _RULE = struct.Struct(L.RULE_FMT)
 
 def pin_dir(dev: str, hook: Hook, netns_name: str | None) -> str:
     return pins.pin_path("engine", netns_name or "-", dev, Hook(hook).value)
+
+
+def rule_array_sizes(slots: int) -> dict[str, int]:
+    """Per-rule arrays sized for the policy with room for edits and a swap (x4, at least 16k slots):
+    ~2 MB per engine for small policies instead of ~30 MB at the 256k-slot maximum."""
+    n = min(max(1 << 14, 1 << (4 * slots - 1).bit_length()), MAX_RULE_SLOTS)
+    return {name: n for name in RULE_ARRAYS}
 
 
 def _set_map_flags(obj: BpfObject, name: str, flags: int) -> None:
@@ -114,20 +123,25 @@ class Engine:
         if store.exists():
             raise BpfgateError(f"attach engine on {dev} {hook.value}", "an engine is already attached there",
                                hint="swap its policy, or detach it first")
+        # compile first: a refused policy loads nothing; its size picks the rule arrays' size
+        compiled = policy if isinstance(policy, CompiledHook) else compile_hook(
+            policy or HookPolicy(default="allow"), hook, limits=limits,
+            ifindex=lambda name: netlink.ifindex(name, netns_name))
         reuse = {}
         shared = cls._sibling_ct(dev, hook, netns_name)   # one flow table per interface, shared by its hooks
         if shared is not None:
             reuse["bg_ct"] = shared.fd
-        eng = cls.load(hook, ct=ct, reuse=reuse, cls_capacity=cls_capacity)
-        if shared is not None:
-            shared.close()
+        try:
+            eng = cls.load(hook, ct=ct, reuse=reuse, cls_capacity=cls_capacity,
+                           max_entries=rule_array_sizes(max(compiled.rules) + 1))
+        finally:
+            if shared is not None:
+                shared.close()
         eng.dev, eng.netns, eng.store = dev, netns_name, store
         atts: list = []
         pdir = pin_dir(dev, hook, netns_name)
         pinned: list[str] = []
         try:
-            compiled = policy if isinstance(policy, CompiledHook) else compile_hook(
-                policy or HookPolicy(default="allow"), hook, limits=limits, ifindex=eng._ifindex)
             eng.load_policy(compiled, limits=limits)
             for name in MAPS:
                 path = os.path.join(pdir, name)
@@ -267,6 +281,7 @@ class Engine:
         if new.gen == old.gen:
             raise BpfgateError("swap policy", "the new policy must be compiled into the other generation")
         fresh = {rid: a for rid, a in new.rules.items() if old.rules.get(rid) != a}
+        self._check_slots(fresh)
         try:   # nothing live reads the new slots or generation until the flip: undo is deleting them
             self._write_rules(fresh, fresh=True)
             self._write_cls(new.cls)
@@ -291,6 +306,7 @@ class Engine:
     # ---- live edits ----------------------------------------------------------------------------------
     def add_rule(self, rule: Rule, position: int | None = None) -> Diff:
         with self._editing():
+            self._room_for_slot()
             diff = self._live().add(rule, position)   # a refusal (PolicyError) has written nothing
             self.apply_diff(diff)
             self._journal("add", rule=rule, position=position)
@@ -305,7 +321,10 @@ class Engine:
 
     def replace_rule(self, name: str, rule: Rule) -> Diff:
         with self._editing():
-            diff = self._live().replace(name, rule)
+            live = self._live()
+            if rule_action(rule, self._ifindex) != live.c.rules[live.rule_id(name)]:
+                self._room_for_slot()   # a changed action takes a fresh slot
+            diff = live.replace(name, rule)
             self.apply_diff(diff)
             self._journal("replace", name=name, rule=rule)
             return diff
@@ -333,11 +352,16 @@ class Engine:
             self._release_due()
             try:
                 yield
+            except BaseException:   # a failed write may leave LiveHook ahead of the saved state: re-read it
+                self.live = self.store.load_live(self._ifindex)
+                self.pending_free = self.store.pending_free()
+                raise
             finally:
                 self._seen_version = self.store.version()
 
     def apply_diff(self, diff: Diff) -> None:
         """Write one LiveHook Diff in the documented order; each step leaves a consistent classifier."""
+        self._check_slots(diff.rules_update)
         self._write_rules(diff.rules_update, fresh=True)
         if diff.conf_before is not None:
             self._publish(diff.conf_before)
@@ -416,6 +440,16 @@ class Engine:
         if self.live is None:
             raise BpfgateError("engine", "no policy loaded")
         return self.live
+
+    def _room_for_slot(self) -> None:
+        """Refuse an edit needing a slot past the arrays before LiveHook changes (it has no undo)."""
+        self._check_slots({self._live()._new_slot(): None})
+
+    def _check_slots(self, rules: dict) -> None:
+        cap = self.maps["bg_rules"].max_entries
+        if rules and max(rules) >= cap:
+            raise PolicyError("rules", f"the engine has room for {cap} rule slots and this needs slot "
+                              f"{max(rules)}: detach and attach the policy to resize")
 
     def _write_rules(self, rules: dict[int, L.RuleAction], fresh: bool) -> None:
         if not rules:
