@@ -93,6 +93,10 @@ def human_line(ev: dict) -> str:
         action = f"blocked until {ev['block_until'][11:19]}" if ev["blocked"] else "reported"
         return (f"{t} flood    {ev['interface'] or ev['ifindex']}  {ev['src']}  {ev['window_syns']} SYN/s "
                 f"> {ev['rate']}  {action}")
+    if ev["type"] == "rule_log":
+        return (f"{t} rule     {ev['interface'] or ev['ifindex']} {ev['hook']}  {ev['rule'] or ev['rule_id']} "
+                f"{ev['action']}  {_ep(ev['src'] or '-', ev['sport'])} -> {_ep(ev['dst'] or '-', ev['dport'])}  "
+                f"proto {ev['proto']} {ev['flags']} len {ev['len']}")
     if ev["type"] == "events_lost":
         return f"{t} LOST     {ev['lost']} events from {ev['source']} (total {ev['lost_total']})"
     return f"{t} {ev['type']}  " + " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("time", "type"))
@@ -125,13 +129,17 @@ def register(app: click.Group) -> None:
                   help="ring buffer size per program (power of 2, >= page size)")
     @click.option("--duration", type=click.FloatRange(min=0), default=None, help=DURATION_HELP)
     @click.option("--count", type=click.IntRange(min=1), default=None, help="stop after this many events")
+    @click.option("--rules/--no-rules", "with_rules", default=True, show_default=True,
+                  help="also stream the `log` events of policy engines attached on IF")
     @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
-    def events(devs, netns, ports, syn_rate, block, ring_size, duration, count, as_json):
+    def events(devs, netns, ports, syn_rate, block, ring_size, duration, count, with_rules, as_json):
         """Stream connection attempts (TC ingress) and SYN-flood events (XDP) from IF.
 
         JSON keys: type, time (ISO-8601 UTC), epoch, mono_ns, cpu, source, then per type:
         conn_attempt: interface, ifindex, family, src, sport, dst, dport, flags, len;
         syn_flood: interface, ifindex, family, src, window_syns, rate, blocked, block_until;
+        rule_log (policy engine `log` rules): interface, ifindex, hook, rule, rule_id, action, family,
+        proto, src, sport, dst, dport, ct_state, flags, len;
         events_lost: lost (new), lost_total.
         """
         from bpfgate.errors import BpfgateError
@@ -145,6 +153,12 @@ def register(app: click.Group) -> None:
             if syn_rate:
                 sources.append(open_syn(stack, devs, netns, rate=syn_rate, block=block,
                                         ring_size=ring_size).event_source())
+            if with_rules:
+                from bpfgate.inspect.rules import close_sources, engine_sources
+
+                engine_srcs = engine_sources(devs, netns)
+                stack.callback(close_sources, engine_srcs)
+                sources += engine_srcs
             stream = stack.enter_context(EventStream(sources))
             if not as_json:
                 term.err.print(f"watching {', '.join(devs)} (Ctrl-C to stop)", markup=False)

@@ -154,11 +154,16 @@ class Context:
     clock: Clock
     interfaces: Mapping[int, str] = field(default_factory=dict)
     rules: dict[int, str] = field(default_factory=dict)
+    namer: Callable[[int], str | None] | None = None  # the source's own names (rule ids are per engine)
 
     def ifname(self, ifindex: int) -> str | None:
         return self.interfaces.get(ifindex)
 
     def rule_name(self, rule_id: int) -> str | None:
+        if self.namer is not None:
+            name = self.namer(rule_id)
+            if name is not None:
+                return name
         return self.rules.get(rule_id)
 
 @dataclass(frozen=True)
@@ -253,6 +258,7 @@ class EventSource:
     interfaces: dict[int, str] = field(default_factory=dict)
     transport: str = "ringbuf"
     perf_pages: int = 64  # per CPU, perf transport only
+    rule_names: Callable[[int], str | None] | None = None  # rule id -> name (policy engine sources)
 
     @classmethod
     def from_object(cls, obj: Any, name: str, *, transport: str = "ringbuf", stats: str = "bg_stats",
@@ -299,6 +305,8 @@ class EventStream:
         self.clock = clock or Clock()
         # live view of every source's names (attach() after the stream opened still names events)
         self.ctx = Context(self.clock, ChainMap(*(s.interfaces for s in self.sources)), dict(rules or {}))
+        self._ctx_of = {s.name: Context(self.clock, self.ctx.interfaces, self.ctx.rules, s.rule_names)
+                        for s in self.sources if s.rule_names is not None}
         self._kind_of: dict[type, tuple[EventKind, str]] = {}
         self._rings: list[RingBuffer | PerfReader] = []
         self._reported_lost = {s.name: 0 for s in self.sources}
@@ -398,7 +406,8 @@ class EventStream:
             ts = int.from_bytes(rec[8:16], "little") if len(rec) >= 16 else 0
             return {**self._common("unknown", ts, -1, "?"), "type_id": tid, "len": len(rec), "data": rec.hex()}
         kind, source = self._kind_of[type(rec)]
-        return {**self._common(kind.name, rec.hdr.ts_ns, rec.hdr.cpu, source), **kind.fields(rec, self.ctx)}
+        ctx = self._ctx_of.get(source, self.ctx)
+        return {**self._common(kind.name, rec.hdr.ts_ns, rec.hdr.cpu, source), **kind.fields(rec, ctx)}
 
     def kind(self, rec: Any) -> str:
         return "unknown" if isinstance(rec, bytes) else self._kind_of[type(rec)][0].name
