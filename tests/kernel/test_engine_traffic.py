@@ -254,3 +254,19 @@ def test_xdp_default_deny_with_established_replies(net):
                                {"name": "alt", "protocol": "tcp", "dst_port": 8080}], default="deny"), mode="native")
     assert get(n, 8080) and not get(n, 80)
     assert n.server.http_get(f"http://{n.cip4}:9000/", T).ok    # replies of the server's own connection
+
+
+def test_two_ingress_engines_share_flows_and_tracker(net):
+    n = net
+    xdp = n.attach(n.dev, "xdp", hp([{"name": "est", "ct": "established"}, {"name": "web", "protocol": "tcp",
+                                                                            "dst_port": 8080}]), mode="generic")
+    tc = n.attach(n.dev, "tc-ingress", hp([{"name": "est", "ct": "established"}, {"name": "web", "protocol": "tcp",
+                                                                                 "dst_port": 8080}]))
+    assert get(n, 8080)
+    flows = {(f.sport, f.dport) for f in xdp.conntrack()}
+    assert flows and flows == {(f.sport, f.dport) for f in tc.conntrack()}     # one table per device
+    tc.detach()
+    assert [a.owner for a in attach.find(n.dev, "tc-egress", n.server.netns)] == ["engine-ct"]   # still needed
+    n.client.http_server(9000)
+    assert n.server.http_get(f"http://{n.cip4}:9000/", T).ok
+    assert xdp.counters()["est"].packets > 0

@@ -215,9 +215,14 @@ class Engine:
         """Remove filters, the tracker, pins and saved state."""
         if self.store is None:
             raise BpfgateError("detach engine", "this engine was not attached")
+        if not self.store.exists():
+            raise NotFound(f"detach engine on {self.dev} {self.hook.value}", "it is detached already")
         meta = self.store.load_meta()
         keys = set(meta.get("attachments", []))
+        others = [h for d, h in StateStore.listing(self.netns) if d == self.dev and h is not self.hook]
         for att in attach_mod.find(self.dev, None, self.netns):
+            if att.owner == CT_OWNER and any(h is not Hook.TC_EGRESS for h in others):
+                continue   # the tracker is shared: another ingress engine of this device still needs it
             if att.key in keys:
                 attach_mod.detach(att)
         for p in meta.get("pins", []):
