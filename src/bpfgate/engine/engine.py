@@ -10,8 +10,8 @@ import ctypes
 import os
 import struct
 import time
-from contextlib import contextmanager
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 from bpfgate import attach as attach_mod
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
