@@ -33,11 +33,14 @@ def register(app: click.Group) -> None:
         bpfgate_syn_source_total{interface,source}, bpfgate_syn_blocked_sources,
         bpfgate_connection_attempts_total{interface,port}, bpfgate_events_total{source},
         bpfgate_events_lost_total{source}, bpfgate_program_runs_total{program,id},
-        bpfgate_program_run_seconds_total{program,id}.
+        bpfgate_program_run_seconds_total{program,id}; from every policy engine attached in the
+        namespace (read at scrape time): bpfgate_rule_packets_total{interface,hook,rule},
+        bpfgate_rule_bytes_total{interface,hook,rule}, bpfgate_rule_drops_total{interface,hook}.
         """
         from bpfgate.errors import BpfgateError
         from bpfgate.inspect import metrics as M
         from bpfgate.inspect.events import EventStream
+        from bpfgate.inspect.rules import RuleCollector
         from bpfgate.kernel.stats import stats_enabled
 
         if block and not syn_rate:
@@ -54,6 +57,8 @@ def register(app: click.Group) -> None:
             for c in (M.SynCollector(syn, top_n), M.AttemptCollector(log), M.EventCollector(sources),
                       M.ProgramCollector([syn.prog, log.prog])):
                 exp.add(c)
+            rules = exp.add(RuleCollector(netns))
+            stack.callback(rules.close)
             host, port = exp.serve(listen)
             url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
             if as_json:
