@@ -42,14 +42,22 @@ def register(app: click.Group) -> None:
     @click.option("--sort", type=click.Choice(SORT_KEYS), default="bytes", show_default=True)
     @click.option("--top", "top_n", type=click.IntRange(min=1), default=20, show_default=True)
     @click.option("--syn", is_flag=True, help="Also count SYNs at XDP (needs the XDP hook of DEV free).")
+    @click.option("--rules/--no-rules", "with_rules", default=True, show_default=True,
+                  help="Panel of policy rule hits and drops, when policy engines are attached on DEV.")
     @click.option("--once", is_flag=True, help="Count for one interval, print one frame, exit.")
     @click.option("--json", "as_json", is_flag=True, help="Count for one interval, print one snapshot as JSON.")
-    def top_cmd(dev, netns, interval, sort, top_n, syn, once, as_json):
+    def top_cmd(dev, netns, interval, sort, top_n, syn, with_rules, once, as_json):
         """Live view of the top flows on DEV: packets, bytes, rates, TCP flags, recent flow ends."""
         # accounting left running by `bpfgate flows --keep` is read in place; else attach for this view
         with FlowMonitor(dev, netns_name=netns, pinned=os.path.isdir(pin_dir(dev, netns))) as mon:
             view = Top(mon, sort=sort, n=top_n, title=f"bpfgate top: {dev}" + (f" (netns {netns})" if netns else ""))
             counter = view.syn = _syn_counter(dev, netns, view) if syn else None
+            reader = None
+            if with_rules:
+                from bpfgate.inspect.rules import RuleReader, attached
+
+                if attached(netns, [dev]):   # engines attached later are picked up at the next frame
+                    reader = view.rules = RuleReader(netns, [dev])
             try:
                 if once or as_json:
                     view.snapshot()  # rate baseline
@@ -67,3 +75,5 @@ def register(app: click.Group) -> None:
             finally:
                 if counter is not None:
                     counter.close()
+                if reader is not None:
+                    reader.close()

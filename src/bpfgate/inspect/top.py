@@ -55,6 +55,24 @@ class SynView:
 
 
 @dataclass
+class RuleRow:
+    hook: str
+    rule: str
+    action: str
+    packets: int
+    bytes: int
+    per_second: float  # packets/s since the previous snapshot
+
+
+@dataclass
+class RulesView:
+    rows: list[RuleRow]      # the busiest rules (by packets), across the interface's engines
+    total_rules: int
+    drops: int               # packets of drop rules (the default rule when it denies)
+    drops_per_second: float
+
+
+@dataclass
 class Snapshot:
     mono_ns: int
     interval_s: float  # since the previous snapshot (0: the first one)
@@ -65,6 +83,7 @@ class Snapshot:
     stats: FlowStats
     syn: SynView | None = None
     notes: list[str] = field(default_factory=list)
+    rules: RulesView | None = None
 
     def to_json(self, clock: Any) -> dict:
         def flow(f: Flow) -> dict:
@@ -77,14 +96,25 @@ class Snapshot:
         if self.syn:
             out["syn"] = {"total": self.syn.total, "per_second": round(self.syn.per_second, 1),
                           "top": [{"source": s, "syns": n} for s, n in self.syn.top]}
+        if self.rules:
+            out["rules"] = {"total_rules": self.rules.total_rules, "drops": self.rules.drops,
+                            "drops_per_second": round(self.rules.drops_per_second, 1),
+                            "top": [{"hook": r.hook, "rule": r.rule, "action": r.action, "packets": r.packets,
+                                     "bytes": r.bytes, "packets_per_s": round(r.per_second, 1)}
+                                    for r in self.rules.rows]}
         return out
 
 
 class Top:
     """Snapshots of one FlowMonitor (and optionally a SynCounter), and their rendering."""
 
-    def __init__(self, monitor: FlowMonitor, *, sort: str = "bytes", n: int = 20, syn: Any = None, title: str = ""):
+    def __init__(self, monitor: FlowMonitor, *, sort: str = "bytes", n: int = 20, syn: Any = None, title: str = "",
+                 rules: Any = None, rule_rows: int = 10):
+        """rules: a bpfgate.inspect.rules.RuleReader (the rule hits and drops panel), or None."""
         self.monitor, self.sort, self.n, self.syn = monitor, sort, n, syn
+        self.rules, self.rule_rows = rules, rule_rows
+        self._prev_rules: dict[tuple[str, str], int] = {}
+        self._prev_drops = 0
         self.title = title or f"bpfgate top: {monitor.dev}"
         self._prev: dict[tuple, tuple[int, int]] = {}
         self._prev_ns = 0
@@ -113,7 +143,21 @@ class Top:
             rate = (total - self._prev_syns) / dt if dt > 0 else 0.0
             self._prev_syns = total
             snap.syn = SynView(total, rate, [(s.source, s.syns) for s in self.syn.top(5)])
+        if self.rules is not None:
+            snap.rules = self._rules_view(dt)
         return snap
+
+    def _rules_view(self, dt: float) -> RulesView:
+        hits = self.rules.read()
+        cur = {(h.hook, h.rule): h.packets for h in hits}
+        rows = []
+        for h in sorted(hits, key=lambda h: (-h.packets, h.hook, h.rule))[: self.rule_rows]:
+            prev = self._prev_rules.get((h.hook, h.rule), h.packets if not dt else 0)
+            rows.append(RuleRow(h.hook, h.rule, h.action, h.packets, h.bytes, (h.packets - prev) / dt if dt > 0 else 0.0))
+        drops = sum(h.packets for h in hits if h.action == "drop")
+        drate = (drops - self._prev_drops) / dt if dt > 0 else 0.0
+        self._prev_rules, self._prev_drops = cur, drops
+        return RulesView(rows, len(hits), drops, drate)
 
     def render(self, snap: Snapshot) -> Group:
         now = snap.mono_ns
@@ -140,6 +184,18 @@ class Top:
         if snap.syn is not None:
             top = ", ".join(f"{src} {n}" for src, n in snap.syn.top) or "-"
             parts.append(Text(f"SYN total {snap.syn.total}  {snap.syn.per_second:.0f}/s  top sources: {top}"))
+        if snap.rules is not None:
+            r = snap.rules
+            rt = Table(title=f"policy rules  ({len(r.rows)} of {r.total_rules}, by packets)  drops {r.drops}  "
+                             f"{r.drops_per_second:.0f}/s", title_justify="left", header_style="bold", expand=False)
+            for col, just in (("hook", "left"), ("rule", "left"), ("action", "left"), ("packets", "right"),
+                              ("bytes", "right"), ("pkt/s", "right")):
+                rt.add_column(col, justify=just, overflow="fold")
+            for row in r.rows:
+                style = "red" if row.action == "drop" else None
+                rt.add_row(*(Text(c, style=style) for c in (row.hook, row.rule, row.action, str(row.packets),
+                                                             human(row.bytes), f"{row.per_second:.0f}")))
+            parts.append(rt)
         for note in snap.notes:
             parts.append(Text(note, style="yellow"))
         return Group(*parts)
