@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /*
  * Packet capture at TC ingress/egress: packets that match the load-time filter (protocol, port, host
- * prefix) are copied, up to the snaplen, into the capture ring buffer as struct bg_capture_event +
- * bytes. Only matching packets leave the kernel. Transparent: TC_ACT_UNSPEC / TCX_NEXT.
+ * prefix, each optionally only on the source or destination side) are copied, up to the snaplen, into
+ * the capture ring buffer as struct bg_capture_event + bytes. Only matching packets leave the kernel.
+ * Transparent: TC_ACT_UNSPEC / TCX_NEXT. With `capture --rule`, the filter is a policy rule's match and
+ * records are labelled with that rule's action and id (cfg_verdict, cfg_rule_id).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -22,6 +24,11 @@ const volatile __u8 cfg_host_on = 0;     /* 1: source or destination must be in 
 const volatile __u8 cfg_host_family = 0; /* 4 or 6 */
 const volatile __u32 cfg_host[4] = {};   /* 16-byte address (IPv4-mapped for IPv4), network order */
 const volatile __u32 cfg_mask[4] = {};
+const volatile __u8 cfg_port_side = 0;   /* 0: source or destination port, 1: source, 2: destination */
+const volatile __u8 cfg_host_side = 0;   /* 0: source or destination address, 1: source, 2: destination */
+/* capture --rule: the label the records carry (the policy rule's action and id), BG_VERDICT_UNKNOWN otherwise */
+const volatile __u8 cfg_verdict = BG_VERDICT_UNKNOWN;
+const volatile __u32 cfg_rule_id = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -69,12 +76,26 @@ static __always_inline int matches(struct __sk_buff *skb)
 		return 0;
 	if (cfg_proto && key.proto != cfg_proto)
 		return 0;
-	if (cfg_port && key.sport != cfg_port && key.dport != cfg_port)
-		return 0;
+	if (cfg_port) {
+		if (cfg_port_side == 1 && key.sport != cfg_port)
+			return 0;
+		if (cfg_port_side == 2 && key.dport != cfg_port)
+			return 0;
+		if (cfg_port_side == 0 && key.sport != cfg_port && key.dport != cfg_port)
+			return 0;
+	}
 	if (cfg_port && key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP)
 		return 0;
-	if (cfg_host_on && (key.family != cfg_host_family || (!in_prefix(key.saddr) && !in_prefix(key.daddr))))
-		return 0;
+	if (cfg_host_on) {
+		if (key.family != cfg_host_family)
+			return 0;
+		if (cfg_host_side == 1 && !in_prefix(key.saddr))
+			return 0;
+		if (cfg_host_side == 2 && !in_prefix(key.daddr))
+			return 0;
+		if (cfg_host_side == 0 && !in_prefix(key.saddr) && !in_prefix(key.daddr))
+			return 0;
+	}
 	return 1;
 }
 
@@ -108,10 +129,10 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 dir)
 	ev->ifindex = skb->ifindex;
 	ev->pkt_len = skb->len;
 	ev->cap_len = len;
-	ev->rule_id = 0;
+	ev->rule_id = cfg_rule_id;
 	ev->dir = dir;
 	ev->hook = BG_HOOK_TC;
-	ev->verdict = BG_VERDICT_UNKNOWN;
+	ev->verdict = cfg_verdict;
 	if (bpf_ringbuf_output(&capture_events, s, sizeof(*ev) + len, 0) < 0)
 		stat_inc(BG_STAT_EVENTS_LOST);
 	else

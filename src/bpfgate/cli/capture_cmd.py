@@ -13,7 +13,8 @@ def register(app: click.Group) -> None:
     @app.command("capture")
     @click.option("--dev", required=True, help="Interface to capture on.")
     @click.option("--netns", help="The interface is in this named network namespace.")
-    @click.option("--rule", help="Capture what this policy rule matches (needs the policy engine).")
+    @click.option("--rule", help="Capture what this policy rule (of an engine attached on DEV) matches, labelled "
+                                 "with the rule's action as the verdict.")
     @click.option("--proto", help="tcp, udp, icmp, icmpv6, sctp or a protocol number.")
     @click.option("--port", type=int, help="Source or destination port (tcp/udp).")
     @click.option("--host", help="Source or destination address or CIDR (IPv4 or IPv6).")
@@ -21,7 +22,8 @@ def register(app: click.Group) -> None:
                   help="Bytes kept of each packet.")
     @click.option("--count", type=click.IntRange(min=1), help="Stop after N packets.")
     @click.option("--duration", type=float, metavar="SECONDS", help="Stop after this long.")
-    @click.option("--direction", type=click.Choice(["ingress", "egress", "both"]), default="both", show_default=True)
+    @click.option("--direction", type=click.Choice(["ingress", "egress", "both"]), default=None,
+                  help="Default: both, or the rule's hook direction with --rule.")
     @click.option("-w", "--write", "path", metavar="FILE", help="Write packets to FILE (pcap; pcapng with --pcapng).")
     @click.option("--pcapng", is_flag=True, help="pcapng, with each packet's hook/direction/verdict as a comment.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON line per packet on stdout, then a summary line.")
@@ -30,13 +32,19 @@ def register(app: click.Group) -> None:
 
         Stops after --count packets, --duration seconds, Ctrl-C or SIGTERM; the file is complete either way
         and nothing stays attached."""
+        if not path and not as_json:
+            raise BpfgateError("capture", "nowhere to put packets", hint="give -w FILE and/or --json")
         if rule is not None:
             if proto or port or host:
                 raise BpfgateError("capture", "--rule and match options (--proto/--port/--host) exclude each other")
-            rule_capture(rule)
-        if not path and not as_json:
-            raise BpfgateError("capture", "nowhere to put packets", hint="give -w FILE and/or --json")
-        filt = CaptureFilter.parse(proto, port, host)
+            filt, rule_dir = rule_capture(rule, dev, netns)
+            if direction not in (None, rule_dir):
+                raise BpfgateError("capture", f"rule {rule} runs at {rule_dir}: --direction {direction} sees "
+                                   "none of its packets")
+            direction = rule_dir
+        else:
+            filt = CaptureFilter.parse(proto, port, host)
+        direction = direction or "both"
 
         def ready() -> None:
             if not as_json:

@@ -7,8 +7,10 @@ each cut to the snaplen, with its direction, hook and (when the gate reports it)
             ...
     capture_to_file("out.pcapng", "eth0", filt, count=100, pcapng=True)
 
-The record (struct bg_capture_event in bpfgate.h) carries a verdict and rule id. Today the capture
-program runs first at TC, before any decision, so its verdict is "unknown"; the policy engine will
+The record (struct bg_capture_event in bpfgate.h) carries a verdict and rule id. The capture program
+runs first at TC, before any decision, so its verdict is "unknown", except with `--rule NAME`
+(rule_capture): the filter is then that policy rule's match and the verdict its action, labelled
+"verdict=drop (rule NAME)" (see rule_capture for what that label does and does not promise). The policy engine could
 write the same record (hook "gate", its verdict and rule id) into a ring buffer of this layout after it
 decides (the hook left for it: pin "capture_events" or reuse_map it into the gate's object); decoding
 (_decode) and output already carry the verdict to the pcapng packet comment and the JSON `verdict`.
@@ -37,6 +39,7 @@ PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
 HOOKS = {1: "tc", 2: "xdp", 3: "gate"}
 VERDICTS = {0: "unknown", 1: "pass", 2: "drop", 3: "redirect"}
 STAT_EVENTS, STAT_EVENTS_LOST = 0, 1
+SIDES = {"any": 0, "src": 1, "dst": 2}
 
 
 def _op() -> str:
@@ -51,6 +54,11 @@ class CaptureFilter:
     proto: int | None = None
     port: int | None = None
     host: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    port_side: str = "any"        # any | src | dst (a rule's src_port / dst_port)
+    host_side: str = "any"        # any | src | dst (a rule's src / dst CIDR)
+    verdict: int = 0              # label of every record (capture --rule: the rule's action), 0 unknown
+    rule_id: int = 0
+    rule: str | None = None       # the rule's name (capture --rule)
 
     @classmethod
     def parse(cls, proto: str | int | None = None, port: int | None = None, host: str | None = None) -> "CaptureFilter":
@@ -82,23 +90,28 @@ class CaptureFilter:
             out["cfg_proto"] = self.proto
         if self.port is not None:
             out["cfg_port"] = self.port
+            out["cfg_port_side"] = SIDES[self.port_side]
+        if self.verdict:
+            out.update(cfg_verdict=self.verdict, cfg_rule_id=self.rule_id)
         if self.host is not None:
             if self.host.version == 4:
                 addr = b"\0" * 10 + b"\xff\xff" + self.host.network_address.packed
                 mask = b"\xff" * 12 + self.host.netmask.packed
             else:
                 addr, mask = self.host.network_address.packed, self.host.netmask.packed
-            out.update(cfg_host_on=1, cfg_host_family=self.host.version,
+            out.update(cfg_host_on=1, cfg_host_family=self.host.version, cfg_host_side=SIDES[self.host_side],
                        cfg_host=list(struct.unpack("=4I", addr)), cfg_mask=list(struct.unpack("=4I", mask)))
         return out
 
     def describe(self) -> str:
         parts = [name for name, n in PROTOCOLS.items() if n == self.proto] or ([str(self.proto)] if self.proto else [])
+        side = {"any": "", "src": "src ", "dst": "dst "}
         if self.port:
-            parts.append(f"port {self.port}")
+            parts.append(f"{side[self.port_side]}port {self.port}")
         if self.host:
-            parts.append(f"host {self.host}")
-        return " and ".join(parts) or "all packets"
+            parts.append(f"{side[self.host_side]}host {self.host}")
+        what = " and ".join(parts) or "all packets"
+        return f"rule {self.rule} ({what})" if self.rule else what
 
 
 @dataclass(frozen=True)
@@ -112,16 +125,19 @@ class CapturedPacket:
     rule_id: int
     pkt_len: int  # length on the wire (before the snaplen)
     data: bytes
+    rule: str | None = None  # capture --rule: the rule's name (verdict is that rule's action)
 
     def comment(self) -> str:
         """The pcapng packet comment: where it was seen and what was decided."""
+        if self.rule:
+            return f"bpfgate hook={self.hook} dir={self.direction} verdict={self.verdict} (rule {self.rule})"
         rule = f" rule={self.rule_id}" if self.rule_id else ""
         return f"bpfgate hook={self.hook} dir={self.direction} verdict={self.verdict}{rule}"
 
     def to_json(self, clock: Clock) -> dict:
         return {"time": clock.iso(self.mono_ns), "epoch": round(self.wall_ns / 1e9, 9), "ifindex": self.ifindex,
                 "direction": self.direction, "hook": self.hook, "verdict": self.verdict,
-                "rule_id": self.rule_id or None, "len": self.pkt_len, "caplen": len(self.data),
+                "rule_id": self.rule_id or None, "rule": self.rule, "len": self.pkt_len, "caplen": len(self.data),
                 **summarize(self.data)}
 
 
@@ -179,7 +195,7 @@ class Capture:
         return CapturedPacket(mono_ns=h.hdr.ts_ns, wall_ns=self.clock.wall_ns(h.hdr.ts_ns), ifindex=h.ifindex,
                               direction=DIRECTIONS[h.dir & 1], hook=HOOKS.get(h.hook, str(h.hook)),
                               verdict=VERDICTS.get(h.verdict, str(h.verdict)), rule_id=h.rule_id,
-                              pkt_len=h.pkt_len, data=data)
+                              pkt_len=h.pkt_len, data=data, rule=self.filter.rule)
 
     def packets(self, timeout_ms: int = 100) -> list[CapturedPacket]:
         """Wait up to timeout_ms, then every packet captured so far, oldest first."""
@@ -226,10 +242,92 @@ class CaptureSummary:
         return dict(self.__dict__)
 
 
-def rule_capture(rule: str) -> None:
-    """--rule NAME: capture what a policy rule matches. Needs the policy engine's capture hook."""
-    raise NotSupported(f"capture --rule {rule}", "the policy engine is not integrated with capture yet",
-                       hint="use match options: --proto, --port, --host")
+def rule_capture(rule: str, dev: str, netns_name: str | None = None) -> tuple[CaptureFilter, str]:
+    """--rule NAME: the capture filter of a policy rule running in an engine attached on `dev`, and the
+    direction to capture (the engine hook's). The rule's match is compiled into the capture program's own
+    filter where it is expressible (one protocol, one port on the source or destination side, one CIDR on
+    the source or destination side); anything else is a NotSupported naming it. Records carry the rule's
+    action as their verdict ("verdict=drop (rule NAME)"): what the rule does to packets it matches. A
+    packet an earlier rule of the policy matches first gets that rule's action instead, though capture
+    labels it with this rule's (capture runs before the engine and does not see its decision)."""
+    from bpfgate.errors import NotFound
+    from bpfgate.inspect.rules import DEFAULT_RULE, RuleReader, attached
+
+    op = f"capture --rule {rule}"
+    engines = attached(netns_name, [dev])
+    if not engines:
+        raise NotFound(op, f"no policy engine is attached on {dev}", hint="apply a policy first, or use --proto/--port/--host")
+    found = []
+    with RuleReader(netns_name, [dev]) as reader:
+        for d, hook in engines:
+            try:
+                eng = reader._engine(d, hook)
+                ids = eng.rule_ids()
+                if rule not in ids:
+                    continue
+                pol = eng.policy()
+            except BpfgateError:
+                continue
+            match = [r for r in pol.rules if r.name == rule]
+            found.append((getattr(hook, "value", hook), ids[rule], match[0] if match else None, pol))
+    if not found:
+        hooks = ", ".join(getattr(h, "value", h) for _d, h in engines)
+        raise NotFound(op, f"no rule {rule!r} in the policy on {dev} ({hooks})")
+    if len(found) > 1:
+        raise BpfgateError(op, f"rule {rule!r} is in the policies of several hooks on {dev}: "
+                           f"{', '.join(f[0] for f in found)}")
+    hook, rule_id, r, _pol = found[0]
+    if r is None or rule == DEFAULT_RULE:
+        raise NotSupported(op, "the default rule matches what no other rule does: not expressible as a filter")
+    return rule_filter(r, rule_id, hook), ("egress" if hook == "tc-egress" else "ingress")
+
+
+def rule_filter(r: Any, rule_id: int = 0, hook: str = "tc-ingress") -> CaptureFilter:
+    """A policy rule (bpfgate.policy.model.Rule) as a CaptureFilter, or NotSupported naming every part of
+    its match that the capture filter cannot express."""
+    op = f"capture --rule {r.name}"
+    bad: list[str] = []
+    for attr, what in (("tcp_flags", "tcp_flags"), ("icmp_type", "icmp_type"), ("icmp_code", "icmp_code"),
+                       ("vlan", "vlan"), ("ct", "ct state")):
+        if getattr(r, attr) is not None:
+            bad.append(what)
+    proto = None
+    if r.protocol is not None:
+        if len(r.protocol) > 1:
+            bad.append(f"{len(r.protocol)} protocols")
+        else:
+            proto = r.protocol[0]
+    port, port_side = None, "any"
+    sides = [(side, ports) for side, ports in (("src", r.src_port), ("dst", r.dst_port)) if ports is not None]
+    if len(sides) > 1:
+        bad.append("both a source and a destination port")
+    elif sides:
+        side, ports = sides[0]
+        if len(ports) > 1:
+            bad.append(f"{len(ports)} {side} ports")
+        elif ports[0][0] != ports[0][1]:
+            bad.append(f"{side} port range {ports[0][0]}-{ports[0][1]}")
+        elif proto not in (6, 17):
+            bad.append("ports of a protocol other than tcp/udp")
+        else:
+            port, port_side = ports[0][0], side
+    host, host_side = None, "any"
+    nets = [(side, n) for side, n in (("src", r.src), ("dst", r.dst)) if n is not None]
+    if len(nets) > 1:
+        bad.append("both a source and a destination CIDR")
+    elif nets:
+        side, n = nets[0]
+        if len(n) > 1:
+            bad.append(f"{len(n)} {side} CIDRs")
+        else:
+            host, host_side = n[0], side
+    if hook == "xdp" and r.action != "pass":
+        bad.append(f"action {r.action} at XDP (capture runs at TC: packets the rule {r.action}s never reach it)")
+    if bad:
+        raise NotSupported(op, "not expressible as a capture filter: " + ", ".join(bad),
+                           hint="capture with --proto/--port/--host instead")
+    verdict = {"pass": 1, "drop": 2, "redirect": 3}[r.action]
+    return CaptureFilter(proto, port, host, port_side, host_side, verdict, rule_id, r.name)
 
 
 def capture_to_file(path: str | None, dev: str, filt: CaptureFilter | None = None, *, netns_name: str | None = None,
