@@ -51,7 +51,27 @@ def open_syn(stack: ExitStack, devs: tuple[str, ...], netns: str | None, *, rate
     syn = stack.enter_context(SynCounter(rate=rate, block=block, ring_size=ring_size))
     for dev in devs:
         syn.attach(dev, netns)
+    if block:
+        use_engines(syn, devs, netns)
     return syn
+
+
+def use_engines(syn: Any, devs: tuple[str, ...], netns: str | None) -> None:
+    """Where a policy engine runs at a device's XDP or tc-ingress, floods are blocked by temporary engine
+    rules (removed when they expire and when the command ends: syn.close()), not by the XDP block list."""
+    from bpfgate.inspect.syn import EngineBlocker, engine_for_blocking
+
+    for dev in devs:
+        hook = engine_for_blocking(dev, netns)
+        if hook is not None:
+            syn.use_engine(EngineBlocker(dev, hook, netns))
+
+
+def flood_event(syn: Any, ev: dict) -> dict:
+    """A syn_flood event after blocking its source through the engine where that applies."""
+    if syn is not None and ev.get("type") == "syn_flood" and syn.engine_blockers:
+        return syn.on_flood(ev)
+    return ev
 
 
 def open_attempts(stack: ExitStack, devs: tuple[str, ...], netns: str | None, ports: tuple[int, ...],
@@ -91,6 +111,8 @@ def human_line(ev: dict) -> str:
                 f"{_ep(ev['dst'], ev['dport'])}  {ev['flags']}")
     if ev["type"] == "syn_flood":
         action = f"blocked until {ev['block_until'][11:19]}" if ev["blocked"] else "reported"
+        if ev.get("blocked_by"):
+            action += f" by {ev['blocked_by']}"
         return (f"{t} flood    {ev['interface'] or ev['ifindex']}  {ev['src']}  {ev['window_syns']} SYN/s "
                 f"> {ev['rate']}  {action}")
     if ev["type"] == "rule_log":
@@ -148,11 +170,12 @@ def register(app: click.Group) -> None:
         if block and not syn_rate:
             raise BpfgateError("bpfgate events", "--block needs --syn-rate")
         seen = 0
+        syn = None
         with exit_on_signals(), ExitStack() as stack:
             sources = [open_attempts(stack, devs, netns, ports, ring_size).event_source()]
             if syn_rate:
-                sources.append(open_syn(stack, devs, netns, rate=syn_rate, block=block,
-                                        ring_size=ring_size).event_source())
+                syn = open_syn(stack, devs, netns, rate=syn_rate, block=block, ring_size=ring_size)
+                sources.append(syn.event_source())
             if with_rules:
                 from bpfgate.inspect.rules import close_sources, engine_sources
 
@@ -165,13 +188,15 @@ def register(app: click.Group) -> None:
 
             def on_record(rec: Any) -> bool:
                 nonlocal seen
-                emit(stream.describe(rec), as_json)
+                emit(flood_event(syn, stream.describe(rec)), as_json)
                 seen += 1
                 return bool(count and seen >= count)
 
             def tick() -> None:
                 for ev in stream.loss_events():
                     emit(ev, as_json)
+                if syn is not None and syn.engine_blockers:
+                    syn.sweep()   # engine rules whose block expired are deleted
 
             try:
                 pump(stream, duration, on_record, tick)

@@ -7,7 +7,8 @@ from contextlib import ExitStack
 import click
 
 from bpfgate.cli import term
-from bpfgate.cli.events_cmd import DURATION_HELP, dev_options, exit_on_signals, open_attempts, open_syn, pump
+from bpfgate.cli.events_cmd import (DURATION_HELP, dev_options, exit_on_signals, flood_event, open_attempts, open_syn,
+                                    pump)
 
 
 def register(app: click.Group) -> None:
@@ -65,4 +66,8 @@ def register(app: click.Group) -> None:
                 term.print_json_line({"listen": f"{host}:{port}", "url": url})
             else:
                 term.info(f"serving {url} (Ctrl-C to stop)")
-            pump(stream, duration, None, syn.sweep if block else None)
+            def on_record(rec) -> bool:
+                flood_event(syn, stream.describe(rec))   # blocks through the engine where one runs
+                return False
+
+            pump(stream, duration, on_record if syn.engine_blockers else None, syn.sweep if block else None)

@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from bpfgate.cli import term
-from bpfgate.cli.events_cmd import (DURATION_HELP, dev_options, emit, exit_on_signals, human_line, open_syn,
-                                    pump)
+from bpfgate.cli.events_cmd import (DURATION_HELP, dev_options, emit, exit_on_signals, flood_event, human_line,
+                                    open_syn, pump)
 
 
 class Snapshot:
@@ -77,7 +77,9 @@ def register(app: click.Group) -> None:
     @click.option("--rate", type=click.IntRange(min=0), default=0, show_default=True,
                   help="SYNs/s from one source that count as a flood and raise an event (0: off)")
     @click.option("--block", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
-                  help="drop a flooding source at XDP for this long, then release it (needs --rate)")
+                  help="drop a flooding source for this long, then release it (needs --rate): with a temporary "
+                       "rule `syn-flood-ADDR` in the policy engine when one is attached at IF's XDP or tc-ingress "
+                       "(removed when it expires or this command ends), else in the XDP block list")
     @click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
                   help="seconds between refreshes")
     @click.option("--duration", type=click.FloatRange(min=0), default=None, help=DURATION_HELP)
@@ -103,7 +105,7 @@ def register(app: click.Group) -> None:
                                                 auto_refresh=False, transient=False))
 
             def on_record(rec: Any) -> bool:
-                ev = stream.describe(rec)
+                ev = flood_event(syn, stream.describe(rec))
                 if as_json:
                     emit(ev, True)
                 else:

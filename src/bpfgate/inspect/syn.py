@@ -7,8 +7,14 @@
         EventStream([syn.event_source()])            # syn_flood events
 
 The block list (map `syn_blocklist`, source -> CLOCK_MONOTONIC expiry) is checked per packet, so a
-block ends on time by itself; sweep() only deletes expired entries. The policy engine can take the
-block list over by sharing that map.
+block ends on time by itself; sweep() only deletes expired entries.
+
+Blocking through the policy engine: when an engine (bpfgate.engine) is attached at the interface's
+tc-ingress or XDP, use_engine(EngineBlocker(...)) makes the XDP program only detect; each flood then
+becomes a temporary drop rule `syn-flood-<addr>` (TCP SYN without ACK from that source) added live to
+the engine, deleted by sweep() when it expires and by close() for every rule still in place. The
+releasing process is this one: if it dies without closing, the rules stay (listed in the engine's
+policy under their syn-flood- names).
 
 Events go through the `events` ring buffer, or the perf buffer on kernels without ring buffers
 (transport="auto" picks; "perf" forces it).
@@ -74,6 +80,7 @@ class SynCounter:
         self.prog = obj.program(PROGRAM)
         self.interfaces: dict[int, str] = {}
         self._links: list[Link] = []
+        self.engine_blockers: list[EngineBlocker] = []
         self.configure(rate, block)
 
     # ---- attach ------------------------------------------------------------------------------------
@@ -88,11 +95,16 @@ class SynCounter:
         return ifindex
 
     def close(self) -> None:
-        """Detach everything this counter attached, then free the object."""
-        for link in self._links:
-            link.close()
-        self._links = []
-        self.obj.close()
+        """Detach everything this counter attached, remove the engine rules it added, free the object."""
+        try:
+            for b in self.engine_blockers:
+                b.close()
+        finally:
+            self.engine_blockers = []
+            for link in self._links:
+                link.close()
+            self._links = []
+            self.obj.close()
 
     def __enter__(self) -> "SynCounter":
         return self
@@ -109,7 +121,28 @@ class SynCounter:
         if block and not rate:
             raise BpfgateError("configure SYN flood detection", "blocking needs a rate (--rate)")
         self.rate, self.block_s = int(rate), float(block)
-        self.obj.map("syn_config")[0] = {"rate": self.rate, "block_ns": int(self.block_s * 1e9)}
+        kernel_block = 0 if self.engine_blockers else int(self.block_s * 1e9)   # the engine blocks instead
+        self.obj.map("syn_config")[0] = {"rate": self.rate, "block_ns": kernel_block}
+
+    def use_engine(self, blocker: "EngineBlocker") -> None:
+        """Block floods from blocker's interface with engine rules instead of the XDP block list."""
+        self.engine_blockers.append(blocker)
+        self.configure(self.rate, self.block_s)
+
+    def blocker_for(self, ifindex: int) -> "EngineBlocker | None":
+        for b in self.engine_blockers:
+            if b.ifindex == ifindex:
+                return b
+        return None
+
+    def on_flood(self, ev: dict) -> dict:
+        """A syn_flood event (EventStream.describe form) seen: block its source through the engine of
+        its interface when there is one; returns the event as it should be reported."""
+        b = self.blocker_for(ev.get("ifindex", -1))
+        if b is None or not self.block_s:
+            return ev
+        until = b.block(ev["src"], self.block_s)
+        return {**ev, "blocked": True, "block_until": b.clock_iso(until), "blocked_by": f"engine rule {b.rule_name(ev['src'])}"}
 
     # ---- counters ------------------------------------------------------------------------------------
 
@@ -138,9 +171,12 @@ class SynCounter:
         return self.obj.map(BLOCKLIST)
 
     def blocks(self) -> list[Block]:
-        """Entries still in force (expired ones are ignored by the datapath, and by this)."""
+        """Entries still in force (expired ones are ignored by the datapath, and by this), engine rules included."""
         now = time.monotonic_ns()
-        return [Block(addr_str(k.family, k.addr), until) for k, until in self.blocklist.items() if until > now]
+        out = [Block(addr_str(k.family, k.addr), until) for k, until in self.blocklist.items() if until > now]
+        for b in self.engine_blockers:
+            out += b.blocks()
+        return out
 
     def block(self, source: str, seconds: float) -> None:
         family, raw = _src(source)
@@ -151,12 +187,15 @@ class SynCounter:
         return self.blocklist.delete({"family": family, "addr": raw})
 
     def sweep(self) -> list[str]:
-        """Delete expired blocks; returns the sources released."""
+        """Delete expired blocks (and expired engine rules); returns the sources released."""
         now = time.monotonic_ns()
         gone = [k for k, until in self.blocklist.items() if until <= now]
         for k in gone:
             self.blocklist.delete(k)
-        return [addr_str(k.family, k.addr) for k in gone]
+        released = [addr_str(k.family, k.addr) for k in gone]
+        for b in self.engine_blockers:
+            released += b.sweep()
+        return released
 
     # ---- events ----------------------------------------------------------------------------------------
 
@@ -170,3 +209,92 @@ def _src(source: str) -> tuple[int, list[int]]:
     except ValueError as e:
         raise BpfgateError("edit SYN block list", str(e)) from None
     return family, list(raw)
+
+
+RULE_PREFIX = "syn-flood-"
+
+
+class EngineBlocker:
+    """Temporary drop rules for SYN-flooding sources in the policy engine at (dev, hook): TCP SYN without
+    ACK from the source, first in the policy, added and deleted live (Engine.add_rule / delete_rule)."""
+
+    def __init__(self, dev: str, hook: Any, netns_name: str | None = None):
+        from bpfgate.engine import Engine
+
+        self.dev, self.hook, self.netns = dev, getattr(hook, "value", hook), netns_name
+        self.ifindex = netlink.ifindex(dev, netns_name)
+        self.engine = Engine.open(dev, hook, netns_name)
+        self.active: dict[str, int] = {}   # source -> CLOCK_MONOTONIC expiry (ns)
+        self.added: list[str] = []          # rule names this process added and has not deleted yet
+        self._clock = events.Clock()
+
+    @staticmethod
+    def rule_name(source: str) -> str:
+        return RULE_PREFIX + source
+
+    def clock_iso(self, mono_ns: int) -> str:
+        return self._clock.iso(mono_ns)
+
+    def block(self, source: str, seconds: float) -> int:
+        """Add (or extend) the rule for `source`; returns the expiry (CLOCK_MONOTONIC ns)."""
+        import ipaddress
+
+        from bpfgate.policy.model import Rule
+
+        until = time.monotonic_ns() + int(seconds * 1e9)
+        if source not in self.active:
+            net = ipaddress.ip_network(source)   # a host address: /32 or /128
+            rule = Rule.model_validate({"name": self.rule_name(source), "src": str(net), "protocol": "tcp",
+                                        "tcp_flags": "syn,!ack", "action": "drop"})
+            name = rule.name
+            if name in self.engine.rule_ids():   # left by an earlier run that died: take it over
+                self.engine.replace_rule(name, rule)
+            else:
+                self.engine.add_rule(rule, position=0)
+            self.added.append(name)
+        self.active[source] = until
+        return until
+
+    def blocks(self) -> list[Block]:
+        return [Block(src, until) for src, until in self.active.items()]
+
+    def sweep(self) -> list[str]:
+        now = time.monotonic_ns()
+        gone = [src for src, until in self.active.items() if until <= now]
+        for src in gone:
+            self._delete(src)
+        return gone
+
+    def _delete(self, source: str) -> None:
+        from bpfgate.errors import NotFound, PolicyError
+
+        name = self.rule_name(source)
+        self.active.pop(source, None)
+        try:
+            self.engine.delete_rule(name)
+        except (NotFound, PolicyError, KeyError):
+            pass   # someone removed it already
+        if name in self.added:
+            self.added.remove(name)
+
+    def close(self) -> None:
+        """Delete every rule still in place (the engine may have been detached meanwhile: then nothing to do)."""
+        try:
+            for src in list(self.active):
+                try:
+                    self._delete(src)
+                except BpfgateError:
+                    pass
+        finally:
+            self.engine.close()
+
+
+def engine_for_blocking(dev: str, netns_name: str | None) -> Any:
+    """The hook of a policy engine attached at `dev`'s XDP or tc-ingress (XDP first), or None."""
+    from bpfgate.inspect.rules import attached
+
+    hooks = {getattr(h, "value", h): h for d, h in attached(netns_name, [dev])}
+    for name in ("xdp", "tc-ingress"):
+        if name in hooks:
+            return hooks[name]
+    return None

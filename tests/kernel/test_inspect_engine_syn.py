@@ -1,0 +1,112 @@
+"""SYN-flood blocking through the policy engine: with an engine at tc-ingress, `bpfgate syn --block` adds a
+temporary drop rule syn-flood-<addr> for a real flooding source (its SYNs are then dropped), deletes it when
+the block expires (the source connects again), and removes the rules it added when it is stopped."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bpfgate.engine import Engine
+from bpfgate.errors import NotFound
+from bpfgate.policy.model import HookPolicy
+
+from test_inspect_engine_events import connect
+
+pytestmark = pytest.mark.kernel
+WAIT = 15.0
+
+
+@pytest.fixture
+def net(sandbox):
+    c, s = sandbox.host("cli"), sandbox.host("srv")
+    link = sandbox.link(c, s)
+    eng = Engine.attach(link.b.name, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": [
+        {"name": "web", "protocol": "tcp", "dst_port": 80}]}), netns_name=s.netns)
+    try:
+        yield c, s, link, eng
+    finally:
+        try:
+            eng.detach()
+        except NotFound:
+            pass
+
+
+def flood_rules(eng: Engine) -> list[str]:
+    return [r.name for r in eng.policy().rules if r.name.startswith("syn-flood-")]
+
+
+class Lines:
+    """JSON lines of a running command, read without blocking past a deadline."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.seen = proc, []
+
+    def until(self, pred, timeout: float = WAIT) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not select.select([self.proc.stdout], [], [], 0.1)[0]:
+                continue
+            line = self.proc.stdout.readline()
+            if not line:
+                return None
+            ev = json.loads(line)
+            self.seen.append(ev)
+            if pred(ev):
+                return ev
+        return None
+
+
+def flood_until_blocked(client, addr: str, eng: Engine) -> list[str]:
+    """Connection attempts to a closed port (one SYN each while not dropped) until a flood rule appears."""
+    deadline = time.monotonic() + WAIT
+    results = []
+    while not flood_rules(eng) and time.monotonic() < deadline:
+        results.append(connect(client, addr, 7070, timeout=0.3))
+    return results
+
+
+def test_syn_block_through_engine_rules(net):
+    client, server, link, eng = net
+    src = link.a.ip4
+    argv = [sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", link.b.name, "--netns", server.netns,
+            "--rate", "3", "--block", "1.5", "--interval", "0.2", "--json", "--duration", "120"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = Lines(p)
+    try:
+        assert lines.until(lambda e: e["type"] == "syn_stats"), p.stderr.read() if p.poll() is not None else ""
+        assert flood_rules(eng) == []
+        flood_until_blocked(client, link.b.ip4, eng)
+        assert flood_rules(eng) == [f"syn-flood-{src}"]
+        rule = next(r for r in eng.policy().rules if r.name == f"syn-flood-{src}")
+        assert eng.policy().rules[0] == rule and rule.action == "drop" and [str(n) for n in rule.src] == [f"{src}/32"]
+        # the source's SYNs are dropped by the engine now (no RST comes back)
+        assert connect(client, link.b.ip4, 7070, timeout=0.5) == "timeout"
+        assert eng.counters()[f"syn-flood-{src}"].packets >= 1
+        flood = lines.until(lambda e: e["type"] == "syn_flood")
+        assert flood and flood["src"] == src and flood["blocked"] is True
+        assert flood["blocked_by"] == f"engine rule syn-flood-{src}"
+        # released when the block expires: the rule is deleted, the source connects again
+        assert lines.until(lambda e: e["type"] == "syn_unblock" and e["source"] == src), lines.seen[-3:]
+        assert flood_rules(eng) == []
+        assert connect(client, link.b.ip4, 7070) == "refused"
+        # blocked again, then the command stops: it removes the rule it added
+        flood_until_blocked(client, link.b.ip4, eng)
+        assert flood_rules(eng) == [f"syn-flood-{src}"]
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=WAIT)
+        assert p.returncode == 128 + signal.SIGTERM, err
+        assert "Traceback" not in err
+        assert flood_rules(eng) == []
+        assert [r.name for r in eng.policy().rules] == ["web"]
+        assert connect(client, link.b.ip4, 7070) == "refused"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
