@@ -5,6 +5,7 @@ the block expires (the source connects again), and removes the rules it added wh
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import subprocess
@@ -106,6 +107,33 @@ def test_syn_block_through_engine_rules(net):
         assert flood_rules(eng) == []
         assert [r.name for r in eng.policy().rules] == ["web"]
         assert connect(client, link.b.ip4, 7070) == "refused"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
+def test_engine_detached_while_syn_runs(net):
+    """The engine goes away under a running `bpfgate syn --block`: floods are reported as not blocked (with
+    the reason), the command keeps going and exits cleanly, and nothing of the engine is recreated."""
+    client, server, link, eng = net
+    argv = [sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", link.b.name, "--netns", server.netns,
+            "--rate", "3", "--block", "5", "--interval", "0.2", "--json", "--duration", "120"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = Lines(p)
+    try:
+        assert lines.until(lambda e: e["type"] == "syn_stats")
+        store_dir = eng.store.dir
+        eng.detach()
+        for _ in range(6):
+            assert connect(client, link.b.ip4, 7070) == "refused"     # nobody drops them
+        flood = lines.until(lambda e: e["type"] == "syn_flood")
+        assert flood and flood["blocked"] is False and "detached" in flood["block_error"]
+        assert p.poll() is None
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=WAIT)
+        assert p.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+        assert not os.path.exists(store_dir)
     finally:
         if p.poll() is None:
             p.kill()

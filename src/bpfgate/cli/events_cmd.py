@@ -113,6 +113,8 @@ def human_line(ev: dict) -> str:
         action = f"blocked until {ev['block_until'][11:19]}" if ev["blocked"] else "reported"
         if ev.get("blocked_by"):
             action += f" by {ev['blocked_by']}"
+        if ev.get("block_error"):
+            action = f"NOT blocked: {ev['block_error']}"
         return (f"{t} flood    {ev['interface'] or ev['ifindex']}  {ev['src']}  {ev['window_syns']} SYN/s "
                 f"> {ev['rate']}  {action}")
     if ev["type"] == "rule_log":

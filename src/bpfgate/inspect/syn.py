@@ -141,7 +141,10 @@ class SynCounter:
         b = self.blocker_for(ev.get("ifindex", -1))
         if b is None or not self.block_s:
             return ev
-        until = b.block(ev["src"], self.block_s)
+        try:
+            until = b.block(ev["src"], self.block_s)
+        except BpfgateError as e:   # e.g. the engine was detached, or its policy has no room: say so, go on
+            return {**ev, "blocked": False, "block_until": None, "block_error": str(e)}
         return {**ev, "blocked": True, "block_until": b.clock_iso(until), "blocked_by": f"engine rule {b.rule_name(ev['src'])}"}
 
     # ---- counters ------------------------------------------------------------------------------------
@@ -242,6 +245,9 @@ class EngineBlocker:
         from bpfgate.policy.model import Rule
 
         until = time.monotonic_ns() + int(seconds * 1e9)
+        if self.engine.store is not None and not self.engine.store.exists():
+            raise BpfgateError(f"block {source} through the engine on {self.dev} {self.hook}",
+                               "the engine was detached")
         if source not in self.active:
             net = ipaddress.ip_network(source)   # a host address: /32 or /128
             rule = Rule.model_validate({"name": self.rule_name(source), "src": str(net), "protocol": "tcp",
@@ -270,6 +276,9 @@ class EngineBlocker:
 
         name = self.rule_name(source)
         self.active.pop(source, None)
+        if self.engine.store is not None and not self.engine.store.exists():
+            self.added = [n for n in self.added if n != name]
+            return   # the engine was detached: its rules went with it
         try:
             self.engine.delete_rule(name)
         except (NotFound, PolicyError, KeyError):
