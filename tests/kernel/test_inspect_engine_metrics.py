@@ -148,3 +148,26 @@ def test_cli_metrics_with_traffic_while_serving(net):
         assert scrape(url)[key("bpfgate_rule_packets_total", dev, "tc-ingress", "web")] == 2
     finally:
         _stop(p)
+
+
+def test_reattached_engine_is_read_afresh_and_detached_one_leaves_nothing(net):
+    client, server, link, attach = net
+    dev = link.b.name
+    pol = {"default": "allow", "rules": [{"name": "r", "protocol": "tcp", "dst_port": 7090}]}
+    eng = attach(pol, "tc-ingress")
+    collector = RuleCollector(server.netns)
+    try:
+        assert connect(client, link.b.ip4, 7090) == "refused"
+        m = {(s.name, s.labels.get("rule")): s.value for f in collector.collect() for s in f.samples}
+        assert m[("bpfgate_rule_packets_total", "r")] == 1
+        store_dir = eng.store.dir
+        eng.detach()
+        assert [s for f in collector.collect() for s in f.samples] == []
+        assert not __import__("os").path.exists(store_dir)    # reading did not recreate the engine's state
+        eng2 = attach(pol, "tc-ingress")
+        for _ in range(2):
+            assert connect(client, link.b.ip4, 7090) == "refused"
+        m = {(s.name, s.labels.get("rule")): s.value for f in collector.collect() for s in f.samples}
+        assert m[("bpfgate_rule_packets_total", "r")] == 2 == eng2.counters()["r"].packets
+    finally:
+        collector.close()

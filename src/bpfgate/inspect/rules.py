@@ -73,6 +73,16 @@ def attached(netns_name: str | None, devs: Iterable[str] | None = None) -> list[
     return [(d, h) for d, h in found if want is None or d in want]
 
 
+class _Gone(Exception):
+    pass
+
+
+def _alive(eng: Any) -> bool:
+    """Whether the engine is still attached. Checked before every read: reading a detached engine's state
+    would recreate its state directory (the engine's reader takes its lock file there)."""
+    return eng.store is None or eng.store.exists()
+
+
 class EngineNames:
     """rule id -> name of one attached engine, re-read after live edits (see module docstring)."""
 
@@ -88,7 +98,7 @@ class EngineNames:
             if self._eng is None:
                 self._eng = _engine_mod().Engine.open(self.dev, self.hook, self.netns)
             self._names = {rid: name for name, rid in self._eng.rule_ids().items()}
-        except BpfgateError:
+        except (BpfgateError, OSError, _Gone):
             self.close()   # detached meanwhile: keep the last names, try again later
 
     def __call__(self, rule_id: int) -> str | None:
@@ -175,12 +185,19 @@ class RuleReader:
         self.netns = netns_name
         self.devs = None if devs is None else tuple(devs)
         self._open: dict[tuple[str, str], Any] = {}
+        self._prog: dict[tuple[str, str], int] = {}
 
     def _engine(self, dev: str, hook: Any) -> Any:
+        """The engine at (dev, hook), opened once; reopened when another engine was attached there since
+        (its maps are new: the old object's would read stale counters)."""
         key = (dev, getattr(hook, "value", hook))
         eng = self._open.get(key)
+        if eng is not None and _alive(eng) and eng.prog_id != self._prog.get(key):
+            self._drop(key)
+            eng = None
         if eng is None:
             eng = self._open[key] = _engine_mod().Engine.open(dev, hook, self.netns)
+            self._prog[key] = eng.prog_id
         return eng
 
     def read(self) -> list[RuleHits]:
@@ -191,11 +208,11 @@ class RuleReader:
             present.add(key)
             try:
                 out.extend(self._read_one(dev, hook))
-            except BpfgateError:
+            except (BpfgateError, OSError, _Gone):
                 self._drop(key)       # detached between the listing and the read, or pins replaced
                 try:
                     out.extend(self._read_one(dev, hook))
-                except BpfgateError:
+                except (BpfgateError, OSError, _Gone):
                     self._drop(key)
         for key in set(self._open) - present:
             self._drop(key)
@@ -203,6 +220,8 @@ class RuleReader:
 
     def _read_one(self, dev: str, hook: Any) -> list[RuleHits]:
         eng = self._engine(dev, hook)
+        if not _alive(eng):
+            raise _Gone
         counters = eng.counters()
         pol = eng.policy()
         actions = {r.name: r.action for r in pol.rules}
