@@ -178,13 +178,26 @@ def register(app: click.Group) -> None:
             if syn_rate:
                 syn = open_syn(stack, devs, netns, rate=syn_rate, block=block, ring_size=ring_size)
                 sources.append(syn.event_source())
+            engine_srcs: list = []
             if with_rules:
-                from bpfgate.inspect.rules import close_sources, engine_sources
+                from bpfgate.inspect.rules import attached, close_sources, engine_source, engine_sources, source_name
 
-                engine_srcs = engine_sources(devs, netns)
+                engine_srcs += engine_sources(devs, netns)
                 stack.callback(close_sources, engine_srcs)
                 sources += engine_srcs
             stream = stack.enter_context(EventStream(sources))
+
+            def new_engines() -> None:
+                """Engines attached on IF after the command started join the stream (checked every tick)."""
+                known = {s.name for s in stream.sources}
+                for dev, hook in attached(netns, devs):
+                    if source_name(dev, hook) not in known:
+                        try:
+                            src = engine_source(dev, hook, netns)
+                        except BpfgateError:
+                            continue   # detached again in between, or not pinned yet: next tick
+                        engine_srcs.append(src)
+                        stream.add_source(src)
             if not as_json:
                 term.err.print(f"watching {', '.join(devs)} (Ctrl-C to stop)", markup=False)
 
@@ -199,6 +212,8 @@ def register(app: click.Group) -> None:
                     emit(ev, as_json)
                 if syn is not None and syn.engine_blockers:
                     syn.sweep()   # engine rules whose block expired are deleted
+                if with_rules:
+                    new_engines()
 
             try:
                 pump(stream, duration, on_record, tick)

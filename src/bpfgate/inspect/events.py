@@ -310,21 +310,36 @@ class EventStream:
         self._kind_of: dict[type, tuple[EventKind, str]] = {}
         self._rings: list[RingBuffer | PerfReader] = []
         self._reported_lost = {s.name: 0 for s in self.sources}
+        self._handler = handler
         self._ep = select.epoll()
         try:
             for s in self.sources:
-                types = s.record_types()
-                for tid, rt in types.items():
-                    self._kind_of[rt] = (KINDS[tid], s.name)
-                if s.transport == "perf":
-                    rb = PerfReader(s.ringbuf, types, handler=handler, page_cnt=s.perf_pages)
-                else:
-                    rb = RingReader(s.ringbuf, types, handler=handler)
-                self._rings.append(rb)
-                self._ep.register(rb.fd, select.EPOLLIN)  # readable while records wait
+                self._open_source(s)
         except BaseException:
             self.close()
             raise
+
+    def _open_source(self, s: EventSource) -> None:
+        types = s.record_types()
+        for tid, rt in types.items():
+            self._kind_of[rt] = (KINDS[tid], s.name)
+        if s.transport == "perf":
+            rb = PerfReader(s.ringbuf, types, handler=self._handler, page_cnt=s.perf_pages)
+        else:
+            rb = RingReader(s.ringbuf, types, handler=self._handler)
+        self._rings.append(rb)
+        self._ep.register(rb.fd, select.EPOLLIN)  # readable while records wait
+
+    def add_source(self, s: EventSource) -> None:
+        """A producer that appeared after the stream opened (e.g. a policy engine attached later)."""
+        if s.name in self._reported_lost:
+            raise BpfgateError("add event source", f"the stream already has a source named {s.name!r}")
+        self._open_source(s)
+        self.sources.append(s)
+        self._reported_lost[s.name] = 0
+        self.ctx.interfaces.maps.append(s.interfaces)
+        if s.rule_names is not None:
+            self._ctx_of[s.name] = Context(self.clock, self.ctx.interfaces, self.ctx.rules, s.rule_names)
 
     # ---- reading -----------------------------------------------------------------------------------------
 
