@@ -57,7 +57,7 @@ def test_rule_counters_scraped_over_http(net):
     client, server, link, attach = net
     dev = link.b.name
     ing = attach({"default": "allow", "rules": [
-        {"name": "open-7070", "protocol": "tcp", "dst_port": 7070},
+        {"name": "open-7070", "protocol": "tcp", "dst_port": 7070, "log": True},
         {"name": "shut-7071", "protocol": "tcp", "dst_port": 7071, "action": "drop"},
     ]}, "tc-ingress")
     with M.Exporter() as exp:
@@ -83,6 +83,10 @@ def test_rule_counters_scraped_over_http(net):
             assert m[key("bpfgate_rule_packets_total", dev, "tc-egress", "rst-out")] == 1 == c_out["rst-out"].packets
             assert m[("bpfgate_rule_drops_total", ("hook", "tc-ingress"), ("interface", dev))] == dropped
             assert m[("bpfgate_rule_drops_total", ("hook", "tc-egress"), ("interface", dev))] == 0
+            # log events of open-7070: 4 submitted (nobody reads them here, the ring has room: none lost)
+            assert m[("bpfgate_rule_log_events_total", ("hook", "tc-ingress"), ("interface", dev))] == 4
+            assert m[("bpfgate_rule_log_events_lost_total", ("hook", "tc-ingress"), ("interface", dev))] == 0
+            assert m[("bpfgate_rule_log_events_total", ("hook", "tc-egress"), ("interface", dev))] == 0
             # a detached engine disappears from the next scrape
             egr.detach()
             m = scrape(url)

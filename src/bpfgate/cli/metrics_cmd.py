@@ -36,7 +36,8 @@ def register(app: click.Group) -> None:
         bpfgate_events_lost_total{source}, bpfgate_program_runs_total{program,id},
         bpfgate_program_run_seconds_total{program,id}; from every policy engine attached in the
         namespace (read at scrape time): bpfgate_rule_packets_total{interface,hook,rule},
-        bpfgate_rule_bytes_total{interface,hook,rule}, bpfgate_rule_drops_total{interface,hook}.
+        bpfgate_rule_bytes_total{interface,hook,rule}, bpfgate_rule_drops_total{interface,hook},
+        bpfgate_rule_log_events_total{interface,hook}, bpfgate_rule_log_events_lost_total{interface,hook}.
         """
         from bpfgate.errors import BpfgateError
         from bpfgate.inspect import metrics as M

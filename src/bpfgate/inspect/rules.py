@@ -73,6 +73,11 @@ def attached(netns_name: str | None, devs: Iterable[str] | None = None) -> list[
     return [(d, h) for d, h in found if want is None or d in want]
 
 
+def _u64(v: Any) -> int:
+    """A per-CPU u64 as the map decodes it: an int (typed from BTF) or raw bytes."""
+    return v if isinstance(v, int) else int.from_bytes(bytes(v), "little")
+
+
 class _Gone(Exception):
     pass
 
@@ -168,6 +173,14 @@ def close_sources(sources: Iterable[EventSource]) -> None:
 # ---- counters ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class LogStats:
+    dev: str
+    hook: str
+    events: int    # log events submitted to the engine's ring buffer
+    lost: int      # log events lost: the ring buffer was full (its reader fell behind, or nobody reads)
+
+
+@dataclass(frozen=True)
 class RuleHits:
     dev: str
     hook: str
@@ -186,6 +199,7 @@ class RuleReader:
         self.devs = None if devs is None else tuple(devs)
         self._open: dict[tuple[str, str], Any] = {}
         self._prog: dict[tuple[str, str], int] = {}
+        self.log_stats: list[LogStats] = []   # of the engines of the last read()
 
     def _engine(self, dev: str, hook: Any) -> Any:
         """The engine at (dev, hook), opened once; reopened when another engine was attached there since
@@ -203,6 +217,7 @@ class RuleReader:
     def read(self) -> list[RuleHits]:
         out: list[RuleHits] = []
         present = set()
+        self.log_stats = []
         for dev, hook in attached(self.netns, self.devs):
             key = (dev, getattr(hook, "value", hook))
             present.add(key)
@@ -224,9 +239,12 @@ class RuleReader:
             raise _Gone
         counters = eng.counters()
         pol = eng.policy()
+        h = getattr(hook, "value", hook)
+        stats = [sum(_u64(v) for v in (eng.maps["bg_stats"].lookup(i) or [])) for i in (0, 1)]
+        # enum bg_stat: BG_STAT_EVENTS, BG_STAT_EVENTS_LOST
+        self.log_stats.append(LogStats(dev, h, stats[0], stats[1]))
         actions = {r.name: r.action for r in pol.rules}
         actions[DEFAULT_RULE] = "pass" if pol.default == "allow" else "drop"
-        h = getattr(hook, "value", hook)
         return [RuleHits(dev, h, name, actions.get(name, "?"), c.packets, c.bytes) for name, c in counters.items()]
 
     def _drop(self, key: tuple[str, str]) -> None:
@@ -251,7 +269,9 @@ class RuleReader:
 class RuleCollector:
     """Prometheus: bpfgate_rule_packets_total / bpfgate_rule_bytes_total {interface, hook, rule} of every
     engine attached in the namespace, read at scrape time; bpfgate_rule_drops_total{interface, hook}
-    sums the packets of drop rules (the default rule included when it denies)."""
+    sums the packets of drop rules (the default rule included when it denies; packets a rate limit drops
+    over a pass rule are not in it); bpfgate_rule_log_events_total / _lost_total {interface, hook}: the
+    engine's log events and their loss (exact, counted by the engine)."""
 
     def __init__(self, netns_name: str | None = None, devs: Iterable[str] | None = None):
         self.reader = RuleReader(netns_name, devs)
@@ -273,7 +293,14 @@ class RuleCollector:
                 dsum[(h.dev, h.hook)] += h.packets
         for (dev, hook), n in sorted(dsum.items()):
             drops.add_metric([dev, hook], n)
-        yield from (pk, by, drops)
+        ev = CounterMetricFamily("bpfgate_rule_log_events", "Log events of `log` rules submitted to the engine's "
+                                 "ring buffer", labels=["interface", "hook"])
+        lost = CounterMetricFamily("bpfgate_rule_log_events_lost", "Log events lost: the engine's ring buffer was full",
+                                   labels=["interface", "hook"])
+        for st in self.reader.log_stats:
+            ev.add_metric([st.dev, st.hook], st.events)
+            lost.add_metric([st.dev, st.hook], st.lost)
+        yield from (pk, by, drops, ev, lost)
 
     def close(self) -> None:
         self.reader.close()
