@@ -11,13 +11,13 @@ import subprocess
 import threading
 
 import pytest
+from clirun import run_cli
 
 from bpfgate.engine import Engine
 from bpfgate.errors import NotFound, NotSupported
 from bpfgate.inspect.capture import rule_filter
 from bpfgate.kernel import netns
 from bpfgate.policy.model import HookPolicy, Rule
-from clirun import run_cli
 
 pytestmark = pytest.mark.kernel
 DEADLINE = 10.0
@@ -72,7 +72,8 @@ def test_capture_rule_with_its_verdict_read_by_tshark(net, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "rule drop-9" in r.stderr
     out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "ip.src", "-e", "udp.srcport",
-                          "-e", "udp.dstport", "-e", "frame.comment"], capture_output=True, text=True, timeout=60)
+                          "-e", "udp.dstport", "-e", "frame.comment"], capture_output=True, text=True, timeout=60,
+                         check=False)
     assert out.returncode == 0, out.stderr
     rows = [line.split("\t") for line in out.stdout.splitlines()]
     assert len(rows) == 5
@@ -83,7 +84,7 @@ def test_capture_rule_with_its_verdict_read_by_tshark(net, tmp_path):
 
 
 def test_capture_rule_json_and_errors(net):
-    client, server, link, eng = net
+    _client, server, link, _eng = net
     base = ["capture", "--dev", link.b.name, "--netns", server.netns]
     r = run_cli(base + ["--rule", "syn-range", "--json"])
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr

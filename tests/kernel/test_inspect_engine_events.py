@@ -58,7 +58,7 @@ def connect(host, addr: str, port: int, timeout: float = 3.0) -> str:
         return "open"
     except ConnectionRefusedError:
         return "refused"
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return "timeout"
     finally:
         s.close()

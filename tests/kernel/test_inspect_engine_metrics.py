@@ -9,18 +9,16 @@ import select
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from test_inspect_engine_events import connect
+from test_inspect_metrics import scrape
 
 from bpfgate.engine import Engine
 from bpfgate.errors import NotFound
 from bpfgate.inspect import metrics as M
 from bpfgate.inspect.rules import RuleCollector
 from bpfgate.policy.model import HookPolicy
-
-from test_inspect_engine_events import connect
-from test_inspect_metrics import scrape
 
 pytestmark = pytest.mark.kernel
 WAIT = 10.0
@@ -156,7 +154,6 @@ def test_cli_metrics_with_traffic_while_serving(net):
 
 def test_reattached_engine_is_read_afresh_and_detached_one_leaves_nothing(net):
     client, server, link, attach = net
-    dev = link.b.name
     pol = {"default": "allow", "rules": [{"name": "r", "protocol": "tcp", "dst_port": 7090}]}
     eng = attach(pol, "tc-ingress")
     collector = RuleCollector(server.netns)

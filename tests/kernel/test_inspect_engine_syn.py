@@ -13,12 +13,11 @@ import sys
 import time
 
 import pytest
+from test_inspect_engine_events import connect
 
 from bpfgate.engine import Engine
 from bpfgate.errors import NotFound
 from bpfgate.policy.model import HookPolicy
-
-from test_inspect_engine_events import connect
 
 pytestmark = pytest.mark.kernel
 WAIT = 15.0

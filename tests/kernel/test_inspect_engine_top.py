@@ -7,12 +7,12 @@ import json
 import socket
 
 import pytest
+from clirun import run_cli
 
 from bpfgate.engine import Engine
 from bpfgate.errors import NotFound
 from bpfgate.kernel import netns
 from bpfgate.policy.model import HookPolicy
-from clirun import run_cli
 
 pytestmark = pytest.mark.kernel
 

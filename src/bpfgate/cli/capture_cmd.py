@@ -6,7 +6,12 @@ import click
 
 from bpfgate.cli import term
 from bpfgate.errors import BpfgateError
-from bpfgate.inspect.capture import MAX_SNAPLEN, CaptureFilter, capture_to_file, rule_capture
+from bpfgate.inspect.capture import (
+    MAX_SNAPLEN,
+    CaptureFilter,
+    capture_to_file,
+    rule_capture,
+)
 
 
 def register(app: click.Group) -> None:

@@ -7,8 +7,15 @@ from contextlib import ExitStack
 import click
 
 from bpfgate.cli import term
-from bpfgate.cli.events_cmd import (DURATION_HELP, dev_options, exit_on_signals, flood_event, open_attempts, open_syn,
-                                    pump)
+from bpfgate.cli.events_cmd import (
+    DURATION_HELP,
+    dev_options,
+    exit_on_signals,
+    flood_event,
+    open_attempts,
+    open_syn,
+    pump,
+)
 
 
 def register(app: click.Group) -> None:

@@ -9,8 +9,16 @@ from typing import Any
 import click
 
 from bpfgate.cli import term
-from bpfgate.cli.events_cmd import (DURATION_HELP, dev_options, emit, exit_on_signals, flood_event, human_line,
-                                    open_syn, pump)
+from bpfgate.cli.events_cmd import (
+    DURATION_HELP,
+    dev_options,
+    emit,
+    exit_on_signals,
+    flood_event,
+    human_line,
+    open_syn,
+    pump,
+)
 
 
 class Snapshot:

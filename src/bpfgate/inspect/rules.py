@@ -16,11 +16,18 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from bpfgate.errors import BpfgateError
-from bpfgate.inspect.events import EventKind, EventSource, addr_str, register_kind, tcp_flags_str
+from bpfgate.inspect.events import (
+    EventKind,
+    EventSource,
+    addr_str,
+    register_kind,
+    tcp_flags_str,
+)
 from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.maps import Map
 from bpfgate.kernel.objects import packaged_path
@@ -58,7 +65,9 @@ register_kind(EventKind(EV_RULE_LOG, "rule_log", "bg_rule_log_event", _rule_log_
 
 
 def _engine_mod():
-    from bpfgate import engine   # imported late: the inspection commands work without an engine
+    from bpfgate import (
+        engine,  # imported late: the inspection commands work without an engine
+    )
 
     return engine
 
@@ -259,7 +268,7 @@ class RuleReader:
         for key in list(self._open):
             self._drop(key)
 
-    def __enter__(self) -> "RuleReader":
+    def __enter__(self) -> RuleReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
