@@ -11,6 +11,9 @@ from clirun import run_cli
 
 from bpfgate.engine import Engine
 from bpfgate.errors import NotFound
+from bpfgate.inspect.flows import FlowMonitor
+from bpfgate.inspect.rules import RuleReader
+from bpfgate.inspect.top import Top
 from bpfgate.kernel import netns
 from bpfgate.policy.model import HookPolicy
 
@@ -69,3 +72,32 @@ def test_top_rules_panel(net):
 
     r = run_cli(base + ["--json", "--no-rules"], timeout=60)
     assert r.returncode == 0 and "rules" not in json.loads(r.stdout)
+
+
+def test_top_without_engine_has_no_rules_panel(sandbox):
+    c, s = sandbox.host("cli"), sandbox.host("srv")
+    link = sandbox.link(c, s)
+    r = run_cli(["top", "--dev", link.b.name, "--netns", s.netns, "--interval", "0.2", "--json"], timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "rules" not in json.loads(r.stdout)
+
+
+def test_engine_attached_while_top_runs_gets_a_panel(sandbox):
+    c, s = sandbox.host("cli"), sandbox.host("srv")
+    link = sandbox.link(c, s)
+    with FlowMonitor(link.b.name, netns_name=s.netns) as mon, RuleReader(s.netns, [link.b.name]) as reader:
+        top = Top(mon, rules=reader)
+        assert top.snapshot().rules is None
+        eng = Engine.attach(link.b.name, "tc-ingress", HookPolicy.model_validate(
+            {"default": "deny", "rules": [{"name": "ok-7", "protocol": "udp", "dst_port": 7}]}), netns_name=s.netns)
+        try:
+            send_udp(c, link.b.ip4, 7, 2)
+            send_udp(c, link.b.ip4, 8, 3)      # the default rule denies these
+            snap = top.snapshot()
+            by = {r.rule: r for r in snap.rules.rows}
+            assert by["ok-7"].packets == 2 and by["(default)"].action == "drop"
+            assert snap.rules.drops == by["(default)"].packets >= 3
+            assert "policy rules" in str(top.render(snap).renderables[-1].title)
+        finally:
+            eng.detach()
+        assert top.snapshot().rules is None

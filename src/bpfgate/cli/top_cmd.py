@@ -54,10 +54,10 @@ def register(app: click.Group) -> None:
             counter = view.syn = _syn_counter(dev, netns, view) if syn else None
             reader = None
             if with_rules:
-                from bpfgate.inspect.rules import RuleReader, attached
+                from bpfgate.inspect.rules import RuleReader
 
-                if attached(netns, [dev]):   # engines attached later are picked up at the next frame
-                    reader = view.rules = RuleReader(netns, [dev])
+                # the panel shows while engines are attached on DEV, including ones attached after the start
+                reader = view.rules = RuleReader(netns, [dev])
             try:
                 if once or as_json:
                     view.snapshot()  # rate baseline

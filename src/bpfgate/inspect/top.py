@@ -147,8 +147,12 @@ class Top:
             snap.rules = self._rules_view(dt)
         return snap
 
-    def _rules_view(self, dt: float) -> RulesView:
+    def _rules_view(self, dt: float) -> RulesView | None:
+        """None while no engine is attached (no panel)."""
         hits = self.rules.read()
+        if not hits:
+            self._prev_rules, self._prev_drops = {}, 0
+            return None
         cur = {(h.hook, h.rule): h.packets for h in hits}
         rows = []
         for h in sorted(hits, key=lambda h: (-h.packets, h.hook, h.rule))[: self.rule_rows]:
