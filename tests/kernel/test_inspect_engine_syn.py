@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from clirun import run_cli
 from test_inspect_engine_events import connect
 
 from bpfgate.engine import Engine
@@ -137,3 +138,19 @@ def test_engine_detached_while_syn_runs(net):
         if p.poll() is None:
             p.kill()
             p.communicate()
+
+
+def test_engine_at_xdp_takes_the_hook_syn_needs(sandbox):
+    """SYN counting runs at XDP: with the engine there, `bpfgate syn` cannot attach and says so in one line
+    (and leaves the engine's policy untouched)."""
+    c, s = sandbox.host("cli"), sandbox.host("srv")
+    link = sandbox.link(c, s)
+    eng = Engine.attach(link.b.name, "xdp", HookPolicy.model_validate({"default": "allow"}), netns_name=s.netns)
+    try:
+        r = run_cli(["syn", "--dev", link.b.name, "--netns", s.netns, "--rate", "3", "--block", "1", "--json",
+                     "--duration", "1"], timeout=60)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "xdp" in r.stderr.lower(), r.stderr
+        assert [x.name for x in eng.policy().rules] == []
+    finally:
+        eng.detach()
