@@ -15,7 +15,7 @@ from clirun import run_cli
 
 from bpfgate.engine import Engine
 from bpfgate.errors import NotFound, NotSupported
-from bpfgate.inspect.capture import rule_filter
+from bpfgate.inspect.capture import rule_filter, shadowing
 from bpfgate.kernel import netns
 from bpfgate.policy.model import HookPolicy, Rule
 
@@ -70,7 +70,7 @@ def test_capture_rule_with_its_verdict_read_by_tshark(net, tmp_path):
         a.close()
         b.close()
     assert r.returncode == 0, r.stderr
-    assert "rule drop-9" in r.stderr
+    assert "rule drop-9" in r.stderr and "warning" not in r.stderr      # first rule: nothing shadows it
     out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "ip.src", "-e", "udp.srcport",
                           "-e", "udp.dstport", "-e", "frame.comment"], capture_output=True, text=True, timeout=60,
                          check=False)
@@ -114,3 +114,18 @@ def test_rule_filter_compiles_what_is_expressible():
             rule_filter(Rule.model_validate({"name": "r", **spec}))
     with pytest.raises(NotSupported, match="at XDP"):
         rule_filter(Rule.model_validate({"name": "r", "action": "drop"}), hook="xdp")
+
+
+def test_shadowing_names_earlier_rules_that_may_match_first():
+    pol = HookPolicy.model_validate({"default": "allow", "rules": [
+        {"name": "udp-any", "protocol": "udp"},                                   # other protocol
+        {"name": "web", "protocol": "tcp", "dst_port": 80},                       # disjoint port
+        {"name": "range", "protocol": "tcp", "dst_port": "440-450"},              # overlaps 443
+        {"name": "lan", "src": "198.18.0.0/16"},                                  # disjoint source
+        {"name": "net", "src": "198.19.0.0/16"},                                  # overlaps
+        {"name": "v6", "src": "fd00::/8"},                                        # other family
+        {"name": "me", "protocol": "tcp", "dst_port": 443, "src": "198.19.1.0/24", "action": "drop"},
+        {"name": "after", "protocol": "tcp"},
+    ]})
+    assert shadowing(pol, "me") == ["range", "net"]
+    assert shadowing(pol, "udp-any") == []

@@ -8,6 +8,7 @@ from bpfgate.cli import term
 from bpfgate.errors import BpfgateError
 from bpfgate.inspect.capture import (
     MAX_SNAPLEN,
+    VERDICTS,
     CaptureFilter,
     capture_to_file,
     rule_capture,
@@ -42,7 +43,11 @@ def register(app: click.Group) -> None:
         if rule is not None:
             if proto or port or host:
                 raise BpfgateError("capture", "--rule and match options (--proto/--port/--host) exclude each other")
-            filt, rule_dir = rule_capture(rule, dev, netns)
+            filt, rule_dir, shadows = rule_capture(rule, dev, netns)
+            if shadows:
+                term.err.print(f"bpfgate: warning: rules before {rule} may match some of these packets first "
+                               f"({', '.join(shadows)}): those are labelled verdict={VERDICTS[filt.verdict]} "
+                               f"(rule {rule}) all the same", markup=False)
             if direction not in (None, rule_dir):
                 raise BpfgateError("capture", f"rule {rule} runs at {rule_dir}: --direction {direction} sees "
                                    "none of its packets")

@@ -242,14 +242,15 @@ class CaptureSummary:
         return dict(self.__dict__)
 
 
-def rule_capture(rule: str, dev: str, netns_name: str | None = None) -> tuple[CaptureFilter, str]:
+def rule_capture(rule: str, dev: str, netns_name: str | None = None) -> tuple[CaptureFilter, str, list[str]]:
     """--rule NAME: the capture filter of a policy rule running in an engine attached on `dev`, and the
     direction to capture (the engine hook's). The rule's match is compiled into the capture program's own
     filter where it is expressible (one protocol, one port on the source or destination side, one CIDR on
     the source or destination side); anything else is a NotSupported naming it. Records carry the rule's
     action as their verdict ("verdict=drop (rule NAME)"): what the rule does to packets it matches. A
     packet an earlier rule of the policy matches first gets that rule's action instead, though capture
-    labels it with this rule's (capture runs before the engine and does not see its decision)."""
+    labels it with this rule's (capture runs before the engine and does not see its decision): the third
+    value names the earlier rules that may do that (shadowing()), for a warning."""
     from bpfgate.errors import NotFound
     from bpfgate.inspect.rules import DEFAULT_RULE, RuleReader, attached
 
@@ -276,10 +277,35 @@ def rule_capture(rule: str, dev: str, netns_name: str | None = None) -> tuple[Ca
     if len(found) > 1:
         raise BpfgateError(op, f"rule {rule!r} is in the policies of several hooks on {dev}: "
                            f"{', '.join(f[0] for f in found)}")
-    hook, rule_id, r, _pol = found[0]
+    hook, rule_id, r, pol = found[0]
     if r is None or rule == DEFAULT_RULE:
         raise NotSupported(op, "the default rule matches what no other rule does: not expressible as a filter")
-    return rule_filter(r, rule_id, hook), ("egress" if hook == "tc-egress" else "ingress")
+    return rule_filter(r, rule_id, hook), ("egress" if hook == "tc-egress" else "ingress"), shadowing(pol, rule)
+
+
+def shadowing(policy: Any, name: str) -> list[str]:
+    """Rules before `name` in the policy that may match some of its packets first (first match wins), so
+    those packets get their verdict, not `name`'s. Conservative: a rule is left out only when it provably
+    matches none of them (another protocol, disjoint ports or addresses on the same side)."""
+    rules = list(policy.rules)
+    idx = next(i for i, r in enumerate(rules) if r.name == name)
+    me = rules[idx]
+    return [r.name for r in rules[:idx] if not _disjoint(me, r)]
+
+
+def _disjoint(a: Any, b: Any) -> bool:
+    if a.protocol is not None and b.protocol is not None and not set(a.protocol) & set(b.protocol):
+        return True
+    for attr in ("src_port", "dst_port"):
+        pa, pb = getattr(a, attr), getattr(b, attr)
+        if pa is not None and pb is not None and not any(lo1 <= hi2 and lo2 <= hi1 for lo1, hi1 in pa for lo2, hi2 in pb):
+            return True
+    for attr in ("src", "dst"):
+        na, nb = getattr(a, attr), getattr(b, attr)
+        if na is not None and nb is not None and not any(
+                x.version == y.version and x.overlaps(y) for x in na for y in nb):
+            return True
+    return False
 
 
 def rule_filter(r: Any, rule_id: int = 0, hook: str = "tc-ingress") -> CaptureFilter:
