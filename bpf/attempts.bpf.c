@@ -11,7 +11,7 @@
 #include "inspect_parse.h"
 #include "bg_emit.h"
 
-#define TC_ACT_OK 0
+#define TC_ACT_UNSPEC (-1) /* observer: TCX_NEXT / next classic filter, so a gate after us still decides */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -61,7 +61,7 @@ int bg_attempts_tc(struct __sk_buff *skb)
 	struct ip_pkt p = {};
 
 	if (ip_parse(data, data_end, &p) < 0 || !ip_is_syn(&p) || !watched(p.dport))
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	count(skb->ifindex, p.dport);
 
 	ev.hdr.type = BG_EV_CONN_ATTEMPT;
@@ -77,7 +77,7 @@ int bg_attempts_tc(struct __sk_buff *skb)
 	__builtin_memcpy(ev.saddr, p.saddr, 16);
 	__builtin_memcpy(ev.daddr, p.daddr, 16);
 	emit(skb, &ev, sizeof(ev));
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -135,9 +135,6 @@ def test_cli_metrics_serves_rule_counters(net):
         _stop(p)
 
 
-@pytest.mark.xfail(strict=True, reason="bpf/attempts.bpf.c returns TC_ACT_OK (TCX_PASS) at TCX ingress, which "
-                   "ends TC processing: a tc-ingress engine attached with classic tc never sees the packets while "
-                   "`bpfgate metrics`/`events` run (fix: return TC_ACT_UNSPEC, i.e. TCX_NEXT)")
 def test_cli_metrics_with_traffic_while_serving(net):
     client, server, link, attach = net
     dev = link.b.name
