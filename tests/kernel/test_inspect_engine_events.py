@@ -5,6 +5,7 @@ rule added live after the stream opened."""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -118,9 +119,7 @@ def test_log_rule_events_carry_the_rule_name(net):
 def test_bpfgate_events_streams_engine_log_events(net):
     client, server, link, attach = net
     attach({"default": "allow", "rules": [{"name": "ssh-watch", "protocol": "tcp", "dst_port": 7022, "log": True}]})
-    # the events wait in the engine's ring buffer until the command reads them. Traffic goes first because
-    # the command's attempt log (TCX, returns TC_ACT_OK) hides later packets from a classic-tc engine: see
-    # test_inspect_engine_metrics.py::test_cli_metrics_with_traffic_while_serving
+    # events made before the command starts wait in the engine's ring buffer until it reads them
     for _ in range(2):
         assert connect(client, link.b.ip4, 7022) == "refused"
     r = run_cli(["events", "--dev", link.b.name, "--netns", server.netns, "--port", "1", "--json", "--count", "2",
@@ -140,6 +139,23 @@ def test_bpfgate_events_streams_engine_log_events(net):
     assert r.returncode == 0, r.stderr
     out = r.stdout.strip().splitlines()
     assert len(out) == 1 and " rule " in out[0] and "ssh-watch pass" in out[0] and ":7022" in out[0], r.stdout
+    # traffic while the command runs (its own attempt log at TC ingress must not hide packets from the engine)
+    proc = subprocess.Popen([sys.executable, "-m", "bpfgate.cli.main", "events", "--dev", link.b.name, "--netns",
+                             server.netns, "--count", "4", "--duration", "60", "--port", "7022"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = select.select([proc.stderr], [], [], WAIT * 3)[0]      # "watching ...": attached, stream open
+        assert ready and "watching" in proc.stderr.readline()
+        for _ in range(2):
+            assert connect(client, link.b.ip4, 7022) == "refused"
+        out, err = proc.communicate(timeout=WAIT * 3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    kinds = sorted(line.split()[1] for line in out.strip().splitlines())
+    assert kinds == ["attempt", "attempt", "rule", "rule"], out
 
 
 def test_engine_attached_after_bpfgate_events_started_joins_the_stream(net):
@@ -149,7 +165,7 @@ def test_engine_attached_after_bpfgate_events_started_joins_the_stream(net):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(0.5)   # not needed for correctness: the engine is picked up whenever it comes
-        # at XDP: the command's own attempt log (TCX) hides packets from classic-tc engines, see above
+        # at XDP here (tc-ingress is covered above)
         attach({"default": "allow", "rules": [{"name": "late", "protocol": "tcp", "dst_port": 7023, "log": True}]},
                hook="xdp")
         for _ in range(100):     # bounded: until the command has its one event

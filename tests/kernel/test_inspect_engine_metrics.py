@@ -123,7 +123,7 @@ def test_cli_metrics_serves_rule_counters(net):
     client, server, link, attach = net
     dev = link.b.name
     eng = attach({"default": "allow", "rules": [{"name": "web", "protocol": "tcp", "dst_port": 7080}]}, "tc-ingress")
-    # traffic before the command starts: see test_cli_metrics_with_traffic_while_serving for why
+    # traffic before the command starts: counters are read from the engine, whenever they were made
     for _ in range(2):
         assert connect(client, link.b.ip4, 7080) == "refused"
     p, url = _serve(dev, server.netns)
