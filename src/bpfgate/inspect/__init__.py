@@ -2,10 +2,13 @@
 
 - events:   the event pipeline (ring buffers of several programs -> one stream, exact loss accounting,
             JSON form with wall-clock times); new producers register an EventKind
-- syn:      SYN counter per interface and source at XDP, flood detection, expiring block list
+- syn:      SYN counter per interface and source at XDP, flood detection, expiring block list, or
+            temporary drop rules in the policy engine (EngineBlocker) when one runs on the interface
 - attempts: connection-attempt log at TC ingress for a live-editable port set
 - metrics:  Prometheus exporter; other modules add collectors to its registry
-(flows, capture, top: part B of the inspection issue)
+- rules:    the policy engine seen from its pins: `log` rule events (rule_log, named), per-rule
+            counters for metrics (RuleCollector) and top (RuleReader)
+- flows, capture (`--rule NAME`: a policy rule's match as the capture filter), top
 
 Submodules are imported explicitly (`from bpfgate.inspect.syn import SynCounter`): importing the
 package loads nothing.
