@@ -93,6 +93,45 @@ struct {
 	__type(value, struct bg_ct_entry);
 } bg_ct SEC(".maps");
 
+/* ---- capture with the verdict (bpfgate capture --rule / --engine) ---------------------------------- */
+/* Off unless bpfgate.inspect.capture.EngineCapture enables it; off, it costs one array lookup a packet. */
+struct bg_capture_cfg {
+	__u32 enabled;
+	__u32 snaplen;        /* 1..BG_ENGINE_CAPTURE_MAX */
+	__u32 rule_id_plus_1; /* only packets this rule decided (rule id + 1), 0: every packet */
+	__u32 lost;           /* records that found no room in bg_capture_ring */
+	__u32 owner_pid;      /* the capturing process (user space only: a stale capture is taken over) */
+};
+
+#define BG_ENGINE_CAPTURE_MAX 65535
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bg_capture_cfg);
+} bg_capture_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} bg_capture_ring SEC(".maps");
+
+/* the record is built here and copied with its exact length; one slot per CPU (set to the number of
+ * possible CPUs before load), an ARRAY since per-CPU values are capped at 32 KiB */
+struct bg_capture_scratch {
+	__u8 buf[sizeof(struct bg_capture_event) + BG_ENGINE_CAPTURE_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct bg_capture_scratch);
+} bg_capture_scratch SEC(".maps");
+
+BG_EXPORT_TYPE(struct bg_capture_cfg, capture_cfg);
+
 BG_EXPORT_TYPE(struct bg_rule_log_event, rule_log_event);
 BG_EXPORT_TYPE(enum bg_have, have);
 BG_EXPORT_TYPE(enum bg_rule_flags, rule_flags);
@@ -451,6 +490,80 @@ static __always_inline void decide(void *ctx, struct bg_cls_key *k, __u32 len, _
 	}
 }
 
+/* ---- capture ------------------------------------------------------------------------------------- */
+
+static __always_inline struct bg_capture_cfg *capture_wanted(__u32 rule_id)
+{
+	__u32 zero = 0;
+	struct bg_capture_cfg *c = bpf_map_lookup_elem(&bg_capture_cfg, &zero);
+
+	if (!c || !c->enabled)
+		return 0;
+	if (c->rule_id_plus_1 && c->rule_id_plus_1 != rule_id + 1)
+		return 0;
+	return c;
+}
+
+static __always_inline __u8 capture_verdict(__u8 action)
+{
+	return action == BG_ACT_DROP ? BG_VERDICT_DROP : action == BG_ACT_REDIRECT ? BG_VERDICT_REDIRECT
+									 : BG_VERDICT_PASS;
+}
+
+/* Copy up to the snaplen of the packet with the engine's verdict into bg_capture_ring. xdp: ctx is an
+ * xdp_md, else an __sk_buff. */
+static __always_inline int capture_emit(void *ctx, int xdp, struct bg_capture_cfg *c, __u32 pkt_len, __u32 ifindex,
+				   __u32 rule_id, __u8 verdict)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	__u64 len = pkt_len, snap = c->snaplen;
+	struct bg_capture_event *ev;
+	struct bg_capture_scratch *s;
+	long err;
+
+	s = bpf_map_lookup_elem(&bg_capture_scratch, &cpu);
+	if (!s)
+		return 0;
+	if (len > snap)
+		len = snap;
+	asm volatile("" : "+r"(len));
+	if (len == 0 || len > BG_ENGINE_CAPTURE_MAX)
+		return 0;
+	if (xdp)
+		err = bpf_xdp_load_bytes(ctx, 0, s->buf + sizeof(*ev), len);
+	else
+		err = bpf_skb_load_bytes(ctx, 0, s->buf + sizeof(*ev), len);
+	if (err < 0) {
+		__sync_fetch_and_add(&c->lost, 1);
+		return 0;
+	}
+	ev = (void *)s->buf;
+	ev->hdr.type = BG_EV_CAPTURE;
+	ev->hdr.len = sizeof(*ev) + len;
+	ev->hdr.cpu = cpu;
+	ev->hdr.ts_ns = bpf_ktime_get_ns();
+	ev->ifindex = ifindex;
+	ev->pkt_len = pkt_len;
+	ev->cap_len = len;
+	ev->rule_id = rule_id;
+	ev->dir = cfg_hook == BG_ENGINE_TC_EGRESS ? BG_DIR_EGRESS : BG_DIR_INGRESS;
+	ev->hook = BG_HOOK_GATE;
+	ev->verdict = verdict;
+	if (bpf_ringbuf_output(&bg_capture_ring, s, sizeof(*ev) + len, 0) < 0)
+		__sync_fetch_and_add(&c->lost, 1);
+	return 0;
+}
+
+static __noinline int capture_tc(struct __sk_buff *skb, struct bg_capture_cfg *c, __u32 rule_id, __u8 verdict)
+{
+	return capture_emit(skb, 0, c, skb->len, skb->ifindex, rule_id, verdict);
+}
+
+static __noinline int capture_xdp(struct xdp_md *ctx, struct bg_capture_cfg *c, __u32 rule_id, __u8 verdict)
+{
+	return capture_emit(ctx, 1, c, ctx->data_end - ctx->data, ctx->ingress_ifindex, rule_id, verdict);
+}
+
 /* ---- programs ------------------------------------------------------------------------------------- */
 
 static __always_inline void tc_key(struct __sk_buff *skb, struct bg_cls_key *k, struct bg_parsed *p)
@@ -475,6 +588,7 @@ static __always_inline void tc_key(struct __sk_buff *skb, struct bg_cls_key *k, 
 SEC("tc")
 int bg_engine_tc(struct __sk_buff *skb)
 {
+	struct bg_capture_cfg *c;
 	struct bg_cls_key k = {};
 	struct bg_parsed p = {};
 	struct verdict v = {};
@@ -496,6 +610,9 @@ int bg_engine_tc(struct __sk_buff *skb)
 			k.have |= BG_HAVE_CT;
 	}
 	decide(skb, &k, skb->len, skb->ifindex, &v);
+	c = capture_wanted(v.rule_id);
+	if (c)
+		capture_tc(skb, c, v.rule_id, capture_verdict(v.action));
 	if (v.has_mark)
 		skb->mark = v.mark;
 	if (cfg_test_mark)
@@ -510,6 +627,7 @@ int bg_engine_tc(struct __sk_buff *skb)
 SEC("xdp")
 int bg_engine_xdp(struct xdp_md *ctx)
 {
+	struct bg_capture_cfg *c;
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct bg_cls_key k = {};
 	struct bg_parsed p = {};
@@ -525,6 +643,9 @@ int bg_engine_xdp(struct xdp_md *ctx)
 			k.have |= BG_HAVE_CT;
 	}
 	decide(ctx, &k, len, ctx->ingress_ifindex, &v);
+	c = capture_wanted(v.rule_id);
+	if (c)
+		capture_xdp(ctx, c, v.rule_id, capture_verdict(v.action));
 	if (v.action == BG_ACT_DROP)
 		return XDP_DROP;
 	if (v.action == BG_ACT_REDIRECT)

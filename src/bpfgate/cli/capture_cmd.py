@@ -11,6 +11,8 @@ from bpfgate.inspect.capture import (
     VERDICTS,
     CaptureFilter,
     capture_to_file,
+    engine_capture,
+    engine_has_capture,
     rule_capture,
 )
 
@@ -19,8 +21,10 @@ def register(app: click.Group) -> None:
     @app.command("capture")
     @click.option("--dev", required=True, help="Interface to capture on.")
     @click.option("--netns", help="The interface is in this named network namespace.")
-    @click.option("--rule", help="Capture what this policy rule (of an engine attached on DEV) matches, labelled "
-                                 "with the rule's action as the verdict.")
+    @click.option("--rule", help="Capture the packets this policy rule (of an engine attached on DEV) decides, "
+                                 "with the engine's real verdict.")
+    @click.option("--engine", "all_engine", is_flag=True,
+                  help="Capture every packet the engine attached on DEV decides, with its verdict and rule.")
     @click.option("--proto", help="tcp, udp, icmp, icmpv6, sctp or a protocol number.")
     @click.option("--port", type=int, help="Source or destination port (tcp/udp).")
     @click.option("--host", help="Source or destination address or CIDR (IPv4 or IPv6).")
@@ -33,16 +37,34 @@ def register(app: click.Group) -> None:
     @click.option("-w", "--write", "path", metavar="FILE", help="Write packets to FILE (pcap; pcapng with --pcapng).")
     @click.option("--pcapng", is_flag=True, help="pcapng, with each packet's hook/direction/verdict as a comment.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON line per packet on stdout, then a summary line.")
-    def capture_cmd(dev, netns, rule, proto, port, host, snaplen, count, duration, direction, path, pcapng, as_json):
+    def capture_cmd(dev, netns, rule, all_engine, proto, port, host, snaplen, count, duration, direction, path, pcapng, as_json):
         """Capture packets on DEV in the kernel: only matching packets, cut to the snaplen, reach user space.
 
         Stops after --count packets, --duration seconds, Ctrl-C or SIGTERM; the file is complete either way
         and nothing stays attached."""
         if not path and not as_json:
             raise BpfgateError("capture", "nowhere to put packets", hint="give -w FILE and/or --json")
-        if rule is not None:
-            if proto or port or host:
-                raise BpfgateError("capture", "--rule and match options (--proto/--port/--host) exclude each other")
+        engine = None
+        if all_engine and rule is not None:
+            raise BpfgateError("capture", "--engine and --rule exclude each other",
+                               hint="--engine: every packet; --rule NAME: the packets that rule decides")
+        if (rule is not None or all_engine) and (proto or port or host):
+            raise BpfgateError("capture", f"{'--rule' if rule else '--engine'} and match options "
+                               "(--proto/--port/--host) exclude each other")
+        if all_engine or rule is not None:
+            hook, rule_id, names, eng_dir = engine_capture(dev, netns, rule)
+            if rule is not None and not engine_has_capture(dev, hook, netns):
+                engine = None       # an engine attached by an older bpfgate: the capture program's label
+            else:
+                engine = (hook, rule_id, names)
+        if engine is not None:
+            if direction not in (None, eng_dir):
+                what = f"rule {rule}" if rule else "the engine"
+                raise BpfgateError("capture", f"{what} runs at {eng_dir}: --direction {direction} sees "
+                                   "none of its packets")
+            direction = eng_dir
+            filt = CaptureFilter(rule=rule)
+        elif rule is not None:
             filt, rule_dir, shadows = rule_capture(rule, dev, netns)
             if shadows:
                 term.err.print(f"bpfgate: warning: rules before {rule} may match some of these packets first "
@@ -58,14 +80,16 @@ def register(app: click.Group) -> None:
 
         def ready() -> None:
             if not as_json:
-                term.err.print(f"capturing {filt.describe()} on {dev} ({direction}), Ctrl-C to stop", markup=False)
+                what = filt.describe() if engine is None else (
+                    f"packets rule {rule} decides" if rule else "every packet the engine decides")
+                term.err.print(f"capturing {what} on {dev} ({direction}), Ctrl-C to stop", markup=False)
 
         def show(pkt, clock) -> None:
             term.print_json_line({"type": "packet", "interface": dev, **pkt.to_json(clock)})
 
         summary = capture_to_file(path, dev, filt, netns_name=netns, snaplen=snaplen, count=count,
                                   duration=duration, direction=direction, pcapng=pcapng,
-                                  on_packet=show if as_json else None, on_ready=ready)
+                                  on_packet=show if as_json else None, on_ready=ready, engine=engine)
         if as_json:
             term.print_json_line({"type": "summary", **summary.to_json()})
         else:

@@ -10,6 +10,7 @@
     eng.policy()                       # the running HookPolicy (rules in order, after live edits)
     eng = Engine.open("eth0", "tc-ingress", netns_name=None)   # another process: from pins + saved state
     Engine.attached(netns_name)        # [(dev, hook)]
+    # capture with the verdict: pinned bg_capture_cfg + bg_capture_ring (bpfgate.inspect.capture.EngineCapture)
     eng.detach()                       # filters, the conntrack tracker, pins and saved state
 
 Maps are pinned under /sys/fs/bpf/bpfgate/engine/<netns|->/<dev>/<hook>/, state is kept in

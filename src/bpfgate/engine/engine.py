@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from bpfgate import attach as attach_mod
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.kernel import netlink, pins
-from bpfgate.kernel.maps import Map
+from bpfgate.kernel.maps import Map, possible_cpus
 from bpfgate.kernel.objects import BpfObject
 from bpfgate.policy import layout as L
 from bpfgate.policy.compile import DEFAULT_NAME, CompiledHook, Limits, compile_hook, rule_action
@@ -37,7 +37,8 @@ MAX_RULE_SLOTS = 1 << 18
 GRACE_S = 1.0                            # freed rule slots wait this long (in-flight packets, RCU)
 MAPS = ("bg_cls", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_rate_src",
         "bg_log_rate", "bg_ct", "events", "bg_stats")
-U32_KEYED = {"bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate", "bg_stats"}
+CAPTURE_MAPS = ("bg_capture_cfg", "bg_capture_ring")   # capture with the verdict (inspect.capture.EngineCapture)
+U32_KEYED = {"bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate", "bg_stats"}
 HOOK_CODE = {Hook.TC_INGRESS: 1, Hook.TC_EGRESS: 2, Hook.XDP: 3}
 _U32 = struct.Struct("=I")
 _RULE = struct.Struct(L.RULE_FMT)
@@ -91,6 +92,7 @@ class Engine:
                                              "cfg_ct_timeout_new_ns": CT_TIMEOUT_NEW_S * 10**9,
                                              "cfg_ct_timeout_est_ns": CT_TIMEOUT_EST_S * 10**9})
         try:
+            obj.set_max_entries("bg_capture_scratch", possible_cpus())
             for name, n in (max_entries or {}).items():
                 obj.set_max_entries(name, n)
             if cls_capacity:
@@ -102,7 +104,7 @@ class Engine:
         except BaseException:
             obj.close()
             raise
-        return cls(hook, {m: obj.map(m) for m in MAPS}, obj=obj)
+        return cls(hook, {m: obj.map(m) for m in MAPS + CAPTURE_MAPS}, obj=obj)
 
     @property
     def program(self):
@@ -143,7 +145,7 @@ class Engine:
         pinned: list[str] = []
         try:
             eng.load_policy(compiled, limits=limits)
-            for name in MAPS:
+            for name in MAPS + CAPTURE_MAPS:
                 path = os.path.join(pdir, name)
                 pins.unpin(path)
                 eng.maps[name].pin(path)
@@ -199,6 +201,10 @@ class Engine:
             for m in maps.values():
                 m.close()
             raise NotFound(f"open engine on {dev} {hook.value}", f"its pins under {pdir} are gone") from None
+        for name in CAPTURE_MAPS:   # optional: engines attached by an older bpfgate have no capture maps
+            path = os.path.join(pdir, name)
+            if os.path.exists(path):
+                maps[name] = Map.from_pin(path, u32 if name in U32_KEYED else None)
         eng = cls(hook, maps, dev=dev, netns_name=netns_name, store=store)
         with store.locked():
             eng.live = store.load_live(eng._ifindex)

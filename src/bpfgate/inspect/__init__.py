@@ -8,7 +8,8 @@
 - metrics:  Prometheus exporter; other modules add collectors to its registry
 - rules:    the policy engine seen from its pins: `log` rule events (rule_log, named), per-rule
             counters for metrics (RuleCollector) and top (RuleReader)
-- flows, capture (`--rule NAME`: a policy rule's match as the capture filter), top
+- flows, capture (`--rule NAME` / `--engine`: the policy engine records the packets it decides, with
+            its real verdict and rule; EngineCapture), top
 
 Submodules are imported explicitly (`from bpfgate.inspect.syn import SynCounter`): importing the
 package loads nothing.

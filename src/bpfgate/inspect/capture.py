@@ -10,16 +10,21 @@ each cut to the snaplen, with its direction, hook and (when the gate reports it)
 The record (struct bg_capture_event in bpfgate.h) carries a verdict and rule id. The capture program
 runs first at TC, before any decision, so its verdict is "unknown", except with `--rule NAME`
 (rule_capture): the filter is then that policy rule's match and the verdict its action, labelled
-"verdict=drop (rule NAME)" (see rule_capture for what that label does and does not promise). The policy engine could
-write the same record (hook "gate", its verdict and rule id) into a ring buffer of this layout after it
-decides (the hook left for it: pin "capture_events" or reuse_map it into the gate's object); decoding
-(_decode) and output already carry the verdict to the pcapng packet comment and the JSON `verdict`.
+"verdict=drop (rule NAME)" (see rule_capture for what that label does and does not promise).
+
+When a policy engine is attached on the interface, `--rule NAME` and `--engine` use the engine itself
+(EngineCapture): it writes the same record, hook "gate", with its real verdict and the deciding rule's id,
+after its decision, into its pinned ring buffer bg_capture_ring, while its pinned config bg_capture_cfg
+says so (enabled, snaplen, rule id + 1 or 0 for every packet). The config is switched off again when the
+capture ends (count, duration, Ctrl-C, SIGTERM); a capture killed with SIGKILL leaves it on until the next
+capture of that engine takes it over (the config names its owner's pid) and ends.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ipaddress
+import os
 import signal
 import socket
 import struct
@@ -129,6 +134,9 @@ class CapturedPacket:
 
     def comment(self) -> str:
         """The pcapng packet comment: where it was seen and what was decided."""
+        if self.hook == "gate":   # the engine's own decision: the verdict and the rule are the real ones
+            rule = self.rule or (f"#{self.rule_id}" if self.rule_id else "-")
+            return f"bpfgate verdict={self.verdict} rule={rule} hook={self.hook} dir={self.direction}"
         if self.rule:
             return f"bpfgate hook={self.hook} dir={self.direction} verdict={self.verdict} (rule {self.rule})"
         rule = f" rule={self.rule_id}" if self.rule_id else ""
@@ -228,6 +236,129 @@ class Capture:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_ENGINE_CFG = struct.Struct("=IIIII")         # struct bg_capture_cfg (engine.bpf.c)
+_ENGINE_REC = struct.Struct("=HHIQIIIIBBB5x")  # struct bg_capture_event: hdr, ifindex .. verdict, pad
+
+
+class EngineCapture:
+    """Capture by the policy engine attached on `dev` at `hook`, after its decision: records carry its
+    real verdict and the deciding rule. rule_id: only packets that rule decided; None: every packet.
+    `names`: rule id -> name (the comments name the rule). Same reading API as Capture."""
+
+    def __init__(self, dev: str, hook: Any, *, netns_name: str | None = None, rule_id: int | None = None,
+                 snaplen: int = MAX_SNAPLEN, names: dict[int, str] | None = None, clock: Clock | None = None):
+        from bpfgate.engine import Engine
+
+        if not 0 < snaplen <= MAX_SNAPLEN:
+            raise BpfgateError("capture", f"snaplen {snaplen} out of range 1-{MAX_SNAPLEN}")
+        self.dev, self.snaplen, self.names = dev, snaplen, dict(names or {})
+        self.clock = clock or Clock()
+        self._ring = None
+        self._cfg = None
+        self.engine = Engine.open(dev, hook, netns_name)
+        try:
+            if "bg_capture_cfg" not in self.engine.maps or "bg_capture_ring" not in self.engine.maps:
+                raise NotSupported("capture", f"the engine on {dev} was attached by an older bpfgate: no capture maps",
+                                   hint="detach and attach it again (or capture with --proto/--port/--host)")
+            cfg = self.engine.maps["bg_capture_cfg"]
+            cur = _ENGINE_CFG.unpack(bytes(cfg[0]))
+            if cur[0] and cur[4] != os.getpid() and os.path.exists(f"/proc/{cur[4]}"):
+                raise BpfgateError("capture", f"another capture of the engine on {dev} is running (pid {cur[4]})",
+                                   hint="stop it first")
+            # else free, or left on by a capture killed with SIGKILL: taken over
+            self._ring = RingBuffer(self.engine.maps["bg_capture_ring"], record_type=None)
+            self._ring.drain()   # nothing left from an earlier capture
+            self._cfg = cfg
+            cfg[0] = _ENGINE_CFG.pack(1, snaplen, 0 if rule_id is None else rule_id + 1, 0, os.getpid())
+        except BaseException:
+            self.close()
+            raise
+
+    def _decode(self, raw: bytes) -> CapturedPacket:
+        (_t, _l, _cpu, ts, ifindex, pkt_len, cap_len, rule_id, d, hook, verdict) = _ENGINE_REC.unpack_from(raw)
+        data = raw[_ENGINE_REC.size: _ENGINE_REC.size + cap_len]
+        return CapturedPacket(mono_ns=ts, wall_ns=self.clock.wall_ns(ts), ifindex=ifindex,
+                              direction=DIRECTIONS[d & 1], hook=HOOKS.get(hook, str(hook)),
+                              verdict=VERDICTS.get(verdict, str(verdict)), rule_id=rule_id, pkt_len=pkt_len,
+                              data=data, rule=self.names.get(rule_id))
+
+    def packets(self, timeout_ms: int = 100) -> list[CapturedPacket]:
+        self._ring.poll(timeout_ms)
+        return [self._decode(raw) for raw in self._ring.drain()]
+
+    @property
+    def lost(self) -> int:
+        if self._cfg is None:
+            return 0
+        return _ENGINE_CFG.unpack(bytes(self._cfg[0]))[3]
+
+    @property
+    def matched(self) -> int:
+        return self._read + self.lost
+
+    _read = 0
+
+    def disable(self) -> None:
+        """Switch the engine's capture off (idempotent)."""
+        if self._cfg is not None:
+            self._cfg[0] = _ENGINE_CFG.pack(0, 0, 0, 0, 0)
+            self._cfg = None
+
+    def close(self) -> None:
+        self.disable()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        eng, self.engine = getattr(self, "engine", None), None
+        if eng is not None:
+            eng.close()
+
+    def __enter__(self) -> "EngineCapture":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def engine_capture(dev: str, netns_name: str | None = None, rule: str | None = None) -> tuple[Any, int | None, dict, str]:
+    """The engine on `dev` to capture from (`rule`: the one whose policy has that rule): (hook, rule id or
+    None, rule id -> name, direction). NotFound when no engine is attached there or no policy has `rule`."""
+    from bpfgate.errors import NotFound
+    from bpfgate.inspect.rules import RuleReader, attached
+
+    op = f"capture --rule {rule}" if rule else "capture --engine"
+    engines = attached(netns_name, [dev])
+    if not engines:
+        raise NotFound(op, f"no policy engine is attached on {dev}",
+                       hint="apply a policy first, or use --proto/--port/--host")
+    found = []
+    with RuleReader(netns_name, [dev]) as reader:
+        for d, hook in engines:
+            try:
+                ids = reader._engine(d, hook).rule_ids()
+            except BpfgateError:
+                continue
+            if rule is None or rule in ids:
+                found.append((hook, ids))
+    hooks = ", ".join(getattr(h, "value", h) for _d, h in engines)
+    if not found:
+        raise NotFound(op, f"no rule {rule!r} in the policy on {dev} ({hooks})")
+    if len(found) > 1:
+        what = f"rule {rule!r} is in the policies of" if rule else "engines are attached at"
+        raise BpfgateError(op, f"{what} several hooks on {dev}: {hooks}")
+    hook, ids = found[0]
+    name = getattr(hook, "value", hook)
+    return hook, (ids[rule] if rule else None), {i: n for n, i in ids.items()}, \
+        ("egress" if name == "tc-egress" else "ingress")
+
+
+def engine_has_capture(dev: str, hook: Any, netns_name: str | None = None) -> bool:
+    """The engine attached there has the capture maps (attached by a bpfgate that knows them)."""
+    from bpfgate.engine import pin_dir
+
+    return os.path.exists(os.path.join(pin_dir(dev, hook, netns_name), "bg_capture_cfg"))
 
 
 @dataclass
@@ -360,15 +491,25 @@ def capture_to_file(path: str | None, dev: str, filt: CaptureFilter | None = Non
                     snaplen: int = MAX_SNAPLEN, count: int | None = None, duration: float | None = None,
                     direction: str = "both", pcapng: bool = False, method: str = "auto",
                     on_packet: Callable[[CapturedPacket, Clock], None] | None = None,
-                    on_ready: Callable[[], None] | None = None) -> CaptureSummary:
+                    on_ready: Callable[[], None] | None = None,
+                    engine: tuple[Any, int | None, dict] | None = None) -> CaptureSummary:
     """Capture to `path` (pcap, or pcapng with verdict comments) until `count` packets, `duration`
     seconds, Ctrl-C or SIGTERM. The file is opened before anything is attached (a bad path fails
-    first, with nothing to undo) and is complete whatever stops the capture."""
+    first, with nothing to undo) and is complete whatever stops the capture. engine: (hook, rule id or
+    None, rule names) of engine_capture(): the engine captures with its verdicts (EngineCapture; `filt`,
+    `direction` and `method` are not used), and its capture is off again when this returns."""
     writer: PcapWriter | None = open_writer(path, pcapng=pcapng, snaplen=snaplen, ifname=dev) if path else None
     written, interrupted = 0, False
     restore = _sigterm_as_interrupt()
+    source: Any = None
     try:
-        with Capture(dev, filt, netns_name=netns_name, snaplen=snaplen, direction=direction, method=method) as cap:
+        if engine is not None:
+            hook, rule_id, names = engine
+            source = EngineCapture(dev, hook, netns_name=netns_name, rule_id=rule_id, snaplen=snaplen,
+                                        names=names)
+        else:
+            source = Capture(dev, filt, netns_name=netns_name, snaplen=snaplen, direction=direction, method=method)
+        with source as cap:
             if on_ready:
                 on_ready()
             deadline = None if duration is None else time.monotonic() + duration
@@ -379,19 +520,23 @@ def capture_to_file(path: str | None, dev: str, filt: CaptureFilter | None = Non
                     if on_packet:
                         on_packet(pkt, cap.clock)
                     written += 1
+                    if engine is not None:
+                        cap._read = written
                     if count is not None and written >= count:
                         break
             except KeyboardInterrupt:
                 interrupted = True
             matched, lost = cap.matched, cap.lost
     finally:
+        if source is not None:
+            source.close()    # the engine's capture is off whatever ended it
         if writer:
             writer.close()
         restore()
     return CaptureSummary(written, matched, lost, path, interrupted)
 
 
-def _stream(cap: Capture, deadline: float | None) -> Iterator[CapturedPacket]:
+def _stream(cap: Any, deadline: float | None) -> Iterator[CapturedPacket]:
     while deadline is None or time.monotonic() < deadline:
         wait = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
         yield from cap.packets(wait)
