@@ -114,7 +114,13 @@ def test_engine_capture_has_both_verdicts(net, tmp_path):
     rows = _tshark(path)
     assert len(rows) == 20
     seen = set()
+    # every packet the engine decides on is recorded: the test's UDP, and whatever else the host sends
+    # (IPv6 neighbour/router solicitations, MLD) under the default rule
+    others = [c for _sport, dport, c in rows if not dport]
+    assert all(c.startswith("bpfgate verdict=") and "hook=gate" in c for c in others), others
     for sport, dport, comment in rows:
+        if not dport:
+            continue
         assert dport == "9", rows
         if sport == str(PASS_SPORT):
             assert comment == "bpfgate verdict=pass rule=pass-5001 hook=gate dir=ingress"
