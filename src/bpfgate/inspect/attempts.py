@@ -18,7 +18,6 @@ from bpfgate.inspect import events
 from bpfgate.inspect.events import EventSource
 from bpfgate.kernel import netlink, netns, tc
 from bpfgate.kernel.links import attach_tcx
-from bpfgate.kernel.objects import BpfObject
 
 PROGRAM = "bg_attempts_tc"
 ALL_PORTS = 0  # in the port map: watch every port
@@ -34,15 +33,7 @@ def _port(port: int) -> int:
 
 class AttemptLog:
     def __init__(self, ports: Iterable[int] = (), *, ring_size: int | None = None, transport: str = "auto"):
-        obj = BpfObject.open("attempts")
-        try:
-            self.transport = events.prepare_transport(obj, transport)
-            if ring_size and self.transport == "ringbuf":
-                obj.set_max_entries("events", events.ring_size(ring_size))
-            obj.load()
-        except BaseException:
-            obj.close()
-            raise
+        obj, self.transport = events.open_producer("attempts", transport=transport, ring_size=ring_size)
         self.obj = obj
         self.prog = obj.program(PROGRAM)
         self.interfaces: dict[int, str] = {}

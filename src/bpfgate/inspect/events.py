@@ -44,6 +44,7 @@ TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0
 
 # ---- time ---------------------------------------------------------------------------------------------
 
+
 class Clock:
     """CLOCK_MONOTONIC (bpf_ktime_get_ns) -> wall clock. The offset is sampled once; `resync()` after
     the wall clock steps (NTP), so a long-running stream stays right."""
@@ -72,10 +73,12 @@ class Clock:
     def iso(self, mono_ns: int) -> str:
         return iso8601(self.wall_ns(mono_ns))
 
+
 def iso8601(wall_ns: int) -> str:
     """'2026-11-24T13:30:00.123456Z' (UTC, microseconds)."""
     sec, ns = divmod(wall_ns, 1_000_000_000)
     return f"{_second(sec)}.{ns // 1000:06d}Z"
+
 
 @lru_cache(maxsize=4)
 def _second(sec: int) -> str:
@@ -84,18 +87,24 @@ def _second(sec: int) -> str:
 
 # ---- transport: ring buffer, or perf buffer on kernels without one ------------------------------------
 
+
 def ring_size(n: int) -> int:
     """A valid ring buffer size (bytes): a power of two, at least one page."""
     if n < mmap.PAGESIZE or n & (n - 1):
         raise BpfgateError("size the ring buffer", f"{n} bytes: must be a power of two >= {mmap.PAGESIZE}")
     return n
 
+
+_valid_ring_size = ring_size  # for open_producer, whose `ring_size` parameter shadows it
+
 TRANSPORTS = ("auto", "ringbuf", "perf")
 _RINGBUF_MAP_TYPE = 27
+
 
 def ringbuf_supported() -> bool:
     """Whether this kernel has BPF ring buffers (5.8+); otherwise events go through the perf buffer."""
     return L.libbpf_probe_bpf_map_type(_RINGBUF_MAP_TYPE, None) == 1
+
 
 def prepare_transport(obj: Any, transport: str = "auto") -> str:
     """Before load: pick how `obj`'s programs emit events (their `cfg_perf_events` constant) and, on a
@@ -121,6 +130,27 @@ _set_autocreate = L._fn("bpf_map__set_autocreate", ctypes.c_int, ctypes.c_void_p
 
 # ---- formatting helpers the kinds share ---------------------------------------------------------------
 
+
+def open_producer(name: str, *, transport: str = "auto", ring_size: int | None = None,
+                  max_entries: dict[str, int] | None = None) -> tuple[Any, str]:
+    """Open and load event-producing object `name` (bg_emit.h): its transport chosen, its ring buffer
+    and other maps sized before load. Returns (loaded object, transport); nothing is left open on error."""
+    from bpfgate.kernel.objects import BpfObject
+
+    obj = BpfObject.open(name)
+    try:
+        for map_name, n in (max_entries or {}).items():
+            obj.set_max_entries(map_name, n)
+        chosen = prepare_transport(obj, transport)
+        if ring_size and chosen == "ringbuf":
+            obj.set_max_entries("events", _valid_ring_size(ring_size))
+        obj.load()
+    except BaseException:
+        obj.close()
+        raise
+    return obj, chosen
+
+
 def addr_str(family: int, raw: Any) -> str:
     """An address from a 16-byte field (IPv4 in the first 4 bytes)."""
     b = bytes(raw)
@@ -129,6 +159,7 @@ def addr_str(family: int, raw: Any) -> str:
     if family == 6:
         return socket.inet_ntop(socket.AF_INET6, b[:16])
     return b.hex()
+
 
 def addr_bytes(addr: str) -> tuple[int, bytes]:
     """'198.18.0.1' -> (4, 16 bytes, IPv4 first); '::1' -> (6, 16 bytes). ValueError if not an address."""
@@ -141,11 +172,13 @@ def addr_bytes(addr: str) -> tuple[int, bytes]:
     except OSError:
         raise ValueError(f"not an IP address: {addr!r}") from None
 
+
 def tcp_flags_str(flags: int) -> str:
     """0x12 -> 'SYN|ACK'."""
     return "|".join(name for bit, name in TCP_FLAG_NAMES if flags & bit)
 
 # ---- event kinds ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class Context:
@@ -166,6 +199,7 @@ class Context:
                 return name
         return self.rules.get(rule_id)
 
+
 @dataclass(frozen=True)
 class EventKind:
     type_id: int  # bg_event_hdr.type
@@ -175,12 +209,14 @@ class EventKind:
 
 KINDS: dict[int, EventKind] = {}
 
+
 def register_kind(kind: EventKind) -> EventKind:
     old = KINDS.get(kind.type_id)
     if old is not None and old != kind:
         raise BpfgateError("register event kind", f"type {kind.type_id} is already {old.name!r}")
     KINDS[kind.type_id] = kind
     return kind
+
 
 def _attempt_fields(rec: Any, ctx: Context) -> dict:
     return {
@@ -194,6 +230,7 @@ def _attempt_fields(rec: Any, ctx: Context) -> dict:
         "flags": tcp_flags_str(rec.tcp_flags),
         "len": rec.pkt_len,
     }
+
 
 def _flood_fields(rec: Any, ctx: Context) -> dict:
     until = rec.block_until_ns
@@ -215,10 +252,12 @@ register_kind(EventKind(1, "test", "bg_test_event", lambda rec, ctx: {"seq": rec
 
 # ---- sources and the stream -----------------------------------------------------------------------------
 
+
 def RingReader(ringbuf: Map, types: dict[int, Any], handler: Handler | None = None) -> RingBuffer:
     """The ring buffer consumer of the kernel layer (mmap'd pages, no callback per record), records
     typed by their bg_event_hdr.type."""
     return RingBuffer(ringbuf, types=types, handler=handler)
+
 
 class PerfReader(PerfBuffer):
     """The perf buffer fallback, records typed by their header like RingReader (slower: libbpf calls
@@ -246,6 +285,7 @@ class PerfReader(PerfBuffer):
         if n < 0:
             raise from_errno("consume perf buffer", -n)
         return self.received - before
+
 
 @dataclass
 class EventSource:
@@ -292,6 +332,7 @@ class EventSource:
         if self.stats is None:
             return 0, 0
         return sum(self.stats.get(STAT_EVENTS, [0])), sum(self.stats.get(STAT_EVENTS_LOST, [0]))
+
 
 class EventStream:
     """Merge the events of several sources. Records come out as ctypes structs (fast); describe()

@@ -34,7 +34,6 @@ from bpfgate.inspect import events
 from bpfgate.inspect.events import EventSource, addr_bytes, addr_str
 from bpfgate.kernel import netlink, netns
 from bpfgate.kernel.links import Link, attach_xdp_link
-from bpfgate.kernel.objects import BpfObject
 
 PROGRAM = "bg_syn_xdp"
 BLOCKLIST = "syn_blocklist"
@@ -66,16 +65,8 @@ class SynCounter:
 
     def __init__(self, *, rate: int = 0, block: float = 0.0, max_sources: int = 16384,
                  ring_size: int | None = None, transport: str = "auto"):
-        obj = BpfObject.open("syn")
-        try:
-            obj.set_max_entries("syn_sources", max_sources)
-            self.transport = events.prepare_transport(obj, transport)
-            if ring_size and self.transport == "ringbuf":
-                obj.set_max_entries("events", events.ring_size(ring_size))
-            obj.load()
-        except BaseException:
-            obj.close()
-            raise
+        obj, self.transport = events.open_producer("syn", transport=transport, ring_size=ring_size,
+                                                   max_entries={"syn_sources": max_sources})
         self.obj = obj
         self.prog = obj.program(PROGRAM)
         self.interfaces: dict[int, str] = {}
