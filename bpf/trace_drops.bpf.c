@@ -14,6 +14,7 @@
 #include <bpf/bpf_endian.h>
 #include "bpfgate.h"
 #include "bg_stats.h"
+#include "bg_batched_ring.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -27,15 +28,6 @@ const volatile __u32 cfg_skip_reason = 0xffffffff;
 
 /* set before load: only drops in the network namespaces (inode numbers) in `netns_filter` */
 const volatile __u32 cfg_netns_filter = 0;
-
-/* set before load: wake the consumer only once this much is waiting (0: on every record). A wakeup
- * per record costs a context switch per event; batching leaves the consumer to poll with a timeout. */
-const volatile __u32 cfg_wakeup_bytes = 0;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);
-} events SEC(".maps");
 
 /* drop reason -> packets (hash: subsystem reasons use the high 16 bits) */
 struct {
@@ -60,19 +52,6 @@ struct {
 } netns_filter SEC(".maps");
 
 BG_EXPORT_TYPE(struct bg_drop_event, drop_event);
-
-/* wake the consumer when this record makes the pending data cross the threshold, not on every
- * record after it (a forced wakeup per record while the consumer catches up costs ~2 us each) */
-static __always_inline __u64 wakeup_flag(void)
-{
-	__u64 avail;
-
-	if (!cfg_wakeup_bytes)
-		return 0;
-	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA); /* includes this record (+8 byte header) */
-	return avail >= cfg_wakeup_bytes && avail < cfg_wakeup_bytes + sizeof(struct bg_drop_event) + 8 ? BPF_RB_FORCE_WAKEUP
-											   : BPF_RB_NO_WAKEUP;
-}
 
 static __always_inline void count(__u32 reason)
 {
@@ -161,7 +140,7 @@ static __always_inline void on_drop(const struct sk_buff *skb, void *location, _
 	o = key ? bpf_map_lookup_elem(&socks, &key) : 0;
 	if (o)
 		ev->pid = o->pid;
-	bpf_ringbuf_submit(ev, wakeup_flag());
+	bpf_ringbuf_submit(ev, wakeup_flag(sizeof(struct bg_drop_event)));
 	stat_inc(BG_STAT_EVENTS);
 }
 

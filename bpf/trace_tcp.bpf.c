@@ -22,6 +22,7 @@
 #include <bpf/bpf_endian.h>
 #include "bpfgate.h"
 #include "bg_stats.h"
+#include "bg_batched_ring.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -29,20 +30,11 @@
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 
-/* set before load: wake the consumer only once this much is waiting (0: on every record). A wakeup
- * per record costs a context switch per event; batching leaves the consumer to poll with a timeout. */
-const volatile __u32 cfg_wakeup_bytes = 0;
-
 /* set before load: trace only the network namespaces (inode numbers) in `netns_filter` */
 const volatile __u32 cfg_netns_filter = 0;
 
 /* set before load: which events to emit, bit (1 << enum bg_tcp_kind); fewer events, less to consume */
 const volatile __u32 cfg_kinds = ~0U;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);
-} events SEC(".maps");
 
 /* sk address -> owner; an LRU so sockets we never see close (tracing started mid-way) age out */
 struct {
@@ -71,19 +63,6 @@ BG_EXPORT_TYPE(struct bg_tcp_event, tcp_event);
 static __always_inline bool netns_wanted(__u32 netns)
 {
 	return !cfg_netns_filter || bpf_map_lookup_elem(&netns_filter, &netns);
-}
-
-/* wake the consumer when this record makes the pending data cross the threshold, not on every
- * record after it (a forced wakeup per record while the consumer catches up costs ~2 us each) */
-static __always_inline __u64 wakeup_flag(void)
-{
-	__u64 avail;
-
-	if (!cfg_wakeup_bytes)
-		return 0;
-	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA); /* includes this record (+8 byte header) */
-	return avail >= cfg_wakeup_bytes && avail < cfg_wakeup_bytes + sizeof(struct bg_tcp_event) + 8 ? BPF_RB_FORCE_WAKEUP
-											   : BPF_RB_NO_WAKEUP;
 }
 
 /*
@@ -140,7 +119,7 @@ static __always_inline struct bg_tcp_event *reserve(__u8 kind)
 
 static __always_inline void submit(struct bg_tcp_event *ev)
 {
-	bpf_ringbuf_submit(ev, wakeup_flag());
+	bpf_ringbuf_submit(ev, wakeup_flag(sizeof(struct bg_tcp_event)));
 	stat_inc(BG_STAT_EVENTS);
 }
 
