@@ -46,6 +46,21 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * 4 << BG_PFX_TOP_BITS); /* generation slot x tree x top 16 bits */
+	__type(key, __u32);
+	__type(value, struct bg_pfx_top);
+} bg_pfx_top SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 21);
+	__type(key, struct bg_pfx_key);
+	__type(value, __u32);
+} bg_pfx SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u32);
@@ -291,7 +306,43 @@ static __always_inline __u8 ct_track(const struct bg_cls_key *k, const struct bg
 
 /* ---- classifier ----------------------------------------------------------------------------------- */
 
-static __always_inline __u32 classify(const struct bg_cls_key *pkt)
+/* Stage 0: the class of the longest class prefix holding addr (bg_pfx_top, then at most BG_PFX_LENS
+ * probes of bg_pfx, longest first, only when the address's sub-range holds a longer prefix). */
+static __always_inline __u32 prefix_class(const __u8 *addr, __u8 gen, __u32 tree)
+{
+	struct bg_pfx_key pk __attribute__((aligned(8))) = {};
+	const __u64 *a = (const __u64 *)addr;
+	__u64 hi = bpf_be64_to_cpu(a[0]), lo = bpf_be64_to_cpu(a[1]);
+	__u32 top = hi >> 32, idx = (((gen & 1) * 4 + tree) << BG_PFX_TOP_BITS) | (top >> 16);
+	struct bg_pfx_top *t = bpf_map_lookup_elem(&bg_pfx_top, &idx);
+	__u64 *pa = (__u64 *)pk.addr;
+	__u32 *v;
+
+	if (!t)
+		return 0;
+	if (!(t->sub & (1u << ((top >> 11) & 31))))
+		return t->cls;
+	pk.gen = gen;
+	pk.tree = tree;
+	for (int i = 0; i < BG_PFX_LENS; i++) {
+		__u32 len;
+
+		if (i >= t->nlens)
+			break;
+		len = t->lens[i];
+		if (len > 128)
+			break;
+		pk.len = len;
+		pa[0] = bpf_cpu_to_be64(len >= 64 ? hi : len ? hi & (~0ULL << (64 - len)) : 0);
+		pa[1] = bpf_cpu_to_be64(len >= 128 ? lo : len > 64 ? lo & (~0ULL << (128 - len)) : 0);
+		v = bpf_map_lookup_elem(&bg_pfx, &pk);
+		if (v)
+			return *v;
+	}
+	return t->cls;
+}
+
+static __always_inline __u32 classify(struct bg_cls_key *pkt)
 {
 	__u32 zero = 0, slot, *active;
 	struct bg_conf *cf;
@@ -303,6 +354,14 @@ static __always_inline __u32 classify(const struct bg_cls_key *pkt)
 	if (!cf)
 		return 0xffffffff;
 	rule = cf->default_rule;
+	if (cf->trees && (pkt->have & BG_HAVE_L3)) {
+		__u32 v6 = pkt->family == 6;
+
+		if (cf->trees & (1 << (BG_TREE_SRC4 + v6)))
+			pkt->src_cls = prefix_class(pkt->src, cf->gen, BG_TREE_SRC4 + v6);
+		if (cf->trees & (1 << (BG_TREE_DST4 + v6)))
+			pkt->dst_cls = prefix_class(pkt->dst, cf->gen, BG_TREE_DST4 + v6);
+	}
 	for (int i = 0; i < BG_MAX_SHAPES; i++) {
 		struct bg_cls_key k;
 		struct bg_cls_val *v;
@@ -317,6 +376,7 @@ static __always_inline __u32 classify(const struct bg_cls_key *pkt)
 		d[3] = pk[3] & m[3];
 		d[4] = pk[4] & m[4];
 		d[5] = pk[5] & m[5];
+		d[6] = pk[6] & m[6];
 		k.shape = cf->shapes[i].id;
 		k.gen = cf->gen;
 		v = bpf_map_lookup_elem(&bg_cls, &k);

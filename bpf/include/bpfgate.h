@@ -287,7 +287,7 @@ enum bg_action { BG_ACT_PASS = 1, BG_ACT_DROP = 2, BG_ACT_REDIRECT = 3 };
 enum bg_rule_flags { BG_RF_COUNT = 0x01, BG_RF_LOG = 0x02, BG_RF_MARK = 0x04, BG_RF_RATE = 0x08,
 		     BG_RF_RATE_BYTES = 0x10, BG_RF_RATE_PER_SRC = 0x20, BG_RF_REDIR_INGRESS = 0x40 };
 
-struct bg_cls_key {      /* 48 bytes = 6 x u64: key of bg_cls, also the packet key and a shape's mask */
+struct bg_cls_key {      /* 56 bytes = 7 x u64: key of bg_cls, also the packet key and a shape's mask */
 	__u8 shape;      /* shape id (0 in packet key and masks) */
 	__u8 gen;        /* generation of the entries (0 in packet key and masks) */
 	__u8 have;       /* BG_HAVE_* */
@@ -303,6 +303,8 @@ struct bg_cls_key {      /* 48 bytes = 6 x u64: key of bg_cls, also the packet k
 	__u16 dport;
 	__u8 src[16];    /* network order; IPv4 in src[0..3] */
 	__u8 dst[16];
+	__u32 src_cls;   /* prefix class of src (stage 0, bg_pfx_*), 0: in no class prefix */
+	__u32 dst_cls;
 };
 
 struct bg_cls_val {
@@ -321,6 +323,29 @@ struct bg_rule {         /* bg_rules[rule_id] */
 	__u64 burst;     /* bucket depth in tokens */
 };
 
+/* Stage 0: address -> prefix class (docs/policy-engine.md section 3). One tree per field and family; each
+ * generation slot (gen & 1) has its own. Level 0 is an array indexed by the address's top 16 bits: the
+ * class of the longest prefix <= /16, and which longer lengths to probe (bg_pfx, longest first) when the
+ * address's 1/32 sub-range (bits 16..20) holds any longer prefix. */
+enum bg_tree { BG_TREE_SRC4 = 0, BG_TREE_SRC6 = 1, BG_TREE_DST4 = 2, BG_TREE_DST6 = 3 };
+#define BG_PFX_LENS 3
+#define BG_PFX_TOP_BITS 16
+
+struct bg_pfx_top {      /* bg_pfx_top[((gen & 1) * 4 + tree) << 16 | top 16 bits] */
+	__u32 cls;       /* longest prefix <= /16 holding the bucket, 0: none */
+	__u32 sub;       /* bit (addr >> (W - 21)) & 31: that sub-range holds a longer prefix */
+	__u8 nlens;      /* lens[0..nlens) to probe */
+	__u8 lens[BG_PFX_LENS]; /* descending */
+};
+
+struct bg_pfx_key {      /* key of bg_pfx: the address masked to len */
+	__u8 addr[16];   /* network order; IPv4 in addr[0..3] */
+	__u8 gen;
+	__u8 tree;       /* enum bg_tree */
+	__u8 len;
+	__u8 pad[5];
+};
+
 struct bg_shape {
 	struct bg_cls_key mask;
 	__u32 best_prio; /* early-stop bound */
@@ -334,7 +359,8 @@ struct bg_conf {         /* bg_conf[2], double-buffered; bg_active[0] names the 
 	__u32 nshapes;
 	__u32 default_rule;
 	__u8 gen;
-	__u8 pad[7];
+	__u8 trees;      /* 1 << BG_TREE_*: the prefix-class trees this generation uses (0: no stage 0) */
+	__u8 pad[6];
 	struct bg_shape shapes[BG_MAX_SHAPES];
 };
 

@@ -53,13 +53,28 @@ def adversarial_frame(rng: random.Random, p) -> bytes:
     return fr
 
 
-def compiled_policy(rng: random.Random):
+def compiled_policy(rng: random.Random, gen: int = 0, previous=None):
     while True:
         hp = random_policy(rng, rng.choice([4, 10, 25]))
         try:
-            return hp, compile_hook(hp, Hook.TC_INGRESS, limits=LIMITS, ifindex=lambda _n: 1)
+            return hp, compile_hook(hp, Hook.TC_INGRESS, limits=LIMITS, ifindex=lambda _n: 1, gen=gen,
+                                    previous=previous)
         except PolicyError:
             continue    # too many shapes/entries for this random draw: draw again
+
+
+def load_or_swap(engines, rng: random.Random, n: int):
+    """Even rounds: load one policy. Odd rounds: load A (gen 0), swap to B (gen 1), swap to C (gen 0) and
+    test C: stale entries of A (bg_cls, bg_pfx_top, bg_pfx) in C's generation slot would show."""
+    hp, compiled = compiled_policy(rng)
+    for e in engines:
+        e.load_policy(compiled, limits=LIMITS)
+    if n % 2:
+        for gen in (1, 0):
+            hp, compiled = compiled_policy(rng, gen, previous=compiled)
+            for e in engines:
+                e.swap(compiled)
+    return hp, compiled
 
 
 def expected_rule(ref: Reference, frame: bytes, ct: int | None) -> int | None:
@@ -74,17 +89,15 @@ def test_kernel_matches_reference(seed):
         pytest.skip("needs root")
     rng = random.Random(seed)
     mismatches, total, tc_refused = [], 0, 0
-    for _ in range(POLICIES):
-        hp, compiled = compiled_policy(rng)
-        ref = Reference.of(compiled)
+    for n in range(POLICIES):
         tc = Engine.load("tc-ingress", test_mark=True, ct=False,
                          max_entries={"bg_rules": 4096, "bg_counters": 4096, "bg_rate_rule": 4096,
                                       "bg_log_rate": 4096})
         xdp = Engine.load("xdp", ct=False, max_entries={"bg_rules": 4096, "bg_counters": 4096,
                                                          "bg_rate_rule": 4096, "bg_log_rate": 4096})
         try:
-            tc.load_policy(compiled)
-            xdp.load_policy(compiled)
+            hp, compiled = load_or_swap((tc, xdp), rng, n)
+            ref = Reference.of(compiled)
             ctx = bytearray(SKB_SIZE)
             for i in range(TC_FRAMES + XDP_FRAMES):
                 p = random_packet(rng, hp)

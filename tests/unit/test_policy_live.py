@@ -23,6 +23,7 @@ class KernelModel:
 
     def __init__(self, compiled):
         self.cls, self.rules, self.conf = dict(compiled.cls), dict(compiled.rules), compiled.conf()
+        self.classes = compiled.classes   # bg_pfx_top/bg_pfx: fixed for a generation, live edits never write them
 
     def apply(self, d):
         for rid, act in d.rules_update.items():
@@ -40,7 +41,7 @@ class KernelModel:
             del self.rules[rid]
 
     def reference(self, names):
-        return Reference(self.conf, self.cls, self.rules, names)
+        return Reference(self.conf, self.cls, self.rules, names, self.classes)
 
 
 def _check(kernel, live, rules, default, rng, n=300):

@@ -36,9 +36,9 @@ RULE_ARRAYS = ("bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate")
 MAX_RULE_SLOTS = 1 << 18
 GRACE_S = 1.0                            # freed rule slots wait this long (in-flight packets, RCU)
 MAPS = ("bg_cls", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_rate_src",
-        "bg_log_rate", "bg_ct", "events", "bg_stats")
+        "bg_log_rate", "bg_ct", "events", "bg_stats", "bg_pfx_top", "bg_pfx")
 CAPTURE_MAPS = ("bg_capture_cfg", "bg_capture_ring")   # capture with the verdict (inspect.capture.EngineCapture)
-U32_KEYED = {"bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate", "bg_stats"}
+U32_KEYED = {"bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate", "bg_stats"}
 HOOK_CODE = {Hook.TC_INGRESS: 1, Hook.TC_EGRESS: 2, Hook.XDP: 3}
 _U32 = struct.Struct("=I")
 _RULE = struct.Struct(L.RULE_FMT)
@@ -265,6 +265,7 @@ class Engine:
         if self.live is not None:
             raise BpfgateError("load policy", "the engine has a policy: use swap()")
         self._write_rules(compiled.rules, fresh=False)
+        self._write_classes(compiled)
         self._write_cls(compiled.cls)
         self._publish(compiled.conf())
         self._pending_compiled = (compiled, limits)   # the edit index (LiveHook) is built when first needed
@@ -295,14 +296,17 @@ class Engine:
         self._check_slots(fresh)
         try:   # nothing live reads the new slots or generation until the flip: undo is deleting them
             self._write_rules(fresh, fresh=True)
+            self._write_classes(new)
             self._write_cls(new.cls)
         except BpfgateError:
             m = self.maps["bg_cls"]
             for k in new.cls:
                 m.delete(k)
+            self._clear_classes(new)
             raise
         self._publish(new.conf())
         self._delete_cls(list(old.cls))
+        self._clear_classes(old)
         freed = [rid for rid in old.rules if rid not in new.rules]
         limits = self.live.limits
         self.live = LiveHook(new, limits, self._ifindex)
@@ -486,6 +490,25 @@ class Engine:
                 vals.append(v.prio)
                 vals.append(v.rule_id)
             self.maps["bg_cls"].update_batch_raw(b"".join(entries), vals.tobytes(), len(entries))
+
+    def _write_classes(self, compiled: CompiledHook) -> None:
+        """Stage 0 tables of compiled.gen's slot (unused by the live generation until the conf flips)."""
+        keys, vals, n = compiled.classes.top_entries(compiled.gen)
+        if n:
+            self.maps["bg_pfx_top"].update_batch_raw(keys, vals, n)
+        pfx = compiled.classes.pfx_entries(compiled.gen)
+        if pfx:
+            self.maps["bg_pfx"].update_batch_raw(b"".join(pfx), array.array("I", pfx.values()).tobytes(), len(pfx))
+
+    def _clear_classes(self, compiled: CompiledHook) -> None:
+        """Empty compiled.gen's stage 0 slot once no packet reads it (the next swap writes it afresh)."""
+        idx = compiled.classes.top_indexes(compiled.gen)
+        if idx:
+            m = self.maps["bg_pfx_top"]
+            m.update_batch_raw(_u32s(idx), bytes(m._vbuf_size * len(idx)), len(idx))
+        pfx = list(compiled.classes.pfx_entries(compiled.gen))
+        if pfx:
+            self.maps["bg_pfx"].delete_batch(pfx)
 
     def _delete_cls(self, keys: list[bytes]) -> None:
         if keys:

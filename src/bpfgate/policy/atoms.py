@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from . import layout as L
 from .model import Rule
+from .prefixes import PAIR_CAP
 
 ADDR_BITS = 128  # src/dst fields are 16 bytes; IPv4 sits in the top 32 bits, the rest is zero
 
@@ -44,9 +45,9 @@ class Atom:
     zero: int
 
 
-def _pack(have, family, proto, tcp, it, ic, ct, vlan, sport, dport, src, dst) -> int:
+def _pack(have, family, proto, tcp, it, ic, ct, vlan, sport, dport, src, dst, src_cls=0, dst_cls=0) -> int:
     return L.key_int(struct.pack(L.KEY_FMT, 0, 0, have, family, proto, tcp, it, ic, ct, 0, vlan, sport, dport,
-                                 src.to_bytes(16, "big"), dst.to_bytes(16, "big")))
+                                 src.to_bytes(16, "big"), dst.to_bytes(16, "big"), src_cls, dst_cls))
 
 
 def prefix_mask(length: int, bits: int) -> int:
@@ -87,32 +88,52 @@ def atom_count(rule: Rule) -> int:
 
 
 ANY = (0, 0, ADDR_BITS)
+CLS_ALL = 0xFFFFFFFF
+NO_CLASS = (None,)   # the address stays a raw prefix
 
 
-def rule_atoms(rule: Rule):
-    """Yield the rule's atoms. Address pairs of different families are skipped (they match nothing)."""
+def _classes(classes, field_name: str, net) -> range | tuple:
+    found = classes.classes_in(field_name, net) if classes is not None and net is not None else None
+    return NO_CLASS if found is None else found
+
+
+def rule_atoms(rule: Rule, classes=None):
+    """Yield the rule's atoms. Address pairs of different families are skipped (they match nothing).
+    With `classes` (prefixes.Classes), an address prefix that is a class prefix becomes one atom per class
+    nested in it (an exact class id: no prefix length in the mask), others stay raw prefixes."""
     have = _have(rule)
     tmask, tval = rule.tcp_flags or (0, 0)
-    srcs = [net_prefix(n) for n in rule.src] if rule.src else [None]
-    dsts = [net_prefix(n) for n in rule.dst] if rule.dst else [None]
+    srcs = list(rule.src) if rule.src else [None]
+    dsts = list(rule.dst) if rule.dst else [None]
     sports = [b for lo, hi in rule.src_port for b in port_blocks(lo, hi)] if rule.src_port else [(0, 0)]
     dports = [b for lo, hi in rule.dst_port for b in port_blocks(lo, hi)] if rule.dst_port else [(0, 0)]
     it, ic = rule.icmp_type, rule.icmp_code
-    for s, d in itertools.product(srcs, dsts):
-        widths = {p[2] for p in (s, d) if p is not None}
-        if len(widths) > 1:
+    for sn, dn in itertools.product(srcs, dsts):
+        if sn is not None and dn is not None and sn.version != dn.version:
             continue
-        family = {32: 4, 128: 6}[widths.pop()] if widths else 0
-        s, d = s or ANY, d or ANY
+        scls, dcls = _classes(classes, "src", sn), _classes(classes, "dst", dn)
+        if scls is not NO_CLASS and dcls is not NO_CLASS and len(scls) * len(dcls) > PAIR_CAP:
+            if len(scls) >= len(dcls):
+                scls = NO_CLASS
+            else:
+                dcls = NO_CLASS
+        s = ANY if sn is None else net_prefix(sn)
+        d = ANY if dn is None else net_prefix(dn)
+        family = 0 if sn is None and dn is None else (sn if sn is not None else dn).version
         zero = V4_ZERO if family == 4 else 0
         for proto, vlan, ct in itertools.product(rule.protocol or (None,), rule.vlan or (None,), rule.ct or (None,)):
             for (sp, spl), (dp, dpl) in itertools.product(sports, dports):
-                mask = _pack(have, 0xFF if family else 0, 0 if proto is None else 0xFF, tmask,
-                             0 if it is None else 0xFF, 0 if ic is None else 0xFF, 0 if ct is None else CT_MASK,
-                             0 if vlan is None else VLAN_MASK, prefix_mask(spl, 16), prefix_mask(dpl, 16),
-                             prefix_mask(s[1], ADDR_BITS), prefix_mask(d[1], ADDR_BITS))
-                value = _pack(have, family, proto or 0, tval, it or 0, ic or 0, ct or 0, vlan or 0, sp, dp, s[0], d[0])
-                yield Atom(mask, value, zero)
+                for sc, dc in itertools.product(scls, dcls):
+                    mask = _pack(have, 0xFF if family else 0, 0 if proto is None else 0xFF, tmask,
+                                 0 if it is None else 0xFF, 0 if ic is None else 0xFF,
+                                 0 if ct is None else CT_MASK, 0 if vlan is None else VLAN_MASK,
+                                 prefix_mask(spl, 16), prefix_mask(dpl, 16),
+                                 0 if sc is not None else prefix_mask(s[1], ADDR_BITS),
+                                 0 if dc is not None else prefix_mask(d[1], ADDR_BITS),
+                                 0 if sc is None else CLS_ALL, 0 if dc is None else CLS_ALL)
+                    value = _pack(have, family, proto or 0, tval, it or 0, ic or 0, ct or 0, vlan or 0, sp, dp,
+                                  0 if sc is not None else s[0], 0 if dc is not None else d[0], sc or 0, dc or 0)
+                    yield Atom(mask, value, zero)
 
 
 CT_MASK = 0x07     # ct states are 1..4: three bits, so a shape that adds ct costs 8x, not 256x

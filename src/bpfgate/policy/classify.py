@@ -13,6 +13,7 @@ from . import layout as L
 from .compile import DEFAULT_NAME, CompiledHook
 from .model import HookPolicy, Rule
 from .packet import Packet
+from .prefixes import Classes
 
 NO_MATCH = 0xFFFFFFFF
 
@@ -28,18 +29,19 @@ class Reference:
     """Classify from map contents exactly as the data plane does (see docs/policy-engine.md, 'lookup')."""
 
     def __init__(self, conf: L.Conf, cls: dict[bytes, L.ClsValue], rules: dict[int, L.RuleAction],
-                 names: dict[int, str] | None = None):
+                 names: dict[int, str] | None = None, classes: Classes | None = None):
         self.conf, self.cls, self.rules, self.names = conf, cls, rules, names or {}
+        self.classes = classes or Classes()
         self.shapes = [(s.best_prio, L.key_int(s.mask), L.shape_gen_bits(s.id, conf.gen)) for s in conf.shapes]
         self.lookups = 0  # hash lookups done, for tests of the early stop
 
     @classmethod
     def of(cls, compiled: CompiledHook) -> "Reference":
-        return cls(compiled.conf(), compiled.cls, compiled.rules, compiled.names)
+        return cls(compiled.conf(), compiled.cls, compiled.rules, compiled.names, compiled.classes)
 
     def lookup(self, key: bytes) -> int:
         """The rule_id for a packed packet key."""
-        k = L.key_int(key)
+        k = L.key_int(self.classes.stamp(key) if self.conf.trees else key)   # stage 0: prefix classes
         best_prio, best_rule = NO_MATCH, self.conf.default_rule
         for shape_best, mask, tag in self.shapes:      # BPF: bounded loop over MAX_SHAPES
             if shape_best >= best_prio:                # no later shape can hold a better rule

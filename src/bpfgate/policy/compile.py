@@ -15,6 +15,7 @@ from . import layout as L
 from .atoms import Atom, atom_count, rule_atoms
 from .model import Hook, HookPolicy, Policy, Rule
 from .parse import _fmt, rule_problem
+from .prefixes import Classes
 from .shapes import TooManyShapes, expand, free_bits, plan_shapes
 
 PRIO_STEP = 1024          # gap between consecutive rules' priorities, so a live insert needs no renumbering
@@ -30,6 +31,7 @@ class Limits:
     max_entries: int = DEFAULT_MAX_ENTRIES
     max_rule_entries: int = DEFAULT_MAX_RULE_ENTRIES
     cheap_merge: int = 4096   # merge two shapes below max_shapes when it adds at most this many entries
+    classes: bool = True      # stage 0: address prefixes as prefix classes (False: raw prefixes only)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class CompiledHook:
     prios: dict[int, int]                   # rule_id -> priority (lower wins)
     rule_keys: dict[int, list[bytes]] = field(default_factory=dict)  # keys each rule produced, won or not
     source: dict[int, Rule] = field(default_factory=dict)
+    classes: Classes = field(default_factory=Classes)   # stage 0: bg_pfx_top/bg_pfx of this generation
 
     def conf(self) -> L.Conf:
         """bg_conf for this generation: non-empty shapes ordered by their best priority."""
@@ -66,7 +69,7 @@ class CompiledHook:
                 best[sid] = val.prio
         shapes = [L.Shape(sid, self.shapes[sid].mask_bytes, best[sid], count[sid]) for sid in best]
         shapes.sort(key=lambda s: (s.best_prio, s.id))
-        return L.Conf(self.gen, self.default_rule, tuple(shapes))
+        return L.Conf(self.gen, self.default_rule, tuple(shapes), self.classes.bits)
 
     def entries(self):
         """bg_cls as (ClsKey, ClsValue) records, for display and tests."""
@@ -137,6 +140,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     out = CompiledHook(hook, gen, default_id, {}, {}, {default_id: default}, {default_id: DEFAULT_NAME}, {})
     atoms: list[tuple[int, list[Atom]]] = []
     hist: Counter = Counter()
+    out.classes = Classes.of(hp.rules) if limits.classes else Classes()
     for i, rule in enumerate(hp.rules):
         loc = ("hooks", hook.value, "rules", i)
         problem = rule_problem(rule, hook)
@@ -148,7 +152,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         rid = slots.get(rule.name, rule_action(rule, ifindex))
         out.rules[rid] = rule_action(rule, ifindex)
         out.names[rid], out.prios[rid], out.source[rid] = rule.name, (i + 1) * PRIO_STEP, rule
-        ra = list(rule_atoms(rule))
+        ra = list(rule_atoms(rule, out.classes))
         atoms.append((rid, ra))
         for a in ra:
             hist[(a.mask, a.zero)] += 1

@@ -34,14 +34,23 @@ RF_RATE_BYTES = 0x0010     # tokens are bytes (else packets)
 RF_RATE_PER_SRC = 0x0020   # one bucket per source address (else per rule)
 RF_REDIR_INGRESS = 0x0040  # redirect to the interface's ingress (else egress)
 
-KEY_FMT = "=BBBBBBBBBBHHH16s16s"   # struct bg_cls_key, 48 bytes
+KEY_FMT = "=BBBBBBBBBBHHH16s16sII"   # struct bg_cls_key, 56 bytes
 VAL_FMT = "=II"                    # struct bg_cls_val, 8 bytes
 RULE_FMT = "=BBHIIIQQ"             # struct bg_rule, 32 bytes
-SHAPE_FMT = "=48sIBBBBII"          # struct bg_shape, 64 bytes
-CONF_HDR_FMT = "=IIB7x"            # head of struct bg_conf, 16 bytes; then MAX_SHAPES x bg_shape
+SHAPE_FMT = "=56sIBBBBII"          # struct bg_shape, 72 bytes
+CONF_HDR_FMT = "=IIBB6x"           # head of struct bg_conf, 16 bytes; then MAX_SHAPES x bg_shape
+PFX_TOP_FMT = "=IIB3B"             # struct bg_pfx_top, 12 bytes
+PFX_KEY_FMT = "=16sBBB5x"          # struct bg_pfx_key, 24 bytes
 KEY_SIZE = struct.calcsize(KEY_FMT)
-assert KEY_SIZE == 48 and struct.calcsize(VAL_FMT) == 8 and struct.calcsize(RULE_FMT) == 32
-assert struct.calcsize(SHAPE_FMT) == 64 and struct.calcsize(CONF_HDR_FMT) == 16
+assert KEY_SIZE == 56 and struct.calcsize(VAL_FMT) == 8 and struct.calcsize(RULE_FMT) == 32
+assert struct.calcsize(SHAPE_FMT) == 72 and struct.calcsize(CONF_HDR_FMT) == 16
+assert struct.calcsize(PFX_TOP_FMT) == 12 and struct.calcsize(PFX_KEY_FMT) == 24
+
+# stage 0 (prefix classes): trees by field and family, bg_conf.trees bits, level-0 geometry
+TREE_SRC4, TREE_SRC6, TREE_DST4, TREE_DST6 = 0, 1, 2, 3
+PFX_LENS = 3           # longer lengths probed per level-0 bucket
+PFX_TOP_BITS = 16      # level 0 is indexed by the address's top 16 bits
+PFX_SUB_BITS = 5       # and says which of the bucket's 32 sub-ranges (bits 16..20) hold a longer prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,20 +71,22 @@ class ClsKey:
     dport: int = 0
     src: bytes = bytes(16)  # IPv4 in the first 4 bytes, the rest zero
     dst: bytes = bytes(16)
+    src_cls: int = 0        # prefix class (stage 0); 0 in a packet key until the classifier sets it
+    dst_cls: int = 0
 
     def pack(self) -> bytes:
         return struct.pack(KEY_FMT, self.shape, self.gen, self.have, self.family, self.proto, self.tcp_flags,
                            self.icmp_type, self.icmp_code, self.ct_state, 0, self.vlan, self.sport,
-                           self.dport, self.src, self.dst)
+                           self.dport, self.src, self.dst, self.src_cls, self.dst_cls)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "ClsKey":
         (shape, gen, have, family, proto, flags, it, ic, ct, _pad, vlan, sport, dport, src,
-         dst) = struct.unpack(KEY_FMT, raw)
-        return cls(shape, gen, have, family, proto, flags, it, ic, ct, vlan, sport, dport, src, dst)
+         dst, src_cls, dst_cls) = struct.unpack(KEY_FMT, raw)
+        return cls(shape, gen, have, family, proto, flags, it, ic, ct, vlan, sport, dport, src, dst, src_cls, dst_cls)
 
 
-# byte offsets of the key fields (for building masks as one integer over the 48 bytes)
+# byte offsets of the key fields (for building masks as one integer over the 56 bytes)
 KEY_SHAPE_OFF, KEY_GEN_OFF = 0, 1
 
 
@@ -129,7 +140,7 @@ class Shape:
     the best priority among its entries (the early-stop bound)."""
 
     id: int
-    mask: bytes            # 48 bytes, bg_cls_key layout; shape and gen bytes are zero
+    mask: bytes            # 56 bytes, bg_cls_key layout; shape and gen bytes are zero
     best_prio: int
     entries: int = field(default=0, compare=False)   # informational: not a reason to rewrite bg_conf
 
@@ -144,10 +155,11 @@ class Conf:
     gen: int                      # key.gen of this generation's bg_cls entries
     default_rule: int             # rule_id applied when no entry matches
     shapes: tuple[Shape, ...] = field(default=())   # visit order: best_prio ascending
+    trees: int = 0                # 1 << TREE_*: prefix-class trees in use (stage 0)
 
     def pack(self) -> bytes:
         if len(self.shapes) > MAX_SHAPES:
             raise ValueError(f"{len(self.shapes)} shapes > {MAX_SHAPES}")
         empty = Shape(0, bytes(KEY_SIZE), 0xFFFFFFFF).pack()
         body = b"".join(s.pack() for s in self.shapes) + empty * (MAX_SHAPES - len(self.shapes))
-        return struct.pack(CONF_HDR_FMT, len(self.shapes), self.default_rule, self.gen) + body
+        return struct.pack(CONF_HDR_FMT, len(self.shapes), self.default_rule, self.gen, self.trees) + body

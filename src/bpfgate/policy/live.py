@@ -114,7 +114,7 @@ class LiveHook:
                               f"{self.limits.max_rule_entries})")
         keys: list[bytes] = []
         try:  # place every atom first: a refusal leaves everything unchanged
-            placed = [(atom, self._place(atom)) for atom in rule_atoms(rule)]
+            placed = [(atom, self._place(atom)) for atom in rule_atoms(rule, self.c.classes)]
             n = sum(expansion(shape.mask, atom.mask, atom.zero) for atom, shape in placed)
             if n > self.limits.max_rule_entries:
                 raise PolicyError(f"rule {rule.name}", f"expands to {n} entries in the current shapes (limit "
@@ -232,7 +232,7 @@ class LiveHook:
         shapes = [L.Shape(sid, self.c.shapes[sid].mask_bytes, self.best[sid], self.count.get(sid, 0))
                   for sid in sids]
         shapes.sort(key=lambda s: (s.best_prio, s.id))
-        return L.Conf(self.c.gen, self.c.default_rule, tuple(shapes))
+        return L.Conf(self.c.gen, self.c.default_rule, tuple(shapes), self.c.classes.bits)
 
 
 def swap(previous: CompiledHook, hp: HookPolicy, **kw) -> CompiledHook:

@@ -74,4 +74,4 @@ class Packet:
             have |= L.HAVE_CT
         return struct.pack(L.KEY_FMT, 0, 0, have, p.family or 0, p.proto or 0, p.tcp_flags or 0,
                            p.icmp_type or 0, p.icmp_code or 0, p.ct or 0, 0, p.vlan or 0, p.sport or 0,
-                           p.dport or 0, src, dst)
+                           p.dport or 0, src, dst, 0, 0)
