@@ -328,10 +328,10 @@ struct bg_rule {         /* bg_rules[rule_id] */
  * class of the longest prefix <= /16, and which longer lengths to probe (bg_pfx, longest first) when the
  * address's 1/32 sub-range (bits 16..20) holds any longer prefix. */
 enum bg_tree { BG_TREE_SRC4 = 0, BG_TREE_SRC6 = 1, BG_TREE_DST4 = 2, BG_TREE_DST6 = 3 };
-#define BG_PFX_LENS 3
+#define BG_PFX_LENS 7
 #define BG_PFX_TOP_BITS 16
 
-struct bg_pfx_top {      /* bg_pfx_top[((gen & 1) * 4 + tree) << 16 | top 16 bits] */
+struct bg_pfx_top {      /* 16 bytes; bg_pfx_top[((gen & 1) * 4 + tree) << 16 | top 16 bits] */
 	__u32 cls;       /* longest prefix <= /16 holding the bucket, 0: none */
 	__u32 sub;       /* bit (addr >> (W - 21)) & 31: that sub-range holds a longer prefix */
 	__u8 nlens;      /* lens[0..nlens) to probe */

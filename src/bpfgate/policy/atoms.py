@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+import sys
 from dataclasses import dataclass
 
 from . import layout as L
@@ -92,6 +93,11 @@ CLS_ALL = 0xFFFFFFFF
 NO_CLASS = (None,)   # the address stays a raw prefix
 
 
+def _cls_bits(c: int) -> int:
+    """A class id as it sits in key_int() (u32 in native byte order in the last 8 key bytes)."""
+    return int.from_bytes(c.to_bytes(4, sys.byteorder), "big")
+
+
 def _classes(classes, field_name: str, net) -> range | tuple:
     found = classes.classes_in(field_name, net) if classes is not None and net is not None else None
     return NO_CLASS if found is None else found
@@ -121,19 +127,19 @@ def rule_atoms(rule: Rule, classes=None):
         d = ANY if dn is None else net_prefix(dn)
         family = 0 if sn is None and dn is None else (sn if sn is not None else dn).version
         zero = V4_ZERO if family == 4 else 0
+        s_cls, d_cls = scls is not NO_CLASS, dcls is not NO_CLASS
         for proto, vlan, ct in itertools.product(rule.protocol or (None,), rule.vlan or (None,), rule.ct or (None,)):
             for (sp, spl), (dp, dpl) in itertools.product(sports, dports):
-                for sc, dc in itertools.product(scls, dcls):
-                    mask = _pack(have, 0xFF if family else 0, 0 if proto is None else 0xFF, tmask,
-                                 0 if it is None else 0xFF, 0 if ic is None else 0xFF,
-                                 0 if ct is None else CT_MASK, 0 if vlan is None else VLAN_MASK,
-                                 prefix_mask(spl, 16), prefix_mask(dpl, 16),
-                                 0 if sc is not None else prefix_mask(s[1], ADDR_BITS),
-                                 0 if dc is not None else prefix_mask(d[1], ADDR_BITS),
-                                 0 if sc is None else CLS_ALL, 0 if dc is None else CLS_ALL)
-                    value = _pack(have, family, proto or 0, tval, it or 0, ic or 0, ct or 0, vlan or 0, sp, dp,
-                                  0 if sc is not None else s[0], 0 if dc is not None else d[0], sc or 0, dc or 0)
-                    yield Atom(mask, value, zero)
+                mask = _pack(have, 0xFF if family else 0, 0 if proto is None else 0xFF, tmask,
+                             0 if it is None else 0xFF, 0 if ic is None else 0xFF,
+                             0 if ct is None else CT_MASK, 0 if vlan is None else VLAN_MASK,
+                             prefix_mask(spl, 16), prefix_mask(dpl, 16),
+                             0 if s_cls else prefix_mask(s[1], ADDR_BITS), 0 if d_cls else prefix_mask(d[1], ADDR_BITS),
+                             CLS_ALL if s_cls else 0, CLS_ALL if d_cls else 0)
+                base = _pack(have, family, proto or 0, tval, it or 0, ic or 0, ct or 0, vlan or 0, sp, dp,
+                             0 if s_cls else s[0], 0 if d_cls else d[0])
+                for sc, dc in itertools.product(scls, dcls):   # one atom per class pair (one, unless classes)
+                    yield Atom(mask, base | (_cls_bits(sc) << 32 if sc else 0) | (_cls_bits(dc) if dc else 0), zero)
 
 
 CT_MASK = 0x07     # ct states are 1..4: three bits, so a shape that adds ct costs 8x, not 256x

@@ -7,6 +7,7 @@ host's); ports and VLAN ids are host order, addresses network order. No bitfield
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -39,16 +40,16 @@ VAL_FMT = "=II"                    # struct bg_cls_val, 8 bytes
 RULE_FMT = "=BBHIIIQQ"             # struct bg_rule, 32 bytes
 SHAPE_FMT = "=56sIBBBBII"          # struct bg_shape, 72 bytes
 CONF_HDR_FMT = "=IIBB6x"           # head of struct bg_conf, 16 bytes; then MAX_SHAPES x bg_shape
-PFX_TOP_FMT = "=IIB3B"             # struct bg_pfx_top, 12 bytes
+PFX_TOP_FMT = "=IIB7B"             # struct bg_pfx_top, 16 bytes
 PFX_KEY_FMT = "=16sBBB5x"          # struct bg_pfx_key, 24 bytes
 KEY_SIZE = struct.calcsize(KEY_FMT)
 assert KEY_SIZE == 56 and struct.calcsize(VAL_FMT) == 8 and struct.calcsize(RULE_FMT) == 32
 assert struct.calcsize(SHAPE_FMT) == 72 and struct.calcsize(CONF_HDR_FMT) == 16
-assert struct.calcsize(PFX_TOP_FMT) == 12 and struct.calcsize(PFX_KEY_FMT) == 24
+assert struct.calcsize(PFX_TOP_FMT) == 16 and struct.calcsize(PFX_KEY_FMT) == 24
 
 # stage 0 (prefix classes): trees by field and family, bg_conf.trees bits, level-0 geometry
 TREE_SRC4, TREE_SRC6, TREE_DST4, TREE_DST6 = 0, 1, 2, 3
-PFX_LENS = 3           # longer lengths probed per level-0 bucket
+PFX_LENS = 7           # longer lengths probed per level-0 bucket, at most
 PFX_TOP_BITS = 16      # level 0 is indexed by the address's top 16 bits
 PFX_SUB_BITS = 5       # and says which of the bucket's 32 sub-ranges (bits 16..20) hold a longer prefix
 
@@ -99,6 +100,7 @@ def int_key(value: int) -> bytes:
     return value.to_bytes(KEY_SIZE, "big")
 
 
+@functools.lru_cache(maxsize=1024)
 def shape_gen_bits(shape: int, gen: int) -> int:
     """The shape and gen bytes as they sit in key_int() of a key."""
     return key_int(bytes([shape, gen]) + bytes(KEY_SIZE - 2))

@@ -14,13 +14,12 @@ prefix holding it.
 Lookup structure (what bpf/engine.bpf.c walks, bg_pfx_top + bg_pfx): level 0 is an array indexed by the
 address's top 16 bits holding the class of the longest K prefix <= /16 there, a 32-bit map of the bucket's
 sub-ranges (address bits 16..20) that hold a longer K prefix, and up to PFX_LENS longer lengths to probe
-in a hash, longest first. A bucket with more lengths expands its shortest long prefixes to the next length
-(at most MAX_EXPAND_BITS bits) or leaves them out of K.
+in a hash, longest first. A bucket with more lengths expands the prefixes of one length to the next
+(cheapest first, at most MAX_EXPANSION entries a merge) or, failing that, leaves a length out of K.
 """
 
 from __future__ import annotations
 
-import bisect
 import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from . import layout as L
 CLASS_CAP = 1024        # a class prefix holds at most this many policy prefixes (its rules' replication)
 MIN_CLASS_LEN = 8       # shorter prefixes stay raw: as classes they would fill up to 65536 level-0 entries
 PAIR_CAP = 4096         # a rule atom with both addresses as classes yields at most this many keys
-MAX_EXPAND_BITS = 4     # a long prefix may be expanded by at most 2^4 to fit its bucket's PFX_LENS lengths
+MAX_EXPANSION = 4096    # entries one merge of a bucket's lengths may add to fit its PFX_LENS lengths
 TOP = L.PFX_TOP_BITS
 SUB_END = TOP + L.PFX_SUB_BITS
 
@@ -52,15 +51,16 @@ class Tree:
     prefixes: list[tuple[int, int]]                                     # K sorted; class id = index + 1
     top: dict[int, tuple[int, int, tuple[int, ...]]] = field(default_factory=dict)  # top16 -> (cls, sub, lens)
     pfx: dict[tuple[int, int], int] = field(default_factory=dict)                   # (value, len) -> cls
+    nested: dict[tuple[int, int], range] = field(default_factory=dict)              # K prefix -> its classes
+
+    def __post_init__(self):
+        sizes = _subtree_sizes(self.prefixes, self.width)   # K sorted: a prefix's nested ones follow it
+        self.nested = {p: range(i + 1, i + 1 + n) for i, (p, n) in enumerate(zip(self.prefixes, sizes))}
 
     def classes_in(self, value: int, plen: int) -> range | None:
         """Class ids of the K prefixes nested in (value, plen); None when that prefix is not in K (then it
         must stay a raw address prefix: the classes cannot express it)."""
-        i = bisect.bisect_left(self.prefixes, (value, plen))
-        if i == len(self.prefixes) or self.prefixes[i] != (value, plen):
-            return None
-        end = bisect.bisect_left(self.prefixes, (value + (1 << (self.width - plen)), 0))
-        return range(i + 1, end + 1)
+        return self.nested.get((value, plen))
 
     def lookup(self, addr: int) -> int:
         """The data plane's walk (prefix_class() in bpf/engine.bpf.c), step for step."""
@@ -97,13 +97,14 @@ def _subtree_sizes(ps: list[tuple[int, int]], width: int) -> list[int]:
 def _fit_bucket(lengths: dict[int, int]) -> tuple[dict[int, int], set[int]]:
     """A bucket's long lengths (length -> prefix count) -> (length -> target length, lengths left out of
     K) with at most PFX_LENS targets: merge the length whose expansion to the next one costs least
-    (<= MAX_EXPAND_BITS), else leave out the length with the fewest prefixes."""
+    (<= MAX_EXPANSION entries), else leave out the length with the fewest prefixes."""
     target = {n: n for n in lengths}
     counts = dict(lengths)
     dropped: set[int] = set()
     while len(counts) > L.PFX_LENS:
         ls = sorted(counts)
-        merges = [(counts[a] * ((1 << (b - a)) - 1), a, b) for a, b in zip(ls, ls[1:]) if b - a <= MAX_EXPAND_BITS]
+        merges = [(counts[a] * ((1 << (b - a)) - 1), a, b) for a, b in zip(ls, ls[1:])
+                  if b - a <= 16 and counts[a] << (b - a) <= MAX_EXPANSION]
         if merges:
             _cost, a, b = min(merges)
             counts[b] += counts.pop(a)
