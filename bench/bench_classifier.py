@@ -8,7 +8,8 @@ matches no rule (every shape visited: the worst case), at 1, 100, 10k, 100k rule
   cidr6    IPv6 source CIDRs of lengths /16../128 spread over the address space
   5tuple   src /24, dst /32, tcp, one destination port
   lpm4/6   the kernel LPM trie alone with the same prefixes (bg_bench_lpm: parse + one trie lookup)
-Apply: compile time, batch load of the compiled entries (the kernel part), one live rule added.
+Apply: compile time, batch load of the compiled entries (the kernel part; bg_cls sized as Engine.attach
+sizes them: bg_cls/bg_pfx preallocated from 32k entries), one live rule added.
 Peers (each in a throwaway network namespace): `nft -f` of a 100k-element set, `iptables-restore` of 10k rules.
 Run as root:  .venv/bin/python bench/bench_classifier.py [--quick]
 """
@@ -29,6 +30,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import fmt, header, median, reps
 
 from bpfgate.engine import Engine, frames
+from bpfgate.engine.engine import prealloc_for
 from bpfgate.errors import PolicyError
 from bpfgate.kernel.testrun import test_run
 from bpfgate.policy.compile import Limits, compile_hook
@@ -92,12 +94,12 @@ def bench_engine(mix: str, n: int, rng: random.Random, results: dict) -> None:
         print(f"{mix:7s} {n:>7d} rules  refused by the compiler: {e}", flush=True)
         return
     t_compile = time.perf_counter() - t0
-    if n == SIZES[-1]:   # the same load into a preallocated classifier table (Engine.load(cls_capacity=))
-        with Engine.load("tc-ingress", ct=False, cls_capacity=2 * len(compiled.cls) + 4096) as eng:
+    if n == SIZES[-1]:   # the same load into a classifier table allocated per entry (small policies' way)
+        with Engine.load("tc-ingress", ct=False) as eng:
             t0 = time.perf_counter()
             eng.load_policy(compiled, limits=LIMITS)
             t_pre = time.perf_counter() - t0
-    with Engine.load("tc-ingress", ct=False) as eng:
+    with Engine.load("tc-ingress", ct=False, prealloc=prealloc_for(compiled)) as eng:   # as attach() sizes it
         t0 = time.perf_counter()
         eng.load_policy(compiled, limits=LIMITS)
         t_load = time.perf_counter() - t0
@@ -114,7 +116,7 @@ def bench_engine(mix: str, n: int, rng: random.Random, results: dict) -> None:
     results[(mix, n)] = median(ns)
     print(f"{mix:7s} {n:>7d} rules  {len(compiled.cls):>7d} entries {shapes:>2d} shapes  ns/pkt {fmt(ns, 'ns')}"
           f"  compile {t_compile * 1e3:8.1f} ms  load {t_load * 1e3:7.1f} ms"
-          + (f"  load prealloc {t_pre * 1e3:7.1f} ms  live add {fmt(add, 'ms', 1e3, 3)}" if add else ""), flush=True)
+          + (f"  load per-entry alloc {t_pre * 1e3:7.1f} ms  live add {fmt(add, 'ms', 1e3, 3)}" if add else ""), flush=True)
 
 
 def bench_lpm(v6: bool, n: int, rng: random.Random, results: dict) -> None:

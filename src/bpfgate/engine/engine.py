@@ -55,6 +55,18 @@ def rule_array_sizes(slots: int) -> dict[str, int]:
     return {name: n for name in RULE_ARRAYS}
 
 
+PREALLOC_MIN = 1 << 15   # entries from which bg_cls / bg_pfx are preallocated
+HASH_MAX = 1 << 21       # their size when allocated per entry (bpf/engine.bpf.c)
+
+
+def prealloc_for(compiled: CompiledHook) -> dict[str, int]:
+    """Hash table sizes for a policy: large tables are preallocated (inserts ~2x faster: 100k rules load in
+    < 100 ms) with room for a swap to a policy of the same size plus half again; small ones allocate per
+    entry (up to 2M). Past the room, a swap or add is refused with advice to re-attach."""
+    sizes = {"bg_cls": len(compiled.cls), "bg_pfx": sum(len(t.pfx) for t in compiled.classes.trees.values())}
+    return {name: min(3 * n, HASH_MAX) for name, n in sizes.items() if n >= PREALLOC_MIN}
+
+
 def _set_map_flags(obj: BpfObject, name: str, flags: int) -> None:
     from bpfgate.kernel import libbpf as LB
 
@@ -81,11 +93,12 @@ class Engine:
 
     # ---- creation --------------------------------------------------------------------------------
     @classmethod
-    def load(cls, hook: Hook | str, *, ct: bool = True, test_mark: bool = False, cls_capacity: int | None = None,
+    def load(cls, hook: Hook | str, *, ct: bool = True, test_mark: bool = False, prealloc: dict[str, int] | None = None,
              max_entries: dict[str, int] | None = None, reuse: dict[str, int] | None = None) -> Engine:
         """Load the engine object without attaching it (BPF_PROG_TEST_RUN, benchmarks, attach()).
-        cls_capacity: preallocate bg_cls with that many entries (inserts ~2x faster, memory ~100 B/entry
-        up front, and a swap or live add past it fails cleanly); default: allocate per entry, up to 2M."""
+        prealloc: {map: entries} preallocates bg_cls / bg_pfx with that many entries (inserts ~2x faster,
+        memory ~100 B/entry up front, a swap or live add past it is refused); default: allocate per entry,
+        up to 2M (prealloc_for() sizes them for a policy)."""
         hook = Hook(hook)
         obj = BpfObject.open(OBJECT, rodata={"cfg_hook": HOOK_CODE[hook], "cfg_ct": int(ct),
                                              "cfg_test_mark": int(test_mark),
@@ -95,9 +108,9 @@ class Engine:
             obj.set_max_entries("bg_capture_scratch", possible_cpus())
             for name, n in (max_entries or {}).items():
                 obj.set_max_entries(name, n)
-            if cls_capacity:
-                _set_map_flags(obj, "bg_cls", 0)
-                obj.set_max_entries("bg_cls", cls_capacity)
+            for name, n in (prealloc or {}).items():
+                _set_map_flags(obj, name, 0)
+                obj.set_max_entries(name, n)
             for name, fd in (reuse or {}).items():
                 obj.reuse_map(name, fd)
             obj.load()
@@ -116,7 +129,7 @@ class Engine:
     @classmethod
     def attach(cls, dev: str, hook: Hook | str, policy: HookPolicy | CompiledHook | None = None, *,
                netns_name: str | None = None, mode: str | None = None, ct: bool = True,
-               limits: Limits = Limits(), cls_capacity: int | None = None) -> Engine:
+               limits: Limits = Limits(), prealloc: dict[str, int] | None = None) -> Engine:
         """Load, write `policy` (default: allow everything), pin the maps, attach. Nothing stays behind on
         failure. mode: tc|libbpf|tcx for TC hooks, auto|native|generic for XDP."""
         hook = Hook(hook)
@@ -134,7 +147,7 @@ class Engine:
         if shared is not None:
             reuse["bg_ct"] = shared.fd
         try:
-            eng = cls.load(hook, ct=ct, reuse=reuse, cls_capacity=cls_capacity,
+            eng = cls.load(hook, ct=ct, reuse=reuse, prealloc=prealloc_for(compiled) if prealloc is None else prealloc,
                            max_entries=rule_array_sizes(max(compiled.rules) + 1))
         finally:
             if shared is not None:
@@ -294,6 +307,7 @@ class Engine:
             raise BpfgateError("swap policy", "the new policy must be compiled into the other generation")
         fresh = {rid: a for rid, a in new.rules.items() if old.rules.get(rid) != a}
         self._check_slots(fresh)
+        self._check_room(len(old.cls) + len(new.cls), old.classes.pfx_count() + new.classes.pfx_count())
         try:   # nothing live reads the new slots or generation until the flip: undo is deleting them
             self._write_rules(fresh, fresh=True)
             self._write_classes(new)
@@ -377,6 +391,7 @@ class Engine:
     def apply_diff(self, diff: Diff) -> None:
         """Write one LiveHook Diff in the documented order; each step leaves a consistent classifier."""
         self._check_slots(diff.rules_update)
+        self._check_room(len(self._live().c.cls))   # the edited classifier: before any write
         self._write_rules(diff.rules_update, fresh=True)
         if diff.conf_before is not None:
             self._publish(diff.conf_before)
@@ -460,6 +475,15 @@ class Engine:
         """Refuse an edit needing a slot past the arrays before LiveHook changes (it has no undo)."""
         self._check_slots({self._live()._new_slot(): None})
 
+    def _check_room(self, entries: int, pfx: int = 0) -> None:
+        """Preallocated tables cannot grow: refuse before writing anything (counts are bounds, both
+        generations counted during a swap)."""
+        for name, n in (("bg_cls", entries), ("bg_pfx", pfx)):
+            cap = self.maps[name].max_entries
+            if n > cap:
+                raise PolicyError("rules", f"the engine's {name} table has room for {cap} entries and this "
+                                  f"needs up to {n}: detach and attach the policy to resize")
+
     def _check_slots(self, rules: dict) -> None:
         cap = self.maps["bg_rules"].max_entries
         if rules and max(rules) >= cap:
@@ -476,12 +500,9 @@ class Engine:
                                ("bg_log_rate", R.LOG_BUCKET_SIZE)):
                 m = self.maps[name]
                 m.update_batch_raw(keys, bytes(m._vbuf_size * len(ids)), len(ids))
-        vals = bytearray(_RULE.size * len(ids))
-        for n, i in enumerate(ids):
-            a = rules[i]
-            _RULE.pack_into(vals, n * _RULE.size, a.action, a.over_action, a.flags, a.redirect_ifindex, a.mark,
-                            a.log_rate, a.rate, a.burst)
-        self.maps["bg_rules"].update_batch_raw(keys, bytes(vals), len(ids))
+        packed: dict[int, bytes] = {}   # by object: the compiler shares one record among equal actions
+        vals = b"".join([packed.get(id(a)) or packed.setdefault(id(a), a.pack()) for a in map(rules.__getitem__, ids)])
+        self.maps["bg_rules"].update_batch_raw(keys, vals, len(ids))
 
     def _write_cls(self, entries: dict[bytes, L.ClsValue]) -> None:
         if entries:
@@ -493,22 +514,21 @@ class Engine:
 
     def _write_classes(self, compiled: CompiledHook) -> None:
         """Stage 0 tables of compiled.gen's slot (unused by the live generation until the conf flips)."""
-        keys, vals, n = compiled.classes.top_entries(compiled.gen)
-        if n:
-            self.maps["bg_pfx_top"].update_batch_raw(keys, vals, n)
-        pfx = compiled.classes.pfx_entries(compiled.gen)
-        if pfx:
-            self.maps["bg_pfx"].update_batch_raw(b"".join(pfx), array.array("I", pfx.values()).tobytes(), len(pfx))
+        p = compiled.classes.packed
+        if p.ntop:
+            self.maps["bg_pfx_top"].update_batch_raw(p.top_keys, p.top_vals, p.ntop)
+        if p.npfx:
+            self.maps["bg_pfx"].update_batch_raw(p.pfx_keys, p.pfx_vals, p.npfx)
 
     def _clear_classes(self, compiled: CompiledHook) -> None:
         """Empty compiled.gen's stage 0 slot once no packet reads it (the next swap writes it afresh)."""
-        idx = compiled.classes.top_indexes(compiled.gen)
-        if idx:
+        p = compiled.classes.packed
+        if p.ntop:
             m = self.maps["bg_pfx_top"]
-            m.update_batch_raw(_u32s(idx), bytes(m._vbuf_size * len(idx)), len(idx))
-        pfx = list(compiled.classes.pfx_entries(compiled.gen))
-        if pfx:
-            self.maps["bg_pfx"].delete_batch(pfx)
+            m.update_batch_raw(p.top_keys, bytes(m._vbuf_size * p.ntop), p.ntop)
+        if p.npfx:
+            size = len(p.pfx_keys) // p.npfx
+            self.maps["bg_pfx"].delete_batch([p.pfx_keys[i:i + size] for i in range(0, len(p.pfx_keys), size)])
 
     def _delete_cls(self, keys: list[bytes]) -> None:
         if keys:

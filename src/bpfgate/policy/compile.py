@@ -139,8 +139,9 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     default_id = slots.get(DEFAULT_NAME, default)
     out = CompiledHook(hook, gen, default_id, {}, {}, {default_id: default}, {default_id: DEFAULT_NAME}, {})
     atoms: list[tuple[int, list[Atom]]] = []
+    interned: dict[L.RuleAction, L.RuleAction] = {}
     hist: Counter = Counter()
-    out.classes = Classes.of(hp.rules) if limits.classes else Classes()
+    out.classes = Classes.of(hp.rules, gen) if limits.classes else Classes(gen=gen)
     for i, rule in enumerate(hp.rules):
         loc = ("hooks", hook.value, "rules", i)
         problem = rule_problem(rule, hook)
@@ -149,8 +150,10 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         if atom_count(rule) > limits.max_rule_entries:
             raise PolicyError(where(loc), f"rule {rule.name!r} expands to {atom_count(rule)} entries "
                               f"(limit {limits.max_rule_entries}): split it or use wider prefixes/ranges")
-        rid = slots.get(rule.name, rule_action(rule, ifindex))
-        out.rules[rid] = rule_action(rule, ifindex)
+        action = rule_action(rule, ifindex)
+        action = interned.setdefault(action, action)   # one object per distinct record: packed once at load
+        rid = slots.get(rule.name, action)
+        out.rules[rid] = action
         out.names[rid], out.prios[rid], out.source[rid] = rule.name, (i + 1) * PRIO_STEP, rule
         ra = list(rule_atoms(rule, out.classes))
         atoms.append((rid, ra))
@@ -176,6 +179,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
                               f"(limit {limits.max_rule_entries}): split it or use fewer prefix lengths")
         for k in keys:
             out.cls.setdefault(k, val)
+    out.classes.packed   # the stage 0 entries, packed now: loading is then only the kernel's work
     return out
 
 

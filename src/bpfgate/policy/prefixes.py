@@ -20,9 +20,12 @@ in a hash, longest first. A bucket with more lengths expands the prefixes of one
 
 from __future__ import annotations
 
+import array
+import functools
 import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import layout as L
 
@@ -35,7 +38,6 @@ SUB_END = TOP + L.PFX_SUB_BITS
 
 _TOP = struct.Struct(L.PFX_TOP_FMT)
 _PKEY = struct.Struct(L.PFX_KEY_FMT)
-_U32 = struct.Struct("=I")
 
 
 def tree_of(field_name: str, version: int) -> int:
@@ -157,20 +159,38 @@ def build_tree(tree: int, width: int, candidates: set[tuple[int, int]]) -> Tree:
     return t
 
 
+class Packed(NamedTuple):
+    """The stage 0 map entries of one generation, packed for batch updates."""
+
+    top_keys: bytes     # u32 indexes into bg_pfx_top
+    top_vals: bytes     # struct bg_pfx_top each
+    pfx_keys: bytes     # struct bg_pfx_key each
+    pfx_vals: bytes     # u32 class ids
+
+    @property
+    def ntop(self) -> int:
+        return len(self.top_keys) // 4
+
+    @property
+    def npfx(self) -> int:
+        return len(self.pfx_vals) // 4
+
+
 @dataclass
 class Classes:
-    """The class trees of one compiled hook (generation)."""
+    """The class trees of one compiled hook, for generation `gen` (its slot gen & 1 in bg_pfx_top)."""
 
     trees: dict[int, Tree] = field(default_factory=dict)
+    gen: int = 0
 
     @classmethod
-    def of(cls, rules) -> "Classes":
+    def of(cls, rules, gen: int = 0) -> "Classes":
         cands: dict[int, set] = defaultdict(set)
         for rule in rules:
             for fname in ("src", "dst"):
                 for net in getattr(rule, fname) or ():
                     cands[tree_of(fname, net.version)].add((int(net.network_address), net.prefixlen))
-        return cls({t: build_tree(t, 128 if t & 1 else 32, c) for t, c in cands.items() if c})
+        return cls({t: build_tree(t, 128 if t & 1 else 32, c) for t, c in cands.items() if c}, gen)
 
     @property
     def bits(self) -> int:
@@ -194,24 +214,19 @@ class Classes:
         return key[:48] + struct.pack("=II", *out)
 
     # ---- map contents ------------------------------------------------------------------------------
-    def top_entries(self, gen: int) -> tuple[bytes, bytes, int]:
-        """bg_pfx_top entries of generation slot gen & 1: (packed u32 keys, packed values, count)."""
-        keys, vals = bytearray(), bytearray()
+    @functools.cached_property
+    def packed(self) -> Packed:
+        """bg_pfx_top and bg_pfx entries of this generation (the compiler computes them once)."""
+        top_keys, top_vals, pfx_keys, pfx_vals = array.array("I"), [], [], array.array("I")
+        pad = (0,) * L.PFX_LENS
         for t, tr in self.trees.items():
-            base = ((gen & 1) * 4 + t) << TOP
-            for b, (c, sub, lens) in tr.top.items():
-                keys += _U32.pack(base | b)
-                vals += _TOP.pack(c, sub, len(lens), *(lens + (0,) * (L.PFX_LENS - len(lens))))
-        return bytes(keys), bytes(vals), len(keys) // 4
-
-    def top_indexes(self, gen: int) -> list[int]:
-        return [(((gen & 1) * 4 + t) << TOP) | b for t, tr in self.trees.items() for b in tr.top]
-
-    def pfx_entries(self, gen: int) -> dict[bytes, int]:
-        """bg_pfx entries: packed bg_pfx_key -> class id."""
-        out = {}
-        for t, tr in self.trees.items():
+            base = ((self.gen & 1) * 4 + t) << TOP
+            top_keys.extend(base | b for b in tr.top)
+            top_vals += [_TOP.pack(c, sub, len(lens), *(lens + pad)[:L.PFX_LENS]) for c, sub, lens in tr.top.values()]
             shift = 128 - tr.width
-            for (v, n), c in tr.pfx.items():
-                out[_PKEY.pack((v << shift).to_bytes(16, "big"), gen, t, n)] = c
-        return out
+            pfx_keys += [_PKEY.pack((v << shift).to_bytes(16, "big"), self.gen, t, n) for v, n in tr.pfx]
+            pfx_vals.extend(tr.pfx.values())
+        return Packed(top_keys.tobytes(), b"".join(top_vals), b"".join(pfx_keys), pfx_vals.tobytes())
+
+    def pfx_count(self) -> int:
+        return sum(len(t.pfx) for t in self.trees.values())
