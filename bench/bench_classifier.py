@@ -4,8 +4,9 @@ nftables/iptables, in one run.
 ns/packet: BPF_PROG_TEST_RUN (TC program, `repeat` runs per call, kernel's average) on a TCP SYN that
 matches no rule (every shape visited: the worst case), at 1, 100, 10k, 100k rules, for:
   ports    tcp/udp single destination ports (1 shape)
-  cidr4    IPv4 source CIDRs of lengths /8../32 spread over the address space (several shapes)
+  cidr4    IPv4 source CIDRs of lengths /8../32 spread over the address space (stage 0: prefix classes)
   cidr6    IPv6 source CIDRs of lengths /16../128 spread over the address space
+           (+ "deepest-prefix hit": a packet from inside the longest prefix, stage 0's longest walk)
   5tuple   src /24, dst /32, tcp, one destination port
   lpm4/6   the kernel LPM trie alone with the same prefixes (bg_bench_lpm: parse + one trie lookup)
 Apply: compile time, batch load of the compiled entries (the kernel part; bg_cls sized as Engine.attach
@@ -81,6 +82,14 @@ def miss_frame(v6: bool) -> bytes:
     return frames.build(p)
 
 
+def deep_hit_frame(hp: HookPolicy, v6: bool) -> bytes:
+    """A packet from inside the longest source prefix of the policy: stage 0 walks to its deepest probe."""
+    net = max((n for r in hp.rules for n in r.src or ()), key=lambda n: n.prefixlen)
+    p = Packet(family=6 if v6 else 4, src=net.network_address, dst=DST6 if v6 else DST4, proto=6,
+               sport=40000, dport=9, tcp_flags=0x02)
+    return frames.build(p)
+
+
 def ns_per_packet(prog, frame: bytes) -> list[float]:
     return reps(lambda: float(test_run(prog, frame, repeat=REPEAT).duration_ns), n=REPS)
 
@@ -104,6 +113,7 @@ def bench_engine(mix: str, n: int, rng: random.Random, results: dict) -> None:
         eng.load_policy(compiled, limits=LIMITS)
         t_load = time.perf_counter() - t0
         ns = ns_per_packet(eng.program, miss_frame(mix == "cidr6"))
+        hit = ns_per_packet(eng.program, deep_hit_frame(hp, mix == "cidr6")) if mix.startswith("cidr") else None
         shapes = len(compiled.conf().shapes)
         add = []
         if n == SIZES[-1]:   # one live rule added (and removed) through the API, 20 times
@@ -114,8 +124,11 @@ def bench_engine(mix: str, n: int, rng: random.Random, results: dict) -> None:
                 add.append(time.perf_counter() - t0)
                 eng.delete_rule(f"live{i}")
     results[(mix, n)] = median(ns)
+    if hit:
+        results[(mix + "-hit", n)] = median(hit)
     print(f"{mix:7s} {n:>7d} rules  {len(compiled.cls):>7d} entries {shapes:>2d} shapes  ns/pkt {fmt(ns, 'ns')}"
           f"  compile {t_compile * 1e3:8.1f} ms  load {t_load * 1e3:7.1f} ms"
+          + (f"  deepest-prefix hit {fmt(hit, 'ns')}" if hit else "")
           + (f"  load per-entry alloc {t_pre * 1e3:7.1f} ms  live add {fmt(add, 'ms', 1e3, 3)}" if add else ""), flush=True)
 
 
@@ -184,7 +197,7 @@ def main() -> None:
             bench_engine(mix, n, rng, results)
     print("\n# ratios t(N)/t(1), and minus the floor")
     fl = median(floor)
-    for mix in ("ports", "cidr4", "cidr6", "5tuple", "lpm4", "lpm6"):
+    for mix in ("ports", "cidr4", "cidr6", "5tuple", "lpm4", "lpm6", "cidr4-hit", "cidr6-hit"):
         base_t = results[(mix, 1)]
         row = "  ".join(f"{n}: {results[(mix, n)] / base_t:.2f} ({results[(mix, n)] - fl:.0f} ns)" for n in SIZES
                         if (mix, n) in results)
@@ -192,7 +205,8 @@ def main() -> None:
     for fam, mix in (("4", "cidr4"), ("6", "cidr6")):
         n = SIZES[-1]
         if (mix, n) in results:
-            print(f"cidr{fam} vs lpm{fam} at {n}: {results[(mix, n)] / results[('lpm' + fam, n)]:.2f}x")
+            print(f"cidr{fam} vs lpm{fam} at {n}: {results[(mix, n)] / results[('lpm' + fam, n)]:.2f}x (miss), "
+                  f"{results[(mix + '-hit', n)] / results[('lpm' + fam, n)]:.2f}x (deepest-prefix hit)")
     print()
     peers()
 

@@ -213,6 +213,9 @@ class Engine:
         except BpfgateError:
             for m in maps.values():
                 m.close()
+            if os.path.exists(os.path.join(pdir, "bg_cls")):   # pinned by a bpfgate before stage 0 (issue 4)
+                raise BpfgateError(f"open engine on {dev} {hook.value}", "it was attached by an older bpfgate "
+                                   "(different map layout)", hint="detach it and apply the policy again") from None
             raise NotFound(f"open engine on {dev} {hook.value}", f"its pins under {pdir} are gone") from None
         for name in CAPTURE_MAPS:   # optional: engines attached by an older bpfgate have no capture maps
             path = os.path.join(pdir, name)

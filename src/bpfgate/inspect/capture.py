@@ -502,31 +502,37 @@ def capture_to_file(path: str | None, dev: str, filt: CaptureFilter | None = Non
     written, interrupted = 0, False
     restore = _sigterm_as_interrupt()
     source: Any = None
+    matched = lost = 0
     try:
-        if engine is not None:
-            hook, rule_id, names = engine
-            source = EngineCapture(dev, hook, netns_name=netns_name, rule_id=rule_id, snaplen=snaplen,
-                                        names=names)
-        else:
-            source = Capture(dev, filt, netns_name=netns_name, snaplen=snaplen, direction=direction, method=method)
-        with source as cap:
-            if on_ready:
-                on_ready()
-            deadline = None if duration is None else time.monotonic() + duration
-            try:
-                for pkt in _stream(cap, deadline):
-                    if writer:
-                        writer.write(pkt.wall_ns, pkt.data, pkt.pkt_len, comment=pkt.comment(), direction=pkt.direction)
-                    if on_packet:
-                        on_packet(pkt, cap.clock)
-                    written += 1
-                    if engine is not None:
-                        cap._read = written
-                    if count is not None and written >= count:
-                        break
-            except KeyboardInterrupt:
-                interrupted = True
-            matched, lost = cap.matched, cap.lost
+        try:   # a SIGTERM/Ctrl-C just after the capture switched on ends it the same clean way
+            if engine is not None:
+                hook, rule_id, names = engine
+                source = EngineCapture(dev, hook, netns_name=netns_name, rule_id=rule_id, snaplen=snaplen,
+                                       names=names)
+            else:
+                source = Capture(dev, filt, netns_name=netns_name, snaplen=snaplen, direction=direction,
+                                 method=method)
+            with source as cap:
+                if on_ready:
+                    on_ready()
+                deadline = None if duration is None else time.monotonic() + duration
+                try:
+                    for pkt in _stream(cap, deadline):
+                        if writer:
+                            writer.write(pkt.wall_ns, pkt.data, pkt.pkt_len, comment=pkt.comment(),
+                                         direction=pkt.direction)
+                        if on_packet:
+                            on_packet(pkt, cap.clock)
+                        written += 1
+                        if engine is not None:
+                            cap._read = written
+                        if count is not None and written >= count:
+                            break
+                except KeyboardInterrupt:
+                    interrupted = True
+                matched, lost = cap.matched, cap.lost
+        except KeyboardInterrupt:
+            interrupted = True
     finally:
         if source is not None:
             source.close()    # the engine's capture is off whatever ended it
