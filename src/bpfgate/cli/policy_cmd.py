@@ -1,4 +1,5 @@
-"""`bpfgate apply`, `confirm`, `rule add/del`, `rules`, `policy export`: the policy control plane."""
+"""`bpfgate apply`, `confirm`, `rule add/del`, `rules`, `policy export|classifier|remove`: the policy control
+plane."""
 
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ NETNS = click.option("--netns", metavar="NAME", help="The interfaces are in this
 HOOKS = click.Choice(["tc-ingress", "tc-egress", "xdp"])
 
 
+def _running_hooks(command):
+    """--dev, --hook, --netns, --json: the options of a command over the running hooks (default: all)."""
+    for option in reversed((click.option("--dev", help="Only this interface."),
+                            click.option("--hook", type=HOOKS, default=None, help="Only this hook."), NETNS,
+                            click.option("--json", "as_json", is_flag=True, help="JSON output for scripts."))):
+        command = option(command)
+    return command
+
+
 def _mark(value):
     if value is None:
         return None
@@ -19,6 +29,15 @@ def _mark(value):
         return int(value, 0)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a number (decimal or 0x...)") from None
+
+
+def _printed_as_json_or_none(items, as_json: bool, netns: str | None) -> bool:
+    """Print the items as JSON (their to_dict()), or say that nothing runs; True when that was all."""
+    if as_json:
+        term.print_json([x.to_dict() for x in items])
+    elif not items:
+        term.info("no bpfgate policy is running" + (f" in {netns}" if netns else ""))
+    return as_json or not items
 
 
 def _print_plan(res, as_json: bool) -> None:
@@ -170,20 +189,13 @@ def register(app: click.Group) -> None:
             term.ok(f"rule {name} deleted from {dev} {hook}")
 
     @app.command("rules")
-    @click.option("--dev", help="Only this interface.")
-    @click.option("--hook", type=HOOKS, default=None)
-    @NETNS
-    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    @_running_hooks
     def rules_cmd(dev, hook, netns, as_json):
         """The running rules, in order, with their counters (packets, bytes)."""
         from bpfgate import policyctl
 
         rows = policyctl.rules(dev, netns=netns, hook=hook)
-        if as_json:
-            term.print_json([r.to_dict() for r in rows])
-            return
-        if not rows:
-            term.info("no bpfgate policy is running" + (f" in {netns}" if netns else ""))
+        if _printed_as_json_or_none(rows, as_json, netns):
             return
         opts = lambda r: " ".join(f"{k}={v}" for k, v in r.extra.items())
         term.table(None, ["dev", "hook", "#", "rule", "action", "match", "options", "packets", "bytes"],
@@ -214,11 +226,23 @@ def register(app: click.Group) -> None:
         else:
             click.echo(text, nl=False)
 
+    @policy_group.command("classifier")
+    @_running_hooks
+    def classifier_cmd(dev, hook, netns, as_json):
+        """What classifying a packet costs per hook: shapes (hash lookups per packet, worst case), entries,
+        stage 0 prefix classes."""
+        from bpfgate import policyctl
+
+        reports = policyctl.classifier(dev, netns=netns, hook=hook)
+        if _printed_as_json_or_none(reports, as_json, netns):
+            return
+        for r in reports:
+            term.info(r.summary())
+            term.table(None, ["#", "fields", "entries"],
+                       [[i, s.fields, s.entries] for i, s in enumerate(r.shapes, 1)])
+
     @policy_group.command("remove")
-    @click.option("--dev", help="Only this interface.")
-    @click.option("--hook", type=HOOKS, default=None, help="Only this hook.")
-    @NETNS
-    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    @_running_hooks
     def remove_cmd(dev, hook, netns, as_json):
         """Detach running policies (all of them in the namespace unless --dev/--hook)."""
         from bpfgate import policyctl

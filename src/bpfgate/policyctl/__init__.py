@@ -1,5 +1,5 @@
-"""The policy control plane: what `bpfgate apply`, `rule add/del`, `rules`, `policy export` and `confirm`
-do, as a Python API.
+"""The policy control plane: what `bpfgate apply`, `rule add/del`, `rules`, `policy export|classifier` and
+`confirm` do, as a Python API.
 
     from bpfgate import policyctl
     res = policyctl.apply("policy.yaml", netns="blue")           # validate, compile, compare, change
@@ -11,6 +11,7 @@ do, as a Python API.
     policyctl.delete_rule("eth0", "tc-ingress", "web", netns="blue")
     for r in policyctl.rules(netns="blue"): print(r.name, r.packets, r.bytes)
     text = policyctl.export(netns="blue")                       # YAML; apply(text) changes nothing
+    for c in policyctl.classifier(netns="blue"): print(c.summary())   # hash lookups per packet
 
 `apply` is idempotent (an unchanged hook is not touched), all-or-nothing across interfaces and hooks (see
 apply.py), refuses a default-deny ingress without a `ct: established` pass rule unless `force` (guard.py),
@@ -24,11 +25,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
+from bpfgate.policy import layout as L
+from bpfgate.policy.compile import CompiledHook, compile_hook
 from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
 from bpfgate.policy.parse import rule_problem
 
@@ -50,12 +53,14 @@ __all__ = [
     "ApplyError",
     "ApplyResult",
     "Backend",
+    "ClassifierReport",
     "HookPlan",
     "MemoryBackend",
     "Plan",
     "RuleRow",
     "add_rule",
     "apply",
+    "classifier",
     "confirm",
     "delete_rule",
     "export",
@@ -66,6 +71,7 @@ __all__ = [
     "remove",
     "rule_from",
     "rules",
+    "shape_fields",
     "running",
 ]
 
@@ -338,19 +344,30 @@ def rules(dev: str | None = None, *, netns: str | None = None, hook: str | Hook 
     """Every rule of every running hook (or of one interface / hook), in order, with its counters."""
     backend = _backend(backend)
     hook = parse_hook(hook) if hook is not None else None
-    session = getattr(backend, "session", None)
-    with session() if session else contextlib.nullcontext():   # each engine opened once
+    with _reading(backend):
         return _rules(backend, dev, hook, netns)
 
 
-def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None) -> list[RuleRow]:
+def _reading(backend: Backend):
+    """The backend's session, if it has one: each engine opened once for a whole listing."""
+    session = getattr(backend, "session", None)
+    return session() if session else contextlib.nullcontext()
+
+
+def _selected(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None,
+              op: str) -> list[tuple[str, Hook, HookPolicy]]:
+    """The running hooks of one interface / hook (default: all), by interface then hook; NotFound when
+    `dev` runs no policy."""
     state = backend.running(netns)
     if dev is not None and not any(d == dev for d, _ in state):
-        raise NotFound(f"list rules of {dev}", "no bpfgate policy is attached there")
+        raise NotFound(f"{op} of {dev}", "no bpfgate policy is attached there")
+    return [(d, h, hp) for (d, h), hp in sorted(state.items(), key=lambda kv: (kv[0][0], kv[0][1].value))
+            if (dev is None or d == dev) and (hook is None or h == hook)]
+
+
+def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None) -> list[RuleRow]:
     out = []
-    for (d, h), hp in sorted(state.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
-        if (dev is not None and d != dev) or (hook is not None and h != hook):
-            continue
+    for d, h, hp in _selected(backend, dev, hook, netns, "list rules"):
         counts = backend.counters(d, h, netns)
         for i, r in enumerate(hp.rules):
             data = rule_data(r)
@@ -360,6 +377,113 @@ def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | No
         c = counts.get("(default)", RuleCounters("(default)", 0, 0))
         out.append(RuleRow(d, h.value, None, "(default)", hp.default, "no rule matched", c.packets, c.bytes))
     return out
+
+
+# ---- classifier cost -----------------------------------------------------------------------------------
+
+TREE_NAMES = {L.TREE_SRC4: "src4", L.TREE_SRC6: "src6", L.TREE_DST4: "dst4", L.TREE_DST6: "dst6"}
+# key fields named by their mask alone (ports and addresses also say how many leading bits they match)
+PLAIN_FIELDS = ("family", "proto", "tcp_flags", "icmp_type", "icmp_code", "ct_state", "vlan")
+
+
+@dataclass(frozen=True)
+class ShapeCost:
+    id: int
+    fields: str        # the key fields the shape's mask keeps, e.g. "family proto dport", "family src/24"
+    entries: int       # its bg_cls entries
+
+
+@dataclass(frozen=True)
+class TreeCost:
+    tree: str          # src4, src6, dst4, dst6
+    classes: int       # class prefixes (one class each)
+    buckets: int       # level-0 array entries in use
+    probe_entries: int  # bg_pfx hash entries
+    max_probes: int    # hash probes per packet in this tree, at most
+
+
+@dataclass
+class ClassifierReport:
+    """What classifying one packet costs on one hook: one hash lookup per shape, worst case all of them,
+    after stage 0 has mapped the addresses to prefix classes."""
+
+    dev: str
+    hook: str
+    rules: int
+    entries: int       # bg_cls entries of the live generation
+    shapes: list[ShapeCost]   # visit order
+    stage0: list[TreeCost]
+
+    @property
+    def lookups_worst(self) -> int:
+        return len(self.shapes)
+
+    def summary(self) -> str:
+        n = self.lookups_worst
+        text = (f"{self.dev} {self.hook}: {_count(self.rules, 'rule')}, {_count(self.entries, 'entry', 'entries')}, "
+                f"{_count(n, 'shape')} = at most {_count(n, 'hash lookup')} per packet")
+        trees = [f"{t.tree} {_count(t.classes, 'class', 'classes')} (max {_count(t.max_probes, 'probe')})"
+                 for t in self.stage0]
+        return text + (f"; stage 0: {', '.join(trees)}" if trees else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lookups_worst"] = self.lookups_worst
+        return d
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _prefix(name: str, mask: int, bits: int) -> str:
+    """name/N for a mask of N leading one bits (any other mask in hex)."""
+    full = (1 << bits) - 1
+    ones = bits - (full & ~mask).bit_length()
+    return f"{name}/{ones}" if mask == full ^ (full >> ones) else f"{name}/{mask:#x}"
+
+
+def shape_fields(mask: bytes) -> str:
+    """The key fields a shape's mask (struct bg_cls_key layout) matches on, in key order."""
+    m = L.ClsKey.unpack(mask)
+    out = [f for f in PLAIN_FIELDS if getattr(m, f)]
+    out += [f if getattr(m, f) == 0xFFFF else _prefix(f, getattr(m, f), 16) for f in ("sport", "dport")
+            if getattr(m, f)]
+    out += [_prefix(f, int.from_bytes(getattr(m, f), "big"), 128) for f in ("src", "dst") if any(getattr(m, f))]
+    out += [f"{f} class" for f in ("src", "dst") if getattr(m, f"{f}_cls")]
+    return " ".join(out) or "any"
+
+
+def _stage0(compiled: CompiledHook, conf: L.Conf) -> list[TreeCost]:
+    return [TreeCost(TREE_NAMES[t], len(tr.prefixes), len(tr.top), len(tr.pfx),
+                     max((len(lens) for _cls, _sub, lens in tr.top.values()), default=0))
+            for t, tr in sorted(compiled.classes.trees.items()) if conf.trees >> t & 1]
+
+
+def _live_classifier(backend: Backend, dev: str, hook: Hook, hp: HookPolicy,
+                     netns: str | None) -> tuple[CompiledHook, L.Conf]:
+    """What the data plane walks: the engine's live generation; a backend without one (MemoryBackend)
+    compiles the running policy, which gives the same shapes and stage 0."""
+    read = getattr(backend, "classifier", None)
+    if read is not None:
+        return read(dev, hook, netns)
+    compiled = compile_hook(hp, hook, ifindex=lambda name: 1)   # redirect targets do not change the cost
+    return compiled, compiled.conf()
+
+
+def classifier(dev: str | None = None, *, netns: str | None = None, hook: str | Hook | None = None,
+               backend: Backend | None = None) -> list[ClassifierReport]:
+    """Per running hook (or one interface / hook): the classifier's shapes in visit order (one hash lookup
+    each per packet, worst case all), its entries, and the stage 0 prefix-class trees in use."""
+    backend = _backend(backend)
+    hook = parse_hook(hook) if hook is not None else None
+    with _reading(backend):
+        out = []
+        for d, h, hp in _selected(backend, dev, hook, netns, "read the classifier"):
+            compiled, conf = _live_classifier(backend, d, h, hp, netns)
+            shapes = [ShapeCost(s.id, shape_fields(s.mask), s.entries) for s in conf.shapes]
+            out.append(ClassifierReport(d, h.value, len(hp.rules), len(compiled.cls), shapes, _stage0(compiled, conf)))
+        return out
 
 
 def export(dev: str | None = None, *, netns: str | None = None, backend: Backend | None = None) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from bpfgate.policy.compile import CompiledHook
+from bpfgate.policy.layout import Conf
 from bpfgate.policy.model import Hook, HookPolicy, Rule
 
 from .backend import RuleCounters, State
@@ -128,6 +130,17 @@ class EngineBackend:
     def counters(self, dev: str, hook: Hook, netns: str | None) -> dict[str, RuleCounters]:
         with self._open(dev, hook, netns) as eng:
             return {n: RuleCounters(n, c.packets, c.bytes) for n, c in eng.counters().items()}
+
+    def classifier(self, dev: str, hook: Hook, netns: str | None) -> tuple[CompiledHook, Conf]:
+        """The live generation's bg_cls entries and stage 0 classes, and the bg_conf it published (what the
+        data plane walks now, live edits included)."""
+        from bpfgate.errors import BpfgateError
+
+        with self._open(dev, hook, netns) as eng:
+            live = eng.live
+            if live is None:
+                raise BpfgateError(f"read the classifier of {dev} {hook.value}", "the engine has no policy loaded")
+            return live.c, live.conf
 
 
 def purge(dev: str, hook: Hook, netns: str | None) -> None:
