@@ -71,8 +71,8 @@ __all__ = [
     "remove",
     "rule_from",
     "rules",
-    "shape_fields",
     "running",
+    "shape_fields",
 ]
 
 Source = str | Path | Policy | Iterable[Policy]
