@@ -677,8 +677,11 @@ int bg_engine_tc(struct __sk_buff *skb)
 		skb->mark = v.mark;
 	if (cfg_test_mark)
 		skb->mark = v.rule_id + 1;
-	if (v.action == BG_ACT_DROP)
+	if (v.action == BG_ACT_DROP) {
+		skb->cb[BG_CB_RULE_WORD] = BG_CB_RULE_MAGIC; /* `bpfgate trace drops` names the rule */
+		skb->cb[BG_CB_RULE_WORD + 1] = v.rule_id + 1;
 		return TC_ACT_SHOT;
+	}
 	if (v.action == BG_ACT_REDIRECT)
 		return bpf_redirect(v.ifindex, v.redir_ingress ? BPF_F_INGRESS : 0);
 	return TC_ACT_OK;

@@ -136,6 +136,15 @@ static __always_inline void on_drop(const struct sk_buff *skb, void *location, _
 	ev->ifindex = BPF_CORE_READ(skb, dev, ifindex);
 	ev->netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
 	parse_flow(ev, skb);
+	if (reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_TC_INGRESS) ||
+	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_TC_EGRESS)) {
+		__u32 w[2] = {};
+		const void *cb = (const void *)skb + bpf_core_field_offset(struct sk_buff, cb) +
+				 bpf_core_field_offset(struct qdisc_skb_cb, data) + 4 * BG_CB_RULE_WORD;
+
+		if (!bpf_probe_read_kernel(w, sizeof(w), cb) && w[0] == BG_CB_RULE_MAGIC)
+			ev->engine_rule = w[1];
+	}
 	key = (__u64)(rx_sk ? rx_sk : BPF_CORE_READ(skb, sk));
 	o = key ? bpf_map_lookup_elem(&socks, &key) : 0;
 	if (o)

@@ -142,8 +142,14 @@ struct bg_drop_event {
 	__u16 dport;
 	__u16 family;      /* AF_INET / AF_INET6, 0: not IP */
 	__u8 protocol;
-	__u8 pad[5];
+	__u8 pad;
+	__u32 engine_rule; /* TC drop by a policy engine: its rule id + 1 (from the skb's cb), 0: none */
 };
+
+/* A policy engine's TC drop leaves its rule in the skb's cb for the drop tracer (__sk_buff cb[3..4] =
+ * qdisc_skb_cb data[12..19]): the packet is freed right after, nothing else reads it. */
+#define BG_CB_RULE_MAGIC 0xB96A7E5Eu
+#define BG_CB_RULE_WORD 3
 
 /* ---- inspection: events, syn, attempts (issue 5 part A: bpf/syn.bpf.c, bpf/attempts.bpf.c) ---- */
 

@@ -25,7 +25,7 @@ CONTRACT: dict[str, tuple[str, ...]] = {
                      "pid", "netns", "error", "sport", "dport", "family", "kind", "old_state", "new_state",
                      "owner_flags", "comm"),
     "bg_drop_event": ("hdr", "location", "saddr", "daddr", "reason", "ifindex", "netns", "pid", "len", "sport",
-                      "dport", "family", "protocol"),
+                      "dport", "family", "protocol", "engine_rule"),
     "bg_sock_owner": ("start_ns", "cgroup_id", "pid", "flags", "comm"),
     # policy engine (bpfgate.engine; classifier records packed by bpfgate.policy.layout)
     "bg_cls_key": ("shape", "gen", "have", "family", "proto", "tcp_flags", "icmp_type", "icmp_code", "ct_state",

@@ -571,3 +571,29 @@ def test_cgroup_filter_keeps_the_cgroups_sockets(net, cgroup):
     # the client's side only: the server process is not in the cgroup
     assert {e["event"] for e in events} == {"connect", "close"} and len(events) == 2, events
     assert all(e["pid"] == res["pid"] and e["cgroup_id"] == os.stat(cgroup).st_ino for e in events), events
+
+
+def test_engine_drop_names_the_rule(net):
+    """A SYN dropped by the policy engine at the server's ingress: the drop names the engine's program and
+    the rule that dropped it (the engine leaves the rule id in the skb; the tracer reads it back)."""
+    from bpfgate.engine import Engine
+    from bpfgate.policy.model import HookPolicy
+
+    client, server, link, tmp = net
+    hp = HookPolicy.model_validate({"default": "allow", "rules": [
+        {"name": "allow-web", "protocol": "tcp", "dst_port": PORT, "action": "pass"},
+        {"name": "no-dropped-port", "protocol": "tcp", "dst_port": DROPPED_PORT, "action": "drop"}]})
+    eng = Engine.attach(link.b.name, "tc-ingress", hp, netns_name=server.netns, ct=False)
+    try:
+        flt = _only(client, server)
+        with DropTracer(filters=flt) as drops:
+            results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": DROPPED_PORT, "syncnt": 1}])
+            assert results[0]["error"] == 110
+            events = _collect([drops], lambda evs: any(e.get("reason") == "TC_INGRESS" for e in evs))
+        gated = [e for e in events if e.get("reason") == "TC_INGRESS" and e["dport"] == DROPPED_PORT]
+        assert gated, events
+        for e in gated:
+            assert e["by"]["program"] == "bg_engine_tc" and e["by"]["prog_id"] == eng.prog_id, e
+            assert e["by"]["rule"] == "no-dropped-port", e
+    finally:
+        eng.detach()

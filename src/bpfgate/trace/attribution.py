@@ -5,9 +5,10 @@ packet was on. We look up the filters at that device's clsact hook (in the names
 in) and name the first bpfgate program (name starting with bg_) there: that is the program that dropped
 it, as long as one bpfgate program sits on the hook.
 
-Hook for the policy engine: `register_rule_resolver(fn)`; fn(drop_event_dict, program_info_dict)
-returns a rule name (or None). The engine can answer from the flow (its compiler knows which rule
-matches a 5-tuple) or from a per-rule counter it reads back; until one is registered, `rule` is null.
+The policy engine's rule: an engine's TC drop leaves its rule id in the skb's cb, the tracer copies it
+into the event (engine_rule), and the engine attached with that program id names it (a rule deleted since
+has no name: null). Other resolvers: `register_rule_resolver(fn)`; fn(drop_event_dict, program_info_dict)
+returns a rule name (or None).
 XDP drops (XDP_DROP) do not reach kfree_skb at all: they are not attributable here.
 TCX-attached programs are not looked up yet (only clsact filters).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from bpfgate.errors import BpfgateError
 
@@ -25,7 +26,7 @@ CACHE_SECONDS = 2.0  # filters change rarely; a burst of drops must not mean a n
 
 RuleResolver = Callable[[dict, dict], "str | None"]
 _resolvers: list[RuleResolver] = []
-_cache: dict[tuple, tuple[float, dict | None]] = {}
+_cache: dict[tuple, tuple[float, Any]] = {}
 
 
 def register_rule_resolver(fn: RuleResolver) -> None:
@@ -64,6 +65,44 @@ def _program_at(netns_ino: int, ifindex: int, direction: str) -> dict | None:
     return None
 
 
+def _cached(key: tuple, fetch: Callable[[], Any]) -> Any:
+    now = time.monotonic()
+    hit = _cache.get(key)
+    if hit is None or now - hit[0] > CACHE_SECONDS:
+        hit = (now, fetch())
+        _cache[key] = hit
+    return hit[1]
+
+
+def _engine_names(netns_ino: int, prog_id: int) -> dict[int, str]:
+    """rule id -> name of the policy engine whose program is prog_id, in that namespace ({} if none)."""
+    from bpfgate.engine import Engine
+    from bpfgate.engine.engine import rule_names
+    from bpfgate.engine.state import StateStore
+
+    spaces = netns_names()
+    if netns_ino not in spaces:
+        return {}
+    ns = spaces[netns_ino]
+    for dev, hook in StateStore.listing(ns):
+        try:
+            if StateStore(dev, hook, ns).load_meta().get("prog_id") != prog_id:
+                continue
+            with Engine.open(dev, hook, ns) as eng:
+                return rule_names(eng.live.c) if eng.live is not None else {}
+        except (BpfgateError, OSError, ValueError):
+            return {}
+    return {}
+
+
+def _engine_rule(ev: dict, prog: dict) -> str | None:
+    rid = ev.get("engine_rule")
+    if not rid or not prog["program"].startswith("bg_engine"):
+        return None
+    names = _cached(("engine", ev["netns"], prog["prog_id"]), lambda: _engine_names(ev["netns"], prog["prog_id"]))
+    return names.get(rid - 1)
+
+
 def attribute(ev: dict) -> dict | None:
     """{"program", "prog_id", "direction", "priority", "handle", "rule"} for a drop by a bpfgate TC
     program, else None."""
@@ -71,16 +110,11 @@ def attribute(ev: dict) -> dict | None:
     if not direction or not ev.get("ifindex") or not ev.get("netns"):
         return None
     key = (ev["netns"], ev["ifindex"], direction)
-    now = time.monotonic()
-    hit = _cache.get(key)
-    if hit is None or now - hit[0] > CACHE_SECONDS:
-        hit = (now, _program_at(*key))
-        _cache[key] = hit
-    prog = hit[1]
+    prog = _cached(key, lambda: _program_at(*key))
     if prog is None:
         return None
     rule = None
-    for resolve in _resolvers:
+    for resolve in [_engine_rule, *_resolvers]:
         rule = resolve(ev, prog)
         if rule is not None:
             break

@@ -10,7 +10,8 @@ old_state, and per event: duration_ms (connect/accept: handshake; close, connect
 tx_bytes/rx_bytes (close: payload, retransmissions not counted twice), cause + error (connect_failed),
 reason (reset_tx).
 drop keys: reason, reason_code, ip, protocol, saddr, sport, daddr, dport, ifindex, netns, len, pid,
-location (kernel function that dropped), by (bpfgate program a TC drop is attributed to, else null).
+location (kernel function that dropped), by (bpfgate program a TC drop is attributed to, with the policy
+engine's rule when an engine dropped it, else null).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def drop_fields(rec: Any, ctx: Any = None) -> dict:
         "ifindex": rec.ifindex or None, "netns": rec.netns or None, "len": rec.len,
         "pid": rec.pid or None, "location": _kallsyms.symbol(rec.location),
     }
-    d["by"] = attribution.attribute(d)
+    d["by"] = attribution.attribute({**d, "engine_rule": rec.engine_rule})
     return d
 
 
