@@ -31,6 +31,7 @@ OBJECT = "engine"
 OWNER = "engine"
 CT_OWNER = "engine-ct"
 CT_HANDLE, CT_PRIORITY = 0xB9E, 99       # the conntrack tracker runs before any filter of ours
+CT_KEY_SUFFIX = f".tc-egress-{CT_HANDLE:x}-{CT_PRIORITY}"   # ends the tracker's attachment key
 CT_TIMEOUT_NEW_S, CT_TIMEOUT_EST_S = 30, 600   # flow expiry after the last packet: no reply seen / replied
 RULE_ARRAYS = ("bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate")
 MAX_RULE_SLOTS = 1 << 18
@@ -142,6 +143,7 @@ class Engine:
         compiled = policy if isinstance(policy, CompiledHook) else compile_hook(
             policy or HookPolicy(default="allow"), hook, limits=limits,
             ifindex=lambda name: netlink.ifindex(name, netns_name))
+        ct_hooks = _ct_hooks(dev, netns_name)
         reuse = {}
         shared = cls._sibling_ct(dev, hook, netns_name)   # one flow table per interface, shared by its hooks
         if shared is not None:
@@ -169,11 +171,11 @@ class Engine:
             else:
                 atts.append(attach_mod.attach_tc(eng.program, dev, hook.value.split("-")[1], netns_name=netns_name,
                                                  method=mode or "tc", owner=OWNER, extra_pins=pinned))
-            if ct and hook is not Hook.TC_EGRESS:   # replies are known only if outgoing flows are tracked
-                atts.append(attach_mod.attach_tc(eng.obj.program("bg_ct_track"), dev, "egress",
-                                                 netns_name=netns_name, handle=CT_HANDLE, priority=CT_PRIORITY,
-                                                 owner=CT_OWNER))
-            store.save_meta({"ifindex": ifindex, "prog_id": eng.program.id, "mode": mode,
+            # replies are known only if outgoing flows are tracked: by the tracker, unless an egress engine
+            # with ct runs (exactly one program tracks egress, or the per-flow counters count it twice)
+            if ct and hook is not Hook.TC_EGRESS and Hook.TC_EGRESS not in ct_hooks:
+                atts.append(_attach_tracker(eng.obj.program("bg_ct_track"), dev, netns_name))
+            store.save_meta({"ifindex": ifindex, "prog_id": eng.program.id, "mode": mode, "ct": ct,
                              "attachments": [a.key for a in atts], "pins": pinned})
             eng._snapshot()
             eng._seen_version = store.version()
@@ -186,6 +188,9 @@ class Engine:
             store.remove()
             eng.close()
             raise
+        if ct and hook is Hook.TC_EGRESS:   # this engine tracks egress now; only after it is fully attached
+            for att in attach_mod.find(dev, "tc-egress", netns_name, owner=CT_OWNER):
+                attach_mod.detach(att)
         return eng
 
     @classmethod
@@ -242,6 +247,10 @@ class Engine:
         meta = self.store.load_meta()
         keys = set(meta.get("attachments", []))
         others = [h for d, h in StateStore.listing(self.netns) if d == self.dev and h is not self.hook]
+        if self.hook is Hook.TC_EGRESS and _has_ct(meta):
+            ingress = _ct_hooks(self.dev, self.netns) - {self.hook}
+            if ingress:   # they still need egress tracked: the tracker takes over before this engine goes
+                self._restore_tracker(ingress)
         for att in attach_mod.find(self.dev, None, self.netns):
             if att.owner == CT_OWNER and any(h is not Hook.TC_EGRESS for h in others):
                 continue   # the tracker is shared: another ingress engine of this device still needs it
@@ -252,6 +261,22 @@ class Engine:
         pins.prune_empty(pin_dir(self.dev, self.hook, self.netns))
         self.store.remove()
         self.close()
+
+    def _restore_tracker(self, ingress: set[Hook]) -> None:
+        """Attach a tracker sharing this device's bg_ct and record it in the ingress engines' meta, so
+        the last of them to detach removes it (as if it had attached it)."""
+        loaded = Engine.load(Hook.TC_INGRESS, ct=True, reuse={"bg_ct": self.maps["bg_ct"].fd},
+                             max_entries=rule_array_sizes(1))
+        try:
+            att = _attach_tracker(loaded.obj.program("bg_ct_track"), self.dev, self.netns)
+        finally:
+            loaded.close()   # the filter holds the program, which holds bg_ct
+        for h in ingress:
+            store = StateStore(self.dev, h, self.netns)
+            meta = store.load_meta()
+            if att.key not in meta.setdefault("attachments", []):
+                meta["attachments"].append(att.key)
+                store.save_meta(meta)
 
     def close(self) -> None:
         if self.obj is None:
@@ -552,6 +577,31 @@ class Engine:
     def _journal(self, op: str, **kw) -> None:
         if self.store is not None:
             self.store.journal(op, **kw)
+
+
+def _attach_tracker(prog, dev: str, netns_name: str | None) -> attach_mod.Attachment:
+    return attach_mod.attach_tc(prog, dev, "egress", netns_name=netns_name, handle=CT_HANDLE,
+                                priority=CT_PRIORITY, owner=CT_OWNER)
+
+
+def _has_ct(meta: dict) -> bool:
+    """Whether a saved engine tracks flows. Meta saved before the "ct" flag: an ingress engine did iff it
+    attached the tracker; an egress engine counts as not tracking (the tracker then stays, as it did)."""
+    if "ct" in meta:
+        return bool(meta["ct"])
+    return any(k.endswith(CT_KEY_SUFFIX) for k in meta.get("attachments", []))
+
+
+def _ct_hooks(dev: str, netns_name: str | None) -> set[Hook]:
+    """Hooks of the device's attached engines that track flows."""
+    out = set()
+    for d, h in StateStore.listing(netns_name):
+        try:
+            if d == dev and _has_ct(StateStore(d, h, netns_name).load_meta()):
+                out.add(h)
+        except (OSError, ValueError):
+            continue   # detached meanwhile, or a torn file
+    return out
 
 
 def _expired(f: R.Flow, now_ns: int) -> bool:
