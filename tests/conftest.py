@@ -105,3 +105,25 @@ def pair(sandbox):
     client, server = sandbox.host("client"), sandbox.host("server")
     link = sandbox.link(client, server)
     return client, server, link.end(client), link.end(server)
+
+
+@pytest.fixture
+def engines():
+    """attach(dev, hook, policy, netns_name=..., **kw) -> Engine; every engine it attached is detached after
+    the test, pass or fail (one detached by the test itself is skipped)."""
+    from bpfgate.engine import Engine
+    from bpfgate.errors import NotFound
+
+    attached = []
+
+    def attach(dev, hook, policy, **kw):
+        eng = Engine.attach(dev, hook, policy, **kw)
+        attached.append(eng)
+        return eng
+
+    yield attach
+    for eng in attached:
+        try:
+            eng.detach()
+        except NotFound:
+            pass

@@ -12,7 +12,6 @@ import pytest
 
 from bpfgate import attach
 from bpfgate.engine import Engine
-from bpfgate.errors import NotFound
 from bpfgate.policy.model import HookPolicy
 
 pytestmark = pytest.mark.kernel
@@ -47,31 +46,17 @@ print(got)
 
 
 @pytest.fixture
-def net(pair):
+def net(pair, engines):
     client, server, cif, sif = pair
     n = type("Net", (), {})()
     n.client, n.server, n.dev, n.ns, n.ip4, n.cip4 = client, server, sif.name, server.netns, sif.ip4, cif.ip4
-    engines: list[Engine] = []
-
-    def _attach(hook, **kw):
-        eng = Engine.attach(n.dev, hook, HookPolicy(default="allow"), netns_name=n.ns, ct=True, **kw)
-        engines.append(eng)
-        return eng
-
-    n.attach = _attach
+    n.attach = lambda hook, **kw: engines(n.dev, hook, HookPolicy(default="allow"), netns_name=n.ns, ct=True, **kw)
     proc = server.spawn([sys.executable, "-c", SERVER])
     deadline = time.monotonic() + 5
     while "ready" not in proc.output():
         assert proc.alive and time.monotonic() < deadline, proc.output()
         time.sleep(0.01)
-    try:
-        yield n
-    finally:
-        for eng in engines:
-            try:
-                eng.detach()
-            except NotFound:
-                pass
+    return n
 
 
 def exchange(n, eng, sport):

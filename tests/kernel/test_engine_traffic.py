@@ -25,7 +25,7 @@ def hp(rules, default="allow"):
 
 
 @pytest.fixture
-def net(sandbox):
+def net(sandbox, engines):
     """client -- server (+ other -- server); engines attached through `net.attach` are detached at the end."""
     client, server, other = sandbox.host("client"), sandbox.host("server"), sandbox.host("other")
     link, link2 = sandbox.link(client, server), sandbox.link(other, server)
@@ -35,24 +35,11 @@ def net(sandbox):
         link2.end(other).name
     n.ip4, n.ip6 = link.end(server).ip4, link.end(server).ip6
     n.cip4, n.cip6 = link.end(client).ip4, link.end(client).ip6
-    engines: list[Engine] = []
-
-    def _attach(dev, hook, policy, host=None, **kw):
-        eng = Engine.attach(dev, hook, policy, netns_name=(host or server).netns, **kw)
-        engines.append(eng)
-        return eng
-
-    n.attach = _attach
+    n.attach = lambda dev, hook, policy, host=None, **kw: engines(dev, hook, policy,
+                                                                 netns_name=(host or server).netns, **kw)
     server.http_server(80)
     server.http_server(8080)
-    try:
-        yield n
-    finally:
-        for eng in engines:
-            try:
-                eng.detach()
-            except NotFound:
-                pass
+    return n
 
 
 def get(n, port, v6=False, host=None):

@@ -14,8 +14,6 @@ import time
 import pytest
 from clirun import run_cli
 
-from bpfgate.engine import Engine
-from bpfgate.errors import NotFound
 from bpfgate.inspect.events import EventStream
 from bpfgate.inspect.rules import close_sources, engine_sources
 from bpfgate.kernel import netns
@@ -28,24 +26,14 @@ RULE_KEYS = ["type", "time", "epoch", "mono_ns", "cpu", "source", "interface", "
 
 
 @pytest.fixture
-def net(sandbox):
+def net(sandbox, engines):
     c, s = sandbox.host("cli"), sandbox.host("srv")
     link = sandbox.link(c, s)
-    engines: list[Engine] = []
 
     def attach(policy, hook="tc-ingress"):
-        eng = Engine.attach(link.b.name, hook, HookPolicy.model_validate(policy), netns_name=s.netns)
-        engines.append(eng)
-        return eng
+        return engines(link.b.name, hook, HookPolicy.model_validate(policy), netns_name=s.netns)
 
-    try:
-        yield c, s, link, attach
-    finally:
-        for eng in engines:
-            try:
-                eng.detach()
-            except NotFound:
-                pass
+    return c, s, link, attach
 
 
 def connect(host, addr: str, port: int, timeout: float = 3.0) -> str:
