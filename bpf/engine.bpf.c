@@ -108,6 +108,15 @@ struct {
 	__type(value, struct bg_ct_entry);
 } bg_ct SEC(".maps");
 
+/* [0] = 1: an engine earlier on this packet's path (XDP before tc-ingress) tracks the flows; this one only
+ * reads their state, so per-flow counters count each packet once. Set by the control plane. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} bg_ct_lookup_only SEC(".maps");
+
 /* ---- capture with the verdict (bpfgate capture --rule / --engine) ---------------------------------- */
 /* Off unless bpfgate.inspect.capture.EngineCapture enables it; off, it costs one array lookup a packet. */
 struct bg_capture_cfg {
@@ -264,8 +273,10 @@ static __always_inline int ct_related(const struct bg_cls_key *k, const struct b
 	return e && ct_live(e, now);
 }
 
-/* Look the packet's flow up (creating it for a valid first packet); returns enum bg_ct_state or 0. */
-static __always_inline __u8 ct_track(const struct bg_cls_key *k, const struct bg_parsed *p, __u32 len)
+/* Look the packet's flow up (creating it for a valid first packet, accounting it unless lookup_only);
+ * returns enum bg_ct_state or 0. */
+static __always_inline __u8 ct_track(const struct bg_cls_key *k, const struct bg_parsed *p, __u32 len,
+				     int lookup_only)
 {
 	struct bg_ct_key ck = {}, rk = {};
 	struct bg_ct_entry *e;
@@ -276,13 +287,15 @@ static __always_inline __u8 ct_track(const struct bg_cls_key *k, const struct bg
 		return 0;
 	e = bpf_map_lookup_elem(&bg_ct, &ck);
 	if (e && ct_live(e, now)) {
-		ct_account(e, 0, len, flags, now);
+		if (!lookup_only)
+			ct_account(e, 0, len, flags, now);
 		return (e->flags & BG_CTF_REPLY) ? BG_CT_ESTABLISHED : BG_CT_NEW;
 	}
 	ct_reverse(&ck, &rk);
 	e = bpf_map_lookup_elem(&bg_ct, &rk);
 	if (e && ct_live(e, now)) {
-		ct_account(e, 1, len, flags, now);
+		if (!lookup_only)
+			ct_account(e, 1, len, flags, now);
 		return BG_CT_ESTABLISHED;
 	}
 	if (ct_related(k, p, now))
@@ -292,6 +305,8 @@ static __always_inline __u8 ct_track(const struct bg_cls_key *k, const struct bg
 		if (!(k->have & BG_HAVE_TCPFLAGS) || (flags & 0x16) != 0x02) /* SYN, no ACK, no RST */
 			return BG_CT_INVALID;
 	}
+	if (lookup_only)
+		return BG_CT_NEW;
 	{
 		struct bg_ct_entry ne = {};
 
@@ -665,7 +680,9 @@ int bg_engine_tc(struct __sk_buff *skb)
 			k.have |= BG_HAVE_CT;
 		}
 	} else if (cfg_ct) {
-		k.ct_state = ct_track(&k, &p, skb->len);
+		__u32 zero = 0, *lo = bpf_map_lookup_elem(&bg_ct_lookup_only, &zero);
+
+		k.ct_state = ct_track(&k, &p, skb->len, lo && *lo);
 		if (k.ct_state)
 			k.have |= BG_HAVE_CT;
 	}
@@ -701,7 +718,7 @@ int bg_engine_xdp(struct xdp_md *ctx)
 	if (p.arp)
 		return XDP_PASS;
 	if (cfg_ct && !cfg_test_mark) {
-		k.ct_state = ct_track(&k, &p, len);
+		k.ct_state = ct_track(&k, &p, len, 0);
 		if (k.ct_state)
 			k.have |= BG_HAVE_CT;
 	}
@@ -724,7 +741,7 @@ int bg_ct_track(struct __sk_buff *skb)
 	struct bg_parsed p = {};
 
 	tc_key(skb, &k, &p);
-	ct_track(&k, &p, skb->len);
+	ct_track(&k, &p, skb->len, 0);
 	return TC_ACT_UNSPEC;
 }
 

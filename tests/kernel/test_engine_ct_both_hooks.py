@@ -134,9 +134,25 @@ def test_two_ingress_engines_keep_the_restored_tracker_until_the_last_goes(net):
     assert trackers(n) == []
     egress.detach()
     assert len(trackers(n)) == 1
-    # one flow table; incoming packets pass both ingress engines, each tracks them (a known limit)
-    assert exchange(n, xdp, 41007) == (2 * SENT, SENT * REPLIES_EACH)
+    # one flow table; incoming packets pass both ingress engines: XDP (first) counts, tc-ingress only reads
+    assert exchange(n, xdp, 41007) == (SENT, SENT * REPLIES_EACH)
     ing.detach()
     assert len(trackers(n)) == 1                      # still needed by the xdp engine
     xdp.detach()
+    assert_nothing_left(n)
+
+
+def test_xdp_and_tc_ingress_count_each_packet_once_in_either_order(net):
+    """Both ingress hooks with ct: the XDP engine counts, the tc-ingress engine only reads the state, whichever
+    was attached first; when the XDP engine goes, the tc-ingress engine counts again."""
+    n = net
+    ing = n.attach("tc-ingress")
+    xdp = n.attach("xdp", mode="generic")
+    assert exchange(n, ing, 41008) == (SENT, SENT * REPLIES_EACH)
+    xdp.detach()
+    assert exchange(n, ing, 41009) == (SENT, SENT * REPLIES_EACH)
+    xdp = n.attach("xdp", mode="generic")
+    assert exchange(n, ing, 41010) == (SENT, SENT * REPLIES_EACH)
+    xdp.detach()
+    ing.detach()
     assert_nothing_left(n)

@@ -11,7 +11,7 @@ import os
 import struct
 import time
 from collections.abc import Iterable
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 from bpfgate import attach as attach_mod
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
@@ -37,9 +37,9 @@ RULE_ARRAYS = ("bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate")
 MAX_RULE_SLOTS = 1 << 18
 GRACE_S = 1.0                            # freed rule slots wait this long (in-flight packets, RCU)
 MAPS = ("bg_cls", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_rate_src",
-        "bg_log_rate", "bg_ct", "events", "bg_stats", "bg_pfx_top", "bg_pfx")
+        "bg_log_rate", "bg_ct", "events", "bg_stats", "bg_pfx_top", "bg_pfx", "bg_ct_lookup_only")
 CAPTURE_MAPS = ("bg_capture_cfg", "bg_capture_ring")   # capture with the verdict (inspect.capture.EngineCapture)
-U32_KEYED = {"bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate", "bg_stats"}
+U32_KEYED = {"bg_ct_lookup_only", "bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate", "bg_stats"}
 HOOK_CODE = {Hook.TC_INGRESS: 1, Hook.TC_EGRESS: 2, Hook.XDP: 3}
 _U32 = struct.Struct("=I")
 _RULE = struct.Struct(L.RULE_FMT)
@@ -160,6 +160,8 @@ class Engine:
         pinned: list[str] = []
         try:
             eng.load_policy(compiled, limits=limits)
+            if ct and hook is Hook.TC_INGRESS and Hook.XDP in ct_hooks:   # the XDP engine counts the flows
+                eng._set_ct_lookup_only(True)
             for name in MAPS + CAPTURE_MAPS:
                 path = os.path.join(pdir, name)
                 pins.unpin(path)
@@ -191,6 +193,8 @@ class Engine:
         if ct and hook is Hook.TC_EGRESS:   # this engine tracks egress now; only after it is fully attached
             for att in attach_mod.find(dev, "tc-egress", netns_name, owner=CT_OWNER):
                 attach_mod.detach(att)
+        if ct and hook is Hook.XDP and Hook.TC_INGRESS in ct_hooks:   # XDP sees ingress first: it counts
+            _ct_lookup_only(dev, Hook.TC_INGRESS, netns_name, True)
         return eng
 
     @classmethod
@@ -247,6 +251,8 @@ class Engine:
         meta = self.store.load_meta()
         keys = set(meta.get("attachments", []))
         others = [h for d, h in StateStore.listing(self.netns) if d == self.dev and h is not self.hook]
+        if self.hook is Hook.XDP and _has_ct(meta) and Hook.TC_INGRESS in _ct_hooks(self.dev, self.netns):
+            _ct_lookup_only(self.dev, Hook.TC_INGRESS, self.netns, False)   # it counts again before XDP goes
         if self.hook is Hook.TC_EGRESS and _has_ct(meta):
             ingress = _ct_hooks(self.dev, self.netns) - {self.hook}
             if ingress:   # they still need egress tracked: the tracker takes over before this engine goes
@@ -261,6 +267,9 @@ class Engine:
         pins.prune_empty(pin_dir(self.dev, self.hook, self.netns))
         self.store.remove()
         self.close()
+
+    def _set_ct_lookup_only(self, on: bool) -> None:
+        self.maps["bg_ct_lookup_only"].update_batch_raw(_U32.pack(0), _U32.pack(int(on)), 1)
 
     def _restore_tracker(self, ingress: set[Hook]) -> None:
         """Attach a tracker sharing this device's bg_ct and record it in the ingress engines' meta, so
@@ -577,6 +586,16 @@ class Engine:
     def _journal(self, op: str, **kw) -> None:
         if self.store is not None:
             self.store.journal(op, **kw)
+
+
+def _ct_lookup_only(dev: str, hook: Hook, netns_name: str | None, on: bool) -> None:
+    """Switch an attached engine's conntrack between tracking and reading the state an engine earlier on
+    the packet's path keeps (so each packet is counted once per flow)."""
+    path = os.path.join(pin_dir(dev, hook, netns_name), "bg_ct_lookup_only")
+    if not os.path.exists(path):
+        return   # attached by a bpfgate without the switch: it keeps tracking
+    with closing(Map.from_pin(path, ctypes.c_uint32)) as m:
+        m.update_batch_raw(_U32.pack(0), _U32.pack(int(on)), 1)
 
 
 def _attach_tracker(prog, dev: str, netns_name: str | None) -> attach_mod.Attachment:
