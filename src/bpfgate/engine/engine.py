@@ -42,7 +42,6 @@ CAPTURE_MAPS = ("bg_capture_cfg", "bg_capture_ring")   # capture with the verdic
 U32_KEYED = {"bg_ct_lookup_only", "bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate", "bg_stats"}
 HOOK_CODE = {Hook.TC_INGRESS: 1, Hook.TC_EGRESS: 2, Hook.XDP: 3}
 _U32 = struct.Struct("=I")
-_RULE = struct.Struct(L.RULE_FMT)
 
 
 def pin_dir(dev: str, hook: Hook, netns_name: str | None) -> str:
@@ -538,7 +537,14 @@ class Engine:
                 m = self.maps[name]
                 m.update_batch_raw(keys, bytes(m._vbuf_size * len(ids)), len(ids))
         packed: dict[int, bytes] = {}   # by object: the compiler shares one record among equal actions
-        vals = b"".join([packed.get(id(a)) or packed.setdefault(id(a), a.pack()) for a in map(rules.__getitem__, ids)])
+
+        def pack(a: L.RuleAction) -> bytes:
+            b = packed.get(id(a))
+            if b is None:
+                b = packed[id(a)] = a.pack()
+            return b
+
+        vals = b"".join([pack(rules[i]) for i in ids])
         self.maps["bg_rules"].update_batch_raw(keys, vals, len(ids))
 
     def _write_cls(self, entries: dict[bytes, L.ClsValue]) -> None:
