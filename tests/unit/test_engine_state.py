@@ -1,14 +1,31 @@
 """Engine state persistence without a kernel: a snapshot plus the journal of live edits, replayed by another
-process, gives the same LiveHook (slots, priorities, map contents) as the process that made the edits."""
+process, gives the same LiveHook (slots, priorities, map contents) as the process that made the edits.
+Journals hold rules as plain JSON (the policy file's fields), old pickled journal lines still load, and a
+snapshot of another layout fails as one BpfgateError telling to reattach, never as a traceback."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import enum
+import io
+import json
+import os
+import pickle
+import random
+
 import pytest
+from pydantic import BaseModel
 
 from bpfgate.engine import state as S
+from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.policy.compile import compile_hook
 from bpfgate.policy.live import LiveHook
 from bpfgate.policy.model import Hook, HookPolicy, Rule
+
+from policy_gen import random_policy, random_rule
+
+IFINDEX = lambda _n: 1
 
 
 @pytest.fixture
@@ -21,11 +38,56 @@ def rule(d):
     return Rule.model_validate(d)
 
 
+# every kind of field, actions included (policy_gen's random rules match but only pass or drop)
+RICH = [
+    {"name": "a", "src": ["198.18.0.0/24", "10.0.0.0/8"], "protocol": "tcp", "dst_port": [80, "1000-2000"],
+     "src_port": "1024-65535", "tcp_flags": "syn,!ack"},
+    {"name": "b", "dst": ["fd00::/64", "fdff:ffff::1/128"], "protocol": ["icmpv6"], "icmp_type": 128,
+     "icmp_code": 0, "vlan": [1, 4094], "ct": ["new", "invalid"], "action": "drop"},
+    {"name": "c", "action": "redirect", "redirect": {"interface": "eth1", "direction": "ingress"}, "mark": 5,
+     "rate_limit": {"rate": 10, "unit": "bytes", "per": "source", "burst": 64, "over": "pass"},
+     "log": {"rate": 3}, "count": False},
+    {"name": "d", "protocol": [47, 200], "tcp_flags": None, "ct": "established", "log": True,
+     "rate_limit": {"rate": 1}},
+    {"name": "e", "protocol": ["tcp", "udp", "sctp"], "tcp_flags": None, "dst_port": 0},
+]
+
+
+def live_of(hp: HookPolicy) -> LiveHook:
+    return LiveHook(compile_hook(hp, Hook.TC_INGRESS, ifindex=IFINDEX), ifindex=IFINDEX)
+
+
+def same(a: LiveHook, b: LiveHook) -> None:
+    assert a.c.cls == b.c.cls
+    assert a.c.rules == b.c.rules and a.c.names == b.c.names and a.c.prios == b.c.prios
+    assert a.c.source == b.c.source
+    assert a.order == b.order and a.quarantine == b.quarantine and a.owners == b.owners
+
+
+def edit(live: LiveHook, store: S.StateStore, op: str, **kw) -> None:
+    """Make an edit the way Engine does: apply it, journal it, release freed slots at once."""
+    if op == "add":
+        diff = live.add(kw["rule"], kw["position"])
+    elif op == "delete":
+        diff = live.delete(kw["name"])
+    else:
+        diff = live.replace(kw["name"], kw["rule"])
+    store.journal(op, **kw)
+    if diff.rules_free:
+        live.release(diff.rules_free)
+        store.journal("release", slots=diff.rules_free)
+
+
+def journal_lines(store: S.StateStore) -> list[dict]:
+    with open(store._p("journal.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def test_snapshot_and_journal_replay(store):
     hp = HookPolicy.model_validate({"default": "deny", "rules": [
         {"name": "a", "protocol": "tcp", "dst_port": [80, "1000-2000"]},
         {"name": "b", "src": "198.18.0.0/24", "action": "drop"}]})
-    live = LiveHook(compile_hook(hp, Hook.TC_INGRESS, ifindex=lambda _n: 1), ifindex=lambda _n: 1)
+    live = live_of(hp)
     store.save_meta({"prog_id": 1})
     store.snapshot(live, [])
     edits = [("add", {"rule": rule({"name": "c", "protocol": "udp", "src_port": 53}), "position": 0}),
@@ -33,28 +95,213 @@ def test_snapshot_and_journal_replay(store):
              ("replace", {"name": "b", "rule": rule({"name": "b", "src": "198.18.1.0/24", "action": "drop"})}),
              ("add", {"rule": rule({"name": "a", "protocol": "tcp", "dst_port": 443}), "position": None})]
     for op, kw in edits:
-        if op == "add":
-            diff = live.add(kw["rule"], kw["position"])
-        elif op == "delete":
-            diff = live.delete(kw["name"])
-        else:
-            diff = live.replace(kw["name"], kw["rule"])
-        store.journal(op, **kw)
-        if diff.rules_free:
-            live.release(diff.rules_free)
-            store.journal("release", slots=diff.rules_free)
-    again = store.load_live(lambda _n: 1)
-    assert again.c.cls == live.c.cls
-    assert again.c.rules == live.c.rules and again.c.names == live.c.names and again.c.prios == live.c.prios
-    assert again.order == live.order and again.quarantine == live.quarantine
+        edit(live, store, op, **kw)
+    again = store.load_live(IFINDEX)
+    same(again, live)
     assert [r for r in S.StateStore.listing("ns1")] == [("eth0", Hook.TC_INGRESS)]
     store.remove()
     assert not store.exists()
 
 
-def test_journal_refuses_a_non_rule(store):
-    import base64
-    import pickle
+@pytest.mark.parametrize("seed", range(6))
+def test_journal_of_random_edits_is_plain_json_and_replays(store, seed):
+    rng = random.Random(seed)
+    live = live_of(random_policy(rng, 12))
+    store.snapshot(live, [(1.5, [99])])
+    journaled: list[Rule] = []
+    for i in range(40):
+        names = list(live.by_name)
+        op = rng.choice(["add", "add", "replace", "delete"]) if names else "add"
+        if op == "add":
+            r = (rule(rng.choice(RICH)) if rng.random() < 0.3 else random_rule(rng, 0))
+            r = r.model_copy(update={"name": f"n{i}"})
+            kw = {"rule": r, "position": rng.choice([None, 0, rng.randrange(len(names) + 1)])}
+        elif op == "replace":
+            name = rng.choice(names)
+            kw = {"name": name, "rule": random_rule(rng, 0).model_copy(update={"name": name})}
+        else:
+            kw = {"name": rng.choice(names)}
+        try:
+            edit(live, store, op, **kw)
+        except PolicyError:   # refused (no shape left ...): nothing journaled; like Engine, re-read the state
+            live = store.load_live(IFINDEX)   # (a refusal may leave LiveHook's unused shape specs changed)
+            continue
+        if "rule" in kw:
+            journaled.append(kw["rule"])
+    lines = journal_lines(store)
+    rules = [rec["rule"] for rec in lines if "rule" in rec]
+    assert all(isinstance(d, dict) for d in rules)            # no pickles: the policy file's fields
+    assert [Rule.model_validate(d) for d in rules] == journaled
+    again = store.load_live(IFINDEX)
+    same(again, live)
+    assert store.pending_free() == [(1.5, [99])]
 
+
+def test_every_field_kind_round_trips_through_the_journal(store):
+    live = live_of(HookPolicy(default="allow"))
+    store.snapshot(live, [])
+    rng = random.Random(7)
+    originals = [rule(d) for d in RICH] + [random_rule(rng, i).model_copy(update={"name": f"x{i}"})
+                                            for i in range(300)]
+    for r in originals:
+        store.journal("add", rule=r, position=None)
+    back = [S._rule(rec["rule"]) for rec in journal_lines(store)]
+    assert back == originals
+    assert json.loads(json.dumps(journal_lines(store))) == journal_lines(store)
+
+
+def test_an_old_journal_line_with_a_pickled_rule_still_loads(store):
+    hp = HookPolicy.model_validate({"default": "deny", "rules": RICH[:2]})
+    live = live_of(hp)
+    store.snapshot(live, [])
+    old = rule(RICH[2]).model_copy(update={"name": "old"})
+    new = rule(RICH[4]).model_copy(update={"name": "new"})
+    live.add(old, 0)
+    live.add(new, None)
+    diff = live.replace("a", rule({"name": "a", "protocol": "udp", "dst_port": 53, "action": "drop"}))
+    with open(store._p("journal.jsonl"), "a") as f:   # as bpfgate wrote it before rules were plain JSON
+        f.write(json.dumps({"op": "add", "rule": base64.b64encode(pickle.dumps(old)).decode(),
+                            "position": 0}) + "\n")
+    store.journal("add", rule=new, position=None)     # and a line of this version after it
+    with open(store._p("journal.jsonl"), "a") as f:
+        rep = rule({"name": "a", "protocol": "udp", "dst_port": 53, "action": "drop"})
+        f.write(json.dumps({"op": "replace", "name": "a",
+                            "rule": base64.b64encode(pickle.dumps(rep)).decode()}) + "\n")
+    again = store.load_live(IFINDEX)
+    same(again, live)
+    assert store.pending_free() == ([(0.0, list(diff.rules_free))] if diff.rules_free else [])
+
+
+def test_journal_refuses_a_non_rule(store):
     with pytest.raises(ValueError):
         S._rule(base64.b64encode(pickle.dumps({"name": "x"})).decode())
+    with pytest.raises(TypeError):
+        S._rule(42)
+
+
+def reattach_error(store) -> BpfgateError:
+    with pytest.raises(BpfgateError) as ei:
+        store.load_live(IFINDEX)
+    e = ei.value
+    assert type(e) is BpfgateError and not isinstance(e, NotFound)   # detach must still clean it up
+    assert e.hint == "detach it and apply the policy again"
+    assert "eth0 tc-ingress (netns ns1)" in e.op
+    return e
+
+
+def _mk(store, name):
+    os.makedirs(store.dir, exist_ok=True)
+    return store._p(name)
+
+
+def _snapshot_blob(live: LiveHook) -> bytes:
+    live.ifindex = None
+    try:
+        return pickle.dumps({"live": live, "pending": []}, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        live.ifindex = IFINDEX
+
+
+def test_a_snapshot_without_version_is_refused(store):
+    store.snapshot(live_of(HookPolicy(default="allow")), [])
+    with open(store._p("snapshot.pickle"), "wb") as f:   # as bpfgate wrote it before versioning
+        f.write(_snapshot_blob(live_of(HookPolicy.model_validate({"rules": RICH}))))
+    assert "no format version" in reattach_error(store).cause
+
+
+@pytest.mark.parametrize("version", [b"1", b"3", b"x", b""])
+def test_a_snapshot_of_another_version_is_refused(store, version):
+    live = live_of(HookPolicy.model_validate({"rules": RICH}))
+    with open(_mk(store, "snapshot.pickle"), "wb") as f:
+        f.write(S.SNAPSHOT_MAGIC + version + b"\n" + _snapshot_blob(live))
+    e = reattach_error(store)
+    assert f"format version {version.decode()}," in e.cause and f"reads version {S.SNAPSHOT_VERSION}" in e.cause
+
+
+@pytest.mark.parametrize("blob,kind", [
+    (b"\x80\x04cbpfgate_gone_module\nLiveHook\n.", "ModuleNotFoundError"),     # a module that went away
+    (b"\x80\x04cbpfgate.policy.live\nGoneClass\n.", "AttributeError"),         # a class that went away
+    (b"\x80\x04\x95\x10\x00\x00", "UnpicklingError|EOFError"),                 # torn
+    (b"not a pickle at all", "UnpicklingError"),
+    (pickle.dumps({"live": "not a LiveHook", "pending": []}), None),
+])
+def test_a_snapshot_that_does_not_unpickle_is_refused(store, blob, kind):
+    with open(_mk(store, "snapshot.pickle"), "wb") as f:
+        f.write(S.SNAPSHOT_MAGIC + b"%d\n" % S.SNAPSHOT_VERSION + blob)
+    e = reattach_error(store)
+    if kind:
+        assert "does not load" in e.cause and any(k in e.cause for k in kind.split("|"))
+    else:
+        assert "does not hold an engine state" in e.cause
+
+
+def test_a_missing_snapshot_or_a_bad_journal_line_is_refused(store):
+    store.save_meta({})
+    assert "snapshot is missing" in reattach_error(store).cause
+    store.snapshot(live_of(HookPolicy(default="allow")), [])
+    for bad in ('{"op": "add", "rule": {"name": "x", "bogus": 1}}', '{"op": "add", "rule": "bm90IGEgcGlja2xl"}',
+                '{"op": "add", "rule": 5}', '["add"]', '{"op": "add", "rule": {"name": '):
+        with open(store._p("journal.jsonl"), "w") as f:
+            f.write("\n" + bad + "\n")
+        assert "journal line 2 does not load" in reattach_error(store).cause
+
+
+# ---- the snapshot's layout: a change must bump SNAPSHOT_VERSION ---------------------------------------
+LAYOUT = {
+    "bpfgate.policy.compile.CompiledHook": ("hook", "gen", "default_rule", "shapes", "cls", "rules", "names",
+                                            "prios", "rule_keys", "source", "classes"),
+    "bpfgate.policy.compile.Limits": ("max_shapes", "max_entries", "max_rule_entries", "cheap_merge", "classes"),
+    "bpfgate.policy.compile.ShapeSpec": ("id", "mask"),
+    "bpfgate.policy.layout.ClsValue": ("prio", "rule_id"),
+    "bpfgate.policy.layout.Conf": ("gen", "default_rule", "shapes", "trees"),
+    "bpfgate.policy.layout.RuleAction": ("action", "over_action", "flags", "redirect_ifindex", "mark", "log_rate",
+                                         "rate", "burst"),
+    "bpfgate.policy.layout.Shape": ("id", "mask", "best_prio", "entries"),
+    "bpfgate.policy.live.LiveHook": ("best", "by_name", "c", "conf", "count", "fresh", "ifindex", "limits",
+                                     "low_free", "order", "owners", "quarantine"),
+    "bpfgate.policy.model.Hook": ("tc-ingress", "tc-egress", "xdp"),
+    "bpfgate.policy.model.Log": ("rate",),
+    "bpfgate.policy.model.RateLimit": ("rate", "unit", "per", "burst", "over"),
+    "bpfgate.policy.model.Redirect": ("interface", "direction"),
+    "bpfgate.policy.model.Rule": ("name", "src", "dst", "protocol", "src_port", "dst_port", "tcp_flags",
+                                  "icmp_type", "icmp_code", "vlan", "ct", "action", "redirect", "mark",
+                                  "rate_limit", "log", "count"),
+    "bpfgate.policy.prefixes.Classes": ("trees", "gen", "packed"),
+    "bpfgate.policy.prefixes.Packed": ("top_keys", "top_vals", "pfx_keys", "pfx_vals"),
+    "bpfgate.policy.prefixes.Tree": ("tree", "width", "prefixes", "top", "pfx", "nested"),
+}
+
+
+def pickled_layout(obj) -> dict[str, tuple]:
+    """The fields of every bpfgate class a pickle of `obj` holds."""
+    seen: dict[str, tuple] = {}
+
+    class Recorder(pickle.Pickler):
+        def reducer_override(self, o):
+            t = type(o)
+            if t.__module__.startswith("bpfgate"):
+                if isinstance(o, enum.Enum):
+                    f = tuple(m.value for m in t)
+                elif isinstance(o, BaseModel):
+                    f = tuple(t.model_fields)
+                elif dataclasses.is_dataclass(o):
+                    f = tuple(x.name for x in dataclasses.fields(o))
+                    f += tuple(sorted(set(getattr(o, "__dict__", {})) - set(f)))
+                elif hasattr(o, "_fields"):
+                    f = tuple(o._fields)
+                else:
+                    f = tuple(sorted(vars(o)))
+                seen[f"{t.__module__}.{t.__qualname__}"] = f
+            return NotImplemented
+
+    Recorder(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return seen
+
+
+def test_snapshot_layout_matches_its_version():
+    live = live_of(HookPolicy.model_validate({"default": "deny", "rules": RICH}))
+    live.ifindex = None
+    got = pickled_layout({"live": live, "pending": []})
+    assert (S.SNAPSHOT_VERSION, got) == (2, LAYOUT), (
+        "what the engine snapshot pickles changed layout: bump SNAPSHOT_VERSION in bpfgate/engine/state.py "
+        "(older snapshots then ask to reattach instead of loading wrongly) and update LAYOUT and the version here")

@@ -1,10 +1,19 @@
 """Engine state that must outlive the process: the LiveHook (rule names <-> slots, priorities, key owners)
 as a snapshot plus a journal of the live edits made since, under /run/bpfgate/engine/<netns>/<dev>/<hook>/.
 
-A snapshot is written on attach and swap (pickle: the LiveHook holds pydantic rules and byte keys; the
-directory is root-only). A live edit appends one JSON line; opening replays the lines through LiveHook,
-which is deterministic, so another process ends up with the same state without rewriting the snapshot
-(an edit stays ~1 ms at 100k rules). Writers hold an flock on the directory's lock file.
+snapshot.pickle is written on attach and swap: a header line `bpfgate-engine-snapshot <N>\n`, then a pickle
+of {"live": LiveHook, "pending": pending freed slots} (byte keys and a large index: fast to load; the
+directory is root-only). N is SNAPSHOT_VERSION, bumped whenever what the pickle holds changes layout
+(LiveHook, CompiledHook, Classes, layout records, Rule ...): a snapshot without the header (bpfgate before
+versioning), of another version, or that does not unpickle loads as one BpfgateError ("detach it and apply
+the policy again") instead of a traceback or a half-working engine.
+
+A live edit appends one JSON line to journal.jsonl, e.g. {"op": "add", "rule": {...}, "position": 0}, a
+rule being its fields as the policy file has them (bpfgate.policy.ruledata), so journals do not depend on
+the classes' layout; lines written before that hold a rule as a base64 pickle (a string) and still load.
+Opening replays the lines through LiveHook, which is deterministic, so another process ends up with the
+same state without rewriting the snapshot (an edit stays ~1 ms at 100k rules). Writers hold an flock on
+the directory's lock file.
 """
 
 from __future__ import annotations
@@ -17,22 +26,44 @@ import pickle
 import shutil
 from contextlib import contextmanager
 
+from bpfgate.errors import BpfgateError
 from bpfgate.policy.live import LiveHook
 from bpfgate.policy.model import Hook, Rule
+from bpfgate.policy.ruledata import rule_data, rule_from_data
 
 STATE_ROOT = "/run/bpfgate/engine"
 
+# Bump whenever a class the snapshot pickles changes layout (fields added, removed, renamed or retyped):
+# 1 = snapshots without a header (before versioning); 2 = CompiledHook.classes (stage 0).
+SNAPSHOT_VERSION = 2
+SNAPSHOT_MAGIC = b"bpfgate-engine-snapshot "
+# what a pickle of another layout fails with (a missing module/class/attribute, a changed constructor ...)
+_UNPICKLE_ERRORS = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError,
+                    KeyError, IndexError)
+REATTACH = "detach it and apply the policy again"
 
-def _rule(text: str) -> Rule:
-    rule = pickle.loads(base64.b64decode(text))
+
+def _rule(v) -> Rule:
+    """A journal line's rule: its fields (a dict), or a base64 pickle (a string, journals of older bpfgate)."""
+    if isinstance(v, dict):
+        return rule_from_data(v)
+    if not isinstance(v, str):
+        raise TypeError(f"journal entry is not a rule: {type(v).__name__}")
+    rule = pickle.loads(base64.b64decode(v))
     if not isinstance(rule, Rule):
         raise ValueError("journal entry is not a rule")
     return rule
 
 
+def _brief(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200] + '...' if len(text) > 200 else text}"
+
+
 class StateStore:
     def __init__(self, dev: str, hook: Hook, netns_name: str | None):
         self.dir = os.path.join(STATE_ROOT, netns_name or "-", dev, Hook(hook).value)
+        self.where = f"{dev} {Hook(hook).value}" + (f" (netns {netns_name})" if netns_name else "")
 
     def _p(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -88,36 +119,73 @@ class StateStore:
             blob = pickle.dumps({"live": live, "pending": pending_free}, protocol=pickle.HIGHEST_PROTOCOL)
         finally:
             live.ifindex = fn
-        self._write("snapshot.pickle", blob)
+        self._write("snapshot.pickle", SNAPSHOT_MAGIC + b"%d\n" % SNAPSHOT_VERSION + blob)
         self._write("journal.jsonl", b"")
 
     def journal(self, op: str, **kw) -> None:
         rec = {"op": op}
         for k, v in kw.items():
-            # a Rule holds normalised values (port ranges as tuples ...) that do not re-validate from JSON
-            rec[k] = base64.b64encode(pickle.dumps(v)).decode() if isinstance(v, Rule) else v
+            rec[k] = rule_data(v) if isinstance(v, Rule) else v   # plain JSON, as in the policy file
         with open(self._p("journal.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
 
+    def _unreadable(self, cause: str) -> BpfgateError:
+        return BpfgateError(f"load the saved state of the engine on {self.where}", cause, hint=REATTACH)
+
+    def _load_snapshot(self) -> dict:
+        try:
+            with open(self._p("snapshot.pickle"), "rb") as f:
+                head = f.readline(len(SNAPSHOT_MAGIC) + 16)
+                if not head.startswith(SNAPSHOT_MAGIC) or not head.endswith(b"\n"):
+                    raise self._unreadable("its snapshot has no format version (saved by an older bpfgate)")
+                version = head[len(SNAPSHOT_MAGIC):].strip().decode("ascii", "replace")
+                if version != str(SNAPSHOT_VERSION):
+                    raise self._unreadable(f"its snapshot has format version {version}, this bpfgate reads "
+                                           f"version {SNAPSHOT_VERSION} (saved by another bpfgate)")
+                try:
+                    state = pickle.load(f)
+                except _UNPICKLE_ERRORS as e:
+                    raise self._unreadable(f"its snapshot does not load ({_brief(e)})") from None
+        except FileNotFoundError:   # a torn attach (meta.json, no snapshot): detach still cleans it up
+            raise self._unreadable("its snapshot is missing") from None
+        if not (isinstance(state, dict) and isinstance(state.get("live"), LiveHook) and "pending" in state):
+            raise self._unreadable("its snapshot does not hold an engine state")
+        return state
+
+    def _load_journal(self) -> list[dict]:
+        try:
+            with open(self._p("journal.jsonl")) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return []
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or not isinstance(rec.get("op"), str):
+                    raise TypeError("not an edit record")
+                if "rule" in rec:
+                    rec["rule"] = _rule(rec["rule"])
+            except _UNPICKLE_ERRORS as e:   # pydantic ValidationError, binascii.Error: ValueError
+                raise self._unreadable(f"its journal line {n} does not load ({_brief(e)})") from None
+            out.append(rec)
+        return out
+
     def load_live(self, ifindex) -> LiveHook:
-        with open(self._p("snapshot.pickle"), "rb") as f:
-            state = pickle.load(f)
+        state = self._load_snapshot()
         live: LiveHook = state["live"]
         live.ifindex = ifindex
         self._pending = list(state["pending"])
-        try:
-            with open(self._p("journal.jsonl")) as f:
-                lines = [json.loads(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            lines = []
-        for rec in lines:   # the same edits, in order, reach the same state (LiveHook is deterministic)
+        for rec in self._load_journal():   # the same edits, in order, reach the same state (deterministic)
             op = rec["op"]
             if op == "add":
-                diff = live.add(_rule(rec["rule"]), rec.get("position"))
+                diff = live.add(rec["rule"], rec.get("position"))
             elif op == "delete":
                 diff = live.delete(rec["name"])
             elif op == "replace":
-                diff = live.replace(rec["name"], _rule(rec["rule"]))
+                diff = live.replace(rec["name"], rec["rule"])
             elif op == "release":
                 live.release(rec["slots"])
                 self._pending = [(t, s) for t, s in self._pending if s != rec["slots"]]

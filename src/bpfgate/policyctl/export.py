@@ -1,7 +1,8 @@
 """Running policy -> YAML that re-applies to the same state, and multi-document policy files.
 
-`rule_data(rule)` is the inverse of the model's validators: `Rule.model_validate(rule_data(r)) == r` for
-every valid rule (unit-tested), so `bpfgate policy export | bpfgate apply -` changes nothing.
+`rule_data(rule)` (defined in bpfgate.policy.ruledata, importable from here) is the inverse of the model's
+validators: `Rule.model_validate(rule_data(r)) == r` for every valid rule (unit-tested), so
+`bpfgate policy export | bpfgate apply -` changes nothing.
 """
 
 from __future__ import annotations
@@ -13,73 +14,9 @@ from typing import Any
 import yaml
 
 from bpfgate.errors import PolicyError
-from bpfgate.policy.model import (
-    CT_STATES,
-    PROTOCOLS,
-    TCP_FLAGS,
-    Hook,
-    HookPolicy,
-    Policy,
-    Rule,
-)
+from bpfgate.policy.model import Hook, HookPolicy, Policy
 from bpfgate.policy.parse import load_text
-
-_PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
-_CT_NAMES = {v: k for k, v in CT_STATES.items()}
-_FLAG_NAMES = {v: k for k, v in TCP_FLAGS.items()}
-
-
-def _one_or_list(items: list) -> Any:
-    return items[0] if len(items) == 1 else items
-
-
-def _ports(ranges) -> Any:
-    return _one_or_list([lo if lo == hi else f"{lo}-{hi}" for lo, hi in ranges])
-
-
-def _flags(mask: int, value: int) -> str:
-    words = []
-    for bit in sorted(_FLAG_NAMES):
-        if mask & bit:
-            words.append(("" if value & bit else "!") + _FLAG_NAMES[bit])
-    return ",".join(words)
-
-
-def rule_data(rule: Rule) -> dict[str, Any]:
-    """A rule as the YAML fields a user would write (only what differs from the defaults)."""
-    d: dict[str, Any] = {"name": rule.name}
-    if rule.src is not None:
-        d["src"] = _one_or_list([str(n) for n in rule.src])
-    if rule.dst is not None:
-        d["dst"] = _one_or_list([str(n) for n in rule.dst])
-    if rule.protocol is not None:
-        d["protocol"] = _one_or_list([_PROTO_NAMES.get(p, p) for p in rule.protocol])
-    if rule.src_port is not None:
-        d["src_port"] = _ports(rule.src_port)
-    if rule.dst_port is not None:
-        d["dst_port"] = _ports(rule.dst_port)
-    if rule.tcp_flags is not None:
-        d["tcp_flags"] = _flags(*rule.tcp_flags)
-    for f in ("icmp_type", "icmp_code"):
-        if getattr(rule, f) is not None:
-            d[f] = getattr(rule, f)
-    if rule.vlan is not None:
-        d["vlan"] = _one_or_list(list(rule.vlan))
-    if rule.ct is not None:
-        d["ct"] = _one_or_list([_CT_NAMES[s] for s in rule.ct])
-    if rule.action != "pass":
-        d["action"] = rule.action
-    if rule.redirect is not None:
-        d["redirect"] = rule.redirect.model_dump()
-    if rule.mark is not None:
-        d["mark"] = rule.mark
-    if rule.rate_limit is not None:
-        d["rate_limit"] = rule.rate_limit.model_dump(exclude_none=True)
-    if rule.log is not None:
-        d["log"] = rule.log.model_dump()
-    if not rule.count:
-        d["count"] = False
-    return d
+from bpfgate.policy.ruledata import rule_data
 
 
 def hook_data(hp: HookPolicy) -> dict[str, Any]:
