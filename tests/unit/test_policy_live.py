@@ -125,3 +125,18 @@ def test_swap_flips_generation_and_keeps_unchanged_slots():
     assert ra == next(i for i, n in old.names.items() if n == "a")   # same action: same slot
     assert rb_new != rb_old and rb_new not in old.rules            # changed action: fresh slot
     assert Reference.of(new).conf.gen == 1
+
+
+def test_refused_add_leaves_the_shapes_as_they_were():
+    """A refused edit changes nothing, also when it had reused the id of a shape left empty by a delete
+    (a journal replay must reach the same state as the editing process)."""
+    hp = HookPolicy(rules=(Rule(name="web", protocol="tcp", dst_port=80, action="drop"),
+                           Rule(name="net", src="10.0.0.0/8", vlan=7, action="drop")))
+    limits = Limits(max_shapes=2, classes=False)
+    live = LiveHook(compile_hook(hp, Hook.TC_INGRESS, limits=limits), limits)
+    live.delete("net")
+    before = dict(live.c.shapes)
+    two_new_masks = Rule(name="new", src=["192.0.2.0/24", "198.51.100.0/25"], action="drop")
+    with pytest.raises(PolicyError):
+        live.add(two_new_masks)
+    assert live.c.shapes == before and not live.fresh

@@ -230,10 +230,14 @@ class Engine:
             if os.path.exists(path):
                 maps[name] = Map.from_pin(path, u32 if name in U32_KEYED else None)
         eng = cls(hook, maps, dev=dev, netns_name=netns_name, store=store)
-        with store.locked():
-            eng.live = store.load_live(eng._ifindex)
-            eng.pending_free = store.pending_free()
-            eng._seen_version = store.version()
+        try:
+            with store.locked():
+                eng.live = store.load_live(eng._ifindex)
+                eng.pending_free = store.pending_free()
+                eng._seen_version = store.version()
+        except BaseException:   # unreadable state (another version, torn file): no descriptor may leak
+            eng.close()
+            raise
         return eng
 
     @staticmethod

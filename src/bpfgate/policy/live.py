@@ -48,7 +48,8 @@ class LiveHook:
         self.best = {s.id: s.best_prio for s in self.conf.shapes}  # a lower bound of each shape's best
         self.count = {s.id: s.entries for s in self.conf.shapes}
         self.quarantine: set[int] = set()
-        self.fresh: set[int] = set()   # shape ids handed out during the current edit
+        self.fresh: dict[int, ShapeSpec | None] = {}   # shape ids handed out during the current edit -> the
+                                                         # unused spec they replaced (restored on a refusal)
         self.order = sorted((p, r) for r, p in compiled.prios.items())
         self.by_name = {compiled.names[r]: r for r in compiled.prios}   # live rules only: O(1) lookups
         self.low_free = 0   # every slot below it is taken: the free-slot search starts here
@@ -122,8 +123,11 @@ class LiveHook:
             for atom, shape in placed:
                 keys.extend(atom_keys(atom, shape, self.c.gen))
         except PolicyError:
-            for sid in self.fresh:
-                self.c.shapes.pop(sid, None)
+            for sid, replaced in self.fresh.items():
+                if replaced is None:
+                    self.c.shapes.pop(sid, None)
+                else:
+                    self.c.shapes[sid] = replaced
             self.fresh.clear()
             raise
         return list(dict.fromkeys(keys))   # overlapping lists in one rule produce a key once
@@ -216,7 +220,7 @@ class LiveHook:
             if spec.mask == atom.mask:
                 return spec
         in_use = ({s.id for s in self.conf.shapes} | {sid for sid, n in self.count.items() if n > 0}
-                  | self.fresh)
+                  | set(self.fresh))
         free = [i for i in range(self.limits.max_shapes) if i not in in_use]
         if not free:
             if best is not None:
@@ -224,8 +228,8 @@ class LiveHook:
             raise PolicyError("shapes", f"the rule needs a new shape and all {self.limits.max_shapes} are in "
                               f"use; apply the whole policy (atomic swap) to re-plan the shapes")
         spec = ShapeSpec(free[0], atom.mask)
+        self.fresh[spec.id] = self.c.shapes.get(spec.id)   # its keys are written after every atom is placed
         self.c.shapes[spec.id] = spec
-        self.fresh.add(spec.id)   # its keys are written only after every atom is placed
         return spec
 
     def _conf(self, sids) -> L.Conf:
