@@ -78,11 +78,11 @@ def _frame(client_if, server_if, dst_mac: bytes, src_mac: bytes, tags, family: i
 
 
 def _send(client, dev: str, batch: list[bytes]) -> None:
-    with client.entered():           # the socket belongs to the namespace it is created in
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:   # protocol 0: send only
-            s.bind((dev, 0))
-            for fr in batch:
-                assert s.send(fr) == len(fr)
+    # the socket belongs to the namespace it is created in; protocol 0: send only
+    with client.entered(), socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
+        s.bind((dev, 0))
+        for fr in batch:
+            assert s.send(fr) == len(fr)
 
 
 def _delta(eng, before) -> dict[str, tuple[int, int]]:
