@@ -114,10 +114,10 @@ def test_interface_gone_mid_apply_rolls_back_the_first(net):
     before = policyctl.running(n.ns)
 
     class Vanishing(EngineBackend):
-        def attach(self, dev, hook, netns, hp, mode):
+        def attach(self, dev, hook, netns, hp, mode, **kw):
             if dev == n.dev2:
                 n.server.run(["ip", "link", "del", n.dev2], check=True)
-            return super().attach(dev, hook, netns, hp, mode)
+            return super().attach(dev, hook, netns, hp, mode, **kw)
 
     with pytest.raises(policyctl.ApplyError, match="rolled back") as e:
         policyctl.apply(pol([n.dev, n.dev2], [ALT]), netns=n.ns, backend=Vanishing())

@@ -260,6 +260,17 @@ class Map:
 
     def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[Any, Any]]:
         """All entries, `chunk` per syscall. Raises NotSupported-like errors where the map has no batch ops."""
+        for kraw, vraw, n in self.lookup_batch_raw(chunk):
+            # decode a whole chunk per copy (ctypes arrays): ~10x faster than entry by entry
+            keys = (self.key_type * n).from_buffer_copy(kraw)
+            if self.percpu:
+                yield from zip(keys, (self._decode(vraw, i * self._vbuf_size) for i in range(n)))
+            else:
+                yield from zip(keys, (self.value_type * n).from_buffer_copy(vraw))
+
+    def lookup_batch_raw(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes, int]]:
+        """All entries as packed chunks: (keys, values, count); per-CPU values hold every CPU's slot
+        (`slot_size` bytes each). Arrays come in index order."""
         ksz = ctypes.sizeof(self.key_type)
         kbuf = (ctypes.c_uint8 * (ksz * chunk))()
         vbuf = (ctypes.c_uint8 * (self._vbuf_size * chunk))()
@@ -276,16 +287,17 @@ class Map:
             if rc != 0 and err != errno.ENOENT:
                 raise from_errno(f"batch look up map {self.name}", err)
             n = cnt.value
-            if n:  # decode a whole chunk per copy (ctypes arrays): ~10x faster than entry by entry
-                keys = (self.key_type * n).from_buffer_copy(kbuf)
-                if self.percpu:
-                    yield from zip(keys, (self._decode(vbuf, i * self._vbuf_size) for i in range(n)))
-                else:
-                    yield from zip(keys, (self.value_type * n).from_buffer_copy(vbuf))
+            if n:
+                yield bytes(kbuf)[:n * ksz], bytes(vbuf)[:n * self._vbuf_size], n
             if rc != 0:  # ENOENT: that was the last chunk
                 return
             ctypes.memmove(in_tok, out_tok, token_sz)
             first = False
+
+    @property
+    def slot_size(self) -> int:
+        """Bytes of one CPU's value in a per-CPU value buffer (the value size rounded up to 8)."""
+        return self._slot
 
     def clear(self) -> int:
         keys = list(self.keys())

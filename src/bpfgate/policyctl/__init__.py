@@ -176,8 +176,8 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
         raise BpfgateError("apply with --confirm", f"{confirm:g} s is not between 0 and 86400 seconds")
     with _serialised(netns, backend, state_root):
         p = make_plan(desired_state(policies), backend.running(netns), netns)
-        precheck(p, force=force, ifindex=_ifindex(backend, netns),
-                 check_interfaces=not isinstance(backend, MemoryBackend))
+        compiled = precheck(p, force=force, ifindex=_ifindex(backend, netns),
+                            check_interfaces=not isinstance(backend, MemoryBackend))
         waiting = None if dry_run else _confirm.read(netns, state_root)
         if waiting is not None and waiting.remaining == 0 and not _confirm.alive(waiting.watcher_pid):
             _recover(waiting, backend)
@@ -193,7 +193,7 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
             pending = _confirm.arm(_confirm.Pending(netns, time.time() + confirm + 60, prev, mode), state_root,
                                    start_watcher=start_watcher)
         try:
-            execute(p, backend, mode=mode)
+            execute(p, backend, mode=mode, compiled=compiled)
         except BaseException:
             if pending is not None:
                 _confirm.disarm(pending)

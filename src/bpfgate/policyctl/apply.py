@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from bpfgate.errors import BpfgateError
 from bpfgate.kernel import netns as _netns
-from bpfgate.policy.compile import compile_hook
+from bpfgate.policy.compile import CompiledHook, compile_hook
 from bpfgate.policy.model import Hook, HookPolicy
 
 from . import guard
@@ -51,32 +51,46 @@ def resolver(netns: str | None) -> Callable[[str], int]:
     return ifindex
 
 
+Compiled = dict[tuple, CompiledHook]   # precheck's compiled hooks, by _key()
+
+
+def _key(h: HookPlan) -> tuple:
+    return h.hook, id(h.new)   # the policy file's hook policy is one object for all its interfaces
+
+
 def precheck(plan: Plan, *, force: bool = False, ifindex: Callable[[str], int] | None = None,
-             check_interfaces: bool = False) -> None:
+             check_interfaces: bool = False) -> Compiled:
     """Everything that can be refused before the kernel is touched: the interfaces to attach to exist,
-    every new hook policy compiles (limits, hook-specific actions, redirect targets), and the guard."""
+    every new hook policy compiles (limits, hook-specific actions, redirect targets), and the guard.
+    Returns the compiled hooks (once per hook policy, whatever the number of interfaces) for execute()."""
     if check_interfaces:
         from bpfgate.kernel import netlink
 
         for dev in sorted({h.dev for h in plan.changes() if h.action == "attach"}):
             netlink.ifindex(dev, plan.netns)   # NotFound: no such interface / namespace
+    compiled: Compiled = {}
     for hp in plan.changes():
         if hp.new is None:
             continue
         kw = {"ifindex": ifindex} if ifindex else {}
-        compile_hook(hp.new, hp.hook, **kw)
+        if _key(hp) not in compiled:
+            compiled[_key(hp)] = compile_hook(hp.new, hp.hook, **kw)
         if not force:
             why = guard.problem(hp.dev, hp.hook, hp.new)
             if why:
                 raise BpfgateError("apply policy", why)
+    return compiled
+
 
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def execute(plan: Plan, backend: Backend, *, mode: str | None = None, op: str = "apply policy") -> int:
-    """Make the changes of `plan`; all or nothing. Returns the number of hooks changed."""
+def execute(plan: Plan, backend: Backend, *, mode: str | None = None, op: str = "apply policy",
+            compiled: Compiled | None = None) -> int:
+    """Make the changes of `plan`; all or nothing. Returns the number of hooks changed. `compiled`
+    (from precheck) spares attaching engines a second compile."""
     steps = [h for h in plan.changes() if h.action != "detach"] + [h for h in plan.changes()
                                                                     if h.action == "detach"]
     done: list[HookPlan] = []
@@ -84,7 +98,7 @@ def execute(plan: Plan, backend: Backend, *, mode: str | None = None, op: str = 
     try:
         for h in steps:
             if h.action == "attach":
-                backend.attach(h.dev, h.hook, ns, h.new, mode)
+                backend.attach(h.dev, h.hook, ns, h.new, mode, compiled=(compiled or {}).get(_key(h)))
             elif h.action == "swap":
                 backend.swap(h.dev, h.hook, ns, h.new)
             else:

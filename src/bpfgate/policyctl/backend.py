@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bpfgate.errors import BpfgateError, NotFound
+from bpfgate.policy.compile import CompiledHook
 from bpfgate.policy.model import Hook, HookPolicy, Rule
 
 State = dict[tuple[str, Hook], HookPolicy]
@@ -28,7 +29,8 @@ class Backend(Protocol):
 
     def policy(self, dev: str, hook: Hook, netns: str | None) -> HookPolicy | None: ...
 
-    def attach(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy, mode: str | None) -> None: ...
+    def attach(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy, mode: str | None,
+               compiled: CompiledHook | None = None) -> None: ...   # compiled: hp already compiled
 
     def swap(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy) -> None: ...
 
@@ -61,7 +63,7 @@ class MemoryBackend:
     def policy(self, dev, hook, netns):
         return self.hooks.get(netns, {}).get((dev, hook))
 
-    def attach(self, dev, hook, netns, hp, mode=None):
+    def attach(self, dev, hook, netns, hp, mode=None, compiled=None):
         self._fail("attach", dev, hook)
         self.hooks.setdefault(netns, {})[(dev, hook)] = hp
         self.log.append(("attach", dev, hook))

@@ -87,11 +87,13 @@ class EngineBackend:
         except NotFound:
             return None
 
-    def attach(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy, mode: str | None) -> None:
+    def attach(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy, mode: str | None,
+               compiled: CompiledHook | None = None) -> None:
         from bpfgate.engine import Engine
 
         self._forget(dev, hook, netns)
-        Engine.attach(dev, hook, hp, netns_name=netns, mode=engine_mode(hook, mode)).close()
+        policy = compiled if compiled is not None else hp
+        Engine.attach(dev, hook, policy, netns_name=netns, mode=engine_mode(hook, mode)).close()
 
     def swap(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy) -> None:
         with self._open(dev, hook, netns) as eng:
