@@ -333,10 +333,12 @@ class RuleRow:
                 **({"options": self.extra} if self.extra else {})}
 
 
+_MATCH_FIELDS = frozenset(Rule.model_fields) - {"name", "action", "redirect", "mark", "rate_limit", "log", "count"}
+
+
 def _match_text(data: dict[str, Any]) -> str:
     return " ".join(f"{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
-                    for k, v in data.items() if k in Rule.model_fields and k not in
-                    ("name", "action", "redirect", "mark", "rate_limit", "log", "count")) or "any"
+                    for k, v in data.items() if k in _MATCH_FIELDS) or "any"
 
 
 def rules(dev: str | None = None, *, netns: str | None = None, hook: str | Hook | None = None,
