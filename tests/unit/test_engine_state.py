@@ -209,7 +209,7 @@ def test_a_snapshot_without_version_is_refused(store):
     assert "no format version" in reattach_error(store).cause
 
 
-@pytest.mark.parametrize("version", [b"1", b"3", b"x", b""])
+@pytest.mark.parametrize("version", [b"1", b"2", b"4", b"x", b""])
 def test_a_snapshot_of_another_version_is_refused(store, version):
     live = live_of(HookPolicy.model_validate({"rules": RICH}))
     with open(_mk(store, "snapshot.pickle"), "wb") as f:
@@ -249,7 +249,8 @@ def test_a_missing_snapshot_or_a_bad_journal_line_is_refused(store):
 # ---- the snapshot's layout: a change must bump SNAPSHOT_VERSION ---------------------------------------
 LAYOUT = {
     "bpfgate.policy.compile.CompiledHook": ("hook", "gen", "default_rule", "shapes", "cls", "rules", "names",
-                                            "prios", "rule_keys", "source", "classes"),
+                                            "prios", "rule_keys", "source", "classes", "contested", "order",
+                                            "by_name", "low_free", "_conf"),
     "bpfgate.policy.compile.Limits": ("max_shapes", "max_entries", "max_rule_entries", "cheap_merge", "classes"),
     "bpfgate.policy.compile.ShapeSpec": ("id", "mask"),
     "bpfgate.policy.layout.ClsValue": ("prio", "rule_id"),
@@ -302,6 +303,6 @@ def test_snapshot_layout_matches_its_version():
     live = live_of(HookPolicy.model_validate({"default": "deny", "rules": RICH}))
     live.ifindex = None
     got = pickled_layout({"live": live, "pending": []})
-    assert (S.SNAPSHOT_VERSION, got) == (2, LAYOUT), (
+    assert (S.SNAPSHOT_VERSION, got) == (3, LAYOUT), (
         "what the engine snapshot pickles changed layout: bump SNAPSHOT_VERSION in bpfgate/engine/state.py "
         "(older snapshots then ask to reattach instead of loading wrongly) and update LAYOUT and the version here")

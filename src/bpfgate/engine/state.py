@@ -34,8 +34,9 @@ from bpfgate.policy.ruledata import rule_data, rule_from_data
 STATE_ROOT = "/run/bpfgate/engine"
 
 # Bump whenever a class the snapshot pickles changes layout (fields added, removed, renamed or retyped):
-# 1 = snapshots without a header (before versioning); 2 = CompiledHook.classes (stage 0).
-SNAPSHOT_VERSION = 2
+# 1 = snapshots without a header (before versioning); 2 = CompiledHook.classes (stage 0); 3 = the edit
+# index taken over from the compiler (CompiledHook.contested/order/by_name/low_free/_conf).
+SNAPSHOT_VERSION = 3
 SNAPSHOT_MAGIC = b"bpfgate-engine-snapshot "
 # what a pickle of another layout fails with (a missing module/class/attribute, a changed constructor ...)
 _UNPICKLE_ERRORS = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError,

@@ -57,9 +57,17 @@ class CompiledHook:
     rule_keys: dict[int, list[bytes]] = field(default_factory=dict)  # keys each rule produced, won or not
     source: dict[int, Rule] = field(default_factory=dict)
     classes: Classes = field(default_factory=Classes)   # stage 0: bg_pfx_top/bg_pfx of this generation
+    # for the edit index (live.LiveHook takes these over instead of rebuilding them: a first edit stays fast)
+    contested: dict[bytes, dict[int, int]] = field(default_factory=dict)  # keys several rules produce -> owners
+    order: list[tuple[int, int]] = field(default_factory=list)            # (prio, rule_id) of the rules, sorted
+    by_name: dict[str, int] = field(default_factory=dict)                 # rule name -> rule_id (rules only)
+    low_free: int = 0                                                      # every slot below it is taken
+    _conf: L.Conf | None = field(default=None, repr=False, compare=False)  # conf() as compiled, until edited
 
     def conf(self) -> L.Conf:
         """bg_conf for this generation: non-empty shapes ordered by their best priority."""
+        if self._conf is not None:
+            return self._conf
         best: dict[int, int] = {}
         count: Counter = Counter()
         for key, val in self.cls.items():
@@ -155,6 +163,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         rid = slots.get(rule.name, action)
         out.rules[rid] = action
         out.names[rid], out.prios[rid], out.source[rid] = rule.name, (i + 1) * PRIO_STEP, rule
+        out.by_name[rule.name] = rid
         ra = list(rule_atoms(rule, out.classes))
         atoms.append((rid, ra))
         for a in ra:
@@ -178,8 +187,13 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
                               f"rule {out.names[rid]!r} expands to {len(keys)} entries after shape fitting "
                               f"(limit {limits.max_rule_entries}): split it or use fewer prefix lengths")
         for k in keys:
-            out.cls.setdefault(k, val)
+            cur = out.cls.setdefault(k, val)
+            if cur is not val:   # an earlier rule has it: remember every owner for live deletes
+                out.contested.setdefault(k, {cur.rule_id: cur.prio})[rid] = val.prio
+        out.order.append((val.prio, rid))
+    out.low_free = slots.next
     out.classes.packed   # the stage 0 entries, packed now: loading is then only the kernel's work
+    out._conf = out.conf()
     return out
 
 

@@ -40,19 +40,19 @@ class LiveHook:
     def __init__(self, compiled: CompiledHook, limits: Limits = Limits(),
                  ifindex: Callable[[str], int] = _ifindex):
         self.c, self.limits, self.ifindex = compiled, limits, ifindex
-        self.owners: dict[bytes, dict[int, int]] = {}   # key -> {rule_id: prio} of every rule producing it
-        for rid, keys in compiled.rule_keys.items():
-            for k in keys:
-                self.owners.setdefault(k, {})[rid] = compiled.prios[rid]
+        # key -> {rule_id: prio} of every rule producing it, for the keys several rules produce or an edit
+        # touched; any other key's only owner is its bg_cls value (_owners()). Taken over from the compiler.
+        self.owners: dict[bytes, dict[int, int]] = compiled.contested
         self.conf = compiled.conf()
+        compiled._conf = None   # edits change bg_cls from here on: conf() computes it afresh
         self.best = {s.id: s.best_prio for s in self.conf.shapes}  # a lower bound of each shape's best
         self.count = {s.id: s.entries for s in self.conf.shapes}
         self.quarantine: set[int] = set()
         self.fresh: dict[int, ShapeSpec | None] = {}   # shape ids handed out during the current edit -> the
                                                          # unused spec they replaced (restored on a refusal)
-        self.order = sorted((p, r) for r, p in compiled.prios.items())
-        self.by_name = {compiled.names[r]: r for r in compiled.prios}   # live rules only: O(1) lookups
-        self.low_free = 0   # every slot below it is taken: the free-slot search starts here
+        self.order = compiled.order   # (prio, rule_id) sorted
+        self.by_name = compiled.by_name   # live rules only: O(1) lookups
+        self.low_free = compiled.low_free   # every slot below it is taken: the free-slot search starts here
 
     # ---- queries -------------------------------------------------------------------------------
     def rule_id(self, name: str) -> int:
@@ -145,7 +145,7 @@ class LiveHook:
         val = L.ClsValue(prio, slot)
         for k in keys:
             before.setdefault(k, self.c.cls.get(k))
-            self.owners.setdefault(k, {})[slot] = prio
+            self._owners(k)[slot] = prio
             cur = self.c.cls.get(k)
             if cur is None:
                 self.count[k[0]] = self.count.get(k[0], 0) + 1
@@ -156,7 +156,7 @@ class LiveHook:
     def _remove(self, rid: int, diff: Diff, before: dict, keep_slot: bool = False) -> None:
         for k in self.c.rule_keys.pop(rid, []):
             before.setdefault(k, self.c.cls.get(k))
-            owners = self.owners[k]
+            owners = self._owners(k)
             owners.pop(rid, None)
             if self.c.cls[k].rule_id != rid:
                 continue
@@ -175,6 +175,13 @@ class LiveHook:
             diff.rules_free.append(rid)
             self.quarantine.add(rid)   # in-flight packets may still hold it: not reusable until released
             del self.c.rules[rid], self.c.names[rid]
+
+    def _owners(self, k: bytes) -> dict[int, int]:
+        owners = self.owners.get(k)
+        if owners is None:
+            cur = self.c.cls.get(k)
+            owners = self.owners[k] = {cur.rule_id: cur.prio} if cur is not None else {}
+        return owners
 
     def _finish(self, diff: Diff, before: dict) -> Diff:
         for k, old in before.items():
