@@ -1,6 +1,7 @@
 """The libbpf ctypes layer against the real kernel: objects, rodata, maps, batch ops, ring/perf buffers,
 test_run, stats, pins, verifier errors."""
 
+import ctypes
 import os
 import uuid
 
@@ -113,6 +114,13 @@ def test_percpu_values_are_per_cpu_and_summed(selftest):
     s = m.summed(7)
     assert s.packets == sum(range(1, m._ncpus + 1))
     assert s.bytes == 10 * s.packets
+    # batch reads: decoded per CPU, and raw chunks of every CPU's slot in index order
+    got = dict((int(k.value) if hasattr(k, "value") else int(k), v) for k, v in m.lookup_batch(chunk=3))
+    assert [(v.packets, v.bytes) for v in got[7]] == [(c.packets, c.bytes) for c in per_cpu]
+    ksz, vsz = ctypes.sizeof(m.key_type), m._ncpus * m.slot_size
+    raw = {keys[i * ksz:(i + 1) * ksz]: vals[i * vsz:(i + 1) * vsz]
+           for keys, vals, n in m.lookup_batch_raw(chunk=5) for i in range(n)}
+    assert raw[bytes(m.key_type(7))] == b"".join(bytes(c) for c in per_cpu)
 
 
 def test_ring_buffer_delivers_exact_counts_in_order(selftest):

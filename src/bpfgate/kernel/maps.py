@@ -264,7 +264,8 @@ class Map:
             # decode a whole chunk per copy (ctypes arrays): ~10x faster than entry by entry
             keys = (self.key_type * n).from_buffer_copy(kraw)
             if self.percpu:
-                yield from zip(keys, (self._decode(vraw, i * self._vbuf_size) for i in range(n)))
+                vbuf = (ctypes.c_uint8 * len(vraw)).from_buffer_copy(vraw)   # _decode reads a ctypes buffer
+                yield from zip(keys, (self._decode(vbuf, i * self._vbuf_size) for i in range(n)))
             else:
                 yield from zip(keys, (self.value_type * n).from_buffer_copy(vraw))
 
