@@ -166,11 +166,10 @@ def test_kernel_stage0_matches_rules_on_spread_cidrs():
         ref = Reference.of(compiled)
         for i in range(20_000):
             net = rng.choice(nets)
-            width = net.max_prefixlen
-            inside = int(net.network_address) | rng.getrandbits(width - net.prefixlen) if width > net.prefixlen \
-                else int(net.network_address)
-            a = ipaddress.ip_address(inside if rng.random() < 0.8 else rng.getrandbits(width))
-            b = ipaddress.ip_address(rng.getrandbits(width)) if width == 32 else ipaddress.IPv6Address(rng.getrandbits(128))
+            width, addr_t = net.max_prefixlen, type(net.network_address)
+            inside = int(net.network_address) | rng.getrandbits(width - net.prefixlen)
+            a = addr_t(inside if rng.random() < 0.8 else rng.getrandbits(width))
+            b = addr_t(rng.getrandbits(width))
             src, dst = (a, b) if rng.random() < 0.5 else (b, a)
             p = Packet(family=a.version, src=src, dst=dst, proto=17, sport=1, dport=2)
             r = run_prog(tc.program, frames.build(p), ctx=bytes(SKB_SIZE))

@@ -40,7 +40,8 @@ GRACE_S = 1.0                            # freed rule slots wait this long (in-f
 MAPS = ("bg_cls", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_rate_src",
         "bg_log_rate", "bg_ct", "events", "bg_stats", "bg_pfx_top", "bg_pfx", "bg_ct_lookup_only")
 CAPTURE_MAPS = ("bg_capture_cfg", "bg_capture_ring")   # capture with the verdict (inspect.capture.EngineCapture)
-U32_KEYED = {"bg_ct_lookup_only", "bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate", "bg_stats"}
+U32_KEYED = {"bg_ct_lookup_only", "bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters",
+             "bg_rate_rule", "bg_log_rate", "bg_stats"}
 HOOK_CODE = {Hook.TC_INGRESS: 1, Hook.TC_EGRESS: 2, Hook.XDP: 3}
 _U32 = struct.Struct("=I")
 
@@ -64,7 +65,7 @@ def prealloc_for(compiled: CompiledHook) -> dict[str, int]:
     """Hash table sizes for a policy: large tables are preallocated (inserts ~2x faster: 100k rules load in
     < 100 ms) with room for a swap to a policy of the same size plus half again; small ones allocate per
     entry (up to 2M). Past the room, a swap or add is refused with advice to re-attach."""
-    sizes = {"bg_cls": len(compiled.cls), "bg_pfx": sum(len(t.pfx) for t in compiled.classes.trees.values())}
+    sizes = {"bg_cls": len(compiled.cls), "bg_pfx": compiled.classes.pfx_count()}
     return {name: min(3 * n, HASH_MAX) for name, n in sizes.items() if n >= PREALLOC_MIN}
 
 
@@ -273,7 +274,7 @@ class Engine:
         self.close()
 
     def _set_ct_lookup_only(self, on: bool) -> None:
-        self.maps["bg_ct_lookup_only"].update_batch_raw(_U32.pack(0), _U32.pack(int(on)), 1)
+        _write_flag(self.maps["bg_ct_lookup_only"], on)
 
     def _restore_tracker(self, ingress: set[Hook]) -> None:
         """Attach a tracker sharing this device's bg_ct and record it in the ingress engines' meta, so
@@ -617,7 +618,11 @@ def _ct_lookup_only(dev: str, hook: Hook, netns_name: str | None, on: bool) -> N
     if not os.path.exists(path):
         return   # attached by a bpfgate without the switch: it keeps tracking
     with closing(Map.from_pin(path, ctypes.c_uint32)) as m:
-        m.update_batch_raw(_U32.pack(0), _U32.pack(int(on)), 1)
+        _write_flag(m, on)
+
+
+def _write_flag(m: Map, on: bool) -> None:
+    m.update_batch_raw(_U32.pack(0), _U32.pack(int(on)), 1)
 
 
 def _attach_tracker(prog, dev: str, netns_name: str | None) -> attach_mod.Attachment:

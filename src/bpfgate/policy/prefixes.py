@@ -8,8 +8,8 @@ classes nested in P are one contiguous id range.
 
 K leaves out prefixes holding more than CLASS_CAP policy prefixes (their rules would be replicated that
 many times), prefixes shorter than MIN_CLASS_LEN, and lengths that do not fit the lookup structure below:
-those stay raw address prefixes in the tuple space, always correct. Any K is correct: the longest K prefix holding an address is nested in every K
-prefix holding it.
+those stay raw address prefixes in the tuple space, always correct. Any K is correct: the longest K prefix
+holding an address is nested in every K prefix holding it.
 
 Lookup structure (what bpf/engine.bpf.c walks, bg_pfx_top + bg_pfx): level 0 is an array indexed by the
 address's top 16 bits holding the class of the longest K prefix <= /16 there, a 32-bit map of the bucket's
@@ -131,10 +131,12 @@ def build_tree(tree: int, width: int, candidates: set[tuple[int, int]]) -> Tree:
         if n > TOP:
             buckets[v >> (width - TOP)][n] += 1
     targets: dict[int, dict[int, int]] = {}
+    dropped: set[tuple[int, int]] = set()   # (bucket, length) left out of K
     for b, lengths in buckets.items():
-        targets[b], dropped = _fit_bucket(lengths)
-        if dropped:
-            keep = [(v, n) for v, n in keep if not (n in dropped and v >> (width - TOP) == b)]
+        targets[b], out = _fit_bucket(lengths)
+        dropped.update((b, n) for n in out)
+    if dropped:
+        keep = [(v, n) for v, n in keep if (v >> (width - TOP), n) not in dropped]
     t = Tree(tree, width, keep)
     cls_at = [0] * (1 << TOP)
     for cid, (v, n) in sorted(enumerate(keep, 1), key=lambda e: e[1][1]):   # shortest first: longer overwrite
@@ -211,7 +213,7 @@ class Classes:
         for base, off in ((L.TREE_SRC4, 16), (L.TREE_DST4, 32)):
             tr = self.trees.get(base + v6)
             out.append(tr.lookup(int.from_bytes(key[off:off + width // 8], "big")) if tr else 0)
-        return key[:48] + struct.pack("=II", *out)
+        return key[:L.KEY_SIZE - 8] + struct.pack("=II", *out)   # src_cls, dst_cls end the key
 
     # ---- map contents ------------------------------------------------------------------------------
     @functools.cached_property
