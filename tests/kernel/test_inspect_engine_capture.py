@@ -15,8 +15,7 @@ import threading
 import pytest
 from clirun import run_cli
 
-from bpfgate.engine import Engine
-from bpfgate.errors import NotFound, NotSupported
+from bpfgate.errors import NotSupported
 from bpfgate.inspect.capture import rule_filter, shadowing
 from bpfgate.kernel import netns
 from bpfgate.policy.model import HookPolicy, Rule
@@ -26,21 +25,15 @@ DEADLINE = 10.0
 
 
 @pytest.fixture
-def net(sandbox):
+def net(sandbox, engines):
     c, s = sandbox.host("cli"), sandbox.host("srv")
     link = sandbox.link(c, s)
-    eng = Engine.attach(link.b.name, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": [
+    eng = engines(link.b.name, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": [
         {"name": "drop-9", "protocol": "udp", "dst_port": 9, "src": f"{link.a.ip4}/32", "action": "drop"},
         {"name": "syn-range", "protocol": "tcp", "dst_port": "1000-2000", "tcp_flags": "syn,!ack"},
         {"name": "pass-7", "protocol": "udp", "dst_port": 7},
     ]}), netns_name=s.netns)
-    try:
-        yield c, s, link, eng
-    finally:
-        try:
-            eng.detach()
-        except NotFound:
-            pass
+    return c, s, link, eng
 
 
 @pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed (scripts/run installs it)")

@@ -14,8 +14,6 @@ import pytest
 from test_inspect_engine_events import connect
 from test_inspect_metrics import scrape
 
-from bpfgate.engine import Engine
-from bpfgate.errors import NotFound
 from bpfgate.inspect import metrics as M
 from bpfgate.inspect.rules import RuleCollector
 from bpfgate.policy.model import HookPolicy
@@ -25,26 +23,14 @@ WAIT = 10.0
 
 
 @pytest.fixture
-def net(sandbox):
+def net(sandbox, engines):
     c, s = sandbox.host("cli"), sandbox.host("srv")
     link = sandbox.link(c, s)
-    engines: list[Engine] = []
 
     def attach(policy, hook):
-        eng = Engine.attach(link.b.name, hook, HookPolicy.model_validate(policy), netns_name=s.netns)
-        engines.append(eng)
-        return eng
+        return engines(link.b.name, hook, HookPolicy.model_validate(policy), netns_name=s.netns)
 
-    try:
-        yield c, s, link, attach
-    finally:
-        for eng in engines:
-            if not eng.store.exists():   # detached by the test
-                continue
-            try:
-                eng.detach()
-            except NotFound:
-                pass
+    return c, s, link, attach
 
 
 def key(name: str, dev: str, hook: str, rule: str) -> tuple:

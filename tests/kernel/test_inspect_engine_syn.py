@@ -17,7 +17,6 @@ from clirun import run_cli
 from test_inspect_engine_events import connect
 
 from bpfgate.engine import Engine
-from bpfgate.errors import NotFound
 from bpfgate.policy.model import HookPolicy
 
 pytestmark = pytest.mark.kernel
@@ -25,18 +24,12 @@ WAIT = 15.0
 
 
 @pytest.fixture
-def net(sandbox):
+def net(sandbox, engines):
     c, s = sandbox.host("cli"), sandbox.host("srv")
     link = sandbox.link(c, s)
-    eng = Engine.attach(link.b.name, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": [
+    eng = engines(link.b.name, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": [
         {"name": "web", "protocol": "tcp", "dst_port": 80}]}), netns_name=s.netns)
-    try:
-        yield c, s, link, eng
-    finally:
-        try:
-            eng.detach()
-        except NotFound:
-            pass
+    return c, s, link, eng
 
 
 def flood_rules(eng: Engine) -> list[str]:

@@ -10,7 +10,6 @@ import pytest
 from clirun import run_cli
 
 from bpfgate.engine import Engine
-from bpfgate.errors import NotFound
 from bpfgate.inspect.flows import FlowMonitor
 from bpfgate.inspect.rules import RuleReader
 from bpfgate.inspect.top import Top
@@ -21,20 +20,14 @@ pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture
-def net(sandbox):
+def net(sandbox, engines):
     c, s = sandbox.host("cli"), sandbox.host("srv")
     link = sandbox.link(c, s)
-    eng = Engine.attach(link.b.name, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": [
+    eng = engines(link.b.name, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": [
         {"name": "drop-9", "protocol": "udp", "dst_port": 9, "action": "drop"},
         {"name": "pass-7", "protocol": "udp", "dst_port": 7},
     ]}), netns_name=s.netns)
-    try:
-        yield c, s, link, eng
-    finally:
-        try:
-            eng.detach()
-        except NotFound:
-            pass
+    return c, s, link, eng
 
 
 def send_udp(host, addr: str, port: int, n: int) -> None:

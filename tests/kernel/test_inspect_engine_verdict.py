@@ -17,7 +17,6 @@ import pytest
 from clirun import run_cli
 
 from bpfgate.engine import Engine
-from bpfgate.errors import NotFound
 from bpfgate.kernel import netns
 from bpfgate.policy.model import HookPolicy
 
@@ -28,20 +27,14 @@ PASS_SPORT = 5001
 
 
 @pytest.fixture
-def net(sandbox):
+def net(sandbox, engines):
     c, s = sandbox.host("cli"), sandbox.host("srv")
     link = sandbox.link(c, s)
-    eng = Engine.attach(link.b.name, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": [
+    eng = engines(link.b.name, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": [
         {"name": "pass-5001", "protocol": "udp", "src_port": PASS_SPORT, "action": "pass"},
         {"name": "drop-9", "protocol": "udp", "dst_port": 9, "action": "drop"},
     ]}), netns_name=s.netns)
-    try:
-        yield c, s, link, eng
-    finally:
-        try:
-            eng.detach()
-        except NotFound:
-            pass
+    return c, s, link, eng
 
 
 def _cfg(link, server) -> bytes:
