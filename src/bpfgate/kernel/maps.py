@@ -289,7 +289,7 @@ class Map:
                 raise from_errno(f"batch look up map {self.name}", err)
             n = cnt.value
             if n:
-                yield bytes(kbuf)[:n * ksz], bytes(vbuf)[:n * self._vbuf_size], n
+                yield ctypes.string_at(kbuf, n * ksz), ctypes.string_at(vbuf, n * self._vbuf_size), n
             if rc != 0:  # ENOENT: that was the last chunk
                 return
             ctypes.memmove(in_tok, out_tok, token_sz)
