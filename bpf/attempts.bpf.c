@@ -7,7 +7,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "bpfgate.h"
+#include "attempts.h"
 #include "inspect_parse.h"
 #include "bg_emit.h"
 

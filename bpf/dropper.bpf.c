@@ -7,7 +7,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "bpfgate.h"
+#include "bg_common.h"
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD

@@ -5,14 +5,15 @@
  *   parse (parse.h) -> key with `have` bits -> conntrack state -> tuple-space search over bg_cls
  *   (one hash lookup per shape, early stop) -> bg_rules[rule_id] -> counters, log, rate limit, action.
  *
- * The map contract is docs/policy-engine.md section 5 (structs in bpfgate.h). bg_ct_track is a
+ * The map contract is docs/policy-engine.md section 5 (structs in engine.h). bg_ct_track is a
  * conntrack-only program for the other direction of an interface whose ingress is gated, so replies of
  * outgoing flows are known as established.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "bpfgate.h"
+#include "engine.h"
+#include "capture.h"
 #define BG_EVENTS_SIZE (256 * 1024)
 #include "bg_emit.h"
 #include "parse.h"
@@ -117,17 +118,7 @@ struct {
 	__type(value, __u32);
 } bg_ct_lookup_only SEC(".maps");
 
-/* ---- capture with the verdict (bpfgate capture --rule / --engine) ---------------------------------- */
-/* Off unless bpfgate.inspect.capture.EngineCapture enables it; off, it costs one array lookup a packet. */
-struct bg_capture_cfg {
-	__u32 enabled;
-	__u32 snaplen;        /* 1..BG_ENGINE_CAPTURE_MAX */
-	__u32 rule_id_plus_1; /* only packets this rule decided (rule id + 1), 0: every packet */
-	__u32 lost;           /* records that found no room in bg_capture_ring */
-	__u32 owner_pid;      /* the capturing process (user space only: a stale capture is taken over) */
-};
-
-#define BG_ENGINE_CAPTURE_MAX 65535
+/* ---- capture with the verdict (bpfgate capture --rule / --engine; struct bg_capture_cfg in capture.h) -- */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -9,7 +9,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "bpfgate.h"
+#include "flows.h"
 #include "flow_parse.h"
 #include "bg_stats.h"
 

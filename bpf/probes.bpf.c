@@ -6,7 +6,7 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
-#include "bpfgate.h"
+#include "bg_common.h"
 
 #define TC_ACT_OK 0
 #define PROBE_MAGIC 0xb9f9a7e5ULL /* what the ring buffer probe writes and Python expects back */

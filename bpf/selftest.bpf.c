@@ -6,7 +6,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "bpfgate.h"
+#include "bg_common.h"
 #include "bg_stats.h"
 
 #define TC_ACT_OK 0

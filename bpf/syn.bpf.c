@@ -10,7 +10,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "bpfgate.h"
+#include "syn.h"
 #include "inspect_parse.h"
 #include "bg_emit.h"
 

@@ -12,7 +12,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
-#include "bpfgate.h"
+#include "trace.h"
 #include "bg_stats.h"
 #include "bg_batched_ring.h"
 

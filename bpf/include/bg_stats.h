@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
 /*
- * The per-CPU counters every program that emits events keeps (enum bg_stat in bpfgate.h), found by
+ * The per-CPU counters every program that emits events keeps (enum bg_stat in bg_common.h), found by
  * Python under the map name "bg_stats", and the increment every program uses on per-CPU arrays.
  */
 #ifndef BG_STATS_H

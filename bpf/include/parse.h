@@ -11,7 +11,7 @@
 #ifndef BG_PARSE_H
 #define BG_PARSE_H
 
-#include "bpfgate.h"
+#include "engine.h"
 
 #define BG_ETH_P_IP 0x0800
 #define BG_ETH_P_IPV6 0x86DD

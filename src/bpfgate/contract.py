@@ -1,4 +1,5 @@
-"""The struct fields Python code relies on, per struct of bpf/include/bpfgate.h.
+"""The struct fields Python code relies on, per struct of the headers in bpf/include
+(bg_common.h and one header per program family).
 
 Layouts come from the objects' BTF at run time (kernel.btf), so offsets cannot drift; what can drift is a
 name Python uses. tests/unit/test_layout.py checks every entry here against every object's BTF and checks

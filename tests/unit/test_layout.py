@@ -1,5 +1,5 @@
 """C <-> Python contract: the names Python uses exist in the objects' BTF, and gcc (host) and clang
-(BPF target) agree on every offset and size of the shared header's structs."""
+(BPF target) agree on every offset and size of the contract headers' structs."""
 
 import ctypes
 import glob
@@ -13,7 +13,18 @@ from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.objects import OBJECTS_DIR
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-HEADER = os.path.join(ROOT, "bpf", "include", "bpfgate.h")
+INCLUDE = os.path.join(ROOT, "bpf", "include")
+
+
+def _contract_headers() -> list[str]:
+    """bg_common.h and every family header built on it (the others hold BPF code, not layouts)."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(INCLUDE, "*.h"))):
+        with open(path) as f:
+            text = f.read()
+        if os.path.basename(path) == "bg_common.h" or '#include "bg_common.h"' in text:
+            out.append(os.path.abspath(path))
+    return out
 OBJECTS = sorted(glob.glob(str(OBJECTS_DIR / "*.o")))
 
 
@@ -54,7 +65,8 @@ def test_host_compiler_agrees_with_bpf_layout(tmp_path):
         for name, ctype in _structs_in(Btf.from_elf(obj)).items():
             layouts[name] = ctype
     # ...and as the host compiler lays out the same header
-    lines = ["#include <stdio.h>", "#include <stddef.h>", f'#include "{os.path.abspath(HEADER)}"', "int main(void) {"]
+    lines = ["#include <stdio.h>", "#include <stddef.h>"] + [f'#include "{h}"' for h in _contract_headers()]
+    lines.append("int main(void) {")
     for name, ctype in layouts.items():
         lines.append(f'printf("{name} %zu\\n", sizeof(struct {name}));')
         for fname, *_ in ctype._fields_:

@@ -64,7 +64,7 @@ def test_summarize_frames():
 
 @pytest.mark.skipif(not packaged_path("flows").exists(), reason="BPF objects not built (make -C bpf)")
 def test_record_layouts_from_btf():
-    """flow.h / bpfgate.h as Python reads them: the sizes conntrack and the gate will rely on."""
+    """flow.h / flows.h / capture.h as Python reads them: the sizes conntrack and the gate will rely on."""
     with BpfObject.open("flows") as obj:
         key, val = obj.btf.struct("bg_flow_key"), obj.btf.struct("bg_flow_value")
         end = obj.btf.struct("bg_flow_end_event")

@@ -7,7 +7,7 @@ each cut to the snaplen, with its direction, hook and (when the gate reports it)
             ...
     capture_to_file("out.pcapng", "eth0", filt, count=100, pcapng=True)
 
-The record (struct bg_capture_event in bpfgate.h) carries a verdict and rule id. The capture program
+The record (struct bg_capture_event in capture.h) carries a verdict and rule id. The capture program
 runs first at TC, before any decision, so its verdict is "unknown", except with `--rule NAME`
 (rule_capture): the filter is then that policy rule's match and the verdict its action, labelled
 "verdict=drop (rule NAME)" (see rule_capture for what that label does and does not promise).

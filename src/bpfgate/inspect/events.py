@@ -36,7 +36,7 @@ from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.maps import Map
 from bpfgate.kernel.ringbuf import Handler, PerfBuffer, RingBuffer
 
-# enum bg_stat (bpfgate.h): indexes of the per-CPU bg_stats array every event producer keeps
+# enum bg_stat (bg_common.h): indexes of the per-CPU bg_stats array every event producer keeps
 STAT_EVENTS, STAT_EVENTS_LOST = 0, 1
 
 TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"),
@@ -204,7 +204,7 @@ class Context:
 class EventKind:
     type_id: int  # bg_event_hdr.type
     name: str  # the JSON "type"
-    struct: str  # the record's struct name in bpfgate.h (layout read from BTF)
+    struct: str  # the record's struct name in bpf/include (layout read from BTF)
     fields: Callable[[Any, Context], dict]
 
 KINDS: dict[int, EventKind] = {}
@@ -245,7 +245,7 @@ def _flood_fields(rec: Any, ctx: Context) -> dict:
         "block_until": ctx.clock.iso(until) if until else None,
     }
 
-# type ids: enum bg_inspect_event_type in bpfgate.h
+# type ids: enum bg_event_type in bg_common.h
 register_kind(EventKind(21, "conn_attempt", "bg_attempt_event", _attempt_fields))
 register_kind(EventKind(20, "syn_flood", "bg_syn_flood_event", _flood_fields))
 register_kind(EventKind(1, "test", "bg_test_event", lambda rec, ctx: {"seq": rec.seq, "len": rec.pkt_len}))

@@ -37,7 +37,7 @@ DIRECTIONS = ("ingress", "egress")
 END_REASONS = {1: "fin", 2: "rst", 3: "idle", 4: "evicted"}
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 SORT_KEYS = ("bytes", "packets", "last")
-# enum bg_flow_stat / bg_stat (bpfgate.h, flow.h)
+# enum bg_flow_stat / bg_stat (flow.h, bg_common.h)
 STAT_NEW, STAT_ENDED, STAT_UNPARSED, STAT_CREATE_FAIL, STAT_DELETED = 0, 1, 2, 3, 4
 STAT_EVENTS_LOST = 1
 # clsact fallback (kernels without TCX): priority 1 runs before the gate's filters
@@ -198,7 +198,7 @@ def _flow_end_fields(rec: Any, ctx: Context) -> dict:
     return {**{k: v for k, v in f.to_json(ctx.clock).items() if k != "ended"}, "reason": END_REASONS.get(rec.val.ended)}
 
 
-# type id: enum bg_flow_event_type in bpfgate.h
+# type id: enum bg_event_type in bg_common.h
 register_kind(EventKind(50, "flow_end", "bg_flow_end_event", _flow_end_fields))
 
 

@@ -32,7 +32,7 @@ from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.maps import Map
 from bpfgate.kernel.objects import packaged_path
 
-EV_RULE_LOG = 40                       # enum bg_engine_event_type (bpfgate.h)
+EV_RULE_LOG = 40                       # enum bg_event_type (bg_common.h)
 ENGINE_HOOKS = {1: "tc-ingress", 2: "tc-egress", 3: "xdp"}
 ACTIONS = {1: "pass", 2: "drop", 3: "redirect"}
 CT_STATES = {0: None, 1: "new", 2: "established", 3: "related", 4: "invalid"}

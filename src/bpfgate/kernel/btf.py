@@ -1,4 +1,4 @@
-"""BTF -> ctypes: the Python side of every struct in bpf/include/bpfgate.h is read from the objects' BTF.
+"""BTF -> ctypes: the Python side of every struct in bpf/include's contract headers is read from the objects' BTF.
 
 So a layout is written once (in C) and Python cannot drift from it: a renamed or resized field shows up as
 a missing attribute or a size mismatch at load, and tests/unit/test_layout.py checks the names Python uses.

@@ -1,7 +1,7 @@
 """Binary layout of the policy engine's maps: one dataclass per map record, each with pack().
 
-The C structs are in docs/policy-engine.md (to live in bpf/include/bpfgate.h); once they are there, a
-layout test compares these formats with the objects' BTF. Native byte order (the BPF target is the
+The C structs are in bpf/include/engine.h (docs/policy-engine.md section 5); a layout test compares these
+formats with the objects' BTF. Native byte order (the BPF target is the
 host's); ports and VLAN ids are host order, addresses network order. No bitfields, explicit padding.
 """
 

@@ -26,7 +26,7 @@ from bpfgate.trace import names
 AF_INET, AF_INET6 = 2, 10
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 OWNER = {1: "connect", 2: "listener"}
-TCP_TYPE, DROP_TYPE = 60, 61  # enum bg_trace_event_type (bpfgate.h)
+TCP_TYPE, DROP_TYPE = 60, 61  # enum bg_event_type (bg_common.h)
 
 _kallsyms = names.Kallsyms()
 
@@ -46,7 +46,7 @@ def address(family: int, raw: Any) -> tuple[int | None, str | None]:
 
 
 def _owner(flags: int) -> str:
-    # BG_OWNER_* (bpfgate.h): where the owner was taken; close() wins, it is the latest and surest
+    # BG_OWNER_* (trace.h): where the owner was taken; close() wins, it is the latest and surest
     return "close" if flags & 4 else OWNER.get(flags & 3, "close")
 
 

@@ -15,7 +15,7 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5:
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
               13: "BOUND_INACTIVE"}
 
-# enum bg_tcp_kind (bpfgate.h) -> the event name users see
+# enum bg_tcp_kind (trace.h) -> the event name users see
 TCP_KINDS = {1: "connect", 2: "accept", 3: "close", 4: "connect_failed", 5: "retransmit", 6: "reset_rx",
              7: "reset_tx"}
 

@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
+/*
+ * Packet capture (capture.bpf.c, and the policy engine's capture with the verdict; bpfgate.inspect.capture):
+ * the captured-packet record both write and the engine's capture switch.
+ */
+#ifndef BG_CAPTURE_H
+#define BG_CAPTURE_H
+
+#include "bg_common.h"
+#include "flow.h" /* enum bg_dir */
+
+/* Where a captured packet was seen (bg_capture_event.hook). */
+enum bg_capture_hook {
+	BG_HOOK_TC = 1,   /* capture program at clsact/TCX: before the gate, no verdict yet */
+	BG_HOOK_XDP = 2,
+	BG_HOOK_GATE = 3, /* emitted by the policy engine itself, after its decision */
+};
+
+/* Verdict of a captured packet (bg_capture_event.verdict). */
+enum bg_capture_verdict {
+	BG_VERDICT_UNKNOWN = 0, /* seen before any decision */
+	BG_VERDICT_PASS = 1,
+	BG_VERDICT_DROP = 2,
+	BG_VERDICT_REDIRECT = 3,
+};
+
+/*
+ * One captured packet: this header, then cap_len bytes of the packet from its Ethernet header.
+ * hdr.len = sizeof(struct bg_capture_event) + cap_len. The policy engine emits captured packets with
+ * their verdict by writing this same record (hook BG_HOOK_GATE, verdict, rule_id) into its own ring
+ * buffer bg_capture_ring, which bpfgate.inspect.capture reads.
+ */
+#define BG_CAPTURE_MAX 65535 /* largest snaplen: an skb (GSO included) is at most 64 KiB */
+
+struct bg_capture_event {
+	struct bg_event_hdr hdr;
+	__u32 ifindex;
+	__u32 pkt_len;  /* skb->len: the packet's length before truncation */
+	__u32 cap_len;  /* bytes that follow */
+	__u32 rule_id;  /* policy rule that decided (BG_HOOK_GATE), 0: none */
+	__u8 dir;       /* enum bg_dir */
+	__u8 hook;      /* enum bg_capture_hook */
+	__u8 verdict;   /* enum bg_capture_verdict */
+	__u8 pad[5];
+	__u8 data[];
+};
+
+/* The policy engine's capture switch (its map bg_capture_cfg[0]): off unless bpfgate.inspect.capture's
+ * EngineCapture enables it; off, it costs one array lookup a packet. */
+struct bg_capture_cfg {
+	__u32 enabled;
+	__u32 snaplen;        /* 1..BG_ENGINE_CAPTURE_MAX */
+	__u32 rule_id_plus_1; /* only packets this rule decided (rule id + 1), 0: every packet */
+	__u32 lost;           /* records that found no room in bg_capture_ring */
+	__u32 owner_pid;      /* the capturing process (user space only: a stale capture is taken over) */
+};
+
+#define BG_ENGINE_CAPTURE_MAX 65535
+
+#endif /* BG_CAPTURE_H */

@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
+/*
+ * The policy engine (engine.bpf.c, parse.h; bpfgate.engine): classifier maps, rules, stage 0 prefix
+ * classes, rate limiting, conntrack and the rule log record. docs/policy-engine.md section 5; Python packs
+ * these in bpfgate.policy.layout (checked against BTF).
+ */
+#ifndef BG_ENGINE_H
+#define BG_ENGINE_H
+
+#include "bg_common.h"
+
+#ifndef __VMLINUX_H__
+#include <linux/bpf.h> /* struct bpf_spin_lock for host compilers */
+#endif
+
+#define BG_MAX_SHAPES 32
+
+enum bg_have { BG_HAVE_L3 = 0x01, BG_HAVE_PROTO = 0x02, BG_HAVE_PORTS = 0x04, BG_HAVE_TCPFLAGS = 0x08,
+	       BG_HAVE_ICMP = 0x10, BG_HAVE_VLAN = 0x20, BG_HAVE_CT = 0x40 };
+enum bg_ct_state { BG_CT_NEW = 1, BG_CT_ESTABLISHED = 2, BG_CT_RELATED = 3, BG_CT_INVALID = 4 };
+enum bg_action { BG_ACT_PASS = 1, BG_ACT_DROP = 2, BG_ACT_REDIRECT = 3 };
+enum bg_rule_flags { BG_RF_COUNT = 0x01, BG_RF_LOG = 0x02, BG_RF_MARK = 0x04, BG_RF_RATE = 0x08,
+		     BG_RF_RATE_BYTES = 0x10, BG_RF_RATE_PER_SRC = 0x20, BG_RF_REDIR_INGRESS = 0x40 };
+
+struct bg_cls_key {      /* 56 bytes = 7 x u64: key of bg_cls, also the packet key and a shape's mask */
+	__u8 shape;      /* shape id (0 in packet key and masks) */
+	__u8 gen;        /* generation of the entries (0 in packet key and masks) */
+	__u8 have;       /* BG_HAVE_* */
+	__u8 family;     /* 0, 4 or 6 */
+	__u8 proto;
+	__u8 tcp_flags;  /* FIN 0x01 .. CWR 0x80 */
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 ct_state;   /* enum bg_ct_state */
+	__u8 pad0;
+	__u16 vlan;      /* outer VLAN id, host order */
+	__u16 sport;     /* host order */
+	__u16 dport;
+	__u8 src[16];    /* network order; IPv4 in src[0..3] */
+	__u8 dst[16];
+	__u32 src_cls;   /* prefix class of src (stage 0, bg_pfx_*), 0: in no class prefix */
+	__u32 dst_cls;
+};
+
+struct bg_cls_val {
+	__u32 prio;      /* lower wins */
+	__u32 rule_id;   /* index into bg_rules / bg_counters */
+};
+
+struct bg_rule {         /* bg_rules[rule_id] */
+	__u8 action;     /* enum bg_action */
+	__u8 over_action;/* action over the rate limit */
+	__u16 flags;     /* enum bg_rule_flags */
+	__u32 redirect_ifindex;
+	__u32 mark;
+	__u32 log_rate;  /* log events per second */
+	__u64 rate;      /* tokens per second (packets, or bytes with BG_RF_RATE_BYTES) */
+	__u64 burst;     /* bucket depth in tokens */
+};
+
+/* Stage 0: address -> prefix class (docs/policy-engine.md section 3). One tree per field and family; each
+ * generation slot (gen & 1) has its own. Level 0 is an array indexed by the address's top 16 bits: the
+ * class of the longest prefix <= /16, and which longer lengths to probe (bg_pfx, longest first) when the
+ * address's 1/32 sub-range (bits 16..20) holds any longer prefix. */
+enum bg_tree { BG_TREE_SRC4 = 0, BG_TREE_SRC6 = 1, BG_TREE_DST4 = 2, BG_TREE_DST6 = 3 };
+#define BG_PFX_LENS 7
+#define BG_PFX_TOP_BITS 16
+
+struct bg_pfx_top {      /* 16 bytes; bg_pfx_top[((gen & 1) * 4 + tree) << 16 | top 16 bits] */
+	__u32 cls;       /* longest prefix <= /16 holding the bucket, 0: none */
+	__u32 sub;       /* bit (addr >> (W - 21)) & 31: that sub-range holds a longer prefix */
+	__u8 nlens;      /* lens[0..nlens) to probe */
+	__u8 lens[BG_PFX_LENS]; /* descending */
+};
+
+struct bg_pfx_key {      /* key of bg_pfx: the address masked to len */
+	__u8 addr[16];   /* network order; IPv4 in addr[0..3] */
+	__u8 gen;
+	__u8 tree;       /* enum bg_tree */
+	__u8 len;
+	__u8 pad[5];
+};
+
+struct bg_shape {
+	struct bg_cls_key mask;
+	__u32 best_prio; /* early-stop bound */
+	__u8 id;
+	__u8 pad[3];
+	__u32 entries;
+	__u32 pad2;
+};
+
+struct bg_conf {         /* bg_conf[2], double-buffered; bg_active[0] names the live slot */
+	__u32 nshapes;
+	__u32 default_rule;
+	__u8 gen;
+	__u8 trees;      /* 1 << BG_TREE_*: the prefix-class trees this generation uses (0: no stage 0) */
+	__u8 pad[6];
+	struct bg_shape shapes[BG_MAX_SHAPES];
+};
+
+/* token bucket (bg_rate_rule[rule_id], bg_rate_src[key]); credit in token-nanoseconds (tokens * 1e9) */
+struct bg_bucket {
+	__u64 credit;
+	__u64 last_ns;   /* 0: fresh (full bucket) */
+	struct bpf_spin_lock lock;
+	__u32 pad;
+};
+
+struct bg_rate_src_key {
+	__u32 rule_id;
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+struct bg_log_bucket {   /* per-CPU bg_log_rate[rule_id] */
+	__u64 credit;
+	__u64 last_ns;
+};
+
+/* conntrack (bg_ct, LRU hash shared by the hooks of one interface): key in the originator's direction */
+struct bg_ct_key {
+	__u8 family;
+	__u8 proto;
+	__u16 sport;     /* host order; ICMP echo: the identifier in both */
+	__u16 dport;
+	__u16 pad;
+	__u8 src[16];
+	__u8 dst[16];
+};
+
+#define BG_CTF_REPLY 0x01 /* a packet of the reply direction was seen */
+
+struct bg_ct_entry {
+	__u64 first_ns;
+	__u64 last_ns;   /* expiry: last_ns + timeout (engine rodata) */
+	__u64 packets_orig;
+	__u64 bytes_orig;
+	__u64 packets_reply;
+	__u64 bytes_reply;
+	__u32 flags;     /* BG_CTF_* */
+	__u8 tcp_flags_seen; /* OR of the TCP flags seen (both directions) */
+	__u8 pad[3];
+};
+
+enum bg_engine_hook { BG_ENGINE_TC_INGRESS = 1, BG_ENGINE_TC_EGRESS = 2, BG_ENGINE_XDP = 3 };
+
+struct bg_rule_log_event {
+	struct bg_event_hdr hdr;
+	__u32 rule_id;
+	__u32 ifindex;
+	__u32 pkt_len;
+	__u8 action;     /* what was done (enum bg_action) */
+	__u8 hook;       /* enum bg_engine_hook */
+	__u8 family;
+	__u8 proto;
+	__u16 sport;
+	__u16 dport;
+	__u8 ct_state;
+	__u8 tcp_flags;
+	__u8 pad[2];
+	__u8 src[16];
+	__u8 dst[16];
+};
+
+#endif /* BG_ENGINE_H */
