@@ -61,6 +61,7 @@ def test_json_document_keys_are_stable(report):
     assert rc == doc["exit_code"]
 
 
+@pytest.mark.smoke
 def test_core_works_here_and_exit_status_is_zero(report):
     rc, doc = report
     checks = by_name(doc)

@@ -75,6 +75,7 @@ def test_src_cidr_icmp_and_port_range(net):
     assert get(n, 80) and get(n, 80, v6=True)
 
 
+@pytest.mark.smoke
 def test_default_deny_with_established_replies(net):
     n = net
     n.client.http_server(9000)
@@ -234,6 +235,7 @@ def test_vlan_match(net):
     assert eng.counters()["v100"].packets >= 1
 
 
+@pytest.mark.smoke
 def test_xdp_default_deny_with_established_replies(net):
     n = net
     n.client.http_server(9000)

@@ -154,6 +154,7 @@ def _tcx_progs(netns_name: str, dev: str) -> list[str]:
     return names
 
 
+@pytest.mark.smoke
 def test_cli_ctrl_c_leaves_complete_file_and_nothing_attached(pair, tmp_path):
     client, _, c_if, _ = pair
     cli, srv = _udp_socks(pair, 4)

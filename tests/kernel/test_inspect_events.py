@@ -154,6 +154,7 @@ def _held_prog_ids(pid: int) -> set[int]:
     return ids
 
 
+@pytest.mark.smoke
 def test_cli_events_json_lines_and_sigterm_detaches(net):
     client, server, link = net
     argv = [sys.executable, "-m", "bpfgate.cli.main", "events", "--dev", link.b.name, "--netns", server.netns,

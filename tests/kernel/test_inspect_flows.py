@@ -241,6 +241,7 @@ def test_top_flows_sorting(pair):
     assert top_flows(flows, "last")[0].last_ns == max(f.last_ns for f in flows)
 
 
+@pytest.mark.smoke
 def test_cli_flows_json(pair):
     client, server, c_if, s_if = pair
     srv = _bound(server, 4, s_if.ip4, socket.SOCK_DGRAM)

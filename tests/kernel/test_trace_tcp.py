@@ -182,6 +182,7 @@ def _one(events, **match) -> dict:
     return hits[0]
 
 
+@pytest.mark.smoke
 def test_lifecycle_pid_bytes_failures_drops(net, gate):
     client, server, link, tmp = net
     nss = {_ino(client.netns), _ino(server.netns)}
@@ -451,6 +452,7 @@ def test_classic_tracepoint_backend_or_clear_error():
     assert con and con[0]["pid"] == os.getpid(), events
 
 
+@pytest.mark.smoke
 def test_cli_drops_json_reason_filter_and_counts(net):
     client, server, link, tmp = net
     cli = _Cli("drops", "--json", "--reason", "NO_SOCKET", "--port", str(CLOSED_PORT), "--addr", link.b.ip4,
