@@ -1,18 +1,14 @@
 #!/usr/bin/env bash
 # Runs inside a virtme-ng guest (started by scripts/kernels/runner.py), in the checkout:
-#   guest.sh OUT MODULES [PYTEST ARGS...]
-# OUT is a host directory shared read-write (doctor.json, junit.xml, pytest.rc land there); MODULES is
-# where this kernel's modules live when they are not under /lib/modules ("-" when they are).
+#   guest.sh OUT [PYTEST ARGS...]
+# OUT is a host directory shared read-write: doctor.json, junit.xml and pytest.rc land there.
 set -uo pipefail
-out=$1 modules=$2
-shift 2
+out=$1
+shift
+at() { echo "guest: $* at $(cut -d' ' -f1 /proc/uptime) s after boot"; }
 
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
-kmods=/lib/modules/$(uname -r)
-if [ "$modules" != - ] && [ ! -d "$kmods" ]; then
-	mkdir -p "$kmods" && mount --bind "$modules" "$kmods"
-fi
 
 # The root file system is 9p without caching: every stat and read is a round trip through an emulated
 # device, and Python's imports make tens of thousands. The runner copies the Python install and the
@@ -35,8 +31,10 @@ if mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose,msize=512000,ro host
 	done
 fi
 cd "$PWD" || exit 1 # re-enter the checkout: now the image's copy
+at "mounts ready"
 
 .venv/bin/bpfgate doctor --json >"$out/doctor.json"
-echo "guest: doctor exit $?"
+at "doctor done (exit $?)"
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -p no:cacheprovider --junitxml="$out/junit.xml" "$@"
 echo $? >"$out/pytest.rc"
+at "pytest done"

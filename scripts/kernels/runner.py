@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 VNG_VENV = ROOT / ".venv-vng"
 VNG_VERSION = "1.42"
-CACHE = Path("/var/cache/bpfgate/kernels")
+# not under /var/cache: virtme-ng hides that in the guest, and the guest loads modules from here
+CACHE = Path("/var/lib/bpfgate/kernels")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 ARCH_LIBS = f"/usr/lib/{os.uname().machine}-linux-gnu"
 
@@ -104,7 +105,7 @@ def unpack(kernel: Kernel) -> Path:
     (apt / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (apt / "sources.list").write_text(f"deb [signed-by={KEYRING}] http://deb.debian.org/debian {kernel.suite} main\n")
     opts = [f"-oDir::Etc::SourceList={apt}/sources.list", "-oDir::Etc::SourceParts=-",
-            f"-oDir::State::Lists={apt}/lists", f"-oDir::Cache={apt}"]
+            f"-oDir::State::Lists={apt}/lists", f"-oDir::Cache={apt}", "-oAPT::Sandbox::User=root"]
     run(["apt-get", *opts, "update", "-qq"])
     dep = subprocess.run(["apt-cache", *opts, "depends", "linux-image-amd64"], capture_output=True, text=True,
                          check=True).stdout
@@ -117,17 +118,14 @@ def unpack(kernel: Kernel) -> Path:
     return home
 
 
-def kernel_image(kernel: Kernel) -> tuple[Path, str]:
-    """(the kernel image, its modules directory when it is not /lib/modules/<version>, else "-")."""
+def kernel_image(kernel: Kernel) -> Path:
     if kernel.system:
         apt_install(["linux-image-amd64"])
         image = system_image(kernel.name)
         if image is None:
             raise SystemExit(f"kernels: no /boot/vmlinuz-{kernel.name}.* after installing linux-image-amd64")
-        return image, "-"
-    home = unpack(kernel)
-    image = sorted(home.glob("boot/vmlinuz-*"))[-1]
-    return image, str(home / "lib/modules" / image.name.removeprefix("vmlinuz-"))
+        return image
+    return sorted(unpack(kernel).glob("boot/vmlinuz-*"))[-1]
 
 
 # --- the guest ---
@@ -160,8 +158,8 @@ def build_image(workdir: Path) -> Path:
     return image
 
 
-def boot(vng: Path, kimg: Path, modules: str, hot: Path, out: Path, pytest_args: list[str], timeout_min: int) -> None:
-    guest = [str(ROOT / "scripts/kernels/guest.sh"), str(out), modules, *pytest_args]
+def boot(vng: Path, kimg: Path, hot: Path, out: Path, pytest_args: list[str], timeout_min: int) -> None:
+    guest = [str(ROOT / "scripts/kernels/guest.sh"), str(out), *pytest_args]
     qemu = (f"-drive file={hot},if=none,id=hot,format=raw -device virtio-blk-pci,drive=hot "
             "-fsdev local,id=hostfs,path=/,security_model=none,readonly=on,multidevs=remap "
             "-device virtio-9p-pci,fsdev=hostfs,mount_tag=hostfs")
@@ -215,7 +213,7 @@ def read_junit(path: Path, result: Result) -> bool:
 
 def run_kernel(vng: Path, kernel: Kernel, hot: Path, workdir: Path, pytest_args: list[str], mode: str) -> Result:
     result = Result(kernel.name)
-    kimg, modules = kernel_image(kernel)
+    kimg = kernel_image(kernel)
     out = workdir / f"out-{kernel.name}"
     out.mkdir()
     # each guest writes into its own copy of the image
@@ -223,7 +221,7 @@ def run_kernel(vng: Path, kernel: Kernel, hot: Path, workdir: Path, pytest_args:
     run(["cp", "--sparse=always", str(hot), str(image)])
     say(f"booting {kimg} ({mode})")
     started = time.monotonic()
-    boot(vng, kimg, modules, image, out, pytest_args, TIMEOUT_MIN[mode])
+    boot(vng, kimg, image, out, pytest_args, TIMEOUT_MIN[mode])
     image.unlink()
     result.minutes = (time.monotonic() - started) / 60
     result.doctor = doctor_summary(out / "doctor.json")
