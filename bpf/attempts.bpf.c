@@ -27,12 +27,10 @@ struct {
 	__type(value, __u64);
 } attempt_counts SEC(".maps");
 
-BG_EXPORT_TYPE(struct bg_attempt_event, attempt_event);
-
 static __always_inline int watched(__u16 port)
 {
 	struct bg_port_key k = {.port = port};
-	struct bg_port_key any = {.port = 0};
+	struct bg_port_key any = {.port = BG_ATTEMPT_ALL_PORTS};
 
 	return bpf_map_lookup_elem(&attempt_ports, &k) || bpf_map_lookup_elem(&attempt_ports, &any);
 }

@@ -24,8 +24,8 @@ const volatile __u8 cfg_host_on = 0;     /* 1: source or destination must be in 
 const volatile __u8 cfg_host_family = 0; /* 4 or 6 */
 const volatile __u32 cfg_host[4] = {};   /* 16-byte address (IPv4-mapped for IPv4), network order */
 const volatile __u32 cfg_mask[4] = {};
-const volatile __u8 cfg_port_side = 0;   /* 0: source or destination port, 1: source, 2: destination */
-const volatile __u8 cfg_host_side = 0;   /* 0: source or destination address, 1: source, 2: destination */
+const volatile __u8 cfg_port_side = BG_SIDE_ANY; /* enum bg_capture_side */
+const volatile __u8 cfg_host_side = BG_SIDE_ANY; /* enum bg_capture_side */
 /* capture --rule: the label the records carry (the policy rule's action and id), BG_VERDICT_UNKNOWN otherwise */
 const volatile __u8 cfg_verdict = BG_VERDICT_UNKNOWN;
 const volatile __u32 cfg_rule_id = 0;
@@ -51,9 +51,6 @@ struct {
 	__type(value, struct scratch);
 } capture_scratch SEC(".maps");
 
-BG_EXPORT_TYPE(struct bg_capture_event, capture_event);
-
-
 static __always_inline int in_prefix(const __u8 *addr)
 {
 	const __u32 *a = (const __u32 *)addr;
@@ -77,11 +74,11 @@ static __always_inline int matches(struct __sk_buff *skb)
 	if (cfg_proto && key.proto != cfg_proto)
 		return 0;
 	if (cfg_port) {
-		if (cfg_port_side == 1 && key.sport != cfg_port)
+		if (cfg_port_side == BG_SIDE_SRC && key.sport != cfg_port)
 			return 0;
-		if (cfg_port_side == 2 && key.dport != cfg_port)
+		if (cfg_port_side == BG_SIDE_DST && key.dport != cfg_port)
 			return 0;
-		if (cfg_port_side == 0 && key.sport != cfg_port && key.dport != cfg_port)
+		if (cfg_port_side == BG_SIDE_ANY && key.sport != cfg_port && key.dport != cfg_port)
 			return 0;
 	}
 	if (cfg_port && key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP)
@@ -89,11 +86,11 @@ static __always_inline int matches(struct __sk_buff *skb)
 	if (cfg_host_on) {
 		if (key.family != cfg_host_family)
 			return 0;
-		if (cfg_host_side == 1 && !in_prefix(key.saddr))
+		if (cfg_host_side == BG_SIDE_SRC && !in_prefix(key.saddr))
 			return 0;
-		if (cfg_host_side == 2 && !in_prefix(key.daddr))
+		if (cfg_host_side == BG_SIDE_DST && !in_prefix(key.daddr))
 			return 0;
-		if (cfg_host_side == 0 && !in_prefix(key.saddr) && !in_prefix(key.daddr))
+		if (cfg_host_side == BG_SIDE_ANY && !in_prefix(key.saddr) && !in_prefix(key.daddr))
 			return 0;
 	}
 	return 1;

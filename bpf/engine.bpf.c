@@ -33,14 +33,14 @@ const volatile __u64 cfg_ct_timeout_est_ns = 600 * NSEC;  /* reply seen */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 1 << 21); /* two generations of 1M entries during a swap */
+	__uint(max_entries, BG_HASH_MAX); /* two generations of 1M entries during a swap */
 	__type(key, struct bg_cls_key);
 	__type(value, struct bg_cls_val);
 } bg_cls SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, BG_CONF_SLOTS);
 	__type(key, __u32);
 	__type(value, struct bg_conf);
 } bg_conf SEC(".maps");
@@ -55,7 +55,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 1 << 21);
+	__uint(max_entries, BG_HASH_MAX);
 	__type(key, struct bg_pfx_key);
 	__type(value, __u32);
 } bg_pfx SEC(".maps");
@@ -69,21 +69,21 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, BG_MAX_RULES);
 	__type(key, __u32);
 	__type(value, struct bg_rule);
 } bg_rules SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, BG_MAX_RULES);
 	__type(key, __u32);
 	__type(value, struct bg_counter);
 } bg_counters SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, BG_MAX_RULES);
 	__type(key, __u32);
 	__type(value, struct bg_bucket);
 } bg_rate_rule SEC(".maps");
@@ -97,7 +97,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, BG_MAX_RULES);
 	__type(key, __u32);
 	__type(value, struct bg_log_bucket);
 } bg_log_rate SEC(".maps");
@@ -144,13 +144,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct bg_capture_scratch);
 } bg_capture_scratch SEC(".maps");
-
-BG_EXPORT_TYPE(struct bg_capture_cfg, capture_cfg);
-
-BG_EXPORT_TYPE(struct bg_rule_log_event, rule_log_event);
-BG_EXPORT_TYPE(enum bg_have, have);
-BG_EXPORT_TYPE(enum bg_rule_flags, rule_flags);
-BG_EXPORT_TYPE(enum bg_action, action);
 
 /* ---- conntrack ------------------------------------------------------------------------------------ */
 
@@ -326,7 +319,7 @@ static __always_inline __u32 prefix_class(const __u8 *addr, __u8 gen, __u32 tree
 
 	if (!t)
 		return 0;
-	if (!(t->sub & (1u << ((top >> 11) & 31))))
+	if (!(t->sub & (1u << ((top >> (32 - BG_PFX_TOP_BITS - BG_PFX_SUB_BITS)) & ((1 << BG_PFX_SUB_BITS) - 1)))))
 		return t->cls;
 	pk.gen = gen;
 	pk.tree = tree;

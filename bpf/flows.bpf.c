@@ -36,8 +36,6 @@ struct {
 	__type(value, __u64);
 } flow_stats SEC(".maps");
 
-BG_EXPORT_TYPE(struct bg_flow_end_event, flow_end_event);
-
 static __always_inline void flow_end(struct bg_flow_key *key, struct bg_flow_value *val, __u32 reason)
 {
 	struct bg_flow_end_event *ev;

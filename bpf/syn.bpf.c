@@ -44,8 +44,6 @@ struct {
 	__type(value, __u64);
 } syn_blocklist SEC(".maps");
 
-BG_EXPORT_TYPE(struct bg_syn_flood_event, syn_flood_event);
-
 static __always_inline struct bg_syn_total *total_of(__u32 ifindex)
 {
 	struct bg_syn_total *t = bpf_map_lookup_elem(&syn_totals, &ifindex);

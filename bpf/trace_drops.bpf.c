@@ -51,8 +51,6 @@ struct {
 	__type(value, __u8);
 } netns_filter SEC(".maps");
 
-BG_EXPORT_TYPE(struct bg_drop_event, drop_event);
-
 static __always_inline void count(__u32 reason)
 {
 	__u64 one = 1, *v = bpf_map_lookup_elem(&reason_counts, &reason);

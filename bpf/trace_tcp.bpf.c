@@ -58,8 +58,6 @@ struct {
 	__type(value, __u8);
 } netns_filter SEC(".maps");
 
-BG_EXPORT_TYPE(struct bg_tcp_event, tcp_event);
-
 static __always_inline bool netns_wanted(__u32 netns)
 {
 	return !cfg_netns_filter || bpf_map_lookup_elem(&netns_filter, &netns);

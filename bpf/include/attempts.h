@@ -7,7 +7,9 @@
 
 #include "bg_common.h"
 
-/* attempt_ports: key struct bg_port_key (port 0: every port), value __u32 (unused, 1) */
+/* attempt_ports: key struct bg_port_key, value __u32 (unused, 1) */
+enum bg_attempt_ports { BG_ATTEMPT_ALL_PORTS = 0 }; /* the port in attempt_ports that watches every port */
+
 struct bg_attempt_key {
 	__u32 ifindex;
 	__u16 port;
@@ -26,5 +28,9 @@ struct bg_attempt_event {
 	__u8 saddr[16];
 	__u8 daddr[16];
 };
+
+/* Python reads these from BTF (bpfgate.contract): every object built with this header carries them. */
+BG_EXPORT_TYPE(enum bg_attempt_ports, attempt_ports);
+BG_EXPORT_TYPE(struct bg_attempt_event, attempt_event);
 
 #endif /* BG_ATTEMPTS_H */

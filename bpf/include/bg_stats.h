@@ -27,4 +27,8 @@ static __always_inline void stat_inc(__u32 idx)
 	percpu_inc(&bg_stats, idx);
 }
 
+/* Python reads these from BTF (bpfgate.contract): every object that emits records carries them. */
+BG_EXPORT_TYPE(enum bg_stat, stat);
+BG_EXPORT_TYPE(enum bg_event_type, event_type);
+
 #endif /* BG_STATS_H */

@@ -30,7 +30,10 @@ enum bg_capture_verdict {
  * their verdict by writing this same record (hook BG_HOOK_GATE, verdict, rule_id) into its own ring
  * buffer bg_capture_ring, which bpfgate.inspect.capture reads.
  */
-#define BG_CAPTURE_MAX 65535 /* largest snaplen: an skb (GSO included) is at most 64 KiB */
+enum bg_capture_limits {
+	BG_CAPTURE_MAX = 65535,        /* largest snaplen: an skb (GSO included) is at most 64 KiB */
+	BG_ENGINE_CAPTURE_MAX = 65535, /* the same for the engine's capture with the verdict */
+};
 
 struct bg_capture_event {
 	struct bg_event_hdr hdr;
@@ -55,6 +58,20 @@ struct bg_capture_cfg {
 	__u32 owner_pid;      /* the capturing process (user space only: a stale capture is taken over) */
 };
 
-#define BG_ENGINE_CAPTURE_MAX 65535
+/* Which end of the packet a capture filter's port or address must be (capture.bpf.c cfg_*_side). */
+enum bg_capture_side {
+	BG_SIDE_ANY = 0, /* source or destination */
+	BG_SIDE_SRC = 1,
+	BG_SIDE_DST = 2,
+};
+
+/* Python reads these from BTF (bpfgate.contract): every object built with this header carries them. */
+BG_EXPORT_TYPE(enum bg_capture_hook, capture_hook);
+BG_EXPORT_TYPE(enum bg_capture_verdict, capture_verdict);
+BG_EXPORT_TYPE(enum bg_capture_limits, capture_limits);
+BG_EXPORT_TYPE(enum bg_capture_side, capture_side);
+BG_EXPORT_TYPE(enum bg_dir, capture_dir);
+BG_EXPORT_TYPE(struct bg_capture_event, capture_event);
+BG_EXPORT_TYPE(struct bg_capture_cfg, capture_cfg);
 
 #endif /* BG_CAPTURE_H */

@@ -13,7 +13,16 @@
 #include <linux/bpf.h> /* struct bpf_spin_lock for host compilers */
 #endif
 
-#define BG_MAX_SHAPES 32
+/* Sizes of the engine's maps and tables (enums, so Python reads them from BTF). */
+enum bg_engine_limits {
+	BG_MAX_SHAPES = 32,        /* bg_conf.shapes[] */
+	BG_CONF_SLOTS = 2,         /* bg_conf is double-buffered; bg_active[0] names the live slot */
+	BG_MAX_RULES = 1 << 18,    /* rule slots: bg_rules, bg_counters, bg_rate_rule, bg_log_rate */
+	BG_HASH_MAX = 1 << 21,     /* bg_cls and bg_pfx allocated per entry: two generations of 1M entries */
+	BG_PFX_LENS = 7,           /* longer lengths probed per level-0 bucket of stage 0, at most */
+	BG_PFX_TOP_BITS = 16,      /* level 0 is indexed by the address's top 16 bits */
+	BG_PFX_SUB_BITS = 5,       /* and says which of the bucket's 32 sub-ranges (bits 16..20) hold a longer prefix */
+};
 
 enum bg_have { BG_HAVE_L3 = 0x01, BG_HAVE_PROTO = 0x02, BG_HAVE_PORTS = 0x04, BG_HAVE_TCPFLAGS = 0x08,
 	       BG_HAVE_ICMP = 0x10, BG_HAVE_VLAN = 0x20, BG_HAVE_CT = 0x40 };
@@ -63,8 +72,6 @@ struct bg_rule {         /* bg_rules[rule_id] */
  * class of the longest prefix <= /16, and which longer lengths to probe (bg_pfx, longest first) when the
  * address's 1/32 sub-range (bits 16..20) holds any longer prefix. */
 enum bg_tree { BG_TREE_SRC4 = 0, BG_TREE_SRC6 = 1, BG_TREE_DST4 = 2, BG_TREE_DST6 = 3 };
-#define BG_PFX_LENS 7
-#define BG_PFX_TOP_BITS 16
 
 struct bg_pfx_top {      /* 16 bytes; bg_pfx_top[((gen & 1) * 4 + tree) << 16 | top 16 bits] */
 	__u32 cls;       /* longest prefix <= /16 holding the bucket, 0: none */
@@ -130,7 +137,7 @@ struct bg_ct_key {
 	__u8 dst[16];
 };
 
-#define BG_CTF_REPLY 0x01 /* a packet of the reply direction was seen */
+enum bg_ct_flags { BG_CTF_REPLY = 0x01 }; /* a packet of the reply direction was seen */
 
 struct bg_ct_entry {
 	__u64 first_ns;
@@ -163,5 +170,16 @@ struct bg_rule_log_event {
 	__u8 src[16];
 	__u8 dst[16];
 };
+
+/* Python reads these from BTF (bpfgate.contract): every object built with this header carries them. */
+BG_EXPORT_TYPE(enum bg_engine_limits, engine_limits);
+BG_EXPORT_TYPE(enum bg_have, have);
+BG_EXPORT_TYPE(enum bg_ct_state, ct_state);
+BG_EXPORT_TYPE(enum bg_action, action);
+BG_EXPORT_TYPE(enum bg_rule_flags, rule_flags);
+BG_EXPORT_TYPE(enum bg_tree, tree);
+BG_EXPORT_TYPE(enum bg_ct_flags, ct_flags);
+BG_EXPORT_TYPE(enum bg_engine_hook, engine_hook);
+BG_EXPORT_TYPE(struct bg_rule_log_event, rule_log_event);
 
 #endif /* BG_ENGINE_H */

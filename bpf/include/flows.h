@@ -16,4 +16,10 @@ struct bg_flow_end_event {
 	struct bg_flow_value val;
 };
 
+/* Python reads these from BTF (bpfgate.contract): every object built with this header carries them. */
+BG_EXPORT_TYPE(enum bg_flow_end_reason, flow_end_reason);
+BG_EXPORT_TYPE(enum bg_flow_stat, flow_stat);
+BG_EXPORT_TYPE(enum bg_dir, flow_dir);
+BG_EXPORT_TYPE(struct bg_flow_end_event, flow_end_event);
+
 #endif /* BG_FLOWS_H */

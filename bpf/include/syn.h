@@ -51,4 +51,7 @@ struct bg_syn_flood_event {
 	__u64 block_until_ns; /* CLOCK_MONOTONIC; 0: not blocked */
 };
 
+/* Python reads this from BTF (bpfgate.contract): every object built with this header carries it. */
+BG_EXPORT_TYPE(struct bg_syn_flood_event, syn_flood_event);
+
 #endif /* BG_SYN_H */

@@ -28,9 +28,12 @@ struct bg_sock_owner {
 	char comm[16];
 };
 
-#define BG_OWNER_ACTIVE 1  /* we saw connect() */
-#define BG_OWNER_PASSIVE 2 /* child of a listener */
-#define BG_OWNER_CLOSER 4  /* owner taken at close()/shutdown() (the fd holder then) */
+/* Where a socket's owner was taken (bg_sock_owner.flags, bg_tcp_event.owner_flags). */
+enum bg_owner_flags {
+	BG_OWNER_ACTIVE = 1,  /* we saw connect() */
+	BG_OWNER_PASSIVE = 2, /* child of a listener */
+	BG_OWNER_CLOSER = 4,  /* owner taken at close()/shutdown() (the fd holder then) */
+};
 
 /* key of the listener map: who called listen() on (netns, port) */
 struct bg_listen_key {
@@ -79,5 +82,11 @@ struct bg_drop_event {
 	__u8 pad;
 	__u32 engine_rule; /* TC drop by a policy engine: its rule id + 1 (from the skb's cb), 0: none */
 };
+
+/* Python reads these from BTF (bpfgate.contract): every object built with this header carries them. */
+BG_EXPORT_TYPE(enum bg_tcp_kind, tcp_kind);
+BG_EXPORT_TYPE(enum bg_owner_flags, owner_flags);
+BG_EXPORT_TYPE(struct bg_tcp_event, tcp_event);
+BG_EXPORT_TYPE(struct bg_drop_event, drop_event);
 
 #endif /* BG_TRACE_H */

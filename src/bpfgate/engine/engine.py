@@ -35,14 +35,15 @@ CT_HANDLE, CT_PRIORITY = 0xB9E, 99       # the conntrack tracker runs before any
 CT_KEY_SUFFIX = f".tc-egress-{CT_HANDLE:x}-{CT_PRIORITY}"   # ends the tracker's attachment key
 CT_TIMEOUT_NEW_S, CT_TIMEOUT_EST_S = 30, 600   # flow expiry after the last packet: no reply seen / replied
 RULE_ARRAYS = ("bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate")
-MAX_RULE_SLOTS = 1 << 18
+MAX_RULE_SLOTS = R.C.BG_MAX_RULES
 GRACE_S = 1.0                            # freed rule slots wait this long (in-flight packets, RCU)
 MAPS = ("bg_cls", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_rate_src",
         "bg_log_rate", "bg_ct", "events", "bg_stats", "bg_pfx_top", "bg_pfx", "bg_ct_lookup_only")
 CAPTURE_MAPS = ("bg_capture_cfg", "bg_capture_ring")   # capture with the verdict (inspect.capture.EngineCapture)
 U32_KEYED = {"bg_ct_lookup_only", "bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters",
              "bg_rate_rule", "bg_log_rate", "bg_stats"}
-HOOK_CODE = {Hook.TC_INGRESS: 1, Hook.TC_EGRESS: 2, Hook.XDP: 3}
+HOOK_CODE = {Hook.TC_INGRESS: R.C.BG_ENGINE_TC_INGRESS, Hook.TC_EGRESS: R.C.BG_ENGINE_TC_EGRESS,
+             Hook.XDP: R.C.BG_ENGINE_XDP}
 _U32 = struct.Struct("=I")
 
 
@@ -58,7 +59,7 @@ def rule_array_sizes(slots: int) -> dict[str, int]:
 
 
 PREALLOC_MIN = 1 << 15   # entries from which bg_cls / bg_pfx are preallocated
-HASH_MAX = 1 << 21       # their size when allocated per entry (bpf/engine.bpf.c)
+HASH_MAX = R.C.BG_HASH_MAX  # their size when allocated per entry
 
 
 def prealloc_for(compiled: CompiledHook) -> dict[str, int]:
@@ -479,7 +480,7 @@ class Engine:
         for name, rid in ids.items():
             pk = by = 0
             for off in range(rid * m._vbuf_size, (rid + 1) * m._vbuf_size, slot):
-                p, b = struct.unpack_from(R.COUNTER_FMT, raw, off)
+                p, b = R.COUNTER.unpack_from(raw, off)
                 pk, by = pk + p, by + b
             out[name] = R.Counter(name, pk, by)
         return out
@@ -540,7 +541,7 @@ class Engine:
         ids = sorted(rules)
         keys = _u32s(ids)
         if fresh:   # a new slot starts with zero counters and full buckets (docs section 5)
-            for name, size in (("bg_counters", 16), ("bg_rate_rule", R.BUCKET_SIZE),
+            for name, size in (("bg_counters", R.COUNTER.size), ("bg_rate_rule", R.BUCKET_SIZE),
                                ("bg_log_rate", R.LOG_BUCKET_SIZE)):
                 m = self.maps[name]
                 m.update_batch_raw(keys, bytes(m._vbuf_size * len(ids)), len(ids))

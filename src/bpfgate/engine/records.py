@@ -1,24 +1,31 @@
 """Binary records of the engine's data-plane state maps (counters, conntrack, buckets, log events).
 
-The classifier's records are in bpfgate.policy.layout. Formats here are native order, checked against
-the object's BTF by tests/unit/test_engine_layout.py.
+The classifier's records are in bpfgate.policy.layout. Layouts and constants are read from the engine
+object's BTF (bpfgate.contract; the C side is bpf/include/engine.h).
 """
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
-import struct
 from dataclasses import dataclass
 
-COUNTER_FMT = "=QQ"                     # struct bg_counter
-CT_KEY_FMT = "=BBHHH16s16s"             # struct bg_ct_key, 40 bytes
-CT_ENTRY_FMT = "=QQQQQQIB3x"            # struct bg_ct_entry, 56 bytes
-BUCKET_SIZE = 24                        # struct bg_bucket (u64 credit, u64 last_ns, spin lock, pad)
-LOG_BUCKET_SIZE = 16                    # struct bg_log_bucket
-RULE_LOG_FMT = "=HHIQIIIBBBBHHBB2x16s16s"  # struct bg_rule_log_event, 72 bytes
-CTF_REPLY = 0x01
-EV_RULE_LOG = 40
-CT_NAMES = {1: "new", 2: "established", 3: "related", 4: "invalid"}
+from bpfgate import contract
+from bpfgate.policy.model import CT_STATES
+
+C = contract.constants("engine")
+COUNTER = contract.record("engine", "bg_counter", "packets bytes")
+CT_KEY = contract.record("engine", "bg_ct_key", "family proto sport dport src dst")
+CT_ENTRY = contract.record("engine", "bg_ct_entry", "first_ns last_ns packets_orig bytes_orig packets_reply "
+                                                    "bytes_reply flags tcp_flags_seen")
+RULE_LOG = contract.record("engine", "bg_rule_log_event", "hdr rule_id ifindex pkt_len action hook family proto "
+                                                          "sport dport ct_state tcp_flags src dst")
+EVENT_HDR = contract.record("engine", "bg_event_hdr", "type len cpu ts_ns")
+BUCKET_SIZE = ctypes.sizeof(contract.struct("engine", "bg_bucket"))
+LOG_BUCKET_SIZE = ctypes.sizeof(contract.struct("engine", "bg_log_bucket"))
+CTF_REPLY = C.BG_CTF_REPLY
+EV_RULE_LOG = C.BG_EV_RULE_LOG
+CT_NAMES = {value: word for word, value in CT_STATES.items()}
 
 
 def _addr(family: int, raw: bytes):
@@ -57,8 +64,8 @@ class Flow:
 
     @classmethod
     def decode(cls, key: bytes, val: bytes) -> Flow:
-        fam, proto, sport, dport, _pad, src, dst = struct.unpack(CT_KEY_FMT, key)
-        first, last, po, bo, pr, br, flags, tf = struct.unpack(CT_ENTRY_FMT, val)
+        fam, proto, sport, dport, src, dst = CT_KEY.unpack(key)
+        first, last, po, bo, pr, br, flags, tf = CT_ENTRY.unpack(val)
         return cls(fam, proto, _addr(fam, src), _addr(fam, dst), sport, dport, first, last, po, bo, pr, br,
                    bool(flags & CTF_REPLY), tf)
 
@@ -83,7 +90,7 @@ class RuleLogEvent:
 
     @classmethod
     def decode(cls, raw: bytes, names: dict[int, str]) -> RuleLogEvent:
-        (_t, _l, _cpu, ts, rid, ifindex, plen, action, hook, fam, proto, sport, dport, ct, tf, src,
-         dst) = struct.unpack(RULE_LOG_FMT, raw[:struct.calcsize(RULE_LOG_FMT)])
+        hdr, rid, ifindex, plen, action, hook, fam, proto, sport, dport, ct, tf, src, dst = RULE_LOG.unpack_from(raw)
+        ts = EVENT_HDR.unpack(hdr)[3]
         return cls(rid, names.get(rid, str(rid)), ifindex, plen, action, hook, fam, proto, sport, dport, ct, tf,
                    _addr(fam, src), _addr(fam, dst), ts)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from bpfgate import contract
 from bpfgate.errors import BpfgateError, NotSupported
 from bpfgate.inspect import events
 from bpfgate.inspect.events import EventSource
@@ -20,7 +21,7 @@ from bpfgate.kernel import netlink, netns, tc
 from bpfgate.kernel.links import attach_tcx
 
 PROGRAM = "bg_attempts_tc"
-ALL_PORTS = 0  # in the port map: watch every port
+ALL_PORTS = contract.constants("attempts").BG_ATTEMPT_ALL_PORTS  # in the port map: watch every port
 # classic tc fallback: a handle/priority of our own, so we delete exactly our filter
 TC_HANDLE = TC_PRIORITY = 0xB6A7
 

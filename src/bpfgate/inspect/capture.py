@@ -32,19 +32,23 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from bpfgate import contract
 from bpfgate.errors import BpfgateError, NotSupported
 from bpfgate.inspect.events import Clock
-from bpfgate.inspect.flows import DIRECTIONS, open_pair
+from bpfgate.inspect.flows import DIR_NAMES, open_pair
 from bpfgate.inspect.pcap import PcapWriter, open_writer
 from bpfgate.kernel.maps import possible_cpus
 from bpfgate.kernel.ringbuf import RingBuffer
 
-MAX_SNAPLEN = 65535  # BG_CAPTURE_MAX: an skb is at most 64 KiB
+C = contract.constants("capture")
+MAX_SNAPLEN = C.BG_CAPTURE_MAX  # an skb is at most 64 KiB
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132}
-HOOKS = {1: "tc", 2: "xdp", 3: "gate"}
-VERDICTS = {0: "unknown", 1: "pass", 2: "drop", 3: "redirect"}
-STAT_EVENTS, STAT_EVENTS_LOST = 0, 1
-SIDES = {"any": 0, "src": 1, "dst": 2}
+HOOKS = C.names("bg_capture_hook", {"BG_HOOK_TC": "tc", "BG_HOOK_XDP": "xdp", "BG_HOOK_GATE": "gate"})
+VERDICTS = C.names("bg_capture_verdict", {"BG_VERDICT_UNKNOWN": "unknown", "BG_VERDICT_PASS": "pass",
+                                          "BG_VERDICT_DROP": "drop", "BG_VERDICT_REDIRECT": "redirect"})
+STAT_EVENTS, STAT_EVENTS_LOST = C.BG_STAT_EVENTS, C.BG_STAT_EVENTS_LOST
+SIDES = {word: value for value, word in C.names("bg_capture_side", {"BG_SIDE_ANY": "any", "BG_SIDE_SRC": "src",
+                                                                    "BG_SIDE_DST": "dst"}).items()}
 
 
 def _op() -> str:
@@ -201,7 +205,7 @@ class Capture:
         h = self._hdr.from_buffer_copy(raw[: self._hsize])
         data = raw[self._hsize: self._hsize + h.cap_len]
         return CapturedPacket(mono_ns=h.hdr.ts_ns, wall_ns=self.clock.wall_ns(h.hdr.ts_ns), ifindex=h.ifindex,
-                              direction=DIRECTIONS[h.dir & 1], hook=HOOKS.get(h.hook, str(h.hook)),
+                              direction=DIR_NAMES[h.dir & 1], hook=HOOKS.get(h.hook, str(h.hook)),
                               verdict=VERDICTS.get(h.verdict, str(h.verdict)), rule_id=h.rule_id,
                               pkt_len=h.pkt_len, data=data, rule=self.filter.rule)
 
@@ -238,8 +242,8 @@ class Capture:
         self.close()
 
 
-_ENGINE_CFG = struct.Struct("=IIIII")         # struct bg_capture_cfg (engine.bpf.c)
-_ENGINE_REC = struct.Struct("=HHIQIIIIBBB5x")  # struct bg_capture_event: hdr, ifindex .. verdict, pad
+_ENGINE_CFG = contract.record("engine", "bg_capture_cfg", "enabled snaplen rule_id_plus_1 lost owner_pid")
+_ENGINE_REC = contract.struct("engine", "bg_capture_event")   # then cap_len packet bytes
 
 
 class EngineCapture:
@@ -277,12 +281,13 @@ class EngineCapture:
             raise
 
     def _decode(self, raw: bytes) -> CapturedPacket:
-        (_t, _l, _cpu, ts, ifindex, pkt_len, cap_len, rule_id, d, hook, verdict) = _ENGINE_REC.unpack_from(raw)
-        data = raw[_ENGINE_REC.size: _ENGINE_REC.size + cap_len]
-        return CapturedPacket(mono_ns=ts, wall_ns=self.clock.wall_ns(ts), ifindex=ifindex,
-                              direction=DIRECTIONS[d & 1], hook=HOOKS.get(hook, str(hook)),
-                              verdict=VERDICTS.get(verdict, str(verdict)), rule_id=rule_id, pkt_len=pkt_len,
-                              data=data, rule=self.names.get(rule_id))
+        size = ctypes.sizeof(_ENGINE_REC)
+        h = _ENGINE_REC.from_buffer_copy(raw[:size])
+        ts = h.hdr.ts_ns
+        return CapturedPacket(mono_ns=ts, wall_ns=self.clock.wall_ns(ts), ifindex=h.ifindex,
+                              direction=DIR_NAMES[h.dir & 1], hook=HOOKS.get(h.hook, str(h.hook)),
+                              verdict=VERDICTS.get(h.verdict, str(h.verdict)), rule_id=h.rule_id,
+                              pkt_len=h.pkt_len, data=raw[size: size + h.cap_len], rule=self.names.get(h.rule_id))
 
     def packets(self, timeout_ms: int = 100) -> list[CapturedPacket]:
         self._ring.poll(timeout_ms)
@@ -483,7 +488,7 @@ def rule_filter(r: Any, rule_id: int = 0, hook: str = "tc-ingress") -> CaptureFi
     if bad:
         raise NotSupported(op, "not expressible as a capture filter: " + ", ".join(bad),
                            hint="capture with --proto/--port/--host instead")
-    verdict = {"pass": 1, "drop": 2, "redirect": 3}[r.action]
+    verdict = {word: value for value, word in VERDICTS.items()}[r.action]
     return CaptureFilter(proto, port, host, port_side, host_side, verdict, rule_id, r.name)
 
 

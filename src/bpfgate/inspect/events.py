@@ -30,14 +30,16 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
 
+from bpfgate import contract
 from bpfgate.errors import BpfgateError, NotSupported, from_errno
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.maps import Map
 from bpfgate.kernel.ringbuf import Handler, PerfBuffer, RingBuffer
 
-# enum bg_stat (bg_common.h): indexes of the per-CPU bg_stats array every event producer keeps
-STAT_EVENTS, STAT_EVENTS_LOST = 0, 1
+C = contract.constants()  # bg_common.h: record type ids, bg_stats indexes
+# enum bg_stat: indexes of the per-CPU bg_stats array every event producer keeps
+STAT_EVENTS, STAT_EVENTS_LOST = C.BG_STAT_EVENTS, C.BG_STAT_EVENTS_LOST
 
 TCP_FLAG_NAMES = ((0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"), (0x20, "URG"),
                   (0x40, "ECE"), (0x80, "CWR"))
@@ -245,10 +247,9 @@ def _flood_fields(rec: Any, ctx: Context) -> dict:
         "block_until": ctx.clock.iso(until) if until else None,
     }
 
-# type ids: enum bg_event_type in bg_common.h
-register_kind(EventKind(21, "conn_attempt", "bg_attempt_event", _attempt_fields))
-register_kind(EventKind(20, "syn_flood", "bg_syn_flood_event", _flood_fields))
-register_kind(EventKind(1, "test", "bg_test_event", lambda rec, ctx: {"seq": rec.seq, "len": rec.pkt_len}))
+register_kind(EventKind(C.BG_EV_CONN_ATTEMPT, "conn_attempt", "bg_attempt_event", _attempt_fields))
+register_kind(EventKind(C.BG_EV_SYN_FLOOD, "syn_flood", "bg_syn_flood_event", _flood_fields))
+register_kind(EventKind(C.BG_EV_TEST, "test", "bg_test_event", lambda rec, ctx: {"seq": rec.seq, "len": rec.pkt_len}))
 
 # ---- sources and the stream -----------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from bpfgate import contract
 from bpfgate.errors import BpfgateError, NotFound, NotSupported
 from bpfgate.inspect.events import Clock, Context, EventKind, EventSource, register_kind, tcp_flags_str
 from bpfgate.kernel import links, netlink, netns, pins, tc
@@ -33,15 +34,23 @@ from bpfgate.kernel.maps import Map, possible_cpus
 from bpfgate.kernel.objects import BpfObject
 from bpfgate.kernel.ringbuf import RingBuffer
 
+C = contract.constants("flows")
 DIRECTIONS = ("ingress", "egress")
-END_REASONS = {1: "fin", 2: "rst", 3: "idle", 4: "evicted"}
+DIR_NAMES = C.names("bg_dir", {"BG_DIR_INGRESS": "ingress", "BG_DIR_EGRESS": "egress"})  # bg_flow_key.dir
+END_REASONS = C.names("bg_flow_end_reason", {"BG_FLOW_END_NONE": None, "BG_FLOW_END_FIN": "fin",
+                                             "BG_FLOW_END_RST": "rst", "BG_FLOW_END_IDLE": "idle",
+                                             "BG_FLOW_END_EVICTED": "evicted"})
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 SORT_KEYS = ("bytes", "packets", "last")
-# enum bg_flow_stat / bg_stat (flow.h, bg_common.h)
-STAT_NEW, STAT_ENDED, STAT_UNPARSED, STAT_CREATE_FAIL, STAT_DELETED = 0, 1, 2, 3, 4
-STAT_EVENTS_LOST = 1
+# indexes of flow_stats (enum bg_flow_stat) and bg_stats (enum bg_stat)
+STAT_NEW, STAT_ENDED, STAT_UNPARSED = C.BG_FLOW_STAT_NEW, C.BG_FLOW_STAT_ENDED, C.BG_FLOW_STAT_UNPARSED
+STAT_CREATE_FAIL, STAT_DELETED = C.BG_FLOW_STAT_CREATE_FAIL, C.BG_FLOW_STAT_DELETED
+STAT_EVENTS_LOST = C.BG_STAT_EVENTS_LOST
 # clsact fallback (kernels without TCX): priority 1 runs before the gate's filters
 TC_PRIORITY, TC_HANDLE = 1, 0xB9F5
+_KEY = contract.struct("flows", "bg_flow_key")
+_SADDR = slice(_KEY.saddr.offset, _KEY.saddr.offset + _KEY.saddr.size)
+_DADDR = slice(_KEY.daddr.offset, _KEY.daddr.offset + _KEY.daddr.size)
 PINNED_MAPS = ("flows", "flow_stats", "bg_stats", "flow_events")
 
 
@@ -173,9 +182,9 @@ class Flow:
 
     @classmethod
     def from_kernel(cls, key: Any, val: Any, names: dict[int, str]) -> "Flow":
-        raw = bytes(key)  # one copy; addresses are its first 32 bytes (flow.h)
-        return cls(family=key.family, proto=key.proto, src=_addr(key.family, raw[:16]), sport=key.sport,
-                   dst=_addr(key.family, raw[16:32]), dport=key.dport, direction=DIRECTIONS[key.dir & 1],
+        raw = bytes(key)  # one copy, the addresses sliced from it
+        return cls(family=key.family, proto=key.proto, src=_addr(key.family, raw[_SADDR]), sport=key.sport,
+                   dst=_addr(key.family, raw[_DADDR]), dport=key.dport, direction=DIR_NAMES[key.dir & 1],
                    ifindex=key.ifindex, interface=names.get(key.ifindex), packets=val.packets, bytes=val.bytes,
                    first_ns=val.first_ns, last_ns=val.last_ns, tcp_flags=val.tcp_flags,
                    ended=END_REASONS.get(val.ended))
@@ -198,8 +207,7 @@ def _flow_end_fields(rec: Any, ctx: Context) -> dict:
     return {**{k: v for k, v in f.to_json(ctx.clock).items() if k != "ended"}, "reason": END_REASONS.get(rec.val.ended)}
 
 
-# type id: enum bg_event_type in bg_common.h
-register_kind(EventKind(50, "flow_end", "bg_flow_end_event", _flow_end_fields))
+register_kind(EventKind(C.BG_EV_FLOW_END, "flow_end", "bg_flow_end_event", _flow_end_fields))
 
 
 @dataclass(frozen=True)

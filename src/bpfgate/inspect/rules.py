@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bpfgate import contract
 from bpfgate.errors import BpfgateError
 from bpfgate.inspect.events import (
     EventKind,
@@ -31,11 +32,14 @@ from bpfgate.inspect.events import (
 from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.maps import Map
 from bpfgate.kernel.objects import packaged_path
+from bpfgate.policy.model import CT_STATES as MODEL_CT_STATES
 
-EV_RULE_LOG = 40                       # enum bg_event_type (bg_common.h)
-ENGINE_HOOKS = {1: "tc-ingress", 2: "tc-egress", 3: "xdp"}
-ACTIONS = {1: "pass", 2: "drop", 3: "redirect"}
-CT_STATES = {0: None, 1: "new", 2: "established", 3: "related", 4: "invalid"}
+C = contract.constants("engine")
+EV_RULE_LOG = C.BG_EV_RULE_LOG
+ENGINE_HOOKS = C.names("bg_engine_hook", {"BG_ENGINE_TC_INGRESS": "tc-ingress", "BG_ENGINE_TC_EGRESS": "tc-egress",
+                                          "BG_ENGINE_XDP": "xdp"})
+ACTIONS = C.names("bg_action", {"BG_ACT_PASS": "pass", "BG_ACT_DROP": "drop", "BG_ACT_REDIRECT": "redirect"})
+CT_STATES = {0: None, **{value: word for word, value in MODEL_CT_STATES.items()}}
 NAMES_TTL = 0.5                        # seconds a name table is trusted without re-reading the state
 DEFAULT_RULE = "(default)"
 

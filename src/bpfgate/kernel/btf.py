@@ -107,7 +107,18 @@ class Btf:
         return self.ctype(self.find(name, KIND_STRUCT))
 
     def enum(self, name: str) -> dict[str, int]:
-        tid = self.find(name, KIND_ENUM)
+        return self._enumerators(self.find(name, KIND_ENUM))
+
+    def enums(self) -> dict[str, dict[str, int]]:
+        """Every named enum of this BTF: enum name -> {enumerator: value}."""
+        out = {}
+        for tid in range(1, L.btf__type_cnt(self._ptr)):
+            t, _ = self._type(tid)
+            if self._kind(t) == KIND_ENUM and t.name_off:
+                out[self._name(t.name_off)] = self._enumerators(tid)
+        return out
+
+    def _enumerators(self, tid: int) -> dict[str, int]:
         t, addr = self._type(tid)
         vals = self._u32s(addr, 2 * (t.info & 0xFFFF))
         return {self._name(vals[i]): ctypes.c_int32(vals[i + 1]).value for i in range(0, len(vals), 2)}

@@ -7,12 +7,11 @@ shape fitting is plain bit arithmetic: an atom fits any shape whose mask covers 
 from __future__ import annotations
 
 import itertools
-import struct
 import sys
 from dataclasses import dataclass
 
 from . import layout as L
-from .model import Rule
+from .model import CT_STATES, Rule
 from .prefixes import PAIR_CAP
 
 ADDR_BITS = 128  # src/dst fields are 16 bytes; IPv4 sits in the top 32 bits, the rest is zero
@@ -47,8 +46,8 @@ class Atom:
 
 
 def _pack(have, family, proto, tcp, it, ic, ct, vlan, sport, dport, src, dst, src_cls=0, dst_cls=0) -> int:
-    return L.key_int(struct.pack(L.KEY_FMT, 0, 0, have, family, proto, tcp, it, ic, ct, 0, vlan, sport, dport,
-                                 src.to_bytes(16, "big"), dst.to_bytes(16, "big"), src_cls, dst_cls))
+    return L.key_int(L.KEY.pack(0, 0, have, family, proto, tcp, it, ic, ct, vlan, sport, dport,
+                                src.to_bytes(16, "big"), dst.to_bytes(16, "big"), src_cls, dst_cls))
 
 
 def prefix_mask(length: int, bits: int) -> int:
@@ -142,5 +141,6 @@ def rule_atoms(rule: Rule, classes=None):
                     yield Atom(mask, base | (_cls_bits(sc) << 32 if sc else 0) | (_cls_bits(dc) if dc else 0), zero)
 
 
-CT_MASK = 0x07     # ct states are 1..4: three bits, so a shape that adds ct costs 8x, not 256x
+# the bits that hold a ct state (1..4: three), so a shape that adds ct costs 8x, not 256x
+CT_MASK = (1 << max(CT_STATES.values()).bit_length()) - 1
 VLAN_MASK = 0x0FFF

@@ -71,7 +71,7 @@ class CompiledHook:
         best: dict[int, int] = {}
         count: Counter = Counter()
         for key, val in self.cls.items():
-            sid = key[0]
+            sid = key[L.KEY_SHAPE_OFF]
             count[sid] += 1
             if val.prio < best.get(sid, 1 << 32):
                 best[sid] = val.prio

@@ -1,57 +1,64 @@
 """Binary layout of the policy engine's maps: one dataclass per map record, each with pack().
 
-The C structs are in bpf/include/engine.h (docs/policy-engine.md section 5); a layout test compares these
-formats with the objects' BTF. Native byte order (the BPF target is the
-host's); ports and VLAN ids are host order, addresses network order. No bitfields, explicit padding.
+Layouts and constants are read from the engine object's BTF (bpfgate.contract; the C side is
+bpf/include/engine.h): a record packs the fields it names, in C order, with BTF's offsets and padding.
+Native byte order (the BPF target is the host's); ports and VLAN ids are host order, addresses network
+order.
 """
 
 from __future__ import annotations
 
 import functools
-import struct
 from dataclasses import dataclass, field
 
-MAX_SHAPES = 32          # size of bg_conf.shapes[]; the compiler's default limit is lower
-CONF_SLOTS = 2           # bg_conf is double-buffered; bg_active[0] names the live slot
+from bpfgate import contract
+
+C = contract.constants("engine")
+
+MAX_SHAPES = C.BG_MAX_SHAPES    # size of bg_conf.shapes[]; the compiler's default limit is lower
+CONF_SLOTS = C.BG_CONF_SLOTS    # bg_conf is double-buffered; bg_active[0] names the live slot
 
 # key.have: which parts the parser found. A rule sets the bits of the fields it needs, and the shape mask
 # keeps them, so a packet missing a field (truncated, non-first fragment, not IP) never matches that rule.
-HAVE_L3 = 0x01        # family, src, dst valid
-HAVE_PROTO = 0x02     # L4 protocol known (IPv6: the extension header walk ended)
-HAVE_PORTS = 0x04     # TCP/UDP/SCTP ports read (never on a non-first fragment)
-HAVE_TCPFLAGS = 0x08  # TCP header flags read
-HAVE_ICMP = 0x10      # ICMP/ICMPv6 type and code read
-HAVE_VLAN = 0x20      # at least one VLAN tag (vlan = outer tag's id)
-HAVE_CT = 0x40        # conntrack state looked up
+HAVE_L3 = C.BG_HAVE_L3              # family, src, dst valid
+HAVE_PROTO = C.BG_HAVE_PROTO        # L4 protocol known (IPv6: the extension header walk ended)
+HAVE_PORTS = C.BG_HAVE_PORTS        # TCP/UDP/SCTP ports read (never on a non-first fragment)
+HAVE_TCPFLAGS = C.BG_HAVE_TCPFLAGS  # TCP header flags read
+HAVE_ICMP = C.BG_HAVE_ICMP          # ICMP/ICMPv6 type and code read
+HAVE_VLAN = C.BG_HAVE_VLAN          # at least one VLAN tag (vlan = outer tag's id)
+HAVE_CT = C.BG_HAVE_CT              # conntrack state looked up
 
-ACT_PASS, ACT_DROP, ACT_REDIRECT = 1, 2, 3
+ACT_PASS, ACT_DROP, ACT_REDIRECT = C.BG_ACT_PASS, C.BG_ACT_DROP, C.BG_ACT_REDIRECT
 ACTIONS = {"pass": ACT_PASS, "allow": ACT_PASS, "drop": ACT_DROP, "deny": ACT_DROP, "redirect": ACT_REDIRECT}
 
-RF_COUNT = 0x0001          # update bg_counters[rule_id]
-RF_LOG = 0x0002            # emit an event, at most log_rate per second
-RF_MARK = 0x0004           # skb->mark = mark (TC only)
-RF_RATE = 0x0008           # token bucket: rate tokens/s, burst tokens
-RF_RATE_BYTES = 0x0010     # tokens are bytes (else packets)
-RF_RATE_PER_SRC = 0x0020   # one bucket per source address (else per rule)
-RF_REDIR_INGRESS = 0x0040  # redirect to the interface's ingress (else egress)
+RF_COUNT = C.BG_RF_COUNT                  # update bg_counters[rule_id]
+RF_LOG = C.BG_RF_LOG                      # emit an event, at most log_rate per second
+RF_MARK = C.BG_RF_MARK                    # skb->mark = mark (TC only)
+RF_RATE = C.BG_RF_RATE                    # token bucket: rate tokens/s, burst tokens
+RF_RATE_BYTES = C.BG_RF_RATE_BYTES        # tokens are bytes (else packets)
+RF_RATE_PER_SRC = C.BG_RF_RATE_PER_SRC    # one bucket per source address (else per rule)
+RF_REDIR_INGRESS = C.BG_RF_REDIR_INGRESS  # redirect to the interface's ingress (else egress)
 
-KEY_FMT = "=BBBBBBBBBBHHH16s16sII"   # struct bg_cls_key, 56 bytes
-VAL_FMT = "=II"                    # struct bg_cls_val, 8 bytes
-RULE_FMT = "=BBHIIIQQ"             # struct bg_rule, 32 bytes
-SHAPE_FMT = "=56sIBBBBII"          # struct bg_shape, 72 bytes
-CONF_HDR_FMT = "=IIBB6x"           # head of struct bg_conf, 16 bytes; then MAX_SHAPES x bg_shape
-PFX_TOP_FMT = "=IIB7B"             # struct bg_pfx_top, 16 bytes
-PFX_KEY_FMT = "=16sBBB5x"          # struct bg_pfx_key, 24 bytes
-KEY_SIZE = struct.calcsize(KEY_FMT)
-assert KEY_SIZE == 56 and struct.calcsize(VAL_FMT) == 8 and struct.calcsize(RULE_FMT) == 32
-assert struct.calcsize(SHAPE_FMT) == 72 and struct.calcsize(CONF_HDR_FMT) == 16
-assert struct.calcsize(PFX_TOP_FMT) == 16 and struct.calcsize(PFX_KEY_FMT) == 24
+KEY = contract.record("engine", "bg_cls_key", "shape gen have family proto tcp_flags icmp_type icmp_code ct_state "
+                                              "vlan sport dport src dst src_cls dst_cls")
+VAL = contract.record("engine", "bg_cls_val", "prio rule_id")
+RULE = contract.record("engine", "bg_rule", "action over_action flags redirect_ifindex mark log_rate rate burst")
+SHAPE = contract.record("engine", "bg_shape", "mask best_prio id entries")
+CONF = contract.record("engine", "bg_conf", "nshapes default_rule gen trees shapes")
+PFX_TOP = contract.record("engine", "bg_pfx_top", "cls sub nlens lens")
+PFX_KEY = contract.record("engine", "bg_pfx_key", "addr gen tree len")
+KEY_SIZE = KEY.size
+# byte offsets of the key's fields (a key is also handled as bytes and as one integer over its bytes)
+_KEY_CTYPE = contract.struct("engine", "bg_cls_key")
+KEY_OFF = {f: getattr(_KEY_CTYPE, f).offset for f, *_ in _KEY_CTYPE._fields_}
+KEY_SHAPE_OFF, KEY_GEN_OFF = KEY_OFF["shape"], KEY_OFF["gen"]
+SHAPE_SIZE = SHAPE.size
 
 # stage 0 (prefix classes): trees by field and family, bg_conf.trees bits, level-0 geometry
-TREE_SRC4, TREE_SRC6, TREE_DST4, TREE_DST6 = 0, 1, 2, 3
-PFX_LENS = 7           # longer lengths probed per level-0 bucket, at most
-PFX_TOP_BITS = 16      # level 0 is indexed by the address's top 16 bits
-PFX_SUB_BITS = 5       # and says which of the bucket's 32 sub-ranges (bits 16..20) hold a longer prefix
+TREE_SRC4, TREE_SRC6, TREE_DST4, TREE_DST6 = C.BG_TREE_SRC4, C.BG_TREE_SRC6, C.BG_TREE_DST4, C.BG_TREE_DST6
+PFX_LENS = C.BG_PFX_LENS            # longer lengths probed per level-0 bucket, at most
+PFX_TOP_BITS = C.BG_PFX_TOP_BITS    # level 0 is indexed by the address's top 16 bits
+PFX_SUB_BITS = C.BG_PFX_SUB_BITS    # and says which of the bucket's 32 sub-ranges (bits 16..20) hold a longer prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,19 +83,14 @@ class ClsKey:
     dst_cls: int = 0
 
     def pack(self) -> bytes:
-        return struct.pack(KEY_FMT, self.shape, self.gen, self.have, self.family, self.proto, self.tcp_flags,
-                           self.icmp_type, self.icmp_code, self.ct_state, 0, self.vlan, self.sport,
-                           self.dport, self.src, self.dst, self.src_cls, self.dst_cls)
+        return KEY.pack(self.shape, self.gen, self.have, self.family, self.proto, self.tcp_flags, self.icmp_type,
+                        self.icmp_code, self.ct_state, self.vlan, self.sport, self.dport, self.src, self.dst,
+                        self.src_cls, self.dst_cls)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "ClsKey":
-        (shape, gen, have, family, proto, flags, it, ic, ct, _pad, vlan, sport, dport, src,
-         dst, src_cls, dst_cls) = struct.unpack(KEY_FMT, raw)
-        return cls(shape, gen, have, family, proto, flags, it, ic, ct, vlan, sport, dport, src, dst, src_cls, dst_cls)
+        return cls(*KEY.unpack(raw))
 
-
-# byte offsets of the key fields (for building masks as one integer over the 56 bytes)
-KEY_SHAPE_OFF, KEY_GEN_OFF = 0, 1
 
 
 def key_int(raw: bytes) -> int:
@@ -103,7 +105,7 @@ def int_key(value: int) -> bytes:
 @functools.lru_cache(maxsize=1024)
 def shape_gen_bits(shape: int, gen: int) -> int:
     """The shape and gen bytes as they sit in key_int() of a key."""
-    return key_int(bytes([shape, gen]) + bytes(KEY_SIZE - 2))
+    return key_int(KEY.pack(shape, gen, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b"", b"", 0, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +116,7 @@ class ClsValue:
     rule_id: int
 
     def pack(self) -> bytes:
-        return struct.pack(VAL_FMT, self.prio, self.rule_id)
+        return VAL.pack(self.prio, self.rule_id)
 
     def __reduce__(self):   # a snapshot holds one per bg_cls entry: 2x faster (un)pickling than slots' default
         return ClsValue, (self.prio, self.rule_id)
@@ -135,8 +137,8 @@ class RuleAction:
     burst: int = 0
 
     def pack(self) -> bytes:
-        return struct.pack(RULE_FMT, self.action, self.over_action, self.flags, self.redirect_ifindex,
-                           self.mark, self.log_rate, self.rate, self.burst)
+        return RULE.pack(self.action, self.over_action, self.flags, self.redirect_ifindex, self.mark, self.log_rate,
+                         self.rate, self.burst)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +152,7 @@ class Shape:
     entries: int = field(default=0, compare=False)   # informational: not a reason to rewrite bg_conf
 
     def pack(self) -> bytes:
-        return struct.pack(SHAPE_FMT, self.mask, self.best_prio, self.id, 0, 0, 0, self.entries, 0)
+        return SHAPE.pack(self.mask, self.best_prio, self.id, self.entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,4 +169,4 @@ class Conf:
             raise ValueError(f"{len(self.shapes)} shapes > {MAX_SHAPES}")
         empty = Shape(0, bytes(KEY_SIZE), 0xFFFFFFFF).pack()
         body = b"".join(s.pack() for s in self.shapes) + empty * (MAX_SHAPES - len(self.shapes))
-        return struct.pack(CONF_HDR_FMT, len(self.shapes), self.default_rule, self.gen, self.trees) + body
+        return CONF.pack(len(self.shapes), self.default_rule, self.gen, self.trees, body)

@@ -11,7 +11,6 @@ normalisation in `effective()` is the parser contract of the issue, applied in o
 from __future__ import annotations
 
 import ipaddress
-import struct
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -72,6 +71,5 @@ class Packet:
             have |= L.HAVE_VLAN
         if p.ct is not None:
             have |= L.HAVE_CT
-        return struct.pack(L.KEY_FMT, 0, 0, have, p.family or 0, p.proto or 0, p.tcp_flags or 0,
-                           p.icmp_type or 0, p.icmp_code or 0, p.ct or 0, 0, p.vlan or 0, p.sport or 0,
-                           p.dport or 0, src, dst, 0, 0)
+        return L.KEY.pack(0, 0, have, p.family or 0, p.proto or 0, p.tcp_flags or 0, p.icmp_type or 0,
+                          p.icmp_code or 0, p.ct or 0, p.vlan or 0, p.sport or 0, p.dport or 0, src, dst, 0, 0)

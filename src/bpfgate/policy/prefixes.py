@@ -35,9 +35,10 @@ PAIR_CAP = 4096         # a rule atom with both addresses as classes yields at m
 MAX_EXPANSION = 4096    # entries one merge of a bucket's lengths may add to fit its PFX_LENS lengths
 TOP = L.PFX_TOP_BITS
 SUB_END = TOP + L.PFX_SUB_BITS
-
-_TOP = struct.Struct(L.PFX_TOP_FMT)
-_PKEY = struct.Struct(L.PFX_KEY_FMT)
+SUB_MASK = (1 << L.PFX_SUB_BITS) - 1
+_HAVE, _FAMILY, _SRC, _DST = L.KEY_OFF["have"], L.KEY_OFF["family"], L.KEY_OFF["src"], L.KEY_OFF["dst"]
+_CLS = struct.Struct("=II")   # src_cls, dst_cls: adjacent, at the end of the key
+assert L.KEY_OFF["dst_cls"] == L.KEY_OFF["src_cls"] + 4 == L.KEY_SIZE - 4
 
 
 def tree_of(field_name: str, version: int) -> int:
@@ -68,7 +69,7 @@ class Tree:
         """The data plane's walk (prefix_class() in bpf/engine.bpf.c), step for step."""
         w = self.width
         cls, sub, lens = self.top.get(addr >> (w - TOP), (0, 0, ()))
-        if not (sub >> ((addr >> (w - SUB_END)) & 31)) & 1:
+        if not (sub >> ((addr >> (w - SUB_END)) & SUB_MASK)) & 1:
             return cls
         for t in lens:
             hit = self.pfx.get((addr >> (w - t) << (w - t), t))
@@ -152,7 +153,7 @@ def build_tree(tree: int, width: int, candidates: set[tuple[int, int]]) -> Tree:
     subs: dict[int, int] = defaultdict(int)
     for v, n in keep:
         if n > TOP:
-            first = (v >> (width - SUB_END)) & 31
+            first = (v >> (width - SUB_END)) & SUB_MASK
             span = 1 << max(SUB_END - n, 0)
             subs[v >> (width - TOP)] |= ((1 << span) - 1) << first
     for b in set(subs) | {i for i, c in enumerate(cls_at) if c}:
@@ -205,28 +206,27 @@ class Classes:
 
     def stamp(self, key: bytes) -> bytes:
         """A packet key with src_cls/dst_cls set as the data plane sets them."""
-        if not self.bits or not key[2] & L.HAVE_L3:
+        if not self.bits or not key[_HAVE] & L.HAVE_L3:
             return key
-        v6 = key[3] == 6
+        v6 = key[_FAMILY] == 6
         width = 128 if v6 else 32
         out = []
-        for base, off in ((L.TREE_SRC4, 16), (L.TREE_DST4, 32)):
+        for base, off in ((L.TREE_SRC4, _SRC), (L.TREE_DST4, _DST)):
             tr = self.trees.get(base + v6)
             out.append(tr.lookup(int.from_bytes(key[off:off + width // 8], "big")) if tr else 0)
-        return key[:L.KEY_SIZE - 8] + struct.pack("=II", *out)   # src_cls, dst_cls end the key
+        return key[:L.KEY_SIZE - _CLS.size] + _CLS.pack(*out)
 
     # ---- map contents ------------------------------------------------------------------------------
     @functools.cached_property
     def packed(self) -> Packed:
         """bg_pfx_top and bg_pfx entries of this generation (the compiler computes them once)."""
         top_keys, top_vals, pfx_keys, pfx_vals = array.array("I"), [], [], array.array("I")
-        pad = (0,) * L.PFX_LENS
         for t, tr in self.trees.items():
             base = ((self.gen & 1) * 4 + t) << TOP
             top_keys.extend(base | b for b in tr.top)
-            top_vals += [_TOP.pack(c, sub, len(lens), *(lens + pad)[:L.PFX_LENS]) for c, sub, lens in tr.top.values()]
+            top_vals += [L.PFX_TOP.pack(c, sub, len(lens), bytes(lens)) for c, sub, lens in tr.top.values()]
             shift = 128 - tr.width
-            pfx_keys += [_PKEY.pack((v << shift).to_bytes(16, "big"), self.gen, t, n) for v, n in tr.pfx]
+            pfx_keys += [L.PFX_KEY.pack((v << shift).to_bytes(16, "big"), self.gen, t, n) for v, n in tr.pfx]
             pfx_vals.extend(tr.pfx.values())
         return Packed(top_keys.tobytes(), b"".join(top_vals), b"".join(pfx_keys), pfx_vals.tobytes())
 

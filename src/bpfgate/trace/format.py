@@ -20,13 +20,18 @@ import errno
 import socket
 from typing import Any
 
+from bpfgate import contract
 from bpfgate.inspect.events import EventKind, register_kind
 from bpfgate.trace import names
 
 AF_INET, AF_INET6 = 2, 10
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
-OWNER = {1: "connect", 2: "listener"}
-TCP_TYPE, DROP_TYPE = 60, 61  # enum bg_event_type (bg_common.h)
+C = contract.constants("trace_tcp")
+# where a socket's owner was taken (enum bg_owner_flags) -> the JSON "owner"
+OWNER = C.names("bg_owner_flags", {"BG_OWNER_ACTIVE": "connect", "BG_OWNER_PASSIVE": "listener",
+                                   "BG_OWNER_CLOSER": "close"})
+_CLOSER = C.BG_OWNER_CLOSER
+TCP_TYPE, DROP_TYPE = C.BG_EV_TCP, C.BG_EV_DROP
 
 _kallsyms = names.Kallsyms()
 
@@ -46,8 +51,8 @@ def address(family: int, raw: Any) -> tuple[int | None, str | None]:
 
 
 def _owner(flags: int) -> str:
-    # BG_OWNER_* (trace.h): where the owner was taken; close() wins, it is the latest and surest
-    return "close" if flags & 4 else OWNER.get(flags & 3, "close")
+    # close() wins, it is the latest and surest; both connect and listener: not known which, so close
+    return "close" if flags & _CLOSER else OWNER.get(flags, "close")
 
 
 def _ms(ns: int) -> float | None:

@@ -8,6 +8,7 @@ import bisect
 import errno
 from functools import lru_cache
 
+from bpfgate import contract
 from bpfgate.errors import BpfgateError
 
 # include/net/tcp_states.h (stable uapi-like numbering)
@@ -16,8 +17,10 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5:
               13: "BOUND_INACTIVE"}
 
 # enum bg_tcp_kind (trace.h) -> the event name users see
-TCP_KINDS = {1: "connect", 2: "accept", 3: "close", 4: "connect_failed", 5: "retransmit", 6: "reset_rx",
-             7: "reset_tx"}
+TCP_KINDS = contract.constants("trace_tcp").names("bg_tcp_kind", {
+    "BG_TCP_CONNECT": "connect", "BG_TCP_ACCEPT": "accept", "BG_TCP_CLOSE": "close",
+    "BG_TCP_CONNECT_FAIL": "connect_failed", "BG_TCP_RETRANSMIT": "retransmit", "BG_TCP_RESET_RX": "reset_rx",
+    "BG_TCP_RESET_TX": "reset_tx"})
 
 # sk_err of a SYN_SENT socket that closed -> why the connect failed
 CAUSES = {errno.ECONNREFUSED: "refused", errno.ETIMEDOUT: "timeout", errno.EHOSTUNREACH: "unreachable",
