@@ -26,6 +26,7 @@ from bpfgate.policy.live import swap as live_swap
 from bpfgate.policy.model import Hook, HookPolicy, Rule
 
 from . import records as R
+from . import recover
 from .state import StateStore
 
 OBJECT = "engine"
@@ -93,6 +94,8 @@ class Engine:
         self._pending_compiled: tuple[CompiledHook, Limits] | None = None   # LiveHook built on first use
         self._seen_version: tuple | None = None   # saved state this process is in step with
         self.pending_free: list[tuple[float, list[int]]] = []
+        self._writing = False                     # an edit of this process is changing the kernel
+        self.repaired: dict[str, int] | None = None   # stale entries removed after a cut-short edit
 
     # ---- creation --------------------------------------------------------------------------------
     @classmethod
@@ -237,6 +240,7 @@ class Engine:
             with store.locked():
                 eng.live = store.load_live(eng._ifindex)
                 eng.pending_free = store.pending_free()
+                eng._repair_if_cut_short()
                 eng._seen_version = store.version()
         except BaseException:   # unreadable state (another version, torn file): no descriptor may leak
             eng.close()
@@ -349,14 +353,8 @@ class Engine:
         fresh = {rid: a for rid, a in new.rules.items() if old.rules.get(rid) != a}
         self._check_slots(fresh)
         self._check_room(len(old.cls) + len(new.cls), old.classes.pfx_count() + new.classes.pfx_count())
-        try:   # nothing live reads the new slots or generation until the flip: undo is deleting them
-            self._write_generation(new, fresh, fresh=True)
-        except BpfgateError:
-            m = self.maps["bg_cls"]
-            for k in new.cls:
-                m.delete(k)
-            self._clear_classes(new)
-            raise
+        self._begin_write("swap")   # nothing live reads the new slots or generation until the flip
+        self._write_generation(new, fresh, fresh=True)
         self._publish(new.conf())
         self._delete_cls(list(old.cls))
         self._clear_classes(old)
@@ -400,11 +398,28 @@ class Engine:
     def _sync(self) -> None:
         """Readers catch up with edits other processes made (not called inside an edit: flock is not
         re-entrant across file descriptions)."""
-        if self.store is not None and self.store.version() != self._seen_version:
+        if self.store is not None and (self.store.version() != self._seen_version or self.store.interrupted()):
             with self.store.locked():
                 self.live = self.store.load_live(self._ifindex)
                 self.pending_free = self.store.pending_free()
+                self._repair_if_cut_short()
                 self._seen_version = self.store.version()
+
+    def _repair_if_cut_short(self) -> None:
+        """Under the store lock: an edit that died while writing the kernel (its mark is still there), or a
+        published bg_conf that is not the saved one, means the kernel holds entries the saved state does
+        not know (a half-written generation, a flip without its snapshot): put the saved state back whole
+        before anything reads it or writes that generation again (engine/recover.py)."""
+        if self.store.interrupted() is None and recover.in_step(self):
+            return
+        self.repaired = recover.repair(self)
+        self.store.end_write()
+
+    def _begin_write(self, op: str) -> None:
+        """From here until the edit's state is saved, the kernel is ahead of the saved state."""
+        if self.store is not None:
+            self.store.begin_write(op)
+        self._writing = True
 
     @contextmanager
     def _editing(self):
@@ -414,23 +429,34 @@ class Engine:
             yield
             return
         with self.store.locked():
-            if self.store.version() != self._seen_version:
+            if self.store.version() != self._seen_version or self.store.interrupted():
                 self.live = self.store.load_live(self._ifindex)
                 self.pending_free = self.store.pending_free()
+                self._repair_if_cut_short()
             self._release_due()
+            self._writing = False
             try:
                 yield
+                self.store.end_write()
             except BaseException:   # a failed write may leave LiveHook ahead of the saved state: re-read it
                 self.live = self.store.load_live(self._ifindex)
                 self.pending_free = self.store.pending_free()
+                if self._writing:   # and the kernel ahead of it: put the saved state back now
+                    try:
+                        self.repaired = recover.repair(self)
+                        self.store.end_write()
+                    except Exception:   # noqa: BLE001 - the mark stays: the next opener repairs
+                        pass
                 raise
             finally:
+                self._writing = False
                 self._seen_version = self.store.version()
 
     def apply_diff(self, diff: Diff) -> None:
         """Write one LiveHook Diff in the documented order; each step leaves a consistent classifier."""
         self._check_slots(diff.rules_update)
         self._check_room(len(self._live().c.cls))   # the edited classifier: before any write
+        self._begin_write("edit")
         self._write_rules(diff.rules_update, fresh=True)
         if diff.conf_before is not None:
             self._publish(diff.conf_before)

@@ -14,6 +14,10 @@ the classes' layout; lines written before that hold a rule as a base64 pickle (a
 Opening replays the lines through LiveHook, which is deterministic, so another process ends up with the
 same state without rewriting the snapshot (an edit stays ~1 ms at 100k rules). Writers hold an flock on
 the directory's lock file.
+
+writing.json exists while an edit or swap writes the kernel and its new state is not saved yet: found by
+the next process that takes the lock, it means that edit was cut short (kill -9, a failed batch write), and
+the kernel is repaired to the saved state (engine/recover.py) before anything reads or edits it.
 """
 
 from __future__ import annotations
@@ -95,6 +99,27 @@ class StateStore:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, self._p(name))
+
+    def begin_write(self, op: str) -> None:
+        """Mark the kernel as being changed ahead of the saved state (see the module docstring)."""
+        self._write("writing.json", json.dumps({"op": op, "pid": os.getpid()}).encode())
+
+    def end_write(self) -> None:
+        """The kernel and the saved state agree again."""
+        try:
+            os.unlink(self._p("writing.json"))
+        except FileNotFoundError:
+            pass
+
+    def interrupted(self) -> dict | None:
+        """The mark of an edit that was cut short (read under the lock: a live writer holds it), or None."""
+        try:
+            with open(self._p("writing.json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except ValueError:   # torn mid-write: still an edit that did not finish
+            return {"op": "?"}
 
     def version(self) -> tuple:
         """Changes whenever another process snapshots or journals: (snapshot mtime, journal size)."""
