@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,8 @@ def net(sandbox, engines):
     link = sandbox.link(c, s)
     eng = engines(link.b.name, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": [
         {"name": "web", "protocol": "tcp", "dst_port": 80}]}), netns_name=s.netns)
-    return c, s, link, eng
+    yield c, s, link, eng
+    shutil.rmtree(os.path.join("/run/bpfgate/policyctl", s.netns), ignore_errors=True)   # the blocks' lock
 
 
 def flood_rules(eng: Engine) -> list[str]:
@@ -147,3 +149,45 @@ def test_engine_at_xdp_takes_the_hook_syn_needs(sandbox):
         assert [x.name for x in eng.policy().rules] == []
     finally:
         eng.detach()
+
+
+def test_blocks_are_automation_rules_kept_by_apply_and_left_out_of_export(net, tmp_path):
+    """The blocker edits through the control plane: its rule is owned by "syn-blocker" (`rules`), `policy
+    export` leaves it out, and `apply` of the (edited) export swaps the policy but keeps the block, and says
+    so: the flooding source stays dropped (real SYNs, the block's counter)."""
+    client, server, link, eng = net
+    src, name = link.a.ip4, f"syn-flood-{link.a.ip4}"
+    argv = [sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", link.b.name, "--netns", server.netns,
+            "--rate", "3", "--block", "90", "--interval", "0.2", "--json", "--duration", "120"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = Lines(p)
+    try:
+        assert lines.until(lambda e: e["type"] == "syn_stats"), p.stderr.read() if p.poll() is not None else ""
+        flood_until_blocked(client, link.b.ip4, eng)
+        assert flood_rules(eng) == [name]
+        r = run_cli(["rules", "--netns", server.netns, "--json"])
+        owners = {x["name"]: x["owner"] for x in json.loads(r.stdout)}
+        assert owners == {name: "syn-blocker", "web": None, "(default)": None}, r.stdout
+        out = tmp_path / "export.yaml"
+        r = run_cli(["policy", "export", "--netns", server.netns, "-o", str(out)])
+        assert r.returncode == 0, r.stderr
+        text = out.read_text()
+        body = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
+        assert "syn-flood" not in body and f"# left out: rules added by automation" in text and name in text
+        r = run_cli(["apply", "--netns", server.netns, str(out)])
+        assert r.returncode == 0 and "no change" in r.stdout and f"rule {name} kept" in r.stdout, r.stdout
+        out.write_text(text.replace("dst_port: 80", "dst_port: 81"))   # a real swap this time
+        r = run_cli(["apply", "--netns", server.netns, str(out)])
+        assert r.returncode == 0 and "policy swap" in r.stdout and f"rule {name} kept" in r.stdout, r.stdout
+        assert [x.name for x in eng.policy().rules] == [name, "web"]
+        before = eng.counters()[name].packets
+        assert connect(client, link.b.ip4, 7070, timeout=0.5) == "timeout"   # still dropped by the block
+        assert eng.counters()[name].packets > before
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=WAIT)
+        assert p.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+        assert flood_rules(eng) == [] and connect(client, link.b.ip4, 7070) == "refused"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()

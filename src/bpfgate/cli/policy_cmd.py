@@ -47,6 +47,8 @@ def _print_plan(res, as_json: bool) -> None:
     p = res.plan
     if not p.changed:
         term.ok(p.summary())
+        for line in (ln for h in p.hooks if h.kept for ln in h.lines()):
+            term.info(line)
         return
     for line in p.lines():
         term.info(line)
@@ -197,7 +199,8 @@ def register(app: click.Group) -> None:
         rows = policyctl.rules(dev, netns=netns, hook=hook)
         if _printed_as_json_or_none(rows, as_json, netns):
             return
-        opts = lambda r: " ".join(f"{k}={v}" for k, v in r.extra.items())
+        opts = lambda r: " ".join([f"{k}={v}" for k, v in r.extra.items()]
+                                  + ([f"owner={r.owner}"] if r.owner else []))
         term.table(None, ["dev", "hook", "#", "rule", "action", "match", "options", "packets", "bytes"],
                    [[r.dev, r.hook, "" if r.position is None else r.position, r.name, r.action, r.match,
                      opts(r), r.packets, r.bytes] for r in rows])

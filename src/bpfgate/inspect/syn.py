@@ -206,11 +206,14 @@ def _src(source: str) -> tuple[int, list[int]]:
 
 
 RULE_PREFIX = "syn-flood-"
+OWNER = "syn-blocker"   # Rule.owner of its rules: `rules` shows it, `policy export` leaves them out
 
 
 class EngineBlocker:
     """Temporary drop rules for SYN-flooding sources in the policy engine at (dev, hook): TCP SYN without
-    ACK from the source, first in the policy, added and deleted live (Engine.add_rule / delete_rule)."""
+    ACK from the source, first in the policy, added and deleted live through the control plane
+    (policyctl.add_rule / delete_rule: its lock, its checks, the rules owned by "syn-blocker"), so an `apply`
+    running meanwhile waits for it or it for the apply, and the apply keeps its blocks."""
 
     def __init__(self, dev: str, hook: Any, netns_name: str | None = None):
         from bpfgate.engine import Engine
@@ -233,6 +236,7 @@ class EngineBlocker:
         """Add (or extend) the rule for `source`; returns the expiry (CLOCK_MONOTONIC ns)."""
         import ipaddress
 
+        from bpfgate import policyctl
         from bpfgate.policy.model import Rule
 
         until = time.monotonic_ns() + int(seconds * 1e9)
@@ -242,12 +246,10 @@ class EngineBlocker:
         if source not in self.active:
             net = ipaddress.ip_network(source)   # a host address: /32 or /128
             rule = Rule.model_validate({"name": self.rule_name(source), "src": str(net), "protocol": "tcp",
-                                        "tcp_flags": "syn,!ack", "action": "drop"})
+                                        "tcp_flags": "syn,!ack", "action": "drop", "owner": OWNER})
             name = rule.name
-            if name in self.engine.rule_ids():   # left by an earlier run that died: take it over
-                self.engine.replace_rule(name, rule)
-            else:
-                self.engine.add_rule(rule, position=0)
+            if name not in self.engine.rule_ids():   # else left by an earlier run that died: take it over
+                policyctl.add_rule(self.dev, self.hook, rule, netns=self.netns, position=0)
             self.added.append(name)
         self.active[source] = until
         return until
@@ -263,6 +265,7 @@ class EngineBlocker:
         return gone
 
     def _delete(self, source: str) -> None:
+        from bpfgate import policyctl
         from bpfgate.errors import NotFound, PolicyError
 
         name = self.rule_name(source)
@@ -271,7 +274,7 @@ class EngineBlocker:
             self.added = [n for n in self.added if n != name]
             return   # the engine was detached: its rules went with it
         try:
-            self.engine.delete_rule(name)
+            policyctl.delete_rule(self.dev, self.hook, name, netns=self.netns)
         except (NotFound, PolicyError, KeyError):
             pass   # someone removed it already
         if name in self.added:

@@ -150,6 +150,9 @@ class Rule(Strict):
     rate_limit: RateLimit | None = None
     log: Log | None = None
     count: bool = True
+    # who added it: None for a policy file or a user's `rule add`; the program's name for automation
+    # (e.g. "syn-blocker"): `apply` keeps such rules, `policy export` leaves them out (policyctl/plan.py)
+    owner: str | None = Field(default=None, min_length=1, max_length=32, pattern=r"^[a-z0-9-]+$")
 
     @field_validator("src", "dst", mode="before")
     @classmethod

@@ -132,6 +132,9 @@ def check(policy: Policy, where=None) -> None:
             if rule.name in seen:
                 raise PolicyError(where(base + ("name",)), f"rule name {rule.name!r} already used by rules[{seen[rule.name]}]")
             seen[rule.name] = i
+            if rule.owner is not None:
+                raise PolicyError(where(base + ("owner",)), "owner is set by the program that adds a rule "
+                                  "(e.g. `bpfgate syn --block`), not in a policy file")
             problem = rule_problem(rule, hook)
             if problem:
                 field, reason = problem

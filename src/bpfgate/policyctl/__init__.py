@@ -48,7 +48,7 @@ from .export import (
     load_policy_file,
     rule_data,
 )
-from .plan import HookPlan, Plan
+from .plan import HookPlan, Plan, automation
 from .plan import plan as make_plan
 
 __all__ = [
@@ -255,9 +255,13 @@ def _position(hp: HookPolicy, before: str | None, after: str | None, position: i
 
 def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: str | None = None,
              before: str | None = None, after: str | None = None, position: int | None = None,
-             force: bool = False, backend: Backend | None = None) -> int:
-    """Add one rule live (no reload; other rules keep their counters). Returns its index."""
+             force: bool = False, backend: Backend | None = None, owner: str | None = None) -> int:
+    """Add one rule live (no reload; other rules keep their counters). Returns its index. `owner`: the
+    program adding it, for automation (`apply` of a file keeps such rules, `policy export` leaves them out,
+    `rules` shows the owner)."""
     hook, rule = parse_hook(hook), rule_from(rule)
+    if owner is not None:
+        rule = rule_from(rule_data(rule) | {"owner": owner})
     backend = _backend(backend)
     with _serialised(netns, backend):
         hp = _current(backend, dev, hook, netns)
@@ -329,14 +333,16 @@ class RuleRow:
     packets: int = 0
     bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None      # the program that added it (automation), None: a policy file or a user
 
     def to_dict(self) -> dict[str, Any]:
         return {"dev": self.dev, "hook": self.hook, "position": self.position, "name": self.name,
                 "action": self.action, "match": self.match, "packets": self.packets, "bytes": self.bytes,
-                **({"options": self.extra} if self.extra else {})}
+                "owner": self.owner, **({"options": self.extra} if self.extra else {})}
 
 
-_MATCH_FIELDS = frozenset(Rule.model_fields) - {"name", "action", "redirect", "mark", "rate_limit", "log", "count"}
+_MATCH_FIELDS = frozenset(Rule.model_fields) - {"name", "action", "redirect", "mark", "rate_limit", "log", "count",
+                                                "owner"}
 
 
 def _match_text(data: dict[str, Any]) -> str:
@@ -378,7 +384,8 @@ def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | No
             data = rule_data(r)
             c = counts.get(r.name, RuleCounters(r.name, 0, 0))
             extra = {k: data[k] for k in ("redirect", "mark", "rate_limit", "log", "count") if k in data}
-            out.append(RuleRow(d, h.value, i, r.name, r.action, _match_text(data), c.packets, c.bytes, extra))
+            out.append(RuleRow(d, h.value, i, r.name, r.action, _match_text(data), c.packets, c.bytes, extra,
+                               r.owner))
         c = counts.get("(default)", RuleCounters("(default)", 0, 0))
         out.append(RuleRow(d, h.value, None, "(default)", hp.default, "no rule matched", c.packets, c.bytes))
     return out
@@ -412,7 +419,10 @@ def classifier(dev: str | None = None, *, netns: str | None = None, hook: str | 
 
 
 def export(dev: str | None = None, *, netns: str | None = None, backend: Backend | None = None) -> str:
-    """The running policy as YAML that `apply` turns back into the same state."""
+    """The running policy as YAML that `apply` turns back into the same state. Rules added by automation
+    (owner set: temporary SYN-flood blocks ...) are left out and listed in the header: applied, the file
+    would make a temporary block permanent, with nobody left to delete it; `apply` of the export keeps
+    them as long as they live (plan.keep_automation), so it still changes nothing."""
     backend = _backend(backend)
     state = backend.running(netns)
     if dev is not None:
@@ -421,6 +431,15 @@ def export(dev: str | None = None, *, netns: str | None = None, backend: Backend
             raise NotFound(f"export policy of {dev}", "no bpfgate policy is attached there")
     if not state:
         raise NotFound("export policy", "no bpfgate policy is running" + (f" in {netns}" if netns else ""))
-    return export_text(state, header="exported by `bpfgate policy export`" + (f" (netns {netns})" if netns else ""))
+    header = "exported by `bpfgate policy export`" + (f" (netns {netns})" if netns else "")
+    left_out = [f"  {r.name} (added by {r.owner}) on {d} {h.value}"
+                for (d, h), hp in sorted(state.items(), key=lambda kv: (kv[0][0], kv[0][1].value))
+                for r in automation(hp)]
+    if left_out:
+        header += "\nleft out: rules added by automation (temporary; `apply` keeps them while they run):\n"
+        header += "\n".join(left_out)
+    state = {k: hp.model_copy(update={"rules": tuple(r for r in hp.rules if r.owner is None)})
+             for k, hp in state.items()}
+    return export_text(state, header=header)
 
 

@@ -3,6 +3,11 @@
 Scope: the interfaces the policy file names. Every (interface, hook) of the file is attached or swapped;
 a hook that runs on one of those interfaces but is no longer in the file is detached. Interfaces the file
 does not name are left alone (another file may own them).
+
+Rules added by automation (Rule.owner set, e.g. `bpfgate syn --block`'s temporary blocks) are not the
+file's: a file that does not name them keeps them where they run (the plan lists them as kept), since
+the program that added them deletes them when their time is up; a file rule of the same name takes the
+rule over. Only detaching the whole hook removes them, and the plan warns about it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from .export import rule_data
 
 State = dict[tuple[str, Hook], HookPolicy]
 
-_ALL_FIELDS = ("name",) + MATCH_FIELDS + ("action", "redirect", "mark", "rate_limit", "log", "count")
+_ALL_FIELDS = ("name",) + MATCH_FIELDS + ("action", "redirect", "mark", "rate_limit", "log", "count", "owner")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class HookPlan:
     new: HookPolicy | None
     rules: list[RuleChange] = field(default_factory=list)
     default: tuple[str, str] | None = None   # (old, new) when the default changes
+    kept: list[Rule] = field(default_factory=list)   # automation's rules carried over from `old`
 
     @property
     def changed(self) -> bool:
@@ -60,12 +66,15 @@ class HookPlan:
         if self.action == "attach":
             head = [f"+ {self.where}: attach, default {self.new.default}, {len(self.new.rules)} rule(s)"]
         elif self.action == "detach":
-            return [f"- {self.where}: detach ({len(self.old.rules)} rule(s), default {self.old.default})"]
+            return [f"- {self.where}: detach ({len(self.old.rules)} rule(s), default {self.old.default})"] + [
+                f"  - rule {r.name} (added by {r.owner}) goes with it" for r in automation(self.old)]
         elif self.action == "swap":
             head = [f"~ {self.where}: policy swap"]
         else:
-            return [f"= {self.where}: unchanged"]
+            head = [f"= {self.where}: unchanged"]
         out = list(head)
+        out += [f"  = rule {r.name} kept: added by {r.owner}, not by this file (`bpfgate rule del` removes it)"
+                for r in self.kept]
         if self.default:
             out.append(f"  ~ default {self.default[0]} -> {self.default[1]}")
         out += [f"  {c.describe()}" for c in self.rules]
@@ -74,7 +83,8 @@ class HookPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"dev": self.dev, "hook": self.hook.value, "action": self.action,
                 "default": {"old": self.default[0], "new": self.default[1]} if self.default else None,
-                "rules": [c.to_dict() for c in self.rules]}
+                "rules": [c.to_dict() for c in self.rules],
+                "kept": [{"name": r.name, "owner": r.owner} for r in self.kept]}
 
 
 @dataclass
@@ -90,12 +100,14 @@ class Plan:
         return [h for h in self.hooks if h.changed]
 
     def summary(self) -> str:
+        kept = sum(len(h.kept) for h in self.hooks)
+        tail = f" ({kept} rule(s) added by automation kept)" if kept else ""
         if not self.changed:
-            return f"no change: {len(self.hooks)} hook(s) already run this policy"
+            return f"no change: {len(self.hooks)} hook(s) already run this policy{tail}"
         n = {a: sum(h.action == a for h in self.hooks) for a in ("attach", "swap", "detach")}
         parts = [f"{v} {k}" for k, v in n.items() if v]
         rules = sum(len(h.rules) for h in self.hooks)
-        return f"{', '.join(parts)}; {rules} rule change(s)"
+        return f"{', '.join(parts)}; {rules} rule change(s){tail}"
 
     def lines(self) -> list[str]:
         return [ln for h in self.hooks for ln in h.lines()]
@@ -103,7 +115,13 @@ class Plan:
     def warnings(self) -> list[str]:
         from .guard import warnings
 
-        return [w for h in self.changes() if h.new is not None for w in warnings(h.dev, h.hook, h.new)]
+        out = [w for h in self.changes() if h.new is not None for w in warnings(h.dev, h.hook, h.new)]
+        for h in self.changes():
+            gone = automation(h.old) if h.action == "detach" else ()
+            if gone:
+                out.append(f"{h.where}: detaching removes {len(gone)} rule(s) added by automation: "
+                           + ", ".join(f"{r.name} ({r.owner})" for r in gone))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"netns": self.netns, "changed": self.changed, "summary": self.summary(),
@@ -143,6 +161,24 @@ def rule_changes(old: HookPolicy | None, new: HookPolicy | None) -> list[RuleCha
     return out
 
 
+def automation(hp: HookPolicy | None) -> list[Rule]:
+    """The rules of a hook policy that automation added (owner set)."""
+    return [r for r in hp.rules if r.owner is not None] if hp else []
+
+
+def keep_automation(old: HookPolicy, new: HookPolicy) -> tuple[HookPolicy, list[Rule]]:
+    """`new` with the automation rules of `old` it does not name, each at its index in `old` (SYN blocks
+    run first, so they stay first), and the list of those rules."""
+    names = {r.name for r in new.rules}
+    kept = [(i, r) for i, r in enumerate(old.rules) if r.owner is not None and r.name not in names]
+    if not kept:
+        return new, []
+    rules = list(new.rules)
+    for i, r in kept:
+        rules.insert(min(i, len(rules)), r)
+    return new.model_copy(update={"rules": tuple(rules)}), [r for _i, r in kept]
+
+
 def plan(desired: State, running: State, netns: str | None = None) -> Plan:
     """Compare per (interface, hook). `running` may hold hooks of interfaces outside the file: ignored."""
     devs = {dev for dev, _ in desired}
@@ -150,6 +186,9 @@ def plan(desired: State, running: State, netns: str | None = None) -> Plan:
     hooks = []
     for dev, hook in keys:
         old, new = running.get((dev, hook)), desired.get((dev, hook))
+        kept: list[Rule] = []
+        if old is not None and new is not None:
+            new, kept = keep_automation(old, new)
         if old is None:
             hp = HookPlan(dev, hook, "attach", None, new, rule_changes(None, new))
         elif new is None:
@@ -159,5 +198,6 @@ def plan(desired: State, running: State, netns: str | None = None) -> Plan:
         else:
             hp = HookPlan(dev, hook, "swap", old, new, rule_changes(old, new),
                           (old.default, new.default) if old.default != new.default else None)
+        hp.kept = kept
         hooks.append(hp)
     return Plan(netns, hooks)
