@@ -77,6 +77,16 @@ class PolicyError(BpfgateError):
         super().__init__(f"policy {path}", reason)
 
 
+class PacketError(BpfgateError):
+    """A packet description (`bpfgate policy explain`) that does not parse: `word` is where it went wrong."""
+
+    exit_code = 2
+
+    def __init__(self, text: str, word: str, reason: str):
+        self.text, self.word = text, word
+        super().__init__(f"packet {text!r}", f"{reason}" + (f" (at {word!r})" if word else ""))
+
+
 def from_errno(op: str, err: int, *, hint: str | None = None) -> BpfgateError:
     """The typed error for a failed syscall/libbpf call (err > 0)."""
     if err in (_errno.EPERM, _errno.EACCES):

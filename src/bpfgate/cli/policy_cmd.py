@@ -229,6 +229,36 @@ def register(app: click.Group) -> None:
         else:
             click.echo(text, nl=False)
 
+    @policy_group.command("explain", context_settings={"ignore_unknown_options": True})   # `->` is no option
+    @click.argument("packet", nargs=-1)
+    @click.option("--frame", "frame_hex", metavar="HEX", help="An Ethernet frame's bytes in hex instead of PACKET.")
+    @click.option("--file", "policy_file", metavar="FILE", help="Explain with this policy file instead of the "
+                  "running policy (`-` for stdin).")
+    @_running_hooks
+    def explain_cmd(packet, frame_hex, policy_file, dev, hook, netns, as_json):
+        """Which rule decides PACKET at each hook, and why. PACKET: PROTOCOL SRC -> DST [options], e.g.
+        `tcp 198.18.0.1:1234 -> 198.18.0.2:80 syn`, `udp [fd00::1]:5353 -> [fd00::2]:53 vlan 100`,
+        `icmp 198.18.0.1 -> 198.18.0.2 type 8 code 0 ct established`. Options: TCP flags (syn, ack,
+        "syn,ack" ...), type N, code N, vlan N, ct new|established|related|invalid, fragment first|later;
+        without ct, the first packet of a flow. Quote PACKET in a shell: it reads `>` as a redirection."""
+        from bpfgate import policyctl
+        from bpfgate.errors import PacketError
+        from bpfgate.policyctl.explain import describe, parse_frame, parse_packet
+
+        if bool(packet) == bool(frame_hex):
+            raise PacketError(" ".join(packet), "", "give a packet description or --frame HEX (one of them)")
+        pkt = parse_frame(frame_hex) if frame_hex else parse_packet(" ".join(packet))
+        rows = policyctl.explain(pkt, netns=netns, dev=dev, hook=hook, file=policy_file)
+        if as_json:
+            term.print_json({"packet": describe(pkt), "hooks": [r.to_dict() for r in rows]})
+            return
+        seen = describe(pkt)
+        term.info("packet: " + " ".join(f"{k}={v}" for k, v in seen.items() if v is not None))
+        if not rows:
+            term.info("no bpfgate policy is running" + (f" in {netns}" if netns else ""))
+        for r in rows:
+            click.echo(r.line())
+
     @policy_group.command("classifier")
     @_running_hooks
     def classifier_cmd(dev, hook, netns, as_json):

@@ -50,4 +50,6 @@ def info(msg: str) -> None:
 
 
 def error(msg: str) -> None:
-    err.print(f"[red]bpfgate: error:[/red] {msg}", markup=True)
+    from rich.markup import escape
+
+    err.print(f"[red]bpfgate: error:[/red] {escape(msg)}", markup=True)   # [fd00::1]:80 is not markup

@@ -33,6 +33,7 @@ from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.policy import layout as L
 from bpfgate.policy.compile import CompiledHook, compile_hook
 from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
+from bpfgate.policy.packet import Packet
 from bpfgate.policy.parse import rule_problem
 
 from . import guard
@@ -41,6 +42,7 @@ from .apply import ApplyError, execute, precheck, resolver
 from .backend import Backend, MemoryBackend, RuleCounters
 from .cost import TREE_NAMES, ClassifierReport, shape_fields
 from .cost import report as cost_report
+from .explain import Explanation, explain_hook, parse_packet
 from .export import (
     desired_state,
     export_text,
@@ -56,6 +58,7 @@ __all__ = [
     "ApplyResult",
     "Backend",
     "ClassifierReport",
+    "Explanation",
     "HookPlan",
     "MemoryBackend",
     "Plan",
@@ -66,6 +69,7 @@ __all__ = [
     "classifier",
     "confirm",
     "delete_rule",
+    "explain",
     "export",
     "load_policies",
     "load_policy_file",
@@ -416,6 +420,31 @@ def classifier(dev: str | None = None, *, netns: str | None = None, hook: str | 
             compiled, conf = _live_classifier(backend, d, h, hp, netns)
             out.append(cost_report(d, h.value, len(hp.rules), compiled, conf))
         return out
+
+
+def explain(packet: str | Packet, *, netns: str | None = None, dev: str | None = None,
+            hook: str | Hook | None = None, file: Source | None = None,
+            backend: Backend | None = None) -> list[Explanation]:
+    """Which rule decides `packet` (a description, see policyctl/explain.py, or a Packet) at each running
+    hook (or each hook of a policy `file`), one interface / hook if given, and why."""
+    pkt = parse_packet(packet) if isinstance(packet, str) else packet
+    hook = parse_hook(hook) if hook is not None else None
+    out = []
+    if file is not None:
+        state = desired_state(_policies(file))
+        if dev is not None and not any(d == dev for d, _ in state):
+            raise NotFound(f"explain a packet at {dev}", "the policy file does not name that interface")
+        for (d, h), hp in sorted(state.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
+            if (dev is None or d == dev) and (hook is None or h == hook):
+                compiled = compile_hook(hp, h, ifindex=lambda name: 1)   # redirect targets do not decide
+                out.append(explain_hook(d, h.value, hp, compiled, compiled.conf(), pkt))
+        return out
+    backend = _backend(backend)
+    with _reading(backend):
+        for d, h, hp in _selected(backend, dev, hook, netns, "explain a packet"):
+            compiled, conf = _live_classifier(backend, d, h, hp, netns)
+            out.append(explain_hook(d, h.value, hp, compiled, conf, pkt))
+    return out
 
 
 def export(dev: str | None = None, *, netns: str | None = None, backend: Backend | None = None) -> str:
