@@ -17,9 +17,9 @@ hold is deleted (the other generation, and anything stale in the saved one).
 from __future__ import annotations
 
 import ctypes
-import struct
 from typing import TYPE_CHECKING
 
+from bpfgate import contract
 from bpfgate.policy import layout as L
 
 if TYPE_CHECKING:
@@ -41,8 +41,8 @@ def in_step(eng: Engine) -> bool:
     return live is not None and raw is not None and _meaning(raw) == _meaning(live.conf.pack())
 
 
-_HDR, _SHAPE = struct.calcsize(L.CONF_HDR_FMT), struct.calcsize(L.SHAPE_FMT)
-_ENTRIES_AT = _SHAPE - 8   # struct bg_shape: ... __u32 entries; __u32 pad2;
+_CONF_C, _SHAPE_C = contract.struct("engine", "bg_conf"), contract.struct("engine", "bg_shape")
+_HDR, _SHAPE, _ENTRIES_AT = _CONF_C.shapes.offset, ctypes.sizeof(_SHAPE_C), _SHAPE_C.entries.offset
 
 
 def _meaning(conf: bytes) -> bytes:
