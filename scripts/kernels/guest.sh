@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs inside a virtme-ng guest (started by scripts/kernels/runner.py), in the checkout:
-#   guest.sh OUT [PYTEST ARGS...]
-# OUT is a host directory shared read-write: doctor.json, junit.xml and pytest.rc land there.
+#   guest.sh OUT
+# OUT is a host directory shared read-write: pytest's arguments come from OUT/pytest.args (one a line);
+# doctor.json, junit.xml and pytest.rc land there.
 set -uo pipefail
 out=$1
-shift
+mapfile -t pytest_args <"$out/pytest.args"
 at() { echo "guest: $* at $(cut -d' ' -f1 /proc/uptime) s after boot"; }
 
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
@@ -35,6 +36,6 @@ at "mounts ready"
 
 .venv/bin/bpfgate doctor --json >"$out/doctor.json"
 at "doctor done (exit $?)"
-PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -p no:cacheprovider --junitxml="$out/junit.xml" "$@"
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -p no:cacheprovider --junitxml="$out/junit.xml" "${pytest_args[@]}"
 echo $? >"$out/pytest.rc"
 at "pytest done"
