@@ -190,6 +190,7 @@ def test_swap_killed_mid_write_leaves_nothing_stale(net, tmp_path, at):
     r = subprocess.run([sys.executable, "-m", "bpfgate.cli.main", "apply", "--netns", n.ns, "-"], text=True,
                        input=yaml.safe_dump(small(n.dev, 8082)), capture_output=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
+    assert "an edit cut short (killed)" in r.stderr and "repaired" in r.stderr, r.stderr   # and it says so
     assert_exact(n)
     assert served(n, 8080) and served(n, 8081), "a stale entry of the killed swap is enforced"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import click
+from rich.markup import escape
 
 from bpfgate.cli import term
 
@@ -45,6 +46,8 @@ def _print_plan(res, as_json: bool) -> None:
         term.print_json(res.to_dict())
         return
     p = res.plan
+    for r in res.repaired:
+        term.err.print(f"[yellow]warning:[/yellow] {escape(r)}", markup=True, highlight=False)
     if not p.changed:
         term.ok(p.summary())
         for line in (ln for h in p.hooks if h.kept for ln in h.lines()):

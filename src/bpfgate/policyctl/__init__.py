@@ -150,6 +150,7 @@ class ApplyResult:
     applied: bool                      # the kernel was changed
     dry_run: bool = False
     pending: _confirm.Pending | None = None   # set with confirm=SECONDS
+    repaired: list[str] = field(default_factory=list)   # engines repaired after a killed edit (engine/recover.py)
 
     @property
     def changed(self) -> bool:
@@ -157,7 +158,7 @@ class ApplyResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = self.plan.to_dict()
-        d.update(applied=self.applied, dry_run=self.dry_run)
+        d.update(applied=self.applied, dry_run=self.dry_run, repaired=self.repaired)
         if self.pending:
             d["confirm"] = {"deadline": self.pending.deadline, "seconds_left": round(self.pending.remaining, 1),
                             "watcher_pid": self.pending.watcher_pid}
@@ -188,8 +189,9 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
         waiting = None if dry_run else _confirm.read(netns, state_root)
         if waiting is not None and waiting.remaining == 0 and not _confirm.alive(waiting.watcher_pid):
             _recover(waiting, backend)
+        repaired = list(getattr(backend, "repaired", []))
         if dry_run or not p.changed:
-            return ApplyResult(p, False, dry_run=dry_run)
+            return ApplyResult(p, False, dry_run=dry_run, repaired=repaired)
         if waiting is not None:
             raise BpfgateError("apply policy", f"a change is waiting for confirmation ({waiting.remaining:.0f} s left)",
                                hint="`bpfgate confirm` it first, or let it roll back")
@@ -207,7 +209,7 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
             raise
         if pending is not None:
             _confirm.restart_clock(pending, confirm)
-        return ApplyResult(p, True, pending=pending)
+        return ApplyResult(p, True, pending=pending, repaired=repaired)
 
 
 def _recover(waiting: _confirm.Pending, backend: Backend) -> None:

@@ -25,6 +25,7 @@ def engine_mode(hook: Hook, mode: str | None) -> str | None:
 class EngineBackend:
     def __init__(self) -> None:
         self._cache: dict | None = None   # opened engines, kept while a session() holds the namespace lock
+        self.repaired: list[str] = []     # engines found cut short by a killed edit and repaired on opening
 
     @contextmanager
     def session(self):
@@ -50,6 +51,10 @@ class EngineBackend:
             yield self._cache[key]
             return
         eng = Engine.open(dev, hook, netns)
+        if eng.repaired is not None:
+            n = sum(eng.repaired.values())
+            self.repaired.append(f"{dev} {hook.value}: an edit cut short (killed) had left the kernel ahead of "
+                                 f"the saved policy; repaired ({n} stale entries removed)")
         if self._cache is not None:
             self._cache[key] = eng
             yield eng
