@@ -31,7 +31,8 @@ from bpfgate.engine.state import StateStore
 from bpfgate.kernel import netlink
 from bpfgate.kernel.maps import Map
 from bpfgate.policy.live import swap as live_swap
-from bpfgate.policy.model import Hook, Policy
+from bpfgate.errors import BpfgateError
+from bpfgate.policy.model import Hook, Policy, Rule
 
 pytestmark = pytest.mark.kernel
 HOOK = Hook.TC_INGRESS
@@ -199,3 +200,40 @@ def test_swap_killed_mid_write_leaves_nothing_stale(net, tmp_path, at):
         apply(n, small(n.dev, port))
         assert_exact(n)
         enforces(n, port, other, f"no-{port}")
+
+
+def test_live_edit_cut_short_is_repaired(net):
+    """A live edit that wrote the kernel but died before its journal line (what kill -9 leaves): the next
+    opener puts the saved policy back, so a rule nobody can see or delete does not keep dropping traffic."""
+    n = net
+    apply(n, small(n.dev, 8082))
+    with Engine.open(n.dev, HOOK, n.ns) as eng, eng.store.locked():
+        rule = Rule.model_validate({"name": "ghost", "protocol": "tcp", "dst_port": 8080, "action": "drop"})
+        eng.apply_diff(eng.live.add(rule, 0))   # marks the state dir, writes bg_rules/bg_conf/bg_cls; no journal
+    assert entries(n, "bg_cls") == 3   # the ghost's entry is in the kernel, the saved state has two
+    assert [r.name for r in policyctl.rules(n.dev, netns=n.ns)] == ["no-8082", "nets", "(default)"]
+    assert_exact(n)
+    assert served(n, 8080) and dropped(n, 8082)
+
+
+def test_failed_swap_is_undone_in_process(net, monkeypatch):
+    """A swap whose kernel writes fail part way (after the new generation is written, at the flip) leaves the
+    old policy running exactly, and no mark behind."""
+    n = net
+    apply(n, small(n.dev, 8082))
+
+    publish, calls = Engine._publish, []
+
+    def refuse_once(self, conf):   # the swap's flip fails; the repair's own publish goes through
+        calls.append(conf)
+        if len(calls) == 1:
+            raise BpfgateError("publish", "injected failure")
+        publish(self, conf)
+
+    monkeypatch.setattr(Engine, "_publish", refuse_once)
+    with pytest.raises(BpfgateError, match="injected failure"):
+        apply(n, big(n.dev))
+    monkeypatch.undo()
+    assert StateStore(n.dev, HOOK, n.ns).interrupted() is None
+    assert_exact(n)
+    enforces(n, 8082, 8080, "no-8082")
