@@ -12,6 +12,7 @@
 #include "capture.h"
 #include "flow_parse.h"
 #include "bg_stats.h"
+#include "bg_bounds.h"
 
 #define TC_ACT_UNSPEC (-1)
 
@@ -114,6 +115,7 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 dir)
 	asm volatile("" : "+r"(len));
 	if (len == 0 || len > BG_CAPTURE_MAX)
 		return TC_ACT_UNSPEC;
+	len = bg_len_nonzero(len);
 	if (bpf_skb_load_bytes(skb, 0, s->buf + sizeof(*ev), len) < 0) {
 		stat_inc(BG_STAT_EVENTS_LOST);
 		return TC_ACT_UNSPEC;

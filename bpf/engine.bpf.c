@@ -16,6 +16,7 @@
 #include "capture.h"
 #define BG_EVENTS_SIZE (256 * 1024)
 #include "bg_emit.h"
+#include "bg_bounds.h"
 #include "parse.h"
 
 #define TC_ACT_UNSPEC -1
@@ -588,6 +589,7 @@ static __always_inline int capture_emit(void *ctx, int xdp, struct bg_capture_cf
 	asm volatile("" : "+r"(len));
 	if (len == 0 || len > BG_ENGINE_CAPTURE_MAX)
 		return 0;
+	len = bg_len_nonzero(len);
 	if (xdp)
 		err = bpf_xdp_load_bytes(ctx, 0, s->buf + sizeof(*ev), len);
 	else
