@@ -151,9 +151,15 @@ static __always_inline void on_drop(const struct sk_buff *skb, void *location, _
 	stat_inc(BG_STAT_EVENTS);
 }
 
+/* rx_sk (the receiving socket: a PID for drops on receive) joined the tracepoint, argument and field
+ * together, in Linux 6.11: read only where the kernel has it (the verifier skips the dead branch) */
+#define HAS_RX_SK bpf_core_field_exists(struct trace_event_raw_kfree_skb, rx_sk)
+
 SEC("tp_btf/kfree_skb")
-int BPF_PROG(bg_drop_btf, struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)
+int BPF_PROG(bg_drop_btf, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
+	struct sock *rx_sk = HAS_RX_SK ? (struct sock *)ctx[3] : 0;
+
 	on_drop(skb, location, reason, rx_sk);
 	return 0;
 }
@@ -161,8 +167,7 @@ int BPF_PROG(bg_drop_btf, struct sk_buff *skb, void *location, enum skb_drop_rea
 SEC("tracepoint/skb/kfree_skb")
 int bg_drop_tp(struct trace_event_raw_kfree_skb *ctx)
 {
-	/* rx_sk joined the tracepoint in 6.8: read it only where the kernel has it */
-	void *rx_sk = bpf_core_field_exists(ctx->rx_sk) ? BPF_CORE_READ(ctx, rx_sk) : 0;
+	void *rx_sk = HAS_RX_SK ? BPF_CORE_READ(ctx, rx_sk) : 0;
 
 	on_drop(ctx->skbaddr, ctx->location, ctx->reason, rx_sk);
 	return 0;

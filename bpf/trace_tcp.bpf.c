@@ -319,6 +319,22 @@ static __always_inline void on_send_reset(const struct sock *sk, const struct sk
 		on_reset_nosk(skb, reason);
 }
 
+/*
+ * Arguments newer than Debian 12's 6.1, read only where the running kernel has them. A tracepoint's
+ * classic struct gained each field together with the tp_btf argument, so one CO-RE check serves both
+ * backends (bpfgate.trace.tcp.HOOKS names them for the report of what is lost).
+ *   err of tcp_retransmit_skb: Linux 6.17 (before, the tracepoint fired for successful retransmits only)
+ *   reason of tcp_send_reset: Linux 6.10
+ */
+#define HAS_RETRANS_ERR bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb, err)
+#define HAS_RST_REASON bpf_core_field_exists(struct trace_event_raw_tcp_send_reset, reason)
+
+/* Before those fields, both tracepoints shared this event class (its name is matched up to "___"). */
+struct trace_event_raw_tcp_event_sk_skb___old {
+	const void *skbaddr;
+	const void *skaddr;
+} __attribute__((preserve_access_index));
+
 /* ---- tp_btf: BTF-typed raw tracepoints ------------------------------------------------------------ */
 
 SEC("tp_btf/inet_sock_set_state")
@@ -329,8 +345,11 @@ int BPF_PROG(bg_tcp_state_btf, const struct sock *sk, const int old, const int n
 }
 
 SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(bg_tcp_retrans_btf, const struct sock *sk, const struct sk_buff *skb, int err)
+int BPF_PROG(bg_tcp_retrans_btf, const struct sock *sk)
 {
+	/* the err argument is read only where the kernel has it (the verifier skips the dead branch) */
+	int err = HAS_RETRANS_ERR ? (int)ctx[2] : 0;
+
 	on_sk_event(sk, BG_TCP_RETRANSMIT, -err, true);
 	return 0;
 }
@@ -343,8 +362,10 @@ int BPF_PROG(bg_tcp_rst_rx_btf, struct sock *sk)
 }
 
 SEC("tp_btf/tcp_send_reset")
-int BPF_PROG(bg_tcp_rst_tx_btf, const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason)
+int BPF_PROG(bg_tcp_rst_tx_btf, const struct sock *sk, const struct sk_buff *skb)
 {
+	__u32 reason = HAS_RST_REASON ? (__u32)ctx[2] : 0;
+
 	on_send_reset(sk, skb, reason, true);
 	return 0;
 }
@@ -361,9 +382,15 @@ int bg_tcp_state_tp(struct trace_event_raw_inet_sock_set_state *ctx)
 }
 
 SEC("tracepoint/tcp/tcp_retransmit_skb")
-int bg_tcp_retrans_tp(struct trace_event_raw_tcp_retransmit_skb *ctx)
+int bg_tcp_retrans_tp(void *ctx)
 {
-	on_sk_event(ctx->skaddr, BG_TCP_RETRANSMIT, -BPF_CORE_READ(ctx, err), false);
+	struct trace_event_raw_tcp_retransmit_skb *tp = ctx;
+	struct trace_event_raw_tcp_event_sk_skb___old *old = ctx;
+
+	if (HAS_RETRANS_ERR)
+		on_sk_event(tp->skaddr, BG_TCP_RETRANSMIT, -tp->err, false);
+	else
+		on_sk_event(old->skaddr, BG_TCP_RETRANSMIT, 0, false);
 	return 0;
 }
 
@@ -375,9 +402,15 @@ int bg_tcp_rst_rx_tp(struct trace_event_raw_tcp_event_sk *ctx)
 }
 
 SEC("tracepoint/tcp/tcp_send_reset")
-int bg_tcp_rst_tx_tp(struct trace_event_raw_tcp_send_reset *ctx)
+int bg_tcp_rst_tx_tp(void *ctx)
 {
-	on_send_reset(ctx->skaddr, ctx->skbaddr, ctx->reason, false);
+	struct trace_event_raw_tcp_send_reset *tp = ctx;
+	struct trace_event_raw_tcp_event_sk_skb___old *old = ctx;
+
+	if (bpf_core_type_exists(struct trace_event_raw_tcp_send_reset))
+		on_send_reset(tp->skaddr, tp->skbaddr, HAS_RST_REASON ? tp->reason : 0, false);
+	else
+		on_send_reset(old->skaddr, old->skbaddr, 0, false);
 	return 0;
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import re
 
 
 class BpfgateError(Exception):
@@ -39,14 +40,32 @@ class PermissionDenied(BpfgateError):
 
 
 class VerifierError(BpfgateError):
-    """The verifier rejected a program. `log` is the full log; `summary` the useful tail."""
+    """The verifier rejected a program. `log` is the full log; `summary` the useful tail; the cause is
+    one line: the program's name (libbpf's "prog 'X': failed") and the verifier's error lines."""
 
     exit_code = 5
 
-    def __init__(self, op: str, summary: str, log: str):
+    def __init__(self, op: str, summary: str, log: str, *, prog: str | None = None):
         self.summary = summary
         self.log = log
-        super().__init__(op, f"verifier rejected the program: {summary}")
+        self.prog = prog
+        who = f"program {prog!r}" if prog else "the program"
+        super().__init__(op, f"verifier rejected {who}: {verifier_headline(summary)}")
+
+
+# a line of the verifier's trace: "12: (bf) r1 = r6", "; source line", "from 4 to 9: ..."
+_VERIFIER_INSN = re.compile(r"^(\d+: |; |from \d+ to \d+)")
+
+
+def verifier_headline(summary: str) -> str:
+    """The verifier's error: the lines after the last instruction it printed (at most two, joined)."""
+    lines = [ln.strip() for ln in summary.splitlines() if ln.strip()]
+    tail: list[str] = []
+    for ln in reversed(lines):
+        if _VERIFIER_INSN.match(ln) or len(tail) == 2:
+            break
+        tail.insert(0, ln)
+    return "; ".join(tail) or (lines[-1] if lines else "no log")
 
 
 class ObjectError(BpfgateError):

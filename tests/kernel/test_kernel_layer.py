@@ -69,6 +69,9 @@ def test_verifier_rejection_shows_the_log_tail(tmp_path):
             obj.load()
     assert "invalid access to packet" in ei.value.summary
     assert len(ei.value.summary.splitlines()) <= 12
+    # one line naming the program and the verifier's error, not the first line of the log
+    assert ei.value.prog == "bg_bad" and "\n" not in str(ei.value)
+    assert "program 'bg_bad'" in str(ei.value) and "invalid access to packet" in str(ei.value)
     assert "invalid access to packet" in ei.value.log
 
 

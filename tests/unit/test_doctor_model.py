@@ -96,3 +96,13 @@ def test_a_crashing_check_becomes_a_line_of_the_report(monkeypatch):
     monkeypatch.setitem(probes.PROBES, "tcx", probes.Probe("tcx", lambda: 1 / 0, "impact"))
     c = doctor.run_check("tcx")
     assert c.status == "missing" and "ZeroDivisionError" in c.detail and c.impact == "impact"
+
+
+def test_verifier_headline_is_the_error_after_the_last_instruction():
+    from bpfgate.errors import VerifierError
+
+    log61 = ("; int BPF_PROG(bg_tcp_retrans_btf, const struct sock *sk)\n0: (79) r7 = *(u64 *)(r1 +16)\n"
+             "func 'tcp_retransmit_skb' doesn't have 3-th argument\ninvalid bpf_context access off=16 size=8")
+    v = VerifierError("load BPF object trace_tcp.o", log61, log61, prog="bg_tcp_retrans_btf")
+    assert v.cause == ("verifier rejected program 'bg_tcp_retrans_btf': func 'tcp_retransmit_skb' doesn't have "
+                       "3-th argument; invalid bpf_context access off=16 size=8")

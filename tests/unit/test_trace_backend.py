@@ -14,11 +14,61 @@ from bpfgate.trace.tcp import HOOKS as TCP_HOOKS
 def _kernel(monkeypatch, *, btf=(), tracefs=(), has_btf=True, tracefs_mounted=True):
     monkeypatch.setattr(backend, "has_tp_btf", lambda ev: ev in btf)
     monkeypatch.setattr(backend, "has_tracepoint", lambda cat, ev: ev in tracefs)
-    monkeypatch.setattr(backend, "kernel_btf", lambda: object() if has_btf else None)
+    monkeypatch.setattr(backend, "kernel_btf", lambda: _NewestBtf() if has_btf else None)
     monkeypatch.setattr(backend, "tracefs_root", lambda: "/sys/kernel/tracing" if tracefs_mounted else None)
 
 
+class _NewestBtf:
+    """A kernel BTF with every argument the hooks can use."""
+
+    def members(self, struct: str) -> tuple[str, ...]:
+        return tuple(x.field for h in (*TCP_HOOKS, *DROP_HOOKS) for x in h.extras if x.struct == struct)
+
+
 ALL = [h.event for h in TCP_HOOKS]
+
+# Debian 12's 6.1, as its BTF has them: tcp_retransmit_skb and tcp_send_reset share an event class (no
+# struct of their own, no err / reason), kfree_skb has no rx_sk.
+BTF_61 = """
+struct trace_event_raw_tcp_event_sk_skb { const void *skbaddr; const void *skaddr; int state; };
+struct trace_event_raw_kfree_skb { void *skbaddr; void *location; unsigned short protocol; int reason; };
+struct trace_event_raw_tcp_event_sk_skb a;
+struct trace_event_raw_kfree_skb b;
+"""
+
+
+def test_hooks_report_what_an_older_kernel_does_not_give(tmp_path):
+    import shutil
+    import subprocess
+
+    from bpfgate.kernel.btf import Btf
+
+    if not shutil.which("clang"):
+        pytest.skip("clang not installed")
+    (tmp_path / "k.c").write_text(BTF_61)
+    subprocess.run(["clang", "-g", "-O2", "-target", "bpf", "-c", str(tmp_path / "k.c"), "-o", str(tmp_path / "k.o")],
+                   check=True)
+    old = Btf.from_elf(str(tmp_path / "k.o"))
+    assert old.members("trace_event_raw_kfree_skb") == ("skbaddr", "location", "protocol", "reason")
+    lost = {h.event: backend.lost_extras(h, old) for h in (*TCP_HOOKS, *DROP_HOOKS)}
+    assert lost["inet_sock_set_state"] == () and lost["tcp_receive_reset"] == ()
+    assert lost["tcp_retransmit_skb"] == ("failed retransmits (only successful ones are reported): the kernel's "
+                                          "tcp:tcp_retransmit_skb has no err (Linux >= 6.17)",)
+    assert "Linux >= 6.10" in lost["tcp_send_reset"][0] and "no reason" in lost["tcp_send_reset"][0]
+    assert "Linux >= 6.11" in lost["kfree_skb"][0] and "no rx_sk" in lost["kfree_skb"][0]
+    assert not any(backend.lost_extras(h, _NewestBtf()) for h in (*TCP_HOOKS, *DROP_HOOKS))
+
+
+def test_choice_carries_what_is_lost(monkeypatch):
+    class Btf61(_NewestBtf):
+        def members(self, struct):
+            return () if struct == "trace_event_raw_tcp_retransmit_skb" else super().members(struct)
+
+    _kernel(monkeypatch, btf=ALL, tracefs=ALL)
+    monkeypatch.setattr(backend, "kernel_btf", lambda: Btf61())
+    got = {c.hook.event: c.describe() for c in backend.choose(TCP_HOOKS)}
+    assert got["tcp_retransmit_skb"]["backend"] == "tp_btf" and "6.17" in got["tcp_retransmit_skb"]["lost"][0]
+    assert "lost" not in got["tcp_send_reset"]
 
 
 def test_prefers_tp_btf(monkeypatch):

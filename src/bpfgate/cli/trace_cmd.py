@@ -128,6 +128,8 @@ def _loop(tracer, what: str, as_json: bool, duration, count, header: str, line, 
         term.out.print(header, markup=False)
     for m in tracer.missing():
         term.err.print(f"bpfgate: warning: running without {m}", markup=False)
+    for m in tracer.degraded():
+        term.err.print(f"bpfgate: note: without {m}", markup=False)
     deadline = None if duration is None else time.monotonic() + duration
     printed = [0]
     try:

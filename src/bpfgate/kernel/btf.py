@@ -106,6 +106,15 @@ class Btf:
     def struct(self, name: str) -> type:
         return self.ctype(self.find(name, KIND_STRUCT))
 
+    def members(self, name: str) -> tuple[str, ...]:
+        """Member names of struct `name`; () when the BTF has no such struct (a kernel that predates it)."""
+        tid = L.btf__find_by_name_kind(self._ptr, name.encode(), KIND_STRUCT)
+        if tid < 0:
+            return ()
+        t, addr = self._type(tid)
+        vals = self._u32s(addr, 3 * (t.info & 0xFFFF))  # struct btf_member: name_off, type, offset
+        return tuple(self._name(vals[i]) for i in range(0, len(vals), 3))
+
     def enum(self, name: str) -> dict[str, int]:
         return self._enumerators(self.find(name, KIND_ENUM))
 

@@ -218,7 +218,7 @@ class BpfObject:
             text = "".join(log)
             vlog = _verifier_log(text)
             if vlog:
-                raise VerifierError(op, _verifier_summary(vlog), vlog)
+                raise VerifierError(op, _verifier_summary(vlog), vlog, prog=_failed_prog(text))
             if err in (errno.EPERM, errno.EACCES):
                 raise from_errno(op, err)
             raise ObjectError(op, _last_line(log) or os.strerror(err))
@@ -304,10 +304,19 @@ def _verifier_log(text: str) -> str:
 
 
 def _verifier_summary(vlog: str, tail: int = 12) -> str:
-    """The useful part of a verifier log: the last instructions before the error and the error line."""
+    """The useful part of a verifier log: the last instructions before the error and the error line.
+    Left out: statistics, and 6.1's "reg type unsupported for arg#0" (printed for every tracing
+    program, harmless, and misleading as the first line of a short log)."""
     lines = [ln for ln in vlog.splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not re.match(r"^(processed|verification time|stack depth)", ln)]
+    lines = [ln for ln in lines if not re.match(r"^(processed|verification time|stack depth|reg type unsupported "
+                                                r"for arg#)", ln)]
     return "\n".join(lines[-tail:])
+
+
+def _failed_prog(text: str) -> str | None:
+    """The program libbpf says failed ("prog 'X': BPF program load failed")."""
+    m = re.search(r"prog '([^']+)': (?:BPF program load failed|failed to load)", text)
+    return m.group(1) if m else None
 
 
 def _last_line(log: list[str]) -> str:

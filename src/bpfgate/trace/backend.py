@@ -28,6 +28,17 @@ BACKENDS = ("auto", "tp_btf", "tracepoint")
 
 
 @dataclass(frozen=True)
+class Extra:
+    """A tracepoint argument newer kernels added (the tp_btf argument and the classic struct's field came
+    together). The programs read it only where it exists (CO-RE check on `struct`.`field`); where it
+    does not, the hook still runs and `lost` is reported."""
+    struct: str  # the classic tracepoint's struct in the kernel's BTF, e.g. trace_event_raw_kfree_skb
+    field: str
+    since: str  # the Linux version that added it
+    lost: str  # what the user does not get without it
+
+
+@dataclass(frozen=True)
 class Hook:
     category: str  # tracefs event category ("sock", "tcp", "skb")
     event: str
@@ -35,6 +46,7 @@ class Hook:
     tp_prog: str  # SEC("tracepoint/<category>/<event>")
     gives: str  # what the user loses without it
     required: bool = False
+    extras: tuple[Extra, ...] = ()
 
     @property
     def name(self) -> str:
@@ -46,10 +58,11 @@ class Choice:
     hook: Hook
     backend: str | None  # "tp_btf", "tracepoint", or None: missing
     note: str = ""  # why it is missing, or why a fallback was taken
+    lost: tuple[str, ...] = ()  # what this kernel's version of the tracepoint does not give (Extra)
 
     def describe(self) -> dict:
         return {"hook": self.hook.name, "backend": self.backend, "gives": self.hook.gives,
-                **({"note": self.note} if self.note else {})}
+                **({"note": self.note} if self.note else {}), **({"lost": list(self.lost)} if self.lost else {})}
 
 
 @lru_cache(maxsize=1)
@@ -70,6 +83,15 @@ def has_tp_btf(event: str) -> bool:
         return True
     except BpfgateError:
         return False
+
+
+def lost_extras(hook: Hook, btf: Btf | None = None) -> tuple[str, ...]:
+    """One line per Extra of `hook` the kernel lacks: what is lost, the field, the version that has it."""
+    btf = btf or kernel_btf()
+    if btf is None:
+        return ()
+    return tuple(f"{x.lost}: the kernel's {hook.name} has no {x.field} (Linux >= {x.since})"
+                 for x in hook.extras if x.field not in btf.members(x.struct))
 
 
 def tracefs_root() -> str | None:
@@ -93,9 +115,9 @@ def choose(hooks: tuple[Hook, ...], prefer: str = "auto") -> list[Choice]:
         btf_ok = prefer != "tracepoint" and has_tp_btf(h.event)
         tp_ok = prefer != "tp_btf" and has_tracepoint(h.category, h.event)
         if btf_ok:
-            out.append(Choice(h, "tp_btf"))
+            out.append(Choice(h, "tp_btf", lost=lost_extras(h)))
         elif tp_ok:
-            out.append(Choice(h, "tracepoint", "" if prefer == "tracepoint" else _why_not_btf(h)))
+            out.append(Choice(h, "tracepoint", "" if prefer == "tracepoint" else _why_not_btf(h), lost_extras(h)))
         else:
             out.append(Choice(h, None, _why_missing(h, prefer)))
     return out
@@ -148,7 +170,8 @@ def load(obj_name: str, hooks: tuple[Hook, ...], *, what: str, prefer: str = "au
     try:
         obj = _open(obj_name, choices, rodata, setup)
     except BpfgateError as e:
-        fallback = [Choice(c.hook, "tracepoint", f"tp_btf failed to load ({e.cause}): classic tracepoint used")
+        fallback = [Choice(c.hook, "tracepoint", f"tp_btf failed to load ({e.cause}): classic tracepoint used",
+                           c.lost)
                     if c.backend == "tp_btf" and has_tracepoint(c.hook.category, c.hook.event) else c
                     for c in choices]
         if prefer != "auto" or fallback == choices or not any(c.backend == "tracepoint" for c in fallback):

@@ -46,6 +46,10 @@ class Tracer:
     def missing(self) -> list[str]:
         return [f"{c.hook.name} ({c.hook.gives}): {c.note}" for c in self.choices if c.backend is None]
 
+    def degraded(self) -> list[str]:
+        """What the running hooks do not give on this kernel (arguments newer kernels added)."""
+        return [line for c in self.choices if c.backend for line in c.lost]
+
     # ---- events -------------------------------------------------------------------------------------------
 
     def poll(self, timeout_ms: int = 100) -> list[dict]:

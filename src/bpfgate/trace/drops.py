@@ -8,11 +8,13 @@ from typing import Any
 
 from bpfgate.errors import BpfgateError
 from bpfgate.trace import names
-from bpfgate.trace.backend import Hook
+from bpfgate.trace.backend import Extra, Hook
 from bpfgate.trace.base import Tracer
 from bpfgate.trace.filters import Filter
 
-HOOKS = (Hook("skb", "kfree_skb", "bg_drop_btf", "bg_drop_tp", "drops with reasons", required=True),)
+HOOKS = (Hook("skb", "kfree_skb", "bg_drop_btf", "bg_drop_tp", "drops with reasons", required=True,
+              extras=(Extra("trace_event_raw_kfree_skb", "rx_sk", "6.11",
+                            "the PID of drops on receive by a socket"),)),)
 
 
 class DropTracer(Tracer):

@@ -8,16 +8,19 @@ from typing import Any, Iterable
 
 from bpfgate.errors import BpfgateError
 from bpfgate.trace import owners
-from bpfgate.trace.backend import Hook
+from bpfgate.trace.backend import Extra, Hook
 from bpfgate.trace.base import Tracer
 from bpfgate.trace.names import TCP_KINDS
 
 HOOKS = (
     Hook("sock", "inet_sock_set_state", "bg_tcp_state_btf", "bg_tcp_state_tp",
          "connect/accept/close and failed connects", required=True),
-    Hook("tcp", "tcp_retransmit_skb", "bg_tcp_retrans_btf", "bg_tcp_retrans_tp", "retransmits"),
+    Hook("tcp", "tcp_retransmit_skb", "bg_tcp_retrans_btf", "bg_tcp_retrans_tp", "retransmits",
+         extras=(Extra("trace_event_raw_tcp_retransmit_skb", "err", "6.17",
+                       "failed retransmits (only successful ones are reported)"),)),
     Hook("tcp", "tcp_receive_reset", "bg_tcp_rst_rx_btf", "bg_tcp_rst_rx_tp", "resets received"),
-    Hook("tcp", "tcp_send_reset", "bg_tcp_rst_tx_btf", "bg_tcp_rst_tx_tp", "resets sent"),
+    Hook("tcp", "tcp_send_reset", "bg_tcp_rst_tx_btf", "bg_tcp_rst_tx_tp", "resets sent",
+         extras=(Extra("trace_event_raw_tcp_send_reset", "reason", "6.10", "why a reset was sent"),)),
 )
 
 
