@@ -13,6 +13,7 @@ from bpfgate import attach, status
 from bpfgate.errors import NotFound
 from bpfgate.kernel import tc
 from bpfgate.kernel.objects import BpfObject
+from features import require  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
 
@@ -90,6 +91,7 @@ def test_reattach_replaces_in_place(ns, progs):
 
 @pytest.mark.parametrize("direction", ["ingress", "egress"])
 def test_tcx_link_pinned_listed_detached(ns, progs, direction):
+    require("tcx")
     att = attach.attach_tc(progs.program("bg_empty_tc"), "va", direction, netns_name=ns, method="tcx")
     assert att.pins and os.path.exists(att.pins[0])
     [e] = ours(ns, f"tcx-{direction}")

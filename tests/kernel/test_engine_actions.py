@@ -16,6 +16,7 @@ from bpfgate.kernel.testrun import test_run as run_prog
 from bpfgate.policy.compile import compile_hook
 from bpfgate.policy.model import Hook, HookPolicy
 from bpfgate.policy.packet import Packet
+from features import require  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
 TC_OK, TC_SHOT, TC_REDIRECT = 0, 2, 7
@@ -102,6 +103,7 @@ def test_refused_policy_leaves_nothing(sandbox):
 
 
 def test_tcx_attach(sandbox):
+    require("tcx")
     a, b = sandbox.host("a"), sandbox.host("b")
     link = sandbox.link(a, b)
     dev = link.end(b).name

@@ -14,12 +14,13 @@ import time
 
 import pytest
 
-from bpfgate.errors import NotFound
+from bpfgate.errors import NotFound, NotSupported
 from bpfgate.inspect.flows import FlowMonitor, pin_dir, top_flows
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel import links, netlink, netns, tc
 from bpfgate.kernel.objects import Program
 from clirun import run_cli  # noqa: E402  (tests/kernel helper)
+from features import require  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
 
@@ -279,7 +280,29 @@ def test_cli_unknown_interface_one_line(pair):
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_keep_without_tcx_is_refused_naming_tcx_and_leaves_nothing(pair):
+    """Classic tc filters (kernels before 6.6 have nothing else) cannot be kept: the refusal names TCX and
+    the version, and the filters go with the monitor."""
+    client, _, c_if, _ = pair
+    with FlowMonitor(c_if.name, netns_name=client.netns, method="tc") as mon:
+        with pytest.raises(NotSupported) as ei:
+            mon.keep()
+    assert "TCX" in str(ei.value) and "6.6" in str(ei.value) and "\n" not in str(ei.value)
+    assert not os.path.exists(pin_dir(c_if.name, client.netns))
+    assert tc.list_filters(c_if.name, "ingress", client.netns) == []
+    if not _tcx_here():  # the CLI refuses before attaching, in one line
+        r = run_cli(["flows", "--dev", c_if.name, "--netns", client.netns, "--keep"])
+        assert r.returncode == 3 and "TCX" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _tcx_here() -> bool:
+    from bpfgate import doctor
+
+    return doctor.check("tcx").ok
+
+
 def test_keep_leaves_accounting_running_until_stop(pair):
+    require("tcx")  # --keep pins TCX links; without TCX it is refused (test_keep_without_tcx_is_refused)
     client, _, c_if, _ = pair
     base = ["--dev", c_if.name, "--netns", client.netns]
     try:

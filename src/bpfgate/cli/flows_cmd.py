@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 
 from bpfgate.cli import term
+from bpfgate.errors import NotSupported
 from bpfgate.inspect.events import tcp_flags_str
 from bpfgate.inspect.flows import SORT_KEYS, Flow, FlowMonitor, pin_dir, top_flows
 from bpfgate.inspect.top import endpoint, human
@@ -48,8 +49,13 @@ def register(app: click.Group) -> None:
             FlowMonitor.stop(dev, netns)
             term.err.print(f"flow accounting on {dev} stopped", markup=False)
             return
-        if keep:
-            with FlowMonitor(dev, netns_name=netns, direction=direction, max_flows=max_flows) as mon:
+        if keep:  # what stays attached is a pinned TCX link: without TCX, refused before anything attaches
+            try:
+                mon = FlowMonitor(dev, netns_name=netns, direction=direction, max_flows=max_flows, method="tcx")
+            except NotSupported as e:
+                raise NotSupported("flows --keep", f"the accounting stays attached through pinned TCX links: {e.cause}",
+                                   min_kernel="6.6") from None
+            with mon:
                 where = mon.keep()
             term.err.print(f"flow accounting left running on {dev} ({where}); read it with "
                            f"`bpfgate flows --dev {dev}`, stop it with --stop", markup=False)

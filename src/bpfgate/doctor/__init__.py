@@ -21,7 +21,7 @@ from bpfgate.doctor.probes import PROBES
 from bpfgate.doctor.system import FIXABLE, SYSTEM_CHECKS
 from bpfgate.errors import NotFound
 
-__all__ = ["Check", "run_checks", "run_check", "feature_available", "names", "core_ok", "exit_code",
+__all__ = ["Check", "run_checks", "run_check", "feature_available", "check", "names", "core_ok", "exit_code",
            "document", "clear_cache", "ESSENTIAL", "EXIT_OK", "EXIT_CORE_MISSING", "OK", "MISSING", "WARN"]
 
 
@@ -65,13 +65,18 @@ _lock = threading.Lock()
 def feature_available(name: str) -> bool:
     """Whether check `name` ("kprobes", "fentry", "tracepoints", "tp_btf", "tcx", ...) is OK here.
     Runs only that check, once per process; other modules use it to choose a backend."""
+    return check(name).ok
+
+
+def check(name: str) -> Check:
+    """Check `name`, run once per process (cached): its status and, when not OK, doctor's reason."""
     with _lock:
         hit = _cache.get(name)
     if hit is None:
         hit = run_check(name)  # outside the lock: a probe takes milliseconds, a second one is harmless
         with _lock:
             hit = _cache.setdefault(name, hit)
-    return hit.ok
+    return hit
 
 
 def clear_cache() -> None:

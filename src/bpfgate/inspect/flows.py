@@ -303,7 +303,8 @@ class FlowMonitor:
         """Leave the accounting running after this process: pin the TCX links and the maps, so
         FlowMonitor(..., pinned=True) (`bpfgate flows`, `top`) reads it later. Returns the pin directory."""
         if self.hooks is None or self.hooks.method != "tcx":
-            raise NotSupported("keep flow accounting running", "needs TCX links (kernel >= 6.6)", min_kernel="6.6")
+            raise NotSupported("keep flow accounting running", "it stays attached through pinned TCX links, and "
+                               "this kernel has no TCX (attached as classic tc filters)", min_kernel="6.6")
         if os.path.exists(self.pin_dir):
             raise BpfgateError(f"keep flow accounting on {self.dev}", "already running there",
                                hint="stop it first: bpfgate flows --dev DEV --stop")
