@@ -24,7 +24,10 @@ TIMEOUT = 120  # seconds for a whole doctor run (it takes about one)
 TOP_KEYS = {"schema", "bpfgate", "kernel", "core_ok", "exit_code", "missing", "checks"}
 CHECK_KEYS = {"name", "kind", "status", "detail", "impact", "fix", "errno", "essential"}
 # what must work on the machines bpfgate is developed and tested on (DESIGN.md section 2)
-MUST_WORK = ["btf", "maps", "ringbuf", "tc", "xdp_generic", "test_run", "tp_btf", "cgroup_skb", "sockops"]
+MUST_WORK = ["btf", "maps", "ringbuf", "tc", "xdp_generic", "test_run", "tp_btf", "cgroup_skb", "sockops",
+             "engine", "capture", "flows", "syn", "attempts"]
+# bpfgate's tracers: they load (ok), or load without what this kernel's tracepoints lack (warn, saying what)
+TRACERS = ["trace_tcp", "trace_drops"]
 # may be absent (they are here: CONFIG_KPROBES off, fentry EPERM); a reason is then mandatory
 OPTIONAL = ["kprobes", "fentry", "tracepoints", "tcx", "xdp_native", "xdp_live_frames", "raw_tracepoints",
             "sk_msg", "sk_skb"]
@@ -53,7 +56,7 @@ def test_json_document_keys_are_stable(report):
     assert [c["name"] for c in doc["checks"]] == doctor.names()
     for c in doc["checks"]:
         assert set(c) == CHECK_KEYS, c["name"]
-        assert c["kind"] in ("system", "probe") and c["status"] in ("ok", "missing", "warn")
+        assert c["kind"] in ("system", "probe", "object") and c["status"] in ("ok", "missing", "warn")
         assert isinstance(c["detail"], str) and c["detail"]
         assert c["essential"] == (c["name"] in doctor.ESSENTIAL)
         assert (c["impact"] == "") == (c["status"] == "ok"), c
@@ -68,6 +71,19 @@ def test_core_works_here_and_exit_status_is_zero(report):
     broken = {n: checks[n]["detail"] for n in MUST_WORK if checks[n]["status"] != "ok"}
     assert not broken
     assert doc["core_ok"] is True and rc == 0
+
+
+def test_bpfgate_objects_are_loaded_and_the_engine_is_essential(report):
+    _, doc = report
+    checks = by_name(doc)
+    assert checks["engine"]["kind"] == "object" and checks["engine"]["essential"]
+    assert "TC and XDP" in checks["engine"]["detail"]
+    for name in TRACERS:
+        c = checks[name]
+        assert c["kind"] == "object" and c["status"] in ("ok", "warn"), c
+        assert "loaded" in c["detail"] and (c["status"] == "ok") == (c["impact"] == ""), c
+        if c["status"] == "warn":
+            assert "Linux >= " in c["impact"], c  # what is lost names the version that has it
 
 
 def test_optional_features_are_ok_or_missing_with_a_reason(report):

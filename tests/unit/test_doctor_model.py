@@ -28,7 +28,7 @@ def test_exit_status_is_zero_only_when_every_essential_check_is_ok():
 
 
 def test_essential_set_is_the_documented_core():
-    assert doctor.ESSENTIAL == {"btf", "maps", "ringbuf", "tc", "xdp_generic"}
+    assert doctor.ESSENTIAL == {"btf", "maps", "ringbuf", "tc", "xdp_generic", "engine"}
     assert set(doctor.ESSENTIAL) <= set(doctor.names())
 
 
@@ -106,3 +106,19 @@ def test_verifier_headline_is_the_error_after_the_last_instruction():
     v = VerifierError("load BPF object trace_tcp.o", log61, log61, prog="bg_tcp_retrans_btf")
     assert v.cause == ("verifier rejected program 'bg_tcp_retrans_btf': func 'tcp_retransmit_skb' doesn't have "
                        "3-th argument; invalid bpf_context access off=16 size=8")
+
+
+def test_an_engine_the_verifier_rejects_is_missing_and_the_core_not_ready(monkeypatch):
+    from bpfgate.doctor import objects
+    from bpfgate.errors import VerifierError
+
+    def rejected():
+        raise VerifierError("load BPF object engine.o", "2624: (85) call bpf_skb_load_bytes#26\ninvalid access to "
+                            "map value, value_size=65575 off=40 size=0", "log", prog="bg_engine_tc")
+
+    monkeypatch.setitem(objects.OBJECT_CHECKS, "engine", objects.ObjectCheck("engine", rejected, "no engine"))
+    c = doctor.run_check("engine")
+    assert c.status == "missing" and c.kind == "object" and c.essential
+    assert "program 'bg_engine_tc'" in c.detail and "invalid access to map value" in c.detail
+    others = [Check(n, "probe", "ok", "x") for n in doctor.ESSENTIAL if n != "engine"]
+    assert not doctor.core_ok([*others, c]) and doctor.core_ok([*others, Check("engine", "object", "ok", "x")])

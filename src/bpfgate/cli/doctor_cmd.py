@@ -21,8 +21,8 @@ def register(app: click.Group) -> None:
 def doctor(ctx: click.Context, as_json: bool, fix: bool) -> None:
     """Check the kernel: BTF, JIT, capabilities, mounts, and one real probe per BPF feature.
 
-    Exit status: 0 when the core works (BTF, maps, ring buffer, tc, generic XDP), 1 when one of them
-    is missing.
+    Exit status: 0 when the core works (BTF, maps, ring buffer, tc, generic XDP, the policy engine's
+    object), 1 when one of them is missing.
     """
     from bpfgate import doctor as doc
 
@@ -45,7 +45,7 @@ def _print(checks, core_ok: bool) -> None:
     term.table(None, ("check", "status", "detail", "impact"), rows)
     fixes = [c.fix for c in checks if c.fix and not c.ok and c.kind == "system"]
     if core_ok:
-        term.ok("core ready: BTF, maps, ring buffer, tc and XDP work" + ("" if not fixes else
+        term.ok("core ready: BTF, maps, ring buffer, tc, XDP and the policy engine work" + ("" if not fixes else
                 f" (`bpfgate doctor --fix` would run: {'; '.join(fixes)})"))
     else:
         missing = ", ".join(c.name for c in checks if c.essential and not c.ok)

@@ -8,7 +8,8 @@
         ...                                      # else pick the tracepoint backend
 
 System checks read facts (kernel, BTF, JIT, capabilities, mounts, libbpf, sysctls); probes load and
-attach a tiny program per feature (bpf/probes.bpf.c). A missing feature is a result, never an exception.
+attach a tiny program per feature (bpf/probes.bpf.c); object checks load bpfgate's real objects (engine,
+capture, flows, syn, attempts, tracers) as its commands do, so a stricter verifier shows here. A missing feature is a result, never an exception.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 
 from bpfgate.doctor.model import (ESSENTIAL, EXIT_CORE_MISSING, EXIT_OK, MISSING, OK, WARN, Check, core_ok,
                                   document, exit_code, reason)
+from bpfgate.doctor.objects import OBJECT_CHECKS
 from bpfgate.doctor.probes import PROBES
 from bpfgate.doctor.system import FIXABLE, SYSTEM_CHECKS
 from bpfgate.errors import NotFound
@@ -26,8 +28,8 @@ __all__ = ["Check", "run_checks", "run_check", "feature_available", "check", "na
 
 
 def names() -> list[str]:
-    """Every check name, in report order (system facts first, then probes)."""
-    return [*SYSTEM_CHECKS, *PROBES]
+    """Every check name, in report order (system facts, probes, then bpfgate's own objects)."""
+    return [*SYSTEM_CHECKS, *PROBES, *OBJECT_CHECKS]
 
 
 def run_check(name: str, *, fix: bool = False) -> Check:
@@ -42,6 +44,10 @@ def run_check(name: str, *, fix: bool = False) -> Check:
         from bpfgate.doctor import probes
 
         return probes.run(name)
+    if name in OBJECT_CHECKS:
+        from bpfgate.doctor import objects
+
+        return objects.run(name)
     raise NotFound(f"run check {name!r}", "no such check", hint="one of: " + ", ".join(names()))
 
 

@@ -14,9 +14,10 @@ from bpfgate.errors import BpfgateError, ObjectError
 SCHEMA = 1
 OK, MISSING, WARN = "ok", "missing", "warn"
 
-# The core: without these bpfgate's packet path cannot work, and `doctor` exits non-zero.
+# The core: without these bpfgate's packet path cannot work, and `doctor` exits non-zero (the policy
+# engine's object included: every probe can pass on a kernel whose verifier rejects the engine).
 # XDP native is not here: it depends on the NIC driver; generic XDP works on every device.
-ESSENTIAL = frozenset({"btf", "maps", "ringbuf", "tc", "xdp_generic"})
+ESSENTIAL = frozenset({"btf", "maps", "ringbuf", "tc", "xdp_generic", "engine"})
 
 EXIT_OK, EXIT_CORE_MISSING = 0, 1
 
@@ -27,7 +28,8 @@ class Check:
     not OK ('' when OK); `fix` is the command that repairs it, when there is one."""
 
     name: str
-    kind: str  # "system" (a fact read from the host) or "probe" (a program really loaded/attached)
+    kind: str  # "system" (a fact read from the host), "probe" (a program really loaded/attached) or "object"
+    #            (one of bpfgate's own BPF objects loaded as its commands load it)
     status: str  # ok | missing | warn
     detail: str
     impact: str = ""

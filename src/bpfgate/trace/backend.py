@@ -161,6 +161,15 @@ def _open(obj_name: str, choices: list[Choice], rodata: dict | None, setup) -> B
         raise
 
 
+def load_only(obj_name: str, hooks: tuple[Hook, ...]) -> list[Choice]:
+    """Load `obj_name` with the backends load() would choose, attach nothing, close it (`bpfgate doctor`):
+    the choices; raises what loading raised (NotSupported for a required hook that is missing)."""
+    choices = choose(hooks)
+    _check_required(choices, f"load {obj_name}")
+    _open(obj_name, choices, None, None).close()
+    return choices
+
+
 def load(obj_name: str, hooks: tuple[Hook, ...], *, what: str, prefer: str = "auto",
          rodata: dict | None = None, setup=None) -> tuple[BpfObject, list[Link], list[Choice]]:
     """Open, load and attach `obj_name` with one backend per hook. `setup(obj)` runs before load (e.g.
