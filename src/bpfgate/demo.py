@@ -29,6 +29,7 @@ from bpfgate.policy.model import Policy
 from bpfgate.sandbox import Sandbox
 from bpfgate.sandbox.probe import _checksum
 from bpfgate.sandbox.procs import SandboxError, listens_on
+from bpfgate.sandbox.timing import scaled
 
 PORTS = (2222, 9050, 9100)   # plain TCP listeners (HTTP is on 80 and 8080)
 CLIENT_HTTP = 8000           # the server's outbound request goes to client-a on this port
@@ -92,7 +93,7 @@ def _listen(host, ports) -> None:
             " s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0);s.bind(('::',int(p)));s.listen(64);ss.append(s)\n"
             "time.sleep(600)\n")
     proc = host.spawn([sys.executable, "-c", code, *map(str, ports)])
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + scaled(5)  # Python's start: seconds under emulation
     while not all(listens_on(proc.pid, p) for p in ports):
         if not proc.alive or time.monotonic() > deadline:
             raise SandboxError(f"listen on {ports} in {host.name}", proc.output().strip() or "not listening")
@@ -134,7 +135,7 @@ def _steps(res, check, sb, server, clients, links, mode, backend, timeout) -> No
     devs = [sa.name, sbi.name, sc.name]
     ns = server.netns
 
-    slow = 3 * timeout   # what a request expected to be served may take on a busy machine
+    slow = scaled(3 * timeout)   # what a request expected to be served may take on a busy or slow machine
 
     def get(host, srv_if, port, v6, wait):
         return host.http_get(f"http://[{srv_if.ip6}]:{port}/" if v6 else f"http://{srv_if.ip4}:{port}/", wait)

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from bpfgate.sandbox.timing import scaled
+
 CLI = [sys.executable, "-m", "bpfgate.cli.main"]
 
 
@@ -15,6 +17,7 @@ def run_cli(args: list[str], timeout: float = 120, **kw) -> subprocess.Completed
     """`bpfgate ARGS` in a child. Should it hang, its Python stacks (faulthandler, SIGABRT) are the failure."""
     proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "bpfgate.cli.main", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    timeout = scaled(timeout)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

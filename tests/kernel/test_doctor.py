@@ -17,10 +17,11 @@ import pytest
 from bpfgate import doctor
 from bpfgate.doctor import probes, system
 from bpfgate.errors import NotFound
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
-TIMEOUT = 120  # seconds for a whole doctor run (it takes about one)
+TIMEOUT = scaled(120)  # seconds for a whole doctor run (it takes about one)
 TOP_KEYS = {"schema", "bpfgate", "kernel", "core_ok", "exit_code", "missing", "checks"}
 CHECK_KEYS = {"name", "kind", "status", "detail", "impact", "fix", "errno", "essential"}
 # what must work on the machines bpfgate is developed and tested on (DESIGN.md section 2)
@@ -182,7 +183,7 @@ def test_probes_leave_nothing_behind_in_process():
     # scratch namespaces are anonymous: none may show up under /run/netns (others' tests may add theirs)
     assert not [n for n in set(after["netns"]) - set(before["netns"]) if "probe" in n or "doctor" in n]
     # the kernel frees namespaces and programs asynchronously: wait (bounded) for the last reference
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + scaled(15)
     while _bg_probe_prog_ids(first_id) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _bg_probe_prog_ids(first_id) == [], "a probe program is still referenced (attachment or fd left)"
@@ -203,7 +204,7 @@ def test_a_failing_probe_still_cleans_up(monkeypatch):
     c = doctor.run_check("xdp_generic")
     assert c.status == "missing" and "injected failure" in c.detail and c.errno == "EIO"
     assert os.stat("/proc/thread-self/ns/net").st_ino == my_netns
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + scaled(15)
     while _bg_probe_prog_ids(first_id) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _bg_probe_prog_ids(first_id) == []
@@ -240,7 +241,9 @@ def test_fix_mounts_tracefs_and_bpffs_in_a_private_mount_namespace():
         "umount /sys/kernel/debug 2>/dev/null; "  # debugfs would automount tracefs at debug/tracing
         "umount /sys/fs/bpf 2>/dev/null; "
         "grep -c -E ' (tracefs|bpf) ' /proc/self/mounts; "  # 0: nothing mounted before the fix
-        f"{sys.executable} -m bpfgate.cli.main doctor --fix --json > /dev/stderr; echo rc=$?; "
+        # >&2, not > /dev/stderr: in a virtme-ng guest /dev/stderr is a link to a virtio console port,
+        # so opening it by name sends the JSON to the guest's console instead of this pipe
+        f"{sys.executable} -m bpfgate.cli.main doctor --fix --json >&2; echo rc=$?; "
         "grep -E ' (tracefs|bpf) ' /proc/self/mounts"
     )
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],

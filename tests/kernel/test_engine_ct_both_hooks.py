@@ -13,6 +13,7 @@ import pytest
 from bpfgate import attach
 from bpfgate.engine import Engine
 from bpfgate.policy.model import HookPolicy
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 PORT = 9500
@@ -52,7 +53,7 @@ def net(pair, engines):
     n.client, n.server, n.dev, n.ns, n.ip4, n.cip4 = client, server, sif.name, server.netns, sif.ip4, cif.ip4
     n.attach = lambda hook, **kw: engines(n.dev, hook, HookPolicy(default="allow"), netns_name=n.ns, ct=True, **kw)
     proc = server.spawn([sys.executable, "-c", SERVER])
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + scaled(5)
     while "ready" not in proc.output():
         assert proc.alive and time.monotonic() < deadline, proc.output()
         time.sleep(0.01)

@@ -30,6 +30,7 @@ import pytest
 from bpfgate.engine import frames
 from bpfgate.policy.model import HookPolicy
 from bpfgate.policy.packet import Packet
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -104,7 +105,7 @@ def _check(pair, engines, hook: str, mode: str | None, plan) -> None:
         want[rule][1] += n * (len(fr) - (untag if tags else 0))
     before = {k: (c.packets, c.bytes) for k, c in eng.counters().items()}
     _send(client, cif.name, batch)
-    deadline = time.monotonic() + 3.0   # delivery to the peer is asynchronous (backlog / veth NAPI)
+    deadline = time.monotonic() + scaled(3.0)  # delivery to the peer is asynchronous (backlog / veth NAPI)
     while time.monotonic() < deadline:
         got = _delta(eng, before)
         if all(got[r][0] >= want[r][0] for r in want):

@@ -15,10 +15,11 @@ from bpfgate import doctor
 from bpfgate.inspect.attempts import AttemptLog
 from bpfgate.inspect.events import EventStream
 from bpfgate.kernel import netns
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
-WAIT = 10.0
+WAIT = scaled(10.0)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from bpfgate.inspect.capture import Capture, CaptureFilter, capture_to_file
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel import links, netlink, netns, tc
 from bpfgate.kernel.objects import Program
+from bpfgate.sandbox.timing import scaled
 from clirun import CLI, run_cli  # noqa: E402  (tests/kernel helper)
 
 pytestmark = [pytest.mark.kernel,
@@ -163,7 +164,7 @@ def test_cli_ctrl_c_leaves_complete_file_and_nothing_attached(pair, tmp_path):
                                    "--port", str(srv.getsockname()[1]), "--pcapng", "-w", str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90  # a loaded CI machine may take a while to start Python
+        deadline = time.monotonic() + scaled(90)  # a loaded CI machine may take a while to start Python
         while time.monotonic() < deadline and not any(n.startswith("bg_cap") for n in _tcx_progs(client.netns, c_if.name)):
             time.sleep(0.1)
         assert any(n.startswith("bg_cap") for n in _tcx_progs(client.netns, c_if.name)), "capture never attached"

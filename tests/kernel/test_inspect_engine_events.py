@@ -18,9 +18,10 @@ from bpfgate.inspect.events import EventStream
 from bpfgate.inspect.rules import close_sources, engine_sources
 from bpfgate.kernel import netns
 from bpfgate.policy.model import HookPolicy, Rule
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
-WAIT = 10.0
+WAIT = scaled(10.0)
 RULE_KEYS = ["type", "time", "epoch", "mono_ns", "cpu", "source", "interface", "ifindex", "hook", "rule", "rule_id",
              "action", "family", "proto", "src", "sport", "dst", "dport", "ct_state", "flags", "len"]
 

@@ -17,9 +17,10 @@ from test_inspect_metrics import scrape
 from bpfgate.inspect import metrics as M
 from bpfgate.inspect.rules import RuleCollector
 from bpfgate.policy.model import HookPolicy
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
-WAIT = 10.0
+WAIT = scaled(10.0)
 
 
 @pytest.fixture

@@ -19,9 +19,10 @@ from test_inspect_engine_events import connect
 
 from bpfgate.engine import Engine
 from bpfgate.policy.model import HookPolicy
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
-WAIT = 15.0
+WAIT = scaled(15.0)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from clirun import run_cli
 from bpfgate.engine import Engine
 from bpfgate.kernel import netns
 from bpfgate.policy.model import HookPolicy
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed (scripts/run installs it)")]
@@ -130,7 +131,7 @@ def test_sigterm_turns_engine_capture_off(net, tmp_path):
                              server.netns, "--engine", "--duration", "60", "-w", str(tmp_path / "t.pcap")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while _cfg(link, server)[:4] != b"\1\0\0\0":
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "capture never enabled"

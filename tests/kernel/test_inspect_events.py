@@ -20,10 +20,11 @@ from bpfgate.inspect.attempts import AttemptLog
 from bpfgate.inspect.events import EventStream
 from bpfgate.inspect.syn import SynCounter
 from bpfgate.kernel import netns
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
-WAIT = 10.0
+WAIT = scaled(10.0)
 COMMON = ["type", "time", "epoch", "mono_ns", "cpu", "source"]
 ATTEMPT_KEYS = COMMON + ["interface", "ifindex", "family", "src", "sport", "dst", "dport", "flags", "len"]
 FLOOD_KEYS = COMMON + ["interface", "ifindex", "family", "src", "window_syns", "rate", "blocked", "block_until"]

@@ -21,10 +21,11 @@ from bpfgate.inspect.attempts import AttemptLog
 from bpfgate.inspect.syn import SynCounter
 from bpfgate.kernel import netns
 from bpfgate.kernel.stats import stats_enabled
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
-WAIT = 10.0
+WAIT = scaled(10.0)
 
 
 @pytest.fixture

@@ -23,10 +23,11 @@ from bpfgate.inspect.events import EventStream
 from bpfgate.inspect.syn import SynCounter
 from bpfgate.kernel import netlink, netns
 from bpfgate.kernel.testrun import test_run as run_prog  # (a name pytest would collect as a test)
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
-WAIT = 10.0  # seconds: upper bound for the kernel to process what we sent (never a performance assert)
+WAIT = scaled(10.0)  # seconds: upper bound for the kernel to process what we sent (never a performance assert)
 SYN, ACK, RST, FIN = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_RST, dpkt.tcp.TH_FIN
 
 

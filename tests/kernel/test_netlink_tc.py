@@ -19,12 +19,13 @@ import pytest
 
 from bpfgate.errors import AttachError, NotFound
 from bpfgate.kernel import netlink, netns, tc
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
 OBJECTS = Path(__file__).resolve().parents[2] / "src" / "bpfgate" / "objects"
 BPFFS = "/sys/fs/bpf"
-TIMEOUT = 10  # seconds, for every tool we run
+TIMEOUT = scaled(10)  # seconds, for every tool we run
 _libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
 _libbpf.bpf_obj_get.argtypes = [ctypes.c_char_p]
 

@@ -14,6 +14,7 @@ from bpfgate import policyctl
 from bpfgate.errors import NotFound
 from bpfgate.policy.model import Policy
 from bpfgate.policyctl import pending
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 T = 1.0
@@ -101,7 +102,7 @@ def test_confirmed_change_stays(net):
 
 
 def _zombie_or_gone(pid):
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + scaled(3)
     while time.monotonic() < deadline:
         try:
             with open(f"/proc/{pid}/stat") as f:

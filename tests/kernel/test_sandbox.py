@@ -18,6 +18,7 @@ from bpfgate.kernel import netns
 from bpfgate.sandbox import Sandbox, SandboxError, leftovers, sweep_stale
 from bpfgate.sandbox.cleanup import MARKER_DIR
 from bpfgate.sandbox.names import base36, is_alive
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -54,7 +55,7 @@ def test_routed_ping_and_tcp(sandbox, family):
         while True:
             s.accept()[0].close()
         """)])
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while not t.client.tcp_connect(server_addr, 9000, timeout=0.5):
         assert srv.alive and time.monotonic() < deadline, f"server never accepted: {srv.output()}"
         time.sleep(0.02)
@@ -150,7 +151,7 @@ def test_spawned_process_handle(sandbox):
     assert quick.wait(5) == 7 and not quick.alive and quick.output() == "hello\n"
     assert quick.stop() == 7
     group = h.spawn(["sh", "-c", "sleep 60 & sleep 60"])
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + scaled(5)
     while len(netns_pids(h.netns)) < 3 and time.monotonic() < deadline:  # sh and both sleeps
         time.sleep(0.02)
     members = netns_pids(h.netns)

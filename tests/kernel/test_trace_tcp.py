@@ -26,12 +26,13 @@ from bpfgate.kernel.links import tc_attach_libbpf, tc_detach_libbpf
 from bpfgate.kernel.objects import BpfObject
 from bpfgate.trace import DropTracer, Filter, TcpTracer
 from bpfgate.trace.backend import tracefs_root
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
 PORT, CLOSED_PORT, DROPPED_PORT = 8080, 8081, 8082
 SENT, REPLY, HOLD_S = 3000, 1234, 0.3  # client payload, server payload, client pause before sending
-COLLECT_S = 20.0  # upper bound for events to show up after the traffic (normally immediate)
+COLLECT_S = scaled(20.0)  # upper bound for events to show up after the traffic (normally immediate)
 
 SERVER = textwrap.dedent("""
     import ctypes, json, socket, sys
@@ -157,7 +158,7 @@ def gate_egress(net):
 
 def _start_server(server, tmp_path, n: int):
     proc = server.spawn([sys.executable, str(tmp_path / "server.py"), str(PORT), str(REPLY), str(n)])
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while "ready" not in proc.output():
         assert proc.alive and time.monotonic() < deadline, f"server did not start: {proc.output()}"
         time.sleep(0.02)
@@ -505,7 +506,7 @@ def test_close_detaches_every_link_and_program():
 
     for info in infos:  # links go at once; a tracepoint link lets go of its program after an RCU grace period
         assert not alive(Link.from_id, info.id)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + scaled(20)
     while any(alive(Program.from_id, i.prog_id) for i in infos) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [i.prog_id for i in infos if alive(Program.from_id, i.prog_id)]
@@ -542,7 +543,7 @@ def cgroup():
     try:
         yield path
     finally:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while True:
             try:
                 os.rmdir(path)

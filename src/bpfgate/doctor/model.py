@@ -9,7 +9,7 @@ import errno as _errno
 import os
 from dataclasses import asdict, dataclass
 
-from bpfgate.errors import BpfgateError, ObjectError
+from bpfgate.errors import BpfgateError, NotSupported, ObjectError
 
 SCHEMA = 1
 OK, MISSING, WARN = "ok", "missing", "warn"
@@ -98,6 +98,8 @@ def cause(exc: BpfgateError) -> str:
     text = lines[0] if len(lines) <= 1 else f"{lines[0].split(':')[0]}: {lines[-1]}"
     if isinstance(exc, ObjectError) and exc.hint:
         text += f" ({exc.hint})"
+    if isinstance(exc, NotSupported) and exc.min_kernel:  # the version that has it: the useful part
+        text += f" (needs Linux >= {exc.min_kernel})"
     return text
 
 

@@ -26,6 +26,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from bpfgate.kernel import netns
 from bpfgate.sandbox import procs
 from bpfgate.sandbox.names import DEFAULT_PREFIX, is_alive, owner_of, proc_start_time
+from bpfgate.sandbox.timing import scaled
 
 MARKER_DIR = "/run/bpfgate/sandbox"
 
@@ -100,7 +101,7 @@ def remove_netns(name: str, deadline: float) -> None:
 
 def remove_record(rec: Record) -> list[str]:
     """Undo everything `rec` lists; returns what could not be removed (empty when all went)."""
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + scaled(5)
     problems = []
     for pid, start in rec.procs:
         kill_recorded(pid, start)
@@ -180,7 +181,7 @@ def sweep_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
     for ns in _netns_names():
         o = owner_of(ns, prefix)
         if o and o[0] not in live_tags and not is_alive(o[1]):
-            remove_netns(ns, time.monotonic() + 5)
+            remove_netns(ns, time.monotonic() + scaled(5))
             removed.append(f"netns {ns}")
     for ifname in _root_ifnames():
         o = owner_of(ifname, prefix)

@@ -11,6 +11,7 @@ from typing import Sequence
 from bpfgate.errors import BpfgateError
 from bpfgate.kernel import netns
 from bpfgate.sandbox.names import proc_start_time
+from bpfgate.sandbox.timing import scaled
 
 # tools such as curl honour these; a proxy would send test traffic out of the sandbox
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "ftp_proxy", "no_proxy"}
@@ -99,7 +100,7 @@ class Process:
     def stop(self, timeout: float = 3.0) -> int:
         """SIGTERM the group, SIGKILL whatever is left after `timeout`, reap; returns the exit code."""
         self.terminate()
-        return self.finish(time.monotonic() + timeout)
+        return self.finish(time.monotonic() + scaled(timeout))
 
     def finish(self, deadline: float) -> int:
         if self.popen.returncode is None:
@@ -115,6 +116,7 @@ class Process:
 def run(ns: str | None, host: str, argv: Sequence[str], timeout: float, *, input: bytes | str | None = None,
         check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full = in_netns(ns, argv)
+    timeout = scaled(timeout)  # commands run to completion: a slow machine takes longer, never less
     text = not isinstance(input, bytes)
     p = subprocess.Popen(full, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text,

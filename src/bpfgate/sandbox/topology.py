@@ -19,6 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from bpfgate.errors import from_errno
 from bpfgate.kernel import netns
 from bpfgate.sandbox import cleanup, names, probe, procs
+from bpfgate.sandbox.timing import scaled
 from bpfgate.sandbox.procs import Process, SandboxError
 
 NET4 = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmarking range: never routed anywhere
@@ -118,6 +119,7 @@ class Host:
             f.write(f"bpfgate sandbox {self.name}\n")
         bind = bind or "::"  # http.server binds '::' dual-stack (IPV6_V6ONLY off): both families
         proc = self.spawn([sys.executable, "-m", "http.server", "--bind", bind, "--directory", www, str(port)])
+        timeout = scaled(timeout)  # Python's start: seconds under emulation
         deadline = time.monotonic() + timeout
         while not procs.listens_on(proc.pid, port):
             if not proc.alive or time.monotonic() > deadline:
@@ -255,7 +257,7 @@ class Sandbox:
         ns = names.netns_name(self.tag, name)
         self.record.netns.append(ns)
         self.record.save()  # before creating: a crash right after still leaves a trace for sweep_stale
-        r = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True, timeout=10)
+        r = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True, timeout=scaled(10))
         if r.returncode != 0:
             raise SandboxError(f"create network namespace {ns}", r.stderr.strip() or f"exit {r.returncode}")
         host = self.hosts[name] = Host(self, name, ns)
@@ -366,6 +368,7 @@ class Sandbox:
         cannot send neighbour solicitations from it (a router forwarding to a new neighbour needs one)
         and retries only after a second."""
         host, what = i.host, f"{i.name} in {i.host.name}"
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while True:
             idx = host.ifindex(i.name)
@@ -414,7 +417,7 @@ class Sandbox:
     def _stop_processes(self, problems: list[str]) -> None:
         for p in self.processes:  # all at once, then one shared deadline
             p.terminate()
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + scaled(2)
         for p in self.processes:
             try:
                 p.finish(deadline)
