@@ -24,9 +24,11 @@ class NotSupported(BpfgateError):
 
     exit_code = 3
 
-    def __init__(self, feature: str, cause: str, *, min_kernel: str | None = None, hint: str | None = None):
+    def __init__(self, feature: str, cause: str, *, min_kernel: str | None = None, hint: str | None = None,
+                 errno: int | None = None):
         self.feature = feature
         self.min_kernel = min_kernel
+        self.errno = errno  # the kernel's answer, when it gave one
         if min_kernel and not hint:
             hint = f"needs Linux >= {min_kernel}"
         super().__init__(feature, cause, hint=hint)

@@ -122,3 +122,9 @@ def test_an_engine_the_verifier_rejects_is_missing_and_the_core_not_ready(monkey
     assert "program 'bg_engine_tc'" in c.detail and "invalid access to map value" in c.detail
     others = [Check(n, "probe", "ok", "x") for n in doctor.ESSENTIAL if n != "engine"]
     assert not doctor.core_ok([*others, c]) and doctor.core_ok([*others, Check("engine", "object", "ok", "x")])
+
+
+def test_a_feature_the_kernel_lacks_keeps_its_errno_and_the_version_that_has_it():
+    e = NotSupported("TCX", "the kernel rejects TCX links", min_kernel="6.6", errno=errno.EINVAL)
+    assert errno_name(e) == "EINVAL"
+    assert reason(e) == "TCX: the kernel rejects TCX links (needs Linux >= 6.6) (EINVAL)"

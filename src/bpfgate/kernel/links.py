@@ -187,7 +187,7 @@ def _link_create(prog: Any, ifindex: int, attach_type: int, what: str, flags: in
     if fd < 0:
         err = -fd
         if attach_type in (BPF_TCX_INGRESS, BPF_TCX_EGRESS) and err == errno.EINVAL:
-            raise NotSupported("TCX", "the kernel rejects TCX links", min_kernel="6.6")
+            raise NotSupported("TCX", "the kernel rejects TCX links", min_kernel="6.6", errno=err)
         raise from_errno(f"attach {what}", err)
     return Link(fd, what=what)
 
