@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from bpfgate.sandbox.timing import scaled
+
 pytestmark = pytest.mark.kernel
 
 NO_CAPS = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
@@ -12,7 +14,7 @@ NO_CAPS = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
 
 def bpfgate(*args, prefix=()):
     return subprocess.run([*prefix, sys.executable, "-m", "bpfgate", *args], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=scaled(60))
 
 
 @pytest.mark.parametrize("cmd", [["status"], ["detach"], ["demo"]])

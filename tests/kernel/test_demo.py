@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bpfgate import demo
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -27,7 +28,7 @@ def test_demo_cli_exit_code_json_and_nothing_left():
     from bpfgate.kernel import pins
 
     r = subprocess.run([sys.executable, "-m", "bpfgate", "demo", "--json"], capture_output=True, text=True,
-                       timeout=300)
+                       timeout=scaled(300))
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert out["ok"] and all(c["ok"] for c in out["checks"])

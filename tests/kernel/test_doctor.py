@@ -279,7 +279,7 @@ def test_unprivileged_run_reports_instead_of_crashing():
     one JSON document, no traceback."""
     drop = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
             "--bounding-set=-all")
-    probe = subprocess.run([*drop, sys.executable, "-c", "import bpfgate.doctor"], capture_output=True, timeout=30)
+    probe = subprocess.run([*drop, sys.executable, "-c", "import bpfgate.doctor"], capture_output=True, timeout=scaled(30))
     if probe.returncode != 0:  # e.g. a checkout under /root: nobody cannot even read the code
         pytest.skip("user nobody cannot run this checkout's Python")
     r = bpfgate("doctor", "--json", prefix=drop)

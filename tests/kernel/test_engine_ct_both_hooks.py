@@ -64,7 +64,7 @@ def exchange(n, eng, sport):
     """One UDP flow from client port `sport`: its (packets_orig, packets_reply) at the server's interface
     (orig is the direction of the first tracked packet)."""
     out = n.client.run([sys.executable, "-c", CLIENT, n.ip4, str(sport), str(PORT), str(SENT), str(REPLIES_EACH)],
-                       timeout=10, check=True)
+                       timeout=scaled(10), check=True)
     assert int(out.stdout) == SENT * REPLIES_EACH     # every datagram arrived: the counts below are exact
     flows = [f for f in eng.conntrack() if f.proto == 17 and sport in (f.sport, f.dport)]
     assert len(flows) == 1

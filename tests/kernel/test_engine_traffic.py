@@ -15,6 +15,7 @@ from bpfgate import attach
 from bpfgate.engine import Engine
 from bpfgate.errors import NotFound, PolicyError
 from bpfgate.policy.model import HookPolicy, Rule
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 T = 1.5
@@ -181,7 +182,7 @@ def test_swap_and_reopen_from_another_process(net):
             f"e = Engine.open({n.dev!r}, 'tc-ingress', {n.server.netns!r})\n"
             "e.add_rule(Rule.model_validate({'name': 'alt80', 'protocol': 'tcp', 'dst_port': 8080, 'action': 'drop'}), 0)\n"
             "print(json.dumps({k: v.packets for k, v in e.counters().items()}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(60), check=False)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["alt"] == alt
     assert not get(n, 8080)

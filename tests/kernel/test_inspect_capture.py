@@ -50,7 +50,7 @@ def _send(cli, srv, payloads: list[bytes]) -> None:
 
 def tshark(path, *fields: str) -> list[list[str]]:
     r = subprocess.run(["tshark", "-r", str(path), "-T", "fields", *sum((["-e", f] for f in fields), [])],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     return [line.split("\t") for line in r.stdout.splitlines()]
 
@@ -171,7 +171,7 @@ def test_cli_ctrl_c_leaves_complete_file_and_nothing_attached(pair, tmp_path):
         _send(cli, srv, [b"hello"] * 5)
         time.sleep(0.5)  # let the reader drain the ring buffer
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=scaled(30))
     finally:
         if proc.poll() is None:
             proc.kill()

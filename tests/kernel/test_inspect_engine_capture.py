@@ -19,6 +19,7 @@ from bpfgate.errors import NotSupported
 from bpfgate.inspect.capture import rule_filter, shadowing
 from bpfgate.kernel import netns
 from bpfgate.policy.model import HookPolicy, Rule
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 DEADLINE = 10.0
@@ -58,7 +59,7 @@ def test_capture_rule_with_its_verdict_read_by_tshark(net, tmp_path):
     path = tmp_path / "rule.pcapng"
     try:
         r = run_cli(["capture", "--dev", link.b.name, "--netns", server.netns, "--rule", "drop-9", "--count", "5",
-                     "--duration", "60", "--pcapng", "-w", str(path)], timeout=90)
+                     "--duration", "60", "--pcapng", "-w", str(path)], timeout=scaled(90))
     finally:
         stop.set()
         t.join(DEADLINE)
@@ -67,7 +68,7 @@ def test_capture_rule_with_its_verdict_read_by_tshark(net, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "rule drop-9" in r.stderr and "warning" not in r.stderr      # first rule: nothing shadows it
     out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "ip.src", "-e", "udp.srcport",
-                          "-e", "udp.dstport", "-e", "frame.comment"], capture_output=True, text=True, timeout=60,
+                          "-e", "udp.dstport", "-e", "frame.comment"], capture_output=True, text=True, timeout=scaled(60),
                          check=False)
     assert out.returncode == 0, out.stderr
     rows = [line.split("\t") for line in out.stdout.splitlines()]

@@ -112,7 +112,7 @@ def test_bpfgate_events_streams_engine_log_events(net):
     for _ in range(2):
         assert connect(client, link.b.ip4, 7022) == "refused"
     r = run_cli(["events", "--dev", link.b.name, "--netns", server.netns, "--port", "1", "--json", "--count", "2",
-                 "--duration", "30"], timeout=60)
+                 "--duration", "30"], timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(lines) == 2
@@ -124,7 +124,7 @@ def test_bpfgate_events_streams_engine_log_events(net):
     for _ in range(1):
         assert connect(client, link.b.ip4, 7022) == "refused"
     r = run_cli(["events", "--dev", link.b.name, "--netns", server.netns, "--port", "1", "--count", "1",
-                 "--duration", "30"], timeout=60)
+                 "--duration", "30"], timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     out = r.stdout.strip().splitlines()
     assert len(out) == 1 and " rule " in out[0] and "ssh-watch pass" in out[0] and ":7022" in out[0], r.stdout

@@ -144,7 +144,7 @@ def test_engine_at_xdp_takes_the_hook_syn_needs(sandbox):
     eng = Engine.attach(link.b.name, "xdp", HookPolicy.model_validate({"default": "allow"}), netns_name=s.netns)
     try:
         r = run_cli(["syn", "--dev", link.b.name, "--netns", s.netns, "--rate", "3", "--block", "1", "--json",
-                     "--duration", "1"], timeout=60)
+                     "--duration", "1"], timeout=scaled(60))
         assert r.returncode != 0 and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "xdp" in r.stderr.lower(), r.stderr
         assert [x.name for x in eng.policy().rules] == []

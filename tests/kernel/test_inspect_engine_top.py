@@ -15,6 +15,7 @@ from bpfgate.inspect.rules import RuleReader
 from bpfgate.inspect.top import Top
 from bpfgate.kernel import netns
 from bpfgate.policy.model import HookPolicy
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -47,7 +48,7 @@ def test_top_rules_panel(net):
     c = eng.counters()
     assert c["drop-9"].packets == 7 and c["pass-7"].packets == 3
     base = ["top", "--dev", link.b.name, "--netns", server.netns, "--interval", "0.2"]
-    r = run_cli(base + ["--json"], timeout=60)
+    r = run_cli(base + ["--json"], timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     snap = json.loads(r.stdout)
     rules = snap["rules"]
@@ -59,18 +60,18 @@ def test_top_rules_panel(net):
     assert rules["drops"] == 7 and rules["total_rules"] == 3       # (default) included
     assert [x["rule"] for x in rules["top"]][:2] == ["drop-9", "pass-7"]   # busiest first
 
-    r = run_cli(base + ["--once"], timeout=60, env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"})
+    r = run_cli(base + ["--once"], timeout=scaled(60), env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert "policy rules" in r.stdout and "drops 7" in r.stdout and "drop-9" in r.stdout, r.stdout
 
-    r = run_cli(base + ["--json", "--no-rules"], timeout=60)
+    r = run_cli(base + ["--json", "--no-rules"], timeout=scaled(60))
     assert r.returncode == 0 and "rules" not in json.loads(r.stdout)
 
 
 def test_top_without_engine_has_no_rules_panel(sandbox):
     c, s = sandbox.host("cli"), sandbox.host("srv")
     link = sandbox.link(c, s)
-    r = run_cli(["top", "--dev", link.b.name, "--netns", s.netns, "--interval", "0.2", "--json"], timeout=60)
+    r = run_cli(["top", "--dev", link.b.name, "--netns", s.netns, "--interval", "0.2", "--json"], timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     assert "rules" not in json.loads(r.stdout)
 

@@ -75,7 +75,7 @@ class Traffic:
 
 def _tshark(path) -> list[list[str]]:
     out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "udp.srcport", "-e", "udp.dstport",
-                          "-e", "frame.comment"], capture_output=True, text=True, timeout=60, check=False)
+                          "-e", "frame.comment"], capture_output=True, text=True, timeout=scaled(60), check=False)
     assert out.returncode == 0, out.stderr
     return [line.split("\t") for line in out.stdout.splitlines()]
 
@@ -86,7 +86,7 @@ def test_rule_capture_holds_only_what_the_rule_dropped(net, tmp_path):
     before = eng.counters()["drop-9"].packets
     with Traffic(client, link):
         r = run_cli(["capture", "--dev", link.b.name, "--netns", server.netns, "--rule", "drop-9", "--count", "6",
-                     "--duration", "60", "--pcapng", "-w", str(path)], timeout=90)
+                     "--duration", "60", "--pcapng", "-w", str(path)], timeout=scaled(90))
     assert r.returncode == 0, r.stderr
     assert "warning" not in r.stderr          # real verdicts: no shadowing label to warn about
     rows = _tshark(path)
@@ -103,7 +103,7 @@ def test_engine_capture_has_both_verdicts(net, tmp_path):
     path = tmp_path / "all.pcapng"
     with Traffic(client, link):
         r = run_cli(["capture", "--dev", link.b.name, "--netns", server.netns, "--engine", "--count", "20",
-                     "--duration", "60", "--pcapng", "-w", str(path)], timeout=90)
+                     "--duration", "60", "--pcapng", "-w", str(path)], timeout=scaled(90))
     assert r.returncode == 0, r.stderr
     rows = _tshark(path)
     assert len(rows) == 20
@@ -139,7 +139,7 @@ def test_sigterm_turns_engine_capture_off(net, tmp_path):
         cfg = _cfg(link, server)
         assert int.from_bytes(cfg[4:8], "little") == 65535 and cfg[8:12] == bytes(4)   # snaplen, every rule
         proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=scaled(30))
     finally:
         if proc.poll() is None:
             proc.kill()

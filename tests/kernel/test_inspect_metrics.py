@@ -112,7 +112,7 @@ def test_listen_address_in_use(net):
         client, server, link = net
         r = subprocess.run([sys.executable, "-m", "bpfgate.cli.main", "metrics", "--dev", link.b.name, "--netns",
                             server.netns, "--listen", f"127.0.0.1:{port}"], capture_output=True, text=True,
-                           timeout=60)
+                           timeout=scaled(60))
         assert r.returncode != 0
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("bpfgate: error: listen on") and "in use" in lines[0], r.stderr

@@ -233,7 +233,7 @@ def test_flood_raises_event_blocks_and_expires(net, inject):
 
             # after expiry: released by the datapath itself, no sweep needed
             time.sleep(max(0.0, (until - time.monotonic_ns()) / 1e9) + 0.1)
-            assert connect(net.client, net.sif.ip4, 8080, timeout=5.0) is not None
+            assert connect(net.client, net.sif.ip4, 8080, timeout=scaled(5.0)) is not None
             assert syn.blocks() == []
             stream.poll(0)
             later = [stream.describe(r) for r in stream.drain()]
@@ -308,7 +308,7 @@ def test_cli_syn_json_counts_and_detaches_on_sigterm(net, inject):
 
 def test_cli_unknown_interface_is_one_line(net):
     r = subprocess.run([sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", "nosuch0", "--netns",
-                        net.server.netns, "--duration", "1"], capture_output=True, text=True, timeout=60)
+                        net.server.netns, "--duration", "1"], capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bpfgate: error:") and "no such interface" in lines[0]

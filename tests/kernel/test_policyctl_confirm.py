@@ -115,7 +115,7 @@ def _zombie_or_gone(pid):
 
 
 def _cli(*argv):
-    return subprocess.run([sys.executable, "-m", "bpfgate", *argv], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "bpfgate", *argv], capture_output=True, text=True, timeout=scaled(60),
                           check=False)
 
 

@@ -14,6 +14,7 @@ from bpfgate import policyctl
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.policy.model import Hook, Policy
 from bpfgate.policyctl.engine_backend import EngineBackend
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 T = 1.0     # a request expected to be dropped: no answer within T
@@ -160,7 +161,7 @@ def test_rule_add_delete_live(net):
     assert not policyctl.apply(policyctl.load_policies(text), netns=n.ns).changed
 
 
-def _cli(*argv, timeout=60):
+def _cli(*argv, timeout=scaled(60)):
     return subprocess.run([sys.executable, "-m", "bpfgate", *argv], capture_output=True, text=True, timeout=timeout,
                           check=False)
 

@@ -161,7 +161,7 @@ def test_spawned_process_handle(sandbox):
 
 
 def netns_pids(ns: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=5).stdout
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=scaled(5)).stdout
     return [int(p) for p in out.split()]
 
 
@@ -275,13 +275,13 @@ def test_sweep_stale_removes_what_a_killed_run_left(sandbox):
 def test_sweep_stale_without_marker(sandbox):
     # a namespace whose name says "owned by a dead PID" goes even if its marker was lost
     name = f"bg{base36(_dead_pid())}-zzz-orphan"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=scaled(10))
     try:
         assert f"netns {name}" in sweep_stale()
         assert not netns.exists(name)
     finally:
         if netns.exists(name):
-            subprocess.run(["ip", "netns", "del", name], timeout=10)
+            subprocess.run(["ip", "netns", "del", name], timeout=scaled(10))
 
 
 def _dead_pid() -> int:

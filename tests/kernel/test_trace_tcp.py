@@ -165,7 +165,7 @@ def _start_server(server, tmp_path, n: int):
     return proc
 
 
-def _run_client(client, tmp_path, steps, timeout=60) -> tuple[list[dict], float]:
+def _run_client(client, tmp_path, steps, timeout=scaled(60)) -> tuple[list[dict], float]:
     t0 = time.monotonic()
     r = client.run([sys.executable, str(tmp_path / "client.py"), json.dumps(steps)], timeout=timeout)
     elapsed = time.monotonic() - t0
@@ -271,7 +271,7 @@ def test_filters_keep_only_matching_flows(net):
         results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 10},
                                                {"addr": link.b.ip6, "port": PORT, "send": 10}])
         srv.wait(10)
-        events = _collect([tcp], lambda evs: sum(e.get("event") == "close" for e in evs) >= 2, timeout=5)
+        events = _collect([tcp], lambda evs: sum(e.get("event") == "close" for e in evs) >= 2, timeout=scaled(5))
     mine = [e for e in events if e.get("netns") in {_ino(client.netns), _ino(server.netns)}]
     assert mine and all(e["ip"] == 6 and PORT in (e["lport"], e["rport"]) for e in mine), mine
     assert {e["event"] for e in mine} >= {"connect", "accept", "close"}
@@ -285,7 +285,7 @@ def test_event_selection_is_done_in_the_kernel(net):
                                   {"addr": link.b.ip4, "port": CLOSED_PORT}])
         srv.wait(10)
         nss = {_ino(client.netns), _ino(server.netns)}
-        events = _collect([tcp], lambda evs: sum(e.get("netns") in nss for e in evs) >= 2, timeout=5)
+        events = _collect([tcp], lambda evs: sum(e.get("netns") in nss for e in evs) >= 2, timeout=scaled(5))
     mine = [e for e in events if e.get("netns") in nss]
     assert len(mine) == 2 and {e["event"] for e in mine} == {"close"}, mine
     # the refused connect, its resets, the connects and accepts were never sent, by anyone's traffic
@@ -322,7 +322,7 @@ def test_server_started_before_tracing(net, seed):
         srv.wait(10)
         nss = {_ino(client.netns), _ino(server.netns)}
         events = _collect([tcp], lambda evs: sum(e.get("netns") in nss and e.get("event") == "close"
-                                                 for e in evs) >= 2, timeout=5)
+                                                 for e in evs) >= 2, timeout=scaled(5))
     acc = _one([e for e in events if e.get("netns") in nss], event="accept", rport=results[0]["lport"])
     sclose = _one([e for e in events if e.get("netns") in nss], event="close", lport=PORT)
     if seed:
@@ -565,11 +565,11 @@ def test_cgroup_filter_keeps_the_cgroups_sockets(net, cgroup):
                 f.write(str(os.getpid()))
 
         r = subprocess.run(["ip", "netns", "exec", client.netns, sys.executable, str(tmp / "client.py"), steps],
-                           capture_output=True, text=True, timeout=60, preexec_fn=join_cgroup)
+                           capture_output=True, text=True, timeout=scaled(60), preexec_fn=join_cgroup)
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout.splitlines()[0])
         srv.wait(10)
-        events = _collect([tcp], lambda evs: any(e.get("event") == "close" for e in evs), timeout=5)
+        events = _collect([tcp], lambda evs: any(e.get("event") == "close" for e in evs), timeout=scaled(5))
         events += tcp.poll(200)
     # the client's side only: the server process is not in the cgroup
     assert {e["event"] for e in events} == {"connect", "close"} and len(events) == 2, events

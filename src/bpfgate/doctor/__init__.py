@@ -9,7 +9,8 @@
 
 System checks read facts (kernel, BTF, JIT, capabilities, mounts, libbpf, sysctls); probes load and
 attach a tiny program per feature (bpf/probes.bpf.c); object checks load bpfgate's real objects (engine,
-capture, flows, syn, attempts, tracers) as its commands do, so a stricter verifier shows here. A missing feature is a result, never an exception.
+capture, flows, syn, attempts, tracers) as its commands do, so a stricter verifier shows here. A missing
+feature is a result, never an exception.
 """
 
 from __future__ import annotations
