@@ -175,7 +175,7 @@ def test_cli_ctrl_c_leaves_complete_file_and_nothing_attached(pair, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(10)
+            proc.wait(scaled(10))
         cli.close()
         srv.close()
     assert proc.returncode == 0, err

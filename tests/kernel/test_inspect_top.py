@@ -22,6 +22,7 @@ from rich.console import Console
 
 from bpfgate.inspect.flows import FlowMonitor
 from bpfgate.inspect.top import Top, run_live
+from bpfgate.sandbox.timing import scaled
 from clirun import CLI, run_cli  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
@@ -159,12 +160,12 @@ def test_live_view_on_a_terminal_resizes_and_quits_cleanly(traffic, how):
         else:
             os.kill(proc.pid, signal.SIGINT)
         out += _drain(master, proc, 20)
-        rc = proc.wait(20)
+        rc = proc.wait(scaled(20))
         after = termios.tcgetattr(slave)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(10)
+            proc.wait(scaled(10))
         os.close(master)
         os.close(slave)
     text = out.decode(errors="replace")

@@ -148,7 +148,7 @@ def test_run_captures_and_times_out(sandbox):
 def test_spawned_process_handle(sandbox):
     h = sandbox.host("h")
     quick = h.spawn(["sh", "-c", "echo hello; exit 7"])
-    assert quick.wait(5) == 7 and not quick.alive and quick.output() == "hello\n"
+    assert quick.wait(scaled(5)) == 7 and not quick.alive and quick.output() == "hello\n"
     assert quick.stop() == 7
     group = h.spawn(["sh", "-c", "sleep 60 & sleep 60"])
     deadline = time.monotonic() + scaled(5)
@@ -187,7 +187,7 @@ def test_teardown_removes_everything(sandbox):
         ns = [h.netns for h in sb.hosts.values()]
         assert set(leftovers(os.getpid())) >= {f"netns {n}" for n in ns}
         sb.close()
-        stray.wait(5)
+        stray.wait(scaled(5))
         _assert_all_gone(sb.tag, ns, [srv.pid, sleeper.pid, stray.pid])
         assert not [x for x in leftovers(os.getpid()) if sb.tag in x]
         sb.close()  # twice is fine
@@ -195,7 +195,7 @@ def test_teardown_removes_everything(sandbox):
     finally:
         if stray.poll() is None:
             stray.kill()
-            stray.wait(5)
+            stray.wait(scaled(5))
         sb.close()
 
 
@@ -228,11 +228,11 @@ CHILD = textwrap.dedent("""
 
 def _child(mode: str) -> tuple[subprocess.Popen, dict]:
     p = subprocess.Popen([sys.executable, "-c", CHILD, mode], stdout=subprocess.PIPE, text=True)
-    ready, _, _ = select.select([p.stdout], [], [], 20)
+    ready, _, _ = select.select([p.stdout], [], [], scaled(20))
     if not ready:
         p.kill()
-        p.wait(5)
-        pytest.fail("child sandbox did not come up within 20 s")
+        p.wait(scaled(5))
+        pytest.fail(f"child sandbox did not come up within {scaled(20):g} s")
     return p, json.loads(p.stdout.readline())
 
 
@@ -242,12 +242,12 @@ def test_teardown_on_signal(sig):
     try:
         assert all(netns.exists(n) for n in made["ns"])
         p.send_signal(sig)
-        assert p.wait(10) != 0
+        assert p.wait(scaled(10)) != 0
         _assert_all_gone(made["tag"], made["ns"], made["pids"])
     finally:
         if p.poll() is None:
             p.kill()
-            p.wait(5)
+            p.wait(scaled(5))
         sweep_stale()
 
 
@@ -255,7 +255,7 @@ def test_sweep_stale_removes_what_a_killed_run_left(sandbox):
     live = sandbox.host("live")
     p, made = _child("kill")
     try:
-        assert p.wait(10) == -signal.SIGKILL
+        assert p.wait(scaled(10)) == -signal.SIGKILL
         # SIGKILL: nothing ran, everything is still there
         assert all(netns.exists(n) for n in made["ns"])
         assert made["iface"] in {n for _, n in socket.if_nameindex()}
@@ -268,7 +268,7 @@ def test_sweep_stale_removes_what_a_killed_run_left(sandbox):
     finally:
         if p.poll() is None:
             p.kill()
-            p.wait(5)
+            p.wait(scaled(5))
         sweep_stale()
 
 

@@ -199,7 +199,7 @@ def test_lifecycle_pid_bytes_failures_drops(net, gate):
         assert {b["backend"] for b in tcp.backends()} <= {"tp_btf", "tracepoint"}
         srv = _start_server(server, tmp, n=2)
         results, elapsed = _run_client(client, tmp, steps)
-        srv.wait(10)
+        srv.wait(scaled(10))
         cpid, spid = None, srv.pid
 
         def done(evs):
@@ -270,7 +270,7 @@ def test_filters_keep_only_matching_flows(net):
         srv = _start_server(server, tmp, n=2)
         results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 10},
                                                {"addr": link.b.ip6, "port": PORT, "send": 10}])
-        srv.wait(10)
+        srv.wait(scaled(10))
         events = _collect([tcp], lambda evs: sum(e.get("event") == "close" for e in evs) >= 2, timeout=scaled(5))
     mine = [e for e in events if e.get("netns") in {_ino(client.netns), _ino(server.netns)}]
     assert mine and all(e["ip"] == 6 and PORT in (e["lport"], e["rport"]) for e in mine), mine
@@ -283,7 +283,7 @@ def test_event_selection_is_done_in_the_kernel(net):
         srv = _start_server(server, tmp, n=1)
         _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 5},
                                   {"addr": link.b.ip4, "port": CLOSED_PORT}])
-        srv.wait(10)
+        srv.wait(scaled(10))
         nss = {_ino(client.netns), _ino(server.netns)}
         events = _collect([tcp], lambda evs: sum(e.get("netns") in nss for e in evs) >= 2, timeout=scaled(5))
     mine = [e for e in events if e.get("netns") in nss]
@@ -297,7 +297,7 @@ def test_netns_filter_is_done_in_the_kernel(net):
     with TcpTracer(filters=_only(server)) as tcp:
         srv = _start_server(server, tmp, n=1)
         _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 5}])
-        srv.wait(10)
+        srv.wait(scaled(10))
         events = []
         for ev in tcp.events(timeout=COLLECT_S):  # the iterator form of poll()
             events.append(ev)
@@ -319,7 +319,7 @@ def test_server_started_before_tracing(net, seed):
     srv = _start_server(server, tmp, n=1)
     with TcpTracer(seed_listeners=seed, filters=_only(client, server)) as tcp:
         results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 5}])
-        srv.wait(10)
+        srv.wait(scaled(10))
         nss = {_ino(client.netns), _ino(server.netns)}
         events = _collect([tcp], lambda evs: sum(e.get("netns") in nss and e.get("event") == "close"
                                                  for e in evs) >= 2, timeout=scaled(5))
@@ -369,7 +369,7 @@ class _Cli:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(10)
+            self.proc.wait(scaled(10))
 
 
 def test_cli_json_lines_and_ctrl_c(net):
@@ -382,7 +382,7 @@ def test_cli_json_lines_and_ctrl_c(net):
         assert first["filters"]["port"] == [PORT]
         srv = _start_server(server, tmp, n=1)
         results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 77}])
-        srv.wait(10)
+        srv.wait(scaled(10))
         lport = results[0]["lport"]
         got, deadline = [], time.monotonic() + COLLECT_S
         # other sandboxes may use the same addresses: look at this flow only
@@ -411,7 +411,7 @@ def test_cli_text_columns_and_count(net):
         assert header.split()[:6] == ["TIME", "EVENT", "PID", "COMM", "IP", "LADDR"], header
         srv = _start_server(server, tmp, n=1)
         results, _ = _run_client(client, tmp, [{"addr": link.b.ip4, "port": PORT, "send": 321}])
-        srv.wait(10)
+        srv.wait(scaled(10))
         out, err = cli.finish(COLLECT_S)  # --count 4: connect, accept and two closes, then it exits
         assert cli.proc.returncode == 0, err
         rows = [line.split() for line in out[1:]]
@@ -568,7 +568,7 @@ def test_cgroup_filter_keeps_the_cgroups_sockets(net, cgroup):
                            capture_output=True, text=True, timeout=scaled(60), preexec_fn=join_cgroup)
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout.splitlines()[0])
-        srv.wait(10)
+        srv.wait(scaled(10))
         events = _collect([tcp], lambda evs: any(e.get("event") == "close" for e in evs), timeout=scaled(5))
         events += tcp.poll(200)
     # the client's side only: the server process is not in the cgroup
