@@ -8,7 +8,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "attempts.h"
-#include "inspect_parse.h"
+#include "parse.h"
 #include "bg_emit.h"
 
 #define TC_ACT_UNSPEC (-1) /* observer: TCX_NEXT / next classic filter, so a gate after us still decides */
@@ -54,11 +54,11 @@ static __always_inline void count(__u32 ifindex, __u16 port)
 SEC("tc")
 int bg_attempts_tc(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
 	struct bg_attempt_event ev = {};
-	struct ip_pkt p = {};
+	struct bg_pkt p = {};
 
-	if (ip_parse(data, data_end, &p) < 0 || !ip_is_syn(&p) || !watched(p.dport))
+	bg_parse_skb(skb, &p);
+	if (!bg_pkt_is_syn(&p) || !watched(p.dport))
 		return TC_ACT_UNSPEC;
 	count(skb->ifindex, p.dport);
 
@@ -72,8 +72,7 @@ int bg_attempts_tc(struct __sk_buff *skb)
 	ev.sport = p.sport;
 	ev.dport = p.dport;
 	ev.pkt_len = skb->len;
-	__builtin_memcpy(ev.saddr, p.saddr, 16);
-	__builtin_memcpy(ev.daddr, p.daddr, 16);
+	bg_pkt_addrs(&p, ev.saddr, ev.daddr);
 	emit(skb, &ev, sizeof(ev));
 	return TC_ACT_UNSPEC;
 }

@@ -10,7 +10,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "capture.h"
-#include "flow_parse.h"
+#include "parse.h"
 #include "bg_stats.h"
 #include "bg_bounds.h"
 
@@ -63,35 +63,48 @@ static __always_inline int in_prefix(const __u8 *addr)
 	return 1;
 }
 
+/* 16-byte IPv4-mapped (::ffff:a.b.c.d) or IPv6 addresses, the layout of cfg_host/cfg_mask */
+static __always_inline void mapped_addrs(const struct bg_pkt *p, __u8 *src, __u8 *dst)
+{
+	if (p->family == 4) {
+		src[10] = src[11] = dst[10] = dst[11] = 0xff;
+		bg_pkt_addrs(p, src + 12, dst + 12);
+	} else {
+		bg_pkt_addrs(p, src, dst);
+	}
+}
+
 static __always_inline int matches(struct __sk_buff *skb)
 {
-	struct bg_flow_key key = {};
-	struct bg_pkt pkt = {};
+	__u8 saddr[16] = {}, daddr[16] = {};
+	struct bg_pkt p = {};
 
 	if (!cfg_ip_only)
 		return 1;
-	if (bg_parse(skb, &key, &pkt) < 0)
-		return 0;
-	if (cfg_proto && key.proto != cfg_proto)
+	bg_parse_skb(skb, &p);
+	if (!(p.have & BG_PKT_PROTO) || (!p.later_frag && bg_pkt_l4_hdr_len(&p) < 0))
+		return 0; /* not IP, or a header cut short */
+	if (cfg_proto && p.proto != cfg_proto)
 		return 0;
 	if (cfg_port) {
-		if (cfg_port_side == BG_SIDE_SRC && key.sport != cfg_port)
+		if (p.later_frag || (p.proto != BG_IPPROTO_TCP && p.proto != BG_IPPROTO_UDP))
 			return 0;
-		if (cfg_port_side == BG_SIDE_DST && key.dport != cfg_port)
+		if (cfg_port_side == BG_SIDE_SRC && p.sport != cfg_port)
 			return 0;
-		if (cfg_port_side == BG_SIDE_ANY && key.sport != cfg_port && key.dport != cfg_port)
+		if (cfg_port_side == BG_SIDE_DST && p.dport != cfg_port)
+			return 0;
+		if (cfg_port_side == BG_SIDE_ANY && p.sport != cfg_port && p.dport != cfg_port)
 			return 0;
 	}
-	if (cfg_port && key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP)
-		return 0;
 	if (cfg_host_on) {
-		if (key.family != cfg_host_family)
+		if (p.family != cfg_host_family)
 			return 0;
-		if (cfg_host_side == BG_SIDE_SRC && !in_prefix(key.saddr))
+		mapped_addrs(&p, saddr, daddr);
+		if (cfg_host_side == BG_SIDE_SRC && !in_prefix(saddr))
 			return 0;
-		if (cfg_host_side == BG_SIDE_DST && !in_prefix(key.daddr))
+		if (cfg_host_side == BG_SIDE_DST && !in_prefix(daddr))
 			return 0;
-		if (cfg_host_side == BG_SIDE_ANY && !in_prefix(key.saddr) && !in_prefix(key.daddr))
+		if (cfg_host_side == BG_SIDE_ANY && !in_prefix(saddr) && !in_prefix(daddr))
 			return 0;
 	}
 	return 1;

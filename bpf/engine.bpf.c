@@ -2,7 +2,7 @@
 /*
  * The policy engine: one classifier core shared by a TC program and an XDP program.
  *
- *   parse (parse.h) -> key with `have` bits -> conntrack state -> tuple-space search over bg_cls
+ *   parse (parse.h, shared by every family) -> key with `have` bits -> conntrack state -> tuple-space search over bg_cls
  *   (one hash lookup per shape, early stop) -> bg_rules[rule_id] -> counters, log, rate limit, action.
  *
  * The map contract is docs/policy-engine.md section 5 (structs in engine.h). bg_ct_track is a
@@ -146,10 +146,15 @@ struct {
 	__type(value, struct bg_capture_scratch);
 } bg_capture_scratch SEC(".maps");
 
+/* the parser's `have` bits are the key's: key_of() copies them */
+_Static_assert(BG_PKT_L3 == BG_HAVE_L3 && BG_PKT_PROTO == BG_HAVE_PROTO && BG_PKT_PORTS == BG_HAVE_PORTS &&
+	       BG_PKT_TCPFLAGS == BG_HAVE_TCPFLAGS && BG_PKT_ICMP == BG_HAVE_ICMP && BG_PKT_VLAN == BG_HAVE_VLAN,
+	       "enum bg_pkt_have and enum bg_have differ");
+
 /* ---- conntrack ------------------------------------------------------------------------------------ */
 
 /* Flow key of the packet, in the packet's direction. 0 if the packet is not trackable. */
-static __always_inline int ct_key_of(const struct bg_cls_key *k, const struct bg_parsed *p, struct bg_ct_key *ck)
+static __always_inline int ct_key_of(const struct bg_cls_key *k, const struct bg_pkt *p, struct bg_ct_key *ck)
 {
 	if (!(k->have & BG_HAVE_PROTO))
 		return 0;
@@ -206,7 +211,7 @@ static __always_inline void ct_account(struct bg_ct_entry *e, int reply, __u32 l
 
 /* An ICMP error (unreachable, time exceeded, parameter problem; ICMPv6 types 1-4) about a tracked flow:
  * the error quotes the offending packet's IP header and first L4 bytes. */
-static __always_inline int ct_related(const struct bg_cls_key *k, const struct bg_parsed *p, __u64 now)
+static __always_inline int ct_related(const struct bg_cls_key *k, const struct bg_pkt *p, __u64 now)
 {
 	struct bg_ct_key ik = {}, rk = {};
 	struct bg_ct_entry *e;
@@ -260,7 +265,7 @@ static __always_inline int ct_related(const struct bg_cls_key *k, const struct b
 
 /* Look the packet's flow up (creating it for a valid first packet, accounting it unless lookup_only);
  * returns enum bg_ct_state or 0. */
-static __always_inline __u8 ct_track(const struct bg_cls_key *k, const struct bg_parsed *p, __u32 len,
+static __always_inline __u8 ct_track(const struct bg_cls_key *k, const struct bg_pkt *p, __u32 len,
 				     int lookup_only)
 {
 	struct bg_ct_key ck = {}, rk = {};
@@ -627,23 +632,25 @@ static __noinline int capture_xdp(struct xdp_md *ctx, struct bg_capture_cfg *c, 
 
 /* ---- programs ------------------------------------------------------------------------------------- */
 
-static __always_inline void tc_key(struct __sk_buff *skb, struct bg_cls_key *k, struct bg_parsed *p)
+/* The classifier key of a parsed packet (ct_state and the stage 0 classes are set later). */
+static __always_inline void key_of(const struct bg_pkt *p, struct bg_cls_key *k)
 {
-	void *data, *end;
+	k->have = p->have;
+	k->family = p->family;
+	k->proto = p->proto;
+	k->tcp_flags = p->tcp_flags;
+	k->icmp_type = p->icmp_type;
+	k->icmp_code = p->icmp_code;
+	k->vlan = p->vlan;
+	k->sport = p->sport;
+	k->dport = p->dport;
+	bg_pkt_addrs(p, k->src, k->dst);
+}
 
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	/* headers may sit in paged data (GRO): make the first 128 bytes linear when they are not */
-	if (data + 128 > end && (long)skb->len > end - data) {
-		bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
-		data = (void *)(long)skb->data;
-		end = (void *)(long)skb->data_end;
-	}
-	if (skb->vlan_present) { /* the outer tag was taken off into the skb (VLAN acceleration) */
-		k->vlan = skb->vlan_tci & 0x0fff;
-		k->have |= BG_HAVE_VLAN;
-	}
-	bg_parse(data, end, k, p);
+static __always_inline void tc_key(struct __sk_buff *skb, struct bg_cls_key *k, struct bg_pkt *p)
+{
+	bg_parse_skb(skb, p);
+	key_of(p, k);
 }
 
 SEC("tc")
@@ -651,7 +658,7 @@ int bg_engine_tc(struct __sk_buff *skb)
 {
 	struct bg_capture_cfg *c;
 	struct bg_cls_key k = {};
-	struct bg_parsed p = {};
+	struct bg_pkt p = {};
 	struct verdict v = {};
 
 	tc_key(skb, &k, &p);
@@ -696,13 +703,14 @@ int bg_engine_xdp(struct xdp_md *ctx)
 	struct bg_capture_cfg *c;
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct bg_cls_key k = {};
-	struct bg_parsed p = {};
+	struct bg_pkt p = {};
 	struct verdict v = {};
 	__u32 len = end - data;
 
-	bg_parse(data, end, &k, &p);
+	bg_parse(data, end, &p);
 	if (p.arp)
 		return XDP_PASS;
+	key_of(&p, &k);
 	if (cfg_ct && !cfg_test_mark) {
 		k.ct_state = ct_track(&k, &p, len, 0);
 		if (k.ct_state)
@@ -724,7 +732,7 @@ SEC("tc")
 int bg_ct_track(struct __sk_buff *skb)
 {
 	struct bg_cls_key k = {};
-	struct bg_parsed p = {};
+	struct bg_pkt p = {};
 
 	tc_key(skb, &k, &p);
 	ct_track(&k, &p, skb->len, 0);
@@ -768,7 +776,7 @@ SEC("tc")
 int bg_bench_lpm(struct __sk_buff *skb)
 {
 	struct bg_cls_key k = {};
-	struct bg_parsed p = {};
+	struct bg_pkt p = {};
 	__u32 *hit = 0;
 
 	tc_key(skb, &k, &p);

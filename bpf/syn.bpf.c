@@ -11,7 +11,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "syn.h"
-#include "inspect_parse.h"
+#include "parse.h"
 #include "bg_emit.h"
 
 #define NSEC_PER_SEC 1000000000ULL
@@ -113,21 +113,21 @@ static __always_inline void detect(void *ctx, struct bg_syn_src *s, struct bg_sy
 SEC("xdp")
 int bg_syn_xdp(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
 	struct bg_syn_src_key key = {};
-	struct ip_pkt p = {};
+	struct bg_pkt p = {};
 	struct bg_syn_total *t;
 	struct bg_syn_src *s;
 	__u64 now, *until;
 
-	if (ip_parse(data, data_end, &p) < 0 || !ip_is_syn(&p))
+	bg_parse_xdp(ctx, &p);
+	if (!bg_pkt_is_syn(&p))
 		return XDP_PASS;
 	/* CLOCK_MONOTONIC_COARSE (one jiffy resolution): enough for 1 s windows and block expiry, and
 	 * ~23 ns cheaper per SYN than bpf_ktime_get_ns() here (bench/bench_syn_cost.py) */
 	now = bpf_ktime_get_coarse_ns();
 	key.ifindex = ctx->ingress_ifindex;
 	key.src.family = p.family;
-	__builtin_memcpy(key.src.addr, p.saddr, 16);
+	bg_pkt_addrs(&p, key.src.addr, 0);
 
 	t = total_of(key.ifindex);
 	if (t)

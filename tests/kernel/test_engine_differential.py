@@ -1,7 +1,9 @@
 """Kernel verdict (BPF_PROG_TEST_RUN) == Reference verdict on >= 100k generated frames per run: random
 policies (tests/unit/policy_gen.py) x random and adversarial frames (truncation, IPv4 options, fragments,
 IPv6 extension chains past the walk bound, VLAN tags, corrupted bytes, ARP), TC (rule id compared exactly:
-the test build writes rule_id + 1 into skb->mark and reads ct_state from it) and XDP (action compared)."""
+the test build writes rule_id + 1 into skb->mark and reads ct_state from it) and XDP (action compared).
+The other families built on the same parser (bpf/include/parse.h) meet its Python twin (engine.frames) on
+the same kind of frames: syn (XDP), attempts, flows' keys and byte counts, capture's filters (TC)."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def adversarial_frame(rng: random.Random, p) -> bytes:
         vlans = (p.vlan,) + ((rng.choice([5, 4095]),) if rng.random() < 0.3 else ())
     ext = ()
     if p.family == 6 and rng.random() < 0.35:
-        ext = tuple(rng.choice([0, 43, 60, 44]) for _ in range(rng.choice([1, 2, 3, 6, 7])))
+        ext = tuple(rng.choice([0, 43, 60, 44, 51]) for _ in range(rng.choice([1, 2, 3, 6, 7])))
     elif p.family == 6 and p.fragment != "none":
         ext = (44,)
     fr = frames.build(p, vlans=vlans, ip_options=rng.choice([0] * 6 + [1, 3, 10]) if p.family == 4 else 0,
@@ -180,3 +182,177 @@ def test_kernel_stage0_matches_rules_on_spread_cidrs():
             if compiled.names.get(got) != want:
                 bad.append((p, compiled.names.get(got), want))
     assert not bad, f"{len(bad)} of 20000 wrong; first: {bad[:3]}"
+
+
+# ---- the other families that use the shared parser (parse.h): same random and adversarial frames ------
+
+FAMILY_FRAMES = 4000
+
+
+def family_frames(seed: int):
+    """(frame, twin's parse) pairs: random packets of random policies, adversarial variants."""
+    rng = random.Random(seed)
+    hp = random_policy(rng, 25)
+    for i in range(FAMILY_FRAMES):
+        if i % 500 == 0:
+            hp = random_policy(rng, 25)
+        p = random_packet(rng, hp)
+        if p.proto == 6 and rng.random() < 0.5:   # plenty of SYNs for the SYN families
+            p = replace(p, tcp_flags=rng.choice([0x02, 0x02, 0x12, 0xC2]))
+        fr = adversarial_frame(rng, p)
+        yield fr, frames.parse_frame(fr)
+
+
+def test_syn_counter_matches_the_parser_twin():
+    """bg_syn_xdp counts a frame iff the twin finds a SYN (without ACK, whole TCP header), under the
+    source address the twin reads."""
+    from collections import Counter
+
+    from bpfgate.inspect.syn import SynCounter
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    want_src, bad = Counter(), []
+    with SynCounter() as syn:
+        def total() -> int:
+            return sum(t.syns for t in syn.totals().values())
+        before = total()
+        for fr, parsed in family_frames(int(os.environ.get("BG_DIFF_SEED", "0")) + 2):
+            assert run_prog(syn.prog, fr).retval == 2                    # XDP_PASS: counting never drops
+            now = total()
+            if now - before != int(parsed.is_syn(fr)):
+                bad.append(fr.hex())
+            before = now
+            if parsed.is_syn(fr):
+                want_src[(parsed.packet.family, str(parsed.packet.src))] += 1
+        got_src = Counter({(s.family, s.source): s.syns for s in syn.sources()})
+    assert not bad, f"{len(bad)} mismatches; first: {bad[:3]}"
+    assert sum(want_src.values()) > 200 and got_src == want_src
+
+
+def test_attempt_log_matches_the_parser_twin():
+    """bg_attempts_tc (every port watched) logs a frame iff the twin finds a SYN, under its destination port."""
+    from bpfgate.inspect.attempts import AttemptLog
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    bad, seen, refused = [], 0, 0
+    with AttemptLog([0]) as log:
+        counts = log.obj.map("attempt_counts")
+        for fr, parsed in family_frames(int(os.environ.get("BG_DIFF_SEED", "0")) + 3):
+            counts.clear()
+            try:
+                run_prog(log.prog, fr, ctx=bytes(SKB_SIZE))
+            except BpfgateError:   # the skb test run refuses a truncated IP header
+                refused += 1
+                continue
+            got = {port: n for (_ifindex, port), n in log.counts().items()}
+            want = {parsed.packet.dport: 1} if parsed.is_syn(fr) else {}
+            seen += bool(want)
+            if got != want:
+                bad.append((fr.hex(), got, want))
+    assert not bad, f"{len(bad)} mismatches; first: {bad[:3]}"
+    assert seen > 200 and refused < FAMILY_FRAMES // 10
+
+
+def expected_flow(fr: bytes, parsed) -> tuple | None:
+    """The flow key (family, proto, src, sport, dst, dport) and L3 bytes flows.bpf.c must count, or None
+    when the packet is not accounted (not IP, protocol unknown, L4 header cut short)."""
+    p = parsed.packet
+    if p.proto is None:
+        return None
+    later = p.fragment == "later"
+    if not later and parsed.l4_hdr_len(fr) is None:
+        return None
+    sport = dport = 0
+    if not later and p.proto in (6, 17):
+        sport, dport = p.sport, p.dport
+    elif not later and p.proto in (1, 58):
+        dport = p.icmp_type << 8 | p.icmp_code
+        sport = parsed.icmp_id if p.icmp_type in (0, 8, 128, 129) else 0
+    return (p.family, p.proto, p.src, sport, p.dst, dport), len(fr) - parsed.l3
+
+
+def test_flow_keys_match_the_parser_twin():
+    """bg_flow_ingress accounts each frame under the key (and L3 length) the twin gives, or as unparsed."""
+    from bpfgate.inspect.flows import STAT_UNPARSED, Flow
+    from bpfgate.kernel.objects import BpfObject
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    bad, accounted, refused = [], 0, 0
+    with BpfObject.open("flows") as obj:
+        obj.load()
+        table, stats, prog = obj.map("flows"), obj.map("flow_stats"), obj.program("bg_flow_ingress")
+        for fr, parsed in family_frames(int(os.environ.get("BG_DIFF_SEED", "0")) + 4):
+            table.clear()
+            unparsed = sum(stats[STAT_UNPARSED])
+            try:
+                run_prog(prog, fr, ctx=bytes(SKB_SIZE))
+            except BpfgateError:
+                refused += 1
+                continue
+            flows = [Flow.from_kernel(k, v, {}) for k, v in table.items()]
+            got = [((f.family, f.proto, ipaddress.ip_address(f.src), f.sport, ipaddress.ip_address(f.dst), f.dport), f.bytes)
+                   for f in flows]
+            want = expected_flow(fr, parsed)
+            accounted += want is not None
+            if got != ([want] if want else []) or (want is None) != (sum(stats[STAT_UNPARSED]) == unparsed + 1):
+                bad.append((fr.hex(), got, want))
+    assert not bad, f"{len(bad)} mismatches; first: {bad[:3]}"
+    assert accounted > FAMILY_FRAMES // 2 and refused < FAMILY_FRAMES // 10
+
+
+CAPTURE_FILTERS = [dict(proto="tcp", port=80), dict(proto="udp", host="10.0.0.0/8"), dict(port=53),
+                   dict(host="fd00::/16"), dict(proto="icmp"), dict(port=443, host="198.18.0.0/15")]
+
+
+def capture_expected(filt, fr: bytes, parsed) -> bool:
+    """capture.bpf.c's filter over the twin's fields."""
+    p = parsed.packet
+    if p.proto is None:
+        return False
+    later = p.fragment == "later"
+    if not later and parsed.l4_hdr_len(fr) is None:
+        return False
+    if filt.proto is not None and p.proto != filt.proto:
+        return False
+    if filt.port is not None and (later or p.proto not in (6, 17) or filt.port not in (p.sport, p.dport)):
+        return False
+    if filt.host is not None and (p.family != filt.host.version or (p.src not in filt.host and p.dst not in filt.host)):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("spec", CAPTURE_FILTERS, ids=lambda s: " ".join(f"{k}={v}" for k, v in s.items()))
+def test_capture_filter_matches_the_parser_twin(spec):
+    """bg_cap_ingress copies a frame iff its filter holds on the twin's fields."""
+    from bpfgate.inspect.capture import STAT_EVENTS, CaptureFilter
+    from bpfgate.kernel.maps import possible_cpus
+    from bpfgate.kernel.objects import BpfObject
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    filt = CaptureFilter.parse(**spec)
+    bad, matched, refused = [], 0, 0
+    obj = BpfObject.open("capture", rodata={"cfg_snaplen": 64, **filt.rodata()})
+    with obj:
+        obj.set_max_entries("capture_scratch", possible_cpus())
+        obj.set_max_entries("capture_events", 1 << 23)
+        obj.load()
+        stats, prog = obj.map("bg_stats"), obj.program("bg_cap_ingress")
+        for i, (fr, parsed) in enumerate(family_frames(int(os.environ.get("BG_DIFF_SEED", "0")) + 5)):
+            if i >= FAMILY_FRAMES // 2:
+                break
+            before = sum(stats[STAT_EVENTS])
+            try:
+                run_prog(prog, fr, ctx=bytes(SKB_SIZE))
+            except BpfgateError:
+                refused += 1
+                continue
+            want = capture_expected(filt, fr, parsed)
+            matched += want
+            if (sum(stats[STAT_EVENTS]) - before == 1) != want:
+                bad.append((fr.hex(), want))
+    assert not bad, f"{len(bad)} mismatches; first: {bad[:3]}"
+    assert matched > 5

@@ -333,7 +333,7 @@ def test_keep_leaves_accounting_running_until_stop(pair):
     assert r.returncode != 0 and "none is running" in r.stderr
 
 
-# ---- the parser (bpf/include/flow_parse.h) on crafted frames, through BPF_PROG_TEST_RUN ----------------
+# ---- the parser (bpf/include/parse.h, shared by every family) on crafted frames, through BPF_PROG_TEST_RUN ----------------
 
 def _eth(etype: int, payload: bytes, vlans: tuple[tuple[int, int], ...] = ()) -> bytes:
     hdr = b"\x04" * 6 + b"\x02" * 6

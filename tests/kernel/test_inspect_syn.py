@@ -1,7 +1,7 @@
 """SYN counter and flood detection at XDP with real frames: raw frames injected on the client's veth
 (AF_PACKET: SYNs, SYN-ACKs, ACKs, RSTs, UDP, VLAN-tagged, fragments, IPv6 with extension headers) and
 real TCP connections, counted on the server's veth; a flooding source blocked, then released; and the
-parser (inspect_parse.h) checked against a Python reference on generated frames."""
+shared parser (parse.h) checked against its Python twin (bpfgate.engine.frames) on generated frames."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bpfgate.engine import frames as twin
 from bpfgate.inspect.events import EventStream
 from bpfgate.inspect.syn import SynCounter
 from bpfgate.kernel import netlink, netns
@@ -351,50 +352,12 @@ def test_cli_syn_flood_block_then_release_events(net, inject):
 
 # ---- the parser against a Python reference, on generated frames (BPF_PROG_TEST_RUN) ------------------
 
-V6_EXT = (0, 43, 60, 44, 51)
+V6_EXT = twin.V6_EXT
 
 
 def reference_is_syn(frame: bytes) -> bool:
-    """What inspect_parse.h must decide: a TCP SYN without ACK, with a complete TCP header."""
-    if len(frame) < 14:
-        return False
-    proto, pos = int.from_bytes(frame[12:14], "big"), 14
-    for _ in range(2):
-        if proto not in (0x8100, 0x88A8):
-            break
-        if len(frame) < pos + 4:
-            return False
-        proto, pos = int.from_bytes(frame[pos + 2:pos + 4], "big"), pos + 4
-    if proto == 0x0800:
-        if len(frame) < pos + 20:
-            return False
-        ihl = (frame[pos] & 0x0F) * 4
-        if ihl < 20 or int.from_bytes(frame[pos + 6:pos + 8], "big") & 0x1FFF:
-            return False
-        l4, nh = pos + ihl, frame[pos + 9]
-    elif proto == 0x86DD:
-        if len(frame) < pos + 40:
-            return False
-        nh, l4 = frame[pos + 6], pos + 40
-        for _ in range(4):
-            if nh not in V6_EXT:
-                break
-            if len(frame) < l4 + 8:
-                return False
-            if nh == 44:
-                if int.from_bytes(frame[l4 + 2:l4 + 4], "big") & 0xFFF8:
-                    return False
-                size = 8
-            elif nh == 51:
-                size = (frame[l4 + 1] + 2) * 4
-            else:
-                size = (frame[l4 + 1] + 1) * 8
-            nh, l4 = frame[l4], l4 + size
-        if nh in V6_EXT:
-            return False
-    else:
-        return False
-    return nh == 6 and len(frame) >= l4 + 20 and frame[l4 + 13] & 0x12 == 0x02
+    """What syn.bpf.c must decide: the shared parser's twin finds a TCP SYN without ACK, whole TCP header."""
+    return twin.parse_frame(frame).is_syn(frame)
 
 
 @st.composite

@@ -6,9 +6,13 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
 from policy_gen import random_packet, random_policy
 
 from bpfgate.engine import frames
+from bpfgate.kernel.btf import Btf
+from bpfgate.kernel.objects import packaged_path
+from bpfgate.policy.packet import Packet
 
 
 def test_round_trip_matches_contract():
@@ -52,3 +56,31 @@ def test_extension_walk_bound_and_arp():
     assert frames.parse(frames.build(p, v6_ext=(0,) * 7)).proto is None
     arp = frames.DST_MAC + frames.SRC_MAC + b"\x08\x06" + bytes(28)
     assert frames.is_arp(arp) and not frames.is_arp(frames.build(p))
+
+
+PARSING_FAMILIES = ("engine", "syn", "attempts", "flows", "capture")
+
+
+@pytest.mark.parametrize("obj", PARSING_FAMILIES)
+def test_limits_are_the_kernel_parsers(obj):
+    """Every object that parses packets carries parse.h's limits in its BTF; the Python twin has the same."""
+    path = packaged_path(obj)
+    if not path.exists():
+        pytest.skip(f"{obj} object not built (make -C bpf)")
+    btf = Btf.from_elf(str(path))
+    assert btf.enum("bg_parse_limit") == {"BG_PARSE_VLAN_MAX": frames.VLAN_MAX,
+                                          "BG_PARSE_V6_EXT_MAX": frames.V6_EXT_MAX}
+    assert sorted(btf.enum("bg_v6_ext").values()) == sorted(frames.V6_EXT)
+
+
+def test_walk_stops_at_a_later_fragment_and_steps_over_ah():
+    """After a non-first fragment's header comes payload: its next header is the protocol, no L4 fields.
+    AH is (hdrlen + 2) * 4 bytes long, and the walk reaches the ports behind it."""
+    import ipaddress
+
+    p = Packet(family=6, src=ipaddress.ip_address("fd00::1"), dst=ipaddress.ip_address("fd00::2"), proto=17,
+               sport=7, dport=9, fragment="later")
+    got = frames.parse(frames.build(p, v6_ext=(0, 44, 60)))
+    assert (got.proto, got.fragment, got.sport) == (60, "later", None)
+    ah = frames.parse(frames.build(replace(p, fragment="none"), v6_ext=(51, 60, 51)))
+    assert (ah.proto, ah.sport, ah.dport) == (17, 7, 9)
