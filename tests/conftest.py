@@ -1,7 +1,8 @@
-"""Shared fixtures. Kernel tests (`@pytest.mark.kernel`) need root; the session ends with a leak check:
-no network namespace, root-namespace veth or sandbox marker of this process, and no new pin under
-/sys/fs/bpf/bpfgate, may survive the run. Pins carry no owner: a new pin counts as ours unless its path
-names another run's sandbox (so pin per-namespace state under the sandbox host's netns name)."""
+"""Shared fixtures. Kernel tests (`@pytest.mark.kernel`) need root; each test module and the session end
+with a leak check: no network namespace, root-namespace veth or sandbox marker of this process, no new pin
+under /sys/fs/bpf/bpfgate and no new attachment record or state under /run/bpfgate (engine state, clsact
+markers, ...) may survive a module or the run. Pins and state carry no owner: a new path counts as ours
+unless it names another run's sandbox (so key per-namespace state by the sandbox host's netns name)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from bpfgate.sandbox import Sandbox, leftovers, sweep_stale
 from bpfgate.sandbox.names import owner_of
 
 PIN_ROOT = "/sys/fs/bpf/bpfgate"
+RUN_ROOT = "/run/bpfgate"
+RUN_SKIP = ("sandbox",)  # sandbox markers: judged by leftovers() (their owner is in the file)
 IS_ROOT = os.geteuid() == 0
 NOT_ROOT_REASON = "kernel test: needs root (BPF, network namespaces); run `sudo scripts/run test`"
 
@@ -26,24 +29,41 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _pins() -> set[str]:
+def _paths(root: str, skip: tuple[str, ...] = ()) -> set[str]:
     found = set()
-    for parent, dirs, files in os.walk(PIN_ROOT):
+    for parent, dirs, files in os.walk(root):
+        if parent == root:
+            dirs[:] = [d for d in dirs if d not in skip]
         found.update(os.path.join(parent, n) for n in dirs + files)
     return found
 
 
-def _leaked_pins(before: set[str]) -> list[str]:
-    """Pins (and empty directories) that appeared during the session, except those whose path names
-    another live run's sandbox (e.g. gate/<tag>-server/eth0/...): runs share this machine."""
+def _trees() -> dict[str, set[str]]:
+    """What bpfgate keeps outside namespaces: pins, and records and state under /run/bpfgate."""
+    return {"pin": _paths(PIN_ROOT), "state": _paths(RUN_ROOT, RUN_SKIP)}
+
+
+def _other_runs(path: str, root: str) -> bool:
+    """The path names another live run's sandbox (e.g. engine/<tag>-server/eth0/... or a record
+    <tag>-server.eth0.tc-ingress-...json): runs share this machine."""
+    for part in os.path.relpath(path, root).split(os.sep):
+        for piece in part.split("."):
+            o = owner_of(piece)
+            if o and o[1] != os.getpid():
+                return True
+    return False
+
+
+def _leaked(before: dict[str, set[str]]) -> list[str]:
+    """Paths (and empty directories) that appeared since `before`, except other runs'."""
     leaked = []
-    for path in sorted(_pins() - before):
-        owners = [owner_of(part) for part in os.path.relpath(path, PIN_ROOT).split(os.sep)]
-        if any(o and o[1] != os.getpid() for o in owners):
-            continue
-        if os.path.isdir(path) and not os.path.islink(path) and os.listdir(path):
-            continue  # a parent: its contents are judged one by one
-        leaked.append(path)
+    for (what, paths), root in zip(_trees().items(), (PIN_ROOT, RUN_ROOT)):
+        for path in sorted(paths - before[what]):
+            if _other_runs(path, root):
+                continue
+            if os.path.isdir(path) and not os.path.islink(path) and os.listdir(path):
+                continue  # a parent: its contents are judged one by one
+            leaked.append(f"{what} {path}")
     return leaked
 
 
@@ -78,16 +98,29 @@ def leak_check():
         yield
         return
     sweep_stale()  # what crashed runs left: their owner PIDs are gone, so it is nobody's
-    pins_before = _pins()
+    before = _trees()
     alone = bool(os.environ.get("CI"))
     host_before = _host_state() if alone else {}
     yield
-    leaks = leftovers(os.getpid()) + [f"pin {p}" for p in _leaked_pins(pins_before)]
+    leaks = leftovers(os.getpid()) + _leaked(before)
     if alone:
         for what, names in _host_state().items():
             leaks += [f"{what} {n}" for n in sorted(names - host_before[what])]
     if leaks:
         pytest.fail("this test run left behind:\n  " + "\n  ".join(leaks), pytrace=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_leak_check(leak_check):
+    """The same check per test module (pins and /run/bpfgate), so a leak names the module that made it."""
+    if not IS_ROOT:
+        yield
+        return
+    before = _trees()
+    yield
+    leaks = _leaked(before)
+    if leaks:
+        pytest.fail("this test module left behind:\n  " + "\n  ".join(leaks), pytrace=False)
 
 
 @pytest.fixture

@@ -7,8 +7,11 @@ One entry point per hook, each usable in the current or a named network namespac
   attach_xdp(prog, "eth0", mode="native"|"generic"|"auto", link=False)
 
 Every attachment is recorded under /run/bpfgate/attachments/ (what we attached, whether we created the
-clsact qdisc, which pins belong to it) so `bpfgate detach`, run later from another process, removes our
-filters, links and pins, and a clsact qdisc only if bpfgate created it and nothing else uses it.
+clsact qdisc, which pins and which state under /run/bpfgate belong to it) so `bpfgate detach`, run later
+from another process, removes our filters, links, pins and state, and a clsact qdisc only if bpfgate
+created it and nothing else uses it. State a family keeps under /run/bpfgate/<family>/ that no record
+claims (left by a crash, or by a bpfgate that did not record state) is stale: `status` shows it and
+`detach` removes it.
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from bpfgate.errors import BpfgateError, NotFound
 from bpfgate.kernel import links, netlink, netns, pins, tc
 
-STATE_DIR = "/run/bpfgate/attachments"
+RUN_ROOT = "/run/bpfgate"
+STATE_DIR = os.path.join(RUN_ROOT, "attachments")
+# families that keep state per attach point under RUN_ROOT/<family>/<netns|->/<dev>/<hook>/, with a
+# meta.json naming the keys of the attachments it belongs to
+FAMILY_STATE = ("engine",)
 DEFAULT_HANDLE = 0xB9F  # "bpf": stable, so a second attach replaces rather than stacks
 DEFAULT_PRIORITY = 100
 HOOKS = ("tc-ingress", "tc-egress", "tcx-ingress", "tcx-egress", "xdp")
@@ -43,6 +51,7 @@ class Attachment:
     xdp_mode: str = ""
     created_clsact: bool = False
     pins: list[str] = field(default_factory=list)  # removed on detach (maps, links, programs)
+    state: list[str] = field(default_factory=list)  # directories under RUN_ROOT removed on detach
 
     @property
     def key(self) -> str:
@@ -114,6 +123,71 @@ def find(dev: str | None = None, hook: str | None = None, netns_name: str | None
             and (any_netns or a.netns == netns_name) and (owner is None or a.owner == owner)]
 
 
+def state_root(family: str) -> str:
+    return os.path.join(RUN_ROOT, family)
+
+
+@dataclass(frozen=True)
+class StaleState:
+    """A family's state directory that no attachment record claims."""
+
+    path: str
+    family: str
+    netns: str | None
+    dev: str
+    hook: str
+
+
+def _claimed_by(path: str, keys: set[str]) -> bool:
+    try:
+        with open(os.path.join(path, "meta.json")) as f:
+            return bool(keys & set(json.load(f).get("attachments", [])))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+
+
+def stale_state(netns_name: str | None = None, any_netns: bool = False, dev: str | None = None,
+                hook: str | None = None) -> list[StaleState]:
+    """State directories of bpfgate families that no recorded attachment claims (by its record's `state`,
+    or by the record keys in the state's meta.json)."""
+    recs = records()
+    claimed = {p for a in recs for p in a.state}
+    keys = {a.key for a in recs}
+    out = []
+    for family in FAMILY_STATE:
+        root = state_root(family)
+        for ns in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            ns_name = None if ns == "-" else ns
+            if not any_netns and ns_name != netns_name:
+                continue
+            for d in sorted(os.listdir(os.path.join(root, ns))) if os.path.isdir(os.path.join(root, ns)) else []:
+                if dev is not None and d != dev:
+                    continue
+                base = os.path.join(root, ns, d)
+                for h in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+                    path = os.path.join(base, h)
+                    if (hook is None or h == hook) and path not in claimed and not _claimed_by(path, keys):
+                        out.append(StaleState(path, family, ns_name, d, h))
+    return out
+
+
+def remove_state(path: str) -> bool:
+    """Remove a state directory and the parents it leaves empty (up to its family's root)."""
+    if not os.path.abspath(path).startswith(RUN_ROOT + os.sep):
+        raise BpfgateError("remove state", f"{path} is not under {RUN_ROOT}")
+    existed = os.path.exists(path)
+    shutil.rmtree(path, ignore_errors=True)
+    family_root = os.path.join(RUN_ROOT, os.path.relpath(path, RUN_ROOT).split(os.sep)[0])
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent.startswith(family_root + os.sep):
+        try:
+            os.rmdir(parent)
+        except OSError:
+            break
+        parent = os.path.dirname(parent)
+    return existed
+
+
 def link_pin_path(att_netns: str | None, dev: str, hook: str) -> str:
     return pins.pin_path("links", att_netns or "-", dev, hook)
 
@@ -131,7 +205,7 @@ def _prog(prog: Any) -> tuple[int, int, str]:
 
 def attach_tc(prog: Any, dev: str, direction: str, *, netns_name: str | None = None, method: str = "tc",
               handle: int = DEFAULT_HANDLE, priority: int = DEFAULT_PRIORITY, owner: str = "",
-              replace: bool = True, extra_pins: Iterable[str] = ()) -> Attachment:
+              replace: bool = True, extra_pins: Iterable[str] = (), state: Iterable[str] = ()) -> Attachment:
     """Attach a SEC("tc") program at `direction` of `dev`. `replace`: swap our own filter in place
     (same handle/priority) atomically instead of failing."""
     if direction not in ("ingress", "egress"):
@@ -142,7 +216,7 @@ def attach_tc(prog: Any, dev: str, direction: str, *, netns_name: str | None = N
     ifindex = netlink.ifindex(dev, netns_name)  # NotFound for an unknown interface/namespace
     att = Attachment(hook=f"tc-{direction}" if method != "tcx" else f"tcx-{direction}", dev=dev,
                      ifindex=ifindex, netns=netns_name, method=method, prog_id=prog_id, prog_name=prog_name,
-                     owner=owner, pins=list(extra_pins))
+                     owner=owner, pins=list(extra_pins), state=list(state))
     previous = {a.key: a for a in find(dev, att.hook, netns_name)}
     if method == "tcx":
         with netns.entered(netns_name):
@@ -185,12 +259,14 @@ def attach_tc(prog: Any, dev: str, direction: str, *, netns_name: str | None = N
 
 
 def attach_xdp(prog: Any, dev: str, *, mode: str = "auto", netns_name: str | None = None, link: bool = False,
-               owner: str = "", replace: bool = True, extra_pins: Iterable[str] = ()) -> Attachment:
+               owner: str = "", replace: bool = True, extra_pins: Iterable[str] = (),
+               state: Iterable[str] = ()) -> Attachment:
     """Attach a SEC("xdp") program. link=True makes an XDP link (pinned; driver mode only)."""
     fd, prog_id, prog_name = _prog(prog)
     ifindex = netlink.ifindex(dev, netns_name)
     att = Attachment(hook="xdp", dev=dev, ifindex=ifindex, netns=netns_name, method="xdp-link" if link else "xdp",
-                     prog_id=prog_id, prog_name=prog_name, owner=owner, xdp_mode=mode, pins=list(extra_pins))
+                     prog_id=prog_id, prog_name=prog_name, owner=owner, xdp_mode=mode, pins=list(extra_pins),
+                     state=list(state))
     if link:
         with netns.entered(netns_name):
             lk = links.attach_xdp_link(fd, ifindex)
@@ -203,8 +279,8 @@ def attach_xdp(prog: Any, dev: str, *, mode: str = "auto", netns_name: str | Non
         lk.close()
         att.pins.append(path)
     else:
-        state = netlink.xdp_attach(dev, fd, mode=mode, replace=replace, netns=netns_name)
-        att.xdp_mode = state.mode or mode
+        attached = netlink.xdp_attach(dev, fd, mode=mode, replace=replace, netns=netns_name)
+        att.xdp_mode = attached.mode or mode
     _save(att)
     return att
 
@@ -243,6 +319,9 @@ def detach(att: Attachment) -> list[str]:
         if pins.unpin(path):
             done.append(f"pin {path}")
             pins.prune_empty(os.path.dirname(path))
+    for path in att.state:
+        if remove_state(path):
+            done.append(f"state {path}")
     _forget(att)
     return done
 
@@ -254,7 +333,12 @@ def _clsact_unused(att: Attachment) -> bool:
 
 def detach_matching(dev: str | None = None, hook: str | None = None, netns_name: str | None = None,
                     any_netns: bool = False, owner: str | None = None) -> list[str]:
+    """Detach the recorded attachments that match, then remove family state no record claims any more."""
     done: list[str] = []
     for att in find(dev, hook, netns_name, any_netns, owner):
         done.extend(detach(att))
+    if owner is None:
+        for st in stale_state(netns_name, any_netns, dev, hook):
+            if remove_state(st.path):
+                done.append(f"state {st.path} (no attachment left)")
     return done

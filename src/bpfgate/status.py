@@ -171,18 +171,37 @@ def collect(netns_names: Iterable[str | None] = (None,), *, cgroups: bool = True
             return collect(netns_names, cgroups=cgroups)
     recorded = {(a.netns, a.dev, a.hook, a.prog_id): a for a in attach.records()}
     entries: list[Entry] = []
+    netns_names = list(netns_names)
     for ns in netns_names:
         entries += interface_entries(ns)
     if cgroups:
         entries += cgroup_entries()
-    return [_fill(e, recorded) for e in entries]
+    entries = [_fill(e, recorded) for e in entries]
+    return entries + stale_entries(netns_names, entries)
+
+
+def stale_entries(netns_names: Iterable[str | None], live: list[Entry]) -> list[Entry]:
+    """What bpfgate still holds for attachments the kernel no longer has: records whose filter, link or
+    program is gone (its interface or namespace was deleted), and family state no record claims.
+    `bpfgate detach` removes both."""
+    seen = {(e.netns, e.target, e.hook, e.prog_id) for e in live}
+    out = []
+    for ns in netns_names:
+        for a in attach.find(netns_name=ns):
+            if (a.netns, a.dev, a.hook, a.prog_id) not in seen:
+                out.append(Entry(a.hook, a.dev, a.netns, a.prog_id, a.prog_name, bpfgate=True, owner=a.owner,
+                                 details={"stale": f"record {a.key}: not attached in the kernel"}))
+        for st in attach.stale_state(ns):
+            out.append(Entry(st.hook, st.dev, st.netns, 0, bpfgate=True, owner=st.family,
+                             details={"stale": f"state {st.path}: no attachment claims it"}))
+    return out
 
 
 def orphans(entries: list[Entry]) -> list[Entry]:
     """bpfgate programs attached with no record (a crashed run, a manual attach): detach can take them."""
     recorded = {(a.netns, a.dev, a.hook, a.prog_id) for a in attach.records()}
     return [e for e in entries if e.bpfgate and (e.netns, e.target, e.hook, e.prog_id) not in recorded
-            and not e.hook.startswith(("cgroup", "sock_ops"))]
+            and not e.hook.startswith(("cgroup", "sock_ops")) and "stale" not in e.details]
 
 
 def detach_orphan(e: Entry) -> str | None:

@@ -40,8 +40,12 @@ def register(app: click.Group) -> None:
         rows = []
         for e in entries:
             d = e.details
-            detail = (f"handle {d['handle']} prio {d['priority']}{' da' if d.get('direct_action') else ''}"
-                      if e.hook.startswith("tc-") else d.get("mode", ""))
+            if "stale" in d:
+                detail = f"stale {d['stale']}"
+            elif e.hook.startswith("tc-"):
+                detail = f"handle {d['handle']} prio {d['priority']}{' da' if d.get('direct_action') else ''}"
+            else:
+                detail = d.get("mode", "")
             rows.append([e.netns or "-", e.target, e.hook, e.prog_id, e.prog_name, e.tag, detail,
                          e.run_cnt, e.run_time_ns, f"{e.avg_ns:.0f}" if e.avg_ns else "",
                          (e.owner or "yes") if e.bpfgate else ""])

@@ -174,10 +174,11 @@ class Engine:
                 pinned.append(path)
             if hook is Hook.XDP:
                 atts.append(attach_mod.attach_xdp(eng.program, dev, mode=mode or "auto", netns_name=netns_name,
-                                                  owner=OWNER, extra_pins=pinned))
+                                                  owner=OWNER, extra_pins=pinned, state=[store.dir]))
             else:
                 atts.append(attach_mod.attach_tc(eng.program, dev, hook.value.split("-")[1], netns_name=netns_name,
-                                                 method=mode or "tc", owner=OWNER, extra_pins=pinned))
+                                                 method=mode or "tc", owner=OWNER, extra_pins=pinned,
+                                                 state=[store.dir]))
             # replies are known only if outgoing flows are tracked: by the tracker, unless an egress engine
             # with ct runs (exactly one program tracks egress, or the per-flow counters count it twice)
             if ct and hook is not Hook.TC_EGRESS and Hook.TC_EGRESS not in ct_hooks:

@@ -30,12 +30,13 @@ import pickle
 import shutil
 from contextlib import contextmanager
 
+from bpfgate.attach import state_root
 from bpfgate.errors import BpfgateError
 from bpfgate.policy.live import LiveHook
 from bpfgate.policy.model import Hook, Rule
 from bpfgate.policy.ruledata import rule_data, rule_from_data
 
-STATE_ROOT = "/run/bpfgate/engine"
+STATE_ROOT = state_root("engine")   # the attachment record of an engine names its directory: detach removes it
 
 # Bump whenever a class the snapshot pickles changes layout (fields added, removed, renamed or retyped):
 # 1 = snapshots without a header (before versioning); 2 = CompiledHook.classes (stage 0); 3 = the edit

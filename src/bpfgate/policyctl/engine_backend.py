@@ -116,11 +116,16 @@ class EngineBackend:
         from bpfgate.engine import Engine
         from bpfgate.errors import NotFound
 
+        from bpfgate.engine.state import StateStore
+
         self._forget(dev, hook, netns)
         try:
             eng = Engine.open(dev, hook, netns)
         except NotFound:
-            raise
+            if not StateStore(dev, hook, netns).exists():
+                raise
+            purge(dev, hook, netns)   # its state without its pins (they went by hand, or an old detach)
+            return
         except Exception:   # noqa: BLE001 - unreadable state: fall back to its records
             purge(dev, hook, netns)
             return
