@@ -341,4 +341,25 @@ def detach_matching(dev: str | None = None, hook: str | None = None, netns_name:
         for st in stale_state(netns_name, any_netns, dev, hook):
             if remove_state(st.path):
                 done.append(f"state {st.path} (no attachment left)")
+        _forget_empty_namespaces(netns_name, any_netns)
     return done
+
+
+def _forget_empty_namespaces(netns_name: str | None, any_netns: bool) -> None:
+    """A namespace with nothing of bpfgate's attached keeps no control-plane state either (its lock file;
+    a pending rollback stays: its watcher still needs it)."""
+    from bpfgate.policyctl import pending
+
+    if any_netns:
+        try:
+            names = [None if n == "-" else n for n in os.listdir(pending.STATE_DIR)]
+        except FileNotFoundError:
+            names = []
+    else:
+        names = [netns_name]
+    for ns in names:
+        if find(netns_name=ns) or stale_state(ns):
+            continue
+        with pending.locked(ns):   # as `policy remove` does: no apply of the namespace runs meanwhile
+            if not find(netns_name=ns):
+                pending.forget(ns)
