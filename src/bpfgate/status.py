@@ -21,14 +21,7 @@ from bpfgate.kernel.stats import stats_enabled
 
 BG_PREFIX = "bg_"
 TCX_ATTACH = {"tcx-ingress": 46, "tcx-egress": 47}
-CGROUP_ATTACH = {
-    "cgroup_inet_ingress": 0, "cgroup_inet_egress": 1, "cgroup_inet_sock_create": 2, "sock_ops": 3,
-    "cgroup_device": 6, "cgroup_inet4_bind": 8, "cgroup_inet6_bind": 9, "cgroup_inet4_connect": 10,
-    "cgroup_inet6_connect": 11, "cgroup_inet4_post_bind": 12, "cgroup_inet6_post_bind": 13,
-    "cgroup_udp4_sendmsg": 14, "cgroup_udp6_sendmsg": 15, "cgroup_sysctl": 18,
-    "cgroup_udp4_recvmsg": 19, "cgroup_udp6_recvmsg": 20, "cgroup_getsockopt": 21,
-    "cgroup_setsockopt": 22, "cgroup_inet_sock_release": 34,
-}
+CGROUP_ATTACH = attach.cgroup.ATTACH_TYPES
 MAX_CGROUPS = 2000  # bound the walk of a big cgroup tree
 
 
@@ -169,15 +162,30 @@ def collect(netns_names: Iterable[str | None] = (None,), *, cgroups: bool = True
         with stats_enabled():
             time.sleep(stats_window)
             return collect(netns_names, cgroups=cgroups)
-    recorded = {(a.netns, a.dev, a.hook, a.prog_id): a for a in attach.records()}
+    recorded = {(a.netns, a.target, a.hook, a.prog_id): a for a in attach.records()}
     entries: list[Entry] = []
     netns_names = list(netns_names)
     for ns in netns_names:
         entries += interface_entries(ns)
     if cgroups:
         entries += cgroup_entries()
-    entries = [_fill(e, recorded) for e in entries]
+    entries = [_fill(e, recorded) for e in entries] + record_entries()
     return entries + stale_entries(netns_names, entries)
+
+
+def record_entries() -> list[Entry]:
+    """Attachments no device or cgroup walk finds (programs on a sockmap, tracepoint links): from their
+    records, each checked in the kernel (live, or stale: its link, map or program is gone)."""
+    out = []
+    for a in attach.records():
+        if a.method not in attach.SELF_CHECKED:
+            continue
+        e = _fill(Entry(a.hook, a.target, a.netns, a.prog_id, a.prog_name, bpfgate=True, owner=a.owner), {})
+        e.owner = a.owner
+        if not attach.alive(a):
+            e.details["stale"] = f"record {a.key}: not attached in the kernel"
+        out.append(e)
+    return out
 
 
 def stale_entries(netns_names: Iterable[str | None], live: list[Entry]) -> list[Entry]:
@@ -188,18 +196,20 @@ def stale_entries(netns_names: Iterable[str | None], live: list[Entry]) -> list[
     out = []
     for ns in netns_names:
         for a in attach.find(netns_name=ns):
-            if (a.netns, a.dev, a.hook, a.prog_id) not in seen:
+            if a.method in attach.SELF_CHECKED:
+                continue   # record_entries() judged them
+            if (a.netns, a.target, a.hook, a.prog_id) not in seen:
                 out.append(Entry(a.hook, a.dev, a.netns, a.prog_id, a.prog_name, bpfgate=True, owner=a.owner,
                                  details={"stale": f"record {a.key}: not attached in the kernel"}))
         for st in attach.stale_state(ns):
-            out.append(Entry(st.hook, st.dev, st.netns, 0, bpfgate=True, owner=st.family,
+            out.append(Entry(st.hook, st.target, st.netns, 0, bpfgate=True, owner=st.family,
                              details={"stale": f"state {st.path}: no attachment claims it"}))
     return out
 
 
 def orphans(entries: list[Entry]) -> list[Entry]:
     """bpfgate programs attached with no record (a crashed run, a manual attach): detach can take them."""
-    recorded = {(a.netns, a.dev, a.hook, a.prog_id) for a in attach.records()}
+    recorded = {(a.netns, a.target, a.hook, a.prog_id) for a in attach.records()}
     return [e for e in entries if e.bpfgate and (e.netns, e.target, e.hook, e.prog_id) not in recorded
             and not e.hook.startswith(("cgroup", "sock_ops")) and "stale" not in e.details]
 

@@ -142,8 +142,7 @@ def test_tcx_and_classic_attach_leave_nothing_behind(net):
     assert _links_of(prog_id) == [] and _tc_ingress(server, sif.name) == []
 
     with AttemptLog([8080]) as log, EventStream([log.event_source()]) as stream:
-        log._attach_classic(sif.name, server.netns)
-        log.interfaces[server.ifindex(sif.name)] = sif.name
+        log.attach(sif.name, server.netns, method="tc")
         assert any("bg_attempts" in json.dumps(f) for f in _tc_ingress(server, sif.name))
         src, sport, _ = connect(client, sif.ip4, 8080)
         assert [key(e) for e in collect(stream, 1)] == [(src, sport, sif.ip4, 8080)]

@@ -494,7 +494,7 @@ def test_close_detaches_every_link_and_program():
     from bpfgate.kernel.objects import Program
 
     with TcpTracer(filters=Filter.parse(netns=["/proc/self/ns/net"])) as tcp, DropTracer(tcp=tcp) as drops:
-        infos = [link.info() for t in (tcp, drops) for link in t.links]
+        infos = [att.held.info() for t in (tcp, drops) for att in t.links]
     assert len(infos) == 5
 
     def alive(opener, ident) -> bool:

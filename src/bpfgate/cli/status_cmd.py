@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from bpfgate import attach, status
@@ -54,13 +56,24 @@ def register(app: click.Group) -> None:
 
     @app.command("detach")
     @click.option("--dev", help="Only this interface.")
+    @click.option("--cgroup", "cgroup_path", help="Only attachments to this cgroup v2 directory.")
     @click.option("--hook", type=click.Choice(attach.HOOKS), help="Only this hook.")
     @click.option("--netns", help="In this named network namespace (default: the current one).")
     @click.option("--all-netns", is_flag=True, help="In every namespace.")
     @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
-    def detach_cmd(dev, hook, netns, all_netns, as_json):
-        """Remove bpfgate's own attachments (filters, links, XDP, pins, a clsact bpfgate created)."""
+    def detach_cmd(dev, cgroup_path, hook, netns, all_netns, as_json):
+        """Remove bpfgate's own attachments with their pins and state (filters, links, XDP, cgroup, sockmap
+        and tracepoint programs, a clsact bpfgate created)."""
         caps.require("detach", caps.CAP_BPF, caps.CAP_NET_ADMIN, caps.CAP_SYS_ADMIN)
+        if cgroup_path:
+            done = attach.detach_matching(hook=hook, target=os.path.abspath(cgroup_path), any_netns=True)
+            if as_json:
+                term.print_json({"removed": done})
+            elif not done:
+                term.info("nothing of bpfgate's is attached there")
+            for line in done if not as_json else []:
+                term.info(f"removed {line}")
+            return
         done = attach.detach_matching(dev, hook, netns, any_netns=all_netns)
         # bg_* programs attached with no record (a crashed run): ours to remove too
         for e in status.orphans(status.collect(_netns_list(netns, all_netns), cgroups=False)):

@@ -32,7 +32,7 @@ from .state import StateStore
 OBJECT = "engine"
 OWNER = "engine"
 CT_OWNER = "engine-ct"
-CT_HANDLE, CT_PRIORITY = 0xB9E, 99       # the conntrack tracker runs before any filter of ours
+CT_HANDLE, CT_PRIORITY = attach_mod.order.slot(CT_OWNER).handle, attach_mod.order.slot(CT_OWNER).priority
 CT_KEY_SUFFIX = f".tc-egress-{CT_HANDLE:x}-{CT_PRIORITY}"   # ends the tracker's attachment key
 CT_TIMEOUT_NEW_S, CT_TIMEOUT_EST_S = 30, 600   # flow expiry after the last packet: no reply seen / replied
 RULE_ARRAYS = ("bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate")

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from bpfgate import attach as attach_layer
 from bpfgate import contract
 from bpfgate.errors import BpfgateError, NotSupported
 from bpfgate.inspect import events
 from bpfgate.inspect.events import EventSource
-from bpfgate.kernel import netlink, netns, tc
-from bpfgate.kernel.links import attach_tcx
+from bpfgate.kernel import netlink
 
 PROGRAM = "bg_attempts_tc"
 ALL_PORTS = contract.constants("attempts").BG_ATTEMPT_ALL_PORTS  # in the port map: watch every port
-# classic tc fallback: a handle/priority of our own, so we delete exactly our filter
-TC_HANDLE = TC_PRIORITY = 0xB6A7
+OWNER = "attempts"   # its tc priority/handle and TCX place: bpfgate.attach.order
 
 
 def _port(port: int) -> int:
@@ -44,36 +43,29 @@ class AttemptLog:
 
     # ---- attach ------------------------------------------------------------------------------------
 
-    def attach(self, dev: str | int, netns_name: str | None = None) -> int:
-        """Attach at TC ingress of `dev`; returns the ifindex. Detached by close()."""
+    def attach(self, dev: str | int, netns_name: str | None = None, method: str = "auto") -> int:
+        """Attach at TC ingress of `dev` through the attach layer (recorded): a TCX link this process holds
+        (kernel >= 6.6), else (or with method "tc") a clsact filter at the attempts slot
+        (bpfgate.attach.order: after the policy engine, so only what the policy let through is logged).
+        Returns the ifindex. Detached by close()."""
+        if method not in ("auto", "tcx", "tc"):
+            raise BpfgateError("attach", f"method must be auto, tcx or tc, not {method!r}")
         ifindex = netlink.ifindex(dev, netns_name)
-        try:
-            with netns.entered(netns_name):
-                link = attach_tcx(self.prog, ifindex, "ingress")
-            self._undo.append(link.close)
-        except NotSupported:
-            self._attach_classic(dev, netns_name)
-        self.interfaces[ifindex] = str(dev)
+        name = netlink.ifname(dev, netns_name)
+        point = attach_layer.Point.device(name, "ingress", netns_name)
+        opts = attach_layer.Options(owner=OWNER, replace=False)
+        att = None
+        if method != "tc":
+            try:
+                att = attach_layer.tcx.attach(self.prog, point, opts, pinned=False)
+            except NotSupported:   # kernels without TCX
+                if method == "tcx":
+                    raise
+        if att is None:
+            att = attach_layer.tc.attach(self.prog, point, opts)
+        self._undo.append(lambda: att.close() if att.held is not None else attach_layer.detach(att))
+        self.interfaces[ifindex] = name
         return ifindex
-
-    def _attach_classic(self, dev: str | int, netns_name: str | None) -> None:
-        """Kernels without TCX: clsact + direct-action filter; remove the qdisc only if we made it."""
-        created = tc.ensure_clsact(dev, netns_name)
-        try:
-            tc.add_filter(dev, "ingress", self.prog.fd, handle=TC_HANDLE, priority=TC_PRIORITY,
-                          name="bg_attempts", netns=netns_name)
-        except BaseException:
-            if created:
-                tc.remove_clsact(dev, netns_name)
-            raise
-
-        def undo() -> None:
-            if created:
-                tc.remove_clsact(dev, netns_name)
-            else:
-                tc.delete_filter(dev, "ingress", handle=TC_HANDLE, priority=TC_PRIORITY, netns=netns_name)
-
-        self._undo.append(undo)
 
     def close(self) -> None:
         """Detach everything (best effort for each, so one failure does not leave the rest attached)."""

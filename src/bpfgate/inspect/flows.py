@@ -26,10 +26,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from bpfgate import contract
+from bpfgate import attach, contract
 from bpfgate.errors import BpfgateError, NotFound, NotSupported
 from bpfgate.inspect.events import Clock, Context, EventKind, EventSource, register_kind, tcp_flags_str
-from bpfgate.kernel import links, netlink, netns, pins, tc
+from bpfgate.kernel import netlink, pins
 from bpfgate.kernel.maps import Map, possible_cpus
 from bpfgate.kernel.objects import BpfObject
 from bpfgate.kernel.ringbuf import RingBuffer
@@ -46,8 +46,6 @@ SORT_KEYS = ("bytes", "packets", "last")
 STAT_NEW, STAT_ENDED, STAT_UNPARSED = C.BG_FLOW_STAT_NEW, C.BG_FLOW_STAT_ENDED, C.BG_FLOW_STAT_UNPARSED
 STAT_CREATE_FAIL, STAT_DELETED = C.BG_FLOW_STAT_CREATE_FAIL, C.BG_FLOW_STAT_DELETED
 STAT_EVENTS_LOST = C.BG_STAT_EVENTS_LOST
-# clsact fallback (kernels without TCX): priority 1 runs before the gate's filters
-TC_PRIORITY, TC_HANDLE = 1, 0xB9F5
 _KEY = contract.struct("flows", "bg_flow_key")
 _SADDR = slice(_KEY.saddr.offset, _KEY.saddr.offset + _KEY.saddr.size)
 _DADDR = slice(_KEY.daddr.offset, _KEY.daddr.offset + _KEY.daddr.size)
@@ -63,23 +61,24 @@ def pin_dir(dev: str, netns_name: str | None = None) -> str:
 
 
 class TcHooks:
-    """Programs attached at TC ingress and/or egress of one interface for the lifetime of this object.
+    """Programs attached at TC ingress and/or egress of one interface for the lifetime of this object,
+    through the attach layer (recorded: `bpfgate status` names the family, `bpfgate detach` removes them).
 
-    method "tcx" (kernel >= 6.6): links placed first in the TCX chain, so they see every packet before
-    other programs decide; the kernel detaches them when the process exits, even on SIGKILL.
-    method "tc": clsact direct-action filters at priority 1; the qdisc is removed on close only if we
-    created it and no other filter is left. "auto": tcx, else tc.
+    method "tcx" (kernel >= 6.6): links the process holds, placed where the family's slot says (flows and
+    capture: first in the TCX chain, so they see every packet before other programs decide); the kernel
+    detaches them when the process exits, even on SIGKILL. method "tc": clsact direct-action filters at the
+    family's priority (bpfgate.attach.order); the qdisc is removed on close only if we created it and no
+    other filter is left. "auto": tcx, else tc.
     Our programs return TC_ACT_UNSPEC/TCX_NEXT: they never change what happens to a packet.
     """
 
-    def __init__(self, dev: str, progs: dict[str, Any], *, netns_name: str | None = None, method: str = "auto"):
+    def __init__(self, dev: str, progs: dict[str, Any], *, netns_name: str | None = None, method: str = "auto",
+                 owner: str = "flows"):
         if method not in ("auto", "tcx", "tc"):
             raise BpfgateError("attach", f"method must be auto, tcx or tc, not {method!r}")
-        self.dev, self.netns, self.method = dev, netns_name, method
+        self.dev, self.netns, self.method, self.owner = dev, netns_name, method, owner
         self.ifindex = netlink.ifindex(dev, netns_name)  # NotFound: one line, nothing attached yet
-        self.links: dict[str, links.Link] = {}  # direction -> TCX link
-        self._filters: list[str] = []
-        self._created_clsact = False
+        self.attachments: dict[str, attach.Attachment] = {}  # direction -> attachment
         try:
             for direction, prog in progs.items():
                 self._attach(direction, prog)
@@ -87,44 +86,44 @@ class TcHooks:
             self.close()
             raise
 
+    @property
+    def links(self) -> dict[str, Any]:
+        """direction -> the TCX link this process holds (method tcx)."""
+        return {d: a.held for d, a in self.attachments.items() if a.held is not None}
+
     def _attach(self, direction: str, prog: Any) -> None:
+        point = attach.Point.device(self.dev, direction, self.netns)
         if self.method in ("auto", "tcx"):
             try:
-                self.links[direction] = _tcx_first(prog, self.ifindex, direction, self.netns)
+                self.attachments[direction] = attach.tcx.attach(prog, point, attach.Options(owner=self.owner),
+                                                                pinned=False)
                 self.method = "tcx"
                 return
             except NotSupported:
                 if self.method == "tcx":
                     raise
                 self.method = "tc"
-        if not self._filters and not self._created_clsact:
-            self._created_clsact = tc.ensure_clsact(self.ifindex, self.netns)
-        tc.add_filter(self.ifindex, direction, prog.fd, handle=TC_HANDLE, priority=TC_PRIORITY,
-                      name=prog.name, netns=self.netns)
-        self._filters.append(direction)
+        self.attachments[direction] = attach.tc.attach(prog, point, attach.Options(owner=self.owner, replace=False))
+
+    def keep(self, pin_dir: str, extra_pins: Iterable[str]) -> None:
+        """Pin the held links under `pin_dir` (link_<direction>): the attachments outlive this process; the
+        records now own those pins and `extra_pins` (the maps), so `bpfgate detach` removes all of them."""
+        extra = list(extra_pins)
+        for direction, att in self.attachments.items():
+            attach.pin_held(att, os.path.join(pin_dir, f"link_{direction}"), extra)
+            extra = []   # the maps belong to the first record; one detach of either removes them with it
+        self.attachments = {}
 
     def close(self) -> None:
-        for link in self.links.values():
-            link.close()
-        self.links = {}
-        for direction in self._filters:
+        atts, self.attachments = self.attachments, {}
+        for att in atts.values():
             try:
-                tc.delete_filter(self.ifindex, direction, handle=TC_HANDLE, priority=TC_PRIORITY, netns=self.netns)
+                if att.held is not None:
+                    att.close()   # the kernel detaches a link when its last fd goes
+                else:
+                    attach.detach(att)
             except BpfgateError:
                 pass  # the interface (or its namespace) is gone, and the filter with it
-        self._filters = []
-        if self._created_clsact:
-            self._created_clsact = False
-            try:
-                if not any(tc.list_filters(self.ifindex, d, self.netns) for d in DIRECTIONS):
-                    tc.remove_clsact(self.ifindex, self.netns)
-            except BpfgateError:
-                pass
-
-
-def _tcx_first(prog: Any, ifindex: int, direction: str, netns_name: str | None) -> links.Link:
-    with netns.entered(netns_name):
-        return links.attach_tcx(prog, ifindex, direction, first=True)
 
 
 def open_pair(obj_name: str, prefix: str, dev: str, direction: str, *, netns_name: str | None = None,
@@ -141,7 +140,8 @@ def open_pair(obj_name: str, prefix: str, dev: str, direction: str, *, netns_nam
         for name, n in (sizes or {}).items():
             obj.set_max_entries(name, n)
         obj.load()
-        hooks = TcHooks(dev, {d: obj.program(f"{prefix}_{d}") for d in dirs}, netns_name=netns_name, method=method)
+        hooks = TcHooks(dev, {d: obj.program(f"{prefix}_{d}") for d in dirs}, netns_name=netns_name, method=method,
+                        owner=obj_name)
     except BaseException:
         obj.close()
         raise
@@ -309,10 +309,12 @@ class FlowMonitor:
             raise BpfgateError(f"keep flow accounting on {self.dev}", "already running there",
                                hint="stop it first: bpfgate flows --dev DEV --stop")
         try:
-            for direction, link in self.hooks.links.items():
-                link.pin(os.path.join(self.pin_dir, f"link_{direction}"))
+            maps = []
             for name in PINNED_MAPS:
-                self.obj.map(name).pin(os.path.join(self.pin_dir, name))
+                path = os.path.join(self.pin_dir, name)
+                self.obj.map(name).pin(path)
+                maps.append(path)
+            self.hooks.keep(self.pin_dir, maps)
         except BaseException:
             pins.unpin(self.pin_dir)
             raise
@@ -322,7 +324,11 @@ class FlowMonitor:
     def stop(dev: str, netns_name: str | None = None) -> None:
         """Detach and forget accounting left running by keep() (unpinning the links detaches them)."""
         d = pin_dir(dev, netns_name)
-        if not pins.unpin(d):
+        found = False
+        for att in attach.find(dev, None, netns_name, owner="flows"):
+            if any(p.startswith(d + os.sep) for p in att.pins):
+                found = bool(attach.detach(att)) or found
+        if not pins.unpin(d) and not found:
             raise NotFound(f"stop flow accounting on {dev}", "none is running there")
         for parent in (os.path.dirname(d), os.path.dirname(os.path.dirname(d))):  # <netns>/, flows/
             try:

@@ -29,13 +29,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bpfgate import attach as attach_layer
 from bpfgate.errors import BpfgateError
 from bpfgate.inspect import events
 from bpfgate.inspect.events import EventSource, addr_bytes, addr_str
-from bpfgate.kernel import netlink, netns
-from bpfgate.kernel.links import Link, attach_xdp_link
+from bpfgate.kernel import netlink
 
 PROGRAM = "bg_syn_xdp"
+OWNER = "syn"
 BLOCKLIST = "syn_blocklist"
 
 
@@ -70,7 +71,7 @@ class SynCounter:
         self.obj = obj
         self.prog = obj.program(PROGRAM)
         self.interfaces: dict[int, str] = {}
-        self._links: list[Link] = []
+        self._links: list[attach_layer.Attachment] = []   # XDP links this process holds
         self.engine_blockers: list[EngineBlocker] = []
         self.configure(rate, block)
 
@@ -79,10 +80,11 @@ class SynCounter:
     def attach(self, dev: str | int, netns_name: str | None = None) -> int:
         """Attach to `dev` (in `netns_name`) as an XDP link; returns the ifindex."""
         ifindex = netlink.ifindex(dev, netns_name)
-        with netns.entered(netns_name):
-            link = attach_xdp_link(self.prog, ifindex)
-        self._links.append(link)
-        self.interfaces[ifindex] = str(dev)
+        name = netlink.ifname(dev, netns_name)
+        att = attach_layer.xdp.attach(self.prog, attach_layer.Point.device(name, "", netns_name),
+                                      attach_layer.Options(owner=OWNER, link=True), pinned=False)
+        self._links.append(att)   # XDP: one program per device (bpfgate.attach.order)
+        self.interfaces[ifindex] = name
         return ifindex
 
     def close(self) -> None:

@@ -181,8 +181,9 @@ class _LinkCreateAttr(ctypes.Structure):
 BPF_F_BEFORE = 1 << 3  # TCX: put the new link first in the chain (with no relative target)
 
 
-def _link_create(prog: Any, ifindex: int, attach_type: int, what: str, flags: int = 0) -> Link:
-    attr = _LinkCreateAttr(prog_fd=_prog_fd(prog), target_ifindex=ifindex, attach_type=attach_type, flags=flags)
+def link_create(prog: Any, target: int, attach_type: int, what: str, flags: int = 0) -> Link:
+    """BPF_LINK_CREATE: `target` is an ifindex (TCX, XDP) or a file descriptor (a cgroup directory)."""
+    attr = _LinkCreateAttr(prog_fd=_prog_fd(prog), target_ifindex=target, attach_type=attach_type, flags=flags)
     fd = L.sys_bpf(BPF_LINK_CREATE, attr)
     if fd < 0:
         err = -fd
@@ -196,12 +197,12 @@ def attach_tcx(prog: Any, ifindex: int, direction: str, *, first: bool = False) 
     """A TCX link (kernel >= 6.6): tc without qdiscs, ordered, owned by a link. `first`: run before every
     program already there (observers such as flow accounting and capture must see what a gate drops)."""
     at = BPF_TCX_INGRESS if _direction(direction) == "ingress" else BPF_TCX_EGRESS
-    return _link_create(prog, ifindex, at, f"tcx {direction} ifindex {ifindex}", BPF_F_BEFORE if first else 0)
+    return link_create(prog, ifindex, at, f"tcx {direction} ifindex {ifindex}", BPF_F_BEFORE if first else 0)
 
 
 def attach_xdp_link(prog: Any, ifindex: int) -> Link:
     """An XDP link: detaches with the link instead of lingering on the device."""
-    return _link_create(prog, ifindex, BPF_XDP, f"xdp link ifindex {ifindex}")
+    return link_create(prog, ifindex, BPF_XDP, f"xdp link ifindex {ifindex}")
 
 
 # ---- XDP and TC through libbpf's netlink helpers -----------------------------------------------------

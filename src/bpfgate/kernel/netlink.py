@@ -143,6 +143,16 @@ def interfaces(netns: str | None = None) -> list[Interface]:
         return sorted((_interface_of(m) for m in links), key=lambda i: i.ifindex)
 
 
+def ifname(dev: Dev, netns: str | None = None) -> str:
+    """The name of interface `dev` (name or index): what records of attachments are keyed by."""
+    if isinstance(dev, str):
+        return dev
+    for itf in interfaces(netns):
+        if itf.ifindex == dev:
+            return itf.name
+    raise NotFound(f"look up {on_where(dev, netns)}", "no such interface")
+
+
 # ---------------------------------------------------------------- XDP
 
 XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE, "offload": XDP_FLAGS_HW_MODE}

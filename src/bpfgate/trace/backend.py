@@ -15,10 +15,10 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from bpfgate import attach
 from bpfgate.errors import BpfgateError, NotSupported
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel.btf import KIND_TYPEDEF, Btf
-from bpfgate.kernel.links import Link, attach_auto
 from bpfgate.kernel.objects import BpfObject
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -170,8 +170,13 @@ def load_only(obj_name: str, hooks: tuple[Hook, ...]) -> list[Choice]:
     return choices
 
 
+def attach_auto(obj: BpfObject, prog: str) -> attach.Attachment:
+    """Attach by the program's SEC() through the attach layer (recorded; held by this process)."""
+    return attach.tracepoint.attach(obj, prog, attach.Options(owner="trace"))
+
+
 def load(obj_name: str, hooks: tuple[Hook, ...], *, what: str, prefer: str = "auto",
-         rodata: dict | None = None, setup=None) -> tuple[BpfObject, list[Link], list[Choice]]:
+         rodata: dict | None = None, setup=None) -> tuple[BpfObject, list[attach.Attachment], list[Choice]]:
     """Open, load and attach `obj_name` with one backend per hook. `setup(obj)` runs before load (e.g.
     reuse_map). Returns (object, links, choices); close the links, then the object, to detach."""
     choices = choose(hooks, prefer)
@@ -189,7 +194,7 @@ def load(obj_name: str, hooks: tuple[Hook, ...], *, what: str, prefer: str = "au
                    for c in fallback]
         _check_required(choices, what)
         obj = _open(obj_name, choices, rodata, setup)
-    links: list[Link] = []
+    links: list[attach.Attachment] = []
     try:
         for c in choices:
             if c.backend is None:
