@@ -26,11 +26,21 @@ def test_demo_cli_exit_code_json_and_nothing_left():
 
     from bpfgate import attach
     from bpfgate.kernel import pins
+    from bpfgate.sandbox.names import owner_of
 
-    r = subprocess.run([sys.executable, "-m", "bpfgate", "demo", "--json"], capture_output=True, text=True,
-                       timeout=scaled(300))
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout)
+    proc = subprocess.Popen([sys.executable, "-m", "bpfgate", "demo", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=scaled(300))
+    assert proc.returncode == 0, stderr[-2000:]
+    out = json.loads(stdout)
     assert out["ok"] and all(c["ok"] for c in out["checks"])
-    assert not [a for a in attach.records() if a.owner == "engine"]
-    assert not os.path.exists(pins.pin_path("engine", "-"))
+
+    def demos(name: str | None) -> bool:   # other runs on this machine attach engines too: only the demo's
+        o = owner_of(name or "")
+        return bool(o) and o[1] == proc.pid
+
+    assert not [a for a in attach.records() if demos(a.netns)]
+    engine_state = attach.state_root("engine")
+    assert not [d for d in (os.listdir(engine_state) if os.path.isdir(engine_state) else []) if demos(d)]
+    engine_pins = pins.pin_path("engine")
+    assert not [d for d in (os.listdir(engine_pins) if os.path.isdir(engine_pins) else []) if demos(d)]
