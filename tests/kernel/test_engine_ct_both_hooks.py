@@ -157,3 +157,20 @@ def test_xdp_and_tc_ingress_count_each_packet_once_in_either_order(net):
     xdp.detach()
     ing.detach()
     assert_nothing_left(n)
+
+
+def test_cli_detach_of_the_xdp_engine_lets_the_tc_ingress_engine_count_again(net):
+    """`bpfgate detach --hook xdp` is the engine's own detach: the tc-ingress engine sharing the device's flow
+    table counts again (it only read the state while the XDP engine counted)."""
+    from clirun import run_cli
+
+    n = net
+    ing = n.attach("tc-ingress")
+    n.attach("xdp", mode="generic")
+    assert exchange(n, ing, 41020) == (SENT, SENT * REPLIES_EACH)
+    r = run_cli(["detach", "--netns", n.ns, "--dev", n.dev, "--hook", "xdp"])
+    assert r.returncode == 0 and "xdp" in r.stdout, r.stderr
+    assert [h for _, h in Engine.attached(n.ns)] == [ing.hook]
+    assert exchange(n, ing, 41021) == (SENT, SENT * REPLIES_EACH)   # was: no flow (lookup-only stayed on)
+    ing.detach()
+    assert_nothing_left(n)

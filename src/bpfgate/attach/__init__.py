@@ -102,6 +102,20 @@ def alive(att: Attachment) -> bool:
     return _UNDO[att.method].alive(att) if att.method in SELF_CHECKED else True
 
 
+# families whose attach points share kernel pieces with each other (the policy engines of one device share
+# a flow table, a tracker and a lookup-only switch): their own detach keeps the others right
+FAMILY_DETACH = {"engine": "bpfgate.engine.teardown"}
+
+
+def _family_detach(att: Attachment) -> list[str] | None:
+    """The owner family's detach of `att`'s attach point, or None (then the generic detach)."""
+    if att.owner not in FAMILY_DETACH:
+        return None
+    import importlib
+
+    return importlib.import_module(FAMILY_DETACH[att.owner]).detach(att)
+
+
 def detach(att: Attachment) -> list[str]:
     """Undo one attachment with its pins and state; returns what was removed (for the user). Tolerates
     half-gone state (the device, namespace, map or program already gone)."""
@@ -132,7 +146,9 @@ def detach_matching(dev: str | None = None, hook: str | None = None, netns_name:
     (only for device and namespace matches: a cgroup or map target has no family state)."""
     done: list[str] = []
     for att in find(dev, hook, netns_name, any_netns, owner, target):
-        done.extend(detach(att))
+        if att.key not in {a.key for a in records()}:
+            continue   # its family's detach of an earlier one took it along
+        done.extend(_family_detach(att) or detach(att))
     if owner is None and target is None:
         for st in stale_state(netns_name, any_netns, dev, hook):
             if remove_state(st.path):
