@@ -6,7 +6,9 @@ unless it names another run's sandbox (so key per-namespace state by the sandbox
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import pytest
 
@@ -40,17 +42,34 @@ def _paths(root: str, skip: tuple[str, ...] = ()) -> set[str]:
 
 def _trees() -> dict[str, set[str]]:
     """What bpfgate keeps outside namespaces: pins, and records and state under /run/bpfgate."""
+    from bpfgate import attach
+
+    attach.records()   # drops the records of links whose process died (nothing is left to undo)
     return {"pin": _paths(PIN_ROOT), "state": _paths(RUN_ROOT, RUN_SKIP)}
+
+
+def _held_by_another_process(path: str) -> bool:
+    """A record of a link another live process holds (its `pid`): not this run's to judge."""
+    if not path.endswith(".json") or os.path.basename(os.path.dirname(path)) != "attachments":
+        return False
+    try:
+        with open(path) as f:
+            pid = json.load(f).get("pid", 0)
+        return bool(pid) and pid != os.getpid() and os.path.exists(f"/proc/{pid}")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _other_runs(path: str, root: str) -> bool:
     """The path names another live run's sandbox (e.g. engine/<tag>-server/eth0/... or a record
-    <tag>-server.eth0.tc-ingress-...json): runs share this machine."""
-    for part in os.path.relpath(path, root).split(os.sep):
-        for piece in part.split("."):
-            o = owner_of(piece)
-            if o and o[1] != os.getpid():
-                return True
+    <tag>-server.eth0.tc-ingress-...json, a cgroup path quoted in a record key), or is a record of a link
+    another process holds: runs share this machine."""
+    if _held_by_another_process(path):
+        return True
+    for piece in re.split(r"[./]|%2F", os.path.relpath(path, root)):
+        o = owner_of(piece)
+        if o and o[1] != os.getpid():
+            return True
     return False
 
 

@@ -9,13 +9,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 
 import pytest
 from clirun import run_cli
 
 from bpfgate import attach, status
 from bpfgate.kernel.objects import BpfObject
+from bpfgate.sandbox.names import netns_name, new_tag
 
 pytestmark = pytest.mark.kernel
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.kernel
 def cgroup():
     root = status.cgroup2_mount()
     assert root, "no cgroup v2 mount"
-    cg = os.path.join(root, f"bgtest-{os.getpid()}-{uuid.uuid4().hex[:4]}")
+    cg = os.path.join(root, netns_name(new_tag(), "cg"))   # names its run: the leak check tells runs apart
     os.mkdir(cg)
     try:
         yield cg
@@ -68,7 +68,7 @@ def status_of(**match) -> list[dict]:
 
 def test_cgroup_and_sockops_pinned_then_detached_by_another_process(cgroup):
     """A child attaches and pins, then exits: the attachments stay; `bpfgate detach --cgroup` removes them."""
-    pin_dir = f"/sys/fs/bpf/bpfgate/links/test-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    pin_dir = f"/sys/fs/bpf/bpfgate/links/{netns_name(new_tag(), 'pins')}"
     child = LOAD + textwrap.dedent(f"""
         from bpfgate import attach
         point = attach.Point.of_cgroup({cgroup!r})

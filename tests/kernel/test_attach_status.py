@@ -13,6 +13,7 @@ from bpfgate import attach, status
 from bpfgate.errors import NotFound
 from bpfgate.kernel import tc
 from bpfgate.kernel.objects import BpfObject
+from bpfgate.sandbox.names import netns_name, new_tag
 from features import require  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
@@ -24,7 +25,7 @@ def sh(*args, check=True):
 
 @pytest.fixture
 def ns():
-    name = f"bgat{os.getpid() % 10000}{uuid.uuid4().hex[:4]}"
+    name = netns_name(new_tag(), "at")   # sandbox-style: the leak check tells other runs' records apart
     sh("ip", "netns", "add", name)
     try:
         sh("ip", "-n", name, "link", "add", "va", "type", "veth", "peer", "name", "vb")
