@@ -324,7 +324,7 @@ static __always_inline void on_send_reset(const struct sock *sk, const struct sk
  * classic struct gained each field together with the tp_btf argument, so one CO-RE check serves both
  * backends (bpfgate.trace.tcp.HOOKS names them for the report of what is lost).
  *   err of tcp_retransmit_skb: Linux 6.17 (before, the tracepoint fired for successful retransmits only)
- *   reason of tcp_send_reset: Linux 6.10
+ *   reason of tcp_send_reset: Linux 6.10 (which also traces resets sent without a socket; 6.1 does not)
  */
 #define HAS_RETRANS_ERR bpf_core_field_exists(struct trace_event_raw_tcp_retransmit_skb, err)
 #define HAS_RST_REASON bpf_core_field_exists(struct trace_event_raw_tcp_send_reset, reason)

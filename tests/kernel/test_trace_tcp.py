@@ -243,9 +243,13 @@ def test_lifecycle_pid_bytes_failures_drops(net, gate):
         f = _one(tcp_ev, event="connect_failed", raddr=res["addr"], rport=res["port"])
         assert (f["cause"], f["pid"], f["comm"]) == (cause, cpid, "bgt-client"), f
         assert 0 < f["duration_ms"] <= elapsed * 1000
-    # the RST of the closed port: sent by the server's kernel (no socket), received by the client
+    # the RST of the closed port: sent by the server's kernel (no socket), received by the client. Kernels
+    # before 6.10 trace only resets a socket sends, without a reason: the tracer says it runs without them
     rst_tx = [e for e in tcp_ev if e["event"] == "reset_tx" and e["lport"] == CLOSED_PORT]
-    assert rst_tx and rst_tx[0]["reason"] == "NO_SOCKET" and rst_tx[0]["laddr"] == link.b.ip4
+    if any("tcp:tcp_send_reset" in line for line in tcp.degraded()):
+        assert rst_tx == []
+    else:
+        assert rst_tx and rst_tx[0]["reason"] == "NO_SOCKET" and rst_tx[0]["laddr"] == link.b.ip4
     rst_rx = _one(tcp_ev, event="reset_rx", rport=CLOSED_PORT)
     assert (rst_rx["pid"], rst_rx["comm"], rst_rx["state"]) == (cpid, "bgt-client", "SYN_SENT")
     # the dropped port: the client's kernel retransmitted the SYN, on behalf of the client

@@ -20,7 +20,8 @@ HOOKS = (
                        "failed retransmits (only successful ones are reported)"),)),
     Hook("tcp", "tcp_receive_reset", "bg_tcp_rst_rx_btf", "bg_tcp_rst_rx_tp", "resets received"),
     Hook("tcp", "tcp_send_reset", "bg_tcp_rst_tx_btf", "bg_tcp_rst_tx_tp", "resets sent",
-         extras=(Extra("trace_event_raw_tcp_send_reset", "reason", "6.10", "why a reset was sent"),)),
+         extras=(Extra("trace_event_raw_tcp_send_reset", "reason", "6.10",
+                       "resets sent without a socket (to a closed port), and why a reset was sent"),)),
 )
 
 
