@@ -18,6 +18,7 @@
 #include "bg_emit.h"
 #include "bg_bounds.h"
 #include "parse.h"
+#include "ct_track.h" /* bg_ct: the tracker shared with flow accounting */
 
 #define TC_ACT_UNSPEC -1
 #define TC_ACT_OK 0
@@ -28,8 +29,6 @@
 const volatile __u8 cfg_hook = BG_ENGINE_TC_INGRESS; /* enum bg_engine_hook (events say where) */
 const volatile __u8 cfg_ct = 1;          /* track flows and set ct_state */
 const volatile __u8 cfg_test_mark = 0;   /* tests: ct_state from skb->mark low 3 bits, rule_id+1 into mark */
-const volatile __u64 cfg_ct_timeout_new_ns = 30 * NSEC;   /* no reply seen yet */
-const volatile __u64 cfg_ct_timeout_est_ns = 600 * NSEC;  /* reply seen */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -103,13 +102,6 @@ struct {
 	__type(value, struct bg_log_bucket);
 } bg_log_rate SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct bg_ct_key);
-	__type(value, struct bg_ct_entry);
-} bg_ct SEC(".maps");
-
 /* [0] = 1: an engine earlier on this packet's path (XDP before tc-ingress) tracks the flows; this one only
  * reads their state, so per-flow counters count each packet once. Set by the control plane. */
 struct {
@@ -150,164 +142,6 @@ struct {
 _Static_assert(BG_PKT_L3 == BG_HAVE_L3 && BG_PKT_PROTO == BG_HAVE_PROTO && BG_PKT_PORTS == BG_HAVE_PORTS &&
 	       BG_PKT_TCPFLAGS == BG_HAVE_TCPFLAGS && BG_PKT_ICMP == BG_HAVE_ICMP && BG_PKT_VLAN == BG_HAVE_VLAN,
 	       "enum bg_pkt_have and enum bg_have differ");
-
-/* ---- conntrack ------------------------------------------------------------------------------------ */
-
-/* Flow key of the packet, in the packet's direction. 0 if the packet is not trackable. */
-static __always_inline int ct_key_of(const struct bg_cls_key *k, const struct bg_pkt *p, struct bg_ct_key *ck)
-{
-	if (!(k->have & BG_HAVE_PROTO))
-		return 0;
-	ck->family = k->family;
-	ck->proto = k->proto;
-	__builtin_memcpy(ck->src, k->src, 16);
-	__builtin_memcpy(ck->dst, k->dst, 16);
-	if (k->have & BG_HAVE_PORTS) {
-		ck->sport = k->sport;
-		ck->dport = k->dport;
-	} else if (k->have & BG_HAVE_ICMP) {
-		/* echo request/reply share the identifier; other ICMP is tracked per address pair */
-		__u8 t = k->icmp_type;
-
-		if (t == 8 || t == 0 || t == 128 || t == 129)
-			ck->sport = ck->dport = p->icmp_id;
-	} else if (k->proto == 6 || k->proto == 17 || k->proto == 132 || k->proto == 1 || k->proto == 58) {
-		return 0; /* fragment or truncated: no L4 to tell the flow */
-	}
-	return 1;
-}
-
-static __always_inline void ct_reverse(const struct bg_ct_key *ck, struct bg_ct_key *rk)
-{
-	rk->family = ck->family;
-	rk->proto = ck->proto;
-	rk->sport = ck->dport;
-	rk->dport = ck->sport;
-	__builtin_memcpy(rk->src, ck->dst, 16);
-	__builtin_memcpy(rk->dst, ck->src, 16);
-}
-
-static __always_inline int ct_live(const struct bg_ct_entry *e, __u64 now)
-{
-	__u64 t = (e->flags & BG_CTF_REPLY) ? cfg_ct_timeout_est_ns : cfg_ct_timeout_new_ns;
-
-	return now - e->last_ns <= t;
-}
-
-static __always_inline void ct_account(struct bg_ct_entry *e, int reply, __u32 len, __u8 tcp_flags, __u64 now)
-{
-	e->last_ns = now;
-	if (reply) {
-		__sync_fetch_and_add(&e->packets_reply, 1);
-		__sync_fetch_and_add(&e->bytes_reply, len);
-		if (!(e->flags & BG_CTF_REPLY))
-			e->flags |= BG_CTF_REPLY;
-	} else {
-		__sync_fetch_and_add(&e->packets_orig, 1);
-		__sync_fetch_and_add(&e->bytes_orig, len);
-	}
-	e->tcp_flags_seen |= tcp_flags;
-}
-
-/* An ICMP error (unreachable, time exceeded, parameter problem; ICMPv6 types 1-4) about a tracked flow:
- * the error quotes the offending packet's IP header and first L4 bytes. */
-static __always_inline int ct_related(const struct bg_cls_key *k, const struct bg_pkt *p, __u64 now)
-{
-	struct bg_ct_key ik = {}, rk = {};
-	struct bg_ct_entry *e;
-	__u8 t = k->icmp_type, *in;
-	void *end = p->end;
-
-	if (!(k->have & BG_HAVE_ICMP) || !p->l4)
-		return 0;
-	if (k->proto == 1 ? !(t == 3 || t == 11 || t == 12) : !(t >= 1 && t <= 4))
-		return 0;
-	in = p->l4 + 8;
-	if (k->family == 4) {
-		struct iphdr *ip = (void *)in;
-
-		if ((void *)(ip + 1) > end || ip->ihl < 5)
-			return 0;
-		ik.family = 4;
-		ik.proto = ip->protocol;
-		__builtin_memcpy(ik.src, &ip->saddr, 4);
-		__builtin_memcpy(ik.dst, &ip->daddr, 4);
-		in += ip->ihl * 4;
-	} else {
-		struct ipv6hdr *ip6 = (void *)in;
-
-		if ((void *)(ip6 + 1) > end)
-			return 0;
-		ik.family = 6;
-		ik.proto = ip6->nexthdr;
-		__builtin_memcpy(ik.src, &ip6->saddr, 16);
-		__builtin_memcpy(ik.dst, &ip6->daddr, 16);
-		in = (void *)(ip6 + 1);
-	}
-	if (ik.proto == 6 || ik.proto == 17 || ik.proto == 132) {
-		if ((void *)(in + 4) > end)
-			return 0;
-		ik.sport = ((__u16)in[0] << 8) | in[1];
-		ik.dport = ((__u16)in[2] << 8) | in[3];
-	} else if (ik.proto == 1 || ik.proto == 58) {
-		if ((void *)(in + 6) > end)
-			return 0;
-		if (in[0] == 8 || in[0] == 0 || in[0] == 128 || in[0] == 129)
-			ik.sport = ik.dport = ((__u16)in[4] << 8) | in[5];
-	}
-	e = bpf_map_lookup_elem(&bg_ct, &ik);
-	if (e && ct_live(e, now))
-		return 1;
-	ct_reverse(&ik, &rk);
-	e = bpf_map_lookup_elem(&bg_ct, &rk);
-	return e && ct_live(e, now);
-}
-
-/* Look the packet's flow up (creating it for a valid first packet, accounting it unless lookup_only);
- * returns enum bg_ct_state or 0. */
-static __always_inline __u8 ct_track(const struct bg_cls_key *k, const struct bg_pkt *p, __u32 len,
-				     int lookup_only)
-{
-	struct bg_ct_key ck = {}, rk = {};
-	struct bg_ct_entry *e;
-	__u64 now = bpf_ktime_get_ns();
-	__u8 flags = (k->have & BG_HAVE_TCPFLAGS) ? k->tcp_flags : 0;
-
-	if (!ct_key_of(k, p, &ck))
-		return 0;
-	e = bpf_map_lookup_elem(&bg_ct, &ck);
-	if (e && ct_live(e, now)) {
-		if (!lookup_only)
-			ct_account(e, 0, len, flags, now);
-		return (e->flags & BG_CTF_REPLY) ? BG_CT_ESTABLISHED : BG_CT_NEW;
-	}
-	ct_reverse(&ck, &rk);
-	e = bpf_map_lookup_elem(&bg_ct, &rk);
-	if (e && ct_live(e, now)) {
-		if (!lookup_only)
-			ct_account(e, 1, len, flags, now);
-		return BG_CT_ESTABLISHED;
-	}
-	if (ct_related(k, p, now))
-		return BG_CT_RELATED;
-	/* a new flow: TCP only from a SYN without ACK (anything else without state is invalid) */
-	if (k->proto == 6) {
-		if (!(k->have & BG_HAVE_TCPFLAGS) || (flags & 0x16) != 0x02) /* SYN, no ACK, no RST */
-			return BG_CT_INVALID;
-	}
-	if (lookup_only)
-		return BG_CT_NEW;
-	{
-		struct bg_ct_entry ne = {};
-
-		ne.first_ns = ne.last_ns = now;
-		ne.packets_orig = 1;
-		ne.bytes_orig = len;
-		ne.tcp_flags_seen = flags;
-		bpf_map_update_elem(&bg_ct, &ck, &ne, BPF_ANY);
-	}
-	return BG_CT_NEW;
-}
 
 /* ---- classifier ----------------------------------------------------------------------------------- */
 
@@ -674,8 +508,11 @@ int bg_engine_tc(struct __sk_buff *skb)
 		}
 	} else if (cfg_ct) {
 		__u32 zero = 0, *lo = bpf_map_lookup_elem(&bg_ct_lookup_only, &zero);
+		__u8 dir = cfg_hook == BG_ENGINE_TC_EGRESS ? BG_DIR_EGRESS : BG_DIR_INGRESS;
+		struct bg_ct_size sz;
 
-		k.ct_state = ct_track(&k, &p, skb->len, lo && *lo);
+		bg_ct_size_skb(skb, &p, &sz);
+		k.ct_state = bg_ct_packet(&p, &sz, skb->ifindex, dir, lo && *lo, 0, 0);
 		if (k.ct_state)
 			k.have |= BG_HAVE_CT;
 	}
@@ -712,7 +549,10 @@ int bg_engine_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	key_of(&p, &k);
 	if (cfg_ct && !cfg_test_mark) {
-		k.ct_state = ct_track(&k, &p, len, 0);
+		struct bg_ct_size sz;
+
+		bg_ct_size_xdp(&p, &sz);
+		k.ct_state = bg_ct_packet(&p, &sz, ctx->ingress_ifindex, BG_DIR_INGRESS, 0, 0, 0);
 		if (k.ct_state)
 			k.have |= BG_HAVE_CT;
 	}
@@ -734,8 +574,11 @@ int bg_ct_track(struct __sk_buff *skb)
 	struct bg_cls_key k = {};
 	struct bg_pkt p = {};
 
+	struct bg_ct_size sz;
+
 	tc_key(skb, &k, &p);
-	ct_track(&k, &p, skb->len, 0);
+	bg_ct_size_skb(skb, &p, &sz);
+	bg_ct_packet(&p, &sz, skb->ifindex, BG_DIR_EGRESS, 0, 0, 0);
 	return TC_ACT_UNSPEC;
 }
 

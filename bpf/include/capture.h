@@ -7,7 +7,7 @@
 #define BG_CAPTURE_H
 
 #include "bg_common.h"
-#include "flow.h" /* enum bg_dir */
+#include "conntrack.h" /* enum bg_dir */
 
 /* Where a captured packet was seen (bg_capture_event.hook). */
 enum bg_capture_hook {

@@ -8,6 +8,7 @@
 #define BG_ENGINE_H
 
 #include "bg_common.h"
+#include "conntrack.h" /* enum bg_ct_state */
 
 #ifndef __VMLINUX_H__
 #include <linux/bpf.h> /* struct bpf_spin_lock for host compilers */
@@ -26,7 +27,6 @@ enum bg_engine_limits {
 
 enum bg_have { BG_HAVE_L3 = 0x01, BG_HAVE_PROTO = 0x02, BG_HAVE_PORTS = 0x04, BG_HAVE_TCPFLAGS = 0x08,
 	       BG_HAVE_ICMP = 0x10, BG_HAVE_VLAN = 0x20, BG_HAVE_CT = 0x40 };
-enum bg_ct_state { BG_CT_NEW = 1, BG_CT_ESTABLISHED = 2, BG_CT_RELATED = 3, BG_CT_INVALID = 4 };
 enum bg_action { BG_ACT_PASS = 1, BG_ACT_DROP = 2, BG_ACT_REDIRECT = 3 };
 enum bg_rule_flags { BG_RF_COUNT = 0x01, BG_RF_LOG = 0x02, BG_RF_MARK = 0x04, BG_RF_RATE = 0x08,
 		     BG_RF_RATE_BYTES = 0x10, BG_RF_RATE_PER_SRC = 0x20, BG_RF_REDIR_INGRESS = 0x40 };
@@ -126,30 +126,7 @@ struct bg_log_bucket {   /* per-CPU bg_log_rate[rule_id] */
 	__u64 last_ns;
 };
 
-/* conntrack (bg_ct, LRU hash shared by the hooks of one interface): key in the originator's direction */
-struct bg_ct_key {
-	__u8 family;
-	__u8 proto;
-	__u16 sport;     /* host order; ICMP echo: the identifier in both */
-	__u16 dport;
-	__u16 pad;
-	__u8 src[16];
-	__u8 dst[16];
-};
-
-enum bg_ct_flags { BG_CTF_REPLY = 0x01 }; /* a packet of the reply direction was seen */
-
-struct bg_ct_entry {
-	__u64 first_ns;
-	__u64 last_ns;   /* expiry: last_ns + timeout (engine rodata) */
-	__u64 packets_orig;
-	__u64 bytes_orig;
-	__u64 packets_reply;
-	__u64 bytes_reply;
-	__u32 flags;     /* BG_CTF_* */
-	__u8 tcp_flags_seen; /* OR of the TCP flags seen (both directions) */
-	__u8 pad[3];
-};
+/* conntrack: bg_ct, shared with flow accounting: conntrack.h (key, value), ct_track.h (code) */
 
 enum bg_engine_hook { BG_ENGINE_TC_INGRESS = 1, BG_ENGINE_TC_EGRESS = 2, BG_ENGINE_XDP = 3 };
 

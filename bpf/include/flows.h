@@ -1,19 +1,31 @@
 /* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
 /*
- * Flow accounting (flows.bpf.c; bpfgate.inspect.flows): the record of a flow that ended. The flow table's
- * key and value are in flow.h (shared with conntrack).
+ * Flow accounting (flows.bpf.c; bpfgate.inspect.flows): the record of a flow that ended and the program's
+ * counters. The flow table is the connection tracker's (conntrack.h: key and value, shared with the engine).
  */
 #ifndef BG_FLOWS_H
 #define BG_FLOWS_H
 
 #include "bg_common.h"
-#include "flow.h"
+#include "conntrack.h"
 
 /* A flow reported once when it ends (FIN/RST in the kernel), with its counters at that moment. */
 struct bg_flow_end_event {
 	struct bg_event_hdr hdr;
-	struct bg_flow_key key;
-	struct bg_flow_value val;
+	struct bg_ct_key key;   /* the originator's direction */
+	struct bg_ct_value val;
+};
+
+/* Per-CPU counters of the flows program (array map "flow_stats"). */
+enum bg_flow_stat {
+	BG_FLOW_STAT_NEW = 0,     /* entries created */
+	BG_FLOW_STAT_ENDED,       /* flow-end records submitted by the kernel (FIN/RST) */
+	BG_FLOW_STAT_UNPARSED,    /* packets not tracked: not IPv4/IPv6, or no L4 header to tell the flow
+	                           * (cut short, a non-first fragment) */
+	BG_FLOW_STAT_CREATE_FAIL, /* bpf_map_update_elem failed for a new flow */
+	BG_FLOW_STAT_DELETED,     /* entries user space deleted (written by user space, CPU 0's slot):
+	                           * evicted = NEW - live entries - DELETED, for every reader */
+	BG_FLOW_STAT_MAX,
 };
 
 /* Python reads these from BTF (bpfgate.contract): every object built with this header carries them. */

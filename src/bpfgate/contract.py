@@ -65,8 +65,8 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "bg_rate_src_key": ("rule_id", "family", "addr"),
     "bg_log_bucket": ("credit", "last_ns"),
     "bg_ct_key": ("family", "proto", "sport", "dport", "src", "dst"),
-    "bg_ct_entry": ("first_ns", "last_ns", "packets_orig", "bytes_orig", "packets_reply", "bytes_reply", "flags",
-                    "tcp_flags_seen"),
+    "bg_ct_value": ("first_ns", "last_ns", "packets", "bytes", "ended", "flags", "ifindex", "tcp_flags",
+                    "created_dir", "ext"),
     "bg_rule_log_event": ("hdr", "rule_id", "ifindex", "pkt_len", "action", "hook", "family", "proto", "sport",
                           "dport", "ct_state", "tcp_flags", "src", "dst"),
 }

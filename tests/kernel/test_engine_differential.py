@@ -256,25 +256,26 @@ def test_attempt_log_matches_the_parser_twin():
 
 
 def expected_flow(fr: bytes, parsed) -> tuple | None:
-    """The flow key (family, proto, src, sport, dst, dport) and L3 bytes flows.bpf.c must count, or None
-    when the packet is not accounted (not IP, protocol unknown, L4 header cut short)."""
+    """The conntrack key (family, proto, src, sport, dst, dport) and L3 bytes flows.bpf.c must count
+    (ct_track.h), or None when the packet is not tracked (not IP, protocol unknown, no L4 header to tell
+    a TCP/UDP/SCTP/ICMP flow: cut short or a non-first fragment)."""
     p = parsed.packet
     if p.proto is None:
         return None
-    later = p.fragment == "later"
-    if not later and parsed.l4_hdr_len(fr) is None:
-        return None
     sport = dport = 0
-    if not later and p.proto in (6, 17):
+    if p.sport is not None:
         sport, dport = p.sport, p.dport
-    elif not later and p.proto in (1, 58):
-        dport = p.icmp_type << 8 | p.icmp_code
-        sport = parsed.icmp_id if p.icmp_type in (0, 8, 128, 129) else 0
+    elif p.icmp_type is not None:
+        if p.icmp_type in (0, 8, 128, 129):
+            sport = dport = parsed.icmp_id
+    elif p.proto in (6, 17, 132, 1, 58):
+        return None
     return (p.family, p.proto, p.src, sport, p.dst, dport), len(fr) - parsed.l3
 
 
 def test_flow_keys_match_the_parser_twin():
-    """bg_flow_ingress accounts each frame under the key (and L3 length) the twin gives, or as unparsed."""
+    """bg_flow_ingress tracks each frame under the conntrack key (and L3 length) the twin gives, or counts
+    it as not tracked."""
     from bpfgate.inspect.flows import STAT_UNPARSED, Flow
     from bpfgate.kernel.objects import BpfObject
 
@@ -283,7 +284,7 @@ def test_flow_keys_match_the_parser_twin():
     bad, accounted, refused = [], 0, 0
     with BpfObject.open("flows") as obj:
         obj.load()
-        table, stats, prog = obj.map("flows"), obj.map("flow_stats"), obj.program("bg_flow_ingress")
+        table, stats, prog = obj.map("bg_ct"), obj.map("flow_stats"), obj.program("bg_flow_ingress")
         for fr, parsed in family_frames(int(os.environ.get("BG_DIFF_SEED", "0")) + 4):
             table.clear()
             unparsed = sum(stats[STAT_UNPARSED])
@@ -293,8 +294,8 @@ def test_flow_keys_match_the_parser_twin():
                 refused += 1
                 continue
             flows = [Flow.from_kernel(k, v, {}) for k, v in table.items()]
-            got = [((f.family, f.proto, ipaddress.ip_address(f.src), f.sport, ipaddress.ip_address(f.dst), f.dport), f.bytes)
-                   for f in flows]
+            ip = ipaddress.ip_address
+            got = [((f.family, f.proto, ip(f.src), f.sport, ip(f.dst), f.dport), f.bytes) for f in flows]
             want = expected_flow(fr, parsed)
             accounted += want is not None
             if got != ([want] if want else []) or (want is None) != (sum(stats[STAT_UNPARSED]) == unparsed + 1):

@@ -90,16 +90,15 @@ def test_udp_counts_are_exact(pair, family):
     with FlowMonitor(c_if.name, netns_name=client.netns) as mon:
         cport, sport = _udp_exchange(pair, family, sizes)
         flows = [f for f in mon.flows() if f.proto == 17 and {f.sport, f.dport} == {cport, sport}]
-    by_dir = {f.direction: f for f in flows}
-    assert set(by_dir) == {"egress", "ingress"}, flows
+    assert len(flows) == 1, flows   # one conntrack entry per connection, counters per direction
+    f = flows[0]
     expect_bytes = sum(sizes) + len(sizes) * UDP_HDR[family]
-    out, back = by_dir["egress"], by_dir["ingress"]
-    assert (out.src, out.sport, out.dst, out.dport) == (c_if.addr(family), cport, s_if.addr(family), sport)
-    assert (back.src, back.sport, back.dst, back.dport) == (s_if.addr(family), sport, c_if.addr(family), cport)
-    for f in (out, back):
-        assert f.family == family and f.interface == c_if.name
-        assert (f.packets, f.bytes) == (len(sizes), expect_bytes)
-        assert f.first_ns <= f.last_ns and f.tcp_flags == 0 and f.ended is None
+    assert (f.src, f.sport, f.dst, f.dport) == (c_if.addr(family), cport, s_if.addr(family), sport)
+    assert f.direction == "egress" and f.family == family and f.interface == c_if.name
+    assert (f.packets_orig, f.bytes_orig, f.packets_reply, f.bytes_reply) == \
+        (len(sizes), expect_bytes, len(sizes), expect_bytes)
+    assert (f.packets, f.bytes) == (2 * len(sizes), 2 * expect_bytes)
+    assert f.first_ns <= f.last_ns and f.tcp_flags == 0 and f.ended is None
 
 
 def _segments(sock: socket.socket) -> tuple[int, int]:
@@ -158,27 +157,26 @@ def test_tcp_bytes_within_header_overhead_and_flow_end_once(pair, family):
         retrans: list[int] = []
         cport, sport, (segs_out, segs_in) = _tcp_transfer(pair, family, payload, retrans)
         ends = []
-        _wait_for(lambda: ends.extend(mon.poll_ended(100)) or len([e for e in ends if e.flow.proto == 6]) >= 2,
-                  "two flow-end records")
+        _wait_for(lambda: ends.extend(mon.poll_ended(100)) or [e for e in ends if e.flow.proto == 6],
+                  "a flow-end record")
         time.sleep(0.2)
-        ends.extend(mon.poll_ended(100))  # nothing more may come: each direction reported once
-        flows = {f.direction: f for f in mon.flows() if f.proto == 6 and f.sport in (cport, sport)}
+        ends.extend(mon.poll_ended(100))  # nothing more may come: the connection is reported once
+        flows = [f for f in mon.flows() if f.proto == 6 and f.sport in (cport, sport)]
         stats = mon.stats()
     ends = [e for e in ends if e.flow.proto == 6 and {e.flow.sport, e.flow.dport} == {cport, sport}]
-    assert sorted(e.flow.direction for e in ends) == ["egress", "ingress"]
-    assert all(e.reason == "fin" for e in ends)
+    assert len(ends) == 1 and ends[0].reason == "fin" and ends[0].flow.direction == "egress"
     lo, hi = TCP_HDR[family]
-    out = flows["egress"]  # client -> server: the payload
-    back = flows["ingress"]  # server -> client: ACKs only, no payload
+    assert len(flows) == 1
+    f = flows[0]   # orig: client -> server, the payload; reply: server -> client, ACKs only
     # exact: wire segments as TCP counted them, though the stack hands TC 64 KiB GSO packets
-    assert (out.packets, back.packets) == (segs_out, segs_in)
-    assert payload + out.packets * lo <= out.bytes <= payload + retrans[0] + out.packets * hi
-    assert out.packets >= payload // 65536  # at least one wire packet per 64 KiB
-    assert (out.tcp_flags & 0x13) == 0x13 and out.ended == "fin"  # SYN, ACK, FIN seen
-    assert back.packets * lo <= back.bytes <= back.packets * hi
-    end_out = next(e for e in ends if e.flow.direction == "egress")
-    assert payload + end_out.flow.packets * lo <= end_out.flow.bytes <= out.bytes  # counters at FIN time
-    assert stats.ended >= 2 and stats.events_lost == 0
+    assert (f.packets_orig, f.packets_reply) == (segs_out, segs_in)
+    assert payload + f.packets_orig * lo <= f.bytes_orig <= payload + retrans[0] + f.packets_orig * hi
+    assert f.packets_orig >= payload // 65536  # at least one wire packet per 64 KiB
+    assert (f.tcp_flags & 0x13) == 0x13 and f.ended == "fin"  # SYN, ACK, FIN seen
+    assert f.packets_reply * lo <= f.bytes_reply <= f.packets_reply * hi
+    end = ends[0].flow
+    assert payload + end.packets_orig * lo <= end.bytes_orig <= f.bytes_orig  # counters at FIN time
+    assert stats.ended >= 1 and stats.events_lost == 0
 
 
 def test_idle_flows_expire_once_with_a_report(pair):
@@ -190,10 +188,10 @@ def test_idle_flows_expire_once_with_a_report(pair):
         again = [e for e in mon.poll_ended() if e.flow.proto == 17 and e.flow.sport in (cport, sport)]
         left = [f for f in mon.flows() if f.proto == 17 and f.sport in (cport, sport)]
         stats = mon.stats()
-    assert sorted(e.flow.direction for e in ended) == ["egress", "ingress"]
-    assert all(e.reason == "idle" and e.flow.packets == 3 for e in ended)
+    assert [(e.reason, e.flow.direction, e.flow.packets_orig, e.flow.packets_reply) for e in ended] == \
+        [("idle", "egress", 3, 3)]
     assert again == [] and left == []
-    assert stats.expired >= 2 and stats.evicted == 0
+    assert stats.expired >= 1 and stats.evicted == 0
 
 
 def test_lru_evictions_are_counted(pair):
@@ -314,14 +312,15 @@ def test_keep_leaves_accounting_running_until_stop(pair):
         r = run_cli(["flows", *base, "--json"])
         assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)
-        udp = {f["direction"]: f for f in doc["flows"] if f["proto"] == "udp" and f["sport"] in (cport, sport)}
-        assert doc["kept"] and udp["egress"]["bytes"] == 300 + 2 * 28 and udp["ingress"]["packets"] == 2
+        udp = [f for f in doc["flows"] if f["proto"] == "udp" and f["sport"] in (cport, sport)]
+        assert doc["kept"] and len(udp) == 1 and udp[0]["direction"] == "egress"
+        assert udp[0]["bytes_orig"] == 300 + 2 * 28 and udp[0]["packets_reply"] == 2
         with FlowMonitor(c_if.name, netns_name=client.netns, pinned=True, idle_timeout=0) as mon:
             expired = [e for e in mon.poll_ended() if e.flow.proto == 17 and e.flow.sport in (cport, sport)]
-        assert len(expired) == 2
+        assert len(expired) == 1
         with FlowMonitor(c_if.name, netns_name=client.netns, pinned=True) as mon:
             stats = mon.stats()  # another reader: the deletions above are not mistaken for evictions
-        assert stats.evicted == 0 and stats.created >= 2
+        assert stats.evicted == 0 and stats.created >= 1   # one entry per connection
         r = run_cli(["flows", *base, "--keep"])
         assert r.returncode != 0 and "already running" in r.stderr
     finally:
@@ -333,7 +332,7 @@ def test_keep_leaves_accounting_running_until_stop(pair):
     assert r.returncode != 0 and "none is running" in r.stderr
 
 
-# ---- the parser (bpf/include/parse.h, shared by every family) on crafted frames, through BPF_PROG_TEST_RUN ----------------
+# ---- the shared parser (bpf/include/parse.h) and tracker on crafted frames, through BPF_PROG_TEST_RUN -------
 
 def _eth(etype: int, payload: bytes, vlans: tuple[tuple[int, int], ...] = ()) -> bytes:
     hdr = b"\x04" * 6 + b"\x02" * 6
@@ -368,11 +367,10 @@ PARSER_CASES = {
     "ipv4 options + tcp": (_eth(0x0800, _ip4(6, TCP, options=b"\x01" * 8)), 14, (4, 6, 3000, 443)),
     "vlan + ipv4 udp": (_eth(0x0800, _ip4(17, UDP), ((0x8100, 7),)), 18, (4, 17, 1000, 2000)),
     "qinq + ipv4 udp": (_eth(0x0800, _ip4(17, UDP), ((0x88A8, 1), (0x8100, 2))), 22, (4, 17, 1000, 2000)),
-    "ipv4 later fragment": (_eth(0x0800, _ip4(17, UDP, frag=100)), 14, (4, 17, 0, 0)),
     "ipv6 hop-by-hop + first fragment": (_eth(0x86DD, _ip6(0, HBH_TO_FRAG + _frag6(0) + UDP)), 14, (6, 17, 1000, 2000)),
-    "ipv6 later fragment": (_eth(0x86DD, _ip6(44, _frag6(100) + UDP)), 14, (6, 17, 0, 0)),
-    "icmp echo": (_eth(0x0800, _ip4(1, struct.pack("!BBHHH", 8, 0, 0, 0x4242, 1))), 14, (4, 1, 0x4242, 0x0800)),
-    "icmpv6 echo": (_eth(0x86DD, _ip6(58, struct.pack("!BBHHH", 128, 0, 0, 0x77, 1))), 14, (6, 58, 0x77, 0x8000)),
+    "icmp echo": (_eth(0x0800, _ip4(1, struct.pack("!BBHHH", 8, 0, 0, 0x4242, 1))), 14, (4, 1, 0x4242, 0x4242)),
+    "icmpv6 echo": (_eth(0x86DD, _ip6(58, struct.pack("!BBHHH", 128, 0, 0, 0x77, 1))), 14, (6, 58, 0x77, 0x77)),
+    "icmp unreachable": (_eth(0x0800, _ip4(1, struct.pack("!BBHHH", 3, 1, 0, 0, 0))), 14, (4, 1, 0, 0)),
 }
 
 
@@ -390,7 +388,7 @@ def test_parser_finds_the_5_tuple(flows_obj, case):
     from bpfgate.kernel.testrun import test_run
 
     frame, l2, (family, proto, sport, dport) = PARSER_CASES[case]
-    table = flows_obj.map("flows")
+    table = flows_obj.map("bg_ct")
     table.clear()
     assert test_run(flows_obj.program("bg_flow_egress"), frame, repeat=3).retval == 0xFFFFFFFF  # TC_ACT_UNSPEC
     flows = [Flow.from_kernel(k, v, {}) for k, v in read_table(table)]
@@ -398,17 +396,19 @@ def test_parser_finds_the_5_tuple(flows_obj, case):
     f = flows[0]
     src, dst = ("198.18.0.1", "198.18.0.2") if family == 4 else ("fd00::1", "fd00::2")
     assert (f.family, f.proto, f.src, f.sport, f.dst, f.dport) == (family, proto, src, sport, dst, dport)
-    assert (f.direction, f.packets, f.bytes) == ("egress", 3, 3 * (len(frame) - l2))
+    assert (f.direction, f.packets_orig, f.bytes_orig, f.packets_reply) == ("egress", 3, 3 * (len(frame) - l2), 0)
 
 
-@pytest.mark.parametrize("frame", [_eth(0x0806, bytes(28)), _eth(0x0800, _ip4(6, bytes(10))),
-                                   _eth(0x86DD, _ip6(0, b"\x11"))],
-                         ids=["arp", "truncated tcp header", "truncated ipv6 extension"])
+@pytest.mark.parametrize("frame", [_eth(0x0806, bytes(28)), _eth(0x0800, _ip4(6, bytes(3))),
+                                   _eth(0x86DD, _ip6(0, b"\x11")), _eth(0x0800, _ip4(17, UDP, frag=100)),
+                                   _eth(0x86DD, _ip6(44, _frag6(100) + UDP))],
+                         ids=["arp", "tcp cut before its ports", "truncated ipv6 extension", "ipv4 later fragment",
+                              "ipv6 later fragment"])
 def test_parser_skips_what_it_cannot_account(flows_obj, frame):
     from bpfgate.inspect.flows import STAT_UNPARSED
     from bpfgate.kernel.testrun import test_run
 
-    table, stats = flows_obj.map("flows"), flows_obj.map("flow_stats")
+    table, stats = flows_obj.map("bg_ct"), flows_obj.map("flow_stats")
     table.clear()
     before = sum(stats[STAT_UNPARSED])
     test_run(flows_obj.program("bg_flow_ingress"), frame, repeat=2)
@@ -424,9 +424,38 @@ def test_flow_ends_in_the_event_stream(pair):
             cport, sport, _ = _tcp_transfer(pair, 6, 10_000)
             got = []
             deadline = time.monotonic() + DEADLINE
-            while time.monotonic() < deadline and len(got) < 2:
+            while time.monotonic() < deadline and not any(e["type"] == "flow_end" for e in got):
                 got += [stream.describe(r) for r in stream.iter(timeout=0.2)]
     ends = [e for e in got if e["type"] == "flow_end" and {e["sport"], e["dport"]} == {cport, sport}]
-    assert sorted(e["direction"] for e in ends) == ["egress", "ingress"]
+    assert [e["direction"] for e in ends] == ["egress"]   # one record per connection
     assert all(e["reason"] == "fin" and e["interface"] == c_if.name and e["family"] == 6 for e in ends)
-    assert next(e for e in ends if e["direction"] == "egress")["bytes"] > 10_000
+    assert ends[0]["bytes_orig"] > 10_000
+
+
+# ---- one tracker: flow accounting on an interface where a policy engine tracks ----------------------------
+
+@pytest.mark.parametrize("hook", ["tc-ingress", "xdp"])
+def test_flows_read_the_engines_table_and_count_each_packet_once(pair, engines, hook):
+    """An engine with conntrack at `hook` (plus its egress tracker) and flow accounting on the same
+    interface: one table, one entry per connection, each packet counted once (not by both families)."""
+    from bpfgate.policy.model import HookPolicy
+
+    client, server, c_if, s_if = pair
+    sizes = [10, 200, 1000]
+    eng = engines(s_if.name, hook, HookPolicy(default="allow"), netns_name=server.netns,
+                  **({"mode": "generic"} if hook == "xdp" else {}))
+    with FlowMonitor(s_if.name, netns_name=server.netns) as mon:
+        assert mon.shared
+        cport, sport = _udp_exchange(pair, 4, sizes)
+        flows = [f for f in mon.flows() if f.proto == 17 and {f.sport, f.dport} == {cport, sport}]
+        stats = mon.stats()
+    want = len(sizes), sum(sizes) + len(sizes) * UDP_HDR[4]
+    assert len(flows) == 1, flows
+    f = flows[0]
+    assert (f.src, f.sport, f.direction) == (c_if.ip4, cport, "ingress")   # the engine created it at ingress
+    assert (f.packets_orig, f.bytes_orig) == want and (f.packets_reply, f.bytes_reply) == want
+    ct = [c for c in eng.conntrack() if c.proto == 17 and c.sport == cport]
+    assert [(c.packets_orig, c.bytes_orig, c.packets_reply, c.bytes_reply) for c in ct] == [want + want]
+    assert stats.created == 0   # the engine side created the entry; flows only read and reported
+    # the engine's table outlives the flow accounting that read it
+    assert [c.sport for c in eng.conntrack() if c.proto == 17 and c.sport == cport] == [cport]

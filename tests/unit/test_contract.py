@@ -39,9 +39,9 @@ ENUMS = {
 RECORDS = {
     ("engine", "bg_cls_key"), ("engine", "bg_cls_val"), ("engine", "bg_rule"), ("engine", "bg_shape"),
     ("engine", "bg_conf"), ("engine", "bg_pfx_top"), ("engine", "bg_pfx_key"), ("engine", "bg_counter"),
-    ("engine", "bg_ct_key"), ("engine", "bg_ct_entry"), ("engine", "bg_rule_log_event"), ("engine", "bg_event_hdr"),
+    ("engine", "bg_ct_key"), ("engine", "bg_ct_value"), ("engine", "bg_rule_log_event"), ("engine", "bg_event_hdr"),
     ("engine", "bg_bucket"), ("engine", "bg_log_bucket"), ("engine", "bg_capture_cfg"),
-    ("engine", "bg_capture_event"), ("flows", "bg_flow_key"),
+    ("engine", "bg_capture_event"),
 }
 
 OBJECTS = sorted(glob.glob(str(OBJECTS_DIR / "*.o")))
@@ -93,7 +93,7 @@ def test_record_formats_are_the_btf_layouts(read):
 
     assert (L.KEY.size, L.VAL.size, L.RULE.size, L.SHAPE.size, L.PFX_TOP.size, L.PFX_KEY.size) == (56, 8, 32, 72, 16, 24)
     assert L.CONF.size == 16 + L.MAX_SHAPES * L.SHAPE.size
-    assert (R.CT_KEY.size, R.CT_ENTRY.size, R.RULE_LOG.size) == (40, 56, 72)
+    assert (R.CT_KEY.size, R.CT_VALUE.size, R.RULE_LOG.size) == (40, 112, 72)
     assert L.KEY.format == "=BBBBBBBBB1xHHH16s16sII"   # pad0 packs as a zero byte, not a caller's argument
 
 

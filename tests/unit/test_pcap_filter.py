@@ -64,14 +64,15 @@ def test_summarize_frames():
 
 @pytest.mark.skipif(not packaged_path("flows").exists(), reason="BPF objects not built (make -C bpf)")
 def test_record_layouts_from_btf():
-    """flow.h / flows.h / capture.h as Python reads them: the sizes conntrack and the gate will rely on."""
+    """conntrack.h / flows.h / capture.h as Python reads them: flows keep their counters in the tracker's entries."""
     with BpfObject.open("flows") as obj:
-        key, val = obj.btf.struct("bg_flow_key"), obj.btf.struct("bg_flow_value")
+        key, val = obj.btf.struct("bg_ct_key"), obj.btf.struct("bg_ct_value")
         end = obj.btf.struct("bg_flow_end_event")
-        assert ctypes.sizeof(key) == 48 and ctypes.sizeof(val) == 48
-        assert [n for n, *_ in key._fields_ if not n.startswith("_")][:8] == \
-            ["saddr", "daddr", "sport", "dport", "proto", "family", "dir", "pad0"]
-        assert ctypes.sizeof(end) == 16 + 48 + 48
+        assert ctypes.sizeof(key) == 40 and ctypes.sizeof(val) == 112
+        assert [n for n, *_ in key._fields_ if not n.startswith("_")] == \
+            ["family", "proto", "sport", "dport", "pad", "src", "dst"]
+        assert ctypes.sizeof(obj.btf.struct("bg_ct_ext")) == 40   # the room reserved for NAT, LB, steering
+        assert ctypes.sizeof(end) == 16 + 40 + 112
     with BpfObject.open("capture") as obj:
         cap = obj.btf.struct("bg_capture_event")
         assert ctypes.sizeof(cap) == 40

@@ -18,11 +18,15 @@ from bpfgate.inspect.top import endpoint, human
 def flow_row(f: Flow, now_ns: int) -> list:
     # escaped: "[fd00::1]:80" would otherwise be read as Rich markup and vanish
     return [f.protocol, escape(endpoint(f.src, f.sport)), escape(endpoint(f.dst, f.dport)), f.direction[:2],
-            f.interface or f.ifindex, f.packets, human(f.bytes), tcp_flags_str(f.tcp_flags),
+            f.interface or f.ifindex, f"{f.packets_orig}/{f.packets_reply}",
+            f"{human(f.bytes_orig)}/{human(f.bytes_reply)}", tcp_flags_str(f.tcp_flags),
             f"{(now_ns - f.last_ns) / 1e9:.1f}s", f.ended or ""]
 
 
-FLOW_COLUMNS = ["proto", "source", "destination", "dir", "if", "packets", "bytes", "tcp flags", "idle", "ended"]
+# source -> destination: the flow's originator first; "dir": the hook that saw its first packet; packets and
+# bytes: originator's direction / reply direction (one conntrack entry per connection)
+FLOW_COLUMNS = ["proto", "source", "destination", "dir", "if", "packets out/back", "bytes out/back", "tcp flags",
+                "idle", "ended"]
 
 
 def register(app: click.Group) -> None:

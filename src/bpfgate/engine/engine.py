@@ -678,6 +678,21 @@ def _ct_hooks(dev: str, netns_name: str | None) -> set[Hook]:
     return out
 
 
+def conntrack_table(dev: str, netns_name: str | None) -> tuple[Map | None, set[str]]:
+    """The conntrack table (bg_ct) the device's engines keep, and the directions ("ingress", "egress") they
+    track in it: another family tracking on the device loads on this table and counts only the other
+    directions (docs/conntrack.md). (None, set()) when no engine tracks there."""
+    hooks = _ct_hooks(dev, netns_name)
+    for h in hooks:
+        path = os.path.join(pin_dir(dev, h, netns_name), "bg_ct")
+        if os.path.exists(path):
+            tracked = {"egress"}   # an egress engine, or the tracker every ingress engine with ct attaches
+            if hooks & {Hook.XDP, Hook.TC_INGRESS}:
+                tracked.add("ingress")
+            return Map.from_pin(path), tracked
+    return None, set()
+
+
 def _expired(f: R.Flow, now_ns: int) -> bool:
     return now_ns - f.last_ns > (CT_TIMEOUT_EST_S if f.replied else CT_TIMEOUT_NEW_S) * 10**9
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import struct
 from dataclasses import dataclass
 
 from bpfgate import contract
@@ -16,16 +17,18 @@ from bpfgate.policy.model import CT_STATES
 C = contract.constants("engine")
 COUNTER = contract.record("engine", "bg_counter", "packets bytes")
 CT_KEY = contract.record("engine", "bg_ct_key", "family proto sport dport src dst")
-CT_ENTRY = contract.record("engine", "bg_ct_entry", "first_ns last_ns packets_orig bytes_orig packets_reply "
-                                                    "bytes_reply flags tcp_flags_seen")
+# conntrack.h, shared with flow accounting; arrays (per direction) and the reserved ext area unpack as bytes
+CT_VALUE = contract.record("engine", "bg_ct_value", "first_ns last_ns packets bytes ended flags ifindex tcp_flags "
+                                                    "created_dir ext")
 RULE_LOG = contract.record("engine", "bg_rule_log_event", "hdr rule_id ifindex pkt_len action hook family proto "
                                                           "sport dport ct_state tcp_flags src dst")
 EVENT_HDR = contract.record("engine", "bg_event_hdr", "type len cpu ts_ns")
 BUCKET_SIZE = ctypes.sizeof(contract.struct("engine", "bg_bucket"))
 LOG_BUCKET_SIZE = ctypes.sizeof(contract.struct("engine", "bg_log_bucket"))
-CTF_REPLY = C.BG_CTF_REPLY
+CTF_REPLY, CTF_MIDSTREAM = C.BG_CTF_REPLY, C.BG_CTF_MIDSTREAM
 EV_RULE_LOG = C.BG_EV_RULE_LOG
 CT_NAMES = {value: word for word, value in CT_STATES.items()}
+_PER_DIR = struct.Struct("=QQ")   # a __u64[2] of bg_ct_value: [BG_CT_ORIG], [BG_CT_REPLY]
 
 
 def _addr(family: int, raw: bytes):
@@ -45,7 +48,8 @@ class Counter:
 
 @dataclass(frozen=True)
 class Flow:
-    """One conntrack entry: the originator's direction, counters per direction."""
+    """One conntrack entry (conntrack.h: bg_ct_key + bg_ct_value): the originator's direction, counters per
+    direction. Engines and flow accounting read the same entries."""
 
     family: int
     proto: int
@@ -61,13 +65,21 @@ class Flow:
     bytes_reply: int
     replied: bool
     tcp_flags_seen: int
+    tcp_flags_orig: int = 0
+    tcp_flags_reply: int = 0
+    ifindex: int = 0             # interface of the hook that created it
+    created_dir: int = 0         # enum bg_dir of that hook (0 ingress: the peer opened the flow)
+    ended: int = 0               # enum bg_flow_end_reason, once the kernel reported its end
+    midstream: bool = False      # picked up by flow accounting mid-connection (no state for `ct:` rules)
 
     @classmethod
     def decode(cls, key: bytes, val: bytes) -> Flow:
         fam, proto, sport, dport, src, dst = CT_KEY.unpack(key)
-        first, last, po, bo, pr, br, flags, tf = CT_ENTRY.unpack(val)
+        first, last, packets, nbytes, ended, flags, ifindex, (tfo, tfr), cdir, _ext = CT_VALUE.unpack(val)
+        po, pr = _PER_DIR.unpack(packets)
+        bo, br = _PER_DIR.unpack(nbytes)
         return cls(fam, proto, _addr(fam, src), _addr(fam, dst), sport, dport, first, last, po, bo, pr, br,
-                   bool(flags & CTF_REPLY), tf)
+                   bool(flags & CTF_REPLY), tfo | tfr, tfo, tfr, ifindex, cdir, ended, bool(flags & CTF_MIDSTREAM))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@
 
     FlowMonitor("eth0", pinned=True)             # read accounting left running; FlowMonitor.stop("eth0")
 
+The table is the connection tracker's (bpf/include/conntrack.h): one entry per connection, counters per
+direction. On an interface where a policy engine tracks flows, the accounting loads on the engine's table
+and counts only the directions the engine side does not (docs/conntrack.md): each packet counted once.
+
 Nothing disappears silently: the kernel reports a flow's first FIN or RST once (ring buffer, final
 counters); flows idle longer than `idle_timeout` are deleted and reported here (reason "idle"); and
 entries the LRU table dropped to make room are counted (created - live - deleted by user space, the
@@ -21,12 +25,12 @@ from __future__ import annotations
 import ctypes
 import heapq
 import os
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from bpfgate import attach, contract
+from bpfgate.engine.records import Flow as CtEntry
 from bpfgate.errors import BpfgateError, NotFound, NotSupported
 from bpfgate.inspect.events import Clock, Context, EventKind, EventSource, register_kind, tcp_flags_str
 from bpfgate.kernel import netlink, pins
@@ -36,7 +40,7 @@ from bpfgate.kernel.ringbuf import RingBuffer
 
 C = contract.constants("flows")
 DIRECTIONS = ("ingress", "egress")
-DIR_NAMES = C.names("bg_dir", {"BG_DIR_INGRESS": "ingress", "BG_DIR_EGRESS": "egress"})  # bg_flow_key.dir
+DIR_NAMES = C.names("bg_dir", {"BG_DIR_INGRESS": "ingress", "BG_DIR_EGRESS": "egress"})  # bg_ct_value.created_dir
 END_REASONS = C.names("bg_flow_end_reason", {"BG_FLOW_END_NONE": None, "BG_FLOW_END_FIN": "fin",
                                              "BG_FLOW_END_RST": "rst", "BG_FLOW_END_IDLE": "idle",
                                              "BG_FLOW_END_EVICTED": "evicted"})
@@ -46,10 +50,7 @@ SORT_KEYS = ("bytes", "packets", "last")
 STAT_NEW, STAT_ENDED, STAT_UNPARSED = C.BG_FLOW_STAT_NEW, C.BG_FLOW_STAT_ENDED, C.BG_FLOW_STAT_UNPARSED
 STAT_CREATE_FAIL, STAT_DELETED = C.BG_FLOW_STAT_CREATE_FAIL, C.BG_FLOW_STAT_DELETED
 STAT_EVENTS_LOST = C.BG_STAT_EVENTS_LOST
-_KEY = contract.struct("flows", "bg_flow_key")
-_SADDR = slice(_KEY.saddr.offset, _KEY.saddr.offset + _KEY.saddr.size)
-_DADDR = slice(_KEY.daddr.offset, _KEY.daddr.offset + _KEY.daddr.size)
-PINNED_MAPS = ("flows", "flow_stats", "bg_stats", "flow_events")
+PINNED_MAPS = ("bg_ct", "flow_stats", "bg_stats", "flow_events")
 
 
 def pin_dir(dev: str, netns_name: str | None = None) -> str:
@@ -128,9 +129,10 @@ class TcHooks:
 
 def open_pair(obj_name: str, prefix: str, dev: str, direction: str, *, netns_name: str | None = None,
               method: str = "auto", rodata: dict | None = None, sizes: dict[str, int] | None = None,
-              ) -> tuple[BpfObject, TcHooks]:
+              reuse: dict[str, Map] | None = None) -> tuple[BpfObject, TcHooks]:
     """Load `obj_name` (programs <prefix>_ingress / <prefix>_egress) and attach it at `direction`
-    ('ingress', 'egress' or 'both'). The caller closes hooks, then the object."""
+    ('ingress', 'egress' or 'both'). reuse: maps to share instead of creating them. The caller closes
+    hooks, then the object."""
     dirs = DIRECTIONS if direction == "both" else (direction,)
     if any(d not in DIRECTIONS for d in dirs):
         raise BpfgateError("attach", f"direction must be ingress, egress or both, not {direction!r}")
@@ -139,6 +141,8 @@ def open_pair(obj_name: str, prefix: str, dev: str, direction: str, *, netns_nam
     try:
         for name, n in (sizes or {}).items():
             obj.set_max_entries(name, n)
+        for name, m in (reuse or {}).items():
+            obj.reuse_map(name, m.fd)
         obj.load()
         hooks = TcHooks(dev, {d: obj.program(f"{prefix}_{d}") for d in dirs}, netns_name=netns_name, method=method,
                         owner=obj_name)
@@ -151,10 +155,6 @@ def open_pair(obj_name: str, prefix: str, dev: str, direction: str, *, netns_nam
 # ---- flows ----------------------------------------------------------------------------------------------
 
 
-def _addr(family: int, b: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET, b[12:16]) if family == 4 else socket.inet_ntop(socket.AF_INET6, b)
-
-
 def read_table(table: Any, chunk: int = 8192) -> list[tuple[Any, Any]]:
     """Every (key, value) of the flow table, `chunk` per bpf_map_lookup_batch call."""
     return list(table.lookup_batch(chunk))
@@ -162,7 +162,8 @@ def read_table(table: Any, chunk: int = 8192) -> list[tuple[Any, Any]]:
 
 @dataclass(frozen=True)
 class Flow:
-    """One direction of one connection as seen on one interface (bg_flow_key + bg_flow_value)."""
+    """One connection as the tracker on one interface has it (conntrack.h: bg_ct_key + bg_ct_value):
+    src/sport -> dst/dport is the originator's direction; packets/bytes are both directions' sums."""
 
     family: int
     proto: int
@@ -170,7 +171,7 @@ class Flow:
     sport: int
     dst: str
     dport: int
-    direction: str
+    direction: str  # the hook that saw its first packet: "ingress" (opened by the peer) or "egress"
     ifindex: int
     interface: str | None
     packets: int
@@ -179,15 +180,20 @@ class Flow:
     last_ns: int
     tcp_flags: int
     ended: str | None  # "fin"/"rst" once the kernel reported the end, else None
+    packets_orig: int = 0
+    bytes_orig: int = 0
+    packets_reply: int = 0
+    bytes_reply: int = 0
 
     @classmethod
     def from_kernel(cls, key: Any, val: Any, names: dict[int, str]) -> "Flow":
-        raw = bytes(key)  # one copy, the addresses sliced from it
-        return cls(family=key.family, proto=key.proto, src=_addr(key.family, raw[_SADDR]), sport=key.sport,
-                   dst=_addr(key.family, raw[_DADDR]), dport=key.dport, direction=DIR_NAMES[key.dir & 1],
-                   ifindex=key.ifindex, interface=names.get(key.ifindex), packets=val.packets, bytes=val.bytes,
-                   first_ns=val.first_ns, last_ns=val.last_ns, tcp_flags=val.tcp_flags,
-                   ended=END_REASONS.get(val.ended))
+        c = CtEntry.decode(bytes(key), bytes(val))
+        return cls(family=c.family, proto=c.proto, src=str(c.src), sport=c.sport, dst=str(c.dst), dport=c.dport,
+                   direction=DIR_NAMES[c.created_dir & 1], ifindex=c.ifindex, interface=names.get(c.ifindex),
+                   packets=c.packets_orig + c.packets_reply, bytes=c.bytes_orig + c.bytes_reply,
+                   first_ns=c.first_ns, last_ns=c.last_ns, tcp_flags=c.tcp_flags_seen, ended=END_REASONS.get(c.ended),
+                   packets_orig=c.packets_orig, bytes_orig=c.bytes_orig, packets_reply=c.packets_reply,
+                   bytes_reply=c.bytes_reply)
 
     @property
     def protocol(self) -> str:
@@ -197,6 +203,8 @@ class Flow:
         return {"family": self.family, "proto": self.protocol, "src": self.src, "sport": self.sport,
                 "dst": self.dst, "dport": self.dport, "direction": self.direction, "interface": self.interface,
                 "ifindex": self.ifindex, "packets": self.packets, "bytes": self.bytes,
+                "packets_orig": self.packets_orig, "bytes_orig": self.bytes_orig,
+                "packets_reply": self.packets_reply, "bytes_reply": self.bytes_reply,
                 "first_seen": clock.iso(self.first_ns), "last_seen": clock.iso(self.last_ns),
                 "tcp_flags": tcp_flags_str(self.tcp_flags), "ended": self.ended}
 
@@ -244,7 +252,10 @@ def top_flows(flows: Iterable[Any], sort: str = "bytes", n: int | None = None, *
     """The first n by `sort`, largest first. raw=True: (key, value) pairs as read_table returns them,
     so only the flows shown need decoding."""
     attr = _sort_attr(sort)
-    key = (lambda e: getattr(e[1], attr)) if raw else (lambda f: getattr(f, attr))
+    if raw:  # bg_ct_value: packets and bytes per direction
+        key = (lambda e: e[1].last_ns) if attr == "last_ns" else (lambda e: sum(getattr(e[1], attr)))
+    else:
+        key = lambda f: getattr(f, attr)  # noqa: E731
     return heapq.nlargest(n, flows, key=key) if n else sorted(flows, key=key, reverse=True)
 
 
@@ -261,14 +272,26 @@ class FlowMonitor:
         self.pin_dir = pin_dir(dev, netns_name)
         self.hooks: TcHooks | None = None
         self._maps: list[Map] = []  # opened from pins: ours to close
+        self.shared = False  # on a policy engine's conntrack table: the engine's timeouts govern its entries
+        self._reported: set[bytes] = set()  # shared table: idle flows reported (never deleted here)
         if pinned:
             self.obj = self._open_pinned()
         else:
-            self.obj, self.hooks = open_pair("flows", "bg_flow", dev, direction, netns_name=netns_name,
-                                             method=method, sizes={"flows": max_flows})
+            from bpfgate.engine.engine import conntrack_table
+
+            table, tracked = conntrack_table(dev, netns_name)
+            self.shared = table is not None
+            try:
+                rodata = {f"cfg_track_{d}": int(d not in tracked) for d in DIRECTIONS}
+                own = {"sizes": {"bg_ct": max_flows}} if table is None else {"reuse": {"bg_ct": table}}
+                self.obj, self.hooks = open_pair("flows", "bg_flow", dev, direction, netns_name=netns_name,
+                                                 method=method, rodata=rodata, **own)
+            finally:
+                if table is not None:
+                    table.close()  # the loaded object holds the map
         try:
             maps = {name: self._map(name) for name in PINNED_MAPS}
-            self.table, self._stats, self._bg_stats = maps["flows"], maps["flow_stats"], maps["bg_stats"]
+            self.table, self._stats, self._bg_stats = maps["bg_ct"], maps["flow_stats"], maps["bg_stats"]
             self._names = {i.ifindex: i.name for i in netlink.interfaces(netns_name)}
             self._ring_map = maps["flow_events"]
             self._ring = RingBuffer(self._ring_map, record_type=self.obj.btf.struct("bg_flow_end_event"))
@@ -292,8 +315,12 @@ class FlowMonitor:
 
     def _map(self, name: str) -> Map:
         if self.hooks is not None:
-            return self.obj.map(name)
-        types = {"flows": (self.obj.btf.struct("bg_flow_key"), self.obj.btf.struct("bg_flow_value")),
+            m = self.obj.map(name)
+            if name == "bg_ct":  # an engine's table, reused: libbpf keeps that object's BTF type ids
+                m = Map(m.fd, name=name, key_type=self.obj.btf.struct("bg_ct_key"), map_type=m.map_type,
+                        value_type=self.obj.btf.struct("bg_ct_value"), max_entries=m.max_entries)
+            return m
+        types = {"bg_ct": (self.obj.btf.struct("bg_ct_key"), self.obj.btf.struct("bg_ct_value")),
                  "flow_stats": (ctypes.c_uint32, ctypes.c_uint64), "bg_stats": (ctypes.c_uint32, ctypes.c_uint64)}
         m = Map.from_pin(os.path.join(self.pin_dir, name), *types.get(name, (None, None)))
         self._maps.append(m)
@@ -346,7 +373,7 @@ class FlowMonitor:
         return [self.decode(k, v) for k, v in entries]
 
     def entries(self) -> list[tuple[Any, Any]]:
-        """The raw table: (bg_flow_key, bg_flow_value) ctypes pairs."""
+        """The raw table: (bg_ct_key, bg_ct_value) ctypes pairs."""
         return read_table(self.table)
 
     def decode(self, key: Any, val: Any) -> Flow:
@@ -363,6 +390,14 @@ class FlowMonitor:
         """Delete idle flows (reported, reason 'idle') and ended flows past the grace time (already reported)."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         out, gone = [], []
+        if self.shared:  # the engine's entries: its timeouts and `ct:` rules need them; report idle ones once
+            for key, val in read_table(self.table):
+                raw = bytes(key)
+                if not val.ended and now - val.last_ns > self.idle_timeout_ns and raw not in self._reported:
+                    self._reported.add(raw)
+                    out.append(FlowEnd(self.decode(key, val), "idle"))
+            self.expired += len(out)
+            return out
         for key, val in read_table(self.table):
             idle = now - val.last_ns
             if val.ended and idle > self.end_grace_ns:

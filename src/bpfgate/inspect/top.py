@@ -128,7 +128,7 @@ class Top:
         entries, stats = self.monitor.read()
         now = time.monotonic_ns()
         dt = (now - self._prev_ns) / 1e9 if self._prev_ns else 0.0
-        current = {bytes(k): (v.packets, v.bytes) for k, v in entries}
+        current = {bytes(k): (sum(v.packets), sum(v.bytes)) for k, v in entries}  # both directions
         shown = [(bytes(k), self.monitor.decode(k, v)) for k, v in top_flows(entries, self.sort, self.n, raw=True)]
         rates = {}
         for raw, f in shown:
