@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
+from bpfgate import families
 from bpfgate.errors import BpfgateError, NotFound
 from bpfgate.kernel import pins
 
@@ -104,7 +105,7 @@ def alive(att: Attachment) -> bool:
 
 # families whose attach points share kernel pieces with each other (the policy engines of one device share
 # a flow table, a tracker and a lookup-only switch): their own detach keeps the others right
-FAMILY_DETACH = {"engine": "bpfgate.engine.teardown"}
+FAMILY_DETACH = families.detachers()
 
 
 def _family_detach(att: Attachment) -> list[str] | None:

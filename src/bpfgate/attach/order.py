@@ -11,29 +11,15 @@ XDP takes one program per device: bpfgate runs no dispatcher, so at most one fam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from bpfgate import families
 from bpfgate.errors import BpfgateError
+from bpfgate.families import Slot
 
 
-@dataclass(frozen=True)
-class Slot:
-    family: str
-    priority: int  # clsact filter priority: lower runs first
-    handle: int
-    tcx_first: bool  # TCX: first in the chain (observers see what a gate later drops), else appended
-    why: str
-
-
-# in the order they run at one device and direction (tc priority order; TCX: first, then by attach order)
-SLOTS = (
-    Slot("flows", 1, 0xB9F5, True, "flow accounting: counts every packet before anything decides"),
-    Slot("capture", 2, 0xB9F6, True, "packet capture: sees every packet before anything decides"),
-    Slot("engine-ct", 99, 0xB9E, False, "the engine's egress conntrack tracker: before egress filters"),
-    Slot("engine", 100, 0xB9F, False, "the policy engine (also the default slot of attach_tc)"),
-    Slot("attempts", 0xB6A7, 0xB6A7, False, "connection attempts: only what the policy let through"),
-)
-_BY_FAMILY = {s.family: s for s in SLOTS}
+# in the order they run at one device and direction (tc priority order; TCX: first, then by attach order):
+# each family declares its slots where it is registered (bpfgate.families)
+SLOTS = families.slots()
+_BY_FAMILY = {s.owner: s for s in SLOTS}
 DEFAULT = _BY_FAMILY["engine"]
 
 
@@ -47,4 +33,4 @@ def slot(family: str) -> Slot:
 
 def table() -> list[tuple[str, int, str, str, str]]:
     """(family, priority, handle, tcx place, why) in run order: what docs/attach.md shows."""
-    return [(s.family, s.priority, f"{s.handle:#x}", "first" if s.tcx_first else "appended", s.why) for s in SLOTS]
+    return [(s.owner, s.priority, f"{s.handle:#x}", "first" if s.tcx_first else "appended", s.why) for s in SLOTS]

@@ -53,13 +53,13 @@ class Options:
     state: Iterable[str] = ()  # state directories under /run/bpfgate that belong to it (removed on detach)
 
     def tc_ids(self) -> tuple[int, int]:
-        s = order.slot(self.owner) if self.owner in {x.family for x in order.SLOTS} else order.DEFAULT
+        s = order.slot(self.owner) if self.owner in {x.owner for x in order.SLOTS} else order.DEFAULT
         return self.handle or s.handle, self.priority or s.priority
 
     def tcx_first(self) -> bool:
         if self.first is not None:
             return self.first
-        return self.owner in {x.family for x in order.SLOTS if x.tcx_first}
+        return self.owner in {x.owner for x in order.SLOTS if x.tcx_first}
 
 
 def prog_ids(prog: Any) -> tuple[int, int, str]:

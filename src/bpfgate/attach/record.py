@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from bpfgate import families
 from bpfgate.errors import BpfgateError
 
 RUN_ROOT = "/run/bpfgate"
 STATE_DIR = os.path.join(RUN_ROOT, "attachments")
-FAMILY_STATE = ("engine",)   # families with per-attach-point state under RUN_ROOT/<family>/
+FAMILY_STATE = families.with_state()   # families with per-attach-point state under RUN_ROOT/<family>/
 
 
 @dataclass

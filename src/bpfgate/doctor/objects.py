@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from bpfgate import families
 from bpfgate.doctor.model import MISSING, OK, WARN, Check, errno_name, reason
 from bpfgate.errors import BpfgateError
 
@@ -41,7 +42,7 @@ def _tracer(module: str) -> Callable[[], tuple[str, list[str]]]:
         from bpfgate.trace import backend
 
         hooks = importlib.import_module(f"bpfgate.trace.{module}").HOOKS
-        obj_name = {"tcp": "trace_tcp", "drops": "trace_drops"}[module]
+        obj_name = f"trace_{module}"
         choices = backend.load_only(obj_name, hooks)
         used = [c.backend for c in choices if c.backend]
         lost = [f"{c.hook.gives}: {c.note}" for c in choices if c.backend is None]
@@ -57,15 +58,12 @@ class ObjectCheck:
     impact: str  # what is lost when the object does not load
 
 
-OBJECT_CHECKS = {o.name: o for o in (
-    ObjectCheck("engine", _engine, "no policy engine: apply, the demo, engine capture/events/metrics"),
-    ObjectCheck("capture", _plain("capture"), "no `capture`"),
-    ObjectCheck("flows", _plain("flows"), "no `flows` / `top`"),
-    ObjectCheck("syn", _plain("syn"), "no `syn` (SYN counting and blocking at XDP)"),
-    ObjectCheck("attempts", _plain("attempts"), "no `events` connection attempts"),
-    ObjectCheck("trace_tcp", _tracer("tcp"), "no `trace tcp`, and `trace drops` without PIDs"),
-    ObjectCheck("trace_drops", _tracer("drops"), "no `trace drops`"),
-)}
+# objects whose commands load them in a way of their own; the others load whole
+_LOADERS = {"engine": _engine, "trace_tcp": _tracer("tcp"), "trace_drops": _tracer("drops")}
+
+# one check per object of every registered family (bpfgate.families)
+OBJECT_CHECKS = {name: ObjectCheck(name, _LOADERS.get(name) or _plain(name), lost)
+                 for name, lost in families.objects()}
 
 
 def run(name: str) -> Check:
