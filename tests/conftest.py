@@ -18,6 +18,9 @@ from bpfgate.sandbox.names import owner_of
 PIN_ROOT = "/sys/fs/bpf/bpfgate"
 RUN_ROOT = "/run/bpfgate"
 RUN_SKIP = ("sandbox",)  # sandbox markers: judged by leftovers() (their owner is in the file)
+# bpfgate's own directories under RUN_ROOT, made on first use and kept like RUN_ROOT itself: new ones
+# are no leak (on a freshly booted machine the first run makes them)
+RUN_CONTAINERS = ("attachments", os.path.join("attachments", "clsact"), "engine", "policyctl")
 IS_ROOT = os.geteuid() == 0
 NOT_ROOT_REASON = "kernel test: needs root (BPF, network namespaces); run `sudo scripts/run test`"
 
@@ -78,7 +81,7 @@ def _leaked(before: dict[str, set[str]]) -> list[str]:
     leaked = []
     for (what, paths), root in zip(_trees().items(), (PIN_ROOT, RUN_ROOT)):
         for path in sorted(paths - before[what]):
-            if _other_runs(path, root):
+            if _other_runs(path, root) or (root == RUN_ROOT and os.path.relpath(path, root) in RUN_CONTAINERS):
                 continue
             if os.path.isdir(path) and not os.path.islink(path) and os.listdir(path):
                 continue  # a parent: its contents are judged one by one
