@@ -12,6 +12,7 @@ import re
 
 import pytest
 
+from bpfgate import families
 from bpfgate.sandbox import Sandbox, leftovers, sweep_stale
 from bpfgate.sandbox.names import owner_of
 
@@ -20,7 +21,7 @@ RUN_ROOT = "/run/bpfgate"
 RUN_SKIP = ("sandbox",)  # sandbox markers: judged by leftovers() (their owner is in the file)
 # bpfgate's own directories under RUN_ROOT, made on first use and kept like RUN_ROOT itself: new ones
 # are no leak (on a freshly booted machine the first run makes them)
-RUN_CONTAINERS = ("attachments", os.path.join("attachments", "clsact"), "engine", "policyctl")
+RUN_CONTAINERS = ("attachments", os.path.join("attachments", "clsact"), "policyctl", *families.with_state())
 IS_ROOT = os.geteuid() == 0
 NOT_ROOT_REASON = "kernel test: needs root (BPF, network namespaces); run `sudo scripts/run test`"
 
