@@ -105,7 +105,8 @@ def unpack(kernel: Kernel) -> Path:
     (apt / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (apt / "sources.list").write_text(f"deb [signed-by={KEYRING}] http://deb.debian.org/debian {kernel.suite} main\n")
     opts = [f"-oDir::Etc::SourceList={apt}/sources.list", "-oDir::Etc::SourceParts=-",
-            f"-oDir::State::Lists={apt}/lists", f"-oDir::Cache={apt}", "-oAPT::Sandbox::User=root"]
+            f"-oDir::State::Lists={apt}/lists", f"-oDir::Cache={apt}", "-oAPT::Sandbox::User=root",
+            "-oDir::State::status=/dev/null"]  # the host's installed kernel must not answer for the suite's
     run(["apt-get", *opts, "update", "-qq"])
     dep = subprocess.run(["apt-cache", *opts, "depends", "linux-image-amd64"], capture_output=True, text=True,
                          check=True).stdout
