@@ -188,7 +188,37 @@ def sweep_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
         if o and o[0] not in live_tags and not is_alive(o[1]):
             delete_root_iface(ifname)
             removed.append(f"interface {ifname}")
+    removed += _sweep_run_state(prefix, live_tags)
     return sorted(set(removed))
+
+
+RUN_STATE = "/run/bpfgate"
+
+
+def _sweep_run_state(prefix: str, live_tags: set) -> list[str]:
+    """bpfgate state named after a dead run's sandbox hosts (attachment records, engine and control-plane
+    directories): a killed run's teardown never ran, and its namespaces are gone with it."""
+    removed = []
+    for sub in ("attachments", "engine", "policyctl"):
+        root = os.path.join(RUN_STATE, sub)
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            o = owner_of(name.split(".", 1)[0], prefix)
+            if not o or o[0] in live_tags or is_alive(o[1]):
+                continue
+            path = os.path.join(root, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            removed.append(f"state {path}")
+    return removed
 
 
 # ---- teardown even on Ctrl-C / SIGTERM / normal exit -----------------------------------------------
