@@ -34,6 +34,7 @@ from bpfgate.errors import BpfgateError
 from bpfgate.inspect import events
 from bpfgate.inspect.events import EventSource, addr_bytes, addr_str
 from bpfgate.kernel import netlink
+from bpfgate.signals import signals_deferred
 
 PROGRAM = "bg_syn_xdp"
 OWNER = "syn"
@@ -249,10 +250,11 @@ class EngineBlocker:
             net = ipaddress.ip_network(source)   # a host address: /32 or /128
             rule = Rule.model_validate({"name": self.rule_name(source), "src": str(net), "protocol": "tcp",
                                         "tcp_flags": "syn,!ack", "action": "drop", "owner": OWNER})
-            name = rule.name
-            if name not in self.engine.rule_ids():   # else left by an earlier run that died: take it over
-                policyctl.add_rule(self.dev, self.hook, rule, netns=self.netns, position=0)
-            self.added.append(name)
+            # a SIGTERM between the rule going live and its bookkeeping would leave it behind at close()
+            with signals_deferred():
+                if rule.name not in self.engine.rule_ids():   # else left by a run that died: take it over
+                    policyctl.add_rule(self.dev, self.hook, rule, netns=self.netns, position=0)
+                self.added.append(rule.name)
         self.active[source] = until
         return until
 
@@ -271,21 +273,24 @@ class EngineBlocker:
         from bpfgate.errors import NotFound, PolicyError
 
         name = self.rule_name(source)
-        self.active.pop(source, None)
         if self.engine.store is not None and not self.engine.store.exists():
+            self.active.pop(source, None)
             self.added = [n for n in self.added if n != name]
             return   # the engine was detached: its rules went with it
-        try:
-            policyctl.delete_rule(self.dev, self.hook, name, netns=self.netns)
-        except (NotFound, PolicyError, KeyError):
-            pass   # someone removed it already
-        if name in self.added:
-            self.added.remove(name)
+        with signals_deferred():
+            try:
+                policyctl.delete_rule(self.dev, self.hook, name, netns=self.netns)
+            except (NotFound, PolicyError, KeyError):
+                pass   # someone removed it already
+            self.active.pop(source, None)
+            if name in self.added:
+                self.added.remove(name)
 
     def close(self) -> None:
         """Delete every rule still in place (the engine may have been detached meanwhile: then nothing to do)."""
         try:
-            for src in list(self.active):
+            # `added` also holds a rule whose source a signal kept out of `active`
+            for src in dict.fromkeys([*self.active, *(n.removeprefix(RULE_PREFIX) for n in self.added)]):
                 try:
                     self._delete(src)
                 except BpfgateError:

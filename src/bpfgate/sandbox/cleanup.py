@@ -15,9 +15,7 @@ import shutil
 import signal
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
@@ -27,6 +25,7 @@ from bpfgate.kernel import netns
 from bpfgate.sandbox import procs
 from bpfgate.sandbox.names import DEFAULT_PREFIX, is_alive, owner_of, proc_start_time
 from bpfgate.sandbox.timing import scaled
+
 
 MARKER_DIR = "/run/bpfgate/sandbox"
 
@@ -252,25 +251,6 @@ def close_all() -> None:
             sb.close()
         except Exception:
             pass
-
-
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while tearing down (a second Ctrl-C must not leave half a sandbox);
-    re-deliver them afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    sigs = (signal.SIGINT, signal.SIGTERM)
-    old = {s: signal.signal(s, lambda n, f: pending.append(n)) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        for s in pending[:1]:
-            signal.raise_signal(s)
 
 
 def owner_start_time() -> int | None:

@@ -21,6 +21,7 @@ from bpfgate.kernel import netns
 from bpfgate.sandbox import cleanup, names, probe, procs
 from bpfgate.sandbox.timing import scaled
 from bpfgate.sandbox.procs import Process, SandboxError
+from bpfgate.signals import signals_deferred
 
 NET4 = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmarking range: never routed anywhere
 NET6 = ipaddress.ip_network("fd00::/8")  # unique local addresses
@@ -404,7 +405,7 @@ class Sandbox:
         if self._closed:
             return
         problems: list[str] = []
-        with cleanup.signals_deferred():
+        with signals_deferred():
             self._stop_processes(problems)
             for h in [self.root, *self.hosts.values()]:
                 h._close()  # an open netlink socket would keep its namespace alive
