@@ -25,3 +25,22 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(s, h)
         for s in pending[:1]:
             signal.raise_signal(s)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the block as Ctrl-C does (KeyboardInterrupt): a command stopped by `timeout`, systemd
+    or kill detaches what it attached and prints what it counted instead of dying mid-way. Only the main
+    thread may set handlers: elsewhere, signals are left alone."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

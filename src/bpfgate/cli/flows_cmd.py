@@ -13,6 +13,7 @@ from bpfgate.errors import NotSupported
 from bpfgate.inspect.events import tcp_flags_str
 from bpfgate.inspect.flows import SORT_KEYS, Flow, FlowMonitor, pin_dir, top_flows
 from bpfgate.inspect.top import endpoint, human
+from bpfgate.signals import sigterm_as_interrupt
 
 
 def flow_row(f: Flow, now_ns: int) -> list:
@@ -68,13 +69,14 @@ def register(app: click.Group) -> None:
         if duration is None:
             duration = 0.0 if pinned else 3.0
         ended = []
-        with FlowMonitor(dev, netns_name=netns, direction=direction, max_flows=max_flows, pinned=pinned) as mon:
+        with sigterm_as_interrupt(), \
+                FlowMonitor(dev, netns_name=netns, direction=direction, max_flows=max_flows, pinned=pinned) as mon:
             deadline = time.monotonic() + max(duration, 0)
             try:
                 while (left := deadline - time.monotonic()) > 0:
                     ended.extend(mon.poll_ended(int(min(left, 0.2) * 1000)))
             except KeyboardInterrupt:
-                pass  # Ctrl-C: print what was counted so far
+                pass  # Ctrl-C or SIGTERM: print what was counted so far
             ended.extend(mon.poll_ended())
             entries, stats = mon.read()
             shown = [mon.decode(k, v) for k, v in top_flows(entries, sort, top_n, raw=True)]

@@ -11,6 +11,7 @@ from bpfgate.cli import term
 from bpfgate.errors import BpfgateError
 from bpfgate.inspect.flows import SORT_KEYS, FlowMonitor, pin_dir
 from bpfgate.inspect.top import Top, run_live
+from bpfgate.signals import sigterm_as_interrupt
 
 
 def _syn_counter(dev: str, netns: str | None, top: Top):
@@ -49,7 +50,8 @@ def register(app: click.Group) -> None:
     def top_cmd(dev, netns, interval, sort, top_n, syn, with_rules, once, as_json):
         """Live view of the top flows on DEV: packets, bytes, rates, TCP flags, recent flow ends."""
         # accounting left running by `bpfgate flows --keep` is read in place; else attach for this view
-        with FlowMonitor(dev, netns_name=netns, pinned=os.path.isdir(pin_dir(dev, netns))) as mon:
+        pinned = os.path.isdir(pin_dir(dev, netns))
+        with sigterm_as_interrupt(), FlowMonitor(dev, netns_name=netns, pinned=pinned) as mon:
             view = Top(mon, sort=sort, n=top_n, title=f"bpfgate top: {dev}" + (f" (netns {netns})" if netns else ""))
             counter = view.syn = _syn_counter(dev, netns, view) if syn else None
             reader = None

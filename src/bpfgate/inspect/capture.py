@@ -25,10 +25,10 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
-import signal
 import socket
 import struct
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -39,6 +39,7 @@ from bpfgate.inspect.flows import DIR_NAMES, open_pair
 from bpfgate.inspect.pcap import PcapWriter, open_writer
 from bpfgate.kernel.maps import possible_cpus
 from bpfgate.kernel.ringbuf import RingBuffer
+from bpfgate.signals import sigterm_as_interrupt
 
 C = contract.constants("capture")
 MAX_SNAPLEN = C.BG_CAPTURE_MAX  # an skb is at most 64 KiB
@@ -505,7 +506,8 @@ def capture_to_file(path: str | None, dev: str, filt: CaptureFilter | None = Non
     `direction` and `method` are not used), and its capture is off again when this returns."""
     writer: PcapWriter | None = open_writer(path, pcapng=pcapng, snaplen=snaplen, ifname=dev) if path else None
     written, interrupted = 0, False
-    restore = _sigterm_as_interrupt()
+    restore = ExitStack()
+    restore.enter_context(sigterm_as_interrupt())
     source: Any = None
     matched = lost = 0
     try:
@@ -543,7 +545,7 @@ def capture_to_file(path: str | None, dev: str, filt: CaptureFilter | None = Non
             source.close()    # the engine's capture is off whatever ended it
         if writer:
             writer.close()
-        restore()
+        restore.close()
     return CaptureSummary(written, matched, lost, path, interrupted)
 
 
@@ -552,16 +554,3 @@ def _stream(cap: Any, deadline: float | None) -> Iterator[CapturedPacket]:
         wait = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
         yield from cap.packets(wait)
     yield from cap.packets(0)  # what arrived in the last moments
-
-
-def _sigterm_as_interrupt() -> Callable[[], None]:
-    """SIGTERM stops a capture like Ctrl-C (file closed, programs detached); returns the undo.
-    Only the main thread may set handlers: elsewhere, signals are left alone."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:
-        return lambda: None
-    return lambda: signal.signal(signal.SIGTERM, old)
