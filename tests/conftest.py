@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+from types import SimpleNamespace
 
 import pytest
 
@@ -183,3 +185,26 @@ def engines():
             eng.detach()
         except NotFound:
             pass
+
+
+@pytest.fixture
+def web(sandbox):
+    """client -- server serving HTTP on 8080 and 8081 (both families), as an object: client, server,
+    link, dev (the server's interface), ns, ip4, ip6. Every bpfgate policy of the server's namespace and
+    its control-plane state are removed after the test, pass or fail."""
+    from bpfgate import policyctl
+
+    client, server = sandbox.host("client"), sandbox.host("server")
+    link = sandbox.link(client, server)
+    for port in (8080, 8081):
+        server.http_server(port)
+    end = link.end(server)
+    n = SimpleNamespace(client=client, server=server, link=link, dev=end.name, ns=server.netns,
+                        ip4=end.ip4, ip6=end.ip6)
+    try:
+        yield n
+    finally:
+        try:
+            policyctl.remove(netns=n.ns)
+        finally:
+            shutil.rmtree(os.path.join("/run/bpfgate/policyctl", n.ns), ignore_errors=True)

@@ -192,3 +192,30 @@ def test_blocks_are_automation_rules_kept_by_apply_and_left_out_of_export(net, t
         if p.poll() is None:
             p.kill()
             p.communicate()
+
+
+def test_a_killed_runs_block_is_adopted_and_removed_by_the_next_run(net):
+    """SIGKILL leaves no chance to clean up: the block stays in the engine, and the next `syn --block`
+    run on the device takes it over, lets it expire after its own block time and removes it."""
+    client, server, link, eng = net
+    src = link.a.ip4
+    argv = [sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", link.b.name, "--netns", server.netns,
+            "--rate", "3", "--block", "90", "--interval", "0.2", "--json", "--duration", "120"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert Lines(p).until(lambda e: e["type"] == "syn_stats")
+        flood_until_blocked(client, link.b.ip4, eng)
+        assert flood_rules(eng) == [f"syn-flood-{src}"]
+    finally:
+        p.kill()
+        p.communicate(timeout=WAIT)
+    assert flood_rules(eng) == [f"syn-flood-{src}"]   # the dead run's block
+    assert connect(client, link.b.ip4, 7070, timeout=0.5) == "timeout"
+    r = run_cli(["syn", "--dev", link.b.name, "--netns", server.netns, "--rate", "1000", "--block", "1",
+                 "--interval", "0.2", "--json", "--duration", "3"])
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {"type": "syn_unblock", "source": src}.items() <= next(
+        e for e in events if e["type"] == "syn_unblock").items()
+    assert flood_rules(eng) == []
+    assert connect(client, link.b.ip4, 7070) == "refused"

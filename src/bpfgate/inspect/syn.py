@@ -122,6 +122,7 @@ class SynCounter:
         """Block floods from blocker's interface with engine rules instead of the XDP block list."""
         self.engine_blockers.append(blocker)
         self.configure(self.rate, self.block_s)
+        blocker.adopt_leftovers(self.block_s)
 
     def blocker_for(self, ifindex: int) -> "EngineBlocker | None":
         for b in self.engine_blockers:
@@ -257,6 +258,17 @@ class EngineBlocker:
                 self.added.append(rule.name)
         self.active[source] = until
         return until
+
+    def adopt_leftovers(self, seconds: float) -> list[str]:
+        """Blocks left in the engine by a run that died (SIGKILL, power loss) expire `seconds` from now and
+        go when this run ends, as its own do: else they would drop their sources' SYNs for good."""
+        until = time.monotonic_ns() + int(seconds * 1e9)
+        found = [r.name for r in self.engine.policy().rules
+                 if r.owner == OWNER and r.name.startswith(RULE_PREFIX) and r.name not in self.added]
+        for name in found:
+            self.added.append(name)
+            self.active[name.removeprefix(RULE_PREFIX)] = until
+        return [n.removeprefix(RULE_PREFIX) for n in found]
 
     def blocks(self) -> list[Block]:
         return [Block(src, until) for src, until in self.active.items()]
