@@ -1,0 +1,295 @@
+"""The data path with real frames: packets/s that a filter on the receiving end of a veth pair processes,
+bpfgate against iptables, nftables and bare drop programs, in one run.
+
+    sudo .venv/bin/python bench/bench_datapath.py [--quick] [--seconds 2] [--reps 3] [--cpu N]
+
+Each case is its own pair of network namespaces (a sandbox: tx -- rx over one veth pair). An injector in
+tx (AF_PACKET, PACKET_QDISC_BYPASS, sendmmsg of 256 frames a call: 64-byte UDP/IPv4 to rx port 9, 64
+source ports) runs pinned to one CPU for --seconds; a veth delivers each frame on the sending CPU
+(softirq, or the peer's NAPI for native XDP), so that one CPU carries the whole receive side. Processed
+= the packets the filter's own counter saw drop (its drop rule, the bare programs' counters, the
+iptables/nft rule counters; "no filter": the rx stack's UDP NoPorts), divided by the time. Every case
+drops the traffic at its last rule, after rules of every shape that match nothing (the worst case):
+  no filter           the rx stack (UDP, no socket on port 9)
+  bare xdp / tc drop  a program that only counts and drops (bench/bare_drop.bpf.c): the floor of the hook
+  bpfgate tc / xdp    the policy engine (no conntrack) with 1, 10k, 100k rules: a third each of tcp
+                      ports, IPv4 source CIDRs of mixed lengths (stage 0) and 5-tuples, then the drop
+  iptables raw        PREROUTING: 1, 100, 10k rules (-s CIDR -p tcp --dport P) then the drop
+  nft set 100k        an interval set of 100k source prefixes (no match), then the drop
+Reps run the cases interleaved (a noisy neighbour hits them alike); figures are medians with min-max and
+the ratio to the bare drop program of the same hook. A benchmark: it prints, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ipaddress
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_classifier import rules_for  # noqa: E402
+from common import header  # noqa: E402
+
+from bpfgate import attach  # noqa: E402
+from bpfgate.engine import Engine  # noqa: E402
+from bpfgate.kernel.objects import BpfObject  # noqa: E402
+from bpfgate.policy.compile import Limits  # noqa: E402
+from bpfgate.policy.model import HookPolicy  # noqa: E402
+from bpfgate.sandbox import Sandbox  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BATCH, SPORTS, DPORT = 256, 64, 9
+LIMITS = Limits(max_shapes=32, max_entries=1 << 20)
+
+
+# ---- the injector (runs as a child inside tx) ---------------------------------------------------------
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(_Iovec)),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
+
+
+def _csum(data: bytes) -> int:
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def udp_frames(src_mac: bytes, dst_mac: bytes, src: str, dst: str) -> list[bytes]:
+    out = []
+    for i in range(SPORTS):
+        udp = struct.pack("!HHHH", 10000 + i, DPORT, 8 + 18, 0) + bytes(18)   # checksum 0: none (IPv4)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst))
+        ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+        out.append(dst_mac + src_mac + b"\x08\x00" + ip + udp)
+    return out
+
+
+def inject(ifname: str, dst_mac: str, src: str, dst: str, seconds: float, cpu: int) -> None:
+    """Send for `seconds` from this CPU; prints {"sent": N, "seconds": T}."""
+    os.sched_setaffinity(0, {cpu})
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    s.setsockopt(263, 20, 1)   # SOL_PACKET, PACKET_QDISC_BYPASS: straight to the driver
+    s.bind((ifname, 0))
+    frames = udp_frames(s.getsockname()[4], bytes.fromhex(dst_mac.replace(":", "")), src, dst)
+    bufs = [ctypes.create_string_buffer(f, len(f)) for f in frames]
+    iovs = (_Iovec * BATCH)(*[_Iovec(ctypes.cast(bufs[i % SPORTS], ctypes.c_void_p), len(frames[0]))
+                              for i in range(BATCH)])
+    msgs = (_Mmsghdr * BATCH)()
+    for i in range(BATCH):
+        msgs[i].hdr.iov = ctypes.pointer(iovs[i])
+        msgs[i].hdr.iovlen = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    sent, t0 = 0, time.monotonic()
+    end = t0 + seconds
+    while time.monotonic() < end:
+        n = libc.sendmmsg(s.fileno(), msgs, BATCH, 0)
+        if n < 0:
+            if ctypes.get_errno() in (105, 11):   # ENOBUFS / EAGAIN: the device is full, go on
+                continue
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        sent += n
+    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0}))
+
+
+# ---- cases -----------------------------------------------------------------------------------------------
+
+def mixed_rules(n: int, rng: random.Random) -> list[dict]:
+    """n-1 rules of every shape that match nothing of the traffic, then the drop (named sink)."""
+    per = (n - 1) // 3
+    rules = rules_for("ports", per, rng) + rules_for("cidr4", per, rng)
+    rules += rules_for("5tuple", n - 1 - 2 * per, rng)
+    for r in rules:
+        r["name"] = f"{r['name']}-{len(rules)}"
+    return rules + [{"name": "sink", "protocol": "udp", "dst_port": DPORT, "action": "drop"}]
+
+
+class Case:
+    made = 0
+
+    def __init__(self, sb: Sandbox, name: str, hook: str):
+        self.name, self.hook = name, hook
+        Case.made += 1
+        self.tx, self.rx = sb.host(f"tx{Case.made}"), sb.host(f"rx{Case.made}")
+        self.link = sb.link(self.tx, self.rx)
+        self.tx_if, self.rx_if = self.link.end(self.tx), self.link.end(self.rx)
+        mac = self.rx.run(["cat", f"/sys/class/net/{self.rx_if.name}/address"], check=True).stdout.strip()
+        self.rx_mac = mac
+        self.pps: list[float] = []
+        self.sent_pps: list[float] = []
+
+    def setup(self) -> None: ...
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None: ...
+
+
+class NoFilter(Case):
+    def count(self) -> int:
+        snmp = self.rx.run(["cat", "/proc/net/snmp"], check=True).stdout.splitlines()
+        udp = [line.split() for line in snmp if line.startswith("Udp:")]
+        return int(udp[1][udp[0].index("NoPorts")])
+
+
+class Bare(Case):
+    def __init__(self, sb, name, hook, obj_path):
+        super().__init__(sb, name, hook)
+        self.obj = BpfObject.open(obj_path)
+        self.obj.load()
+        prog = self.obj.program("bench_xdp_drop" if hook == "xdp" else "bench_tc_drop")
+        if hook == "xdp":
+            self.att = attach.attach_xdp(prog, self.rx_if.name, mode="native", netns_name=self.rx.netns,
+                                         owner="bench")
+        else:
+            self.att = attach.attach_tc(prog, self.rx_if.name, "ingress", netns_name=self.rx.netns, owner="bench")
+
+    def count(self) -> int:
+        return sum(self.obj.map("drops")[0])
+
+    def close(self) -> None:
+        attach.detach(self.att)
+        self.obj.close()
+
+
+class Bpfgate(Case):
+    def __init__(self, sb, name, hook, n_rules, rng):
+        super().__init__(sb, name, hook)
+        hp = HookPolicy.model_validate({"default": "allow", "rules": mixed_rules(n_rules, rng)})
+        t0 = time.perf_counter()
+        self.eng = Engine.attach(self.rx_if.name, hook, hp, netns_name=self.rx.netns, ct=False, limits=LIMITS,
+                                 **({"mode": "native"} if hook == "xdp" else {}))
+        self.attach_s = time.perf_counter() - t0
+
+    def count(self) -> int:
+        return self.eng.counters()["sink"].packets
+
+    def close(self) -> None:
+        self.eng.detach()
+
+
+class Iptables(Case):
+    def __init__(self, sb, name, n_rules, rng):
+        super().__init__(sb, name, "iptables")
+        lines = ["*raw", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+        lines += [f"-A PREROUTING -s 10.{rng.randrange(256)}.{rng.randrange(256)}.0/24 -p tcp --dport "
+                  f"{rng.randrange(1, 65536)} -j DROP" for _ in range(n_rules - 1)]
+        lines += [f"-A PREROUTING -p udp --dport {DPORT} -j DROP", "COMMIT", ""]
+        self.rx.run(["iptables-restore"], input="\n".join(lines), check=True, timeout=120)
+
+    def count(self) -> int:
+        out = self.rx.run(["iptables", "-t", "raw", "-nvxL", "PREROUTING"], check=True, timeout=120).stdout
+        return int(out.strip().splitlines()[-1].split()[0])
+
+
+class NftSet(Case):
+    def __init__(self, sb, name, n, rng):
+        super().__init__(sb, name, "nft")
+        nets = {ipaddress.ip_network((rng.getrandbits(24) << 8, 24)) for _ in range(n)}
+        nets = [x for x in nets if not x.overlaps(ipaddress.ip_network("198.18.0.0/15"))]
+        elems = ", ".join(map(str, nets))
+        text = ("table ip bgbench {\n set s { type ipv4_addr; flags interval; }\n"
+                " chain pre { type filter hook prerouting priority -300; ip saddr @s drop;"
+                f" udp dport {DPORT} counter drop; }}\n}}\nadd element ip bgbench s {{ {elems} }}\n")
+        self.rx.run(["nft", "-f", "-"], input=text, check=True, timeout=300)
+        self.elements = len(nets)
+
+    def count(self) -> int:
+        out = self.rx.run(["nft", "list", "chain", "ip", "bgbench", "pre"], check=True, timeout=60).stdout
+        return int(re.search(r"counter packets (\d+)", out).group(1))
+
+
+def measure(case: Case, seconds: float, cpu: int) -> None:
+    before = case.count()
+    r = case.tx.run([sys.executable, os.path.abspath(__file__), "--inject", case.tx_if.name, case.rx_mac,
+                     case.tx_if.ip4, case.rx_if.ip4, str(seconds), str(cpu)], timeout=seconds + 60, check=True)
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    time.sleep(0.05)
+    case.pps.append((case.count() - before) / res["seconds"])
+    case.sent_pps.append(res["sent"] / res["seconds"])
+
+
+def build_bare(tmp: str) -> str:
+    out = os.path.join(tmp, "bare_drop.bpf.o")
+    arch = os.uname().machine
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", f"-I/usr/include/{arch}-linux-gnu", "-c",
+                    os.path.join(HERE, "bare_drop.bpf.c"), "-o", out], check=True)
+    return out
+
+
+def mpps(v: list[float]) -> str:
+    return f"{statistics.median(v) / 1e6:6.3f} Mpps (min {min(v) / 1e6:.3f} - max {max(v) / 1e6:.3f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="1 and 10k rules only, no 100k cases")
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)))
+    a = ap.parse_args()
+    header("data path: packets/s processed on the receiving end of a veth pair (one CPU)")
+    print(f"# {a.reps} reps x {a.seconds:g} s per case, interleaved; injector and receive side on CPU {a.cpu}; "
+          f"64-byte UDP/IPv4 frames from {SPORTS} source ports")
+    rng = random.Random(15)
+    sizes = [1, 10_000] if a.quick else [1, 10_000, 100_000]
+    with tempfile.TemporaryDirectory() as tmp, Sandbox() as sb:
+        bare = build_bare(tmp)
+        cases: list[Case] = [NoFilter(sb, "no filter", "stack"), Bare(sb, "bare xdp drop", "xdp", bare),
+                             Bare(sb, "bare tc drop", "tc-ingress", bare)]
+        for hook in ("tc-ingress", "xdp"):
+            for n in sizes:
+                c = Bpfgate(sb, f"bpfgate {'tc' if hook != 'xdp' else 'xdp'} {n} rules", hook, n, rng)
+                print(f"# {c.name}: attached in {c.attach_s:.1f} s", flush=True)
+                cases.append(c)
+        for n in (1, 100, 10_000):
+            cases.append(Iptables(sb, f"iptables raw {n} rules", n, rng))
+        if not a.quick:
+            cases.append(NftSet(sb, "nft set 100k", 100_000, rng))
+        try:
+            for rep in range(a.reps):
+                for c in cases:
+                    measure(c, a.seconds, a.cpu)
+                print(f"# rep {rep + 1}/{a.reps} done", flush=True)
+        finally:
+            for c in cases:
+                c.close()
+    floor = {c.hook: statistics.median(c.pps) for c in cases if isinstance(c, Bare)}
+    stack = statistics.median(cases[0].pps)
+    print(f"{'case':28s} {'processed':42s} {'sent':>10s}  ratio")
+    for c in cases:
+        base = floor.get(c.hook)
+        ratio = (f"{statistics.median(c.pps) / base:5.2f} x bare {c.hook}" if base
+                 else f"{statistics.median(c.pps) / stack:5.2f} x no filter")
+        print(f"{c.name:28s} {mpps(c.pps)}  {statistics.median(c.sent_pps) / 1e6:6.3f} M  {ratio}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--inject":
+        ifname, mac, src, dst, seconds, cpu = sys.argv[2:8]
+        inject(ifname, mac, src, dst, float(seconds), int(cpu))
+    else:
+        main()
