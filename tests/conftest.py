@@ -1,7 +1,8 @@
 """Shared fixtures. Kernel tests (`@pytest.mark.kernel`) need root; each test module and the session end
 with a leak check: no network namespace, root-namespace veth or sandbox marker of this process, no new pin
-under /sys/fs/bpf/bpfgate and no new attachment record or state under /run/bpfgate (engine state, clsact
-markers, ...) may survive a module or the run. Pins and state carry no owner: a new path counts as ours
+under /sys/fs/bpf/bpfgate, no new attachment record or state under /run/bpfgate (engine state, clsact
+markers, ...) and, in CI (alone on the machine), no new namespace, root clsact or bg* cgroup may survive
+a module or the run. Pins and state carry no owner: a new path counts as ours
 unless it names another run's sandbox (so key per-namespace state by the sandbox host's netns name)."""
 
 from __future__ import annotations
@@ -111,9 +112,30 @@ def _root_clsacts() -> set[str]:
     return {i.name for i in netlink.interfaces() if tc.has_clsact(i.name)}
 
 
+def _cgroups() -> set[str]:
+    """cgroup v2 directories named bg* (tests name the cgroups they make so), four levels deep at most."""
+    from bpfgate import status
+
+    root = status.cgroup2_mount()
+    found: set[str] = set()
+    if not root:
+        return found
+    for parent, dirs, _files in os.walk(root):
+        depth = os.path.relpath(parent, root).count(os.sep)
+        found.update(os.path.join(parent, d) for d in dirs if d.startswith("bg"))
+        if depth >= 3:
+            dirs[:] = []
+    return found
+
+
 def _host_state() -> dict[str, set[str]]:
     """Machine-wide state a test could leak. Compared only in CI (CI=true), where this run is alone."""
-    return {"network namespace": _netns(), "attachment record": _records(), "clsact qdisc on": _root_clsacts()}
+    return {"network namespace": _netns(), "attachment record": _records(), "clsact qdisc on": _root_clsacts(),
+            "cgroup": _cgroups()}
+
+
+def _host_leaks(before: dict[str, set[str]]) -> list[str]:
+    return [f"{what} {n}" for what, names in _host_state().items() for n in sorted(names - before[what])]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -129,21 +151,23 @@ def leak_check():
     yield
     leaks = leftovers(os.getpid()) + _leaked(before)
     if alone:
-        for what, names in _host_state().items():
-            leaks += [f"{what} {n}" for n in sorted(names - host_before[what])]
+        leaks += _host_leaks(host_before)
     if leaks:
         pytest.fail("this test run left behind:\n  " + "\n  ".join(leaks), pytrace=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def module_leak_check(leak_check):
-    """The same check per test module (pins and /run/bpfgate), so a leak names the module that made it."""
+    """The same check per test module (pins, /run/bpfgate; in CI also namespaces, records, root clsacts
+    and cgroups), so a leak names the module that made it."""
     if not IS_ROOT:
         yield
         return
     before = _trees()
+    alone = bool(os.environ.get("CI"))
+    host_before = _host_state() if alone else {}
     yield
-    leaks = _leaked(before)
+    leaks = _leaked(before) + (_host_leaks(host_before) if alone else [])
     if leaks:
         pytest.fail("this test module left behind:\n  " + "\n  ".join(leaks), pytrace=False)
 
