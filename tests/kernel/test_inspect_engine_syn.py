@@ -60,6 +60,13 @@ class Lines:
         return None
 
 
+def start_syn(link, server, block: float) -> subprocess.Popen:
+    """`bpfgate syn --block` on the server's interface: a flood is 3 SYNs/s, JSON lines every 0.2 s."""
+    argv = [sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", link.b.name, "--netns", server.netns,
+            "--rate", "3", "--block", str(block), "--interval", "0.2", "--json", "--duration", "120"]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def flood_until_blocked(client, addr: str, eng: Engine) -> list[str]:
     """Connection attempts to a closed port (one SYN each while not dropped) until a flood rule appears."""
     deadline = time.monotonic() + WAIT
@@ -72,9 +79,7 @@ def flood_until_blocked(client, addr: str, eng: Engine) -> list[str]:
 def test_syn_block_through_engine_rules(net):
     client, server, link, eng = net
     src = link.a.ip4
-    argv = [sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", link.b.name, "--netns", server.netns,
-            "--rate", "3", "--block", "1.5", "--interval", "0.2", "--json", "--duration", "120"]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = start_syn(link, server, block=1.5)
     lines = Lines(p)
     try:
         assert lines.until(lambda e: e["type"] == "syn_stats"), p.stderr.read() if p.poll() is not None else ""
@@ -113,9 +118,7 @@ def test_engine_detached_while_syn_runs(net):
     """The engine goes away under a running `bpfgate syn --block`: floods are reported as not blocked (with
     the reason), the command keeps going and exits cleanly, and nothing of the engine is recreated."""
     client, server, link, eng = net
-    argv = [sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", link.b.name, "--netns", server.netns,
-            "--rate", "3", "--block", "5", "--interval", "0.2", "--json", "--duration", "120"]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = start_syn(link, server, block=5)
     lines = Lines(p)
     try:
         assert lines.until(lambda e: e["type"] == "syn_stats")
@@ -157,10 +160,8 @@ def test_blocks_are_automation_rules_kept_by_apply_and_left_out_of_export(net, t
     export` leaves it out, and `apply` of the (edited) export swaps the policy but keeps the block, and says
     so: the flooding source stays dropped (real SYNs, the block's counter)."""
     client, server, link, eng = net
-    src, name = link.a.ip4, f"syn-flood-{link.a.ip4}"
-    argv = [sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", link.b.name, "--netns", server.netns,
-            "--rate", "3", "--block", "90", "--interval", "0.2", "--json", "--duration", "120"]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    name = f"syn-flood-{link.a.ip4}"
+    p = start_syn(link, server, block=90)
     lines = Lines(p)
     try:
         assert lines.until(lambda e: e["type"] == "syn_stats"), p.stderr.read() if p.poll() is not None else ""
@@ -174,7 +175,7 @@ def test_blocks_are_automation_rules_kept_by_apply_and_left_out_of_export(net, t
         assert r.returncode == 0, r.stderr
         text = out.read_text()
         body = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
-        assert "syn-flood" not in body and f"# left out: rules added by automation" in text and name in text
+        assert "syn-flood" not in body and "# left out: rules added by automation" in text and name in text
         r = run_cli(["apply", "--netns", server.netns, str(out)])
         assert r.returncode == 0 and "no change" in r.stdout and f"rule {name} kept" in r.stdout, r.stdout
         out.write_text(text.replace("dst_port: 80", "dst_port: 81"))   # a real swap this time
@@ -199,9 +200,7 @@ def test_a_killed_runs_block_is_adopted_and_removed_by_the_next_run(net):
     run on the device takes it over, lets it expire after its own block time and removes it."""
     client, server, link, eng = net
     src = link.a.ip4
-    argv = [sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", link.b.name, "--netns", server.netns,
-            "--rate", "3", "--block", "90", "--interval", "0.2", "--json", "--duration", "120"]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = start_syn(link, server, block=90)
     try:
         assert Lines(p).until(lambda e: e["type"] == "syn_stats")
         flood_until_blocked(client, link.b.ip4, eng)
