@@ -54,7 +54,7 @@ FAMILIES = (
 )
 
 # commands over every family: what is attached, the kernel, metrics of all inspection families
-CORE_CLI = ("status_cmd", "doctor_cmd", "metrics_cmd")
+CORE_CLI = ("status_cmd", "doctor_cmd", "metrics_cmd", "agent_cmd")
 
 
 def cli_modules() -> list[str]:

@@ -281,6 +281,8 @@ def delete_filter(dev: Dev, direction: str, *, handle: int, priority: int, netns
     _check_ids(handle, priority, op)
     with route(netns, op) as ipr:
         index = resolve(ipr, dev, op)
+        if _ingress_slot(ipr, index, op) != "clsact":   # the kernel says EINVAL, not "no such filter"
+            raise NotFound(op, "no clsact qdisc there (removed with its filters)")
         # ETH_P 0: match the filter whatever its protocol
         msg = filter_msg(index, direction, handle=handle, priority=priority, protocol=0)
         _request(ipr, msg, RTM_DELTFILTER, NLM_F_REQUEST | NLM_F_ACK, op)
