@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -209,6 +210,25 @@ def test_second_agent_refused_and_restart_without_gap(agent_env):
     assert b.stop() == 0
 
 
+def _connect_as_nobody(path: str) -> str:
+    """Connect to `path` from a child that dropped to uid/gid 65534; what it met."""
+    pid = os.fork()
+    if pid == 0:   # the child: never returns into pytest
+        code = 3
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            code = 0
+        except PermissionError:
+            code = 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return {0: "connected", 1: "PermissionError"}.get(os.waitstatus_to_exitcode(status), "other")
+
+
 def _engine_entries(n):
     from bpfgate.status import interface_entries
 
@@ -220,3 +240,34 @@ def test_agent_once_and_bad_input():
     assert r.returncode == 2 and "no such directory" in r.stderr and "Traceback" not in r.stderr
     r = run_cli(["agent", "--policy-dir", os.path.dirname(__file__), "--netns", "bg-no-such-ns", "--once"])
     assert r.returncode == 2 and "no such network namespace" in r.stderr
+
+
+def test_writes_go_through_the_running_agent(agent_env, tmp_path):
+    """While the agent runs, `rule add/del` are done by it (one writer) and `apply` is refused, naming
+    the agent and its directory; its socket is root's only."""
+    n, d, start = agent_env
+    (d / "p.yaml").write_text(drop_port(n.dev, 8080))
+    a = start()
+    assert until(lambda: "no-8080" in rule_names(n))
+    env = {**os.environ, "BPFGATE_AGENT_DIR": a.args[a.args.index("--state-dir") + 1]}
+    add = ["rule", "add", "--netns", n.ns, "--dev", n.dev, "--proto", "tcp", "--dport", "8081", "--action",
+           "drop", "no-8081"]
+    r = run_cli(add, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "no-8081" in rule_names(n) and dropped(n, 8081)
+    r = run_cli(add, env=env)   # its errors come back with their type: exists already = bad input
+    assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli(["apply", "--netns", n.ns, str(d / "p.yaml")], env=env)
+    assert r.returncode == 1 and f"the bpfgate agent (pid {a.p.pid}) owns its policies" in r.stderr, r.stderr
+    assert str(d) in r.stderr
+    r = run_cli(["rule", "del", "--netns", n.ns, "--dev", n.dev, "no-8081"], env=env)
+    assert r.returncode == 0, r.stderr
+    assert "no-8081" not in rule_names(n) and served(n, 8081)
+    sock = os.path.join(env["BPFGATE_AGENT_DIR"], n.ns, "agent.sock")
+    assert os.stat(sock).st_mode & 0o777 == 0o600
+    assert os.stat(os.path.dirname(sock)).st_mode & 0o777 == 0o700
+    assert _connect_as_nobody(sock) == "PermissionError"
+    assert a.stop() == 0 and not os.path.exists(sock)
+    # no agent: the CLI works directly again
+    r = run_cli(add, env=env)
+    assert r.returncode == 0 and "no-8081" in rule_names(n), r.stderr

@@ -22,12 +22,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bpfgate.agent import desired
+from bpfgate.agent import client, desired
 from bpfgate.agent.desired import Key, PolicyFile
 from bpfgate.errors import BpfgateError, NotFound
 from bpfgate.policy.model import Hook
 
-STATE_DIR = "/run/bpfgate/agent"
+STATE_DIR = client.DEFAULT_DIR
 KERNEL_HOOKS = {"tc-ingress": Hook.TC_INGRESS, "tcx-ingress": Hook.TC_INGRESS, "tc-egress": Hook.TC_EGRESS,
                 "tcx-egress": Hook.TC_EGRESS, "xdp": Hook.XDP}
 
@@ -64,9 +64,10 @@ class Round:
 
 
 class Agent:
-    def __init__(self, policy_dir: str, *, netns: str | None = None, state_dir: str = STATE_DIR):
-        self.policy_dir, self.netns = policy_dir, netns
-        self.dir = os.path.join(state_dir, netns or "host")
+    def __init__(self, policy_dir: str, *, netns: str | None = None, state_dir: str | None = None):
+        self.policy_dir, self.netns = os.path.abspath(policy_dir), netns
+        self.dir = client.ns_dir(netns, state_dir)
+        self.busy = threading.Lock()           # held by a round; requests through the socket wait for it
         self._lock_fd: int | None = None
         self.owned: dict[str, dict] = {}       # file -> {"digest": ..., "keys": [[dev, hook], ...]}
         self.rounds = 0
@@ -126,6 +127,10 @@ class Agent:
     # ---- reconcile ---------------------------------------------------------------------------------
 
     def reconcile(self) -> Round:
+        with self.busy:
+            return self._reconcile()
+
+    def _reconcile(self) -> Round:
         from bpfgate import policyctl
         from bpfgate.kernel import netlink
 

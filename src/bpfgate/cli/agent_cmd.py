@@ -22,15 +22,17 @@ def register(app: click.Group) -> None:
                   help="/healthz, /readyz and /metrics (loopback unless you name another address; port 0: any)")
     @click.option("--interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
                   metavar="SECONDS", help="How often to reconcile (SIGHUP: at once).")
-    @click.option("--state-dir", default=None, metavar="DIR", help="Where the agent records what it applied "
-                  "[default: /run/bpfgate/agent].")
+    @click.option("--state-dir", default=None, metavar="DIR", help="Where the agent keeps its lock, socket and "
+                  "record of what it applied [default: $BPFGATE_AGENT_DIR or /run/bpfgate/agent]; the CLI finds "
+                  "a running agent there.")
     @click.option("--once", is_flag=True, help="Reconcile once and exit (exit 1 if a file was not applied).")
     def agent_cmd(policy_dir, netns, listen, interval, state_dir, once):
         """Keep the policy engines of a namespace in step with DIR: changed files are applied, engines
         missing from the kernel attached again, hooks no file names detached. A bad file is reported (JSON
         log lines on stderr) and leaves the others running. Stopping the agent leaves the engines running
         (they run from their pins); the next agent takes them over without re-attaching."""
-        from bpfgate.agent import STATE_DIR, Agent
+        from bpfgate.agent import Agent, client
+        from bpfgate.agent.api import Api
         from bpfgate.agent.daemon import log
         from bpfgate.agent.http import Server
         from bpfgate.errors import NotFound
@@ -39,7 +41,8 @@ def register(app: click.Group) -> None:
         if not os.path.isdir(policy_dir):
             raise NotFound(f"bpfgate agent --policy-dir {policy_dir}", "no such directory")
         netlink.interfaces(netns)   # a namespace that does not exist: refused before anything starts
-        agent = Agent(policy_dir, netns=netns, state_dir=state_dir or STATE_DIR)
+        client.in_agent = True   # this process writes directly; others go through its socket
+        agent = Agent(policy_dir, netns=netns, state_dir=state_dir)
         agent.lock()
         try:
             if once:
@@ -49,18 +52,21 @@ def register(app: click.Group) -> None:
                 return 1 if rnd.errors else 0
             server = Server(agent, interval)
             host, port = server.serve(listen)
+            api = Api(agent)
+            sock = api.serve()
             stop = threading.Event()
             handlers = {signal.SIGTERM: lambda *_: stop.set() or agent.wake(),
                         signal.SIGINT: lambda *_: stop.set() or agent.wake(),
                         signal.SIGHUP: lambda *_: agent.wake()}
             old = {s: signal.signal(s, h) for s, h in handlers.items()}
-            log("info", "agent started", pid=os.getpid(), policy_dir=policy_dir, netns=netns,
-                listen=f"{host}:{port}", interval=interval)
+            log("info", "agent started", pid=os.getpid(), policy_dir=agent.policy_dir, netns=netns,
+                listen=f"{host}:{port}", socket=sock, interval=interval)
             try:
                 agent.run(interval, stop)
             finally:
                 for s, h in old.items():
                     signal.signal(s, h)
+                api.close()
                 server.close()
                 log("info", "agent stopped; the engines keep running from their pins")
         finally:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bpfgate.agent import client as _agent
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.policy import layout as L
 from bpfgate.policy.compile import CompiledHook, compile_hook
@@ -179,6 +180,8 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
           state_root: str | None = None, start_watcher: bool = True) -> ApplyResult:
     """Validate, compile, compare with what runs, and change only what differs (all or nothing)."""
     policies = _policies(source)
+    if backend is None and not dry_run:
+        _agent.refuse_writes(netns, "apply")
     backend = _backend(backend)
     if confirm is not None and not 0 < confirm <= 86400:
         raise BpfgateError("apply with --confirm", f"{confirm:g} s is not between 0 and 86400 seconds")
@@ -266,6 +269,9 @@ def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: 
     program adding it, for automation (`apply` of a file keeps such rules, `policy export` leaves them out,
     `rules` shows the owner)."""
     hook, rule = parse_hook(hook), rule_from(rule)
+    if backend is None and _agent.running(netns):   # while an agent runs, it is the one writer
+        return _agent.call(netns, "add_rule", dev=dev, hook=hook.value, rule=rule_data(rule), before=before,
+                           after=after, position=position, force=force, owner=owner)
     if owner is not None:
         rule = rule_from(rule_data(rule) | {"owner": owner})
     backend = _backend(backend)
@@ -287,6 +293,8 @@ def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = No
                 backend: Backend | None = None) -> None:
     """Delete one rule live. Refused (unless force) when it is the rule that keeps established connections
     alive under a default deny."""
+    if backend is None and _agent.running(netns):   # while an agent runs, it is the one writer
+        return _agent.call(netns, "delete_rule", dev=dev, hook=parse_hook(hook).value, name=name, force=force)
     backend, hook = _backend(backend), parse_hook(hook)
     with _serialised(netns, backend):
         hp = _current(backend, dev, hook, netns)

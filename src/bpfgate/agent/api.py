@@ -1,0 +1,94 @@
+"""The agent's unix socket (root only): one JSON request per connection, one JSON reply. Requests run
+between reconcile rounds (the agent's `busy` lock), so the agent is the one writer of its namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import socketserver
+import threading
+from typing import Any, Callable
+
+from bpfgate.agent import client
+from bpfgate.agent.daemon import Agent
+from bpfgate.errors import BpfgateError
+
+
+def _rule_add(agent: Agent, a: dict) -> Any:
+    from bpfgate import policyctl
+
+    return policyctl.add_rule(a["dev"], a["hook"], a["rule"], netns=agent.netns, before=a.get("before"),
+                              after=a.get("after"), position=a.get("position"), force=a.get("force", False),
+                              owner=a.get("owner"))
+
+
+def _rule_del(agent: Agent, a: dict) -> Any:
+    from bpfgate import policyctl
+
+    policyctl.delete_rule(a["dev"], a["hook"], a["name"], netns=agent.netns, force=a.get("force", False))
+    return None
+
+
+OPS: dict[str, Callable[[Agent, dict], Any]] = {"add_rule": _rule_add, "delete_rule": _rule_del}
+
+
+class Api:
+    def __init__(self, agent: Agent):
+        self.agent = agent
+        self.path = client.socket_path(agent.netns, os.path.dirname(agent.dir))
+        self._server: socketserver.ThreadingUnixStreamServer | None = None
+
+    def serve(self) -> str:
+        api = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                try:
+                    req = json.loads(self.rfile.readline())
+                    reply = {"ok": True, "result": api.run(req)}
+                except BpfgateError as e:
+                    reply = {"ok": False, "error": {"type": type(e).__name__, "op": e.op, "cause": e.cause,
+                                                    "hint": e.hint}}
+                except (ValueError, KeyError, TypeError) as e:
+                    reply = {"ok": False, "error": {"type": "BpfgateError", "op": "agent request",
+                                                    "cause": f"bad request: {e}"}}
+                self.wfile.write(json.dumps(reply, default=str).encode() + b"\n")
+
+        try:
+            os.unlink(self.path)   # a killed agent's (the pid lock says no agent runs)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o077)      # the socket is root's alone from its first moment
+        try:
+            self._server = socketserver.ThreadingUnixStreamServer(self.path, Handler)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="agent-api", daemon=True).start()
+        return self.path
+
+    def run(self, req: dict) -> Any:
+        op = req.get("op")
+        if op == "ping":
+            return {"pid": os.getpid(), "policy_dir": self.agent.policy_dir}
+        fn = OPS.get(op)
+        if fn is None:
+            raise BpfgateError("agent request", f"unknown operation {op!r}")
+        if not self.agent.busy.acquire(timeout=client.WAIT_S):
+            raise BpfgateError(f"{op} through the bpfgate agent",
+                               f"the agent is still reconciling after {client.WAIT_S:g} s")
+        try:
+            return fn(self.agent, req)
+        finally:
+            self.agent.busy.release()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
