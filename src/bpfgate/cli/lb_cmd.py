@@ -1,0 +1,98 @@
+"""`bpfgate lb add|del|backend|list`: L4 load balancing (VIP:port/proto -> weighted backends, Maglev)."""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape
+
+from bpfgate.cli import term
+from bpfgate.cli.nat_cmd import JSON, NETNS, _gateways
+
+
+def _report(change, as_json: bool, what: str) -> None:
+    if as_json:
+        term.print_json({"change": what, **change.to_dict()})
+        return
+    term.ok(f"{what}: {100 * change.moved:.3f}% of {change.slots} table slots moved")
+    term.table(None, ["backend", "share"], [(escape(b), f"{100 * s:.2f}%") for b, s in sorted(change.shares.items())])
+
+
+def register(app: click.Group) -> None:
+    @app.group("lb")
+    def lb_group():
+        """Load balancing at TC ingress: a flow keeps its backend for its life (conntrack)."""
+
+    @lb_group.command("add")
+    @click.argument("dev")
+    @click.argument("name")
+    @click.option("--vip", required=True, metavar="ADDR:PORT", help="The service address and port.")
+    @click.option("--proto", type=click.Choice(["tcp", "udp"]), required=True)
+    @click.option("--backend", "backends", multiple=True, metavar="ADDR[:PORT][@WEIGHT]",
+                  help="A backend (repeat); port defaults to the VIP's, weight to 1.")
+    @click.option("--table-size", type=int, help="Maglev table size, a prime [default: 65537].")
+    @NETNS
+    @JSON
+    def lb_add(dev, name, vip, proto, backends, table_size, netns, as_json):
+        """Add service NAME on DEV."""
+        from bpfgate import nat
+
+        svc = nat.service(name, proto, vip, list(backends), table_size)
+        with nat.Gateway.open(dev, netns) as gw:
+            ch = gw.add_service(svc)
+        _report(ch, as_json, f"service {name} added")
+
+    @lb_group.command("backend")
+    @click.argument("dev")
+    @click.argument("name")
+    @click.argument("backend")
+    @click.option("--weight", type=int, help="Set the weight (adds the backend when new).")
+    @click.option("--drain", "drain", flag_value=True, default=None, help="No new flows; its flows stay.")
+    @click.option("--undrain", "drain", flag_value=False, help="Take new flows again.")
+    @click.option("--remove", is_flag=True, help="Remove it: only its flows move.")
+    @NETNS
+    @JSON
+    def lb_backend(dev, name, backend, weight, drain, remove, netns, as_json):
+        """Add, re-weight, drain or remove BACKEND (ADDR[:PORT]) of service NAME, live."""
+        from bpfgate import nat
+
+        if remove and (weight is not None or drain is not None):
+            raise click.UsageError("--remove takes no --weight/--drain")
+        with nat.Gateway.open(dev, netns, create=False) as gw:
+            ch = gw.set_backend(name, backend, weight=weight, drained=drain, remove=remove)
+        _report(ch, as_json, f"service {name}, backend {backend}")
+
+    @lb_group.command("del")
+    @click.argument("dev")
+    @click.argument("name")
+    @NETNS
+    @JSON
+    def lb_del(dev, name, netns, as_json):
+        """Delete service NAME."""
+        from bpfgate import nat
+
+        with nat.Gateway.open(dev, netns, create=False) as gw:
+            s = gw.delete_service(name)
+        if as_json:
+            term.print_json({"deleted": s.to_dict()})
+        else:
+            term.ok(f"service {name} deleted on {dev}")
+
+    @lb_group.command("list")
+    @click.argument("dev", required=False)
+    @NETNS
+    @JSON
+    def lb_list(dev, netns, as_json):
+        """Services and their backends."""
+        gws = _gateways(dev, netns)
+        try:
+            if as_json:
+                term.print_json([{"interface": gw.dev, "services": [s.to_dict() for s in gw.services()]}
+                                 for gw in gws])
+                return
+            rows = [(gw.dev, s.name, s.proto, escape(s.vip), s.table_size, escape(b.name), b.weight,
+                     "drained" if b.drained else "")
+                    for gw in gws for s in gw.services() for b in (s.backends or [None]) if b]
+            term.table(None, ["if", "service", "proto", "vip", "table", "backend", "weight", ""], rows)
+        finally:
+            for gw in gws:
+                gw.close()

@@ -1,0 +1,125 @@
+"""`bpfgate nat add|del|list|stats|flows`: DNAT/SNAT rules on an interface, changed live."""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape
+
+from bpfgate.cli import term
+
+NETNS = click.option("--netns", metavar="NAME", help="The interface is in this named network namespace.")
+JSON = click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+
+
+def _gateways(dev, netns):
+    from bpfgate import nat
+
+    devs = [dev] if dev else nat.running(netns)
+    return [nat.Gateway.open(d, netns, create=False) for d in devs]
+
+
+def register(app: click.Group) -> None:
+    @app.group("nat")
+    def nat_group():
+        """Address/port translation at TC (DNAT at ingress, SNAT at egress; replies translated back)."""
+
+    @nat_group.command("add")
+    @click.argument("dev")
+    @click.argument("name")
+    @click.option("--dnat", "dnat_match", metavar="ADDR[:PORT]", help="Translate packets arriving for this destination.")
+    @click.option("--snat", "snat_match", metavar="PREFIX", help="Translate packets leaving from this source prefix.")
+    @click.option("--to", "to", required=True, metavar="ADDR[:PORT]", help="What the matched side becomes.")
+    @click.option("--proto", type=click.Choice(["tcp", "udp"]), help="DNAT: the protocol (SNAT: tcp and udp).")
+    @click.option("--ports", metavar="LOW-HIGH", help="SNAT: source ports to allocate from (default: keep the "
+                  "port, another one from 1024-65535 on a collision).")
+    @click.option("--stateless", is_flag=True, help="1:1 per packet by the rule, no connection state.")
+    @NETNS
+    @JSON
+    def nat_add(dev, name, dnat_match, snat_match, to, proto, ports, stateless, netns, as_json):
+        """Add rule NAME on DEV (attaches the NAT program on first use)."""
+        from bpfgate import nat
+
+        if bool(dnat_match) == bool(snat_match):
+            raise click.UsageError("give one of --dnat ADDR[:PORT] or --snat PREFIX")
+        if dnat_match:
+            if not proto:
+                raise click.UsageError("--dnat needs --proto tcp|udp")
+            rule = nat.dnat(name, proto, dnat_match, to, stateless=stateless)
+        else:
+            if proto:
+                raise click.UsageError("--snat translates tcp and udp: no --proto")
+            rule = nat.snat(name, snat_match, to, ports=ports, stateless=stateless)
+        with nat.Gateway.open(dev, netns) as gw:
+            gw.add_rule(rule)
+        if as_json:
+            term.print_json({"added": rule.to_dict(), "interface": dev, "netns": netns})
+        else:
+            term.ok(f"rule {rule.name} on {dev}: {rule.kind} {escape(rule.match)} -> {escape(rule.to)}")
+
+    @nat_group.command("del")
+    @click.argument("dev")
+    @click.argument("name")
+    @NETNS
+    @JSON
+    def nat_del(dev, name, netns, as_json):
+        """Delete rule NAME on DEV (its flows already translated keep their entries until they expire)."""
+        from bpfgate import nat
+
+        with nat.Gateway.open(dev, netns, create=False) as gw:
+            r = gw.delete_rule(name)
+        if as_json:
+            term.print_json({"deleted": r.to_dict(), "interface": dev, "netns": netns})
+        else:
+            term.ok(f"rule {name} deleted on {dev}")
+
+    @nat_group.command("list")
+    @click.argument("dev", required=False)
+    @NETNS
+    @JSON
+    def nat_list(dev, netns, as_json):
+        """Rules (and load-balanced services) of DEV, or of every interface with a NAT."""
+        gws = _gateways(dev, netns)
+        try:
+            if as_json:
+                term.print_json([gw.to_dict() for gw in gws])
+                return
+            rows = [(gw.dev, r.name, r.kind, r.proto or "tcp+udp", escape(r.match), escape(r.to),
+                     "stateless" if r.stateless else "stateful",
+                     f"{r.ports[0]}-{r.ports[1]}" if r.ports != (0, 0) else "")
+                    for gw in gws for r in gw.rules()]
+            term.table(None, ["if", "name", "kind", "proto", "match", "to", "state", "ports"], rows)
+        finally:
+            for gw in gws:
+                gw.close()
+
+    @nat_group.command("stats")
+    @click.argument("dev")
+    @NETNS
+    @JSON
+    def nat_stats(dev, netns, as_json):
+        """Counters: packets translated, flows, port collisions and exhaustion, table pressure."""
+        from bpfgate import nat
+
+        with nat.Gateway.open(dev, netns, create=False) as gw:
+            st = gw.stats()
+        if as_json:
+            term.print_json(st)
+        else:
+            term.table(None, ["counter", "value"], list(st.items()))
+
+    @nat_group.command("flows")
+    @click.argument("dev")
+    @NETNS
+    @JSON
+    def nat_flows(dev, netns, as_json):
+        """Translated flows (original tuple -> what the translated side became)."""
+        from bpfgate import nat
+
+        with nat.Gateway.open(dev, netns, create=False) as gw:
+            flows = gw.flows()
+        if as_json:
+            term.print_json(flows)
+            return
+        term.table(None, ["proto", "source", "destination", "side", "to", "packets out/back"],
+                   [(f["proto"], escape(f"{f['src']}:{f['sport']}"), escape(f"{f['dst']}:{f['dport']}"), f["side"],
+                     escape(f"{f['to']}:{f['to_port']}"), f"{f['packets'][0]}/{f['packets'][1]}") for f in flows])
