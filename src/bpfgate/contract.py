@@ -67,6 +67,13 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "bg_ct_key": ("family", "proto", "sport", "dport", "src", "dst"),
     "bg_ct_value": ("first_ns", "last_ns", "packets", "bytes", "ended", "flags", "ifindex", "tcp_flags",
                     "created_dir", "ext"),
+    # NAT and load balancing (bpfgate.nat)
+    "bg_nat_key": ("family", "proto", "port", "addr"),
+    "bg_nat_target": ("addr", "port", "port_hi", "flags", "svc"),
+    "bg_snat_key": ("prefixlen", "family", "addr"),
+    "bg_lb_svc": ("base", "size", "seed"),
+    "bg_lb_backend": ("addr", "port", "family", "svc"),
+    "bg_ct_ext": ("nat_addr", "nat_port", "nat_flags", "backend_id", "in_ifindex", "peer_mac"),
     "bg_rule_log_event": ("hdr", "rule_id", "ifindex", "pkt_len", "action", "hook", "family", "proto", "sport",
                           "dport", "ct_state", "tcp_flags", "src", "dst"),
 }

@@ -106,3 +106,40 @@ def test_bad_input_changes_nothing(served):
     with pytest.raises(NotFound):
         gw.delete_rule("nope")
     assert [r.name for r in nat.Gateway.open(si.name, ns, create=False).rules()] == ["web"]
+
+
+def test_policy_file_apply_changes_only_what_differs(served, tmp_path):
+    client, server, ci, si, _ = served
+    ns, f = server.netns, tmp_path / "nat.yaml"
+
+    def apply(text: str, *extra) -> dict:
+        f.write_text(text)
+        r = run_cli(["apply", str(f), "--netns", ns, "--json", *extra])
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    doc = f"""nat:
+  interface: {si.name}
+  rules:
+    - {{name: web, kind: dnat, proto: tcp, match: "{VIP4}:80", to: "{si.ip4}:8080"}}
+  services:
+    - {{name: api, proto: tcp, vip: "{VIP4}:81", table_size: 1009, backends: ["{si.ip4}:8080@2"]}}
+"""
+    assert [c["op"] for c in apply(doc, "--dry-run")["nat"]] == ["add rule", "add service"]
+    assert not nat.Gateway.exists(si.name, ns)   # a dry run changes nothing
+    out = apply(doc)
+    assert [c["op"] for c in out["nat"]] == ["add rule", "add service"] and out["nat"][1]["moved"] == 1.0
+    assert client.http_get(f"http://{VIP4}:80/").status == 200
+    assert client.http_get(f"http://{VIP4}:81/").status == 200
+    assert apply(doc)["nat"] == []   # idempotent
+    # a second backend: the service is updated live and says how much of its table moved
+    out = apply(doc.replace(f'"{si.ip4}:8080@2"]', f'"{si.ip4}:8080@2", "{si.ip4}:8081"]'))
+    assert [c["op"] for c in out["nat"]] == ["update service"] and 0.2 < out["nat"][0]["moved"] < 0.45
+    # bad input: one line, nothing changed
+    f.write_text(doc.replace("kind: dnat", "kind: masquerade"))
+    r = run_cli(["apply", str(f), "--netns", ns])
+    assert r.returncode == 2 and "rules: rule web.kind" in r.stderr and "Traceback" not in r.stderr
+    assert [r.name for r in nat.Gateway.open(si.name, ns, create=False).rules()] == ["web"]
+    # nothing left in the document: the NAT goes
+    assert [c["op"] for c in apply(f"nat:\n  interface: {si.name}\n")["nat"]] == ["detach"]
+    assert not nat.Gateway.exists(si.name, ns) and not attach.find(si.name, None, ns)

@@ -133,7 +133,13 @@ def test_empty_and_unreadable_files(tmp_path):
 def test_examples_validate_compile_and_round_trip(path):
     from bpfgate.policy.compile import compile_policy
 
+    from bpfgate.nat import policy as nat_policy
+    from bpfgate.policyctl.export import load_documents, split_documents
+
     assert EXAMPLES, "examples/*.yaml not found"
-    for p in load_policy_file(path):
+    with open(path) as f:
+        engine_docs, nat_docs = nat_policy.split(split_documents(f.read()), path)   # nat: documents parse here
+    assert engine_docs or nat_docs
+    for p in load_documents(engine_docs, path):
         compile_policy(p, ifindex=lambda name: 1)
         assert _roundtrip(p) == p

@@ -41,9 +41,21 @@ def _printed_as_json_or_none(items, as_json: bool, netns: str | None) -> bool:
     return as_json or not items
 
 
+def _print_nat(res) -> None:
+    for c in res.nat:
+        moved = f": {100 * c['moved']:.3f}% of its table's slots moved" if "moved" in c else ""
+        name = f" {c['name']}" if "name" in c else ""
+        term.info(f"{'would ' if res.dry_run else ''}{c['op']}{name} on {c['interface']}{moved}")
+
+
 def _print_plan(res, as_json: bool) -> None:
     if as_json:
         term.print_json(res.to_dict())
+        return
+    _print_nat(res)
+    if not res.engine:
+        if not res.nat:
+            term.ok("no change: NAT as the file says")
         return
     p = res.plan
     for r in res.repaired:

@@ -47,9 +47,12 @@ from .explain import Explanation, explain_hook, parse_packet
 from .export import (
     desired_state,
     export_text,
+    load_documents,
     load_policies,
     load_policy_file,
+    read_policy_file,
     rule_data,
+    split_documents,
 )
 from .plan import HookPlan, Plan, automation
 from .plan import plan as make_plan
@@ -152,14 +155,16 @@ class ApplyResult:
     dry_run: bool = False
     pending: _confirm.Pending | None = None   # set with confirm=SECONDS
     repaired: list[str] = field(default_factory=list)   # engines repaired after a killed edit (engine/recover.py)
+    nat: list[dict] = field(default_factory=list)   # NAT / load-balancer changes of the file's `nat:` documents
+    engine: bool = True   # the file has policy engine documents (a NAT-only file leaves the engines alone)
 
     @property
     def changed(self) -> bool:
-        return self.plan.changed
+        return self.plan.changed or bool(self.nat)
 
     def to_dict(self) -> dict[str, Any]:
         d = self.plan.to_dict()
-        d.update(applied=self.applied, dry_run=self.dry_run, repaired=self.repaired)
+        d.update(applied=self.applied, dry_run=self.dry_run, repaired=self.repaired, nat=self.nat)
         if self.pending:
             d["confirm"] = {"deadline": self.pending.deadline, "seconds_left": round(self.pending.remaining, 1),
                             "watcher_pid": self.pending.watcher_pid}
@@ -178,7 +183,30 @@ def plan(source: Source, *, netns: str | None = None, backend: Backend | None = 
 def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, force: bool = False,
           confirm: float | None = None, mode: str | None = None, backend: Backend | None = None,
           state_root: str | None = None, start_watcher: bool = True) -> ApplyResult:
-    """Validate, compile, compare with what runs, and change only what differs (all or nothing)."""
+    """Validate, compile, compare with what runs, and change only what differs (all or nothing). The file's
+    `nat:` documents (bpfgate.nat.policy) are applied first; a file with only those leaves engines alone."""
+    nat_docs = []
+    if isinstance(source, (str, Path)):
+        from bpfgate.nat import policy as nat_policy
+
+        text, name = read_policy_file(source)
+        docs = split_documents(text)
+        if not docs:
+            raise PolicyError(name, "empty policy file")
+        engine_docs, nat_docs = nat_policy.split(docs, name)
+        source = load_documents(engine_docs, name) if engine_docs else []
+        if nat_docs:
+            if confirm is not None:
+                raise BpfgateError("apply with --confirm", "confirmation covers policy engine documents only; "
+                                   "this file has nat documents")
+            nat_changes = nat_policy.apply(nat_docs, netns, dry_run=dry_run)
+            if not engine_docs:
+                return ApplyResult(Plan(netns, []), bool(nat_changes) and not dry_run, dry_run=dry_run,
+                                   nat=nat_changes, engine=False)
+            res = apply(source, netns=netns, dry_run=dry_run, force=force, mode=mode, backend=backend,
+                        state_root=state_root, start_watcher=start_watcher)
+            res.nat = nat_changes
+            return res
     policies = _policies(source)
     if backend is None and not dry_run:
         _agent.refuse_writes(netns, "apply")

@@ -80,6 +80,11 @@ def load_policies(text: str, source: str = "<policy>") -> list[Policy]:
     docs = split_documents(text)
     if not docs:
         raise PolicyError(source, "empty policy file")
+    return load_documents(docs, source)
+
+
+def load_documents(docs: list[tuple[int, str]], source: str) -> list[Policy]:
+    """split_documents()'s documents, validated (line numbers: the whole file's)."""
     out: list[Policy] = []
     seen: dict[str, int] = {}
     for n, (start, doc) in enumerate(docs):
@@ -93,18 +98,22 @@ def load_policies(text: str, source: str = "<policy>") -> list[Policy]:
     return out
 
 
-def load_policy_file(path: str | Path) -> list[Policy]:
-    """A policy file (`-` is stdin) -> its documents."""
+def read_policy_file(path: str | Path) -> tuple[str, str]:
+    """(text, name for errors) of a policy file (`-` is stdin)."""
     import sys
 
     if str(path) == "-":
-        return load_policies(sys.stdin.read(), "<stdin>")
+        return sys.stdin.read(), "<stdin>"
     path = Path(path)
     try:
-        text = path.read_text()
+        return path.read_text(), path.name
     except OSError as e:
         raise PolicyError(str(path), f"cannot read: {e.strerror}") from None
-    return load_policies(text, path.name)
+
+
+def load_policy_file(path: str | Path) -> list[Policy]:
+    """A policy file (`-` is stdin) -> its documents."""
+    return load_policies(*read_policy_file(path))
 
 
 def desired_state(policies: Iterable[Policy]) -> dict[tuple[str, Hook], HookPolicy]:
