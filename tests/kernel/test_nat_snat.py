@@ -87,3 +87,25 @@ def test_snat_port_exhaustion_is_counted(inside):
     assert _peer(c2, 4, so.ip4, 40001) is None   # the one port is taken: the SYN is dropped, counted
     st = gw.stats()
     assert st["port_exhausted"] >= 1 and st["port_collision"] >= 1
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_snat_icmp_error_reaches_the_inside_host(inside, family):
+    """The server's port unreachable quotes the translated datagram (NAT address:port -> server): the SNAT
+    translates it back (outer destination, quoted source, both checksums) and the inside socket gets it."""
+    c1, c2, l1, l2, ro, so, gw = inside
+    pfx = 24 if family == 4 else 64
+    gw.add_rule(nat.snat("in1", f"{l1.end(c1).addr(family)}/{pfx}", ro.addr(family), ports="30000-30099"))
+    with c1.entered():
+        s = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(3)
+        s.connect((so.addr(family), 7999))   # nothing listens there
+        s.send(b"x")
+        with pytest.raises(ConnectionRefusedError):
+            s.recv(10)
+    finally:
+        s.close()
+    st = gw.stats()
+    assert st["icmp_xlate"] == 1 and st["rewrite_fail"] == 0
+    assert [30000 <= f["to_port"] <= 30099 for f in gw.flows()] == [True]
