@@ -199,6 +199,8 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
             if confirm is not None:
                 raise BpfgateError("apply with --confirm", "confirmation covers policy engine documents only; "
                                    "this file has nat documents")
+            if engine_docs and backend is None and not dry_run:
+                _agent.refuse_writes(netns, "apply")   # before the NAT changes: all of the file or none
             nat_changes = nat_policy.apply(nat_docs, netns, dry_run=dry_run)
             if not engine_docs:
                 return ApplyResult(Plan(netns, []), bool(nat_changes) and not dry_run, dry_run=dry_run,
