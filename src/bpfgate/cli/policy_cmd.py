@@ -153,6 +153,7 @@ def register(app: click.Group) -> None:
                   help="Action for packets over the rate limit.")
     @click.option("--log", "log_rate", type=int, default=None, metavar="PER_SECOND", help="Log matches (rate cap).")
     @click.option("--no-count", is_flag=True, help="Do not count matches.")
+    @click.option("--comment", help="Free text kept with the rule (shown by `rules`, kept by `policy export`).")
     @click.option("--before", metavar="RULE", help="Insert before this rule.")
     @click.option("--after", metavar="RULE", help="Insert after this rule.")
     @click.option("--position", type=int, help="Insert at this index (0 = first). Default: last.")
@@ -160,7 +161,7 @@ def register(app: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
     def rule_add(name, dev, hook, src, dst, proto, sport, dport, tcp_flags, icmp_type, icmp_code, vlan, ct,
                  action, redirect_if, redirect_ingress, mark, rate, rate_unit, rate_per, burst, over, log_rate,
-                 no_count, before, after, position, netns, as_json):
+                 no_count, comment, before, after, position, netns, as_json):
         """Add rule NAME on --dev/--hook, matching like the YAML fields."""
         from bpfgate import policyctl
 
@@ -182,6 +183,8 @@ def register(app: click.Group) -> None:
             data["log"] = {"rate": log_rate}
         if no_count:
             data["count"] = False
+        if comment is not None:
+            data["comment"] = comment
         pos = policyctl.add_rule(dev, hook, data, netns=netns, before=before, after=after, position=position)
         if as_json:
             term.print_json({"added": name, "dev": dev, "hook": hook, "position": pos})
@@ -206,19 +209,27 @@ def register(app: click.Group) -> None:
             term.ok(f"rule {name} deleted from {dev} {hook}")
 
     @app.command("rules")
+    @click.option("--rule", "names", multiple=True, metavar="NAME",
+                  help="Only this rule (repeat for more; `(default)` is the default).")
+    @click.option("--reset", is_flag=True, help="Zero the counters shown (all, or --rule's), as `nft reset "
+                  "counters`: the values printed are those before.")
     @_running_hooks
-    def rules_cmd(dev, hook, netns, as_json):
+    def rules_cmd(names, reset, dev, hook, netns, as_json):
         """The running rules, in order, with their counters (packets, bytes)."""
         from bpfgate import policyctl
 
-        rows = policyctl.rules(dev, netns=netns, hook=hook)
+        rows = policyctl.rules(dev, netns=netns, hook=hook, names=names or None, reset=reset)
         if _printed_as_json_or_none(rows, as_json, netns):
             return
+        if reset:
+            term.info(f"counters of {len(rows)} rule(s) reset; the values before:")
         opts = lambda r: " ".join([f"{k}={v}" for k, v in r.extra.items()]
                                   + ([f"owner={r.owner}"] if r.owner else []))
-        term.table(None, ["dev", "hook", "#", "rule", "action", "match", "options", "packets", "bytes"],
+        comments = any(r.comment for r in rows)   # the column only when a rule has one
+        term.table(None, ["dev", "hook", "#", "rule", "action", "match", "options", "packets", "bytes"]
+                   + (["comment"] if comments else []),
                    [[r.dev, r.hook, "" if r.position is None else r.position, r.name, r.action, r.match,
-                     opts(r), r.packets, r.bytes] for r in rows])
+                     opts(r), r.packets, r.bytes] + ([r.comment] if comments else []) for r in rows])
 
     @app.group("policy")
     def policy_group():

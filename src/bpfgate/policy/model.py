@@ -150,6 +150,8 @@ class Rule(Strict):
     rate_limit: RateLimit | None = None
     log: Log | None = None
     count: bool = True
+    # free text for people (why the rule is there, a ticket): kept through export, shown by `rules`, never matched
+    comment: str | None = Field(default=None, min_length=1, max_length=256)
     # who added it: None for a policy file or a user's `rule add`; the program's name for automation
     # (e.g. "syn-blocker"): `apply` keeps such rules, `policy export` leaves them out (policyctl/plan.py)
     owner: str | None = Field(default=None, min_length=1, max_length=32, pattern=r"^[a-z0-9-]+$")
@@ -188,6 +190,13 @@ class Rule(Strict):
     @classmethod
     def _vlan(cls, v):
         return v if v is None else tuple(_as_list(v))
+
+    @field_validator("comment")
+    @classmethod
+    def _comment(cls, v):
+        if v is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in v):
+            raise ValueError("comment must be one line of printable text (no control characters)")
+        return v
 
     @field_validator("log", mode="before")
     @classmethod

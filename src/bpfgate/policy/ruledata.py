@@ -67,6 +67,8 @@ def rule_data(rule: Rule) -> dict[str, Any]:
         d["log"] = rule.log.model_dump()
     if not rule.count:
         d["count"] = False
+    if rule.comment is not None:
+        d["comment"] = rule.comment
     if rule.owner is not None:
         d["owner"] = rule.owner
     return d

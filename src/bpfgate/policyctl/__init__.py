@@ -378,15 +378,16 @@ class RuleRow:
     bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     owner: str | None = None      # the program that added it (automation), None: a policy file or a user
+    comment: str | None = None    # the rule's free-text comment
 
     def to_dict(self) -> dict[str, Any]:
         return {"dev": self.dev, "hook": self.hook, "position": self.position, "name": self.name,
                 "action": self.action, "match": self.match, "packets": self.packets, "bytes": self.bytes,
-                "owner": self.owner, **({"options": self.extra} if self.extra else {})}
+                "owner": self.owner, "comment": self.comment, **({"options": self.extra} if self.extra else {})}
 
 
 _MATCH_FIELDS = frozenset(Rule.model_fields) - {"name", "action", "redirect", "mark", "rate_limit", "log", "count",
-                                                "owner"}
+                                                "owner", "comment"}
 
 
 def _match_text(data: dict[str, Any]) -> str:
@@ -395,12 +396,15 @@ def _match_text(data: dict[str, Any]) -> str:
 
 
 def rules(dev: str | None = None, *, netns: str | None = None, hook: str | Hook | None = None,
-          backend: Backend | None = None) -> list[RuleRow]:
-    """Every rule of every running hook (or of one interface / hook), in order, with its counters."""
+          backend: Backend | None = None, names: Iterable[str] | None = None, reset: bool = False) -> list[RuleRow]:
+    """Every rule of every running hook (or of one interface / hook; only the rules `names` if given: "(default)"
+    names the default), in order, with its counters. `reset`: those counters are zeroed as they are read
+    (`nft reset counters`); the rows hold the values before."""
     backend = _backend(backend)
     hook = parse_hook(hook) if hook is not None else None
-    with _reading(backend):
-        return _rules(backend, dev, hook, netns)
+    names = None if names is None else list(dict.fromkeys(names))
+    with _serialised(netns, backend) if reset else _reading(backend):
+        return _rules(backend, dev, hook, netns, names, reset)
 
 
 def _reading(backend: Backend):
@@ -420,18 +424,36 @@ def _selected(backend: Backend, dev: str | None, hook: Hook | None, netns: str |
             if (dev is None or d == dev) and (hook is None or h == hook)]
 
 
-def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None) -> list[RuleRow]:
+def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None,
+           names: list[str] | None = None, reset: bool = False) -> list[RuleRow]:
+    selected = _selected(backend, dev, hook, netns, "reset counters" if reset else "list rules")
+    if names is not None:   # every name must be somewhere, before anything is reset
+        known = {r.name for _d, _h, hp in selected for r in hp.rules} | {"(default)"}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise NotFound(f"{'reset counters' if reset else 'list rules'} of rule {missing[0]}",
+                           "no such rule in the running policy" + (f" of {dev}" if dev else ""))
     out = []
-    for d, h, hp in _selected(backend, dev, hook, netns, "list rules"):
-        counts = backend.counters(d, h, netns)
+    for d, h, hp in selected:
+        here = [r.name for r in hp.rules] + ["(default)"]
+        want = here if names is None else [n for n in here if n in names]
+        if not want:
+            continue
+        if reset:
+            counts = backend.reset_counters(d, h, netns, None if names is None else want)
+        else:
+            counts = backend.counters(d, h, netns)
         for i, r in enumerate(hp.rules):
+            if r.name not in want:
+                continue
             data = rule_data(r)
             c = counts.get(r.name, RuleCounters(r.name, 0, 0))
             extra = {k: data[k] for k in ("redirect", "mark", "rate_limit", "log", "count") if k in data}
             out.append(RuleRow(d, h.value, i, r.name, r.action, _match_text(data), c.packets, c.bytes, extra,
-                               r.owner))
-        c = counts.get("(default)", RuleCounters("(default)", 0, 0))
-        out.append(RuleRow(d, h.value, None, "(default)", hp.default, "no rule matched", c.packets, c.bytes))
+                               r.owner, r.comment))
+        if "(default)" in want:
+            c = counts.get("(default)", RuleCounters("(default)", 0, 0))
+            out.append(RuleRow(d, h.value, None, "(default)", hp.default, "no rule matched", c.packets, c.bytes))
     return out
 
 

@@ -42,6 +42,9 @@ class Backend(Protocol):
 
     def counters(self, dev: str, hook: Hook, netns: str | None) -> dict[str, RuleCounters]: ...
 
+    def reset_counters(self, dev: str, hook: Hook, netns: str | None,
+                       names: list[str] | None) -> dict[str, RuleCounters]: ...   # zeroed; returns the values before
+
 
 class MemoryBackend:
     """Hooks in a dict, per namespace. `fail_on` = {(op, dev, hook)}: that operation raises, to test that
@@ -105,3 +108,15 @@ class MemoryBackend:
         pk = self.packets.get((netns, dev, hook), {})
         names = [r.name for r in hp.rules] + ["(default)"]
         return {n: RuleCounters(n, pk.get(n, 0), pk.get(n, 0) * 100) for n in names}
+
+    def reset_counters(self, dev, hook, netns, names):
+        before = self.counters(dev, hook, netns)
+        want = list(before) if names is None else names
+        missing = [n for n in want if n not in before]
+        if missing:
+            raise NotFound(f"reset counters of rule {missing[0]}", "no such rule in the running policy")
+        pk = self.packets.setdefault((netns, dev, hook), {})
+        for n in want:
+            pk.pop(n, None)
+        self.log.append(("reset_counters", dev, hook, tuple(want)))
+        return {n: before[n] for n in want}

@@ -143,6 +143,11 @@ class EngineBackend:
         with self._open(dev, hook, netns) as eng:
             return {n: RuleCounters(n, c.packets, c.bytes) for n, c in eng.counters().items()}
 
+    def reset_counters(self, dev: str, hook: Hook, netns: str | None,
+                       names: list[str] | None) -> dict[str, RuleCounters]:
+        with self._open(dev, hook, netns) as eng:
+            return {n: RuleCounters(n, c.packets, c.bytes) for n, c in eng.reset_counters(names).items()}
+
     def classifier(self, dev: str, hook: Hook, netns: str | None) -> tuple[CompiledHook, Conf]:
         """The live generation's bg_cls entries and stage 0 classes, and the bg_conf it published (what the
         data plane walks now, live edits included)."""
