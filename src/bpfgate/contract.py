@@ -74,6 +74,11 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "bg_lb_svc": ("base", "size", "seed"),
     "bg_lb_backend": ("addr", "port", "family", "svc"),
     "bg_ct_ext": ("nat_addr", "nat_port", "nat_flags", "backend_id", "in_ifindex", "peer_mac"),
+    # egress steering (bpfgate.steer)
+    "bg_steer_key": ("prefixlen", "family", "proto", "port", "addr"),
+    "bg_steer_rule": ("id", "ifindex", "family", "nexthop", "probe_ns"),
+    "bg_steer_rule_stat": ("steered", "failed"),
+    "bg_steer_if": ("mac", "flags"),
     "bg_rule_log_event": ("hdr", "rule_id", "ifindex", "pkt_len", "action", "hook", "family", "proto", "sport",
                           "dport", "ct_state", "tcp_flags", "src", "dst"),
 }

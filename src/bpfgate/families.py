@@ -48,6 +48,12 @@ FAMILIES = (
     Family("syn", objects=(("syn", "no `syn` (SYN counting and blocking at XDP)"),), cli=("syn_cmd",)),
     Family("attempts", objects=(("attempts", "no `events` connection attempts"),), cli=("events_cmd",),
            slots=(Slot("attempts", 0xB6A7, 0xB6A7, False, "connection attempts: only what the policy let through"),)),
+    Family("steer", objects=(("steer", "no `steer` (egress steering: explicit next hops, symmetric return)"),),
+           cli=("steer_cmd",),
+           slots=(Slot("steer", 40, 0xB5E7, True,
+                       "egress steering: before the policy engine, which ends the chain; a steered packet "
+                       "meets the policy of the interface it leaves by"),),
+           detach="bpfgate.steer"),
     Family("nat", objects=(("nat", "no `nat` (DNAT/SNAT) and no `lb` (load balancing)"),), cli=("nat_cmd", "lb_cmd"),
            slots=(Slot("nat", 50, 0xB9A7, False, "DNAT/LB and SNAT replies at ingress: the engine sees translated packets"),
                   Slot("nat-out", 150, 0xB9A8, False, "SNAT and DNAT replies at egress: after the engine decided")),

@@ -153,6 +153,24 @@ def ifname(dev: Dev, netns: str | None = None) -> str:
     raise NotFound(f"look up {on_where(dev, netns)}", "no such interface")
 
 
+ARPHRD_ETHER = 1
+
+
+def ethernet_mac(dev: Dev, netns: str | None = None) -> tuple[int, bytes | None]:
+    """(ifindex, MAC) of `dev`; MAC None when it is not an Ethernet device (no L2 header to address)."""
+    op = f"look up {on_where(dev, netns)}"
+    with route(netns, op) as ipr:
+        index = resolve(ipr, dev, op)
+        try:
+            msg = ipr.get_links(index)[0]
+        except (NetlinkError, OSError, IndexError) as e:
+            raise translate(op, e) from None
+    mac = msg.get_attr("IFLA_ADDRESS")
+    if msg["ifi_type"] != ARPHRD_ETHER or not mac:
+        return index, None
+    return index, bytes.fromhex(mac.replace(":", ""))
+
+
 # ---------------------------------------------------------------- XDP
 
 XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE, "offload": XDP_FLAGS_HW_MODE}
