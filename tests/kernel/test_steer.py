@@ -181,3 +181,29 @@ def test_bad_input_changes_nothing(topo):
     r = run_cli(["steer", "del", "--from", VIP[4], "--netns", ns])
     assert r.returncode != 0 and "no rule" in r.stderr
     _cli(["detach", "--netns", ns])
+
+
+def test_policy_file_steer_section(topo, tmp_path):
+    """`bpfgate apply` of a file with a steer section: the namespace's steering is made to match it, and a
+    second apply of the same file changes nothing."""
+    ns = topo.server.netns
+    f = tmp_path / "steer.yaml"
+    f.write_text(f"""
+steer:
+  interfaces: [pri0, sec0]
+  symmetric: [sec0]
+  rules:
+    - {{from: "{VIP[4]}", protocol: tcp, port: {PORT}, dev: sec0, via: "{topo.router_on_sec[4]}"}}
+""")
+    dry = _cli(["apply", str(f), "--dry-run", "--netns", ns, "--json"])
+    assert dry["steer"] and not os.path.exists(pin_dir(ns)), "a dry run changes nothing"
+    done = _cli(["apply", str(f), "--netns", ns, "--json"])
+    assert done["applied"] and "steer: attach sec0" in done["steer"]
+    assert topo.reaches_vip(4, timeout=5) and topo.reaches_vip(6, timeout=5)
+    assert _cli(["apply", str(f), "--netns", ns, "--json"])["steer"] == []
+    f.write_text("steer:\n  interfaces: [pri0, sec0]\n")   # no rule, no symmetric return: replies follow routing
+    changed = _cli(["apply", str(f), "--netns", ns, "--json"])["steer"]
+    assert any("delete rule" in c for c in changed) and any("symmetric return off" in c for c in changed)
+    assert not topo.reaches_vip(4, timeout=1.5)
+    _cli(["detach", "--netns", ns])
+    assert not os.path.exists(pin_dir(ns))

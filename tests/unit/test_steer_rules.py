@@ -38,3 +38,21 @@ def test_an_ipv6_rule_for_any_protocol():
 def test_bad_rules_name_the_bad_part(args, words):
     with pytest.raises(BpfgateError, match=words):
         rules.make(*args)
+
+
+def test_a_policy_file_steer_section_is_checked_where_it_is_wrong():
+    from bpfgate.errors import PolicyError
+    from bpfgate.policy.parse import load_text
+
+    p = load_text("steer:\n  interfaces: [pri0, sec0]\n  symmetric: sec0\n  rules:\n"
+                  "    - {from: 198.18.250.1, protocol: tcp, port: 80, dev: sec0, via: 198.18.2.1}\n")
+    assert p.steer.symmetric == ("sec0",) and not p.hooks
+    (rule,) = p.steer.desired_rules().values()
+    assert rule == rules.make("198.18.250.1", "sec0", "198.18.2.1", "tcp", 80)
+    for text, words in (("steer: {interfaces: [a], rules: [{from: x, dev: a, via: 198.18.0.1}]}", "steer.rules"),
+                        ("steer: {interfaces: [a], symmetric: [b]}", "not in interfaces"),
+                        ("steer: {interfaces: [a], rules: [{from: 198.18.0.1, dev: b, via: 198.18.0.2}]}",
+                         "not in interfaces"),
+                        ("version: 1", "needs interfaces and hooks")):
+        with pytest.raises(PolicyError, match=words):
+            load_text(text)

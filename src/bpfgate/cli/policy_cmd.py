@@ -60,6 +60,11 @@ def _print_plan(res, as_json: bool) -> None:
     p = res.plan
     for r in res.repaired:
         term.err.print(f"[yellow]warning:[/yellow] {escape(r)}", markup=True, highlight=False)
+    for line in res.steer:
+        term.info(("would " if res.dry_run else "") + escape(line))
+    if not p.changed and res.steer:
+        term.ok(f"{'dry run: would apply' if res.dry_run else 'applied'}: {len(res.steer)} steering change(s)")
+        return
     if not p.changed:
         term.ok(p.summary())
         for line in (ln for h in p.hooks if h.kept for ln in h.lines()):

@@ -10,6 +10,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bpfgate import contract
+from bpfgate.steer.policy import SteerPolicy
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -244,10 +245,19 @@ class HookPolicy(Strict):
 
 class Policy(Strict):
     version: Literal[1] = 1
-    interfaces: tuple[Annotated[str, Field(min_length=1, max_length=15)], ...] = Field(min_length=1)
-    hooks: dict[Hook, HookPolicy] = Field(min_length=1)
+    interfaces: tuple[Annotated[str, Field(min_length=1, max_length=15)], ...] = Field((), min_length=1)
+    hooks: dict[Hook, HookPolicy] = Field(default_factory=dict, min_length=1)
+    steer: SteerPolicy | None = None   # egress steering of the namespace (bpfgate.steer.policy)
 
     @field_validator("interfaces", mode="before")
     @classmethod
     def _ifaces(cls, v):
         return tuple(_as_list(v))
+
+    @model_validator(mode="after")
+    def _something_to_run(self):
+        if self.steer is None and not (self.interfaces and self.hooks):
+            raise ValueError("a policy needs interfaces and hooks (or a steer section)")
+        if bool(self.interfaces) != bool(self.hooks):
+            raise ValueError("interfaces and hooks go together")
+        return self

@@ -36,6 +36,7 @@ from bpfgate.policy.compile import CompiledHook, compile_hook
 from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
 from bpfgate.policy.packet import Packet
 from bpfgate.policy.parse import rule_problem
+from bpfgate.steer import policy as steer_policy
 
 from . import guard
 from . import pending as _confirm
@@ -157,14 +158,15 @@ class ApplyResult:
     repaired: list[str] = field(default_factory=list)   # engines repaired after a killed edit (engine/recover.py)
     nat: list[dict] = field(default_factory=list)   # NAT / load-balancer changes of the file's `nat:` documents
     engine: bool = True   # the file has policy engine documents (a NAT-only file leaves the engines alone)
+    steer: list[str] = field(default_factory=list)   # what the file's steer section changes (bpfgate.steer.policy)
 
     @property
     def changed(self) -> bool:
-        return self.plan.changed or bool(self.nat)
+        return self.plan.changed or bool(self.nat) or bool(self.steer)
 
     def to_dict(self) -> dict[str, Any]:
         d = self.plan.to_dict()
-        d.update(applied=self.applied, dry_run=self.dry_run, repaired=self.repaired, nat=self.nat)
+        d.update(applied=self.applied, dry_run=self.dry_run, repaired=self.repaired, nat=self.nat, steer=self.steer)
         if self.pending:
             d["confirm"] = {"deadline": self.pending.deadline, "seconds_left": round(self.pending.remaining, 1),
                             "watcher_pid": self.pending.watcher_pid}
@@ -215,16 +217,21 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
     backend = _backend(backend)
     if confirm is not None and not 0 < confirm <= 86400:
         raise BpfgateError("apply with --confirm", f"{confirm:g} s is not between 0 and 86400 seconds")
+    steer = _steer_section(policies, confirm)
     with _serialised(netns, backend, state_root):
         p = make_plan(desired_state(policies), backend.running(netns), netns)
         compiled = precheck(p, force=force, ifindex=_ifindex(backend, netns),
                             check_interfaces=not isinstance(backend, MemoryBackend))
+        steer_changes = steer_policy.plan(steer, netns) if steer else []
         waiting = None if dry_run else _confirm.read(netns, state_root)
         if waiting is not None and waiting.remaining == 0 and not _confirm.alive(waiting.watcher_pid):
             _recover(waiting, backend)
         repaired = list(getattr(backend, "repaired", []))
         if dry_run or not p.changed:
-            return ApplyResult(p, False, dry_run=dry_run, repaired=repaired)
+            if steer_changes and not dry_run and not isinstance(backend, MemoryBackend):
+                steer_policy.apply(steer, netns)
+            return ApplyResult(p, bool(steer_changes) and not dry_run, dry_run=dry_run, repaired=repaired,
+                               steer=steer_changes)
         if waiting is not None:
             raise BpfgateError("apply policy", f"a change is waiting for confirmation ({waiting.remaining:.0f} s left)",
                                hint="`bpfgate confirm` it first, or let it roll back")
@@ -242,7 +249,20 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
             raise
         if pending is not None:
             _confirm.restart_clock(pending, confirm)
-        return ApplyResult(p, True, pending=pending, repaired=repaired)
+        if steer_changes and not isinstance(backend, MemoryBackend):
+            steer_policy.apply(steer, netns)
+        return ApplyResult(p, True, pending=pending, repaired=repaired, steer=steer_changes)
+
+
+def _steer_section(policies: list[Policy], confirm: float | None) -> steer_policy.SteerPolicy | None:
+    """The file's steer section (one per namespace), or None: then steering is left as it runs."""
+    sections = [p.steer for p in policies if p.steer is not None]
+    if len(sections) > 1:
+        raise PolicyError("steer", "one steer section per namespace (it is in several documents)")
+    if sections and confirm is not None:
+        raise BpfgateError("apply with --confirm", "a steer section is not rolled back by --confirm",
+                           hint="apply it without --confirm")
+    return sections[0] if sections else None
 
 
 def _recover(waiting: _confirm.Pending, backend: Backend) -> None:
