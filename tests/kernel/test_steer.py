@@ -21,7 +21,8 @@ import pytest
 
 from bpfgate import attach
 from bpfgate.sandbox import Host, Sandbox
-from bpfgate.steer import Steering, pin_dir, rules
+from bpfgate.inspect.metrics import Exporter
+from bpfgate.steer import SteerCollector, Steering, pin_dir, rules
 from tests.kernel.clirun import run_cli
 
 pytestmark = pytest.mark.kernel
@@ -125,6 +126,9 @@ def test_symmetric_return_without_per_address_config(topo, family):
         st = s.stats()
         assert st["returned"] > 0 and st["tracked"] > 0 and st["steered"] == 0
         returned = st["returned"]
+        with Exporter() as exp:   # `bpfgate metrics` shows the same counters
+            exp.add(SteerCollector(ns))
+            assert f'bpfgate_steer_packets_total{{outcome="returned"}} {float(returned)}' in exp.render()
         # the server's own connection leaves by the default route (the router knows no way to upstream)
         assert topo.server_reaches_upstream(family)
         assert s.stats()["returned"] == returned
@@ -158,7 +162,10 @@ def test_failures_are_counted_and_the_packet_passes(topo, sandbox):
         assert all(r.failed > 0 for r in s.rules())
         s.clear()
         s.add(rules.make(topo.server_pri[4], "gone0", spare.end(server).peer.ip4))
-        server.ipr.link("del", index=server.ifindex("gone0"))
+        gone = server.ifindex("gone0")
+        assert s.maps["steer_devs"].lookup(gone) == gone   # the namespace's device, as the kernel resolved it
+        server.ipr.link("del", index=gone)
+        assert s.maps["steer_devs"].lookup(gone) is None   # the kernel dropped it with the device
         assert topo.server_reaches_upstream(4)
         assert s.stats()["if_gone"] > 0
         (r,) = s.rules()

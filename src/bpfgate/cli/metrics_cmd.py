@@ -44,13 +44,16 @@ def register(app: click.Group) -> None:
         bpfgate_program_run_seconds_total{program,id}; from every policy engine attached in the
         namespace (read at scrape time): bpfgate_rule_packets_total{interface,hook,rule},
         bpfgate_rule_bytes_total{interface,hook,rule}, bpfgate_rule_drops_total{interface,hook},
-        bpfgate_rule_log_events_total{interface,hook}, bpfgate_rule_log_events_lost_total{interface,hook}.
+        bpfgate_rule_log_events_total{interface,hook}, bpfgate_rule_log_events_lost_total{interface,hook};
+        from egress steering in the namespace: bpfgate_steer_packets_total{outcome},
+        bpfgate_steer_rule_packets_total{rule,source,dev,result}.
         """
         from bpfgate.errors import BpfgateError
         from bpfgate.inspect import metrics as M
         from bpfgate.inspect.events import EventStream
         from bpfgate.inspect.rules import RuleCollector
         from bpfgate.kernel.stats import stats_enabled
+        from bpfgate.steer import SteerCollector
 
         if block and not syn_rate:
             raise BpfgateError("bpfgate metrics", "--block needs --syn-rate")
@@ -68,6 +71,7 @@ def register(app: click.Group) -> None:
                 exp.add(c)
             rules = exp.add(RuleCollector(netns))
             stack.callback(rules.close)
+            exp.add(SteerCollector(netns))
             host, port = exp.serve(listen)
             url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
             if as_json:

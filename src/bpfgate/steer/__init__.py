@@ -17,11 +17,12 @@ from __future__ import annotations
 import ctypes
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from bpfgate import attach, contract
 from bpfgate.errors import BpfgateError, NotFound, NotSupported
 from bpfgate.kernel import netlink, pins
+from bpfgate.kernel import netns as netns_
 from bpfgate.kernel.maps import Map, sum_values
 from bpfgate.kernel.objects import BpfObject
 
@@ -131,7 +132,8 @@ class Steering:
         v.mac[:] = list(mac)
         v.flags = IF_RETURN if symmetric else 0
         self.maps["steer_ifs"].update(ifindex, v)
-        self.maps["steer_devs"].update(ifindex, ifindex)
+        with netns_.entered(self.netns):   # the kernel resolves a devmap's ifindex in the caller's namespace
+            self.maps["steer_devs"].update(ifindex, ifindex)
 
     def set_symmetric(self, dev: str, on: bool) -> None:
         ifindex, mac = _l2(dev, self.netns, "steer symmetric")
@@ -295,3 +297,29 @@ def detach(att: attach.Attachment) -> list[str]:
             s.maps["steer_ifs"].delete(att.ifindex)
             s.maps["steer_devs"].delete(att.ifindex)
     return done
+
+
+class SteerCollector:
+    """Prometheus, read at scrape time from the namespace's steering (nothing when none is attached):
+    bpfgate_steer_packets_total{outcome} (steered, returned, resolving, unverified and each failure reason:
+    no_neigh, if_gone, off_link, too_big, fib_error) and bpfgate_steer_rule_packets_total{rule, source, dev,
+    result} (result steered | failed)."""
+
+    def __init__(self, netns: str | None = None):
+        self.netns = netns
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        total = CounterMetricFamily("bpfgate_steer_packets", "Packets egress steering acted on, by outcome "
+                                    "(failures passed unchanged)", labels=["outcome"])
+        per_rule = CounterMetricFamily("bpfgate_steer_rule_packets", "Packets of an explicit steering rule",
+                                       labels=["rule", "source", "dev", "result"])
+        if _pinned(self.netns):
+            with Steering.open(self.netns) as s:
+                for name, n in s.stats().items():
+                    total.add_metric([name], n)
+                for r in s.rules():
+                    for result, n in (("steered", r.steered), ("failed", r.failed)):
+                        per_rule.add_metric([str(r.id), r.rule.source, r.rule.dev, result], n)
+        yield from (total, per_rule)
