@@ -96,6 +96,18 @@ def _filters(host: Host, dev: str, direction: str) -> str:
 
 
 @pytest.mark.smoke
+def test_steering_fixes_the_return_path(topo):
+    """The smoke set's steering test (other kernels, under emulation): the Python API only, one family."""
+    ns = topo.server.netns
+    assert not topo.reaches_vip(4, timeout=1.5), "the topology must fail without steering"
+    with Steering.attach(["pri0", "sec0"], ns, method="tc") as s:
+        s.add(rules.make(VIP[4], "sec0", topo.router_on_sec[4], "tcp", PORT))
+        assert topo.reaches_vip(4, timeout=5), "steered replies must reach the client"
+        assert s.stats()["steered"] > 0
+    attach.detach_matching(netns_name=ns)
+    assert not os.path.exists(pin_dir(ns))
+
+
 @pytest.mark.parametrize("family", [4, 6])
 def test_explicit_rule_fixes_the_return_path_live(topo, family):
     ns = topo.server.netns
