@@ -95,3 +95,30 @@ def test_comments_and_counter_reset(net, tmp_path):
     assert "comment: 'front door [web-1]'" in text and "comment: neighbour discovery too" in text
     r = run_cli(["apply", "--netns", n.ns, str(tmp_path / "out.yaml")])
     assert r.returncode == 0 and "no change" in r.stdout
+
+
+def test_negated_matches_with_real_traffic(net):
+    n = net
+    client_net4 = str(n.link.end(n.client).net4)
+    from bpfgate.policy.model import Policy
+
+    policyctl.apply(Policy.model_validate({"interfaces": [n.dev], "hooks": {"tc-ingress": {"rules": [
+        # TCP to anything but 80, from this client's IPv4 subnet: dropped (80 and IPv6 unaffected)
+        {"name": "only-80", "protocol": "tcp", "dst_port": "!80", "action": "drop"},
+        # IPv4 from outside the client's subnet: none here, so nothing of the client's is dropped by it
+        {"name": "strangers", "src": f"!{client_net4}", "action": "drop"},
+        # neither TCP nor ICMPv6 (IPv6 keeps its neighbour discovery): ping over IPv4 is dropped
+        {"name": "tcp-and-nd-only", "protocol": ["!tcp", "!icmpv6"], "action": "drop"},
+    ]}}}), netns=n.ns)
+    assert served(n, 80) and served(n, 80, v6=True)
+    assert n.client.http_get(f"http://{n.ip4}:8080/", 1.0).status is None
+    assert n.client.http_get(f"http://[{n.ip6}]:8080/", 1.0).status is None
+    assert not n.client.ping(n.ip4, timeout=1.0) and n.client.ping(n.ip6, timeout=3.0)
+    c = {r.name: r.packets for r in policyctl.rules(n.dev, netns=n.ns)}
+    assert c["only-80"] > 0 and c["strangers"] == 0 and c["tcp-and-nd-only"] > 0
+    # the classifier names what each negation costs
+    r = run_cli(["policy", "classifier", "--netns", n.ns, "--json"])
+    assert r.returncode == 0, r.stderr
+    neg = {(x["rule"], x["field"]): x for x in json.loads(r.stdout)[0]["negations"]}
+    assert neg[("strangers", "src")]["expands_to"] == n.link.end(n.client).net4.prefixlen
+    assert neg[("tcp-and-nd-only", "protocol")]["expands_to"] == 254

@@ -56,6 +56,14 @@ def random_rule(rng: random.Random, i: int) -> Rule:
         d["vlan"] = rng.sample([0, 1, 100, 4094], rng.choice([1, 2]))
     if rng.random() < 0.2:
         d["ct"] = rng.sample(["new", "established", "related", "invalid"], rng.choice([1, 2]))
+    # negations: the complement is what the compiler expands, the naive classifier tests the field directly
+    if "src" in d and rng.random() < 0.2:
+        d["src"] = [f"!{x}" for x in d["src"]]
+    if "dst_port" in d and rng.random() < 0.25:
+        d["dst_port"] = [f"!{x}" for x in d["dst_port"]]
+    if d.get("protocol") in (["tcp", "udp"], "gre", 47, 200) and not set(d) & {"src_port", "dst_port", "tcp_flags"} \
+            and rng.random() < 0.3:
+        d["protocol"] = [f"!{x}" for x in (d["protocol"] if isinstance(d["protocol"], list) else [d["protocol"]])]
     rule = Rule.model_validate(d)
     if rule.src and rule.dst and not ({n.version for n in rule.src} & {n.version for n in rule.dst}):
         rule = rule.model_copy(update={"dst": None})

@@ -209,7 +209,7 @@ def test_a_snapshot_without_version_is_refused(store):
     assert "no format version" in reattach_error(store).cause
 
 
-@pytest.mark.parametrize("version", [b"1", b"3", b"4", b"999", b"x", b""])
+@pytest.mark.parametrize("version", [b"1", b"3", b"5", b"999", b"x", b""])
 def test_a_snapshot_of_another_version_is_refused(store, version):
     live = live_of(HookPolicy.model_validate({"rules": RICH}))
     with open(_mk(store, "snapshot.pickle"), "wb") as f:
@@ -266,7 +266,7 @@ LAYOUT = {
     "bpfgate.policy.model.Redirect": ("interface", "direction"),
     "bpfgate.policy.model.Rule": ("name", "src", "dst", "protocol", "src_port", "dst_port", "tcp_flags",
                                   "icmp_type", "icmp_code", "vlan", "ct", "action", "redirect", "mark",
-                                  "rate_limit", "log", "count", "comment", "owner"),
+                                  "rate_limit", "log", "count", "comment", "negated", "owner"),
     "bpfgate.policy.prefixes.Classes": ("trees", "gen", "packed"),
     "bpfgate.policy.prefixes.Packed": ("top_keys", "top_vals", "pfx_keys", "pfx_vals"),
     "bpfgate.policy.prefixes.Tree": ("tree", "width", "prefixes", "top", "pfx", "nested"),
@@ -303,6 +303,6 @@ def test_snapshot_layout_matches_its_version():
     live = live_of(HookPolicy.model_validate({"default": "deny", "rules": RICH}))
     live.ifindex = None
     got = pickled_layout({"live": live, "pending": []})
-    assert (S.SNAPSHOT_VERSION, got) == (5, LAYOUT), (
+    assert (S.SNAPSHOT_VERSION, got) == (6, LAYOUT), (
         "what the engine snapshot pickles changed layout: bump SNAPSHOT_VERSION in bpfgate/engine/state.py "
         "(older snapshots then ask to reattach instead of loading wrongly) and update LAYOUT and the version here")

@@ -9,7 +9,7 @@ import pytest
 from test_policyctl_cli import be, one_line_error, run  # noqa: F401 - `be` is a fixture
 
 from bpfgate.errors import PolicyError
-from bpfgate.policy.model import Hook
+from bpfgate.policy.model import Hook, HookPolicy, Rule
 from bpfgate.policy.parse import load_text
 from bpfgate.policy.ruledata import rule_data, rule_from_data
 
@@ -114,3 +114,102 @@ def test_reset_of_an_unknown_rule_changes_nothing(be, capsys, tmp_path):  # noqa
     assert be.packets[(None, "eth0", Hook.TC_INGRESS)] == {"web": 5} and len(be.log) == n
     code, _, err = run(capsys, "rules", "--reset", "--dev", "eth9")
     assert code == 2 and "no bpfgate policy" in one_line_error(err)
+
+
+# ---- negated matches ---------------------------------------------------------------------------------
+
+def _rules(*rules, default="allow"):
+    return HookPolicy.model_validate({"default": default, "rules": list(rules)})
+
+
+def test_negation_parses_round_trips_and_expands_to_the_complement():
+    import ipaddress
+
+    r = Rule.model_validate({"name": "x", "src": "!198.18.0.0/16", "protocol": ["!tcp", "!udp"],
+                             "dst": ["!fd00::/8", "!fe80::/10"]})
+    assert r.negated == ("src", "dst", "protocol") and r.src == (ipaddress.ip_network("198.18.0.0/16"),)
+    assert rule_data(r)["src"] == "!198.18.0.0/16" and rule_data(r)["protocol"] == ["!tcp", "!udp"]
+    assert rule_from_data(rule_data(r)) == r
+    comp = r.matching("src")
+    assert len(comp) == 16 and all(n.version == 4 for n in comp)          # a /16 leaves 16 prefixes
+    assert sum(n.num_addresses for n in comp) + 2 ** 16 == 2 ** 32
+    assert not any(n.overlaps(ipaddress.ip_network("198.18.0.0/16")) for n in comp)
+    assert all(n.version == 6 and not n.overlaps(ipaddress.ip_network("fd00::/8")) for n in r.matching("dst"))
+    assert set(r.matching("protocol")) == set(range(256)) - {6, 17}
+    ports = Rule.model_validate({"name": "p", "protocol": "tcp", "dst_port": ["!22", "!8000-8099"]})
+    assert ports.matching("dst_port") == ((0, 21), (23, 7999), (8100, 65535))
+    assert Rule.model_validate({"name": "n", "src": "!0.0.0.0/0"}).matching("src") == ()
+
+
+@pytest.mark.parametrize("kw, where, msg", [
+    ({"src": ["!198.18.0.0/16", "198.19.0.0/16"]}, "rules[0]", "negate every item"),
+    ({"protocol": "!tcp", "dst_port": 80}, "rules[0].dst_port", "ports need protocol tcp, udp or sctp"),
+    ({"negated": ["src"], "src": "198.18.0.0/16"}, "rules[0]", "negate a value with '!'"),
+    ({"src": "!"}, "rules[0].src", "bad CIDR"),
+    ({"protocol": "tcp", "dst_port": "!70000"}, "rules[0].dst_port", "out of range"),
+])
+def test_bad_negation_is_refused(kw, where, msg):
+    with pytest.raises(PolicyError) as e:
+        load_text("interfaces: [eth0]\nhooks:\n  tc-ingress:\n    rules:\n      - "
+                  + json.dumps({"name": "r", **kw}) + "\n", "p.yaml")
+    assert e.value.path.endswith(where) and msg in e.value.reason
+
+
+def _verdicts(hp, packets):
+    from bpfgate.policy.classify import Reference, naive
+    from bpfgate.policy.compile import compile_hook
+
+    c = compile_hook(hp, Hook.TC_INGRESS, ifindex=lambda n: 1)
+    ref = Reference(c.conf(), c.cls, c.rules, c.names, c.classes)
+    out = []
+    for p in packets:
+        got = ref.classify(p).name
+        assert got == naive(hp, p).name, p
+        out.append(got)
+    return out, c
+
+
+def test_negated_fields_match_only_packets_that_have_the_field():
+    from bpfgate.policy.packet import Packet
+
+    hp = _rules({"name": "outsiders", "src": "!198.18.0.0/16", "protocol": "tcp", "dst_port": "!443",
+                 "action": "drop"})
+    pk = lambda src, proto=6, dport=80, fam=4: Packet(family=fam, src=ipaddress.ip_address(src),  # noqa: E731
+                                                      dst=ipaddress.ip_address("198.18.9.9" if fam == 4 else "fd00::9"),
+                                                      proto=proto, sport=1234, dport=dport)
+    import ipaddress
+
+    got, c = _verdicts(hp, [pk("10.0.0.1"), pk("198.18.3.4"), pk("10.0.0.1", dport=443), pk("fd00::1", fam=6),
+                            pk("10.0.0.1", proto=17)])
+    assert got == ["outsiders", "(default)", "(default)", "(default)", "(default)"]
+    # an address complement's prefixes (/1 .. /16): those of /8 and longer become prefix classes (one shape),
+    # the shorter ones one raw shape (merged to /7: 127 entries): two shapes, not 16
+    _got, c = _verdicts(_rules({"name": "o", "src": "!198.18.0.0/16", "protocol": "tcp", "dst_port": 80}), [])
+    assert len(c.conf().shapes) == 2
+
+
+def test_negation_keeps_the_shape_count_flat_and_the_classifier_report_says_its_cost():
+    from bpfgate.policyctl.cost import report
+
+    rules = [{"name": f"r{i}", "src": f"!198.{18 + i // 256}.{i % 256}.0/24", "protocol": "tcp", "dst_port": 80 + i,
+              "action": "drop"} for i in range(200)]
+    _got, c = _verdicts(_rules(*rules), [])
+    rep = report("eth0", "tc-ingress", 200, c, c.conf())
+    assert rep.lookups_worst <= 3, [s.fields for s in rep.shapes]
+    assert len(rep.negations) == 200 and rep.negations[0].expands_to == 24
+    assert "rule r0: src negated (1 written) = 24 prefixes; the rule holds" in rep.negations[0].line()
+    assert rep.to_dict()["negations"][0]["field"] == "src"
+
+
+def test_negation_in_rules_and_classifier_output(be, capsys, tmp_path, wide):  # noqa: F811
+    f = tmp_path / "p.yaml"
+    f.write_text("interfaces: [eth0]\nhooks:\n  tc-ingress:\n    rules:\n"
+                 "      - {name: out, src: '!198.18.0.0/16', protocol: tcp, dst_port: '!22', action: drop}\n")
+    assert run(capsys, "apply", str(f))[0] == 0
+    rows = json.loads(run(capsys, "rules", "--json")[1])
+    assert rows[0]["match"] == "src=!198.18.0.0/16 protocol=tcp dst_port=!22"
+    code, out, _ = run(capsys, "policy", "classifier")
+    assert code == 0 and "rule out: src negated (1 written) = 16 prefixes" in out
+    assert "rule out: dst_port negated (1 written) = 2 port ranges" in out
+    code, out, _ = run(capsys, "policy", "export")
+    assert "src: '!198.18.0.0/16'" in out and "dst_port: '!22'" in out

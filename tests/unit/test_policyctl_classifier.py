@@ -48,7 +48,8 @@ def test_every_hook_by_interface_then_hook(be):
     assert [(r.hook, r.lookups_worst, len(r.stage0)) for r in reports] == [("tc-egress", 1, 0), ("tc-ingress", 2, 1)]
     d = reports[0].to_dict()
     assert d["lookups_worst"] == 1 and d["shapes"][0]["fields"] == "proto dport" and d["stage0"] == []
-    assert set(d) == {"dev", "hook", "rules", "entries", "shapes", "stage0", "lookups_worst"}
+    assert set(d) == {"dev", "hook", "rules", "entries", "shapes", "stage0", "negations", "lookups_worst"}
+    assert d["negations"] == []   # what negated matches cost: none here
 
 
 def test_unknown_dev_is_not_found(be):

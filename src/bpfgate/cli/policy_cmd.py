@@ -304,6 +304,8 @@ def register(app: click.Group) -> None:
             term.info(r.summary())
             term.table(None, ["#", "fields", "entries"],
                        [[i, s.fields, s.entries] for i, s in enumerate(r.shapes, 1)])
+            for n in r.negations:
+                term.info(f"  {n.line()}")
 
     @policy_group.command("remove")
     @_running_hooks

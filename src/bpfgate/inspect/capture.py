@@ -431,14 +431,15 @@ def shadowing(policy: Any, name: str) -> list[str]:
 
 
 def _disjoint(a: Any, b: Any) -> bool:
-    if a.protocol is not None and b.protocol is not None and not set(a.protocol) & set(b.protocol):
+    pa, pb = a.matching("protocol"), b.matching("protocol")
+    if pa is not None and pb is not None and not set(pa) & set(pb):
         return True
     for attr in ("src_port", "dst_port"):
-        pa, pb = getattr(a, attr), getattr(b, attr)
+        pa, pb = a.matching(attr), b.matching(attr)
         if pa is not None and pb is not None and not any(lo1 <= hi2 and lo2 <= hi1 for lo1, hi1 in pa for lo2, hi2 in pb):
             return True
     for attr in ("src", "dst"):
-        na, nb = getattr(a, attr), getattr(b, attr)
+        na, nb = a.matching(attr), b.matching(attr)
         if na is not None and nb is not None and not any(
                 x.version == y.version and x.overlaps(y) for x in na for y in nb):
             return True
@@ -454,6 +455,7 @@ def rule_filter(r: Any, rule_id: int = 0, hook: str = "tc-ingress") -> CaptureFi
                        ("vlan", "vlan"), ("ct", "ct state")):
         if getattr(r, attr) is not None:
             bad.append(what)
+    bad += [f"negated {f}" for f in r.negated]
     proto = None
     if r.protocol is not None:
         if len(r.protocol) > 1:

@@ -59,11 +59,11 @@ V4_ZERO = _pack(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (1 << 96) - 1, (1 << 96) - 1)
 
 def _have(rule: Rule) -> int:
     have = 0
-    if rule.src or rule.dst:
+    if rule.src is not None or rule.dst is not None:
         have |= L.HAVE_L3
-    if rule.protocol:
+    if rule.protocol is not None:
         have |= L.HAVE_PROTO
-    if rule.src_port or rule.dst_port:
+    if rule.src_port is not None or rule.dst_port is not None:
         have |= L.HAVE_PORTS
     if rule.tcp_flags:
         have |= L.HAVE_TCPFLAGS
@@ -80,10 +80,11 @@ def atom_count(rule: Rule) -> int:
     """How many atoms rule_atoms() will yield (before shape fitting), without building them."""
     n = 1
     for f in ("src", "dst", "protocol", "vlan", "ct"):
-        n *= len(getattr(rule, f) or (None,))
+        v = rule.matching(f)
+        n *= 1 if v is None else len(v)
     for f in ("src_port", "dst_port"):
-        ranges = getattr(rule, f)
-        n *= sum(len(port_blocks(lo, hi)) for lo, hi in ranges) if ranges else 1
+        ranges = rule.matching(f)
+        n *= 1 if ranges is None else sum(len(port_blocks(lo, hi)) for lo, hi in ranges)
     return n
 
 
@@ -108,10 +109,11 @@ def rule_atoms(rule: Rule, classes=None):
     nested in it (an exact class id: no prefix length in the mask), others stay raw prefixes."""
     have = _have(rule)
     tmask, tval = rule.tcp_flags or (0, 0)
-    srcs = list(rule.src) if rule.src else [None]
-    dsts = list(rule.dst) if rule.dst else [None]
-    sports = [b for lo, hi in rule.src_port for b in port_blocks(lo, hi)] if rule.src_port else [(0, 0)]
-    dports = [b for lo, hi in rule.dst_port for b in port_blocks(lo, hi)] if rule.dst_port else [(0, 0)]
+    src, dst, sport, dport, protos = (rule.matching(f) for f in ("src", "dst", "src_port", "dst_port", "protocol"))
+    srcs = list(src) if src is not None else [None]   # a negated field may match nothing: no atoms then
+    dsts = list(dst) if dst is not None else [None]
+    sports = [b for lo, hi in sport for b in port_blocks(lo, hi)] if sport is not None else [(0, 0)]
+    dports = [b for lo, hi in dport for b in port_blocks(lo, hi)] if dport is not None else [(0, 0)]
     it, ic = rule.icmp_type, rule.icmp_code
     for sn, dn in itertools.product(srcs, dsts):
         if sn is not None and dn is not None and sn.version != dn.version:
@@ -127,7 +129,8 @@ def rule_atoms(rule: Rule, classes=None):
         family = 0 if sn is None and dn is None else (sn if sn is not None else dn).version
         zero = V4_ZERO if family == 4 else 0
         s_cls, d_cls = scls is not NO_CLASS, dcls is not NO_CLASS
-        for proto, vlan, ct in itertools.product(rule.protocol or (None,), rule.vlan or (None,), rule.ct or (None,)):
+        for proto, vlan, ct in itertools.product(protos if protos is not None else (None,), rule.vlan or (None,),
+                                                 rule.ct or (None,)):
             for (sp, spl), (dp, dpl) in itertools.product(sports, dports):
                 mask = _pack(have, 0xFF if family else 0, 0 if proto is None else 0xFF, tmask,
                              0 if it is None else 0xFF, 0 if ic is None else 0xFF,

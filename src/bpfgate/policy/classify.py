@@ -57,16 +57,24 @@ class Reference:
         return Verdict(rid, self.names.get(rid, str(rid)), self.rules[rid].action)
 
 
+def _holds(rule: Rule, field: str, hit: bool) -> bool:
+    """A field's test as written: `hit` (the packet's value is among the listed), or its negation."""
+    return not hit if field in rule.negated else hit
+
+
 def rule_matches(rule: Rule, p: Packet) -> bool:
-    """The rule's meaning, written directly (p must be Packet.effective())."""
-    if rule.src is not None and (p.src is None or not any(p.src in n for n in rule.src)):
+    """The rule's meaning, written directly (p must be Packet.effective()); a negated field still needs the
+    packet to have that field (and an address of a family written)."""
+    for f, addr in (("src", p.src), ("dst", p.dst)):
+        nets = getattr(rule, f)
+        if nets is not None and (addr is None or not _holds(rule, f, any(addr in n for n in nets))
+                                 or (f in rule.negated and addr.version not in {n.version for n in nets})):
+            return False
+    if rule.protocol is not None and (p.proto is None or not _holds(rule, "protocol", p.proto in rule.protocol)):
         return False
-    if rule.dst is not None and (p.dst is None or not any(p.dst in n for n in rule.dst)):
-        return False
-    if rule.protocol is not None and p.proto not in rule.protocol:
-        return False
-    for ranges, port in ((rule.src_port, p.sport), (rule.dst_port, p.dport)):
-        if ranges is not None and (port is None or not any(lo <= port <= hi for lo, hi in ranges)):
+    for f, port in (("src_port", p.sport), ("dst_port", p.dport)):
+        ranges = getattr(rule, f)
+        if ranges is not None and (port is None or not _holds(rule, f, any(lo <= port <= hi for lo, hi in ranges))):
             return False
     if rule.tcp_flags is not None:
         mask, value = rule.tcp_flags

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from enum import Enum
+from functools import lru_cache
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -109,7 +110,64 @@ def parse_protocol(item) -> int:
         return item
     if isinstance(item, str) and item.lower() in PROTOCOLS:
         return PROTOCOLS[item.lower()]
+    if isinstance(item, str) and item.strip().isdigit():   # "47": a negated number arrives as text ("!47")
+        return parse_protocol(int(item))
     raise ValueError(f"unknown protocol {item!r} (known: {', '.join(PROTOCOLS)}, or a number)")
+
+
+# match fields a rule may negate ("!198.18.0.0/16", "!tcp", "!22"); the compiler expands the complement
+NEGATABLE = ("src", "dst", "protocol", "src_port", "dst_port")
+
+
+def _negated_items(field: str, v) -> tuple[list, bool]:
+    """A field's items with a leading "!" taken off, and whether they had it (all or none may)."""
+    items = _as_list(v)
+    neg = [isinstance(x, str) and x.strip().startswith("!") for x in items]
+    if not any(neg):
+        return items, False
+    if not all(neg):
+        raise ValueError(f"{field}: negate every item ('!...') or none: a negated list means none of them")
+    return [x.strip()[1:].strip() for x in items], True
+
+
+@lru_cache(maxsize=4096)
+def complement_nets(nets: tuple) -> tuple:
+    """The prefixes covering every address of the families in `nets` that none of `nets` holds (the fewest:
+    a /k leaves k prefixes)."""
+    out = []
+    for version, everything in ((4, "0.0.0.0/0"), (6, "::/0")):
+        mine = [n for n in nets if n.version == version]
+        if not mine:
+            continue
+        rest = [ipaddress.ip_network(everything)]
+        for n in mine:
+            left = []
+            for r in rest:
+                if not r.overlaps(n):
+                    left.append(r)
+                elif r.prefixlen < n.prefixlen:      # n inside r: r minus n
+                    left.extend(r.address_exclude(n))
+                # else r inside n: nothing of r is left
+            rest = left
+        out.extend(sorted(rest))
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def complement_ports(ranges: tuple) -> tuple:
+    out, lo = [], 0
+    for a, b in sorted(ranges):
+        if a > lo:
+            out.append((lo, a - 1))
+        lo = max(lo, b + 1)
+    if lo <= 65535:
+        out.append((lo, 65535))
+    return tuple(out)
+
+
+@lru_cache(maxsize=256)
+def complement_protocols(protos: tuple) -> tuple:
+    return tuple(p for p in range(256) if p not in protos)
 
 
 class Redirect(Strict):
@@ -153,6 +211,9 @@ class Rule(Strict):
     count: bool = True
     # free text for people (why the rule is there, a ticket): kept through export, shown by `rules`, never matched
     comment: str | None = Field(default=None, min_length=1, max_length=256)
+    # the NEGATABLE fields written negated: the rule matches packets that have the field and whose value is none
+    # of those listed (set from the "!" of the values, never written in a file: matching() gives the sets)
+    negated: tuple[str, ...] = ()
     # who added it: None for a policy file or a user's `rule add`; the program's name for automation
     # (e.g. "syn-blocker"): `apply` keeps such rules, `policy export` leaves them out (policyctl/plan.py)
     owner: str | None = Field(default=None, min_length=1, max_length=32, pattern=r"^[a-z0-9-]+$")
@@ -222,6 +283,24 @@ class Rule(Strict):
 
     @model_validator(mode="before")
     @classmethod
+    def _negations(cls, data):
+        if not isinstance(data, dict):
+            return data
+        if "negated" in data:
+            raise ValueError("negated: unknown field (negate a value with '!', e.g. src: '!198.18.0.0/16')")
+        out, negated = dict(data), []
+        for f in NEGATABLE:
+            if out.get(f) is not None:
+                items, neg = _negated_items(f, out[f])
+                if neg:
+                    out[f] = items
+                    negated.append(f)
+        if negated:
+            out["negated"] = tuple(negated)
+        return out
+
+    @model_validator(mode="before")
+    @classmethod
     def _action_shorthand(cls, data):
         # `action: {redirect: {interface: x}}` is accepted as a shorthand of action + redirect
         if isinstance(data, dict) and isinstance(data.get("action"), dict):
@@ -232,6 +311,18 @@ class Rule(Strict):
 
     def match_fields(self) -> list[str]:
         return [f for f in MATCH_FIELDS if getattr(self, f) is not None]
+
+    def matching(self, field: str):
+        """The values a packet's field must have to match (None: any): the field as written, or for a
+        negated field its complement (addresses: within the families written; ports: within 0-65535)."""
+        v = getattr(self, field)
+        if v is None or field not in self.negated:
+            return v
+        if field in ("src", "dst"):
+            return complement_nets(v)
+        if field == "protocol":
+            return complement_protocols(v)
+        return complement_ports(v)
 
 
 MATCH_FIELDS = ("src", "dst", "protocol", "src_port", "dst_port", "tcp_flags", "icmp_type", "icmp_code",

@@ -143,7 +143,7 @@ def check(policy: Policy, where=None) -> None:
 
 def rule_problem(rule: Rule, hook: Hook) -> tuple[str | None, str] | None:
     """(field, reason) when a rule cannot be compiled for this hook; None when it is fine."""
-    protos = set(rule.protocol or ())
+    protos = set(rule.matching("protocol") or ())
     for f in ("src_port", "dst_port"):
         if getattr(rule, f) is not None and (not protos or protos - PORT_PROTOCOLS):
             return f, "ports need protocol tcp, udp or sctp (and only those)"
@@ -152,7 +152,7 @@ def rule_problem(rule: Rule, hook: Hook) -> tuple[str | None, str] | None:
     for f in ("icmp_type", "icmp_code"):
         if getattr(rule, f) is not None and (not protos or protos - ICMP_PROTOCOLS):
             return f, f"{f} needs protocol icmp or icmpv6"
-    if rule.src and rule.dst:
+    if rule.src and rule.dst:   # the families written (a negated prefix stays within its family)
         fam = {n.version for n in rule.src} & {n.version for n in rule.dst}
         if not fam:
             return "dst", "src and dst are of different address families: the rule can never match"

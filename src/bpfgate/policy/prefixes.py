@@ -191,7 +191,7 @@ class Classes:
         cands: dict[int, set] = defaultdict(set)
         for rule in rules:
             for fname in ("src", "dst"):
-                for net in getattr(rule, fname) or ():
+                for net in rule.matching(fname) or ():
                     cands[tree_of(fname, net.version)].add((int(net.network_address), net.prefixlen))
         return cls({t: build_tree(t, 128 if t & 1 else 32, c) for t, c in cands.items() if c}, gen)
 

@@ -33,8 +33,20 @@ def _flags(mask: int, value: int) -> str:
     return ",".join(words)
 
 
+def _negate(value: Any) -> Any:
+    """A field's value written negated: "!" before each item."""
+    return [f"!{x}" for x in value] if isinstance(value, list) else f"!{value}"
+
+
 def rule_data(rule: Rule) -> dict[str, Any]:
     """A rule as the YAML fields a user would write (only what differs from the defaults)."""
+    d = _rule_data(rule)
+    for f in rule.negated:
+        d[f] = _negate(d[f])
+    return d
+
+
+def _rule_data(rule: Rule) -> dict[str, Any]:
     d: dict[str, Any] = {"name": rule.name}
     if rule.src is not None:
         d["src"] = _one_or_list([str(n) for n in rule.src])

@@ -407,7 +407,7 @@ class RuleRow:
 
 
 _MATCH_FIELDS = frozenset(Rule.model_fields) - {"name", "action", "redirect", "mark", "rate_limit", "log", "count",
-                                                "owner", "comment"}
+                                                "owner", "comment", "negated"}
 
 
 def _match_text(data: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@ visit order (one hash lookup each, worst case all), their entries, and the stage
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bpfgate.policy import layout as L
@@ -30,6 +30,23 @@ class TreeCost:
     max_probes: int    # hash probes per packet in this tree, at most
 
 
+@dataclass(frozen=True)
+class NegationCost:
+    """What a negated field costs: the complement it expands to (no lookup more per packet: its values sit in
+    the same shapes; more entries, and short prefixes of an address complement may need a shape of their own)."""
+
+    rule: str
+    field: str
+    written: int       # values written after the "!"
+    expands_to: int    # prefixes / port ranges / protocols of the complement
+    entries: int       # the rule's bg_cls entries (all its fields together)
+
+    def line(self) -> str:
+        unit = {"src": "prefixes", "dst": "prefixes", "protocol": "protocols"}.get(self.field, "port ranges")
+        return (f"rule {self.rule}: {self.field} negated ({self.written} written) = {self.expands_to} {unit}; "
+                f"the rule holds {_count(self.entries, 'entry', 'entries')}")
+
+
 @dataclass
 class ClassifierReport:
     """What classifying one packet costs on one hook: one hash lookup per shape, worst case all of them,
@@ -41,6 +58,7 @@ class ClassifierReport:
     entries: int       # bg_cls entries of the live generation
     shapes: list[ShapeCost]   # visit order
     stage0: list[TreeCost]
+    negations: list[NegationCost] = field(default_factory=list)
 
     @property
     def lookups_worst(self) -> int:
@@ -88,6 +106,16 @@ def _stage0(compiled: CompiledHook, conf: L.Conf) -> list[TreeCost]:
             for t, tr in sorted(compiled.classes.trees.items()) if conf.trees >> t & 1]
 
 
+def _negations(compiled: CompiledHook) -> list[NegationCost]:
+    out = []
+    for _prio, rid in sorted(compiled.order):
+        rule = compiled.source.get(rid)
+        for f in rule.negated if rule is not None else ():
+            out.append(NegationCost(rule.name, f, len(getattr(rule, f)), len(rule.matching(f)),
+                                    len(compiled.rule_keys.get(rid, ()))))
+    return out
+
+
 def report(dev: str, hook: str, rules: int, compiled: CompiledHook, conf: L.Conf) -> ClassifierReport:
     shapes = [ShapeCost(s.id, shape_fields(s.mask), s.entries) for s in conf.shapes]
-    return ClassifierReport(dev, hook, rules, len(compiled.cls), shapes, _stage0(compiled, conf))
+    return ClassifierReport(dev, hook, rules, len(compiled.cls), shapes, _stage0(compiled, conf), _negations(compiled))

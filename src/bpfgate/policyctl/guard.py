@@ -30,7 +30,7 @@ def _passes_nd(hp: HookPolicy) -> bool:
     for r in hp.rules:
         if r.action != "pass" or r.rate_limit is not None or set(r.match_fields()) - {"protocol", "icmp_type"}:
             continue
-        if r.protocol is not None and 58 not in r.protocol:
+        if r.protocol is not None and 58 not in r.matching("protocol"):
             continue
         have |= ND_TYPES if r.icmp_type is None else {r.icmp_type} & ND_TYPES
         if r.protocol is None and r.icmp_type is None:
