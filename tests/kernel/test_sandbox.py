@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -288,3 +289,26 @@ def _dead_pid() -> int:
     p = subprocess.Popen(["true"])
     p.wait()
     return p.pid
+
+
+def test_sweep_stale_removes_pins_and_state_named_after_a_dead_run():
+    """A run killed before its teardown leaves pins and family state keyed by its namespaces' names."""
+    from bpfgate.kernel.objects import BpfObject
+
+    name = f"bg{base36(_dead_pid())}-zzz-server"
+    pin_dir = os.path.join("/sys/fs/bpf/bpfgate/engine", name, "eth0", "tc-ingress")
+    state_dir = os.path.join("/run/bpfgate/engine", name, "eth0", "tc-ingress")
+    os.makedirs(pin_dir)
+    os.makedirs(state_dir)
+    try:
+        with BpfObject.open("selftest") as obj:
+            obj.load()
+            obj.map("test_hash").pin(os.path.join(pin_dir, "left"))   # a real pin, as an engine's
+        removed = sweep_stale()
+        assert f"state /sys/fs/bpf/bpfgate/engine/{name}" in removed
+        assert f"state /run/bpfgate/engine/{name}" in removed
+        assert not os.path.exists(os.path.join("/sys/fs/bpf/bpfgate/engine", name))
+        assert not os.path.exists(os.path.join("/run/bpfgate/engine", name))
+    finally:
+        shutil.rmtree(os.path.join("/sys/fs/bpf/bpfgate/engine", name), ignore_errors=True)
+        shutil.rmtree(os.path.join("/run/bpfgate/engine", name), ignore_errors=True)

@@ -21,6 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bpfgate import families
 from bpfgate.kernel import netns
 from bpfgate.sandbox import procs
 from bpfgate.sandbox.names import DEFAULT_PREFIX, is_alive, owner_of, proc_start_time
@@ -192,17 +193,28 @@ def sweep_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
 
 
 RUN_STATE = "/run/bpfgate"
+PIN_ROOT = "/sys/fs/bpf/bpfgate"
+
+
+def _state_roots() -> list[str]:
+    """Where bpfgate keeps things per namespace: attachment records, the control plane's directories,
+    every family's state under /run/bpfgate and its pins under /sys/fs/bpf/bpfgate."""
+    roots = [os.path.join(RUN_STATE, sub) for sub in ("attachments", "policyctl", *families.with_state())]
+    try:
+        roots += [os.path.join(PIN_ROOT, d) for d in sorted(os.listdir(PIN_ROOT))]
+    except FileNotFoundError:
+        pass
+    return roots
 
 
 def _sweep_run_state(prefix: str, live_tags: set) -> list[str]:
-    """bpfgate state named after a dead run's sandbox hosts (attachment records, engine and control-plane
-    directories): a killed run's teardown never ran, and its namespaces are gone with it."""
+    """bpfgate state and pins named after a dead run's sandbox hosts: a killed run's teardown never ran,
+    and its namespaces are gone with it."""
     removed = []
-    for sub in ("attachments", "engine", "policyctl"):
-        root = os.path.join(RUN_STATE, sub)
+    for root in _state_roots():
         try:
             names = os.listdir(root)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
         for name in names:
             o = owner_of(name.split(".", 1)[0], prefix)
