@@ -37,6 +37,11 @@ while True:
 
 @pytest.fixture
 def lb(pair):
+    import resource
+
+    # 1800 sockets: more than a default soft limit of 1024 open files (a 6.1 guest's)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     client, server, ci, si = pair
     client.route(f"{VIP4}/32", si)
     proc = server.spawn([sys.executable, "-c", BACKENDS])
@@ -47,6 +52,7 @@ def lb(pair):
     gw = nat.Gateway.open(si.name, server.netns)
     yield client, si, gw
     gw.detach()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _sockets(client, n: int) -> list[socket.socket]:
