@@ -81,6 +81,13 @@ class AttachError(BpfgateError):
         super().__init__(op, cause, hint=hint)
 
 
+class BadInput(BpfgateError):
+    """A value the user gave that cannot be used (an option out of range, options that exclude each other,
+    a policy the guard refuses): nothing was changed."""
+
+    exit_code = 2
+
+
 class NotFound(BpfgateError):
     """An interface, namespace, pin, map key, ... that does not exist."""
 

@@ -95,7 +95,7 @@ def test_guard_message_and_force(be, capsys, tmp_path):
     f = tmp_path / "cut.yaml"
     f.write_text(GOOD.replace("ct: [established, related]", "protocol: udp"))
     code, _, err = run(capsys, "apply", str(f))
-    assert code == 1 and "cut established connections" in one_line_error(err) and be.log == []
+    assert code == 2 and "cut established connections" in one_line_error(err) and be.log == []
     code, out, _ = run(capsys, "apply", "--force", str(f))
     assert code == 0 and "applied" in out
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from bpfgate.cli import term
-from bpfgate.errors import BpfgateError
+from bpfgate.cli.params import Seconds
+from bpfgate.errors import BadInput
 from bpfgate.inspect.capture import (
     MAX_SNAPLEN,
     VERDICTS,
@@ -31,7 +32,7 @@ def register(app: click.Group) -> None:
     @click.option("--snaplen", type=click.IntRange(1, MAX_SNAPLEN), default=MAX_SNAPLEN, show_default=True,
                   help="Bytes kept of each packet.")
     @click.option("--count", type=click.IntRange(min=1), help="Stop after N packets.")
-    @click.option("--duration", type=float, metavar="SECONDS", help="Stop after this long.")
+    @click.option("--duration", type=Seconds(min=0, min_open=True), metavar="SECONDS", help="Stop after this long.")
     @click.option("--direction", type=click.Choice(["ingress", "egress", "both"]), default=None,
                   help="Default: both, or the rule's hook direction with --rule.")
     @click.option("-w", "--write", "path", metavar="FILE", help="Write packets to FILE (pcap; pcapng with --pcapng).")
@@ -43,13 +44,13 @@ def register(app: click.Group) -> None:
         Stops after --count packets, --duration seconds, Ctrl-C or SIGTERM; the file is complete either way
         and nothing stays attached."""
         if not path and not as_json:
-            raise BpfgateError("capture", "nowhere to put packets", hint="give -w FILE and/or --json")
+            raise BadInput("capture", "nowhere to put packets", hint="give -w FILE and/or --json")
         engine = None
         if all_engine and rule is not None:
-            raise BpfgateError("capture", "--engine and --rule exclude each other",
+            raise BadInput("capture", "--engine and --rule exclude each other",
                                hint="--engine: every packet; --rule NAME: the packets that rule decides")
         if (rule is not None or all_engine) and (proto or port or host):
-            raise BpfgateError("capture", f"{'--rule' if rule else '--engine'} and match options "
+            raise BadInput("capture", f"{'--rule' if rule else '--engine'} and match options "
                                "(--proto/--port/--host) exclude each other")
         if all_engine or rule is not None:
             hook, rule_id, names, eng_dir = engine_capture(dev, netns, rule)
@@ -60,7 +61,7 @@ def register(app: click.Group) -> None:
         if engine is not None:
             if direction not in (None, eng_dir):
                 what = f"rule {rule}" if rule else "the engine"
-                raise BpfgateError("capture", f"{what} runs at {eng_dir}: --direction {direction} sees "
+                raise BadInput("capture", f"{what} runs at {eng_dir}: --direction {direction} sees "
                                    "none of its packets")
             direction = eng_dir
             filt = CaptureFilter(rule=rule)
@@ -71,7 +72,7 @@ def register(app: click.Group) -> None:
                                f"({', '.join(shadows)}): those are labelled verdict={VERDICTS[filt.verdict]} "
                                f"(rule {rule}) all the same", markup=False)
             if direction not in (None, rule_dir):
-                raise BpfgateError("capture", f"rule {rule} runs at {rule_dir}: --direction {direction} sees "
+                raise BadInput("capture", f"rule {rule} runs at {rule_dir}: --direction {direction} sees "
                                    "none of its packets")
             direction = rule_dir
         else:

@@ -28,7 +28,7 @@ def register(app: click.Group) -> None:
 
         if not as_json:
             term.info("[bold]bpfgate demo[/bold]: client-a, client-b, client-c --veth-- server; policies on the "
-                      "server's interfaces through `apply` / `rule add` / `rules`")
+                      "server's interfaces through `apply` / `rule add` / `rules`", markup=True)
         res = demo.run(report, timeout=timeout, mode=mode)
         if as_json:
             term.print_json({"ok": res.ok, "checks": [c.__dict__ for c in res.checks], "counters": res.counters})
@@ -39,5 +39,5 @@ def register(app: click.Group) -> None:
                          r["packets"], r["bytes"]] for r in res.counters])
             passed = sum(c.ok for c in res.checks)
             term.info(f"[green]all {passed} expectations held[/green]" if res.ok else
-                      f"[red]{len(res.checks) - passed} of {len(res.checks)} expectations failed[/red]")
+                      f"[red]{len(res.checks) - passed} of {len(res.checks)} expectations failed[/red]", markup=True)
         raise SystemExit(0 if res.ok else 1)

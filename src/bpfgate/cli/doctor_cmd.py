@@ -42,11 +42,11 @@ def _print(checks, core_ok: bool) -> None:
             detail += f"\n[dim]fix: {escape(c.fix)}[/dim]"
         name = f"[bold]{c.name}[/bold]" if c.essential else c.name
         rows.append((name, _STATUS.get(c.status, escape(c.status)), detail, escape(c.impact)))
-    term.table(None, ("check", "status", "detail", "impact"), rows)
+    term.table(None, ("check", "status", "detail", "impact"), rows, markup=True, wrap=True)
     fixes = [c.fix for c in checks if c.fix and not c.ok and c.kind == "system"]
     if core_ok:
         term.ok("core ready: BTF, maps, ring buffer, tc, XDP and the policy engine work" + ("" if not fixes else
                 f" (`bpfgate doctor --fix` would run: {'; '.join(fixes)})"))
     else:
         missing = ", ".join(c.name for c in checks if c.essential and not c.ok)
-        term.fail(f"core not ready: {escape(missing)} missing (essential checks are in bold)")
+        term.fail(f"core not ready: {missing} missing (essential checks are in bold)")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from bpfgate.cli import term
+from bpfgate.cli.params import Seconds
 
 DURATION_HELP = "stop after this many seconds (default: until Ctrl-C)"
 
@@ -147,11 +148,11 @@ def register(app: click.Group) -> None:
                   help="log SYNs to this destination port (repeatable; default: every port)")
     @click.option("--syn-rate", type=click.IntRange(min=0), default=0, show_default=True,
                   help="also watch SYN floods: SYNs/s from one source that raise an event (0: off)")
-    @click.option("--block", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+    @click.option("--block", type=Seconds(min=0), default=0.0, metavar="SECONDS",
                   help="drop a flooding source at XDP for this long (needs --syn-rate)")
     @click.option("--ring-size", type=int, default=None, metavar="BYTES",
                   help="ring buffer size per program (power of 2, >= page size)")
-    @click.option("--duration", type=click.FloatRange(min=0), default=None, help=DURATION_HELP)
+    @click.option("--duration", type=Seconds(min=0), default=None, help=DURATION_HELP)
     @click.option("--count", type=click.IntRange(min=1), default=None, help="stop after this many events")
     @click.option("--rules/--no-rules", "with_rules", default=True, show_default=True,
                   help="also stream the `log` events of policy engines attached on IF")
@@ -166,11 +167,11 @@ def register(app: click.Group) -> None:
         proto, src, sport, dst, dport, ct_state, flags, len;
         events_lost: lost (new), lost_total.
         """
-        from bpfgate.errors import BpfgateError
+        from bpfgate.errors import BadInput, BpfgateError
         from bpfgate.inspect.events import EventStream
 
         if block and not syn_rate:
-            raise BpfgateError("bpfgate events", "--block needs --syn-rate")
+            raise BadInput("bpfgate events", "--block needs --syn-rate")
         seen = 0
         syn = None
         with exit_on_signals(), ExitStack() as stack:

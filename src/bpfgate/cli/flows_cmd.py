@@ -6,9 +6,9 @@ import os
 import time
 
 import click
-from rich.markup import escape
 
 from bpfgate.cli import term
+from bpfgate.cli.params import Seconds
 from bpfgate.errors import NotSupported
 from bpfgate.inspect.events import tcp_flags_str
 from bpfgate.inspect.flows import SORT_KEYS, Flow, FlowMonitor, pin_dir, top_flows
@@ -17,8 +17,7 @@ from bpfgate.signals import sigterm_as_interrupt
 
 
 def flow_row(f: Flow, now_ns: int) -> list:
-    # escaped: "[fd00::1]:80" would otherwise be read as Rich markup and vanish
-    return [f.protocol, escape(endpoint(f.src, f.sport)), escape(endpoint(f.dst, f.dport)), f.direction[:2],
+    return [f.protocol, endpoint(f.src, f.sport), endpoint(f.dst, f.dport), f.direction[:2],
             f.interface or f.ifindex, f"{f.packets_orig}/{f.packets_reply}",
             f"{human(f.bytes_orig)}/{human(f.bytes_reply)}", tcp_flags_str(f.tcp_flags),
             f"{(now_ns - f.last_ns) / 1e9:.1f}s", f.ended or ""]
@@ -34,7 +33,7 @@ def register(app: click.Group) -> None:
     @app.command("flows")
     @click.option("--dev", required=True, help="Interface to watch (ingress and egress).")
     @click.option("--netns", help="The interface is in this named network namespace.")
-    @click.option("--duration", type=float, metavar="SECONDS",
+    @click.option("--duration", type=Seconds(min=0), metavar="SECONDS",
                   help="How long to count before printing [default: 3; 0 when reading accounting left running].")
     @click.option("--sort", type=click.Choice(SORT_KEYS), default="bytes", show_default=True)
     @click.option("--top", "top_n", type=click.IntRange(min=1), help="Only the first N flows.")
@@ -62,8 +61,9 @@ def register(app: click.Group) -> None:
                                    min_kernel="6.6") from None
             with mon:
                 where = mon.keep()
-            term.err.print(f"flow accounting left running on {dev} ({where}); read it with "
-                           f"`bpfgate flows --dev {dev}`, stop it with --stop", markup=False)
+            again = f"bpfgate flows --dev {dev}" + (f" --netns {netns}" if netns else "")
+            term.err.print(f"flow accounting left running on {dev} ({where}); read it with `{again}`, stop it "
+                           f"with `{again} --stop`", markup=False)
             return
         pinned = os.path.isdir(pin_dir(dev, netns))
         if duration is None:

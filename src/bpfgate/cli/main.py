@@ -23,6 +23,15 @@ def _register() -> None:
         register(app)
 
 
+def usage_line(e: click.ClickException) -> str:
+    """A usage error as one line, like every other error: the command, what is wrong, where help is."""
+    ctx = getattr(e, "ctx", None)
+    msg = " ".join(e.format_message().split())
+    if ctx is None:
+        return msg
+    return f"{ctx.command_path}: {msg} (see `{ctx.command_path} --help`)"
+
+
 def run(argv: list[str] | None = None) -> None:
     """Entry point of the console script: every BpfgateError becomes one line and an exit code."""
     from bpfgate.cli import term
@@ -43,8 +52,14 @@ def run(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except click.ClickException as e:
-        e.show()
+        if type(e).__name__ == "NoArgsIsHelpError":   # `bpfgate rule`: the help, as click prints it
+            e.show()
+        else:
+            term.error(usage_line(e))
         sys.exit(e.exit_code)
+    except OSError as e:   # a file or device the command could not use (the ones we expect are typed)
+        term.error(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+        sys.exit(1)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)

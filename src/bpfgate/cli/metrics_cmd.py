@@ -7,6 +7,7 @@ from contextlib import ExitStack
 import click
 
 from bpfgate.cli import term
+from bpfgate.cli.params import Seconds
 from bpfgate.cli.events_cmd import (
     DURATION_HELP,
     dev_options,
@@ -28,11 +29,11 @@ def register(app: click.Group) -> None:
     @click.option("--port", "ports", type=click.IntRange(0, 65535), multiple=True,
                   help="count connection attempts to this port (repeatable; default: every port)")
     @click.option("--syn-rate", type=click.IntRange(min=0), default=0, help="SYN flood threshold (SYNs/s/source)")
-    @click.option("--block", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+    @click.option("--block", type=Seconds(min=0), default=0.0, metavar="SECONDS",
                   help="drop a flooding source for this long (needs --syn-rate)")
     @click.option("--top", "top_n", type=click.IntRange(min=0), default=20, show_default=True,
                   help="export per-source SYN counts for this many of the busiest sources")
-    @click.option("--duration", type=click.FloatRange(min=0), default=None, help=DURATION_HELP)
+    @click.option("--duration", type=Seconds(min=0), default=None, help=DURATION_HELP)
     @click.option("--json", "as_json", is_flag=True, help="print the listen address as JSON")
     def metrics(devs, netns, listen, ports, syn_rate, block, top_n, duration, as_json):
         """Serve Prometheus metrics: SYNs, connection attempts, event loss, BPF program run stats.
@@ -48,7 +49,7 @@ def register(app: click.Group) -> None:
         from egress steering in the namespace: bpfgate_steer_packets_total{outcome},
         bpfgate_steer_rule_packets_total{rule,source,dev,result}.
         """
-        from bpfgate.errors import BpfgateError
+        from bpfgate.errors import BadInput
         from bpfgate.inspect import metrics as M
         from bpfgate.inspect.events import EventStream
         from bpfgate.inspect.rules import RuleCollector
@@ -56,7 +57,7 @@ def register(app: click.Group) -> None:
         from bpfgate.steer import SteerCollector
 
         if block and not syn_rate:
-            raise BpfgateError("bpfgate metrics", "--block needs --syn-rate")
+            raise BadInput("bpfgate metrics", "--block needs --syn-rate")
         M.parse_listen(listen)  # a bad address fails before anything is attached
         with exit_on_signals(), ExitStack() as stack:
             syn = open_syn(stack, devs, netns, rate=syn_rate, block=block)

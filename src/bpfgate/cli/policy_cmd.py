@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 
 from bpfgate.cli import term
+from bpfgate.cli.params import Seconds
 
 NETNS = click.option("--netns", metavar="NAME", help="The interfaces are in this named network namespace.")
 HOOKS = click.Choice(["tc-ingress", "tc-egress", "xdp"])
@@ -48,7 +49,23 @@ def _print_nat(res) -> None:
         term.info(f"{'would ' if res.dry_run else ''}{c['op']}{name} on {c['interface']}{moved}")
 
 
-def _print_plan(res, as_json: bool) -> None:
+SUMMARY_OVER = 50   # rule changes on one hook above which the text output counts them instead of listing each
+
+
+def _hook_lines(h, verbose: bool) -> list[str]:
+    """A hook's part of the plan; its rule changes counted by kind when there are many (a 100k-rule swap
+    is not 200,000 lines), listed with --verbose (and always in --json)."""
+    lines = h.lines()
+    if verbose or h.action not in ("attach", "swap") or len(h.rules) <= SUMMARY_OVER:
+        return lines
+    counts: dict[str, int] = {}
+    for c in h.rules:
+        counts[c.kind] = counts.get(c.kind, 0) + 1
+    return lines[:len(lines) - len(h.rules)] + [
+        "  " + ", ".join(f"{n:,} rule(s) {kind}" for kind, n in counts.items()) + " (--verbose lists each)"]
+
+
+def _print_plan(res, as_json: bool, verbose: bool = False) -> None:
     if as_json:
         term.print_json(res.to_dict())
         return
@@ -59,9 +76,9 @@ def _print_plan(res, as_json: bool) -> None:
         return
     p = res.plan
     for r in res.repaired:
-        term.err.print(f"[yellow]warning:[/yellow] {escape(r)}", markup=True, highlight=False)
+        term.warning(r)
     for line in res.steer:
-        term.info(("would " if res.dry_run else "") + escape(line))
+        term.info(("would " if res.dry_run else "") + line)
     if not p.changed and res.steer:
         term.ok(f"{'dry run: would apply' if res.dry_run else 'applied'}: {len(res.steer)} steering change(s)")
         return
@@ -70,24 +87,24 @@ def _print_plan(res, as_json: bool) -> None:
         for line in (ln for h in p.hooks if h.kept for ln in h.lines()):
             term.info(line)
         return
-    for line in p.lines():
+    for line in (ln for h in p.hooks for ln in _hook_lines(h, verbose)):
         term.info(line)
     for w in p.warnings():
-        term.err.print(f"[yellow]warning:[/yellow] {w}", markup=True, highlight=False)
+        term.warning(w)
     if res.dry_run:
         term.info(f"dry run: would {p.summary()}")
     else:
         term.ok(f"applied: {p.summary()}")
     if res.pending:
         term.info(f"[yellow]rolls back in {res.pending.remaining:.0f} s[/yellow] unless confirmed: "
-                  f"`bpfgate confirm{' --netns ' + res.pending.netns if res.pending.netns else ''}`")
+                  f"`bpfgate confirm{' --netns ' + escape(res.pending.netns) if res.pending.netns else ''}`", markup=True)
 
 
 def register(app: click.Group) -> None:
     @app.command("apply")
     @click.argument("file", required=False)
     @click.option("--dry-run", is_flag=True, help="Validate, compile and show what would change; change nothing.")
-    @click.option("--confirm", "confirm_s", type=float, metavar="SECONDS",
+    @click.option("--confirm", "confirm_s", type=Seconds(0, 86400, min_open=True), metavar="SECONDS",
                   help="Roll back to the previous policy unless confirmed within SECONDS.")
     @click.option("--confirmed", is_flag=True, help="Confirm the change waiting for confirmation (then apply FILE, "
                   "if given: normally nothing left to change).")
@@ -95,8 +112,10 @@ def register(app: click.Group) -> None:
     @click.option("--mode", type=click.Choice(["tc", "tcx", "xdp-native", "xdp-generic", "auto"]), default=None,
                   help="Attach mode for hooks attached now (default: the engine's: tc clsact; xdp native).")
     @NETNS
-    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
-    def apply_cmd(file, dry_run, confirm_s, confirmed, force, mode, netns, as_json):
+    @click.option("-v", "--verbose", is_flag=True, help=f"List every rule change (by default counted when more "
+                  f"than {SUMMARY_OVER} on a hook).")
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts (every rule change).")
+    def apply_cmd(file, dry_run, confirm_s, confirmed, force, mode, netns, verbose, as_json):
         """Make the running policy match FILE (YAML; `-` for stdin): only what differs changes."""
         from bpfgate import policyctl
 
@@ -113,7 +132,7 @@ def register(app: click.Group) -> None:
         elif file is None:
             raise click.UsageError("missing FILE (or --confirmed)")
         res = policyctl.apply(file, netns=netns, dry_run=dry_run, force=force, confirm=confirm_s, mode=mode)
-        _print_plan(res, as_json)
+        _print_plan(res, as_json, verbose)
 
     @app.command("confirm")
     @NETNS
@@ -254,9 +273,9 @@ def register(app: click.Group) -> None:
             term.print_json(_docs(text))
             return
         if output:
-            with open(output, "w") as f:
-                f.write(text)
-            term.ok(f"policy written to {output} at {time.strftime('%H:%M:%S')}")
+            _write_file(output, text)
+            term.ok(f"policy{' of netns ' + netns if netns else ''} written to {output} at "
+                    f"{time.strftime('%H:%M:%S')}" + (f" (apply it with --netns {netns})" if netns else ""))
         else:
             click.echo(text, nl=False)
 
@@ -320,6 +339,16 @@ def register(app: click.Group) -> None:
             term.info("no bpfgate policy is running" + (f" in {netns}" if netns else ""))
         for d, h in [] if as_json else gone:
             term.ok(f"{d} {h.value}: policy detached")
+
+
+def _write_file(path: str, text: str) -> None:
+    from bpfgate.errors import from_errno
+
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise from_errno(f"write {path}", e.errno or 5) from None
 
 
 def _docs(text: str) -> list:

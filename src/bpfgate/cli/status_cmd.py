@@ -8,6 +8,7 @@ import click
 
 from bpfgate import attach, status
 from bpfgate.cli import term
+from bpfgate.cli.params import Seconds
 from bpfgate.kernel import caps
 
 
@@ -21,7 +22,7 @@ def register(app: click.Group) -> None:
     @app.command("status")
     @click.option("--netns", help="Look inside this named network namespace instead of the current one.")
     @click.option("--all-netns", is_flag=True, help="The current namespace and every named one.")
-    @click.option("--stats", "stats_window", type=float, default=0.0, metavar="SECONDS",
+    @click.option("--stats", "stats_window", type=Seconds(min=0), default=0.0, metavar="SECONDS",
                   help="Enable run-time stats for SECONDS first, so run_cnt/run_time_ns show live traffic.")
     @click.option("--no-cgroups", is_flag=True, help="Skip the cgroup v2 tree walk.")
     @click.option("--ours", is_flag=True, help="Only bpfgate's attachments.")
@@ -51,8 +52,10 @@ def register(app: click.Group) -> None:
             rows.append([e.netns or "-", e.target, e.hook, e.prog_id, e.prog_name, e.tag, detail,
                          e.run_cnt, e.run_time_ns, f"{e.avg_ns:.0f}" if e.avg_ns else "",
                          (e.owner or "yes") if e.bpfgate else ""])
+        # at 80 columns: what identifies an attachment and whether it runs; the rest is in --json
+        optional = ["tag", "run_time_ns", "details"] + (["netns"] if len({e.netns for e in entries}) == 1 else [])
         term.table(None, ["netns", "target", "hook", "id", "name", "tag", "details", "run_cnt",
-                          "run_time_ns", "avg_ns", "bpfgate"], rows)
+                          "run_time_ns", "avg_ns", "bpfgate"], rows, optional=optional)
 
     @app.command("detach")
     @click.option("--dev", help="Only this interface.")

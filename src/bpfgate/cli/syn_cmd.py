@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from bpfgate.cli import term
+from bpfgate.cli.params import Seconds
 from bpfgate.cli.events_cmd import (
     DURATION_HELP,
     dev_options,
@@ -84,22 +85,22 @@ def register(app: click.Group) -> None:
                   help="how many of the busiest sources to show")
     @click.option("--rate", type=click.IntRange(min=0), default=0, show_default=True,
                   help="SYNs/s from one source that count as a flood and raise an event (0: off)")
-    @click.option("--block", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+    @click.option("--block", type=Seconds(min=0), default=0.0, metavar="SECONDS",
                   help="drop a flooding source for this long, then release it (needs --rate): with a temporary "
                        "rule `syn-flood-ADDR` in the policy engine when one is attached at IF's XDP or tc-ingress "
                        "(removed when it expires or this command ends), else in the XDP block list")
-    @click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+    @click.option("--interval", type=Seconds(min=0.05), default=1.0, show_default=True,
                   help="seconds between refreshes")
-    @click.option("--duration", type=click.FloatRange(min=0), default=None, help=DURATION_HELP)
+    @click.option("--duration", type=Seconds(min=0), default=None, help=DURATION_HELP)
     @click.option("--json", "as_json", is_flag=True,
                   help="JSON lines: a syn_stats object per interval, syn_flood/syn_unblock events as they happen")
     def syn(devs, netns, top_n, rate, block, interval, duration, as_json):
         """Count SYNs (SYN without ACK) per interface and source at XDP; detect and block SYN floods."""
-        from bpfgate.errors import BpfgateError
+        from bpfgate.errors import BadInput
         from bpfgate.inspect.events import EventStream
 
         if block and not rate:
-            raise BpfgateError("bpfgate syn", "--block needs --rate")
+            raise BadInput("bpfgate syn", "--block needs --rate")
         with exit_on_signals(), ExitStack() as stack:
             syn = open_syn(stack, devs, netns, rate=rate, block=block)
             stream = stack.enter_context(EventStream([syn.event_source()]))

@@ -8,6 +8,7 @@ import time
 import click
 
 from bpfgate.cli import term
+from bpfgate.cli.params import Seconds
 from bpfgate.errors import BpfgateError
 from bpfgate.inspect.flows import SORT_KEYS, FlowMonitor, pin_dir
 from bpfgate.inspect.top import Top, run_live
@@ -39,7 +40,7 @@ def register(app: click.Group) -> None:
     @app.command("top")
     @click.option("--dev", required=True, help="Interface to watch (ingress and egress).")
     @click.option("--netns", help="The interface is in this named network namespace.")
-    @click.option("--interval", type=click.FloatRange(0.1, 60), default=1.0, show_default=True, metavar="SECONDS")
+    @click.option("--interval", type=Seconds(0.1, 60), default=1.0, show_default=True, metavar="SECONDS")
     @click.option("--sort", type=click.Choice(SORT_KEYS), default="bytes", show_default=True)
     @click.option("--top", "top_n", type=click.IntRange(min=1), default=20, show_default=True)
     @click.option("--syn", is_flag=True, help="Also count SYNs at XDP (needs the XDP hook of DEV free).")

@@ -17,6 +17,7 @@ from typing import Iterator
 import click
 
 from bpfgate.cli import term
+from bpfgate.cli.params import Seconds
 from bpfgate.errors import BpfgateError
 
 _BACKEND = click.Choice(["auto", "tp_btf", "tracepoint"])
@@ -49,7 +50,7 @@ def _run_options(f):
     f = click.option("--backend", type=_BACKEND, default="auto", show_default=True,
                      help="tp_btf (BTF raw tracepoints), tracepoint (classic, needs tracefs), or auto.")(f)
     f = click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after N events.")(f)
-    f = click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+    f = click.option("--duration", type=Seconds(min=0, min_open=True), default=None,
                      help="Stop after this many seconds.")(f)
     f = click.option("--json", "as_json", is_flag=True,
                      help="One JSON object per line (keys: bpfgate.trace.format).")(f)

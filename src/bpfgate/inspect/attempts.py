@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from bpfgate import attach as attach_layer
 from bpfgate import contract
-from bpfgate.errors import BpfgateError, NotSupported
+from bpfgate.errors import BadInput, BpfgateError, NotSupported
 from bpfgate.inspect import events
 from bpfgate.inspect.events import EventSource
 from bpfgate.kernel import netlink
@@ -27,7 +27,7 @@ OWNER = "attempts"   # its tc priority/handle and TCX place: bpfgate.attach.orde
 
 def _port(port: int) -> int:
     if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise BpfgateError("watch port", f"not a TCP port: {port!r}")
+        raise BadInput("watch port", f"not a TCP port: {port!r}")
     return port
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from bpfgate import contract
-from bpfgate.errors import BpfgateError, NotSupported
+from bpfgate.errors import BadInput, BpfgateError, NotSupported
 from bpfgate.inspect.events import Clock
 from bpfgate.inspect.flows import DIR_NAMES, open_pair
 from bpfgate.inspect.pcap import PcapWriter, open_writer
@@ -80,17 +80,17 @@ class CaptureFilter:
             elif name.isdigit() and 0 < int(name) < 256:
                 p = int(name)
             else:
-                raise BpfgateError(_op(), f"unknown protocol {proto!r}", hint=f"one of {', '.join(PROTOCOLS)} or 1-255")
+                raise BadInput(_op(), f"unknown protocol {proto!r}", hint=f"one of {', '.join(PROTOCOLS)} or 1-255")
         if port is not None and not 0 < int(port) < 65536:
-            raise BpfgateError(_op(), f"port {port} out of range 1-65535")
+            raise BadInput(_op(), f"port {port} out of range 1-65535")
         if port is not None and p not in (None, 6, 17):
-            raise BpfgateError(_op(), "a port needs protocol tcp or udp")
+            raise BadInput(_op(), "a port needs protocol tcp or udp")
         net = None
         if host is not None:
             try:
                 net = ipaddress.ip_network(host, strict=False)
             except ValueError:
-                raise BpfgateError(_op(), f"not an address or CIDR: {host!r}") from None
+                raise BadInput(_op(), f"not an address or CIDR: {host!r}") from None
         return cls(p, int(port) if port is not None else None, net)
 
     def rodata(self) -> dict:
@@ -184,9 +184,9 @@ class Capture:
                  snaplen: int = MAX_SNAPLEN, direction: str = "both", method: str = "auto",
                  clock: Clock | None = None, ring_size: int = 1 << 23):
         if not 0 < snaplen <= MAX_SNAPLEN:
-            raise BpfgateError("capture", f"snaplen {snaplen} out of range 1-{MAX_SNAPLEN}")
+            raise BadInput("capture", f"snaplen {snaplen} out of range 1-{MAX_SNAPLEN}")
         if ring_size < 4096 or ring_size & (ring_size - 1):
-            raise BpfgateError("capture", f"ring buffer size {ring_size} is not a power of two >= 4096")
+            raise BadInput("capture", f"ring buffer size {ring_size} is not a power of two >= 4096")
         self.dev, self.snaplen, self.filter = dev, snaplen, filt or CaptureFilter()
         self.clock = clock or Clock()
         rodata = {"cfg_snaplen": snaplen, **self.filter.rodata()}
@@ -257,7 +257,7 @@ class EngineCapture:
         from bpfgate.engine import Engine
 
         if not 0 < snaplen <= MAX_SNAPLEN:
-            raise BpfgateError("capture", f"snaplen {snaplen} out of range 1-{MAX_SNAPLEN}")
+            raise BadInput("capture", f"snaplen {snaplen} out of range 1-{MAX_SNAPLEN}")
         self.dev, self.snaplen, self.names = dev, snaplen, dict(names or {})
         self.clock = clock or Clock()
         self._ring = None

@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping
 
 from bpfgate import contract
-from bpfgate.errors import BpfgateError, NotSupported, from_errno
+from bpfgate.errors import BadInput, BpfgateError, NotSupported, from_errno
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel.btf import Btf
 from bpfgate.kernel.maps import Map
@@ -93,7 +93,7 @@ def _second(sec: int) -> str:
 def ring_size(n: int) -> int:
     """A valid ring buffer size (bytes): a power of two, at least one page."""
     if n < mmap.PAGESIZE or n & (n - 1):
-        raise BpfgateError("size the ring buffer", f"{n} bytes: must be a power of two >= {mmap.PAGESIZE}")
+        raise BadInput("size the ring buffer", f"{n} bytes: must be a power of two >= {mmap.PAGESIZE}")
     return n
 
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 
-from bpfgate.errors import BpfgateError, from_errno
+from bpfgate.errors import BadInput, from_errno
 
 DEFAULT_LISTEN = "127.0.0.1:9464"
 
@@ -36,9 +36,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
         port = int(port_s)
         ipaddress.ip_address(host)
     except ValueError:
-        raise BpfgateError(op, "expected ADDRESS:PORT with a numeric address, e.g. 127.0.0.1:9464") from None
+        raise BadInput(op, "expected ADDRESS:PORT with a numeric address, e.g. 127.0.0.1:9464") from None
     if not 0 <= port <= 65535:
-        raise BpfgateError(op, f"port {port} out of range")
+        raise BadInput(op, f"port {port} out of range")
     return host, port
 
 

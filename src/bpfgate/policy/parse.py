@@ -13,25 +13,83 @@ from .model import ICMP_PROTOCOLS, PORT_PROTOCOLS, Hook, Policy, Rule
 
 Loc = tuple  # path into the data: str keys and int list indices
 
+# Input limits. A policy file may come from anyone who can write one: these bound what reading it costs
+# (`apply /dev/zero`; a few hundred bytes of YAML aliases that expand to billions of nodes) and say so in
+# one line. They are far above what a policy needs: a 1,000,000-rule file is about 60-150 MB and 5-10
+# nesting levels deep; aliases may repeat a shared CIDR or port list, not multiply the file.
+MAX_BYTES = 256 * 2**20           # one policy file (all its documents)
+MAX_DEPTH = 32                    # nested mappings and lists: a policy needs 7 (hooks.H.rules[i].F[j])
+ALIAS_NODES_FLOOR = 100_000       # aliases may add this many nodes to any file ...
+ALIAS_NODES_RATIO = 10            # ... or this many times the nodes the file itself holds, if more
 
-def _plain(node: yaml.Node, loc: Loc, lines: dict[Loc, int], source: str):
-    """Turn a composed YAML node into plain data, recording the line of every key and item."""
-    lines[loc] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out = {}
-        for knode, vnode in node.value:
-            key = _scalar(knode)
-            if not isinstance(key, (str, int)) or isinstance(key, bool):
-                raise PolicyError(f"{source}:{knode.start_mark.line + 1} {_fmt(loc)}", "keys must be plain names")
-            key = str(key)
-            if key in out:
-                raise PolicyError(f"{source}:{knode.start_mark.line + 1} {_fmt(loc + (key,))}", "duplicate key")
-            out[key] = _plain(vnode, loc + (key,), lines, source)
-            lines[loc + (key,)] = knode.start_mark.line + 1  # point at the key, not the value below it
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_plain(v, loc + (i,), lines, source) for i, v in enumerate(node.value)]
-    return _scalar(node)
+
+def read_source(path: str | Path) -> tuple[str, str]:
+    """(text, name for messages) of a policy file, `-` for stdin, at most MAX_BYTES and UTF-8."""
+    import sys
+
+    if str(path) == "-":
+        raw = getattr(sys.stdin, "buffer", None)   # a text stream without one (tests): read as text
+        data = raw.read(MAX_BYTES + 1) if raw is not None else sys.stdin.read(MAX_BYTES + 1).encode()
+        name = "<stdin>"
+    else:
+        name = Path(path).name or str(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_BYTES + 1)
+        except OSError as e:
+            raise PolicyError(str(path), f"cannot read: {e.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise PolicyError(name, f"larger than {MAX_BYTES // 2**20} MiB, the limit for a policy file")
+    try:
+        return data.decode("utf-8"), name
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PolicyError(f"{name}:{line}", f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                          "a policy file is YAML") from None
+
+
+class _Builder:
+    """Turns a composed YAML node graph into plain data, recording the line of every key and item, and
+    enforcing MAX_DEPTH and the alias limits while it expands (an alias is a node met a second time)."""
+
+    def __init__(self, source: str, lines: dict[Loc, int]):
+        self.source, self.lines = source, lines
+        self.seen: set[int] = set()
+        self.by_alias = 0
+
+    def _count(self, node: yaml.Node, loc: Loc) -> None:
+        if len(loc) > MAX_DEPTH:
+            raise PolicyError(f"{self.source}:{node.start_mark.line + 1}",
+                              f"nested deeper than {MAX_DEPTH} levels, the limit for a policy file")
+        if id(node) not in self.seen:
+            self.seen.add(id(node))
+            return
+        self.by_alias += 1
+        limit = max(ALIAS_NODES_FLOOR, ALIAS_NODES_RATIO * len(self.seen))
+        if self.by_alias > limit:
+            raise PolicyError(f"{self.source}:{node.start_mark.line + 1}",
+                              f"YAML aliases expand to more than {limit:,} nodes (limit: {ALIAS_NODES_RATIO} "
+                              f"times the file's own, at least {ALIAS_NODES_FLOOR:,})")
+
+    def plain(self, node: yaml.Node, loc: Loc):
+        self._count(node, loc)
+        lines, source = self.lines, self.source
+        lines[loc] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out = {}
+            for knode, vnode in node.value:
+                key = _scalar(knode)
+                if not isinstance(key, (str, int)) or isinstance(key, bool):
+                    raise PolicyError(f"{source}:{knode.start_mark.line + 1} {_fmt(loc)}", "keys must be plain names")
+                key = str(key)
+                if key in out:
+                    raise PolicyError(f"{source}:{knode.start_mark.line + 1} {_fmt(loc + (key,))}", "duplicate key")
+                out[key] = self.plain(vnode, loc + (key,))
+                lines[loc + (key,)] = knode.start_mark.line + 1  # point at the key, not the value below it
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.plain(v, loc + (i,)) for i, v in enumerate(node.value)]
+        return _scalar(node)
 
 
 _constructor = yaml.constructor.SafeConstructor()
@@ -91,16 +149,20 @@ def _reason(err: dict) -> str:
 
 
 def load_text(text: str, source: str = "<policy>") -> Policy:
+    if len(text) > MAX_BYTES:
+        raise PolicyError(source, f"larger than {MAX_BYTES // 2**20} MiB, the limit for a policy file")
+    lines: dict[Loc, int] = {}
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            raise PolicyError(source, "empty policy file")
+        data = _Builder(source, lines).plain(root, ())   # scalars are constructed here: tags can fail
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         raise PolicyError(where, f"not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    if root is None:
-        raise PolicyError(source, "empty policy file")
-    lines: dict[Loc, int] = {}
-    data = _plain(root, (), lines, source)
+    except RecursionError:   # the composer recurses per nesting level
+        raise PolicyError(source, f"nested deeper than {MAX_DEPTH} levels, the limit for a policy file") from None
     where = _Where(source, lines)
     if not isinstance(data, dict):
         raise PolicyError(where(()), "a policy is a mapping (interfaces, hooks)")
@@ -114,12 +176,7 @@ def load_text(text: str, source: str = "<policy>") -> Policy:
 
 
 def load_file(path: str | Path) -> Policy:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise PolicyError(str(path), f"cannot read: {e.strerror}") from None
-    return load_text(text, path.name)
+    return load_text(*read_source(path))
 
 
 def check(policy: Policy, where=None) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bpfgate.agent import client as _agent
-from bpfgate.errors import BpfgateError, NotFound, PolicyError
+from bpfgate.errors import BadInput, BpfgateError, NotFound, PolicyError
 from bpfgate.policy import layout as L
 from bpfgate.policy.compile import CompiledHook, compile_hook
 from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
@@ -98,10 +98,18 @@ def _backend(backend: Backend | None) -> Backend:
     return EngineBackend()
 
 
+def _ready(backend: Backend, netns: str | None, op: str) -> None:
+    """The backend's own checks before anything is read or created (privileges, the namespace exists)."""
+    ready = getattr(backend, "ready", None)
+    if ready is not None:
+        ready(netns, op)
+
+
 @contextlib.contextmanager
-def _serialised(netns: str | None, backend: Backend, state_root: str | None = None):
+def _serialised(netns: str | None, backend: Backend, state_root: str | None = None, op: str = "change the policy"):
     """The namespace's control-plane lock (not for MemoryBackend alone: nothing is shared between
     processes), and the backend's session: what it reads stays valid until the lock is released."""
+    _ready(backend, netns, op)
     with contextlib.ExitStack() as stack:
         if not (isinstance(backend, MemoryBackend) and state_root is None):
             stack.enter_context(_confirm.locked(netns, state_root))
@@ -216,9 +224,9 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
         _agent.refuse_writes(netns, "apply")
     backend = _backend(backend)
     if confirm is not None and not 0 < confirm <= 86400:
-        raise BpfgateError("apply with --confirm", f"{confirm:g} s is not between 0 and 86400 seconds")
+        raise BadInput("apply with --confirm", f"{confirm:g} s is not between 0 and 86400 seconds")
     steer = _steer_section(policies, confirm)
-    with _serialised(netns, backend, state_root):
+    with _serialised(netns, backend, state_root, "apply policy"):
         p = make_plan(desired_state(policies), backend.running(netns), netns)
         compiled = precheck(p, force=force, ifindex=_ifindex(backend, netns),
                             check_interfaces=not isinstance(backend, MemoryBackend))
@@ -284,6 +292,8 @@ def _recover(waiting: _confirm.Pending, backend: Backend) -> None:
 
 def confirm(netns: str | None = None, state_root: str | None = None) -> _confirm.Pending:
     """Keep the change made by apply(confirm=...): its rollback is cancelled."""
+    if state_root is None:   # the machine's own state: the engine's privileges and namespace checks
+        _ready(_backend(None), netns, "confirm policy")
     return _confirm.confirm(netns, state_root)
 
 
@@ -300,7 +310,7 @@ def _current(backend: Backend, dev: str, hook: Hook, netns: str | None) -> HookP
 
 def _position(hp: HookPolicy, before: str | None, after: str | None, position: int | None) -> int | None:
     if sum(x is not None for x in (before, after, position)) > 1:
-        raise BpfgateError("add rule", "give only one of before, after, position")
+        raise BadInput("add rule", "give only one of before, after, position")
     names = [r.name for r in hp.rules]
     for ref, off in ((before, 0), (after, 1)):
         if ref is not None:
@@ -308,7 +318,7 @@ def _position(hp: HookPolicy, before: str | None, after: str | None, position: i
                 raise NotFound("add rule", f"no rule named {ref!r} to place it {'before' if off == 0 else 'after'}")
             return names.index(ref) + off
     if position is not None and not 0 <= position <= len(names):
-        raise BpfgateError("add rule", f"position {position} is outside 0..{len(names)}")
+        raise BadInput("add rule", f"position {position} is outside 0..{len(names)}")
     return position
 
 
@@ -325,7 +335,7 @@ def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: 
     if owner is not None:
         rule = rule_from(rule_data(rule) | {"owner": owner})
     backend = _backend(backend)
-    with _serialised(netns, backend):
+    with _serialised(netns, backend, op=f"add rule {rule.name}"):
         hp = _current(backend, dev, hook, netns)
         if any(r.name == rule.name for r in hp.rules):
             raise PolicyError(f"rule {rule.name}", f"a rule of that name exists on {dev} {hook.value}; delete it first")
@@ -346,7 +356,7 @@ def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = No
     if backend is None and _agent.running(netns):   # while an agent runs, it is the one writer
         return _agent.call(netns, "delete_rule", dev=dev, hook=parse_hook(hook).value, name=name, force=force)
     backend, hook = _backend(backend), parse_hook(hook)
-    with _serialised(netns, backend):
+    with _serialised(netns, backend, op=f"delete rule {name}"):
         hp = _current(backend, dev, hook, netns)
         if not any(r.name == name for r in hp.rules):
             raise NotFound(f"delete rule {name} on {dev} {hook.value}", "no such rule")
@@ -354,7 +364,7 @@ def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = No
         if not force and guard.problem(dev, hook, hp) is None:
             why = guard.problem(dev, hook, new)
             if why:
-                raise BpfgateError(f"delete rule {name}", why)
+                raise BadInput(f"delete rule {name}", why)
         backend.delete_rule(dev, hook, netns, name)
 
 
@@ -363,7 +373,7 @@ def remove(dev: str | None = None, hook: str | Hook | None = None, *, netns: str
     """Detach the policies of one interface / hook (default: every one in `netns`). Returns what went."""
     backend = _backend(backend)
     hook = parse_hook(hook) if hook is not None else None
-    with _serialised(netns, backend):
+    with _serialised(netns, backend, op="remove policy"):
         gone = []
         errors = []
         listing = getattr(backend, "attached", None)   # without reading each policy: works on broken state too
@@ -423,12 +433,13 @@ def rules(dev: str | None = None, *, netns: str | None = None, hook: str | Hook 
     backend = _backend(backend)
     hook = parse_hook(hook) if hook is not None else None
     names = None if names is None else list(dict.fromkeys(names))
-    with _serialised(netns, backend) if reset else _reading(backend):
+    with _serialised(netns, backend, op="reset counters") if reset else _reading(backend, netns, "list rules"):
         return _rules(backend, dev, hook, netns, names, reset)
 
 
-def _reading(backend: Backend):
+def _reading(backend: Backend, netns: str | None, op: str):
     """The backend's session, if it has one: each engine opened once for a whole listing."""
+    _ready(backend, netns, op)
     session = getattr(backend, "session", None)
     return session() if session else contextlib.nullcontext()
 
@@ -496,7 +507,7 @@ def classifier(dev: str | None = None, *, netns: str | None = None, hook: str | 
     each per packet, worst case all), its entries, and the stage 0 prefix-class trees in use."""
     backend = _backend(backend)
     hook = parse_hook(hook) if hook is not None else None
-    with _reading(backend):
+    with _reading(backend, netns, "read the classifier"):
         out = []
         for d, h, hp in _selected(backend, dev, hook, netns, "read the classifier"):
             compiled, conf = _live_classifier(backend, d, h, hp, netns)
@@ -522,7 +533,7 @@ def explain(packet: str | Packet, *, netns: str | None = None, dev: str | None =
                 out.append(explain_hook(d, h.value, hp, compiled, compiled.conf(), pkt))
         return out
     backend = _backend(backend)
-    with _reading(backend):
+    with _reading(backend, netns, "explain a packet"):
         for d, h, hp in _selected(backend, dev, hook, netns, "explain a packet"):
             compiled, conf = _live_classifier(backend, d, h, hp, netns)
             out.append(explain_hook(d, h.value, hp, compiled, conf, pkt))
@@ -535,6 +546,7 @@ def export(dev: str | None = None, *, netns: str | None = None, backend: Backend
     would make a temporary block permanent, with nobody left to delete it; `apply` of the export keeps
     them as long as they live (plan.keep_automation), so it still changes nothing."""
     backend = _backend(backend)
+    _ready(backend, netns, "export policy")
     state = backend.running(netns)
     if dev is not None:
         state = {k: v for k, v in state.items() if k[0] == dev}
@@ -542,7 +554,8 @@ def export(dev: str | None = None, *, netns: str | None = None, backend: Backend
             raise NotFound(f"export policy of {dev}", "no bpfgate policy is attached there")
     if not state:
         raise NotFound("export policy", "no bpfgate policy is running" + (f" in {netns}" if netns else ""))
-    header = "exported by `bpfgate policy export`" + (f" (netns {netns})" if netns else "")
+    header = "exported by `bpfgate policy export`" + (f" from netns {netns}: `bpfgate apply --netns {netns} FILE`"
+                                                      if netns else "")
     left_out = [f"  {r.name} (added by {r.owner}) on {d} {h.value}"
                 for (d, h), hp in sorted(state.items(), key=lambda kv: (kv[0][0], kv[0][1].value))
                 for r in automation(hp)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from bpfgate.errors import BpfgateError
+from bpfgate.errors import BadInput, BpfgateError
 from bpfgate.kernel import netns as _netns
 from bpfgate.policy.compile import CompiledHook, compile_hook
 from bpfgate.policy.model import Hook, HookPolicy
@@ -78,7 +78,7 @@ def precheck(plan: Plan, *, force: bool = False, ifindex: Callable[[str], int] |
         if not force:
             why = guard.problem(hp.dev, hp.hook, hp.new)
             if why:
-                raise BpfgateError("apply policy", why)
+                raise BadInput("apply policy", why)
     return compiled
 
 

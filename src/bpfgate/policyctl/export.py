@@ -15,7 +15,7 @@ import yaml
 
 from bpfgate.errors import PolicyError
 from bpfgate.policy.model import Hook, HookPolicy, Policy
-from bpfgate.policy.parse import load_text
+from bpfgate.policy.parse import load_text, read_source
 from bpfgate.policy.ruledata import rule_data
 
 
@@ -99,16 +99,8 @@ def load_documents(docs: list[tuple[int, str]], source: str) -> list[Policy]:
 
 
 def read_policy_file(path: str | Path) -> tuple[str, str]:
-    """(text, name for errors) of a policy file (`-` is stdin)."""
-    import sys
-
-    if str(path) == "-":
-        return sys.stdin.read(), "<stdin>"
-    path = Path(path)
-    try:
-        return path.read_text(), path.name
-    except OSError as e:
-        raise PolicyError(str(path), f"cannot read: {e.strerror}") from None
+    """(text, name for errors) of a policy file (`-` is stdin). Size and encoding limits: parse.read_source."""
+    return read_source(path)
 
 
 def load_policy_file(path: str | Path) -> list[Policy]:

@@ -160,13 +160,34 @@ def confirm(netns: str | None, root: str | None = None) -> Pending:
             pending = Pending.from_json(json.load(f), path)
         os.unlink(path)   # the claim: if the watcher renamed it first, this fails and the rollback stands
     except FileNotFoundError:
-        last = last_rollback(netns, root)
-        hint = (f"the change was rolled back at {time.strftime('%H:%M:%S', time.localtime(last['time']))}"
-                if last else None)
-        raise NotFound("confirm policy", "no change is waiting for confirmation", hint=hint) from None
+        raise NotFound("confirm policy", "no change is waiting for confirmation",
+                       hint=_last_outcome(netns, root)) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BpfgateError(f"confirm policy ({path})", str(e)) from None
+    _write(confirmed_path(netns, root), {"time": time.time()})
     return pending
+
+
+def confirmed_path(netns: str | None, root: str | None = None) -> str:
+    return os.path.join(state_dir(netns, root), "last-confirm.json")
+
+
+def _last_outcome(netns: str | None, root: str | None) -> str | None:
+    """What became of the last change waiting for confirmation: the newer of its confirmation and its
+    rollback (a rollback from before a later confirmed change is not the answer)."""
+    try:
+        with open(confirmed_path(netns, root)) as f:
+            confirmed = float(json.load(f)["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        confirmed = None
+    last = last_rollback(netns, root)
+    rolled_back = float(last["time"]) if last and "time" in last else None
+    at = lambda t: time.strftime("%H:%M:%S", time.localtime(t))   # noqa: E731
+    if confirmed is not None and (rolled_back is None or confirmed >= rolled_back):
+        return f"the last change was confirmed at {at(confirmed)}"
+    if rolled_back is not None:
+        return f"the change was rolled back at {at(rolled_back)}"
+    return None
 
 
 def claim_for_rollback(path: str) -> Pending | None:

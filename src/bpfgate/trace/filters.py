@@ -1,6 +1,6 @@
 """Which events the user asked for: pid, port, address (or CIDR), cgroup, network namespace. Applied to
 the JSON form of an event, so the same filter serves `trace tcp` and `trace drops`; several values of one
-kind are ORed, different kinds ANDed. Bad values raise BpfgateError naming the option (the CLI prints one
+kind are ORed, different kinds ANDed. Bad values raise BadInput naming the option (the CLI prints one
 line). The namespace filter is also applied in the kernel (the tracers load it into `netns_filter`): events
 of other namespaces are never sent, which keeps a trace of one container cheap whatever the host does."""
 
@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from bpfgate.errors import BpfgateError
+from bpfgate.errors import BadInput
 
 _ADDR_KEYS = ("laddr", "raddr", "saddr", "daddr")
 _PORT_KEYS = ("lport", "rport", "sport", "dport")
@@ -64,9 +64,9 @@ def _int(opt: str, value, lo: int, hi: int) -> int:
     try:
         n = int(value)
     except (TypeError, ValueError):
-        raise BpfgateError(f"trace filter {opt}", f"{value!r} is not a number") from None
+        raise BadInput(f"trace filter {opt}", f"{value!r} is not a number") from None
     if not lo <= n <= hi:
-        raise BpfgateError(f"trace filter {opt}", f"{n} is out of range {lo}..{hi}")
+        raise BadInput(f"trace filter {opt}", f"{n} is out of range {lo}..{hi}")
     return n
 
 
@@ -74,7 +74,7 @@ def _net(text: str):
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise BpfgateError("trace filter --addr", f"{text!r} is not an IP address or CIDR prefix") from None
+        raise BadInput("trace filter --addr", f"{text!r} is not an IP address or CIDR prefix") from None
 
 
 def netns_inode(name: str) -> int:
@@ -86,7 +86,7 @@ def netns_inode(name: str) -> int:
     try:
         return os.stat(path).st_ino
     except OSError as e:
-        raise BpfgateError("trace filter --netns", f"{name!r}: {e.strerror} (see `ip netns list`)") from None
+        raise BadInput("trace filter --netns", f"{name!r}: {e.strerror} (see `ip netns list`)") from None
 
 
 def cgroup_id(path_or_id: str, mount: str | None = None) -> int:
@@ -103,6 +103,6 @@ def cgroup_id(path_or_id: str, mount: str | None = None) -> int:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise BpfgateError("trace filter --cgroup", f"{path_or_id!r}: {e.strerror}"
+        raise BadInput("trace filter --cgroup", f"{path_or_id!r}: {e.strerror}"
                            + ("" if mount else " (no cgroup v2 mount found)")) from None
     return st.st_ino

@@ -9,7 +9,7 @@ import errno
 from functools import lru_cache
 
 from bpfgate import contract
-from bpfgate.errors import BpfgateError
+from bpfgate.errors import BadInput, BpfgateError
 
 # include/net/tcp_states.h (stable uapi-like numbering)
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
@@ -80,7 +80,7 @@ def drop_reason_code(name: str, table: dict[int, str] | None = None) -> int:
     for code, n in table.items():
         if n == want:
             return code
-    raise BpfgateError("trace drops --reason", f"unknown drop reason {name!r} (this kernel has: "
+    raise BadInput("trace drops --reason", f"unknown drop reason {name!r} (this kernel has: "
                        f"{', '.join(sorted(table.values())[:8])}, ...)")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from bpfgate.errors import BpfgateError
+from bpfgate.errors import BadInput, BpfgateError
 from bpfgate.trace import owners
 from bpfgate.trace.backend import Extra, Hook
 from bpfgate.trace.base import Tracer
@@ -56,8 +56,8 @@ def kinds_mask(events: Iterable[str]) -> int:
     mask = 0
     for e in events:
         if e not in code:
-            raise BpfgateError("trace tcp --events", f"unknown event {e!r} (events: {', '.join(EVENTS)})")
+            raise BadInput("trace tcp --events", f"unknown event {e!r} (events: {', '.join(EVENTS)})")
         mask |= 1 << code[e]
     if not mask:
-        raise BpfgateError("trace tcp --events", "no events selected")
+        raise BadInput("trace tcp --events", "no events selected")
     return mask

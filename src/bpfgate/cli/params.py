@@ -1,0 +1,20 @@
+"""Option types shared by the commands."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+
+class Seconds(click.FloatRange):
+    """A duration in seconds: a finite number in the range (click's FloatRange lets nan and inf through:
+    `--duration nan` would end at once, `--confirm inf` never)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return v
