@@ -317,6 +317,10 @@ def register(app: click.Group) -> None:
         from bpfgate import policyctl
 
         reports = policyctl.classifier(dev, netns=netns, hook=hook)
+        if not reports:   # as `policy export`: there is no classifier to describe
+            from bpfgate.errors import NotFound
+
+            raise NotFound("read the classifier", "no bpfgate policy is running" + (f" in {netns}" if netns else ""))
         if _printed_as_json_or_none(reports, as_json, netns):
             return
         for r in reports:

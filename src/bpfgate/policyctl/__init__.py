@@ -195,6 +195,8 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
           state_root: str | None = None, start_watcher: bool = True) -> ApplyResult:
     """Validate, compile, compare with what runs, and change only what differs (all or nothing). The file's
     `nat:` documents (bpfgate.nat.policy) are applied first; a file with only those leaves engines alone."""
+    ours = backend is None   # the machine's engines (not a backend a caller passed in)
+    _ready(_backend(backend), netns, "apply policy")   # privileges first: a file root alone may read is no user error
     nat_docs = []
     if isinstance(source, (str, Path)):
         from bpfgate.nat import policy as nat_policy
@@ -207,8 +209,8 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
         source = load_documents(engine_docs, name) if engine_docs else []
         if nat_docs:
             if confirm is not None:
-                raise BpfgateError("apply with --confirm", "confirmation covers policy engine documents only; "
-                                   "this file has nat documents")
+                raise BadInput("apply with --confirm", "confirmation covers policy engine documents only; "
+                               "this file has nat documents")
             if engine_docs and backend is None and not dry_run:
                 _agent.refuse_writes(netns, "apply")   # before the NAT changes: all of the file or none
             nat_changes = nat_policy.apply(nat_docs, netns, dry_run=dry_run)
@@ -219,10 +221,10 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
                         state_root=state_root, start_watcher=start_watcher)
             res.nat = nat_changes
             return res
-    policies = _policies(source)
-    if backend is None and not dry_run:
-        _agent.refuse_writes(netns, "apply")
     backend = _backend(backend)
+    policies = _policies(source)
+    if ours and not dry_run:
+        _agent.refuse_writes(netns, "apply")
     if confirm is not None and not 0 < confirm <= 86400:
         raise BadInput("apply with --confirm", f"{confirm:g} s is not between 0 and 86400 seconds")
     steer = _steer_section(policies, confirm)
