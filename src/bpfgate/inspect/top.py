@@ -120,12 +120,15 @@ class Top:
         self._prev_ns = 0
         self._prev_syns = 0
         self._ended: deque[FlowEnd] = deque(maxlen=RECENT_ENDS)
+        self._base: FlowStats | None = None   # the table's counters when top started (it may be shared)
         self.notes: list[str] = []
 
     def snapshot(self) -> Snapshot:
         """One batched read; rates for every flow from raw counters, only the top n decoded."""
         self._ended.extend(self.monitor.poll_ended())
         entries, stats = self.monitor.read()
+        if self._base is None:
+            self._base = stats
         now = time.monotonic_ns()
         dt = (now - self._prev_ns) / 1e9 if self._prev_ns else 0.0
         current = {bytes(k): (sum(v.packets), sum(v.bytes)) for k, v in entries}  # both directions
@@ -178,9 +181,12 @@ class Top:
                      tcp_flags_str(f.tcp_flags) + (f" {f.ended}" if f.ended else ""), f"{(now - f.last_ns) / 1e9:.1f}s")
             t.add_row(*(Text(c) for c in cells))  # Text: "[fd00::1]:80" is an address, not Rich markup
         parts: list[Any] = [t]
-        s = snap.stats
-        parts.append(Text(f"flows live {s.live}  created {s.created}  ended {s.ended}  expired {s.expired}  "
-                          f"evicted {s.evicted}  unparsed {s.unparsed}  records lost {s.events_lost}", style="dim"))
+        s, b = snap.stats, self._base or snap.stats
+        # the conntrack table outlives top (an engine or `flows --keep` shares it): counts since top started
+        parts.append(Text(f"flows live {s.live}; since start: created {s.created - b.created}  ended "
+                          f"{s.ended - b.ended}  expired {s.expired - b.expired}  evicted {s.evicted - b.evicted}  "
+                          f"unparsed {s.unparsed - b.unparsed}  records lost {s.events_lost - b.events_lost}",
+                          style="dim"))
         if snap.ended:
             parts.append(Text("recently ended: " + "; ".join(
                 f"{e.flow.protocol} {endpoint(e.flow.src, e.flow.sport)} -> {endpoint(e.flow.dst, e.flow.dport)} "
