@@ -131,7 +131,11 @@ def test_cli_metrics_with_traffic_while_serving(net):
         for _ in range(2):
             assert connect(client, link.b.ip4, 7080) == "refused"
         assert eng.counters()["web"].packets == 2
-        assert scrape(url)[key("bpfgate_rule_packets_total", dev, "tc-ingress", "web")] == 2
+        m = scrape(url)
+        assert m[key("bpfgate_rule_packets_total", dev, "tc-ingress", "web")] == 2
+        # the engine's own programs' run statistics (stats are on while metrics serves): its packets ran it
+        runs = {dict(k[1:])["program"]: v for k, v in m.items() if k[0] == "bpfgate_program_runs_total"}
+        assert runs.get("bg_engine_tc", 0) >= 2, runs
     finally:
         _stop(p)
 

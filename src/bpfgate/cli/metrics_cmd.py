@@ -42,7 +42,8 @@ def register(app: click.Group) -> None:
         bpfgate_syn_source_total{interface,source}, bpfgate_syn_blocked_sources,
         bpfgate_connection_attempts_total{interface,port}, bpfgate_events_total{source},
         bpfgate_events_lost_total{source}, bpfgate_program_runs_total{program,id},
-        bpfgate_program_run_seconds_total{program,id}; from every policy engine attached in the
+        bpfgate_program_run_seconds_total{program,id} (this command's programs and the policy
+        engines'); from every policy engine attached in the
         namespace (read at scrape time): bpfgate_rule_packets_total{interface,hook,rule},
         bpfgate_rule_bytes_total{interface,hook,rule}, bpfgate_rule_drops_total{interface,hook},
         bpfgate_rule_log_events_total{interface,hook}, bpfgate_rule_log_events_lost_total{interface,hook};
@@ -68,7 +69,7 @@ def register(app: click.Group) -> None:
             stack.enter_context(stats_enabled())
             exp = stack.enter_context(M.Exporter())
             for c in (M.SynCollector(syn, top_n), M.AttemptCollector(log), M.EventCollector(sources),
-                      M.ProgramCollector([syn.prog, log.prog])):
+                      M.ProgramCollector([syn.prog, log.prog], engines_in=[netns])):
                 exp.add(c)
             rules = exp.add(RuleCollector(netns))
             stack.callback(rules.close)

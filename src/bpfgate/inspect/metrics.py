@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 
-from bpfgate.errors import BadInput, from_errno
+from bpfgate.errors import BadInput, BpfgateError, from_errno
 
 DEFAULT_LISTEN = "127.0.0.1:9464"
 
@@ -144,17 +144,37 @@ class EventCollector:
 
 class ProgramCollector:
     """bpfgate_program_runs_total and bpfgate_program_run_seconds_total (kernel run stats; they only
-    advance while stats are enabled: kernel.stats.stats_enabled())."""
+    advance while stats are enabled: kernel.stats.stats_enabled()): of `programs`, and of the policy
+    engines attached in the `engines_in` namespaces, found at each scrape (engines come and go)."""
 
-    def __init__(self, programs: Iterable[Any]):
+    def __init__(self, programs: Iterable[Any], engines_in: Iterable[str | None] = ()):
         self.programs = list(programs)
+        self.engines_in = list(engines_in)
+
+    def _engine_programs(self) -> list[Any]:
+        from bpfgate import status
+
+        if not self.engines_in:
+            return []
+        try:
+            entries = status.collect(self.engines_in, cgroups=False)
+        except BpfgateError:   # the namespace went away meanwhile: nothing of it to report
+            return []
+        return [e for e in entries if e.bpfgate and e.owner.startswith("engine")]
 
     def collect(self) -> Iterator[Metric]:
         runs = CounterMetricFamily("bpfgate_program_runs", "Times the BPF program ran", labels=["program", "id"])
         secs = CounterMetricFamily("bpfgate_program_run_seconds", "Time spent in the BPF program",
                                    labels=["program", "id"])
+        seen = set()
         for p in self.programs:
             info = p.info()
+            seen.add(info.id)
             runs.add_metric([info.name, str(info.id)], info.run_cnt)
             secs.add_metric([info.name, str(info.id)], info.run_time_ns / 1e9)
+        for e in self._engine_programs():
+            if e.prog_id not in seen:   # one program at two hooks (an engine's ct program) is one series
+                seen.add(e.prog_id)
+                runs.add_metric([e.prog_name, str(e.prog_id)], e.run_cnt)
+                secs.add_metric([e.prog_name, str(e.prog_id)], e.run_time_ns / 1e9)
         yield from (runs, secs)
