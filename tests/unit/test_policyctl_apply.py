@@ -150,6 +150,12 @@ def test_unconfirmed_change_is_rolled_back(be, tmp_path):
     with pytest.raises(NotFound) as e:                   # too late
         policyctl.confirm("ns", state_root=str(tmp_path))
     assert "rolled back" in str(e.value)
+    # a later change, confirmed: confirming again names the confirmation, not the older rollback
+    r = policyctl.apply(new, backend=be, netns="ns", confirm=5, state_root=str(tmp_path), start_watcher=False)
+    policyctl.confirm("ns", state_root=str(tmp_path))
+    with pytest.raises(NotFound) as e:
+        policyctl.confirm("ns", state_root=str(tmp_path))
+    assert "the last change was confirmed at" in str(e.value) and "rolled back" not in str(e.value)
 
 
 def test_confirmed_change_stays(be, tmp_path):
