@@ -75,7 +75,7 @@ def test_capture_rule_with_its_verdict_read_by_tshark(net, tmp_path):
     assert len(rows) == 5
     for src, sport, dport, comment in rows:
         assert (src, dport) == (link.a.ip4, "9") and sport != "9"
-        assert comment == "bpfgate verdict=drop rule=drop-9 hook=gate dir=ingress"
+        assert comment == "bpfgate verdict=drop rule=drop-9 hook=tc-ingress dir=ingress"   # the engine's hook
     assert eng.counters()["drop-9"].packets >= 5      # the engine did drop them
 
 

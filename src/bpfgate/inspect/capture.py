@@ -136,10 +136,11 @@ class CapturedPacket:
     pkt_len: int  # length on the wire (before the snaplen)
     data: bytes
     rule: str | None = None  # capture --rule: the rule's name (verdict is that rule's action)
+    decided: bool = False    # recorded by the policy engine after its decision (hook: the engine's hook)
 
     def comment(self) -> str:
         """The pcapng packet comment: where it was seen and what was decided."""
-        if self.hook == "gate":   # the engine's own decision: the verdict and the rule are the real ones
+        if self.decided:   # the engine's own decision: the verdict and the rule are the real ones
             rule = self.rule or (f"#{self.rule_id}" if self.rule_id else "-")
             return f"bpfgate verdict={self.verdict} rule={rule} hook={self.hook} dir={self.direction}"
         if self.rule:
@@ -259,6 +260,7 @@ class EngineCapture:
         if not 0 < snaplen <= MAX_SNAPLEN:
             raise BadInput("capture", f"snaplen {snaplen} out of range 1-{MAX_SNAPLEN}")
         self.dev, self.snaplen, self.names = dev, snaplen, dict(names or {})
+        self.hook = getattr(hook, "value", str(hook))   # what the comments name: tc-ingress, tc-egress, xdp
         self.clock = clock or Clock()
         self._ring = None
         self._cfg = None
@@ -286,9 +288,10 @@ class EngineCapture:
         h = _ENGINE_REC.from_buffer_copy(raw[:size])
         ts = h.hdr.ts_ns
         return CapturedPacket(mono_ns=ts, wall_ns=self.clock.wall_ns(ts), ifindex=h.ifindex,
-                              direction=DIR_NAMES[h.dir & 1], hook=HOOKS.get(h.hook, str(h.hook)),
+                              direction=DIR_NAMES[h.dir & 1], hook=self.hook,
                               verdict=VERDICTS.get(h.verdict, str(h.verdict)), rule_id=h.rule_id,
-                              pkt_len=h.pkt_len, data=raw[size: size + h.cap_len], rule=self.names.get(h.rule_id))
+                              pkt_len=h.pkt_len, data=raw[size: size + h.cap_len], rule=self.names.get(h.rule_id),
+                              decided=True)
 
     def packets(self, timeout_ms: int = 100) -> list[CapturedPacket]:
         self._ring.poll(timeout_ms)
