@@ -48,31 +48,62 @@ def read_source(path: str | Path) -> tuple[str, str]:
                           "a policy file is YAML") from None
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that notes which nodes aliases refer to (few): the builder counts what they expand to
+    without remembering every node of a large file."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.aliased: set[int] = set()
+
+    def compose_node(self, parent, index):
+        alias = self.check_event(yaml.AliasEvent)
+        node = super().compose_node(parent, index)
+        if alias:
+            self.aliased.add(id(node))
+        return node
+
+
+def _compose(text: str) -> tuple[yaml.Node | None, set[int]]:
+    loader = _Loader(text)
+    try:
+        return loader.get_single_node(), loader.aliased
+    finally:
+        loader.dispose()
+
+
 class _Builder:
     """Turns a composed YAML node graph into plain data, recording the line of every key and item, and
-    enforcing MAX_DEPTH and the alias limits while it expands (an alias is a node met a second time)."""
+    enforcing MAX_DEPTH and the alias limits while it expands: a node an alias refers to is expanded
+    again at each alias, and what it adds is counted against the nodes the file holds itself."""
 
-    def __init__(self, source: str, lines: dict[Loc, int]):
-        self.source, self.lines = source, lines
-        self.seen: set[int] = set()
+    def __init__(self, source: str, lines: dict[Loc, int], aliased: set[int]):
+        self.source, self.lines, self.aliased = source, lines, aliased
+        self.expanded: set[int] = set()   # aliased nodes met once (their anchor)
+        self.own = 0
         self.by_alias = 0
 
-    def _count(self, node: yaml.Node, loc: Loc) -> None:
+    def _count(self, node: yaml.Node, loc: Loc, by_alias: bool) -> bool:
+        """Whether this node (and so everything under it) is an alias's expansion."""
         if len(loc) > MAX_DEPTH:
             raise PolicyError(f"{self.source}:{node.start_mark.line + 1}",
                               f"nested deeper than {MAX_DEPTH} levels, the limit for a policy file")
-        if id(node) not in self.seen:
-            self.seen.add(id(node))
-            return
+        if not by_alias and id(node) in self.aliased:
+            by_alias = id(node) in self.expanded
+            self.expanded.add(id(node))
+        if not by_alias:
+            self.own += 1
+            return False
         self.by_alias += 1
-        limit = max(ALIAS_NODES_FLOOR, ALIAS_NODES_RATIO * len(self.seen))
+        limit = max(ALIAS_NODES_FLOOR, ALIAS_NODES_RATIO * self.own)
         if self.by_alias > limit:
             raise PolicyError(f"{self.source}:{node.start_mark.line + 1}",
                               f"YAML aliases expand to more than {limit:,} nodes (limit: {ALIAS_NODES_RATIO} "
                               f"times the file's own, at least {ALIAS_NODES_FLOOR:,})")
+        return True
 
-    def plain(self, node: yaml.Node, loc: Loc):
-        self._count(node, loc)
+    def plain(self, node: yaml.Node, loc: Loc, by_alias: bool = False):
+        by_alias = self._count(node, loc, by_alias)
         lines, source = self.lines, self.source
         lines[loc] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
@@ -84,11 +115,11 @@ class _Builder:
                 key = str(key)
                 if key in out:
                     raise PolicyError(f"{source}:{knode.start_mark.line + 1} {_fmt(loc + (key,))}", "duplicate key")
-                out[key] = self.plain(vnode, loc + (key,))
+                out[key] = self.plain(vnode, loc + (key,), by_alias)
                 lines[loc + (key,)] = knode.start_mark.line + 1  # point at the key, not the value below it
             return out
         if isinstance(node, yaml.SequenceNode):
-            return [self.plain(v, loc + (i,)) for i, v in enumerate(node.value)]
+            return [self.plain(v, loc + (i,), by_alias) for i, v in enumerate(node.value)]
         return _scalar(node)
 
 
@@ -153,10 +184,10 @@ def load_text(text: str, source: str = "<policy>") -> Policy:
         raise PolicyError(source, f"larger than {MAX_BYTES // 2**20} MiB, the limit for a policy file")
     lines: dict[Loc, int] = {}
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root, aliased = _compose(text)
         if root is None:
             raise PolicyError(source, "empty policy file")
-        data = _Builder(source, lines).plain(root, ())   # scalars are constructed here: tags can fail
+        data = _Builder(source, lines, aliased).plain(root, ())   # scalars are constructed here: tags can fail
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
