@@ -93,7 +93,7 @@ def test_rule_capture_holds_only_what_the_rule_dropped(net, tmp_path):
     assert len(rows) == 6
     for sport, dport, comment in rows:
         assert dport == "9" and sport != str(PASS_SPORT)     # pass-5001's packets are not drop-9's
-        assert comment == "bpfgate verdict=drop rule=drop-9 hook=gate dir=ingress"
+        assert comment == "bpfgate verdict=drop rule=drop-9 hook=tc-ingress dir=ingress"
     assert eng.counters()["drop-9"].packets - before >= 6
     assert _cfg(link, server) == bytes(20)                   # capture off again
 
@@ -111,15 +111,15 @@ def test_engine_capture_has_both_verdicts(net, tmp_path):
     # every packet the engine decides on is recorded: the test's UDP, and whatever else the host sends
     # (IPv6 neighbour/router solicitations, MLD) under the default rule
     others = [c for _sport, dport, c in rows if not dport]
-    assert all(c.startswith("bpfgate verdict=") and "hook=gate" in c for c in others), others
+    assert all(c.startswith("bpfgate verdict=") and "hook=tc-ingress" in c for c in others), others
     for sport, dport, comment in rows:
         if not dport:
             continue
         assert dport == "9", rows
         if sport == str(PASS_SPORT):
-            assert comment == "bpfgate verdict=pass rule=pass-5001 hook=gate dir=ingress"
+            assert comment == "bpfgate verdict=pass rule=pass-5001 hook=tc-ingress dir=ingress"
         else:
-            assert comment == "bpfgate verdict=drop rule=drop-9 hook=gate dir=ingress"
+            assert comment == "bpfgate verdict=drop rule=drop-9 hook=tc-ingress dir=ingress"
         seen.add(comment.split()[1])
     assert seen == {"verdict=pass", "verdict=drop"}
     assert _cfg(link, server) == bytes(20)

@@ -199,7 +199,7 @@ def test_cli_events_rejects_block_without_rate(net):
     client, server, link = net
     r = subprocess.run([sys.executable, "-m", "bpfgate.cli.main", "events", "--dev", link.b.name, "--netns",
                         server.netns, "--block", "5"], capture_output=True, text=True, timeout=scaled(60))
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["bpfgate: error: bpfgate events: --block needs --syn-rate"]
 
 
