@@ -17,6 +17,7 @@
 #define BG_EVENTS_SIZE (256 * 1024)
 #include "bg_emit.h"
 #include "bg_bounds.h"
+#include "bg_compat.h"
 #include "parse.h"
 #include "ct_track.h" /* bg_ct: the tracker shared with flow accounting */
 
@@ -429,7 +430,9 @@ static __always_inline int capture_emit(void *ctx, int xdp, struct bg_capture_cf
 	if (len == 0 || len > BG_ENGINE_CAPTURE_MAX)
 		return 0;
 	len = bg_len_nonzero(len);
-	if (xdp)
+	if (xdp && !BG_HAS_HELPER(xdp_load_bytes))
+		err = -1; /* before Linux 5.18: EngineCapture refuses to capture at XDP, nothing gets here */
+	else if (xdp)
 		err = bpf_xdp_load_bytes(ctx, 0, s->buf + sizeof(*ev), len);
 	else
 		err = bpf_skb_load_bytes(ctx, 0, s->buf + sizeof(*ev), len);

@@ -37,6 +37,7 @@ from bpfgate.errors import BadInput, BpfgateError, NotSupported
 from bpfgate.inspect.events import Clock
 from bpfgate.inspect.flows import DIR_NAMES, open_pair
 from bpfgate.inspect.pcap import PcapWriter, open_writer
+from bpfgate.kernel.btf import require_helper
 from bpfgate.kernel.maps import possible_cpus
 from bpfgate.kernel.ringbuf import RingBuffer
 from bpfgate.signals import sigterm_as_interrupt
@@ -256,6 +257,7 @@ class EngineCapture:
     def __init__(self, dev: str, hook: Any, *, netns_name: str | None = None, rule_id: int | None = None,
                  snaplen: int = MAX_SNAPLEN, names: dict[int, str] | None = None, clock: Clock | None = None):
         from bpfgate.engine import Engine
+        from bpfgate.policy.model import Hook
 
         if not 0 < snaplen <= MAX_SNAPLEN:
             raise BadInput("capture", f"snaplen {snaplen} out of range 1-{MAX_SNAPLEN}")
@@ -266,6 +268,8 @@ class EngineCapture:
         self._cfg = None
         self.engine = Engine.open(dev, hook, netns_name)
         try:
+            if self.engine.hook is Hook.XDP:   # the engine copies the frame with bpf_xdp_load_bytes there
+                require_helper("xdp_load_bytes", f"capture by the engine on {dev} at XDP")
             if "bg_capture_cfg" not in self.engine.maps or "bg_capture_ring" not in self.engine.maps:
                 raise NotSupported("capture", f"the engine on {dev} was attached by an older bpfgate: no capture maps",
                                    hint="detach and attach it again (or capture with --proto/--port/--host)")

@@ -7,11 +7,13 @@ a missing attribute or a size mismatch at load, and tests/unit/test_layout.py ch
 from __future__ import annotations
 
 import ctypes
+import os
 from ctypes import Structure, c_uint32
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from bpfgate.errors import ObjectError
+from bpfgate.errors import BpfgateError, NotSupported, ObjectError
 from bpfgate.kernel import libbpf as L
 
 KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_FWD, KIND_TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
@@ -237,3 +239,38 @@ def _field(ctype: Any, name: str, value: Any) -> Any:
     if issubclass(ftype, (ctypes.Structure, ctypes.Union, ctypes.Array)):
         return coerce(ftype, value)
     return value
+
+
+KERNEL_BTF = "/sys/kernel/btf/vmlinux"
+
+# BPF helpers newer than Linux 5.10 that bpfgate's programs call only where the kernel has them (behind
+# a CO-RE check on enum bpf_func_id): helper -> the first Linux with it, for the refusal's reason
+NEWER_HELPERS = {"xdp_load_bytes": "5.18", "ktime_get_coarse_ns": "5.11"}
+
+
+@lru_cache(maxsize=1)
+def kernel_btf() -> Btf | None:
+    """The running kernel's BTF, or None when the kernel has none."""
+    if not os.path.exists(KERNEL_BTF):
+        return None
+    ptr = L.btf__parse(KERNEL_BTF.encode(), None)
+    return Btf(ptr, owned=True, origin=KERNEL_BTF) if ptr else None
+
+
+@lru_cache(maxsize=None)
+def kernel_has_helper(name: str) -> bool:
+    """Whether the running kernel has BPF helper bpf_`name`: its enum bpf_func_id lists every helper it
+    has. Without kernel BTF there is no telling: True, and the program's load decides."""
+    btf = kernel_btf()
+    if btf is None:
+        return True
+    try:
+        return f"BPF_FUNC_{name}" in btf.enum("bpf_func_id")
+    except BpfgateError:
+        return True
+
+
+def require_helper(name: str, feature: str) -> None:
+    """NotSupported naming `feature`, the helper and the version that has it, when the kernel lacks it."""
+    if not kernel_has_helper(name):
+        raise NotSupported(feature, f"the kernel has no BPF helper bpf_{name}", min_kernel=NEWER_HELPERS.get(name))

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 
 from bpfgate import attach
 from bpfgate.errors import BpfgateError, NotSupported
-from bpfgate.kernel import libbpf as L
-from bpfgate.kernel.btf import KIND_TYPEDEF, Btf
+from bpfgate.kernel.btf import KERNEL_BTF, KIND_TYPEDEF, Btf, kernel_btf
 from bpfgate.kernel.objects import BpfObject
 
-BTF_PATH = "/sys/kernel/btf/vmlinux"
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 MOUNT_TRACEFS = "mount -t tracefs nodev /sys/kernel/tracing"
 BACKENDS = ("auto", "tp_btf", "tracepoint")
@@ -63,15 +60,6 @@ class Choice:
     def describe(self) -> dict:
         return {"hook": self.hook.name, "backend": self.backend, "gives": self.hook.gives,
                 **({"note": self.note} if self.note else {}), **({"lost": list(self.lost)} if self.lost else {})}
-
-
-@lru_cache(maxsize=1)
-def kernel_btf() -> Btf | None:
-    """The running kernel's BTF, or None when the kernel has none."""
-    if not os.path.exists(BTF_PATH):
-        return None
-    ptr = L.btf__parse(BTF_PATH.encode(), None)
-    return Btf(ptr, owned=True, origin=BTF_PATH) if ptr else None
 
 
 def has_tp_btf(event: str) -> bool:
@@ -125,7 +113,7 @@ def choose(hooks: tuple[Hook, ...], prefer: str = "auto") -> list[Choice]:
 
 def _why_not_btf(h: Hook) -> str:
     if kernel_btf() is None:
-        return f"no kernel BTF ({BTF_PATH}): classic tracepoint used"
+        return f"no kernel BTF ({KERNEL_BTF}): classic tracepoint used"
     return f"kernel BTF has no btf_trace_{h.event}: classic tracepoint used"
 
 

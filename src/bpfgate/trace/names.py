@@ -39,7 +39,7 @@ def connect_cause(err: int) -> str:
 
 
 def _kernel_enum(name: str, prefix: str) -> dict[int, str]:
-    from bpfgate.trace.backend import kernel_btf
+    from bpfgate.kernel.btf import kernel_btf
 
     btf = kernel_btf()
     if btf is None:
