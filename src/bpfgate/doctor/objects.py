@@ -41,7 +41,10 @@ def _tracer(module: str) -> Callable[[], tuple[str, list[str]]]:
 
         from bpfgate.trace import backend
 
-        hooks = importlib.import_module(f"bpfgate.trace.{module}").HOOKS
+        tracer = importlib.import_module(f"bpfgate.trace.{module}")
+        if hasattr(tracer, "require"):   # what the tracer needs of the kernel beyond its hooks
+            tracer.require()
+        hooks = tracer.HOOKS
         obj_name = f"trace_{module}"
         choices = backend.load_only(obj_name, hooks)
         used = [c.backend for c in choices if c.backend]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bpfgate.errors import BpfgateError, ObjectError, VerifierError, from_errno
+from bpfgate.errors import BpfgateError, NotSupported, ObjectError, VerifierError, from_errno
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel.btf import Btf, coerce
 from bpfgate.kernel.maps import Map
@@ -218,7 +218,9 @@ class BpfObject:
             text = "".join(log)
             vlog = _verifier_log(text)
             if vlog:
-                raise VerifierError(op, _verifier_summary(vlog), vlog, prog=_failed_prog(text))
+                prog = _failed_prog(text)
+                _raise_if_too_old(op, vlog, prog)
+                raise VerifierError(op, _verifier_summary(vlog), vlog, prog=prog)
             if err in (errno.EPERM, errno.EACCES):
                 raise from_errno(op, err)
             raise ObjectError(op, _last_line(log) or os.strerror(err))
@@ -311,6 +313,24 @@ def _verifier_summary(vlog: str, tail: int = 12) -> str:
     lines = [ln for ln in lines if not re.match(r"^(processed|verification time|stack depth|reg type unsupported "
                                                 r"for arg#)", ln)]
     return "\n".join(lines[-tail:])
+
+
+# Verifier errors that mean the kernel predates an instruction or helper a program uses (BPF helpers that
+# bpfgate's programs call only where the kernel has them are in bpfgate.kernel.btf.NEWER_HELPERS).
+_ATOMIC_FETCH = re.compile(r"BPF_(STX|XADD) uses reserved fields")
+_UNKNOWN_HELPER = re.compile(r"invalid func unknown#(\d+)")
+
+
+def _raise_if_too_old(op: str, vlog: str, prog: str | None) -> None:
+    """NotSupported naming the missing instruction or helper, instead of the verifier's log."""
+    who = f"program {prog!r}" if prog else "a program"
+    if _ATOMIC_FETCH.search(vlog):
+        raise NotSupported(op, f"{who} uses BPF atomic instructions that fetch (atomic_fetch_or), "
+                               "which this kernel lacks", min_kernel="5.12")
+    m = _UNKNOWN_HELPER.search(vlog)
+    if m:
+        raise NotSupported(op, f"{who} calls BPF helper #{m.group(1)}, which this kernel lacks",
+                           hint="a newer kernel has it")
 
 
 def _failed_prog(text: str) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bpfgate.errors import BpfgateError
+from bpfgate.errors import NotSupported
 from bpfgate.trace import names
 from bpfgate.trace.backend import Extra, Hook
 from bpfgate.trace.base import Tracer
@@ -15,6 +15,16 @@ from bpfgate.trace.filters import Filter
 HOOKS = (Hook("skb", "kfree_skb", "bg_drop_btf", "bg_drop_tp", "drops with reasons", required=True,
               extras=(Extra("trace_event_raw_kfree_skb", "rx_sk", "6.11",
                             "the PID of drops on receive by a socket"),)),)
+
+
+def require() -> dict[int, str]:
+    """The kernel's drop reasons (enum skb_drop_reason), or NotSupported: what `trace drops` is about,
+    and kfree_skb's reason argument, came in Linux 5.17."""
+    table = names.drop_reasons()
+    if not table:
+        raise NotSupported("trace drops", "the kernel has no drop reasons (no enum skb_drop_reason in its BTF)",
+                           min_kernel="5.17")
+    return table
 
 
 class DropTracer(Tracer):
@@ -30,9 +40,7 @@ class DropTracer(Tracer):
 
     def __init__(self, *, filters: Filter | None = None, prefer: str = "auto", reasons: tuple = (),
                  include_unspecified: bool = False, tcp: Any = None, **kw: Any):
-        table = names.drop_reasons()
-        if not table:
-            raise BpfgateError("trace drops", "the kernel's BTF has no enum skb_drop_reason: reasons unknown")
+        table = require()
         self.reasons = frozenset(names.drop_reason_code(str(r), table) for r in reasons)
         skip = {} if include_unspecified else {"cfg_skip_reason": names.drop_reason_code("NOT_SPECIFIED", table)}
 
