@@ -24,6 +24,11 @@ from features import require  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
 
+
+@pytest.fixture(autouse=True)
+def _flows_load_here():
+    require("flows")  # a kernel older than 5.12 refuses flow accounting (doctor says why)
+
 UDP_HDR = {4: 20 + 8, 6: 40 + 8}  # IP + UDP header bytes per datagram
 TCP_HDR = {4: (20 + 20, 20 + 60), 6: (40 + 20, 40 + 60)}  # IP + TCP header, without / with max options
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}

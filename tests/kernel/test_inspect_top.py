@@ -24,8 +24,14 @@ from bpfgate.inspect.flows import FlowMonitor
 from bpfgate.inspect.top import Top, run_live
 from bpfgate.sandbox.timing import scaled
 from clirun import CLI, run_cli  # noqa: E402  (tests/kernel helper)
+from features import require  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(autouse=True)
+def _flows_load_here():
+    require("flows")  # top reads flow accounting: a kernel older than 5.12 refuses it (doctor says why)
 
 DEADLINE = 10.0
 

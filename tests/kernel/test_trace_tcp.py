@@ -27,8 +27,14 @@ from bpfgate.kernel.objects import BpfObject
 from bpfgate.trace import DropTracer, Filter, TcpTracer
 from bpfgate.trace.backend import tracefs_root
 from bpfgate.sandbox.timing import scaled
+from features import require  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def drops_here():
+    require("trace_drops")  # a kernel older than 5.17 has no drop reasons (doctor says why)
 
 PORT, CLOSED_PORT, DROPPED_PORT = 8080, 8081, 8082
 SENT, REPLY, HOLD_S = 3000, 1234, 0.3  # client payload, server payload, client pause before sending
@@ -184,6 +190,7 @@ def _one(events, **match) -> dict:
 
 
 @pytest.mark.smoke
+@pytest.mark.usefixtures("drops_here")
 def test_lifecycle_pid_bytes_failures_drops(net, gate):
     client, server, link, tmp = net
     nss = {_ino(client.netns), _ino(server.netns)}
@@ -458,6 +465,7 @@ def test_classic_tracepoint_backend_or_clear_error():
 
 
 @pytest.mark.smoke
+@pytest.mark.usefixtures("drops_here")
 def test_cli_drops_json_reason_filter_and_counts(net):
     client, server, link, tmp = net
     cli = _Cli("drops", "--json", "--reason", "NO_SOCKET", "--port", str(CLOSED_PORT), "--addr", link.b.ip4,
@@ -485,6 +493,7 @@ def test_cli_drops_json_reason_filter_and_counts(net):
         cli.kill()
 
 
+@pytest.mark.usefixtures("drops_here")
 def test_cli_drops_unknown_reason_is_one_line():
     cli = _Cli("drops", "--reason", "NO_SUCH_REASON")
     out, err = cli.finish(30)
@@ -492,6 +501,7 @@ def test_cli_drops_unknown_reason_is_one_line():
     assert "NO_SUCH_REASON" in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.usefixtures("drops_here")
 def test_close_detaches_every_link_and_program():
     from bpfgate.errors import BpfgateError
     from bpfgate.kernel.links import Link
@@ -516,6 +526,7 @@ def test_close_detaches_every_link_and_program():
     assert not [i.prog_id for i in infos if alive(Program.from_id, i.prog_id)]
 
 
+@pytest.mark.usefixtures("drops_here")
 def test_egress_drop_names_program_and_sending_process(net, gate_egress):
     """A SYN dropped by bpfgate at the client's egress: reason TC_EGRESS, the program, and the PID of the
     process whose socket sent it (the skb still belongs to that socket)."""
@@ -580,6 +591,7 @@ def test_cgroup_filter_keeps_the_cgroups_sockets(net, cgroup):
     assert all(e["pid"] == res["pid"] and e["cgroup_id"] == os.stat(cgroup).st_ino for e in events), events
 
 
+@pytest.mark.usefixtures("drops_here")
 def test_engine_drop_names_the_rule(net):
     """A SYN dropped by the policy engine at the server's ingress: the drop names the engine's program and
     the rule that dropped it (the engine leaves the rule id in the skb; the tracer reads it back)."""
