@@ -502,7 +502,7 @@ int bg_engine_tc(struct __sk_buff *skb)
 	if (p.arp) {
 		if (cfg_test_mark)
 			skb->mark = 0;
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	if (cfg_test_mark) {
 		if (skb->mark & 7) {
@@ -534,7 +534,10 @@ int bg_engine_tc(struct __sk_buff *skb)
 	}
 	if (v.action == BG_ACT_REDIRECT)
 		return bpf_redirect(v.ifindex, v.redir_ingress ? BPF_F_INGRESS : 0);
-	return TC_ACT_OK;
+	/* pass: the filters after the gate (the attempt log: bpfgate.attach.order) see what it let through.
+	 * TC_ACT_OK would end the clsact chain there (TCX_PASS the TCX one); with no filter left the
+	 * packet passes all the same. */
+	return TC_ACT_UNSPEC;
 }
 
 SEC("xdp")

@@ -19,7 +19,8 @@ from bpfgate.policy.packet import Packet
 from features import require  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
-TC_OK, TC_SHOT, TC_REDIRECT = 0, 2, 7
+# a pass is TC_ACT_UNSPEC (-1 as the u32 test run result): the filters after the gate still run
+TC_PASS, TC_SHOT, TC_REDIRECT = 0xFFFFFFFF, 2, 7
 SKB_SIZE = 192
 
 
@@ -53,9 +54,9 @@ def test_mark_and_redirect_return_codes():
     with engine([{"name": "tag", "protocol": "udp", "dst_port": 80, "mark": 0x10},
                  {"name": "out", "protocol": "udp", "dst_port": 81, "action": "redirect",
                   "redirect": {"interface": "x", "direction": "ingress"}}]) as eng:
-        assert run(eng, frame(dport=80)) == (TC_OK, 0x10)
+        assert run(eng, frame(dport=80)) == (TC_PASS, 0x10)
         assert run(eng, frame(dport=81))[0] == TC_REDIRECT
-        assert run(eng, frame(dport=82)) == (TC_OK, 0)
+        assert run(eng, frame(dport=82)) == (TC_PASS, 0)
         c = eng.counters()
         assert (c["tag"].packets, c["out"].packets, c["(default)"].packets) == (1, 1, 1)
     with engine([{"name": "out", "protocol": "udp", "action": "redirect", "redirect": {"interface": "x"}}],
@@ -64,7 +65,7 @@ def test_mark_and_redirect_return_codes():
 
 
 def passes(eng, frames_):
-    return sum(run(eng, f)[0] == TC_OK for f in frames_)
+    return sum(run(eng, f)[0] == TC_PASS for f in frames_)
 
 
 def test_rate_limit_per_rule_per_source_and_bytes():
@@ -87,7 +88,7 @@ def test_rate_limit_per_rule_per_source_and_bytes():
 def test_over_action_pass_keeps_traffic():
     with engine([{"name": "rl", "action": "drop", "rate_limit": {"rate": 1, "burst": 2, "over": "pass"}}]) as eng:
         codes = [run(eng, frame())[0] for _ in range(6)]
-        assert codes.count(TC_SHOT) in (2, 3) and codes[-1] == TC_OK
+        assert codes.count(TC_SHOT) in (2, 3) and codes[-1] == TC_PASS
 
 
 def test_refused_policy_leaves_nothing(sandbox):
@@ -237,6 +238,6 @@ def test_rule_arrays_sized_to_the_policy_and_edits_past_them_refused():
             eng.add_rule(Rule.model_validate({"name": "x", "protocol": "tcp"}))
         assert [r.name for r in eng.policy().rules] == ["r0", "r1", "r2"]
         eng.delete_rule("r0")
-        assert run(eng, frame(dport=1))[0] == TC_OK and eng.counters()["r1"].packets == 1
+        assert run(eng, frame(dport=1))[0] == TC_PASS and eng.counters()["r1"].packets == 1
     finally:
         eng.close()

@@ -31,6 +31,7 @@ from policy_gen import random_packet, random_policy
 pytestmark = pytest.mark.kernel
 SKB_SIZE = 192               # struct __sk_buff; mark at offset 8
 XDP_RET = {L.ACT_PASS: 2, L.ACT_DROP: 1, L.ACT_REDIRECT: 4}
+TC_PASS = 0xFFFFFFFF          # TC_ACT_UNSPEC: a pass lets the filters after the gate run
 LIMITS = Limits(max_shapes=32, max_rule_entries=1 << 14, max_entries=1 << 18)
 # 8 policies x (105k TC + 20k XDP) = 1M frames a run; BG_DIFF_SCALE=0.1 for a quick local run
 SCALE = float(os.environ.get("BG_DIFF_SCALE", "1"))
@@ -122,7 +123,7 @@ def test_kernel_matches_reference(seed):
                     want = expected_rule(ref, fr, p.ct)
                     want = -1 if want is None else want
                     ok = got == want and r.retval == (2 if want >= 0 and compiled.rules[want].action == L.ACT_DROP
-                                                      else 0)
+                                                      else TC_PASS)
                 else:
                     r = run_prog(xdp.program, fr)
                     want = expected_rule(ref, fr, None)
