@@ -134,10 +134,9 @@ def test_redirect_to_other_interface(net):
                                        "redirect": {"interface": n.dev2, "direction": "egress"},
                                        "action": "redirect"}]))
     code = f"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(5): s.sendto(b'x', ('{n.ip4}', 9999))"
-    n.client.run([sys.executable, "-c", code], timeout=10, check=True)
-    for _ in range(30):    # delivery through two veth pairs is asynchronous: up to 3 s
-        if seen.counters()["udp9999"].packets >= 5:
-            break
+    n.client.run([sys.executable, "-c", code], timeout=scaled(10), check=True)
+    deadline = time.monotonic() + scaled(3)   # delivery through two veth pairs is asynchronous
+    while seen.counters()["udp9999"].packets < 5 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert seen.counters()["udp9999"].packets == 5
 
@@ -211,10 +210,9 @@ def test_icmp_error_about_a_tracked_flow_is_related(net):
                                              {"name": "rel", "ct": "related"}], default="deny"), host=n.client)
     # UDP to a closed port of the server: its ICMP port unreachable is related to the client's flow
     code = f"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', ('{n.ip4}', 9))"
-    n.client.run([sys.executable, "-c", code], timeout=10, check=True)
-    for _ in range(30):    # the error is generated in the server's softirq: give it up to 3 s
-        if eng.counters()["rel"].packets:
-            break
+    n.client.run([sys.executable, "-c", code], timeout=scaled(10), check=True)
+    deadline = time.monotonic() + scaled(3)   # the error is generated in the server's softirq
+    while not eng.counters()["rel"].packets and time.monotonic() < deadline:
         time.sleep(0.1)
     assert eng.counters()["rel"].packets == 1
 

@@ -157,9 +157,8 @@ def test_engine_attached_after_bpfgate_events_started_joins_the_stream(net):
         # at XDP here (tc-ingress is covered above)
         attach({"default": "allow", "rules": [{"name": "late", "protocol": "tcp", "dst_port": 7023, "log": True}]},
                hook="xdp")
-        for _ in range(100):     # bounded: until the command has its one event
-            if proc.poll() is not None:
-                break
+        deadline = time.monotonic() + WAIT * 3   # bounded: until the command (starting) has its one event
+        while proc.poll() is None and time.monotonic() < deadline:
             connect(client, link.b.ip4, 7023)
             time.sleep(0.1)
         out, err = proc.communicate(timeout=WAIT)

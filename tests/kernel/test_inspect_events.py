@@ -164,10 +164,8 @@ def test_cli_events_json_lines_and_sigterm_detaches(net):
     try:
         line = ""
         deadline = time.monotonic() + WAIT * 3
-        # attempts until the command (still loading/attaching) reports one: bounded count and time
-        for _ in range(300):
-            if time.monotonic() > deadline or p.poll() is not None:
-                break
+        # attempts until the command (still loading/attaching) reports one: bounded by a scaled time
+        while time.monotonic() < deadline and p.poll() is None:
             refused(client, link.b.ip4, 7070)
             if select.select([p.stdout], [], [], 0.1)[0]:
                 line = p.stdout.readline()
