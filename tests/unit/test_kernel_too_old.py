@@ -19,7 +19,8 @@ def test_atomic_fetch_on_an_older_kernel_names_the_instruction_and_the_version()
     with pytest.raises(NotSupported) as e:
         _raise_if_too_old("load BPF object flows.o", LOG_510_FLOWS, "bg_flows_tc")
     assert reason(e.value) == ("load BPF object flows.o: program 'bg_flows_tc' uses BPF atomic instructions that "
-                               "fetch (atomic_fetch_or), which this kernel lacks (needs Linux >= 5.12)")
+                               "fetch the old value (atomic_fetch_add, atomic_fetch_or), which this kernel lacks "
+                               "(needs Linux >= 5.12)")
 
 
 def test_an_unknown_helper_is_named_by_number_in_one_line():

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from bpfgate.doctor import scratch, system
 from bpfgate.doctor.model import MISSING, OK, Check, cause, errno_name, reason
-from bpfgate.errors import BpfgateError, NotFound
+from bpfgate.errors import BpfgateError, NotFound, NotSupported
 
 if TYPE_CHECKING:
     from bpfgate.kernel.objects import BpfObject, Program
@@ -202,8 +202,22 @@ def probe_xdp_live_frames() -> str:
     from bpfgate.kernel.testrun import xdp_live_frames
 
     with loaded("bg_probe_xdp_drop") as obj, scratch.netns_with_veth() as veth:
-        xdp_live_frames(obj.program("bg_probe_xdp_drop"), FRAME, repeat=8, ifindex=veth.ifindex)
+        try:
+            xdp_live_frames(obj.program("bg_probe_xdp_drop"), FRAME, repeat=8, ifindex=veth.ifindex)
+        except BpfgateError as e:
+            if errno_name(e) == "EINVAL" and _older_than(5, 18):   # the flag is unknown there
+                raise NotSupported("BPF_F_TEST_XDP_LIVE_FRAMES", "the kernel rejects live-frame test runs",
+                                   min_kernel="5.18", errno=errno.EINVAL) from None
+            raise
     return "8 frames injected into a scratch veth and dropped (BPF_F_TEST_XDP_LIVE_FRAMES)"
+
+
+def _older_than(major: int, minor: int) -> bool:
+    try:
+        have = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return have < (major, minor)
 
 
 # ---- tracing ---------------------------------------------------------------------------------------------
@@ -218,7 +232,10 @@ def _attach_auto(prog: str) -> str:
         except BpfgateError as e:
             raise ProbeFailed.wrap(f"attach {obj.program(prog).section}", e) from None
         with link:
-            return link.info().type
+            try:
+                return link.info().type
+            except BpfgateError:   # attached; before 5.15 a perf event (tracepoint, kprobe) has no BPF link
+                return "perf_event"
 
 
 def probe_tracepoints() -> str:

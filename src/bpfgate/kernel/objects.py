@@ -325,8 +325,8 @@ def _raise_if_too_old(op: str, vlog: str, prog: str | None) -> None:
     """NotSupported naming the missing instruction or helper, instead of the verifier's log."""
     who = f"program {prog!r}" if prog else "a program"
     if _ATOMIC_FETCH.search(vlog):
-        raise NotSupported(op, f"{who} uses BPF atomic instructions that fetch (atomic_fetch_or), "
-                               "which this kernel lacks", min_kernel="5.12")
+        raise NotSupported(op, f"{who} uses BPF atomic instructions that fetch the old value (atomic_fetch_add, "
+                               "atomic_fetch_or), which this kernel lacks", min_kernel="5.12")
     m = _UNKNOWN_HELPER.search(vlog)
     if m:
         raise NotSupported(op, f"{who} calls BPF helper #{m.group(1)}, which this kernel lacks",
