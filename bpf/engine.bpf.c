@@ -573,6 +573,51 @@ int bg_engine_xdp(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+/* cgroup_skb: the packets of the sockets of a cgroup (and its descendants), from the IP header on. The
+ * same decision as at a device; the program answers 1 (let through) or 0 (drop): no redirect, no capture.
+ * Multi-attached: other programs on the cgroup run too, and a packet goes only if every one lets it. */
+static __always_inline int cgroup_gate(struct __sk_buff *skb, __u8 dir)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct bg_cls_key k = {};
+	struct bg_pkt p = {};
+	struct verdict v = {};
+
+	bg_parse_ip(data, end, bpf_ntohs(skb->protocol), &p);
+	key_of(&p, &k);
+	if (cfg_ct && !cfg_test_mark) {
+		struct bg_ct_size sz;
+
+		bg_ct_size_skb(skb, &p, &sz);
+		k.ct_state = bg_ct_packet(&p, &sz, skb->ifindex, dir, 0, 0, 0);
+		if (k.ct_state)
+			k.have |= BG_HAVE_CT;
+	}
+	decide(skb, &k, skb->len, skb->ifindex, &v);
+	if (v.has_mark)
+		skb->mark = v.mark;
+	return v.action == BG_ACT_DROP ? 0 : 1;
+}
+
+SEC("cgroup_skb/ingress")
+int bg_engine_cg_ingress(struct __sk_buff *skb)
+{
+	return cgroup_gate(skb, BG_DIR_INGRESS);
+}
+
+SEC("cgroup_skb/egress")
+int bg_engine_cg_egress(struct __sk_buff *skb)
+{
+	return cgroup_gate(skb, BG_DIR_EGRESS);
+}
+
+/* Benchmark baseline: the cost of any cgroup program (bench/bench_cgroup.py). */
+SEC("cgroup_skb/egress")
+int bg_bench_cg_empty(struct __sk_buff *skb)
+{
+	return 1;
+}
+
 /* Conntrack only (the other direction of a gated interface): never decides, lets the next filter run. */
 SEC("tc")
 int bg_ct_track(struct __sk_buff *skb)

@@ -128,7 +128,13 @@ struct bg_log_bucket {   /* per-CPU bg_log_rate[rule_id] */
 
 /* conntrack: bg_ct, shared with flow accounting: conntrack.h (key, value), ct_track.h (code) */
 
-enum bg_engine_hook { BG_ENGINE_TC_INGRESS = 1, BG_ENGINE_TC_EGRESS = 2, BG_ENGINE_XDP = 3 };
+enum bg_engine_hook {
+	BG_ENGINE_TC_INGRESS = 1,
+	BG_ENGINE_TC_EGRESS = 2,
+	BG_ENGINE_XDP = 3,
+	BG_ENGINE_CGROUP_INGRESS = 4, /* cgroup_skb: the packets of a cgroup's sockets */
+	BG_ENGINE_CGROUP_EGRESS = 5,
+};
 
 struct bg_rule_log_event {
 	struct bg_event_hdr hdr;

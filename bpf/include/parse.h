@@ -266,6 +266,25 @@ static __always_inline void bg_parse(void *data, void *end, struct bg_pkt *p)
 		bg_parse_l4(&c, p);
 }
 
+/* From the IP header on (cgroup_skb: the packet starts at its network header, no link layer); type is
+ * the ethertype (skb->protocol, host order). */
+static __always_inline void bg_parse_ip(void *data, void *end, int type, struct bg_pkt *p)
+{
+	struct bg_cursor c = {.pos = data, .end = end};
+	int r;
+
+	p->data = data;
+	p->end = end;
+	if (type == BG_ETH_P_IP)
+		r = bg_parse_ipv4(&c, p);
+	else if (type == BG_ETH_P_IPV6)
+		r = bg_parse_ipv6(&c, p);
+	else
+		return;
+	if (r == 0 && !p->later_frag)
+		bg_parse_l4(&c, p);
+}
+
 static __always_inline void bg_parse_xdp(struct xdp_md *ctx, struct bg_pkt *p)
 {
 	bg_parse((void *)(long)ctx->data, (void *)(long)ctx->data_end, p);

@@ -12,12 +12,12 @@ from bpfgate.cli import term
 from bpfgate.cli.params import Seconds
 
 NETNS = click.option("--netns", metavar="NAME", help="The interfaces are in this named network namespace.")
-HOOKS = click.Choice(["tc-ingress", "tc-egress", "xdp"])
+HOOKS = click.Choice(["tc-ingress", "tc-egress", "xdp", "cgroup-ingress", "cgroup-egress"])
 
 
 def _running_hooks(command):
     """--dev, --hook, --netns, --json: the options of a command over the running hooks (default: all)."""
-    for option in reversed((click.option("--dev", help="Only this interface."),
+    for option in reversed((click.option("--dev", help="Only this interface (or cgroup path)."),
                             click.option("--hook", type=HOOKS, default=None, help="Only this hook."), NETNS,
                             click.option("--json", "as_json", is_flag=True, help="JSON output for scripts."))):
         command = option(command)
@@ -153,7 +153,7 @@ def register(app: click.Group) -> None:
 
     @rule_group.command("add")
     @click.argument("name")
-    @click.option("--dev", required=True, help="Interface.")
+    @click.option("--dev", required=True, help="Interface, or a cgroup path for the cgroup-* hooks.")
     @click.option("--hook", type=HOOKS, default="tc-ingress", show_default=True)
     @click.option("--src", multiple=True, help="Source CIDR (repeat for a list).")
     @click.option("--dst", multiple=True, help="Destination CIDR (repeat for a list).")
@@ -217,7 +217,7 @@ def register(app: click.Group) -> None:
 
     @rule_group.command("del")
     @click.argument("name")
-    @click.option("--dev", required=True, help="Interface.")
+    @click.option("--dev", required=True, help="Interface, or a cgroup path for the cgroup-* hooks.")
     @click.option("--hook", type=HOOKS, default="tc-ingress", show_default=True)
     @click.option("--force", is_flag=True, help="Even the rule that keeps established connections alive.")
     @NETNS
@@ -260,7 +260,7 @@ def register(app: click.Group) -> None:
         """The running policy as a whole."""
 
     @policy_group.command("export")
-    @click.option("--dev", help="Only this interface.")
+    @click.option("--dev", help="Only this interface (or cgroup path).")
     @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file.")
     @NETNS
     @click.option("--json", "as_json", is_flag=True, help="The same data as JSON instead of YAML.")

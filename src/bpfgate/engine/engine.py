@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 
 from bpfgate import attach as attach_mod
+from bpfgate import cgroups
+from bpfgate.cgroups import dir_name
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.kernel import netlink, pins
 from bpfgate.kernel.maps import Map, possible_cpus
@@ -44,12 +46,18 @@ CAPTURE_MAPS = ("bg_capture_cfg", "bg_capture_ring")   # capture with the verdic
 U32_KEYED = {"bg_ct_lookup_only", "bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters",
              "bg_rate_rule", "bg_log_rate", "bg_stats"}
 HOOK_CODE = {Hook.TC_INGRESS: R.C.BG_ENGINE_TC_INGRESS, Hook.TC_EGRESS: R.C.BG_ENGINE_TC_EGRESS,
-             Hook.XDP: R.C.BG_ENGINE_XDP}
+             Hook.XDP: R.C.BG_ENGINE_XDP, Hook.CGROUP_INGRESS: R.C.BG_ENGINE_CGROUP_INGRESS,
+             Hook.CGROUP_EGRESS: R.C.BG_ENGINE_CGROUP_EGRESS}
+PROGRAMS = {Hook.TC_INGRESS: "bg_engine_tc", Hook.TC_EGRESS: "bg_engine_tc", Hook.XDP: "bg_engine_xdp",
+            Hook.CGROUP_INGRESS: "bg_engine_cg_ingress", Hook.CGROUP_EGRESS: "bg_engine_cg_egress"}
+CGROUP_ATTACH = {Hook.CGROUP_INGRESS: "cgroup_inet_ingress", Hook.CGROUP_EGRESS: "cgroup_inet_egress"}
+LINK_PIN = "link"   # a cgroup engine's link, pinned beside its maps
 _U32 = struct.Struct("=I")
 
 
 def pin_dir(dev: str, hook: Hook, netns_name: str | None) -> str:
-    return pins.pin_path("engine", netns_name or "-", dev, Hook(hook).value)
+    """dev: a device name or a cgroup path (bpfgate.cgroups)."""
+    return pins.pin_path("engine", netns_name or "-", dir_name(dev), Hook(hook).value)
 
 
 def rule_array_sizes(slots: int) -> dict[str, int]:
@@ -130,7 +138,7 @@ class Engine:
         """The hook's program (TC or XDP) of a loaded object."""
         if self.obj is None:
             raise BpfgateError("engine program", "engine was opened from pins: no program object")
-        return self.obj.program("bg_engine_xdp" if self.hook is Hook.XDP else "bg_engine_tc")
+        return self.obj.program(PROGRAMS[self.hook])
 
     @classmethod
     def attach(cls, dev: str, hook: Hook | str, policy: HookPolicy | CompiledHook | None = None, *,
@@ -139,7 +147,13 @@ class Engine:
         """Load, write `policy` (default: allow everything), pin the maps, attach. Nothing stays behind on
         failure. mode: tc|libbpf|tcx for TC hooks, auto|native|generic for XDP."""
         hook = Hook(hook)
-        ifindex = netlink.ifindex(dev, netns_name)   # NotFound before anything is loaded
+        if hook.on_cgroup:   # checked before anything is loaded: a one-line error, nothing attached
+            if netns_name:
+                raise BpfgateError(f"attach engine on cgroup {dev}", "a cgroup is in no network namespace",
+                                   hint="name cgroups without --netns")
+            dev, ifindex = cgroups.resolve(dev), 0
+        else:
+            ifindex = netlink.ifindex(dev, netns_name)   # NotFound before anything is loaded
         store = StateStore(dev, hook, netns_name)
         if store.exists():
             raise BpfgateError(f"attach engine on {dev} {hook.value}", "an engine is already attached there",
@@ -172,7 +186,11 @@ class Engine:
                 pins.unpin(path)
                 eng.maps[name].pin(path)
                 pinned.append(path)
-            if hook is Hook.XDP:
+            if hook.on_cgroup:   # a link: multi-attach, other programs of the cgroup keep running
+                atts.append(attach_mod.attach(eng.program, attach_mod.Point.of_cgroup(dev), attach_mod.Options(
+                    owner=OWNER, attach_type=CGROUP_ATTACH[hook], pin=os.path.join(pdir, LINK_PIN),
+                    pins=list(pinned), state=[store.dir]), kind="cgroup"))
+            elif hook is Hook.XDP:
                 atts.append(attach_mod.attach_xdp(eng.program, dev, mode=mode or "auto", netns_name=netns_name,
                                                   owner=OWNER, extra_pins=pinned, state=[store.dir]))
             else:
@@ -181,7 +199,7 @@ class Engine:
                                                  state=[store.dir]))
             # replies are known only if outgoing flows are tracked: by the tracker, unless an egress engine
             # with ct runs (exactly one program tracks egress, or the per-flow counters count it twice)
-            if ct and hook is not Hook.TC_EGRESS and Hook.TC_EGRESS not in ct_hooks:
+            if ct and hook in (Hook.TC_INGRESS, Hook.XDP) and Hook.TC_EGRESS not in ct_hooks:
                 atts.append(_attach_tracker(eng.obj.program("bg_ct_track"), dev, netns_name))
             store.save_meta({"ifindex": ifindex, "prog_id": eng.program.id, "mode": mode, "ct": ct,
                              "attachments": [a.key for a in atts], "pins": pinned})
@@ -268,7 +286,7 @@ class Engine:
             ingress = _ct_hooks(self.dev, self.netns) - {self.hook}
             if ingress:   # they still need egress tracked: the tracker takes over before this engine goes
                 self._restore_tracker(ingress)
-        for att in attach_mod.find(self.dev, None, self.netns):
+        for att in attach_mod.find(None, None, self.netns, target=self.dev):
             if att.owner == CT_OWNER and any(h is not Hook.TC_EGRESS for h in others):
                 continue   # the tracker is shared: another ingress engine of this device still needs it
             if att.key in keys:

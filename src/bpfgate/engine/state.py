@@ -31,6 +31,7 @@ import shutil
 from contextlib import contextmanager
 
 from bpfgate.attach import state_root
+from bpfgate.cgroups import dir_name, from_dir_name
 from bpfgate.errors import BpfgateError
 from bpfgate.policy.live import LiveHook
 from bpfgate.policy.model import Hook, Rule
@@ -69,7 +70,7 @@ def _brief(e: Exception) -> str:
 
 class StateStore:
     def __init__(self, dev: str, hook: Hook, netns_name: str | None):
-        self.dir = os.path.join(STATE_ROOT, netns_name or "-", dev, Hook(hook).value)
+        self.dir = os.path.join(STATE_ROOT, netns_name or "-", dir_name(dev), Hook(hook).value)
         self.where = f"{dev} {Hook(hook).value}" + (f" (netns {netns_name})" if netns_name else "")
 
     def _p(self, name: str) -> str:
@@ -85,7 +86,7 @@ class StateStore:
         for dev in sorted(os.listdir(base)) if os.path.isdir(base) else []:
             for h in Hook:
                 if os.path.exists(os.path.join(base, dev, h.value, "meta.json")):
-                    out.append((dev, h))
+                    out.append((from_dir_name(dev), h))
         return out
 
     @contextmanager

@@ -23,7 +23,7 @@ def detach(att) -> list[str] | None:
         return None   # recorded by a bpfgate that did not record state: the generic path
     try:
         hook = Hook(os.path.basename(att.state[0]))
-        eng = Engine.open(att.dev, hook, att.netns)
+        eng = Engine.open(att.dev or att.cgroup, hook, att.netns)
     except (BpfgateError, ValueError):
         return None
     before = {a.key: a for a in attach.records()}

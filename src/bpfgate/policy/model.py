@@ -29,6 +29,15 @@ class Hook(str, Enum):
     TC_INGRESS = "tc-ingress"
     TC_EGRESS = "tc-egress"
     XDP = "xdp"
+    CGROUP_INGRESS = "cgroup-ingress"   # cgroup_skb: the packets of a cgroup's sockets
+    CGROUP_EGRESS = "cgroup-egress"
+
+    @property
+    def on_cgroup(self) -> bool:
+        return self in CGROUP_HOOKS
+
+
+CGROUP_HOOKS = frozenset({Hook.CGROUP_INGRESS, Hook.CGROUP_EGRESS})
 
 
 class Strict(BaseModel):
@@ -335,9 +344,13 @@ class HookPolicy(Strict):
 
 
 class Policy(Strict):
+    """One document: its device hooks (tc-*, xdp) run on each of `interfaces`, its cgroup hooks
+    (cgroup-ingress/egress) on each of `cgroups` (paths: absolute, or relative to the cgroup v2 mount)."""
+
     version: Literal[1] = 1
-    interfaces: tuple[Annotated[str, Field(min_length=1, max_length=15)], ...] = Field((), min_length=1)
-    hooks: dict[Hook, HookPolicy] = Field(default_factory=dict, min_length=1)
+    interfaces: tuple[Annotated[str, Field(min_length=1, max_length=15)], ...] = ()
+    cgroups: tuple[Annotated[str, Field(min_length=1, max_length=4096)], ...] = ()
+    hooks: dict[Hook, HookPolicy] = Field(default_factory=dict)
     steer: SteerPolicy | None = None   # egress steering of the namespace (bpfgate.steer.policy)
 
     @field_validator("interfaces", mode="before")
@@ -345,10 +358,32 @@ class Policy(Strict):
     def _ifaces(cls, v):
         return tuple(_as_list(v))
 
+    @field_validator("cgroups", mode="before")
+    @classmethod
+    def _cgroups(cls, v):
+        from bpfgate.cgroups import normalise
+
+        return tuple(normalise(str(p)) for p in _as_list(v))
+
     @model_validator(mode="after")
-    def _something_to_run(self):
-        if self.steer is None and not (self.interfaces and self.hooks):
-            raise ValueError("a policy needs interfaces and hooks (or a steer section)")
-        if bool(self.interfaces) != bool(self.hooks):
-            raise ValueError("interfaces and hooks go together")
+    def _targets(self):
+        cg = [h.value for h in self.hooks if h.on_cgroup]
+        dev = [h.value for h in self.hooks if not h.on_cgroup]
+        if not self.interfaces and not self.cgroups and not self.hooks:
+            if self.steer is not None:
+                return self
+        if not self.interfaces and not self.cgroups or not self.hooks:
+            raise ValueError("a policy needs interfaces and hooks (or a steer section), or cgroups and cgroup-* "
+                             "hooks: name the targets (`interfaces:`, `cgroups:`)")
+        if dev and not self.interfaces:
+            raise ValueError(f"interfaces and hooks go together: hooks {', '.join(dev)} run on interfaces, and "
+                             "the document names none")
+        if cg and not self.cgroups:
+            raise ValueError(f"hooks {', '.join(cg)} run on cgroups, and the document names none (`cgroups:`)")
+        if self.interfaces and not dev:
+            raise ValueError("interfaces and hooks go together: interfaces are named but no tc-ingress, tc-egress "
+                             "or xdp hook")
+        if self.cgroups and not cg:
+            raise ValueError("cgroups are named but no cgroup-ingress or cgroup-egress hook")
         return self
+

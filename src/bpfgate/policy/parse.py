@@ -253,6 +253,11 @@ def rule_problem(rule: Rule, hook: Hook) -> tuple[str | None, str] | None:
             return "mark", "mark is not possible at xdp (no socket buffer yet); use tc-ingress"
         if rule.redirect is not None and rule.redirect.direction == "ingress":
             return "redirect", "xdp can only redirect to an interface's egress; use tc-ingress for ingress"
+    if hook.on_cgroup:
+        if rule.redirect is not None:
+            return "redirect", "a cgroup hook can only pass or drop (cgroup_skb cannot redirect); use a tc hook"
+        if rule.vlan is not None:
+            return "vlan", "a cgroup hook sees packets from their IP header on: no VLAN tag to match"
     if rule.mark is not None and rule.action == "drop":
         return "mark", "mark on a dropped packet has no effect"
     return None

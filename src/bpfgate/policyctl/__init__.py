@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bpfgate import cgroups
 from bpfgate.agent import client as _agent
 from bpfgate.errors import BadInput, BpfgateError, NotFound, PolicyError
 from bpfgate.policy import layout as L
@@ -136,6 +137,17 @@ def parse_hook(hook: str | Hook) -> Hook:
         return Hook(hook)
     except ValueError:
         raise PolicyError(f"hook {hook}", f"unknown hook (known: {', '.join(h.value for h in Hook)})") from None
+
+
+def target(dev: str, hook: Hook | None = None) -> str:
+    """An interface name as it is; a cgroup (a path, or any name at a cgroup hook) as its normalised
+    absolute path, as the engine keys it."""
+    if "/" in dev or (hook is not None and hook.on_cgroup):
+        try:
+            return cgroups.normalise(dev)
+        except ValueError as e:
+            raise NotFound(f"cgroup {dev}", str(e)) from None
+    return dev
 
 
 def rule_from(data: Rule | dict[str, Any]) -> Rule:
@@ -331,6 +343,7 @@ def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: 
     program adding it, for automation (`apply` of a file keeps such rules, `policy export` leaves them out,
     `rules` shows the owner)."""
     hook, rule = parse_hook(hook), rule_from(rule)
+    dev = target(dev, hook)
     if backend is None and _agent.running(netns):   # while an agent runs, it is the one writer
         return _agent.call(netns, "add_rule", dev=dev, hook=hook.value, rule=rule_data(rule), before=before,
                            after=after, position=position, force=force, owner=owner)
@@ -358,6 +371,7 @@ def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = No
     if backend is None and _agent.running(netns):   # while an agent runs, it is the one writer
         return _agent.call(netns, "delete_rule", dev=dev, hook=parse_hook(hook).value, name=name, force=force)
     backend, hook = _backend(backend), parse_hook(hook)
+    dev = target(dev, hook)
     with _serialised(netns, backend, op=f"delete rule {name}"):
         hp = _current(backend, dev, hook, netns)
         if not any(r.name == name for r in hp.rules):
@@ -375,6 +389,7 @@ def remove(dev: str | None = None, hook: str | Hook | None = None, *, netns: str
     """Detach the policies of one interface / hook (default: every one in `netns`). Returns what went."""
     backend = _backend(backend)
     hook = parse_hook(hook) if hook is not None else None
+    dev = target(dev, hook) if dev is not None else None
     with _serialised(netns, backend, op="remove policy"):
         gone = []
         errors = []
@@ -434,6 +449,7 @@ def rules(dev: str | None = None, *, netns: str | None = None, hook: str | Hook 
     (`nft reset counters`); the rows hold the values before."""
     backend = _backend(backend)
     hook = parse_hook(hook) if hook is not None else None
+    dev = target(dev, hook) if dev is not None else None
     names = None if names is None else list(dict.fromkeys(names))
     with _serialised(netns, backend, op="reset counters") if reset else _reading(backend, netns, "list rules"):
         return _rules(backend, dev, hook, netns, names, reset)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
+from bpfgate.cgroups import is_cgroup
+from bpfgate.cgroups import resolve as resolve_cgroup
 from bpfgate.errors import BadInput, BpfgateError
 from bpfgate.kernel import netns as _netns
 from bpfgate.policy.compile import CompiledHook, compile_hook
@@ -67,7 +69,13 @@ def precheck(plan: Plan, *, force: bool = False, ifindex: Callable[[str], int] |
         from bpfgate.kernel import netlink
 
         for dev in sorted({h.dev for h in plan.changes() if h.action == "attach"}):
-            netlink.ifindex(dev, plan.netns)   # NotFound: no such interface / namespace
+            if is_cgroup(dev):
+                if plan.netns:
+                    raise BpfgateError(f"cgroup {dev}", "a cgroup is in no network namespace",
+                                       hint="apply cgroup policies without --netns")
+                resolve_cgroup(dev)   # NotFound / not cgroup v2: refused before anything is attached
+            else:
+                netlink.ifindex(dev, plan.netns)   # NotFound: no such interface / namespace
     compiled: Compiled = {}
     for hp in plan.changes():
         if hp.new is None:

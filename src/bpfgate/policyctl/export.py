@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from bpfgate.cgroups import is_cgroup
 from bpfgate.errors import PolicyError
 from bpfgate.policy.model import Hook, HookPolicy, Policy
 from bpfgate.policy.parse import load_text, read_source
@@ -24,7 +25,10 @@ def hook_data(hp: HookPolicy) -> dict[str, Any]:
 
 
 def policy_data(policy: Policy) -> dict[str, Any]:
-    return {"version": policy.version, "interfaces": list(policy.interfaces),
+    targets = {"interfaces": list(policy.interfaces)} if policy.interfaces else {}
+    if policy.cgroups:
+        targets["cgroups"] = list(policy.cgroups)
+    return {"version": policy.version, **targets,
             "hooks": {h.value: hook_data(hp) for h, hp in policy.hooks.items()}}
 
 
@@ -46,7 +50,8 @@ def policies_of(state: dict[tuple[str, Hook], HookPolicy]) -> list[Policy]:
                 break
         else:
             groups.append(([dev], hooks))
-    return [Policy(interfaces=list(devs), hooks=hooks) for devs, hooks in groups]
+    return [Policy(cgroups=list(devs), hooks=hooks) if is_cgroup(devs[0]) else Policy(interfaces=list(devs), hooks=hooks)
+            for devs, hooks in groups]
 
 
 def export_text(state: dict[tuple[str, Hook], HookPolicy], header: str | None = None) -> str:
@@ -89,10 +94,11 @@ def load_documents(docs: list[tuple[int, str]], source: str) -> list[Policy]:
     seen: dict[str, int] = {}
     for n, (start, doc) in enumerate(docs):
         p = load_text("\n" * start + doc, source)   # padding keeps the file's line numbers
-        for dev in p.interfaces:
+        for dev in (*p.interfaces, *p.cgroups):
             if dev in seen:
-                raise PolicyError(f"{source}:{start + 1} interfaces",
-                                  f"interface {dev!r} is already in document {seen[dev] + 1}")
+                kind = "cgroups" if is_cgroup(dev) else "interfaces"
+                raise PolicyError(f"{source}:{start + 1} {kind}",
+                                  f"{kind[:-1]} {dev!r} is already in document {seen[dev] + 1}")
             seen[dev] = n
         out.append(p)
     return out
@@ -109,4 +115,4 @@ def load_policy_file(path: str | Path) -> list[Policy]:
 
 
 def desired_state(policies: Iterable[Policy]) -> dict[tuple[str, Hook], HookPolicy]:
-    return {(dev, hook): hp for p in policies for dev in p.interfaces for hook, hp in p.hooks.items()}
+    return {(dev, hook): hp for p in policies for hook, hp in p.hooks.items() for dev in p.targets(hook)}
