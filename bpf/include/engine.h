@@ -134,6 +134,8 @@ enum bg_engine_hook {
 	BG_ENGINE_XDP = 3,
 	BG_ENGINE_CGROUP_INGRESS = 4, /* cgroup_skb: the packets of a cgroup's sockets */
 	BG_ENGINE_CGROUP_EGRESS = 5,
+	BG_ENGINE_CGROUP_CONNECT = 6, /* connect(), and sendmsg() of unconnected UDP: the destination */
+	BG_ENGINE_CGROUP_BIND = 7,    /* bind(): the local address and port */
 };
 
 struct bg_rule_log_event {

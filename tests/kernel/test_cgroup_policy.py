@@ -255,3 +255,100 @@ def test_bad_cgroup_one_line_error_nothing_attached(make, tmp_path):
     assert path in r.stderr and ("no such cgroup" in r.stderr or "not a cgroup v2" in r.stderr)
     assert not attach.find(target=path, any_netns=True)
     assert all(d != path for d, _ in Engine.attached(None))
+
+
+# ---- socket policy: connect/sendmsg (cgroup-connect) and bind (cgroup-bind) ------------------------------
+
+def connect_code(family: str, host: str, port: int, n: int) -> str:
+    """Child code: n TCP connects; prints each outcome (errno name or ok) and the slowest call's seconds."""
+    return f"""
+        import errno
+        out, slowest = [], 0.0
+        for _ in range({n}):
+            s = socket.socket(socket.{family}, socket.SOCK_STREAM)
+            s.settimeout(5)
+            t = time.monotonic()
+            try:
+                s.connect(({host!r}, {port}))
+                out.append("ok")
+            except OSError as e:
+                out.append(errno.errorcode.get(e.errno, str(e)))
+            slowest = max(slowest, time.monotonic() - t)
+            s.close()
+        print(" ".join(out), round(slowest, 3))
+        """
+
+
+@pytest.fixture
+def tcp_servers():
+    """Listening on 127.0.0.1 and ::1, one port for both."""
+    s4 = socket.socket()
+    s4.bind(("127.0.0.1", 0))
+    port = s4.getsockname()[1]
+    s6 = socket.socket(socket.AF_INET6)
+    s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s6.bind(("::1", port))
+    for s in (s4, s6):
+        s.listen(16)
+    yield port
+    s4.close()
+    s6.close()
+
+
+@pytest.mark.smoke
+def test_connect_to_a_denied_destination_gets_eperm_at_once(cgroup, tcp_servers, udp_server):
+    port, uport = tcp_servers, udp_server.getsockname()[1]
+    hp = HookPolicy(default="allow", rules=(
+        Rule(name="no-tcp4", protocol="tcp", dst="127.0.0.1/32", dst_port=port, action="drop"),
+        Rule(name="no-tcp6", protocol="tcp", dst="::1/128", dst_port=port, action="drop"),
+        Rule(name="no-udp", protocol="udp", dst_port=uport, action="drop")))
+    with Engine.attach(cgroup, "cgroup-connect", hp) as eng:
+        try:
+            out = in_child(connect_code("AF_INET", "127.0.0.1", port, 3), cgroup).split()
+            assert out[:3] == ["EPERM"] * 3 and float(out[3]) < 0.5, out   # at once, no SYN timeout
+            out = in_child(connect_code("AF_INET6", "::1", port, 2), cgroup).split()
+            assert out[:2] == ["EPERM"] * 2, out
+            assert in_child(connect_code("AF_INET", "127.0.0.1", port, 2), None).split()[:2] == ["ok", "ok"]
+            assert in_child(send_udp(uport, 4), cgroup) == f"4 [{errno.EPERM}]"    # unconnected UDP: sendmsg
+            assert received(udp_server, 0.2) == 0
+            c = eng.counters()
+            assert [c[n].packets for n in ("no-tcp4", "no-tcp6", "no-udp", "(default)")] == [3, 2, 4, 0]
+        finally:
+            eng.detach()
+    assert in_child(connect_code("AF_INET", "127.0.0.1", port, 1), cgroup).split()[0] == "ok"
+
+
+def test_bind_to_a_denied_port_is_refused(cgroup):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        denied = probe.getsockname()[1]
+    hp = HookPolicy(default="allow", rules=(Rule(name="no-bind", protocol="tcp", src_port=denied, action="drop"),))
+    code = f"""
+        import errno
+        out = []
+        for port in ({denied}, 0):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+                out.append("ok")
+            except OSError as e:
+                out.append(errno.errorcode.get(e.errno, str(e)))
+            s.close()
+        print(*out)
+        """
+    with Engine.attach(cgroup, "cgroup-bind", hp) as eng:
+        try:
+            assert in_child(code, cgroup) == "EPERM ok"
+            assert in_child(code, None) == "ok ok"
+            assert eng.counters()["no-bind"].packets == 1
+        finally:
+            eng.detach()
+
+
+def test_socket_hooks_refuse_packet_only_fields(cgroup, tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(f"version: 1\ncgroups: [{cgroup}]\nhooks:\n  cgroup-connect:\n    rules:\n"
+                 f"      - {{name: x, protocol: tcp, src_port: 80, action: drop}}\n")
+    r = run_cli(["apply", str(f)])
+    assert r.returncode == 2 and "cgroup-connect matches the destination" in r.stderr, r.stderr
+    assert not attach.find(target=cgroup, any_netns=True)

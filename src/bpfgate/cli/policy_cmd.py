@@ -12,7 +12,8 @@ from bpfgate.cli import term
 from bpfgate.cli.params import Seconds
 
 NETNS = click.option("--netns", metavar="NAME", help="The interfaces are in this named network namespace.")
-HOOKS = click.Choice(["tc-ingress", "tc-egress", "xdp", "cgroup-ingress", "cgroup-egress"])
+HOOKS = click.Choice(["tc-ingress", "tc-egress", "xdp", "cgroup-ingress", "cgroup-egress", "cgroup-connect",
+                      "cgroup-bind"])
 
 
 def _running_hooks(command):

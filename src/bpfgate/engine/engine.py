@@ -47,11 +47,15 @@ U32_KEYED = {"bg_ct_lookup_only", "bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg
              "bg_rate_rule", "bg_log_rate", "bg_stats"}
 HOOK_CODE = {Hook.TC_INGRESS: R.C.BG_ENGINE_TC_INGRESS, Hook.TC_EGRESS: R.C.BG_ENGINE_TC_EGRESS,
              Hook.XDP: R.C.BG_ENGINE_XDP, Hook.CGROUP_INGRESS: R.C.BG_ENGINE_CGROUP_INGRESS,
-             Hook.CGROUP_EGRESS: R.C.BG_ENGINE_CGROUP_EGRESS}
-PROGRAMS = {Hook.TC_INGRESS: "bg_engine_tc", Hook.TC_EGRESS: "bg_engine_tc", Hook.XDP: "bg_engine_xdp",
-            Hook.CGROUP_INGRESS: "bg_engine_cg_ingress", Hook.CGROUP_EGRESS: "bg_engine_cg_egress"}
-CGROUP_ATTACH = {Hook.CGROUP_INGRESS: "cgroup_inet_ingress", Hook.CGROUP_EGRESS: "cgroup_inet_egress"}
-LINK_PIN = "link"   # a cgroup engine's link, pinned beside its maps
+             Hook.CGROUP_EGRESS: R.C.BG_ENGINE_CGROUP_EGRESS, Hook.CGROUP_CONNECT: R.C.BG_ENGINE_CGROUP_CONNECT,
+             Hook.CGROUP_BIND: R.C.BG_ENGINE_CGROUP_BIND}
+# the programs of a hook (a cgroup hook may attach several: one per socket call and address family)
+PROGRAMS = {Hook.TC_INGRESS: ("bg_engine_tc",), Hook.TC_EGRESS: ("bg_engine_tc",), Hook.XDP: ("bg_engine_xdp",),
+            Hook.CGROUP_INGRESS: ("bg_engine_cg_ingress",), Hook.CGROUP_EGRESS: ("bg_engine_cg_egress",),
+            Hook.CGROUP_CONNECT: ("bg_sock_connect4", "bg_sock_connect6", "bg_sock_sendmsg4", "bg_sock_sendmsg6"),
+            Hook.CGROUP_BIND: ("bg_sock_bind4", "bg_sock_bind6")}
+CGROUP_ONLY = {p for h, ps in PROGRAMS.items() if h.on_cgroup for p in ps} | {"bg_bench_cg_empty"}
+LINK_PIN = "link-"   # + program name: a cgroup engine's links, pinned beside its maps
 _U32 = struct.Struct("=I")
 
 
@@ -119,6 +123,10 @@ class Engine:
                                              "cfg_ct_timeout_new_ns": CT_TIMEOUT_NEW_S * 10**9,
                                              "cfg_ct_timeout_est_ns": CT_TIMEOUT_EST_S * 10**9})
         try:
+            # verify only what the hook runs: a device engine no cgroup program, a cgroup engine only its own
+            for name in obj.program_names():
+                if name in CGROUP_ONLY or hook.on_cgroup:
+                    obj.set_autoload(name, name in PROGRAMS[hook])
             obj.set_max_entries("bg_capture_scratch", possible_cpus())
             for name, n in (max_entries or {}).items():
                 obj.set_max_entries(name, n)
@@ -135,10 +143,15 @@ class Engine:
 
     @property
     def program(self):
-        """The hook's program (TC or XDP) of a loaded object."""
+        """The hook's (first) program of a loaded object."""
+        return self.programs[0]
+
+    @property
+    def programs(self) -> list:
+        """The hook's programs of a loaded object (a socket hook: one per call and address family)."""
         if self.obj is None:
             raise BpfgateError("engine program", "engine was opened from pins: no program object")
-        return self.obj.program(PROGRAMS[self.hook])
+        return [self.obj.program(name) for name in PROGRAMS[self.hook]]
 
     @classmethod
     def attach(cls, dev: str, hook: Hook | str, policy: HookPolicy | CompiledHook | None = None, *,
@@ -186,10 +199,11 @@ class Engine:
                 pins.unpin(path)
                 eng.maps[name].pin(path)
                 pinned.append(path)
-            if hook.on_cgroup:   # a link: multi-attach, other programs of the cgroup keep running
-                atts.append(attach_mod.attach(eng.program, attach_mod.Point.of_cgroup(dev), attach_mod.Options(
-                    owner=OWNER, attach_type=CGROUP_ATTACH[hook], pin=os.path.join(pdir, LINK_PIN),
-                    pins=list(pinned), state=[store.dir]), kind="cgroup"))
+            if hook.on_cgroup:   # links: multi-attach, other programs of the cgroup keep running
+                for i, prog in enumerate(eng.programs):   # the first one's record holds the maps and state
+                    atts.append(attach_mod.attach(prog, attach_mod.Point.of_cgroup(dev), attach_mod.Options(
+                        owner=OWNER, pin=os.path.join(pdir, LINK_PIN + PROGRAMS[hook][i]),
+                        pins=[] if i else list(pinned), state=[] if i else [store.dir]), kind="cgroup"))
             elif hook is Hook.XDP:
                 atts.append(attach_mod.attach_xdp(eng.program, dev, mode=mode or "auto", netns_name=netns_name,
                                                   owner=OWNER, extra_pins=pinned, state=[store.dir]))

@@ -38,7 +38,9 @@ C = contract.constants("engine")
 EV_RULE_LOG = C.BG_EV_RULE_LOG
 ENGINE_HOOKS = C.names("bg_engine_hook", {"BG_ENGINE_TC_INGRESS": "tc-ingress", "BG_ENGINE_TC_EGRESS": "tc-egress",
                                           "BG_ENGINE_XDP": "xdp", "BG_ENGINE_CGROUP_INGRESS": "cgroup-ingress",
-                                          "BG_ENGINE_CGROUP_EGRESS": "cgroup-egress"})
+                                          "BG_ENGINE_CGROUP_EGRESS": "cgroup-egress",
+                                          "BG_ENGINE_CGROUP_CONNECT": "cgroup-connect",
+                                          "BG_ENGINE_CGROUP_BIND": "cgroup-bind"})
 ACTIONS = C.names("bg_action", {"BG_ACT_PASS": "pass", "BG_ACT_DROP": "drop", "BG_ACT_REDIRECT": "redirect"})
 CT_STATES = {0: None, **{value: word for word, value in MODEL_CT_STATES.items()}}
 NAMES_TTL = 0.5                        # seconds a name table is trusted without re-reading the state

@@ -31,13 +31,16 @@ class Hook(str, Enum):
     XDP = "xdp"
     CGROUP_INGRESS = "cgroup-ingress"   # cgroup_skb: the packets of a cgroup's sockets
     CGROUP_EGRESS = "cgroup-egress"
+    CGROUP_CONNECT = "cgroup-connect"   # socket policy: connect() / UDP sendmsg() destinations (EPERM)
+    CGROUP_BIND = "cgroup-bind"         # socket policy: bind() addresses and ports (EPERM)
 
     @property
     def on_cgroup(self) -> bool:
         return self in CGROUP_HOOKS
 
 
-CGROUP_HOOKS = frozenset({Hook.CGROUP_INGRESS, Hook.CGROUP_EGRESS})
+SOCKET_HOOKS = frozenset({Hook.CGROUP_CONNECT, Hook.CGROUP_BIND})
+CGROUP_HOOKS = frozenset({Hook.CGROUP_INGRESS, Hook.CGROUP_EGRESS}) | SOCKET_HOOKS
 
 
 class Strict(BaseModel):
@@ -384,6 +387,6 @@ class Policy(Strict):
             raise ValueError("interfaces and hooks go together: interfaces are named but no tc-ingress, tc-egress "
                              "or xdp hook")
         if self.cgroups and not cg:
-            raise ValueError("cgroups are named but no cgroup-ingress or cgroup-egress hook")
+            raise ValueError("cgroups are named but no cgroup-* hook")
         return self
 

@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import PolicyError
-from .model import ICMP_PROTOCOLS, PORT_PROTOCOLS, Hook, Policy, Rule
+from .model import ICMP_PROTOCOLS, PORT_PROTOCOLS, SOCKET_HOOKS, Hook, Policy, Rule
 
 Loc = tuple  # path into the data: str keys and int list indices
 
@@ -253,6 +253,17 @@ def rule_problem(rule: Rule, hook: Hook) -> tuple[str | None, str] | None:
             return "mark", "mark is not possible at xdp (no socket buffer yet); use tc-ingress"
         if rule.redirect is not None and rule.redirect.direction == "ingress":
             return "redirect", "xdp can only redirect to an interface's egress; use tc-ingress for ingress"
+    if hook in SOCKET_HOOKS:   # an address of a socket call, not a packet
+        for f in ("tcp_flags", "icmp_type", "icmp_code", "ct", "mark"):
+            if getattr(rule, f) is not None:
+                return f, f"{hook.value} sees a socket call's address and port, not packets: no {f}"
+        if rule.rate_limit is not None and rule.rate_limit.unit == "bytes":
+            return "rate_limit", f"{hook.value} counts calls: rate_limit unit packets (calls) only"
+        wrong = ("dst", "dst_port") if hook is Hook.CGROUP_BIND else ("src", "src_port")
+        for f in wrong:
+            if getattr(rule, f) is not None:
+                side = "local address: src, src_port" if hook is Hook.CGROUP_BIND else "destination: dst, dst_port"
+                return f, f"{hook.value} matches the {side}"
     if hook.on_cgroup:
         if rule.redirect is not None:
             return "redirect", "a cgroup hook can only pass or drop (cgroup_skb cannot redirect); use a tc hook"
