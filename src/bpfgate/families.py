@@ -36,7 +36,8 @@ class Family:
 
 FAMILIES = (
     Family("engine",
-           objects=(("engine", "no policy engine: apply, the demo, engine capture/events/metrics"),),
+           objects=(("engine", "no policy engine: apply (interfaces, cgroups: packets and connect/bind), the demo, "
+                               "engine capture/events/metrics"),),
            cli=("policy_cmd", "demo_cmd"),
            slots=(Slot("engine-ct", 99, 0xB9E, False, "the engine's egress conntrack tracker: before egress filters"),
                   Slot("engine", 100, 0xB9F, False, "the policy engine (also the default slot of attach_tc)")),
