@@ -295,7 +295,6 @@ def tcp_servers():
     s6.close()
 
 
-@pytest.mark.smoke
 def test_connect_to_a_denied_destination_gets_eperm_at_once(cgroup, tcp_servers, udp_server):
     port, uport = tcp_servers, udp_server.getsockname()[1]
     hp = HookPolicy(default="allow", rules=(

@@ -76,3 +76,12 @@ def test_target_dir_names_round_trip():
         assert cgroups.from_dir_name(cgroups.dir_name(t)) == t
         assert "/" not in cgroups.dir_name(t)
     assert Hook("cgroup-connect").on_cgroup and not Hook("xdp").on_cgroup
+
+
+def test_the_agent_reports_a_cgroup_document_instead_of_half_keeping_it(tmp_path):
+    from bpfgate.agent import desired
+
+    (tmp_path / "a.yaml").write_text("version: 1\ninterfaces: [eth0]\ncgroups: [x]\n"
+                                     "hooks: {tc-ingress: {}, cgroup-egress: {}}\n")
+    [pf] = desired.read(str(tmp_path), ["eth0"])
+    assert pf.policies == [] and "does not keep cgroup policies" in pf.error

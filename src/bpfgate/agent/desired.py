@@ -58,6 +58,9 @@ def read(directory: str, interfaces: list[str]) -> list[PolicyFile]:
             continue
         policies, error = [], None
         for doc in docs:
+            if doc.cgroups:   # the agent keeps interfaces in step; a cgroup's engine is applied by hand
+                error = f"{path}: the agent does not keep cgroup policies (cgroups:); `bpfgate apply` them"
+                break
             for entry in doc.interfaces:
                 devs = sorted(fnmatch.filter(interfaces, entry)) if is_pattern(entry) else [entry]
                 for dev in devs:
