@@ -19,6 +19,7 @@ from bpfgate import attach, status
 from bpfgate.engine import Engine, pin_dir
 from bpfgate.policy.model import HookPolicy, Rule
 from bpfgate.sandbox.names import netns_name, new_tag
+from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -43,7 +44,7 @@ def in_child(code: str, cgroup: str | None, timeout: float = 30) -> str:
     """Run `code` in a child Python, moved into `cgroup` first (None: it stays where the test is)."""
     join = f"open({os.path.join(cgroup, 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n" if cgroup else ""
     prog = "import os, socket, sys, time\n" + join + textwrap.dedent(code)
-    r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=scaled(timeout))
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
@@ -169,7 +170,7 @@ def test_ingress_drops_what_reaches_the_cgroups_sockets(cgroup):
                 s.sendto(b"x" * PAYLOAD, ("127.0.0.1", blocked))
             for _ in range(4):
                 s.sendto(b"x" * PAYLOAD, ("127.0.0.1", other))
-        out, _ = child.communicate("go\n", timeout=30)
+        out, _ = child.communicate("go\n", timeout=scaled(30))
         assert out.split() == ["0", "4"]
         c = eng.counters()
         assert (c["block"].packets, c["block"].bytes) == (6, 6 * UDP_WIRE)

@@ -261,7 +261,8 @@ LAYOUT = {
     "bpfgate.policy.live.LiveHook": ("best", "by_name", "c", "conf", "count", "fresh", "ifindex", "limits",
                                      "low_free", "order", "owners", "quarantine"),
     # Hook members added (cgroup-*) keep older snapshots loadable: no version bump
-    "bpfgate.policy.model.Hook": ("tc-ingress", "tc-egress", "xdp", "cgroup-ingress", "cgroup-egress"),
+    "bpfgate.policy.model.Hook": ("tc-ingress", "tc-egress", "xdp", "cgroup-ingress", "cgroup-egress", "cgroup-connect",
+                                  "cgroup-bind"),
     "bpfgate.policy.model.Log": ("rate",),
     "bpfgate.policy.model.RateLimit": ("rate", "unit", "per", "burst", "over"),
     "bpfgate.policy.model.Redirect": ("interface", "direction"),
