@@ -390,3 +390,7 @@ class Policy(Strict):
             raise ValueError("cgroups are named but no cgroup-* hook")
         return self
 
+
+    def targets(self, hook: Hook) -> tuple[str, ...]:
+        """Where a hook of this document runs."""
+        return self.cgroups if Hook(hook).on_cgroup else self.interfaces
