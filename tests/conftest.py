@@ -24,7 +24,10 @@ RUN_ROOT = "/run/bpfgate"
 RUN_SKIP = ("sandbox",)  # sandbox markers: judged by leftovers() (their owner is in the file)
 # bpfgate's own directories under RUN_ROOT, made on first use and kept like RUN_ROOT itself: new ones
 # are no leak (on a freshly booted machine the first run makes them)
-RUN_CONTAINERS = ("attachments", os.path.join("attachments", "clsact"), "policyctl", *families.with_state())
+# the root namespace's control-plane lock (policyctl/-/lock) too: cgroup policies take it, and like any
+# lock file it stays
+RUN_CONTAINERS = ("attachments", os.path.join("attachments", "clsact"), "policyctl", os.path.join("policyctl", "-"),
+                  os.path.join("policyctl", "-", "lock"), *families.with_state())
 IS_ROOT = os.geteuid() == 0
 NOT_ROOT_REASON = "kernel test: needs root (BPF, network namespaces); run `sudo scripts/run test`"
 
