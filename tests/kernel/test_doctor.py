@@ -78,7 +78,7 @@ def test_bpfgate_objects_are_loaded_and_the_engine_is_essential(report):
     _, doc = report
     checks = by_name(doc)
     assert checks["engine"]["kind"] == "object" and checks["engine"]["essential"]
-    assert "TC and XDP" in checks["engine"]["detail"]
+    assert "TC, XDP" in checks["engine"]["detail"] and "cgroup_skb" in checks["engine"]["detail"]
     for name in TRACERS:
         c = checks[name]
         assert c["kind"] == "object" and c["status"] in ("ok", "warn"), c
