@@ -296,6 +296,8 @@ def test_sweep_stale_removes_pins_and_state_named_after_a_dead_run():
     from bpfgate.kernel.objects import BpfObject
 
     name = f"bg{base36(_dead_pid())}-zzz-server"
+    roots = ("/sys/fs/bpf/bpfgate/engine", "/run/bpfgate/engine")
+    made = [r for r in roots if not os.path.exists(r)]   # removed again at the end, as the engine does
     pin_dir = os.path.join("/sys/fs/bpf/bpfgate/engine", name, "eth0", "tc-ingress")
     state_dir = os.path.join("/run/bpfgate/engine", name, "eth0", "tc-ingress")
     os.makedirs(pin_dir)
@@ -310,5 +312,10 @@ def test_sweep_stale_removes_pins_and_state_named_after_a_dead_run():
         assert not os.path.exists(os.path.join("/sys/fs/bpf/bpfgate/engine", name))
         assert not os.path.exists(os.path.join("/run/bpfgate/engine", name))
     finally:
-        shutil.rmtree(os.path.join("/sys/fs/bpf/bpfgate/engine", name), ignore_errors=True)
-        shutil.rmtree(os.path.join("/run/bpfgate/engine", name), ignore_errors=True)
+        for root in roots:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        for root in made:
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass   # something else put an engine there meanwhile
