@@ -10,7 +10,6 @@ not a test: it prints, it asserts nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -21,7 +20,7 @@ import time
 import dpkt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import header  # noqa: E402
+from common import header, test_run_args  # noqa: E402
 
 from bpfgate.inspect.capture import CaptureFilter  # noqa: E402
 from bpfgate.inspect.flows import Flow, read_table, top_flows  # noqa: E402
@@ -61,13 +60,7 @@ def fill_flows(obj: BpfObject, n: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=1_000_000, help="packets per BPF_PROG_TEST_RUN call")
-    ap.add_argument("--reps", type=int, default=7, help="calls per case (>= 5)")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    if args.reps < 5:
-        sys.exit("--reps must be >= 5 (medians of at least five)")
+    args = test_run_args(__doc__)
 
     objs = []
 

@@ -15,7 +15,6 @@ A benchmark: it prints, it asserts nothing.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import ipaddress
 import json
@@ -28,7 +27,7 @@ import time
 import dpkt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import header  # noqa: E402
+from common import header, test_run_args  # noqa: E402
 
 from bpfgate.kernel.objects import BpfObject  # noqa: E402
 from bpfgate.kernel.testrun import test_run  # noqa: E402
@@ -83,14 +82,8 @@ class Bench:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=1_000_000, help="packets per BPF_PROG_TEST_RUN call")
-    ap.add_argument("--reps", type=int, default=7, help="calls per case (>= 5)")
-    ap.add_argument("--first-packets", type=int, default=2000, help="fresh flows timed one call each")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    if args.reps < 5:
-        sys.exit("--reps must be >= 5 (medians of at least five)")
+    args = test_run_args(__doc__, lambda ap: ap.add_argument(
+        "--first-packets", type=int, default=2000, help="fresh flows timed one call each"))
 
     empty_obj = BpfObject.open("selftest").load()
     empty = empty_obj.program("bg_empty_tc")

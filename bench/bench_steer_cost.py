@@ -14,7 +14,6 @@ empty program and the ratio to it. A benchmark, not a test: it prints, it assert
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -25,7 +24,7 @@ import time
 import dpkt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import header  # noqa: E402
+from common import header, test_run_args  # noqa: E402
 
 from bpfgate import contract  # noqa: E402
 from bpfgate.kernel.objects import BpfObject  # noqa: E402
@@ -69,13 +68,7 @@ def reply_flow(obj: BpfObject, family: int, ifindex: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=1_000_000, help="packets per BPF_PROG_TEST_RUN call")
-    ap.add_argument("--reps", type=int, default=7, help="calls per case (>= 5)")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    if args.reps < 5:
-        sys.exit("--reps must be >= 5 (medians of at least five)")
+    args = test_run_args(__doc__)
     with Sandbox() as sb:
         host, peer = sb.host("bench"), sb.host("nexthop")
         link = sb.link(host, peer)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -28,3 +30,16 @@ def fmt(values: list[float], unit: str, scale: float = 1.0, digits: int = 1) -> 
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def test_run_args(doc: str, add: Callable[[argparse.ArgumentParser], None] = lambda ap: None) -> argparse.Namespace:
+    """The arguments every BPF_PROG_TEST_RUN benchmark takes (--repeat, --reps >= 5, --json), plus its own."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=1_000_000, help="packets per BPF_PROG_TEST_RUN call")
+    ap.add_argument("--reps", type=int, default=7, help="calls per case (>= 5)")
+    add(ap)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.reps < 5:
+        sys.exit("--reps must be >= 5 (medians of at least five)")
+    return args
