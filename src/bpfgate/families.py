@@ -59,6 +59,8 @@ FAMILIES = (
            slots=(Slot("nat", 50, 0xB9A7, False, "DNAT/LB and SNAT replies at ingress: the engine sees translated packets"),
                   Slot("nat-out", 150, 0xB9A8, False, "SNAT and DNAT replies at egress: after the engine decided")),
            state=True),
+    Family("tune", objects=(("tune", "no `tune` (TCP tuning per cgroup: congestion control, buffers, no-delay)"),),
+           cli=("tune_cmd",)),
     Family("trace", objects=(("trace_tcp", "no `trace tcp`, and `trace drops` without PIDs"),
                              ("trace_drops", "no `trace drops`")),
            cli=("trace_cmd",)),
