@@ -210,6 +210,10 @@ static __always_inline __u32 classify(struct bg_cls_key *pkt)
 
 		if (i >= cf->nshapes || cf->shapes[i].best_prio >= best)
 			break;
+		/* no entry holds class 0 (an address in no class prefix): such a packet skips the shapes
+		 * keyed on that class, often most of a blocklist's lookups */
+		if (((__u32)m[6] && !(__u32)pk[6]) || ((m[6] >> 32) && !(pk[6] >> 32)))
+			continue;
 		d[0] = pk[0] & m[0];
 		d[1] = pk[1] & m[1];
 		d[2] = pk[2] & m[2];
