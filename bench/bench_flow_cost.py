@@ -44,18 +44,21 @@ def tcp_frame(family: int, flags: int = dpkt.tcp.TH_ACK, payload: int = 64) -> b
 
 
 def fill_flows(obj: BpfObject, n: int) -> None:
-    """Put n unrelated flows in the table, so lookups hit a populated hash."""
-    table = obj.map("flows")
+    """Put n unrelated UDP/IPv4 connections in the tracker's table (bg_ct), so lookups hit a populated hash."""
+    table = obj.map("bg_ct")
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     keys, vals = [], []
     for i in range(n):
         k = table.key_type()
-        k.family, k.proto, k.dir, k.ifindex = 4, 17, 0, 1
-        k.saddr[10] = k.saddr[11] = k.daddr[10] = k.daddr[11] = 0xFF
-        k.saddr[12], k.saddr[13], k.saddr[14], k.saddr[15] = 198, 19, (i >> 8) & 0xFF, i & 0xFF
-        k.daddr[12], k.daddr[15] = 198, 1
+        k.family, k.proto = 4, 17
+        k.src[0], k.src[1], k.src[2], k.src[3] = 198, 19, (i >> 8) & 0xFF, i & 0xFF
+        k.dst[0], k.dst[3] = 198, 1
         k.sport, k.dport = 1024 + (i % 60000), 53
         keys.append(k)
-        vals.append({"packets": 1, "bytes": 100})
+        v = table.value_type()
+        v.first_ns = v.last_ns = now
+        v.packets[0], v.bytes[0] = 1, 100
+        vals.append(v)
     table.update_batch(keys, vals)
 
 
@@ -118,7 +121,7 @@ def main() -> None:
 
 def read_costs(obj: BpfObject, reps: int) -> dict[str, list[float]]:
     """What `flows`/`top` pay per refresh: batched read, then decode all, or pick and decode the top 20."""
-    table = obj.map("flows")
+    table = obj.map("bg_ct")
     out: dict[str, list[float]] = {"batched read (read_table)": [], "read + decode all": [],
                                    "read + top 20 decoded (top's frame)": []}
     for _ in range(reps):
