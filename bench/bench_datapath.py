@@ -9,11 +9,15 @@ source ports) runs pinned to one CPU for --seconds; a veth delivers each frame o
 (softirq, or the peer's NAPI for native XDP), so that one CPU carries the whole receive side. Processed
 = the packets the filter's own counter saw drop (its drop rule, the bare programs' counters, the
 iptables/nft rule counters; "no filter": the rx stack's UDP NoPorts), divided by the time. Every case
-drops the traffic at its last rule, after rules of every shape that match nothing (the worst case):
+drops the traffic at its last rule, after rules of every shape that match nothing:
   no filter           the rx stack (UDP, no socket on port 9)
   bare xdp / tc drop  a program that only counts and drops (bench/bare_drop.bpf.c): the floor of the hook
   bpfgate tc / xdp    the policy engine (no conntrack) with 1, 10k, 100k rules: a third each of tcp
-                      ports, IPv4 source CIDRs of mixed lengths (stage 0) and 5-tuples, then the drop
+    N rules           ports, IPv4 source CIDRs of mixed lengths (stage 0) and 5-tuples, then the drop;
+                      the traffic's addresses are in no policy prefix (a blocklist's usual miss: the
+                      shapes keyed on an address class are skipped)
+    N in-prefix       the same, with one 5-tuple a TCP rule between the traffic's /24 and destination:
+                      the addresses fall in class prefixes and every shape is looked up (the worst case)
   iptables raw        PREROUTING: 1, 100, 10k rules (-s CIDR -p tcp --dport P) then the drop
   nft set 100k        an interval set of 100k source prefixes (no match), then the drop
 Reps run the cases interleaved (a noisy neighbour hits them alike); figures are medians with min-max and
@@ -116,11 +120,18 @@ def inject(ifname: str, dst_mac: str, src: str, dst: str, seconds: float, cpu: i
 
 # ---- cases -----------------------------------------------------------------------------------------------
 
-def mixed_rules(n: int, rng: random.Random) -> list[dict]:
-    """n-1 rules of every shape that match nothing of the traffic, then the drop (named sink)."""
+def mixed_rules(n: int, rng: random.Random, decoy: tuple[str, str] | None = None) -> list[dict]:
+    """n-1 rules of every shape that match nothing of the traffic, then the drop (named sink). With
+    `decoy` (the traffic's source and destination), one of the 5-tuples is a TCP rule between the
+    traffic's /24 and its destination: UDP misses it, but the traffic's addresses now fall in class
+    prefixes, so every shape is looked up (without it, a packet in no policy prefix skips the shapes keyed
+    on an address class)."""
     per = (n - 1) // 3
     rules = rules_for("ports", per, rng) + rules_for("cidr4", per, rng)
     rules += rules_for("5tuple", n - 1 - 2 * per, rng)
+    if decoy and n > 1:
+        src = ipaddress.ip_network(f"{decoy[0]}/24", strict=False)
+        rules[-1].update(src=str(src), dst=f"{decoy[1]}/32", protocol="tcp", dst_port=1)
     for r in rules:
         r["name"] = f"{r['name']}-{len(rules)}"
     return rules + [{"name": "sink", "protocol": "udp", "dst_port": DPORT, "action": "drop"}]
@@ -176,9 +187,10 @@ class Bare(Case):
 
 
 class Bpfgate(Case):
-    def __init__(self, sb, name, hook, n_rules, rng):
+    def __init__(self, sb, name, hook, n_rules, rng, worst: bool):
         super().__init__(sb, name, hook)
-        hp = HookPolicy.model_validate({"default": "allow", "rules": mixed_rules(n_rules, rng)})
+        decoy = (self.tx_if.ip4, self.rx_if.ip4) if worst else None
+        hp = HookPolicy.model_validate({"default": "allow", "rules": mixed_rules(n_rules, rng, decoy)})
         t0 = time.perf_counter()
         self.eng = Engine.attach(self.rx_if.name, hook, hp, netns_name=self.rx.netns, ct=False, limits=LIMITS,
                                  **({"mode": "native"} if hook == "xdp" else {}))
@@ -262,9 +274,11 @@ def main() -> None:
                              Bare(sb, "bare tc drop", "tc-ingress", bare)]
         for hook in ("tc-ingress", "xdp"):
             for n in sizes:
-                c = Bpfgate(sb, f"bpfgate {'tc' if hook != 'xdp' else 'xdp'} {n} rules", hook, n, rng)
-                print(f"# {c.name}: attached in {c.attach_s:.1f} s", flush=True)
-                cases.append(c)
+                for worst in (False, True) if n > 1 else (False,):
+                    name = f"bpfgate {'tc' if hook != 'xdp' else 'xdp'} {n} {'in-prefix' if worst else 'rules'}"
+                    c = Bpfgate(sb, name, hook, n, rng, worst)
+                    print(f"# {c.name}: attached in {c.attach_s:.1f} s", flush=True)
+                    cases.append(c)
         for n in (1, 100, 10_000):
             cases.append(Iptables(sb, f"iptables raw {n} rules", n, rng))
         if not a.quick:
