@@ -24,6 +24,8 @@ VNG_VENV = ROOT / ".venv-vng"
 VNG_VERSION = "1.42"
 # not under /var/cache: virtme-ng hides that in the guest, and the guest loads modules from here
 CACHE = Path("/var/lib/bpfgate/kernels")
+RESULTS = CACHE / "runs"  # where a failed kernel's junit.xml, console log and doctor report are kept
+KEPT = ("junit.xml", "console.log", "doctor.json", "pytest.rc", "pytest.args")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 ARCH_LIBS = f"/usr/lib/{os.uname().machine}-linux-gnu"
 
@@ -55,6 +57,7 @@ class Result:
     minutes: float = 0.0
     ok: bool = False
     failures: list[str] = field(default_factory=list)
+    kept: Path | None = None  # the directory its junit.xml and console log were copied to
 
 
 def say(msg: str) -> None:
@@ -231,7 +234,17 @@ def read_junit(path: Path, result: Result) -> bool:
     return True
 
 
-def run_kernel(vng: Path, kernel: Kernel, hot: Path, workdir: Path, pytest_args: list[str], mode: str) -> Result:
+def keep(out: Path, dest: Path) -> Path:
+    """Copies what a guest left in `out` (the runner's temporary directory goes away) to `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        if (out / name).exists():
+            shutil.copy2(out / name, dest / name)
+    return dest
+
+
+def run_kernel(vng: Path, kernel: Kernel, hot: Path, workdir: Path, pytest_args: list[str], mode: str,
+               results: Path | None) -> Result:
     result = Result(kernel.name)
     kimg = kernel_image(kernel)
     out = workdir / f"out-{kernel.name}"
@@ -250,6 +263,9 @@ def run_kernel(vng: Path, kernel: Kernel, hot: Path, workdir: Path, pytest_args:
     result.ok = got_junit and rc == "0"
     if not result.ok and not result.failures:
         result.failures.append(f"pytest exit status {rc} (see the console output above)")
+    if results or not result.ok:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        result.kept = keep(out, (results or RESULTS / stamp) / kernel.name)
     return result
 
 
@@ -265,6 +281,9 @@ def print_table(results: list[Result], must: set[str]) -> None:
     for r in results:
         for failure in r.failures:
             print(f"{r.kernel}: {failure}")
+    for r in results:
+        if r.kept:
+            print(f"{r.kernel}: junit.xml and console.log kept in {r.kept}")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -278,6 +297,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke",
                       help=f"only the tests marked '{SMOKE_MARK}' (the default)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full", help="every kernel test")
+    p.add_argument("--results", type=Path, metavar="DIR",
+                   help=f"keep each kernel's junit.xml and console log in DIR/KERNEL/ (default: only a failed "
+                        f"kernel's, in {RESULTS}/TIME/KERNEL/)")
     args = p.parse_args(argv)
     args.mode = args.mode or "smoke"
     unknown = [k for k in args.kernels if k not in KERNELS]
@@ -307,7 +329,8 @@ def main(argv: list[str]) -> int:
         narrow = files and all((ROOT / p).is_dir() for p in args.paths)
         pytest_args = args.options + (files if narrow else args.paths)
         for name in names:
-            results.append(run_kernel(vng, KERNELS[name], hot, workdir, pytest_args, args.mode))
+            results.append(run_kernel(vng, KERNELS[name], hot, workdir, pytest_args, args.mode,
+                                      args.results and args.results.resolve()))
     print_table(results, must)
     return 0 if all(r.ok for r in results if r.kernel in must) else 1
 
