@@ -267,6 +267,10 @@ class BpfObject:
                 return names
             names.append(L.bpf_program__name(p).decode())
 
+    def loaded_programs(self) -> list[str]:
+        """The programs the kernel accepted at load (those whose autoload was off have no fd)."""
+        return [n for n in self.program_names() if L.bpf_program__fd(self._prog_ptr(n)) >= 0]
+
     def program(self, name: str) -> Program:
         p = self._prog_ptr(name)
         return Program(L.bpf_program__fd(p), name, section=L.bpf_program__section_name(p).decode())
