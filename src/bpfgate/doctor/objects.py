@@ -20,8 +20,8 @@ def _engine() -> tuple[str, list[str]]:
     from bpfgate.engine.engine import Engine
 
     # one object holds the TC and XDP programs (the hook only labels their events); a cgroup hook loads only
-    # its own programs: cgroup_skb, and the socket calls' (connect4/6, sendmsg4/6; bind4/6)
-    for hook in ("tc-ingress", "cgroup-egress", "cgroup-connect", "cgroup-bind"):
+    # its own programs: cgroup_skb (ingress, egress), and the socket calls' (connect4/6, sendmsg4/6; bind4/6)
+    for hook in ("tc-ingress", "cgroup-ingress", "cgroup-egress", "cgroup-connect", "cgroup-bind"):
         Engine.load(hook).close()
     return "policy engine: TC, XDP, cgroup_skb and socket (connect, sendmsg, bind) programs loaded", []
 
