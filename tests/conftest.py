@@ -243,3 +243,24 @@ def web(sandbox):
             policyctl.remove(netns=n.ns)
         finally:
             shutil.rmtree(os.path.join("/run/bpfgate/policyctl", n.ns), ignore_errors=True)
+
+
+@pytest.fixture
+def cgroup():
+    """A child cgroup of the cgroup v2 mount, named bg* (the leak check looks for those), removed after the
+    test with whatever bpfgate attached to it (rmdir fails, and the test with it, while a child process of
+    the test is still in it)."""
+    from bpfgate import attach, status
+    from bpfgate.sandbox.names import netns_name, new_tag
+
+    if not IS_ROOT:
+        pytest.skip(NOT_ROOT_REASON)
+    root = status.cgroup2_mount()
+    assert root, "no cgroup v2 mount"
+    cg = os.path.join(root, netns_name(new_tag(), "cg"))
+    os.mkdir(cg)
+    try:
+        yield cg
+    finally:
+        attach.detach_matching(target=cg, any_netns=True)
+        os.rmdir(cg)

@@ -51,6 +51,7 @@ enum bg_event_type {
 	BG_EV_CAPTURE = 51,      /* struct bg_capture_event + cap_len packet bytes (capture.h) */
 	BG_EV_TCP = 60,          /* struct bg_tcp_event (trace.h) */
 	BG_EV_DROP = 61,         /* struct bg_drop_event (trace.h) */
+	BG_EV_TUNE = 70,         /* struct bg_tune_event (tune.h) */
 };
 
 /* Common header of every ring buffer record: the Python side dispatches on type. */

@@ -48,7 +48,10 @@ def register(app: click.Group) -> None:
         bpfgate_rule_bytes_total{interface,hook,rule}, bpfgate_rule_drops_total{interface,hook},
         bpfgate_rule_log_events_total{interface,hook}, bpfgate_rule_log_events_lost_total{interface,hook};
         from egress steering in the namespace: bpfgate_steer_packets_total{outcome},
-        bpfgate_steer_rule_packets_total{rule,source,dev,result}.
+        bpfgate_steer_rule_packets_total{rule,source,dev,result}; from every tuned cgroup (`tune --samples`):
+        bpfgate_tune_sockets_total{cgroup}, bpfgate_tune_setsockopt_failures_total{cgroup},
+        bpfgate_tune_retransmits_total{cgroup}, bpfgate_tune_connections_ended_total{cgroup},
+        bpfgate_tune_srtt_seconds{cgroup} (histogram).
         """
         from bpfgate.errors import BadInput
         from bpfgate.inspect import metrics as M
@@ -56,6 +59,7 @@ def register(app: click.Group) -> None:
         from bpfgate.inspect.rules import RuleCollector
         from bpfgate.kernel.stats import stats_enabled
         from bpfgate.steer import SteerCollector
+        from bpfgate.tune import TuneCollector
 
         if block and not syn_rate:
             raise BadInput("bpfgate metrics", "--block needs --syn-rate")
@@ -74,6 +78,7 @@ def register(app: click.Group) -> None:
             rules = exp.add(RuleCollector(netns))
             stack.callback(rules.close)
             exp.add(SteerCollector(netns))
+            exp.add(TuneCollector())
             host, port = exp.serve(listen)
             url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
             if as_json:

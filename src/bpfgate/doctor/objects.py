@@ -56,6 +56,18 @@ def _tracer(module: str) -> Callable[[], tuple[str, list[str]]]:
     return load
 
 
+def _tune() -> tuple[str, list[str]]:
+    from bpfgate.doctor.probes import _older_than
+
+    detail, _ = _plain("tune")()
+    # the sock_ops callbacks `tune --samples` asks for, by the Linux that added them (bpf_sock_ops_cb_flags_set
+    # refuses unknown ones: counted as refused settings, and the samples never come)
+    lost = [f"tune --samples: no {what} samples (BPF_SOCK_OPS_{cb}_CB: Linux {v[0]}.{v[1]})"
+            for what, cb, v in (("RTT", "RTT", (5, 3)), ("retransmit", "RETRANS", (4, 18)),
+                                ("end-of-connection", "STATE", (4, 18))) if _older_than(*v)]
+    return detail, lost
+
+
 @dataclass(frozen=True)
 class ObjectCheck:
     name: str
@@ -64,7 +76,7 @@ class ObjectCheck:
 
 
 # objects whose commands load them in a way of their own; the others load whole
-_LOADERS = {"engine": _engine, "trace_tcp": _tracer("tcp"), "trace_drops": _tracer("drops")}
+_LOADERS = {"engine": _engine, "tune": _tune, "trace_tcp": _tracer("tcp"), "trace_drops": _tracer("drops")}
 
 # one check per object of every registered family (bpfgate.families)
 OBJECT_CHECKS = {name: ObjectCheck(name, _LOADERS.get(name) or _plain(name), lost)
