@@ -61,6 +61,8 @@ FAMILIES = (
            state=True),
     Family("tune", objects=(("tune", "no `tune` (TCP tuning per cgroup: congestion control, buffers, no-delay)"),),
            cli=("tune_cmd",)),
+    Family("accel", objects=(("accel", "no `accel` (sockmap acceleration of local TCP between opted-in sockets)"),),
+           cli=("accel_cmd",), detach="bpfgate.accel"),
     Family("trace", objects=(("trace_tcp", "no `trace tcp`, and `trace drops` without PIDs"),
                              ("trace_drops", "no `trace drops`")),
            cli=("trace_cmd",)),

@@ -72,5 +72,6 @@ def prog_ids(prog: Any) -> tuple[int, int, str]:
 
 
 def need(value: Any, what: str, kind: str) -> None:
-    if not value:
+    # `is None` for objects: an empty sockmap is falsy (Map has __len__) and still names a map
+    if value is None or value == "":
         raise BpfgateError(f"attach {kind}", f"the attach point names no {what}")
