@@ -9,6 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import PolicyError
+from . import fastyaml
 from .model import ICMP_PROTOCOLS, PORT_PROTOCOLS, SOCKET_HOOKS, Hook, Policy, Rule
 
 Loc = tuple  # path into the data: str keys and int list indices
@@ -182,6 +183,10 @@ def _reason(err: dict) -> str:
 def load_text(text: str, source: str = "<policy>") -> Policy:
     if len(text) > MAX_BYTES:
         raise PolicyError(source, f"larger than {MAX_BYTES // 2**20} MiB, the limit for a policy file")
+    data = fastyaml.parse(text)   # None: outside what the fast reader takes; PyYAML reads it below
+    if data is not None:
+        # the lines are only needed for an error: read again with them then (as cheap as without)
+        return _validated(data, _Where(source, _LazyLines(lambda lines: fastyaml.parse(text, lines))))
     lines: dict[Loc, int] = {}
     try:
         root, aliased = _compose(text)
@@ -194,7 +199,24 @@ def load_text(text: str, source: str = "<policy>") -> Policy:
         raise PolicyError(where, f"not valid YAML: {getattr(e, 'problem', None) or e}") from None
     except RecursionError:   # the composer recurses per nesting level
         raise PolicyError(source, f"nested deeper than {MAX_DEPTH} levels, the limit for a policy file") from None
-    where = _Where(source, lines)
+    return _validated(data, _Where(source, lines))
+
+
+class _LazyLines(dict):
+    """The line of every path, filled by `fill(self)` when first looked up."""
+
+    def __init__(self, fill):
+        super().__init__()
+        self._fill = fill
+
+    def __contains__(self, loc) -> bool:
+        if self._fill is not None:
+            fill, self._fill = self._fill, None
+            fill(self)
+        return super().__contains__(loc)
+
+
+def _validated(data, where: _Where) -> Policy:
     if not isinstance(data, dict):
         raise PolicyError(where(()), "a policy is a mapping (interfaces, hooks)")
     try:

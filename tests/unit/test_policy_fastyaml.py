@@ -1,0 +1,123 @@
+"""The fast policy reader (policy/fastyaml.py) gives what PyYAML's safe loader gives, with the same line for
+every key and item, or declines (the caller then reads the text with PyYAML)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import textwrap
+
+import pytest
+import yaml
+
+from bpfgate.errors import PolicyError
+from bpfgate.policy import fastyaml
+from bpfgate.policy.parse import _Builder, _compose, load_text
+from bpfgate.policy.ruledata import rule_data
+
+from policy_gen import random_rule
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+
+
+def _pyyaml(text: str):
+    lines: dict = {}
+    root, aliased = _compose(text)
+    return _Builder("x", lines, aliased).plain(root, ()), lines
+
+
+def _same_or_declined(text: str) -> bool:
+    lines: dict = {}
+    data = fastyaml.parse(text, lines)
+    if data is None:
+        return False
+    want, want_lines = _pyyaml(text)
+    assert data == want and type(data) is type(want)
+    assert lines == want_lines
+    assert fastyaml.parse(text) == want
+    return True
+
+
+def _policy_text(rng: random.Random, n: int, flow: bool | None) -> str:
+    rules = [rule_data(random_rule(rng, i)) for i in range(n)]
+    doc = {"version": 1, "interfaces": ["eth0", "eth1"],
+           "hooks": {"tc-ingress": {"default": "deny", "rules": rules}, "xdp": {"rules": []}}}
+    return yaml.safe_dump(doc, default_flow_style=flow, sort_keys=False, width=1000)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_policies_read_as_pyyaml_reads_them(seed):
+    rng = random.Random(seed)
+    assert _same_or_declined(_policy_text(rng, 30, False))   # what `policy export` writes: never declined
+    _same_or_declined(_policy_text(rng, 30, None))
+    _same_or_declined(_policy_text(rng, 5, True))
+
+
+def test_examples_and_hand_written_styles():
+    for path in glob.glob(os.path.join(EXAMPLES, "*.yaml")):
+        with open(path) as f:
+            _same_or_declined(f.read())
+    text = textwrap.dedent("""\
+        # a policy
+        version: 1
+        interfaces: [eth0]   # the uplink
+        hooks:
+          tc-ingress:
+            default: deny
+
+            rules:
+            - name: web   # indentless list
+              protocol: [tcp, "udp"]
+              dst_port: [80, '8000-8100']
+              src:
+                - 198.18.0.0/24
+                - fd00::/64
+              log: {rate: 5}
+              count: no
+              mark: 0x10
+              icmp_type: ~
+            - name: "quoted"
+              tcp_flags: syn,!ack
+        """)
+    assert _same_or_declined(text)
+
+
+@pytest.mark.parametrize("text", [
+    "a: 1\na: 2\n", "on: 1\n", "1: x\n", "a: &x 1\nb: *x\n", "a: !!str 1\n", "a: |\n  x\n", "a: b\n  c\n",
+    "a: 'it''s'\n", 'a: "x\\ty"\n', "a: {b: {c: 1}}\n", "a: [b, [c]]\n", "a:\n-\n  b: 1\n", "- a\n",
+    "a: b: c\n", "a: x #c\n  b\n", "a: [fd00::, b]\n", "  a: 1\n", "a:\tb\n", "a: 1\r\nb: 2\r\n",
+    "a: 'x #y'\n", "a:\n  - b\n - c\n", "a: -1\n", "a: [a: b]\n", "? a\n: b\n", "a: 1\n---\nb: 2\n",
+    "a: 1\n  b: 2\n", "a:\n b: 1\n  c: 2\n", "a: [1, 2,]\n", "a: {b: 1, b: 2}\n", "<<: {a: 1}\n",
+    "a: x\x07y\n", "a: \x00\n", "\ufeffa: 1\n", "a: &x [1]\nb: *x\n", "a: [*x]\n", "- &a x\n",
+])
+def test_unusual_yaml_is_declined_or_read_the_same(text):
+    fast = fastyaml.parse(text)
+    if fast is None:
+        return
+    assert _same_or_declined(text)
+
+
+@pytest.mark.parametrize("text", ["a: x\x07y\n", "a: \x00\n", "a: &x 1\nb: *x\n", "a:\n  - &x b\n  - *x\n",
+                                  "a: !!str 1\n", "a: [b, [c]]\n"])
+def test_what_the_loader_limits_rely_on_is_left_to_pyyaml(text):
+    """Aliases, anchors, tags, nested flow and characters PyYAML refuses: the full reader (and its
+    limits and error lines) sees them."""
+    assert fastyaml.parse(text) is None
+
+
+def test_errors_name_the_same_line_as_before():
+    rules = "".join(f"      - name: r{i}\n        src: 198.18.{i // 256}.{i % 256}/32\n        action: drop\n"
+                    for i in range(3000))
+    head = "version: 1\ninterfaces: [eth0]\nhooks:\n  tc-ingress:\n    rules:\n"
+    bad = (head + rules).replace("198.18.11.183/32", "198.18.11.183/33")
+    assert fastyaml.parse(bad) is not None
+    with pytest.raises(PolicyError) as e:
+        load_text(bad, "big.yaml")
+    line = bad.split("\n").index("        src: 198.18.11.183/33") + 1
+    assert f"big.yaml:{line} hooks.tc-ingress.rules[2999].src: bad CIDR" in str(e.value)
+    dup = (head + rules).replace("name: r2998", "name: r7")
+    with pytest.raises(PolicyError) as e:
+        load_text(dup, "big.yaml")
+    line = dup.split("\n").index("      - name: r7", 30) + 1
+    assert f"big.yaml:{line} hooks.tc-ingress.rules[2998].name: rule name 'r7' already used" in str(e.value)
