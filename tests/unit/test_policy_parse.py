@@ -116,3 +116,25 @@ def test_value_parsers():
     for bad in ("0x13/0x02", "syn,syn", {"mask": 1}):
         with pytest.raises(ValueError):
             parse_tcp_flags(bad)
+
+
+@pytest.mark.parametrize("text", [
+    "198.18.0.0/24", "198.18.0.1", "0.0.0.0/0", "255.255.255.255/32", "198.18.0.1/24", "01.2.3.4/8",
+    "1.2.3.0/08", "1.2.3.4/33", "1.2.3.4/ 8", "x", "fd00::/8", "::/0", "::", "::ffff:1.2.3.4/128", "fd00::1/8",
+    "1::2::3/64", ":1::/64", "1:2:3:4:5:6:7:8:9/128", "00000::/8", "FD00::/8", "fd00::/129", "fd00::/08",
+    "1:2:3:4:5:6:7::/128", "fe80::1%eth0/128", ":::/0", "1:/64", "",
+])
+def test_cidrs_read_as_ipaddress_reads_them(text):
+    import ipaddress
+
+    from bpfgate.policy.model import parse_network
+
+    try:
+        want = ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        with pytest.raises(ValueError) as got:
+            parse_network(text)
+        assert str(got.value) == str(e)
+    else:
+        got = parse_network(text)
+        assert got == want and type(got) is type(want) and str(got) == str(want)

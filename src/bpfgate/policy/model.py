@@ -4,11 +4,13 @@ mask/value, protocols -> numbers), so the compiler and the classifiers never re-
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from enum import Enum
 from functools import lru_cache
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation, field_validator, model_validator
 
 from bpfgate import contract
 from bpfgate.steer.policy import SteerPolicy
@@ -49,6 +51,32 @@ class Strict(BaseModel):
 
 def _as_list(v):
     return v if isinstance(v, list) else [v]
+
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_V4_CIDR = re.compile(rf"({_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET})(?:/(3[0-2]|[12]?[0-9]))?")
+
+_V6_CIDR = re.compile(r"([0-9a-fA-F:]+)(?:/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?")
+
+
+def parse_network(item) -> Network:
+    """A CIDR (or a single address) as ipaddress.ip_network(strict=True) reads it, and its error when it
+    is not one; the common forms without the failed IPv4 attempt of every IPv6 CIDR (~4x faster)."""
+    text = str(item)
+    try:
+        m = _V4_CIDR.fullmatch(text)
+        if m:
+            return ipaddress.IPv4Network((int.from_bytes(socket.inet_aton(m.group(1)), "big"),
+                                          int(m.group(2) or 32)))
+        m = _V6_CIDR.fullmatch(text)
+        if m:   # hex and colons only (no embedded IPv4, no scope): inet_pton and ipaddress agree on these
+            return ipaddress.IPv6Network((int.from_bytes(socket.inet_pton(socket.AF_INET6, m.group(1)), "big"),
+                                          int(m.group(2) or 128)))
+        if ":" in text:
+            return ipaddress.IPv6Network(text)
+    except (ValueError, OSError):
+        pass   # host bits set, or not an address: ip_network says which
+    return ipaddress.ip_network(text, strict=True)
 
 
 def parse_ports(v) -> tuple[tuple[int, int], ...]:
@@ -204,8 +232,9 @@ class Rule(Strict):
 
     name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.:-]+$")
     # match
-    src: tuple[Network, ...] | None = None
-    dst: tuple[Network, ...] | None = None
+    # made by _cidrs alone (pydantic would build every network a second time: slow at 100k rules)
+    src: SkipValidation[tuple[Network, ...] | None] = None
+    dst: SkipValidation[tuple[Network, ...] | None] = None
     protocol: tuple[int, ...] | None = None
     src_port: tuple[tuple[int, int], ...] | None = None
     dst_port: tuple[tuple[int, int], ...] | None = None
@@ -238,7 +267,7 @@ class Rule(Strict):
         out = []
         for item in _as_list(v):
             try:
-                out.append(ipaddress.ip_network(str(item), strict=True))
+                out.append(parse_network(item))
             except ValueError as e:
                 raise ValueError(f"bad CIDR {item!r}: {e}") from None
         if not out:
