@@ -207,6 +207,31 @@ def test_cli_apply_rules_export(net, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+def test_reapply_of_the_same_file_is_a_no_change_until_the_engine_changes(net, tmp_path):
+    """The second apply of a file answers from its digest (unchanged.py) without reading it; any live edit,
+    swap or detach since makes the next apply read and compare again."""
+    n = net
+    f = tmp_path / "p.yaml"
+    f.write_text(f"interfaces: [{n.dev}]\nhooks:\n  tc-ingress:\n    rules:\n"
+                 f"      - {{name: web, protocol: tcp, dst_port: 80, action: drop}}\n")
+    assert policyctl.apply(f, netns=n.ns).applied
+    record = os.path.join("/run/bpfgate/policyctl", n.ns, "applied.json")
+    assert os.path.exists(record)
+    r = policyctl.apply(f, netns=n.ns)
+    assert not r.changed and [(h.dev, h.hook, h.action) for h in r.plan.hooks] == [(n.dev, Hook.TC_INGRESS, "none")]
+    assert dropped(n, 80)
+    policyctl.add_rule(n.dev, "tc-ingress", ALT, netns=n.ns)        # a live edit: the file no longer matches
+    r = policyctl.apply(f, netns=n.ns)
+    assert r.applied and [(c.kind, c.name) for c in r.plan.changes()[0].rules] == [("removed", "alt")]
+    assert not policyctl.apply(f, netns=n.ns).changed
+    policyctl.remove(n.dev, netns=n.ns)                               # detached: attached again
+    assert [h.action for h in policyctl.apply(f, netns=n.ns).plan.hooks] == ["attach"]
+    assert dropped(n, 80)
+    f.write_text(f.read_text().replace("dst_port: 80", "dst_port: 8080"))   # another file: read and compared
+    r = policyctl.apply(f, netns=n.ns)
+    assert r.applied and dropped(n, 8080) and served(n, 80)
+
+
 @pytest.mark.parametrize("mode", ["xdp-generic", "xdp-native"])
 def test_xdp_and_egress_hooks(net, mode):
     n = net

@@ -23,6 +23,8 @@ namespace; None: the current one) and `backend` (default: the engine; MemoryBack
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from bpfgate.steer import policy as steer_policy
 
 from . import guard
 from . import pending as _confirm
+from . import unchanged
 from .apply import ApplyError, execute, precheck, resolver
 from .backend import Backend, MemoryBackend, RuleCounters
 from .cost import TREE_NAMES, ClassifierReport, shape_fields
@@ -89,6 +92,22 @@ __all__ = [
 ]
 
 Source = str | Path | Policy | Iterable[Policy]
+
+
+def _gc_paused(fn):
+    """Run fn with the cyclic garbage collector off: a 100k-rule policy is millions of objects, and every
+    collection the allocations trigger walks all of them (~40% of reading and compiling one); what is built
+    here is acyclic and freed by reference counting."""
+    @functools.wraps(fn)
+    def run(*args, **kw):
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kw)
+        finally:
+            if was:
+                gc.enable()
+    return run
 
 
 def _backend(backend: Backend | None) -> Backend:
@@ -197,23 +216,32 @@ def running(netns: str | None = None, backend: Backend | None = None) -> dict[tu
     return _backend(backend).running(netns)
 
 
+@_gc_paused
 def plan(source: Source, *, netns: str | None = None, backend: Backend | None = None) -> Plan:
     policies = _policies(source)
     return make_plan(desired_state(policies), _backend(backend).running(netns), netns)
 
 
+@_gc_paused
 def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, force: bool = False,
           confirm: float | None = None, mode: str | None = None, backend: Backend | None = None,
           state_root: str | None = None, start_watcher: bool = True) -> ApplyResult:
     """Validate, compile, compare with what runs, and change only what differs (all or nothing). The file's
-    `nat:` documents (bpfgate.nat.policy) are applied first; a file with only those leaves engines alone."""
+    `nat:` documents (bpfgate.nat.policy) are applied first; a file with only those leaves engines alone.
+    The file applied last, to engines nobody changed since, is a no-change without parsing it (unchanged.py)."""
     ours = backend is None   # the machine's engines (not a backend a caller passed in)
     _ready(_backend(backend), netns, "apply policy")   # privileges first: a file root alone may read is no user error
     nat_docs = []
+    dig = None
     if isinstance(source, (str, Path)):
         from bpfgate.nat import policy as nat_policy
 
         text, name = read_policy_file(source)
+        if confirm is None and not isinstance(backend, MemoryBackend):
+            dig = unchanged.digest(text)
+            same = _unchanged(dig, netns, dry_run, backend, state_root)
+            if same is not None:
+                return same
         docs = split_documents(text)
         if not docs:
             raise PolicyError(name, "empty policy file")
@@ -252,6 +280,8 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
         if dry_run or not p.changed:
             if steer_changes and not dry_run and not isinstance(backend, MemoryBackend):
                 steer_policy.apply(steer, netns)
+            if not dry_run and dig is not None and steer is None:   # steering is not in the engines' state
+                unchanged.record(dig, p, netns, state_root)
             return ApplyResult(p, bool(steer_changes) and not dry_run, dry_run=dry_run, repaired=repaired,
                                steer=steer_changes)
         if waiting is not None:
@@ -263,12 +293,16 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
             # the clock restarts once the change is in place; until then it cannot run out mid-apply
             pending = _confirm.arm(_confirm.Pending(netns, time.time() + confirm + 60, prev, mode), state_root,
                                    start_watcher=start_watcher)
+        if dig is not None:
+            unchanged.forget(netns, state_root)   # until the change is made: a failed one leaves no record
         try:
             execute(p, backend, mode=mode, compiled=compiled)
         except BaseException:
             if pending is not None:
                 _confirm.disarm(pending)
             raise
+        if dig is not None and steer is None:
+            unchanged.record(dig, p, netns, state_root)
         if pending is not None:
             _confirm.restart_clock(pending, confirm)
         if steer_changes and not isinstance(backend, MemoryBackend):
@@ -285,6 +319,16 @@ def _steer_section(policies: list[Policy], confirm: float | None) -> steer_polic
         raise BpfgateError("apply with --confirm", "a steer section is not rolled back by --confirm",
                            hint="apply it without --confirm")
     return sections[0] if sections else None
+
+
+def _unchanged(dig: str, netns: str | None, dry_run: bool, backend: Backend | None,
+               state_root: str | None) -> ApplyResult | None:
+    """The no-change result when the file (its digest) is the one applied last to engines unchanged since."""
+    if backend is None and not dry_run:
+        _agent.refuse_writes(netns, "apply")   # as for any apply of engine documents while an agent runs
+    with _serialised(netns, _backend(backend), state_root):
+        same = unchanged.unchanged(dig, netns, state_root)
+    return None if same is None else ApplyResult(same, False, dry_run=dry_run)
 
 
 def _recover(waiting: _confirm.Pending, backend: Backend) -> None:
@@ -336,6 +380,7 @@ def _position(hp: HookPolicy, before: str | None, after: str | None, position: i
     return position
 
 
+@_gc_paused
 def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: str | None = None,
              before: str | None = None, after: str | None = None, position: int | None = None,
              force: bool = False, backend: Backend | None = None, owner: str | None = None) -> int:
@@ -364,6 +409,7 @@ def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: 
         return len(hp.rules) if pos is None else pos
 
 
+@_gc_paused
 def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = None, force: bool = False,
                 backend: Backend | None = None) -> None:
     """Delete one rule live. Refused (unless force) when it is the rule that keeps established connections
@@ -442,6 +488,7 @@ def _match_text(data: dict[str, Any]) -> str:
                     for k, v in data.items() if k in _MATCH_FIELDS) or "any"
 
 
+@_gc_paused
 def rules(dev: str | None = None, *, netns: str | None = None, hook: str | Hook | None = None,
           backend: Backend | None = None, names: Iterable[str] | None = None, reset: bool = False) -> list[RuleRow]:
     """Every rule of every running hook (or of one interface / hook; only the rules `names` if given: "(default)"
