@@ -106,7 +106,7 @@ def stat(xs: list[float], unit: str = "s", scale: float = 1.0) -> str:
     return f"{statistics.median(v):.{d}f} {unit} ({min(v):.{d}f}-{max(v):.{d}f})"
 
 
-def measure_cli(cli: Cli, ns: str, dev: str, files: dict[str, str], reps: int) -> dict[str, list]:
+def measure_cli(cli: Cli, ns: str, dev: str, files: dict[str, str], reps: int, free: list[str]) -> dict[str, list]:
     r: dict[str, list] = {k: [] for k in ("apply", "apply_rss", "reapply", "change10", "change10_rss", "add",
                                            "del", "rules", "rules_rss")}
     for i in range(reps):
@@ -126,7 +126,7 @@ def measure_cli(cli: Cli, ns: str, dev: str, files: dict[str, str], reps: int) -
         print(f"  {cli.label} change10 #{i + 1}: {dt:.2f} s, {rss / 1024:.0f} MB", flush=True)
     for i in range(reps):
         r["add"].append(cli.run("rule", "add", f"bench{i}", "--dev", dev, "--netns", ns, "--src",
-                                f"198.19.{i}.0/24", "--action", "drop")[0])
+                                free[i], "--action", "drop")[0])
         r["del"].append(cli.run("rule", "del", f"bench{i}", "--dev", dev, "--netns", ns)[0])
         print(f"  {cli.label} rule add/del #{i + 1}: {r['add'][-1]:.2f} / {r['del'][-1]:.2f} s", flush=True)
     for i in range(reps):
@@ -139,14 +139,26 @@ def measure_cli(cli: Cli, ns: str, dev: str, files: dict[str, str], reps: int) -
     return r
 
 
-def measure_nft(ns: str, dev: str, path: str, reps: int) -> dict[str, list]:
+def free_prefixes(nets: list, n: int) -> list[str]:
+    """n /24s of 198.18.0.0/15 that overlap none of the policy's prefixes (a set merges overlapping ones)."""
+    v4 = [p for p in nets if p.version == 4]
+    out = []
+    for cand in ipaddress.ip_network("198.18.0.0/15").subnets(new_prefix=24):
+        if not any(cand.overlaps(p) for p in v4):
+            out.append(str(cand))
+            if len(out) == n:
+                return out
+    raise SystemExit("no free /24 in 198.18.0.0/15")
+
+
+def measure_nft(ns: str, dev: str, path: str, reps: int, free: list[str]) -> dict[str, list]:
     nft = ["ip", "netns", "exec", ns, "nft"]
     r: dict[str, list] = {"apply": [], "add": [], "del": []}
     for _ in range(reps):
         subprocess.run(nft + ["delete", "table", "inet", "bgbench"], capture_output=True)
         r["apply"].append(timed(nft + ["-f", path])[0])
     for i in range(reps):
-        elem = ["inet", "bgbench", "b4", f"{{ 198.19.{i}.0/24 }}"]
+        elem = ["inet", "bgbench", "b4", f"{{ {free[i]} }}"]
         r["add"].append(timed(nft + ["add", "element", *elem])[0])
         r["del"].append(timed(nft + ["delete", "element", *elem])[0])
     subprocess.run(nft + ["delete", "table", "inet", "bgbench"], capture_output=True)
@@ -180,10 +192,11 @@ def main() -> None:
         with open(nft_path, "w") as f:
             f.write(nft_text(nets) % dev)
         print(f"# policy file {os.path.getsize(files['a']) / 1e6:.1f} MB; nft file {os.path.getsize(nft_path) / 1e6:.1f} MB")
-        peer_r = measure_nft(ns, dev, nft_path, args.reps)
+        free = free_prefixes(nets, args.reps)
+        peer_r = measure_nft(ns, dev, nft_path, args.reps, free)
         print(f"  nft -f: {stat(peer_r['apply'])}", flush=True)
-        results = {c.label: measure_cli(c, ns, dev, files, args.reps) for c in clis}
-        peer_r2 = measure_nft(ns, dev, nft_path, args.reps)   # the peer again, after: the machine's load drifts
+        results = {c.label: measure_cli(c, ns, dev, files, args.reps, free) for c in clis}
+        peer_r2 = measure_nft(ns, dev, nft_path, args.reps, free)   # the peer again, after: the machine's load drifts
     nft_apply = peer_r["apply"] + peer_r2["apply"]
     nft_add, nft_del = peer_r["add"] + peer_r2["add"], peer_r["del"] + peer_r2["del"]
     print()
