@@ -209,7 +209,7 @@ def test_a_snapshot_without_version_is_refused(store):
     assert "no format version" in reattach_error(store).cause
 
 
-@pytest.mark.parametrize("version", [b"1", b"3", b"5", b"999", b"x", b""])
+@pytest.mark.parametrize("version", [b"1", b"3", b"6", b"999", b"x", b""])
 def test_a_snapshot_of_another_version_is_refused(store, version):
     live = live_of(HookPolicy.model_validate({"rules": RICH}))
     with open(_mk(store, "snapshot.pickle"), "wb") as f:
@@ -272,6 +272,7 @@ LAYOUT = {
     "bpfgate.policy.prefixes.Classes": ("trees", "gen", "packed"),
     "bpfgate.policy.prefixes.Packed": ("top_keys", "top_vals", "pfx_keys", "pfx_vals"),
     "bpfgate.policy.prefixes.Tree": ("tree", "width", "prefixes", "top", "pfx", "nested"),
+    "bpfgate.policy.sources.RuleSources": ("_blob", "_edits", "_rules"),
 }
 
 
@@ -305,6 +306,27 @@ def test_snapshot_layout_matches_its_version():
     live = live_of(HookPolicy.model_validate({"default": "deny", "rules": RICH}))
     live.ifindex = None
     got = pickled_layout({"live": live, "pending": []})
-    assert (S.SNAPSHOT_VERSION, got) == (6, LAYOUT), (
+    got |= pickled_layout(dict(live.c.source))   # the rules: one blob inside the snapshot (RuleSources)
+    assert (S.SNAPSHOT_VERSION, got) == (7, LAYOUT), (
         "what the engine snapshot pickles changed layout: bump SNAPSHOT_VERSION in bpfgate/engine/state.py "
         "(older snapshots then ask to reattach instead of loading wrongly) and update LAYOUT and the version here")
+
+
+def test_rules_of_a_loaded_snapshot_are_read_when_first_used_and_edits_before_that_kept():
+    """The saved rules are one blob (policy/sources.py): an engine opened for a live edit never unpickles them,
+    and the edit it makes meanwhile is there when they are read."""
+    from bpfgate.policy.sources import RuleSources
+
+    live = live_of(HookPolicy.model_validate({"rules": RICH}))
+    want = dict(live.c.source)
+    back = pickle.loads(pickle.dumps(live.c.source))
+    assert isinstance(back, RuleSources) and back._blob is not None
+    extra = Rule.model_validate({"name": "extra", "protocol": "udp"})
+    first = next(iter(want))
+    back[999] = extra
+    back.discard(first)
+    assert back[999] is extra and back._blob is not None          # an edit alone reads nothing
+    again = pickle.loads(pickle.dumps(back))                        # saved unread: blob and edits as they were
+    for got in (back, again):
+        assert dict(got) == {k: v for k, v in want.items() if k != first} | {999: extra}
+        assert got._blob is None

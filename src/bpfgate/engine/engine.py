@@ -519,6 +519,14 @@ class Engine:
         default = "allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny"
         return HookPolicy(default=default, rules=tuple(c.source[rid] for _p, rid in live.order))
 
+    def outline(self) -> tuple[str, list[str]]:
+        """The running default and rule names in order, without the rules themselves (cheap at 100k rules)."""
+        self._sync()
+        live = self._live()
+        c = live.c
+        return ("allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny",
+                [c.names[rid] for _p, rid in live.order])
+
     def rule_ids(self) -> dict[str, int]:
         self._sync()
         c = self._live().c

@@ -17,6 +17,7 @@ from .model import Hook, HookPolicy, Policy, Rule
 from .parse import _fmt, rule_problem
 from .prefixes import Classes
 from .shapes import TooManyShapes, expand, free_bits, plan_shapes
+from .sources import RuleSources
 
 PRIO_STEP = 1024          # gap between consecutive rules' priorities, so a live insert needs no renumbering
 DEFAULT_MAX_SHAPES = 16   # hash lookups per packet, worst case
@@ -55,7 +56,7 @@ class CompiledHook:
     names: dict[int, str]                   # rule_id -> rule name
     prios: dict[int, int]                   # rule_id -> priority (lower wins)
     rule_keys: dict[int, list[bytes]] = field(default_factory=dict)  # keys each rule produced, won or not
-    source: dict[int, Rule] = field(default_factory=dict)
+    source: RuleSources = field(default_factory=RuleSources)   # read from saved state when first used
     classes: Classes = field(default_factory=Classes)   # stage 0: bg_pfx_top/bg_pfx of this generation
     # for the edit index (live.LiveHook takes these over instead of rebuilding them: a first edit stays fast)
     contested: dict[bytes, dict[int, int]] = field(default_factory=dict)  # keys several rules produce -> owners

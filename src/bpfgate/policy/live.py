@@ -170,7 +170,7 @@ class LiveHook:
         del self.order[bisect.bisect_left(self.order, entry)]
         if self.by_name.get(self.c.names.get(rid)) == rid:
             del self.by_name[self.c.names[rid]]
-        self.c.source.pop(rid, None)
+        self.c.source.discard(rid)
         if not keep_slot:
             diff.rules_free.append(rid)
             self.quarantine.add(rid)   # in-flight packets may still hold it: not reusable until released

@@ -103,6 +103,16 @@ class EngineBackend:
         except NotFound:
             return None
 
+    def outline(self, dev: str, hook: Hook, netns: str | None) -> tuple[str, list[str]] | None:
+        """(default, rule names in order) of one hook, None when no policy runs there."""
+        from bpfgate.errors import NotFound
+
+        try:
+            with self._open(dev, hook, netns) as eng:
+                return eng.outline()
+        except NotFound:
+            return None
+
     def attach(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy, mode: str | None,
                compiled: CompiledHook | None = None) -> None:
         from bpfgate.engine import Engine

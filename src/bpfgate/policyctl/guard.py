@@ -48,9 +48,14 @@ def warnings(dev: str, hook: Hook, hp: HookPolicy) -> list[str]:
     return [why]
 
 
+def guarded(hook: Hook, default: str) -> bool:
+    """Whether the guard looks at a hook policy's rules at all (an ingress hook with default deny)."""
+    return hook in INGRESS and default == "deny"
+
+
 def problem(dev: str, hook: Hook, hp: HookPolicy) -> str | None:
     """Why this hook policy would cut established connections, or None."""
-    if hook not in INGRESS or hp.default != "deny" or allows_established(hp):
+    if not guarded(hook, hp.default) or allows_established(hp):
         return None
     return (f"{dev} {hook.value}: default deny with no `ct: established` pass rule would cut established "
             f"connections (including SSH); add one, e.g. `- {{name: est, ct: [established, related]}}` "
