@@ -140,15 +140,14 @@ def measure_cli(cli: Cli, ns: str, dev: str, files: dict[str, str], reps: int, f
 
 
 def free_prefixes(nets: list, n: int) -> list[str]:
-    """n /24s of 198.18.0.0/15 that overlap none of the policy's prefixes (a set merges overlapping ones)."""
-    v4 = [p for p in nets if p.version == 4]
-    out = []
-    for cand in ipaddress.ip_network("198.18.0.0/15").subnets(new_prefix=24):
-        if not any(cand.overlaps(p) for p in v4):
-            out.append(str(cand))
-            if len(out) == n:
-                return out
-    raise SystemExit("no free /24 in 198.18.0.0/15")
+    """n IPv4 /24s that overlap none of the policy's prefixes (a set merges overlapping ones)."""
+    v4 = [(int(p.network_address), int(p.broadcast_address)) for p in nets if p.version == 4]
+    rng, out = random.Random(7), []
+    while len(out) < n:
+        lo = rng.getrandbits(24) << 8
+        if not any(a <= lo + 255 and lo <= b for a, b in v4):
+            out.append(f"{ipaddress.IPv4Address(lo)}/24")
+    return out
 
 
 def measure_nft(ns: str, dev: str, path: str, reps: int, free: list[str]) -> dict[str, list]:
