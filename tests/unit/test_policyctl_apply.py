@@ -297,3 +297,23 @@ def test_changes_in_one_namespace_are_serialised(be, tmp_path):
         assert not done.wait(0.3) and be.log == []
     t.join(5)
     assert done.is_set() and len(be.log) == 4
+
+
+def test_a_swap_is_compiled_once_as_the_engine_would_compile_it():
+    """precheck compiles a swap against the running generation (live=...), exactly as the engine's swap would
+    (other generation, unchanged rules keeping their slots): execute hands that to the backend."""
+    from bpfgate.policy.compile import Limits, compile_hook
+    from bpfgate.policy.live import swap as live_swap
+    from bpfgate.policyctl.apply import _swap_key, precheck
+    from bpfgate.policyctl.plan import plan as make_plan
+
+    old = HookPolicy.model_validate({"rules": [{"name": f"r{i}", "src": f"198.18.{i}.0/24", "action": "drop"}
+                                               for i in range(20)]})
+    new = HookPolicy.model_validate({"rules": [{"name": f"r{i}", "src": f"198.18.{i}.0/24", "action": "drop"}
+                                               for i in range(1, 20)] + [{"name": "x", "protocol": "udp"}]})
+    running = compile_hook(old, Hook.TC_INGRESS, ifindex=lambda n: 1)
+    p = make_plan({("eth0", Hook.TC_INGRESS): new}, {("eth0", Hook.TC_INGRESS): old})
+    got = precheck(p, ifindex=lambda n: 1, live=lambda dev, hook: (running, Limits()))
+    compiled, base = got[_swap_key(p.hooks[0])]
+    assert base is running and compiled == live_swap(running, new, ifindex=lambda n: 1)
+    assert compiled.gen == running.gen ^ 1 and compiled.by_name["r5"] == running.by_name["r5"]

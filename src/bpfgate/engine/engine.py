@@ -372,15 +372,22 @@ class Engine:
     def live(self, value: LiveHook | None) -> None:
         self._live_hook, self._pending_compiled = value, None
 
-    def swap(self, new: CompiledHook | HookPolicy) -> CompiledHook:
-        """Atomic whole-policy swap into the other generation (unchanged rules keep slots and counters)."""
+    def swap(self, new: CompiledHook | HookPolicy,
+             precompiled: tuple[CompiledHook, CompiledHook] | None = None) -> CompiledHook:
+        """Atomic whole-policy swap into the other generation (unchanged rules keep slots and counters).
+        precompiled: (`new` compiled for this swap, the generation it was compiled against): used when that
+        is still the running one (no other process edited since), which spares a second compile."""
         with self._editing():
-            return self._swap(new)
+            return self._swap(new, precompiled)
 
-    def _swap(self, new: CompiledHook | HookPolicy) -> CompiledHook:
+    def _swap(self, new: CompiledHook | HookPolicy,
+              precompiled: tuple[CompiledHook, CompiledHook] | None = None) -> CompiledHook:
         old = self._live().c
         if isinstance(new, HookPolicy):
-            new = live_swap(old, new, limits=self.live.limits, ifindex=self._ifindex)
+            if precompiled is not None and precompiled[1] is old:
+                new = precompiled[0]
+            else:
+                new = live_swap(old, new, limits=self.live.limits, ifindex=self._ifindex)
         if new.gen == old.gen:
             raise BpfgateError("swap policy", "the new policy must be compiled into the other generation")
         fresh = {rid: a for rid, a in new.rules.items() if old.rules.get(rid) != a}

@@ -270,8 +270,10 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
     steer = _steer_section(policies, confirm)
     with _serialised(netns, backend, state_root, "apply policy"):
         p = make_plan(desired_state(policies), backend.running(netns), netns)
+        live = getattr(backend, "live", None)
         compiled = precheck(p, force=force, ifindex=_ifindex(backend, netns),
-                            check_interfaces=not isinstance(backend, MemoryBackend))
+                            check_interfaces=not isinstance(backend, MemoryBackend),
+                            live=(lambda dev, hook: live(dev, hook, netns)) if live else None)
         steer_changes = steer_policy.plan(steer, netns) if steer else []
         waiting = None if dry_run else _confirm.read(netns, state_root)
         if waiting is not None and waiting.remaining == 0 and not _confirm.alive(waiting.watcher_pid):

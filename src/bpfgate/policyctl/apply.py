@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from bpfgate.cgroups import is_cgroup
 from bpfgate.cgroups import resolve as resolve_cgroup
@@ -53,18 +54,24 @@ def resolver(netns: str | None) -> Callable[[str], int]:
     return ifindex
 
 
-Compiled = dict[tuple, CompiledHook]   # precheck's compiled hooks, by _key()
+Compiled = dict[tuple, Any]   # precheck's compiled hooks, by _key(); swaps by _swap_key(): (compiled, its base)
 
 
 def _key(h: HookPlan) -> tuple:
     return h.hook, id(h.new)   # the policy file's hook policy is one object for all its interfaces
 
 
+def _swap_key(h: HookPlan) -> tuple:
+    return "swap", h.dev, h.hook   # compiled against that engine's running generation
+
+
 def precheck(plan: Plan, *, force: bool = False, ifindex: Callable[[str], int] | None = None,
-             check_interfaces: bool = False) -> Compiled:
+             check_interfaces: bool = False, live: Callable | None = None) -> Compiled:
     """Everything that can be refused before the kernel is touched: the interfaces to attach to exist,
     every new hook policy compiles (limits, hook-specific actions, redirect targets), and the guard.
-    Returns the compiled hooks (once per hook policy, whatever the number of interfaces) for execute()."""
+    Returns the compiled hooks (once per hook policy, whatever the number of interfaces) for execute().
+    `live(dev, hook)`: a running engine's (compiled hook, limits), when the backend has it: a swap is then
+    compiled here as the engine would (other generation, unchanged rules keeping their slots), once."""
     if check_interfaces:
         from bpfgate.kernel import netlink
 
@@ -81,7 +88,12 @@ def precheck(plan: Plan, *, force: bool = False, ifindex: Callable[[str], int] |
         if hp.new is None:
             continue
         kw = {"ifindex": ifindex} if ifindex else {}
-        if _key(hp) not in compiled:
+        running = live(hp.dev, hp.hook) if live is not None and hp.action == "swap" else None
+        if running is not None:
+            prev, limits = running
+            compiled[_swap_key(hp)] = (compile_hook(hp.new, hp.hook, gen=prev.gen ^ 1, previous=prev, limits=limits,
+                                                    **kw), prev)
+        elif _key(hp) not in compiled:
             compiled[_key(hp)] = compile_hook(hp.new, hp.hook, **kw)
         if not force:
             why = guard.problem(hp.dev, hp.hook, hp.new)
@@ -108,7 +120,11 @@ def execute(plan: Plan, backend: Backend, *, mode: str | None = None, op: str = 
             if h.action == "attach":
                 backend.attach(h.dev, h.hook, ns, h.new, mode, compiled=(compiled or {}).get(_key(h)))
             elif h.action == "swap":
-                backend.swap(h.dev, h.hook, ns, h.new)
+                pre = (compiled or {}).get(_swap_key(h))
+                if pre is not None:
+                    backend.swap(h.dev, h.hook, ns, h.new, compiled=pre)
+                else:
+                    backend.swap(h.dev, h.hook, ns, h.new)
             else:
                 backend.detach(h.dev, h.hook, ns)
             done.append(h)

@@ -121,9 +121,18 @@ class EngineBackend:
         policy = compiled if compiled is not None else hp
         Engine.attach(dev, hook, policy, netns_name=netns, mode=engine_mode(hook, mode)).close()
 
-    def swap(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy) -> None:
+    def swap(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy,
+             compiled: tuple[CompiledHook, CompiledHook] | None = None) -> None:
+        """compiled: (hp compiled for the swap, the running generation it was compiled against), from live()."""
         with self._open(dev, hook, netns) as eng:
-            eng.swap(hp)
+            eng.swap(hp, precompiled=compiled)
+
+    def live(self, dev: str, hook: Hook, netns: str | None):
+        """(running compiled hook, limits) of an engine this session holds open, else None."""
+        if self._cache is None or (dev, hook, netns) not in self._cache:
+            return None
+        live = self._cache[(dev, hook, netns)].live
+        return None if live is None else (live.c, live.limits)
 
     def attached(self, netns: str | None) -> list[tuple[str, Hook]]:
         """(dev, hook) of every engine in the namespace, without opening them."""
