@@ -6,6 +6,7 @@ shape fitting is plain bit arithmetic: an atom fits any shape whose mask covers 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 from dataclasses import dataclass
@@ -45,9 +46,22 @@ class Atom:
     zero: int
 
 
-def _pack(have, family, proto, tcp, it, ic, ct, vlan, sport, dport, src, dst, src_cls=0, dst_cls=0) -> int:
+# src and dst are 16 big-endian bytes each in the key: in key_int() they are the address shifted into place,
+# so only the other fields are packed (once per distinct combination: a blocklist has a handful)
+_SRC_SHIFT = 8 * (L.KEY_SIZE - L.KEY_OFF["src"] - 16)
+_DST_SHIFT = 8 * (L.KEY_SIZE - L.KEY_OFF["dst"] - 16)
+_NO_ADDR = bytes(16)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _fields(have, family, proto, tcp, it, ic, ct, vlan, sport, dport, src_cls, dst_cls) -> int:
     return L.key_int(L.KEY.pack(0, 0, have, family, proto, tcp, it, ic, ct, vlan, sport, dport,
-                                src.to_bytes(16, "big"), dst.to_bytes(16, "big"), src_cls, dst_cls))
+                                _NO_ADDR, _NO_ADDR, src_cls, dst_cls))
+
+
+def _pack(have, family, proto, tcp, it, ic, ct, vlan, sport, dport, src, dst, src_cls=0, dst_cls=0) -> int:
+    return (_fields(have, family, proto, tcp, it, ic, ct, vlan, sport, dport, src_cls, dst_cls)
+            | src << _SRC_SHIFT | dst << _DST_SHIFT)
 
 
 def prefix_mask(length: int, bits: int) -> int:
