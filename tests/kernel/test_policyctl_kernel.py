@@ -176,6 +176,37 @@ def test_rule_add_delete_live(net):
     assert not policyctl.apply(policyctl.load_policies(text), netns=n.ns).changed
 
 
+def test_held_engines_follow_other_writers(net):
+    """The agent's backend keeps engines open between edits; a swap, an edit or a detach by another
+    writer in between makes it read the saved state again instead of editing a stale copy."""
+    n = net
+    held = EngineBackend(hold=True)
+    try:
+        policyctl.apply(pol([n.dev], [ALT]), netns=n.ns)
+        policyctl.add_rule(n.dev, "tc-ingress", WEB, netns=n.ns, backend=held)
+        assert dropped(n, 80) and served(n, 8080)
+        # another writer swaps in a policy without either rule, then the held engine edits again
+        policyctl.apply(pol([n.dev], [{"name": "other", "protocol": "tcp", "dst_port": 8081, "action": "drop"}]),
+                        netns=n.ns)
+        assert served(n, 80) and served(n, 8080)
+        policyctl.add_rule(n.dev, "tc-ingress", {"name": "again", "protocol": "tcp", "dst_port": 8080,
+                                                 "action": "drop"}, netns=n.ns, backend=held)
+        assert [r.name for r in policyctl.rules(n.dev, netns=n.ns)] == ["other", "again", "(default)"]
+        assert dropped(n, 8080) and served(n, 80)
+        policyctl.delete_rule(n.dev, "tc-ingress", "again", netns=n.ns, backend=held)
+        assert served(n, 8080)
+        # detached and attached again by others: the held copy is not edited into the new engine
+        policyctl.remove(n.dev, netns=n.ns)
+        with pytest.raises(NotFound):
+            policyctl.add_rule(n.dev, "tc-ingress", WEB, netns=n.ns, backend=held)
+        policyctl.apply(pol([n.dev], [ALT]), netns=n.ns)
+        policyctl.add_rule(n.dev, "tc-ingress", WEB, netns=n.ns, backend=held)
+        assert [r.name for r in policyctl.rules(n.dev, netns=n.ns)] == ["alt", "web", "(default)"]
+        assert dropped(n, 80) and served(n, 8080)
+    finally:
+        held.close()
+
+
 def _cli(*argv, timeout=scaled(60)):
     return subprocess.run([sys.executable, "-m", "bpfgate", *argv], capture_output=True, text=True, timeout=timeout,
                           check=False)

@@ -19,13 +19,14 @@ def _rule_add(agent: Agent, a: dict) -> Any:
 
     return policyctl.add_rule(a["dev"], a["hook"], a["rule"], netns=agent.netns, before=a.get("before"),
                               after=a.get("after"), position=a.get("position"), force=a.get("force", False),
-                              owner=a.get("owner"))
+                              owner=a.get("owner"), backend=agent.engines)
 
 
 def _rule_del(agent: Agent, a: dict) -> Any:
     from bpfgate import policyctl
 
-    policyctl.delete_rule(a["dev"], a["hook"], a["name"], netns=agent.netns, force=a.get("force", False))
+    policyctl.delete_rule(a["dev"], a["hook"], a["name"], netns=agent.netns, force=a.get("force", False),
+                          backend=agent.engines)
     return None
 
 

@@ -78,6 +78,17 @@ class Agent:
         self.files: list[PolicyFile] = []
         self.ready = threading.Event()         # the first round is done
         self._wake = threading.Event()
+        self._engines = None                   # engines held open for edits through the socket
+
+    @property
+    def engines(self):
+        """The engines rule edits through the socket use, held open between requests (reopened when
+        another writer changed one): a one-rule edit does not load the saved state every time."""
+        if self._engines is None:
+            from bpfgate.policyctl.engine_backend import EngineBackend
+
+            self._engines = EngineBackend(hold=True)
+        return self._engines
 
     # ---- one agent per namespace -------------------------------------------------------------------
 
@@ -99,6 +110,8 @@ class Agent:
         self.owned = self._load_owned()
 
     def unlock(self) -> None:
+        if self._engines is not None:
+            self._engines.close()
         if self._lock_fd is not None:
             try:
                 os.unlink(os.path.join(self.dir, "agent.pid"))

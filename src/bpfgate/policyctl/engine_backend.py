@@ -23,9 +23,20 @@ def engine_mode(hook: Hook, mode: str | None) -> str | None:
 
 
 class EngineBackend:
-    def __init__(self) -> None:
+    """hold=True (the agent): engines stay open between calls, each with the saved-state version it left,
+    and are reopened only when another process changed that state (StateStore.version()): a one-rule edit
+    then skips loading the saved state, which is most of its cost at 100k rules."""
+
+    def __init__(self, hold: bool = False) -> None:
         self._cache: dict | None = None   # opened engines, kept while a session() holds the namespace lock
+        self._held: dict | None = {} if hold else None   # key -> (engine, state version it left)
         self.repaired: list[str] = []     # engines found cut short by a killed edit and repaired on opening
+
+    def close(self) -> None:
+        """Close the held engines (the agent's shutdown); their programs keep running from the pins."""
+        held, self._held = self._held, ({} if self._held is not None else None)
+        for eng, _version in (held or {}).values():
+            eng.close()
 
     def ready(self, netns: str | None, op: str) -> None:
         """Refuse up front what would otherwise fail half-way, leave a state directory behind, or read as
@@ -42,7 +53,7 @@ class EngineBackend:
     def session(self):
         """Within the control plane's lock nobody else changes the engines: open each one once (opening
         loads its saved state, the expensive part of a one-rule edit)."""
-        if self._cache is not None:
+        if self._cache is not None or self._held is not None:
             yield
             return
         self._cache = {}
@@ -55,17 +66,15 @@ class EngineBackend:
 
     @contextmanager
     def _open(self, dev: str, hook: Hook, netns: str | None):
-        from bpfgate.engine import Engine
-
         key = (dev, hook, netns)
+        if self._held is not None:
+            with self._held_engine(key) as eng:
+                yield eng
+            return
         if self._cache is not None and key in self._cache:
             yield self._cache[key]
             return
-        eng = Engine.open(dev, hook, netns)
-        if eng.repaired is not None:
-            n = sum(eng.repaired.values())
-            self.repaired.append(f"{dev} {hook.value}: an edit cut short (killed) had left the kernel ahead of "
-                                 f"the saved policy; repaired ({n} stale entries removed)")
+        eng = self._reopen(dev, hook, netns)
         if self._cache is not None:
             self._cache[key] = eng
             yield eng
@@ -75,7 +84,42 @@ class EngineBackend:
         finally:
             eng.close()
 
+    def _reopen(self, dev: str, hook: Hook, netns: str | None):
+        from bpfgate.engine import Engine
+
+        eng = Engine.open(dev, hook, netns)
+        if eng.repaired is not None:
+            n = sum(eng.repaired.values())
+            self.repaired.append(f"{dev} {hook.value}: an edit cut short (killed) had left the kernel ahead of "
+                                 f"the saved policy; repaired ({n} stale entries removed)")
+        return eng
+
+    @contextmanager
+    def _held_engine(self, key):
+        from bpfgate.engine.state import StateStore
+
+        store = StateStore(*key)
+        eng, version = self._held.pop(key, (None, None))
+        if eng is not None and version != store.version():   # another process swapped, edited, detached
+            eng.close()
+            eng = None
+        if eng is None:
+            eng = self._reopen(*key)
+        try:
+            yield eng
+        except BaseException:   # an edit that failed half-way: the next call reads the saved state again
+            eng.close()
+            raise
+        if store.exists():
+            self._held[key] = (eng, store.version())
+        else:
+            eng.close()
+
     def _forget(self, dev: str, hook: Hook, netns: str | None) -> None:
+        if self._held is not None:
+            eng, _version = self._held.pop((dev, hook, netns), (None, None))
+            if eng is not None:
+                eng.close()
         if self._cache is not None:
             eng = self._cache.pop((dev, hook, netns), None)
             if eng is not None:
