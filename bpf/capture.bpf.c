@@ -30,6 +30,9 @@ const volatile __u8 cfg_host_side = BG_SIDE_ANY; /* enum bg_capture_side */
 /* capture --rule: the label the records carry (the policy rule's action and id), BG_VERDICT_UNKNOWN otherwise */
 const volatile __u8 cfg_verdict = BG_VERDICT_UNKNOWN;
 const volatile __u32 cfg_rule_id = 0;
+/* the filter expression (enum bg_capture_op), ANDed with the filter above */
+const volatile __u32 cfg_expr_len = 0;
+const volatile struct bg_capture_term cfg_expr[BG_CAPTURE_EXPR_MAX] = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -74,14 +77,117 @@ static __always_inline void mapped_addrs(const struct bg_pkt *p, __u8 *src, __u8
 	}
 }
 
+static __always_inline int in_term_prefix(const volatile struct bg_capture_term *t, const __u8 *addr)
+{
+	const __u32 *a = (const __u32 *)addr;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		if ((a[i] & t->mask[i]) != t->addr[i])
+			return 0;
+	return 1;
+}
+
+static __always_inline int on_side(__u8 side, int src, int dst)
+{
+	return side == BG_SIDE_SRC ? src : side == BG_SIDE_DST ? dst : side == BG_SIDE_BOTH ? src && dst : src || dst;
+}
+
+/* One test of the expression. saddr/daddr: the packet's addresses (IPv4-mapped), or an ARP/RARP frame's
+ * sender and target (arp set). proto_of: the protocol as libpcap reads it (IPv6: the first next header, or
+ * the one after a fragment header; no other extension header is walked), proto_ports: the protocol a port
+ * test needs (IPv6: the first next header). */
+static __always_inline int term_true(const volatile struct bg_capture_term *t, const struct bg_pkt *p,
+				     const __u8 *saddr, const __u8 *daddr, int arp, __u8 proto_of, __u8 proto_ports)
+{
+	__u8 op = t->op, side = t->side, family = t->family, proto = t->proto;
+	__u16 lo = t->lo, hi = t->hi;
+
+	if (op == BG_CF_FAMILY)
+		return (p->have & BG_PKT_L3) && p->family == family;
+	if (op == BG_CF_PROTO)
+		return (p->have & BG_PKT_PROTO) && proto_of == proto && (!family || p->family == family);
+	if (op == BG_CF_ADDR) {
+		if (arp ? !t->arp : !(p->have & BG_PKT_L3) || p->family != family)
+			return 0;
+		return on_side(side, in_term_prefix(t, saddr), in_term_prefix(t, daddr));
+	}
+	if (op == BG_CF_PORT) {
+		if (!(p->have & BG_PKT_PORTS) || (family && p->family != family))
+			return 0;
+		if (proto_ports != p->proto || (proto ? p->proto != proto
+						   : p->proto != BG_IPPROTO_TCP && p->proto != BG_IPPROTO_UDP &&
+							     p->proto != BG_IPPROTO_SCTP))
+			return 0;
+		return on_side(side, p->sport >= lo && p->sport <= hi, p->dport >= lo && p->dport <= hi);
+	}
+	return 0;
+}
+
+/* ARP and RARP over Ethernet (as libpcap reads them: the ethertype at byte 12, the IPv4 sender address at
+ * byte 14 of the ARP header, the target at 24): 1 and their addresses IPv4-mapped, or 0 */
+static __always_inline int arp_addrs(struct __sk_buff *skb, __u8 *saddr, __u8 *daddr)
+{
+	__u8 type[2];
+
+	if (bpf_skb_load_bytes(skb, 12, type, 2) < 0 || type[0] != 0x08 || (type[1] != 0x06 && type[1] != 0x35))
+		return 0;
+	if (type[1] == 0x35 && type[0] != 0x80)
+		return 0;
+	if (bpf_skb_load_bytes(skb, 14 + 14, saddr + 12, 4) < 0 || bpf_skb_load_bytes(skb, 14 + 24, daddr + 12, 4) < 0)
+		return 0;
+	saddr[10] = saddr[11] = daddr[10] = daddr[11] = 0xff;
+	return 1;
+}
+
+/* The expression on a parsed packet: a stack of results, one bit each (the compiler bounds its depth). */
+static __always_inline int expr_matches(struct __sk_buff *skb, const struct bg_pkt *p, __u8 *saddr, __u8 *daddr)
+{
+	__u8 proto_of = p->proto, proto_ports = p->proto, *ip6 = p->l3;
+	int arp = 0;
+	__u64 st = 0, a, b;
+
+	if (p->have & BG_PKT_L3)
+		mapped_addrs(p, saddr, daddr);
+	else
+		arp = arp_addrs(skb, saddr, daddr);
+	if (p->family == 6 && ip6 && (void *)(ip6 + 40) <= p->end) {
+		proto_ports = ip6[6];
+		proto_of = ip6[6] == BG_V6_EXT_FRAGMENT ? p->proto : ip6[6];
+	}
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < BG_CAPTURE_EXPR_MAX; i++) {
+		const volatile struct bg_capture_term *t = &cfg_expr[i];
+		__u8 op;
+
+		if (i >= cfg_expr_len)
+			break;
+		op = t->op;
+		if (op == BG_CF_NOT) {
+			st ^= 1;
+		} else if (op == BG_CF_AND || op == BG_CF_OR) {
+			a = st & 1;
+			b = (st >> 1) & 1;
+			st = (st >> 2) << 1 | (op == BG_CF_AND ? a & b : a | b);
+		} else {
+			st = st << 1 | term_true(t, p, saddr, daddr, arp, proto_of, proto_ports);
+		}
+	}
+	return st & 1;
+}
+
 static __always_inline int matches(struct __sk_buff *skb)
 {
 	__u8 saddr[16] = {}, daddr[16] = {};
 	struct bg_pkt p = {};
 
-	if (!cfg_ip_only)
+	if (!cfg_ip_only && !cfg_expr_len)
 		return 1;
 	bg_parse_skb(skb, &p);
+	if (cfg_expr_len && !expr_matches(skb, &p, saddr, daddr))
+		return 0;
+	if (!cfg_ip_only)
+		return 1;
 	if (!(p.have & BG_PKT_PROTO) || (!p.later_frag && bg_pkt_l4_hdr_len(&p) < 0))
 		return 0; /* not IP, or a header cut short */
 	if (cfg_proto && p.proto != cfg_proto)
@@ -99,6 +205,8 @@ static __always_inline int matches(struct __sk_buff *skb)
 	if (cfg_host_on) {
 		if (p.family != cfg_host_family)
 			return 0;
+		__builtin_memset(saddr, 0, 16);
+		__builtin_memset(daddr, 0, 16);
 		mapped_addrs(&p, saddr, daddr);
 		if (cfg_host_side == BG_SIDE_SRC && !in_prefix(saddr))
 			return 0;

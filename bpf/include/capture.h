@@ -33,6 +33,7 @@ enum bg_capture_verdict {
 enum bg_capture_limits {
 	BG_CAPTURE_MAX = 65535,        /* largest snaplen: an skb (GSO included) is at most 64 KiB */
 	BG_ENGINE_CAPTURE_MAX = 65535, /* the same for the engine's capture with the verdict */
+	BG_CAPTURE_EXPR_MAX = 48,      /* terms of a filter expression (operators included) */
 };
 
 struct bg_capture_event {
@@ -63,6 +64,34 @@ enum bg_capture_side {
 	BG_SIDE_ANY = 0, /* source or destination */
 	BG_SIDE_SRC = 1,
 	BG_SIDE_DST = 2,
+	BG_SIDE_BOTH = 3, /* source and destination (tcpdump's `src and dst`) */
+};
+
+/*
+ * capture's filter expression (`bpfgate capture EXPRESSION`, a tcpdump subset compiled by
+ * bpfgate.inspect.capture_expr), in postfix: a term is a test (pushes true/false) or an operator on the
+ * results before it. Set before load: the verifier follows only the terms given.
+ */
+enum bg_capture_op {
+	BG_CF_FAMILY = 1, /* IPv4 (family 4) or IPv6 (6) */
+	BG_CF_PROTO = 2,  /* IP protocol `proto`, of family `family` when not 0 */
+	BG_CF_ADDR = 3,   /* address in addr/mask (16 bytes, IPv4-mapped), on `side`; arp: ARP/RARP's too */
+	BG_CF_PORT = 4,   /* port in lo..hi on `side`, of TCP/UDP/SCTP (proto 0) or of `proto` only */
+	BG_CF_AND = 5,
+	BG_CF_OR = 6,
+	BG_CF_NOT = 7,
+};
+
+struct bg_capture_term {
+	__u8 op;     /* enum bg_capture_op */
+	__u8 side;   /* enum bg_capture_side */
+	__u8 family; /* 4, 6; 0: either */
+	__u8 proto;
+	__u16 lo, hi;
+	__u8 arp;    /* BG_CF_ADDR: ARP and RARP sender (src) / target (dst) addresses match too (tcpdump's host) */
+	__u8 pad[3];
+	__u32 addr[4];
+	__u32 mask[4];
 };
 
 /* Python reads these from BTF (bpfgate.contract): every object built with this header carries them. */
@@ -71,6 +100,8 @@ BG_EXPORT_TYPE(enum bg_capture_verdict, capture_verdict);
 BG_EXPORT_TYPE(enum bg_capture_limits, capture_limits);
 BG_EXPORT_TYPE(enum bg_capture_side, capture_side);
 BG_EXPORT_TYPE(enum bg_dir, capture_dir);
+BG_EXPORT_TYPE(enum bg_capture_op, capture_op);
+BG_EXPORT_TYPE(struct bg_capture_term, capture_term);
 BG_EXPORT_TYPE(struct bg_capture_event, capture_event);
 BG_EXPORT_TYPE(struct bg_capture_cfg, capture_cfg);
 

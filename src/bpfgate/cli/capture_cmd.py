@@ -38,8 +38,14 @@ def register(app: click.Group) -> None:
     @click.option("-w", "--write", "path", metavar="FILE", help="Write packets to FILE (pcap; pcapng with --pcapng).")
     @click.option("--pcapng", is_flag=True, help="pcapng, with each packet's hook/direction/verdict as a comment.")
     @click.option("--json", "as_json", is_flag=True, help="One JSON line per packet on stdout, then a summary line.")
-    def capture_cmd(dev, netns, rule, all_engine, proto, port, host, snaplen, count, duration, direction, path, pcapng, as_json):
+    @click.argument("expression", nargs=-1)
+    def capture_cmd(dev, netns, rule, all_engine, proto, port, host, snaplen, count, duration, direction, path, pcapng,
+                    as_json, expression):
         """Capture packets on DEV in the kernel: only matching packets, cut to the snaplen, reach user space.
+
+        EXPRESSION: a tcpdump-style filter, its common subset (host, net, port, portrange, src/dst,
+        tcp/udp/sctp/icmp/icmp6, ip/ip6, and/or/not, parentheses), e.g. 'tcp port 443 and not net
+        198.18.0.0/16'; compiled to the kernel-side filter, and with --proto/--port/--host.
 
         Stops after --count packets, --duration seconds, Ctrl-C or SIGTERM; the file is complete either way
         and nothing stays attached."""
@@ -49,9 +55,10 @@ def register(app: click.Group) -> None:
         if all_engine and rule is not None:
             raise BadInput("capture", "--engine and --rule exclude each other",
                                hint="--engine: every packet; --rule NAME: the packets that rule decides")
-        if (rule is not None or all_engine) and (proto or port or host):
+        expression = " ".join(expression)
+        if (rule is not None or all_engine) and (proto or port or host or expression):
             raise BadInput("capture", f"{'--rule' if rule else '--engine'} and match options "
-                               "(--proto/--port/--host) exclude each other")
+                               "(--proto/--port/--host, a filter expression) exclude each other")
         if all_engine or rule is not None:
             hook, rule_id, names, eng_dir = engine_capture(dev, netns, rule)
             if rule is not None and not engine_has_capture(dev, hook, netns):
@@ -76,7 +83,7 @@ def register(app: click.Group) -> None:
                                    "none of its packets")
             direction = rule_dir
         else:
-            filt = CaptureFilter.parse(proto, port, host)
+            filt = CaptureFilter.parse(proto, port, host, expression)
         direction = direction or "both"
 
         def ready() -> None:

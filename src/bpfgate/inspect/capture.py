@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator
 
 from bpfgate import contract
 from bpfgate.errors import BadInput, BpfgateError, NotSupported
+from bpfgate.inspect.capture_expr import SIDES, compile_expression
 from bpfgate.inspect.events import Clock
 from bpfgate.inspect.flows import DIR_NAMES, open_pair
 from bpfgate.inspect.pcap import PcapWriter, open_writer
@@ -49,8 +50,6 @@ HOOKS = C.names("bg_capture_hook", {"BG_HOOK_TC": "tc", "BG_HOOK_XDP": "xdp", "B
 VERDICTS = C.names("bg_capture_verdict", {"BG_VERDICT_UNKNOWN": "unknown", "BG_VERDICT_PASS": "pass",
                                           "BG_VERDICT_DROP": "drop", "BG_VERDICT_REDIRECT": "redirect"})
 STAT_EVENTS, STAT_EVENTS_LOST = C.BG_STAT_EVENTS, C.BG_STAT_EVENTS_LOST
-SIDES = {word: value for value, word in C.names("bg_capture_side", {"BG_SIDE_ANY": "any", "BG_SIDE_SRC": "src",
-                                                                    "BG_SIDE_DST": "dst"}).items()}
 
 
 def _op() -> str:
@@ -70,9 +69,13 @@ class CaptureFilter:
     verdict: int = 0              # label of every record (capture --rule: the rule's action), 0 unknown
     rule_id: int = 0
     rule: str | None = None       # the rule's name (capture --rule)
+    expression: str | None = None  # a tcpdump-style expression (capture_expr), ANDed with the options above
+    terms: tuple = ()              # its compiled terms (struct bg_capture_term as dicts)
 
     @classmethod
-    def parse(cls, proto: str | int | None = None, port: int | None = None, host: str | None = None) -> "CaptureFilter":
+    def parse(cls, proto: str | int | None = None, port: int | None = None, host: str | None = None,
+              expression: str | None = None) -> "CaptureFilter":
+        terms = tuple(compile_expression(expression)) if expression else ()
         p = None
         if proto is not None:
             name = str(proto).lower()
@@ -92,7 +95,8 @@ class CaptureFilter:
                 net = ipaddress.ip_network(host, strict=False)
             except ValueError:
                 raise BadInput(_op(), f"not an address or CIDR: {host!r}") from None
-        return cls(p, int(port) if port is not None else None, net)
+        return cls(p, int(port) if port is not None else None, net, expression=expression if terms else None,
+                   terms=terms)
 
     def rodata(self) -> dict:
         """The load-time constants of bpf/capture.bpf.c (addresses 16 bytes, IPv4-mapped, as u32 words)."""
@@ -104,6 +108,8 @@ class CaptureFilter:
             out["cfg_port_side"] = SIDES[self.port_side]
         if self.verdict:
             out.update(cfg_verdict=self.verdict, cfg_rule_id=self.rule_id)
+        if self.terms:
+            out.update(cfg_expr_len=len(self.terms), cfg_expr=list(self.terms))
         if self.host is not None:
             if self.host.version == 4:
                 addr = b"\0" * 10 + b"\xff\xff" + self.host.network_address.packed
@@ -121,6 +127,8 @@ class CaptureFilter:
             parts.append(f"{side[self.port_side]}port {self.port}")
         if self.host:
             parts.append(f"{side[self.host_side]}host {self.host}")
+        if self.expression:
+            parts.append(f"({self.expression})" if parts else self.expression)
         what = " and ".join(parts) or "all packets"
         return f"rule {self.rule} ({what})" if self.rule else what
 
