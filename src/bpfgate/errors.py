@@ -121,6 +121,8 @@ def from_errno(op: str, err: int, *, hint: str | None = None) -> BpfgateError:
         return PermissionDenied(op, os.strerror(err))
     if err in (_errno.ENOENT, _errno.ENODEV):
         return NotFound(op, os.strerror(err), hint=hint)
+    if err in (_errno.EISDIR, _errno.ENOTDIR, _errno.ENAMETOOLONG, _errno.ELOOP):   # a path the user gave
+        return BadInput(op, os.strerror(err), hint=hint)
     if err in (_errno.EOPNOTSUPP, _errno.ENOTSUP, _errno.ENOSYS):
         return NotSupported(op, os.strerror(err), hint=hint)
     return AttachError(op, err, hint=hint)

@@ -14,6 +14,11 @@ class Seconds(click.FloatRange):
     name = "seconds"
 
     def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
         v = super().convert(value, param, ctx)
         if not math.isfinite(v):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)

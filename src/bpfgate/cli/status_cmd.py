@@ -9,7 +9,8 @@ import click
 from bpfgate import attach, status
 from bpfgate.cli import term
 from bpfgate.cli.params import Seconds
-from bpfgate.kernel import caps
+from bpfgate.errors import NotFound
+from bpfgate.kernel import caps, netlink
 
 
 def _netns_list(netns: str | None, all_netns: bool) -> list[str | None]:
@@ -70,6 +71,8 @@ def register(app: click.Group) -> None:
         caps.require("detach", caps.CAP_BPF, caps.CAP_NET_ADMIN, caps.CAP_SYS_ADMIN)
         if cgroup_path:
             done = attach.detach_matching(hook=hook, target=os.path.abspath(cgroup_path), any_netns=True)
+            if not done and not os.path.isdir(cgroup_path):   # a typo, not a clean cgroup
+                raise NotFound("detach", f"no such cgroup directory {cgroup_path!r}")
             if as_json:
                 term.print_json({"removed": done})
             elif not done:
@@ -84,6 +87,8 @@ def register(app: click.Group) -> None:
                 what = status.detach_orphan(e)
                 if what:
                     done.append(what)
+        if not done and dev is not None and not all_netns:
+            netlink.ifindex(dev, netns)   # a typo, not a clean interface: NotFound (a removed one's records went above)
         if as_json:
             term.print_json({"removed": done})
             return

@@ -101,7 +101,7 @@ def open_writer(path: str, *, pcapng: bool = False, snaplen: int = 262144, ifnam
     try:
         f = open(path, "wb")
     except OSError as e:
-        raise from_errno(f"open capture file {path}", e.errno or 5, hint=e.strerror) from None
+        raise from_errno(f"open capture file {path}", e.errno or 5) from None
     except ValueError as e:  # e.g. an embedded NUL
         raise BpfgateError(f"open capture file {path!r}", str(e)) from None
     if pcapng:
