@@ -116,6 +116,13 @@ def test_reset_of_an_unknown_rule_changes_nothing(be, capsys, tmp_path):  # noqa
     assert code == 2 and "no bpfgate policy" in one_line_error(err)
 
 
+def test_reset_with_nothing_running_is_not_found(be, capsys):  # noqa: F811
+    code, _, err = run(capsys, "rules", "--reset")
+    assert code == 2 and "no bpfgate policy is running" in one_line_error(err)
+    code, out, _ = run(capsys, "rules")     # listing nothing is no error (as `nft list ruleset`)
+    assert code == 0 and "no bpfgate policy is running" in out
+
+
 # ---- negated matches ---------------------------------------------------------------------------------
 
 def _rules(*rules, default="allow"):

@@ -244,6 +244,10 @@ def register(app: click.Group) -> None:
         from bpfgate import policyctl
 
         rows = policyctl.rules(dev, netns=netns, hook=hook, names=names or None, reset=reset)
+        if reset and not rows:   # as `policy export`: nothing to reset is a not-found, not a success
+            from bpfgate.errors import NotFound
+
+            raise NotFound("reset counters", "no bpfgate policy is running" + (f" in {netns}" if netns else ""))
         if _printed_as_json_or_none(rows, as_json, netns):
             return
         if reset:
