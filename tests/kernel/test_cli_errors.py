@@ -35,3 +35,15 @@ def test_unknown_namespace():
 def test_usage_error_is_not_a_traceback():
     r = bpfgate("detach", "--hook", "bogus")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "bogus" in r.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["detach", "--dev", "bg-nosuch0"], "no such interface"),          # a typo is not "nothing attached"
+    (["detach", "--cgroup", "/sys/fs/cgroup/bg-nosuch"], "no such cgroup directory"),
+    (["capture", "--dev", "lo", "-w", "/", "--count", "1"], "Is a directory"),
+    (["flows", "--dev", "lo", "--duration", "abc"], "'abc' is not a number of seconds"),
+])
+def test_what_does_not_exist_or_is_no_file_is_bad_input(args, says):
+    r = bpfgate(*args)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and says in lines[0], r.stderr
