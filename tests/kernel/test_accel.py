@@ -128,10 +128,10 @@ def test_accelerated_connections_are_byte_exact_both_ways_through_half_close(acc
     port = free_port()
     r = run_cli(["accel", cgroup, "--port", str(port)])
     assert r.returncode == 0, r.stderr
-    run_pairs(cgroup, port, conns=2)   # the smoke set's budget: more connections below
+    run_pairs(cgroup, port, conns=1)   # the smoke set's budget (~2 min under TCG): more connections below
     t = accel.totals(cgroup)
-    assert t.sockets == 4 and t.add_failed == 0
-    assert t.redirected_bytes == bytes_of(2)   # every byte went through the sockhash
+    assert t.sockets == 2 and t.add_failed == 0
+    assert t.redirected_bytes == bytes_of(1)   # every byte went through the sockhash
     r = run_cli(["detach", "--cgroup", cgroup])
     assert r.returncode == 0, r.stderr
     assert not attach.find(target=cgroup, any_netns=True) and not attach.find(owner="accel", any_netns=True)
