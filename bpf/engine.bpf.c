@@ -103,6 +103,20 @@ struct {
 	__type(value, struct bg_log_bucket);
 } bg_log_rate SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, BG_REDIRECT_TARGETS);
+	__type(key, __u32);
+	__type(value, __u32);
+} bg_redirect_devs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BG_REDIR_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} bg_redirect_stats SEC(".maps");
+
 /* [0] = 1: an engine earlier on this packet's path (XDP before tc-ingress) tracks the flows; this one only
  * reads their state, so per-flow counters count each packet once. Set by the control plane. */
 struct {
@@ -357,7 +371,19 @@ struct verdict {
 	__u32 ifindex;
 	__u32 mark;       /* applied when has_mark */
 	__u8 has_mark;
+	__u8 gone_drop;   /* the redirect target is gone: drop (else pass) */
 };
+
+/* A redirect whose target is gone: counted, and the rule's fallback (pass, or drop). */
+static __always_inline int redirect_gone(const struct verdict *v)
+{
+	__u32 idx = v->gone_drop ? BG_REDIR_STAT_GONE_DROPPED : BG_REDIR_STAT_GONE_PASSED;
+	__u64 *n = bpf_map_lookup_elem(&bg_redirect_stats, &idx);
+
+	if (n)
+		(*n)++;
+	return v->gone_drop;
+}
 
 /* The whole decision for one packet: classify, count, log, rate-limit. */
 static __always_inline void decide(void *ctx, struct bg_cls_key *k, __u32 len, __u32 ifindex, struct verdict *v)
@@ -387,6 +413,7 @@ static __always_inline void decide(void *ctx, struct bg_cls_key *k, __u32 len, _
 	if (v->action == BG_ACT_REDIRECT) {
 		v->ifindex = r->redirect_ifindex;
 		v->redir_ingress = !!(r->flags & BG_RF_REDIR_INGRESS);
+		v->gone_drop = !!(r->flags & BG_RF_REDIR_GONE_DROP);
 	}
 	if (r->flags & BG_RF_MARK) {
 		v->has_mark = 1;
@@ -536,8 +563,11 @@ int bg_engine_tc(struct __sk_buff *skb)
 		skb->cb[BG_CB_RULE_WORD + 1] = v.rule_id + 1;
 		return TC_ACT_SHOT;
 	}
-	if (v.action == BG_ACT_REDIRECT)
+	if (v.action == BG_ACT_REDIRECT) {
+		if (!bpf_map_lookup_elem(&bg_redirect_devs, &v.ifindex))
+			return redirect_gone(&v) ? TC_ACT_SHOT : TC_ACT_UNSPEC;
 		return bpf_redirect(v.ifindex, v.redir_ingress ? BPF_F_INGRESS : 0);
+	}
 	/* pass: the filters after the gate (the attempt log: bpfgate.attach.order) see what it let through.
 	 * TC_ACT_OK would end the clsact chain there (TCX_PASS the TCX one); with no filter left the
 	 * packet passes all the same. */
@@ -572,8 +602,14 @@ int bg_engine_xdp(struct xdp_md *ctx)
 		capture_xdp(ctx, c, v.rule_id, capture_verdict(v.action));
 	if (v.action == BG_ACT_DROP)
 		return XDP_DROP;
-	if (v.action == BG_ACT_REDIRECT)
-		return bpf_redirect(v.ifindex, 0);
+	if (v.action == BG_ACT_REDIRECT) {
+		/* through the devmap: a target the kernel removed falls back to the rule's action */
+		long rc = bpf_redirect_map(&bg_redirect_devs, v.ifindex, v.gone_drop ? XDP_DROP : XDP_PASS);
+
+		if (rc != XDP_REDIRECT)
+			redirect_gone(&v);
+		return rc;
+	}
 	return XDP_PASS;
 }
 

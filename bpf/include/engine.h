@@ -19,6 +19,7 @@ enum bg_engine_limits {
 	BG_MAX_SHAPES = 32,        /* bg_conf.shapes[] */
 	BG_CONF_SLOTS = 2,         /* bg_conf is double-buffered; bg_active[0] names the live slot */
 	BG_MAX_RULES = 1 << 18,    /* rule slots: bg_rules, bg_counters, bg_rate_rule, bg_log_rate */
+	BG_REDIRECT_TARGETS = 256, /* interfaces the rules of one engine redirect to (bg_redirect_devs) */
 	BG_HASH_MAX = 1 << 21,     /* bg_cls and bg_pfx allocated per entry: two generations of 1M entries */
 	BG_PFX_LENS = 7,           /* longer lengths probed per level-0 bucket of stage 0, at most */
 	BG_PFX_TOP_BITS = 16,      /* level 0 is indexed by the address's top 16 bits */
@@ -29,7 +30,17 @@ enum bg_have { BG_HAVE_L3 = 0x01, BG_HAVE_PROTO = 0x02, BG_HAVE_PORTS = 0x04, BG
 	       BG_HAVE_ICMP = 0x10, BG_HAVE_VLAN = 0x20, BG_HAVE_CT = 0x40 };
 enum bg_action { BG_ACT_PASS = 1, BG_ACT_DROP = 2, BG_ACT_REDIRECT = 3 };
 enum bg_rule_flags { BG_RF_COUNT = 0x01, BG_RF_LOG = 0x02, BG_RF_MARK = 0x04, BG_RF_RATE = 0x08,
-		     BG_RF_RATE_BYTES = 0x10, BG_RF_RATE_PER_SRC = 0x20, BG_RF_REDIR_INGRESS = 0x40 };
+		     BG_RF_RATE_BYTES = 0x10, BG_RF_RATE_PER_SRC = 0x20, BG_RF_REDIR_INGRESS = 0x40,
+		     BG_RF_REDIR_GONE_DROP = 0x80 /* the redirect target is gone: drop (else pass) */ };
+
+/* Redirect targets (map bg_redirect_devs, a devmap keyed by ifindex): the control plane puts each rule's
+ * target there; the kernel deletes an entry when its device goes, so a redirect never goes into nothing.
+ * Per-CPU counters (bg_redirect_stats) of packets whose target was gone, by what the rule said. */
+enum bg_redirect_stat {
+	BG_REDIR_STAT_GONE_PASSED = 0,
+	BG_REDIR_STAT_GONE_DROPPED,
+	BG_REDIR_STAT_MAX,
+};
 
 struct bg_cls_key {      /* 56 bytes = 7 x u64: key of bg_cls, also the packet key and a shape's mask */
 	__u8 shape;      /* shape id (0 in packet key and masks) */
@@ -162,6 +173,7 @@ BG_EXPORT_TYPE(enum bg_have, have);
 BG_EXPORT_TYPE(enum bg_ct_state, ct_state);
 BG_EXPORT_TYPE(enum bg_action, action);
 BG_EXPORT_TYPE(enum bg_rule_flags, rule_flags);
+BG_EXPORT_TYPE(enum bg_redirect_stat, redirect_stat);
 BG_EXPORT_TYPE(enum bg_tree, tree);
 BG_EXPORT_TYPE(enum bg_ct_flags, ct_flags);
 BG_EXPORT_TYPE(enum bg_engine_hook, engine_hook);

@@ -30,11 +30,16 @@ def _root():
         pytest.skip("needs root")
 
 
-def engine(rules, hook="tc-ingress", default="allow"):
+NO_SUCH_IFINDEX = 0x7FFFFFF0
+
+
+def engine(rules, hook="tc-ingress", default="allow", target_ifindex=1):
+    """An engine for BPF_PROG_TEST_RUN; redirect targets resolve to `target_ifindex` (default lo: a device
+    that exists, so the devmap of redirect targets takes it)."""
     hp = HookPolicy.model_validate({"default": default, "rules": rules})
     eng = Engine.load(hook, ct=False, max_entries={"bg_rules": 1024, "bg_counters": 1024, "bg_rate_rule": 1024,
                                                    "bg_log_rate": 1024})
-    eng.load_policy(compile_hook(hp, Hook(hook), ifindex=lambda _n: 7))
+    eng.load_policy(compile_hook(hp, Hook(hook), ifindex=lambda _n: target_ifindex))
     return eng
 
 
@@ -62,6 +67,16 @@ def test_mark_and_redirect_return_codes():
     with engine([{"name": "out", "protocol": "udp", "action": "redirect", "redirect": {"interface": "x"}}],
                 hook="xdp") as eng:
         assert run(eng, frame())[0] == 4     # XDP_REDIRECT
+
+
+@pytest.mark.parametrize("hook, passed, dropped", [("tc-ingress", TC_PASS, TC_SHOT), ("xdp", 2, 1)])
+def test_a_redirect_target_that_does_not_exist_is_counted_and_passed_or_dropped(hook, passed, dropped):
+    for on_gone, code in (("pass", passed), ("drop", dropped)):
+        with engine([{"name": "out", "protocol": "udp", "action": "redirect",
+                      "redirect": {"interface": "x", "on_gone": on_gone}}], hook=hook,
+                    target_ifindex=NO_SUCH_IFINDEX) as eng:
+            assert run(eng, frame())[0] == code
+            assert eng.redirect_stats() == {"gone_passed": int(on_gone == "pass"), "gone_dropped": int(on_gone == "drop")}
 
 
 def passes(eng, frames_):

@@ -169,6 +169,8 @@ def register(app: click.Group) -> None:
     @click.option("--action", type=click.Choice(["pass", "drop", "redirect"]), default="pass", show_default=True)
     @click.option("--redirect", "redirect_if", metavar="IF", help="Redirect target interface (action redirect).")
     @click.option("--redirect-ingress", is_flag=True, help="Redirect to the target's ingress (default egress).")
+    @click.option("--redirect-on-gone", type=click.Choice(["pass", "drop"]), default="pass", show_default=True,
+                  help="What a redirected packet gets when the target interface is gone (counted either way).")
     @click.option("--mark", help="skb mark (tc hooks only).")
     @click.option("--rate", type=int, help="Rate limit: tokens per second.")
     @click.option("--rate-unit", type=click.Choice(["packets", "bytes"]), default="packets", show_default=True)
@@ -185,8 +187,8 @@ def register(app: click.Group) -> None:
     @NETNS
     @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
     def rule_add(name, dev, hook, src, dst, proto, sport, dport, tcp_flags, icmp_type, icmp_code, vlan, ct,
-                 action, redirect_if, redirect_ingress, mark, rate, rate_unit, rate_per, burst, over, log_rate,
-                 no_count, comment, before, after, position, netns, as_json):
+                 action, redirect_if, redirect_ingress, redirect_on_gone, mark, rate, rate_unit, rate_per, burst, over,
+                 log_rate, no_count, comment, before, after, position, netns, as_json):
         """Add rule NAME on --dev/--hook, matching like the YAML fields."""
         from bpfgate import policyctl
 
@@ -200,7 +202,8 @@ def register(app: click.Group) -> None:
             if val is not None:
                 data[key] = val
         if redirect_if:
-            data["redirect"] = {"interface": redirect_if, "direction": "ingress" if redirect_ingress else "egress"}
+            data["redirect"] = {"interface": redirect_if, "direction": "ingress" if redirect_ingress else "egress",
+                                "on_gone": redirect_on_gone}
         if rate is not None:
             data["rate_limit"] = {"rate": rate, "unit": rate_unit, "per": rate_per, "over": over,
                                   **({"burst": burst} if burst is not None else {})}

@@ -41,10 +41,11 @@ RULE_ARRAYS = ("bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate")
 MAX_RULE_SLOTS = R.C.BG_MAX_RULES
 GRACE_S = 1.0                            # freed rule slots wait this long (in-flight packets, RCU)
 MAPS = ("bg_cls", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_rate_src",
-        "bg_log_rate", "bg_ct", "events", "bg_stats", "bg_pfx_top", "bg_pfx", "bg_ct_lookup_only")
+        "bg_log_rate", "bg_ct", "events", "bg_stats", "bg_pfx_top", "bg_pfx", "bg_ct_lookup_only",
+        "bg_redirect_devs", "bg_redirect_stats")
 CAPTURE_MAPS = ("bg_capture_cfg", "bg_capture_ring")   # capture with the verdict (inspect.capture.EngineCapture)
 U32_KEYED = {"bg_ct_lookup_only", "bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters",
-             "bg_rate_rule", "bg_log_rate", "bg_stats"}
+             "bg_rate_rule", "bg_log_rate", "bg_stats", "bg_redirect_devs", "bg_redirect_stats"}
 HOOK_CODE = {Hook.TC_INGRESS: R.C.BG_ENGINE_TC_INGRESS, Hook.TC_EGRESS: R.C.BG_ENGINE_TC_EGRESS,
              Hook.XDP: R.C.BG_ENGINE_XDP, Hook.CGROUP_INGRESS: R.C.BG_ENGINE_CGROUP_INGRESS,
              Hook.CGROUP_EGRESS: R.C.BG_ENGINE_CGROUP_EGRESS, Hook.CGROUP_CONNECT: R.C.BG_ENGINE_CGROUP_CONNECT,
@@ -644,7 +645,32 @@ class Engine:
             return b
 
         vals = b"".join([pack(rules[i]) for i in ids])
+        self._write_redirect_targets(rules.values())   # before a rule can send packets there
         self.maps["bg_rules"].update_batch_raw(keys, vals, len(ids))
+
+    def _write_redirect_targets(self, rules: Iterable[L.RuleAction]) -> None:
+        """Put the redirect rules' target interfaces in the devmap the programs redirect through. One that
+        does not exist (any more) stays out: its packets are counted and passed or dropped as the rule says."""
+        targets = {a.redirect_ifindex for a in rules if a.action == L.ACT_REDIRECT and a.redirect_ifindex}
+        m = self.maps.get("bg_redirect_devs")
+        if not targets or m is None:
+            return
+        from bpfgate.kernel import netns
+
+        with netns.entered(self.netns):   # the kernel resolves a devmap's ifindex in the caller's namespace
+            for ifindex in targets:
+                try:
+                    m.update(ifindex, ifindex)
+                except BpfgateError:
+                    pass   # no such device: the datapath counts the packets of its rules (redirect_stats)
+
+    def redirect_stats(self) -> dict[str, int]:
+        """Packets whose redirect target was gone, by what their rule did instead (passed / dropped)."""
+        m = self.maps.get("bg_redirect_stats")
+        if m is None:
+            return {"gone_passed": 0, "gone_dropped": 0}
+        return {"gone_passed": sum(m.lookup(R.C.BG_REDIR_STAT_GONE_PASSED)),
+                "gone_dropped": sum(m.lookup(R.C.BG_REDIR_STAT_GONE_DROPPED))}
 
     def _write_cls(self, entries: dict[bytes, L.ClsValue]) -> None:
         if entries:

@@ -216,6 +216,7 @@ class RuleReader:
         self._open: dict[tuple[str, str], Any] = {}
         self._prog: dict[tuple[str, str], int] = {}
         self.log_stats: list[LogStats] = []   # of the engines of the last read()
+        self.redirect_gone: list[tuple[str, str, dict[str, int]]] = []   # (dev, hook, Engine.redirect_stats())
 
     def _engine(self, dev: str, hook: Any) -> Any:
         """The engine at (dev, hook), opened once; reopened when another engine was attached there since
@@ -234,6 +235,7 @@ class RuleReader:
         out: list[RuleHits] = []
         present = set()
         self.log_stats = []
+        self.redirect_gone = []
         for dev, hook in attached(self.netns, self.devs):
             key = (dev, getattr(hook, "value", hook))
             present.add(key)
@@ -259,6 +261,7 @@ class RuleReader:
         stats = [sum(_u64(v) for v in (eng.maps["bg_stats"].lookup(i) or [])) for i in (0, 1)]
         # enum bg_stat: BG_STAT_EVENTS, BG_STAT_EVENTS_LOST
         self.log_stats.append(LogStats(dev, h, stats[0], stats[1]))
+        self.redirect_gone.append((dev, h, eng.redirect_stats()))
         actions = {r.name: r.action for r in pol.rules}
         actions[DEFAULT_RULE] = "pass" if pol.default == "allow" else "drop"
         return [RuleHits(dev, h, name, actions.get(name, "?"), c.packets, c.bytes) for name, c in counters.items()]
@@ -287,7 +290,8 @@ class RuleCollector:
     engine attached in the namespace, read at scrape time; bpfgate_rule_drops_total{interface, hook}
     sums the packets of drop rules (the default rule included when it denies; packets a rate limit drops
     over a pass rule are not in it); bpfgate_rule_log_events_total / _lost_total {interface, hook}: the
-    engine's log events and their loss (exact, counted by the engine)."""
+    engine's log events and their loss (exact, counted by the engine); bpfgate_redirect_target_gone_total
+    {interface, hook, fallback}: packets of redirect rules whose target interface was gone."""
 
     def __init__(self, netns_name: str | None = None, devs: Iterable[str] | None = None):
         self.reader = RuleReader(netns_name, devs)
@@ -316,7 +320,13 @@ class RuleCollector:
         for st in self.reader.log_stats:
             ev.add_metric([st.dev, st.hook], st.events)
             lost.add_metric([st.dev, st.hook], st.lost)
-        yield from (pk, by, drops, ev, lost)
+        gone = CounterMetricFamily("bpfgate_redirect_target_gone", "Packets of redirect rules whose target "
+                                   "interface was gone, by what the rule did instead (passed, dropped)",
+                                   labels=["interface", "hook", "fallback"])
+        for dev, h, st in self.reader.redirect_gone:
+            gone.add_metric([dev, h, "passed"], st["gone_passed"])
+            gone.add_metric([dev, h, "dropped"], st["gone_dropped"])
+        yield from (pk, by, drops, ev, lost, gone)
 
     def close(self) -> None:
         self.reader.close()

@@ -114,6 +114,7 @@ def rule_action(rule: Rule, ifindex: Callable[[str], int] = _ifindex) -> L.RuleA
     if rule.redirect:
         redir = ifindex(rule.redirect.interface)
         flags |= L.RF_REDIR_INGRESS if rule.redirect.direction == "ingress" else 0
+        flags |= L.RF_REDIR_GONE_DROP if rule.redirect.on_gone == "drop" else 0
     return L.RuleAction(L.ACTIONS[rule.action], over, flags, redir, rule.mark or 0, log_rate, rate, burst)
 
 

@@ -38,6 +38,7 @@ RF_RATE = C.BG_RF_RATE                    # token bucket: rate tokens/s, burst t
 RF_RATE_BYTES = C.BG_RF_RATE_BYTES        # tokens are bytes (else packets)
 RF_RATE_PER_SRC = C.BG_RF_RATE_PER_SRC    # one bucket per source address (else per rule)
 RF_REDIR_INGRESS = C.BG_RF_REDIR_INGRESS  # redirect to the interface's ingress (else egress)
+RF_REDIR_GONE_DROP = C.BG_RF_REDIR_GONE_DROP  # the redirect target is gone: drop (else pass)
 
 KEY = contract.record("engine", "bg_cls_key", "shape gen have family proto tcp_flags icmp_type icmp_code ct_state "
                                               "vlan sport dport src dst src_cls dst_cls")

@@ -213,6 +213,7 @@ def complement_protocols(protos: tuple) -> tuple:
 class Redirect(Strict):
     interface: str = Field(min_length=1, max_length=15)
     direction: Literal["egress", "ingress"] = "egress"
+    on_gone: Literal["pass", "drop"] = "pass"   # the target interface went away: pass the packet, or drop it
 
 
 class RateLimit(Strict):
