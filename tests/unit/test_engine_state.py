@@ -265,7 +265,7 @@ LAYOUT = {
                                   "cgroup-bind"),
     "bpfgate.policy.model.Log": ("rate",),
     "bpfgate.policy.model.RateLimit": ("rate", "unit", "per", "burst", "over"),
-    "bpfgate.policy.model.Redirect": ("interface", "direction"),
+    "bpfgate.policy.model.Redirect": ("interface", "direction", "on_gone"),
     "bpfgate.policy.model.Rule": ("name", "src", "dst", "protocol", "src_port", "dst_port", "tcp_flags",
                                   "icmp_type", "icmp_code", "vlan", "ct", "action", "redirect", "mark",
                                   "rate_limit", "log", "count", "comment", "negated", "owner"),
@@ -307,7 +307,7 @@ def test_snapshot_layout_matches_its_version():
     live.ifindex = None
     got = pickled_layout({"live": live, "pending": []})
     got |= pickled_layout(dict(live.c.source))   # the rules: one blob inside the snapshot (RuleSources)
-    assert (S.SNAPSHOT_VERSION, got) == (7, LAYOUT), (
+    assert (S.SNAPSHOT_VERSION, got) == (8, LAYOUT), (
         "what the engine snapshot pickles changed layout: bump SNAPSHOT_VERSION in bpfgate/engine/state.py "
         "(older snapshots then ask to reattach instead of loading wrongly) and update LAYOUT and the version here")
 
