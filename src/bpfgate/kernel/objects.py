@@ -294,10 +294,18 @@ class BpfObject:
 
 
 def _btf_type(btf: Btf, type_id: int, size: int) -> Any:
-    """ctypes type for a map key/value: from BTF when the map declares it, else raw bytes."""
-    if type_id:
-        return btf.ctype(type_id)
-    return {4: ctypes.c_uint32, 8: ctypes.c_uint64}.get(size, ctypes.c_uint8 * size)
+    """ctypes type for a map key/value: from BTF when the map declares it, else raw bytes. A map this object
+    reuses (reuse_map) reports the type ids of the object that made it, which name other types here (or
+    none): a type that is not of the map's size, or has no ctypes form, is read as raw bytes (the caller
+    that reuses a map types it itself)."""
+    raw = {4: ctypes.c_uint32, 8: ctypes.c_uint64}.get(size, ctypes.c_uint8 * size)
+    if not type_id:
+        return raw
+    try:
+        ctype = btf.ctype(type_id)
+    except ObjectError:
+        return raw
+    return ctype if ctypes.sizeof(ctype) == size else raw
 
 
 _BEGIN, _END = "-- BEGIN PROG LOAD LOG --", "-- END PROG LOAD LOG --"
