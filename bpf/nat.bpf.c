@@ -80,6 +80,14 @@ struct {
 	__type(value, __u32);
 } lb_slots SEC(".maps");
 
+/* new flows per backend id (backend ids are never handed out twice; user space deletes a removed one's) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u64);
+} lb_flows SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, BG_NAT_STAT_MAX);
@@ -93,6 +101,16 @@ static __always_inline void nat_count(__u32 idx)
 
 	if (v)
 		(*v)++;
+}
+
+static __always_inline void lb_count(__u32 backend)
+{
+	__u64 one = 1, *v = bpf_map_lookup_elem(&lb_flows, &backend);
+
+	if (v)
+		(*v)++;
+	else /* its first flow: the entry is made with this CPU's slot at 1, the others at 0 */
+		bpf_map_update_elem(&lb_flows, &backend, &one, BPF_NOEXIST);
 }
 
 /* ---- checksums and rewrites ------------------------------------------------------------------------ */
@@ -496,6 +514,8 @@ static __always_inline int new_flow(const struct bg_ct_key *ck, struct bg_ct_key
 	}
 	e->ext.backend_id = backend;
 	nat_count(BG_NAT_STAT_FLOWS);
+	if (backend)
+		lb_count(backend);
 	return 0;
 }
 

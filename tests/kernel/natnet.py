@@ -1,4 +1,5 @@
-"""Helpers of the NAT tests: the VIPs, and the receiving stacks' checksum-error counters (nstat)."""
+"""Helpers of the NAT tests: the VIPs, the receiving stacks' checksum-error counters (nstat), and the NAT's
+Prometheus metrics as a scrape renders them."""
 
 from __future__ import annotations
 
@@ -16,6 +17,21 @@ def csum_errors(host) -> frozenset:
     data = json.loads(out)
     vals = data.get("kernel", data)
     return frozenset((k, int(v)) for k, v in vals.items() if k in CSUM_COUNTERS)
+
+
+def nat_metrics(netns: str | None) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted label items) -> value of the namespace's NAT metrics, parsed from the text a
+    scrape of `bpfgate metrics` returns."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bpfgate.inspect.metrics import Exporter
+    from bpfgate.nat import NatCollector
+
+    with Exporter() as exp:
+        exp.add(NatCollector(netns))
+        text = exp.render()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 # ---- checksum offload, captures, checksum verdicts -------------------------------------------------------

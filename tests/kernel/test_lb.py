@@ -14,7 +14,7 @@ import pytest
 from bpfgate import nat
 from bpfgate.errors import NotFound, PolicyError
 from clirun import run_cli  # noqa: E402  (tests/kernel helper)
-from natnet import VIP4  # noqa: E402  (tests/kernel helper)
+from natnet import VIP4, nat_metrics  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
 
@@ -134,6 +134,35 @@ def test_weights_stickiness_drain_and_remove(lb):
         assert gw.stats()["lb_repick"] >= first.count(9003)
     finally:
         for s in socks_all:
+            s.close()
+
+
+def test_metrics_count_each_backends_new_flows_and_the_slots_a_change_moved(lb):
+    client, si, gw = lb
+    be = [f"{si.ip4}:{p}" for p in PORTS[:3]]
+    gw.add_service(nat.service("dns", "udp", f"{VIP4}:53", be, table_size=251))
+    socks = _sockets(client, 90)
+    try:
+        first = _round(socks)
+        _round(socks)   # the same flows again: no new flow
+        m = nat_metrics(gw.netns)
+        for b, port in zip(be, PORTS):
+            key = ("bpfgate_lb_backend_flows_total", (("backend", b), ("interface", si.name), ("service", "dns")))
+            assert m[key] == first.count(port), (b, m)
+        assert m[("bpfgate_nat_flows_total", (("interface", si.name),))] == len(socks)
+        ch = gw.set_backend("dns", be[2], remove=True)
+        m = nat_metrics(gw.netns)
+        svc = (("interface", si.name), ("service", "dns"))
+        assert m[("bpfgate_lb_last_change_moved_slots", svc)] == round(ch.moved * 251) > 0
+        assert m[("bpfgate_lb_table_slots", svc)] == 251
+        assert not any(k[0] == "bpfgate_lb_backend_flows_total" and ("backend", be[2]) in k[1] for k in m)
+        _round(socks)   # the removed backend's flows are chosen again: new flows of the others
+        m = nat_metrics(gw.netns)
+        assert m[("bpfgate_lb_repicks_total", (("interface", si.name),))] == first.count(PORTS[2])
+        # the removed backend's count went with it; its flows now count at the backends they moved to
+        assert sum(v for k, v in m.items() if k[0] == "bpfgate_lb_backend_flows_total") == len(socks)
+    finally:
+        for s in socks:
             s.close()
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from bpfgate import nat
+from natnet import nat_metrics  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
 
@@ -87,6 +88,12 @@ def test_snat_port_exhaustion_is_counted(inside):
     assert _peer(c2, 4, so.ip4, 40001) is None   # the one port is taken: the SYN is dropped, counted
     st = gw.stats()
     assert st["port_exhausted"] >= 1 and st["port_collision"] >= 1
+    m, dev = nat_metrics(gw.netns), (("interface", ro.name),)   # what `bpfgate metrics` serves
+    assert m[("bpfgate_nat_snat_port_exhausted_total", dev)] == st["port_exhausted"]
+    assert m[("bpfgate_nat_snat_port_collisions_total", dev)] == st["port_collision"]
+    assert m[("bpfgate_nat_flows_total", dev)] == st["flows"] == 1
+    assert m[("bpfgate_nat_translations_total", (("direction", "egress"), *dev))] >= 2   # SYN, ACK, ...
+    assert m[("bpfgate_nat_table_entries", dev)] == 2   # the flow's original and translated entries
 
 
 @pytest.mark.parametrize("family", [4, 6])

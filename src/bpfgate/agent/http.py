@@ -1,6 +1,6 @@
 """The agent's HTTP endpoints (loopback by default): /healthz (the loop runs), /readyz (the first round is
 done and every policy file applied), /metrics (Prometheus: the agent's own figures, and every policy
-engine's rule counters in its namespace, read at scrape time)."""
+engine's rule counters, the steering's and the NAT's counters in its namespace, read at scrape time)."""
 
 from __future__ import annotations
 
@@ -44,11 +44,16 @@ class AgentCollector:
 class Server:
     def __init__(self, agent: Agent, interval: float):
         from bpfgate.inspect.rules import RuleCollector
+        from bpfgate.nat import NatCollector
+        from bpfgate.steer import SteerCollector
 
         self.agent, self.interval = agent, interval
         self.exporter = Exporter()
         self.exporter.add(AgentCollector(agent))
         self.rules = self.exporter.add(RuleCollector(agent.netns))
+        # the namespace's steering and NAT, whoever set them up (a policy file's steer: section, the CLI)
+        self.exporter.add(SteerCollector(agent.netns))
+        self.exporter.add(NatCollector(agent.netns))
         self._httpd: ThreadingHTTPServer | None = None
 
     def serve(self, listen: str) -> tuple[str, int]:

@@ -51,13 +51,21 @@ def register(app: click.Group) -> None:
         bpfgate_steer_rule_packets_total{rule,source,dev,result}; from every tuned cgroup (`tune --samples`):
         bpfgate_tune_sockets_total{cgroup}, bpfgate_tune_setsockopt_failures_total{cgroup},
         bpfgate_tune_retransmits_total{cgroup}, bpfgate_tune_connections_ended_total{cgroup},
-        bpfgate_tune_srtt_seconds{cgroup} (histogram).
+        bpfgate_tune_srtt_seconds{cgroup} (histogram); from every NAT in the namespace:
+        bpfgate_nat_translations_total{interface,direction}, bpfgate_nat_flows_total{interface},
+        bpfgate_nat_snat_port_collisions_total, bpfgate_nat_snat_port_exhausted_total,
+        bpfgate_nat_table_full_total, bpfgate_nat_rewrite_failures_total, bpfgate_nat_no_state_total,
+        bpfgate_nat_icmp_errors_translated_total, bpfgate_nat_table_entries, bpfgate_nat_table_capacity
+        {interface}; per load-balanced service: bpfgate_lb_backend_flows_total{interface,service,backend},
+        bpfgate_lb_last_change_moved_slots{interface,service}, bpfgate_lb_table_slots{interface,service},
+        bpfgate_lb_no_backend_total{interface}, bpfgate_lb_repicks_total{interface}.
         """
         from bpfgate.errors import BadInput
         from bpfgate.inspect import metrics as M
         from bpfgate.inspect.events import EventStream
         from bpfgate.inspect.rules import RuleCollector
         from bpfgate.kernel.stats import stats_enabled
+        from bpfgate.nat import NatCollector
         from bpfgate.steer import SteerCollector
         from bpfgate.tune import TuneCollector
 
@@ -79,6 +87,7 @@ def register(app: click.Group) -> None:
             stack.callback(rules.close)
             exp.add(SteerCollector(netns))
             exp.add(TuneCollector())
+            exp.add(NatCollector(netns))
             host, port = exp.serve(listen)
             url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
             if as_json:

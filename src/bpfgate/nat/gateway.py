@@ -37,7 +37,9 @@ NAT_SRC, NAT_DST, NAT_VIEW = C.BG_NAT_SRC, C.BG_NAT_DST, C.BG_NAT_VIEW
 STATELESS = C.BG_NATR_STATELESS
 STAT_NAMES = {getattr(C, k): k.removeprefix("BG_NAT_STAT_").lower() for k in C.enum("bg_nat_stat")
               if k != "BG_NAT_STAT_MAX"}
-MAPS = ("bg_ct", "nat_in_dst", "nat_out_src", "nat_snat", "lb_svc", "lb_backends", "lb_slots", "nat_stats")
+MAPS = ("bg_ct", "nat_in_dst", "nat_out_src", "nat_snat", "lb_svc", "lb_backends", "lb_slots", "nat_stats", "lb_flows")
+# maps added after the first release: a NAT attached before them runs without (opened when pinned)
+LATER_MAPS = ("lb_flows",)
 OWNER = "nat"
 SLOT_OWNER = {"ingress": "nat", "egress": "nat-out"}   # its two tc slots (bpfgate.families)
 DIRECTIONS = ("ingress", "egress")
@@ -110,8 +112,10 @@ class Gateway:
                  "lb_svc": (ctypes.c_uint32, contract.struct(OWNER, "bg_lb_svc")),
                  "lb_backends": (ctypes.c_uint32, contract.struct(OWNER, "bg_lb_backend")),
                  "lb_slots": (ctypes.c_uint32, ctypes.c_uint32), "nat_stats": (ctypes.c_uint32, ctypes.c_uint64),
-                 "bg_ct": (contract.struct(OWNER, "bg_ct_key"), contract.struct(OWNER, "bg_ct_value"))}
-        return {name: Map.from_pin(os.path.join(d, name), *types[name]) for name in MAPS}
+                 "bg_ct": (contract.struct(OWNER, "bg_ct_key"), contract.struct(OWNER, "bg_ct_value")),
+                 "lb_flows": (ctypes.c_uint32, ctypes.c_uint64)}
+        return {name: Map.from_pin(os.path.join(d, name), *types[name]) for name in MAPS
+                if name not in LATER_MAPS or os.path.exists(os.path.join(d, name))}
 
     @classmethod
     def _attach(cls, dev: str, netns: str | None, method: str, ct_size: int, slots: int) -> "Gateway":
@@ -305,7 +309,14 @@ class Gateway:
             for b in old.backends:
                 if new.find(b.name) is None:
                     be_map.delete(b.id)   # its flows are chosen again (only those)
-        return Change(new.name, maglev.disruption(before, table), new.table_size, maglev.shares(table))
+                    self._forget_backend(b.id)
+        change = Change(new.name, maglev.disruption(before, table), new.table_size, maglev.shares(table))
+        cfg.moved[new.name] = (round(change.moved * new.table_size), new.table_size)
+        return change
+
+    def _forget_backend(self, backend_id: int) -> None:
+        if "lb_flows" in self.maps:
+            self.maps["lb_flows"].delete(backend_id)
 
     def _with_ids(self, cfg: Config, s: Service, old: Service | None) -> Service:
         out = []
@@ -385,7 +396,9 @@ class Gateway:
             self.maps["lb_svc"].update(s.index, self._SVC(base=0, size=0, seed=0))
             for b in s.backends:
                 self.maps["lb_backends"].delete(b.id)
+                self._forget_backend(b.id)
             del cfg.services[name]
+            cfg.moved.pop(name, None)
         return s
 
     def service(self, name: str) -> Service:
@@ -407,6 +420,13 @@ class Gateway:
         live = sum(1 for _ in ct.keys())
         out.update(ct_entries=live, ct_capacity=ct.max_entries, ct_pressure=round(live / ct.max_entries, 4))
         return out
+
+    def backend_flows(self) -> dict[tuple[str, str], int]:
+        """(service, backend) -> the flows the load balancer gave it since it was added."""
+        if "lb_flows" not in self.maps:
+            return {}
+        counts = {int(k.value if hasattr(k, "value") else k): int(sum(v)) for k, v in self.maps["lb_flows"].items()}
+        return {(s.name, b.name): counts.get(b.id, 0) for s in self.cfg.services.values() for b in s.backends}
 
     def flows(self) -> list[dict]:
         """Translated flows (their original entries), both directions' counters."""
@@ -450,7 +470,7 @@ def _write_config(dev: str, netns: str | None, cfg: Config) -> None:
     data = {"rules": [r.to_dict() for r in cfg.rules.values()],
             "services": [{**s.to_dict(), "index": s.index, "seed": s.seed,
                           "ids": {b.name: b.id for b in s.backends}} for s in cfg.services.values()],
-            "next_backend": cfg.next_backend}
+            "next_backend": cfg.next_backend, "moved": {k: list(v) for k, v in cfg.moved.items()}}
     path = _config_path(dev, netns)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
@@ -466,7 +486,8 @@ def _read_config(dev: str, netns: str | None) -> Config:
         return Config()
     except (OSError, ValueError) as e:
         raise BpfgateError(f"read NAT configuration of {dev}", str(e)) from None
-    cfg = Config(next_backend=int(data.get("next_backend", 1)))
+    cfg = Config(next_backend=int(data.get("next_backend", 1)),
+                 moved={k: (int(v[0]), int(v[1])) for k, v in data.get("moved", {}).items()})
     for d in data.get("rules", []):
         r = rule_from(d)
         cfg.rules[r.name] = r

@@ -283,3 +283,4 @@ class Config:
     rules: dict[str, NatRule] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
     next_backend: int = 1
+    moved: dict[str, tuple[int, int]] = field(default_factory=dict)   # service -> (slots moved, slots): its last change
