@@ -135,6 +135,14 @@ def test_policy_file_apply_changes_only_what_differs(served, tmp_path):
     # a second backend: the service is updated live and says how much of its table moved
     out = apply(doc.replace(f'"{si.ip4}:8080@2"]', f'"{si.ip4}:8080@2", "{si.ip4}:8081"]'))
     assert [c["op"] for c in out["nat"]] == ["update service"] and 0.2 < out["nat"][0]["moved"] < 0.45
+    # export -> apply round trip: the export states the running NAT; applied after a change, it restores it
+    r = run_cli(["policy", "export", "--netns", ns])
+    assert r.returncode == 0 and "nat:" in r.stdout, r.stderr
+    exported = r.stdout
+    assert apply(exported)["nat"] == []
+    assert [c["op"] for c in apply(doc)["nat"]] == ["update service"]
+    assert [c["op"] for c in apply(exported)["nat"]] == ["update service"]
+    assert [b.weight for b in nat.Gateway.open(si.name, ns, create=False).service("api").backends] == [2, 1]
     # bad input: one line, nothing changed
     f.write_text(doc.replace("kind: dnat", "kind: masquerade"))
     r = run_cli(["apply", str(f), "--netns", ns])

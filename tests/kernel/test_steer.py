@@ -220,9 +220,15 @@ steer:
     assert done["applied"] and "steer: attach sec0" in done["steer"]
     assert topo.reaches_vip(4, timeout=5) and topo.reaches_vip(6, timeout=5)
     assert _cli(["apply", str(f), "--netns", ns, "--json"])["steer"] == []
+    exported = tmp_path / "export.yaml"   # the running steering as a steer section
+    _cli(["policy", "export", "--netns", ns, "-o", str(exported)])
+    assert _cli(["apply", str(exported), "--netns", ns, "--json"])["steer"] == []
     f.write_text("steer:\n  interfaces: [pri0, sec0]\n")   # no rule, no symmetric return: replies follow routing
     changed = _cli(["apply", str(f), "--netns", ns, "--json"])["steer"]
     assert any("delete rule" in c for c in changed) and any("symmetric return off" in c for c in changed)
     assert not topo.reaches_vip(4, timeout=1.5)
+    restored = _cli(["apply", str(exported), "--netns", ns, "--json"])["steer"]   # export -> apply round trip
+    assert any("add rule" in c for c in restored) and any("symmetric return on on sec0" in c for c in restored)
+    assert topo.reaches_vip(4, timeout=5)
     _cli(["detach", "--netns", ns])
     assert not os.path.exists(pin_dir(ns))

@@ -273,7 +273,8 @@ def register(app: click.Group) -> None:
     @NETNS
     @click.option("--json", "as_json", is_flag=True, help="The same data as JSON instead of YAML.")
     def export_cmd(dev, output, netns, as_json):
-        """The running policy as YAML that `bpfgate apply` turns back into the same state."""
+        """The running policy as YAML that `bpfgate apply` turns back into the same state: the policy
+        engines, the namespace's steering (a steer: section; not with --dev) and each NAT (nat: documents)."""
         from bpfgate import policyctl
 
         text = policyctl.export(dev, netns=netns)

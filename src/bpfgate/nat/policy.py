@@ -160,3 +160,17 @@ def apply(docs: list[NatDocument], netns: str | None, *, dry_run: bool = False) 
                 done.append(c)
             done += [c for c in changes if c["op"].startswith("delete")]
     return done
+
+
+def running_documents(netns: str | None, dev: str | None = None) -> list[dict]:
+    """Each running NAT of the namespace (or of `dev`) as the `nat:` document apply turns back into it."""
+    from .gateway import _read_config, running
+
+    out = []
+    for d in running(netns):
+        if dev is not None and d != dev:
+            continue
+        cfg = _read_config(d, netns)
+        out.append({"nat": {"interface": d, "rules": [r.to_dict() for r in cfg.rules.values()],
+                            "services": [sv.to_dict() for sv in cfg.services.values()]}})
+    return out

@@ -626,14 +626,16 @@ def export(dev: str | None = None, *, netns: str | None = None, backend: Backend
     (owner set: temporary SYN-flood blocks ...) are left out and listed in the header: applied, the file
     would make a temporary block permanent, with nobody left to delete it; `apply` of the export keeps
     them as long as they live (plan.keep_automation), so it still changes nothing."""
+    ours = backend is None   # the machine's (a backend passed in holds only engines)
     backend = _backend(backend)
     _ready(backend, netns, "export policy")
     state = backend.running(netns)
+    more = _running_sections(netns, dev) if ours else []
     if dev is not None:
         state = {k: v for k, v in state.items() if k[0] == dev}
-        if not state:
+        if not state and not more:
             raise NotFound(f"export policy of {dev}", "no bpfgate policy is attached there")
-    if not state:
+    if not state and not more:
         raise NotFound("export policy", "no bpfgate policy is running" + (f" in {netns}" if netns else ""))
     header = "exported by `bpfgate policy export`" + (f" from netns {netns}: `bpfgate apply --netns {netns} FILE`"
                                                       if netns else "")
@@ -645,6 +647,15 @@ def export(dev: str | None = None, *, netns: str | None = None, backend: Backend
         header += "\n".join(left_out)
     state = {k: hp.model_copy(update={"rules": tuple(r for r in hp.rules if r.owner is None)})
              for k, hp in state.items()}
-    return export_text(state, header=header)
+    return export_text(state, header=header, more=more)
+
+
+def _running_sections(netns: str | None, dev: str | None) -> list[dict]:
+    """The namespace's steering (a `steer:` document; namespace-wide, so not with `dev`) and NAT (a `nat:`
+    document per interface), as apply reads them."""
+    from bpfgate.nat import policy as nat_policy
+
+    steer = steer_policy.running_section(netns) if dev is None else None
+    return ([{"version": 1, "steer": steer}] if steer else []) + nat_policy.running_documents(netns, dev)
 
 

@@ -54,9 +54,11 @@ def policies_of(state: dict[tuple[str, Hook], HookPolicy]) -> list[Policy]:
             for devs, hooks in groups]
 
 
-def export_text(state: dict[tuple[str, Hook], HookPolicy], header: str | None = None) -> str:
-    """YAML (several documents when interfaces differ) that `apply` turns back into `state`."""
-    docs = [dump(policy_data(p)) for p in policies_of(state)]
+def export_text(state: dict[tuple[str, Hook], HookPolicy], header: str | None = None,
+                more: Iterable[dict[str, Any]] = ()) -> str:
+    """YAML (several documents when interfaces differ) that `apply` turns back into `state`; `more`: other
+    documents as data (the steering's and the NAT's), after the engines'."""
+    docs = [dump(policy_data(p)) for p in policies_of(state)] + [dump(d) for d in more]
     text = "---\n".join(docs)
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text

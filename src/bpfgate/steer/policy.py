@@ -118,3 +118,25 @@ def apply(sp: SteerPolicy, netns: str | None) -> None:
         for m, rule in want.items():
             if running.get(m) != rule:
                 s.add(rule)
+
+
+def running_section(netns: str | None) -> dict | None:
+    """The namespace's running steering as the `steer:` section that apply turns back into it (None: no
+    steering attached). `method` is left at auto: apply does not change how an attached interface is hooked."""
+    from bpfgate import attach
+
+    from . import FAMILY, Steering, _pinned
+
+    devs = sorted({a.dev for a in attach.find(None, None, netns, owner=FAMILY)})
+    if not devs or not _pinned(netns):
+        return None
+    with Steering.open(netns) as s:
+        symmetric = sorted(i.dev for i in s.interfaces() if i.symmetric and i.dev in devs)
+        found = sorted((r.rule for r in s.rules()), key=lambda r: r.match)
+    out: dict = {"interfaces": devs}
+    if symmetric:
+        out["symmetric"] = symmetric
+    if found:
+        out["rules"] = [{"from": r.source, **({"protocol": r.proto} if r.proto else {}),
+                         **({"port": r.port} if r.port else {}), "dev": r.dev, "via": r.via} for r in found]
+    return out
