@@ -6,7 +6,7 @@ import click
 from rich.markup import escape
 
 from bpfgate.cli import term
-from bpfgate.cli.nat_cmd import JSON, NETNS, _gateways
+from bpfgate.cli.nat_cmd import JSON, NETNS, list_gateways
 
 
 def _report(change, as_json: bool, what: str) -> None:
@@ -83,16 +83,8 @@ def register(app: click.Group) -> None:
     @JSON
     def lb_list(dev, netns, as_json):
         """Services and their backends."""
-        gws = _gateways(dev, netns)
-        try:
-            if as_json:
-                term.print_json([{"interface": gw.dev, "services": [s.to_dict() for s in gw.services()]}
-                                 for gw in gws])
-                return
-            rows = [(gw.dev, s.name, s.proto, escape(s.vip), s.table_size, escape(b.name), b.weight,
-                     "drained" if b.drained else "")
-                    for gw in gws for s in gw.services() for b in (s.backends or [None]) if b]
-            term.table(None, ["if", "service", "proto", "vip", "table", "backend", "weight", ""], rows)
-        finally:
-            for gw in gws:
-                gw.close()
+        list_gateways(dev, netns, as_json,
+                      lambda gw: {"interface": gw.dev, "services": [s.to_dict() for s in gw.services()]},
+                      ["if", "service", "proto", "vip", "table", "backend", "weight", ""],
+                      lambda gw: [(gw.dev, s.name, s.proto, escape(s.vip), s.table_size, escape(b.name), b.weight,
+                                   "drained" if b.drained else "") for s in gw.services() for b in s.backends])

@@ -18,6 +18,20 @@ def _gateways(dev, netns):
     return [nat.Gateway.open(d, netns, create=False) for d in devs]
 
 
+def list_gateways(dev, netns, as_json: bool, as_dict, header: list[str], rows) -> None:
+    """`nat list` / `lb list`: for DEV (or every interface with a NAT) `as_dict(gw)` as JSON, or a table
+    of `header` with the rows `rows(gw)` yields."""
+    gws = _gateways(dev, netns)
+    try:
+        if as_json:
+            term.print_json([as_dict(gw) for gw in gws])
+        else:
+            term.table(None, header, [row for gw in gws for row in rows(gw)])
+    finally:
+        for gw in gws:
+            gw.close()
+
+
 def register(app: click.Group) -> None:
     @app.group("nat")
     def nat_group():
@@ -78,19 +92,11 @@ def register(app: click.Group) -> None:
     @JSON
     def nat_list(dev, netns, as_json):
         """Rules (and load-balanced services) of DEV, or of every interface with a NAT."""
-        gws = _gateways(dev, netns)
-        try:
-            if as_json:
-                term.print_json([gw.to_dict() for gw in gws])
-                return
-            rows = [(gw.dev, r.name, r.kind, r.proto or "tcp+udp", escape(r.match), escape(r.to),
-                     "stateless" if r.stateless else "stateful",
-                     f"{r.ports[0]}-{r.ports[1]}" if r.ports != (0, 0) else "")
-                    for gw in gws for r in gw.rules()]
-            term.table(None, ["if", "name", "kind", "proto", "match", "to", "state", "ports"], rows)
-        finally:
-            for gw in gws:
-                gw.close()
+        list_gateways(dev, netns, as_json, lambda gw: gw.to_dict(),
+                      ["if", "name", "kind", "proto", "match", "to", "state", "ports"],
+                      lambda gw: [(gw.dev, r.name, r.kind, r.proto or "tcp+udp", escape(r.match), escape(r.to),
+                                   "stateless" if r.stateless else "stateful",
+                                   f"{r.ports[0]}-{r.ports[1]}" if r.ports != (0, 0) else "") for r in gw.rules()])
 
     @nat_group.command("stats")
     @click.argument("dev")
