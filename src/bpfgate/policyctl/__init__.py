@@ -326,6 +326,10 @@ def _steer_section(policies: list[Policy], confirm: float | None) -> steer_polic
 def _unchanged(dig: str, netns: str | None, dry_run: bool, backend: Backend | None,
                state_root: str | None) -> ApplyResult | None:
     """The no-change result when the file (its digest) is the one applied last to engines unchanged since."""
+    if not unchanged.recorded(netns, state_root):
+        # nothing to compare with (a namespace's first apply, files of nat: documents only): no lock taken,
+        # which would leave the namespace a control-plane directory nothing removes
+        return None
     if backend is None and not dry_run:
         _agent.refuse_writes(netns, "apply")   # as for any apply of engine documents while an agent runs
     with _serialised(netns, _backend(backend), state_root):

@@ -54,6 +54,12 @@ def _engines(devs: list[str], netns: str | None) -> dict[str, list] | None:
     return out
 
 
+def recorded(netns: str | None, state_root: str | None) -> bool:
+    """Whether an apply left a record to compare with (read without the lock: a record being written is
+    compared under it)."""
+    return os.path.exists(_path(netns, state_root))
+
+
 def unchanged(dig: str | None, netns: str | None, state_root: str | None) -> Plan | None:
     """The no-change plan when `dig` is the file applied last and its engines are as it left them."""
     if dig is None or os.path.exists(_confirm.pending_path(netns, state_root)):
