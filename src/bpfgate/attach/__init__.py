@@ -35,7 +35,7 @@ from bpfgate import families
 from bpfgate.errors import BpfgateError, NotFound
 from bpfgate.kernel import pins
 
-from . import cgroup, order, sockmap, sockops, tc, tcx, tracepoint, xdp
+from . import cgroup, order, record, sockmap, sockops, tc, tcx, tracepoint, xdp
 from .linked import pin_held
 from .point import Options, Point
 from .record import (
@@ -63,8 +63,8 @@ _UNDO = {"tc": tc, "libbpf": tc, "tcx": tcx, "xdp": xdp, "xdp-link": xdp, "cgrou
 
 __all__ = ["Attachment", "DEFAULT_HANDLE", "DEFAULT_PRIORITY", "FAMILY_STATE", "HOOKS", "Options", "Point",
            "RUN_ROOT", "STATE_DIR", "StaleState", "attach", "attach_tc", "attach_xdp", "detach",
-           "detach_matching", "find", "link_pin_path", "pin_held", "order", "records", "remove_state", "stale_state",
-           "state_root"]
+           "detach_matching", "find", "link_pin_path", "pin_held", "order", "records", "remove_state",
+           "replace_program", "stale_state", "state_root"]
 
 
 def attach(prog, point: Point, opts: Options | None = None, *, kind: str) -> Attachment:
@@ -96,6 +96,29 @@ def attach_xdp(prog, dev: str, *, mode: str = "auto", netns_name: str | None = N
     """A SEC("xdp") program. link=True makes an XDP link (pinned; driver mode only)."""
     return xdp.attach(prog, Point.device(dev, "", netns_name),
                       Options(owner=owner, mode=mode, link=link, replace=replace, pins=extra_pins, state=state))
+
+
+def replace_program(att: Attachment, prog) -> Attachment:
+    """Run `prog` at `att`'s attach point in place of its program, atomically: a tc filter replaced at the
+    same handle and priority, XDP replaced on the device, a link updated (TCX, XDP link, cgroup). Every
+    packet or call meets the old program or the new one, never neither. The record names the new one."""
+    from bpfgate.kernel import links
+
+    if att.method in ("tc", "libbpf"):
+        return attach_tc(prog, att.dev, att.direction, netns_name=att.netns, method=att.method, handle=att.handle,
+                         priority=att.priority, owner=att.owner, replace=True, extra_pins=att.pins,
+                         state=att.state)
+    if att.method == "xdp":
+        return attach_xdp(prog, att.dev, mode=att.xdp_mode or "auto", netns_name=att.netns, owner=att.owner,
+                          replace=True, extra_pins=att.pins, state=att.state)
+    if att.method in ("tcx", "xdp-link", "cgroup") and att.link_pin:
+        from .point import prog_ids
+
+        with links.Link.from_pin(att.link_pin) as link:
+            links.link_update(link, prog)
+        att.prog_id, att.prog_name = prog_ids(prog)[1:]
+        return record.save(att)
+    raise BpfgateError(f"replace the program on {att.where}", f"not possible for a {att.method} attachment")
 
 
 def alive(att: Attachment) -> bool:

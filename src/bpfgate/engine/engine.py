@@ -28,7 +28,7 @@ from bpfgate.policy.live import swap as live_swap
 from bpfgate.policy.model import Hook, HookPolicy, Rule
 
 from . import records as R
-from . import recover
+from . import recover, resize
 from .state import StateStore
 
 OBJECT = "engine"
@@ -109,6 +109,7 @@ class Engine:
         self.pending_free: list[tuple[float, list[int]]] = []
         self._writing = False                     # an edit of this process is changing the kernel
         self.repaired: dict[str, int] | None = None   # stale entries removed after a cut-short edit
+        self._pins_id: int | None = None          # which maps the pins named when this process opened them
 
     # ---- creation --------------------------------------------------------------------------------
     @classmethod
@@ -200,6 +201,7 @@ class Engine:
                 pins.unpin(path)
                 eng.maps[name].pin(path)
                 pinned.append(path)
+            eng._pins_id = resize.pins_id(pdir)
             if hook.on_cgroup:   # links: multi-attach, other programs of the cgroup keep running
                 for i, prog in enumerate(eng.programs):   # the first one's record holds the maps and state
                     atts.append(attach_mod.attach(prog, attach_mod.Point.of_cgroup(dev), attach_mod.Options(
@@ -251,31 +253,15 @@ class Engine:
         store = StateStore(dev, hook, netns_name)
         if not store.exists():
             raise NotFound(f"open engine on {dev} {hook.value}", "no bpfgate engine is attached there")
-        pdir = pin_dir(dev, hook, netns_name)
-        maps = {}
-        u32 = ctypes.c_uint32
-        try:
-            for name in MAPS:
-                kt = u32 if name in U32_KEYED else None
-                maps[name] = Map.from_pin(os.path.join(pdir, name), kt, u32 if name == "bg_active" else None)
-        except BpfgateError:
-            for m in maps.values():
-                m.close()
-            if os.path.exists(os.path.join(pdir, "bg_cls")):   # pinned by a bpfgate before stage 0 (issue 4)
-                raise BpfgateError(f"open engine on {dev} {hook.value}", "it was attached by an older bpfgate "
-                                   "(different map layout)", hint="detach it and apply the policy again") from None
-            raise NotFound(f"open engine on {dev} {hook.value}", f"its pins under {pdir} are gone") from None
-        for name in CAPTURE_MAPS:   # optional: engines attached by an older bpfgate have no capture maps
-            path = os.path.join(pdir, name)
-            if os.path.exists(path):
-                maps[name] = Map.from_pin(path, u32 if name in U32_KEYED else None)
-        eng = cls(hook, maps, dev=dev, netns_name=netns_name, store=store)
+        # which maps the pins name, before opening them: a resize moving the pins meanwhile shows under the lock
+        pins_id = resize.pins_id(pin_dir(dev, hook, netns_name))
+        eng = cls(hook, _open_pins(dev, hook, netns_name), dev=dev, netns_name=netns_name, store=store)
+        eng._pins_id = pins_id
         try:
             with store.locked():
-                eng.live = store.load_live(eng._ifindex)
-                eng.pending_free = store.pending_free()
-                eng._repair_if_cut_short()
-                eng._seen_version = store.version()
+                if store.interrupted() is None:
+                    resize.drop_leftovers(store, pin_dir(dev, hook, netns_name))
+                eng._catch_up()
         except BaseException:   # unreadable state (another version, torn file): no descriptor may leak
             eng.close()
             raise
@@ -384,6 +370,7 @@ class Engine:
     def _swap(self, new: CompiledHook | HookPolicy,
               precompiled: tuple[CompiledHook, CompiledHook] | None = None) -> CompiledHook:
         old = self._live().c
+        hp = new if isinstance(new, HookPolicy) else None
         if isinstance(new, HookPolicy):
             if precompiled is not None and precompiled[1] is old:
                 new = precompiled[0]
@@ -391,6 +378,8 @@ class Engine:
                 new = live_swap(old, new, limits=self.live.limits, ifindex=self._ifindex)
         if new.gen == old.gen:
             raise BpfgateError("swap policy", "the new policy must be compiled into the other generation")
+        if self.store is not None and resize.needed(self, old, new):   # maps of other sizes (resize.py)
+            return resize.resize(self, new, hp)
         fresh = {rid: a for rid, a in new.rules.items() if old.rules.get(rid) != a}
         self._check_slots(fresh)
         self._check_room(len(old.cls) + len(new.cls), old.classes.pfx_count() + new.classes.pfx_count())
@@ -441,10 +430,26 @@ class Engine:
         re-entrant across file descriptions)."""
         if self.store is not None and (self.store.version() != self._seen_version or self.store.interrupted()):
             with self.store.locked():
-                self.live = self.store.load_live(self._ifindex)
-                self.pending_free = self.store.pending_free()
-                self._repair_if_cut_short()
-                self._seen_version = self.store.version()
+                self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Under the store lock: take over the saved state (edits, swaps and resizes of other processes), and
+        finish a resize or repair an edit that was cut short."""
+        mark = self.store.interrupted()
+        if mark is not None and mark.get("op") == "resize":
+            resize.finish(self.store, self.dev, self.hook, self.netns)   # committed: it completes
+        if resize.pins_id(pin_dir(self.dev, self.hook, self.netns)) != self._pins_id:
+            self._reopen_maps()   # another process resized the engine: its maps are other maps now
+        self.live = self.store.load_live(self._ifindex)
+        self.pending_free = self.store.pending_free()
+        self._repair_if_cut_short()
+        self._seen_version = self.store.version()
+
+    def _reopen_maps(self) -> None:
+        pins_id = resize.pins_id(pin_dir(self.dev, self.hook, self.netns))
+        maps = _open_pins(self.dev, self.hook, self.netns)
+        self.close()
+        self.maps, self._pins_id = maps, pins_id
 
     def _repair_if_cut_short(self) -> None:
         """Under the store lock: an edit that died while writing the kernel (its mark is still there), or a
@@ -471,9 +476,7 @@ class Engine:
             return
         with self.store.locked():
             if self.store.version() != self._seen_version or self.store.interrupted():
-                self.live = self.store.load_live(self._ifindex)
-                self.pending_free = self.store.pending_free()
-                self._repair_if_cut_short()
+                self._catch_up()
             self._release_due()
             self._writing = False
             try:
@@ -726,6 +729,29 @@ class Engine:
     def _journal(self, op: str, **kw) -> None:
         if self.store is not None:
             self.store.journal(op, **kw)
+
+
+def _open_pins(dev: str, hook: Hook, netns_name: str | None) -> dict[str, Map]:
+    """The engine's maps, from their pins."""
+    pdir = pin_dir(dev, hook, netns_name)
+    maps = {}
+    u32 = ctypes.c_uint32
+    try:
+        for name in MAPS:
+            kt = u32 if name in U32_KEYED else None
+            maps[name] = Map.from_pin(os.path.join(pdir, name), kt, u32 if name == "bg_active" else None)
+    except BpfgateError:
+        for m in maps.values():
+            m.close()
+        if os.path.exists(os.path.join(pdir, "bg_cls")):   # pinned by a bpfgate before stage 0 (issue 4)
+            raise BpfgateError(f"open engine on {dev} {hook.value}", "it was attached by an older bpfgate "
+                               "(different map layout)", hint="detach it and apply the policy again") from None
+        raise NotFound(f"open engine on {dev} {hook.value}", f"its pins under {pdir} are gone") from None
+    for name in CAPTURE_MAPS:   # optional: engines attached by an older bpfgate have no capture maps
+        path = os.path.join(pdir, name)
+        if os.path.exists(path):
+            maps[name] = Map.from_pin(path, u32 if name in U32_KEYED else None)
+    return maps
 
 
 def _ct_lookup_only(dev: str, hook: Hook, netns_name: str | None, on: bool) -> None:

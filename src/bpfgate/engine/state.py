@@ -143,14 +143,30 @@ class StateStore:
         with open(self._p("meta.json")) as f:
             return json.load(f)
 
-    def snapshot(self, live: LiveHook, pending_free) -> None:
+    def snapshot(self, live: LiveHook, pending_free, name: str = "snapshot.pickle") -> None:
+        """Save the state whole (the journal starts again); under another `name`: a state to take later
+        (take_snapshot), the journal left alone."""
         fn, live.ifindex = live.ifindex, None    # a function does not pickle; reattached on load
         try:
             blob = pickle.dumps({"live": live, "pending": pending_free}, protocol=pickle.HIGHEST_PROTOCOL)
         finally:
             live.ifindex = fn
-        self._write("snapshot.pickle", SNAPSHOT_MAGIC + b"%d\n" % SNAPSHOT_VERSION + blob)
-        self._write("journal.jsonl", b"")
+        self._write(name, SNAPSHOT_MAGIC + b"%d\n" % SNAPSHOT_VERSION + blob)
+        if name == "snapshot.pickle":
+            self._write("journal.jsonl", b"")
+
+    def take_snapshot(self, name: str) -> None:
+        """Make the state saved as `name` the saved state (if it is still there): the journal is emptied
+        first, so a crash in between leaves `name` to take again, never the new snapshot with old edits."""
+        if os.path.exists(self._p(name)):
+            self._write("journal.jsonl", b"")
+            os.replace(self._p(name), self._p("snapshot.pickle"))
+
+    def drop(self, name: str) -> None:
+        try:
+            os.unlink(self._p(name))
+        except FileNotFoundError:
+            pass
 
     def journal(self, op: str, **kw) -> None:
         rec = {"op": op}

@@ -179,6 +179,24 @@ class _LinkCreateAttr(ctypes.Structure):
 
 
 BPF_F_BEFORE = 1 << 3  # TCX: put the new link first in the chain (with no relative target)
+BPF_LINK_UPDATE = 29
+BPF_F_REPLACE = 1 << 2   # link update: only if old_prog_fd is the program the link runs
+
+
+class _LinkUpdateAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32), ("new_prog_fd", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("old_prog_fd", ctypes.c_uint32), ("_rest", ctypes.c_uint8 * 112)]
+
+
+def link_update(link: Link, prog: Any, old_prog: Any = None) -> None:
+    """BPF_LINK_UPDATE: the link runs `prog` from now on, atomically (no packet or call sees neither);
+    with `old_prog`, only if that is the program it runs (EPERM otherwise)."""
+    attr = _LinkUpdateAttr(link_fd=link.fd, new_prog_fd=_prog_fd(prog))
+    if old_prog is not None:
+        attr.flags, attr.old_prog_fd = BPF_F_REPLACE, _prog_fd(old_prog)
+    rc = L.sys_bpf(BPF_LINK_UPDATE, attr)
+    if rc < 0:
+        raise from_errno(f"replace the program of link {link.what}", -rc)
 
 
 def link_create(prog: Any, target: int, attach_type: int, what: str, flags: int = 0) -> Link:
