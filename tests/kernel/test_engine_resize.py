@@ -6,6 +6,7 @@ one cut short after it is finished by the next opener. BG_RESIZE_RULES sets BIG 
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -18,10 +19,11 @@ from bpfgate import policyctl
 from bpfgate.engine import Engine, pin_dir
 from bpfgate.engine import resize
 from bpfgate.engine.state import StateStore
-from bpfgate.policy.model import Hook, Policy
+from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
 from bpfgate.sandbox.timing import scaled
 
 from clirun import run_cli
+from test_cgroup_policy import cgroup, in_child, progs_on, received, send_udp, udp_server  # noqa: F401 (fixtures)
 from test_reliability_swap import ALLOWED, DENIED, WEB, run_traffic
 
 pytestmark = pytest.mark.kernel
@@ -168,3 +170,68 @@ def test_a_resize_cut_short_after_its_commit_point_is_finished_by_the_next_opene
     assert policyctl.running(n.ns)[(n.dev, HOOK)] == bigger.hooks[HOOK]
     assert not [p for p in os.listdir(pin_dir(n.dev, HOOK, n.ns)) if p.startswith(resize.NEXT)]
     assert n.client.http_get(f"http://{n.ip4}:{WEB}/").ok
+
+
+@pytest.fixture
+def tight(monkeypatch):
+    """Engines attached meanwhile get rule arrays with room for two more slots than their policy."""
+    from bpfgate.engine import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "rule_array_sizes",
+                        lambda slots: {name: slots + 2 for name in engine_mod.RULE_ARRAYS})
+    return monkeypatch
+
+
+def test_a_live_add_past_the_maps_grows_them(web, tight):
+    """Maps made tight at attach (the engine sizes them 4x the policy: filling them live would take
+    thousands of adds): the add that does not fit swaps the policy with it into grown maps."""
+    n = web
+    policyctl.apply(sized(n.dev, 50), netns=n.ns, start_watcher=False)
+    tight.undo()
+    slots0, prog0 = sizes(n)
+    assert slots0 == 53
+    for i in range(5):
+        policyctl.add_rule(n.dev, HOOK, {"name": f"extra{i}", "protocol": "tcp", "dst_port": 9000 + i,
+                                         "action": "drop"}, netns=n.ns, position=1)
+    slots1, prog1 = sizes(n)
+    assert slots1 > slots0 and prog1 != prog0 and attached_prog(n) == prog1
+    names = [r.name for r in policyctl.running(n.ns)[(n.dev, HOOK)].rules]
+    assert names[:7] == ["replies", "extra4", "extra3", "extra2", "extra1", "extra0", "udp-allowed"]
+    assert len(names) == 55
+    assert n.client.http_get(f"http://{n.ip4}:{WEB}/").ok
+
+
+def test_an_xdp_engine_grows_in_place(web, engines, tight):
+    from bpfgate.kernel import netlink
+
+    n = web
+    eng = engines(n.dev, "xdp", HookPolicy(default="allow", rules=(
+        Rule(name="no-web2", protocol="tcp", dst_port=8081, action="drop"),)), netns_name=n.ns, mode="generic")
+    tight.undo()
+    prog0 = eng.prog_id
+    for i in range(4):
+        eng.add_rule(Rule(name=f"extra{i}", protocol="udp", dst_port=9000 + i, action="drop"))
+    assert eng.maps["bg_rules"].max_entries > 4 and eng.prog_id != prog0
+    assert netlink.xdp_query(n.dev, n.ns).prog_id == eng.prog_id
+    assert n.client.http_get(f"http://{n.ip4}:{WEB}/").ok
+    assert not n.client.http_get(f"http://{n.ip4}:8081/", timeout=scaled(1.0)).ok
+
+
+def test_a_cgroup_engine_grows_in_place_on_every_link(cgroup, udp_server, tight):
+    port = udp_server.getsockname()[1]
+    eng = Engine.attach(cgroup, "cgroup-connect", HookPolicy(default="allow", rules=(
+        Rule(name="other", protocol="udp", dst_port=1, action="drop"),)))
+    tight.undo()
+    try:
+        before = progs_on(cgroup)
+        assert len(before) == 4   # connect4/6, sendmsg4/6
+        for i in range(3):
+            eng.add_rule(Rule(name=f"extra{i}", protocol="udp", dst_port=port if i == 2 else 2 + i,
+                              action="drop"))
+        after = progs_on(cgroup)
+        assert len(after) == 4 and not set(after) & set(before)
+        assert in_child(send_udp(port, 3), cgroup) == f"3 [{errno.EPERM}]"   # the rule added with the growth
+        assert received(udp_server) == 0
+    finally:
+        eng.detach()
+    assert in_child(send_udp(port, 2), cgroup) == "0 []"

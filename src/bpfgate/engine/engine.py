@@ -92,6 +92,10 @@ def _set_map_flags(obj: BpfObject, name: str, flags: int) -> None:
         raise BpfgateError(f"set flags of map {name}", "libbpf refused")
 
 
+class NoRoom(PolicyError):
+    """The maps have no room for an edit: an attached engine resizes them instead (resize.py)."""
+
+
 def _u32s(ids: Iterable[int]) -> bytes:
     return array.array("I", ids).tobytes()     # native order, as the map keys
 
@@ -401,12 +405,23 @@ class Engine:
 
     # ---- live edits ----------------------------------------------------------------------------------
     def add_rule(self, rule: Rule, position: int | None = None) -> Diff:
+        """Add one rule live. Past the room of the maps, the policy with the rule is swapped in with maps
+        sized for it (resize.py: atomic, no moment without a policy); the Diff is then empty."""
+        try:
+            with self._editing():
+                self._room_for_slot()
+                diff = self._live().add(rule, position)   # a refusal (PolicyError) has written nothing
+                self.apply_diff(diff)
+                self._journal("add", rule=rule, position=position)
+                return diff
+        except NoRoom:
+            if self.store is None:   # a detached engine (tests, benchmarks) has no pins to move
+                raise
         with self._editing():
-            self._room_for_slot()
-            diff = self._live().add(rule, position)   # a refusal (PolicyError) has written nothing
-            self.apply_diff(diff)
-            self._journal("add", rule=rule, position=position)
-            return diff
+            rules = [self.live.c.source[rid] for _p, rid in self.live.order]
+            rules.insert(len(rules) if position is None else max(0, min(position, len(rules))), rule)
+            self._swap(HookPolicy(default=self._default(), rules=tuple(rules)))
+            return Diff()
 
     def delete_rule(self, name: str) -> Diff:
         with self._editing():
@@ -414,6 +429,10 @@ class Engine:
             self.apply_diff(diff)
             self._journal("delete", name=name)
             return diff
+
+    def _default(self) -> str:
+        c = self._live().c
+        return "allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny"
 
     def replace_rule(self, name: str, rule: Rule) -> Diff:
         with self._editing():
@@ -620,14 +639,14 @@ class Engine:
         for name, n in (("bg_cls", entries), ("bg_pfx", pfx)):
             cap = self.maps[name].max_entries
             if n > cap:
-                raise PolicyError("rules", f"the engine's {name} table has room for {cap} entries and this "
-                                  f"needs up to {n}: detach and attach the policy to resize")
+                raise NoRoom("rules", f"the engine's {name} table has room for {cap} entries and this "
+                             f"needs up to {n}: detach and attach the policy to resize")
 
     def _check_slots(self, rules: dict) -> None:
         cap = self.maps["bg_rules"].max_entries
         if rules and max(rules) >= cap:
-            raise PolicyError("rules", f"the engine has room for {cap} rule slots and this needs slot "
-                              f"{max(rules)}: detach and attach the policy to resize")
+            raise NoRoom("rules", f"the engine has room for {cap} rule slots and this needs slot "
+                         f"{max(rules)}: detach and attach the policy to resize")
 
     def _write_rules(self, rules: dict[int, L.RuleAction], fresh: bool) -> None:
         if not rules:

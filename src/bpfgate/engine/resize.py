@@ -66,13 +66,16 @@ def needed(eng: Engine, old: CompiledHook, new: CompiledHook) -> bool:
 def resize(eng: Engine, new: CompiledHook, hp: HookPolicy | None) -> CompiledHook:
     """Swap `new` (compiled against the running generation) in with maps sized for it. Called inside the
     engine's edit lock. Returns the compiled policy that runs."""
-    from .engine import PROGRAMS, Engine, pin_dir, prealloc_for, rule_array_sizes
+    from .engine import MAX_RULE_SLOTS, PROGRAMS, Engine, NoRoom, pin_dir, prealloc_for, rule_array_sizes
 
     old, limits = eng._live().c, eng._live().limits
     same_slots = True
-    if hp is not None and max(new.rules) > 2 * len(new.rules) + 64:
+    if hp is not None and (max(new.rules) > 2 * len(new.rules) + 64 or max(new.rules) >= MAX_RULE_SLOTS):
         # the slots the old policy held pushed the new rules' slots up: in maps of their own they start at 0
         new, same_slots = compile_hook(hp, eng.hook, limits=limits, ifindex=eng._ifindex), False
+    if max(new.rules) >= MAX_RULE_SLOTS:
+        raise NoRoom("rules", f"the engine holds at most {MAX_RULE_SLOTS} rule slots and this policy needs "
+                     f"{max(new.rules) + 1}")
     pairs = _carried(old, new, same_slots)
     meta = eng.store.load_meta()
     nxt = Engine.load(eng.hook, ct=bool(meta.get("ct", True)),
