@@ -79,7 +79,7 @@ HASH_MAX = R.C.BG_HASH_MAX  # their size when allocated per entry
 def prealloc_for(compiled: CompiledHook) -> dict[str, int]:
     """Hash table sizes for a policy: large tables are preallocated (inserts ~2x faster: 100k rules load in
     < 100 ms) with room for a swap to a policy of the same size plus half again; small ones allocate per
-    entry (up to 2M). Past the room, a swap or add is refused with advice to re-attach."""
+    entry (up to 2M). Past the room, an attached engine resizes its maps (resize.py); a detached one refuses."""
     sizes = {"bg_cls": len(compiled.cls), "bg_pfx": compiled.classes.pfx_count()}
     return {name: min(3 * n, HASH_MAX) for name, n in sizes.items() if n >= PREALLOC_MIN}
 
