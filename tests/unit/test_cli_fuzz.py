@@ -159,7 +159,7 @@ def _leaf_commands():
 
 
 LEAVES = _leaf_commands()
-assert commands.REGISTRY and LEAVES
+assert commands.MODULES and LEAVES
 
 
 def _opts(cmd):

@@ -34,6 +34,26 @@ def test_cli_modules_register():
     assert commands.MODULES == families.cli_modules()
 
 
+def test_each_command_is_found_in_the_module_that_registers_it():
+    """commands.COMMANDS (what `bpfgate CMD` imports for CMD) is what each module registers."""
+    import subprocess
+    import sys
+
+    import click
+
+    for m in families.cli_modules():
+        group = click.Group()
+        commands.register(m)(group)
+        assert tuple(sorted(group.commands)) == tuple(sorted(commands.COMMANDS.get(m, ()))), m
+    # `bpfgate rule --help` imports the policy commands and none of the others'
+    code = ("import sys; from bpfgate.cli import main\n"
+            "try: main.app.main(['rule', '--help'], prog_name='bpfgate')\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('bpfgate.cli.') and m.endswith('_cmd')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "['bpfgate.cli.policy_cmd']"
+
+
 def test_layers_read_the_registry():
     assert list(objects.OBJECT_CHECKS) == [name for name, _ in families.objects()]
     assert order.SLOTS == families.slots()

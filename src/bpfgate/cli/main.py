@@ -6,21 +6,45 @@ import sys
 
 import click
 
+from bpfgate.cli import commands
 from bpfgate.errors import BpfgateError, VerifierError
 
+_loaded: set[str] = set()
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def _load(module: str) -> None:
+    if module not in _loaded:
+        _loaded.add(module)
+        commands.register(module)(app)
+
+
+class _Commands(click.Group):
+    """Imports a command's module when the command is looked up (commands.COMMANDS): `bpfgate rule add`
+    does not import what `bpfgate top` needs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(commands.MODULE_OF))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands:
+            module = commands.MODULE_OF.get(name)
+            if module is not None:
+                _load(module)
+            else:   # a module COMMANDS does not name: all of them, as before
+                _register()
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bpfgate")
 def app() -> None:
     """eBPF programs in the Linux network path, driven from Python."""
 
 
 def _register() -> None:
-    # one module per command group; each exposes register(app)
-    from bpfgate.cli import commands
-
-    for register in commands.REGISTRY:
-        register(app)
+    """Every command group now (help, tests); one module per group, each exposes register(app)."""
+    for module in commands.MODULES:
+        _load(module)
 
 
 def usage_line(e: click.ClickException) -> str:
@@ -36,7 +60,6 @@ def run(argv: list[str] | None = None) -> None:
     """Entry point of the console script: every BpfgateError becomes one line and an exit code."""
     from bpfgate.cli import term
 
-    _register()
     try:
         rv = app.main(args=argv, prog_name="bpfgate", standalone_mode=False)
     except BpfgateError as e:
