@@ -266,6 +266,44 @@ static __always_inline void partner_key(const struct bg_ct_key *k, const struct 
 
 /* Both entries of a flow stay alive as long as either direction has packets; the counters live in the
  * original entry (both directions, as flows.bpf.c keeps them). */
+/* A flow that ended (BG_NAT_CLOSED) keeps its entries this long after its last packet (the last ACK, a
+ * retransmitted FIN), not the established timeout: like conntrack's close timeout. */
+const volatile __u64 cfg_nat_timeout_closed_ns = 10 * BG_CT_NSEC;
+
+static __always_inline int nat_live(const struct bg_ct_value *e, __u64 now)
+{
+	if (e->ext.nat_flags & BG_NAT_CLOSED)
+		return now - e->last_ns <= cfg_nat_timeout_closed_ns;
+	return bg_ct_live(e, now);
+}
+
+/* TCP state of a translated flow from the flags seen each way (the original entry's): a RST, or a FIN each
+ * way, ends it, and both entries are marked; an opening SYN on an ended flow (its tuple used again)
+ * starts it afresh. */
+static __always_inline void tcp_state(struct bg_ct_value *e, struct bg_ct_value *other, struct bg_ct_value *orig,
+				      __u8 tcp_flags)
+{
+	__u8 seen;
+
+	if (!orig || !(tcp_flags & (BG_TCP_SYN | BG_TCP_FIN | BG_TCP_RST)))
+		return;
+	if ((tcp_flags & (BG_TCP_SYN | BG_TCP_ACK)) == BG_TCP_SYN) {
+		if (e->ext.nat_flags & BG_NAT_CLOSED) {
+			orig->tcp_flags[BG_CT_ORIG] = orig->tcp_flags[BG_CT_REPLY] = BG_TCP_SYN;
+			e->ext.nat_flags &= ~BG_NAT_CLOSED;
+			if (other)
+				other->ext.nat_flags &= ~BG_NAT_CLOSED;
+		}
+		return;
+	}
+	seen = orig->tcp_flags[BG_CT_ORIG] & orig->tcp_flags[BG_CT_REPLY];
+	if ((tcp_flags & BG_TCP_RST) || (seen & BG_TCP_FIN)) {
+		e->ext.nat_flags |= BG_NAT_CLOSED;
+		if (other)
+			other->ext.nat_flags |= BG_NAT_CLOSED;
+	}
+}
+
 static __always_inline void touch(const struct bg_ct_key *k, struct bg_ct_value *e, int reply,
 				  const struct bg_ct_size *sz, __u8 tcp_flags, __u64 now)
 {
@@ -286,6 +324,7 @@ static __always_inline void touch(const struct bg_ct_key *k, struct bg_ct_value 
 		bg_ct_account(orig, reply ? BG_CT_REPLY : BG_CT_ORIG, sz, tcp_flags, now);
 	if (reply && !(e->flags & BG_CTF_REPLY))
 		e->flags |= BG_CTF_REPLY;
+	tcp_state(e, other, orig, tcp_flags);
 }
 
 static __always_inline __u32 flow_hash(const struct bg_ct_key *k, __u32 seed)
@@ -438,7 +477,7 @@ static __always_inline int icmp_error(struct __sk_buff *skb, const struct bg_pkt
 	 * side that was translated goes back. Or it is a reply on its way before its translation back (the
 	 * original entry is under its reversed tuple): the other side is translated as the flow's packets are. */
 	e = bpf_map_lookup_elem(&bg_ct, &ik);
-	if (e && (e->ext.nat_flags & BG_NAT_VIEW) && bg_ct_live(e, bpf_ktime_get_ns())) {
+	if (e && (e->ext.nat_flags & BG_NAT_VIEW) && nat_live(e, bpf_ktime_get_ns())) {
 		if ((e->ext.nat_flags & BG_NAT_DST) && egress)
 			inner_src = 0; /* DNAT: the backend's error about client -> backend */
 		else if ((e->ext.nat_flags & BG_NAT_SRC) && !egress)
@@ -448,7 +487,7 @@ static __always_inline int icmp_error(struct __sk_buff *skb, const struct bg_pkt
 	} else {
 		bg_ct_reverse(&ik, &rk);
 		e = bpf_map_lookup_elem(&bg_ct, &rk);
-		if (!e || !e->ext.nat_flags || (e->ext.nat_flags & BG_NAT_VIEW) || !bg_ct_live(e, bpf_ktime_get_ns()))
+		if (!e || !e->ext.nat_flags || (e->ext.nat_flags & BG_NAT_VIEW) || !nat_live(e, bpf_ktime_get_ns()))
 			return TC_ACT_UNSPEC;
 		if ((e->ext.nat_flags & BG_NAT_DST) && !egress)
 			inner_src = 1; /* DNAT: the client's error about a reply from the VIP */
@@ -541,7 +580,7 @@ static __always_inline int snat_port(struct bg_ct_key *vk, const struct bg_nat_t
 
 		vk->sport = lo + off % n;
 		e = bpf_map_lookup_elem(&bg_ct, vk);
-		if (!e || !bg_ct_live(e, now))
+		if (!e || !nat_live(e, now))
 			return 0;
 		nat_count(BG_NAT_STAT_PORT_COLLISION);
 	}
@@ -599,7 +638,7 @@ static __always_inline int nat(struct __sk_buff *skb, int egress)
 
 	/* a packet of a translated flow in its own direction: the original entry */
 	e = bpf_map_lookup_elem(&bg_ct, &ck);
-	if (e && (e->ext.nat_flags & side) && !(e->ext.nat_flags & BG_NAT_VIEW) && bg_ct_live(e, now)) {
+	if (e && (e->ext.nat_flags & side) && !(e->ext.nat_flags & BG_NAT_VIEW) && nat_live(e, now)) {
 		if (e->ext.backend_id && !bpf_map_lookup_elem(&lb_backends, &e->ext.backend_id)) {
 			/* its backend was removed: the flow is chosen again below, like a new one */
 			nat_count(BG_NAT_STAT_LB_REPICK);
@@ -612,7 +651,7 @@ static __always_inline int nat(struct __sk_buff *skb, int egress)
 	/* a reply of a translated flow: the view entry under the reversed tuple, translated back */
 	bg_ct_reverse(&ck, &rk);
 	e = bpf_map_lookup_elem(&bg_ct, &rk);
-	if (e && (e->ext.nat_flags & BG_NAT_VIEW) && !(e->ext.nat_flags & side) && bg_ct_live(e, now)) {
+	if (e && (e->ext.nat_flags & BG_NAT_VIEW) && !(e->ext.nat_flags & side) && nat_live(e, now)) {
 		touch(&rk, e, 1, &sz, p.tcp_flags, now);
 		/* the reply's other side: DNAT'd flows' replies leave from the backend, SNAT'd ones arrive to the
 		 * NAT address */

@@ -22,6 +22,8 @@ enum bg_nat_flags {
 	BG_NAT_SRC = 0x01,   /* the source is rewritten (SNAT) */
 	BG_NAT_DST = 0x02,   /* the destination is rewritten (DNAT, load balancing) */
 	BG_NAT_VIEW = 0x04,  /* keyed by the translated tuple: ext holds the original address/port */
+	BG_NAT_CLOSED = 0x08, /* TCP: the flow ended (a RST, or a FIN each way): both entries live only
+			       * cfg_nat_timeout_closed_ns past its last packet, so its SNAT port is free soon */
 };
 
 /* bg_nat_target.flags */

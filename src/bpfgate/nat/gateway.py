@@ -44,6 +44,7 @@ OWNER = "nat"
 SLOT_OWNER = {"ingress": "nat", "egress": "nat-out"}   # its two tc slots (bpfgate.families)
 DIRECTIONS = ("ingress", "egress")
 DEFAULT_CT_SIZE = 65536
+CLOSED_TIMEOUT_S = 10.0   # a TCP flow that ended (RST, FIN each way) keeps its entries (and SNAT port) this long
 
 
 def _ns(netns: str | None) -> str:
@@ -94,15 +95,17 @@ class Gateway:
 
     @classmethod
     def open(cls, dev: str, netns: str | None = None, *, create: bool = True, method: str = "tc",
-             ct_size: int = DEFAULT_CT_SIZE, slots: int = 1 << 20) -> "Gateway":
-        """The running NAT of `dev` (from its pins), or, with create, a new one attached now."""
+             ct_size: int = DEFAULT_CT_SIZE, slots: int = 1 << 20, closed_timeout: float = CLOSED_TIMEOUT_S
+             ) -> "Gateway":
+        """The running NAT of `dev` (from its pins), or, with create, a new one attached now (`closed_timeout`:
+        seconds a TCP flow that ended keeps its translation, from its last packet)."""
         netlink.ifindex(dev, netns)   # NotFound: no such interface / namespace
         if cls.exists(dev, netns):
             return cls(dev, netns, cls._open_maps(dev, netns), _read_config(dev, netns))
         if not create:
             raise NotFound(f"open NAT on {dev}", "bpfgate runs no NAT there",
                            hint="add a rule or service first")
-        return cls._attach(dev, netns, method, ct_size, slots)
+        return cls._attach(dev, netns, method, ct_size, slots, closed_timeout)
 
     @staticmethod
     def _open_maps(dev: str, netns: str | None) -> dict[str, Map]:
@@ -118,13 +121,15 @@ class Gateway:
                 if name not in LATER_MAPS or os.path.exists(os.path.join(d, name))}
 
     @classmethod
-    def _attach(cls, dev: str, netns: str | None, method: str, ct_size: int, slots: int) -> "Gateway":
+    def _attach(cls, dev: str, netns: str | None, method: str, ct_size: int, slots: int,
+                closed_timeout: float) -> "Gateway":
         d, sd = pin_dir(dev, netns), state_dir(dev, netns)
         obj = BpfObject.open(OWNER)
         atts = []
         try:
             obj.set_max_entries("bg_ct", ct_size)
             obj.set_max_entries("lb_slots", slots)
+            obj.set_rodata({"cfg_nat_timeout_closed_ns": int(closed_timeout * 1e9)})
             obj.load()
             os.makedirs(sd, exist_ok=True)
             _write_config(dev, netns, Config())
