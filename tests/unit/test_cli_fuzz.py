@@ -181,3 +181,12 @@ def test_every_command_parses_any_arguments(choice):
         pass   # --help
     except click.ClickException as e:
         assert main.usage_line(e).count("\n") == 0
+
+
+@pytest.mark.parametrize("path, argv", [(["policy", "export"], ["-o", "\x00"]),
+                                        (["agent"], ["--policy-dir", "a\x00b"])])
+def test_a_nul_byte_in_a_path_is_a_usage_error(path, argv):
+    """Found by the fuzzing above: click.Path stats the value, and a NUL made that a ValueError."""
+    cmd = dict(LEAVES)[tuple(path)]
+    with pytest.raises(click.BadParameter, match="NUL"):
+        cmd.make_context(" ".join(path), argv)

@@ -9,13 +9,14 @@ import threading
 import click
 
 from bpfgate.cli import term
+from bpfgate.cli.params import UserPath
 
 DEFAULT_LISTEN = "127.0.0.1:9465"
 
 
 def register(app: click.Group) -> None:
     @app.command("agent")
-    @click.option("--policy-dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
+    @click.option("--policy-dir", required=True, type=UserPath(file_okay=False), metavar="DIR",
                   help="Policy files (*.yaml, *.yml, *.json); interface entries may be patterns (veth*).")
     @click.option("--netns", help="Manage the engines of this named network namespace.")
     @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="ADDR:PORT",

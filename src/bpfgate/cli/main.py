@@ -80,6 +80,11 @@ def run(argv: list[str] | None = None) -> None:
         else:
             term.error(usage_line(e))
         sys.exit(e.exit_code)
+    except ValueError as e:
+        if "null byte" not in str(e):   # a NUL in a path or name (os.stat and the like refuse it)
+            raise
+        term.error("a path or name holds a NUL byte (\\x00)")
+        sys.exit(2)
     except OSError as e:   # a file or device the command could not use (the ones we expect are typed)
         term.error(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
         sys.exit(1)

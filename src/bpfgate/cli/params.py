@@ -23,3 +23,12 @@ class Seconds(click.FloatRange):
         if not math.isfinite(v):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
         return v
+
+
+class UserPath(click.Path):
+    """click.Path that refuses a NUL byte as bad input (click's own check stats it: a ValueError)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "\x00" in value:
+            self.fail("the path holds a NUL byte (\\x00)", param, ctx)
+        return super().convert(value, param, ctx)

@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from bpfgate.cli import term
-from bpfgate.cli.params import Seconds
+from bpfgate.cli.params import Seconds, UserPath
 
 NETNS = click.option("--netns", metavar="NAME", help="The interfaces are in this named network namespace.")
 HOOKS = click.Choice(["tc-ingress", "tc-egress", "xdp", "cgroup-ingress", "cgroup-egress", "cgroup-connect",
@@ -269,7 +269,7 @@ def register(app: click.Group) -> None:
 
     @policy_group.command("export")
     @click.option("--dev", help="Only this interface (or cgroup path).")
-    @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file.")
+    @click.option("-o", "--output", type=UserPath(dir_okay=False, writable=True), help="Write to a file.")
     @NETNS
     @click.option("--json", "as_json", is_flag=True, help="The same data as JSON instead of YAML.")
     def export_cmd(dev, output, netns, as_json):
