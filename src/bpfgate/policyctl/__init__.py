@@ -552,11 +552,11 @@ def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | No
     out = []
     for d, h, hp in selected:
         here = [r.name for r in hp.rules] + ["(default)"]
-        want = here if names is None else [n for n in here if n in names]
+        want = set(here if names is None else names).intersection(here)   # a set: tested once per rule
         if not want:
             continue
         if reset:
-            counts = backend.reset_counters(d, h, netns, None if names is None else want)
+            counts = backend.reset_counters(d, h, netns, None if names is None else [n for n in here if n in want])
         else:
             counts = backend.counters(d, h, netns)
         for i, r in enumerate(hp.rules):
