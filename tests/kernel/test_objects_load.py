@@ -132,7 +132,7 @@ def _tracer_programs_excused(name: str) -> set[str]:
 
 def test_the_check_sees_a_program_left_out():
     """The fd test above is what tells a loaded program from one whose autoload was off."""
-    with BpfObject.open(os.path.join(OBJECTS_DIR, "selftest.o")) as obj:
+    with BpfObject.open(os.path.join(OBJECTS_DIR, "selftest.o")) as obj, refused_like_doctor("selftest"):
         obj.set_autoload("bg_empty_xdp", False)
-        obj.load()
+        obj.load()   # 5.10: NotSupported (atomic fetch instructions), a skip
         assert "bg_empty_xdp" not in obj.loaded_programs() and "bg_empty_tc" in obj.loaded_programs()
