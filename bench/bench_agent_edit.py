@@ -42,7 +42,7 @@ def edits(add, delete, free: list[str], reps: int, tag: str) -> tuple[list[float
         t0 = time.perf_counter()
         add(name, free[i])
         t1 = time.perf_counter()
-        delete(name)
+        delete(name, free[i])
         t2 = time.perf_counter()
         a.append(t1 - t0)
         d.append(t2 - t1)
@@ -92,21 +92,21 @@ def main() -> None:
         try:
             res["direct, in-process"] = edits(
                 lambda n, s: policyctl.add_rule(dev, "tc-ingress", rule(n, s), netns=ns),
-                lambda n: policyctl.delete_rule(dev, "tc-ingress", n, netns=ns), chunks[0], args.reps, "d")
+                lambda n, _s: policyctl.delete_rule(dev, "tc-ingress", n, netns=ns), chunks[0], args.reps, "d")
             held = EngineBackend(hold=True)
             try:
                 policyctl.add_rule(dev, "tc-ingress", rule("warm", chunks[1][0]), netns=ns, backend=held)
                 policyctl.delete_rule(dev, "tc-ingress", "warm", netns=ns, backend=held)
                 res["held (the agent's way)"] = edits(
                     lambda n, s: policyctl.add_rule(dev, "tc-ingress", rule(n, s), netns=ns, backend=held),
-                    lambda n: policyctl.delete_rule(dev, "tc-ingress", n, netns=ns, backend=held),
+                    lambda n, _s: policyctl.delete_rule(dev, "tc-ingress", n, netns=ns, backend=held),
                     chunks[1], args.reps, "h")
             finally:
                 held.close()
             cli = [sys.executable, "-m", "bpfgate"]
             res["CLI without agent"] = edits(
                 lambda n, s: timed(cli + ["rule", "add", n, "--dev", dev, "--netns", ns, "--src", s, "--action", "drop"]),
-                lambda n: timed(cli + ["rule", "del", n, "--dev", dev, "--netns", ns]), chunks[2], args.reps, "c")
+                lambda n, _s: timed(cli + ["rule", "del", n, "--dev", dev, "--netns", ns]), chunks[2], args.reps, "c")
             state = os.path.join(tmp, "agent")
             agent = subprocess.Popen(cli + ["agent", "--policy-dir", pdir, "--netns", ns, "--state-dir", state,
                                             "--listen", "127.0.0.1:0", "--interval", "3600"],
@@ -116,12 +116,12 @@ def main() -> None:
                 env = {**os.environ, "BPFGATE_AGENT_DIR": state}
                 res["agent socket"] = edits(
                     lambda n, s: client.call(ns, "add_rule", dev=dev, hook="tc-ingress", rule=rule(n, s)),
-                    lambda n: client.call(ns, "delete_rule", dev=dev, hook="tc-ingress", name=n),
+                    lambda n, _s: client.call(ns, "delete_rule", dev=dev, hook="tc-ingress", name=n),
                     chunks[3], args.reps, "s")
                 res["CLI with agent"] = edits(
                     lambda n, s: timed(cli + ["rule", "add", n, "--dev", dev, "--netns", ns, "--src", s,
                                               "--action", "drop"], env),
-                    lambda n: timed(cli + ["rule", "del", n, "--dev", dev, "--netns", ns], env),
+                    lambda n, _s: timed(cli + ["rule", "del", n, "--dev", dev, "--netns", ns], env),
                     chunks[4], args.reps, "a")
             finally:
                 agent.send_signal(signal.SIGTERM)
@@ -131,7 +131,10 @@ def main() -> None:
             with open(nft_path, "w") as f:
                 f.write(nft_text(nets) % dev)
             timed(nft + ["-f", nft_path])
-            res["nft element"] = _nft_edits(nft, chunks[5], args.reps)
+            res["nft element"] = edits(
+                lambda _n, s: timed(nft + ["add", "element", "inet", "bgbench", "b4", f"{{ {s} }}"]),
+                lambda _n, s: timed(nft + ["delete", "element", "inet", "bgbench", "b4", f"{{ {s} }}"]),
+                chunks[5], args.reps, "n")
         finally:
             subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "bgbench"],
                            capture_output=True)
@@ -139,15 +142,6 @@ def main() -> None:
     print(f"{'path':26s} {'add (ms)':>26s} {'del (ms)':>26s}")
     for name, (a, d) in res.items():
         print(f"{name:26s} {stat(a, 'ms', 1000):>26s} {stat(d, 'ms', 1000):>26s}")
-
-
-def _nft_edits(nft: list[str], free: list[str], reps: int) -> tuple[list[float], list[float]]:
-    a, d = [], []
-    for i in range(reps):
-        elem = ["inet", "bgbench", "b4", f"{{ {free[i]} }}"]
-        a.append(timed(nft + ["add", "element", *elem])[0])
-        d.append(timed(nft + ["delete", "element", *elem])[0])
-    return a, d
 
 
 if __name__ == "__main__":
