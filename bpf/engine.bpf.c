@@ -257,7 +257,7 @@ static __always_inline int bucket_refill_take(struct bg_bucket *b, const struct 
 	if (!b->last_ns) {
 		credit = cap;
 	} else {
-		elapsed = now - b->last_ns;
+		elapsed = bg_ns_since(now, b->last_ns);
 		if (elapsed > 10 * NSEC)
 			elapsed = 10 * NSEC; /* bounds elapsed * rate; 10 s refills any bucket of rate <= 1.8e9 */
 		credit = b->credit + elapsed * r->rate;
@@ -322,7 +322,7 @@ static __always_inline int log_allowed(__u32 rule_id, const struct bg_rule *r)
 	if (!b->last_ns) {
 		credit = cap;
 	} else {
-		__u64 elapsed = now - b->last_ns;
+		__u64 elapsed = bg_ns_since(now, b->last_ns);
 
 		if (elapsed > 10 * NSEC)
 			elapsed = 10 * NSEC;

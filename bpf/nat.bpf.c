@@ -273,7 +273,7 @@ const volatile __u64 cfg_nat_timeout_closed_ns = 10 * BG_CT_NSEC;
 static __always_inline int nat_live(const struct bg_ct_value *e, __u64 now)
 {
 	if (e->ext.nat_flags & BG_NAT_CLOSED)
-		return now - e->last_ns <= cfg_nat_timeout_closed_ns;
+		return bg_ns_since(now, e->last_ns) <= cfg_nat_timeout_closed_ns;
 	return bg_ct_live(e, now);
 }
 

@@ -196,7 +196,7 @@ static __always_inline int steer_by_rule(struct __sk_buff *skb, struct bg_steer_
 		/* nothing resolves a neighbour nobody sends to: let one packet per BG_STEER_PROBE_MS through
 		 * bpf_redirect_neigh, which queues it and solicits the next hop */
 		now = bpf_ktime_get_ns();
-		if (now - r->probe_ns < BG_STEER_PROBE_MS * 1000000ULL)
+		if (bg_ns_since(now, r->probe_ns) < BG_STEER_PROBE_MS * 1000000ULL)
 			return rule_failed(r, why);
 		r->probe_ns = now;
 		steer_count(BG_STEER_STAT_RESOLVING);

@@ -94,7 +94,7 @@ static __always_inline void detect(void *ctx, struct bg_syn_src *s, struct bg_sy
 	if (!cfg || !cfg->rate)
 		return;
 	start = s->window_start_ns;
-	if (now - start >= NSEC_PER_SEC) {
+	if (bg_ns_since(now, start) >= NSEC_PER_SEC) {
 		s->window_start_ns = now;
 		s->window_syns = 0;
 		start = now;

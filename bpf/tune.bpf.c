@@ -121,7 +121,7 @@ static __always_inline void on_rtt(struct bpf_sock_ops *skops, struct bg_tune_cf
 	if (!last)
 		return;
 	now = bpf_ktime_get_ns();
-	if (*last && now - *last < (__u64)c->sample_gap_ms * 1000000)
+	if (*last && bg_ns_since(now, *last) < (__u64)c->sample_gap_ms * 1000000)
 		return;
 	*last = now;
 	sample(skops, BG_TUNE_EV_RTT);

@@ -25,6 +25,14 @@
  */
 #define BG_EXPORT_TYPE(T, tag) const T *__bg_btf_##tag __attribute__((unused))
 
+/* Nanoseconds from `then` to `now`, 0 when `then` is later: a timestamp another CPU stored after this
+ * program read its clock (now - then would wrap to ~2^64 and an entry a packet just touched would look
+ * expired, a bucket just drained would look refilled). */
+static inline __attribute__((always_inline)) __u64 bg_ns_since(__u64 now, __u64 then)
+{
+	return now > then ? now - then : 0;
+}
+
 /* ---- generic counters and keys ---------------------------------------------------------------- */
 
 struct bg_counter {

@@ -90,7 +90,7 @@ static __always_inline int bg_ct_live(const struct bg_ct_value *e, __u64 now)
 {
 	__u64 t = (e->flags & BG_CTF_REPLY) ? cfg_ct_timeout_est_ns : cfg_ct_timeout_new_ns;
 
-	return now - e->last_ns <= t;
+	return bg_ns_since(now, e->last_ns) <= t;
 }
 
 /* Whether an entry is a state to go by: live, and (for the engine) not picked up mid-stream. */

@@ -137,6 +137,29 @@ def test_weights_stickiness_drain_and_remove(lb):
             s.close()
 
 
+def test_a_flow_another_cpu_just_touched_is_live(lb):
+    """A flow's entries carry the time of their last packet. A packet on one CPU reads the clock, then may
+    find a later time another CPU stored meanwhile: the flow is live (its replies are translated back), not
+    expired by a difference that wrapped around."""
+    client, si, gw = lb
+    gw.add_service(nat.service("dns", "udp", f"{VIP4}:53", [f"{si.ip4}:9001"], table_size=251))
+    socks = _sockets(client, 4)
+    try:
+        first = _round(socks)
+        ct = gw.maps["bg_ct"]
+        ahead = time.monotonic_ns() + 5 * 10**9   # bpf_ktime_get_ns() is CLOCK_MONOTONIC
+        entries = list(ct.lookup_batch())
+        assert len(entries) == 2 * len(socks)   # each flow: its original entry and its view
+        for k, v in entries:
+            v.last_ns = ahead
+            ct.update(k, v)
+        assert _round(socks) == first   # replied from the VIP (_round checks), by the same backend
+        assert gw.stats()["flows"] == len(socks)   # no flow was made anew
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_metrics_count_each_backends_new_flows_and_the_slots_a_change_moved(lb):
     client, si, gw = lb
     be = [f"{si.ip4}:{p}" for p in PORTS[:3]]
