@@ -145,7 +145,8 @@ def bench_engine(mix: str, n: int, rng: random.Random, results: dict) -> None:
 
 def bench_lpm(v6: bool, n: int, rng: random.Random, results: dict) -> None:
     name = "lpm6" if v6 else "lpm4"
-    with Engine.load("tc-ingress", ct=False, max_entries={"bg_bench_lpm4": max(n, 1), "bg_bench_lpm6": max(n, 1)}) as e:
+    with Engine.load("tc-ingress", ct=False, max_entries={"bg_bench_lpm4": max(n, 1), "bg_bench_lpm6": max(n, 1)},
+                     also=("bg_bench_lpm",)) as e:
         prefixes = spread_prefixes(rng, n, v6)
         keys = b"".join(struct.pack("=I", p.prefixlen) + p.network_address.packed for p in prefixes)
         e.obj.map("bg_bench_lpm6" if v6 else "bg_bench_lpm4").update_batch_raw(keys, struct.pack("=I", 1) * n, n)
@@ -195,7 +196,7 @@ def main() -> None:
     header("policy engine classifier: ns/packet (BPF_PROG_TEST_RUN, TC, no-match SYN) and apply time")
     print(f"# repeat {REPEAT} per call, {REPS} reps; ratio = t(N)/t(1) of medians; 'floor' = empty program")
     results: dict = {}
-    with Engine.load("tc-ingress", ct=False) as base:
+    with Engine.load("tc-ingress", ct=False, also=("bg_bench_empty",)) as base:
         floor = ns_per_packet(base.obj.program("bg_bench_empty"), miss_frame(False))
     print(f"floor   empty program                      ns/pkt {fmt(floor, 'ns')}", flush=True)
     rng = random.Random(1)

@@ -27,7 +27,9 @@ pytestmark = [pytest.mark.kernel, pytest.mark.smoke]
 # objects shipped for something else than a command; why each is not checked here
 NOT_HERE = {"probes": "doctor's feature probes: each probe is the load check of its one program (test_doctor)"}
 # programs no command loads; where they are loaded instead
-BENCH_ONLY = {"engine": {"bg_bench_cg_empty": "bench/bench_cgroup.py's empty cgroup program, its floor"}}
+BENCH_ONLY = {"engine": {"bg_bench_cg_empty": "bench/bench_cgroup.py's empty cgroup program, its floor",
+                         "bg_bench_empty": "bench/bench_classifier.py's empty TC program, its floor",
+                         "bg_bench_lpm": "bench/bench_classifier.py's LPM-trie-only baseline"}}
 TRACERS = {"trace_tcp": tcp.HOOKS, "trace_drops": drops.HOOKS}
 
 
@@ -40,10 +42,13 @@ def _loaded(obj: BpfObject) -> set[str]:
 
 def _engine() -> Iterator[set[str]]:
     # each hook's programs verified with that hook's constants (cfg_hook), as `apply` loads them; tc-egress
-    # loads the programs tc-ingress does and only labels its events and captures otherwise: left out, it
-    # is the slowest load there is (a minute in an emulated guest)
+    # loads the program tc-ingress does and only labels its events and captures otherwise: left out, it
+    # is the slowest load there is (a minute in an emulated guest). An engine loads only its hook's
+    # programs, plus what the caller names: the flow tracker as an ingress engine's attach loads it (XDP's
+    # here), the benchmarks' baselines beside the TC program as bench/bench_classifier.py loads them
+    also = {Hook.XDP: ("bg_ct_track",), Hook.TC_INGRESS: ("bg_bench_empty", "bg_bench_lpm")}
     for hook in (h for h in Hook if h != Hook.TC_EGRESS):
-        yield _loaded(Engine.load(hook).obj)
+        yield _loaded(Engine.load(hook, also=also.get(hook, ())).obj)
     with BpfObject.open("engine") as obj:   # as bench/bench_cgroup.py loads it
         for name in obj.program_names():
             obj.set_autoload(name, name == "bg_bench_cg_empty")

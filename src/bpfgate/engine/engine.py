@@ -55,7 +55,6 @@ PROGRAMS = {Hook.TC_INGRESS: ("bg_engine_tc",), Hook.TC_EGRESS: ("bg_engine_tc",
             Hook.CGROUP_INGRESS: ("bg_engine_cg_ingress",), Hook.CGROUP_EGRESS: ("bg_engine_cg_egress",),
             Hook.CGROUP_CONNECT: ("bg_sock_connect4", "bg_sock_connect6", "bg_sock_sendmsg4", "bg_sock_sendmsg6"),
             Hook.CGROUP_BIND: ("bg_sock_bind4", "bg_sock_bind6")}
-CGROUP_ONLY = {p for h, ps in PROGRAMS.items() if h.on_cgroup for p in ps} | {"bg_bench_cg_empty"}
 LINK_PIN = "link-"   # + program name: a cgroup engine's links, pinned beside its maps
 _U32 = struct.Struct("=I")
 
@@ -118,21 +117,24 @@ class Engine:
     # ---- creation --------------------------------------------------------------------------------
     @classmethod
     def load(cls, hook: Hook | str, *, ct: bool = True, test_mark: bool = False, prealloc: dict[str, int] | None = None,
-             max_entries: dict[str, int] | None = None, reuse: dict[str, int] | None = None) -> Engine:
+             max_entries: dict[str, int] | None = None, reuse: dict[str, int] | None = None,
+             also: Iterable[str] = ()) -> Engine:
         """Load the engine object without attaching it (BPF_PROG_TEST_RUN, benchmarks, attach()).
         prealloc: {map: entries} preallocates bg_cls / bg_pfx with that many entries (inserts ~2x faster,
         memory ~100 B/entry up front, a swap or live add past it is refused); default: allocate per entry,
-        up to 2M (prealloc_for() sizes them for a policy)."""
+        up to 2M (prealloc_for() sizes them for a policy). Only the hook's programs are loaded, plus `also`
+        (the flow tracker bg_ct_track, the benchmarks' baselines)."""
         hook = Hook(hook)
         obj = BpfObject.open(OBJECT, rodata={"cfg_hook": HOOK_CODE[hook], "cfg_ct": int(ct),
                                              "cfg_test_mark": int(test_mark),
                                              "cfg_ct_timeout_new_ns": CT_TIMEOUT_NEW_S * 10**9,
                                              "cfg_ct_timeout_est_ns": CT_TIMEOUT_EST_S * 10**9})
         try:
-            # verify only what the hook runs: a device engine no cgroup program, a cgroup engine only its own
+            # verify only what the caller runs: each program's verification is most of a load's time (an
+            # XDP engine verifying the TC program too doubled it; an emulated guest takes a minute for one)
+            wanted = set(PROGRAMS[hook]) | set(also)
             for name in obj.program_names():
-                if name in CGROUP_ONLY or hook.on_cgroup:
-                    obj.set_autoload(name, name in PROGRAMS[hook])
+                obj.set_autoload(name, name in wanted)
             obj.set_max_entries("bg_capture_scratch", possible_cpus())
             for name, n in (max_entries or {}).items():
                 obj.set_max_entries(name, n)
@@ -182,13 +184,17 @@ class Engine:
             policy or HookPolicy(default="allow"), hook, limits=limits,
             ifindex=lambda name: netlink.ifindex(name, netns_name))
         ct_hooks = _ct_hooks(dev, netns_name)
+        # replies are known only if outgoing flows are tracked: by the tracker, unless an egress engine
+        # with ct runs (exactly one program tracks egress, or the per-flow counters count it twice)
+        tracker = ct and hook in (Hook.TC_INGRESS, Hook.XDP) and Hook.TC_EGRESS not in ct_hooks
         reuse = {}
         shared = cls._sibling_ct(dev, hook, netns_name)   # one flow table per interface, shared by its hooks
         if shared is not None:
             reuse["bg_ct"] = shared.fd
         try:
             eng = cls.load(hook, ct=ct, reuse=reuse, prealloc=prealloc_for(compiled) if prealloc is None else prealloc,
-                           max_entries=rule_array_sizes(max(compiled.rules) + 1))
+                           max_entries=rule_array_sizes(max(compiled.rules) + 1),
+                           also=("bg_ct_track",) if tracker else ())
         finally:
             if shared is not None:
                 shared.close()
@@ -218,9 +224,7 @@ class Engine:
                 atts.append(attach_mod.attach_tc(eng.program, dev, hook.value.split("-")[1], netns_name=netns_name,
                                                  method=mode or "tc", owner=OWNER, extra_pins=pinned,
                                                  state=[store.dir]))
-            # replies are known only if outgoing flows are tracked: by the tracker, unless an egress engine
-            # with ct runs (exactly one program tracks egress, or the per-flow counters count it twice)
-            if ct and hook in (Hook.TC_INGRESS, Hook.XDP) and Hook.TC_EGRESS not in ct_hooks:
+            if tracker:
                 atts.append(_attach_tracker(eng.obj.program("bg_ct_track"), dev, netns_name))
             store.save_meta({"ifindex": ifindex, "prog_id": eng.program.id, "mode": mode, "ct": ct,
                              "attachments": [a.key for a in atts], "pins": pinned})
@@ -309,7 +313,7 @@ class Engine:
         """Attach a tracker sharing this device's bg_ct and record it in the ingress engines' meta, so
         the last of them to detach removes it (as if it had attached it)."""
         loaded = Engine.load(Hook.TC_INGRESS, ct=True, reuse={"bg_ct": self.maps["bg_ct"].fd},
-                             max_entries=rule_array_sizes(1))
+                             max_entries=rule_array_sizes(1), also=("bg_ct_track",))
         try:
             att = _attach_tracker(loaded.obj.program("bg_ct_track"), self.dev, self.netns)
         finally:
