@@ -131,6 +131,25 @@ def test_tp_btf_load_failure_falls_back_to_tracepoints(monkeypatch):
     assert attached == [h.tp_prog for h in TCP_HOOKS]
 
 
+def test_doctors_load_falls_back_as_the_command_does(monkeypatch):
+    """5.10: trace_drops' tp_btf program fails to load, `trace drops` runs on the classic tracepoint;
+    doctor's load (load_only) must take the same fallback, not report the tracer missing."""
+    _kernel(monkeypatch, btf=[h.event for h in DROP_HOOKS], tracefs=[h.event for h in DROP_HOOKS])
+    tried, objs = [], []
+
+    def fake_open(name, choices, rodata, setup):
+        tried.append({c.backend for c in choices})
+        if "tp_btf" in tried[-1]:
+            raise BpfgateError("load BPF object trace_drops.o", "invalid argument")
+        objs.append(_FakeObj())
+        return objs[-1]
+
+    monkeypatch.setattr(backend, "_open", fake_open)
+    choices = backend.load_only("trace_drops", DROP_HOOKS)
+    assert tried == [{"tp_btf"}, {"tracepoint"}] and objs[0].closed
+    assert all(c.backend == "tracepoint" and "tp_btf failed" in c.note for c in choices)
+
+
 def test_optional_attach_failure_is_reported_not_fatal(monkeypatch):
     _kernel(monkeypatch, btf=ALL)
     monkeypatch.setattr(backend, "_open", lambda *a: _FakeObj())

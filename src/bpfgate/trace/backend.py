@@ -149,12 +149,34 @@ def _open(obj_name: str, choices: list[Choice], rodata: dict | None, setup) -> B
         raise
 
 
+def _open_or_fall_back(obj_name: str, choices: list[Choice], *, what: str, prefer: str, rodata: dict | None,
+                       setup) -> tuple[BpfObject, list[Choice]]:
+    """Load with `choices`; if that fails and prefer is auto, again with the classic tracepoint for every
+    tp_btf hook tracefs has (a kernel whose verifier refuses a tp_btf program). The object and the choices
+    it was loaded with."""
+    try:
+        return _open(obj_name, choices, rodata, setup), choices
+    except BpfgateError as e:
+        fallback = [Choice(c.hook, "tracepoint", f"tp_btf failed to load ({e.cause}): classic tracepoint used",
+                           c.lost)
+                    if c.backend == "tp_btf" and has_tracepoint(c.hook.category, c.hook.event) else c
+                    for c in choices]
+        if prefer != "auto" or fallback == choices or not any(c.backend == "tracepoint" for c in fallback):
+            raise
+        choices = [c if c.backend != "tp_btf" else Choice(c.hook, None, f"tp_btf failed to load: {e.cause}")
+                   for c in fallback]
+        _check_required(choices, what)
+        return _open(obj_name, choices, rodata, setup), choices
+
+
 def load_only(obj_name: str, hooks: tuple[Hook, ...]) -> list[Choice]:
-    """Load `obj_name` with the backends load() would choose, attach nothing, close it (`bpfgate doctor`):
-    the choices; raises what loading raised (NotSupported for a required hook that is missing)."""
+    """Load `obj_name` as load() would (its backends, its fallback), attach nothing, close it (`bpfgate
+    doctor`): the choices; raises what loading raised (NotSupported for a required hook that is missing)."""
+    what = f"load {obj_name}"
     choices = choose(hooks)
-    _check_required(choices, f"load {obj_name}")
-    _open(obj_name, choices, None, None).close()
+    _check_required(choices, what)
+    obj, choices = _open_or_fall_back(obj_name, choices, what=what, prefer="auto", rodata=None, setup=None)
+    obj.close()
     return choices
 
 
@@ -169,19 +191,7 @@ def load(obj_name: str, hooks: tuple[Hook, ...], *, what: str, prefer: str = "au
     reuse_map). Returns (object, links, choices); close the links, then the object, to detach."""
     choices = choose(hooks, prefer)
     _check_required(choices, what)
-    try:
-        obj = _open(obj_name, choices, rodata, setup)
-    except BpfgateError as e:
-        fallback = [Choice(c.hook, "tracepoint", f"tp_btf failed to load ({e.cause}): classic tracepoint used",
-                           c.lost)
-                    if c.backend == "tp_btf" and has_tracepoint(c.hook.category, c.hook.event) else c
-                    for c in choices]
-        if prefer != "auto" or fallback == choices or not any(c.backend == "tracepoint" for c in fallback):
-            raise
-        choices = [c if c.backend != "tp_btf" else Choice(c.hook, None, f"tp_btf failed to load: {e.cause}")
-                   for c in fallback]
-        _check_required(choices, what)
-        obj = _open(obj_name, choices, rodata, setup)
+    obj, choices = _open_or_fall_back(obj_name, choices, what=what, prefer=prefer, rodata=rodata, setup=setup)
     links: list[attach.Attachment] = []
     try:
         for c in choices:
