@@ -130,12 +130,24 @@ def test_explicit_rule_fixes_the_return_path_live(topo, family):
     assert not os.path.exists(pin_dir(ns))
 
 
+def _settled(s: Steering, quiet: float = 0.5, limit: float = 10) -> dict:
+    """The counters once they stopped moving for `quiet` seconds (a connection's close is still on its way
+    when the client returns)."""
+    st, since, deadline = s.stats(), time.monotonic(), time.monotonic() + limit
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = s.stats()
+        if now != st:
+            st, since = now, time.monotonic()
+    return st
+
+
 @pytest.mark.parametrize("family", [4, 6])
 def test_symmetric_return_without_per_address_config(topo, family):
     ns = topo.server.netns
     with Steering.attach(["pri0", "sec0"], ns, symmetric=["sec0"]) as s:
         assert topo.reaches_vip(family, timeout=5)
-        st = s.stats()
+        st = _settled(s)   # the connection's last packets (its close) are counted too
         assert st["returned"] > 0 and st["tracked"] > 0 and st["steered"] == 0
         returned = st["returned"]
         with Exporter() as exp:   # `bpfgate metrics` shows the same counters

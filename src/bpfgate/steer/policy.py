@@ -79,7 +79,7 @@ def plan(sp: SteerPolicy, netns: str | None) -> list[str]:
     """What applying `sp` would change, one line each (empty: steering already matches)."""
     from bpfgate import attach
 
-    from . import FAMILY, Steering, _pinned
+    from .steering import FAMILY, Steering, _pinned
 
     attached = {a.dev for a in attach.find(None, None, netns, owner=FAMILY)}
     lines = [f"steer: attach {d}" for d in sp.interfaces if d not in attached]
@@ -104,7 +104,7 @@ def apply(sp: SteerPolicy, netns: str | None) -> None:
     """Make the namespace's steering match `sp` (call plan() first to know whether anything differs)."""
     from bpfgate import attach
 
-    from . import FAMILY, Steering, detach
+    from .steering import FAMILY, Steering, detach
 
     for att in attach.find(None, None, netns, owner=FAMILY):
         if att.dev not in sp.interfaces:
@@ -125,7 +125,7 @@ def running_section(netns: str | None) -> dict | None:
     steering attached). `method` is left at auto: apply does not change how an attached interface is hooked."""
     from bpfgate import attach
 
-    from . import FAMILY, Steering, _pinned
+    from .steering import FAMILY, Steering, _pinned
 
     devs = sorted({a.dev for a in attach.find(None, None, netns, owner=FAMILY)})
     if not devs or not _pinned(netns):
