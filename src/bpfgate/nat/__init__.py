@@ -1,10 +1,24 @@
 """Address/port translation (DNAT, SNAT) and L4 load balancing with a Maglev table, at TC ingress/egress of
 an interface (bpf/nat.bpf.c). gateway.Gateway drives one interface; rules.py parses and checks rules and
-services; maglev.py builds the tables and measures what a change moves."""
+services; maglev.py builds the tables and measures what a change moves.
 
-from .collector import NatCollector
-from .gateway import Change, Gateway, pin_dir, running, state_dir
+The kernel side (gateway, collector) is imported on first use: `apply` reads nat.policy on every run and
+would otherwise pay for the attach layer and netlink each time."""
+
+from __future__ import annotations
+
+import importlib
+
 from .rules import Backend, NatRule, Service, backend, dnat, service, snat
+
+_LAZY = {"NatCollector": "collector", "Change": "gateway", "Gateway": "gateway", "pin_dir": "gateway",
+         "running": "gateway", "state_dir": "gateway"}
 
 __all__ = ["Backend", "Change", "Gateway", "NatCollector", "NatRule", "Service", "backend", "dnat", "pin_dir", "running",
            "service", "snat", "state_dir"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
