@@ -13,6 +13,7 @@ import pytest
 
 from bpfgate import nat
 from bpfgate.errors import NotFound, PolicyError
+from bpfgate.sandbox.timing import scaled
 from clirun import run_cli  # noqa: E402  (tests/kernel helper)
 from natnet import VIP4, nat_metrics  # noqa: E402  (tests/kernel helper)
 
@@ -45,7 +46,7 @@ def lb(pair):
     client, server, ci, si = pair
     client.route(f"{VIP4}/32", si)
     proc = server.spawn([sys.executable, "-c", BACKENDS])
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)  # a Python peer's start: seconds under emulation
     while "ready" not in proc.output():
         assert proc.alive and time.monotonic() < deadline, proc.output()
         time.sleep(0.02)
@@ -80,7 +81,7 @@ def _round(socks: list[socket.socket]) -> list[int]:
     poll = select.poll()   # select() stops at fd 1024
     for s in socks:
         poll.register(s, select.POLLIN)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)
     while len(got) < len(socks) and time.monotonic() < deadline:
         for i in [i for i in range(len(socks)) if i not in got][:200]:
             socks[i].sendto(b"?", (VIP4, 53))

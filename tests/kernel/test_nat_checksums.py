@@ -22,6 +22,7 @@ import sys
 import pytest
 
 from bpfgate import nat
+from bpfgate.sandbox.timing import scaled
 from natnet import VIP4, VIP6, Capture, csum_errors, partial_sum_ok, set_tx_csum, tshark_rows  # noqa: E402
 
 pytestmark = pytest.mark.kernel
@@ -45,7 +46,7 @@ CELLS = [(f, k) for f in (4, 6) for k in ("tcp", "udp", "udp0", "icmp") if not (
 def _wait_ready(proc):
     import time
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)  # a Python peer's start: seconds under emulation
     while "ready" not in proc.output():
         assert proc.alive and time.monotonic() < deadline, proc.output()
         time.sleep(0.02)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from bpfgate import nat
+from bpfgate.sandbox.timing import scaled
 from natnet import nat_metrics  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
@@ -46,7 +47,7 @@ def inside(sandbox, request):
     c1.default_route(l1)
     c2.default_route(l2)
     proc = server.spawn([sys.executable, "-c", PEER])
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + scaled(10)  # a Python peer's start: seconds under emulation
     while "ready" not in proc.output():
         assert proc.alive and time.monotonic() < deadline, proc.output()
         time.sleep(0.02)
