@@ -31,6 +31,7 @@ const volatile __u8 cfg_hook = BG_ENGINE_TC_INGRESS; /* enum bg_engine_hook (eve
 const volatile __u8 cfg_ct = 1;          /* track flows and set ct_state */
 const volatile __u8 cfg_test_mark = 0;   /* tests: ct_state from skb->mark low 3 bits, rule_id+1 into mark */
 
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -116,6 +117,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } bg_redirect_stats SEC(".maps");
+
+/* reply buckets of reject rules (rule_id -> bucket of reject_rate): the program's own, never pinned; a slot
+ * reused by another rule finds a bucket that refills within a second */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct bg_bucket);
+} bg_reject_rate SEC(".maps");
 
 /* [0] = 1: an engine earlier on this packet's path (XDP before tc-ingress) tracks the flows; this one only
  * reads their state, so per-flow counters count each packet once. Set by the control plane. */
@@ -249,9 +259,9 @@ static __always_inline __u32 classify(struct bg_cls_key *pkt)
 /* ---- actions -------------------------------------------------------------------------------------- */
 
 /* Token bucket; credit is tokens * 1e9 so slow rates refill without rounding away. 1: within the rate. */
-static __always_inline int bucket_refill_take(struct bg_bucket *b, const struct bg_rule *r, __u64 cost, __u64 now)
+static __always_inline int bucket_refill_take(struct bg_bucket *b, __u64 rate, __u64 burst, __u64 cost, __u64 now)
 {
-	__u64 cap = r->burst * NSEC, elapsed, credit;
+	__u64 cap = burst * NSEC, elapsed, credit;
 	int ok;
 
 	if (!b->last_ns) {
@@ -260,7 +270,7 @@ static __always_inline int bucket_refill_take(struct bg_bucket *b, const struct 
 		elapsed = bg_ns_since(now, b->last_ns);
 		if (elapsed > 10 * NSEC)
 			elapsed = 10 * NSEC; /* bounds elapsed * rate; 10 s refills any bucket of rate <= 1.8e9 */
-		credit = b->credit + elapsed * r->rate;
+		credit = b->credit + elapsed * rate;
 		if (credit > cap)
 			credit = cap;
 	}
@@ -277,7 +287,7 @@ static __always_inline int bucket_take_locked(struct bg_bucket *b, const struct 
 	int ok;
 
 	bpf_spin_lock(&b->lock);
-	ok = bucket_refill_take(b, r, cost, now);
+	ok = bucket_refill_take(b, r->rate, r->burst, cost, now);
 	bpf_spin_unlock(&b->lock);
 	return ok;
 }
@@ -304,13 +314,15 @@ static __always_inline int within_rate(__u32 rule_id, const struct bg_rule *r, c
 			if (!b)
 				return 1; /* table full under churn: fail open for this packet */
 		}
-		return bucket_refill_take(b, r, cost, now);
+		return bucket_refill_take(b, r->rate, r->burst, cost, now);
 	}
 	b = bpf_map_lookup_elem(&bg_rate_rule, &rule_id);
 	if (!b)
 		return 1;
 	return bucket_take_locked(b, r, cost, now);
 }
+
+#include "reject.h" /* the reject action's replies: bg_rules, bg_reject_rate, bucket_refill_take, cfg_hook */
 
 static __always_inline int log_allowed(__u32 rule_id, const struct bg_rule *r)
 {
@@ -364,12 +376,12 @@ static __always_inline void log_event(void *ctx, __u32 rule_id, __u8 action, con
 	emit(ctx, &ev, sizeof(ev));
 }
 
-struct verdict {
+struct verdict {          /* 16 bytes: the tc program's frame has no room to spare (reject's call) */
 	__u32 rule_id;
-	__u8 action;      /* enum bg_action; 0: no rule record (pass) */
-	__u8 redir_ingress;
 	__u32 ifindex;
 	__u32 mark;       /* applied when has_mark */
+	__u8 action;      /* enum bg_action; 0: no rule record (pass) */
+	__u8 redir_ingress;
 	__u8 has_mark;
 	__u8 gone_drop;   /* the redirect target is gone: drop (else pass) */
 };
@@ -437,7 +449,7 @@ static __always_inline struct bg_capture_cfg *capture_wanted(__u32 rule_id)
 
 static __always_inline __u8 capture_verdict(__u8 action)
 {
-	return action == BG_ACT_DROP ? BG_VERDICT_DROP : action == BG_ACT_REDIRECT ? BG_VERDICT_REDIRECT
+	return action == BG_ACT_DROP || action == BG_ACT_REJECT ? BG_VERDICT_DROP : action == BG_ACT_REDIRECT ? BG_VERDICT_REDIRECT
 									 : BG_VERDICT_PASS;
 }
 
@@ -558,7 +570,16 @@ int bg_engine_tc(struct __sk_buff *skb)
 		skb->mark = v.mark;
 	if (cfg_test_mark)
 		skb->mark = v.rule_id + 1;
-	if (v.action == BG_ACT_DROP) {
+	if (v.action == BG_ACT_REJECT) {
+		/* the reply (reject.h): one global function, verified once, its frame and the engine's within the
+		 * 512-byte stack; it finds the headers itself (a packet pointer kept past the classifier would keep
+		 * the parser's states apart through all of it) */
+		int verdict = bg_reject(skb, v.rule_id);
+
+		if (verdict >= 0)
+			return verdict;
+	}
+	if (v.action == BG_ACT_DROP || v.action == BG_ACT_REJECT) {
 		skb->cb[BG_CB_RULE_WORD] = BG_CB_RULE_MAGIC; /* `bpfgate trace drops` names the rule */
 		skb->cb[BG_CB_RULE_WORD + 1] = v.rule_id + 1;
 		return TC_ACT_SHOT;
@@ -600,7 +621,7 @@ int bg_engine_xdp(struct xdp_md *ctx)
 	c = capture_wanted(v.rule_id);
 	if (c)
 		capture_xdp(ctx, c, v.rule_id, capture_verdict(v.action));
-	if (v.action == BG_ACT_DROP)
+	if (v.action == BG_ACT_DROP || v.action == BG_ACT_REJECT) /* reject is refused at xdp: never here */
 		return XDP_DROP;
 	if (v.action == BG_ACT_REDIRECT) {
 		/* through the devmap: a target the kernel removed falls back to the rule's action */
@@ -636,7 +657,7 @@ static __always_inline int cgroup_gate(struct __sk_buff *skb, __u8 dir)
 	decide(skb, &k, skb->len, skb->ifindex, &v);
 	if (v.has_mark)
 		skb->mark = v.mark;
-	return v.action == BG_ACT_DROP ? 0 : 1;
+	return v.action == BG_ACT_DROP || v.action == BG_ACT_REJECT ? 0 : 1; /* reject: refused here, fail closed */
 }
 
 SEC("cgroup_skb/ingress")
@@ -688,7 +709,7 @@ static __always_inline int sock_gate(struct bpf_sock_addr *ctx, int bind, int v6
 	else
 		k.dport = port;
 	decide(ctx, &k, 0, 0, &v);
-	return v.action == BG_ACT_DROP ? 0 : 1;
+	return v.action == BG_ACT_DROP || v.action == BG_ACT_REJECT ? 0 : 1; /* reject: refused here, fail closed */
 }
 
 SEC("cgroup/connect4")

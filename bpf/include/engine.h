@@ -28,7 +28,9 @@ enum bg_engine_limits {
 
 enum bg_have { BG_HAVE_L3 = 0x01, BG_HAVE_PROTO = 0x02, BG_HAVE_PORTS = 0x04, BG_HAVE_TCPFLAGS = 0x08,
 	       BG_HAVE_ICMP = 0x10, BG_HAVE_VLAN = 0x20, BG_HAVE_CT = 0x40 };
-enum bg_action { BG_ACT_PASS = 1, BG_ACT_DROP = 2, BG_ACT_REDIRECT = 3 };
+enum bg_action { BG_ACT_PASS = 1, BG_ACT_DROP = 2, BG_ACT_REDIRECT = 3, BG_ACT_REJECT = 4 };
+/* bg_rule.reject_with: what a reject sends for anything but TCP (TCP always gets a RST) */
+enum bg_reject_with { BG_REJECT_PORT_UNREACHABLE = 0, BG_REJECT_ADMIN_PROHIBITED = 1 };
 enum bg_rule_flags { BG_RF_COUNT = 0x01, BG_RF_LOG = 0x02, BG_RF_MARK = 0x04, BG_RF_RATE = 0x08,
 		     BG_RF_RATE_BYTES = 0x10, BG_RF_RATE_PER_SRC = 0x20, BG_RF_REDIR_INGRESS = 0x40,
 		     BG_RF_REDIR_GONE_DROP = 0x80 /* the redirect target is gone: drop (else pass) */ };
@@ -76,6 +78,9 @@ struct bg_rule {         /* bg_rules[rule_id] */
 	__u32 log_rate;  /* log events per second */
 	__u64 rate;      /* tokens per second (packets, or bytes with BG_RF_RATE_BYTES) */
 	__u64 burst;     /* bucket depth in tokens */
+	__u8 reject_with;/* enum bg_reject_with (action reject) */
+	__u8 pad[3];
+	__u32 reject_rate;/* replies per second at most (action reject), bucket depth the same: never amplifies */
 };
 
 /* Stage 0: address -> prefix class (docs/policy-engine.md section 3). One tree per field and family; each
@@ -172,6 +177,7 @@ BG_EXPORT_TYPE(enum bg_engine_limits, engine_limits);
 BG_EXPORT_TYPE(enum bg_have, have);
 BG_EXPORT_TYPE(enum bg_ct_state, ct_state);
 BG_EXPORT_TYPE(enum bg_action, action);
+BG_EXPORT_TYPE(enum bg_reject_with, reject_with);
 BG_EXPORT_TYPE(enum bg_rule_flags, rule_flags);
 BG_EXPORT_TYPE(enum bg_redirect_stat, redirect_stat);
 BG_EXPORT_TYPE(enum bg_tree, tree);

@@ -91,7 +91,7 @@ def test_record_formats_are_the_btf_layouts(read):
     from bpfgate.engine import records as R
     from bpfgate.policy import layout as L
 
-    assert (L.KEY.size, L.VAL.size, L.RULE.size, L.SHAPE.size, L.PFX_TOP.size, L.PFX_KEY.size) == (56, 8, 32, 72, 16, 24)
+    assert (L.KEY.size, L.VAL.size, L.RULE.size, L.SHAPE.size, L.PFX_TOP.size, L.PFX_KEY.size) == (56, 8, 40, 72, 16, 24)
     assert L.CONF.size == 16 + L.MAX_SHAPES * L.SHAPE.size
     assert (R.CT_KEY.size, R.CT_VALUE.size, R.RULE_LOG.size) == (40, 112, 72)
     assert L.KEY.format == "=BBBBBBBBB1xHHH16s16sII"   # pad0 packs as a zero byte, not a caller's argument
@@ -108,8 +108,8 @@ def test_a_reordered_or_renamed_field_is_refused():
 
 def test_an_enumerator_without_its_python_word_is_refused():
     C = contract.constants("engine")
-    words = {"BG_ACT_PASS": "pass", "BG_ACT_DROP": "drop", "BG_ACT_REDIRECT": "redirect"}
-    assert C.names("bg_action", words) == {1: "pass", 2: "drop", 3: "redirect"}
+    words = {"BG_ACT_PASS": "pass", "BG_ACT_DROP": "drop", "BG_ACT_REDIRECT": "redirect", "BG_ACT_REJECT": "reject"}
+    assert C.names("bg_action", words) == {1: "pass", 2: "drop", 3: "redirect", 4: "reject"}
     with pytest.raises(ObjectError, match="BG_ACT_REDIRECT"):
         C.names("bg_action", {k: v for k, v in words.items() if k != "BG_ACT_REDIRECT"})
     with pytest.raises(ObjectError, match="BG_ACT_GONE"):

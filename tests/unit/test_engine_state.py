@@ -50,6 +50,8 @@ RICH = [
     {"name": "d", "protocol": [47, 200], "tcp_flags": None, "ct": "established", "log": True,
      "rate_limit": {"rate": 1}},
     {"name": "e", "protocol": ["tcp", "udp", "sctp"], "tcp_flags": None, "dst_port": 0},
+    {"name": "f", "protocol": "udp", "action": "reject", "reject": {"with": "admin-prohibited", "rate": 5},
+     "comment": "closed [x]"},
 ]
 
 
@@ -256,7 +258,7 @@ LAYOUT = {
     "bpfgate.policy.layout.ClsValue": ("prio", "rule_id"),
     "bpfgate.policy.layout.Conf": ("gen", "default_rule", "shapes", "trees"),
     "bpfgate.policy.layout.RuleAction": ("action", "over_action", "flags", "redirect_ifindex", "mark", "log_rate",
-                                         "rate", "burst"),
+                                         "rate", "burst", "reject_with", "reject_rate"),
     "bpfgate.policy.layout.Shape": ("id", "mask", "best_prio", "entries"),
     "bpfgate.policy.live.LiveHook": ("best", "by_name", "c", "conf", "count", "fresh", "ifindex", "limits",
                                      "low_free", "order", "owners", "quarantine"),
@@ -266,8 +268,9 @@ LAYOUT = {
     "bpfgate.policy.model.Log": ("rate",),
     "bpfgate.policy.model.RateLimit": ("rate", "unit", "per", "burst", "over"),
     "bpfgate.policy.model.Redirect": ("interface", "direction", "on_gone"),
+    "bpfgate.policy.model.Reject": ("with_", "rate"),
     "bpfgate.policy.model.Rule": ("name", "src", "dst", "protocol", "src_port", "dst_port", "tcp_flags",
-                                  "icmp_type", "icmp_code", "vlan", "ct", "action", "redirect", "mark",
+                                  "icmp_type", "icmp_code", "vlan", "ct", "action", "redirect", "reject", "mark",
                                   "rate_limit", "log", "count", "comment", "negated", "owner"),
     "bpfgate.policy.prefixes.Classes": ("trees", "gen", "packed"),
     "bpfgate.policy.prefixes.Packed": ("top_keys", "top_vals", "pfx_keys", "pfx_vals"),
@@ -307,7 +310,7 @@ def test_snapshot_layout_matches_its_version():
     live.ifindex = None
     got = pickled_layout({"live": live, "pending": []})
     got |= pickled_layout(dict(live.c.source))   # the rules: one blob inside the snapshot (RuleSources)
-    assert (S.SNAPSHOT_VERSION, got) == (8, LAYOUT), (
+    assert (S.SNAPSHOT_VERSION, got) == (9, LAYOUT), (
         "what the engine snapshot pickles changed layout: bump SNAPSHOT_VERSION in bpfgate/engine/state.py "
         "(older snapshots then ask to reattach instead of loading wrongly) and update LAYOUT and the version here")
 

@@ -94,4 +94,4 @@ def test_actions_encoded():
     assert act.flags == (L.RF_COUNT | L.RF_LOG | L.RF_MARK | L.RF_RATE | L.RF_RATE_BYTES | L.RF_RATE_PER_SRC
                          | L.RF_REDIR_INGRESS)
     assert (act.rate, act.burst, act.over_action, act.log_rate) == (1000, 1000, L.ACT_PASS, 3)
-    assert len(act.pack()) == 32
+    assert len(act.pack()) == 40

@@ -123,6 +123,65 @@ def test_reset_with_nothing_running_is_not_found(be, capsys):  # noqa: F811
     assert code == 0 and "no bpfgate policy is running" in out
 
 
+# ---- reject ------------------------------------------------------------------------------------------
+
+def _rule(**kw):
+    return load_text("interfaces: [eth0]\nhooks:\n  tc-ingress:\n    rules:\n      - "
+                     + json.dumps({"name": "r", "protocol": "udp", **kw}) + "\n", "p.yaml")
+
+
+def test_reject_defaults_options_and_shorthand():
+    from bpfgate.policy import layout as L
+    from bpfgate.policy.compile import rule_action
+
+    plain = _rule(action="reject").hooks[Hook.TC_INGRESS].rules[0]
+    assert plain.reject is None and rule_data(plain) == {"name": "r", "protocol": "udp", "action": "reject"}
+    act = rule_action(plain)
+    assert (act.action, act.reject_with, act.reject_rate) == (L.ACT_REJECT, L.REJECT_WITH["port-unreachable"], 100)
+    full = _rule(action="reject", reject={"with": "admin-prohibited", "rate": 5}).hooks[Hook.TC_INGRESS].rules[0]
+    short = _rule(action={"reject": {"with": "admin-prohibited", "rate": 5}}).hooks[Hook.TC_INGRESS].rules[0]
+    assert full == short and rule_from_data(rule_data(full)) == full
+    assert rule_data(full)["reject"] == {"with": "admin-prohibited", "rate": 5}
+    act = rule_action(full)
+    assert (act.reject_with, act.reject_rate) == (L.REJECT_WITH["admin-prohibited"], 5)
+    assert len(act.pack()) == L.RULE.size
+    assert _rule(action={"reject": None}).hooks[Hook.TC_INGRESS].rules[0] == plain
+
+
+@pytest.mark.parametrize("kw, field, msg", [
+    ({"action": "drop", "reject": {"rate": 5}}, "reject", "reject options given but action is drop"),
+    ({"action": "reject", "mark": 1}, "mark", "mark on a rejected packet has no effect"),
+    ({"action": "reject", "reject": {"with": "host-unreachable"}}, "reject.with", "port-unreachable"),
+    ({"action": "reject", "reject": {"rate": 0}}, "reject.rate", "greater than 0"),
+    ({"action": "reject", "reject": {"rate": 10**6}}, "reject.rate", "less than or equal to 100000"),
+])
+def test_bad_reject_is_refused_at_its_field(kw, field, msg):
+    with pytest.raises(PolicyError) as e:
+        _rule(**kw)
+    assert e.value.path.endswith(f"rules[0].{field}") and msg in e.value.reason
+
+
+def test_reject_at_xdp_is_refused_with_advice():
+    with pytest.raises(PolicyError) as e:
+        load_text("interfaces: [eth0]\nhooks:\n  xdp:\n    rules:\n      - {name: r, action: reject}\n", "p.yaml")
+    assert e.value.path == "p.yaml:5 hooks.xdp.rules[0].action" and "use tc-ingress" in e.value.reason
+
+
+def test_rule_add_reject_options(be, capsys, tmp_path):  # noqa: F811
+    f = tmp_path / "p.yaml"
+    f.write_text(COMMENTED)
+    run(capsys, "apply", str(f))
+    code, _, err = run(capsys, "rule", "add", "--dev", "eth0", "closed", "--proto", "udp", "--dport", "9",
+                       "--action", "reject", "--reject-with", "admin-prohibited", "--reject-rate", "7")
+    assert code == 0, err
+    rule = be.running(None)[("eth0", Hook.TC_INGRESS)].rules[-1]
+    assert rule.action == "reject" and (rule.reject.with_, rule.reject.rate) == ("admin-prohibited", 7)
+    rows = {r["name"]: r for r in json.loads(run(capsys, "rules", "--json")[1])}
+    assert rows["closed"]["action"] == "reject" and rows["closed"]["options"]["reject"]["with"] == "admin-prohibited"
+    code, _, err = run(capsys, "rule", "add", "--dev", "eth0", "x", "--reject-rate", "7")
+    assert code in (1, 2) and "action is pass" in one_line_error(err)
+
+
 # ---- negated matches ---------------------------------------------------------------------------------
 
 def _rules(*rules, default="allow"):
@@ -220,3 +279,8 @@ def test_negation_in_rules_and_classifier_output(be, capsys, tmp_path, wide):  #
     assert "rule out: dst_port negated (1 written) = 2 port ranges" in out
     code, out, _ = run(capsys, "policy", "export")
     assert "src: '!198.18.0.0/16'" in out and "dst_port: '!22'" in out
+def test_capture_of_a_reject_rule_labels_its_packets_dropped():
+    from bpfgate.inspect.capture import VERDICTS, rule_filter
+
+    rule = _rule(action="reject", dst_port=53).hooks[Hook.TC_INGRESS].rules[0]
+    assert VERDICTS[rule_filter(rule).verdict] == "drop"

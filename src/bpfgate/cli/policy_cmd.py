@@ -166,7 +166,12 @@ def register(app: click.Group) -> None:
     @click.option("--icmp-code", type=int)
     @click.option("--vlan", multiple=True, type=int, help="Outer VLAN id (repeat for a list).")
     @click.option("--ct", multiple=True, help="Conntrack state: new, established, related, invalid.")
-    @click.option("--action", type=click.Choice(["pass", "drop", "redirect"]), default="pass", show_default=True)
+    @click.option("--action", type=click.Choice(["pass", "drop", "redirect", "reject"]), default="pass",
+                  show_default=True)
+    @click.option("--reject-with", type=click.Choice(["port-unreachable", "admin-prohibited"]),
+                  help="Action reject: the ICMP/ICMPv6 unreachable sent for non-TCP packets (TCP gets a RST).")
+    @click.option("--reject-rate", type=int, metavar="PER_SECOND", help="Action reject: replies per second at "
+                  "most (default 100; more are dropped unanswered).")
     @click.option("--redirect", "redirect_if", metavar="IF", help="Redirect target interface (action redirect).")
     @click.option("--redirect-ingress", is_flag=True, help="Redirect to the target's ingress (default egress).")
     @click.option("--redirect-on-gone", type=click.Choice(["pass", "drop"]), default="pass", show_default=True,
@@ -187,8 +192,9 @@ def register(app: click.Group) -> None:
     @NETNS
     @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
     def rule_add(name, dev, hook, src, dst, proto, sport, dport, tcp_flags, icmp_type, icmp_code, vlan, ct,
-                 action, redirect_if, redirect_ingress, redirect_on_gone, mark, rate, rate_unit, rate_per, burst, over,
-                 log_rate, no_count, comment, before, after, position, netns, as_json):
+                 action, reject_with, reject_rate, redirect_if, redirect_ingress, redirect_on_gone, mark, rate,
+                 rate_unit, rate_per, burst, over, log_rate, no_count, comment, before, after, position, netns,
+                 as_json):
         """Add rule NAME on --dev/--hook, matching like the YAML fields."""
         from bpfgate import policyctl
 
@@ -201,6 +207,9 @@ def register(app: click.Group) -> None:
                          ("mark", _mark(mark))):
             if val is not None:
                 data[key] = val
+        if reject_with is not None or reject_rate is not None:
+            data["reject"] = {**({"with": reject_with} if reject_with else {}),
+                              **({"rate": reject_rate} if reject_rate is not None else {})}
         if redirect_if:
             data["redirect"] = {"interface": redirect_if, "direction": "ingress" if redirect_ingress else "egress",
                                 "on_gone": redirect_on_gone}

@@ -43,8 +43,8 @@ STATE_ROOT = state_root("engine")   # the attachment record of an engine names i
 # 1 = snapshots without a header (before versioning); 2 = CompiledHook.classes (stage 0); 3 = the edit
 # index taken over from the compiler (CompiledHook.contested/order/by_name/low_free/_conf); 4 = Rule.owner;
 # 5 = Rule.comment; 6 = Rule.negated; 7 = CompiledHook.source a RuleSources (one blob, read when first used);
-# 8 = Redirect.on_gone.
-SNAPSHOT_VERSION = 8
+# 8 = Redirect.on_gone; 9 = action reject (Rule.reject, RuleAction.reject_with/reject_rate).
+SNAPSHOT_VERSION = 9
 SNAPSHOT_MAGIC = b"bpfgate-engine-snapshot "
 # what a pickle of another layout fails with (a missing module/class/attribute, a changed constructor ...)
 _UNPICKLE_ERRORS = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError,

@@ -506,7 +506,8 @@ def rule_filter(r: Any, rule_id: int = 0, hook: str = "tc-ingress") -> CaptureFi
     if bad:
         raise NotSupported(op, "not expressible as a capture filter: " + ", ".join(bad),
                            hint="capture with --proto/--port/--host instead")
-    verdict = {word: value for value, word in VERDICTS.items()}[r.action]
+    # a rejected packet is dropped (its answer is a new packet the engine sends back)
+    verdict = {word: value for value, word in VERDICTS.items()}["drop" if r.action == "reject" else r.action]
     return CaptureFilter(proto, port, host, port_side, host_side, verdict, rule_id, r.name)
 
 

@@ -41,7 +41,8 @@ ENGINE_HOOKS = C.names("bg_engine_hook", {"BG_ENGINE_TC_INGRESS": "tc-ingress", 
                                           "BG_ENGINE_CGROUP_EGRESS": "cgroup-egress",
                                           "BG_ENGINE_CGROUP_CONNECT": "cgroup-connect",
                                           "BG_ENGINE_CGROUP_BIND": "cgroup-bind"})
-ACTIONS = C.names("bg_action", {"BG_ACT_PASS": "pass", "BG_ACT_DROP": "drop", "BG_ACT_REDIRECT": "redirect"})
+ACTIONS = C.names("bg_action", {"BG_ACT_PASS": "pass", "BG_ACT_DROP": "drop", "BG_ACT_REDIRECT": "redirect",
+                                "BG_ACT_REJECT": "reject"})
 CT_STATES = {0: None, **{value: word for word, value in MODEL_CT_STATES.items()}}
 NAMES_TTL = 0.5                        # seconds a name table is trusted without re-reading the state
 DEFAULT_RULE = "(default)"

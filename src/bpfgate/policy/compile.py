@@ -13,7 +13,7 @@ from typing import Callable
 from ..errors import PolicyError
 from . import layout as L
 from .atoms import Atom, atom_count, rule_atoms
-from .model import Hook, HookPolicy, Policy, Rule
+from .model import Hook, HookPolicy, Policy, Reject, Rule
 from .parse import _fmt, rule_problem
 from .prefixes import Classes
 from .shapes import TooManyShapes, expand, free_bits, plan_shapes
@@ -115,7 +115,12 @@ def rule_action(rule: Rule, ifindex: Callable[[str], int] = _ifindex) -> L.RuleA
         redir = ifindex(rule.redirect.interface)
         flags |= L.RF_REDIR_INGRESS if rule.redirect.direction == "ingress" else 0
         flags |= L.RF_REDIR_GONE_DROP if rule.redirect.on_gone == "drop" else 0
-    return L.RuleAction(L.ACTIONS[rule.action], over, flags, redir, rule.mark or 0, log_rate, rate, burst)
+    reject_with = reject_rate = 0
+    if rule.action == "reject":
+        rj = rule.reject or Reject()
+        reject_with, reject_rate = L.REJECT_WITH[rj.with_], rj.rate
+    return L.RuleAction(L.ACTIONS[rule.action], over, flags, redir, rule.mark or 0, log_rate, rate, burst,
+                        reject_with, reject_rate)
 
 
 class SlotAllocator:

@@ -28,8 +28,12 @@ HAVE_ICMP = C.BG_HAVE_ICMP          # ICMP/ICMPv6 type and code read
 HAVE_VLAN = C.BG_HAVE_VLAN          # at least one VLAN tag (vlan = outer tag's id)
 HAVE_CT = C.BG_HAVE_CT              # conntrack state looked up
 
-ACT_PASS, ACT_DROP, ACT_REDIRECT = C.BG_ACT_PASS, C.BG_ACT_DROP, C.BG_ACT_REDIRECT
-ACTIONS = {"pass": ACT_PASS, "allow": ACT_PASS, "drop": ACT_DROP, "deny": ACT_DROP, "redirect": ACT_REDIRECT}
+ACT_PASS, ACT_DROP, ACT_REDIRECT, ACT_REJECT = C.BG_ACT_PASS, C.BG_ACT_DROP, C.BG_ACT_REDIRECT, C.BG_ACT_REJECT
+ACTIONS = {"pass": ACT_PASS, "allow": ACT_PASS, "drop": ACT_DROP, "deny": ACT_DROP, "redirect": ACT_REDIRECT,
+           "reject": ACT_REJECT}
+# what a reject sends for anything but TCP (TCP gets a RST): enum bg_reject_with
+REJECT_WITH = {word: value for value, word in C.names("bg_reject_with", {
+    "BG_REJECT_PORT_UNREACHABLE": "port-unreachable", "BG_REJECT_ADMIN_PROHIBITED": "admin-prohibited"}).items()}
 
 RF_COUNT = C.BG_RF_COUNT                  # update bg_counters[rule_id]
 RF_LOG = C.BG_RF_LOG                      # emit an event, at most log_rate per second
@@ -43,7 +47,8 @@ RF_REDIR_GONE_DROP = C.BG_RF_REDIR_GONE_DROP  # the redirect target is gone: dro
 KEY = contract.record("engine", "bg_cls_key", "shape gen have family proto tcp_flags icmp_type icmp_code ct_state "
                                               "vlan sport dport src dst src_cls dst_cls")
 VAL = contract.record("engine", "bg_cls_val", "prio rule_id")
-RULE = contract.record("engine", "bg_rule", "action over_action flags redirect_ifindex mark log_rate rate burst")
+RULE = contract.record("engine", "bg_rule", "action over_action flags redirect_ifindex mark log_rate rate burst "
+                                           "reject_with reject_rate")
 SHAPE = contract.record("engine", "bg_shape", "mask best_prio id entries")
 CONF = contract.record("engine", "bg_conf", "nshapes default_rule gen trees shapes")
 PFX_TOP = contract.record("engine", "bg_pfx_top", "cls sub nlens lens")
@@ -136,10 +141,12 @@ class RuleAction:
     log_rate: int = 0
     rate: int = 0
     burst: int = 0
+    reject_with: int = 0    # REJECT_WITH value (action reject)
+    reject_rate: int = 0    # replies per second at most (action reject)
 
     def pack(self) -> bytes:
         return RULE.pack(self.action, self.over_action, self.flags, self.redirect_ifindex, self.mark, self.log_rate,
-                         self.rate, self.burst)
+                         self.rate, self.burst, self.reject_with, self.reject_rate)
 
 
 @dataclass(frozen=True, slots=True)

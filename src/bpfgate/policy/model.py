@@ -239,6 +239,15 @@ class RateLimit(Strict):
     over: Literal["drop", "pass"] = "drop"
 
 
+class Reject(Strict):
+    """What a reject answers with: TCP always gets a RST; anything else an ICMP/ICMPv6 destination unreachable
+    of this kind. At most `rate` replies per second per rule (more are dropped unanswered): a reject never
+    turns the engine into a packet source that an attacker can aim."""
+
+    with_: Literal["port-unreachable", "admin-prohibited"] = Field(default="port-unreachable", alias="with")
+    rate: int = Field(default=100, gt=0, le=100_000, description="replies per second at most")
+
+
 class Log(Strict):
     rate: int = Field(default=10, gt=0, le=1_000_000, description="max events per second")
 
@@ -260,8 +269,9 @@ class Rule(Strict):
     vlan: tuple[Annotated[int, Field(ge=0, le=4094)], ...] | None = None
     ct: tuple[int, ...] | None = None  # CT_STATES values
     # action
-    action: Literal["pass", "drop", "redirect"] = "pass"
+    action: Literal["pass", "drop", "redirect", "reject"] = "pass"
     redirect: Redirect | None = None
+    reject: Reject | None = None   # action reject's options (default: port-unreachable, 100 replies/s)
     mark: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
     rate_limit: RateLimit | None = None
     log: Log | None = None
@@ -360,10 +370,14 @@ class Rule(Strict):
     @classmethod
     def _action_shorthand(cls, data):
         # `action: {redirect: {interface: x}}` is accepted as a shorthand of action + redirect
+        # and `action: {reject: {with: admin-prohibited}}` of action + reject
         if isinstance(data, dict) and isinstance(data.get("action"), dict):
             act = dict(data["action"])
-            if len(act) == 1 and "redirect" in act and "redirect" not in data:
-                data = {**data, "action": "redirect", "redirect": act["redirect"]}
+            for kind in ("redirect", "reject"):
+                if len(act) == 1 and kind in act and kind not in data:
+                    data = {**data, "action": kind}
+                    if act[kind] is not None:   # `action: {reject: }`: the defaults
+                        data[kind] = act[kind]
         return data
 
     def match_fields(self) -> list[str]:

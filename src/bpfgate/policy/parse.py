@@ -270,11 +270,16 @@ def rule_problem(rule: Rule, hook: Hook) -> tuple[str | None, str] | None:
         return "redirect", "action redirect needs redirect: {interface: NAME, direction: egress|ingress}"
     if rule.redirect is not None and rule.action != "redirect":
         return "redirect", f"redirect given but action is {rule.action}"
+    if rule.reject is not None and rule.action != "reject":
+        return "reject", f"reject options given but action is {rule.action}"
     if hook is Hook.XDP:
         if rule.mark is not None:
             return "mark", "mark is not possible at xdp (no socket buffer yet); use tc-ingress"
         if rule.redirect is not None and rule.redirect.direction == "ingress":
             return "redirect", "xdp can only redirect to an interface's egress; use tc-ingress for ingress"
+        if rule.action == "reject":
+            return "action", ("reject is not supported at xdp (its replies are built at tc): use tc-ingress, "
+                              "or drop at xdp")
     if hook in SOCKET_HOOKS:   # an address of a socket call, not a packet
         for f in ("tcp_flags", "icmp_type", "icmp_code", "ct", "mark"):
             if getattr(rule, f) is not None:
@@ -289,8 +294,10 @@ def rule_problem(rule: Rule, hook: Hook) -> tuple[str | None, str] | None:
     if hook.on_cgroup:
         if rule.redirect is not None:
             return "redirect", "a cgroup hook can only pass or drop (cgroup_skb cannot redirect); use a tc hook"
+        if rule.action == "reject":
+            return "action", "a cgroup hook can only pass or drop (its replies are built at tc): use a tc hook"
         if rule.vlan is not None:
             return "vlan", "a cgroup hook sees packets from their IP header on: no VLAN tag to match"
-    if rule.mark is not None and rule.action == "drop":
-        return "mark", "mark on a dropped packet has no effect"
+    if rule.mark is not None and rule.action in ("drop", "reject"):
+        return "mark", f"mark on a {'dropped' if rule.action == 'drop' else 'rejected'} packet has no effect"
     return None

@@ -72,6 +72,8 @@ def _rule_data(rule: Rule) -> dict[str, Any]:
     if rule.redirect is not None:
         # on_gone only when it is not the default: files written before it existed read back the same
         d["redirect"] = rule.redirect.model_dump(exclude={"on_gone"} if rule.redirect.on_gone == "pass" else None)
+    if rule.reject is not None:
+        d["reject"] = rule.reject.model_dump(by_alias=True)
     if rule.mark is not None:
         d["mark"] = rule.mark
     if rule.rate_limit is not None:

@@ -499,8 +499,8 @@ class RuleRow:
                 "owner": self.owner, "comment": self.comment, **({"options": self.extra} if self.extra else {})}
 
 
-_MATCH_FIELDS = frozenset(Rule.model_fields) - {"name", "action", "redirect", "mark", "rate_limit", "log", "count",
-                                                "owner", "comment", "negated"}
+_MATCH_FIELDS = frozenset(Rule.model_fields) - {"name", "action", "redirect", "reject", "mark", "rate_limit", "log",
+                                                "count", "owner", "comment", "negated"}
 
 
 def _match_text(data: dict[str, Any]) -> str:
@@ -564,7 +564,7 @@ def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | No
                 continue
             data = rule_data(r)
             c = counts.get(r.name, RuleCounters(r.name, 0, 0))
-            extra = {k: data[k] for k in ("redirect", "mark", "rate_limit", "log", "count") if k in data}
+            extra = {k: data[k] for k in ("redirect", "reject", "mark", "rate_limit", "log", "count") if k in data}
             out.append(RuleRow(d, h.value, i, r.name, r.action, _match_text(data), c.packets, c.bytes, extra,
                                r.owner, r.comment))
         if "(default)" in want:

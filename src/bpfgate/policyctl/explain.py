@@ -37,7 +37,7 @@ from bpfgate.policy.ruledata import rule_data
 
 _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 _CT_NAMES = {v: k for k, v in CT_STATES.items()}
-_ACTION_NAMES = {L.ACT_PASS: "pass", L.ACT_DROP: "drop", L.ACT_REDIRECT: "redirect"}
+_ACTION_NAMES = {L.ACT_PASS: "pass", L.ACT_DROP: "drop", L.ACT_REDIRECT: "redirect", L.ACT_REJECT: "reject"}
 
 
 # ---- the description --------------------------------------------------------------------------------

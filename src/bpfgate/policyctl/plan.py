@@ -22,7 +22,7 @@ from .export import rule_data
 
 State = dict[tuple[str, Hook], HookPolicy]
 
-_ALL_FIELDS = ("name",) + MATCH_FIELDS + ("action", "redirect", "mark", "rate_limit", "log", "count", "comment", "owner")
+_ALL_FIELDS = ("name",) + MATCH_FIELDS + ("action", "redirect", "reject", "mark", "rate_limit", "log", "count", "comment", "owner")
 
 
 @dataclass(frozen=True)
