@@ -1,5 +1,6 @@
 """User errors from the CLI: one line naming the operation and the cause, non-zero exit, no traceback."""
 
+import json
 import subprocess
 import sys
 
@@ -47,3 +48,31 @@ def test_what_does_not_exist_or_is_no_file_is_bad_input(args, says):
     r = bpfgate(*args)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and says in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("args, says, json_empty", [
+    (["nat", "list"], "bpfgate runs no NAT", []),
+    (["lb", "list"], "bpfgate runs no NAT", []),
+    (["steer", "list"], "steering is not attached", {"rules": [], "interfaces": [], "stats": {}}),
+])
+def test_listing_nothing_says_so_and_a_missing_namespace_is_not_found(sandbox, args, says, json_empty):
+    # as `rules` (and `nft list ruleset`): a namespace where nothing runs lists nothing, exit 0, and says so
+    # rather than printing a bare header; a namespace that does not exist is not found (exit 2), not "nothing"
+    ns = sandbox.host("empty").netns
+    r = bpfgate(*args, "--netns", ns)
+    assert r.returncode == 0 and says in r.stdout and r.stderr == "", r
+    r = bpfgate(*args, "--netns", ns, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == json_empty, r
+    r = bpfgate(*args, "--netns", "bg-nonexistent-ns")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "no such network namespace" in lines[0], r.stderr
+
+
+def test_explain_with_no_policy_is_not_found(sandbox):
+    # as `policy classifier` and `policy export`: nothing decides the packet, which is not an answer
+    ns = sandbox.host("empty").netns
+    for extra in ([], ["--json"]):
+        r = bpfgate("policy", "explain", "--netns", ns, *extra, "tcp 198.18.0.1:1234 -> 198.18.0.2:80 syn")
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and "no bpfgate policy is running" in lines[0], r.stderr
+        assert r.stdout == ""

@@ -83,7 +83,7 @@ def register(app: click.Group) -> None:
     @JSON
     def lb_list(dev, netns, as_json):
         """Services and their backends."""
-        list_gateways(dev, netns, as_json,
+        list_gateways("lb list", dev, netns, as_json,
                       lambda gw: {"interface": gw.dev, "services": [s.to_dict() for s in gw.services()]},
                       ["if", "service", "proto", "vip", "table", "backend", "weight", ""],
                       lambda gw: [(gw.dev, s.name, s.proto, escape(s.vip), s.table_size, escape(b.name), b.weight,

@@ -11,20 +11,25 @@ NETNS = click.option("--netns", metavar="NAME", help="The interface is in this n
 JSON = click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
 
 
-def _gateways(dev, netns):
+def _gateways(op, dev, netns):
     from bpfgate import nat
+    from bpfgate.kernel import netns as _netns
 
+    _netns.require(op, netns)   # else a namespace that does not exist would list as one without a NAT
     devs = [dev] if dev else nat.running(netns)
     return [nat.Gateway.open(d, netns, create=False) for d in devs]
 
 
-def list_gateways(dev, netns, as_json: bool, as_dict, header: list[str], rows) -> None:
-    """`nat list` / `lb list`: for DEV (or every interface with a NAT) `as_dict(gw)` as JSON, or a table
-    of `header` with the rows `rows(gw)` yields."""
-    gws = _gateways(dev, netns)
+def list_gateways(op, dev, netns, as_json: bool, as_dict, header: list[str], rows) -> None:
+    """`nat list` / `lb list` (`op`): for DEV (or every interface with a NAT) `as_dict(gw)` as JSON, or a
+    table of `header` with the rows `rows(gw)` yields. No NAT anywhere lists nothing and says so (exit 0,
+    as `rules`); DEV without one is NotFound."""
+    gws = _gateways(op, dev, netns)
     try:
         if as_json:
             term.print_json([as_dict(gw) for gw in gws])
+        elif not gws:
+            term.info("bpfgate runs no NAT" + (f" in {netns}" if netns else ""))
         else:
             term.table(None, header, [row for gw in gws for row in rows(gw)])
     finally:
@@ -92,7 +97,7 @@ def register(app: click.Group) -> None:
     @JSON
     def nat_list(dev, netns, as_json):
         """Rules (and load-balanced services) of DEV, or of every interface with a NAT."""
-        list_gateways(dev, netns, as_json, lambda gw: gw.to_dict(),
+        list_gateways("nat list", dev, netns, as_json, lambda gw: gw.to_dict(),
                       ["if", "name", "kind", "proto", "match", "to", "state", "ports"],
                       lambda gw: [(gw.dev, r.name, r.kind, r.proto or "tcp+udp", escape(r.match), escape(r.to),
                                    "stateless" if r.stateless else "stateful",

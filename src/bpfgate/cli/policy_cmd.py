@@ -317,13 +317,19 @@ def register(app: click.Group) -> None:
             raise PacketError(" ".join(packet), "", "give a packet description or --frame HEX (one of them)")
         pkt = parse_frame(frame_hex) if frame_hex else parse_packet(" ".join(packet))
         rows = policyctl.explain(pkt, netns=netns, dev=dev, hook=hook, file=policy_file)
+        if not rows:   # as `policy classifier`: no policy, nothing decides the packet
+            from bpfgate.errors import NotFound
+
+            if policy_file:
+                raise NotFound("explain a packet", "the policy file has no hook" + (f" {hook}" if hook else "")
+                               + (f" on {dev}" if dev else ""))
+            raise NotFound("explain a packet", "no bpfgate policy is running" + (f" in {netns}" if netns else ""),
+                           hint="or explain a policy file with --file")
         if as_json:
             term.print_json({"packet": describe(pkt), "hooks": [r.to_dict() for r in rows]})
             return
         seen = describe(pkt)
         term.info("packet: " + " ".join(f"{k}={v}" for k, v in seen.items() if v is not None))
-        if not rows:
-            term.info("no bpfgate policy is running" + (f" in {netns}" if netns else ""))
         for r in rows:
             click.echo(r.line())
 

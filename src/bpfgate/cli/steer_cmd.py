@@ -92,9 +92,17 @@ def register(app: click.Group) -> None:
     @JSON
     def list_cmd(netns, as_json):
         """The rules, the interfaces and the counters (failures pass the packet unchanged)."""
-        from bpfgate.steer import FAILURES, Steering
+        from bpfgate.kernel import netns as _netns
+        from bpfgate.steer import FAILURES, Steering, attached
 
         _need_caps("steer list")
+        _netns.require("steer list", netns)
+        if not attached(netns):   # listing nothing is no error (as `rules`, `nat list`): say so
+            if as_json:
+                term.print_json({"rules": [], "interfaces": [], "stats": {}})
+            else:
+                term.info("steering is not attached" + (f" in {netns}" if netns else ""))
+            return
         with Steering.open(netns, op="steer list") as s:
             rules, ifs, stats = s.rules(), s.interfaces(), s.stats()
         if as_json:

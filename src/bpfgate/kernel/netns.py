@@ -28,6 +28,13 @@ def exists(name: str) -> bool:
     return os.path.exists(path_of(name))
 
 
+def require(op: str, name: str | None) -> None:
+    """NotFound unless network namespace `name` exists (None: ours): for a command that only reads state
+    kept by namespace, where a misspelt one would read as a namespace where nothing runs."""
+    if name is not None and not exists(name):
+        raise NotFound(op, f"no such network namespace {name!r}", hint="see `ip netns list`")
+
+
 def _setns(fd: int, op: str) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         raise from_errno(op, ctypes.get_errno())

@@ -41,13 +41,11 @@ class EngineBackend:
     def ready(self, netns: str | None, op: str) -> None:
         """Refuse up front what would otherwise fail half-way, leave a state directory behind, or read as
         "no policy is running": missing privileges, a network namespace that does not exist."""
-        from bpfgate.errors import NotFound
         from bpfgate.kernel import caps
         from bpfgate.kernel import netns as _netns
 
         caps.require(op, caps.CAP_BPF, caps.CAP_NET_ADMIN, caps.CAP_SYS_ADMIN)
-        if netns is not None and not _netns.exists(netns):
-            raise NotFound(op, f"no such network namespace {netns!r}", hint="see `ip netns list`")
+        _netns.require(op, netns)
 
     @contextmanager
     def session(self):

@@ -21,7 +21,7 @@ from . import rules
 # The kernel side (steering.py) is imported on first use: the policy model reads steer.policy on every
 # command, and would otherwise pay for the attach layer and netlink each time.
 _KERNEL_SIDE = ("C", "FAMILY", "MAPS", "RULES_MAX", "IF_RETURN", "STATS", "FAILURES", "METHODS", "DIRECTIONS",
-                "pin_dir", "RuleState", "Interface", "Steering", "detach", "SteerCollector")
+                "pin_dir", "attached", "RuleState", "Interface", "Steering", "detach", "SteerCollector")
 __all__ = ["rules", *_KERNEL_SIDE]
 
 

@@ -42,6 +42,11 @@ def _pinned(netns: str | None) -> bool:
     return all(os.path.exists(os.path.join(pin_dir(netns), m)) for m in MAPS)
 
 
+def attached(netns: str | None = None) -> bool:
+    """Whether steering is attached in `netns` (its maps pinned)."""
+    return _pinned(netns)
+
+
 @dataclass(frozen=True)
 class RuleState:
     """A rule as the kernel has it, with its counters."""
