@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from urllib.parse import quote, unquote
 
-from bpfgate.errors import BpfgateError, NotFound
+from bpfgate.errors import BadInput, NotFound, NotSupported
 
 CGROUP2_MAGIC_FILE = "cgroup.controllers"   # only cgroup v2 directories have it (v1 ones have cgroup.procs too)
 
@@ -50,8 +50,9 @@ def resolve(path: str) -> str:
     real = os.path.realpath(full)
     if (root is None or not (real == root or real.startswith(root.rstrip("/") + "/"))
             or not os.path.exists(os.path.join(real, CGROUP2_MAGIC_FILE))):
-        raise BpfgateError(op, "not a cgroup v2 directory",
-                           hint=f"cgroup v2 is mounted at {root}" if root else "no cgroup v2 file system is mounted")
+        if root is None:   # the machine lacks it, whatever path was given
+            raise NotSupported(op, "no cgroup v2 file system is mounted", hint="bpfgate doctor --fix mounts it")
+        raise BadInput(op, "not a cgroup v2 directory", hint=f"cgroup v2 is mounted at {root}")
     return full
 
 

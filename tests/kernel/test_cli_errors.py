@@ -43,6 +43,7 @@ def test_usage_error_is_not_a_traceback():
     (["detach", "--cgroup", "/sys/fs/cgroup/bg-nosuch"], "no such cgroup directory"),
     (["capture", "--dev", "lo", "-w", "/", "--count", "1"], "Is a directory"),
     (["flows", "--dev", "lo", "--duration", "abc"], "'abc' is not a number of seconds"),
+    (["tune", "/tmp", "--cc", "cubic"], "not a cgroup v2 directory"),     # a path, not a missing feature
 ])
 def test_what_does_not_exist_or_is_no_file_is_bad_input(args, says):
     r = bpfgate(*args)
@@ -76,3 +77,13 @@ def test_explain_with_no_policy_is_not_found(sandbox):
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1 and "no bpfgate policy is running" in lines[0], r.stderr
         assert r.stdout == ""
+
+
+def test_steering_a_device_without_ethernet_is_bad_input(sandbox):
+    # the user named a device steering cannot use (no MAC to address): bad input (2), not a missing feature
+    ns = sandbox.host("empty").netns
+    r = bpfgate("steer", "attach", "lo", "--netns", ns)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "not an Ethernet device" in lines[0], r.stderr
+    r = bpfgate("steer", "list", "--netns", ns, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["interfaces"] == [], r   # nothing was attached

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from bpfgate import attach, contract
-from bpfgate.errors import BpfgateError, NotFound, NotSupported
+from bpfgate.errors import BadInput, BpfgateError, NotFound, NotSupported
 from bpfgate.kernel import netlink, pins
 from bpfgate.kernel import netns as netns_
 from bpfgate.kernel.maps import Map, sum_values
@@ -215,7 +215,7 @@ def _l2(dev: str, netns: str | None, op: str) -> tuple[int, bytes]:
     except NotFound:
         raise NotFound(op, f"no interface {dev!r}" + (f" in netns {netns!r}" if netns else "")) from None
     if mac is None:
-        raise NotSupported(op, f"{dev} is not an Ethernet device: steering rewrites or resolves the next hop's "
+        raise BadInput(op, f"{dev} is not an Ethernet device: steering rewrites or resolves the next hop's "
                                "MAC address (bpf_redirect_neigh needs an L2 device)")
     return ifindex, mac
 
