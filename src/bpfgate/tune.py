@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 
 from bpfgate import attach, cgroups, contract
-from bpfgate.errors import BpfgateError, NotFound
+from bpfgate.errors import BadInput, BpfgateError, NotFound
 from bpfgate.inspect.events import Context, EventKind, EventSource, addr_str, open_producer, register_kind
 from bpfgate.kernel import pins
 from bpfgate.kernel.maps import Map
@@ -52,22 +52,22 @@ def _check(cc: str | None, sndbuf: int | None, rcvbuf: int | None, nodelay: bool
            samples: bool, sample_gap: float) -> None:
     op = "tune TCP"
     if cc is None and sndbuf is None and rcvbuf is None and not nodelay and iw is None and not samples:
-        raise BpfgateError(op, "nothing to set",
-                           hint="give --cc, --sndbuf, --rcvbuf, --nodelay, --iw and/or --samples")
+        raise BadInput(op, "nothing to set",
+                       hint="give --cc, --sndbuf, --rcvbuf, --nodelay, --iw and/or --samples")
     if cc is not None:
         have = available_cc()
         if cc not in have:
-            raise BpfgateError(op, f"congestion control {cc!r} is not available in this kernel",
-                               hint=f"available: {', '.join(have) or 'none listed'} (modprobe tcp_{cc} to add it)")
+            raise BadInput(op, f"congestion control {cc!r} is not available in this kernel",
+                           hint=f"available: {', '.join(have) or 'none listed'}; modprobe tcp_{cc} adds one built as a module")
         if len(cc.encode()) >= C.BG_TUNE_CC_MAX:
-            raise BpfgateError(op, f"congestion control name {cc!r} is too long")
+            raise BadInput(op, f"congestion control name {cc!r} is too long")
     for name, v in (("sndbuf", sndbuf), ("rcvbuf", rcvbuf)):
         if v is not None and not 1 <= v <= BUF_MAX:
-            raise BpfgateError(op, f"{name} {v} is outside 1..{BUF_MAX} bytes")
+            raise BadInput(op, f"{name} {v} is outside 1..{BUF_MAX} bytes")
     if iw is not None and not 1 <= iw <= IW_MAX:
-        raise BpfgateError(op, f"initial congestion window {iw} is outside 1..{IW_MAX} segments")
+        raise BadInput(op, f"initial congestion window {iw} is outside 1..{IW_MAX} segments")
     if not 0 <= sample_gap <= 3600:
-        raise BpfgateError(op, f"sample gap {sample_gap} s is outside 0..3600 s")
+        raise BadInput(op, f"sample gap {sample_gap} s is outside 0..3600 s")
 
 
 def pin_dir(cgroup: str) -> str:
