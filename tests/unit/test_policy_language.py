@@ -154,6 +154,12 @@ def test_reject_defaults_options_and_shorthand():
     ({"action": "reject", "reject": {"with": "host-unreachable"}}, "reject.with", "port-unreachable"),
     ({"action": "reject", "reject": {"rate": 0}}, "reject.rate", "greater than 0"),
     ({"action": "reject", "reject": {"rate": 10**6}}, "reject.rate", "less than or equal to 100000"),
+    # the shorthand has no place in the file below `reject`/`redirect`: the unknown field is named
+    ({"action": {"reject": {"rate": 5, "extra": 1}}}, "reject", "unknown field 'extra'"),
+    ({"action": {"redirect": {"interface": "eth1", "extra": 1}}}, "redirect", "unknown field 'extra'"),
+    ({"action": "reject", "reject": {"extra": 1}}, "reject.extra", "unknown field"),
+    # a scalar where a mapping belongs: no class name of the model in the message
+    ({"action": {"redirect": "eth1"}}, "redirect", "should be a mapping (key: value, ...)"),
 ])
 def test_bad_reject_is_refused_at_its_field(kw, field, msg):
     with pytest.raises(PolicyError) as e:

@@ -171,12 +171,17 @@ def _data_loc(data, loc) -> Loc:
     return out
 
 
-def _reason(err: dict) -> str:
+def _reason(err: dict, shown: Loc) -> str:
+    """The error's message; an unknown field named when the path `shown` stops above it (a shorthand such
+    as `action: {reject: {...}}` has no place in the file for the fields below it)."""
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)
+    if err["type"] in ("model_type", "dict_type"):   # pydantic names the class it would have built
+        return "should be a mapping (key: value, ...)"
     if err["type"] == "extra_forbidden":
-        return "unknown field"
+        field = err["loc"][-1] if err["loc"] else None
+        return "unknown field" if not isinstance(field, str) or shown[-1:] == (field,) else f"unknown field {field!r}"
     return msg
 
 
@@ -223,7 +228,8 @@ def _validated(data, where: _Where) -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        raise PolicyError(where(_data_loc(data, err["loc"])), _reason(err)) from None
+        shown = _data_loc(data, err["loc"])
+        raise PolicyError(where(shown), _reason(err, shown)) from None
     check(policy, where)
     return policy
 
