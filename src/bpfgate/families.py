@@ -63,6 +63,8 @@ FAMILIES = (
            cli=("tune_cmd",)),
     Family("accel", objects=(("accel", "no `accel` (sockmap acceleration of local TCP between opted-in sockets)"),),
            cli=("accel_cmd",), detach="bpfgate.accel"),
+    Family("proxy", objects=(("proxy", "no `proxy` (kernel splice proxy: sk_skb stream verdicts on a sockhash)"),),
+           cli=("proxy_cmd",)),
     Family("trace", objects=(("trace_tcp", "no `trace tcp`, and `trace drops` without PIDs"),
                              ("trace_drops", "no `trace drops`")),
            cli=("trace_cmd",)),
