@@ -19,7 +19,7 @@ COMMANDS = {
     "agent_cmd": ("agent",), "policy_cmd": ("apply", "confirm", "policy", "rule", "rules"), "demo_cmd": ("demo",),
     "flows_cmd": ("flows",), "top_cmd": ("top",), "capture_cmd": ("capture",), "syn_cmd": ("syn",),
     "events_cmd": ("events",), "steer_cmd": ("steer",), "nat_cmd": ("nat",), "lb_cmd": ("lb",),
-    "tune_cmd": ("tune",), "accel_cmd": ("accel",), "trace_cmd": ("trace",),
+    "tune_cmd": ("tune",), "accel_cmd": ("accel",), "proxy_cmd": ("proxy",), "trace_cmd": ("trace",),
 }
 MODULE_OF = {cmd: m for m in MODULES for cmd in COMMANDS.get(m, ())}
 
