@@ -420,6 +420,11 @@ class Proxy:
         self.ep = select.epoll()
         self.listener = None
         try:
+            fam = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+            try:
+                self.listener = socket.create_server(listen, family=fam)
+            except OSError as e:
+                raise BadInput(f"proxy --listen {listen[0]}:{listen[1]}", e.strerror or str(e)) from None
             if mode != "relay":
                 try:
                     selftest()
@@ -430,8 +435,6 @@ class Proxy:
                     self.refusal = str(e)
             else:
                 self.refusal = "user-space relay asked for"
-            fam = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
-            self.listener = socket.create_server(listen, family=fam)
             self.listener.setblocking(False)
             self.ep.register(self.listener.fileno(), select.EPOLLIN)
         except BaseException:
@@ -456,6 +459,8 @@ class Proxy:
         except OSError:
             client.close()   # the backend refused: so does the proxy, to this client
             return
+        for s in (client, backend):   # the proxy adds no delay of its own to small messages
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.splicer and self.splicer.join(client, backend):
             self.spliced += 1
             for s in (client, backend):

@@ -209,7 +209,8 @@ def test_the_user_space_relay_fallback(proxy):
 def test_bad_addresses_are_refused():
     for args, words in ((["--listen", "nonsense", "--to", "127.0.0.1:80"], "ADDRESS:PORT"),
                         (["--listen", "127.0.0.1:0", "--to", "127.0.0.1:0"], "port out of range"),
-                        (["--listen", "127.0.0.1:0", "--to", "127.0.0.1:70000"], "port out of range")):
+                        (["--listen", "127.0.0.1:0", "--to", "127.0.0.1:70000"], "port out of range"),
+                        (["--listen", "198.18.255.254:0", "--to", "127.0.0.1:80"], "Cannot assign")):
         r = run_cli(["proxy", *args])
         assert r.returncode != 0 and "Traceback" not in r.stderr and words in r.stderr, r.stderr
     assert not attach.find(owner="proxy", any_netns=True)

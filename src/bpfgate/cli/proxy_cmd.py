@@ -30,18 +30,21 @@ def register(app: click.Group) -> None:
 
         lst, dst = proxy.parse_addr(listen, "--listen"), proxy.parse_addr(to, "--to")
 
+        def text(addr):
+            return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
         with exit_on_signals(), proxy.Proxy(lst, dst, mode=mode) as p:
             path = "relay" if p.splicer is None else "kernel"
 
             def ready(addr):
                 if as_json:
-                    term.print_json_line({"listen": f"{addr[0]}:{addr[1]}", "to": f"{dst[0]}:{dst[1]}",
+                    term.print_json_line({"listen": text(addr), "to": text(dst),
                                           "path": path, "refusal": p.refusal})
                     return
                 if p.refusal and mode != "relay":
                     term.warning(f"not using the kernel path: {p.refusal}")
                 where = "in the kernel" if path == "kernel" else "in user space (splice(2))"
-                term.ok(f"proxying {addr[0]}:{addr[1]} -> {dst[0]}:{dst[1]} {where} (Ctrl-C stops)")
+                term.ok(f"proxying {text(addr)} -> {text(dst)} {where} (Ctrl-C stops)")
 
             try:
                 p.serve(duration, on_ready=ready)
