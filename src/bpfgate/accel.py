@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 
 from bpfgate import attach, cgroups, contract
-from bpfgate.errors import BpfgateError, NotSupported
+from bpfgate.errors import BadInput, BpfgateError, NotSupported
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel import pins
 from bpfgate.kernel.maps import Map
@@ -166,14 +166,14 @@ def _check_ports(ports, all_ports: bool) -> list[int]:
     op = "accelerate local TCP"
     ports = sorted(set(ports))
     if not ports and not all_ports:
-        raise BpfgateError(op, "no port given", hint="give --port PORT (repeatable) or --all-ports")
+        raise BadInput(op, "no port given", hint="give --port PORT (repeatable) or --all-ports")
     if ports and all_ports:
-        raise BpfgateError(op, "--port and --all-ports together", hint="one or the other")
+        raise BadInput(op, "--port and --all-ports together", hint="one or the other")
     bad = [p for p in ports if not 1 <= p <= 65535]
     if bad:
-        raise BpfgateError(op, f"port {bad[0]} is outside 1..65535")
+        raise BadInput(op, f"port {bad[0]} is outside 1..65535")
     if len(ports) > C.BG_ACCEL_PORTS_MAX:
-        raise BpfgateError(op, f"{len(ports)} ports: at most {C.BG_ACCEL_PORTS_MAX}")
+        raise BadInput(op, f"{len(ports)} ports: at most {C.BG_ACCEL_PORTS_MAX}")
     return ports
 
 
