@@ -3,20 +3,10 @@ Prometheus metrics as a scrape renders them."""
 
 from __future__ import annotations
 
+from bpfgate.sandbox.scenes import CSUM_COUNTERS, csum_errors  # noqa: F401  (imported by the tests from here)
+
 VIP4 = "198.18.200.1"   # routed to the NAT, assigned nowhere
 VIP6 = "fd00:200::1"
-CSUM_COUNTERS = ("TcpInCsumErrors", "UdpInCsumErrors", "IcmpInCsumErrors", "Udp6InCsumErrors",
-                 "Icmp6InCsumErrors", "UdpLiteInCsumErrors", "IpExtInCsumErrors")
-
-
-def csum_errors(host) -> frozenset:
-    """(counter, value) of every checksum-error counter of the host's stack (nstat -az: absolute values)."""
-    out = host.run(["nstat", "-asz", "--json"], check=True).stdout
-    import json
-
-    data = json.loads(out)
-    vals = data.get("kernel", data)
-    return frozenset((k, int(v)) for k, v in vals.items() if k in CSUM_COUNTERS)
 
 
 def nat_metrics(netns: str | None) -> dict[tuple[str, tuple], float]:

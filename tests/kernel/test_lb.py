@@ -4,16 +4,14 @@ removing a backend moves only its flows, and each change reports the share of ta
 
 from __future__ import annotations
 
-import select
 import socket
-import sys
 import time
 
 import pytest
 
 from bpfgate import nat
 from bpfgate.errors import NotFound, PolicyError
-from bpfgate.sandbox.timing import scaled
+from bpfgate.sandbox.scenes import udp_port_echo, udp_round, udp_sockets
 from clirun import run_cli  # noqa: E402  (tests/kernel helper)
 from natnet import VIP4, nat_metrics  # noqa: E402  (tests/kernel helper)
 
@@ -22,18 +20,6 @@ pytestmark = pytest.mark.kernel
 FLOWS = 1200
 TOLERANCE = 0.05   # absolute share: 1200 flows at p = 1/6 have a standard deviation of 0.011 (>= 4.5 sd)
 PORTS = (9001, 9002, 9003, 9004)
-
-BACKENDS = """
-import select, socket
-socks = []
-for p in (9001, 9002, 9003, 9004):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", p)); socks.append(s)
-print("ready", flush=True)
-while True:
-    for s in select.select(socks, [], [])[0]:
-        data, peer = s.recvfrom(100)
-        s.sendto(str(s.getsockname()[1]).encode(), peer)
-"""
 
 
 @pytest.fixture
@@ -45,11 +31,7 @@ def lb(pair):
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     client, server, ci, si = pair
     client.route(f"{VIP4}/32", si)
-    proc = server.spawn([sys.executable, "-c", BACKENDS])
-    deadline = time.monotonic() + scaled(10)  # a Python peer's start: seconds under emulation
-    while "ready" not in proc.output():
-        assert proc.alive and time.monotonic() < deadline, proc.output()
-        time.sleep(0.02)
+    udp_port_echo(server, PORTS)
     gw = nat.Gateway.open(si.name, server.netns)
     yield client, si, gw
     gw.detach()
@@ -57,42 +39,14 @@ def lb(pair):
 
 
 def _sockets(client, n: int) -> list[socket.socket]:
-    out = []
-    with client.entered():
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("", 0))
-            s.setblocking(False)
-            out.append(s)
-    return out
+    return udp_sockets(client, n)
 
 
 def _round(socks: list[socket.socket]) -> list[int]:
-    """One datagram per flow to the VIP (again for flows unanswered after a while: a burst overflows the
-    veth's backlog); the backend (port) that answered each, from the VIP."""
-    for s in socks:   # late answers of the round before
-        while True:
-            try:
-                s.recv(100)
-            except BlockingIOError:
-                break
-    got: dict[int, int] = {}
-    by_fd = {s.fileno(): i for i, s in enumerate(socks)}
-    poll = select.poll()   # select() stops at fd 1024
-    for s in socks:
-        poll.register(s, select.POLLIN)
-    deadline = time.monotonic() + scaled(10)
-    while len(got) < len(socks) and time.monotonic() < deadline:
-        for i in [i for i in range(len(socks)) if i not in got][:200]:
-            socks[i].sendto(b"?", (VIP4, 53))
-        for fd, _ in poll.poll(300):
-            s = socks[by_fd[fd]]
-            data, src = s.recvfrom(100)
-            assert src == (VIP4, 53)   # translated back
-            got[by_fd[fd]] = int(data)
-            poll.unregister(fd)
-    assert len(got) == len(socks), f"{len(socks) - len(got)} flows unanswered"
-    return [got[i] for i in range(len(socks))]
+    """The backend (port) that answered each flow, from the VIP (translated back)."""
+    got = udp_round(socks, VIP4, 53)
+    assert None not in got, f"{got.count(None)} flows unanswered"
+    return got
 
 
 def _shares(assign: list[int]) -> dict[int, float]:

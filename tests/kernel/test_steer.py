@@ -1,5 +1,5 @@
-"""Egress steering on real traffic, in the MetalLB topology (issue: replies of a service reached through a
-secondary network follow the default route out of the primary one, and die there).
+"""Egress steering on real traffic, in the MetalLB topology of bpfgate.sandbox.scenes (replies of a service
+reached through a secondary network follow the default route out of the primary one, and die there).
 
     client --- router ==(secondary)== sec0 [server, VIP on lo] pri0 ==(primary)== gw --- upstream
 
@@ -15,67 +15,19 @@ import ipaddress
 import json
 import os
 import time
-from dataclasses import dataclass
 
 import pytest
 
 from bpfgate import attach
-from bpfgate.sandbox import Host, Sandbox
+from bpfgate.sandbox import Host
+from bpfgate.sandbox.scenes import METALLB_PORT, METALLB_VIP, metallb
 from bpfgate.inspect.metrics import Exporter
 from bpfgate.steer import SteerCollector, Steering, pin_dir, rules
 from tests.kernel.clirun import run_cli
 
 pytestmark = pytest.mark.kernel
 
-VIP = {4: "198.18.250.1", 6: "fd00:fa::1"}
-PORT = 8000
-
-
-@dataclass
-class MetalLB:
-    client: Host
-    router: Host
-    server: Host
-    gw: Host
-    upstream: Host
-    router_on_sec: dict[int, str]   # the router's address on the secondary link: the next hop back
-    upstream_addr: dict[int, str]
-    server_pri: dict[int, str]      # the server's primary addresses (its own connections' source)
-
-    def url(self, family: int, host: str | None = None) -> str:
-        addr = host or VIP[family]
-        return f"http://[{addr}]:{PORT}/" if ":" in addr else f"http://{addr}:{PORT}/"
-
-    def reaches_vip(self, family: int, timeout: float = 2.0) -> bool:
-        return self.client.http_get(self.url(family), timeout=timeout).ok
-
-    def server_reaches_upstream(self, family: int, timeout: float = 3.0) -> bool:
-        return self.server.http_get(self.url(family, self.upstream_addr[family]), timeout=timeout).ok
-
-
-def metallb(sb: Sandbox) -> MetalLB:
-    client, router, server = sb.host("client"), sb.router("router"), sb.host("server")
-    gw, upstream = sb.router("gw"), sb.host("upstream")
-    front = sb.link(client, router)
-    sec = sb.link(router, server, ifnames=(None, "sec0"))
-    pri = sb.link(server, gw, ifnames=("pri0", None))
-    back = sb.link(gw, upstream)
-    client.default_route(front)
-    upstream.default_route(back)
-    server.default_route(pri)       # the primary network: replies to the client would leave here
-    lo = server.ifindex("lo")
-    for fam, plen in ((4, 32), (6, 128)):
-        server.ipr.addr("add", index=lo, address=VIP[fam], prefixlen=plen)
-        router.route(f"{VIP[fam]}/{plen}", sec.end(server))
-    for key in ("all", "default", "sec0", "pri0"):   # the reply path differs from the request's
-        server.sysctl(f"net.ipv4.conf.{key}.rp_filter", 0)
-    server.http_server(PORT)
-    upstream.http_server(PORT)
-    srv_sec = sec.end(server)
-    return MetalLB(client, router, server, gw, upstream,
-                   router_on_sec={4: srv_sec.peer.ip4, 6: srv_sec.peer.ip6},
-                   upstream_addr={4: back.end(upstream).ip4, 6: back.end(upstream).ip6},
-                   server_pri={4: pri.end(server).ip4, 6: pri.end(server).ip6})
+VIP, PORT = METALLB_VIP, METALLB_PORT
 
 
 @pytest.fixture
