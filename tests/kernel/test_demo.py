@@ -82,7 +82,6 @@ def _scenario(name: str) -> tuple[subprocess.CompletedProcess, dict]:
     return proc, out
 
 
-@pytest.mark.smoke
 def test_scenario_steer_fixes_the_return_path_both_ways():
     _, out = _scenario("steer")
     steps = [c["step"] for c in out["checks"]]
