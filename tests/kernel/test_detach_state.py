@@ -4,6 +4,7 @@ included, so the next `apply`, `events` and `syn` start clean: a user's sequence
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 from clirun import run_cli
@@ -111,3 +112,17 @@ def test_detach_removes_state_an_older_detach_left(net):
     assert _ours_in(ENGINE_STATE, n.ns) == []
     _ok("apply", "--netns", n.ns, n.policy)
     assert _dropped(n)
+
+
+def test_namespace_deleted_then_detach(net):
+    """`ip netns del` under a running policy: the name is gone, bpfgate's records, pins and state of it are
+    not; `detach --netns NAME` removes them and says so, and then NAME is an unknown namespace (exit 2)."""
+    n = net
+    _ok("apply", "--netns", n.ns, n.policy)
+    subprocess.run(["ip", "netns", "del", n.ns], check=True)
+    r = _ok("detach", "--netns", n.ns)
+    assert "removed" in r.stdout and "bg_engine_tc" in r.stdout, r.stdout
+    assert _ours_in(ENGINE_STATE, n.ns) == [] and _ours_in(ENGINE_PINS, n.ns) == []
+    assert not [f for f in os.listdir("/run/bpfgate/attachments") if f.startswith(f"{n.ns}.")]
+    r = run_cli(["detach", "--netns", n.ns])
+    assert r.returncode == 2 and "no such network namespace" in r.stderr and "Traceback" not in r.stderr, r.stderr

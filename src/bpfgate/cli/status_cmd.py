@@ -11,12 +11,23 @@ from bpfgate.cli import term
 from bpfgate.cli.params import Seconds
 from bpfgate.errors import NotFound
 from bpfgate.kernel import caps, netlink
+from bpfgate.kernel import netns as netns_
 
 
 def _netns_list(netns: str | None, all_netns: bool) -> list[str | None]:
     if all_netns:
         return status.all_netns()
     return [netns]
+
+
+def _print_removed(done: list[str], as_json: bool) -> None:
+    if as_json:
+        term.print_json({"removed": done})
+        return
+    if not done:
+        term.info("nothing of bpfgate's is attached there")
+    for line in done:
+        term.info(f"removed {line}")
 
 
 def register(app: click.Group) -> None:
@@ -81,6 +92,12 @@ def register(app: click.Group) -> None:
                 term.info(f"removed {line}")
             return
         done = attach.detach_matching(dev, hook, netns, any_netns=all_netns)
+        if netns is not None and not all_netns and not netns_.exists(netns):
+            # the namespace went away with its devices: its records, pins and state went just above
+            if not done:
+                netns_.require("detach", netns)   # a typo, not a namespace bpfgate knew: NotFound
+            _print_removed(done, as_json)
+            return
         # bg_* programs attached with no record (a crashed run): ours to remove too
         for e in status.orphans(status.collect(_netns_list(netns, all_netns), cgroups=False)):
             if (dev is None or e.target == dev) and (hook is None or e.hook == hook):
@@ -89,10 +106,4 @@ def register(app: click.Group) -> None:
                     done.append(what)
         if not done and dev is not None and not all_netns:
             netlink.ifindex(dev, netns)   # a typo, not a clean interface: NotFound (a removed one's records went above)
-        if as_json:
-            term.print_json({"removed": done})
-            return
-        if not done:
-            term.info("nothing of bpfgate's is attached there")
-        for line in done:
-            term.info(f"removed {line}")
+        _print_removed(done, as_json)
