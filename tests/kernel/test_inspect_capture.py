@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from bpfgate.attach import order
 from bpfgate.inspect.capture import Capture, CaptureFilter, capture_to_file
 from bpfgate.kernel import libbpf as L
 from bpfgate.kernel import links, netlink, netns, tc
@@ -27,7 +28,7 @@ pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed (scripts/run installs it)")]
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
-DEADLINE = 10.0
+DEADLINE = scaled(10.0)  # waits that end on success (a capture starting, datagrams arriving)
 
 
 def _udp_socks(pair, family: int):
@@ -234,7 +235,9 @@ def test_cli_errors_are_one_line_and_attach_nothing(pair, tmp_path, args, needle
 
 
 def test_packets_the_gate_drops_are_captured(pair):
-    """The drop-port gate (clsact filter) drops SYNs to a port; the capture, first in line, still has them."""
+    """The drop-port gate (clsact filter) drops SYNs to a port; the capture, first in line, still has them.
+    The gate sits where bpfgate's gate (the policy engine) does: on a kernel without TCX the capture is a
+    clsact filter too, first only by its priority (a foreign filter at priority 1 would run before it)."""
     from bpfgate.kernel.objects import BpfObject
 
     client, _, c_if, s_if = pair
@@ -243,7 +246,7 @@ def test_packets_the_gate_drops_are_captured(pair):
         gate.load()
         gate.map("drop_ports")[{"port": port}] = {"packets": 0, "bytes": 0}
         tc.ensure_clsact(c_if.name, client.netns)
-        tc.add_filter(c_if.name, "egress", gate.program("bg_dropper").fd, handle=1, priority=1,
+        tc.add_filter(c_if.name, "egress", gate.program("bg_dropper").fd, handle=1, priority=order.DEFAULT.priority,
                       netns=client.netns)  # the qdisc goes with the sandbox's namespace
         with Capture(c_if.name, CaptureFilter.parse("tcp", port), netns_name=client.netns, direction="egress") as cap:
             with client.entered():
