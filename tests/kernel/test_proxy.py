@@ -29,6 +29,22 @@ def tail_of(data: bytes) -> bytes:
     return bytes(random.Random(len(data)).randbytes(TAIL))
 
 
+def _serving(srv: socket.socket, serve):
+    """The listening socket's port while each connection it accepts is served by serve(conn) in a thread."""
+
+    def accept():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield srv.getsockname()[1]
+    srv.close()
+
+
 @pytest.fixture
 def backend():
     """Echoes what a client sends; after the client's half-close, sends tail_of(what it got) and closes."""
@@ -42,17 +58,7 @@ def backend():
         c.sendall(tail_of(bytes(got)))
         c.close()
 
-    def accept():
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield srv.getsockname()[1]
-    srv.close()
+    yield from _serving(srv, serve)
 
 
 @pytest.fixture
@@ -68,17 +74,7 @@ def banner_backend():
         c.sendall(bytes(reversed(got)))
         c.close()
 
-    def accept():
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield srv.getsockname()[1]
-    srv.close()
+    yield from _serving(srv, serve)
 
 
 BANNER = bytes(random.Random(1).randbytes(300_000))   # more than a receive window: it waits before the join
