@@ -223,12 +223,25 @@ def engines():
 
 
 @pytest.fixture
-def web(sandbox):
+def policies_removed(sandbox):
+    """remove_after(ns): every bpfgate policy of namespace ns and its control-plane state are removed after
+    the test, pass or fail, before the sandbox's namespaces go (a fixture using this one tears down first)."""
+    from bpfgate import policyctl
+
+    namespaces = []
+    yield namespaces.append
+    for ns in namespaces:
+        try:
+            policyctl.remove(netns=ns)
+        finally:
+            shutil.rmtree(os.path.join(RUN_ROOT, "policyctl", ns), ignore_errors=True)
+
+
+@pytest.fixture
+def web(sandbox, policies_removed):
     """client -- server serving HTTP on 8080 and 8081 (both families), as an object: client, server,
     link, dev (the server's interface), ns, ip4, ip6. Every bpfgate policy of the server's namespace and
     its control-plane state are removed after the test, pass or fail."""
-    from bpfgate import policyctl
-
     client, server = sandbox.host("client"), sandbox.host("server")
     link = sandbox.link(client, server)
     for port in (8080, 8081):
@@ -236,13 +249,8 @@ def web(sandbox):
     end = link.end(server)
     n = SimpleNamespace(client=client, server=server, link=link, dev=end.name, ns=server.netns,
                         ip4=end.ip4, ip6=end.ip6)
-    try:
-        yield n
-    finally:
-        try:
-            policyctl.remove(netns=n.ns)
-        finally:
-            shutil.rmtree(os.path.join("/run/bpfgate/policyctl", n.ns), ignore_errors=True)
+    policies_removed(n.ns)
+    return n
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ tc-egress (the reply goes up to the local sender); replies capped by the rule's 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 
@@ -80,7 +78,7 @@ while True:
 
 
 @pytest.fixture
-def net(sandbox):
+def net(sandbox, policies_removed):
     """client -- server: HTTP on the server's 80 and the client's 8080, a UDP echo on the server's 5353."""
     client, server = sandbox.host("client"), sandbox.host("server")
     link = sandbox.link(client, server)
@@ -96,13 +94,8 @@ def net(sandbox):
     while not udp_answered(n, n.ip4):
         assert echo.alive and time.monotonic() < deadline, f"UDP echo not answering: {echo.output()[-500:]}"
         time.sleep(0.05)
-    try:
-        yield n
-    finally:
-        try:
-            policyctl.remove(netns=n.ns)
-        finally:
-            shutil.rmtree(os.path.join("/run/bpfgate/policyctl", n.ns), ignore_errors=True)
+    policies_removed(n.ns)
+    return n
 
 
 def probe(host, proto, addr, port, timeout=3.0):

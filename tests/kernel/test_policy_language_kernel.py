@@ -4,8 +4,6 @@ reset (all and per rule)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pytest
 from clirun import run_cli
@@ -17,7 +15,7 @@ T_OK = 3.0
 
 
 @pytest.fixture
-def net(sandbox):
+def net(sandbox, policies_removed):
     """client -- server with an HTTP server on 80 and 8080; the namespace's policies removed at the end."""
     client, server = sandbox.host("client"), sandbox.host("server")
     link = sandbox.link(client, server)
@@ -27,13 +25,8 @@ def net(sandbox):
     n.client, n.server, n.link = client, server, link
     n.dev, n.ns = link.end(server).name, server.netns
     n.ip4, n.ip6 = link.end(server).ip4, link.end(server).ip6
-    try:
-        yield n
-    finally:
-        try:
-            policyctl.remove(netns=n.ns)
-        finally:
-            shutil.rmtree(os.path.join("/run/bpfgate/policyctl", n.ns), ignore_errors=True)
+    policies_removed(n.ns)
+    return n
 
 
 def served(n, port, v6=False):

@@ -4,8 +4,6 @@ compiler gives for the same policy, and follows a live rule edit."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pytest
 from clirun import run_cli
@@ -13,7 +11,6 @@ from clirun import run_cli
 from bpfgate import policyctl
 from bpfgate.policy.compile import compile_hook
 from bpfgate.policy.model import Hook, Policy
-from bpfgate.policyctl import pending
 
 pytestmark = pytest.mark.kernel
 
@@ -25,16 +22,11 @@ RULES = [
 
 
 @pytest.fixture
-def gate(pair):
+def gate(pair, policies_removed):
     """The server's interface and namespace; its policies removed at the end."""
     _client, server, _cif, sif = pair
-    try:
-        yield sif.name, server.netns
-    finally:
-        try:
-            policyctl.remove(netns=server.netns)
-        finally:
-            shutil.rmtree(os.path.join(pending.STATE_DIR, server.netns), ignore_errors=True)
+    policies_removed(server.netns)
+    return sif.name, server.netns
 
 
 def cli_ok(*argv) -> str:

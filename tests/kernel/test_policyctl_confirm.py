@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ T = 1.0
 
 
 @pytest.fixture
-def net(sandbox):
+def net(sandbox, policies_removed):
     client, server = sandbox.host("client"), sandbox.host("server")
     link = sandbox.link(client, server)
     for port in (80, 8080):
@@ -29,14 +28,9 @@ def net(sandbox):
     n = type("Net", (), {})()
     n.client, n.server, n.dev, n.ns = client, server, link.end(server).name, server.netns
     n.ip4 = link.end(server).ip4
-    try:
-        yield n
-    finally:
-        _wait_no_pending(n.ns, 15)
-        try:
-            policyctl.remove(netns=n.ns)
-        finally:
-            shutil.rmtree(os.path.join(pending.STATE_DIR, n.ns), ignore_errors=True)
+    policies_removed(n.ns)   # after the wait below: this fixture tears down first
+    yield n
+    _wait_no_pending(n.ns, 15)
 
 
 def _wait_no_pending(ns, limit):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ T_OK = 3.0  # a request expected to be served (slow machines)
 
 
 @pytest.fixture
-def net(sandbox):
+def net(sandbox, policies_removed):
     """client -- server, and a second client on another server interface; policies removed at the end."""
     client, server, other = sandbox.host("client"), sandbox.host("server"), sandbox.host("other")
     link, link2 = sandbox.link(client, server), sandbox.link(other, server)
@@ -33,13 +32,8 @@ def net(sandbox):
     n.client, n.server, n.other, n.link, n.link2 = client, server, other, link, link2
     n.dev, n.dev2, n.ns = link.end(server).name, link2.end(server).name, server.netns
     n.ip4, n.ip6 = link.end(server).ip4, link.end(server).ip6
-    try:
-        yield n
-    finally:
-        try:
-            policyctl.remove(netns=n.ns)
-        finally:
-            shutil.rmtree(os.path.join("/run/bpfgate/policyctl", n.ns), ignore_errors=True)
+    policies_removed(n.ns)
+    return n
 
 
 def _get(n, port, v6, timeout):
