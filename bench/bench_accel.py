@@ -26,8 +26,11 @@ from bpfgate import accel, cgroups
 
 CHILD = r"""
 import json, os, socket, sys, threading, time
-open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
-bulk_mb, rr_n, reps, ports = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+bench_dir, cg, ports = sys.argv[1], sys.argv[2], sys.argv[6:]
+bulk_mb, rr_n, reps = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+open(cg + "/cgroup.procs", "w").write(str(os.getpid()))
+sys.path.insert(0, bench_dir)
+from common import round_trips
 
 def pair(port):
     ls = socket.create_server(("127.0.0.1", int(port)))
@@ -57,26 +60,17 @@ def bulk(port):
 
 def rr(port):
     c, s = pair(port)
-    msg = b"q" * 64
     def echo():
         while True:
             b = s.recv(64)
             if not b:
                 return
             s.sendall(b)
-    t = threading.Thread(target=echo, daemon=True)
-    t.start()
-    lat = []
-    for _ in range(rr_n):
-        t0 = time.perf_counter()
-        c.sendall(msg)
-        got = 0
-        while got < 64:
-            got += len(c.recv(64 - got))
-        lat.append(time.perf_counter() - t0)
-    c.close()
-    lat.sort()
-    return lat[len(lat) // 2] * 1e6, lat[int(len(lat) * 0.99)] * 1e6
+    threading.Thread(target=echo, daemon=True).start()
+    try:
+        return round_trips(c, rr_n)
+    finally:
+        c.close()
 
 out = {p: {"bulk": [], "p50": [], "p99": []} for p in ports}
 for _ in range(reps):
@@ -110,8 +104,9 @@ def main() -> None:
     fast, plain = free_port(), free_port()
     try:
         accel.enable(cg, ports=[fast])
-        r = subprocess.run([sys.executable, "-c", CHILD, cg, str(args.bulk_mb), str(args.rr), str(args.reps),
-                            str(fast), str(plain)], capture_output=True, text=True, check=True)
+        bench_dir = os.path.dirname(os.path.abspath(__file__))   # the child imports common from it
+        r = subprocess.run([sys.executable, "-c", CHILD, bench_dir, cg, str(args.bulk_mb), str(args.rr),
+                            str(args.reps), str(fast), str(plain)], capture_output=True, text=True, check=True)
         res = json.loads(r.stdout)
         t = accel.totals(cg)
     finally:

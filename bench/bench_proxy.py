@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import fmt, header, median
+from common import fmt, header, median, round_trips
 
 BACKEND = r"""
 import socket, sys, threading
@@ -103,17 +103,10 @@ def bulk(port: int, mb: int) -> float:
 def rr(port: int, n: int) -> tuple[float, float]:
     c = socket.create_connection(("127.0.0.1", port))
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    msg, lat = b"q" * 64, []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        c.sendall(msg)
-        got = 0
-        while got < 64:
-            got += len(c.recv(64 - got))
-        lat.append(time.perf_counter() - t0)
-    c.close()
-    lat.sort()
-    return lat[len(lat) // 2] * 1e6, lat[int(len(lat) * 0.99)] * 1e6
+    try:
+        return round_trips(c, n)
+    finally:
+        c.close()
 
 
 def main() -> None:

@@ -32,6 +32,24 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def round_trips(sock, n: int, size: int = 64) -> tuple[float, float]:
+    """n request/response round trips on a connected socket whose peer echoes: SIZE bytes each way, one at a
+    time. Returns the round trip's (p50, p99) in microseconds. Stdlib only: benchmark child scripts import it."""
+    msg, lat = b"q" * size, []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        sock.sendall(msg)
+        got = 0
+        while got < size:
+            b = sock.recv(size - got)
+            if not b:
+                raise ConnectionError("the echo closed the connection")
+            got += len(b)
+        lat.append(time.perf_counter() - t0)
+    lat.sort()
+    return lat[len(lat) // 2] * 1e6, lat[int(len(lat) * 0.99)] * 1e6
+
+
 def test_run_args(doc: str, add: Callable[[argparse.ArgumentParser], None] = lambda ap: None) -> argparse.Namespace:
     """The arguments every BPF_PROG_TEST_RUN benchmark takes (--repeat, --reps >= 5, --json), plus its own."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
