@@ -7,12 +7,7 @@ running agent), and the daemon's imports (the engine, netlink) would be paid by 
 
 from __future__ import annotations
 
-import importlib
+from bpfgate import lazy
 
 __all__ = ["STATE_DIR", "Agent", "Round"]
-
-
-def __getattr__(name: str):
-    if name in __all__:
-        return getattr(importlib.import_module("bpfgate.agent.daemon"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy.forward(__name__, dict.fromkeys(__all__, "daemon"))

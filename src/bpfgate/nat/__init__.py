@@ -7,7 +7,7 @@ would otherwise pay for the attach layer and netlink each time."""
 
 from __future__ import annotations
 
-import importlib
+from bpfgate import lazy
 
 from .rules import Backend, NatRule, Service, backend, dnat, service, snat
 
@@ -16,9 +16,4 @@ _LAZY = {"NatCollector": "collector", "Change": "gateway", "Gateway": "gateway",
 
 __all__ = ["Backend", "Change", "Gateway", "NatCollector", "NatRule", "Service", "backend", "dnat", "pin_dir", "running",
            "service", "snat", "state_dir"]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy.forward(__name__, _LAZY)

@@ -14,7 +14,7 @@ egress hook of the interface a reply would leave by knows which interface the co
 
 from __future__ import annotations
 
-import importlib
+from bpfgate import lazy
 
 from . import rules
 
@@ -23,9 +23,4 @@ from . import rules
 _KERNEL_SIDE = ("C", "FAMILY", "MAPS", "RULES_MAX", "IF_RETURN", "STATS", "FAILURES", "METHODS", "DIRECTIONS",
                 "pin_dir", "attached", "RuleState", "Interface", "Steering", "detach", "SteerCollector")
 __all__ = ["rules", *_KERNEL_SIDE]
-
-
-def __getattr__(name: str):
-    if name in _KERNEL_SIDE:
-        return getattr(importlib.import_module("bpfgate.steer.steering"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy.forward(__name__, dict.fromkeys(_KERNEL_SIDE, "steering"))
