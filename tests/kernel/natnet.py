@@ -58,15 +58,10 @@ class Capture:
     """tcpdump on one interface of a host, into a pcap file, until stop()."""
 
     def __init__(self, host, ifname: str, path: str):
-        import time
-
         self.path = path
         self.proc = host.spawn(["tcpdump", "-n", "-U", "--immediate-mode", "-s", "0", "-i", ifname, "-w", path,
                                 "tcp or udp or icmp or icmp6"])
-        deadline = time.monotonic() + 10
-        while "listening on" not in self.proc.output():
-            assert self.proc.alive and time.monotonic() < deadline, self.proc.output()
-            time.sleep(0.02)
+        self.proc.wait_for_output("listening on")
 
     def stop(self) -> str:
         import time

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import pytest
 
@@ -52,11 +51,7 @@ def net(pair, engines):
     n = type("Net", (), {})()
     n.client, n.server, n.dev, n.ns, n.ip4, n.cip4 = client, server, sif.name, server.netns, sif.ip4, cif.ip4
     n.attach = lambda hook, **kw: engines(n.dev, hook, HookPolicy(default="allow"), netns_name=n.ns, ct=True, **kw)
-    proc = server.spawn([sys.executable, "-c", SERVER])
-    deadline = time.monotonic() + scaled(5)
-    while "ready" not in proc.output():
-        assert proc.alive and time.monotonic() < deadline, proc.output()
-        time.sleep(0.01)
+    server.spawn([sys.executable, "-c", SERVER]).wait_for_output("ready", 5)
     return n
 
 

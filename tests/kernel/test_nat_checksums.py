@@ -22,7 +22,6 @@ import sys
 import pytest
 
 from bpfgate import nat
-from bpfgate.sandbox.timing import scaled
 from natnet import VIP4, VIP6, Capture, csum_errors, partial_sum_ok, set_tx_csum, tshark_rows  # noqa: E402
 
 pytestmark = pytest.mark.kernel
@@ -43,15 +42,6 @@ while True:
 CELLS = [(f, k) for f in (4, 6) for k in ("tcp", "udp", "udp0", "icmp") if not (f == 6 and k == "udp0")]
 
 
-def _wait_ready(proc):
-    import time
-
-    deadline = time.monotonic() + scaled(10)  # a Python peer's start: seconds under emulation
-    while "ready" not in proc.output():
-        assert proc.alive and time.monotonic() < deadline, proc.output()
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("offload", ["offload-on", "offload-off"])
 @pytest.mark.parametrize("family, kind", CELLS, ids=[f"ipv{f}-{k}" for f, k in CELLS])
 def test_dnat_checksums(sandbox, family, kind, offload):
@@ -66,7 +56,7 @@ def test_dnat_checksums(sandbox, family, kind, offload):
     if kind == "tcp":
         server.http_server(8080)
     elif kind != "icmp":
-        _wait_ready(server.spawn([sys.executable, "-c", ECHO, "5301", "1" if kind == "udp0" else "0"]))
+        server.spawn([sys.executable, "-c", ECHO, "5301", "1" if kind == "udp0" else "0"]).wait_for_output("ready")
     ep = lambda a, p: f"[{a}]:{p}" if family == 6 else f"{a}:{p}"   # noqa: E731
     gw = nat.Gateway.open(ri.name, router.netns)
     try:

@@ -12,7 +12,6 @@ import time
 import pytest
 
 from bpfgate import nat
-from bpfgate.sandbox.timing import scaled
 from natnet import nat_metrics  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
@@ -46,11 +45,7 @@ def inside(sandbox, request):
     l1, l2, out = sandbox.link(c1, router), sandbox.link(c2, router), sandbox.link(router, server)
     c1.default_route(l1)
     c2.default_route(l2)
-    proc = server.spawn([sys.executable, "-c", PEER])
-    deadline = time.monotonic() + scaled(10)  # a Python peer's start: seconds under emulation
-    while "ready" not in proc.output():
-        assert proc.alive and time.monotonic() < deadline, proc.output()
-        time.sleep(0.02)
+    server.spawn([sys.executable, "-c", PEER]).wait_for_output("ready")
     ro = out.end(router)
     gw = nat.Gateway.open(ro.name, router.netns, **getattr(request, "param", {}))
     yield c1, c2, l1, l2, ro, out.end(server), gw

@@ -164,10 +164,7 @@ def gate_egress(net):
 
 def _start_server(server, tmp_path, n: int):
     proc = server.spawn([sys.executable, str(tmp_path / "server.py"), str(PORT), str(REPLY), str(n)])
-    deadline = time.monotonic() + scaled(10)
-    while "ready" not in proc.output():
-        assert proc.alive and time.monotonic() < deadline, f"server did not start: {proc.output()}"
-        time.sleep(0.02)
+    proc.wait_for_output("ready")
     return proc
 
 

@@ -93,6 +93,21 @@ class Process:
             time.sleep(0.01)
         return rc
 
+    def wait_for_output(self, text: str, seconds: float = 10.0) -> None:
+        """Until the process has written TEXT (a peer's "ready", a tool's "listening on"); SandboxError when it
+        exits without, or after scaled(seconds): a Python peer's start takes seconds on a loaded or emulated
+        machine."""
+        deadline = time.monotonic() + scaled(seconds)
+        while True:
+            alive = self.alive   # before reading: a peer that wrote TEXT and then exited is not an error
+            out = self.output()
+            if text in out:
+                return
+            if not alive or time.monotonic() > deadline:
+                why = "exited" if not alive else f"not after {scaled(seconds):g}s"
+                raise SandboxError(f"wait for {text!r} from {self!r}", f"{why}: {out.strip()[-500:] or 'no output'}")
+            time.sleep(0.02)
+
     def terminate(self) -> None:
         if self.popen.returncode is None:
             kill_group(self.pid, signal.SIGTERM)

@@ -16,7 +16,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .procs import SandboxError
 from .timing import scaled
 from .topology import Host, Sandbox
 
@@ -105,12 +104,7 @@ while True:
 
 def udp_port_echo(host: Host, ports) -> None:
     """UDP servers on `ports` of `host` (both families) answering each datagram with their port number."""
-    proc = host.spawn([sys.executable, "-c", _PORT_ECHO, *map(str, ports)])
-    deadline = time.monotonic() + scaled(10)   # Python's start: seconds under emulation
-    while "ready" not in proc.output():
-        if not proc.alive or time.monotonic() > deadline:
-            raise SandboxError(f"UDP servers on {list(ports)} in {host.name}", proc.output().strip() or "not ready")
-        time.sleep(0.02)
+    host.spawn([sys.executable, "-c", _PORT_ECHO, *map(str, ports)]).wait_for_output("ready")
 
 
 def udp_sockets(host: Host, n: int, family: int = 4) -> list[socket.socket]:
