@@ -6,7 +6,7 @@ import click
 from rich.markup import escape
 
 from bpfgate.cli import term
-from bpfgate.cli.nat_cmd import JSON, NETNS, list_gateways
+from bpfgate.cli.nat_cmd import JSON, NETNS, as_options, list_gateways
 
 
 def _report(change, as_json: bool, what: str) -> None:
@@ -36,7 +36,10 @@ def register(app: click.Group) -> None:
         """Add service NAME on DEV."""
         from bpfgate import nat
 
-        svc = nat.service(name, proto, vip, list(backends), table_size)
+        options = {"": "NAME", "vip": "--vip", "proto": "--proto", "backends": "--backend",
+                   "table_size": "--table-size"}
+        with as_options(f"service {name}", options, given={"backends": list(backends)}):
+            svc = nat.service(name, proto, vip, list(backends), table_size)
         with nat.Gateway.open(dev, netns) as gw:
             ch = gw.add_service(svc)
         _report(ch, as_json, f"service {name} added")
@@ -57,7 +60,7 @@ def register(app: click.Group) -> None:
 
         if remove and (weight is not None or drain is not None):
             raise click.UsageError("--remove takes no --weight/--drain")
-        with nat.Gateway.open(dev, netns, create=False) as gw:
+        with nat.Gateway.open(dev, netns, create=False) as gw, as_options(f"service {name}", {"backend": "BACKEND"}):
             ch = gw.set_backend(name, backend, weight=weight, drained=drain, remove=remove)
         _report(ch, as_json, f"service {name}, backend {backend}")
 

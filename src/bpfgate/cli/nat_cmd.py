@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import click
 from rich.markup import escape
 
 from bpfgate.cli import term
+from bpfgate.errors import PolicyError
 
 NETNS = click.option("--netns", metavar="NAME", help="The interface is in this named network namespace.")
 JSON = click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+
+
+@contextmanager
+def as_options(what: str, options: dict[str, str], given: dict[str, list[str]] | None = None):
+    """A PolicyError about a field of WHAT, in the policy file's words ('rule r1.to', 'service s.backends[1]';
+    'rule' alone: the name), re-raised as the usage error of the option the user typed ('--to'): a CLI user
+    wrote no policy file. OPTIONS maps a field ('' the name) to its option; GIVEN a repeated option's field to
+    the values given, to say which one is wrong. Other errors pass unchanged."""
+    try:
+        yield
+    except PolicyError as e:
+        kind = what.split(" ", 1)[0]
+        if e.path == kind:
+            field, index = "", ""
+        elif e.path.startswith(what + "."):
+            field, _, index = e.path[len(what) + 1:].partition("[")
+        else:
+            raise
+        if field not in options:
+            raise
+        reason = e.reason
+        if index and field in (given or {}):
+            reason = f"{given[field][int(index.rstrip(']'))]!r}: {reason}"
+        raise click.BadParameter(reason, param_hint=[options[field]]) from None
 
 
 def _gateways(op, dev, netns):
@@ -60,14 +87,17 @@ def register(app: click.Group) -> None:
 
         if bool(dnat_match) == bool(snat_match):
             raise click.UsageError("give one of --dnat ADDR[:PORT] or --snat PREFIX")
-        if dnat_match:
-            if not proto:
-                raise click.UsageError("--dnat needs --proto tcp|udp")
-            rule = nat.dnat(name, proto, dnat_match, to, stateless=stateless)
-        else:
-            if proto:
-                raise click.UsageError("--snat translates tcp and udp: no --proto")
-            rule = nat.snat(name, snat_match, to, ports=ports, stateless=stateless)
+        if dnat_match and not proto:
+            raise click.UsageError("--dnat needs --proto tcp|udp")
+        if snat_match and proto:
+            raise click.UsageError("--snat translates tcp and udp: no --proto")
+        options = {"": "NAME", "to": "--to", "proto": "--proto", "ports": "--ports",
+                   "match": "--dnat" if dnat_match else "--snat"}
+        with as_options(f"rule {name}", options):
+            if dnat_match:
+                rule = nat.dnat(name, proto, dnat_match, to, stateless=stateless)
+            else:
+                rule = nat.snat(name, snat_match, to, ports=ports, stateless=stateless)
         with nat.Gateway.open(dev, netns) as gw:
             gw.add_rule(rule)
         if as_json:
