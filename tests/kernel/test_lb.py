@@ -11,6 +11,7 @@ import pytest
 
 from bpfgate import nat
 from bpfgate.errors import NotFound, PolicyError
+from bpfgate.nat.rules import MAX_WEIGHT
 from bpfgate.sandbox.scenes import udp_port_echo, udp_round, udp_sockets
 from clirun import run_cli  # noqa: E402  (tests/kernel helper)
 from natnet import VIP4, nat_metrics  # noqa: E402  (tests/kernel helper)
@@ -162,11 +163,14 @@ def test_cli_and_bad_input(lb):
     for argv, want in ((["add", si.name, "x", "--vip", f"{VIP4}:81", "--proto", "udp", "--table-size", "100"],
                         "not a prime"),
                        (["add", si.name, "y", "--vip", f"{VIP4}:80", "--proto", "udp"], "has that VIP"),
-                       (["backend", si.name, "web", "198.18.9.9", "--remove"], "no such backend")):
+                       (["backend", si.name, "web", "198.18.9.9", "--remove"], "no such backend"),
+                       (["backend", si.name, "web", "fd00::9"], "Invalid value for 'BACKEND': fd00::9 is not IPv4")):
         r = run_cli(["lb", *argv, "--netns", ns])
         assert r.returncode != 0 and want in r.stderr and "Traceback" not in r.stderr, r.stderr
-    with pytest.raises(PolicyError):
-        gw.set_backend("web", f"{si.ip4}:9001", weight=0)
+    for bad in (0, MAX_WEIGHT + 1):   # an existing backend and a new one alike
+        for be in (f"{si.ip4}:9001", f"{si.ip4}:9003"):
+            with pytest.raises(PolicyError, match="weight"):
+                gw.set_backend("web", be, weight=bad)
     with pytest.raises(NotFound):
         gw.delete_service("nope")
     assert [s.name for s in nat.Gateway.open(si.name, ns, create=False).services()] == ["web"]

@@ -1,4 +1,4 @@
-"""`bpfgate nat add` / `lb add` bad input through the real entry point: one usage line naming the
+"""`bpfgate nat add` / `lb add` / `lb backend` bad input through the real entry point: one usage line naming the
 option the user typed (not the policy file's field), exit 2, refused before any interface is looked up (the
 device below does not exist: reaching it would say so instead)."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bpfgate.cli import main
+from bpfgate.nat.rules import MAX_WEIGHT
 
 DEV = "nosuch0"
 VIP = ["--vip", "198.18.0.1:80", "--proto", "tcp"]
@@ -34,8 +35,12 @@ def run(capsys, *argv):
     (["lb", "add", DEV, "s1", "--vip", "198.18.0.1", "--proto", "tcp"], "'--vip'", "has no port"),
     (["lb", "add", DEV, "s1", *VIP, "--table-size", "100"], "'--table-size'", "100 is not a prime"),
     (["lb", "add", DEV, "s1", *VIP, "--backend", "198.18.1.1", "--backend", "198.18.1.2@0"], "'--backend'",
-     "'198.18.1.2@0': weight '0' is not a positive integer"),
+     f"'198.18.1.2@0': weight 0 is not an integer 1..{MAX_WEIGHT}"),
+    (["lb", "add", DEV, "s1", *VIP, "--backend", f"198.18.1.1@{MAX_WEIGHT + 1}"], "'--backend'",
+     f"weight {MAX_WEIGHT + 1} is not an integer 1..{MAX_WEIGHT}"),
     (["lb", "add", DEV, "s1", *VIP, "--backend", "fd00::1"], "'--backend'", "is not IPv4 like the VIP"),
+    (["lb", "backend", DEV, "s1", "198.18.1.1", "--weight", str(MAX_WEIGHT + 1)], "'--weight'",
+     f"{MAX_WEIGHT + 1} is not in the range 1<=x<={MAX_WEIGHT}"),
 ])
 def test_bad_value_names_the_option(capsys, argv, option, reason):
     code, err = run(capsys, *argv)

@@ -33,6 +33,12 @@ def test_endpoints_and_rules_round_trip():
     (lambda: rules.service("s", "tcp", "198.18.0.1:80", ["fd00::1"]), "service s.backends[0]"),
     (lambda: rules.service("s", "tcp", "198.18.0.1:80", ["198.18.0.2@0"]), "service s.backends[0]"),
     (lambda: rules.service("s", "tcp", "198.18.0.1:80", ["198.18.0.2", "198.18.0.2"]), "service s.backends[1]"),
+    (lambda: rules.service("s", "tcp", "198.18.0.1:80", [f"198.18.0.2@{rules.MAX_WEIGHT + 1}"]),
+     "service s.backends[0]"),
+    (lambda: rules.service_from({"name": "s", "proto": "tcp", "vip": "198.18.0.1:80",
+                                 "backends": [{"backend": "198.18.0.2", "weight": "3"}]}), "service s.backends[0]"),
+    (lambda: rules.service_from({"name": "s", "proto": "tcp", "vip": "198.18.0.1:80",
+                                 "backends": [{"backend": "198.18.0.2", "weight": True}]}), "service s.backends[0]"),
 ])
 def test_bad_input_names_the_field(call, field):
     with pytest.raises(PolicyError) as e:
@@ -44,6 +50,10 @@ def test_service_backends_and_weights():
     s = rules.service("api", "udp", "198.18.0.1:53", ["198.18.0.2@3", "198.18.0.3:5353"])
     assert [(b.name, b.weight) for b in s.backends] == [("198.18.0.2", 3), ("198.18.0.3:5353", 1)]
     assert rules.service_from(s.to_dict()) == s
+    heavy = rules.service("api", "udp", "198.18.0.1:53", [f"198.18.0.2@{rules.MAX_WEIGHT}", "198.18.0.3"])
+    assert [b.weight for b in heavy.backends] == [rules.MAX_WEIGHT, 1]
+    # at the bound, the default table still gives the weight-1 backend a slot
+    assert maglev.shares(maglev.build(heavy.weights()))["198.18.0.3"] > 0
 
 
 def test_maglev_follows_weights_and_fills_every_slot():

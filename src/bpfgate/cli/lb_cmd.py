@@ -7,6 +7,7 @@ from rich.markup import escape
 
 from bpfgate.cli import term
 from bpfgate.cli.nat_cmd import JSON, NETNS, as_options, list_gateways
+from bpfgate.nat.rules import MAX_WEIGHT
 
 
 def _report(change, as_json: bool, what: str) -> None:
@@ -28,7 +29,7 @@ def register(app: click.Group) -> None:
     @click.option("--vip", required=True, metavar="ADDR:PORT", help="The service address and port.")
     @click.option("--proto", type=click.Choice(["tcp", "udp"]), required=True)
     @click.option("--backend", "backends", multiple=True, metavar="ADDR[:PORT][@WEIGHT]",
-                  help="A backend (repeat); port defaults to the VIP's, weight to 1.")
+                  help="A backend (repeat); port defaults to the VIP's, weight (1..65535) to 1.")
     @click.option("--table-size", type=int, help="Maglev table size, a prime [default: 65537].")
     @NETNS
     @JSON
@@ -48,7 +49,7 @@ def register(app: click.Group) -> None:
     @click.argument("dev")
     @click.argument("name")
     @click.argument("backend")
-    @click.option("--weight", type=int, help="Set the weight (adds the backend when new).")
+    @click.option("--weight", type=click.IntRange(1, MAX_WEIGHT), help="Set the weight (adds the backend when new).")
     @click.option("--drain", "drain", flag_value=True, default=None, help="No new flows; its flows stay.")
     @click.option("--undrain", "drain", flag_value=False, help="Take new flows again.")
     @click.option("--remove", is_flag=True, help="Remove it: only its flows move.")

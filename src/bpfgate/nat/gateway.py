@@ -30,7 +30,7 @@ from bpfgate.kernel.maps import Map
 from bpfgate.kernel.objects import BpfObject
 
 from . import maglev
-from .rules import PROTOS, Backend, Config, NatRule, Service, rule_from, service_from
+from .rules import PROTOS, Backend, Config, NatRule, Service, check_weight, rule_from, service_from
 
 C = contract.constants("nat")
 NAT_SRC, NAT_DST, NAT_VIEW = C.BG_NAT_SRC, C.BG_NAT_DST, C.BG_NAT_VIEW
@@ -375,6 +375,8 @@ class Gateway:
 
         s = self.service(service)
         b = backend if isinstance(backend, Backend) else parse_backend(backend, f"service {service}.backend")
+        if weight is not None:
+            check_weight(weight, f"service {service}.backend")
         have = s.find(b.name)
         if remove:
             if have is None:
@@ -385,8 +387,6 @@ class Gateway:
                 raise PolicyError(f"service {service}.backend", f"{b.name} is not IPv{s.endpoint.family}")
             bes = [*s.backends, replace(b, weight=weight or b.weight, drained=bool(drained))]
         else:
-            if weight is not None and weight < 1:
-                raise PolicyError(f"service {service}.backend", f"weight {weight} is not a positive integer")
             new = replace(have, weight=weight if weight is not None else have.weight,
                           drained=have.drained if drained is None else drained)
             bes = [new if x.name == b.name else x for x in s.backends]

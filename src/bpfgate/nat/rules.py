@@ -193,17 +193,25 @@ class Backend:
         return {"backend": self.name, "weight": self.weight, "drained": self.drained}
 
 
+# Weights are relative: a backend's share of the Maglev table's slots is its weight over the sum. Bounded as
+# ipvsadm bounds them (1..65535): at that ratio a weight-1 backend still holds about one slot of the default
+# 65537-slot table (beyond it, none), and a weight with a digit too many is refused rather than taken.
+MAX_WEIGHT = 65535
+
+
+def check_weight(weight, what: str) -> int:
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+        raise PolicyError(what, f"weight {weight!r} is not an integer 1..{MAX_WEIGHT}")
+    return weight
+
+
 def backend(text: str, what: str, weight: int | None = None) -> Backend:
     """'ADDR[:PORT][@WEIGHT]'."""
     s, _, w = str(text).partition("@")
     ep = endpoint(s, what)
     if w:
-        if not w.isdigit() or int(w) < 1:
-            raise PolicyError(what, f"weight {w!r} is not a positive integer")
-        weight = int(w)
-    if weight is not None and weight < 1:
-        raise PolicyError(what, f"weight {weight} is not a positive integer")
-    return Backend(str(ep.addr), ep.port, weight or 1)
+        weight = int(w) if w.isdigit() else w
+    return Backend(str(ep.addr), ep.port, 1 if weight is None else check_weight(weight, what))
 
 
 @dataclass(frozen=True)
