@@ -47,3 +47,9 @@ def test_bad_value_names_the_option(capsys, argv, option, reason):
     assert code == 2 and f"Invalid value for {option}: " in err and reason in err, err
     assert "policy" not in err and "rule r1" not in err and "service s1" not in err, err
 
+
+def test_drain_and_undrain_together_is_a_usage_error(capsys):
+    code, err = run(capsys, "lb", "backend", DEV, "s1", "198.18.1.1", "--drain", "--undrain")
+    assert code == 2 and "give one of --drain or --undrain" in err, err
+    code, err = run(capsys, "lb", "backend", DEV, "s1", "198.18.1.1", "--undrain", "--remove")
+    assert code == 2 and "--remove takes no" in err, err

@@ -50,19 +50,22 @@ def register(app: click.Group) -> None:
     @click.argument("name")
     @click.argument("backend")
     @click.option("--weight", type=click.IntRange(1, MAX_WEIGHT), help="Set the weight (adds the backend when new).")
-    @click.option("--drain", "drain", flag_value=True, default=None, help="No new flows; its flows stay.")
-    @click.option("--undrain", "drain", flag_value=False, help="Take new flows again.")
+    @click.option("--drain", is_flag=True, help="No new flows; its flows stay.")
+    @click.option("--undrain", is_flag=True, help="Take new flows again.")
     @click.option("--remove", is_flag=True, help="Remove it: only its flows move.")
     @NETNS
     @JSON
-    def lb_backend(dev, name, backend, weight, drain, remove, netns, as_json):
+    def lb_backend(dev, name, backend, weight, drain, undrain, remove, netns, as_json):
         """Add, re-weight, drain or remove BACKEND (ADDR[:PORT]) of service NAME, live."""
         from bpfgate import nat
 
-        if remove and (weight is not None or drain is not None):
-            raise click.UsageError("--remove takes no --weight/--drain")
+        if drain and undrain:
+            raise click.UsageError("give one of --drain or --undrain")
+        if remove and (weight is not None or drain or undrain):
+            raise click.UsageError("--remove takes no --weight/--drain/--undrain")
+        drained = True if drain else False if undrain else None   # None: as it was
         with nat.Gateway.open(dev, netns, create=False) as gw, as_options(f"service {name}", {"backend": "BACKEND"}):
-            ch = gw.set_backend(name, backend, weight=weight, drained=drain, remove=remove)
+            ch = gw.set_backend(name, backend, weight=weight, drained=drained, remove=remove)
         _report(ch, as_json, f"service {name}, backend {backend}")
 
     @lb_group.command("del")
