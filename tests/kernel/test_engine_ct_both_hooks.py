@@ -122,6 +122,15 @@ def test_egress_then_ingress_then_egress_detached(net):
     assert_nothing_left(n)
 
 
+def test_the_tracker_loads_alone():
+    """What an egress engine's detach loads to restore the tracker: the tracker only (verifying the engine's
+    own program besides it took most of the time, for nothing)."""
+    with Engine.load("tc-ingress", only=("bg_ct_track",)) as tracker:
+        assert tracker.obj.loaded_programs() == ["bg_ct_track"]
+    with Engine.load("tc-ingress", also=("bg_ct_track",)) as engine:
+        assert sorted(engine.obj.loaded_programs()) == ["bg_ct_track", "bg_engine_tc"]
+
+
 def test_two_ingress_engines_keep_the_restored_tracker_until_the_last_goes(net):
     n = net
     egress = n.attach("tc-egress")

@@ -118,12 +118,13 @@ class Engine:
     @classmethod
     def load(cls, hook: Hook | str, *, ct: bool = True, test_mark: bool = False, prealloc: dict[str, int] | None = None,
              max_entries: dict[str, int] | None = None, reuse: dict[str, int] | None = None,
-             also: Iterable[str] = ()) -> Engine:
+             also: Iterable[str] = (), only: Iterable[str] | None = None) -> Engine:
         """Load the engine object without attaching it (BPF_PROG_TEST_RUN, benchmarks, attach()).
         prealloc: {map: entries} preallocates bg_cls / bg_pfx with that many entries (inserts ~2x faster,
         memory ~100 B/entry up front, a swap or live add past it is refused); default: allocate per entry,
         up to 2M (prealloc_for() sizes them for a policy). Only the hook's programs are loaded, plus `also`
-        (the flow tracker bg_ct_track, the benchmarks' baselines)."""
+        (the flow tracker bg_ct_track, the benchmarks' baselines); `only`: just these programs, not the
+        hook's (a tracker alone: `program`/`programs` are then not loaded)."""
         hook = Hook(hook)
         obj = BpfObject.open(OBJECT, rodata={"cfg_hook": HOOK_CODE[hook], "cfg_ct": int(ct),
                                              "cfg_test_mark": int(test_mark),
@@ -132,7 +133,7 @@ class Engine:
         try:
             # verify only what the caller runs: each program's verification is most of a load's time (an
             # XDP engine verifying the TC program too doubled it; an emulated guest takes a minute for one)
-            wanted = set(PROGRAMS[hook]) | set(also)
+            wanted = set(only) if only is not None else set(PROGRAMS[hook]) | set(also)
             for name in obj.program_names():
                 obj.set_autoload(name, name in wanted)
             obj.set_max_entries("bg_capture_scratch", possible_cpus())
@@ -313,7 +314,7 @@ class Engine:
         """Attach a tracker sharing this device's bg_ct and record it in the ingress engines' meta, so
         the last of them to detach removes it (as if it had attached it)."""
         loaded = Engine.load(Hook.TC_INGRESS, ct=True, reuse={"bg_ct": self.maps["bg_ct"].fd},
-                             max_entries=rule_array_sizes(1), also=("bg_ct_track",))
+                             max_entries=rule_array_sizes(1), only=("bg_ct_track",))
         try:
             att = _attach_tracker(loaded.obj.program("bg_ct_track"), self.dev, self.netns)
         finally:
