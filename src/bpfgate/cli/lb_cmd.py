@@ -6,7 +6,7 @@ import click
 from rich.markup import escape
 
 from bpfgate.cli import term
-from bpfgate.cli.nat_cmd import JSON, NETNS, as_options, list_gateways
+from bpfgate.cli.nat_cmd import JSON, NETNS, as_options, list_gateways, on_gateway
 from bpfgate.nat.rules import MAX_WEIGHT
 
 
@@ -57,15 +57,14 @@ def register(app: click.Group) -> None:
     @JSON
     def lb_backend(dev, name, backend, weight, drain, undrain, remove, netns, as_json):
         """Add, re-weight, drain or remove BACKEND (ADDR[:PORT]) of service NAME, live."""
-        from bpfgate import nat
-
         if drain and undrain:
             raise click.UsageError("give one of --drain or --undrain")
         if remove and (weight is not None or drain or undrain):
             raise click.UsageError("--remove takes no --weight/--drain/--undrain")
         drained = True if drain else False if undrain else None   # None: as it was
-        with nat.Gateway.open(dev, netns, create=False) as gw, as_options(f"service {name}", {"backend": "BACKEND"}):
-            ch = gw.set_backend(name, backend, weight=weight, drained=drained, remove=remove)
+        with as_options(f"service {name}", {"backend": "BACKEND"}):
+            ch = on_gateway(dev, netns, lambda gw: gw.set_backend(name, backend, weight=weight, drained=drained,
+                                                                  remove=remove))
         _report(ch, as_json, f"service {name}, backend {backend}")
 
     @lb_group.command("del")
@@ -75,10 +74,7 @@ def register(app: click.Group) -> None:
     @JSON
     def lb_del(dev, name, netns, as_json):
         """Delete service NAME."""
-        from bpfgate import nat
-
-        with nat.Gateway.open(dev, netns, create=False) as gw:
-            s = gw.delete_service(name)
+        s = on_gateway(dev, netns, lambda gw: gw.delete_service(name))
         if as_json:
             term.print_json({"deleted": s.to_dict()})
         else:

@@ -47,6 +47,14 @@ def _gateways(op, dev, netns):
     return [nat.Gateway.open(d, netns, create=False) for d in devs]
 
 
+def on_gateway(dev, netns, use):
+    """use(gw) on the NAT running on DEV (NotFound without one); the gateway closed after."""
+    from bpfgate import nat
+
+    with nat.Gateway.open(dev, netns, create=False) as gw:
+        return use(gw)
+
+
 def list_gateways(op, dev, netns, as_json: bool, as_dict, header: list[str], rows) -> None:
     """`nat list` / `lb list` (`op`): for DEV (or every interface with a NAT) `as_dict(gw)` as JSON, or a
     table of `header` with the rows `rows(gw)` yields. No NAT anywhere lists nothing and says so (exit 0,
@@ -112,10 +120,7 @@ def register(app: click.Group) -> None:
     @JSON
     def nat_del(dev, name, netns, as_json):
         """Delete rule NAME on DEV (its flows already translated keep their entries until they expire)."""
-        from bpfgate import nat
-
-        with nat.Gateway.open(dev, netns, create=False) as gw:
-            r = gw.delete_rule(name)
+        r = on_gateway(dev, netns, lambda gw: gw.delete_rule(name))
         if as_json:
             term.print_json({"deleted": r.to_dict(), "interface": dev, "netns": netns})
         else:
@@ -139,10 +144,7 @@ def register(app: click.Group) -> None:
     @JSON
     def nat_stats(dev, netns, as_json):
         """Counters: packets translated, flows, port collisions and exhaustion, table pressure."""
-        from bpfgate import nat
-
-        with nat.Gateway.open(dev, netns, create=False) as gw:
-            st = gw.stats()
+        st = on_gateway(dev, netns, lambda gw: gw.stats())
         if as_json:
             term.print_json(st)
         else:
@@ -154,10 +156,7 @@ def register(app: click.Group) -> None:
     @JSON
     def nat_flows(dev, netns, as_json):
         """Translated flows (original tuple -> what the translated side became)."""
-        from bpfgate import nat
-
-        with nat.Gateway.open(dev, netns, create=False) as gw:
-            flows = gw.flows()
+        flows = on_gateway(dev, netns, lambda gw: gw.flows())
         if as_json:
             term.print_json(flows)
             return
