@@ -712,41 +712,21 @@ static __always_inline int sock_gate(struct bpf_sock_addr *ctx, int bind, int v6
 	return v.action == BG_ACT_DROP || v.action == BG_ACT_REJECT ? 0 : 1; /* reject: refused here, fail closed */
 }
 
-SEC("cgroup/connect4")
-int bg_sock_connect4(struct bpf_sock_addr *ctx)
-{
-	return sock_gate(ctx, 0, 0);
-}
+/* One program per socket call and family (bg_sock_<call>, section cgroup/<call>), each sock_gate: bind's port
+ * is the source, connect's and sendmsg's the destination. */
+#define BG_SOCK_GATE(call, bind, v6)                            \
+	SEC("cgroup/" #call)                                    \
+	int bg_sock_##call(struct bpf_sock_addr *ctx)           \
+	{                                                       \
+		return sock_gate(ctx, bind, v6);                \
+	}
 
-SEC("cgroup/connect6")
-int bg_sock_connect6(struct bpf_sock_addr *ctx)
-{
-	return sock_gate(ctx, 0, 1);
-}
-
-SEC("cgroup/sendmsg4")
-int bg_sock_sendmsg4(struct bpf_sock_addr *ctx)
-{
-	return sock_gate(ctx, 0, 0);
-}
-
-SEC("cgroup/sendmsg6")
-int bg_sock_sendmsg6(struct bpf_sock_addr *ctx)
-{
-	return sock_gate(ctx, 0, 1);
-}
-
-SEC("cgroup/bind4")
-int bg_sock_bind4(struct bpf_sock_addr *ctx)
-{
-	return sock_gate(ctx, 1, 0);
-}
-
-SEC("cgroup/bind6")
-int bg_sock_bind6(struct bpf_sock_addr *ctx)
-{
-	return sock_gate(ctx, 1, 1);
-}
+BG_SOCK_GATE(connect4, 0, 0)
+BG_SOCK_GATE(connect6, 0, 1)
+BG_SOCK_GATE(sendmsg4, 0, 0)
+BG_SOCK_GATE(sendmsg6, 0, 1)
+BG_SOCK_GATE(bind4, 1, 0)
+BG_SOCK_GATE(bind6, 1, 1)
 
 /* Conntrack only (the other direction of a gated interface): never decides, lets the next filter run. */
 SEC("tc")
