@@ -29,6 +29,7 @@
 #include "nat.h"
 #include "parse.h"
 #include "ct_track.h"
+#include "bg_percpu.h"
 
 #define TC_ACT_UNSPEC (-1)
 #define TC_ACT_SHOT 2
@@ -97,10 +98,7 @@ struct {
 
 static __always_inline void nat_count(__u32 idx)
 {
-	__u64 *v = bpf_map_lookup_elem(&nat_stats, &idx);
-
-	if (v)
-		(*v)++;
+	percpu_inc(&nat_stats, idx);
 }
 
 static __always_inline void lb_count(__u32 backend)

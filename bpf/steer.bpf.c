@@ -22,6 +22,7 @@
 #include "steer.h"
 #include "parse.h"
 #include "ct_track.h"
+#include "bg_percpu.h"
 
 #define TC_ACT_UNSPEC (-1)
 #define BG_AF_INET 2
@@ -67,10 +68,7 @@ struct {
 
 static __always_inline void steer_count(__u32 idx)
 {
-	__u64 *v = bpf_map_lookup_elem(&steer_stats, &idx);
-
-	if (v)
-		(*v)++;
+	percpu_inc(&steer_stats, idx);
 }
 
 static __always_inline void count_rule(__u32 id, int steered)

@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause */
 /*
  * The per-CPU counters every program that emits events keeps (enum bg_stat in bg_common.h), found by
- * Python under the map name "bg_stats", and the increment every program uses on per-CPU arrays.
+ * Python under the map name "bg_stats", and stat_inc() on them.
  */
 #ifndef BG_STATS_H
 #define BG_STATS_H
+
+#include "bg_percpu.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -12,15 +14,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } bg_stats SEC(".maps");
-
-/* a per-CPU array slot += 1 (no atomics needed: the slot is this CPU's) */
-static __always_inline void percpu_inc(void *map, __u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(map, &idx);
-
-	if (v)
-		(*v)++;
-}
 
 static __always_inline void stat_inc(__u32 idx)
 {
