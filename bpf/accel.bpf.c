@@ -15,12 +15,10 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "accel.h"
+#include "bg_sockkey.h"
 
 #define AF_INET 2
 #define AF_INET6 10
-/* a context field read as one load at a constant offset from the context pointer: the verifier refuses a
- * context pointer the compiler moved to share an offset between reads */
-#define CTX(field) (*(volatile __u32 *)&(field))
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -134,29 +132,7 @@ int bg_accel_msg(struct sk_msg_md *msg)
 
 	if (mode() & BG_ACCEL_DRAIN)
 		goto pass;
-	__u32 *l = (__u32 *)peer.laddr, *r = (__u32 *)peer.raddr;
-
-	peer.lport = bpf_ntohl(CTX(msg->remote_port));
-	peer.rport = CTX(msg->local_port);
-	/* every address field read before deciding which one counts: branches sharing a load make the
-	 * compiler move the context pointer, which the verifier refuses */
-	l[0] = CTX(msg->remote_ip6[0]);
-	l[1] = CTX(msg->remote_ip6[1]);
-	l[2] = CTX(msg->remote_ip6[2]);
-	l[3] = CTX(msg->remote_ip6[3]);
-	r[0] = CTX(msg->local_ip6[0]);
-	r[1] = CTX(msg->local_ip6[1]);
-	r[2] = CTX(msg->local_ip6[2]);
-	r[3] = CTX(msg->local_ip6[3]);
-	peer.family = 6;
-	if (CTX(msg->family) == AF_INET) {
-		__u32 rip4 = CTX(msg->remote_ip4), lip4 = CTX(msg->local_ip4);
-
-		peer.family = 4;
-		l[0] = rip4;
-		r[0] = lip4;
-		l[1] = l[2] = l[3] = r[1] = r[2] = r[3] = 0;
-	}
+	BG_SOCK_KEY(peer, msg, remote, local); /* the peer's key: its local end is our remote one */
 	/* SK_DROP here means "no such peer" (nothing was redirected): the message then goes the normal way */
 	if (bpf_msg_redirect_hash(msg, &bg_accel_socks, &peer, BPF_F_INGRESS) == SK_PASS) {
 		if (st) {

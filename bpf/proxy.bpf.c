@@ -10,10 +10,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "proxy.h"
-
-#define AF_INET 2
-/* a context field read as one load at a constant offset from the context pointer (see accel.bpf.c) */
-#define CTX(field) (*(volatile __u32 *)&(field))
+#include "bg_sockkey.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -48,30 +45,11 @@ SEC("sk_skb/stream_verdict")
 int bg_proxy_verdict(struct __sk_buff *skb)
 {
 	struct bg_accel_key own = {};
-	__u32 *l = (__u32 *)own.laddr, *r = (__u32 *)own.raddr;
 	struct bg_accel_key *peer;
 	__u64 *n;
 	__u32 len = skb->len;
 
-	own.lport = CTX(skb->local_port);
-	own.rport = bpf_ntohl(CTX(skb->remote_port)); /* network order in the upper half */
-	l[0] = CTX(skb->local_ip6[0]);
-	l[1] = CTX(skb->local_ip6[1]);
-	l[2] = CTX(skb->local_ip6[2]);
-	l[3] = CTX(skb->local_ip6[3]);
-	r[0] = CTX(skb->remote_ip6[0]);
-	r[1] = CTX(skb->remote_ip6[1]);
-	r[2] = CTX(skb->remote_ip6[2]);
-	r[3] = CTX(skb->remote_ip6[3]);
-	own.family = 6;
-	if (CTX(skb->family) == AF_INET) {
-		__u32 lip4 = CTX(skb->local_ip4), rip4 = CTX(skb->remote_ip4);
-
-		own.family = 4;
-		l[0] = lip4;
-		r[0] = rip4;
-		l[1] = l[2] = l[3] = r[1] = r[2] = r[3] = 0;
-	}
+	BG_SOCK_KEY(own, skb, local, remote);
 	peer = bpf_map_lookup_elem(&bg_proxy_peer, &own);
 	if (!peer)
 		return SK_PASS; /* not paired (yet): the data stays with the socket, Python forwards it */
