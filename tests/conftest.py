@@ -238,13 +238,13 @@ def policies_removed(sandbox):
 
 
 @pytest.fixture
-def web(sandbox, policies_removed):
-    """client -- server serving HTTP on 8080 and 8081 (both families), as an object: client, server,
-    link, dev (the server's interface), ns, ip4, ip6. Every bpfgate policy of the server's namespace and
-    its control-plane state are removed after the test, pass or fail."""
+def web(request, sandbox, policies_removed):
+    """client -- server serving HTTP (both families) on the test module's WEB_PORTS (default 8080 and 8081),
+    as an object: client, server, link, dev (the server's interface), ns, ip4, ip6. Every bpfgate policy of
+    the server's namespace and its control-plane state are removed after the test, pass or fail."""
     client, server = sandbox.host("client"), sandbox.host("server")
     link = sandbox.link(client, server)
-    for port in (8080, 8081):
+    for port in getattr(request.module, "WEB_PORTS", (8080, 8081)):
         server.http_server(port)
     end = link.end(server)
     n = SimpleNamespace(client=client, server=server, link=link, dev=end.name, ns=server.netns,

@@ -12,21 +12,13 @@ from bpfgate import policyctl
 
 pytestmark = pytest.mark.kernel
 T_OK = 3.0
+WEB_PORTS = (80, 8080)
 
 
 @pytest.fixture
-def net(sandbox, policies_removed):
+def net(web):
     """client -- server with an HTTP server on 80 and 8080; the namespace's policies removed at the end."""
-    client, server = sandbox.host("client"), sandbox.host("server")
-    link = sandbox.link(client, server)
-    for port in (80, 8080):
-        server.http_server(port)
-    n = type("Net", (), {})()
-    n.client, n.server, n.link = client, server, link
-    n.dev, n.ns = link.end(server).name, server.netns
-    n.ip4, n.ip6 = link.end(server).ip4, link.end(server).ip6
-    policies_removed(n.ns)
-    return n
+    return web
 
 
 def served(n, port, v6=False):

@@ -17,20 +17,15 @@ from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 T = 1.0
+WEB_PORTS = (80, 8080)
 
 
 @pytest.fixture
-def net(sandbox, policies_removed):
-    client, server = sandbox.host("client"), sandbox.host("server")
-    link = sandbox.link(client, server)
-    for port in (80, 8080):
-        server.http_server(port)
-    n = type("Net", (), {})()
-    n.client, n.server, n.dev, n.ns = client, server, link.end(server).name, server.netns
-    n.ip4 = link.end(server).ip4
-    policies_removed(n.ns)   # after the wait below: this fixture tears down first
-    yield n
-    _wait_no_pending(n.ns, 15)
+def net(web):
+    """client -- server with HTTP on 80 and 8080; no confirm timer left pending when `web` removes the policies
+    (this fixture tears down first)."""
+    yield web
+    _wait_no_pending(web.ns, 15)
 
 
 def _wait_no_pending(ns, limit):
