@@ -13,14 +13,13 @@ absolute value, is what to read. Never run while tests run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import fmt, header, median
+from common import bulk_rr_args, fmt, header, median
 
 from bpfgate import accel, cgroups
 
@@ -92,12 +91,7 @@ def free_port() -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bulk-mb", type=int, default=256)
-    ap.add_argument("--rr", type=int, default=20000, help="round trips per rep")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = bulk_rr_args(__doc__, rr=20000)
     root = cgroups.cgroup2_mount()
     cg = os.path.join(root, f"bgbench-accel-{os.getpid()}")
     os.mkdir(cg)

@@ -14,7 +14,6 @@ while tests run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -23,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import fmt, header, median, round_trips
+from common import bulk_rr_args, fmt, header, median, round_trips
 
 BACKEND = r"""
 import socket, sys, threading
@@ -110,12 +109,7 @@ def rr(port: int, n: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bulk-mb", type=int, default=256)
-    ap.add_argument("--rr", type=int, default=5000, help="round trips per rep")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = bulk_rr_args(__doc__, rr=5000)
     procs = []
     try:
         be = start([sys.executable, "-c", BACKEND])

@@ -32,6 +32,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def bulk_rr_args(doc: str, rr: int) -> argparse.Namespace:
+    """The arguments of the TCP benchmarks that time a bulk transfer and request/response round trips:
+    --bulk-mb, --rr (round trips per rep, default RR), --reps, --json."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--bulk-mb", type=int, default=256)
+    ap.add_argument("--rr", type=int, default=rr, help="round trips per rep")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    return ap.parse_args()
+
+
 def round_trips(sock, n: int, size: int = 64) -> tuple[float, float]:
     """n request/response round trips on a connected socket whose peer echoes: SIZE bytes each way, one at a
     time. Returns the round trip's (p50, p99) in microseconds. Stdlib only: benchmark child scripts import it."""
