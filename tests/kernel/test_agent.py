@@ -262,6 +262,10 @@ def test_writes_go_through_the_running_agent(agent_env, tmp_path):
     assert "no-8081" in rule_names(n) and dropped(n, 8081)
     r = run_cli(add, env=env)   # its errors come back with their type: exists already = bad input
     assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    before = rule_names(n)   # a rule the agent finds bad: its field named, nothing changed
+    r = run_cli(["rule", "add", "--netns", n.ns, "--dev", n.dev, "--src", "198.18.0.300/32", "bad"], env=env)
+    assert r.returncode == 2 and "rule bad.src" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert rule_names(n) == before
     r = run_cli(["apply", "--netns", n.ns, str(d / "p.yaml")], env=env)
     assert r.returncode == 1 and f"the bpfgate agent (pid {a.p.pid}) owns its policies" in r.stderr, r.stderr
     assert str(d) in r.stderr

@@ -46,6 +46,21 @@ def call(netns: str | None, op: str, **args: Any) -> Any:
     return _call(netns, {"op": op, **args})["result"]
 
 
+NOT_RUNNING = object()
+
+
+def offer(netns: str | None, op: str, **args: Any) -> Any:
+    """`op` done by the agent of `netns` when one runs (its result, or its error raised here), else
+    NOT_RUNNING: the caller does it itself. One connection and nothing of the policy model imported: a
+    command that edits through the agent skips the ~0.3 s of loading the control plane."""
+    if in_agent or not os.path.exists(socket_path(netns)):
+        return NOT_RUNNING
+    try:
+        return _call(netns, {"op": op, **args})["result"]
+    except _NoAgent:
+        return NOT_RUNNING
+
+
 class _NoAgent(Exception):
     pass
 
@@ -61,7 +76,7 @@ def _call(netns: str | None, request: dict) -> dict:
             raise _NoAgent() from None   # a socket a killed agent left: nobody listens
         except PermissionError:
             raise errors.PermissionDenied(f"talk to the bpfgate agent at {path}", "permission denied") from None
-        s.sendall(json.dumps(request).encode() + b"\n")
+        s.sendall(json.dumps(request, default=str).encode() + b"\n")   # addresses as text
         data = b""
         try:
             while not data.endswith(b"\n"):

@@ -196,7 +196,7 @@ def register(app: click.Group) -> None:
                  rate_unit, rate_per, burst, over, log_rate, no_count, comment, before, after, position, netns,
                  as_json):
         """Add rule NAME on --dev/--hook, matching like the YAML fields."""
-        from bpfgate import policyctl
+        from bpfgate.agent import client as agent   # an edit the agent does needs no control plane here
 
         data = {"name": name, "action": action}
         for key, val in (("src", src), ("dst", dst), ("protocol", proto), ("src_port", sport),
@@ -222,7 +222,12 @@ def register(app: click.Group) -> None:
             data["count"] = False
         if comment is not None:
             data["comment"] = comment
-        pos = policyctl.add_rule(dev, hook, data, netns=netns, before=before, after=after, position=position)
+        pos = agent.offer(netns, "add_rule", dev=dev, hook=hook, rule=data, before=before, after=after,
+                          position=position)
+        if pos is agent.NOT_RUNNING:
+            from bpfgate import policyctl
+
+            pos = policyctl.add_rule(dev, hook, data, netns=netns, before=before, after=after, position=position)
         if as_json:
             term.print_json({"added": name, "dev": dev, "hook": hook, "position": pos})
         else:
@@ -237,9 +242,12 @@ def register(app: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
     def rule_del(name, dev, hook, force, netns, as_json):
         """Delete rule NAME from --dev/--hook."""
-        from bpfgate import policyctl
+        from bpfgate.agent import client as agent
 
-        policyctl.delete_rule(dev, hook, name, netns=netns, force=force)
+        if agent.offer(netns, "delete_rule", dev=dev, hook=hook, name=name, force=force) is agent.NOT_RUNNING:
+            from bpfgate import policyctl
+
+            policyctl.delete_rule(dev, hook, name, netns=netns, force=force)
         if as_json:
             term.print_json({"deleted": name, "dev": dev, "hook": hook})
         else:

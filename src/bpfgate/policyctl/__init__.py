@@ -406,11 +406,15 @@ def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: 
     """Add one rule live (no reload; other rules keep their counters). Returns its index. `owner`: the
     program adding it, for automation (`apply` of a file keeps such rules, `policy export` leaves them out,
     `rules` shows the owner)."""
-    hook, rule = parse_hook(hook), rule_from(rule)
+    hook = parse_hook(hook)
     dev = target(dev, hook)
-    if backend is None and _agent.running(netns):   # while an agent runs, it is the one writer
-        return _agent.call(netns, "add_rule", dev=dev, hook=hook.value, rule=rule_data(rule), before=before,
-                           after=after, position=position, force=force, owner=owner)
+    if backend is None:   # while an agent runs, it is the one writer (and checks the rule itself)
+        done = _agent.offer(netns, "add_rule", dev=dev, hook=hook.value,
+                            rule=rule_data(rule) if isinstance(rule, Rule) else rule, before=before, after=after,
+                            position=position, force=force, owner=owner)
+        if done is not _agent.NOT_RUNNING:
+            return done
+    rule = rule_from(rule)
     if owner is not None:
         rule = rule_from(rule_data(rule) | {"owner": owner})
     backend = _backend(backend)
@@ -433,10 +437,13 @@ def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = No
                 backend: Backend | None = None) -> None:
     """Delete one rule live. Refused (unless force) when it is the rule that keeps established connections
     alive under a default deny."""
-    if backend is None and _agent.running(netns):   # while an agent runs, it is the one writer
-        return _agent.call(netns, "delete_rule", dev=dev, hook=parse_hook(hook).value, name=name, force=force)
-    backend, hook = _backend(backend), parse_hook(hook)
+    hook = parse_hook(hook)
     dev = target(dev, hook)
+    if backend is None:   # while an agent runs, it is the one writer
+        if _agent.offer(netns, "delete_rule", dev=dev, hook=hook.value, name=name,
+                        force=force) is not _agent.NOT_RUNNING:
+            return
+    backend = _backend(backend)
     with _serialised(netns, backend, op=f"delete rule {name}"):
         default, names = _outline(backend, dev, hook, netns)
         if name not in names:
