@@ -333,3 +333,25 @@ def test_rules_of_a_loaded_snapshot_are_read_when_first_used_and_edits_before_th
     for got in (back, again):
         assert dict(got) == {k: v for k, v in want.items() if k != first} | {999: extra}
         assert got._blob is None
+
+
+def _pickled_by_pydantic(obj) -> bytes:
+    """As bpfgate pickled rules before saving only their non-default values (snapshots saved then)."""
+    import copyreg
+
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    p.dispatch_table = {k: v for k, v in copyreg.dispatch_table.items() if k is not Rule}
+    p.dump(obj)
+    return buf.getvalue()
+
+
+def test_rules_pickle_as_their_non_default_values_and_old_pickles_load():
+    rng = random.Random(7)
+    rules = [rule(d) for d in RICH] + [random_rule(rng, i) for i in range(300)]
+    for r in rules:
+        for blob in (pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL), _pickled_by_pydantic(r)):
+            back = pickle.loads(blob)
+            assert back == r and hash(back) == hash(r)
+            assert back.model_dump(exclude_unset=True) == r.model_dump(exclude_unset=True)
+    assert len(pickle.dumps(rules)) < len(_pickled_by_pydantic(rules))

@@ -45,6 +45,8 @@ STATE_ROOT = state_root("engine")   # the attachment record of an engine names i
 # 5 = Rule.comment; 6 = Rule.negated; 7 = CompiledHook.source a RuleSources (one blob, read when first used);
 # 8 = Redirect.on_gone; 9 = action reject (Rule.reject, RuleAction.reject_with/reject_rate).
 SNAPSHOT_VERSION = 9
+# Rules pickle as their non-default values (policy/model.py); snapshots holding pydantic's own pickles of
+# them still load, so that needed no bump (a bpfgate before it reads the new ones as unreadable, with the hint).
 SNAPSHOT_MAGIC = b"bpfgate-engine-snapshot "
 # what a pickle of another layout fails with (a missing module/class/attribute, a changed constructor ...)
 _UNPICKLE_ERRORS = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError,
@@ -64,6 +66,11 @@ def _rule(v) -> Rule:
     return rule
 
 
+def _identity(st: os.stat_result) -> tuple:
+    """A saved file's identity: a rewrite (a new file renamed over it) changes it."""
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _brief(e: Exception) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:200] + '...' if len(text) > 200 else text}"
@@ -73,6 +80,9 @@ class StateStore:
     def __init__(self, dev: str, hook: Hook, netns_name: str | None):
         self.dir = os.path.join(STATE_ROOT, netns_name or "-", dir_name(dev), Hook(hook).value)
         self.where = f"{dev} {Hook(hook).value}" + (f" (netns {netns_name})" if netns_name else "")
+
+    snapshot_id: tuple | None = None   # the saved snapshot this process's state was loaded from (listing's key)
+    journal_len = 0                    # edits in the journal when it was loaded
 
     def _p(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -154,6 +164,7 @@ class StateStore:
         self._write(name, SNAPSHOT_MAGIC + b"%d\n" % SNAPSHOT_VERSION + blob)
         if name == "snapshot.pickle":
             self._write("journal.jsonl", b"")
+            self.snapshot_id = None   # the state in memory is this process's own, not a loaded one
 
     def take_snapshot(self, name: str) -> None:
         """Make the state saved as `name` the saved state (if it is still there): the journal is emptied
@@ -161,6 +172,7 @@ class StateStore:
         if os.path.exists(self._p(name)):
             self._write("journal.jsonl", b"")
             os.replace(self._p(name), self._p("snapshot.pickle"))
+            self.snapshot_id = None
 
     def drop(self, name: str) -> None:
         try:
@@ -190,6 +202,7 @@ class StateStore:
                                            f"version {SNAPSHOT_VERSION} (saved by another bpfgate)")
                 try:
                     state = pickle.load(f)
+                    self.snapshot_id = _identity(os.fstat(f.fileno()))
                 except _UNPICKLE_ERRORS as e:
                     raise self._unreadable(f"its snapshot does not load ({_brief(e)})") from None
         except FileNotFoundError:   # a torn attach (meta.json, no snapshot): detach still cleans it up
@@ -197,6 +210,59 @@ class StateStore:
         if not (isinstance(state, dict) and isinstance(state.get("live"), LiveHook) and "pending" in state):
             raise self._unreadable("its snapshot does not hold an engine state")
         return state
+
+    def _read_listing(self) -> dict:
+        try:
+            with open(self._p("listing.pickle"), "rb") as f:
+                saved = pickle.load(f)
+            return saved if isinstance(saved, dict) else {}
+        except (OSError, *_UNPICKLE_ERRORS):
+            return {}
+
+    def load_listing(self) -> dict[int, tuple]:
+        """The rows `bpfgate rules` shows (ruledata.rule_row) by rule id, saved by an earlier listing of the
+        snapshot this state was loaded from; {} when there are none (another snapshot's, none, unreadable).
+        A row stands for its rule only while the rule is unchanged since that snapshot: the caller takes
+        the rows of rules edited since (the journal's) from the rules themselves."""
+        if self.snapshot_id is None:
+            return {}
+        saved = self._read_listing()
+        return saved.get("rows", {}) if saved.get("snapshot") == self.snapshot_id else {}
+
+    def current_listing(self) -> dict | None:
+        """The saved listing when it is the whole running state, read without loading the state: saved with
+        the rules' order (the snapshot had no edits), of the snapshot saved now, no edit since (empty
+        journal), none cut short. {"rows", "order": rule ids, "default": (action, rule id)}; else None."""
+        try:
+            snap = _identity(os.stat(self._p("snapshot.pickle")))
+            if os.path.getsize(self._p("journal.jsonl")) or self.interrupted() is not None:
+                return None
+        except FileNotFoundError:
+            return None
+        saved = self._read_listing()
+        if saved.get("snapshot") != snap or saved.get("order") is None:
+            return None
+        return saved
+
+    def save_listing(self, rows: dict[int, tuple], order: list[int] | None = None,
+                     default: tuple[str, int] | None = None) -> None:
+        """Keep the rows of this state's snapshot for the next listing; with `order` and `default` when they
+        are the snapshot's own (no edit since it), so a listing can skip loading the state (current_listing).
+        Readers write it without the lock: each through its own temporary file; a row of a rule edited since
+        the snapshot is never read (see load_listing)."""
+        if self.snapshot_id is None:
+            return
+        tmp = self._p(f"listing.pickle.{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                pickle.dump({"snapshot": self.snapshot_id, "rows": rows, "order": order, "default": default}, f,
+                            protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self._p("listing.pickle"))
+        except OSError:   # only a cache: a full disk or a removed directory (detached meanwhile) costs time
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
     def _load_journal(self) -> list[dict]:
         try:
@@ -224,7 +290,9 @@ class StateStore:
         live: LiveHook = state["live"]
         live.ifindex = ifindex
         self._pending = list(state["pending"])
-        for rec in self._load_journal():   # the same edits, in order, reach the same state (deterministic)
+        journal = self._load_journal()
+        self.journal_len = len(journal)
+        for rec in journal:   # the same edits, in order, reach the same state (deterministic)
             op = rec["op"]
             if op == "add":
                 diff = live.add(rec["rule"], rec.get("position"))
