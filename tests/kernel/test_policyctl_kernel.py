@@ -11,6 +11,7 @@ import time
 import pytest
 
 from bpfgate import policyctl
+from bpfgate.engine import Engine
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.policy.model import Hook, Policy
 from bpfgate.policyctl.engine_backend import EngineBackend
@@ -168,6 +169,35 @@ def test_rule_add_delete_live(net):
     assert counts(n)["alt"] >= mid["alt"], "live edits of other rules reset a counter"
     text = policyctl.export(netns=n.ns)
     assert not policyctl.apply(policyctl.load_policies(text), netns=n.ns).changed
+
+
+def test_saved_listing_follows_edits_swaps_and_counters(net):
+    """`rules` keeps the rows it describes beside the saved state and reads them back while that state is
+    the running one (the state itself not loaded): edits, swaps and counters still show as they happen."""
+    n = net
+    policyctl.apply(pol([n.dev], [WEB, ALT]), netns=n.ns)
+
+    def listed():
+        return [(r.name, r.action, r.match) for r in policyctl.rules(n.dev, netns=n.ns)]
+
+    rows = [("web", "drop", "protocol=tcp dst_port=80"), ("alt", "pass", "protocol=tcp dst_port=8080"),
+            ("(default)", "allow", "no rule matched")]
+    assert listed() == rows   # described from the rules, and saved
+    assert Engine.saved_listing(n.dev, Hook.TC_INGRESS, n.ns) is not None
+    assert listed() == rows   # read back
+    assert dropped(n, 80) and served(n, 8080)
+    assert settled_counts(n)["web"] > 0 and counts(n)["alt"] > 0   # counters live, not saved ones
+    policyctl.add_rule(n.dev, "tc-ingress", {"name": "v6", "src": str(n.link.a.net6), "action": "drop"},
+                       position=1, netns=n.ns)
+    assert Engine.saved_listing(n.dev, Hook.TC_INGRESS, n.ns) is None   # edited since: the state is read
+    assert listed() == [rows[0], ("v6", "drop", f"src={n.link.a.net6}"), *rows[1:]]
+    policyctl.delete_rule(n.dev, "tc-ingress", "web", netns=n.ns)
+    assert [r[0] for r in listed()] == ["v6", "alt", "(default)"]
+    policyctl.apply(pol([n.dev], [{**ALT, "action": "drop"}]), netns=n.ns)   # a swap: another saved state
+    assert listed() == [("alt", "drop", "protocol=tcp dst_port=8080"), rows[2]]
+    assert listed() == [("alt", "drop", "protocol=tcp dst_port=8080"), rows[2]]
+    before = counts(n)["alt"]
+    assert dropped(n, 8080) and settled_counts(n)["alt"] > before
 
 
 def test_held_engines_follow_other_writers(net):

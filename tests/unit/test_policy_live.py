@@ -90,6 +90,10 @@ def test_random_edit_sequences(seed):
             if r.name in slots_before and r.name != edited:
                 assert live.rule_id(r.name) == slots_before[r.name]
         _check(kernel, live, rules, hp.default, rng)
+        names = live.names()   # the view a one-rule edit checks reads as the list of names in order
+        assert list(names) == [r.name for r in rules] and len(names) == len(rules)
+        assert all(r.name in names and names.index(r.name) == i and names[i] == r.name for i, r in enumerate(rules))
+        assert "no-such-rule" not in names and names[1:3] == [r.name for r in rules[1:3]]
 
 
 def test_add_is_minimal_and_delete_restores_shadowed():

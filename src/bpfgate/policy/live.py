@@ -8,6 +8,7 @@ programs' RCU grace period, forget rules_free. Each step alone leaves a consiste
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,6 +35,39 @@ class Diff:
                 + (self.conf_before is not None) + (self.conf_after is not None))
 
 
+class RuleNames(Sequence):
+    """The live rules' names in order, read-only: membership, length and a name's index without building
+    the list (a one-rule edit's checks at 100k rules: O(1) and O(log n) instead of ~30 ms each)."""
+
+    def __init__(self, live: "LiveHook"):
+        self._live = live
+
+    def __len__(self) -> int:
+        return len(self._live.order)
+
+    def __contains__(self, name) -> bool:
+        return name in self._live.by_name
+
+    def __getitem__(self, i):
+        names, order = self._live.c.names, self._live.order
+        if isinstance(i, slice):
+            return [names[rid] for _p, rid in order[i]]
+        return names[order[i][1]]
+
+    def __iter__(self):
+        names = self._live.c.names
+        return (names[rid] for _p, rid in self._live.order)
+
+    def index(self, name, start: int = 0, stop: int | None = None) -> int:
+        rid = self._live.by_name.get(name)
+        if rid is None:
+            raise ValueError(f"{name!r} is not a rule")
+        i = bisect.bisect_left(self._live.order, (self._live.c.prios[rid], rid))
+        if i < start or (stop is not None and i >= stop):
+            raise ValueError(f"{name!r} is not in that range")
+        return i
+
+
 class LiveHook:
     """A compiled hook kept in step with the kernel maps. It owns `compiled` and mutates it."""
 
@@ -55,6 +89,9 @@ class LiveHook:
         self.low_free = compiled.low_free   # every slot below it is taken: the free-slot search starts here
 
     # ---- queries -------------------------------------------------------------------------------
+    def names(self) -> RuleNames:
+        return RuleNames(self)
+
     def rule_id(self, name: str) -> int:
         rid = self.by_name.get(name)
         if rid is None:

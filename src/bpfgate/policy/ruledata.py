@@ -89,6 +89,23 @@ def _rule_data(rule: Rule) -> dict[str, Any]:
     return d
 
 
+LISTED_OPTIONS = ("redirect", "reject", "mark", "rate_limit", "log", "count")
+_MATCH_FIELDS = frozenset(Rule.model_fields) - {"name", "action", "comment", "owner", "negated", *LISTED_OPTIONS}
+
+
+def match_text(data: dict[str, Any]) -> str:
+    """The match fields of `rule_data(...)` output on one line, as `bpfgate rules` shows them."""
+    return " ".join(f"{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
+                    for k, v in data.items() if k in _MATCH_FIELDS) or "any"
+
+
+def rule_row(rule: Rule) -> tuple:
+    """(name, action, match text, options, owner, comment): a rule as `bpfgate rules` lists it."""
+    data = rule_data(rule)
+    return (rule.name, rule.action, match_text(data), {k: data[k] for k in LISTED_OPTIONS if k in data},
+            rule.owner, rule.comment)
+
+
 def rule_from_data(d: dict[str, Any]) -> Rule:
     """The Rule of `rule_data(...)` output (or of any policy-file rule mapping); pydantic errors as is."""
     return Rule.model_validate(d)

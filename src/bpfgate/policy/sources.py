@@ -47,6 +47,11 @@ class RuleSources(MutableMapping):
     def __delitem__(self, rid: int) -> None:
         self._all().__delitem__(rid)
 
+    def changed_since_saved(self) -> set[int] | None:
+        """The rule ids whose rules were set or removed since the saved blob (what is known of them is here,
+        not in it), or None when the blob has been read or there is none: then no rule is known unchanged."""
+        return set(self._edits) if self._blob is not None else None
+
     def discard(self, rid: int) -> None:
         """Remove the rule if it is there, without reading the saved ones."""
         if self._blob is not None:

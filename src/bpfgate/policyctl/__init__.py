@@ -26,7 +26,7 @@ import contextlib
 import functools
 import gc
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from bpfgate.policy.compile import CompiledHook, compile_hook
 from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
 from bpfgate.policy.packet import Packet
 from bpfgate.policy.parse import rule_problem
+from bpfgate.policy.ruledata import rule_row
 from bpfgate.steer import policy as steer_policy
 
 from . import guard
@@ -372,9 +373,10 @@ def _current(backend: Backend, dev: str, hook: Hook, netns: str | None) -> HookP
     return hp
 
 
-def _outline(backend: Backend, dev: str, hook: Hook, netns: str | None) -> tuple[str, list[str]]:
+def _outline(backend: Backend, dev: str, hook: Hook, netns: str | None) -> tuple[str, Sequence[str]]:
     """(default, rule names in order) of one hook: what a live edit checks, without the rules themselves
-    when the backend can (reading 100k rules is most of the cost of a one-rule edit)."""
+    when the backend can (reading 100k rules is most of the cost of a one-rule edit). The names may be a
+    view of the live rules: read them before the edit."""
     one = getattr(backend, "outline", None)
     if one is None:
         hp = _current(backend, dev, hook, netns)
@@ -386,7 +388,7 @@ def _outline(backend: Backend, dev: str, hook: Hook, netns: str | None) -> tuple
     return found
 
 
-def _position(names: list[str], before: str | None, after: str | None, position: int | None) -> int | None:
+def _position(names: Sequence[str], before: str | None, after: str | None, position: int | None) -> int | None:
     if sum(x is not None for x in (before, after, position)) > 1:
         raise BadInput("add rule", "give only one of before, after, position")
     for ref, off in ((before, 0), (after, 1)):
@@ -428,8 +430,9 @@ def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: 
             raise PolicyError(f"rule {rule.name}" + (f".{problem[0]}" if problem[0] else ""), problem[1])
         if rule.redirect is not None:
             _ifindex(backend, netns)(rule.redirect.interface)
+        at = len(names) if pos is None else pos   # before the edit: `names` may be a view of the live rules
         backend.add_rule(dev, hook, netns, rule, pos)
-        return len(names) if pos is None else pos
+        return at
 
 
 @_gc_paused
@@ -506,15 +509,6 @@ class RuleRow:
                 "owner": self.owner, "comment": self.comment, **({"options": self.extra} if self.extra else {})}
 
 
-_MATCH_FIELDS = frozenset(Rule.model_fields) - {"name", "action", "redirect", "reject", "mark", "rate_limit", "log",
-                                                "count", "owner", "comment", "negated"}
-
-
-def _match_text(data: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
-                    for k, v in data.items() if k in _MATCH_FIELDS) or "any"
-
-
 @_gc_paused
 def rules(dev: str | None = None, *, netns: str | None = None, hook: str | Hook | None = None,
           backend: Backend | None = None, names: Iterable[str] | None = None, reset: bool = False) -> list[RuleRow]:
@@ -536,47 +530,66 @@ def _reading(backend: Backend, netns: str | None, op: str):
     return session() if session else contextlib.nullcontext()
 
 
-def _selected(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None,
-              op: str) -> list[tuple[str, Hook, HookPolicy]]:
+def _pick(running: Iterable[tuple[str, Hook]], dev: str | None, hook: Hook | None, op: str) -> list[tuple[str, Hook]]:
     """The running hooks of one interface / hook (default: all), by interface then hook; NotFound when
     `dev` runs no policy."""
-    state = backend.running(netns)
-    if dev is not None and not any(d == dev for d, _ in state):
+    running = list(running)
+    if dev is not None and not any(d == dev for d, _ in running):
         raise NotFound(f"{op} of {dev}", "no bpfgate policy is attached there")
-    return [(d, h, hp) for (d, h), hp in sorted(state.items(), key=lambda kv: (kv[0][0], kv[0][1].value))
-            if (dev is None or d == dev) and (hook is None or h == hook)]
+    return sorted(((d, h) for d, h in running if (dev is None or d == dev) and (hook is None or h == hook)),
+                  key=lambda k: (k[0], k[1].value))
+
+
+def _selected(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None,
+              op: str) -> list[tuple[str, Hook, HookPolicy]]:
+    """The policies of the running hooks `_pick` selects."""
+    state = backend.running(netns)
+    return [(d, h, state[(d, h)]) for d, h in _pick(state, dev, hook, op)]
+
+
+def _listings(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None,
+              op: str) -> list[tuple[str, Hook, str, list[tuple], dict[str, RuleCounters] | None]]:
+    """(dev, hook, default, rules as ruledata.rule_row, counters or None) of the running hooks `_pick`
+    selects; from the backend's listing when it keeps one (the Rule models are then not read back)."""
+    listing = getattr(backend, "listing", None)
+    if listing is None:
+        return [(d, h, hp.default, [rule_row(r) for r in hp.rules], None)
+                for d, h, hp in _selected(backend, dev, hook, netns, op)]
+    out = []
+    for d, h in _pick(backend.hooks(netns), dev, hook, op):
+        found = listing(d, h, netns)
+        if found is not None:   # detached meanwhile
+            out.append((d, h, *found))
+    return out
 
 
 def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None,
            names: list[str] | None = None, reset: bool = False) -> list[RuleRow]:
-    selected = _selected(backend, dev, hook, netns, "reset counters" if reset else "list rules")
+    selected = _listings(backend, dev, hook, netns, "reset counters" if reset else "list rules")
     if names is not None:   # every name must be somewhere, before anything is reset
-        known = {r.name for _d, _h, hp in selected for r in hp.rules} | {"(default)"}
+        known = {row[0] for _d, _h, _default, rows, _c in selected for row in rows} | {"(default)"}
         missing = [n for n in names if n not in known]
         if missing:
             raise NotFound(f"{'reset counters' if reset else 'list rules'} of rule {missing[0]}",
                            "no such rule in the running policy" + (f" of {dev}" if dev else ""))
     out = []
-    for d, h, hp in selected:
-        here = [r.name for r in hp.rules] + ["(default)"]
+    for d, h, default, rows, counts in selected:
+        here = [row[0] for row in rows] + ["(default)"]
         want = set(here if names is None else names).intersection(here)   # a set: tested once per rule
         if not want:
             continue
         if reset:
             counts = backend.reset_counters(d, h, netns, None if names is None else [n for n in here if n in want])
-        else:
+        elif counts is None:
             counts = backend.counters(d, h, netns)
-        for i, r in enumerate(hp.rules):
-            if r.name not in want:
-                continue
-            data = rule_data(r)
-            c = counts.get(r.name, RuleCounters(r.name, 0, 0))
-            extra = {k: data[k] for k in ("redirect", "reject", "mark", "rate_limit", "log", "count") if k in data}
-            out.append(RuleRow(d, h.value, i, r.name, r.action, _match_text(data), c.packets, c.bytes, extra,
-                               r.owner, r.comment))
+        none = RuleCounters("", 0, 0)
+        for i, (name, action, match, extra, owner, comment) in enumerate(rows):
+            if name in want:
+                c = counts.get(name, none)
+                out.append(RuleRow(d, h.value, i, name, action, match, c.packets, c.bytes, extra, owner, comment))
         if "(default)" in want:
-            c = counts.get("(default)", RuleCounters("(default)", 0, 0))
-            out.append(RuleRow(d, h.value, None, "(default)", hp.default, "no rule matched", c.packets, c.bytes))
+            c = counts.get("(default)", none)
+            out.append(RuleRow(d, h.value, None, "(default)", default, "no rule matched", c.packets, c.bytes))
     return out
 
 

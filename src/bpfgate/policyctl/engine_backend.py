@@ -145,6 +145,30 @@ class EngineBackend:
         except NotFound:
             return None
 
+    def hooks(self, netns: str | None) -> list[tuple[str, Hook]]:
+        """(dev, hook) of every running engine, without reading their policies."""
+        from bpfgate.engine import Engine
+
+        return Engine.attached(netns)
+
+    def listing(self, dev: str, hook: Hook, netns: str | None) -> tuple[str, list[tuple], dict] | None:
+        """(default, the rules as `rules` lists them: ruledata.rule_row, their counters) of one hook; None when
+        it runs none. From the listing saved beside the state when it is current (the state not loaded)."""
+        from bpfgate.engine import Engine
+        from bpfgate.errors import NotFound
+
+        if self._held is None and not (self._cache and (dev, hook, netns) in self._cache):
+            found = Engine.saved_listing(dev, hook, netns)
+            if found is not None:
+                default, rows, counts = found
+                return default, rows, {n: RuleCounters(n, c.packets, c.bytes) for n, c in counts.items()}
+        try:
+            with self._open(dev, hook, netns) as eng:
+                default, rows = eng.listing()
+                return default, rows, {n: RuleCounters(n, c.packets, c.bytes) for n, c in eng.counters().items()}
+        except NotFound:
+            return None
+
     def outline(self, dev: str, hook: Hook, netns: str | None) -> tuple[str, list[str]] | None:
         """(default, rule names in order) of one hook, None when no policy runs there."""
         from bpfgate.errors import NotFound
