@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import random
 
-from bpfgate.policy.model import HookPolicy, Rule
+from bpfgate.policy.model import HookPolicy, Rule, SetRef
 from bpfgate.policy.packet import Packet
 
 PORTS = [0, 1, 22, 53, 79, 80, 81, 443, 1023, 1024, 8080, 32768, 65534, 65535]
@@ -88,8 +88,8 @@ def _addr_near(rng: random.Random, nets: list, v6: bool):
 
 
 def random_packet(rng: random.Random, hp: HookPolicy) -> Packet:
-    nets = [n for r in hp.rules for n in (r.src or ()) + (r.dst or ())]
-    ports = [p for r in hp.rules for rs in (r.src_port or (), r.dst_port or ()) for lo, hi in rs
+    nets = [n for r in hp.rules for f in (r.src, r.dst) if isinstance(f, tuple) for n in f] + set_nets(hp)
+    ports = [p for r in hp.rules for rs in (r.src_port, r.dst_port) if isinstance(rs, tuple) for lo, hi in rs
              for p in (lo, hi, max(lo - 1, 0), min(hi + 1, 65535))] or PORTS
     v6 = rng.random() < 0.4
     family = rng.choice([6 if v6 else 4] * 9 + [None])
@@ -108,3 +108,46 @@ def random_packet(rng: random.Random, hp: HookPolicy) -> Packet:
         ct=rng.choice([None, 1, 2, 3, 4]),
         fragment=rng.choice(["none"] * 6 + ["first", "later"]),
     )
+
+
+def random_sets(rng: random.Random) -> dict:
+    """Two address sets (both families, nested and overlapping elements of many lengths) and a port set."""
+    from bpfgate.policy.model import SetDef
+    from bpfgate.policy.prefixes import ELEMENT_OK
+
+    def addr_set():
+        out = set()
+        for _ in range(rng.choice([0, 1, 3, 6, 12])):
+            n = _net(rng, rng.random() < 0.4)
+            if ELEMENT_OK[(n.max_prefixlen, n.prefixlen)]:
+                out.add(str(n))
+        return SetDef(type="addr", elements=sorted(out))
+
+    return {"a": addr_set(), "b": addr_set(),
+            "p": SetDef(type="port", elements=_ports(rng) if rng.random() < 0.9 else [])}
+
+
+def random_set_policy(rng: random.Random, n_rules: int) -> HookPolicy:
+    """random_policy() whose rules name the sets now and then (`@a`, `!@b`, `@p`)."""
+    hp = random_policy(rng, n_rules)
+    rules = []
+    for r in hp.rules:
+        update: dict = {}
+        negated = set(r.negated)
+        for f in ("src", "dst"):
+            if rng.random() < 0.35:
+                update[f] = SetRef(rng.choice("ab"))
+                negated.discard(f)
+                if rng.random() < 0.3:
+                    negated.add(f)
+        if r.dst_port is not None and rng.random() < 0.4:
+            update["dst_port"] = SetRef("p")
+        if update:
+            update["negated"] = tuple(sorted(negated))
+            r = r.model_copy(update=update)
+        rules.append(r)
+    return HookPolicy(default=hp.default, rules=tuple(rules), sets=random_sets(rng))
+
+
+def set_nets(hp: HookPolicy) -> list:
+    return [e for sd in hp.sets.values() if sd.type == "addr" for e in sd.elements]

@@ -252,7 +252,7 @@ def test_a_missing_snapshot_or_a_bad_journal_line_is_refused(store):
 LAYOUT = {
     "bpfgate.policy.compile.CompiledHook": ("hook", "gen", "default_rule", "shapes", "cls", "rules", "names",
                                             "prios", "rule_keys", "source", "classes", "contested", "order",
-                                            "by_name", "low_free", "_conf"),
+                                            "by_name", "low_free", "sets", "_conf"),
     "bpfgate.policy.compile.Limits": ("max_shapes", "max_entries", "max_rule_entries", "cheap_merge", "classes"),
     "bpfgate.policy.compile.ShapeSpec": ("id", "mask"),
     "bpfgate.policy.layout.ClsValue": ("prio", "rule_id"),
@@ -272,9 +272,10 @@ LAYOUT = {
     "bpfgate.policy.model.Rule": ("name", "src", "dst", "protocol", "src_port", "dst_port", "tcp_flags",
                                   "icmp_type", "icmp_code", "vlan", "ct", "action", "redirect", "reject", "mark",
                                   "rate_limit", "log", "count", "comment", "negated", "owner"),
-    "bpfgate.policy.prefixes.Classes": ("trees", "gen", "packed"),
+    "bpfgate.policy.prefixes.Classes": ("trees", "gen", "set_bits", "packed"),
     "bpfgate.policy.prefixes.Packed": ("top_keys", "top_vals", "pfx_keys", "pfx_vals"),
-    "bpfgate.policy.prefixes.Tree": ("tree", "width", "prefixes", "top", "pfx", "nested"),
+    "bpfgate.policy.prefixes.Tree": ("tree", "width", "prefixes", "top", "pfx", "nested", "ladder", "elems", "members",
+                                     "kid", "nshort"),
     "bpfgate.policy.sources.RuleSources": ("_blob", "_edits", "_rules"),
 }
 
@@ -310,7 +311,7 @@ def test_snapshot_layout_matches_its_version():
     live.ifindex = None
     got = pickled_layout({"live": live, "pending": []})
     got |= pickled_layout(dict(live.c.source))   # the rules: one blob inside the snapshot (RuleSources)
-    assert (S.SNAPSHOT_VERSION, got) == (9, LAYOUT), (
+    assert (S.SNAPSHOT_VERSION, got) == (10, LAYOUT), (
         "what the engine snapshot pickles changed layout: bump SNAPSHOT_VERSION in bpfgate/engine/state.py "
         "(older snapshots then ask to reattach instead of loading wrongly) and update LAYOUT and the version here")
 

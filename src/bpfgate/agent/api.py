@@ -30,7 +30,17 @@ def _rule_del(agent: Agent, a: dict) -> Any:
     return None
 
 
-OPS: dict[str, Callable[[Agent, dict], Any]] = {"add_rule": _rule_add, "delete_rule": _rule_del}
+def _set_edit(add: bool) -> Callable[[Agent, dict], Any]:
+    def run(agent: Agent, a: dict) -> Any:
+        from bpfgate import policyctl
+
+        edit = policyctl.set_add if add else policyctl.set_delete
+        return edit(a["name"], a["elements"], netns=agent.netns, backend=agent.engines)
+    return run
+
+
+OPS: dict[str, Callable[[Agent, dict], Any]] = {"add_rule": _rule_add, "delete_rule": _rule_del,
+                                                "set_add": _set_edit(True), "set_delete": _set_edit(False)}
 
 
 class Api:

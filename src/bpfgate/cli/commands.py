@@ -16,7 +16,7 @@ MODULES = families.cli_modules()
 # the top-level commands each module registers
 COMMANDS = {
     "status_cmd": ("detach", "status"), "doctor_cmd": ("doctor",), "metrics_cmd": ("metrics",),
-    "agent_cmd": ("agent",), "policy_cmd": ("apply", "confirm", "policy", "rule", "rules"), "demo_cmd": ("demo",),
+    "agent_cmd": ("agent",), "policy_cmd": ("apply", "confirm", "policy", "rule", "rules", "set"), "demo_cmd": ("demo",),
     "flows_cmd": ("flows",), "top_cmd": ("top",), "capture_cmd": ("capture",), "syn_cmd": ("syn",),
     "events_cmd": ("events",), "steer_cmd": ("steer",), "nat_cmd": ("nat",), "lb_cmd": ("lb",),
     "tune_cmd": ("tune",), "accel_cmd": ("accel",), "proxy_cmd": ("proxy",), "trace_cmd": ("trace",),

@@ -253,6 +253,67 @@ def register(app: click.Group) -> None:
         else:
             term.ok(f"rule {name} deleted from {dev} {hook}")
 
+    @app.group("set")
+    def set_group():
+        """Named sets of the running policy (`sets:` in a policy file): list them, add or delete elements live."""
+
+    @set_group.command("list")
+    @click.argument("name", required=False)
+    @NETNS
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts (every element).")
+    def set_list(name, netns, as_json):
+        """The named sets (or set NAME): type, elements, and the interfaces/hooks running them."""
+        from bpfgate import policyctl
+
+        rows = policyctl.sets(name, netns=netns)
+        if as_json:
+            term.print_json([r.to_dict() for r in rows])
+            return
+        if name is not None:   # one set: every element, one a line (as `nft list set`)
+            row = rows[0]
+            term.info(f"set {escape(row.name)}: type {row.type}, {len(row.elements)} elements, on "
+                      f"{escape(', '.join(row.targets))}")
+            for e in row.elements:
+                click.echo(e)
+            return
+        if not rows:
+            term.info("no named sets in the running policies")
+            return
+        term.table("named sets", ["set", "type", "elements", "first elements", "on"],
+                   [(r.name, r.type, len(r.elements), ", ".join(map(str, r.elements[:3]))
+                     + (" ..." if len(r.elements) > 3 else ""), ", ".join(r.targets)) for r in rows])
+
+    def _set_edit(name, elements, netns, as_json, add):
+        from bpfgate import policyctl
+
+        edit = policyctl.set_add if add else policyctl.set_delete
+        where = edit(name, list(elements), netns=netns)
+        if as_json:
+            term.print_json({"set": name, "added" if add else "deleted": list(elements), "on": where})
+        else:
+            verb = "added to" if add else "deleted from"
+            term.ok(f"{len(elements)} element{'s' if len(elements) != 1 else ''} {verb} set {name} on "
+                    f"{', '.join(where)}")
+
+    @set_group.command("add")
+    @click.argument("name")
+    @click.argument("elements", nargs=-1, required=True)
+    @NETNS
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    def set_add(name, elements, netns, as_json):
+        """Add ELEMENTS (addresses/CIDRs, or ports/ranges a-b) to set NAME live, in every running hook that
+        has it. A bad or already present element: nothing changes."""
+        _set_edit(name, elements, netns, as_json, add=True)
+
+    @set_group.command("del")
+    @click.argument("name")
+    @click.argument("elements", nargs=-1, required=True)
+    @NETNS
+    @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts.")
+    def set_del(name, elements, netns, as_json):
+        """Delete ELEMENTS from set NAME live. An element not in the set: nothing changes."""
+        _set_edit(name, elements, netns, as_json, add=False)
+
     @app.command("rules")
     @click.option("--rule", "names", multiple=True, metavar="NAME",
                   help="Only this rule (repeat for more; `(default)` is the default).")

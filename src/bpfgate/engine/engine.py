@@ -426,7 +426,8 @@ class Engine:
         with self._editing():
             rules = [self.live.c.source[rid] for _p, rid in self.live.order]
             rules.insert(len(rules) if position is None else max(0, min(position, len(rules))), rule)
-            self._swap(HookPolicy(default=self._default(), rules=tuple(rules)))
+            self._swap(HookPolicy(default=self._default(), rules=tuple(rules),
+                                  sets={n: st.definition() for n, st in self.live.c.sets.items()}))
             return Diff()
 
     def delete_rule(self, name: str) -> Diff:
@@ -435,6 +436,18 @@ class Engine:
             self.apply_diff(diff)
             self._journal("delete", name=name)
             return diff
+
+    def edit_set(self, name: str, elements: Iterable[str], add: bool) -> list[Diff]:
+        """Add (add=True) or delete elements of a named set live: no reload, each element one atomic step
+        (its stage 0 entries; a port element: the entries of the rules naming the set). Refusals (no such
+        set, an element of the wrong type, already there / not there) change nothing."""
+        elements = list(elements)
+        with self._editing():
+            diffs = self._live().set_edit(name, elements, add)
+            for diff in diffs:
+                self.apply_diff(diff)
+            self._journal("set_add" if add else "set_del", name=name, elements=[str(e) for e in elements])
+            return diffs
 
     def _default(self) -> str:
         c = self._live().c
@@ -524,8 +537,11 @@ class Engine:
     def apply_diff(self, diff: Diff) -> None:
         """Write one LiveHook Diff in the documented order; each step leaves a consistent classifier."""
         self._check_slots(diff.rules_update)
-        self._check_room(len(self._live().c.cls))   # the edited classifier: before any write
+        c = self._live().c   # the edited classifier: before any write
+        self._check_room(len(c.cls), c.classes.pfx_count() if diff.stage else 0)
         self._begin_write("edit")
+        if diff.stage is not None:
+            self._write_stage(diff.stage)
         self._write_rules(diff.rules_update, fresh=True)
         if diff.conf_before is not None:
             self._publish(diff.conf_before)
@@ -553,7 +569,13 @@ class Engine:
         live = self._live()
         c = live.c
         default = "allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny"
-        return HookPolicy(default=default, rules=tuple(c.source[rid] for _p, rid in live.order))
+        return HookPolicy(default=default, rules=tuple(c.source[rid] for _p, rid in live.order),
+                          sets={name: st.definition() for name, st in c.sets.items()})
+
+    def sets(self) -> dict:
+        """The running policy's named sets (name -> SetDef), as edited live; no rule is read."""
+        self._sync()
+        return {name: st.definition() for name, st in self._live().c.sets.items()}
 
     def outline(self) -> tuple[str, Sequence[str]]:
         """The running default and rule names in order (a view: valid until the next edit), without the rules
@@ -745,6 +767,18 @@ class Engine:
                     pool.submit(self._write_cls, compiled.cls)]
         for f in done:
             f.result()   # the first error, if any
+
+    def _write_stage(self, st) -> None:
+        """A set edit's stage 0 writes: new and changed bg_pfx entries, then the level-0 entries that send
+        packets to them, then the entries no bucket sends packets to any more."""
+        if st.pfx_update:
+            vals = array.array("I", st.pfx_update.values())
+            self.maps["bg_pfx"].update_batch_raw(b"".join(st.pfx_update), vals.tobytes(), len(st.pfx_update))
+        if st.top:
+            keys = array.array("I", st.top)
+            self.maps["bg_pfx_top"].update_batch_raw(keys.tobytes(), b"".join(st.top.values()), len(st.top))
+        if st.pfx_delete:
+            self.maps["bg_pfx"].delete_batch(list(st.pfx_delete))
 
     def _write_classes(self, compiled: CompiledHook) -> None:
         """Stage 0 tables of compiled.gen's slot (unused by the live generation until the conf flips)."""

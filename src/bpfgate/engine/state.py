@@ -43,8 +43,9 @@ STATE_ROOT = state_root("engine")   # the attachment record of an engine names i
 # 1 = snapshots without a header (before versioning); 2 = CompiledHook.classes (stage 0); 3 = the edit
 # index taken over from the compiler (CompiledHook.contested/order/by_name/low_free/_conf); 4 = Rule.owner;
 # 5 = Rule.comment; 6 = Rule.negated; 7 = CompiledHook.source a RuleSources (one blob, read when first used);
-# 8 = Redirect.on_gone; 9 = action reject (Rule.reject, RuleAction.reject_with/reject_rate).
-SNAPSHOT_VERSION = 9
+# 8 = Redirect.on_gone; 9 = action reject (Rule.reject, RuleAction.reject_with/reject_rate); 10 = named sets
+# (CompiledHook.sets, Classes.set_bits, Tree's ladder state, SetRef in rules).
+SNAPSHOT_VERSION = 10
 # Rules pickle as their non-default values (policy/model.py); snapshots holding pydantic's own pickles of
 # them still load, so that needed no bump (a bpfgate before it reads the new ones as unreadable, with the hint).
 SNAPSHOT_MAGIC = b"bpfgate-engine-snapshot "
@@ -300,6 +301,11 @@ class StateStore:
                 diff = live.delete(rec["name"])
             elif op == "replace":
                 diff = live.replace(rec["name"], rec["rule"])
+            elif op in ("set_add", "set_del"):
+                for d in live.set_edit(rec["name"], rec["elements"], op == "set_add"):
+                    if d.rules_free:
+                        self._pending.append((0.0, list(d.rules_free)))
+                continue
             elif op == "release":
                 live.release(rec["slots"])
                 self._pending = [(t, s) for t, s in self._pending if s != rec["slots"]]

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from . import layout as L
-from .model import CT_STATES, Rule
+from .model import CT_STATES, Rule, SetRef
 from .prefixes import PAIR_CAP
 
 ADDR_BITS = 128  # src/dst fields are 16 bytes; IPv4 sits in the top 32 bits, the rest is zero
@@ -95,7 +95,7 @@ def atom_count(rule: Rule) -> int:
     n = 1
     for f in ("src", "dst", "protocol", "vlan", "ct"):
         v = rule.matching(f)
-        n *= 1 if v is None else len(v)
+        n *= 1 if v is None or isinstance(v, SetRef) else len(v)
     for f in ("src_port", "dst_port"):
         ranges = rule.matching(f)
         n *= 1 if ranges is None else sum(len(port_blocks(lo, hi)) for lo, hi in ranges)
@@ -117,18 +117,36 @@ def _classes(classes, field_name: str, net) -> range | tuple:
     return NO_CLASS if found is None else found
 
 
+def _set_bits(rule: Rule, classes, field_name: str, ref) -> tuple[int, int]:
+    """(mask, value) over the field's class id for a set reference: the set's bit, set (or clear: negated)."""
+    bit = classes.set_bit(field_name, ref.name) if classes is not None else None
+    if bit is None:
+        raise ValueError(f"{field_name}: set {ref.name!r} has no class bit in this compile")
+    return bit, 0 if field_name in rule.negated else bit
+
+
 def rule_atoms(rule: Rule, classes=None):
     """Yield the rule's atoms. Address pairs of different families are skipped (they match nothing).
     With `classes` (prefixes.Classes), an address prefix that is a class prefix becomes one atom per class
-    nested in it (an exact class id: no prefix length in the mask), others stay raw prefixes."""
+    nested in it (an exact class id: no prefix length in the mask), others stay raw prefixes. A field naming
+    an address set is one atom: the set's bit of the field's class id (any family: the set holds both)."""
     have = _have(rule)
     tmask, tval = rule.tcp_flags or (0, 0)
     src, dst, sport, dport, protos = (rule.matching(f) for f in ("src", "dst", "src_port", "dst_port", "protocol"))
+    smask = sval = dmask = dval = 0   # set bits over src_cls / dst_cls
+    if isinstance(src, SetRef):
+        smask, sval = _set_bits(rule, classes, "src", src)
+        src = None
+    if isinstance(dst, SetRef):
+        dmask, dval = _set_bits(rule, classes, "dst", dst)
+        dst = None
     srcs = list(src) if src is not None else [None]   # a negated field may match nothing: no atoms then
     dsts = list(dst) if dst is not None else [None]
     sports = [b for lo, hi in sport for b in port_blocks(lo, hi)] if sport is not None else [(0, 0)]
     dports = [b for lo, hi in dport for b in port_blocks(lo, hi)] if dport is not None else [(0, 0)]
     it, ic = rule.icmp_type, rule.icmp_code
+    skmask = classes.kmask("src") if classes is not None else CLS_ALL
+    dkmask = classes.kmask("dst") if classes is not None else CLS_ALL
     for sn, dn in itertools.product(srcs, dsts):
         if sn is not None and dn is not None and sn.version != dn.version:
             continue
@@ -151,9 +169,9 @@ def rule_atoms(rule: Rule, classes=None):
                              0 if ct is None else CT_MASK, 0 if vlan is None else VLAN_MASK,
                              prefix_mask(spl, 16), prefix_mask(dpl, 16),
                              0 if s_cls else prefix_mask(s[1], ADDR_BITS), 0 if d_cls else prefix_mask(d[1], ADDR_BITS),
-                             CLS_ALL if s_cls else 0, CLS_ALL if d_cls else 0)
+                             skmask if s_cls else smask, dkmask if d_cls else dmask)
                 base = _pack(have, family, proto or 0, tval, it or 0, ic or 0, ct or 0, vlan or 0, sp, dp,
-                             0 if s_cls else s[0], 0 if d_cls else d[0])
+                             0 if s_cls else s[0], 0 if d_cls else d[0], sval, dval)
                 for sc, dc in itertools.product(scls, dcls):   # one atom per class pair (one, unless classes)
                     yield Atom(mask, base | (_cls_bits(sc) << 32 if sc else 0) | (_cls_bits(dc) if dc else 0), zero)
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from . import layout as L
 from .compile import DEFAULT_NAME, CompiledHook
-from .model import HookPolicy, Rule
+from .model import HookPolicy, Rule, SetRef
 from .packet import Packet
 from .prefixes import Classes
+from .sets import in_set
 
 NO_MATCH = 0xFFFFFFFF
 
@@ -62,11 +63,17 @@ def _holds(rule: Rule, field: str, hit: bool) -> bool:
     return not hit if field in rule.negated else hit
 
 
-def rule_matches(rule: Rule, p: Packet) -> bool:
+def rule_matches(rule: Rule, p: Packet, sets: dict | None = None) -> bool:
     """The rule's meaning, written directly (p must be Packet.effective()); a negated field still needs the
-    packet to have that field (and an address of a family written)."""
+    packet to have that field (and an address of a family written; a set: of either family)."""
+    for f, value in (("src", p.src), ("dst", p.dst), ("src_port", p.sport), ("dst_port", p.dport)):
+        ref = getattr(rule, f)
+        if isinstance(ref, SetRef) and (value is None or not _holds(rule, f, in_set(sets or {}, ref, value))):
+            return False
     for f, addr in (("src", p.src), ("dst", p.dst)):
         nets = getattr(rule, f)
+        if isinstance(nets, SetRef):
+            continue
         if nets is not None and (addr is None or not _holds(rule, f, any(addr in n for n in nets))
                                  or (f in rule.negated and addr.version not in {n.version for n in nets})):
             return False
@@ -74,7 +81,7 @@ def rule_matches(rule: Rule, p: Packet) -> bool:
         return False
     for f, port in (("src_port", p.sport), ("dst_port", p.dport)):
         ranges = getattr(rule, f)
-        if ranges is not None and (port is None or not _holds(rule, f, any(lo <= port <= hi for lo, hi in ranges))):
+        if ranges is not None and not isinstance(ranges, SetRef) and (port is None or not _holds(rule, f, any(lo <= port <= hi for lo, hi in ranges))):
             return False
     if rule.tcp_flags is not None:
         mask, value = rule.tcp_flags
@@ -94,6 +101,6 @@ def naive(hp: HookPolicy, pkt: Packet) -> Verdict:
     """First matching rule in order, else the hook default."""
     p = pkt.effective()
     for rule in hp.rules:
-        if rule_matches(rule, p):
+        if rule_matches(rule, p, hp.sets):
             return Verdict(None, rule.name, L.ACTIONS[rule.action])
     return Verdict(None, DEFAULT_NAME, L.ACTIONS[hp.default])

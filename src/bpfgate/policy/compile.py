@@ -16,6 +16,7 @@ from .atoms import Atom, atom_count, rule_atoms
 from .model import Hook, HookPolicy, Policy, Reject, Rule
 from .parse import _fmt, rule_problem
 from .prefixes import Classes
+from .sets import SetState, addr_elements, hook_sets, ref_problem, set_problem, uses_sets, with_ports
 from .shapes import TooManyShapes, expand, free_bits, plan_shapes
 from .sources import RuleSources
 
@@ -63,6 +64,7 @@ class CompiledHook:
     order: list[tuple[int, int]] = field(default_factory=list)            # (prio, rule_id) of the rules, sorted
     by_name: dict[str, int] = field(default_factory=dict)                 # rule name -> rule_id (rules only)
     low_free: int = 0                                                      # every slot below it is taken
+    sets: dict[str, SetState] = field(default_factory=dict)               # the named sets, as edited live
     _conf: L.Conf | None = field(default=None, repr=False, compare=False)  # conf() as compiled, until edited
 
     def conf(self) -> L.Conf:
@@ -156,12 +158,19 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     atoms: list[tuple[int, list[Atom]]] = []
     interned: dict[L.RuleAction, L.RuleAction] = {}
     hist: Counter = Counter()
-    out.classes = Classes.of(hp.rules, gen) if limits.classes else Classes(gen=gen)
+    for name, sd in hp.sets.items():
+        problem = set_problem(sd)
+        if problem:
+            raise PolicyError(where(("sets", name, "elements", problem[0])), problem[1])
+    out.sets = hook_sets(hp)
+    out.classes = _classes(hp, gen, limits, where)
     for i, rule in enumerate(hp.rules):
         loc = ("hooks", hook.value, "rules", i)
-        problem = rule_problem(rule, hook)
+        problem = rule_problem(rule, hook) or (ref_problem(rule, hp.sets) if uses_sets(rule) else None)
         if problem:
             raise PolicyError(where(loc + ((problem[0],) if problem[0] else ())), problem[1])
+        source = rule
+        rule = with_ports(rule, hp.sets)   # port sets: their ranges (address sets are class bits)
         if atom_count(rule) > limits.max_rule_entries:
             raise PolicyError(where(loc), f"rule {rule.name!r} expands to {atom_count(rule)} entries "
                               f"(limit {limits.max_rule_entries}): split it or use wider prefixes/ranges")
@@ -169,7 +178,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         action = interned.setdefault(action, action)   # one object per distinct record: packed once at load
         rid = slots.get(rule.name, action)
         out.rules[rid] = action
-        out.names[rid], out.prios[rid], out.source[rid] = rule.name, (i + 1) * PRIO_STEP, rule
+        out.names[rid], out.prios[rid], out.source[rid] = rule.name, (i + 1) * PRIO_STEP, source
         out.by_name[rule.name] = rid
         ra = list(rule_atoms(rule, out.classes))
         atoms.append((rid, ra))
@@ -202,6 +211,18 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     out.classes.packed   # the stage 0 entries, packed now: loading is then only the kernel's work
     out._conf = out.conf()
     return out
+
+
+def _classes(hp: HookPolicy, gen: int, limits: Limits, where) -> Classes:
+    names = {r.name for r in hp.rules if uses_sets(r)}
+    if not limits.classes:
+        if names:
+            raise PolicyError(where(("hooks",)), "named sets need stage 0 prefix classes (Limits.classes)")
+        return Classes(gen=gen)
+    try:
+        return Classes.of(hp.rules, gen, addr_elements(hp.sets))
+    except ValueError as e:
+        raise PolicyError(where(("sets",)), str(e)) from None
 
 
 def compile_policy(policy: Policy, *, previous: dict[Hook, CompiledHook] | None = None,

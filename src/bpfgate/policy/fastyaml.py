@@ -79,8 +79,8 @@ def _value(text: str):
         return [] if not inner else [_scalar(x, flow=True) for x in inner.split(",")]
     if text[:1] == "{":
         inner = text[1:-1].strip(" ") if text.endswith("}") else None
-        if inner is None or "[" in inner or "{" in inner or "'" in inner or '"' in inner:
-            raise _Declined
+        if inner is None or "[" in inner or "{" in inner:
+            raise _Declined   # a quoted value holding a comma splits into halves that _quoted() declines
         out = {}
         for pair in inner.split(",") if inner else ():
             m = _KEY.match(pair.strip(" "))

@@ -16,8 +16,10 @@ from ..errors import PolicyError
 from . import layout as L
 from .atoms import atom_count, rule_atoms
 from .compile import CompiledHook, Limits, ShapeSpec, _ifindex, atom_keys, compile_hook, rule_action
-from .model import HookPolicy, Rule
+from .model import HookPolicy, Rule, SetRef, element_text, parse_element
 from .parse import rule_problem
+from .prefixes import StageEdit
+from .sets import element_reason, ref_problem, uses_sets, with_ports
 from .shapes import expansion
 
 
@@ -29,10 +31,12 @@ class Diff:
     cls_delete: list[bytes] = field(default_factory=list)
     conf_after: L.Conf | None = None
     rules_free: list[int] = field(default_factory=list)
+    stage: StageEdit | None = None   # a set element's stage 0 writes (before everything else: see StageEdit)
 
     def writes(self) -> int:
         return (len(self.rules_update) + len(self.cls_update) + len(self.cls_delete)
-                + (self.conf_before is not None) + (self.conf_after is not None))
+                + (self.conf_before is not None) + (self.conf_after is not None)
+                + (self.stage.writes() if self.stage else 0))
 
 
 class RuleNames(Sequence):
@@ -137,6 +141,62 @@ class LiveHook:
         self._insert(rule, keys, prio, diff, before, slot=old if keep else None)
         return self._finish(diff, before)
 
+    def set_edit(self, name: str, elements, add: bool) -> list[Diff]:
+        """Add (or delete) elements of a named set: one Diff per element, each complete on its own. An address
+        element is stage 0 writes only (its entries and its bucket's level-0 entry: the rules naming the set
+        keep their one class-bit entry); a port element rewrites the entries of the rules naming the set.
+        Every element is checked first: a refusal changes nothing."""
+        st = self.c.sets.get(name)
+        what = "add to" if add else "delete from"
+        if st is None:
+            known = ", ".join(sorted(self.c.sets)) or "none"
+            raise PolicyError(f"set {name}", f"no such set (sets of the running policy: {known})")
+        parsed = []
+        for text in elements:
+            try:
+                e = parse_element(text)
+            except ValueError as err:
+                raise PolicyError(f"{what} set {name}", str(err)) from None
+            reason = element_reason(e, st.type)
+            if reason:
+                raise PolicyError(f"{what} set {name}", reason)
+            if (e in st.elements) == add or e in parsed:
+                state = "already in the set" if add else "not in the set"
+                raise PolicyError(f"{what} set {name}", f"{element_text(e)!r} is {state}"
+                                  + (" (named twice)" if e in parsed else ""))
+            parsed.append(e)
+        if st.type == "port":
+            return self._port_set_edit(name, st, parsed, add)
+        diffs = []
+        for e in parsed:
+            if add:
+                st.elements[e] = None
+            else:
+                del st.elements[e]
+            diffs.append(Diff(stage=self.c.classes.edit_element(name, e, add)))
+        return diffs
+
+    def _port_set_edit(self, name: str, st, parsed: list, add: bool) -> list[Diff]:
+        users = [self.c.source[rid] for _p, rid in self.order
+                 if any(isinstance(getattr(self.c.source[rid], f), SetRef)
+                        and getattr(self.c.source[rid], f).name == name for f in ("src_port", "dst_port"))]
+        before = dict(st.elements)
+        for e in parsed:
+            if add:
+                st.elements[e] = None
+            else:
+                del st.elements[e]
+        diffs = []
+        try:
+            for rule in users:
+                diffs.append(self.replace(rule.name, rule))   # its keys from the set's new ranges
+        except PolicyError:
+            st.elements = before
+            for rule in users[:len(diffs)]:
+                self.replace(rule.name, rule)   # back to the old ranges (the refused edit wrote nothing)
+            raise
+        return diffs
+
     # ---- mechanics -----------------------------------------------------------------------------
     def _exists(self, name: str) -> bool:
         return name in self.by_name
@@ -144,9 +204,15 @@ class LiveHook:
     def _prepare(self, rule: Rule) -> list[bytes]:
         """Validate and place the rule's atoms; returns its keys. Changes nothing but may add shape specs
         (ids reserved in self.fresh until the edit finishes)."""
-        problem = rule_problem(rule, self.c.hook)
+        problem = rule_problem(rule, self.c.hook) or (ref_problem(rule, self.c.sets) if uses_sets(rule) else None)
         if problem:
             raise PolicyError(f"rule {rule.name}" + (f".{problem[0]}" if problem[0] else ""), problem[1])
+        for f in ("src", "dst"):
+            ref = getattr(rule, f)
+            if isinstance(ref, SetRef) and self.c.classes.set_bit(f, ref.name) is None:
+                raise PolicyError(f"rule {rule.name}.{f}", f"no rule of the running policy names set {ref.name!r} "
+                                  f"in {f}: apply the whole policy to name it there")
+        rule = with_ports(rule, self.c.sets)
         if atom_count(rule) > self.limits.max_rule_entries:
             raise PolicyError(f"rule {rule.name}", f"expands to {atom_count(rule)} entries (limit "
                               f"{self.limits.max_rule_entries})")

@@ -7,11 +7,12 @@ import copyreg
 import ipaddress
 import re
 import socket
+from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidation, field_validator, model_validator
 
 from bpfgate import contract
 from bpfgate.steer.policy import SteerPolicy
@@ -225,6 +226,63 @@ def complement_protocols(protos: tuple) -> tuple:
     return tuple(p for p in range(256) if p not in protos)
 
 
+SET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
+ADDR_SET_FIELDS = ("src", "dst")     # fields that may name an address set ("@name")
+PORT_SET_FIELDS = ("src_port", "dst_port")
+SET_FIELDS = ADDR_SET_FIELDS + PORT_SET_FIELDS
+SET_TYPES = {"src": "addr", "dst": "addr", "src_port": "port", "dst_port": "port"}
+
+
+@dataclass(frozen=True, slots=True)
+class SetRef:
+    """A rule field that names a set (`src: "@blocklist"`): the set's elements are the field's values, read
+    where the rule is compiled or matched (the rule itself does not change when the set does)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"@{self.name}"
+
+
+_PORT_TEXT = re.compile(r"\s*\d+\s*(-\s*\d+\s*)?")
+
+
+def parse_element(item):
+    """One set element: a port or port range (80, "8000-8099") -> (lo, hi); anything else a CIDR."""
+    if isinstance(item, int) and not isinstance(item, bool) or isinstance(item, str) and _PORT_TEXT.fullmatch(item):
+        return parse_ports(item)[0]
+    if not isinstance(item, str):
+        raise ValueError(f"element {item!r} is not an address, a CIDR or a port")
+    try:
+        return parse_network(item)
+    except ValueError as e:
+        raise ValueError(f"bad CIDR {item!r}: {e}") from None
+
+
+def element_text(e) -> Any:
+    """A parsed element as a policy file writes it."""
+    if isinstance(e, tuple):
+        return e[0] if e[0] == e[1] else f"{e[0]}-{e[1]}"
+    return str(e.network_address) if e.prefixlen == e.max_prefixlen else str(e)
+
+
+def element_type(e) -> str:
+    return "port" if isinstance(e, tuple) else "addr"
+
+
+class SetDef(Strict):
+    """A named set (`sets:` in a policy file): addresses/CIDRs of both families, or ports and port ranges."""
+
+    type: Literal["addr", "port"]
+    elements: tuple[Annotated[Any, BeforeValidator(parse_element)], ...] = ()
+    comment: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("elements", mode="before")
+    @classmethod
+    def _list(cls, v):
+        return () if v is None else tuple(_as_list(v))
+
+
 class Redirect(Strict):
     interface: str = Field(min_length=1, max_length=15)
     direction: Literal["egress", "ingress"] = "egress"
@@ -258,11 +316,12 @@ class Rule(Strict):
     name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.:-]+$")
     # match
     # made by _cidrs alone (pydantic would build every network a second time: slow at 100k rules)
-    src: SkipValidation[tuple[Network, ...] | None] = None
-    dst: SkipValidation[tuple[Network, ...] | None] = None
+    # a field naming a set holds a SetRef instead of its values
+    src: SkipValidation[tuple[Network, ...] | SetRef | None] = None
+    dst: SkipValidation[tuple[Network, ...] | SetRef | None] = None
     protocol: tuple[int, ...] | None = None
-    src_port: tuple[tuple[int, int], ...] | None = None
-    dst_port: tuple[tuple[int, int], ...] | None = None
+    src_port: SkipValidation[tuple[tuple[int, int], ...] | SetRef | None] = None
+    dst_port: SkipValidation[tuple[tuple[int, int], ...] | SetRef | None] = None
     tcp_flags: tuple[int, int] | None = None  # (mask, value)
     icmp_type: int | None = Field(default=None, ge=0, le=255)
     icmp_code: int | None = Field(default=None, ge=0, le=255)
@@ -288,7 +347,7 @@ class Rule(Strict):
     @field_validator("src", "dst", mode="before")
     @classmethod
     def _cidrs(cls, v):
-        if v is None:
+        if v is None or isinstance(v, SetRef):
             return v
         out = []
         for item in _as_list(v):
@@ -308,7 +367,7 @@ class Rule(Strict):
     @field_validator("src_port", "dst_port", mode="before")
     @classmethod
     def _ports(cls, v):
-        return v if v is None else parse_ports(v)
+        return v if v is None or isinstance(v, SetRef) else parse_ports(v)
 
     @field_validator("tcp_flags", mode="before")
     @classmethod
@@ -364,6 +423,9 @@ class Rule(Strict):
                     negated.append(f)
         if negated:
             out["negated"] = tuple(negated)
+        for f in SET_FIELDS:
+            if out.get(f) is not None:
+                out[f] = _set_ref(f, out[f])
         return out
 
     @model_validator(mode="before")
@@ -387,13 +449,27 @@ class Rule(Strict):
         """The values a packet's field must have to match (None: any): the field as written, or for a
         negated field its complement (addresses: within the families written; ports: within 0-65535)."""
         v = getattr(self, field)
-        if v is None or field not in self.negated:
-            return v
+        if v is None or field not in self.negated or isinstance(v, SetRef):
+            return v   # a set's complement is the data plane's (a class bit clear), never expanded
         if field in ("src", "dst"):
             return complement_nets(v)
         if field == "protocol":
             return complement_protocols(v)
         return complement_ports(v)
+
+
+def _set_ref(field: str, v):
+    """"@name" (or ["@name"]) -> SetRef; a set reference stands alone in its field."""
+    items = v if isinstance(v, list) else [v]
+    refs = [x for x in items if isinstance(x, str) and x.strip().startswith("@")]
+    if not refs:
+        return v
+    if len(items) != 1:
+        raise ValueError(f"{field}: a set reference ('@name') stands alone, not in a list with other values")
+    name = refs[0].strip()[1:]
+    if not SET_NAME.fullmatch(name):
+        raise ValueError(f"{field}: {refs[0]!r} is not a set name (letters, digits, _ . -)")
+    return SetRef(name)
 
 
 MATCH_FIELDS = ("src", "dst", "protocol", "src_port", "dst_port", "tcp_flags", "icmp_type", "icmp_code",
@@ -424,6 +500,7 @@ copyreg.pickle(Rule, _reduce_rule)
 class HookPolicy(Strict):
     default: Literal["allow", "deny"] = "allow"
     rules: tuple[Rule, ...] = ()
+    sets: dict[str, SetDef] = Field(default_factory=dict)   # the document's sets (Policy.sets), for its rules
 
 
 class Policy(Strict):
@@ -435,6 +512,16 @@ class Policy(Strict):
     cgroups: tuple[Annotated[str, Field(min_length=1, max_length=4096)], ...] = ()
     hooks: dict[Hook, HookPolicy] = Field(default_factory=dict)
     steer: SteerPolicy | None = None   # egress steering of the namespace (bpfgate.steer.policy)
+    sets: dict[Annotated[str, Field(pattern=f"^{SET_NAME.pattern}$")], SetDef] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _share_sets(self):
+        # every hook's rules may name the document's sets: each HookPolicy carries them (one object)
+        if self.sets:
+            hooks = {h: hp if hp.sets == self.sets else hp.model_copy(update={"sets": self.sets})
+                     for h, hp in self.hooks.items()}
+            object.__setattr__(self, "hooks", hooks)
+        return self
 
     @field_validator("interfaces", mode="before")
     @classmethod

@@ -240,7 +240,13 @@ def load_file(path: str | Path) -> Policy:
 
 def check(policy: Policy, where=None) -> None:
     """Cross-field rules that the field types cannot say. Raises PolicyError at the offending field."""
+    from .sets import ref_problem, set_problem
+
     where = where or _Where("<policy>", {})
+    for name, sd in policy.sets.items():
+        problem = set_problem(sd)
+        if problem:
+            raise PolicyError(where(("sets", name, "elements", problem[0])), problem[1])
     for hook, hp in policy.hooks.items():
         seen: dict[str, int] = {}
         for i, rule in enumerate(hp.rules):
@@ -251,7 +257,7 @@ def check(policy: Policy, where=None) -> None:
             if rule.owner is not None:
                 raise PolicyError(where(base + ("owner",)), "owner is set by the program that adds a rule "
                                   "(e.g. `bpfgate syn --block`), not in a policy file")
-            problem = rule_problem(rule, hook)
+            problem = rule_problem(rule, hook) or ref_problem(rule, policy.sets)
             if problem:
                 field, reason = problem
                 raise PolicyError(where(base + ((field,) if field else ())), reason)
@@ -268,7 +274,8 @@ def rule_problem(rule: Rule, hook: Hook) -> tuple[str | None, str] | None:
     for f in ("icmp_type", "icmp_code"):
         if getattr(rule, f) is not None and (not protos or protos - ICMP_PROTOCOLS):
             return f, f"{f} needs protocol icmp or icmpv6"
-    if rule.src and rule.dst:   # the families written (a negated prefix stays within its family)
+    if isinstance(rule.src, tuple) and isinstance(rule.dst, tuple) and rule.src and rule.dst:
+        # the families written (a negated prefix stays within its family; a set may hold both)
         fam = {n.version for n in rule.src} & {n.version for n in rule.dst}
         if not fam:
             return "dst", "src and dst are of different address families: the rule can never match"

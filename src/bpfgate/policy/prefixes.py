@@ -33,6 +33,19 @@ CLASS_CAP = 1024        # a class prefix holds at most this many policy prefixes
 MIN_CLASS_LEN = 8       # shorter prefixes stay raw: as classes they would fill up to 65536 level-0 entries
 PAIR_CAP = 4096         # a rule atom with both addresses as classes yields at most this many keys
 MAX_EXPANSION = 4096    # entries one merge of a bucket's lengths may add to fit its PFX_LENS lengths
+# Trees of a field that names a set store every prefix longer than /16 at a fixed ladder of lengths (a prefix
+# between two rungs is expanded to the next one): a live set edit then never changes a bucket's lengths, and
+# the lengths never pass PFX_LENS. A set element may expand to at most ELEMENT_EXPANSION entries; a rule's
+# class prefix that would need more stays raw.
+LADDER = {32: (20, 24, 28, 32), 128: (32, 40, 48, 56, 64, 96, 128)}
+ELEMENT_EXPANSION = 4096
+RUNG = {w: [next((r for r in ladder if r >= n), 0) for n in range(w + 1)] for w, ladder in LADDER.items()}
+# (width, length) -> whether an element of that length fits the ladder
+ELEMENT_OK = {(w, n): n <= 16 or 1 << (RUNG[w][n] - n) <= ELEMENT_EXPANSION for w in LADDER for n in range(w + 1)}
+SET_BITS = 8            # at most this many sets per field (the top bits of the class id)
+# every address gets this bit in a tree of a field naming sets (its level 0 is filled), so no address there
+# has class 0, which the data plane reads as "no class" and skips the shapes keyed on it ("!@set" needs them)
+PRESENT = 1 << (31 - SET_BITS)
 TOP = L.PFX_TOP_BITS
 SUB_END = TOP + L.PFX_SUB_BITS
 SUB_MASK = (1 << L.PFX_SUB_BITS) - 1
@@ -55,10 +68,143 @@ class Tree:
     top: dict[int, tuple[int, int, tuple[int, ...]]] = field(default_factory=dict)  # top16 -> (cls, sub, lens)
     pfx: dict[tuple[int, int], int] = field(default_factory=dict)                   # (value, len) -> cls
     nested: dict[tuple[int, int], range] = field(default_factory=dict)              # K prefix -> its classes
+    # ladder trees only (a field naming sets): set elements -> their set bits, and every prefix longer than
+    # /16 (class prefixes and elements) by level-0 bucket, so an edit recomputes only its buckets
+    ladder: tuple[int, ...] = ()
+    elems: dict[tuple[int, int], int] = field(default_factory=dict)
+    members: dict[int, set] = field(default_factory=dict)
+    kid: dict[tuple[int, int], int] = field(default_factory=dict)   # class prefix -> its class id
+    nshort: int = 0   # prefixes of /16 and shorter (class prefixes and elements): level 0 spans several buckets
 
     def __post_init__(self):
         sizes = _subtree_sizes(self.prefixes, self.width)   # K sorted: a prefix's nested ones follow it
         self.nested = {p: range(i + 1, i + 1 + n) for i, (p, n) in enumerate(zip(self.prefixes, sizes))}
+        if self.ladder:
+            self.kid = {p: i for i, p in enumerate(self.prefixes, 1)}
+
+    # ---- ladder trees (a field naming sets) --------------------------------------------------------------
+    @property
+    def default_top(self):
+        """The level-0 entry of a bucket without one (ladder trees: every bucket has its PRESENT bit)."""
+        return (PRESENT, 0, ()) if self.ladder else (0, 0, ())
+
+    def rung(self, n: int) -> int:
+        return RUNG[self.width][n]
+
+    def _bucket_of(self, v: int) -> int:
+        return v >> (self.width - TOP)
+
+    def _add_member(self, p: tuple[int, int]) -> None:
+        if p[1] > TOP:
+            self.members.setdefault(self._bucket_of(p[0]), set()).add(p)
+        else:
+            self.nshort += 1
+
+    def _drop_member(self, p: tuple[int, int]) -> None:
+        if p[1] > TOP:
+            b = self._bucket_of(p[0])
+            self.members[b].discard(p)
+            if not self.members[b]:
+                del self.members[b]
+        else:
+            self.nshort -= 1
+
+    def buckets_of(self, v: int, n: int) -> range:
+        lo = self._bucket_of(v)
+        return range(lo, lo + (1 << max(TOP - n, 0)))
+
+    def bucket(self, b: int) -> tuple[tuple[int, int, tuple[int, ...]] | None, dict[tuple[int, int], int]]:
+        """Level-0 entry and bg_pfx entries of one bucket, from the class prefixes and elements: a prefix's
+        value is the class of the longest class prefix holding it (or itself) | the bits of the sets with an
+        element holding it (or itself). The data plane returns the longest one holding the address, whose
+        value is then that address's class and set bits."""
+        w, shift = self.width, self.width - TOP
+        cid = bits = 0
+        if self.nshort:
+            for n in range(TOP + 1):
+                p = (b >> (TOP - n) << (TOP - n) << shift, n)
+                cid = self.kid.get(p, cid)
+                bits |= self.elems.get(p, 0)
+        bits |= PRESENT
+        mem = self.members.get(b)
+        if not mem:
+            return ((cid | bits, 0, ()) if cid | bits != PRESENT else None), {}
+        if len(mem) == 1:   # most buckets of a large set: one element, nothing to nest
+            (v, n), = mem
+            vals = [(n, v, self.kid.get((v, n), cid) | bits | self.elems.get((v, n), 0))]
+        else:
+            vals = self._nested_values(mem, cid, bits)
+        out: dict[tuple[int, int], int] = {}
+        sub = 0
+        rung = RUNG[w]
+        for n, v, val in sorted(vals):   # shorter first: a longer prefix's entries overwrite at the same rung
+            r = rung[n]
+            if r == n:
+                out[(v, r)] = val
+            else:
+                step = 1 << (w - r)
+                for e in range(1 << (r - n)):
+                    out[(v + e * step, r)] = val
+            sub |= ((1 << (1 << max(SUB_END - n, 0))) - 1) << ((v >> (w - SUB_END)) & SUB_MASK)
+        return (cid | bits, sub, self.ladder_desc), out
+
+    @functools.cached_property
+    def ladder_desc(self) -> tuple[int, ...]:
+        return tuple(reversed(self.ladder))
+
+    def _nested_values(self, mem, cid: int, bits: int) -> list[tuple[int, int, int]]:
+        w = self.width
+        vals: list[tuple[int, int, int]] = []
+        stack: list[tuple[int, int, int, int]] = []   # the chain holding the current prefix: (v, n, cid, bits)
+        for v, n in sorted(mem):
+            while stack and v >> (w - stack[-1][1]) != stack[-1][0] >> (w - stack[-1][1]):
+                stack.pop()
+            pc, pb = (stack[-1][2], stack[-1][3]) if stack else (cid, bits)
+            c, bb = self.kid.get((v, n), pc), pb | self.elems.get((v, n), 0)
+            stack.append((v, n, c, bb))
+            vals.append((n, v, c | bb))
+        return vals
+
+    def fill(self, buckets) -> None:
+        """Compute the tables of these buckets (a fresh tree)."""
+        for b in buckets:
+            top, pfx = self.bucket(b)
+            if top is not None:
+                self.top[b] = top
+            self.pfx.update(pfx)
+
+    def edit_element(self, p: tuple[int, int], bit: int, add: bool) -> tuple[dict, dict, set]:
+        """Add or remove one element's set bit; the tables' changes: (level-0 entries by bucket (None: zero),
+        bg_pfx entries to write, bg_pfx entries to delete)."""
+        buckets = self.buckets_of(*p)
+        old = [self.bucket(b) for b in buckets]
+        had = self.elems.get(p, 0)
+        now = had | bit if add else had & ~bit
+        if now:
+            self.elems[p] = now
+        else:
+            self.elems.pop(p, None)
+        in_before, in_after = bool(had) or p in self.kid, bool(now) or p in self.kid
+        if in_after and not in_before:
+            self._add_member(p)
+        elif in_before and not in_after:
+            self._drop_member(p)
+        tops, writes, deletes = {}, {}, set()
+        for b, (otop, opfx) in zip(buckets, old):
+            ntop, npfx = self.bucket(b)
+            if ntop != otop:
+                tops[b] = ntop
+                if ntop is None:
+                    self.top.pop(b, None)
+                else:
+                    self.top[b] = ntop
+            for k, v in npfx.items():
+                if opfx.get(k) != v:
+                    writes[k] = self.pfx[k] = v
+            for k in opfx.keys() - npfx.keys():
+                deletes.add(k)
+                del self.pfx[k]
+        return tops, writes, deletes
 
     def classes_in(self, value: int, plen: int) -> range | None:
         """Class ids of the K prefixes nested in (value, plen); None when that prefix is not in K (then it
@@ -68,7 +214,7 @@ class Tree:
     def lookup(self, addr: int) -> int:
         """The data plane's walk (prefix_class() in bpf/engine.bpf.c), step for step."""
         w = self.width
-        cls, sub, lens = self.top.get(addr >> (w - TOP), (0, 0, ()))
+        cls, sub, lens = self.top.get(addr >> (w - TOP), self.default_top)
         if not (sub >> ((addr >> (w - SUB_END)) & SUB_MASK)) & 1:
             return cls
         for t in lens:
@@ -162,6 +308,45 @@ def build_tree(tree: int, width: int, candidates: set[tuple[int, int]]) -> Tree:
     return t
 
 
+def build_ladder_tree(tree: int, width: int, candidates: set[tuple[int, int]], elems: dict) -> Tree:
+    """A tree of a field naming sets: class prefixes as build_tree() picks them (less those the ladder would
+    expand past ELEMENT_EXPANSION entries), the sets' elements beside them, every long prefix at its rung."""
+    ladder = LADDER[width]
+    ps = sorted(candidates)
+    size = _subtree_sizes(ps, width)
+    keep = [p for p, s in zip(ps, size) if s <= CLASS_CAP and p[1] >= MIN_CLASS_LEN
+            and (p[1] <= TOP or 1 << (next(r for r in ladder if r >= p[1]) - p[1]) <= ELEMENT_EXPANSION)]
+    if len(keep) >= PRESENT:
+        raise ValueError(f"{len(keep)} class prefixes leave no room for the sets' bits")
+    t = Tree(tree, width, keep, ladder=ladder, elems=dict(elems))
+    members: dict[int, set] = defaultdict(set)
+    shift = width - TOP
+    short = []
+    for p in {*keep, *elems}:
+        if p[1] > TOP:
+            members[p[0] >> shift].add(p)
+        else:
+            short.append(p)
+    t.members, t.nshort = dict(members), len(short)
+    buckets = set(members)
+    for p in short:
+        buckets.update(t.buckets_of(*p))
+    t.fill(buckets)
+    return t
+
+
+def element_problem(net) -> str | None:
+    """Why an address can not be a set element (its expansion to the ladder), or None."""
+    n, w = net.prefixlen, net.max_prefixlen
+    if ELEMENT_OK[(w, n)]:
+        return None
+    ladder, r = LADDER[w], RUNG[w][n]
+    if 1 << (r - n) > ELEMENT_EXPANSION:
+        return (f"a /{n} set element is stored as {1 << (r - n):,} /{r} entries (more than {ELEMENT_EXPANSION:,}); "
+                f"set elements are kept at /{', /'.join(map(str, ladder))}: split it or use one of those lengths")
+    return None
+
+
 class Packed(NamedTuple):
     """The stage 0 map entries of one generation, packed for batch updates."""
 
@@ -180,25 +365,93 @@ class Packed(NamedTuple):
 
 
 @dataclass
+class StageEdit:
+    """Stage 0 writes of a live set edit, in this order: bg_pfx entries written (new ones before the level-0
+    entries that send packets to them), level-0 entries, then bg_pfx entries deleted."""
+
+    pfx_update: dict[bytes, int] = field(default_factory=dict)
+    top: dict[int, bytes] = field(default_factory=dict)
+    pfx_delete: list[bytes] = field(default_factory=list)
+
+    def writes(self) -> int:
+        return len(self.pfx_update) + len(self.top) + len(self.pfx_delete)
+
+
+@dataclass
 class Classes:
     """The class trees of one compiled hook, for generation `gen` (its slot gen & 1 in bg_pfx_top)."""
 
     trees: dict[int, Tree] = field(default_factory=dict)
     gen: int = 0
+    set_bits: dict[str, dict[str, int]] = field(default_factory=dict)   # field -> set name -> its class bit
 
     @classmethod
-    def of(cls, rules, gen: int = 0) -> "Classes":
+    def of(cls, rules, gen: int = 0, sets=None) -> "Classes":
+        """sets: name -> elements (networks) of the address sets the rules may name."""
         cands: dict[int, set] = defaultdict(set)
+        named: dict[str, set] = defaultdict(set)
         for rule in rules:
             for fname in ("src", "dst"):
-                for net in rule.matching(fname) or ():
-                    cands[tree_of(fname, net.version)].add((int(net.network_address), net.prefixlen))
-        return cls({t: build_tree(t, 128 if t & 1 else 32, c) for t, c in cands.items() if c}, gen)
+                v = rule.matching(fname)
+                if isinstance(v, tuple):
+                    for net in v:
+                        cands[tree_of(fname, net.version)].add((int(net.network_address), net.prefixlen))
+                elif v is not None:   # a SetRef
+                    named[fname].add(v.name)
+        set_bits = {f: {name: 1 << (31 - i) for i, name in enumerate(sorted(names))} for f, names in named.items()}
+        for f, bits in set_bits.items():
+            if len(bits) > SET_BITS:
+                raise ValueError(f"{f}: the rules name {len(bits)} sets there (at most {SET_BITS} per field)")
+        trees = {}
+        for t, c in cands.items():
+            if c and ("src" if t in (L.TREE_SRC4, L.TREE_SRC6) else "dst") not in set_bits:
+                trees[t] = build_tree(t, 128 if t & 1 else 32, c)
+        for f, bits in set_bits.items():
+            elems: dict[int, dict] = {tree_of(f, 4): {}, tree_of(f, 6): {}}
+            for name, bit in bits.items():
+                for net in (sets or {}).get(name, ()):
+                    e = elems[tree_of(f, net.version)]
+                    p = (int(net.network_address), net.prefixlen)
+                    e[p] = e.get(p, 0) | bit
+            for t, e in elems.items():
+                trees[t] = build_ladder_tree(t, 128 if t & 1 else 32, cands.get(t, set()), e)
+        return cls(trees, gen, set_bits)
 
     @property
     def bits(self) -> int:
-        """bg_conf.trees: the trees the data plane must walk."""
-        return sum(1 << t for t, tr in self.trees.items() if tr.prefixes)
+        """bg_conf.trees: the trees the data plane must walk (a tree of a field naming sets even while empty:
+        a live edit may fill it)."""
+        return sum(1 << t for t, tr in self.trees.items() if tr.prefixes or tr.ladder)
+
+    def kmask(self, field_name: str) -> int:
+        """The class id bits that hold the class (the others: set bits and PRESENT)."""
+        bits = self.set_bits.get(field_name)
+        return 0xFFFFFFFF & ~sum(bits.values()) & ~PRESENT if bits else 0xFFFFFFFF
+
+    def set_bit(self, field_name: str, name: str) -> int | None:
+        return self.set_bits.get(field_name, {}).get(name)
+
+    def edit_element(self, name: str, net, add: bool) -> "StageEdit":
+        """Add/remove an address element of set `name` in every field naming the set: the stage 0 writes."""
+        out = StageEdit()
+        for f in ("src", "dst"):
+            bit = self.set_bit(f, name)
+            if bit is None:
+                continue
+            t = tree_of(f, net.version)
+            tr = self.trees[t]
+            tops, writes, deletes = tr.edit_element((int(net.network_address), net.prefixlen), bit, add)
+            base = ((self.gen & 1) * 4 + t) << TOP
+            shift = 128 - tr.width
+            for b, top in tops.items():
+                top = top or tr.default_top
+                out.top[base | b] = L.PFX_TOP.pack(top[0], top[1], len(top[2]), bytes(top[2]))
+            for (v, n), val in writes.items():
+                out.pfx_update[L.PFX_KEY.pack((v << shift).to_bytes(16, "big"), self.gen, t, n)] = val
+            for v, n in deletes:
+                out.pfx_delete.append(L.PFX_KEY.pack((v << shift).to_bytes(16, "big"), self.gen, t, n))
+        self.__dict__.pop("packed", None)   # the generation's entries changed
+        return out
 
     def classes_in(self, field_name: str, net) -> range | None:
         tr = self.trees.get(tree_of(field_name, net.version))
@@ -225,6 +478,10 @@ class Classes:
             base = ((self.gen & 1) * 4 + t) << TOP
             top_keys.extend(base | b for b in tr.top)
             top_vals += [L.PFX_TOP.pack(c, sub, len(lens), bytes(lens)) for c, sub, lens in tr.top.values()]
+            if tr.ladder:   # the buckets without an entry of their own: PRESENT
+                rest = [b for b in range(1 << TOP) if b not in tr.top]
+                top_keys.extend(base | b for b in rest)
+                top_vals.append(L.PFX_TOP.pack(PRESENT, 0, 0, b"") * len(rest))
             shift = 128 - tr.width
             pfx_keys += [L.PFX_KEY.pack((v << shift).to_bytes(16, "big"), self.gen, t, n) for v, n in tr.pfx]
             pfx_vals.extend(tr.pfx.values())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import CT_STATES, PROTOCOLS, TCP_FLAGS, Rule
+from .model import CT_STATES, PROTOCOLS, TCP_FLAGS, Rule, SetDef, SetRef, element_text
 
 _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 _CT_NAMES = {v: k for k, v in CT_STATES.items()}
@@ -46,18 +46,26 @@ def rule_data(rule: Rule) -> dict[str, Any]:
     return d
 
 
+def set_data(sd: SetDef) -> dict[str, Any]:
+    """A named set as a policy file's `sets:` entry."""
+    d: dict[str, Any] = {"type": sd.type, "elements": [element_text(e) for e in sd.elements]}
+    if sd.comment is not None:
+        d["comment"] = sd.comment
+    return d
+
+
 def _rule_data(rule: Rule) -> dict[str, Any]:
     d: dict[str, Any] = {"name": rule.name}
     if rule.src is not None:
-        d["src"] = _one_or_list([str(n) for n in rule.src])
+        d["src"] = str(rule.src) if isinstance(rule.src, SetRef) else _one_or_list([str(n) for n in rule.src])
     if rule.dst is not None:
-        d["dst"] = _one_or_list([str(n) for n in rule.dst])
+        d["dst"] = str(rule.dst) if isinstance(rule.dst, SetRef) else _one_or_list([str(n) for n in rule.dst])
     if rule.protocol is not None:
         d["protocol"] = _one_or_list([_PROTO_NAMES.get(p, p) for p in rule.protocol])
-    if rule.src_port is not None:
-        d["src_port"] = _ports(rule.src_port)
-    if rule.dst_port is not None:
-        d["dst_port"] = _ports(rule.dst_port)
+    for f in ("src_port", "dst_port"):
+        v = getattr(rule, f)
+        if v is not None:
+            d[f] = str(v) if isinstance(v, SetRef) else _ports(v)
     if rule.tcp_flags is not None:
         d["tcp_flags"] = _flags(*rule.tcp_flags)
     for f in ("icmp_type", "icmp_code"):

@@ -17,7 +17,16 @@ def free_bits(shape_mask: int, atom_mask: int, zero: int) -> int:
     return shape_mask & ~atom_mask & ~zero
 
 
+# src_cls and dst_cls in layout.key_int(): the data plane skips a shape keyed on a class for a packet whose
+# class there is 0 (no prefix class), so an atom that does not key on that class never goes into such a shape
+_CLS_FIELDS = (0xFFFFFFFF << 32, 0xFFFFFFFF)
+NEVER = 1 << 80
+
+
 def expansion(shape_mask: int, atom_mask: int, zero: int) -> int:
+    for f in _CLS_FIELDS:
+        if shape_mask & f and not atom_mask & f:
+            return NEVER
     return 1 << free_bits(shape_mask, atom_mask, zero).bit_count()
 
 

@@ -44,6 +44,7 @@ from bpfgate.steer import policy as steer_policy
 
 from . import guard
 from . import pending as _confirm
+from . import sets as _sets
 from . import unchanged
 from .apply import ApplyError, execute, precheck, resolver
 from .backend import Backend, MemoryBackend, RuleCounters
@@ -62,6 +63,7 @@ from .export import (
 )
 from .plan import HookPlan, Plan, automation
 from .plan import plan as make_plan
+from .sets import SetRow
 
 __all__ = [
     "ApplyError",
@@ -73,6 +75,7 @@ __all__ = [
     "MemoryBackend",
     "Plan",
     "RuleRow",
+    "SetRow",
     "TREE_NAMES",
     "add_rule",
     "apply",
@@ -89,6 +92,9 @@ __all__ = [
     "rule_from",
     "rules",
     "running",
+    "set_add",
+    "set_delete",
+    "sets",
     "shape_fields",
 ]
 
@@ -435,6 +441,34 @@ def add_rule(dev: str, hook: str | Hook, rule: Rule | dict[str, Any], *, netns: 
         return at
 
 
+def sets(name: str | None = None, *, netns: str | None = None, backend: Backend | None = None) -> list[SetRow]:
+    """The named sets of the running policies (one set: `name`), with their elements and where they run."""
+    backend = _backend(backend)
+    with _reading(backend, netns, "list sets"):
+        return _sets.list_sets(backend, netns, name)
+
+
+def set_add(name: str, elements: Iterable[Any], *, netns: str | None = None,
+            backend: Backend | None = None) -> list[str]:
+    """Add elements to set `name` live in every running hook that has it (no reload: the rules naming the set
+    see them at once). Returns those hooks ("dev hook"). Any bad element: nothing changes."""
+    return _edit_set(name, list(elements), True, netns, backend)
+
+
+def set_delete(name: str, elements: Iterable[Any], *, netns: str | None = None,
+               backend: Backend | None = None) -> list[str]:
+    """Delete elements from set `name` live (see set_add)."""
+    return _edit_set(name, list(elements), False, netns, backend)
+
+
+def _edit_set(name: str, elements: list, add: bool, netns: str | None, backend: Backend | None) -> list[str]:
+    if backend is None and _agent.running(netns):   # while an agent runs, it is the one writer
+        return _agent.call(netns, "set_add" if add else "set_delete", name=name, elements=elements)
+    backend = _backend(backend)
+    with _serialised(netns, backend, op=f"{'add to' if add else 'delete from'} set {name}"):
+        return _sets.edit_set(backend, netns, name, elements, add)
+
+
 @_gc_paused
 def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = None, force: bool = False,
                 backend: Backend | None = None) -> None:
@@ -453,7 +487,7 @@ def delete_rule(dev: str, hook: str | Hook, name: str, *, netns: str | None = No
             raise NotFound(f"delete rule {name} on {dev} {hook.value}", "no such rule")
         hp = _current(backend, dev, hook, netns) if not force and guard.guarded(hook, default) else None
         if hp is not None and guard.problem(dev, hook, hp) is None:
-            new = HookPolicy(default=hp.default, rules=tuple(r for r in hp.rules if r.name != name))
+            new = hp.model_copy(update={"rules": tuple(r for r in hp.rules if r.name != name)})
             why = guard.problem(dev, hook, new)
             if why:
                 raise BadInput(f"delete rule {name}", why)

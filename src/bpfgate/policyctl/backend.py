@@ -94,13 +94,30 @@ class MemoryBackend:
         self._fail("add_rule", dev, hook)
         rules = list(hp.rules)
         rules.insert(len(rules) if position is None else position, rule)
-        self.hooks[netns][(dev, hook)] = HookPolicy(default=hp.default, rules=tuple(rules))
+        self.hooks[netns][(dev, hook)] = hp.model_copy(update={"rules": tuple(rules)})
         self.log.append(("add_rule", dev, hook, rule.name))
+
+    def sets(self, dev, hook, netns):
+        return dict(self._get(dev, hook, netns).sets)
+
+    def attached(self, netns):
+        return list(self.hooks.get(netns, {}))
+
+    def edit_set(self, dev, hook, netns, name, elements, add):
+        from bpfgate.policy.model import parse_element
+
+        hp = self._get(dev, hook, netns)
+        self._fail("edit_set", dev, hook)
+        sd = hp.sets[name]
+        parsed = [parse_element(e) for e in elements]
+        kept = sd.elements + tuple(parsed) if add else tuple(e for e in sd.elements if e not in parsed)
+        new = sd.model_copy(update={"elements": kept})
+        self.hooks[netns][(dev, hook)] = hp.model_copy(update={"sets": {**hp.sets, name: new}})
+        self.log.append(("edit_set", dev, hook, name))
 
     def delete_rule(self, dev, hook, netns, name):
         hp = self._get(dev, hook, netns)
-        self.hooks[netns][(dev, hook)] = HookPolicy(default=hp.default,
-                                                    rules=tuple(r for r in hp.rules if r.name != name))
+        self.hooks[netns][(dev, hook)] = hp.model_copy(update={"rules": tuple(r for r in hp.rules if r.name != name)})
         self.log.append(("delete_rule", dev, hook, name))
 
     def counters(self, dev, hook, netns):

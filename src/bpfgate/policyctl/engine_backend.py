@@ -231,6 +231,14 @@ class EngineBackend:
         with self._open(dev, hook, netns) as eng:
             eng.add_rule(rule, position)
 
+    def sets(self, dev: str, hook: Hook, netns: str | None) -> dict:
+        with self._open(dev, hook, netns) as eng:
+            return eng.sets()
+
+    def edit_set(self, dev: str, hook: Hook, netns: str | None, name: str, elements: list, add: bool) -> None:
+        with self._open(dev, hook, netns) as eng:
+            eng.edit_set(name, elements, add)
+
     def delete_rule(self, dev: str, hook: Hook, netns: str | None, name: str) -> None:
         with self._open(dev, hook, netns) as eng:
             eng.delete_rule(name)

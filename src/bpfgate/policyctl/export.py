@@ -17,7 +17,7 @@ from bpfgate.cgroups import is_cgroup
 from bpfgate.errors import PolicyError
 from bpfgate.policy.model import Hook, HookPolicy, Policy
 from bpfgate.policy.parse import load_text, read_source
-from bpfgate.policy.ruledata import rule_data
+from bpfgate.policy.ruledata import rule_data, set_data
 
 
 def hook_data(hp: HookPolicy) -> dict[str, Any]:
@@ -28,7 +28,12 @@ def policy_data(policy: Policy) -> dict[str, Any]:
     targets = {"interfaces": list(policy.interfaces)} if policy.interfaces else {}
     if policy.cgroups:
         targets["cgroups"] = list(policy.cgroups)
-    return {"version": policy.version, **targets,
+    sets = dict(policy.sets)
+    for hp in policy.hooks.values():   # a running hook carries the sets (as edited live)
+        for name, sd in hp.sets.items():
+            sets.setdefault(name, sd)
+    named = {"sets": {name: set_data(sd) for name, sd in sets.items()}} if sets else {}
+    return {"version": policy.version, **targets, **named,
             "hooks": {h.value: hook_data(hp) for h, hp in policy.hooks.items()}}
 
 

@@ -1,0 +1,99 @@
+"""Named sets (`sets:` in a policy file, `src: "@blocklist"` in a rule): what checks and resolves them.
+
+An address set is stage 0 state, not rule entries: its elements go into the prefix-class trees of every field
+that names it with the set's bit in their class id (prefixes.py), and a rule naming it is one atom (that bit
+in the field's class id). A port set is resolved into the rule's port ranges where the rule is compiled.
+See docs/policy-engine.md, 'Named sets'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .model import SET_TYPES, HookPolicy, Rule, SetDef, SetRef, element_text, element_type
+from .prefixes import ELEMENT_OK, element_problem
+
+
+@dataclass
+class SetState:
+    """A set as the running engine holds it: its elements in order (a dict: O(1) edits), for live edits."""
+
+    type: str
+    elements: dict = field(default_factory=dict)
+    comment: str | None = None
+
+    @classmethod
+    def of(cls, sd: SetDef) -> "SetState":
+        return cls(sd.type, dict.fromkeys(sd.elements), sd.comment)
+
+    def definition(self) -> SetDef:
+        """As a policy file's set (no validation: the elements are parsed already)."""
+        return SetDef.model_construct(type=self.type, elements=tuple(self.elements), comment=self.comment)
+
+
+def set_problem(sd: SetDef) -> tuple[int, str] | None:
+    """(element index, reason) when a set's element does not fit it; None when every one does."""
+    port = sd.type == "port"
+    for i, e in enumerate(sd.elements):
+        if (type(e) is tuple) != port or not port and not ELEMENT_OK[(e.max_prefixlen, e.prefixlen)]:
+            return i, element_reason(e, sd.type)
+    return None
+
+
+def element_reason(e, set_type: str) -> str | None:
+    kind = element_type(e)
+    if kind != set_type:
+        what = "a port" if kind == "port" else "an address"
+        return f"{element_text(e)!r} is {what}: set of type {set_type} holds {'ports' if set_type == 'port' else 'addresses'}"
+    return element_problem(e) if kind == "addr" else None
+
+
+def ref_problem(rule: Rule, sets: dict) -> tuple[str, str] | None:
+    """(field, reason) when a rule names a set that is not there or of another type."""
+    for f, want in SET_TYPES.items():
+        ref = getattr(rule, f)
+        if not isinstance(ref, SetRef):
+            continue
+        sd = sets.get(ref.name)
+        if sd is None:
+            known = ", ".join(sorted(sets)) or "none"
+            return f, f"unknown set {ref.name!r} (sets of this policy: {known})"
+        if sd.type != want:
+            return f, f"set {ref.name!r} is of type {sd.type}; {f} needs a set of type {want}"
+    return None
+
+
+def uses_sets(rule: Rule) -> bool:
+    return any(isinstance(getattr(rule, f), SetRef) for f in SET_TYPES)
+
+
+def with_ports(rule: Rule, sets: dict) -> Rule:
+    """The rule with its port set references replaced by the sets' ranges (what its atoms enumerate)."""
+    update = {}
+    for f in ("src_port", "dst_port"):
+        ref = getattr(rule, f)
+        if isinstance(ref, SetRef):
+            elements = tuple(_elements(sets[ref.name]))
+            update[f] = elements
+    return rule.model_copy(update=update) if update else rule
+
+
+def _elements(s):
+    return s.elements if isinstance(s, (SetDef, SetState)) else s
+
+
+def addr_elements(sets: dict) -> dict[str, tuple]:
+    """name -> networks of the address sets."""
+    return {n: tuple(_elements(s)) for n, s in sets.items() if s.type == "addr"}
+
+
+def in_set(sets: dict, ref: SetRef, value) -> bool:
+    """Whether a packet's address (or port) is in the set: the naive classifier's test."""
+    s = sets[ref.name]
+    if s.type == "port":
+        return any(lo <= value <= hi for lo, hi in _elements(s))
+    return any(value.version == n.version and value in n for n in _elements(s))
+
+
+def hook_sets(hp: HookPolicy) -> dict[str, SetState]:
+    return {name: SetState.of(sd) for name, sd in hp.sets.items()}
