@@ -49,7 +49,6 @@ def reach(n, host, v6: bool) -> bool:
     return host.http_get(f"http://[{ip}]:80/" if v6 else f"http://{ip}:80/", T).ok
 
 
-@pytest.mark.smoke
 def test_set_add_and_del_change_the_verdict_live_both_families(net):
     n = net
     prog_ids = [e.prog_id for e in n.engines]

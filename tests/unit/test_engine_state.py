@@ -275,7 +275,7 @@ LAYOUT = {
     "bpfgate.policy.prefixes.Classes": ("trees", "gen", "set_bits", "packed"),
     "bpfgate.policy.prefixes.Packed": ("top_keys", "top_vals", "pfx_keys", "pfx_vals"),
     "bpfgate.policy.prefixes.Tree": ("tree", "width", "prefixes", "top", "pfx", "nested", "ladder", "elems", "members",
-                                     "kid", "nshort"),
+                                     "kid", "short"),
     "bpfgate.policy.sources.RuleSources": ("_blob", "_edits", "_rules"),
 }
 

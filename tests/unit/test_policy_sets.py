@@ -127,7 +127,7 @@ def _agree(seed: int, n_rules: int, n_packets: int, limits: Limits) -> int:
     return n_packets
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), n_rules=st.integers(0, 20),
        lim=st.sampled_from([Limits(), Limits(max_shapes=32, cheap_merge=0), Limits(max_shapes=4)]))
 def test_reference_equals_naive_with_sets(seed, n_rules, lim):

@@ -449,6 +449,10 @@ def _disjoint(a: Any, b: Any) -> bool:
     pa, pb = a.matching("protocol"), b.matching("protocol")
     if pa is not None and pb is not None and not set(pa) & set(pb):
         return True
+    for attr in ("src_port", "dst_port", "src", "dst"):
+        if not isinstance(a.matching(attr), tuple) and a.matching(attr) is not None or \
+                not isinstance(b.matching(attr), tuple) and b.matching(attr) is not None:
+            return False   # a named set (SetRef): its elements change live, so never provably disjoint
     for attr in ("src_port", "dst_port"):
         pa, pb = a.matching(attr), b.matching(attr)
         if pa is not None and pb is not None and not any(lo1 <= hi2 and lo2 <= hi1 for lo1, hi1 in pa for lo2, hi2 in pb):
@@ -471,6 +475,11 @@ def rule_filter(r: Any, rule_id: int = 0, hook: str = "tc-ingress") -> CaptureFi
         if getattr(r, attr) is not None:
             bad.append(what)
     bad += [f"negated {f}" for f in r.negated]
+    sets = [f for f in ("src", "dst", "src_port", "dst_port") if getattr(r, f) is not None
+            and not isinstance(getattr(r, f), tuple)]
+    if sets:   # a named set: a capture filter holds one address and one port
+        raise NotSupported(op, "not expressible as a capture filter: " + ", ".join(
+            bad + [f"{f} names set {getattr(r, f)}" for f in sets]), hint="capture with --proto/--port/--host instead")
     proto = None
     if r.protocol is not None:
         if len(r.protocol) > 1:

@@ -74,7 +74,7 @@ class Tree:
     elems: dict[tuple[int, int], int] = field(default_factory=dict)
     members: dict[int, set] = field(default_factory=dict)
     kid: dict[tuple[int, int], int] = field(default_factory=dict)   # class prefix -> its class id
-    nshort: int = 0   # prefixes of /16 and shorter (class prefixes and elements): level 0 spans several buckets
+    short: set = field(default_factory=set)   # prefixes of /16 and shorter (class prefixes and elements)
 
     def __post_init__(self):
         sizes = _subtree_sizes(self.prefixes, self.width)   # K sorted: a prefix's nested ones follow it
@@ -98,7 +98,7 @@ class Tree:
         if p[1] > TOP:
             self.members.setdefault(self._bucket_of(p[0]), set()).add(p)
         else:
-            self.nshort += 1
+            self.short.add(p)
 
     def _drop_member(self, p: tuple[int, int]) -> None:
         if p[1] > TOP:
@@ -107,25 +107,42 @@ class Tree:
             if not self.members[b]:
                 del self.members[b]
         else:
-            self.nshort -= 1
+            self.short.discard(p)
 
     def buckets_of(self, v: int, n: int) -> range:
         lo = self._bucket_of(v)
         return range(lo, lo + (1 << max(TOP - n, 0)))
 
-    def bucket(self, b: int) -> tuple[tuple[int, int, tuple[int, ...]] | None, dict[tuple[int, int], int]]:
-        """Level-0 entry and bg_pfx entries of one bucket, from the class prefixes and elements: a prefix's
-        value is the class of the longest class prefix holding it (or itself) | the bits of the sets with an
-        element holding it (or itself). The data plane returns the longest one holding the address, whose
-        value is then that address's class and set bits."""
-        w, shift = self.width, self.width - TOP
-        cid = bits = 0
-        if self.nshort:
-            for n in range(TOP + 1):
-                p = (b >> (TOP - n) << (TOP - n) << shift, n)
-                cid = self.kid.get(p, cid)
-                bits |= self.elems.get(p, 0)
-        bits |= PRESENT
+    def _chain(self, v: int, n: int) -> int:
+        """class | set bits of the prefixes (v, n) and those holding it."""
+        w, cid, bits = self.width, 0, 0
+        for m in range(n + 1):
+            p = (v >> (w - m) << (w - m) if m else 0, m)
+            cid = self.kid.get(p, cid)
+            bits |= self.elems.get(p, 0)
+        return cid | bits
+
+    def _bases(self, lo: int, hi: int) -> list[int]:
+        """class | set bits that level 0 holds for the buckets lo..hi-1: the prefixes of /16 and shorter
+        painted shortest first (a longer one's value includes the shorter ones holding it)."""
+        out = [0] * (hi - lo)
+        spans = []
+        for v, n in self.short:
+            a = self._bucket_of(v)
+            b = a + (1 << (TOP - n))
+            if a < hi and b > lo:
+                spans.append((n, v, max(a, lo), min(b, hi)))
+        for n, v, a, b in sorted(spans):
+            out[a - lo:b - lo] = [self._chain(v, n)] * (b - a)
+        return out
+
+    def bucket(self, b: int, base: int = 0) -> tuple[tuple[int, int, tuple[int, ...]] | None, dict]:
+        """Level-0 entry and bg_pfx entries of one bucket (`base`: its level-0 class | set bits, _bases()):
+        a prefix's value is the class of the longest class prefix holding it (or itself) | the bits of the
+        sets with an element holding it (or itself). The data plane returns the value of the longest one
+        holding the address: that address's class and sets. Every value carries PRESENT."""
+        w = self.width
+        cid, bits = base & (PRESENT - 1), base & ~(PRESENT - 1) | PRESENT
         mem = self.members.get(b)
         if not mem:
             return ((cid | bits, 0, ()) if cid | bits != PRESENT else None), {}
@@ -165,19 +182,34 @@ class Tree:
             vals.append((n, v, c | bb))
         return vals
 
-    def fill(self, buckets) -> None:
-        """Compute the tables of these buckets (a fresh tree)."""
+    def _region(self, lo: int, hi: int) -> tuple[dict[int, tuple], dict]:
+        """The level-0 entries (those not the default) and bg_pfx entries of buckets lo..hi-1."""
+        tops, pfx = {}, {}
+        bases = self._bases(lo, hi) if self.short else None
+        buckets = range(lo, hi) if bases is not None else [b for b in range(lo, hi) if b in self.members]
         for b in buckets:
-            top, pfx = self.bucket(b)
+            top, entries = self.bucket(b, bases[b - lo] if bases is not None else 0)
             if top is not None:
-                self.top[b] = top
-            self.pfx.update(pfx)
+                tops[b] = top
+            pfx.update(entries)
+        return tops, pfx
+
+    def fill(self) -> None:
+        """Compute the tables (a fresh tree)."""
+        if self.short:
+            self.top, self.pfx = self._region(0, 1 << TOP)
+            return
+        for b in self.members:
+            top, entries = self.bucket(b)
+            self.top[b] = top
+            self.pfx.update(entries)
 
     def edit_element(self, p: tuple[int, int], bit: int, add: bool) -> tuple[dict, dict, set]:
-        """Add or remove one element's set bit; the tables' changes: (level-0 entries by bucket (None: zero),
-        bg_pfx entries to write, bg_pfx entries to delete)."""
-        buckets = self.buckets_of(*p)
-        old = [self.bucket(b) for b in buckets]
+        """Add or remove one element's set bit; the tables' changes: (level-0 entries by bucket (None: the
+        default), bg_pfx entries to write, bg_pfx entries to delete)."""
+        span = self.buckets_of(*p)
+        lo, hi = span.start, span.stop
+        otops, opfx = self._region(lo, hi)
         had = self.elems.get(p, 0)
         now = had | bit if add else had & ~bit
         if now:
@@ -189,21 +221,21 @@ class Tree:
             self._add_member(p)
         elif in_before and not in_after:
             self._drop_member(p)
+        ntops, npfx = self._region(lo, hi)
         tops, writes, deletes = {}, {}, set()
-        for b, (otop, opfx) in zip(buckets, old):
-            ntop, npfx = self.bucket(b)
-            if ntop != otop:
-                tops[b] = ntop
-                if ntop is None:
-                    self.top.pop(b, None)
+        for b in otops.keys() | ntops.keys():
+            if otops.get(b) != ntops.get(b):
+                tops[b] = ntops.get(b)
+                if b in ntops:
+                    self.top[b] = ntops[b]
                 else:
-                    self.top[b] = ntop
-            for k, v in npfx.items():
-                if opfx.get(k) != v:
-                    writes[k] = self.pfx[k] = v
-            for k in opfx.keys() - npfx.keys():
-                deletes.add(k)
-                del self.pfx[k]
+                    self.top.pop(b, None)
+        for k, v in npfx.items():
+            if opfx.get(k) != v:
+                writes[k] = self.pfx[k] = v
+        for k in opfx.keys() - npfx.keys():
+            deletes.add(k)
+            del self.pfx[k]
         return tops, writes, deletes
 
     def classes_in(self, value: int, plen: int) -> range | None:
@@ -321,17 +353,13 @@ def build_ladder_tree(tree: int, width: int, candidates: set[tuple[int, int]], e
     t = Tree(tree, width, keep, ladder=ladder, elems=dict(elems))
     members: dict[int, set] = defaultdict(set)
     shift = width - TOP
-    short = []
     for p in {*keep, *elems}:
         if p[1] > TOP:
             members[p[0] >> shift].add(p)
         else:
-            short.append(p)
-    t.members, t.nshort = dict(members), len(short)
-    buckets = set(members)
-    for p in short:
-        buckets.update(t.buckets_of(*p))
-    t.fill(buckets)
+            t.short.add(p)
+    t.members = dict(members)
+    t.fill()
     return t
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from bpfgate.policy import layout as L
 from bpfgate.policy.compile import CompiledHook
+from bpfgate.policy.model import SetRef
+from bpfgate.policy.prefixes import PRESENT
 
 TREE_NAMES = {L.TREE_SRC4: "src4", L.TREE_SRC6: "src6", L.TREE_DST4: "dst4", L.TREE_DST6: "dst6"}
 # key fields named by their mask alone (ports and addresses also say how many leading bits they match)
@@ -89,6 +91,9 @@ def _prefix(name: str, mask: int, bits: int) -> str:
     return f"{name}/{ones}" if mask == full ^ (full >> ones) else f"{name}/{mask:#x}"
 
 
+_CLASS_BITS = PRESENT - 1   # the class id's bits below the PRESENT and set bits (prefixes.py)
+
+
 def shape_fields(mask: bytes) -> str:
     """The key fields a shape's mask (struct bg_cls_key layout) matches on, in key order."""
     m = L.ClsKey.unpack(mask)
@@ -96,7 +101,9 @@ def shape_fields(mask: bytes) -> str:
     out += [f if getattr(m, f) == 0xFFFF else _prefix(f, getattr(m, f), 16) for f in ("sport", "dport")
             if getattr(m, f)]
     out += [_prefix(f, int.from_bytes(getattr(m, f), "big"), 128) for f in ("src", "dst") if any(getattr(m, f))]
-    out += [f"{f} class" for f in ("src", "dst") if getattr(m, f"{f}_cls")]
+    # a mask of a class's set bits only (a rule naming a set, "@name"), or of the class itself
+    out += [f"{f} {'set' if getattr(m, f'{f}_cls') & _CLASS_BITS == 0 else 'class'}" for f in ("src", "dst")
+            if getattr(m, f"{f}_cls")]
     return " ".join(out) or "any"
 
 
@@ -111,6 +118,8 @@ def _negations(compiled: CompiledHook) -> list[NegationCost]:
     for _prio, rid in sorted(compiled.order):
         rule = compiled.source.get(rid)
         for f in rule.negated if rule is not None else ():
+            if isinstance(getattr(rule, f), SetRef):
+                continue   # "!@set": one class bit clear, nothing expanded
             out.append(NegationCost(rule.name, f, len(getattr(rule, f)), len(rule.matching(f)),
                                     len(compiled.rule_keys.get(rid, ()))))
     return out

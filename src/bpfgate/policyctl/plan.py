@@ -77,13 +77,32 @@ class HookPlan:
                 for r in self.kept]
         if self.default:
             out.append(f"  ~ default {self.default[0]} -> {self.default[1]}")
+        out += [f"  {line}" for line in self.set_changes()]
         out += [f"  {c.describe()}" for c in self.rules]
+        return out
+
+    def set_changes(self) -> list[str]:
+        """One line per named set the change adds, removes or whose elements it changes."""
+        old = self.old.sets if self.old is not None and self.action != "attach" else {}
+        new = self.new.sets if self.new is not None else {}
+        out = []
+        for name in sorted(set(old) | set(new)):
+            a, b = old.get(name), new.get(name)
+            if a == b:
+                continue
+            if a is None:
+                out.append(f"+ set {name} ({b.type}, {len(b.elements)} elements)")
+            elif b is None:
+                out.append(f"- set {name}")
+            else:
+                ea, eb = set(a.elements), set(b.elements)
+                out.append(f"~ set {name}: +{len(eb - ea)} -{len(ea - eb)} elements")
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"dev": self.dev, "hook": self.hook.value, "action": self.action,
                 "default": {"old": self.default[0], "new": self.default[1]} if self.default else None,
-                "rules": [c.to_dict() for c in self.rules],
+                "rules": [c.to_dict() for c in self.rules], "sets": self.set_changes(),
                 "kept": [{"name": r.name, "owner": r.owner} for r in self.kept]}
 
 
