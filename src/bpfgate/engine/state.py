@@ -29,6 +29,7 @@ import os
 import pickle
 import shutil
 from contextlib import contextmanager
+from typing import BinaryIO, Callable
 
 from bpfgate.attach import state_root
 from bpfgate.cgroups import dir_name, from_dir_name
@@ -108,11 +109,19 @@ class StateStore:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
 
-    def _write(self, name: str, data: bytes) -> None:
+    def _write(self, name: str, data: bytes | Callable[[BinaryIO], None]) -> None:
+        """Replace file `name` whole (a reader sees the old or the new one): `data`, or what it writes."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         tmp = self._p(name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
+        try:
+            with open(tmp, "wb") as f:
+                if callable(data):
+                    data(f)
+                else:
+                    f.write(data)
+        except BaseException:
+            os.unlink(tmp)
+            raise
         os.replace(tmp, self._p(name))
 
     def begin_write(self, op: str) -> None:
@@ -157,12 +166,15 @@ class StateStore:
     def snapshot(self, live: LiveHook, pending_free, name: str = "snapshot.pickle") -> None:
         """Save the state whole (the journal starts again); under another `name`: a state to take later
         (take_snapshot), the journal left alone."""
+        def save(f: BinaryIO) -> None:   # pickled into the file: at 100k rules no 34 MB copies in memory
+            f.write(SNAPSHOT_MAGIC + b"%d\n" % SNAPSHOT_VERSION)
+            pickle.dump({"live": live, "pending": pending_free}, f, protocol=pickle.HIGHEST_PROTOCOL)
+
         fn, live.ifindex = live.ifindex, None    # a function does not pickle; reattached on load
         try:
-            blob = pickle.dumps({"live": live, "pending": pending_free}, protocol=pickle.HIGHEST_PROTOCOL)
+            self._write(name, save)
         finally:
             live.ifindex = fn
-        self._write(name, SNAPSHOT_MAGIC + b"%d\n" % SNAPSHOT_VERSION + blob)
         if name == "snapshot.pickle":
             self._write("journal.jsonl", b"")
             self.snapshot_id = None   # the state in memory is this process's own, not a loaded one
