@@ -37,8 +37,12 @@ def policy_data(policy: Policy) -> dict[str, Any]:
             "hooks": {h.value: hook_data(hp) for h, hp in policy.hooks.items()}}
 
 
+# libyaml's emitter when PyYAML has it: the same text as the pure-Python one, ~3x faster (export at 100k rules)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def dump(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)
+    return yaml.dump(data, Dumper=_DUMPER, sort_keys=False, default_flow_style=None, width=110)
 
 
 def policies_of(state: dict[tuple[str, Hook], HookPolicy]) -> list[Policy]:
