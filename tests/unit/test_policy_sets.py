@@ -186,12 +186,12 @@ def test_live_element_edits_equal_a_fresh_compile(seed):
         st = c.sets[name]
         if st.type == "port":
             e = rng.choice([80, 443, "1000-1100", 22, "8000-8099"])
-            present = (tuple(map(int, str(e).split("-"))) if "-" in str(e) else (e, e)) in st.elements
+            present = (tuple(map(int, str(e).split("-"))) if "-" in str(e) else (e, e)) in st
             edited_port = True
         else:
             present = bool(st.elements) and rng.random() < 0.4
             e = str(rng.choice(list(st.elements))) if present else _random_element(rng, hp)
-            present = __import__("bpfgate.policy.model", fromlist=["x"]).parse_network(e) in st.elements
+            present = __import__("bpfgate.policy.model", fromlist=["x"]).parse_network(e) in st
         for d in live.set_edit(name, [e], add=not present):
             if not any(c.classes.set_bit(f, name) for f in ("src", "dst")) and st.type == "addr":
                 assert d.writes() == 0   # a set no rule names: nothing in the kernel
@@ -215,7 +215,7 @@ def test_live_edit_refusals_change_nothing():
 
     c = compile_hook(_hook(), Hook.TC_INGRESS)
     live = LiveHook(c)
-    before = (_tables(c), dict(c.cls), {n: dict(s.elements) for n, s in c.sets.items()})
+    before = (_tables(c), dict(c.cls), {n: dict(s.keys) for n, s in c.sets.items()})
     for name, elements, add, reason in [
         ("nope", ["198.18.9.9"], True, "no such set"),
         ("blocklist", ["198.18.9.9", "80"], True, "80 is a port"),
@@ -228,7 +228,7 @@ def test_live_edit_refusals_change_nothing():
     ]:
         with pytest.raises(PolicyError, match=reason):
             live.set_edit(name, elements, add)
-        assert (_tables(c), dict(c.cls), {n: dict(s.elements) for n, s in c.sets.items()}) == before
+        assert (_tables(c), dict(c.cls), {n: dict(s.keys) for n, s in c.sets.items()}) == before
 
 
 def test_a_live_address_add_is_a_few_stage0_writes():

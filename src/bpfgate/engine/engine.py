@@ -573,9 +573,10 @@ class Engine:
                           sets={name: st.definition() for name, st in c.sets.items()})
 
     def sets(self) -> dict:
-        """The running policy's named sets (name -> SetDef), as edited live; no rule is read."""
+        """The running policy's named sets (name -> policy.sets.SetState: type, elements), as edited live; no
+        rule is read. Read only: edits go through edit_set()."""
         self._sync()
-        return {name: st.definition() for name, st in self._live().c.sets.items()}
+        return dict(self._live().c.sets)
 
     def outline(self) -> tuple[str, Sequence[str]]:
         """The running default and rule names in order (a view: valid until the next edit), without the rules

@@ -160,7 +160,7 @@ class LiveHook:
             reason = element_reason(e, st.type)
             if reason:
                 raise PolicyError(f"{what} set {name}", reason)
-            if (e in st.elements) == add or e in parsed:
+            if (e in st) == add or e in parsed:
                 state = "already in the set" if add else "not in the set"
                 raise PolicyError(f"{what} set {name}", f"{element_text(e)!r} is {state}"
                                   + (" (named twice)" if e in parsed else ""))
@@ -170,9 +170,9 @@ class LiveHook:
         diffs = []
         for e in parsed:
             if add:
-                st.elements[e] = None
+                st.add(e)
             else:
-                del st.elements[e]
+                st.remove(e)
             diffs.append(Diff(stage=self.c.classes.edit_element(name, e, add)))
         return diffs
 
@@ -180,18 +180,18 @@ class LiveHook:
         users = [self.c.source[rid] for _p, rid in self.order
                  if any(isinstance(getattr(self.c.source[rid], f), SetRef)
                         and getattr(self.c.source[rid], f).name == name for f in ("src_port", "dst_port"))]
-        before = dict(st.elements)
+        before = dict(st.keys)
         for e in parsed:
             if add:
-                st.elements[e] = None
+                st.add(e)
             else:
-                del st.elements[e]
+                st.remove(e)
         diffs = []
         try:
             for rule in users:
                 diffs.append(self.replace(rule.name, rule))   # its keys from the set's new ranges
         except PolicyError:
-            st.elements = before
+            st.keys = before
             for rule in users[:len(diffs)]:
                 self.replace(rule.name, rule)   # back to the old ranges (the refused edit wrote nothing)
             raise

@@ -10,25 +10,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import SET_TYPES, HookPolicy, Rule, SetDef, SetRef, element_text, element_type
+from .model import SET_TYPES, HookPolicy, Rule, SetDef, SetRef, _network, element_text, element_type
 from .prefixes import ELEMENT_OK, element_problem
+
+
+def _key(e) -> tuple:
+    """An element as plain integers: (lo, hi) for a port range, (version, value, length) for a network
+    (a saved engine state loads 100k of these far faster than as ipaddress objects)."""
+    return e if type(e) is tuple else (e.version, int(e.network_address), e.prefixlen)
+
+
+def _element(k: tuple):
+    return k if len(k) == 2 else _network(*k)
 
 
 @dataclass
 class SetState:
-    """A set as the running engine holds it: its elements in order (a dict: O(1) edits), for live edits."""
+    """A set as the running engine holds it: its elements in order as _key()s (a dict: O(1) edits)."""
 
     type: str
-    elements: dict = field(default_factory=dict)
+    keys: dict = field(default_factory=dict)
     comment: str | None = None
 
     @classmethod
     def of(cls, sd: SetDef) -> "SetState":
-        return cls(sd.type, dict.fromkeys(sd.elements), sd.comment)
+        return cls(sd.type, dict.fromkeys(map(_key, sd.elements)), sd.comment)
+
+    @property
+    def elements(self) -> tuple:
+        """The elements as parsed values (networks, port ranges), in order."""
+        return tuple(map(_element, self.keys))
+
+    def __contains__(self, e) -> bool:
+        return _key(e) in self.keys
+
+    def add(self, e) -> None:
+        self.keys[_key(e)] = None
+
+    def remove(self, e) -> None:
+        del self.keys[_key(e)]
 
     def definition(self) -> SetDef:
         """As a policy file's set (no validation: the elements are parsed already)."""
-        return SetDef.model_construct(type=self.type, elements=tuple(self.elements), comment=self.comment)
+        return SetDef.model_construct(type=self.type, elements=self.elements, comment=self.comment)
 
 
 def set_problem(sd: SetDef) -> tuple[int, str] | None:

@@ -98,7 +98,9 @@ class MemoryBackend:
         self.log.append(("add_rule", dev, hook, rule.name))
 
     def sets(self, dev, hook, netns):
-        return dict(self._get(dev, hook, netns).sets)
+        from bpfgate.policy.sets import SetState
+
+        return {n: SetState.of(sd) for n, sd in self._get(dev, hook, netns).sets.items()}
 
     def attached(self, netns):
         return list(self.hooks.get(netns, {}))

@@ -12,8 +12,8 @@ from typing import Any
 
 from bpfgate.agent import client as _agent
 from bpfgate.errors import NotFound, PolicyError
-from bpfgate.policy.model import Hook, SetDef, element_text, parse_element
-from bpfgate.policy.sets import element_reason
+from bpfgate.policy.model import Hook, element_text, parse_element
+from bpfgate.policy.sets import SetState, element_reason
 
 from .backend import Backend
 
@@ -31,7 +31,7 @@ class SetRow:
                 "targets": self.targets, **({"comment": self.comment} if self.comment else {})}
 
 
-def _hook_sets(backend: Backend, netns: str | None) -> dict[tuple[str, Hook], dict[str, SetDef]]:
+def _hook_sets(backend: Backend, netns: str | None) -> dict[tuple[str, Hook], dict[str, SetState]]:
     return {(dev, hook): backend.sets(dev, hook, netns) for dev, hook in backend.attached(netns)}
 
 
@@ -68,7 +68,7 @@ def edit_set(backend: Backend, netns: str | None, name: str, elements: list, add
             reason = element_reason(e, sd.type)
             if reason:
                 raise PolicyError(f"{what} set {name}", reason)
-            if (e in sd.elements) == add:
+            if (e in sd) == add:
                 state = "already in" if add else "not in"
                 raise PolicyError(f"{what} set {name}", f"{element_text(e)!r} is {state} the set (on {dev} "
                                   f"{Hook(hook).value})")
