@@ -7,6 +7,7 @@ validators: `Rule.model_validate(rule_data(r)) == r` for every valid rule (unit-
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,99 @@ def policy_data(policy: Policy) -> dict[str, Any]:
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+def _yaml(data: Any, indent: int = 0) -> str:
+    """`data` as the emitter writes it, placed `indent` columns in (lines folded where they would be there)."""
+    return yaml.dump(data, Dumper=_DUMPER, sort_keys=False, default_flow_style=None, width=110 - indent)
+
+
+# Scalars as the emitter writes them, without building its events: names and words (not YAML 1.1's
+# booleans and null), IPv4 CIDRs and port ranges plain; IPv6 CIDRs plain in a block, quoted in a flow
+# collection; anything else by the emitter's own analysis; None when it would need more than single quotes.
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*|\d{1,3}(?:\.\d{1,3}){3}(?:/\d{1,2})?|\d+-\d+")
+_IPV6 = re.compile(r"[0-9a-f:]*:[0-9a-f:.]*/\d{1,3}")
+_YAML11_WORDS = frozenset({"y", "yes", "n", "no", "true", "false", "on", "off", "null"})
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _analysis(text: str):
+    return yaml.emitter.Emitter(None).analyze_scalar(text)
+
+
+def _scalar(v: Any, flow: bool) -> str | None:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if not isinstance(v, str) or not v:
+        return None
+    if _PLAIN.fullmatch(v) and v.lower() not in _YAML11_WORDS:
+        return v
+    if _IPV6.fullmatch(v):
+        return f"'{v}'" if flow else v
+    a = _analysis(v)
+    if a.multiline or not v.isascii():
+        return None
+    if ((a.allow_flow_plain if flow else a.allow_block_plain)
+            and yaml.resolver.Resolver().resolve(yaml.ScalarNode, v, (True, False)) == _STR_TAG):
+        return v
+    return f"'{v}'" if a.allow_single_quoted and "'" not in v else None
+
+
+def _rule_text(rule: dict[str, Any], indent: str) -> str | None:
+    """A rule of scalars and lists of scalars as the emitter writes it (one flow mapping when every value is
+    a scalar, else a block mapping of flow lists), or None when it needs the emitter (other values, or a
+    line long enough that the emitter might fold it)."""
+    fields = []
+    for k, v in rule.items():
+        if isinstance(v, list):
+            items = [_scalar(x, flow=True) for x in v]
+            if not items or None in items:
+                return None
+            fields.append((k, "[" + ", ".join(items) + "]", True))
+        else:
+            fields.append((k, v, False))
+    block = any(is_list for _k, _t, is_list in fields)   # the emitter's rule: a mapping of scalars is a flow one
+    for i, (k, v, is_list) in enumerate(fields):
+        if not is_list:
+            text = _scalar(v, flow=not block)
+            if text is None:
+                return None
+            fields[i] = (k, text, False)
+    if block:
+        lines = [f"{indent}{'- ' if i == 0 else '  '}{k}: {t}" for i, (k, t, _l) in enumerate(fields)]
+    else:
+        lines = [indent + "- {" + ", ".join(f"{k}: {t}" for k, t, _l in fields) + "}"]
+    if any(len(ln) > 100 for ln in lines):
+        return None
+    return "\n".join(lines) + "\n"
+
+
+def _rules_text(rules: list[dict[str, Any]], indent: str) -> str:
+    out = []
+    for r in rules:
+        text = _rule_text(r, indent)
+        if text is None:
+            text = "".join(indent + ln for ln in _yaml([r], len(indent)).splitlines(keepends=True))
+        out.append(text)
+    return "".join(out)
+
+
+_RULES_TOKEN = re.compile(r"^( *)- \{bpfgate-rules: (\d+)\}\n", re.M)
+
+
 def dump(data: Any) -> str:
-    return yaml.dump(data, Dumper=_DUMPER, sort_keys=False, default_flow_style=None, width=110)
+    """YAML of a policy document (or any data); a policy's rules are written line by line, the rest by the
+    emitter (a 100k-rule export is then ~the time of writing its lines, not of emitting 100k mappings)."""
+    hooks = data.get("hooks") if isinstance(data, dict) else None
+    if not isinstance(hooks, dict) or not any(isinstance(h, dict) and h.get("rules") for h in hooks.values()):
+        return _yaml(data)
+    lists, shell = [], dict(data, hooks={})
+    for name, h in hooks.items():
+        if isinstance(h, dict) and h.get("rules"):
+            lists.append(h["rules"])
+            h = dict(h, rules=[{"bpfgate-rules": len(lists) - 1}])   # one line the rules then replace
+        shell["hooks"][name] = h
+    return _RULES_TOKEN.sub(lambda m: _rules_text(lists[int(m.group(2))], m.group(1)), _yaml(shell))
 
 
 def policies_of(state: dict[tuple[str, Hook], HookPolicy]) -> list[Policy]:
