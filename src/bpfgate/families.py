@@ -10,7 +10,14 @@ This module imports nothing of bpfgate's, so every layer can read it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+RUN_ROOT = "/run/bpfgate"   # state that outlives a process; a family's under state_root(family)
+
+
+def state_root(family: str) -> str:
+    return os.path.join(RUN_ROOT, family)
 
 
 @dataclass(frozen=True)

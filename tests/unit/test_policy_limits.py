@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bpfgate.errors import PolicyError
-from bpfgate.policy import parse
+from bpfgate.policy import parse, source
 from bpfgate.policy.parse import load_text, read_source
 from bpfgate.policyctl.export import load_policies
 
@@ -45,7 +45,7 @@ def test_nesting_is_bounded():
 
 
 def test_size_is_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(parse, "MAX_BYTES", 1000)
+    monkeypatch.setattr(source, "MAX_BYTES", 1000)   # read_source's limit (source.py)
     f = tmp_path / "big.yaml"
     f.write_text("# " + "x" * 2000 + "\n")
     with pytest.raises(PolicyError, match="larger than"):

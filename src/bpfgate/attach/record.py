@@ -21,8 +21,8 @@ from urllib.parse import quote
 
 from bpfgate import families
 from bpfgate.errors import BpfgateError
+from bpfgate.families import RUN_ROOT, state_root  # noqa: F401 - the attach layer's names for them
 
-RUN_ROOT = "/run/bpfgate"
 STATE_DIR = os.path.join(RUN_ROOT, "attachments")
 FAMILY_STATE = families.with_state()   # families with per-attach-point state under RUN_ROOT/<family>/
 
@@ -176,10 +176,6 @@ def unmark_clsact(att_netns: str | None, dev: str) -> None:
 
 
 # ---- family state --------------------------------------------------------------------------------------
-
-
-def state_root(family: str) -> str:
-    return os.path.join(RUN_ROOT, family)
 
 
 @dataclass(frozen=True)

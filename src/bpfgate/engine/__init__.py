@@ -20,7 +20,11 @@ interface share one flow table. `Engine.load(hook, test_mark=True)` gives an una
 BPF_PROG_TEST_RUN (ct_state from skb->mark, rule_id + 1 written back to the mark).
 """
 
-from .engine import Engine, pin_dir
-from .records import Counter, Flow, RuleLogEvent
 
+from bpfgate import lazy
+
+# imported on first use: the saved-state listing (state.py, paths.py) is read by apply's no-change check,
+# which would otherwise pay for libbpf, netlink and the compiler
+_LAZY = {"Engine": "engine", "pin_dir": "paths", "Counter": "records", "Flow": "records", "RuleLogEvent": "records"}
 __all__ = ["Counter", "Engine", "Flow", "RuleLogEvent", "pin_dir"]
+__getattr__ = lazy.forward(__name__, _LAZY)

@@ -16,7 +16,6 @@ from contextlib import closing, contextmanager
 
 from bpfgate import attach as attach_mod
 from bpfgate import cgroups
-from bpfgate.cgroups import dir_name
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.kernel import netlink, pins
 from bpfgate.kernel.maps import Map, possible_cpus
@@ -30,6 +29,7 @@ from bpfgate.policy.ruledata import rule_row
 
 from . import records as R
 from . import recover, resize
+from .paths import MAPS, pin_dir
 from .state import StateStore
 
 OBJECT = "engine"
@@ -41,9 +41,6 @@ CT_TIMEOUT_NEW_S, CT_TIMEOUT_EST_S = 30, 600   # flow expiry after the last pack
 RULE_ARRAYS = ("bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate")
 MAX_RULE_SLOTS = R.C.BG_MAX_RULES
 GRACE_S = 1.0                            # freed rule slots wait this long (in-flight packets, RCU)
-MAPS = ("bg_cls", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_rate_src",
-        "bg_log_rate", "bg_ct", "events", "bg_stats", "bg_pfx_top", "bg_pfx", "bg_ct_lookup_only",
-        "bg_redirect_devs", "bg_redirect_stats")
 CAPTURE_MAPS = ("bg_capture_cfg", "bg_capture_ring")   # capture with the verdict (inspect.capture.EngineCapture)
 U32_KEYED = {"bg_ct_lookup_only", "bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters",
              "bg_rate_rule", "bg_log_rate", "bg_stats", "bg_redirect_devs", "bg_redirect_stats"}
@@ -58,11 +55,6 @@ PROGRAMS = {Hook.TC_INGRESS: ("bg_engine_tc",), Hook.TC_EGRESS: ("bg_engine_tc",
             Hook.CGROUP_BIND: ("bg_sock_bind4", "bg_sock_bind6")}
 LINK_PIN = "link-"   # + program name: a cgroup engine's links, pinned beside its maps
 _U32 = struct.Struct("=I")
-
-
-def pin_dir(dev: str, hook: Hook, netns_name: str | None) -> str:
-    """dev: a device name or a cgroup path (bpfgate.cgroups)."""
-    return pins.pin_path("engine", netns_name or "-", dir_name(dev), Hook(hook).value)
 
 
 def rule_array_sizes(slots: int) -> dict[str, int]:

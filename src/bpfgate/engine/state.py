@@ -29,14 +29,17 @@ import os
 import pickle
 import shutil
 from contextlib import contextmanager
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
-from bpfgate.attach import state_root
 from bpfgate.cgroups import dir_name, from_dir_name
 from bpfgate.errors import BpfgateError
-from bpfgate.policy.live import LiveHook
-from bpfgate.policy.model import Hook, Rule
-from bpfgate.policy.ruledata import rule_data, rule_from_data
+from bpfgate.families import state_root
+from bpfgate.policy.hooks import Hook
+
+if TYPE_CHECKING:   # the models and LiveHook are imported where a state is read or written: listing the
+    # engines and their state versions (apply's no-change check) needs neither
+    from bpfgate.policy.live import LiveHook
+    from bpfgate.policy.model import Rule
 
 STATE_ROOT = state_root("engine")   # the attachment record of an engine names its directory: detach removes it
 
@@ -59,6 +62,9 @@ REATTACH = "detach it and apply the policy again"
 
 def _rule(v) -> Rule:
     """A journal line's rule: its fields (a dict), or a base64 pickle (a string, journals of older bpfgate)."""
+    from bpfgate.policy.model import Rule
+    from bpfgate.policy.ruledata import rule_from_data
+
     if isinstance(v, dict):
         return rule_from_data(v)
     if not isinstance(v, str):
@@ -195,6 +201,9 @@ class StateStore:
             pass
 
     def journal(self, op: str, **kw) -> None:
+        from bpfgate.policy.model import Rule
+        from bpfgate.policy.ruledata import rule_data
+
         rec = {"op": op}
         for k, v in kw.items():
             rec[k] = rule_data(v) if isinstance(v, Rule) else v   # plain JSON, as in the policy file
@@ -205,6 +214,8 @@ class StateStore:
         return BpfgateError(f"load the saved state of the engine on {self.where}", cause, hint=REATTACH)
 
     def _load_snapshot(self) -> dict:
+        from bpfgate.policy.live import LiveHook   # before unpickling: an import error of bpfgate is no bad snapshot
+
         try:
             with open(self._p("snapshot.pickle"), "rb") as f:
                 head = f.readline(len(SNAPSHOT_MAGIC) + 16)

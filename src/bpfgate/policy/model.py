@@ -8,7 +8,6 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
-from enum import Enum
 from functools import lru_cache
 from typing import Annotated, Any, Literal, Union
 
@@ -16,6 +15,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidati
 
 from bpfgate import contract
 from bpfgate.steer.policy import SteerPolicy
+
+from .hooks import CGROUP_HOOKS, SOCKET_HOOKS, Hook  # noqa: F401 - the models' hooks, named here too
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -41,24 +42,6 @@ TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "u
 CT_STATES = {word: value for value, word in contract.constants("engine").names("bg_ct_state", {
     "BG_CT_NEW": "new", "BG_CT_ESTABLISHED": "established", "BG_CT_RELATED": "related",
     "BG_CT_INVALID": "invalid"}).items()}
-
-
-class Hook(str, Enum):
-    TC_INGRESS = "tc-ingress"
-    TC_EGRESS = "tc-egress"
-    XDP = "xdp"
-    CGROUP_INGRESS = "cgroup-ingress"   # cgroup_skb: the packets of a cgroup's sockets
-    CGROUP_EGRESS = "cgroup-egress"
-    CGROUP_CONNECT = "cgroup-connect"   # socket policy: connect() / UDP sendmsg() destinations (EPERM)
-    CGROUP_BIND = "cgroup-bind"         # socket policy: bind() addresses and ports (EPERM)
-
-    @property
-    def on_cgroup(self) -> bool:
-        return self in CGROUP_HOOKS
-
-
-SOCKET_HOOKS = frozenset({Hook.CGROUP_CONNECT, Hook.CGROUP_BIND})
-CGROUP_HOOKS = frozenset({Hook.CGROUP_INGRESS, Hook.CGROUP_EGRESS}) | SOCKET_HOOKS
 
 
 class Strict(BaseModel):

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from ..errors import PolicyError
 from . import fastyaml
+from .source import MAX_BYTES, read_source  # noqa: F401 - read_source: the policy file's reader, named here too
 from .model import ICMP_PROTOCOLS, PORT_PROTOCOLS, SOCKET_HOOKS, Hook, Policy, Rule
 
 Loc = tuple  # path into the data: str keys and int list indices
@@ -18,35 +19,9 @@ Loc = tuple  # path into the data: str keys and int list indices
 # (`apply /dev/zero`; a few hundred bytes of YAML aliases that expand to billions of nodes) and say so in
 # one line. They are far above what a policy needs: a 1,000,000-rule file is about 60-150 MB and 5-10
 # nesting levels deep; aliases may repeat a shared CIDR or port list, not multiply the file.
-MAX_BYTES = 256 * 2**20           # one policy file (all its documents)
 MAX_DEPTH = 32                    # nested mappings and lists: a policy needs 7 (hooks.H.rules[i].F[j])
 ALIAS_NODES_FLOOR = 100_000       # aliases may add this many nodes to any file ...
 ALIAS_NODES_RATIO = 10            # ... or this many times the nodes the file itself holds, if more
-
-
-def read_source(path: str | Path) -> tuple[str, str]:
-    """(text, name for messages) of a policy file, `-` for stdin, at most MAX_BYTES and UTF-8."""
-    import sys
-
-    if str(path) == "-":
-        raw = getattr(sys.stdin, "buffer", None)   # a text stream without one (tests): read as text
-        data = raw.read(MAX_BYTES + 1) if raw is not None else sys.stdin.read(MAX_BYTES + 1).encode()
-        name = "<stdin>"
-    else:
-        name = Path(path).name or str(path)
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_BYTES + 1)
-        except OSError as e:
-            raise PolicyError(str(path), f"cannot read: {e.strerror}") from None
-    if len(data) > MAX_BYTES:
-        raise PolicyError(name, f"larger than {MAX_BYTES // 2**20} MiB, the limit for a policy file")
-    try:
-        return data.decode("utf-8"), name
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise PolicyError(f"{name}:{line}", f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                          "a policy file is YAML") from None
 
 
 class _Loader(yaml.SafeLoader):

@@ -39,13 +39,9 @@ class EngineBackend:
             eng.close()
 
     def ready(self, netns: str | None, op: str) -> None:
-        """Refuse up front what would otherwise fail half-way, leave a state directory behind, or read as
-        "no policy is running": missing privileges, a network namespace that does not exist."""
-        from bpfgate.kernel import caps
-        from bpfgate.kernel import netns as _netns
+        from bpfgate.engine.paths import ready
 
-        caps.require(op, caps.CAP_BPF, caps.CAP_NET_ADMIN, caps.CAP_SYS_ADMIN)
-        _netns.require(op, netns)
+        ready(netns, op)
 
     @contextmanager
     def session(self):

@@ -19,12 +19,13 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bpfgate.errors import BpfgateError, NotFound
-from bpfgate.policy.model import Hook, HookPolicy
+from bpfgate.policy.hooks import Hook
 
-from .export import hook_data
+if TYPE_CHECKING:   # the paths and the lock are read by apply's no-change check, without the models
+    from bpfgate.policy.model import HookPolicy
 
 STATE_DIR = "/run/bpfgate/policyctl"
 
@@ -78,6 +79,8 @@ class Pending:
         return max(0.0, self.deadline - time.time())
 
     def to_json(self) -> dict[str, Any]:
+        from .export import hook_data
+
         return {"netns": self.netns, "deadline": self.deadline, "mode": self.mode,
                 "watcher_pid": self.watcher_pid,
                 "previous": [{"dev": d, "hook": h.value, "policy": hook_data(hp) if hp is not None else None}
@@ -85,6 +88,8 @@ class Pending:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], path: str = "") -> Pending:
+        from bpfgate.policy.model import HookPolicy
+
         prev = {(e["dev"], Hook(e["hook"])): (HookPolicy.model_validate(e["policy"]) if e["policy"] else None)
                 for e in data["previous"]}
         return cls(data["netns"], float(data["deadline"]), prev, data.get("mode"), int(data.get("watcher_pid", 0)),

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bpfgate.policy.model import MATCH_FIELDS, Hook, HookPolicy, Rule
+from bpfgate.policy.hooks import Hook
 
-from .export import rule_data
+if TYPE_CHECKING:   # a plan with no change is made and printed without the models (unchanged.py)
+    from bpfgate.policy.model import HookPolicy, Rule
 
-State = dict[tuple[str, Hook], HookPolicy]
-
-_ALL_FIELDS = ("name",) + MATCH_FIELDS + ("action", "redirect", "reject", "mark", "rate_limit", "log", "count", "comment", "owner")
+State = dict[tuple[str, Hook], "HookPolicy"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +131,8 @@ class Plan:
         return [ln for h in self.hooks for ln in h.lines()]
 
     def warnings(self) -> list[str]:
+        if not self.changed:
+            return []
         from .guard import warnings
 
         out = [w for h in self.changes() if h.new is not None for w in warnings(h.dev, h.hook, h.new)]
@@ -148,8 +149,14 @@ class Plan:
 
 
 def rule_fields_changed(old: Rule, new: Rule) -> tuple[str, ...]:
+    from bpfgate.policy.model import MATCH_FIELDS
+
+    from .export import rule_data
+
     a, b = rule_data(old), rule_data(new)
-    return tuple(f for f in _ALL_FIELDS if a.get(f) != b.get(f))
+    fields = ("name",) + MATCH_FIELDS + ("action", "redirect", "reject", "mark", "rate_limit", "log", "count",
+                                         "comment", "owner")
+    return tuple(f for f in fields if a.get(f) != b.get(f))
 
 
 def rule_changes(old: HookPolicy | None, new: HookPolicy | None) -> list[RuleChange]:

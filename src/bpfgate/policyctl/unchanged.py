@@ -7,6 +7,9 @@ version of each one's saved state (StateStore.version(): any swap, live edit, de
 The next apply of a file with the same digest is a no-change when every one of those still holds; otherwise
 (and for a change waiting for confirmation, rules kept from automation, a cut-short edit) the full path
 runs. Read and written under the namespace's control-plane lock.
+
+Light to import (no models, compiler, libbpf or netlink): `bpfgate apply` asks apply_unchanged() before it
+imports the rest of the control plane, and policyctl.apply asks answer() as its first step.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from bpfgate.policy.model import Hook
+from bpfgate.policy.hooks import Hook
 
 from . import pending as _confirm
 from .plan import HookPlan, Plan
+from .result import ApplyResult
 
 NAME = "applied.json"
 
@@ -40,7 +46,7 @@ def digest(text: str) -> str:
 def _engines(devs: list[str], netns: str | None) -> dict[str, list] | None:
     """Saved-state version of every engine on `devs`; None when one was cut short mid-edit or lost its
     pins (the full path repairs or re-attaches it)."""
-    from bpfgate.engine.engine import MAPS, pin_dir
+    from bpfgate.engine.paths import MAPS, pin_dir
     from bpfgate.engine.state import StateStore
 
     out = {}
@@ -58,6 +64,47 @@ def recorded(netns: str | None, state_root: str | None) -> bool:
     """Whether an apply left a record to compare with (read without the lock: a record being written is
     compared under it)."""
     return os.path.exists(_path(netns, state_root))
+
+
+def apply_unchanged(path: str, netns: str | None, dry_run: bool = False) -> ApplyResult | None:
+    """policyctl.apply(path, netns=netns, dry_run=dry_run) of the machine's engines when that is a no-change,
+    with the same checks in the same order (privileges and namespace, the file read, an agent running, the
+    lock); None: not one (or stdin, which only the full path reads), run policyctl.apply."""
+    from bpfgate.engine.paths import ready
+    from bpfgate.policy.source import read_source
+
+    if str(path) == "-":
+        return None
+    ready(netns, "apply policy")
+    text, _name = read_source(path)
+    return answer(digest(text), netns, dry_run)
+
+
+def answer(dig: str, netns: str | None, dry_run: bool, *, ours: bool = True,
+           serialised: Callable[[], AbstractContextManager] | None = None,
+           state_root: str | None = None) -> ApplyResult | None:
+    """apply's no-change result when the file (its digest) is the one applied last to engines unchanged
+    since, else None. `ours`: the machine's engines (an agent running refuses the apply, as any apply of
+    engine documents); `serialised`: the caller's control-plane lock with its backend's session (default:
+    the engine's checks and the namespace's lock; nothing is opened under it)."""
+    if not recorded(netns, state_root):
+        # nothing to compare with (a namespace's first apply, files of nat: documents only): no lock taken,
+        # which would leave the namespace a control-plane directory nothing removes
+        return None
+    if ours and not dry_run:
+        from bpfgate.agent import client as _agent
+
+        _agent.refuse_writes(netns, "apply")
+    with serialised() if serialised is not None else _locked(netns, state_root):
+        same = unchanged(dig, netns, state_root)
+    return None if same is None else ApplyResult(same, False, dry_run=dry_run)
+
+
+def _locked(netns: str | None, state_root: str | None):
+    from bpfgate.engine.paths import ready
+
+    ready(netns, "change the policy")
+    return _confirm.locked(netns, state_root)
 
 
 def unchanged(dig: str | None, netns: str | None, state_root: str | None) -> Plan | None:
