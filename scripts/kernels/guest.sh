@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Runs inside a virtme-ng guest (started by scripts/kernels/runner.py), in the checkout:
 #   guest.sh OUT
-# OUT is a host directory shared read-write: pytest's arguments come from OUT/pytest.args (one a line);
+# OUT is a host directory shared read-write: pytest's arguments come from OUT/pytest.args (one a line),
+# the environment variables the runner forwards from OUT/pytest.env (NAME=VALUE, one a line);
 # doctor.json, junit.xml and pytest.rc land there.
 set -uo pipefail
 out=$1
 mapfile -t pytest_args <"$out/pytest.args"
+if [ -f "$out/pytest.env" ]; then
+	while IFS= read -r assignment; do
+		[ -n "$assignment" ] && export "$assignment" && echo "guest: ${assignment%%=*} forwarded"
+	done <"$out/pytest.env"
+fi
 at() { echo "guest: $* at $(cut -d' ' -f1 /proc/uptime) s after boot"; }
 
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf

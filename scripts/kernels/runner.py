@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -25,7 +26,18 @@ VNG_VERSION = "1.42"
 # not under /var/cache: virtme-ng hides that in the guest, and the guest loads modules from here
 CACHE = Path("/var/lib/bpfgate/kernels")
 RESULTS = CACHE / "runs"  # where a failed kernel's junit.xml, console log and doctor report are kept
-KEPT = ("junit.xml", "console.log", "doctor.json", "pytest.rc", "pytest.args")
+KEPT = ("junit.xml", "console.log", "doctor.json", "pytest.rc", "pytest.args", "pytest.env")
+# The guest starts from a clean environment: only these knobs of the tests and of bpfgate reach its pytest
+# (from the runner's own environment), so that a developer can, e.g., scale a long test down under emulation.
+FORWARDED_ENV = (
+    "BG_DIFF_SCALE", "BG_DIFF_SEED",      # tests/kernel/test_engine_differential.py: frames, seed
+    "BG_CRASH_TRIES", "BG_CRASH_SEED",    # tests/kernel/test_reliability_crash.py
+    "BG_SWAPS",                           # tests/kernel/test_reliability_swap.py
+    "BG_RESIZE_RULES",                    # tests/kernel/test_engine_resize.py
+    "BPFGATE_TIME_SCALE",                 # bpfgate.sandbox.timing: waits' factor (else measured)
+    "BPFGATE_AGENT_WAIT",                 # bpfgate.agent.client: how long a command waits for the agent
+    "BPFGATE_DEBUG",                      # bpfgate.kernel.libbpf: libbpf's debug output
+)
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 ARCH_LIBS = f"/usr/lib/{os.uname().machine}-linux-gnu"
 
@@ -56,6 +68,7 @@ class Result:
     skipped: int = 0
     minutes: float = 0.0
     ok: bool = False
+    stopped: str = ""  # why the guest was stopped before it reported (by hand, or by the watchdog)
     failures: list[str] = field(default_factory=list)
     kept: Path | None = None  # the directory its junit.xml and console log were copied to
 
@@ -179,9 +192,42 @@ def compile_in_stage(stage: Path, pytest_args: list[str]) -> list[str]:
     return list(dict.fromkeys(line.split("::")[0] for line in r.stdout.splitlines() if "::" in line))
 
 
-def boot(vng: Path, kimg: Path, hot: Path, out: Path, pytest_args: list[str], timeout_min: int) -> None:
+def forwarded_env(environ: dict[str, str]) -> dict[str, str]:
+    """The allow-listed variables of `environ` the guest's pytest gets (one a line in a file: no newlines)."""
+    bad = [name for name in FORWARDED_ENV if "\n" in environ.get(name, "")]
+    if bad:
+        raise SystemExit(f"kernels: {', '.join(bad)} holds a newline: not forwarded to the guest")
+    return {name: environ[name] for name in FORWARDED_ENV if name in environ}
+
+
+class Stop:
+    """SIGINT/SIGTERM of the runner: the guest running then is stopped (its whole process group) and
+    reported as stopped, and no further kernel boots."""
+
+    def __init__(self) -> None:
+        self.reason = ""
+        self.proc: subprocess.Popen | None = None
+
+    def __call__(self, signum: int, _frame) -> None:
+        self.reason = self.reason or f"stopped by {signal.Signals(signum).name}"
+        self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+STOP = Stop()
+
+
+def boot(vng: Path, kimg: Path, hot: Path, out: Path, pytest_args: list[str], timeout_min: int) -> str:
+    """Runs the guest; returns why it was stopped before it finished ("" when it was not)."""
     # the arguments go through a file: the kernel command line that carries --exec holds 2 KiB
     (out / "pytest.args").write_text("".join(a + "\n" for a in pytest_args))
+    (out / "pytest.env").write_text("".join(f"{k}={v}\n" for k, v in forwarded_env(dict(os.environ)).items()))
     guest = [str(ROOT / "scripts/kernels/guest.sh"), str(out)]
     qemu = (f"-drive file={hot},if=none,id=hot,format=raw -device virtio-blk-pci,drive=hot "
             "-fsdev local,id=hostfs,path=/,security_model=none,readonly=on,multidevs=remap "
@@ -191,8 +237,14 @@ def boot(vng: Path, kimg: Path, hot: Path, out: Path, pytest_args: list[str], ti
     env = dict(os.environ, PATH=f"{vng.parent}:{os.environ['PATH']}")
     # qemu writes the guest's stdout and stderr through /proc/self/fd/N: give it a pipe (a file would be
     # reopened by both and overwritten).
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    watchdog = threading.Timer(timeout_min * 60, proc.kill)
+    # its own process group: qemu and what vng starts are stopped together, by the watchdog or by hand
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    STOP.proc = proc
+    if STOP.reason:  # a signal came while it was starting
+        STOP.kill()
+    timed_out = threading.Event()
+    watchdog = threading.Timer(timeout_min * 60, lambda: (timed_out.set(), STOP.kill()))
     watchdog.start()
     with open(out / "console.log", "wb") as log:
         for line in proc.stdout:
@@ -200,9 +252,15 @@ def boot(vng: Path, kimg: Path, hot: Path, out: Path, pytest_args: list[str], ti
             sys.stdout.flush()
             log.write(line)
     proc.wait()
-    if not watchdog.is_alive():
-        say(f"no result after {timeout_min} min: the guest was stopped")
     watchdog.cancel()
+    STOP.proc = None
+    if STOP.reason:
+        say(f"{STOP.reason}: the guest was stopped")
+        return STOP.reason
+    if timed_out.is_set():
+        say(f"no result after {timeout_min} min: the guest was stopped")
+        return f"timed out after {timeout_min} min"
+    return ""
 
 
 def doctor_summary(path: Path) -> str:
@@ -234,6 +292,25 @@ def read_junit(path: Path, result: Result) -> bool:
     return True
 
 
+def judge(out: Path, result: Result) -> None:
+    """Reads what the guest left in `out` into `result`: a stopped guest's partial junit.xml is counted,
+    but the verdict is "stopped", not a failure of pytest."""
+    result.doctor = doctor_summary(out / "doctor.json")
+    got_junit = read_junit(out / "junit.xml", result)
+    rc = (out / "pytest.rc").read_text().strip() if (out / "pytest.rc").exists() else "none"
+    result.ok = got_junit and rc == "0" and not result.stopped
+    if not result.ok and not result.failures and not result.stopped:
+        result.failures.append(f"pytest exit status {rc} (see the console output above)")
+
+
+def verdict(result: Result, must: set[str]) -> str:
+    if result.stopped:
+        return result.stopped
+    if result.ok:
+        return "ok"
+    return "FAIL" if result.kernel in must else "fail (not required)"
+
+
 def keep(out: Path, dest: Path) -> Path:
     """Copies what a guest left in `out` (the runner's temporary directory goes away) to `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -254,15 +331,10 @@ def run_kernel(vng: Path, kernel: Kernel, hot: Path, workdir: Path, pytest_args:
     run(["cp", "--sparse=always", str(hot), str(image)])
     say(f"booting {kimg} ({mode})")
     started = time.monotonic()
-    boot(vng, kimg, image, out, pytest_args, TIMEOUT_MIN[mode])
+    result.stopped = boot(vng, kimg, image, out, pytest_args, TIMEOUT_MIN[mode])
     image.unlink()
     result.minutes = (time.monotonic() - started) / 60
-    result.doctor = doctor_summary(out / "doctor.json")
-    got_junit = read_junit(out / "junit.xml", result)
-    rc = (out / "pytest.rc").read_text().strip() if (out / "pytest.rc").exists() else "none"
-    result.ok = got_junit and rc == "0"
-    if not result.ok and not result.failures:
-        result.failures.append(f"pytest exit status {rc} (see the console output above)")
+    judge(out, result)
     if results or not result.ok:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         result.kept = keep(out, (results or RESULTS / stamp) / kernel.name)
@@ -272,8 +344,8 @@ def run_kernel(vng: Path, kernel: Kernel, hot: Path, workdir: Path, pytest_args:
 def print_table(results: list[Result], must: set[str]) -> None:
     rows = [("kernel", "doctor", "passed", "failed", "skipped", "minutes", "verdict")]
     for r in results:
-        verdict = "ok" if r.ok else ("FAIL" if r.kernel in must else "fail (not required)")
-        rows.append((r.kernel, r.doctor, str(r.passed), str(r.failed), str(r.skipped), f"{r.minutes:.1f}", verdict))
+        rows.append((r.kernel, r.doctor, str(r.passed), str(r.failed), str(r.skipped), f"{r.minutes:.1f}",
+                     verdict(r, must)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
     for row in rows:
@@ -318,6 +390,7 @@ def main(argv: list[str]) -> int:
     must = set(args.kernels) or MUST_PASS_BY_DEFAULT  # kernels named on the command line must all pass
     apt_install(["qemu-system-x86", "busybox-static", "file", "e2fsprogs"])
     vng = ensure_vng()
+    forwarded_env(dict(os.environ))  # a bad value is refused before anything is built
     CACHE.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="bpfgate-kernels.", dir="/var/tmp") as tmp:
@@ -328,10 +401,16 @@ def main(argv: list[str]) -> int:
         # the guest collects only the files holding selected tests (named files and tests stay as given)
         narrow = files and all((ROOT / p).is_dir() for p in args.paths)
         pytest_args = args.options + (files if narrow else args.paths)
+        signal.signal(signal.SIGINT, STOP)
+        signal.signal(signal.SIGTERM, STOP)
         for name in names:
+            if STOP.reason:
+                break
             results.append(run_kernel(vng, KERNELS[name], hot, workdir, pytest_args, args.mode,
                                       args.results and args.results.resolve()))
     print_table(results, must)
+    if STOP.reason:
+        return 130
     return 0 if all(r.ok for r in results if r.kernel in must) else 1
 
 
