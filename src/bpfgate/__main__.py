@@ -1,5 +1,5 @@
 """`python -m bpfgate ...` is the `bpfgate` command."""
 
-from bpfgate.cli.main import run
+from bpfgate.cli.entry import run
 
 run()

@@ -9,7 +9,6 @@ Directories named after a target (pins, state) quote a cgroup path into one path
 from __future__ import annotations
 
 import os
-from urllib.parse import quote, unquote
 
 from bpfgate.errors import BadInput, NotFound, NotSupported
 
@@ -58,8 +57,16 @@ def resolve(path: str) -> str:
 
 def dir_name(target: str) -> str:
     """One path component for a target: a device name as it is, a cgroup path quoted ("%2Fsys%2F...")."""
-    return quote(target, safe="") if is_cgroup(target) else target
+    if not is_cgroup(target):
+        return target
+    from urllib.parse import quote
+
+    return quote(target, safe="")
 
 
 def from_dir_name(name: str) -> str:
-    return unquote(name) if name.startswith("%2F") else name
+    if not name.startswith("%2F"):
+        return name
+    from urllib.parse import unquote
+
+    return unquote(name)

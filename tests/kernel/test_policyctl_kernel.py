@@ -289,8 +289,8 @@ def test_reapply_of_the_same_file_is_a_no_change_until_the_engine_changes(net, t
 
 # what the no-change answer of `bpfgate apply` must not import (most of its time otherwise)
 HEAVY = ("pydantic", "yaml", "pyroute2", "bpfgate.policy.model", "bpfgate.policy.compile", "bpfgate.engine.engine",
-         "bpfgate.policyctl.api", "bpfgate.nat")
-_CLI_MODULES = ("import sys\nfrom bpfgate.cli.main import run\n"
+         "bpfgate.policyctl.api", "bpfgate.nat", "click", "rich")
+_CLI_MODULES = ("import sys\nfrom bpfgate.cli.entry import run\n"
                 "try:\n    run(sys.argv[1:])\nfinally:\n"
                 "    print(' '.join(m for m in %r if m in sys.modules), file=sys.stderr)\n" % (HEAVY,))
 
@@ -303,8 +303,8 @@ def _cli_imports(*argv) -> tuple[subprocess.CompletedProcess, set[str]]:
 
 
 def test_cli_no_change_answers_without_the_control_plane(net, tmp_path):
-    """`bpfgate apply` of the file applied last answers before importing the models, the compiler or netlink,
-    and prints what the full path prints for the same no-change (text, --json, --dry-run)."""
+    """`bpfgate apply` of the file applied last answers before importing the models, the compiler, netlink,
+    click or Rich, and prints what the full path prints for the same no-change (text, --json, --dry-run)."""
     n = net
     f = tmp_path / "p.yaml"
     f.write_text(f"interfaces: [{n.dev}]\nhooks:\n  tc-ingress:\n    rules:\n"

@@ -83,3 +83,52 @@ def test_big_apply_is_counted_and_verbose_lists_each(be, capsys, tmp_path):
     assert code == 0 and "+ rule r119 added at 119" in out and len(out.splitlines()) == 122
     code, out, _ = _run(capsys, "apply", str(f))
     assert code == 0 and len(out.splitlines()) == 3 and "applied: 1 attach; 120 rule change(s)" in out
+
+
+@pytest.mark.parametrize("argv, kw", [
+    (["apply", "p.yaml"], {"file": "p.yaml"}),
+    (["apply", "--netns", "n1", "p.yaml", "--json"], {"file": "p.yaml", "netns": "n1", "as_json": True}),
+    (["apply", "--netns=n1", "--dry-run", "-v", "p.yaml"], {"file": "p.yaml", "netns": "n1", "dry_run": True,
+                                                           "verbose": True}),
+])
+def test_entry_reads_the_plain_apply_forms(argv, kw):
+    from bpfgate.cli.entry import apply_args
+
+    want = {"file": None, "netns": None, "dry_run": False, "as_json": False, "verbose": False, **kw}
+    assert apply_args(argv) == want
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["rules"], ["apply"], ["apply", "-"], ["apply", "a.yaml", "b.yaml"], ["apply", "--netns"],
+    ["apply", "--netns", "--json", "p.yaml"], ["apply", "--netns=", "p.yaml"], ["apply", "--confirm", "30", "p.yaml"],
+    ["apply", "--confirmed", "p.yaml"], ["apply", "--mode", "xdp-native", "p.yaml"], ["apply", "--force", "p.yaml"],
+    ["apply", "--", "p.yaml"], ["apply", "-vx", "p.yaml"], ["apply", "--help"], ["apply", "", "p.yaml"],
+])
+def test_entry_leaves_every_other_form_to_click(argv):
+    """Whatever the no-change answer is not sure of goes to the full command line (which errors or applies)."""
+    from bpfgate.cli.entry import answered, apply_args
+
+    assert apply_args(argv) is None and not answered(argv)
+
+
+def test_messages_without_a_console_are_plain_and_coloured_only_on_a_terminal(capsys, monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for name in ("out", "err"):   # no Rich console made yet (another test's may be)
+        monkeypatch.delitem(vars(term), name, raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    term.ok("x [y]")
+    term.error("bad\n  thing")
+    out, err = capsys.readouterr()
+    assert out == "OK   x [y]\n" and err == "bpfgate: error: bad thing\n"
+    tty = Tty()
+    monkeypatch.setattr("sys.stdout", tty)
+    term.ok("x")
+    assert tty.getvalue() == "\x1b[32mOK\x1b[0m   x\n"
+    monkeypatch.setenv("NO_COLOR", "1")
+    term.ok("z")
+    assert tty.getvalue().endswith("OK   z\n")

@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 
 import click
-from rich.markup import escape
-
 from bpfgate.cli import term
+from bpfgate.cli.applied import SUMMARY_OVER, print_plan
 from bpfgate.cli.params import Seconds, UserPath
 
 NETNS = click.option("--netns", metavar="NAME", help="The interfaces are in this named network namespace.")
@@ -43,64 +42,6 @@ def _printed_as_json_or_none(items, as_json: bool, netns: str | None) -> bool:
     return as_json or not items
 
 
-def _print_nat(res) -> None:
-    for c in res.nat:
-        moved = f": {100 * c['moved']:.3f}% of its table's slots moved" if "moved" in c else ""
-        name = f" {c['name']}" if "name" in c else ""
-        term.info(f"{'would ' if res.dry_run else ''}{c['op']}{name} on {c['interface']}{moved}")
-
-
-SUMMARY_OVER = 50   # rule changes on one hook above which the text output counts them instead of listing each
-
-
-def _hook_lines(h, verbose: bool) -> list[str]:
-    """A hook's part of the plan; its rule changes counted by kind when there are many (a 100k-rule swap
-    is not 200,000 lines), listed with --verbose (and always in --json)."""
-    lines = h.lines()
-    if verbose or h.action not in ("attach", "swap") or len(h.rules) <= SUMMARY_OVER:
-        return lines
-    counts: dict[str, int] = {}
-    for c in h.rules:
-        counts[c.kind] = counts.get(c.kind, 0) + 1
-    return lines[:len(lines) - len(h.rules)] + [
-        "  " + ", ".join(f"{n:,} rule(s) {kind}" for kind, n in counts.items()) + " (--verbose lists each)"]
-
-
-def _print_plan(res, as_json: bool, verbose: bool = False) -> None:
-    if as_json:
-        term.print_json(res.to_dict())
-        return
-    _print_nat(res)
-    if not res.engine:
-        if not res.nat:
-            term.ok("no change: NAT as the file says")
-        return
-    p = res.plan
-    for r in res.repaired:
-        term.warning(r)
-    for line in res.steer:
-        term.info(("would " if res.dry_run else "") + line)
-    if not p.changed and res.steer:
-        term.ok(f"{'dry run: would apply' if res.dry_run else 'applied'}: {len(res.steer)} steering change(s)")
-        return
-    if not p.changed:
-        term.ok(p.summary())
-        for line in (ln for h in p.hooks if h.kept for ln in h.lines()):
-            term.info(line)
-        return
-    for line in (ln for h in p.hooks for ln in _hook_lines(h, verbose)):
-        term.info(line)
-    for w in p.warnings():
-        term.warning(w)
-    if res.dry_run:
-        term.info(f"dry run: would {p.summary()}")
-    else:
-        term.ok(f"applied: {p.summary()}")
-    if res.pending:
-        term.info(f"[yellow]rolls back in {res.pending.remaining:.0f} s[/yellow] unless confirmed: "
-                  f"`bpfgate confirm{' --netns ' + escape(res.pending.netns) if res.pending.netns else ''}`", markup=True)
-
-
 def register(app: click.Group) -> None:
     @app.command("apply")
     @click.argument("file", required=False)
@@ -123,7 +64,7 @@ def register(app: click.Group) -> None:
 
             res = apply_unchanged(file, netns, dry_run)
             if res is not None:
-                _print_plan(res, as_json, verbose)
+                print_plan(res, as_json, verbose)
                 return
         from bpfgate import policyctl
 
@@ -140,7 +81,7 @@ def register(app: click.Group) -> None:
         elif file is None:
             raise click.UsageError("missing FILE (or --confirmed)")
         res = policyctl.apply(file, netns=netns, dry_run=dry_run, force=force, confirm=confirm_s, mode=mode)
-        _print_plan(res, as_json, verbose)
+        print_plan(res, as_json, verbose)
 
     @app.command("confirm")
     @NETNS
@@ -278,8 +219,7 @@ def register(app: click.Group) -> None:
             return
         if name is not None:   # one set: every element, one a line (as `nft list set`)
             row = rows[0]
-            term.info(f"set {escape(row.name)}: type {row.type}, {len(row.elements)} elements, on "
-                      f"{escape(', '.join(row.targets))}")
+            term.info(f"set {row.name}: type {row.type}, {len(row.elements)} elements, on {', '.join(row.targets)}")
             for e in row.elements:
                 click.echo(e)
             return

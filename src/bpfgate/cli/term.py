@@ -3,14 +3,57 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def __getattr__(name: str) -> Console:
+    """`out` and `err`: Rich consoles, made (and Rich imported, ~70 ms) when a command first prints through
+    one; messages without markup are written without them (a quick command's whole run is ~100 ms)."""
+    if name not in ("out", "err"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+
+    console = globals()[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+    return console
+
+
+def _console(name: str) -> Console:
+    return globals().get(name) or __getattr__(name)
+
+
+def _colour(stream) -> bool:
+    """Whether Rich would colour this stream (its defaults: FORCE_COLOR, NO_COLOR, a dumb terminal, a tty)."""
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM", "").lower() in ("dumb", "unknown"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+_COLOURS = {"green": "32", "red": "31", "yellow": "33"}
+
+
+def _tagged(name: str, tag: str, colour: str, msg: str) -> None:
+    """`tag` in its colour, then the message as typed (no markup), on stdout ("out") or stderr ("err"):
+    through the Rich console once one is made (one writer keeps the order), else written straight."""
+    console = globals().get(name)
+    if console is not None:
+        from rich.markup import escape
+
+        console.print(f"[{colour}]{tag}[/{colour}]{escape(msg)}" if tag else msg, markup=bool(tag))
+        return
+    stream = sys.stdout if name == "out" else sys.stderr
+    if tag and _colour(stream):
+        tag = f"\x1b[{_COLOURS[colour]}m{tag}\x1b[0m"
+    stream.write(f"{tag}{msg}\n")
+    stream.flush()
 
 
 def print_json(data: Any) -> None:
@@ -45,8 +88,12 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     if markup:
         styled, cells = cells, [[Text.from_markup(v).plain for v in r] for r in cells]
     cols = list(columns)
+    if globals().get("out") is None and not sys.stdout.isatty() and not os.environ.get("FORCE_COLOR"):
+        _plain_table(title, cols, cells, sys.stdout)   # a pipe: no Rich needed
+        return
+    out = _console("out")
     if not out.is_terminal:
-        _plain_table(title, cols, cells)
+        _plain_table(title, cols, cells, out.file)
         return
     shown = [[Text.from_markup(v) for v in r] for r in styled] if markup else [[Text(v) for v in r] for r in cells]
     left_out: list[str] = []
@@ -62,12 +109,14 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
             out.print(t)
             break
     else:
-        _plain_table(title, cols, cells)
+        _plain_table(title, cols, cells, out.file)
     if left_out:
         info(f"(left out for the terminal's width: {', '.join(left_out)}; --json has every field)")
 
 
 def _rich_table(title: str | None, columns: Sequence[str], cells: list[list[Any]]) -> Table:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", header_style="bold")
     for c in columns:
         t.add_column(c, overflow="fold")
@@ -76,41 +125,36 @@ def _rich_table(title: str | None, columns: Sequence[str], cells: list[list[Any]
     return t
 
 
-def _plain_table(title: str | None, columns: Sequence[str], cells: list[list[str]]) -> None:
+def _plain_table(title: str | None, columns: Sequence[str], cells: list[list[str]], file) -> None:
     cells = [[" / ".join(v.splitlines()) if "\n" in v else v for v in r] for r in cells]   # a row is a line
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     lines = [title] if title else []
     for r in [list(columns), *cells]:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-    out.file.write("\n".join(lines) + "\n")
-    out.file.flush()
+    file.write("\n".join(lines) + "\n")
+    file.flush()
 
 
 def ok(msg: str) -> None:
-    out.print(f"[green]OK[/green]   {_escape(msg)}")
+    _tagged("out", "OK", "green", f"   {msg}")
 
 
 def fail(msg: str) -> None:
-    out.print(f"[red]FAIL[/red] {_escape(msg)}")
+    _tagged("out", "FAIL", "red", f" {msg}")
 
 
 def info(msg: str, markup: bool = False) -> None:
     """A line of text; `markup=True` for a caller's own Rich markup (user input in it must be escaped)."""
-    out.print(msg, markup=markup)
+    if markup:
+        _console("out").print(msg, markup=True)
+    else:
+        _tagged("out", "", "", msg)
 
 
 def warning(msg: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {_escape(msg)}", markup=True)
-
-
-def _escape(msg: str) -> str:
-    from rich.markup import escape
-
-    return escape(msg)   # text a user typed ("[tcp]", "[fd00::1]:80") is shown as typed
+    _tagged("err", "warning:", "yellow", f" {msg}")
 
 
 def error(msg: str) -> None:
-    from rich.markup import escape
-
     msg = " ".join(ln.strip() for ln in msg.splitlines() if ln.strip())   # one line, whatever the cause said
-    err.print(f"[red]bpfgate: error:[/red] {escape(msg)}", markup=True)   # [fd00::1]:80 is not markup
+    _tagged("err", "bpfgate: error:", "red", f" {msg}")

@@ -27,7 +27,6 @@ import fcntl
 import json
 import os
 import pickle
-import shutil
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, BinaryIO, Callable
 
@@ -344,6 +343,8 @@ class StateStore:
         return getattr(self, "_pending", [])
 
     def remove(self) -> None:
+        import shutil
+
         shutil.rmtree(self.dir, ignore_errors=True)
         for d in (os.path.dirname(self.dir), os.path.dirname(os.path.dirname(self.dir))):
             try:

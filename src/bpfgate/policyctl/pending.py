@@ -13,8 +13,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -62,6 +60,8 @@ def forget(netns: str | None, root: str | None = None) -> None:
     """Remove the namespace's state directory once nothing is pending (after its last policy went)."""
     d = state_dir(netns, root)
     if not os.path.exists(os.path.join(d, "pending.json")):
+        import shutil
+
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -124,6 +124,8 @@ def arm(pending: Pending, root: str | None = None, start_watcher: bool = True) -
     _write(pending.path, pending.to_json())
     if start_watcher:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        import subprocess
+
         proc = subprocess.Popen([sys.executable, "-m", "bpfgate.policyctl.watcher", pending.path],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True, close_fds=True, env=env)

@@ -12,7 +12,6 @@ rule over. Only detaching the whole hook removes them, and the plan warns about 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +176,8 @@ def rule_changes(old: HookPolicy | None, new: HookPolicy | None) -> list[RuleCha
     a = [r.name for r in old_rules if r.name in by_new]
     b = [r.name for r in new_rules if r.name in by_old]
     if a != b:
+        import difflib
+
         sm = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
         stay = {name for blk in sm.get_matching_blocks() for name in b[blk.b:blk.b + blk.size]}
         for name in b:
