@@ -11,7 +11,7 @@ import time
 import pytest
 
 from bpfgate import policyctl
-from bpfgate.engine import Engine
+from bpfgate.engine.listing import saved_listing
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.policy.model import Hook, Policy
 from bpfgate.policyctl.engine_backend import EngineBackend
@@ -183,13 +183,13 @@ def test_saved_listing_follows_edits_swaps_and_counters(net):
     rows = [("web", "drop", "protocol=tcp dst_port=80"), ("alt", "pass", "protocol=tcp dst_port=8080"),
             ("(default)", "allow", "no rule matched")]
     assert listed() == rows   # described from the rules, and saved
-    assert Engine.saved_listing(n.dev, Hook.TC_INGRESS, n.ns) is not None
+    assert saved_listing(n.dev, Hook.TC_INGRESS, n.ns) is not None
     assert listed() == rows   # read back
     assert dropped(n, 80) and served(n, 8080)
     assert settled_counts(n)["web"] > 0 and counts(n)["alt"] > 0   # counters live, not saved ones
     policyctl.add_rule(n.dev, "tc-ingress", {"name": "v6", "src": str(n.link.a.net6), "action": "drop"},
                        position=1, netns=n.ns)
-    assert Engine.saved_listing(n.dev, Hook.TC_INGRESS, n.ns) is None   # edited since: the state is read
+    assert saved_listing(n.dev, Hook.TC_INGRESS, n.ns) is None   # edited since: the state is read
     assert listed() == [rows[0], ("v6", "drop", f"src={n.link.a.net6}"), *rows[1:]]
     policyctl.delete_rule(n.dev, "tc-ingress", "web", netns=n.ns)
     assert [r[0] for r in listed()] == ["v6", "alt", "(default)"]

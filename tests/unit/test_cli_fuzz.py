@@ -114,7 +114,7 @@ def _argv(prefix, opts):
 @pytest.fixture
 def be(monkeypatch, tmp_path):
     b = policyctl.MemoryBackend()
-    monkeypatch.setattr(policyctl.api, "_backend", lambda backend=None: backend or b)
+    monkeypatch.setattr(policyctl.common, "default_backend", b)
     monkeypatch.setattr(policyctl._confirm, "STATE_DIR", str(tmp_path / "state"))
     arm = policyctl._confirm.arm
     monkeypatch.setattr(policyctl._confirm, "arm", lambda p, root=None, start_watcher=True: arm(p, root, False))

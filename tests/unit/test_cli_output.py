@@ -62,7 +62,7 @@ def test_user_text_is_not_markup(capsys):
 @pytest.fixture
 def be(monkeypatch):
     b = policyctl.MemoryBackend()
-    monkeypatch.setattr(policyctl.api, "_backend", lambda backend=None: backend or b)
+    monkeypatch.setattr(policyctl.common, "default_backend", b)
     return b
 
 

@@ -74,7 +74,7 @@ def test_shape_fields_name_the_masked_key_fields(m, text):
 
 @pytest.fixture
 def cli_be(monkeypatch, be):
-    monkeypatch.setattr(policyctl.api, "_backend", lambda backend=None: backend or be)
+    monkeypatch.setattr(policyctl.common, "default_backend", be)
     return be
 
 

@@ -28,7 +28,7 @@ hooks:
 @pytest.fixture
 def be(monkeypatch):
     b = policyctl.MemoryBackend()
-    monkeypatch.setattr(policyctl.api, "_backend", lambda backend=None: backend or b)
+    monkeypatch.setattr(policyctl.common, "default_backend", b)
     monkeypatch.setattr(policyctl._confirm, "STATE_DIR", "/nonexistent-bpfgate-test-state")
     return b
 

@@ -29,6 +29,7 @@ from bpfgate.policy.ruledata import rule_row
 
 from . import records as R
 from . import recover, resize
+from .listing import read_counters
 from .paths import MAPS, pin_dir
 from .state import StateStore
 
@@ -601,28 +602,6 @@ class Engine:
                                     (default, live.c.default_rule) if whole else None)
         return default, rows
 
-    @staticmethod
-    def saved_listing(dev: str, hook: Hook, netns_name: str | None = None) -> tuple[str, list[tuple], dict] | None:
-        """(default, rows as listing() gives them, counters) without loading the saved state, when the listing
-        saved beside it is the whole running state (StateStore.current_listing); else None."""
-        saved = StateStore(dev, hook, netns_name).current_listing()
-        if saved is None:
-            return None
-        path = os.path.join(pin_dir(dev, hook, netns_name), "bg_counters")
-        try:
-            m = Map.from_pin(path, ctypes.c_uint32 if "bg_counters" in U32_KEYED else None)
-        except BpfgateError:
-            return None
-        try:
-            rows, (default, default_rid) = saved["rows"], saved["default"]
-            ids = {rows[rid][0]: rid for rid in saved["order"]}
-            ids[DEFAULT_NAME] = default_rid
-            return default, [rows[rid] for rid in saved["order"]], _read_counters(m, ids)
-        except (KeyError, IndexError, TypeError, ValueError):   # a listing of another layout: load the state
-            return None
-        finally:
-            m.close()
-
     def rule_ids(self) -> dict[str, int]:
         self._sync()
         c = self._live().c
@@ -630,7 +609,7 @@ class Engine:
 
     def counters(self) -> dict[str, R.Counter]:
         """Packets and bytes per rule name (per-CPU, summed), "(default)" included."""
-        return _read_counters(self.maps["bg_counters"], self.rule_ids())
+        return read_counters(self.maps["bg_counters"], self.rule_ids())
 
     def reset_counters(self, names: Iterable[str] | None = None) -> dict[str, R.Counter]:
         """Zero the counters of the named rules ("(default)" included; None: every rule), as `nft reset
@@ -810,27 +789,6 @@ class Engine:
     def _journal(self, op: str, **kw) -> None:
         if self.store is not None:
             self.store.journal(op, **kw)
-
-
-def _read_counters(m: Map, ids: dict[str, int]) -> dict[str, R.Counter]:
-    """Packets and bytes of the rules `ids` (name -> slot) in bg_counters, summed over the CPUs."""
-    need = (max(ids.values()) + 1) * m._vbuf_size
-    raw = bytearray()
-    for _keys, vals, _n in m.lookup_batch_raw(chunk=1 << 14):   # the array in slot order, few syscalls
-        raw += vals
-        if len(raw) >= need:
-            break
-    slot, ncpu = m.slot_size, m._vbuf_size // m.slot_size
-    if slot == R.COUNTER.size:   # whole records back to back: unpacked in one call (100k rules: ~10x faster)
-        per_cpu = list(R.COUNTER.iter_unpack(memoryview(raw)[:need]))
-    else:
-        per_cpu = [R.COUNTER.unpack_from(raw, off) for off in range(0, need, slot)]
-
-    def by_rule(field: list[int]) -> list[int]:   # one field summed over the CPUs, indexed by slot
-        return list(map(sum, zip(*(field[c::ncpu] for c in range(ncpu)))))
-
-    packets, nbytes = by_rule([p for p, _b in per_cpu]), by_rule([b for _p, b in per_cpu])
-    return {name: R.Counter(name, packets[rid], nbytes[rid]) for name, rid in ids.items()}
 
 
 def _open_pins(dev: str, hook: Hook, netns_name: str | None) -> dict[str, Map]:

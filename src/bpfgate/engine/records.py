@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 
 from bpfgate import contract
-from bpfgate.policy.model import CT_STATES
+from bpfgate.policy.ctstates import CT_STATES
 
 C = contract.constants("engine")
 COUNTER = contract.record("engine", "bg_counter", "packets bytes")

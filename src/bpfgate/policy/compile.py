@@ -13,6 +13,7 @@ from typing import Callable
 from ..errors import PolicyError
 from . import layout as L
 from .atoms import Atom, atom_count, rule_atoms
+from .hooks import DEFAULT_NAME
 from .model import Hook, HookPolicy, Policy, Reject, Rule
 from .parse import _fmt, rule_problem
 from .prefixes import Classes
@@ -24,7 +25,6 @@ PRIO_STEP = 1024          # gap between consecutive rules' priorities, so a live
 DEFAULT_MAX_SHAPES = 16   # hash lookups per packet, worst case
 DEFAULT_MAX_ENTRIES = 1 << 20
 DEFAULT_MAX_RULE_ENTRIES = 1 << 16
-DEFAULT_NAME = "(default)"
 
 
 @dataclass(frozen=True)

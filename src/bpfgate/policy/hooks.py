@@ -26,3 +26,5 @@ Hook.__module__ = "bpfgate.policy.model"
 
 SOCKET_HOOKS = frozenset({Hook.CGROUP_CONNECT, Hook.CGROUP_BIND})
 CGROUP_HOOKS = frozenset({Hook.CGROUP_INGRESS, Hook.CGROUP_EGRESS}) | SOCKET_HOOKS
+
+DEFAULT_NAME = "(default)"   # the default verdict's row in counters and listings, as if it were a rule

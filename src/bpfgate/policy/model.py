@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SkipValidation, field_validator, model_validator
 
-from bpfgate import contract
 from bpfgate.steer.policy import SteerPolicy
 
+from .ctstates import CT_STATES
 from .hooks import CGROUP_HOOKS, SOCKET_HOOKS, Hook  # noqa: F401 - the models' hooks, named here too
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -38,10 +38,6 @@ PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51, "ic
 PORT_PROTOCOLS = {6, 17, 132}
 ICMP_PROTOCOLS = {1, 58}
 TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20, "ece": 0x40, "cwr": 0x80}
-# conntrack states as policy files name them -> enum bg_ct_state (engine.h)
-CT_STATES = {word: value for value, word in contract.constants("engine").names("bg_ct_state", {
-    "BG_CT_NEW": "new", "BG_CT_ESTABLISHED": "established", "BG_CT_RELATED": "related",
-    "BG_CT_INVALID": "invalid"}).items()}
 
 
 class Strict(BaseModel):

@@ -33,12 +33,16 @@ import types
 
 # submodules named like a function of the API: the name is the function's, as when the API was this module
 _FUNCTIONS_FIRST = frozenset({"apply", "plan", "explain", "export", "sets"})
+# names served by a light submodule without api (`rules` at 100k rules: without the models and the compiler)
+_LIGHT = {"rules": "listing", "RuleRow": "listing"}
 
 
 class _Package(types.ModuleType):
     def __getattr__(self, name: str):
         if name.startswith("__") and name != "__all__":
             raise AttributeError(name)
+        if name in _LIGHT:
+            return getattr(importlib.import_module(f"{__name__}.{_LIGHT[name]}"), name)
         if name not in _FUNCTIONS_FIRST and importlib.util.find_spec(f"{__name__}.{name}") is not None:
             return importlib.import_module(f"{__name__}.{name}")   # a submodule (pending, unchanged ...) alone
         api = importlib.import_module(f"{__name__}.api")

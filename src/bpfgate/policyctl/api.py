@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import gc
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bpfgate import cgroups
 from bpfgate.agent import client as _agent
 from bpfgate.errors import BadInput, BpfgateError, NotFound, PolicyError
 from bpfgate.policy import layout as L
@@ -19,7 +14,6 @@ from bpfgate.policy.compile import CompiledHook, compile_hook
 from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
 from bpfgate.policy.packet import Packet
 from bpfgate.policy.parse import rule_problem
-from bpfgate.policy.ruledata import rule_row
 from bpfgate.steer import policy as steer_policy
 
 from . import guard
@@ -27,7 +21,8 @@ from . import pending as _confirm
 from . import sets as _sets
 from . import unchanged
 from .apply import ApplyError, execute, precheck, resolver
-from .backend import Backend, MemoryBackend, RuleCounters
+from .backend import Backend, MemoryBackend
+from .common import _backend, _gc_paused, _reading, _ready, _selected, _serialised, parse_hook, target
 from .cost import TREE_NAMES, ClassifierReport, shape_fields
 from .cost import report as cost_report
 from .explain import Explanation, explain_hook, parse_packet
@@ -41,6 +36,7 @@ from .export import (
     rule_data,
     split_documents,
 )
+from .listing import RuleRow, rules
 from .plan import HookPlan, Plan, automation
 from .plan import plan as make_plan
 from .result import ApplyResult
@@ -82,51 +78,6 @@ __all__ = [
 Source = str | Path | Policy | Iterable[Policy]
 
 
-def _gc_paused(fn):
-    """Run fn with the cyclic garbage collector off: a 100k-rule policy is millions of objects, and every
-    collection the allocations trigger walks all of them (~40% of reading and compiling one); what is built
-    here is acyclic and freed by reference counting."""
-    @functools.wraps(fn)
-    def run(*args, **kw):
-        was = gc.isenabled()
-        gc.disable()
-        try:
-            return fn(*args, **kw)
-        finally:
-            if was:
-                gc.enable()
-    return run
-
-
-def _backend(backend: Backend | None) -> Backend:
-    if backend is not None:
-        return backend
-    from .engine_backend import EngineBackend
-
-    return EngineBackend()
-
-
-def _ready(backend: Backend, netns: str | None, op: str) -> None:
-    """The backend's own checks before anything is read or created (privileges, the namespace exists)."""
-    ready = getattr(backend, "ready", None)
-    if ready is not None:
-        ready(netns, op)
-
-
-@contextlib.contextmanager
-def _serialised(netns: str | None, backend: Backend, state_root: str | None = None, op: str = "change the policy"):
-    """The namespace's control-plane lock (not for MemoryBackend alone: nothing is shared between
-    processes), and the backend's session: what it reads stays valid until the lock is released."""
-    _ready(backend, netns, op)
-    with contextlib.ExitStack() as stack:
-        if not (isinstance(backend, MemoryBackend) and state_root is None):
-            stack.enter_context(_confirm.locked(netns, state_root))
-        session = getattr(backend, "session", None)
-        if session is not None:
-            stack.enter_context(session())
-        yield
-
-
 def _ifindex(backend: Backend, netns: str | None):
     return (lambda name: 1) if isinstance(backend, MemoryBackend) else resolver(netns)
 
@@ -137,24 +88,6 @@ def _policies(source: Source) -> list[Policy]:
     if isinstance(source, (str, Path)):
         return load_policy_file(source)
     return list(source)
-
-
-def parse_hook(hook: str | Hook) -> Hook:
-    try:
-        return Hook(hook)
-    except ValueError:
-        raise PolicyError(f"hook {hook}", f"unknown hook (known: {', '.join(h.value for h in Hook)})") from None
-
-
-def target(dev: str, hook: Hook | None = None) -> str:
-    """An interface name as it is; a cgroup (a path, or any name at a cgroup hook) as its normalised
-    absolute path, as the engine keys it."""
-    if "/" in dev or (hook is not None and hook.on_cgroup):
-        try:
-            return cgroups.normalise(dev)
-        except ValueError as e:
-            raise NotFound(f"cgroup {dev}", str(e)) from None
-    return dev
 
 
 def rule_from(data: Rule | dict[str, Any]) -> Rule:
@@ -466,110 +399,6 @@ def remove(dev: str | None = None, hook: str | Hook | None = None, *, netns: str
 
 
 # ---- reading -------------------------------------------------------------------------------------------
-
-@dataclass
-class RuleRow:
-    dev: str
-    hook: str
-    position: int | None          # None for the default
-    name: str
-    action: str
-    match: str
-    packets: int = 0
-    bytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    owner: str | None = None      # the program that added it (automation), None: a policy file or a user
-    comment: str | None = None    # the rule's free-text comment
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"dev": self.dev, "hook": self.hook, "position": self.position, "name": self.name,
-                "action": self.action, "match": self.match, "packets": self.packets, "bytes": self.bytes,
-                "owner": self.owner, "comment": self.comment, **({"options": self.extra} if self.extra else {})}
-
-
-@_gc_paused
-def rules(dev: str | None = None, *, netns: str | None = None, hook: str | Hook | None = None,
-          backend: Backend | None = None, names: Iterable[str] | None = None, reset: bool = False) -> list[RuleRow]:
-    """Every rule of every running hook (or of one interface / hook; only the rules `names` if given: "(default)"
-    names the default), in order, with its counters. `reset`: those counters are zeroed as they are read
-    (`nft reset counters`); the rows hold the values before."""
-    backend = _backend(backend)
-    hook = parse_hook(hook) if hook is not None else None
-    dev = target(dev, hook) if dev is not None else None
-    names = None if names is None else list(dict.fromkeys(names))
-    with _serialised(netns, backend, op="reset counters") if reset else _reading(backend, netns, "list rules"):
-        return _rules(backend, dev, hook, netns, names, reset)
-
-
-def _reading(backend: Backend, netns: str | None, op: str):
-    """The backend's session, if it has one: each engine opened once for a whole listing."""
-    _ready(backend, netns, op)
-    session = getattr(backend, "session", None)
-    return session() if session else contextlib.nullcontext()
-
-
-def _pick(running: Iterable[tuple[str, Hook]], dev: str | None, hook: Hook | None, op: str) -> list[tuple[str, Hook]]:
-    """The running hooks of one interface / hook (default: all), by interface then hook; NotFound when
-    `dev` runs no policy."""
-    running = list(running)
-    if dev is not None and not any(d == dev for d, _ in running):
-        raise NotFound(f"{op} of {dev}", "no bpfgate policy is attached there")
-    return sorted(((d, h) for d, h in running if (dev is None or d == dev) and (hook is None or h == hook)),
-                  key=lambda k: (k[0], k[1].value))
-
-
-def _selected(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None,
-              op: str) -> list[tuple[str, Hook, HookPolicy]]:
-    """The policies of the running hooks `_pick` selects."""
-    state = backend.running(netns)
-    return [(d, h, state[(d, h)]) for d, h in _pick(state, dev, hook, op)]
-
-
-def _listings(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None,
-              op: str) -> list[tuple[str, Hook, str, list[tuple], dict[str, RuleCounters] | None]]:
-    """(dev, hook, default, rules as ruledata.rule_row, counters or None) of the running hooks `_pick`
-    selects; from the backend's listing when it keeps one (the Rule models are then not read back)."""
-    listing = getattr(backend, "listing", None)
-    if listing is None:
-        return [(d, h, hp.default, [rule_row(r) for r in hp.rules], None)
-                for d, h, hp in _selected(backend, dev, hook, netns, op)]
-    out = []
-    for d, h in _pick(backend.hooks(netns), dev, hook, op):
-        found = listing(d, h, netns)
-        if found is not None:   # detached meanwhile
-            out.append((d, h, *found))
-    return out
-
-
-def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None,
-           names: list[str] | None = None, reset: bool = False) -> list[RuleRow]:
-    selected = _listings(backend, dev, hook, netns, "reset counters" if reset else "list rules")
-    if names is not None:   # every name must be somewhere, before anything is reset
-        known = {row[0] for _d, _h, _default, rows, _c in selected for row in rows} | {"(default)"}
-        missing = [n for n in names if n not in known]
-        if missing:
-            raise NotFound(f"{'reset counters' if reset else 'list rules'} of rule {missing[0]}",
-                           "no such rule in the running policy" + (f" of {dev}" if dev else ""))
-    out = []
-    for d, h, default, rows, counts in selected:
-        here = [row[0] for row in rows] + ["(default)"]
-        want = set(here if names is None else names).intersection(here)   # a set: tested once per rule
-        if not want:
-            continue
-        if reset:
-            counts = backend.reset_counters(d, h, netns, None if names is None else [n for n in here if n in want])
-        elif counts is None:
-            counts = backend.counters(d, h, netns)
-        none = RuleCounters("", 0, 0)
-        for i, (name, action, match, extra, owner, comment) in enumerate(rows):
-            if name in want:
-                c = counts.get(name, none)
-                out.append(RuleRow(d, h.value, i, name, action, match, c.packets, c.bytes, extra, owner, comment))
-        if "(default)" in want:
-            c = counts.get("(default)", none)
-            out.append(RuleRow(d, h.value, None, "(default)", default, "no rule matched", c.packets, c.bytes))
-    return out
-
 
 # ---- classifier cost -----------------------------------------------------------------------------------
 

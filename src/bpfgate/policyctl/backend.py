@@ -8,13 +8,16 @@ A Backend works in one network namespace at a time (`netns` None: the current on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bpfgate.errors import BpfgateError, NotFound
-from bpfgate.policy.compile import CompiledHook
-from bpfgate.policy.model import Hook, HookPolicy, Rule
+from bpfgate.policy.hooks import Hook
 
-State = dict[tuple[str, Hook], HookPolicy]
+if TYPE_CHECKING:   # light to import: `rules` lists without the models
+    from bpfgate.policy.compile import CompiledHook
+    from bpfgate.policy.model import HookPolicy, Rule
+
+State = dict[tuple[str, Hook], "HookPolicy"]
 
 
 @dataclass(frozen=True)

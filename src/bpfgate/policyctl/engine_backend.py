@@ -4,10 +4,14 @@ next to them), reopened from its pins on every call, so any process sees and edi
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from bpfgate.policy.compile import CompiledHook
-from bpfgate.policy.layout import Conf
-from bpfgate.policy.model import Hook, HookPolicy, Rule
+from bpfgate.policy.hooks import Hook
+
+if TYPE_CHECKING:
+    from bpfgate.policy.compile import CompiledHook
+    from bpfgate.policy.layout import Conf
+    from bpfgate.policy.model import HookPolicy, Rule
 
 from .backend import RuleCounters, State
 
@@ -143,18 +147,18 @@ class EngineBackend:
 
     def hooks(self, netns: str | None) -> list[tuple[str, Hook]]:
         """(dev, hook) of every running engine, without reading their policies."""
-        from bpfgate.engine import Engine
+        from bpfgate.engine.state import StateStore
 
-        return Engine.attached(netns)
+        return StateStore.listing(netns)
 
     def listing(self, dev: str, hook: Hook, netns: str | None) -> tuple[str, list[tuple], dict] | None:
         """(default, the rules as `rules` lists them: ruledata.rule_row, their counters) of one hook; None when
         it runs none. From the listing saved beside the state when it is current (the state not loaded)."""
-        from bpfgate.engine import Engine
+        from bpfgate.engine.listing import saved_listing
         from bpfgate.errors import NotFound
 
         if self._held is None and not (self._cache and (dev, hook, netns) in self._cache):
-            found = Engine.saved_listing(dev, hook, netns)
+            found = saved_listing(dev, hook, netns)
             if found is not None:
                 default, rows, counts = found
                 return default, rows, {n: RuleCounters(n, c.packets, c.bytes) for n, c in counts.items()}
