@@ -110,3 +110,40 @@ def test_a_set_edit_is_journaled_and_survives_reopen_and_swap(net):
     assert not reach(n, n.client, False)
     policyctl.set_delete("block", [n.cip4], netns=n.netns)
     assert reach(n, n.client, False)
+
+
+def test_a_set_outgrowing_its_table_grows_the_maps(sandbox, engines):
+    """bg_pfx preallocated tight at attach: the set add that does not fit swaps the policy with the edited set
+    into maps sized for it (no moment without a policy); the element's verdict holds, and more edits go on
+    live in the grown maps."""
+    from bpfgate.policy.compile import compile_hook
+    from bpfgate.policy.hooks import Hook
+
+    client, server = sandbox.host("client"), sandbox.host("server")
+    link = sandbox.link(client, server)
+    dev, ip4, cip4 = link.end(server).name, link.end(server).ip4, link.end(client).ip4
+    policy = HookPolicy.model_validate({
+        "default": "allow", "sets": {"block": {"type": "addr", "elements": ["198.19.250.0/24"]}},
+        "rules": [{"name": "blocked", "src": "@block", "protocol": "tcp", "dst_port": 80, "action": "drop"}]})
+    need = compile_hook(policy, Hook.TC_INGRESS).classes.pfx_count()
+    first = engines(dev, "tc-ingress", policy, netns_name=server.netns, prealloc={"bg_pfx": need + 2})
+    server.http_server(80)
+    try:
+        assert first.maps["bg_pfx"].max_entries == need + 2
+        prog0 = first.prog_id
+        assert client.http_get(f"http://{ip4}:80/", T).ok
+        extra = [f"198.19.{i}.{j}" for i in range(1, 5) for j in range(1, 9)]   # far more entries than room
+        assert policyctl.set_add("block", extra + [cip4], netns=server.netns)
+        with Engine.open(dev, "tc-ingress", server.netns) as eng:
+            grown = eng.maps["bg_pfx"].max_entries
+            assert grown > need + 2 and eng.prog_id != prog0
+            assert len(eng.sets()["block"].elements) == 1 + len(extra) + 1
+        assert not client.http_get(f"http://{ip4}:80/", T).ok
+        policyctl.set_delete("block", [cip4], netns=server.netns)   # live again, in the grown maps
+        assert client.http_get(f"http://{ip4}:80/", T).ok
+        with Engine.open(dev, "tc-ingress", server.netns) as eng:
+            assert eng.maps["bg_pfx"].max_entries == grown
+    finally:
+        from bpfgate.policyctl import pending
+
+        pending.forget(server.netns)

@@ -24,8 +24,9 @@ from bpfgate.policy import layout as L
 from bpfgate.policy.compile import DEFAULT_NAME, CompiledHook, Limits, compile_hook, rule_action
 from bpfgate.policy.live import Diff, LiveHook
 from bpfgate.policy.live import swap as live_swap
-from bpfgate.policy.model import Hook, HookPolicy, Rule
+from bpfgate.policy.model import Hook, HookPolicy, Rule, parse_element
 from bpfgate.policy.ruledata import rule_row
+from bpfgate.policy.sets import SetState
 
 from . import records as R
 from . import recover, resize
@@ -433,14 +434,30 @@ class Engine:
     def edit_set(self, name: str, elements: Iterable[str], add: bool) -> list[Diff]:
         """Add (add=True) or delete elements of a named set live: no reload, each element one atomic step
         (its stage 0 entries; a port element: the entries of the rules naming the set). Refusals (no such
-        set, an element of the wrong type, already there / not there) change nothing."""
+        set, an element of the wrong type, already there / not there) change nothing. Past the room of the
+        maps, the policy with the edited set is swapped in with maps sized for it (resize.py: atomic, no
+        moment without a policy); the list of Diffs is then empty."""
         elements = list(elements)
+        try:
+            with self._editing():
+                diffs = self._live().set_edit(name, elements, add)   # a refusal has written nothing
+                for diff in diffs:
+                    self.apply_diff(diff)   # room is checked for the whole edit before its first write
+                self._journal("set_add" if add else "set_del", name=name, elements=[str(e) for e in elements])
+                return diffs
+        except NoRoom:
+            if self.store is None:   # a detached engine (tests, benchmarks) has no pins to move
+                raise
         with self._editing():
-            diffs = self._live().set_edit(name, elements, add)
-            for diff in diffs:
-                self.apply_diff(diff)
-            self._journal("set_add" if add else "set_del", name=name, elements=[str(e) for e in elements])
-            return diffs
+            c = self._live().c
+            sets = {n: st.definition() for n, st in c.sets.items()}
+            edited = SetState(c.sets[name].type, dict(c.sets[name].keys), c.sets[name].comment)
+            for text in elements:
+                (edited.add if add else edited.remove)(parse_element(text))
+            sets[name] = edited.definition()
+            self._swap(HookPolicy(default=self._default(), rules=tuple(c.source[rid] for _p, rid in self.live.order),
+                                  sets=sets))
+            return []
 
     def _default(self) -> str:
         c = self._live().c
