@@ -5,6 +5,7 @@ rule each) on one veth in a named network namespace (a sandbox made here). Per C
 LABEL=SRC_DIR`, e.g. the main branch's checkout before a change, to compare in the same run; default: this
 checkout), each a separate process timed from start to exit, `reps` times (median, min-max):
   apply        `bpfgate apply FILE` onto an interface with no policy (attach)          + its peak RSS
+  apply JSON   the same policy written as JSON (what a script writes), onto no policy
   reapply      the same file again (no change)
   change10     a file changing 10 rules of N (the two files alternate: each apply swaps 10 rules)  + RSS
   rule add     `bpfgate rule add` of one CIDR drop rule at N rules
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import random
 import statistics
@@ -27,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import header
@@ -109,8 +113,13 @@ def stat(xs: list[float], unit: str = "s", scale: float = 1.0) -> str:
 
 
 def measure_cli(cli: Cli, ns: str, dev: str, files: dict[str, str], reps: int, free: list[str]) -> dict[str, list]:
-    r: dict[str, list] = {k: [] for k in ("apply", "apply_rss", "reapply", "change10", "change10_rss", "add",
-                                           "del", "rules", "rules_rss")}
+    r: dict[str, list] = {k: [] for k in ("apply", "apply_rss", "apply_json", "reapply", "change10", "change10_rss",
+                                           "add", "del", "rules", "rules_rss")}
+    for i in range(reps):   # the same policy as JSON, as a script writes it
+        subprocess.run([sys.executable, "-m", "bpfgate", "policy", "remove", "--netns", ns], env=cli.env,
+                       capture_output=True)
+        r["apply_json"].append(cli.run("apply", "--netns", ns, files["json"])[0])
+        print(f"  {cli.label} apply JSON #{i + 1}: {r['apply_json'][-1]:.2f} s", flush=True)
     for i in range(reps):
         subprocess.run([sys.executable, "-m", "bpfgate", "policy", "remove", "--netns", ns], env=cli.env,
                        capture_output=True)
@@ -189,6 +198,9 @@ def main() -> None:
             files[name] = os.path.join(tmp, f"{name}.yaml")
             with open(files[name], "w") as f:
                 f.write(policy_text(dev, ps))
+        files["json"] = os.path.join(tmp, "a.json")
+        with open(files["json"], "w") as f:
+            json.dump(yaml.load(policy_text(dev, nets), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), f)
         nft_path = os.path.join(tmp, "sets.nft")
         with open(nft_path, "w") as f:
             f.write(nft_text(nets) % dev)
@@ -208,8 +220,9 @@ def main() -> None:
     print("| operation | " + " | ".join(f"bpfgate {lb}" for lb in labels) + " | nft | " +
           " | ".join(f"{lb} / nft" for lb in labels) + " |")
     print("|---" * (2 + 2 * len(labels)) + "|")
-    rows = [("apply, fresh attach", "apply", nft_apply), ("apply again, no change", "reapply", None),
-            ("apply, 10 rules changed", "change10", None), ("rule add", "add", nft_add),
+    rows = [("apply, fresh attach", "apply", nft_apply),
+            ("apply, fresh attach, the file as JSON", "apply_json", nft_apply),
+            ("apply again, no change", "reapply", None), ("apply, 10 rules changed", "change10", None), ("rule add", "add", nft_add),
             ("rule del", "del", nft_del), ("rules --json", "rules", None)]
     for title, key, peer_v in rows:
         cells = [stat(results[lb][key]) for lb in labels]

@@ -121,3 +121,42 @@ def test_errors_name_the_same_line_as_before():
         load_text(dup, "big.yaml")
     line = dup.split("\n").index("      - name: r7", 30) + 1
     assert f"big.yaml:{line} hooks.tc-ingress.rules[2998].name: rule name 'r7' already used" in str(e.value)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_json_policies_read_as_pyyaml_reads_them(seed):
+    """A JSON policy (what scripts write) is read by the json module, to the same data as PyYAML's reading of
+    it, compact or indented."""
+    import json
+
+    from bpfgate.policy.parse import _json
+
+    rng = random.Random(seed)
+    doc = {"version": 1, "interfaces": ["eth0"], "hooks": {"tc-ingress": {
+        "default": "allow", "rules": [rule_data(random_rule(rng, i)) for i in range(40)]}}}
+    for indent in (None, 2):
+        text = json.dumps(doc, indent=indent)
+        assert _json(text) == _pyyaml(text)[0] == doc
+        assert load_text(text, "p.json") == load_text(yaml.safe_dump(doc), "p.yaml")
+
+
+@pytest.mark.parametrize("text", ['{"a": 1, "a": 2}', '{"a": 1e3}', '{"a": 1.5E+3}', '{"a": NaN}',
+                                  '{"a": -Infinity}', '{"a": [1, 2,]}', '["a"]', 'a: {"b": 1}'])
+def test_json_that_yaml_reads_otherwise_goes_to_pyyaml(text):
+    """Duplicate keys (an error with its line), exponent floats and NaN (YAML 1.1 reads them otherwise), and
+    what is not JSON: read by the YAML reader, as before."""
+    from bpfgate.policy.parse import _json
+
+    assert _json(text) is None
+
+
+def test_json_errors_name_the_line():
+    import json
+
+    rules = [{"name": f"r{i}", "src": f"198.18.{i // 256}.{i % 256}/32", "action": "drop"} for i in range(3000)]
+    rules[2999]["src"] = "198.18.11.183/33"
+    text = json.dumps({"version": 1, "interfaces": ["eth0"], "hooks": {"tc-ingress": {"rules": rules}}}, indent=1)
+    with pytest.raises(PolicyError) as e:
+        load_text(text, "big.json")
+    line = next(i for i, ln in enumerate(text.split("\n"), 1) if '"198.18.11.183/33"' in ln)
+    assert f"big.json:{line} hooks.tc-ingress.rules[2999].src: bad CIDR" in str(e.value)
