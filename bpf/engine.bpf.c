@@ -170,11 +170,15 @@ _Static_assert(BG_PKT_L3 == BG_HAVE_L3 && BG_PKT_PROTO == BG_HAVE_PROTO && BG_PK
 
 /* ---- classifier ----------------------------------------------------------------------------------- */
 
+_Static_assert(__builtin_offsetof(struct bg_pfx_key, gen) == 16 && __builtin_offsetof(struct bg_pfx_key, tree) == 17 &&
+	       __builtin_offsetof(struct bg_pfx_key, len) == 18 && sizeof(struct bg_pfx_key) == 24,
+	       "prefix_class() writes the key as three words");
+
 /* Stage 0: the class of the longest class prefix holding addr (bg_pfx_top, then at most BG_PFX_LENS
  * probes of bg_pfx, longest first, only when the address's sub-range holds a longer prefix). */
 static __always_inline __u32 prefix_class(const __u8 *addr, __u8 gen, __u32 tree)
 {
-	struct bg_pfx_key pk __attribute__((aligned(8))) = {};
+	struct bg_pfx_key pk __attribute__((aligned(8)));
 	const __u64 *a = (const __u64 *)addr;
 	__u64 hi = bpf_be64_to_cpu(a[0]), lo = bpf_be64_to_cpu(a[1]);
 	__u32 top = hi >> 32, idx = (((gen & 1) * 4 + tree) << BG_PFX_TOP_BITS) | (top >> 16);
@@ -186,8 +190,6 @@ static __always_inline __u32 prefix_class(const __u8 *addr, __u8 gen, __u32 tree
 		return 0;
 	if (!(t->sub & (1u << ((top >> (32 - BG_PFX_TOP_BITS - BG_PFX_SUB_BITS)) & ((1 << BG_PFX_SUB_BITS) - 1)))))
 		return t->cls;
-	pk.gen = gen;
-	pk.tree = tree;
 	for (int i = 0; i < BG_PFX_LENS; i++) {
 		__u32 len;
 
@@ -196,7 +198,7 @@ static __always_inline __u32 prefix_class(const __u8 *addr, __u8 gen, __u32 tree
 		len = t->lens[i];
 		if (len > 128)
 			break;
-		pk.len = len;
+		pa[2] = gen | tree << 8 | len << 16; /* gen, tree, len: one word, as the hash reads it (see classify) */
 		pa[0] = bpf_cpu_to_be64(len >= 64 ? hi : len ? hi & (~0ULL << (64 - len)) : 0);
 		pa[1] = bpf_cpu_to_be64(len >= 128 ? lo : len > 64 ? lo & (~0ULL << (128 - len)) : 0);
 		v = bpf_map_lookup_elem(&bg_pfx, &pk);
@@ -206,11 +208,19 @@ static __always_inline __u32 prefix_class(const __u8 *addr, __u8 gen, __u32 tree
 	return t->cls;
 }
 
+_Static_assert(__builtin_offsetof(struct bg_cls_key, shape) == 0 && __builtin_offsetof(struct bg_cls_key, gen) == 1 &&
+	       __builtin_offsetof(struct bg_cls_key, src_cls) == 48 && __builtin_offsetof(struct bg_cls_key, dst_cls) == 52 &&
+	       sizeof(struct bg_cls_key) == 56, "classify() writes the key as these words");
+
+/* The key is read as 64-bit words (the masks, the hash): it is written as whole words too, since a load
+ * that spans several narrower stores still in flight waits for them (store forwarding fails). */
 static __always_inline __u32 classify(struct bg_cls_key *pkt)
 {
 	__u32 zero = 0, slot, *active;
 	struct bg_conf *cf;
 	__u32 best = 0xffffffff, rule;
+	__u64 *pk = (__u64 *)pkt;
+	__u64 gen;
 
 	active = bpf_map_lookup_elem(&bg_active, &zero);
 	slot = active ? (*active & 1) : 0;
@@ -218,18 +228,20 @@ static __always_inline __u32 classify(struct bg_cls_key *pkt)
 	if (!cf)
 		return 0xffffffff;
 	rule = cf->default_rule;
+	gen = cf->gen;
 	if (cf->trees && (pkt->have & BG_HAVE_L3)) {
-		__u32 v6 = pkt->family == 6;
+		__u32 v6 = pkt->family == 6, src_cls = 0, dst_cls = 0;
 
 		if (cf->trees & (1 << (BG_TREE_SRC4 + v6)))
-			pkt->src_cls = prefix_class(pkt->src, cf->gen, BG_TREE_SRC4 + v6);
+			src_cls = prefix_class(pkt->src, gen, BG_TREE_SRC4 + v6);
 		if (cf->trees & (1 << (BG_TREE_DST4 + v6)))
-			pkt->dst_cls = prefix_class(pkt->dst, cf->gen, BG_TREE_DST4 + v6);
+			dst_cls = prefix_class(pkt->dst, gen, BG_TREE_DST4 + v6);
+		pk[6] = src_cls | (__u64)dst_cls << 32; /* src_cls, dst_cls */
 	}
 	for (int i = 0; i < BG_MAX_SHAPES; i++) {
 		struct bg_cls_key k;
 		struct bg_cls_val *v;
-		const __u64 *m = (const __u64 *)&cf->shapes[i].mask, *pk = (const __u64 *)pkt;
+		const __u64 *m = (const __u64 *)&cf->shapes[i].mask;
 		__u64 *d = (__u64 *)&k;
 
 		if (i >= cf->nshapes || cf->shapes[i].best_prio >= best)
@@ -238,15 +250,14 @@ static __always_inline __u32 classify(struct bg_cls_key *pkt)
 		 * keyed on that class, often most of a blocklist's lookups */
 		if (((__u32)m[6] && !(__u32)pk[6]) || ((m[6] >> 32) && !(pk[6] >> 32)))
 			continue;
-		d[0] = pk[0] & m[0];
+		/* shape and gen are the first two bytes, zero in the packet key and in masks */
+		d[0] = (pk[0] & m[0]) | cf->shapes[i].id | gen << 8;
 		d[1] = pk[1] & m[1];
 		d[2] = pk[2] & m[2];
 		d[3] = pk[3] & m[3];
 		d[4] = pk[4] & m[4];
 		d[5] = pk[5] & m[5];
 		d[6] = pk[6] & m[6];
-		k.shape = cf->shapes[i].id;
-		k.gen = cf->gen;
 		v = bpf_map_lookup_elem(&bg_cls, &k);
 		if (v && v->prio < best) {
 			best = v->prio;
@@ -513,18 +524,64 @@ static __noinline int capture_xdp(struct xdp_md *ctx, struct bg_capture_cfg *c, 
 /* ---- programs ------------------------------------------------------------------------------------- */
 
 /* The classifier key of a parsed packet (ct_state and the stage 0 classes are set later). */
+static __always_inline __u64 addr_word(const __u32 *a)
+{
+	return a[0] | (__u64)a[1] << 32;
+}
+
+/* The key's words 2..5: the addresses (IPv4 in the first 4 bytes of each, the rest 0); 0 without L3. */
+static __always_inline void key_addrs(const struct bg_pkt *p, __u64 *w)
+{
+	w[0] = w[1] = w[2] = w[3] = 0;
+	if (p->family == 4) {
+		struct iphdr *ip = p->l3;
+
+		if (ip && (void *)(ip + 1) <= p->end) {
+			w[0] = ip->saddr;
+			w[2] = ip->daddr;
+		}
+	} else if (p->family == 6) {
+		struct ipv6hdr *ip6 = p->l3;
+
+		if (ip6 && (void *)(ip6 + 1) <= p->end) {
+			w[0] = addr_word(ip6->saddr.in6_u.u6_addr32);
+			w[1] = addr_word(ip6->saddr.in6_u.u6_addr32 + 2);
+			w[2] = addr_word(ip6->daddr.in6_u.u6_addr32);
+			w[3] = addr_word(ip6->daddr.in6_u.u6_addr32 + 2);
+		}
+	}
+}
+
+/* The classifier key of a parsed packet, written as whole words (see classify); ct_state and the stage 0
+ * classes are set later (key_set_ct, classify). */
 static __always_inline void key_of(const struct bg_pkt *p, struct bg_cls_key *k)
 {
-	k->have = p->have;
-	k->family = p->family;
-	k->proto = p->proto;
-	k->tcp_flags = p->tcp_flags;
-	k->icmp_type = p->icmp_type;
-	k->icmp_code = p->icmp_code;
-	k->vlan = p->vlan;
-	k->sport = p->sport;
-	k->dport = p->dport;
-	bg_pkt_addrs(p, k->src, k->dst);
+	__u64 *w = (__u64 *)k;
+
+	w[0] = (__u64)p->have << 16 | (__u64)p->family << 24 | (__u64)p->proto << 32 | (__u64)p->tcp_flags << 40 |
+	       (__u64)p->icmp_type << 48 | (__u64)p->icmp_code << 56;
+	w[1] = (__u64)p->vlan << 16 | (__u64)p->sport << 32 | (__u64)p->dport << 48;
+	key_addrs(p, w + 2);
+	w[6] = 0;
+}
+
+_Static_assert(__builtin_offsetof(struct bg_cls_key, have) == 2 && __builtin_offsetof(struct bg_cls_key, family) == 3 &&
+	       __builtin_offsetof(struct bg_cls_key, proto) == 4 && __builtin_offsetof(struct bg_cls_key, tcp_flags) == 5 &&
+	       __builtin_offsetof(struct bg_cls_key, icmp_type) == 6 && __builtin_offsetof(struct bg_cls_key, icmp_code) == 7 &&
+	       __builtin_offsetof(struct bg_cls_key, ct_state) == 8 && __builtin_offsetof(struct bg_cls_key, vlan) == 10 &&
+	       __builtin_offsetof(struct bg_cls_key, sport) == 12 && __builtin_offsetof(struct bg_cls_key, dport) == 14 &&
+	       __builtin_offsetof(struct bg_cls_key, src) == 16 && __builtin_offsetof(struct bg_cls_key, dst) == 32,
+	       "key_of() writes the key as these words");
+
+/* A conntrack state into the key (none: the key stays without BG_HAVE_CT). */
+static __always_inline void key_set_ct(struct bg_cls_key *k, __u8 ct_state)
+{
+	__u64 *w = (__u64 *)k;
+
+	if (ct_state) {
+		w[0] |= (__u64)BG_HAVE_CT << 16;
+		w[1] |= ct_state;
+	}
 }
 
 static __always_inline void tc_key(struct __sk_buff *skb, struct bg_cls_key *k, struct bg_pkt *p)
@@ -548,19 +605,14 @@ int bg_engine_tc(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 	if (cfg_test_mark) {
-		if (skb->mark & 7) {
-			k.ct_state = skb->mark & 7;
-			k.have |= BG_HAVE_CT;
-		}
+		key_set_ct(&k, skb->mark & 7);
 	} else if (cfg_ct) {
 		__u32 zero = 0, *lo = bpf_map_lookup_elem(&bg_ct_lookup_only, &zero);
 		__u8 dir = cfg_hook == BG_ENGINE_TC_EGRESS ? BG_DIR_EGRESS : BG_DIR_INGRESS;
 		struct bg_ct_size sz;
 
 		bg_ct_size_skb(skb, &p, &sz);
-		k.ct_state = bg_ct_packet(&p, &sz, skb->ifindex, dir, lo && *lo, 0, 0);
-		if (k.ct_state)
-			k.have |= BG_HAVE_CT;
+		key_set_ct(&k, bg_ct_packet(&p, &sz, skb->ifindex, dir, lo && *lo, 0, 0));
 	}
 	decide(skb, &k, skb->len, skb->ifindex, &v);
 	c = capture_wanted(v.rule_id);
@@ -613,9 +665,7 @@ int bg_engine_xdp(struct xdp_md *ctx)
 		struct bg_ct_size sz;
 
 		bg_ct_size_xdp(&p, &sz);
-		k.ct_state = bg_ct_packet(&p, &sz, ctx->ingress_ifindex, BG_DIR_INGRESS, 0, 0, 0);
-		if (k.ct_state)
-			k.have |= BG_HAVE_CT;
+		key_set_ct(&k, bg_ct_packet(&p, &sz, ctx->ingress_ifindex, BG_DIR_INGRESS, 0, 0, 0));
 	}
 	decide(ctx, &k, len, ctx->ingress_ifindex, &v);
 	c = capture_wanted(v.rule_id);
@@ -650,9 +700,7 @@ static __always_inline int cgroup_gate(struct __sk_buff *skb, __u8 dir)
 		struct bg_ct_size sz;
 
 		bg_ct_size_skb(skb, &p, &sz);
-		k.ct_state = bg_ct_packet(&p, &sz, skb->ifindex, dir, 0, 0, 0);
-		if (k.ct_state)
-			k.have |= BG_HAVE_CT;
+		key_set_ct(&k, bg_ct_packet(&p, &sz, skb->ifindex, dir, 0, 0, 0));
 	}
 	decide(skb, &k, skb->len, skb->ifindex, &v);
 	if (v.has_mark)
