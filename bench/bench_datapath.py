@@ -1,7 +1,7 @@
 """The data path with real frames: packets/s that a filter on the receiving end of a veth pair processes,
 bpfgate against iptables, nftables and bare drop programs, in one run.
 
-    sudo .venv/bin/python bench/bench_datapath.py [--quick] [--seconds 2] [--reps 3] [--cpu N]
+    sudo .venv/bin/python bench/bench_datapath.py [--quick] [--seconds 2] [--reps 3] [--cpu N] [--object PATH]
 
 Each case is its own pair of network namespaces (a sandbox: tx -- rx over one veth pair). An injector in
 tx (AF_PACKET, PACKET_QDISC_BYPASS, sendmmsg of 256 frames a call: 64-byte UDP/IPv4 to rx port 9, 64
@@ -20,8 +20,10 @@ drops the traffic at its last rule, after rules of every shape that match nothin
                       the addresses fall in class prefixes and every shape is looked up (the worst case)
   iptables raw        PREROUTING: 1, 100, 10k rules (-s CIDR -p tcp --dport P) then the drop
   nft set 100k        an interval set of 100k source prefixes (no match), then the drop
-Reps run the cases interleaved (a noisy neighbour hits them alike); figures are medians with min-max and
-the ratio to the bare drop program of the same hook. A benchmark: it prints, it asserts nothing.
+--object PATH adds the bpfgate cases once more with another build of the engine (e.g. main's), with the same
+rules: two builds compared in one run. Reps run the cases interleaved (a noisy neighbour hits them alike);
+figures are medians with min-max and the ratio to the bare drop program of the same hook. A benchmark: it
+prints, it asserts nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from common import header  # noqa: E402
 
 from bpfgate import attach  # noqa: E402
 from bpfgate.engine import Engine  # noqa: E402
+from bpfgate.engine import engine as engine_mod  # noqa: E402
 from bpfgate.kernel.objects import BpfObject  # noqa: E402
 from bpfgate.policy.compile import Limits  # noqa: E402
 from bpfgate.policy.model import HookPolicy  # noqa: E402
@@ -187,13 +190,18 @@ class Bare(Case):
 
 
 class Bpfgate(Case):
-    def __init__(self, sb, name, hook, n_rules, rng, worst: bool):
+    def __init__(self, sb, name, hook, n_rules, rng, worst: bool, obj: str | None = None):
         super().__init__(sb, name, hook)
         decoy = (self.tx_if.ip4, self.rx_if.ip4) if worst else None
         hp = HookPolicy.model_validate({"default": "allow", "rules": mixed_rules(n_rules, rng, decoy)})
+        packaged = engine_mod.OBJECT
+        engine_mod.OBJECT = obj or packaged
         t0 = time.perf_counter()
-        self.eng = Engine.attach(self.rx_if.name, hook, hp, netns_name=self.rx.netns, ct=False, limits=LIMITS,
-                                 **({"mode": "native"} if hook == "xdp" else {}))
+        try:
+            self.eng = Engine.attach(self.rx_if.name, hook, hp, netns_name=self.rx.netns, ct=False,
+                                     limits=LIMITS, **({"mode": "native"} if hook == "xdp" else {}))
+        finally:
+            engine_mod.OBJECT = packaged
         self.attach_s = time.perf_counter() - t0
 
     def count(self) -> int:
@@ -262,6 +270,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)))
+    ap.add_argument("--object", help="also the bpfgate cases with this engine object (e.g. main's build)")
     a = ap.parse_args()
     header("data path: packets/s processed on the receiving end of a veth pair (one CPU)")
     print(f"# {a.reps} reps x {a.seconds:g} s per case, interleaved; injector and receive side on CPU {a.cpu}; "
@@ -275,10 +284,13 @@ def main() -> None:
         for hook in ("tc-ingress", "xdp"):
             for n in sizes:
                 for worst in (False, True) if n > 1 else (False,):
-                    name = f"bpfgate {'tc' if hook != 'xdp' else 'xdp'} {n} {'in-prefix' if worst else 'rules'}"
-                    c = Bpfgate(sb, name, hook, n, rng, worst)
-                    print(f"# {c.name}: attached in {c.attach_s:.1f} s", flush=True)
-                    cases.append(c)
+                    for obj in (None, a.object) if a.object else (None,):
+                        name = f"bpfgate {'tc' if hook != 'xdp' else 'xdp'} {n} {'in-prefix' if worst else 'rules'}"
+                        name += f" [{os.path.basename(obj)}]" if obj else ""
+                        # the same rules for both builds: each case draws them from its own generator
+                        c = Bpfgate(sb, name, hook, n, random.Random(f"{hook} {n} {worst}"), worst, obj)
+                        print(f"# {c.name}: attached in {c.attach_s:.1f} s", flush=True)
+                        cases.append(c)
         for n in (1, 100, 10_000):
             cases.append(Iptables(sb, f"iptables raw {n} rules", n, rng))
         if not a.quick:
@@ -293,12 +305,13 @@ def main() -> None:
                 c.close()
     floor = {c.hook: statistics.median(c.pps) for c in cases if isinstance(c, Bare)}
     stack = statistics.median(cases[0].pps)
-    print(f"{'case':28s} {'processed':42s} {'sent':>10s}  ratio")
+    width = max(28, *(len(c.name) for c in cases))
+    print(f"{'case':{width}s} {'processed':42s} {'sent':>10s}  ratio")
     for c in cases:
         base = floor.get(c.hook)
         ratio = (f"{statistics.median(c.pps) / base:5.2f} x bare {c.hook}" if base
                  else f"{statistics.median(c.pps) / stack:5.2f} x no filter")
-        print(f"{c.name:28s} {mpps(c.pps)}  {statistics.median(c.sent_pps) / 1e6:6.3f} M  {ratio}")
+        print(f"{c.name:{width}s} {mpps(c.pps)}  {statistics.median(c.sent_pps) / 1e6:6.3f} M  {ratio}")
 
 
 if __name__ == "__main__":
