@@ -90,7 +90,10 @@ class CompiledHook:
 def atom_keys(atom: Atom, shape: ShapeSpec, gen: int) -> list[bytes]:
     """The bg_cls keys of one atom placed in a shape: its value with every combination of free bits."""
     tag = L.shape_gen_bits(shape.id, gen)
-    return [L.int_key(v | tag) for v in expand(atom.value, free_bits(shape.mask, atom.mask, atom.zero))]
+    free = free_bits(shape.mask, atom.mask, atom.zero)
+    if not free:   # most atoms: one key
+        return [L.int_key(atom.value | tag)]
+    return [L.int_key(v | tag) for v in expand(atom.value, free)]
 
 
 def _ifindex(name: str) -> int:
@@ -166,11 +169,13 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     out.classes = _classes(hp, gen, limits, where)
     for i, rule in enumerate(hp.rules):
         loc = ("hooks", hook.value, "rules", i)
-        problem = rule_problem(rule, hook) or (ref_problem(rule, hp.sets) if uses_sets(rule) else None)
+        named = uses_sets(rule)
+        problem = rule_problem(rule, hook) or (ref_problem(rule, hp.sets) if named else None)
         if problem:
             raise PolicyError(where(loc + ((problem[0],) if problem[0] else ())), problem[1])
         source = rule
-        rule = with_ports(rule, hp.sets)   # port sets: their ranges (address sets are class bits)
+        if named:
+            rule = with_ports(rule, hp.sets)   # port sets: their ranges (address sets are class bits)
         if atom_count(rule) > limits.max_rule_entries:
             raise PolicyError(where(loc), f"rule {rule.name!r} expands to {atom_count(rule)} entries "
                               f"(limit {limits.max_rule_entries}): split it or use wider prefixes/ranges")
@@ -214,9 +219,8 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
 
 
 def _classes(hp: HookPolicy, gen: int, limits: Limits, where) -> Classes:
-    names = {r.name for r in hp.rules if uses_sets(r)}
     if not limits.classes:
-        if names:
+        if any(uses_sets(r) for r in hp.rules):
             raise PolicyError(where(("hooks",)), "named sets need stage 0 prefix classes (Limits.classes)")
         return Classes(gen=gen)
     try:
