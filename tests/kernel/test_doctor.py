@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,15 @@ def report() -> tuple[int, dict]:
     return r.returncode, json.loads(r.stdout)
 
 
+def too_old_here(check: dict) -> bool:
+    """A check refused because this kernel predates what it needs, naming a version newer than this
+    kernel's (Debian 11's 5.10: flows and syn need atomic fetch instructions, 5.12; trace drops the drop
+    reasons, 5.17). The issue's rule: works, or refused naming the feature and the version that has it."""
+    need = re.search(r"\(needs Linux >= (\d+)\.(\d+)\)", check["detail"])
+    have = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    return check["status"] == "missing" and need is not None and tuple(map(int, need.groups())) > have
+
+
 def by_name(doc: dict) -> dict[str, dict]:
     return {c["name"]: c for c in doc["checks"]}
 
@@ -69,7 +79,8 @@ def test_json_document_keys_are_stable(report):
 def test_core_works_here_and_exit_status_is_zero(report):
     rc, doc = report
     checks = by_name(doc)
-    broken = {n: checks[n]["detail"] for n in MUST_WORK if checks[n]["status"] != "ok"}
+    broken = {n: checks[n]["detail"] for n in MUST_WORK
+              if checks[n]["status"] != "ok" and not too_old_here(checks[n])}
     assert not broken
     assert doc["core_ok"] is True and rc == 0
 
@@ -81,7 +92,10 @@ def test_bpfgate_objects_are_loaded_and_the_engine_is_essential(report):
     assert "TC, XDP" in checks["engine"]["detail"] and "cgroup_skb" in checks["engine"]["detail"]
     for name in TRACERS:
         c = checks[name]
-        assert c["kind"] == "object" and c["status"] in ("ok", "warn"), c
+        assert c["kind"] == "object", c
+        if too_old_here(c):
+            continue
+        assert c["status"] in ("ok", "warn"), c
         assert "loaded" in c["detail"] and (c["status"] == "ok") == (c["impact"] == ""), c
         if c["status"] == "warn":
             assert "Linux >= " in c["impact"], c  # what is lost names the version that has it

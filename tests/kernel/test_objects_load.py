@@ -31,6 +31,7 @@ BENCH_ONLY = {"engine": {"bg_bench_cg_empty": "bench/bench_cgroup.py's empty cgr
                          "bg_bench_empty": "bench/bench_classifier.py's empty TC program, its floor",
                          "bg_bench_lpm": "bench/bench_classifier.py's LPM-trie-only baseline"}}
 TRACERS = {"trace_tcp": tcp.HOOKS, "trace_drops": drops.HOOKS}
+TRACER_MODULES = {"trace_tcp": tcp, "trace_drops": drops}
 
 
 def _loaded(obj: BpfObject) -> set[str]:
@@ -65,6 +66,8 @@ def _producer(name: str) -> Callable[[], Iterator[set[str]]]:
 
 def _tracer(name: str) -> Callable[[], Iterator[set[str]]]:
     def loads() -> Iterator[set[str]]:
+        if hasattr(TRACER_MODULES[name], "require"):   # what the tracer needs beyond its hooks, as doctor asks
+            TRACER_MODULES[name].require()
         for prefer in ("tp_btf", "tracepoint"):   # `--backend`: a hook either way, where the kernel has it
             choices = backend.choose(TRACERS[name], prefer)
             if any(c.backend for c in choices):

@@ -21,6 +21,9 @@ BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 # enum bpf_map_type values (uapi)
 HASH, ARRAY, PROG_ARRAY, PERF_EVENT_ARRAY, PERCPU_HASH, PERCPU_ARRAY = 1, 2, 3, 4, 5, 6
 LRU_HASH, LRU_PERCPU_HASH, LPM_TRIE, RINGBUF = 9, 10, 11, 27
+# the kernel's own "not supported" (not in userspace errno): a batch op on a map type that has none, e.g.
+# per-CPU arrays before Linux 5.13 (the engine's counters on Debian 11's 5.10) and LPM tries
+ENOTSUPP = 524
 PERCPU_TYPES = {PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, 21}  # 21: percpu cgroup storage
 ARRAY_TYPES = {ARRAY, PERCPU_ARRAY, PROG_ARRAY, PERF_EVENT_ARRAY}
 
@@ -259,7 +262,7 @@ class Map:
         return cnt.value
 
     def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[Any, Any]]:
-        """All entries, `chunk` per syscall. Raises NotSupported-like errors where the map has no batch ops."""
+        """All entries, `chunk` per syscall (one lookup per entry where the kernel has no batch op for the map)."""
         for kraw, vraw, n in self.lookup_batch_raw(chunk):
             # decode a whole chunk per copy (ctypes arrays): ~10x faster than entry by entry
             keys = (self.key_type * n).from_buffer_copy(kraw)
@@ -271,7 +274,8 @@ class Map:
 
     def lookup_batch_raw(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes, int]]:
         """All entries as packed chunks: (keys, values, count); per-CPU values hold every CPU's slot
-        (`slot_size` bytes each). Arrays come in index order."""
+        (`slot_size` bytes each). Arrays come in index order. Where this kernel has no batch lookup for the
+        map's type, the same chunks come from one lookup per entry."""
         ksz = ctypes.sizeof(self.key_type)
         kbuf = (ctypes.c_uint8 * (ksz * chunk))()
         vbuf = (ctypes.c_uint8 * (self._vbuf_size * chunk))()
@@ -285,6 +289,9 @@ class Map:
             rc = L.bpf_map_lookup_batch(self.fd, None if first else in_tok, out_tok, kbuf, vbuf,
                                         ctypes.byref(cnt), ctypes.byref(opts))
             err = L.libc_errno() if rc != 0 else 0
+            if first and err in (ENOTSUPP, errno.EOPNOTSUPP):
+                yield from self._lookup_each_raw(chunk)
+                return
             if rc != 0 and err != errno.ENOENT:
                 raise from_errno(f"batch look up map {self.name}", err)
             n = cnt.value
@@ -294,6 +301,26 @@ class Map:
                 return
             ctypes.memmove(in_tok, out_tok, token_sz)
             first = False
+
+    def _lookup_each_raw(self, chunk: int) -> Iterator[tuple[bytes, bytes, int]]:
+        """lookup_batch_raw's chunks, read one entry at a time (keys walked, or an array's indices)."""
+        buf = (ctypes.c_uint8 * self._vbuf_size)()
+        keys, vals, n = bytearray(), bytearray(), 0
+        for key in self.keys():
+            k = self.key(key)
+            if L.bpf_map_lookup_elem(self.fd, ctypes.byref(k), buf) != 0:
+                err = L.libc_errno()
+                if err == errno.ENOENT:
+                    continue  # deleted since the walk saw it
+                raise from_errno(f"look up {key!r} in map {self.name}", err)
+            keys += bytes(k)
+            vals += bytes(buf)
+            n += 1
+            if n == chunk:
+                yield bytes(keys), bytes(vals), n
+                keys, vals, n = bytearray(), bytearray(), 0
+        if n:
+            yield bytes(keys), bytes(vals), n
 
     @property
     def slot_size(self) -> int:
