@@ -189,10 +189,15 @@ def test_saved_listing_follows_edits_swaps_and_counters(net):
     assert settled_counts(n)["web"] > 0 and counts(n)["alt"] > 0   # counters live, not saved ones
     policyctl.add_rule(n.dev, "tc-ingress", {"name": "v6", "src": str(n.link.a.net6), "action": "drop"},
                        position=1, netns=n.ns)
-    assert saved_listing(n.dev, Hook.TC_INGRESS, n.ns) is None   # edited since: the state is read
+    assert saved_listing(n.dev, Hook.TC_INGRESS, n.ns) is None   # edited since: the state is read ...
+    assert listed() == [rows[0], ("v6", "drop", f"src={n.link.a.net6}"), *rows[1:]]
+    found = saved_listing(n.dev, Hook.TC_INGRESS, n.ns)   # ... and its rows saved, keyed to the journal
+    assert found is not None and [r[0] for r in found[1]] == ["web", "v6", "alt"] and "v6" in found[2]
     assert listed() == [rows[0], ("v6", "drop", f"src={n.link.a.net6}"), *rows[1:]]
     policyctl.delete_rule(n.dev, "tc-ingress", "web", netns=n.ns)
+    assert saved_listing(n.dev, Hook.TC_INGRESS, n.ns) is None   # the journal grew: not the running state
     assert [r[0] for r in listed()] == ["v6", "alt", "(default)"]
+    assert [r[0] for r in saved_listing(n.dev, Hook.TC_INGRESS, n.ns)[1]] == ["v6", "alt"]
     policyctl.apply(pol([n.dev], [{**ALT, "action": "drop"}]), netns=n.ns)   # a swap: another saved state
     assert listed() == [("alt", "drop", "protocol=tcp dst_port=8080"), rows[2]]
     assert listed() == [("alt", "drop", "protocol=tcp dst_port=8080"), rows[2]]

@@ -612,11 +612,15 @@ class Engine:
             if row is None:
                 row, made = rule_row(source[rid]), True
             rows.append(row)
-        if made and edited is not None and not saved:
-            whole = self.store.journal_len == 0 and self.store.version() == self._seen_version   # no edit since
-            self.store.save_listing({rid: row for (_p, rid), row in zip(live.order, rows)},
-                                    [rid for _p, rid in live.order] if whole else None,
-                                    (default, live.c.default_rule) if whole else None)
+        if edited is None:
+            return default, rows
+        version = self.store.version()
+        whole = version == self._seen_version   # the state in memory is the saved one, journal and all
+        if whole and (made or self.store.current_listing() is None):   # the next listing reads these rows
+            rids = [rid for _p, rid in live.order]
+            self.store.save_listing(dict(zip(rids, rows)), rids, (default, live.c.default_rule), version[1])
+        elif made and not saved:
+            self.store.save_listing({rid: row for (_p, rid), row in zip(live.order, rows)})
         return default, rows
 
     def rule_ids(self) -> dict[str, int]:

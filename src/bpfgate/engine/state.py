@@ -90,7 +90,6 @@ class StateStore:
         self.where = f"{dev} {Hook(hook).value}" + (f" (netns {netns_name})" if netns_name else "")
 
     snapshot_id: tuple | None = None   # the saved snapshot this process's state was loaded from (listing's key)
-    journal_len = 0                    # edits in the journal when it was loaded
 
     def _p(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -255,32 +254,39 @@ class StateStore:
 
     def current_listing(self) -> dict | None:
         """The saved listing when it is the whole running state, read without loading the state: saved with
-        the rules' order (the snapshot had no edits), of the snapshot saved now, no edit since (empty
-        journal), none cut short. {"rows", "order": rule ids, "default": (action, rule id)}; else None."""
+        the rules' order, of the snapshot saved now and the journal as it is now (a listing saved before
+        journals were keyed: an empty one), none cut short. {"rows", "order": rule ids, "default": (action,
+        rule id)}; else None."""
         try:
             snap = _identity(os.stat(self._p("snapshot.pickle")))
-            if os.path.getsize(self._p("journal.jsonl")) or self.interrupted() is not None:
-                return None
         except FileNotFoundError:
+            return None
+        if self.interrupted() is not None:
             return None
         saved = self._read_listing()
         if saved.get("snapshot") != snap or saved.get("order") is None:
             return None
+        journal = self.version()[1]
+        if "journal" in saved:
+            if saved["journal"] != journal:
+                return None   # an edit since
+        elif journal is not None and journal[1]:   # saved before listings were keyed to the journal
+            return None
         return saved
 
     def save_listing(self, rows: dict[int, tuple], order: list[int] | None = None,
-                     default: tuple[str, int] | None = None) -> None:
-        """Keep the rows of this state's snapshot for the next listing; with `order` and `default` when they
-        are the snapshot's own (no edit since it), so a listing can skip loading the state (current_listing).
-        Readers write it without the lock: each through its own temporary file; a row of a rule edited since
-        the snapshot is never read (see load_listing)."""
+                     default: tuple[str, int] | None = None, journal: tuple | None = None) -> None:
+        """Keep the rows of this state's snapshot for the next listing; with `order`, `default` and the
+        journal's version() when they are the whole saved state's (no edit since it was read), so a listing
+        can skip loading the state (current_listing). Readers write it without the lock: each through its
+        own temporary file; a row of a rule edited since the snapshot is never read (see load_listing)."""
         if self.snapshot_id is None:
             return
         tmp = self._p(f"listing.pickle.{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
-                pickle.dump({"snapshot": self.snapshot_id, "rows": rows, "order": order, "default": default}, f,
-                            protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump({"snapshot": self.snapshot_id, "rows": rows, "order": order, "default": default,
+                             "journal": journal}, f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, self._p("listing.pickle"))
         except OSError:   # only a cache: a full disk or a removed directory (detached meanwhile) costs time
             try:
@@ -315,7 +321,6 @@ class StateStore:
         live.ifindex = ifindex
         self._pending = list(state["pending"])
         journal = self._load_journal()
-        self.journal_len = len(journal)
         for rec in journal:   # the same edits, in order, reach the same state (deterministic)
             op = rec["op"]
             if op == "add":
