@@ -10,6 +10,7 @@ import ctypes
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from bpfgate import contract
 from bpfgate.policy.ctstates import CT_STATES
@@ -39,8 +40,7 @@ def _addr(family: int, raw: bytes):
     return None
 
 
-@dataclass(frozen=True)
-class Counter:
+class Counter(NamedTuple):   # a tuple: 100k of them are made per read of the counters
     name: str
     packets: int
     bytes: int

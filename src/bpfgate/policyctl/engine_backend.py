@@ -161,7 +161,7 @@ class EngineBackend:
             found = saved_listing(dev, hook, netns)
             if found is not None:
                 default, rows, counts = found
-                return default, rows, {n: RuleCounters(n, c.packets, c.bytes) for n, c in counts.items()}
+                return default, rows, {n: RuleCounters(*c) for n, c in counts.items()}
         try:
             with self._open(dev, hook, netns) as eng:
                 default, rows = eng.listing()

@@ -85,12 +85,12 @@ def _rules(backend: Backend, dev: str | None, hook: Hook | None, netns: str | No
             counts = backend.reset_counters(d, h, netns, None if names is None else [n for n in here if n in want])
         elif counts is None:
             counts = backend.counters(d, h, netns)
-        none = RuleCounters("", 0, 0)
+        none, hv = RuleCounters("", 0, 0), h.value
         for i, (name, action, match, extra, owner, comment) in enumerate(rows):
             if name in want:
-                c = counts.get(name, none)
-                out.append(RuleRow(d, h.value, i, name, action, match, c.packets, c.bytes, extra, owner, comment))
+                _n, packets, nbytes = counts.get(name, none)
+                out.append(RuleRow(d, hv, i, name, action, match, packets, nbytes, extra, owner, comment))
         if "(default)" in want:
             c = counts.get("(default)", none)
-            out.append(RuleRow(d, h.value, None, "(default)", default, "no rule matched", c.packets, c.bytes))
+            out.append(RuleRow(d, hv, None, "(default)", default, "no rule matched", c.packets, c.bytes))
     return out
