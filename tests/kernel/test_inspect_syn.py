@@ -315,12 +315,15 @@ def test_cli_unknown_interface_is_one_line(net):
     assert len(lines) == 1 and lines[0].startswith("bpfgate: error:") and "no such interface" in lines[0]
 
 
-def test_cli_syn_flood_block_then_release_events(net, inject):
+@pytest.mark.parametrize("interval", ["0.2", "3"])
+def test_cli_syn_flood_block_then_release_events(net, inject, interval):
     """`bpfgate syn --rate --block --json`: a syn_flood event (blocked), then syn_unblock for the same
-    source once the block expired, and the snapshot counts what the block dropped."""
+    source once the block expired, and the snapshot counts what the block dropped. Also when the block
+    starts and ends between two ticks (interval 3 s, block 1 s; an emulated guest's 0.2 s ticks are
+    seconds apart)."""
     spoofed = net.cif.net4[55].exploded
     argv = [sys.executable, "-m", "bpfgate.cli.main", "syn", "--dev", net.sif.name, "--netns", net.server.netns,
-            "--json", "--interval", "0.2", "--rate", "3", "--block", "1"]
+            "--json", "--interval", interval, "--rate", "3", "--block", "1"]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[dict] = []
     try:

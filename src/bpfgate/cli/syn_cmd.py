@@ -113,15 +113,19 @@ def register(app: click.Group) -> None:
                 live = stack.enter_context(Live(_renderable(snap.take(), 0), console=term.out,
                                                 auto_refresh=False, transient=False))
 
+            blocked_before: set[str] = set()
+
             def on_record(rec: Any) -> bool:
                 ev = flood_event(syn, stream.describe(rec))
+                if ev.get("type") == "syn_flood" and ev.get("blocked"):
+                    # released at the next tick even if the block ends before it (a slow machine's ticks
+                    # can be further apart than a short --block)
+                    blocked_before.add(ev["src"])
                 if as_json:
                     emit(ev, True)
                 else:
                     live.console.print(human_line(ev), markup=False)  # above the live table
                 return False
-
-            blocked_before: set[str] = set()
 
             def tick() -> None:
                 nonlocal blocked_before
