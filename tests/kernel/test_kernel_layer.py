@@ -144,6 +144,11 @@ def test_entry_by_entry_reads_give_the_batch_lookups_chunks():
         def entries(chunks):
             return {(k[i * ksz:(i + 1) * ksz], v[i * vsz:(i + 1) * vsz]) for k, v, n in chunks for i in range(n)}
         assert entries(each) == entries(batch) and len(entries(each)) == 7
+        # writes likewise: the packed entries written one by one read back as written
+        (keys, vals, n), = m.lookup_batch_raw(chunk=7)
+        vals = bytes(b ^ 0xFF if i % vsz == 4 else b for i, b in enumerate(vals))   # every rule's ifindex changed
+        assert m._update_each_raw(keys, vals, n, 0) == 7
+        assert entries(m.lookup_batch_raw(chunk=7)) == entries([(keys, vals, n)])
 
 
 def test_ring_buffer_delivers_exact_counts_in_order(selftest):

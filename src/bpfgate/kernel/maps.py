@@ -244,8 +244,20 @@ class Map:
         opts = L.MapBatchOpts(sz=ctypes.sizeof(L.MapBatchOpts), elem_flags=flags)
         cnt = ctypes.c_uint32(count)
         if L.bpf_map_update_batch(self.fd, kb, vb, ctypes.byref(cnt), ctypes.byref(opts)) != 0:
-            raise from_errno(op, L.libc_errno(), hint=f"{cnt.value} of {count} written")
+            err = L.libc_errno()
+            if err in (ENOTSUPP, errno.EOPNOTSUPP):   # no batch op for this map type here: one write each
+                return self._update_each_raw(keys, values, count, flags)
+            raise from_errno(op, err, hint=f"{cnt.value} of {count} written")
         return cnt.value
+
+    def _update_each_raw(self, keys: bytes, values: bytes, count: int, flags: int) -> int:
+        ksz, vsz = ctypes.sizeof(self.key_type), self._vbuf_size
+        for i in range(count):
+            k = ctypes.create_string_buffer(keys[i * ksz:(i + 1) * ksz], ksz)
+            v = ctypes.create_string_buffer(values[i * vsz:(i + 1) * vsz], vsz)
+            if L.bpf_map_update_elem(self.fd, k, v, flags) != 0:
+                raise from_errno(f"update map {self.name}", L.libc_errno(), hint=f"{i} of {count} written")
+        return count
 
     def delete_batch(self, keys: Iterable[Any]) -> int:
         keys = list(keys)
