@@ -59,13 +59,7 @@ def register(app: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="JSON output for scripts (every rule change).")
     def apply_cmd(file, dry_run, confirm_s, confirmed, force, mode, netns, verbose, as_json):
         """Make the running policy match FILE (YAML; `-` for stdin): only what differs changes."""
-        if not confirmed and file is not None and confirm_s is None:
-            from bpfgate.policyctl.unchanged import apply_unchanged   # light: the rest is not imported for it
-
-            res = apply_unchanged(file, netns, dry_run)
-            if res is not None:
-                print_plan(res, as_json, verbose)
-                return
+        # the file applied last was answered before click (cli/entry.py); policyctl.apply answers the rest
         from bpfgate import policyctl
 
         if confirmed:
