@@ -30,7 +30,7 @@ import struct
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from bpfgate import contract
 from bpfgate.errors import BadInput, BpfgateError, NotSupported
@@ -41,7 +41,7 @@ from bpfgate.inspect.pcap import PcapWriter, open_writer
 from bpfgate.kernel.btf import require_helper
 from bpfgate.kernel.maps import possible_cpus
 from bpfgate.kernel.ringbuf import RingBuffer
-from bpfgate.signals import sigterm_as_interrupt
+from bpfgate.signals import signals_deferred, sigterm_as_interrupt
 
 C = contract.constants("capture")
 MAX_SNAPLEN = C.BG_CAPTURE_MAX  # an skb is at most 64 KiB
@@ -225,6 +225,10 @@ class Capture:
         self._ring.poll(timeout_ms)
         return [self._decode(raw) for raw in self._ring.drain()]
 
+    def wait(self, timeout_ms: int = 100) -> None:
+        """Wait up to timeout_ms for a packet, taking none."""
+        self._ring.wait(timeout_ms)
+
     @property
     def lost(self) -> int:
         """Packets that matched but found no room in the ring buffer (the reader fell behind)."""
@@ -308,6 +312,10 @@ class EngineCapture:
     def packets(self, timeout_ms: int = 100) -> list[CapturedPacket]:
         self._ring.poll(timeout_ms)
         return [self._decode(raw) for raw in self._ring.drain()]
+
+    def wait(self, timeout_ms: int = 100) -> None:
+        """Wait up to timeout_ms for a packet, taking none."""
+        self._ring.wait(timeout_ms)
 
     @property
     def lost(self) -> int:
@@ -550,20 +558,34 @@ def capture_to_file(path: str | None, dev: str, filt: CaptureFilter | None = Non
                 if on_ready:
                     on_ready()
                 deadline = None if duration is None else time.monotonic() + duration
+
+                def take() -> bool:
+                    """Write what the ring holds, up to `count` (True when reached). Ctrl-C/SIGTERM wait
+                    for the end: a packet taken from the ring is always written."""
+                    nonlocal written
+                    with signals_deferred():
+                        for pkt in cap.packets(0):
+                            if writer:
+                                writer.write(pkt.wall_ns, pkt.data, pkt.pkt_len, comment=pkt.comment(),
+                                             direction=pkt.direction)
+                            if on_packet:
+                                on_packet(pkt, cap.clock)
+                            written += 1
+                            if engine is not None:
+                                cap._read = written
+                            if count is not None and written >= count:
+                                return True
+                    return False
+
                 try:
-                    for pkt in _stream(cap, deadline):
-                        if writer:
-                            writer.write(pkt.wall_ns, pkt.data, pkt.pkt_len, comment=pkt.comment(),
-                                         direction=pkt.direction)
-                        if on_packet:
-                            on_packet(pkt, cap.clock)
-                        written += 1
-                        if engine is not None:
-                            cap._read = written
-                        if count is not None and written >= count:
+                    while not take():
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
                             break
+                        cap.wait(200 if left is None else min(200, int(left * 1000)))
                 except KeyboardInterrupt:
                     interrupted = True
+                    take()  # what the hook saw before the Ctrl-C is still in the ring: keep it
                 matched, lost = cap.matched, cap.lost
         except KeyboardInterrupt:
             interrupted = True
@@ -575,9 +597,3 @@ def capture_to_file(path: str | None, dev: str, filt: CaptureFilter | None = Non
         restore.close()
     return CaptureSummary(written, matched, lost, path, interrupted)
 
-
-def _stream(cap: Any, deadline: float | None) -> Iterator[CapturedPacket]:
-    while deadline is None or time.monotonic() < deadline:
-        wait = 200 if deadline is None else max(0, min(200, int((deadline - time.monotonic()) * 1000)))
-        yield from cap.packets(wait)
-    yield from cap.packets(0)  # what arrived in the last moments

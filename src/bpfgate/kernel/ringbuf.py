@@ -139,12 +139,17 @@ class RingBuffer(_Consumer):
 
     def poll(self, timeout_ms: int = 100) -> int:
         """Wait up to timeout_ms for records, consume all available; returns how many."""
+        self.wait(timeout_ms)
+        return self.consume()
+
+    def wait(self, timeout_ms: int = 100) -> None:
+        """Wait up to timeout_ms for a committed record without consuming anything: a signal that
+        ends the wait leaves every record in the ring."""
         self._check()
         try:
             self._ep.poll(timeout_ms / 1000 if timeout_ms >= 0 else -1)
         except InterruptedError:
             pass
-        return self.consume()
 
     def consume(self) -> int:
         """Decode every committed record; returns how many (to the handler, or kept for drain())."""
