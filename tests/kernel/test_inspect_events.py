@@ -15,7 +15,9 @@ import sys
 import time
 
 import pytest
+from features import require  # noqa: E402  (tests/kernel helper)
 
+from bpfgate import doctor
 from bpfgate.inspect.attempts import AttemptLog
 from bpfgate.inspect.events import EventStream
 from bpfgate.inspect.syn import SynCounter
@@ -85,6 +87,7 @@ def test_loss_is_counted_exactly_when_the_consumer_is_too_slow(net):
 
 
 def test_two_programs_one_stream_with_stable_keys_and_wall_clock(net):
+    require("syn")  # syn.o needs atomic fetch instructions (5.12): older kernels refuse it
     client, server, link = net
     with SynCounter(rate=3) as syn, AttemptLog([7070]) as log, \
             EventStream([syn.event_source(), log.event_source()]) as stream:
@@ -155,11 +158,28 @@ def _held_prog_ids(pid: int) -> set[int]:
     return ids
 
 
+def _syn_missing() -> bool:
+    """Doctor's answer: this kernel cannot load the SYN-flood program (syn.o: atomic fetch, 5.12)."""
+    return doctor.check("syn").status == doctor.MISSING
+
+
+def _attached_on(host, dev: str) -> str:
+    """What is attached at `dev` (XDP and tc filters both ways), as ip and tc print it."""
+    link = host.run(["ip", "-d", "link", "show", "dev", dev], check=True).stdout
+    filters = "".join(host.run(["tc", "filter", "show", "dev", dev, d]).stdout   # no clsact: nothing
+                      for d in ("ingress", "egress"))
+    return ("xdp" if "xdp" in link else "") + filters
+
+
 @pytest.mark.smoke
 def test_cli_events_json_lines_and_sigterm_detaches(net):
+    """With --syn-rate where this kernel has the SYN-flood program; without it elsewhere (the attempts
+    stream alone: test_cli_events_syn_rate_refused_in_one_line_without_syn checks the refusal)."""
     client, server, link = net
+    syn = not _syn_missing()
+    names = ("bg_attempts_tc", "bg_syn_xdp") if syn else ("bg_attempts_tc",)
     argv = [sys.executable, "-m", "bpfgate.cli.main", "events", "--dev", link.b.name, "--netns", server.netns,
-            "--port", "7070", "--syn-rate", "1000", "--json"]
+            "--port", "7070", *(["--syn-rate", "1000"] if syn else []), "--json"]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = ""
@@ -170,11 +190,16 @@ def test_cli_events_json_lines_and_sigterm_detaches(net):
             if select.select([p.stdout], [], [], 0.1)[0]:
                 line = p.stdout.readline()
                 break
+        if not line:   # the command ended (its stdout closes before it is reaped): say how
+            try:
+                p.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                pass
         assert line, p.stderr.read() if p.poll() is not None else "no event"
         ev = json.loads(line)
         assert list(ev) == ATTEMPT_KEYS and ev["dport"] == 7070 and ev["interface"] == link.b.name
         ours = _held_prog_ids(p.pid)
-        assert ours & _prog_ids("bg_attempts_tc") and ours & _prog_ids("bg_syn_xdp")
+        assert all(ours & _prog_ids(name) for name in names)
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=WAIT)
     finally:
@@ -186,11 +211,29 @@ def test_cli_events_json_lines_and_sigterm_detaches(net):
     assert all(json.loads(x)["type"] == "conn_attempt" for x in out.splitlines())
     # programs exist only while something holds them: gone means no link, filter or XDP left attached
     # (freed after an RCU grace period: wait, bounded)
+    held = lambda: ours & set().union(*(_prog_ids(name) for name in names))  # noqa: E731
     deadline = time.monotonic() + WAIT
-    while ours & (_prog_ids("bg_attempts_tc") | _prog_ids("bg_syn_xdp")) and time.monotonic() < deadline:
+    while held() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not ours & (_prog_ids("bg_attempts_tc") | _prog_ids("bg_syn_xdp"))  # ids are never reused soon
+    assert not held()  # ids are never reused soon
     assert server.run(["ip", "-j", "link", "show", "dev", link.b.name], check=True).stdout.count("xdp") == 0
+
+
+def test_cli_events_syn_rate_refused_in_one_line_without_syn(net):
+    """Where doctor finds no SYN-flood program (Linux < 5.12: no atomic fetch instructions), --syn-rate is
+    refused: one line naming what the kernel lacks and the Linux that has it, exit 3, nothing attached
+    (the attempts program it attached first is gone with it)."""
+    if not _syn_missing():
+        pytest.skip("this kernel loads syn.o: --syn-rate works (test_cli_events_json_lines_and_sigterm_detaches)")
+    client, server, link = net
+    r = subprocess.run([sys.executable, "-m", "bpfgate.cli.main", "events", "--dev", link.b.name, "--netns",
+                        server.netns, "--port", "7070", "--syn-rate", "1000", "--json"],
+                       capture_output=True, text=True, timeout=WAIT * 6)
+    assert r.returncode == 3, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bpfgate: error: ") and "needs Linux >= " in lines[0], r.stderr
+    assert r.stdout == ""
+    assert _attached_on(server, link.b.name) == ""
 
 
 def test_cli_events_rejects_block_without_rate(net):
