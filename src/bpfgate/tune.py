@@ -19,12 +19,14 @@ cgroup replaces the settings.
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
+import socket
 from dataclasses import dataclass
 
 from bpfgate import attach, cgroups, contract
-from bpfgate.errors import BadInput, BpfgateError, NotFound
+from bpfgate.errors import BadInput, BpfgateError, NotFound, NotSupported
 from bpfgate.inspect.events import Context, EventKind, EventSource, addr_str, open_producer, register_kind
 from bpfgate.kernel import pins
 from bpfgate.kernel.maps import Map
@@ -36,6 +38,8 @@ AVAILABLE_CC = "/proc/sys/net/ipv4/tcp_available_congestion_control"
 BUF_MAX = 1 << 30
 IW_MAX = 1024   # segments: beyond any sane initial window, and well inside the kernel's cwnd clamp
 SAMPLE_KINDS = {C.BG_TUNE_EV_RTT: "rtt", C.BG_TUNE_EV_RETRANS: "retransmit", C.BG_TUNE_EV_END: "end"}
+# bpf_setsockopt(SOL_TCP, TCP_NODELAY) from sock_ops: refused at run time (EINVAL) before this Linux
+NODELAY_SINCE = "6.1"
 # pinned beside the link: what a later `--watch`, `metrics` and `detach` open
 PINNED_MAPS = ("bg_tune_cfg", "bg_tune_stats", "events", "bg_stats")
 
@@ -82,20 +86,14 @@ def apply(cgroup: str, *, cc: str | None = None, sndbuf: int | None = None, rcvb
     connection ends as events and counters."""
     cgroup = cgroups.resolve(cgroup)   # before anything loads: a one-line error, nothing attached
     _check(cc, sndbuf, rcvbuf, nodelay, iw, samples, sample_gap)
-    cfg = contract.struct(OBJECT, "bg_tune_cfg")()
-    cfg.flags = ((C.BG_TUNE_CC if cc else 0) | (C.BG_TUNE_SNDBUF if sndbuf else 0)
-                 | (C.BG_TUNE_RCVBUF if rcvbuf else 0) | (C.BG_TUNE_NODELAY if nodelay else 0)
-                 | (C.BG_TUNE_IW if iw else 0) | (C.BG_TUNE_SAMPLES if samples else 0))
-    cfg.sndbuf, cfg.rcvbuf, cfg.iw = sndbuf or 0, rcvbuf or 0, iw or 0
-    cfg.sample_gap_ms = round(sample_gap * 1000)
-    if cc:
-        name = cc.encode()
-        ctypes.memmove(ctypes.addressof(cfg) + type(cfg).cc.offset, name, len(name))   # NUL-padded by the zeroed struct
+    if nodelay and (why := nodelay_refused()):
+        raise NotSupported("tune --nodelay", why, min_kernel=NODELAY_SINCE)
+    cfg = _config(cc, sndbuf, rcvbuf, nodelay, iw, samples, sample_gap)
     pdir = pin_dir(cgroup)
     map_pins = [os.path.join(pdir, m) for m in PINNED_MAPS]
     obj, _ = open_producer(OBJECT, transport="ringbuf")
     with obj:
-        obj.map("bg_tune_cfg").update_batch_raw(bytes(ctypes.c_uint32(0)), bytes(cfg), 1)
+        _configure(obj, cfg)
         try:
             for name, path in zip(PINNED_MAPS, map_pins):
                 pins.unpin(path)
@@ -108,6 +106,69 @@ def apply(cgroup: str, *, cc: str | None = None, sndbuf: int | None = None, rcvb
                 pins.unpin(path)
             pins.prune_empty(pdir)
             raise
+
+
+def _config(cc: str | None, sndbuf: int | None, rcvbuf: int | None, nodelay: bool, iw: int | None,
+            samples: bool, sample_gap: float) -> ctypes.Structure:
+    cfg = contract.struct(OBJECT, "bg_tune_cfg")()
+    cfg.flags = ((C.BG_TUNE_CC if cc else 0) | (C.BG_TUNE_SNDBUF if sndbuf else 0)
+                 | (C.BG_TUNE_RCVBUF if rcvbuf else 0) | (C.BG_TUNE_NODELAY if nodelay else 0)
+                 | (C.BG_TUNE_IW if iw else 0) | (C.BG_TUNE_SAMPLES if samples else 0))
+    cfg.sndbuf, cfg.rcvbuf, cfg.iw = sndbuf or 0, rcvbuf or 0, iw or 0
+    cfg.sample_gap_ms = round(sample_gap * 1000)
+    if cc:
+        name = cc.encode()
+        ctypes.memmove(ctypes.addressof(cfg) + type(cfg).cc.offset, name, len(name))   # NUL-padded by the zeroed struct
+    return cfg
+
+
+def _configure(obj, cfg: ctypes.Structure) -> None:
+    obj.map("bg_tune_cfg").update_batch_raw(bytes(ctypes.c_uint32(0)), bytes(cfg), 1)
+
+
+@functools.lru_cache(maxsize=1)
+def nodelay_refused() -> str | None:
+    """Why this kernel's sock_ops programs cannot set TCP_NODELAY (None: they can). Found by doing it, once
+    per process: the real program, set to no-delay only, on a scratch cgroup; a forked child joins that
+    cgroup, connects over the loopback of a scratch network namespace and reads TCP_NODELAY back (before
+    Linux 6.1 bpf_setsockopt refuses the option when the program runs, not when it loads)."""
+    from bpfgate.doctor import scratch, system
+    from bpfgate.kernel import links
+
+    root = system.cgroup2_mount()
+    if root is None:
+        raise NotFound("check tune --nodelay", "no cgroup v2 mount in /proc/self/mounts")
+    obj, _ = open_producer(OBJECT, transport="ringbuf")
+    with obj, scratch.netns(), scratch.cgroup(root) as cg:
+        _configure(obj, _config(None, None, None, True, None, False, 1.0))
+        with links.attach_cgroup(obj, "bg_tune_sockops", cg), socket.create_server(("127.0.0.1", 0)) as lsn:
+            status = _in_cgroup(cg, lambda: _connected_nodelay(lsn.getsockname()))
+    if status == 0:
+        return None
+    if status == 1:
+        return "bpf_setsockopt() in a sock_ops program cannot set TCP_NODELAY on this kernel"
+    raise BpfgateError("check tune --nodelay", f"the scratch connection failed (status {status})")
+
+
+def _connected_nodelay(addr) -> int:
+    with socket.create_connection(addr, timeout=10) as s:
+        return 0 if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) else 1
+
+
+def _in_cgroup(cgroup: str, fn) -> int:
+    """fn() in a forked child moved into `cgroup` (its exit status; 2: it failed). Only the child moves:
+    this process stays where it is."""
+    pid = os.fork()
+    if pid == 0:
+        status = 2
+        try:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+            status = fn()
+        finally:
+            os._exit(status)
+    _, wstatus = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wstatus)
 
 
 def remove(cgroup: str) -> list[str]:

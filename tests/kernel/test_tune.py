@@ -61,13 +61,18 @@ def other_cc() -> str:
 
 @pytest.mark.smoke
 def test_settings_read_back_inside_the_cgroup_only(cgroup, listener):
+    """--nodelay where this kernel's sock_ops can set it (doctor's tune check: Linux >= 6.1); elsewhere the
+    other settings, and test_nodelay_refused_in_one_line_where_the_kernel_cannot checks the refusal."""
     cc = other_cc()
+    nodelay = tune.nodelay_refused() is None
     outside = read_back(listener, None)
     iw = outside[4] + 7
-    r = run_cli(["tune", cgroup, "--cc", cc, "--sndbuf", "100000", "--rcvbuf", "150000", "--nodelay",
-                 "--iw", str(iw)])
+    r = run_cli(["tune", cgroup, "--cc", cc, "--sndbuf", "100000", "--rcvbuf", "150000",
+                 *(["--nodelay"] if nodelay else []), "--iw", str(iw)])
     assert r.returncode == 0, r.stderr
-    assert read_back(listener, cgroup) == [cc, 200000, 300000, 1, iw]   # the kernel doubles buffer sizes
+    # the kernel doubles buffer sizes
+    assert read_back(listener, cgroup) == [cc, 200000, 300000, 1 if nodelay else outside[3], iw]
+    assert tune.totals(cgroup).failed == 0   # nothing the kernel refused, silently
     assert read_back(listener, None) == outside
     r = run_cli(["tune", cgroup, "--sndbuf", "50000"])   # again: replaces the settings
     assert r.returncode == 0, r.stderr
@@ -78,6 +83,20 @@ def test_settings_read_back_inside_the_cgroup_only(cgroup, listener):
     assert read_back(listener, cgroup) == outside
     assert not attach.find(target=cgroup, any_netns=True)
     assert not os.path.exists(tune.pin_dir(cgroup))
+
+
+def test_nodelay_refused_in_one_line_where_the_kernel_cannot(cgroup, listener):
+    """Before Linux 6.1 bpf_setsockopt refuses TCP_NODELAY from sock_ops when the program runs: --nodelay
+    is refused before anything loads (one line naming the Linux that has it), not counted silently."""
+    why = tune.nodelay_refused()
+    if why is None:
+        pytest.skip("this kernel's sock_ops programs set TCP_NODELAY (test_settings_read_back_inside_the_cgroup_only)")
+    r = run_cli(["tune", cgroup, "--nodelay", "--sndbuf", "100000"])
+    assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [f"bpfgate: error: tune --nodelay: {why} (needs Linux >= 6.1)"]
+    assert not attach.find(target=cgroup, any_netns=True)
+    assert not os.path.exists(tune.pin_dir(cgroup))
+    assert read_back(listener, cgroup)[3] == 0
 
 
 def test_a_congestion_control_the_kernel_lacks_is_refused_naming_the_available(cgroup):

@@ -16,7 +16,8 @@ def register(app: click.Group) -> None:
                   "/proc/sys/net/ipv4/tcp_available_congestion_control).")
     @click.option("--sndbuf", type=int, metavar="BYTES", help="SO_SNDBUF (the kernel doubles it, as for setsockopt).")
     @click.option("--rcvbuf", type=int, metavar="BYTES", help="SO_RCVBUF (doubled likewise).")
-    @click.option("--nodelay", is_flag=True, help="TCP_NODELAY on established connections.")
+    @click.option("--nodelay", is_flag=True,
+                  help="TCP_NODELAY on established connections (Linux >= 6.1: refused before that).")
     @click.option("--iw", type=int, metavar="SEGMENTS", help="Initial congestion window (TCP_BPF_IW).")
     @click.option("--samples", is_flag=True, help="Per-connection RTT, retransmit and end samples: events "
                   "(--watch) and metrics (bpfgate metrics: bpfgate_tune_*).")

@@ -57,6 +57,7 @@ def _tracer(module: str) -> Callable[[], tuple[str, list[str]]]:
 
 
 def _tune() -> tuple[str, list[str]]:
+    from bpfgate import tune
     from bpfgate.doctor.probes import _older_than
 
     detail, _ = _plain("tune")()
@@ -65,6 +66,9 @@ def _tune() -> tuple[str, list[str]]:
     lost = [f"tune --samples: no {what} samples (BPF_SOCK_OPS_{cb}_CB: Linux {v[0]}.{v[1]})"
             for what, cb, v in (("RTT", "RTT", (5, 3)), ("retransmit", "RETRANS", (4, 18)),
                                 ("end-of-connection", "STATE", (4, 18))) if _older_than(*v)]
+    why = tune.nodelay_refused()   # tried on a scratch connection: refused at run time, not at load
+    if why:
+        lost.append(f"tune --nodelay: refused ({why}; Linux {tune.NODELAY_SINCE})")
     return detail, lost
 
 
