@@ -212,32 +212,22 @@ _Static_assert(__builtin_offsetof(struct bg_cls_key, shape) == 0 && __builtin_of
 	       __builtin_offsetof(struct bg_cls_key, src_cls) == 48 && __builtin_offsetof(struct bg_cls_key, dst_cls) == 52 &&
 	       sizeof(struct bg_cls_key) == 56, "classify() writes the key as these words");
 
-/* The key is read as 64-bit words (the masks, the hash): it is written as whole words too, since a load
- * that spans several narrower stores still in flight waits for them (store forwarding fails). */
-static __always_inline __u32 classify(struct bg_cls_key *pkt)
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bg_cls_key);
+} bg_overlay_key SEC(".maps"); /* the packet key handed to bg_classify_overlay() */
+
+/* The best rule of the shapes of `cf` for the packet key `pk` (stage 0 classes filled in). The key is read
+ * as 64-bit words (the masks, the hash): it is written as whole words too, since a load that spans several
+ * narrower stores still in flight waits for them (store forwarding fails). overlay (a constant at each
+ * use): a batch of edits is being written; its overlay entries (key.gen | BG_GEN_OVERLAY) decide the keys
+ * it changes, and prio BG_PRIO_NONE (never best) stands for "no entry". */
+static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk, __u64 gen, const int overlay)
 {
-	__u32 zero = 0, slot, *active;
-	struct bg_conf *cf;
-	__u32 best = 0xffffffff, rule;
-	__u64 *pk = (__u64 *)pkt;
-	__u64 gen;
+	__u32 best = 0xffffffff, rule = cf->default_rule;
 
-	active = bpf_map_lookup_elem(&bg_active, &zero);
-	slot = active ? (*active & 1) : 0;
-	cf = bpf_map_lookup_elem(&bg_conf, &slot);
-	if (!cf)
-		return 0xffffffff;
-	rule = cf->default_rule;
-	gen = cf->gen;
-	if (cf->trees && (pkt->have & BG_HAVE_L3)) {
-		__u32 v6 = pkt->family == 6, src_cls = 0, dst_cls = 0;
-
-		if (cf->trees & (1 << (BG_TREE_SRC4 + v6)))
-			src_cls = prefix_class(pkt->src, gen, BG_TREE_SRC4 + v6);
-		if (cf->trees & (1 << (BG_TREE_DST4 + v6)))
-			dst_cls = prefix_class(pkt->dst, gen, BG_TREE_DST4 + v6);
-		pk[6] = src_cls | (__u64)dst_cls << 32; /* src_cls, dst_cls */
-	}
 	for (int i = 0; i < BG_MAX_SHAPES; i++) {
 		struct bg_cls_key k;
 		struct bg_cls_val *v;
@@ -258,13 +248,65 @@ static __always_inline __u32 classify(struct bg_cls_key *pkt)
 		d[4] = pk[4] & m[4];
 		d[5] = pk[5] & m[5];
 		d[6] = pk[6] & m[6];
-		v = bpf_map_lookup_elem(&bg_cls, &k);
+		v = 0;
+		if (overlay) {
+			d[0] |= BG_GEN_OVERLAY << 8;
+			v = bpf_map_lookup_elem(&bg_cls, &k);
+			d[0] &= ~(__u64)(BG_GEN_OVERLAY << 8);
+		}
+		if (!v)
+			v = bpf_map_lookup_elem(&bg_cls, &k);
 		if (v && v->prio < best) {
 			best = v->prio;
 			rule = v->rule_id;
 		}
 	}
 	return rule;
+}
+
+/* Global: verified once on its own, so the rare overlay path costs the programs no verifier budget. */
+__noinline __u32 bg_classify_overlay(__u32 slot)
+{
+	__u32 zero = 0;
+	struct bg_conf *cf = bpf_map_lookup_elem(&bg_conf, &slot);
+	struct bg_cls_key *pkt = bpf_map_lookup_elem(&bg_overlay_key, &zero);
+
+	if (!cf || !pkt)
+		return 0xffffffff;
+	return best_rule(cf, (const __u64 *)pkt, cf->gen, 1);
+}
+
+static __always_inline __u32 classify(struct bg_cls_key *pkt)
+{
+	__u32 zero = 0, slot, *active;
+	struct bg_conf *cf;
+	__u64 *pk = (__u64 *)pkt;
+	__u64 gen;
+
+	active = bpf_map_lookup_elem(&bg_active, &zero);
+	slot = active ? (*active & 1) : 0;
+	cf = bpf_map_lookup_elem(&bg_conf, &slot);
+	if (!cf)
+		return 0xffffffff;
+	gen = cf->gen;
+	if (cf->trees && (pkt->have & BG_HAVE_L3)) {
+		__u32 v6 = pkt->family == 6, src_cls = 0, dst_cls = 0;
+
+		if (cf->trees & (1 << (BG_TREE_SRC4 + v6)))
+			src_cls = prefix_class(pkt->src, gen, BG_TREE_SRC4 + v6);
+		if (cf->trees & (1 << (BG_TREE_DST4 + v6)))
+			dst_cls = prefix_class(pkt->dst, gen, BG_TREE_DST4 + v6);
+		pk[6] = src_cls | (__u64)dst_cls << 32; /* src_cls, dst_cls */
+	}
+	if (cf->overlay) {
+		struct bg_cls_key *o = bpf_map_lookup_elem(&bg_overlay_key, &zero);
+
+		if (o) {
+			*o = *pkt;
+			return bg_classify_overlay(slot);
+		}
+	}
+	return best_rule(cf, pk, gen, 0);
 }
 
 /* ---- actions -------------------------------------------------------------------------------------- */

@@ -17,6 +17,8 @@
 /* Sizes of the engine's maps and tables (enums, so Python reads them from BTF). */
 enum bg_engine_limits {
 	BG_MAX_SHAPES = 32,        /* bg_conf.shapes[] */
+	BG_GEN_OVERLAY = 2,        /* key.gen bit of a batch's overlay entries (prio BG_PRIO_NONE: no entry) */
+	BG_PRIO_NONE = 0xffffffff, /* an overlay entry that hides the key's entry in bg_cls */
 	BG_CONF_SLOTS = 2,         /* bg_conf is double-buffered; bg_active[0] names the live slot */
 	BG_MAX_RULES = 1 << 18,    /* rule slots: bg_rules, bg_counters, bg_rate_rule, bg_log_rate */
 	BG_REDIRECT_TARGETS = 256, /* interfaces the rules of one engine redirect to (bg_redirect_devs) */
@@ -118,7 +120,8 @@ struct bg_conf {         /* bg_conf[2], double-buffered; bg_active[0] names the 
 	__u32 default_rule;
 	__u8 gen;
 	__u8 trees;      /* 1 << BG_TREE_*: the prefix-class trees this generation uses (0: no stage 0) */
-	__u8 pad[6];
+	__u8 overlay;    /* 1: a batch of edits is being written; its keys (gen | BG_GEN_OVERLAY) decide first */
+	__u8 pad[5];
 	struct bg_shape shapes[BG_MAX_SHAPES];
 };
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import dataclasses
 import os
 import struct
 import time
@@ -459,6 +460,44 @@ class Engine:
                                   sets=sets))
             return []
 
+    def apply_edits(self, edits: Sequence[tuple]) -> Diff:
+        """Several rule edits (LiveHook.batch's) as one atomic step: packets see the policy before them or
+        after them, never part of them (a small policy change without a whole swap). A refusal (a bad rule,
+        no room) changes nothing: the saved state is read again (a detached engine drops its policy)."""
+        try:
+            with self._editing():
+                live = self._live()
+                shown = live.conf
+                diff = live.batch(edits)
+                self._write_batch(diff, shown)
+                self._journal("batch", edits=[_edit_data(e) for e in edits])
+                return diff
+        except BaseException:
+            if self.store is None:
+                self.live = None   # ahead of the kernel by the edits made before the refusal
+            raise
+
+    def _write_batch(self, diff: Diff, shown: L.Conf) -> None:
+        """Write a batch Diff so it flips in at once: overlay entries (the new value of every key it
+        changes, PRIO_NONE for a key it removes) first, unread; bg_conf with the overlay on (they decide from
+        here); the generation's own entries underneath; bg_conf with the overlay off; the overlay goes."""
+        live = self._live()
+        self._check_slots(diff.rules_update)
+        changed = [*diff.cls_update, *diff.cls_delete]
+        self._check_room(len(live.c.cls) + len(diff.cls_delete) + len(changed))
+        self._begin_write("edit")
+        self._write_rules(diff.rules_update, fresh=True)
+        none = L.ClsValue(L.PRIO_NONE, 0)
+        overlay = {L.overlay_key(k): diff.cls_update.get(k, none) for k in changed}
+        self._write_cls(overlay)
+        self._publish(dataclasses.replace(diff.conf_before or shown, overlay=True))
+        self._write_cls(diff.cls_update)
+        self._delete_cls(diff.cls_delete)
+        self._publish(live.conf)
+        self._delete_cls(list(overlay))
+        if diff.rules_free:
+            self.pending_free.append((time.time(), list(diff.rules_free)))
+
     def _default(self) -> str:
         c = self._live().c
         return "allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny"
@@ -891,6 +930,17 @@ def conntrack_table(dev: str, netns_name: str | None) -> tuple[Map | None, set[s
 
 def _expired(f: R.Flow, now_ns: int) -> bool:
     return now_ns - f.last_ns > (CT_TIMEOUT_EST_S if f.replied else CT_TIMEOUT_NEW_S) * 10**9
+
+
+def _edit_data(edit: tuple) -> dict:
+    """A LiveHook edit as a journal record (rules as the policy file has them)."""
+    from bpfgate.policy.ruledata import rule_data
+
+    if edit[0] == "delete":
+        return {"op": "delete", "name": edit[1]}
+    if edit[0] == "replace":
+        return {"op": "replace", "name": edit[1], "rule": rule_data(edit[2])}
+    return {"op": "add", "rule": rule_data(edit[1]), "position": edit[2]}
 
 
 def rule_names(compiled: CompiledHook) -> dict[int, str]:

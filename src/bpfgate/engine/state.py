@@ -11,6 +11,8 @@ the policy again") instead of a traceback or a half-working engine.
 A live edit appends one JSON line to journal.jsonl, e.g. {"op": "add", "rule": {...}, "position": 0}, a
 rule being its fields as the policy file has them (bpfgate.policy.ruledata), so journals do not depend on
 the classes' layout; lines written before that hold a rule as a base64 pickle (a string) and still load.
+A batch of edits made as one atomic step (Engine.apply_edits) is one line, {"op": "batch", "edits": [...]}:
+a journal cut short holds all of it or none.
 Opening replays the lines through LiveHook, which is deterministic, so another process ends up with the
 same state without rewriting the snapshot (an edit stays ~1 ms at 100k rules). Writers hold an flock on
 the directory's lock file.
@@ -310,6 +312,9 @@ class StateStore:
                     raise TypeError("not an edit record")
                 if "rule" in rec:
                     rec["rule"] = _rule(rec["rule"])
+                for e in rec.get("edits", ()):   # a batch: its edits' rules
+                    if "rule" in e:
+                        e["rule"] = _rule(e["rule"])
             except _UNPICKLE_ERRORS as e:   # pydantic ValidationError, binascii.Error: ValueError
                 raise self._unreadable(f"its journal line {n} does not load ({_brief(e)})") from None
             out.append(rec)
@@ -329,6 +334,10 @@ class StateStore:
                 diff = live.delete(rec["name"])
             elif op == "replace":
                 diff = live.replace(rec["name"], rec["rule"])
+            elif op == "batch":
+                diff = live.batch([("delete", e["name"]) if e["op"] == "delete" else
+                                   ("replace", e["name"], e["rule"]) if e["op"] == "replace" else
+                                   ("add", e["rule"], e.get("position")) for e in rec["edits"]])
             elif op in ("set_add", "set_del"):
                 for d in live.set_edit(rec["name"], rec["elements"], op == "set_add"):
                     if d.rules_free:

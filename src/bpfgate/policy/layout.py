@@ -17,6 +17,8 @@ C = contract.constants("engine")
 
 MAX_SHAPES = C.BG_MAX_SHAPES    # size of bg_conf.shapes[]; the compiler's default limit is lower
 CONF_SLOTS = C.BG_CONF_SLOTS    # bg_conf is double-buffered; bg_active[0] names the live slot
+GEN_OVERLAY = C.BG_GEN_OVERLAY  # key.gen bit of a batch's overlay entries, read while bg_conf.overlay is set
+PRIO_NONE = C.BG_PRIO_NONE & 0xFFFFFFFF   # an overlay entry hiding its key (BTF keeps the enum signed)
 
 # key.have: which parts the parser found. A rule sets the bits of the fields it needs, and the shape mask
 # keeps them, so a packet missing a field (truncated, non-first fragment, not IP) never matches that rule.
@@ -50,7 +52,7 @@ VAL = contract.record("engine", "bg_cls_val", "prio rule_id")
 RULE = contract.record("engine", "bg_rule", "action over_action flags redirect_ifindex mark log_rate rate burst "
                                            "reject_with reject_rate")
 SHAPE = contract.record("engine", "bg_shape", "mask best_prio id entries")
-CONF = contract.record("engine", "bg_conf", "nshapes default_rule gen trees shapes")
+CONF = contract.record("engine", "bg_conf", "nshapes default_rule gen trees overlay shapes")
 PFX_TOP = contract.record("engine", "bg_pfx_top", "cls sub nlens lens")
 PFX_KEY = contract.record("engine", "bg_pfx_key", "addr gen tree len")
 KEY_SIZE = KEY.size
@@ -97,6 +99,12 @@ class ClsKey:
     def unpack(cls, raw: bytes) -> "ClsKey":
         return cls(*KEY.unpack(raw))
 
+
+
+def overlay_key(raw: bytes) -> bytes:
+    """The overlay entry's key of a bg_cls key: its gen byte with GEN_OVERLAY set."""
+    g = KEY_GEN_OFF
+    return raw[:g] + bytes((raw[g] | GEN_OVERLAY,)) + raw[g + 1:]
 
 
 def key_int(raw: bytes) -> int:
@@ -171,10 +179,11 @@ class Conf:
     default_rule: int             # rule_id applied when no entry matches
     shapes: tuple[Shape, ...] = field(default=())   # visit order: best_prio ascending
     trees: int = 0                # 1 << TREE_*: prefix-class trees in use (stage 0)
+    overlay: bool = False         # a batch's overlay entries (key.gen | GEN_OVERLAY) decide first
 
     def pack(self) -> bytes:
         if len(self.shapes) > MAX_SHAPES:
             raise ValueError(f"{len(self.shapes)} shapes > {MAX_SHAPES}")
         empty = Shape(0, bytes(KEY_SIZE), 0xFFFFFFFF).pack()
         body = b"".join(s.pack() for s in self.shapes) + empty * (MAX_SHAPES - len(self.shapes))
-        return CONF.pack(len(self.shapes), self.default_rule, self.gen, self.trees, body)
+        return CONF.pack(len(self.shapes), self.default_rule, self.gen, self.trees, int(self.overlay), body)

@@ -23,6 +23,9 @@ from .sets import element_reason, ref_problem, uses_sets, with_ports
 from .shapes import expansion
 
 
+Edit = tuple   # ("delete", name) | ("replace", name, Rule) | ("add", Rule, position or None)
+
+
 @dataclass
 class Diff:
     rules_update: dict[int, L.RuleAction] = field(default_factory=dict)
@@ -115,12 +118,8 @@ class LiveHook:
 
     # ---- edits ---------------------------------------------------------------------------------
     def add(self, rule: Rule, position: int | None = None) -> Diff:
-        if self._exists(rule.name):
-            raise PolicyError(f"rule {rule.name}", "a rule of that name exists; replace it or delete it first")
-        prio = self._prio_at(position)
-        keys = self._prepare(rule)
         diff, before = Diff(), {}
-        self._insert(rule, keys, prio, diff, before)
+        self._add(rule, position, diff, before)
         return self._finish(diff, before)
 
     def delete(self, name: str) -> Diff:
@@ -131,15 +130,42 @@ class LiveHook:
     def replace(self, name: str, rule: Rule) -> Diff:
         """Same position. The new version keeps the slot (and counters) when its action is unchanged, else
         gets a fresh slot, so no packet ever combines the old match with the new action's record."""
+        diff, before = Diff(), {}
+        self._replace(name, rule, diff, before)
+        return self._finish(diff, before)
+
+    def batch(self, edits: Sequence[Edit]) -> Diff:
+        """Several edits as one Diff (the engine writes it as one atomic step: Engine.apply_edits). Edits
+        run in order: ("delete", name), ("replace", name, rule), ("add", rule, position). A refusal part-way
+        leaves this LiveHook with the earlier edits made (nothing written): its owner reloads it."""
+        diff, before = Diff(), {}
+        for e in edits:
+            if e[0] == "delete":
+                self._remove(self.rule_id(e[1]), diff, before)
+            elif e[0] == "replace":
+                self._replace(e[1], e[2], diff, before)
+            elif e[0] == "add":
+                self._add(e[1], e[2], diff, before)
+            else:
+                raise ValueError(f"not an edit: {e[0]!r}")
+        return self._finish(diff, before)
+
+    def _add(self, rule: Rule, position: int | None, diff: Diff, before: dict) -> None:
+        if self._exists(rule.name):
+            raise PolicyError(f"rule {rule.name}", "a rule of that name exists; replace it or delete it first")
+        prio = self._prio_at(position)
+        keys = self._prepare(rule)
+        self._insert(rule, keys, prio, diff, before)
+
+    def _replace(self, name: str, rule: Rule, diff: Diff, before: dict) -> None:
         old = self.rule_id(name)
         if rule.name != name and self._exists(rule.name):
             raise PolicyError(f"rule {rule.name}", "a rule of that name exists")
         keys = self._prepare(rule)   # may refuse: nothing has changed yet
         keep = rule_action(rule, self.ifindex) == self.c.rules[old]
-        diff, before, prio = Diff(), {}, self.c.prios[old]
+        prio = self.c.prios[old]
         self._remove(old, diff, before, keep_slot=keep)
         self._insert(rule, keys, prio, diff, before, slot=old if keep else None)
-        return self._finish(diff, before)
 
     def set_edit(self, name: str, elements, add: bool) -> list[Diff]:
         """Add (or delete) elements of a named set: one Diff per element, each complete on its own. An address

@@ -171,7 +171,8 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
         live = getattr(backend, "live", None)
         compiled = precheck(p, force=force, ifindex=_ifindex(backend, netns),
                             check_interfaces=not isinstance(backend, MemoryBackend),
-                            live=(lambda dev, hook: live(dev, hook, netns)) if live else None)
+                            live=(lambda dev, hook: live(dev, hook, netns)) if live else None,
+                            batches=not dry_run and hasattr(backend, "apply_edits"))   # a dry run compiles all
         steer_changes = steer_policy.plan(steer, netns) if steer else []
         waiting = None if dry_run else _confirm.read(netns, state_root)
         if waiting is not None and waiting.remaining == 0 and not _confirm.alive(waiting.watcher_pid):

@@ -14,14 +14,14 @@ from typing import Any
 
 from bpfgate.cgroups import is_cgroup
 from bpfgate.cgroups import resolve as resolve_cgroup
-from bpfgate.errors import BadInput, BpfgateError
+from bpfgate.errors import BadInput, BpfgateError, PolicyError
 from bpfgate.kernel import netns as _netns
-from bpfgate.policy.compile import CompiledHook, compile_hook
+from bpfgate.policy.compile import compile_hook
 from bpfgate.policy.model import Hook, HookPolicy
 
 from . import guard
 from .backend import Backend
-from .plan import HookPlan, Plan
+from .plan import HookPlan, Plan, live_edits
 
 
 class ApplyError(BpfgateError):
@@ -55,6 +55,11 @@ def resolver(netns: str | None) -> Callable[[str], int]:
 
 
 Compiled = dict[tuple, Any]   # precheck's compiled hooks, by _key(); swaps by _swap_key(): (compiled, its base)
+                              # or Edits
+
+
+class Edits(list):
+    """A swap made as one atomic batch of live edits (plan.live_edits), nothing compiled up front."""
 
 
 def _key(h: HookPlan) -> tuple:
@@ -66,7 +71,7 @@ def _swap_key(h: HookPlan) -> tuple:
 
 
 def precheck(plan: Plan, *, force: bool = False, ifindex: Callable[[str], int] | None = None,
-             check_interfaces: bool = False, live: Callable | None = None) -> Compiled:
+             check_interfaces: bool = False, live: Callable | None = None, batches: bool = False) -> Compiled:
     """Everything that can be refused before the kernel is touched: the interfaces to attach to exist,
     every new hook policy compiles (limits, hook-specific actions, redirect targets), and the guard.
     Returns the compiled hooks (once per hook policy, whatever the number of interfaces) for execute().
@@ -88,8 +93,11 @@ def precheck(plan: Plan, *, force: bool = False, ifindex: Callable[[str], int] |
         if hp.new is None:
             continue
         kw = {"ifindex": ifindex} if ifindex else {}
+        edits = live_edits(hp) if batches else None
         running = live(hp.dev, hp.hook) if live is not None and hp.action == "swap" else None
-        if running is not None:
+        if edits is not None:   # the engine checks each rule as it makes the edit, before any write
+            compiled[_swap_key(hp)] = Edits(edits)
+        elif running is not None:
             prev, limits = running
             compiled[_swap_key(hp)] = (compile_hook(hp.new, hp.hook, gen=prev.gen ^ 1, previous=prev, limits=limits,
                                                     **kw), prev)
@@ -121,7 +129,12 @@ def execute(plan: Plan, backend: Backend, *, mode: str | None = None, op: str = 
                 backend.attach(h.dev, h.hook, ns, h.new, mode, compiled=(compiled or {}).get(_key(h)))
             elif h.action == "swap":
                 pre = (compiled or {}).get(_swap_key(h))
-                if pre is not None:
+                if isinstance(pre, Edits):
+                    try:
+                        backend.apply_edits(h.dev, h.hook, ns, list(pre))
+                    except PolicyError:   # no room, no priority gap, no shape left: a whole swap re-plans
+                        backend.swap(h.dev, h.hook, ns, h.new)   # (and names a bad rule as compile does)
+                elif pre is not None:
                     backend.swap(h.dev, h.hook, ns, h.new, compiled=pre)
                 else:
                     backend.swap(h.dev, h.hook, ns, h.new)

@@ -193,6 +193,11 @@ class EngineBackend:
         with self._open(dev, hook, netns) as eng:
             eng.swap(hp, precompiled=compiled)
 
+    def apply_edits(self, dev: str, hook: Hook, netns: str | None, edits: list[tuple]) -> None:
+        """Rule edits (plan.live_edits) as one atomic step."""
+        with self._open(dev, hook, netns) as eng:
+            eng.apply_edits(edits)
+
     def live(self, dev: str, hook: Hook, netns: str | None):
         """(running compiled hook, limits) of an engine this session holds open, else None."""
         if self._cache is None or (dev, hook, netns) not in self._cache:

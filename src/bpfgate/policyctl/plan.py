@@ -188,6 +188,27 @@ def rule_changes(old: HookPolicy | None, new: HookPolicy | None) -> list[RuleCha
     return out
 
 
+BATCH_MAX = 1024   # rule changes applied as one atomic batch of live edits, at most (and <= 10% of the rules)
+
+
+def live_edits(h: HookPlan) -> list[tuple] | None:
+    """The swap of `h` as one batch of live edits (Engine.apply_edits: atomic, its cost that of the rules it
+    changes), or None when a whole swap is the better tool: the default or the sets change, a rule moves,
+    or more than BATCH_MAX or a tenth of the rules change (a swap re-plans the shapes; small policies swap in
+    milliseconds anyway). Order: deletes, replaces, then adds by their index in the new list, which is
+    where each lands once the deletes are done and the adds before it are in."""
+    if h.action != "swap" or h.default or h.old.sets != h.new.sets:
+        return None
+    if len(h.rules) > min(BATCH_MAX, len(h.new.rules) // 10) or any(c.kind == "moved" for c in h.rules):
+        return None
+    new = h.new.rules
+    edits: list[tuple] = [("delete", c.name) for c in h.rules if c.kind == "removed"]
+    edits += [("replace", c.name, new[c.position]) for c in h.rules if c.kind == "changed"]
+    edits += [("add", new[c.position], c.position)
+              for c in sorted((c for c in h.rules if c.kind == "added"), key=lambda c: c.position)]
+    return edits
+
+
 def automation(hp: HookPolicy | None) -> list[Rule]:
     """The rules of a hook policy that automation added (owner set)."""
     return [r for r in hp.rules if r.owner is not None] if hp else []

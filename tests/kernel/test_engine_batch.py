@@ -1,0 +1,195 @@
+"""A batch of live edits (Engine.apply_edits) flips in at once: packets classified at every step of its
+writes see the policy before it or the policy after it, never part of it (BPF_PROG_TEST_RUN on the real
+program); the same edits made one by one do show mixtures (what the batch exists to avoid). A batch cut
+short is repaired to the policy before it; `apply` of a file changing a few rules of a big policy takes
+this path (no generation swap) and another process reads the result from the journal."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from bpfgate.engine import Engine, frames
+from bpfgate.errors import PolicyError
+from bpfgate.kernel.testrun import test_run as run_prog
+from bpfgate.policy import layout as L
+from bpfgate.policy.compile import compile_hook
+from bpfgate.policy.model import Hook, HookPolicy, Rule
+from bpfgate.policy.packet import Packet
+from bpfgate.sandbox.timing import scaled
+
+pytestmark = pytest.mark.kernel
+SKB_SIZE = 192
+
+
+@pytest.fixture(autouse=True)
+def _root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+# each rule marks packets with its own value: a verdict names the rule that decided (0: the default)
+BEFORE = [{"name": "r0", "protocol": "udp", "dst_port": 100, "mark": 1},
+          {"name": "r1", "src": "198.18.0.0/24", "mark": 2},
+          {"name": "r2", "protocol": "udp", "dst_port": 200, "mark": 3},
+          {"name": "r3", "src": "198.18.1.0/24", "protocol": "udp", "mark": 4},
+          {"name": "r4", "protocol": "udp", "mark": 5}]
+EDITS = [("delete", "r1"),
+         ("replace", "r2", {"name": "r2", "protocol": "udp", "dst_port": 300, "mark": 33}),   # new action: new slot
+         ("replace", "r3", {"name": "r3", "src": "198.18.1.0/24", "protocol": "tcp", "mark": 4}),  # same action
+         ("add", {"name": "rn", "src": "198.18.1.5/32", "mark": 9}, 0)]
+AFTER = [EDITS[3][1], BEFORE[0], EDITS[1][2], EDITS[2][2], BEFORE[4]]
+FRAMES = [frames.build(Packet(family=4, src=ipaddress.ip_address(src), dst=ipaddress.ip_address("198.18.2.2"),
+                              proto=proto, sport=1234, dport=dport, tcp_flags=0x02))
+          for src in ("198.18.0.1", "198.18.1.5", "198.18.1.6", "198.18.2.1")
+          for dport in (100, 200, 300, 400) for proto in (6, 17)]
+
+
+def edits():
+    return [(e[0], e[1], Rule.model_validate(e[2])) if e[0] == "replace" else
+            (e[0], Rule.model_validate(e[1]), e[2]) if e[0] == "add" else e for e in EDITS]
+
+
+def verdicts(eng) -> tuple:
+    return tuple(struct.unpack_from("=I", run_prog(eng.program, f, ctx=bytes(SKB_SIZE)).ctx_out, 8)[0]
+                 for f in FRAMES)
+
+
+def load(rules):
+    eng = Engine.load("tc-ingress", ct=False, max_entries={"bg_rules": 64, "bg_counters": 64,
+                                                           "bg_rate_rule": 64, "bg_log_rate": 64})
+    eng.load_policy(compile_hook(HookPolicy.model_validate({"default": "allow", "rules": rules}),
+                                 Hook.TC_INGRESS))
+    return eng
+
+
+def watch(eng, seen: list) -> None:
+    """Classify FRAMES after every kernel write step the engine makes."""
+    for name in ("_write_rules", "_write_cls", "_delete_cls", "_publish", "_write_stage"):
+        step = getattr(eng, name)
+
+        def after(*a, _step=step, **kw):
+            out = _step(*a, **kw)
+            seen.append(verdicts(eng))
+            return out
+        setattr(eng, name, after)
+
+
+def test_a_batch_flips_in_at_once_where_single_edits_show_mixtures():
+    with load(AFTER) as ref:
+        after = verdicts(ref)
+    eng = load(BEFORE)
+    try:
+        before = verdicts(eng)
+        assert before != after
+        seen: list = []
+        watch(eng, seen)
+        gen = eng.live.c.gen
+        eng.apply_edits(edits())
+        assert len(seen) >= 5 and set(seen) <= {before, after}, "a packet saw part of the batch"
+        assert seen[-1] == after == verdicts(eng)
+        assert eng.live.c.gen == gen   # no generation swap
+        keys = [bytes(k) for k, _v in eng.maps["bg_cls"].lookup_batch()]
+        assert keys and not any(k[L.KEY_GEN_OFF] & L.GEN_OVERLAY for k in keys)   # the overlay is gone
+        assert [r.name for r in eng.policy().rules] == [r["name"] for r in AFTER]
+    finally:
+        eng.close()
+    eng = load(BEFORE)   # the control: the same edits one at a time
+    try:
+        seen = []
+        watch(eng, seen)
+        for e in edits():
+            {"delete": lambda: eng.delete_rule(e[1]), "replace": lambda: eng.replace_rule(e[1], e[2]),
+             "add": lambda: eng.add_rule(e[1], e[2])}[e[0]]()
+        assert seen[-1] == after
+        assert set(seen) - {before, after}, "single edits showed no mixture: the batch test proves nothing"
+    finally:
+        eng.close()
+
+
+def test_a_refused_batch_writes_nothing():
+    eng = load(BEFORE)
+    try:
+        before = verdicts(eng)
+        cls = {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()}
+        with pytest.raises(PolicyError):   # the last edit is refused (a name that exists): none is made
+            eng.apply_edits(edits()[:3] + [("add", Rule.model_validate({"name": "r0", "protocol": "tcp"}), 0)])
+        assert verdicts(eng) == before
+        assert {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()} == cls
+    finally:
+        eng.close()
+
+
+def _file(tmp_path, name, dev, web_port, filler_shift=0):
+    rules = [{"name": "web", "protocol": "tcp", "dst_port": web_port, "action": "drop"}]
+    rules += [{"name": f"f{i}", "protocol": "udp", "dst_port": 10000 + i + (filler_shift if i < 3 else 0),
+               "action": "drop"} for i in range(199)]
+    path = tmp_path / name
+    path.write_text(json.dumps({"version": 1, "interfaces": [dev],
+                                "hooks": {"tc-ingress": {"default": "allow", "rules": rules}}}))
+    return path, rules
+
+
+def test_apply_of_a_few_changed_rules_is_one_batch_read_back_by_other_processes(sandbox, policies_removed, tmp_path):
+    from bpfgate import policyctl
+    from bpfgate.engine.state import StateStore
+
+    client, server = sandbox.host("client"), sandbox.host("server")
+    link = sandbox.link(client, server)
+    dev, ns, ip = link.end(server).name, server.netns, link.end(server).ip4
+    policies_removed(ns)
+    for port in (80, 8080):
+        server.http_server(port)
+    served = lambda port: client.http_get(f"http://{ip}:{port}/", scaled(3)).ok   # noqa: E731
+    dropped = lambda port: client.http_get(f"http://{ip}:{port}/", 1.0).status is None   # noqa: E731
+    a, _ = _file(tmp_path, "a.json", dev, 80)
+    b, b_rules = _file(tmp_path, "b.json", dev, 8080, filler_shift=5000)   # 4 rules of 200 change
+    policyctl.apply(a, netns=ns)
+    assert dropped(80) and served(8080)
+    with Engine.open(dev, "tc-ingress", ns) as eng:
+        gen = eng.live.c.gen
+    res = policyctl.apply(b, netns=ns)
+    assert res.changed and sum(len(h.rules) for h in res.plan.hooks) == 4
+    assert served(80) and dropped(8080)
+    last = json.loads(open(StateStore(dev, Hook.TC_INGRESS, ns)._p("journal.jsonl")).read().splitlines()[-1])
+    assert last["op"] == "batch" and len(last["edits"]) == 4
+    # another process replays the journal: the same rules, same generation (no swap happened)
+    out = subprocess.run([sys.executable, "-m", "bpfgate", "rules", "--netns", ns, "--dev", dev, "--json"],
+                         capture_output=True, text=True, timeout=scaled(60))
+    assert out.returncode == 0, out.stderr
+    assert [r["name"] for r in json.loads(out.stdout)] == [r["name"] for r in b_rules] + ["(default)"]
+    with Engine.open(dev, "tc-ingress", ns) as eng:
+        assert eng.live.c.gen == gen
+        assert eng.policy().rules == HookPolicy.model_validate({"default": "allow", "rules": b_rules}).rules
+    assert not policyctl.apply(b, netns=ns).changed
+    policyctl.apply(a, netns=ns)   # and back
+    assert dropped(80) and served(8080)
+
+
+def test_a_batch_cut_short_is_repaired_to_the_policy_before_it(sandbox):
+    a, b = sandbox.host("a"), sandbox.host("b")
+    dev = sandbox.link(a, b).end(b).name
+    eng = Engine.attach(dev, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": BEFORE}),
+                        netns_name=b.netns)
+    try:
+        cls = {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()}
+        real = eng._delete_cls
+
+        def dies(keys):   # the writer dies once the overlay is published and the generation half-written
+            raise OSError("killed")
+        eng._delete_cls = dies
+        with pytest.raises(OSError):
+            eng.apply_edits(edits())
+        eng._delete_cls = real
+        with Engine.open(dev, "tc-ingress", b.netns) as other:
+            assert [r.name for r in other.policy().rules] == [r["name"] for r in BEFORE]
+        assert {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()} == cls
+        assert not eng.store.interrupted()
+    finally:
+        eng.detach()
