@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import array
 import ctypes
-import dataclasses
 import os
 import struct
 import time
@@ -490,7 +489,7 @@ class Engine:
         none = L.ClsValue(L.PRIO_NONE, 0)
         overlay = {L.overlay_key(k): diff.cls_update.get(k, none) for k in changed}
         self._write_cls(overlay)
-        self._publish(dataclasses.replace(diff.conf_before or shown, overlay=True))
+        self._publish(diff.conf_before or shown, overlay=True)
         self._write_cls(diff.cls_update)
         self._delete_cls(diff.cls_delete)
         self._publish(live.conf)
@@ -834,11 +833,11 @@ class Engine:
         if keys:
             self.maps["bg_cls"].delete_batch(keys)
 
-    def _publish(self, conf: L.Conf) -> None:
+    def _publish(self, conf: L.Conf, overlay: bool = False) -> None:
         """Write the inactive bg_conf slot, then flip bg_active: one 4-byte write publishes it."""
         active = self.maps["bg_active"].lookup(0) or 0
         nxt = (int(active) & 1) ^ 1
-        self.maps["bg_conf"].update_batch_raw(_U32.pack(nxt), conf.pack(), 1)
+        self.maps["bg_conf"].update_batch_raw(_U32.pack(nxt), conf.pack(overlay), 1)
         self.maps["bg_active"].update_batch_raw(_U32.pack(0), _U32.pack(nxt), 1)
 
     # ---- persistence --------------------------------------------------------------------------------

@@ -179,11 +179,11 @@ class Conf:
     default_rule: int             # rule_id applied when no entry matches
     shapes: tuple[Shape, ...] = field(default=())   # visit order: best_prio ascending
     trees: int = 0                # 1 << TREE_*: prefix-class trees in use (stage 0)
-    overlay: bool = False         # a batch's overlay entries (key.gen | GEN_OVERLAY) decide first
 
-    def pack(self) -> bytes:
+    def pack(self, overlay: bool = False) -> bytes:
+        """overlay: a batch's overlay entries (key.gen | GEN_OVERLAY) decide first (Engine.apply_edits)."""
         if len(self.shapes) > MAX_SHAPES:
             raise ValueError(f"{len(self.shapes)} shapes > {MAX_SHAPES}")
         empty = Shape(0, bytes(KEY_SIZE), 0xFFFFFFFF).pack()
         body = b"".join(s.pack() for s in self.shapes) + empty * (MAX_SHAPES - len(self.shapes))
-        return CONF.pack(len(self.shapes), self.default_rule, self.gen, self.trees, int(self.overlay), body)
+        return CONF.pack(len(self.shapes), self.default_rule, self.gen, self.trees, int(overlay), body)
