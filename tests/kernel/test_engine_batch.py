@@ -193,3 +193,34 @@ def test_a_batch_cut_short_is_repaired_to_the_policy_before_it(sandbox):
         assert not eng.store.interrupted()
     finally:
         eng.detach()
+
+
+def test_a_batch_at_xdp_flips_in_at_once():
+    """The XDP program reads the overlay too (drops tell the rules apart: ports 100-103 dropped before,
+    200-203 after)."""
+    xdp_frames = [frames.build(Packet(family=4, src=ipaddress.ip_address("198.18.0.1"),
+                                      dst=ipaddress.ip_address("198.18.0.2"), proto=17, sport=1, dport=p))
+                  for p in (100, 101, 102, 103, 200, 201, 202, 203)]
+    rules = [{"name": f"d{i}", "protocol": "udp", "dst_port": 100 + i, "action": "drop"} for i in range(4)]
+    eng = Engine.load("xdp", ct=False)
+    eng.load_policy(compile_hook(HookPolicy.model_validate({"default": "allow", "rules": rules}), Hook.XDP))
+    try:
+        def drops():
+            return tuple(run_prog(eng.program, f).retval == 1 for f in xdp_frames)   # XDP_DROP
+        seen: list = []
+        for name in ("_write_rules", "_write_cls", "_delete_cls", "_publish"):
+            step = getattr(eng, name)
+
+            def after(*a, _step=step, **kw):
+                out = _step(*a, **kw)
+                seen.append(drops())
+                return out
+            setattr(eng, name, after)
+        before = drops()
+        eng.apply_edits([("replace", f"d{i}", Rule.model_validate(
+            {"name": f"d{i}", "protocol": "udp", "dst_port": 200 + i, "action": "drop"})) for i in range(4)])
+        after = (False,) * 4 + (True,) * 4
+        assert before == (True,) * 4 + (False,) * 4 and drops() == after
+        assert set(seen) <= {before, after}
+    finally:
+        eng.close()
