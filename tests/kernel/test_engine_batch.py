@@ -224,3 +224,59 @@ def test_a_batch_at_xdp_flips_in_at_once():
         assert set(seen) <= {before, after}
     finally:
         eng.close()
+
+
+def _yaml(tmp_path, name, dev, rules):
+    body = "".join(f"      - name: {r['name']}\n        protocol: {r['protocol']}\n        dst_port: {r['dst_port']}\n"
+                   f"        action: drop\n" for r in rules)
+    path = tmp_path / name
+    path.write_text(f"version: 1\ninterfaces: [{dev}]\nhooks:\n  tc-ingress:\n    default: allow\n    rules:\n{body}")
+    return path
+
+
+def test_apply_reads_only_the_rules_that_changed(sandbox, policies_removed, tmp_path, monkeypatch):
+    from bpfgate import policyctl
+    from bpfgate.policyctl import incremental
+
+    client, server = sandbox.host("client"), sandbox.host("server")
+    link = sandbox.link(client, server)
+    dev, ns, ip = link.end(server).name, server.netns, link.end(server).ip4
+    policies_removed(ns)
+    for port in (80, 8080):
+        server.http_server(port)
+    served = lambda port: client.http_get(f"http://{ip}:{port}/", scaled(3)).ok   # noqa: E731
+    dropped = lambda port: client.http_get(f"http://{ip}:{port}/", 1.0).status is None   # noqa: E731
+    rules = [{"name": "web", "protocol": "tcp", "dst_port": 80}] + [
+        {"name": f"f{i}", "protocol": "udp", "dst_port": 10000 + i} for i in range(199)]
+    policyctl.apply(_yaml(tmp_path, "a.yaml", dev, rules), netns=ns)
+    assert dropped(80) and served(8080)
+    taken = []
+    real = incremental.apply
+    monkeypatch.setattr(incremental, "apply", lambda *a, **kw: taken.append(real(*a, **kw)) or taken[-1])
+    new = [dict(r) for r in rules]
+    new[0]["dst_port"] = 8080        # changed
+    new[5]["name"] = "f4-renamed"    # removed + added
+    del new[9]                       # removed
+    res = policyctl.apply(_yaml(tmp_path, "b.yaml", dev, new), netns=ns)
+    assert taken and taken[-1] is not None and res.changed   # the incremental path made it
+    assert {(c.kind, c.name) for h in res.plan.hooks for c in h.rules} == {
+        ("changed", "web"), ("removed", "f4"), ("added", "f4-renamed"), ("removed", "f8")}
+    assert served(80) and dropped(8080)
+    with Engine.open(dev, "tc-ingress", ns) as eng:
+        assert [r.name for r in eng.policy().rules] == [r["name"] for r in new]
+    assert not policyctl.apply(tmp_path / "b.yaml", netns=ns).changed
+    # a changed rule that takes an existing name: the engine refuses, the full path says what is wrong
+    dup = [dict(r) for r in new]
+    dup[20]["name"] = "f21"
+    with pytest.raises(PolicyError, match="f21"):
+        policyctl.apply(_yaml(tmp_path, "dup.yaml", dev, dup), netns=ns)
+    with Engine.open(dev, "tc-ingress", ns) as eng:
+        assert [r.name for r in eng.policy().rules] == [r["name"] for r in new]
+    # a moved rule: the full path (a swap) puts it in its place
+    moved = [new[1], new[0]] + new[2:]
+    taken.clear()
+    policyctl.apply(_yaml(tmp_path, "moved.yaml", dev, moved), netns=ns)
+    assert taken == [None]
+    with Engine.open(dev, "tc-ingress", ns) as eng:
+        assert [r.name for r in eng.policy().rules] == [r["name"] for r in moved]
+    assert served(80) and dropped(8080)

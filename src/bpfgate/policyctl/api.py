@@ -140,6 +140,14 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
                                     serialised=lambda: _serialised(netns, _backend(backend), state_root))
             if same is not None:
                 return same
+            if not dry_run and hasattr(_backend(backend), "apply_edits") and unchanged.recorded(netns, state_root):
+                from . import incremental
+
+                b = _backend(backend)
+                with _serialised(netns, b, state_root, "apply policy"):
+                    done = incremental.apply(text, dig, netns, b, state_root, name)
+                if done is not None:
+                    return done
         docs = split_documents(text)
         if not docs:
             raise PolicyError(name, "empty policy file")
@@ -182,7 +190,7 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
             if steer_changes and not dry_run and not isinstance(backend, MemoryBackend):
                 steer_policy.apply(steer, netns)
             if not dry_run and dig is not None and steer is None:   # steering is not in the engines' state
-                unchanged.record(dig, p, netns, state_root)
+                unchanged.record(dig, p, netns, state_root, text=text)
             return ApplyResult(p, bool(steer_changes) and not dry_run, dry_run=dry_run, repaired=repaired,
                                steer=steer_changes)
         if waiting is not None:
@@ -203,7 +211,7 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
                 _confirm.disarm(pending)
             raise
         if dig is not None and steer is None:
-            unchanged.record(dig, p, netns, state_root)
+            unchanged.record(dig, p, netns, state_root, text=text)
         if pending is not None:
             _confirm.restart_clock(pending, confirm)
         if steer_changes and not isinstance(backend, MemoryBackend):

@@ -27,10 +27,15 @@ from .plan import HookPlan, Plan
 from .result import ApplyResult
 
 NAME = "applied.json"
+TEXT_NAME = "applied.policy"   # the file's text (read only by incremental.py)
 
 
 def _path(netns: str | None, state_root: str | None) -> str:
     return os.path.join(_confirm.state_dir(netns, state_root), NAME)
+
+
+def _text_path(netns: str | None, state_root: str | None) -> str:
+    return os.path.join(_confirm.state_dir(netns, state_root), TEXT_NAME)
 
 
 def digest(text: str) -> str:
@@ -107,20 +112,37 @@ def _locked(netns: str | None, state_root: str | None):
     return _confirm.locked(netns, state_root)
 
 
-def unchanged(dig: str | None, netns: str | None, state_root: str | None) -> Plan | None:
-    """The no-change plan when `dig` is the file applied last and its engines are as it left them."""
-    if dig is None or os.path.exists(_confirm.pending_path(netns, state_root)):
+def as_recorded(netns: str | None, state_root: str | None) -> dict | None:
+    """The record of the file applied last when its engines are as that apply left them (and no change
+    waits for confirmation), else None."""
+    if os.path.exists(_confirm.pending_path(netns, state_root)):
         return None
     try:
         with open(_path(netns, state_root)) as f:
             rec = json.load(f)
     except (OSError, ValueError):
         return None
-    if not isinstance(rec, dict) or rec.get("digest") != dig:
+    if not isinstance(rec, dict) or not rec.get("engines") or _engines(rec.get("devs", []), netns) != rec["engines"]:
         return None
-    engines = rec.get("engines")
-    if not engines or _engines(rec.get("devs", []), netns) != engines:
+    return rec
+
+
+def applied_text(rec: dict, netns: str | None, state_root: str | None) -> str | None:
+    """The text of the file the record is of (kept beside it), None when not kept or not that file's."""
+    try:
+        with open(_text_path(netns, state_root), encoding="utf-8", errors="surrogatepass") as f:
+            text = f.read()
+    except (OSError, ValueError):
         return None
+    return text if digest(text) == rec.get("digest") else None
+
+
+def unchanged(dig: str | None, netns: str | None, state_root: str | None) -> Plan | None:
+    """The no-change plan when `dig` is the file applied last and its engines are as it left them."""
+    rec = None if dig is None else as_recorded(netns, state_root)
+    if rec is None or rec.get("digest") != dig:
+        return None
+    engines = rec["engines"]
     hooks = []
     for key in sorted(engines):
         dev, hook = key.rsplit(" ", 1)
@@ -128,9 +150,10 @@ def unchanged(dig: str | None, netns: str | None, state_root: str | None) -> Pla
     return Plan(netns, hooks)
 
 
-def record(dig: str | None, plan: Plan, netns: str | None, state_root: str | None) -> None:
-    """After an apply of a file: what the next apply of the same file compares with. Nothing is recorded
-    when the plan keeps rules of automation (their listing needs the engines read)."""
+def record(dig: str | None, plan: Plan, netns: str | None, state_root: str | None, text: str | None = None) -> None:
+    """After an apply of a file: what the next apply of the same file compares with, and its `text` (what
+    the next apply of a slightly changed file compares with: incremental.py). Nothing is recorded when the
+    plan keeps rules of automation (their listing needs the engines read)."""
     path = _path(netns, state_root)
     if dig is None or any(h.kept for h in plan.hooks):
         forget(netns, state_root)
@@ -141,14 +164,26 @@ def record(dig: str | None, plan: Plan, netns: str | None, state_root: str | Non
                                                    if h.action != "detach"}:
         forget(netns, state_root)
         return
+    if text is not None:   # before the record: a record is only ever read with its own text (digest)
+        tmp = _text_path(netns, state_root) + ".tmp"
+        with open(tmp, "w", encoding="utf-8", errors="surrogatepass") as f:
+            f.write(text)
+        os.replace(tmp, _text_path(netns, state_root))
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"digest": dig, "devs": devs, "engines": engines}, f)
     os.replace(tmp, path)
+    if text is None:
+        _unlink(_text_path(netns, state_root))
 
 
 def forget(netns: str | None, state_root: str | None) -> None:
+    _unlink(_path(netns, state_root))
+    _unlink(_text_path(netns, state_root))
+
+
+def _unlink(path: str) -> None:
     try:
-        os.unlink(_path(netns, state_root))
+        os.unlink(path)
     except FileNotFoundError:
         pass
