@@ -18,6 +18,7 @@ import pytest
 from clirun import run_cli
 
 from bpfgate import attach
+from bpfgate import proxy as proxy_lib
 from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
@@ -85,6 +86,9 @@ def proxy(request):
     """`bpfgate proxy` to a backend fixture in a mode, both named by the test's parameter (by default
     ("backend", "kernel"))."""
     backend_fixture, mode = getattr(request, "param", ("backend", "kernel"))
+    refused = proxy_lib.kernel_path_refused()
+    if mode == "kernel" and refused:
+        pytest.skip(f"proxy --mode kernel is refused here: {refused}")
     port = request.getfixturevalue(backend_fixture)
     p = subprocess.Popen([sys.executable, "-m", "bpfgate", "proxy", "--listen", "127.0.0.1:0",
                           "--to", f"127.0.0.1:{port}", "--mode", mode, "--json"],
@@ -92,7 +96,7 @@ def proxy(request):
     line = p.stdout.readline()
     assert line, p.stderr.read()
     ready = json.loads(line)
-    assert ready["path"] == ("relay" if mode == "relay" else "kernel"), ready
+    assert ready["path"] == ("relay" if mode == "relay" or (mode == "auto" and refused) else "kernel"), ready
     state = {"port": int(ready["listen"].rsplit(":", 1)[1]), "process": p}
     yield state
     if p.poll() is None:
@@ -200,6 +204,28 @@ def test_a_backend_that_speaks_first(proxy):
 def test_the_user_space_relay_fallback(proxy):
     assert many_clients(proxy["port"], 16, [1, 1448, 100_001, 1 << 20]) == []
     assert stop(proxy) == {"spliced": 0, "relayed": 64, "stalled": 0}
+
+
+@pytest.mark.parametrize("proxy", [("backend", "auto")], indirect=True)
+def test_auto_mode_takes_the_kernel_path_or_relays_where_it_is_refused(proxy):
+    for size in (1, 1 << 20):
+        assert exchange(proxy["port"], random.randbytes(size)) is None
+    s = stop(proxy)
+    assert s["spliced"] + s["relayed"] == 2 and s["stalled"] == 0, s
+    if proxy_lib.kernel_path_refused():
+        assert s["relayed"] == 2, s
+    else:   # a 1 B client may end its stream before it is accepted (relayed then); 1 MiB cannot have
+        assert s["spliced"] >= 1, s
+
+
+def test_kernel_mode_is_refused_in_one_line_where_the_kernel_path_is_not_tried(backend):
+    why = proxy_lib.kernel_path_refused()
+    if why is None:
+        pytest.skip("this kernel's splice path is tried (its self-test decides)")
+    r = run_cli(["proxy", "--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{backend}", "--mode", "kernel"])
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.strip().splitlines() == [f"bpfgate: error: kernel splice proxy: {why} (needs Linux >= 6.1)"]
+    assert not attach.find(owner="proxy", any_netns=True)
 
 
 def test_bad_addresses_are_refused():

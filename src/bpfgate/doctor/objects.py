@@ -72,6 +72,14 @@ def _tune() -> tuple[str, list[str]]:
     return detail, lost
 
 
+def _proxy() -> tuple[str, list[str]]:
+    from bpfgate import proxy
+
+    detail, _ = _plain("proxy")()
+    why = proxy.kernel_path_refused()
+    return detail, [f"proxy --mode kernel: refused ({why}); --mode auto relays in user space"] if why else []
+
+
 @dataclass(frozen=True)
 class ObjectCheck:
     name: str
@@ -80,7 +88,8 @@ class ObjectCheck:
 
 
 # objects whose commands load them in a way of their own; the others load whole
-_LOADERS = {"engine": _engine, "tune": _tune, "trace_tcp": _tracer("tcp"), "trace_drops": _tracer("drops")}
+_LOADERS = {"engine": _engine, "tune": _tune, "proxy": _proxy, "trace_tcp": _tracer("tcp"),
+            "trace_drops": _tracer("drops")}
 
 # one check per object of every registered family (bpfgate.families)
 OBJECT_CHECKS = {name: ObjectCheck(name, _LOADERS.get(name) or _plain(name), lost)
