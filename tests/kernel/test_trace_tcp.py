@@ -11,6 +11,7 @@ elsewhere on the machine can neither fill the ring buffer nor show up in the ass
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import time
 
 import pytest
 
+from bpfgate import doctor
 from bpfgate.errors import NotSupported
 from bpfgate.kernel.links import tc_attach_libbpf, tc_detach_libbpf
 from bpfgate.kernel.objects import BpfObject
@@ -187,9 +189,11 @@ def _one(events, **match) -> dict:
 
 
 @pytest.mark.smoke
-@pytest.mark.usefixtures("drops_here")
 def test_lifecycle_pid_bytes_failures_drops(net, gate):
+    """The drops part only where trace drops works (doctor: drop reasons, Linux 5.17): on an older kernel
+    the same traffic checks trace tcp alone."""
     client, server, link, tmp = net
+    with_drops = doctor.check("trace_drops").status != doctor.MISSING
     nss = {_ino(client.netns), _ino(server.netns)}
     ghost = str(link.a.net4[99])  # in the client's subnet, owned by nobody: ARP fails
     steps = [
@@ -199,7 +203,9 @@ def test_lifecycle_pid_bytes_failures_drops(net, gate):
         {"addr": link.b.ip4, "port": DROPPED_PORT, "syncnt": 1},
         {"addr": ghost, "port": PORT, "syncnt": 3},
     ]
-    with TcpTracer(filters=_only(client, server)) as tcp, DropTracer(tcp=tcp, filters=_only(client, server)) as drops:
+    with TcpTracer(filters=_only(client, server)) as tcp, contextlib.ExitStack() as stack:
+        drops = stack.enter_context(DropTracer(tcp=tcp, filters=_only(client, server))) if with_drops else None
+        tracers = [tcp, drops] if drops else [tcp]
         assert {b["backend"] for b in tcp.backends()} <= {"tp_btf", "tracepoint"}
         srv = _start_server(server, tmp, n=2)
         results, elapsed = _run_client(client, tmp, steps)
@@ -210,10 +216,10 @@ def test_lifecycle_pid_bytes_failures_drops(net, gate):
             mine = [e for e in evs if e.get("netns") in nss]
             kinds = [(e["type"], e.get("event"), e.get("reason")) for e in mine]
             return (kinds.count(("tcp", "close", None)) >= 4 and kinds.count(("tcp", "connect_failed", None)) >= 3
-                    and ("drop", None, "TC_INGRESS") in kinds)
+                    and (("drop", None, "TC_INGRESS") in kinds or not drops))
 
-        events = _collect([tcp, drops], done)
-        assert tcp.lost == 0 and drops.lost == 0
+        events = _collect(tracers, done)
+        assert all(t.lost == 0 for t in tracers)
 
     mine = [e for e in events if e.get("netns") in nss]
     ok4, ok6, refused, dropped, unreach = results
@@ -260,6 +266,8 @@ def test_lifecycle_pid_bytes_failures_drops(net, gate):
     rtx = [e for e in tcp_ev if e["event"] == "retransmit" and e["rport"] == DROPPED_PORT]
     assert rtx and all((e["pid"], e["comm"], e["state"]) == (cpid, "bgt-client", "SYN_SENT") for e in rtx)
 
+    if not with_drops:
+        return
     # drops: the gate's SYN drops at the server's ingress, attributed to the gate program
     drop_ev = [e for e in mine if e["type"] == "drop"]
     gated = [e for e in drop_ev if e["reason"] == "TC_INGRESS" and e["dport"] == DROPPED_PORT]
