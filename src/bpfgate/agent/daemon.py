@@ -76,6 +76,7 @@ class Agent:
         self.last_round: Round | None = None
         self.last_round_time = 0.0             # time.time() of the last completed round
         self.files: list[PolicyFile] = []
+        self._parsed: dict = {}                # desired.read's documents of the files whose bytes it saw
         self.ready = threading.Event()         # the first round is done
         self._wake = threading.Event()
         self._engines = None                   # engines held open for edits through the socket
@@ -150,7 +151,7 @@ class Agent:
         rnd = Round()
         try:
             names = [i.name for i in netlink.interfaces(self.netns)]
-            self.files = desired.read(self.policy_dir, names)
+            self.files = desired.read(self.policy_dir, names, self._parsed)
             running = engines_in_kernel(self.netns)
         except BpfgateError as e:
             rnd.errors[self.policy_dir] = str(e)

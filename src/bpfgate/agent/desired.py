@@ -41,18 +41,27 @@ def policy_files(directory: str) -> list[str]:
             if n.endswith(SUFFIXES) and not n.startswith(".") and os.path.isfile(os.path.join(directory, n))]
 
 
-def read(directory: str, interfaces: list[str]) -> list[PolicyFile]:
+def read(directory: str, interfaces: list[str], parsed: dict | None = None) -> list[PolicyFile]:
     """Every policy file, each with its policies per concrete interface or its error. An interface two
-    files claim goes to the first file (by name); the second is in error."""
-    from bpfgate.policyctl.export import load_policy_file
+    files claim goes to the first file (by name); the second is in error. `parsed` ({path: (digest of its
+    bytes, its documents)}, kept by the caller between rounds): a file whose bytes did not change is not read
+    again (a round every few seconds must not parse a 100k-rule file each time)."""
+    from bpfgate.policyctl.export import load_policies, read_policy_file
 
     out: list[PolicyFile] = []
     claimed: dict[str, str] = {}
-    for path in policy_files(directory):
+    cache = parsed if parsed is not None else {}
+    paths = policy_files(directory)
+    for gone in set(cache) - set(paths):
+        del cache[gone]
+    for path in paths:
         try:
-            with open(path, "rb") as f:
-                text = f.read()
-            docs = load_policy_file(path)
+            decoded, name = read_policy_file(path)
+            text = decoded.encode("utf-8", "surrogatepass")
+            raw = hashlib.sha256(text).hexdigest()
+            hit = cache.pop(path, None)
+            docs = hit[1] if hit is not None and hit[0] == raw else load_policies(decoded, name)
+            cache[path] = (raw, docs)
         except (OSError, BpfgateError) as e:
             out.append(PolicyFile(path, "", error=str(e)))
             continue
