@@ -33,3 +33,30 @@ def test_unchanged_files_are_not_parsed_again(tmp_path, monkeypatch):
     (tmp_path / "a.yaml").write_text("version: 1\ninterfaces: [eth0]\nhooks: {tc-ingress: {default: maybe}}\n")
     bad = desired.read(str(tmp_path), ["eth0"], cache)
     assert bad[0].error and "default" in bad[0].error
+
+
+def test_a_file_changing_a_few_rules_is_read_only_where_it_changed(tmp_path, monkeypatch):
+    rules = [{"name": f"r{i}", "port": 1000 + i} for i in range(200)]
+
+    def write(rs):
+        (tmp_path / "big.yaml").write_text(
+            "version: 1\ninterfaces: [eth0, eth1]\nhooks:\n  tc-ingress:\n    default: allow\n    rules:\n"
+            + "".join(f"      - name: {r['name']}\n        protocol: udp\n        dst_port: {r['port']}\n" for r in rs))
+    write(rules)
+    cache: dict = {}
+    desired.read(str(tmp_path), ["eth0", "eth1"], cache)
+    calls = []
+    real = export.load_policies
+    monkeypatch.setattr(export, "load_policies", lambda text, name: calls.append(name) or real(text, name))
+    new = [dict(r) for r in rules]
+    new[3]["port"] = 9   # changed
+    del new[40]          # removed
+    new.insert(7, {"name": "added", "port": 7})
+    write(new)
+    got = desired.read(str(tmp_path), ["eth0", "eth1"], cache)
+    assert calls == []   # not read whole
+    want = real((tmp_path / "big.yaml").read_text(), "big.yaml")
+    assert [p.hooks for p in got[0].policies] == [want[0].hooks] * 2
+    write(new[1:2] + new[:1] + new[2:])   # a rule moved: read whole
+    moved = desired.read(str(tmp_path), ["eth0", "eth1"], cache)
+    assert calls == ["big.yaml"] and [r.name for r in moved[0].policies[0].hooks[next(iter(want[0].hooks))].rules][:2] == ["r1", "r0"]

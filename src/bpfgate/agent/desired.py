@@ -44,8 +44,10 @@ def policy_files(directory: str) -> list[str]:
 def read(directory: str, interfaces: list[str], parsed: dict | None = None) -> list[PolicyFile]:
     """Every policy file, each with its policies per concrete interface or its error. An interface two
     files claim goes to the first file (by name); the second is in error. `parsed` ({path: (digest of its
-    bytes, its documents)}, kept by the caller between rounds): a file whose bytes did not change is not read
-    again (a round every few seconds must not parse a 100k-rule file each time)."""
+    bytes, its documents, its text)}, kept by the caller between rounds): a file whose bytes did not change is
+    not read again (a round every few seconds must not parse a 100k-rule file each time), and one that
+    changed a few rules is read only where it changed."""
+    from bpfgate.policyctl import incremental
     from bpfgate.policyctl.export import load_policies, read_policy_file
 
     out: list[PolicyFile] = []
@@ -60,8 +62,12 @@ def read(directory: str, interfaces: list[str], parsed: dict | None = None) -> l
             text = decoded.encode("utf-8", "surrogatepass")
             raw = hashlib.sha256(text).hexdigest()
             hit = cache.pop(path, None)
-            docs = hit[1] if hit is not None and hit[0] == raw else load_policies(decoded, name)
-            cache[path] = (raw, docs)
+            if hit is not None and hit[0] == raw:
+                docs = hit[1]
+            else:   # a few rules changed: only they are read (policyctl/incremental.py)
+                docs = (hit is not None and incremental.patched(decoded, hit[2], hit[1], name)) or \
+                    load_policies(decoded, name)
+            cache[path] = (raw, docs, decoded)
         except (OSError, BpfgateError) as e:
             out.append(PolicyFile(path, "", error=str(e)))
             continue

@@ -211,6 +211,33 @@ def small_change(text: str, old_text: str, source: str, netns: str | None) -> Ch
     return Change(Plan(netns, hooks), forward, backward)
 
 
+def patched(text: str, old_text: str, old: list, source: str) -> list | None:
+    """The documents of `text` made from those of `old_text` (`old`, one document) and the items that
+    changed, or None (read the file whole). What the agent does with a file that changed a little."""
+    if len(old) != 1:
+        return None
+    change = small_change(text, old_text, source, None)
+    if change is None:
+        return None
+    hooks = dict(old[0].hooks)
+    for (_dev, hook), edits in change.forward.items():
+        if hooks[hook] is not old[0].hooks[hook]:
+            continue   # the same edits for each interface of the hook
+        hooks[hook] = hooks[hook].model_copy(update={"rules": tuple(edited(hooks[hook].rules, edits))})
+    return [old[0].model_copy(update={"hooks": hooks})]
+
+
+def edited(rules, edits: list[tuple]) -> list:
+    """`rules` after LiveHook.batch's edits (deletes, replaces, adds by index, in that order)."""
+    drop = {e[1] for e in edits if e[0] == "delete"}
+    swap = {e[1]: e[2] for e in edits if e[0] == "replace"}
+    out = [swap.get(r.name, r) for r in rules if r.name not in drop]
+    for e in edits:
+        if e[0] == "add":
+            out.insert(len(out) if e[2] is None else e[2], e[1])
+    return out
+
+
 def apply(text: str, dig: str, netns: str | None, backend, state_root: str | None, source: str):
     """Under the control-plane lock: the ApplyResult of making the change as live edits, or None (nothing
     was changed: the full path runs)."""
