@@ -123,6 +123,7 @@ def execute(plan: Plan, backend: Backend, *, mode: str | None = None, op: str = 
                                                                     if h.action == "detach"]
     done: list[HookPlan] = []
     ns = plan.netns
+    remember = getattr(backend, "remember", None)
     try:
         for h in steps:
             if h.action == "attach":
@@ -141,6 +142,8 @@ def execute(plan: Plan, backend: Backend, *, mode: str | None = None, op: str = 
             else:
                 backend.detach(h.dev, h.hook, ns)
             done.append(h)
+            if h.new is not None and remember is not None:
+                remember(h.dev, h.hook, ns, h.new)
     except BaseException as e:
         errors = []
         for h in reversed(done):

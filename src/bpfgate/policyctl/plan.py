@@ -170,7 +170,7 @@ def rule_changes(old: HookPolicy | None, new: HookPolicy | None) -> list[RuleCha
     for name, (i, r) in by_new.items():
         if name not in by_old:
             out.append(RuleChange("added", name, i))
-        elif by_old[name][1] != r:
+        elif by_old[name][1] is not r and by_old[name][1] != r:   # (a patched policy shares unchanged rules)
             out.append(RuleChange("changed", name, i, rule_fields_changed(by_old[name][1], r)))
     # order: rules kept by both whose relative order changed (outside the longest common subsequence)
     a = [r.name for r in old_rules if r.name in by_new]
