@@ -2,6 +2,7 @@
 bpfgate against iptables, nftables and bare drop programs, in one run.
 
     sudo .venv/bin/python bench/bench_datapath.py [--quick] [--seconds 2] [--reps 3] [--cpu N] [--object PATH]
+                                                  [--test-run]
 
 Each case is its own pair of network namespaces (a sandbox: tx -- rx over one veth pair). An injector in
 tx (AF_PACKET, PACKET_QDISC_BYPASS, sendmmsg of 256 frames a call: 64-byte UDP/IPv4 to rx port 9, 64
@@ -21,7 +22,11 @@ drops the traffic at its last rule, after rules of every shape that match nothin
   iptables raw        PREROUTING: 1, 100, 10k rules (-s CIDR -p tcp --dport P) then the drop
   nft set 100k        an interval set of 100k source prefixes (no match), then the drop
 --object PATH adds the bpfgate cases once more with another build of the engine (e.g. main's), with the same
-rules: two builds compared in one run. Reps run the cases interleaved (a noisy neighbour hits them alike);
+rules: two builds compared in one run. An engine build from before bg_cls_short (the short classifier key)
+gets every entry in bg_cls.
+--test-run times the same bpfgate cases (and the bare programs) with BPF_PROG_TEST_RUN instead of frames:
+ns per packet of the program alone, on one of the injector's frames (less noise from a loaded machine).
+Reps run the cases interleaved (a noisy neighbour hits them alike);
 figures are medians with min-max and the ratio to the bare drop program of the same hook. A benchmark: it
 prints, it asserts nothing.
 """
@@ -50,9 +55,12 @@ from common import header  # noqa: E402
 from bpfgate import attach  # noqa: E402
 from bpfgate.engine import Engine  # noqa: E402
 from bpfgate.engine import engine as engine_mod  # noqa: E402
+from bpfgate.kernel.testrun import test_run  # noqa: E402
+from bpfgate.policy import layout as L  # noqa: E402
+from bpfgate.policy.compile import compile_hook  # noqa: E402
 from bpfgate.kernel.objects import BpfObject  # noqa: E402
 from bpfgate.policy.compile import Limits  # noqa: E402
-from bpfgate.policy.model import HookPolicy  # noqa: E402
+from bpfgate.policy.model import Hook, HookPolicy  # noqa: E402
 from bpfgate.sandbox import Sandbox  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -242,6 +250,85 @@ class NftSet(Case):
         return int(re.search(r"counter packets (\d+)", out).group(1))
 
 
+# ---- BPF_PROG_TEST_RUN ----------------------------------------------------------------------------------
+
+REPEAT = 200_000
+
+
+class _AllInBgCls(Engine):
+    """An engine build from before bg_cls_short: every entry in bg_cls (the flagged shape ids are just ids)."""
+
+    def _write_cls(self, entries):
+        if entries:
+            vals = b"".join(v.pack() for v in entries.values())
+            self.maps["bg_cls"].update_batch_raw(b"".join(entries), vals, len(entries))
+
+
+class TestRunCase:
+    def __init__(self, name: str, prog, frame: bytes, owner=None):
+        self.name, self.prog, self.frame, self.owner, self.ns = name, prog, frame, owner, []
+
+    @classmethod
+    def engine(cls, name, hook, n_rules, rng, worst: bool, frame: bytes, src: str, dst: str, obj: str | None):
+        hp = HookPolicy.model_validate({"default": "allow", "rules": mixed_rules(n_rules, rng, (src, dst) if worst
+                                                                                 else None)})
+        compiled = compile_hook(hp, Hook(hook), limits=LIMITS, ifindex=lambda _n: 1)
+        old = obj is not None and b"bg_cls_short" not in open(obj, "rb").read()
+        packaged, maps = engine_mod.OBJECT, engine_mod.MAPS
+        engine_mod.OBJECT = obj or packaged
+        prealloc = engine_mod.prealloc_for(compiled)
+        if old:   # its bg_cls sized as that build's attach sized it
+            engine_mod.MAPS = tuple(m for m in maps if m != "bg_cls_short")
+            n = len(compiled.cls)
+            prealloc = {"bg_cls": min(3 * n, engine_mod.HASH_MAX)} if n >= engine_mod.PREALLOC_MIN else {}
+        try:
+            sizes = engine_mod.rule_array_sizes(max(compiled.rules) + 1)
+            eng = (_AllInBgCls if old else Engine).load(hook, ct=False, prealloc=prealloc, max_entries=sizes)
+        finally:
+            engine_mod.OBJECT, engine_mod.MAPS = packaged, maps
+        eng.load_policy(compiled, limits=LIMITS)
+        return cls(name, eng.program, frame, eng)
+
+    def measure(self) -> None:
+        self.ns.append(float(test_run(self.prog, self.frame, repeat=REPEAT).duration_ns))
+
+    def close(self) -> None:
+        if self.owner is not None:
+            self.owner.close()
+
+
+def test_run_main(a, sizes: list[int]) -> None:
+    header("data path, BPF_PROG_TEST_RUN: ns per packet of the program alone (the injector's frame)")
+    src, dst = "198.18.0.1", "198.18.0.2"
+    frame = udp_frames(bytes(6), bytes(6), src, dst)[0]
+    print(f"# {a.reps} reps x {REPEAT} packets per case, interleaved; 64-byte UDP/IPv4 {src} -> {dst}:{DPORT}")
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = BpfObject.open(build_bare(tmp))
+        bare.load()
+        cases = [TestRunCase("bare xdp drop", bare.program("bench_xdp_drop"), frame),
+                 TestRunCase("bare tc drop", bare.program("bench_tc_drop"), frame)]
+        try:
+            for hook in ("tc-ingress", "xdp"):
+                for n in sizes:
+                    for worst in (False, True) if n > 1 else (False,):
+                        for obj in (None, a.object) if a.object else (None,):
+                            name = f"bpfgate {'tc' if hook != 'xdp' else 'xdp'} {n} {'in-prefix' if worst else 'rules'}"
+                            name += f" [{os.path.basename(obj)}]" if obj else ""
+                            cases.append(TestRunCase.engine(name, hook, n, random.Random(f"{hook} {n} {worst}"),
+                                                            worst, frame, src, dst, obj))
+            for rep in range(a.reps):
+                for c in cases:
+                    c.measure()
+            width = max(len(c.name) for c in cases)
+            for c in cases:
+                print(f"{c.name:{width}s} {statistics.median(c.ns):6.1f} ns/pkt (min {min(c.ns):.1f} - max "
+                      f"{max(c.ns):.1f}, n={len(c.ns)})")
+        finally:
+            for c in cases:
+                c.close()
+            bare.close()
+
+
 def measure(case: Case, seconds: float, cpu: int) -> None:
     before = case.count()
     r = case.tx.run([sys.executable, os.path.abspath(__file__), "--inject", case.tx_if.name, case.rx_mac,
@@ -271,7 +358,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)))
     ap.add_argument("--object", help="also the bpfgate cases with this engine object (e.g. main's build)")
+    ap.add_argument("--test-run", action="store_true", help="BPF_PROG_TEST_RUN ns/packet instead of frames")
     a = ap.parse_args()
+    if a.test_run:
+        test_run_main(a, [1, 10_000] if a.quick else [1, 10_000, 100_000])
+        return
     header("data path: packets/s processed on the receiving end of a veth pair (one CPU)")
     print(f"# {a.reps} reps x {a.seconds:g} s per case, interleaved; injector and receive side on CPU {a.cpu}; "
           f"64-byte UDP/IPv4 frames from {SPORTS} source ports")

@@ -40,6 +40,15 @@ struct {
 	__type(value, struct bg_cls_val);
 } bg_cls SEC(".maps");
 
+/* the entries of the shapes with BG_SHAPE_SHORT in their id, under the 32-byte key (engine.h) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, BG_HASH_MAX);
+	__type(key, struct bg_cls_short_key);
+	__type(value, struct bg_cls_val);
+} bg_cls_short SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, BG_CONF_SLOTS);
@@ -212,6 +221,22 @@ _Static_assert(__builtin_offsetof(struct bg_cls_key, shape) == 0 && __builtin_of
 	       __builtin_offsetof(struct bg_cls_key, src_cls) == 48 && __builtin_offsetof(struct bg_cls_key, dst_cls) == 52 &&
 	       sizeof(struct bg_cls_key) == 56, "classify() writes the key as these words");
 
+_Static_assert(__builtin_offsetof(struct bg_cls_short_key, src4) == 16 &&
+	       __builtin_offsetof(struct bg_cls_short_key, dst4) == 20 &&
+	       __builtin_offsetof(struct bg_cls_short_key, src_cls) == 24 && sizeof(struct bg_cls_short_key) == 32,
+	       "classify() writes the short key as these words, in the long key's buffer");
+
+/* Word 2 of the short key (src4, dst4) from words 2 and 4 of the long one (src, dst), whose bytes past the
+ * first 4 are masked to zero: the bytes in memory order, whatever the host's. */
+static __always_inline __u64 src4_dst4(__u64 src, __u64 dst)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	return src | dst << 32;
+#else
+	return src | dst >> 32;
+#endif
+}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -233,6 +258,7 @@ static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk
 		struct bg_cls_val *v;
 		const __u64 *m = (const __u64 *)&cf->shapes[i].mask;
 		__u64 *d = (__u64 *)&k;
+		__u8 id;
 
 		if (i >= cf->nshapes || cf->shapes[i].best_prio >= best)
 			break;
@@ -241,21 +267,39 @@ static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk
 		if (((__u32)m[6] && !(__u32)pk[6]) || ((m[6] >> 32) && !(pk[6] >> 32)))
 			continue;
 		/* shape and gen are the first two bytes, zero in the packet key and in masks */
-		d[0] = (pk[0] & m[0]) | cf->shapes[i].id | gen << 8;
+		id = cf->shapes[i].id;
+		d[0] = (pk[0] & m[0]) | id | gen << 8;
 		d[1] = pk[1] & m[1];
-		d[2] = pk[2] & m[2];
-		d[3] = pk[3] & m[3];
-		d[4] = pk[4] & m[4];
-		d[5] = pk[5] & m[5];
-		d[6] = pk[6] & m[6];
 		v = 0;
-		if (overlay) {
-			d[0] |= BG_GEN_OVERLAY << 8;
-			v = bpf_map_lookup_elem(&bg_cls, &k);
-			d[0] &= ~(__u64)(BG_GEN_OVERLAY << 8);
+		if (id & BG_SHAPE_SHORT) {
+			/* no address bits past src[0..3] and dst[0..3]: the 32-byte key, a shorter hash */
+			d[2] = src4_dst4(pk[2] & m[2], pk[4] & m[4]);
+			d[3] = pk[6] & m[6];
+			if (overlay) {
+				d[0] |= BG_GEN_OVERLAY << 8;
+				v = bpf_map_lookup_elem(&bg_cls_short, &k);
+				d[0] &= ~(__u64)(BG_GEN_OVERLAY << 8);
+			}
+			if (!v)
+				v = bpf_map_lookup_elem(&bg_cls_short, &k);
+			/* keeps the lookups of the two maps apart: clang would merge them into one call on either
+			 * map, which the verifier then leaves to the generic helper (an indirect call) instead of
+			 * inlining it */
+			asm volatile("" : "+r"(v));
+		} else {
+			d[2] = pk[2] & m[2];
+			d[3] = pk[3] & m[3];
+			d[4] = pk[4] & m[4];
+			d[5] = pk[5] & m[5];
+			d[6] = pk[6] & m[6];
+			if (overlay) {
+				d[0] |= BG_GEN_OVERLAY << 8;
+				v = bpf_map_lookup_elem(&bg_cls, &k);
+				d[0] &= ~(__u64)(BG_GEN_OVERLAY << 8);
+			}
+			if (!v)
+				v = bpf_map_lookup_elem(&bg_cls, &k);
 		}
-		if (!v)
-			v = bpf_map_lookup_elem(&bg_cls, &k);
 		if (v && v->prio < best) {
 			best = v->prio;
 			rule = v->rule_id;

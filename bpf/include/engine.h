@@ -66,6 +66,31 @@ struct bg_cls_key {      /* 56 bytes = 7 x u64: key of bg_cls, also the packet k
 	__u32 dst_cls;
 };
 
+/* A shape whose mask holds no address bits past the first 4 bytes of src and dst (every IPv4 shape: stage 0
+ * turns most address matches into class ids) keeps its entries in bg_cls_short under this shorter key: the
+ * hash reads 32 bytes instead of 56. Its id carries BG_SHAPE_SHORT, so a key says which map it is in. */
+enum bg_shape_flags { BG_SHAPE_SHORT = 0x80 };
+
+struct bg_cls_short_key { /* 32 bytes = 4 x u64: words 0, 1 of bg_cls_key, then src[0..3] dst[0..3], classes */
+	__u8 shape;      /* shape id, BG_SHAPE_SHORT set */
+	__u8 gen;
+	__u8 have;
+	__u8 family;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 ct_state;
+	__u8 pad0;
+	__u16 vlan;
+	__u16 sport;
+	__u16 dport;
+	__u8 src4[4];    /* src[0..3] of bg_cls_key */
+	__u8 dst4[4];    /* dst[0..3] */
+	__u32 src_cls;
+	__u32 dst_cls;
+};
+
 struct bg_cls_val {
 	__u32 prio;      /* lower wins */
 	__u32 rule_id;   /* index into bg_rules / bg_counters */
@@ -178,6 +203,8 @@ struct bg_rule_log_event {
 /* Python reads these from BTF (bpfgate.contract): every object built with this header carries them. */
 BG_EXPORT_TYPE(enum bg_engine_limits, engine_limits);
 BG_EXPORT_TYPE(enum bg_have, have);
+BG_EXPORT_TYPE(enum bg_shape_flags, shape_flags);
+BG_EXPORT_TYPE(struct bg_cls_short_key, cls_short_key);
 BG_EXPORT_TYPE(enum bg_ct_state, ct_state);
 BG_EXPORT_TYPE(enum bg_action, action);
 BG_EXPORT_TYPE(enum bg_reject_with, reject_with);

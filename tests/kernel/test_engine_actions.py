@@ -16,6 +16,7 @@ from bpfgate.kernel.testrun import test_run as run_prog
 from bpfgate.policy.compile import compile_hook
 from bpfgate.policy.model import Hook, HookPolicy
 from bpfgate.policy.packet import Packet
+from cls_tables import cls_entries  # noqa: E402  (tests/kernel helper)
 from features import require  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
@@ -225,14 +226,14 @@ def test_two_editors_stay_in_step_and_refusals_change_nothing(sandbox):
         other.add_rule(Rule.model_validate({"name": "r2", "protocol": "udp", "dst_port": 3}), 0)   # catches up
         eng.delete_rule("r0")                                                                     # catches up
         assert [r.name for r in other.policy().rules] == ["r2", "r1"]
-        before = {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()}
+        before = cls_entries(eng)
         with pytest.raises(PolicyError):
             eng.add_rule(Rule.model_validate({"name": "m", "mark": 1}))          # mark at XDP: refused
         with pytest.raises(PolicyError):
             eng.add_rule(Rule.model_validate({"name": "r1", "protocol": "udp"}))  # duplicate name
         with pytest.raises(PolicyError):
             eng.swap(HookPolicy.model_validate({"default": "allow", "rules": [{"name": "m", "mark": 1}]}))
-        assert {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()} == before
+        assert cls_entries(eng) == before and before
         assert [r.name for r in Engine.open(dev, "xdp", b.netns).policy().rules] == ["r2", "r1"]
     finally:
         other.close()

@@ -23,6 +23,7 @@ from bpfgate.policy.compile import compile_hook
 from bpfgate.policy.model import Hook, HookPolicy, Rule
 from bpfgate.policy.packet import Packet
 from bpfgate.sandbox.timing import scaled
+from cls_tables import cls_entries  # noqa: E402  (tests/kernel helper)
 
 pytestmark = pytest.mark.kernel
 SKB_SIZE = 192
@@ -95,7 +96,7 @@ def test_a_batch_flips_in_at_once_where_single_edits_show_mixtures():
         assert len(seen) >= 5 and set(seen) <= {before, after}, "a packet saw part of the batch"
         assert seen[-1] == after == verdicts(eng)
         assert eng.live.c.gen == gen   # no generation swap
-        keys = [bytes(k) for k, _v in eng.maps["bg_cls"].lookup_batch()]
+        keys = [k for _m, k in cls_entries(eng)]
         assert keys and not any(k[L.KEY_GEN_OFF] & L.GEN_OVERLAY for k in keys)   # the overlay is gone
         assert [r.name for r in eng.policy().rules] == [r["name"] for r in AFTER]
     finally:
@@ -117,11 +118,11 @@ def test_a_refused_batch_writes_nothing():
     eng = load(BEFORE)
     try:
         before = verdicts(eng)
-        cls = {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()}
+        cls = cls_entries(eng)
         with pytest.raises(PolicyError):   # the last edit is refused (a name that exists): none is made
             eng.apply_edits(edits()[:3] + [("add", Rule.model_validate({"name": "r0", "protocol": "tcp"}), 0)])
         assert verdicts(eng) == before
-        assert {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()} == cls
+        assert cls_entries(eng) == cls
     finally:
         eng.close()
 
@@ -178,7 +179,7 @@ def test_a_batch_cut_short_is_repaired_to_the_policy_before_it(sandbox):
     eng = Engine.attach(dev, "tc-ingress", HookPolicy.model_validate({"default": "allow", "rules": BEFORE}),
                         netns_name=b.netns)
     try:
-        cls = {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()}
+        cls = cls_entries(eng)
         real = eng._delete_cls
 
         def dies(keys):   # the writer dies once the overlay is published and the generation half-written
@@ -189,7 +190,7 @@ def test_a_batch_cut_short_is_repaired_to_the_policy_before_it(sandbox):
         eng._delete_cls = real
         with Engine.open(dev, "tc-ingress", b.netns) as other:
             assert [r.name for r in other.policy().rules] == [r["name"] for r in BEFORE]
-        assert {bytes(k): bytes(v) for k, v in eng.maps["bg_cls"].lookup_batch()} == cls
+        assert cls_entries(eng) == cls
         assert not eng.store.interrupted()
     finally:
         eng.detach()

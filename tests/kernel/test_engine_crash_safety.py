@@ -29,6 +29,7 @@ from bpfgate.engine import Engine, pin_dir
 from bpfgate.engine.state import StateStore
 from bpfgate.kernel import netlink
 from bpfgate.kernel.maps import Map
+from bpfgate.policy import layout as L
 from bpfgate.policy.live import swap as live_swap
 from bpfgate.errors import BpfgateError
 from bpfgate.policy.model import Hook, Policy, Rule
@@ -95,12 +96,13 @@ def saved_gen(n) -> int:
     return StateStore(n.dev, HOOK, n.ns).load_live(lambda name: netlink.ifindex(name, n.ns)).c.gen
 
 
-def first_key(n, data) -> bytes:
-    """The first bg_cls key a swap to `data` writes (what the child computes: the same compile)."""
+def first_key(n, data) -> tuple[str, bytes]:
+    """The first classifier key a swap to `data` writes (what the child computes: the same compile), and
+    the map it goes to (bg_cls, or bg_cls_short: every shape of these policies is a short one)."""
     hp = Policy.model_validate(data).hooks[HOOK]
     with Engine.open(n.dev, HOOK, n.ns) as eng:
         new = live_swap(eng.live.c, hp, limits=eng.live.limits, ifindex=eng._ifindex)
-    return next(iter(new.cls))
+    return L.cls_map_key(next(iter(new.cls)))
 
 
 def kill_swap(n, data, tmp_path, at: str) -> bool:
@@ -109,9 +111,9 @@ def kill_swap(n, data, tmp_path, at: str) -> bool:
     plane on the old ('write') or the new ('flip') generation."""
     f = tmp_path / "big.yaml"
     f.write_text(yaml.safe_dump(data))
-    old_gen, key = saved_gen(n), first_key(n, data)
+    old_gen, (cls_map, key) = saved_gen(n), first_key(n, data)
     u32 = ctypes.c_uint32
-    with pinned(n, "bg_cls") as cls, pinned(n, "bg_active", u32, u32) as active:
+    with pinned(n, cls_map) as cls, pinned(n, "bg_active", u32, u32) as active:
         slot = int(active.lookup(0))
         seen = (lambda: cls.lookup(key) is not None) if at == "write" else (lambda: int(active.lookup(0)) != slot)
         cpu = {min(os.sched_getaffinity(0))}
@@ -140,8 +142,12 @@ def kill_swap(n, data, tmp_path, at: str) -> bool:
 
 
 def entries(n, name) -> int:
-    with pinned(n, name) as m:
-        return sum(c for _k, _v, c in m.lookup_batch_raw(1 << 14))
+    """Entries of a map; "bg_cls": of both classifier maps (bg_cls, bg_cls_short)."""
+    total = 0
+    for one in L.CLS_MAPS if name == "bg_cls" else (name,):
+        with pinned(n, one) as m:
+            total += sum(c for _k, _v, c in m.lookup_batch_raw(1 << 14))
+    return total
 
 
 def assert_exact(n):

@@ -165,6 +165,8 @@ def test_kernel_stage0_matches_rules_on_spread_cidrs():
     compiled = compile_hook(hp, Hook.TC_INGRESS, limits=LIMITS, ifindex=lambda _n: 1)
     assert compiled.conf().trees == 0b1111   # the crowded /16s leave some lengths raw: a few more shapes
     assert any(lens for t in compiled.classes.trees.values() for _c, _s, lens in t.top.values())
+    # the raw IPv6 lengths past /32 take shapes with the 56-byte key (bg_cls), the rest the 32-byte one
+    assert {bool(s.id & L.SHAPE_SHORT) for s in compiled.conf().shapes} == {True, False}
     nets = [n for r in hp.rules for n in (r.src or r.dst)]
     bad = []
     with Engine.load("tc-ingress", test_mark=True, ct=False) as tc:

@@ -25,6 +25,27 @@ def test_record_sizes_and_key_fields():
     assert raw[16:20] == bytes([198, 18, 0, 1]) and L.ClsKey.unpack(raw) == k
 
 
+def test_short_key_is_the_c_layout_and_only_for_shapes_within_4_address_bytes():
+    """A key of a shape with no address bits past src[0..3]/dst[0..3] goes to bg_cls_short in its 32-byte
+    form (fields where the C struct has them); a shape with IPv6 address bits past them keeps the long key."""
+    from bpfgate import contract
+
+    k = L.ClsKey(shape=L.SHAPE_SHORT | 2, gen=1, have=7, family=4, proto=17, ct_state=2, vlan=5, sport=7, dport=9,
+                 src=bytes([198, 18, 0, 1]) + bytes(12), dst=bytes([10, 0, 0, 2]) + bytes(12), src_cls=3, dst_cls=4)
+    name, raw = L.cls_map_key(k.pack())
+    C = contract.struct("engine", "bg_cls_short_key")
+    assert name == "bg_cls_short" and len(raw) == L.SHORT_KEY_SIZE == 32
+    assert raw[C.src4.offset:C.src4.offset + 4] == bytes([198, 18, 0, 1])
+    assert raw[C.dst4.offset:C.dst4.offset + 4] == bytes([10, 0, 0, 2])
+    assert struct.unpack_from("=II", raw, C.src_cls.offset) == (3, 4) and raw[:16] == k.pack()[:16]
+    rules = (Rule(name="v4", src="198.18.0.0/24", dst="10.0.0.0/9", action="drop"),
+             Rule(name="v6-32", src="fd00::/32", action="drop"),
+             Rule(name="v6-48", src="fd00:0:1::/48", action="drop"))
+    c = compile_hook(HookPolicy(rules=rules), Hook.TC_INGRESS, limits=Limits(classes=False))
+    short = {c.names[v.rule_id] for k, v in c.cls.items() if k[L.KEY_SHAPE_OFF] & L.SHAPE_SHORT}
+    assert short == {"v4", "v6-32"} and len({L.shape_index(s.id) for s in c.conf().shapes}) == len(c.conf().shapes)
+
+
 @pytest.mark.parametrize("lo, hi", [(0, 65535), (1, 65534), (1000, 2000), (80, 80), (32767, 32768)])
 def test_port_blocks_cover_exactly(lo, hi):
     covered = [p for v, n in port_blocks(lo, hi) for p in range(v, v + (1 << (16 - n)))]

@@ -66,15 +66,21 @@ def rule_array_sizes(slots: int) -> dict[str, int]:
     return {name: n for name in RULE_ARRAYS}
 
 
-PREALLOC_MIN = 1 << 15   # entries from which bg_cls / bg_pfx are preallocated
+PREALLOC_MIN = 1 << 15   # entries from which bg_cls / bg_cls_short / bg_pfx are preallocated
 HASH_MAX = R.C.BG_HASH_MAX  # their size when allocated per entry
+
+
+def cls_entries(conf: L.Conf) -> dict[str, int]:
+    """A generation's entries in each classifier map (bg_cls, bg_cls_short), from its shapes' counts."""
+    short = sum(s.entries for s in conf.shapes if s.id & L.SHAPE_SHORT)
+    return {"bg_cls": sum(s.entries for s in conf.shapes) - short, "bg_cls_short": short}
 
 
 def prealloc_for(compiled: CompiledHook) -> dict[str, int]:
     """Hash table sizes for a policy: large tables are preallocated (inserts ~2x faster: 100k rules load in
     < 100 ms) with room for a swap to a policy of the same size plus half again; small ones allocate per
     entry (up to 2M). Past the room, an attached engine resizes its maps (resize.py); a detached one refuses."""
-    sizes = {"bg_cls": len(compiled.cls), "bg_pfx": compiled.classes.pfx_count()}
+    sizes = cls_entries(compiled.conf()) | {"bg_pfx": compiled.classes.pfx_count()}
     return {name: min(3 * n, HASH_MAX) for name, n in sizes.items() if n >= PREALLOC_MIN}
 
 
@@ -115,8 +121,8 @@ class Engine:
              max_entries: dict[str, int] | None = None, reuse: dict[str, int] | None = None,
              also: Iterable[str] = (), only: Iterable[str] | None = None) -> Engine:
         """Load the engine object without attaching it (BPF_PROG_TEST_RUN, benchmarks, attach()).
-        prealloc: {map: entries} preallocates bg_cls / bg_pfx with that many entries (inserts ~2x faster,
-        memory ~100 B/entry up front, a swap or live add past it is refused); default: allocate per entry,
+        prealloc: {map: entries} preallocates bg_cls / bg_cls_short / bg_pfx with that many entries (inserts
+        ~2x faster, memory ~100 B/entry up front, a swap or live add past it is refused); default: allocate per entry,
         up to 2M (prealloc_for() sizes them for a policy). Only the hook's programs are loaded, plus `also`
         (the flow tracker bg_ct_track, the benchmarks' baselines); `only`: just these programs, not the
         hook's (a tracker alone: `program`/`programs` are then not loaded)."""
@@ -386,7 +392,9 @@ class Engine:
             return resize.resize(self, new, hp)
         fresh = {rid: a for rid, a in new.rules.items() if old.rules.get(rid) != a}
         self._check_slots(fresh)
-        self._check_room(len(old.cls) + len(new.cls), old.classes.pfx_count() + new.classes.pfx_count())
+        both = (cls_entries(self._live().conf), cls_entries(new.conf()))
+        self._check_room({name: both[0][name] + both[1][name] for name in L.CLS_MAPS},
+                         old.classes.pfx_count() + new.classes.pfx_count())
         self._begin_write("swap")   # nothing live reads the new slots or generation until the flip
         self._write_generation(new, fresh, fresh=True)
         self._publish(new.conf())
@@ -483,7 +491,10 @@ class Engine:
         live = self._live()
         self._check_slots(diff.rules_update)
         changed = [*diff.cls_update, *diff.cls_delete]
-        self._check_room(len(live.c.cls) + len(diff.cls_delete) + len(changed))
+        room = cls_entries(live.conf)   # this generation's entries, then the overlay and deleted keys'
+        for k in [*diff.cls_delete, *changed]:
+            room[L.cls_map_key(k)[0]] += 1
+        self._check_room(room)
         self._begin_write("edit")
         self._write_rules(diff.rules_update, fresh=True)
         none = L.ClsValue(L.PRIO_NONE, 0)
@@ -586,7 +597,7 @@ class Engine:
         """Write one LiveHook Diff in the documented order; each step leaves a consistent classifier."""
         self._check_slots(diff.rules_update)
         c = self._live().c   # the edited classifier: before any write
-        self._check_room(len(c.cls), c.classes.pfx_count() if diff.stage else 0)
+        self._check_room(cls_entries(self._live().conf), c.classes.pfx_count() if diff.stage else 0)
         self._begin_write("edit")
         if diff.stage is not None:
             self._write_stage(diff.stage)
@@ -721,10 +732,10 @@ class Engine:
         """Refuse an edit needing a slot past the arrays before LiveHook changes (it has no undo)."""
         self._check_slots({self._live()._new_slot(): None})
 
-    def _check_room(self, entries: int, pfx: int = 0) -> None:
+    def _check_room(self, entries: dict[str, int], pfx: int = 0) -> None:
         """Preallocated tables cannot grow: refuse before writing anything (counts are bounds, both
-        generations counted during a swap)."""
-        for name, n in (("bg_cls", entries), ("bg_pfx", pfx)):
+        generations counted during a swap). entries: per classifier map (cls_entries())."""
+        for name, n in (*entries.items(), ("bg_pfx", pfx)):
             cap = self.maps[name].max_entries
             if n > cap:
                 raise NoRoom("rules", f"the engine's {name} table has room for {cap} entries and this "
@@ -783,12 +794,18 @@ class Engine:
                 "gone_dropped": sum(m.lookup(R.C.BG_REDIR_STAT_GONE_DROPPED))}
 
     def _write_cls(self, entries: dict[bytes, L.ClsValue]) -> None:
-        if entries:
-            vals = array.array("I")
-            for v in entries.values():
-                vals.append(v.prio)
-                vals.append(v.rule_id)
-            self.maps["bg_cls"].update_batch_raw(b"".join(entries), vals.tobytes(), len(entries))
+        """Entries (keys in the 56-byte form) into bg_cls, or bg_cls_short for a SHAPE_SHORT shape's."""
+        if not entries:
+            return
+        wide = {k: v for k, v in entries.items() if not k[L.KEY_SHAPE_OFF] & L.SHAPE_SHORT}
+        short = entries if not wide else {k: v for k, v in entries.items() if k not in wide}
+        for name, part, keys in (("bg_cls", wide, wide), ("bg_cls_short", short, L.split_keys(short)[1])):
+            if part:
+                vals = array.array("I")
+                for v in part.values():
+                    vals.append(v.prio)
+                    vals.append(v.rule_id)
+                self.maps[name].update_batch_raw(b"".join(keys), vals.tobytes(), len(part))
 
     def _write_generation(self, compiled: CompiledHook, rules: dict[int, L.RuleAction], fresh: bool) -> None:
         """Rule slots, stage 0 tables and bg_cls entries of a generation nothing reads yet. Three independent
@@ -830,8 +847,9 @@ class Engine:
             self.maps["bg_pfx"].delete_batch([p.pfx_keys[i:i + size] for i in range(0, len(p.pfx_keys), size)])
 
     def _delete_cls(self, keys: list[bytes]) -> None:
-        if keys:
-            self.maps["bg_cls"].delete_batch(keys)
+        for name, part in zip(L.CLS_MAPS, L.split_keys(keys)):
+            if part:
+                self.maps[name].delete_batch(part)
 
     def _publish(self, conf: L.Conf, overlay: bool = False) -> None:
         """Write the inactive bg_conf slot, then flip bg_active: one 4-byte write publishes it."""

@@ -61,7 +61,9 @@ def repair(eng: Engine) -> dict[str, int]:
     eng._write_classes(c)
     eng._write_cls(c.cls)
     eng._publish(live.conf)
-    gone = {"bg_cls": _delete_others(eng.maps["bg_cls"], set(c.cls))}
+    wide, short = L.split_keys(c.cls)
+    gone = {"bg_cls": _delete_others(eng.maps["bg_cls"], set(wide)),
+            "bg_cls_short": _delete_others(eng.maps["bg_cls_short"], set(short))}
     p = c.classes.packed
     size = len(p.pfx_keys) // p.npfx if p.npfx else 0
     gone["bg_pfx"] = _delete_others(eng.maps["bg_pfx"], {p.pfx_keys[i:i + size]

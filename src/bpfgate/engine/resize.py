@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 NEXT = "next-"                    # pins of a resize in progress: NEXT + map name, NEXT + "prog-" + program
 SNAPSHOT_NEXT = "snapshot.next.pickle"
 # maps whose contents belong to one generation of sizes: created anew by a resize (the rest are SHARED)
-SIZED = ("bg_cls", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate",
-         "bg_pfx_top", "bg_pfx")
+SIZED = ("bg_cls", "bg_cls_short", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule",
+         "bg_log_rate", "bg_pfx_top", "bg_pfx")
 SHARED = ("bg_ct", "events", "bg_stats", "bg_rate_src", "bg_ct_lookup_only", "bg_capture_cfg", "bg_capture_ring")
 CARRIED = ("bg_counters", "bg_rate_rule", "bg_log_rate")   # per rule slot: an unchanged rule keeps them
 SHRINK_OVER = 8   # a table this many times larger than the new policy needs shrinks with the swap
@@ -49,13 +49,14 @@ _READ_CHUNK = 1 << 14
 def needed(eng: Engine, old: CompiledHook, new: CompiledHook) -> bool:
     """Whether swapping `new` in needs other maps: it does not fit the running ones beside `old` (an in-place
     swap holds both generations until the flip), or they are SHRINK_OVER times larger than it needs."""
-    from .engine import HASH_MAX, prealloc_for, rule_array_sizes
+    from .engine import HASH_MAX, cls_entries, prealloc_for, rule_array_sizes
 
     slots = eng.maps["bg_rules"].max_entries
     if max(new.rules) >= slots:
         return True
     want = prealloc_for(new)
-    for name, n in (("bg_cls", len(old.cls) + len(new.cls)),
+    both = (cls_entries(eng._live().conf), cls_entries(new.conf()))   # eng's live generation is `old`
+    for name, n in (*((m, both[0][m] + both[1][m]) for m in both[0]),
                     ("bg_pfx", old.classes.pfx_count() + new.classes.pfx_count())):
         cap = eng.maps[name].max_entries
         if n > cap or (cap < HASH_MAX and cap > SHRINK_OVER * want.get(name, 0)):

@@ -195,7 +195,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         raise PolicyError(where(("hooks", hook.value)), e.reason) from None
     ids: dict[int, ShapeSpec] = {}
     for mask in sorted(set(placement.values())):
-        spec = ShapeSpec(len(ids), mask)
+        spec = ShapeSpec(L.shape_id(len(ids), mask), mask)   # SHAPE_SHORT: its entries in bg_cls_short
         ids[mask] = out.shapes[spec.id] = spec
     for i, (rid, ra) in enumerate(atoms):   # rules in priority order: the first writer of a key wins
         keys = []

@@ -8,6 +8,7 @@ order.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from dataclasses import dataclass, field
 
@@ -61,6 +62,47 @@ _KEY_CTYPE = contract.struct("engine", "bg_cls_key")
 KEY_OFF = {f: getattr(_KEY_CTYPE, f).offset for f, *_ in _KEY_CTYPE._fields_}
 KEY_SHAPE_OFF, KEY_GEN_OFF = KEY_OFF["shape"], KEY_OFF["gen"]
 SHAPE_SIZE = SHAPE.size
+
+# A shape whose mask has no address bits past src[0..3] and dst[0..3] (every IPv4 shape) keeps its entries in
+# bg_cls_short under a 32-byte key (a shorter hash per lookup); its id carries SHAPE_SHORT, so a key says
+# which map it lives in. The control plane handles every key in the 56-byte form; short_key() converts.
+SHAPE_SHORT = C.BG_SHAPE_SHORT
+CLS_MAPS = ("bg_cls", "bg_cls_short")
+SHORT_KEY_SIZE = ctypes.sizeof(contract.struct("engine", "bg_cls_short_key"))
+_SRC, _DST = KEY_OFF["src"], KEY_OFF["dst"]
+_WIDE_ADDR = int.from_bytes(bytes(_SRC + 4) + b"\xff" * 12 + bytes(4) + b"\xff" * 12 + bytes(KEY_SIZE - _DST - 16),
+                            "big")   # key_int() bits of src[4..15] and dst[4..15]
+
+
+def shape_id(index: int, mask: int) -> int:
+    """The id of shape number `index` (below 128) with this mask (key_int form): SHAPE_SHORT set when no
+    address bit past the first 4 bytes of src and dst is in it."""
+    return index | (0 if mask & _WIDE_ADDR else SHAPE_SHORT)
+
+
+def shape_index(sid: int) -> int:
+    return sid & ~SHAPE_SHORT
+
+
+def short_key(key: bytes) -> bytes:
+    """A key of a SHAPE_SHORT shape in bg_cls_short's form: words 0 and 1, src[0..3], dst[0..3], classes."""
+    return key[:_SRC + 4] + key[_DST:_DST + 4] + key[_DST + 16:]
+
+
+def cls_map_key(key: bytes) -> tuple[str, bytes]:
+    """The classifier map a key (56-byte form) lives in, and the key as that map holds it."""
+    return ("bg_cls_short", short_key(key)) if key[KEY_SHAPE_OFF] & SHAPE_SHORT else ("bg_cls", key)
+
+
+def split_keys(keys) -> tuple[list[bytes], list[bytes]]:
+    """Keys (56-byte form) by the map they live in: (bg_cls keys, bg_cls_short keys in its form)."""
+    wide, short = [], []
+    for k in keys:
+        if k[KEY_SHAPE_OFF] & SHAPE_SHORT:
+            short.append(short_key(k))
+        else:
+            wide.append(k)
+    return wide, short
 
 # stage 0 (prefix classes): trees by field and family, bg_conf.trees bits, level-0 geometry
 TREE_SRC4, TREE_SRC6, TREE_DST4, TREE_DST6 = C.BG_TREE_SRC4, C.BG_TREE_SRC6, C.BG_TREE_DST4, C.BG_TREE_DST6

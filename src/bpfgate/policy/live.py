@@ -355,15 +355,15 @@ class LiveHook:
         for spec in self.c.shapes.values():   # an unused shape of exactly this mask
             if spec.mask == atom.mask:
                 return spec
-        in_use = ({s.id for s in self.conf.shapes} | {sid for sid, n in self.count.items() if n > 0}
-                  | set(self.fresh))
+        in_use = {L.shape_index(sid) for sid in ({s.id for s in self.conf.shapes}
+                                                 | {sid for sid, n in self.count.items() if n > 0} | set(self.fresh))}
         free = [i for i in range(self.limits.max_shapes) if i not in in_use]
         if not free:
             if best is not None:
                 return best
             raise PolicyError("shapes", f"the rule needs a new shape and all {self.limits.max_shapes} are in "
                               f"use; apply the whole policy (atomic swap) to re-plan the shapes")
-        spec = ShapeSpec(free[0], atom.mask)
+        spec = ShapeSpec(L.shape_id(free[0], atom.mask), atom.mask)
         self.fresh[spec.id] = self.c.shapes.get(spec.id)   # its keys are written after every atom is placed
         self.c.shapes[spec.id] = spec
         return spec
