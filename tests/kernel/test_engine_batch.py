@@ -137,18 +137,26 @@ def _file(tmp_path, name, dev, web_port, filler_shift=0):
     return path, rules
 
 
-def test_apply_of_a_few_changed_rules_is_one_batch_read_back_by_other_processes(sandbox, policies_removed, tmp_path):
+@pytest.fixture
+def web(sandbox, policies_removed):
+    """A server with web servers on ports 80 and 8080 and a client; policies removed at the end."""
+    client, server = sandbox.host("client"), sandbox.host("server")
+    link = sandbox.link(client, server)
+    w = type("Web", (), {})()
+    w.dev, w.ns, ip = link.end(server).name, server.netns, link.end(server).ip4
+    policies_removed(w.ns)
+    for port in (80, 8080):
+        server.http_server(port)
+    w.served = lambda port: client.http_get(f"http://{ip}:{port}/", scaled(3)).ok
+    w.dropped = lambda port: client.http_get(f"http://{ip}:{port}/", 1.0).status is None
+    return w
+
+
+def test_apply_of_a_few_changed_rules_is_one_batch_read_back_by_other_processes(web, tmp_path):
     from bpfgate import policyctl
     from bpfgate.engine.state import StateStore
 
-    client, server = sandbox.host("client"), sandbox.host("server")
-    link = sandbox.link(client, server)
-    dev, ns, ip = link.end(server).name, server.netns, link.end(server).ip4
-    policies_removed(ns)
-    for port in (80, 8080):
-        server.http_server(port)
-    served = lambda port: client.http_get(f"http://{ip}:{port}/", scaled(3)).ok   # noqa: E731
-    dropped = lambda port: client.http_get(f"http://{ip}:{port}/", 1.0).status is None   # noqa: E731
+    dev, ns, served, dropped = web.dev, web.ns, web.served, web.dropped
     a, _ = _file(tmp_path, "a.json", dev, 80)
     b, b_rules = _file(tmp_path, "b.json", dev, 8080, filler_shift=5000)   # 4 rules of 200 change
     policyctl.apply(a, netns=ns)
@@ -235,18 +243,11 @@ def _yaml(tmp_path, name, dev, rules):
     return path
 
 
-def test_apply_reads_only_the_rules_that_changed(sandbox, policies_removed, tmp_path, monkeypatch):
+def test_apply_reads_only_the_rules_that_changed(web, tmp_path, monkeypatch):
     from bpfgate import policyctl
     from bpfgate.policyctl import incremental
 
-    client, server = sandbox.host("client"), sandbox.host("server")
-    link = sandbox.link(client, server)
-    dev, ns, ip = link.end(server).name, server.netns, link.end(server).ip4
-    policies_removed(ns)
-    for port in (80, 8080):
-        server.http_server(port)
-    served = lambda port: client.http_get(f"http://{ip}:{port}/", scaled(3)).ok   # noqa: E731
-    dropped = lambda port: client.http_get(f"http://{ip}:{port}/", 1.0).status is None   # noqa: E731
+    dev, ns, served, dropped = web.dev, web.ns, web.served, web.dropped
     rules = [{"name": "web", "protocol": "tcp", "dst_port": 80}] + [
         {"name": f"f{i}", "protocol": "udp", "dst_port": 10000 + i} for i in range(199)]
     policyctl.apply(_yaml(tmp_path, "a.yaml", dev, rules), netns=ns)
