@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from features import require  # noqa: E402  (tests/kernel helper)
 from clirun import run_cli
 from test_inspect_engine_events import connect
 
@@ -23,6 +24,11 @@ from bpfgate.sandbox.timing import scaled
 
 pytestmark = pytest.mark.kernel
 WAIT = scaled(15.0)
+
+
+@pytest.fixture(autouse=True)
+def _syn_program():
+    require("syn")  # syn.o needs atomic fetch instructions (5.12): older kernels refuse it, in one line
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 import pytest
+from features import require  # noqa: E402  (tests/kernel helper)
 from prometheus_client.parser import text_string_to_metric_families
 
 from bpfgate.errors import BpfgateError
@@ -60,6 +61,7 @@ def scrape(url: str) -> dict[tuple, float]:
 
 
 def test_scrape_shows_the_counters(net):
+    require("syn")  # the SYN counter (syn.o): atomic fetch instructions, Linux 5.12
     client, server, link = net
     dev = link.b.name
     with SynCounter() as syn, AttemptLog([7070]) as log, stats_enabled(), M.Exporter() as exp:
@@ -100,6 +102,7 @@ def test_scrape_shows_the_counters(net):
 
 
 def test_listen_address_in_use(net):
+    require("syn")  # the SYN counter (syn.o): atomic fetch instructions, Linux 5.12
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
@@ -123,6 +126,7 @@ def test_listen_address_in_use(net):
 
 
 def test_cli_metrics_serves_and_detaches_on_sigterm(net):
+    require("syn")  # the SYN counter (syn.o): atomic fetch instructions, Linux 5.12
     client, server, link = net
     argv = [sys.executable, "-m", "bpfgate.cli.main", "metrics", "--dev", link.b.name, "--netns", server.netns,
             "--listen", "127.0.0.1:0", "--port", "7070", "--json"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import dpkt
 import pytest
+from features import require  # noqa: E402  (tests/kernel helper)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +31,11 @@ pytestmark = pytest.mark.kernel
 
 WAIT = scaled(10.0)  # seconds: upper bound for the kernel to process what we sent (never a performance assert)
 SYN, ACK, RST, FIN = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_RST, dpkt.tcp.TH_FIN
+
+
+@pytest.fixture(autouse=True)
+def _syn_program():
+    require("syn")  # syn.o needs atomic fetch instructions (5.12): older kernels refuse it, in one line
 
 
 @dataclass
