@@ -56,7 +56,6 @@ from bpfgate import attach  # noqa: E402
 from bpfgate.engine import Engine  # noqa: E402
 from bpfgate.engine import engine as engine_mod  # noqa: E402
 from bpfgate.kernel.testrun import test_run  # noqa: E402
-from bpfgate.policy import layout as L  # noqa: E402
 from bpfgate.policy.compile import compile_hook  # noqa: E402
 from bpfgate.kernel.objects import BpfObject  # noqa: E402
 from bpfgate.policy.compile import Limits  # noqa: E402
@@ -297,6 +296,19 @@ class TestRunCase:
             self.owner.close()
 
 
+def engine_cases(sizes: list[int], other_object: str | None):
+    """(name, hook, rules, their generator, worst, object) of each bpfgate case: both hooks, each size, traffic
+    outside and inside the rules' prefixes, main's build and `other_object`. The same rules for both builds:
+    each case draws them from its own generator."""
+    for hook in ("tc-ingress", "xdp"):
+        for n in sizes:
+            for worst in (False, True) if n > 1 else (False,):
+                for obj in (None, other_object) if other_object else (None,):
+                    name = f"bpfgate {'tc' if hook != 'xdp' else 'xdp'} {n} {'in-prefix' if worst else 'rules'}"
+                    name += f" [{os.path.basename(obj)}]" if obj else ""
+                    yield name, hook, n, random.Random(f"{hook} {n} {worst}"), worst, obj
+
+
 def test_run_main(a, sizes: list[int]) -> None:
     header("data path, BPF_PROG_TEST_RUN: ns per packet of the program alone (the injector's frame)")
     src, dst = "198.18.0.1", "198.18.0.2"
@@ -308,14 +320,8 @@ def test_run_main(a, sizes: list[int]) -> None:
         cases = [TestRunCase("bare xdp drop", bare.program("bench_xdp_drop"), frame),
                  TestRunCase("bare tc drop", bare.program("bench_tc_drop"), frame)]
         try:
-            for hook in ("tc-ingress", "xdp"):
-                for n in sizes:
-                    for worst in (False, True) if n > 1 else (False,):
-                        for obj in (None, a.object) if a.object else (None,):
-                            name = f"bpfgate {'tc' if hook != 'xdp' else 'xdp'} {n} {'in-prefix' if worst else 'rules'}"
-                            name += f" [{os.path.basename(obj)}]" if obj else ""
-                            cases.append(TestRunCase.engine(name, hook, n, random.Random(f"{hook} {n} {worst}"),
-                                                            worst, frame, src, dst, obj))
+            for name, hook, n, rules_rng, worst, obj in engine_cases(sizes, a.object):
+                cases.append(TestRunCase.engine(name, hook, n, rules_rng, worst, frame, src, dst, obj))
             for rep in range(a.reps):
                 for c in cases:
                     c.measure()
@@ -372,16 +378,10 @@ def main() -> None:
         bare = build_bare(tmp)
         cases: list[Case] = [NoFilter(sb, "no filter", "stack"), Bare(sb, "bare xdp drop", "xdp", bare),
                              Bare(sb, "bare tc drop", "tc-ingress", bare)]
-        for hook in ("tc-ingress", "xdp"):
-            for n in sizes:
-                for worst in (False, True) if n > 1 else (False,):
-                    for obj in (None, a.object) if a.object else (None,):
-                        name = f"bpfgate {'tc' if hook != 'xdp' else 'xdp'} {n} {'in-prefix' if worst else 'rules'}"
-                        name += f" [{os.path.basename(obj)}]" if obj else ""
-                        # the same rules for both builds: each case draws them from its own generator
-                        c = Bpfgate(sb, name, hook, n, random.Random(f"{hook} {n} {worst}"), worst, obj)
-                        print(f"# {c.name}: attached in {c.attach_s:.1f} s", flush=True)
-                        cases.append(c)
+        for name, hook, n, rules_rng, worst, obj in engine_cases(sizes, a.object):
+            c = Bpfgate(sb, name, hook, n, rules_rng, worst, obj)
+            print(f"# {c.name}: attached in {c.attach_s:.1f} s", flush=True)
+            cases.append(c)
         for n in (1, 100, 10_000):
             cases.append(Iptables(sb, f"iptables raw {n} rules", n, rng))
         if not a.quick:
