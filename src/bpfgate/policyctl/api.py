@@ -140,10 +140,10 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
                                     serialised=lambda: _serialised(netns, _backend(backend), state_root))
             if same is not None:
                 return same
-            if not dry_run and hasattr(_backend(backend), "apply_edits") and unchanged.recorded(netns, state_root):
+            b = _backend(backend)
+            if not dry_run and hasattr(b, "apply_edits") and unchanged.recorded(netns, state_root):
                 from . import incremental
 
-                b = _backend(backend)
                 with _serialised(netns, b, state_root, "apply policy"):
                     done = incremental.apply(text, dig, netns, b, state_root, name)
                 if done is not None:
