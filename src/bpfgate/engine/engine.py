@@ -9,6 +9,7 @@ import array
 import ctypes
 import os
 import struct
+import functools
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from bpfgate import cgroups
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
 from bpfgate.kernel import netlink, pins
 from bpfgate.kernel.maps import Map, possible_cpus
-from bpfgate.kernel.objects import BpfObject
+from bpfgate.kernel.objects import BpfObject, LoadFailedQuietly
 from bpfgate.policy import layout as L
 from bpfgate.policy.compile import DEFAULT_NAME, CompiledHook, Limits, compile_hook, rule_action
 from bpfgate.policy.live import Diff, LiveHook
@@ -32,7 +33,7 @@ from . import records as R
 from . import recover, resize
 from .listing import read_counters
 from .paths import MAPS, pin_dir
-from .state import StateStore
+from .state import SNAPSHOT_NEXT, StateStore
 
 OBJECT = "engine"
 OWNER = "engine"
@@ -119,13 +120,13 @@ class Engine:
     @classmethod
     def load(cls, hook: Hook | str, *, ct: bool = True, test_mark: bool = False, prealloc: dict[str, int] | None = None,
              max_entries: dict[str, int] | None = None, reuse: dict[str, int] | None = None,
-             also: Iterable[str] = (), only: Iterable[str] | None = None) -> Engine:
+             also: Iterable[str] = (), only: Iterable[str] | None = None, quiet: bool = False) -> Engine:
         """Load the engine object without attaching it (BPF_PROG_TEST_RUN, benchmarks, attach()).
         prealloc: {map: entries} preallocates bg_cls / bg_cls_short / bg_pfx with that many entries (inserts
         ~2x faster, memory ~100 B/entry up front, a swap or live add past it is refused); default: allocate per entry,
         up to 2M (prealloc_for() sizes them for a policy). Only the hook's programs are loaded, plus `also`
         (the flow tracker bg_ct_track, the benchmarks' baselines); `only`: just these programs, not the
-        hook's (a tracker alone: `program`/`programs` are then not loaded)."""
+        hook's (a tracker alone: `program`/`programs` are then not loaded). `quiet`: BpfObject.load's."""
         hook = Hook(hook)
         obj = BpfObject.open(OBJECT, rodata={"cfg_hook": HOOK_CODE[hook], "cfg_ct": int(ct),
                                              "cfg_test_mark": int(test_mark),
@@ -145,7 +146,7 @@ class Engine:
                 obj.set_max_entries(name, n)
             for name, fd in (reuse or {}).items():
                 obj.reuse_map(name, fd)
-            obj.load()
+            obj.load(quiet)
         except BaseException:
             obj.close()
             raise
@@ -193,19 +194,33 @@ class Engine:
         shared = cls._sibling_ct(dev, hook, netns_name)   # one flow table per interface, shared by its hooks
         if shared is not None:
             reuse["bg_ct"] = shared.fd
+        load = functools.partial(cls.load, hook, ct=ct, reuse=reuse, also=("bg_ct_track",) if tracker else (),
+                                 prealloc=prealloc_for(compiled) if prealloc is None else prealloc,
+                                 max_entries=rule_array_sizes(max(compiled.rules) + 1))
+        live = LiveHook(compiled, limits, None)
         try:
-            eng = cls.load(hook, ct=ct, reuse=reuse, prealloc=prealloc_for(compiled) if prealloc is None else prealloc,
-                           max_entries=rule_array_sizes(max(compiled.rules) + 1),
-                           also=("bg_ct_track",) if tracker else ())
+            # the kernel verifies the programs (ctypes lets go of the GIL) while the state is pickled: at 100k
+            # rules each takes most of a second; the snapshot becomes the saved state once all is attached
+            with ThreadPoolExecutor(1) as pool:
+                loading = pool.submit(load, quiet=True)
+                presaved = store.presave(live)
+            try:
+                eng = loading.result()
+            except LoadFailedQuietly:
+                eng = load()   # again, to say why (or a passing failure)
+        except BaseException:
+            store.remove()
+            raise
         finally:
             if shared is not None:
                 shared.close()
         eng.dev, eng.netns, eng.store = dev, netns_name, store
+        live.ifindex = eng._ifindex
         atts: list = []
         pdir = pin_dir(dev, hook, netns_name)
         pinned: list[str] = []
         try:
-            eng.load_policy(compiled, limits=limits)
+            eng.load_policy(compiled, live=live)
             if ct and hook is Hook.TC_INGRESS and Hook.XDP in ct_hooks:   # the XDP engine counts the flows
                 eng._set_ct_lookup_only(True)
             for name in MAPS + CAPTURE_MAPS:
@@ -230,7 +245,8 @@ class Engine:
                 atts.append(_attach_tracker(eng.obj.program("bg_ct_track"), dev, netns_name))
             store.save_meta({"ifindex": ifindex, "prog_id": eng.program.id, "mode": mode, "ct": ct,
                              "attachments": [a.key for a in atts], "pins": pinned})
-            eng._snapshot()
+            if not (presaved and store.take_snapshot(SNAPSHOT_NEXT)):
+                eng._snapshot()
             eng._seen_version = store.version()
         except BaseException:
             for a in atts:
@@ -350,13 +366,17 @@ class Engine:
         return netlink.ifindex(name, self.netns)
 
     # ---- whole policies ----------------------------------------------------------------------------
-    def load_policy(self, compiled: CompiledHook, limits: Limits = Limits()) -> None:
-        """First policy of a fresh engine (maps empty): bulk writes, then publish the conf."""
+    def load_policy(self, compiled: CompiledHook, limits: Limits = Limits(), live: LiveHook | None = None) -> None:
+        """First policy of a fresh engine (maps empty): bulk writes, then publish the conf. `live`: the edit
+        index already built over `compiled` (else built when first needed)."""
         if self.live is not None:
             raise BpfgateError("load policy", "the engine has a policy: use swap()")
         self._write_generation(compiled, compiled.rules, fresh=False)
-        self._publish(compiled.conf())
-        self._pending_compiled = (compiled, limits)   # the edit index (LiveHook) is built when first needed
+        self._publish(live.conf if live is not None else compiled.conf())
+        if live is not None:
+            self.live = live
+        else:
+            self._pending_compiled = (compiled, limits)
 
     @property
     def live(self) -> LiveHook | None:

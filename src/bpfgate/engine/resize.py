@@ -31,12 +31,13 @@ from bpfgate.policy.compile import CompiledHook, compile_hook
 from bpfgate.policy.live import LiveHook
 from bpfgate.policy.model import HookPolicy
 
+from .state import SNAPSHOT_NEXT
+
 if TYPE_CHECKING:
     from .engine import Engine
     from .state import StateStore
 
 NEXT = "next-"                    # pins of a resize in progress: NEXT + map name, NEXT + "prog-" + program
-SNAPSHOT_NEXT = "snapshot.next.pickle"
 # maps whose contents belong to one generation of sizes: created anew by a resize (the rest are SHARED)
 SIZED = ("bg_cls", "bg_cls_short", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule",
          "bg_log_rate", "bg_pfx_top", "bg_pfx")

@@ -59,6 +59,7 @@ SNAPSHOT_MAGIC = b"bpfgate-engine-snapshot "
 _UNPICKLE_ERRORS = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError,
                     KeyError, IndexError)
 REATTACH = "detach it and apply the policy again"
+SNAPSHOT_NEXT = "snapshot.next.pickle"   # a state saved ahead of the kernel, taken once the kernel matches it
 
 
 def _rule(v) -> Rule:
@@ -186,13 +187,24 @@ class StateStore:
             self._write("journal.jsonl", b"")
             self.snapshot_id = None   # the state in memory is this process's own, not a loaded one
 
-    def take_snapshot(self, name: str) -> None:
-        """Make the state saved as `name` the saved state (if it is still there): the journal is emptied
-        first, so a crash in between leaves `name` to take again, never the new snapshot with old edits."""
-        if os.path.exists(self._p(name)):
-            self._write("journal.jsonl", b"")
-            os.replace(self._p(name), self._p("snapshot.pickle"))
-            self.snapshot_id = None
+    def presave(self, live: LiveHook) -> bool:
+        """The first state of an engine being attached, saved as SNAPSHOT_NEXT before the kernel has it
+        (taken by take_snapshot once it does). False when that failed: the caller saves it afterwards."""
+        try:
+            self.snapshot(live, [], name=SNAPSHOT_NEXT)
+            return True
+        except OSError:   # the directory removed meanwhile (a concurrent detach took it for stale state)
+            return False
+
+    def take_snapshot(self, name: str) -> bool:
+        """Make the state saved as `name` the saved state (if it is still there: else False): the journal is
+        emptied first, so a crash in between leaves `name` to take again, never the new snapshot with old edits."""
+        if not os.path.exists(self._p(name)):
+            return False
+        self._write("journal.jsonl", b"")
+        os.replace(self._p(name), self._p("snapshot.pickle"))
+        self.snapshot_id = None
+        return True
 
     def drop(self, name: str) -> None:
         try:

@@ -365,6 +365,22 @@ def _print_cb(level: int, fmt: bytes, args: int) -> int:
 libbpf_set_print(_print_cb)
 
 
+_silence = threading.Lock()
+
+
+@contextmanager
+def silenced() -> Iterator[None]:
+    """No libbpf output at all during the body (process-wide): a load of ours prints ~1,300 debug lines,
+    each a Python callback that needs the GIL, so a load beside busy Python code in another thread waits
+    for the GIL at every line. Whatever fails in the body is not explained: run it again, not silenced."""
+    with _silence:
+        libbpf_set_print(PRINT_FN())
+        try:
+            yield
+        finally:
+            libbpf_set_print(_print_cb)
+
+
 @contextmanager
 def captured_log() -> Iterator[list[str]]:
     """Collect libbpf's warnings/info printed during the body (per thread) instead of writing stderr."""

@@ -131,6 +131,10 @@ class Program:
         return f"Program({self.name!r}, fd={self._fd})"
 
 
+class LoadFailedQuietly(ObjectError):
+    """A quiet load (BpfObject.load(quiet=True)) failed: its cause was not logged."""
+
+
 class BpfObject:
     """One BPF ELF object. Open, optionally set rodata constants / map sizes, then load."""
 
@@ -209,8 +213,18 @@ class BpfObject:
         if not m or L.bpf_map__reuse_fd(m, fd) != 0:
             raise ObjectError(f"reuse map {map_name} in {self.path}", "no such map or incompatible")
 
-    def load(self) -> "BpfObject":
+    def load(self, quiet: bool = False) -> "BpfObject":
+        """Load (verify) the programs and create the maps. `quiet`: without libbpf's log (L.silenced), for a
+        load beside other Python work; a failure then raises LoadFailedQuietly: load again, not quiet, to
+        have it explained."""
         op = f"load BPF object {os.path.basename(self.path)}"
+        if quiet:
+            with L.silenced():
+                rc = L.bpf_object__load(self._ptr)
+            if rc != 0:
+                raise LoadFailedQuietly(op, os.strerror(-rc))
+            self.loaded = True
+            return self
         with L.captured_log() as log:
             rc = L.bpf_object__load(self._ptr)
         if rc != 0:
