@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 import yaml
-from clirun import run_cli
+from clirun import run_cli, run_entry
 from test_reliability_swap import Stream
 
 from bpfgate import policyctl
@@ -280,3 +280,59 @@ def test_writes_go_through_the_running_agent(agent_env, tmp_path):
     # no agent: the CLI works directly again
     r = run_cli(add, env=env)
     assert r.returncode == 0 and "no-8081" in rule_names(n), r.stderr
+
+
+def test_edits_are_answered_by_the_agent_before_click(agent_env):
+    """While the agent runs, `rule add|del` and `set add|del` go to it as typed, answered before click, Rich or
+    the control plane are imported, and print exactly what the full command line prints (which the agent
+    also serves): the edit enforced, --json, a bad rule or element (one line, nothing changed), a usage
+    error. With the agent gone, the same command line works directly."""
+    n, d, start = agent_env
+    policy = yaml.safe_load(drop_port(n.dev, 8080, [{"name": "no-set", "protocol": "tcp", "dst_port": "@ports",
+                                                     "action": "drop"}]))
+    (d / "p.yaml").write_text(yaml.safe_dump({**policy, "sets": {"ports": {"type": "port", "elements": [8082]}}}))
+    a = start()
+    assert until(lambda: "no-set" in rule_names(n))
+    env = {**os.environ, "BPFGATE_AGENT_DIR": a.args[a.args.index("--state-dir") + 1]}
+
+    def same(argv: list[str], undo: list[str] | None = None) -> subprocess.CompletedProcess:
+        """ARGV answered by the agent before click, and the full command line's answer from the same state
+        (`undo` run in between): equal to the byte. The state after: ARGV's, once."""
+        fast, imported = run_entry(*argv, env=env)
+        assert not imported, (argv, imported, fast.stderr)
+        if undo:
+            assert run_entry(*undo, env=env)[0].returncode == 0
+        full = run_cli(argv, env=env)
+        assert (fast.returncode, fast.stdout, fast.stderr) == (full.returncode, full.stdout, full.stderr), argv
+        return fast
+
+    where = ["--netns", n.ns, "--dev", n.dev]
+    add = ["rule", "add", *where, "--proto", "tcp", "--dport", "8081", "--action", "drop", "no-8081"]
+    delete = ["rule", "del", *where, "no-8081"]
+    r = same(add, undo=delete)
+    assert r.returncode == 0 and r.stdout == f"OK   rule no-8081 added on {n.dev} tc-ingress at position 2\n"
+    assert "no-8081" in rule_names(n) and dropped(n, 8081)
+    r = same(add)   # exists: the control plane's typed error, one line, exit 2
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "exists" in r.stderr, r.stderr
+    r = same(delete + ["--json"], undo=add)
+    assert json.loads(r.stdout) == {"deleted": "no-8081", "dev": n.dev, "hook": "tc-ingress"}
+    assert "no-8081" not in rule_names(n) and served(n, 8081)
+    before = rule_names(n)
+    r = same(["rule", "add", *where, "--src", "198.18.0.300/32", "bad"])
+    assert r.returncode == 2 and r.stderr.startswith("bpfgate: error: policy rule bad.src"), r.stderr
+    assert r.stderr.count("\n") == 1
+    r = same(["rule", "add", *where, "--frob", "bad"])   # click's usage error, one line
+    assert r.returncode == 2 and r.stderr.startswith("bpfgate: error: bpfgate rule add: No such option") and \
+        r.stderr.count("\n") == 1, r.stderr
+    assert rule_names(n) == before
+    r = same(["set", "add", "ports", "8081", f"--netns={n.ns}", "--json"],
+             undo=["set", "del", "ports", "8081", "--netns", n.ns])
+    assert json.loads(r.stdout) == {"set": "ports", "added": ["8081"], "on": [f"{n.dev} tc-ingress"]}
+    assert dropped(n, 8081)
+    r = same(["set", "add", "ports", "99999", "--netns", n.ns])
+    assert r.returncode == 2 and "99999" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = same(["set", "del", "ports", "8081", "--netns", n.ns], undo=["set", "add", "ports", "8081", "--netns", n.ns])
+    assert r.stdout == f"OK   1 element deleted from set ports on {n.dev} tc-ingress\n" and served(n, 8081)
+    assert a.stop() == 0
+    r, imported = run_entry(*add, env=env)   # no agent: the full command line, which edits directly
+    assert r.returncode == 0 and "click" in imported and "no-8081" in rule_names(n), r.stderr

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from clirun import run_entry
 
 from bpfgate import policyctl
 from bpfgate.engine.listing import saved_listing
@@ -292,21 +293,6 @@ def test_reapply_of_the_same_file_is_a_no_change_until_the_engine_changes(net, t
     assert r.applied and dropped(n, 8080) and served(n, 80)
 
 
-# what the no-change answer of `bpfgate apply` must not import (most of its time otherwise)
-HEAVY = ("pydantic", "yaml", "pyroute2", "bpfgate.policy.model", "bpfgate.policy.compile", "bpfgate.engine.engine",
-         "bpfgate.policyctl.api", "bpfgate.nat", "click", "rich")
-_CLI_MODULES = ("import sys\nfrom bpfgate.cli.entry import run\n"
-                "try:\n    run(sys.argv[1:])\nfinally:\n"
-                "    print(' '.join(m for m in %r if m in sys.modules), file=sys.stderr)\n" % (HEAVY,))
-
-
-def _cli_imports(*argv) -> tuple[subprocess.CompletedProcess, set[str]]:
-    """The CLI run with ARGV, and which of HEAVY it imported."""
-    r = subprocess.run([sys.executable, "-c", _CLI_MODULES, *argv], capture_output=True, text=True,
-                       timeout=scaled(60), check=False)
-    return r, set(r.stderr.strip().rsplit("\n", 1)[-1].split())
-
-
 def test_cli_no_change_answers_without_the_control_plane(net, tmp_path):
     """`bpfgate apply` of the file applied last answers before importing the models, the compiler, netlink,
     click or Rich, and prints what the full path prints for the same no-change (text, --json, --dry-run)."""
@@ -317,10 +303,10 @@ def test_cli_no_change_answers_without_the_control_plane(net, tmp_path):
     assert _cli("apply", "--netns", n.ns, str(f)).returncode == 0
     record = os.path.join("/run/bpfgate/policyctl", n.ns, "applied.json")
     for extra in ([], ["--json"], ["--dry-run"], ["--dry-run", "--json"]):
-        fast, imported = _cli_imports("apply", "--netns", n.ns, str(f), *extra)
+        fast, imported = run_entry("apply", "--netns", n.ns, str(f), *extra)
         assert fast.returncode == 0 and not imported, (extra, fast.stderr, imported)
         os.unlink(record)   # the next apply reads, validates and compares the file
-        full, imported = _cli_imports("apply", "--netns", n.ns, str(f), *extra)
+        full, imported = run_entry("apply", "--netns", n.ns, str(f), *extra)
         assert full.returncode == 0 and {"pydantic", "bpfgate.policy.compile"} <= imported, (extra, full.stderr)
         assert fast.stdout == full.stdout and "no change: 1 hook(s) already run this policy" in fast.stdout, extra
         if not os.path.exists(record):   # a dry run records nothing

@@ -4,6 +4,7 @@ as typed (no Rich markup), and big applies counted rather than listed line by li
 from __future__ import annotations
 
 import io
+import threading
 
 import pytest
 from rich.console import Console
@@ -109,6 +110,49 @@ def test_entry_leaves_every_other_form_to_click(argv):
     from bpfgate.cli.entry import answered, apply_args
 
     assert apply_args(argv) is None and not answered(argv)
+
+
+@pytest.mark.parametrize("argv, netns", [
+    (["rule", "add", "x", "--dev", "eth0"], None), (["rule", "del", "x", "--netns", "n1", "--dev", "eth0"], "n1"),
+    (["set", "add", "s", "198.18.0.1", "--netns=n1"], "n1"),
+    (["set", "del", "--netns", "n0", "s", "80", "--netns", "n1"], "n1"),   # click's: the last one
+])
+def test_entry_reads_the_namespace_of_an_edit_an_agent_may_answer(argv, netns):
+    from bpfgate.cli.entry import edit_args
+
+    assert edit_args(argv) == {"netns": netns}
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["rule"], ["rules"], ["rule", "list"], ["set", "list"], ["apply", "p.yaml"], ["rule", "add", "--help"],
+    ["rule", "add", "x", "-h"], ["set", "add", "s", "--", "80"], ["rule", "del", "x", "--netns"],
+    ["rule", "del", "x", "--netns", "--json"], ["rule", "del", "x", "--netns="], ["--json", "rule", "add", "x"],
+])
+def test_entry_leaves_other_commands_and_unsure_edits_to_click(argv):
+    from bpfgate.cli.entry import answered_by_agent, edit_args
+
+    assert edit_args(argv) is None and answered_by_agent(argv) is None
+
+
+def test_captured_output_is_printed_as_the_clients_streams_would(capsys):
+    """What the agent prints for a client is kept (not written to its own streams), with the client's colour
+    and terminal; other threads still print to the real streams."""
+    with term.Captured([True, False], [True, False]) as cap:
+        term.ok("x [y]")
+        other = threading.Thread(target=term.ok, args=("another thread",))
+        other.start()
+        other.join()
+        term.print_json({"a": 1})
+        term.error("bad\n thing")
+    assert capsys.readouterr() == ("OK   another thread\n", "")
+    assert cap.out.getvalue() == '\x1b[32mOK\x1b[0m   x [y]\n{\n  "a": 1\n}\n'
+    assert cap.err.getvalue() == "bpfgate: error: bad thing\n"
+    with term.Captured([False, True], [False, True]) as cap:
+        term.print_json({"a": 1})
+        term.warning("w")
+    assert cap.out.getvalue() == '{"a": 1}\n' and cap.err.getvalue() == "\x1b[33mwarning:\x1b[0m w\n"
+    term.ok("after")
+    assert capsys.readouterr().out == "OK   after\n"
 
 
 def test_messages_without_a_console_are_plain_and_coloured_only_on_a_terminal(capsys, monkeypatch):

@@ -1,5 +1,7 @@
 """The agent's unix socket (root only): one JSON request per connection, one JSON reply. Requests run
-between reconcile rounds (the agent's `busy` lock), so the agent is the one writer of its namespace."""
+between reconcile rounds (the agent's `busy` lock), so the agent is the one writer of its namespace.
+Requests are the operations of OPS, or ("cli") the command line of one of the CLI's edit commands
+(client.CLI_EDITS, nothing else), run here with the CLI's click command: what it prints comes back."""
 
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ OPS: dict[str, Callable[[Agent, dict], Any]] = {"add_rule": _rule_add, "delete_r
                                                 "set_add": _set_edit(True), "set_delete": _set_edit(False)}
 
 
+class _Elsewhere(Exception):
+    """A client's edit command names another namespace than the agent's: the client runs it itself."""
+
+
 class Api:
     def __init__(self, agent: Agent):
         self.agent = agent
@@ -83,6 +89,8 @@ class Api:
         op = req.get("op")
         if op == "ping":
             return {"pid": os.getpid(), "policy_dir": self.agent.policy_dir}
+        if op == "cli":
+            return self.run_cli(req["argv"], req["tty"], req["colour"])
         fn = OPS.get(op)
         if fn is None:
             raise BpfgateError("agent request", f"unknown operation {op!r}")
@@ -93,6 +101,34 @@ class Api:
             return fn(self.agent, req)
         finally:
             self.agent.busy.release()
+
+    def run_cli(self, argv: list[str], tty: list[bool], colour: list[bool]) -> dict | None:
+        """A client's whole command line, one of client.CLI_EDITS only, parsed and run by the very click
+        command the CLI has, its edit done here as a request (run(): the held engines, the busy lock) and
+        what it printed returned for the client to write (as its own stdout/stderr would show it). None: the
+        command's namespace is not the agent's, nothing was done."""
+        if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+                and tuple(argv[:2]) in client.CLI_EDITS):
+            raise BpfgateError("agent request", "not a command the agent runs: only "
+                               + ", ".join(" ".join(k) for k in client.CLI_EDITS))
+        from bpfgate.cli import main, term
+
+        def here(netns: str | None, request: dict) -> Any:
+            if netns != self.agent.netns:
+                raise _Elsewhere()
+            if request["op"] not in OPS:
+                raise BpfgateError("agent request", f"unknown operation {request['op']!r}")
+            return self.run(request)
+
+        token = client.here.set(here)
+        try:
+            with term.Captured(tty, colour) as cap:
+                code = main.invoke(argv)
+        except _Elsewhere:
+            return None
+        finally:
+            client.here.reset(token)
+        return {"stdout": cap.out.getvalue(), "stderr": cap.err.getvalue(), "code": code}
 
     def close(self) -> None:
         if self._server is not None:

@@ -1,14 +1,22 @@
 """Talking to a running agent: while one runs for a namespace, the control plane's writes go through it
-(rule add/del are done by the agent, between its rounds) or are refused (apply: the agent's directory
-is the desired state), so there is one writer. The socket is root's only (0600 in a 0700 directory).
-When no agent runs (no socket, or a dead agent's), everything works directly as before."""
+(rule add/del, set add/del are done by the agent, between its rounds) or are refused (apply: the agent's
+directory is the desired state), so there is one writer. The socket is root's only (0600 in a 0700
+directory). When no agent runs (no socket, or a dead agent's), everything works directly as before.
+
+The CLI's edit commands (CLI_EDITS) go further: their whole command line is sent before click is imported
+(cli/entry.py), and the agent runs it with the CLI's own click command (agent/api.py), its edit offered
+back to the agent in-process (`here`). Light to import: that client's run is mostly Python's start."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
-from typing import Any
+from contextvars import ContextVar
+
+TYPE_CHECKING = False   # not `from typing`: typing is ~5 ms of the start of a command answered before click
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from bpfgate import errors
 from bpfgate.errors import BpfgateError
@@ -17,6 +25,14 @@ DIR_ENV = "BPFGATE_AGENT_DIR"
 DEFAULT_DIR = "/run/bpfgate/agent"
 WAIT_S = float(os.environ.get("BPFGATE_AGENT_WAIT", "30"))   # how long a command waits for a busy agent
 in_agent = False   # set in the agent's own process: its calls run directly
+# in the agent's process, while it runs a client's edit command (api.py): the agent's own request runner,
+# which the command's offer() goes to (the agent's engines, its busy lock)
+here: ContextVar[Callable[[str | None, dict], Any] | None] = ContextVar("bpfgate_agent_here", default=None)
+
+# the commands whose whole command line a running agent answers (cli/entry.py), by their first two words:
+# the operation each does through the agent. Only these ever run in the agent for a client.
+CLI_EDITS = {("rule", "add"): "add_rule", ("rule", "del"): "delete_rule", ("set", "add"): "set_add",
+             ("set", "del"): "set_delete"}
 
 
 def state_dir() -> str:
@@ -53,6 +69,9 @@ def offer(netns: str | None, op: str, **args: Any) -> Any:
     """`op` done by the agent of `netns` when one runs (its result, or its error raised here), else
     NOT_RUNNING: the caller does it itself. One connection and nothing of the policy model imported: a
     command that edits through the agent skips the ~0.3 s of loading the control plane."""
+    local = here.get()
+    if local is not None:   # the agent runs a client's command: the agent does the edit
+        return local(netns, {"op": op, **args})
     if in_agent or not os.path.exists(socket_path(netns)):
         return NOT_RUNNING
     try:
@@ -61,11 +80,24 @@ def offer(netns: str | None, op: str, **args: Any) -> Any:
         return NOT_RUNNING
 
 
+def run_cli(netns: str | None, argv: list[str], streams: dict) -> dict | None:
+    """The command line `argv` (one of CLI_EDITS, its namespace `netns`) run by the agent of `netns`:
+    {"stdout", "stderr", "code"} as the command would print and exit, for `streams` (cli.term.streams());
+    None when no agent runs there, or it leaves the command to the caller (another namespace's edit)."""
+    if not os.path.exists(socket_path(netns)):
+        return None
+    try:
+        return _call(netns, {"op": "cli", "argv": argv, **streams}, CLI_EDITS[tuple(argv[:2])])["result"]
+    except _NoAgent:
+        return None
+
+
 class _NoAgent(Exception):
     pass
 
 
-def _call(netns: str | None, request: dict) -> dict:
+def _call(netns: str | None, request: dict, what: str | None = None) -> dict:
+    """One request, its reply; `what`: the operation's name in a timeout's error (default the op's)."""
     path = socket_path(netns)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(WAIT_S)
@@ -85,7 +117,7 @@ def _call(netns: str | None, request: dict) -> dict:
                     break
                 data += chunk
         except socket.timeout:
-            raise BpfgateError(f"{request['op']} through the bpfgate agent",
+            raise BpfgateError(f"{what or request['op']} through the bpfgate agent",
                                f"no answer in {WAIT_S:g} s: the agent is busy (reconciling)",
                                hint="try again, or raise BPFGATE_AGENT_WAIT") from None
     finally:

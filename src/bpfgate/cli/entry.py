@@ -1,6 +1,10 @@
-"""The `bpfgate` command's entry point. `bpfgate apply FILE` of the file applied last is answered here, before
-click, Rich and the control plane are imported (a whole run ~0.1 s, most of it Python's start); everything
-else, and anything this answer is not sure of, goes to the full command line (cli/main.py).
+"""The `bpfgate` command's entry point. Two kinds of command are answered here, before click, Rich and the
+control plane are imported (a whole run is then little more than Python's start):
+- `bpfgate apply FILE` of the file applied last ("no change");
+- `bpfgate rule add|del ...` and `set add|del ...` while an agent runs for the command's namespace: the
+  command line goes to the agent as it is, the agent parses it with the very click command (options are
+  defined there only), does the edit with its engines and hands back what to print and the exit code.
+Everything else, and anything these answers are not sure of, goes to the full command line (cli/main.py).
 """
 
 from __future__ import annotations
@@ -52,10 +56,63 @@ def answered(args: list[str]) -> bool:
     return True
 
 
+def edit_args(args: list[str]) -> dict | None:
+    """{"netns": NAME, or None for the host's} of an edit command an agent may answer (`rule add|del`,
+    `set add|del`), from its --netns NAME / --netns=NAME; None for any other command, --help, `--`, or a
+    --netns without a name. A guess: the agent checks it against what click parses (agent/api.py)."""
+    from bpfgate.agent.client import CLI_EDITS
+
+    if tuple(args[:2]) not in CLI_EDITS:
+        return None
+    netns = None
+    rest = iter(args[2:])
+    for a in rest:
+        if a in ("--help", "-h", "--"):
+            return None
+        if a == "--netns":
+            netns = next(rest, None)
+            if not netns or netns.startswith("-"):
+                return None
+        elif a.startswith("--netns="):
+            netns = a.split("=", 1)[1]
+            if not netns:
+                return None
+    return {"netns": netns}
+
+
+def answered_by_agent(args: list[str]) -> int | None:
+    """The exit code of an edit command the namespace's agent ran (what it printed written here), or None:
+    no agent there, or not such a command; the full command line does it."""
+    kw = edit_args(args)
+    if kw is None:
+        return None
+    from bpfgate.agent import client
+    from bpfgate.cli import term
+    from bpfgate.errors import BpfgateError
+
+    try:
+        done = client.run_cli(kw["netns"], args, term.streams())
+    except BpfgateError as e:   # the agent busy past the wait, its socket not ours: as the full path says
+        term.error(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:   # Ctrl-C while a busy agent is awaited: as the full path, no traceback
+        return 130
+    if done is None:
+        return None
+    for stream, text in ((sys.stdout, done["stdout"]), (sys.stderr, done["stderr"])):
+        if text:
+            stream.write(text)
+            stream.flush()
+    return done["code"]
+
+
 def run(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if answered(args):
         sys.exit(0)
+    code = answered_by_agent(args)
+    if code is not None:
+        sys.exit(code)
     from bpfgate.cli.main import run as full
 
     full(args)

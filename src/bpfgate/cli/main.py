@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 import click
 
@@ -10,12 +11,14 @@ from bpfgate.cli import commands
 from bpfgate.errors import BpfgateError, VerifierError
 
 _loaded: set[str] = set()
+_loading = threading.RLock()   # the agent runs commands for clients in several threads at once
 
 
 def _load(module: str) -> None:
-    if module not in _loaded:
-        _loaded.add(module)
-        commands.register(module)(app)
+    with _loading:
+        if module not in _loaded:
+            commands.register(module)(app)
+            _loaded.add(module)
 
 
 class _Commands(click.Group):
@@ -58,6 +61,12 @@ def usage_line(e: click.ClickException) -> str:
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point of the console script: every BpfgateError becomes one line and an exit code."""
+    sys.exit(invoke(argv))
+
+
+def invoke(argv: list[str] | None) -> int:
+    """Run the command line `argv`: what it prints, printed through cli.term (a BpfgateError as one line);
+    its exit code. The agent runs the one-rule edits of a client's command line here (cli/entry.py)."""
     from bpfgate.cli import term
 
     try:
@@ -65,32 +74,32 @@ def run(argv: list[str] | None = None) -> None:
     except BpfgateError as e:
         term.error(str(e))
         if isinstance(e, VerifierError):
-            term.err.print(e.summary, markup=False, highlight=False)
-        sys.exit(e.exit_code)
+            term.detail(e.summary)
+        return e.exit_code
     except PermissionError as e:  # a file or syscall we were not allowed: one line, not a traceback
         term.error(f"{e.strerror or e}: {e.filename or ''} (run as root, or with CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
-        sys.exit(4)
+        return 4
     except click.exceptions.Abort:
-        sys.exit(130)
+        return 130
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     except click.ClickException as e:
         if type(e).__name__ == "NoArgsIsHelpError":   # `bpfgate rule`: the help, as click prints it
             e.show()
         else:
             term.error(usage_line(e))
-        sys.exit(e.exit_code)
+        return e.exit_code
     except ValueError as e:
         if "null byte" not in str(e):   # a NUL in a path or name (os.stat and the like refuse it)
             raise
         term.error("a path or name holds a NUL byte (\\x00)")
-        sys.exit(2)
+        return 2
     except OSError as e:   # a file or device the command could not use (the ones we expect are typed)
         term.error(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
-        sys.exit(1)
+        return 1
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    sys.exit(rv if isinstance(rv, int) else 0)
+        return e.exit_code
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

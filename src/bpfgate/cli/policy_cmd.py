@@ -225,10 +225,14 @@ def register(app: click.Group) -> None:
                      + (" ..." if len(r.elements) > 3 else ""), ", ".join(r.targets)) for r in rows])
 
     def _set_edit(name, elements, netns, as_json, add):
-        from bpfgate import policyctl
+        from bpfgate.agent import client as agent   # an edit the agent does needs no control plane here
 
-        edit = policyctl.set_add if add else policyctl.set_delete
-        where = edit(name, list(elements), netns=netns)
+        where = agent.offer(netns, "set_add" if add else "set_delete", name=name, elements=list(elements))
+        if where is agent.NOT_RUNNING:
+            from bpfgate import policyctl
+
+            edit = policyctl.set_add if add else policyctl.set_delete
+            where = edit(name, list(elements), netns=netns)
         if as_json:
             term.print_json({"set": name, "added" if add else "deleted": list(elements), "on": where})
         else:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from contextvars import ContextVar
 
+TYPE_CHECKING = False   # not `from typing`: typing is ~5 ms of the start of a command answered before click
 if TYPE_CHECKING:
+    from typing import Any, Iterable, Sequence
+
     from rich.console import Console
     from rich.table import Table
 
@@ -24,11 +28,72 @@ def __getattr__(name: str) -> Console:
 
 
 def _console(name: str) -> Console:
+    cap = _capture.get()
+    if cap is not None:
+        return cap.console(name)
     return globals().get(name) or __getattr__(name)
+
+
+class _Kept(io.StringIO):
+    """One stream of a captured command: its text, and the terminal and colour of the stream it stands for."""
+
+    def __init__(self, tty: bool, colour: bool):
+        super().__init__()
+        self.tty, self.colour = tty, colour
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+class Captured:
+    """What a command prints in this thread while `with Captured(...)`, kept as text for another process to
+    write (the agent runs the CLI's one-rule edits for it: cli/entry.py), printed as that process's own
+    stdout/stderr would have it (a terminal or not, in colour or not: its `streams()`)."""
+
+    def __init__(self, tty: Sequence[bool], colour: Sequence[bool]):
+        self.out, self.err = _Kept(bool(tty[0]), bool(colour[0])), _Kept(bool(tty[1]), bool(colour[1]))
+        self._consoles: dict[str, Console] = {}
+        self._token = None
+
+    def __enter__(self) -> Captured:
+        self._token = _capture.set(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _capture.reset(self._token)
+
+    def stream(self, name: str) -> _Kept:
+        return self.out if name == "out" else self.err
+
+    def console(self, name: str) -> Console:
+        if name not in self._consoles:
+            from rich.console import Console
+
+            kept = self.stream(name)
+            self._consoles[name] = Console(file=kept, force_terminal=kept.colour, no_color=not kept.colour,
+                                           highlight=False, soft_wrap=True)
+        return self._consoles[name]
+
+
+_capture: ContextVar[Captured | None] = ContextVar("bpfgate_term_capture", default=None)
+
+
+def streams() -> dict:
+    """Whether this process's stdout and stderr are terminals, and in colour: what Captured takes."""
+    return {"tty": [sys.stdout.isatty(), sys.stderr.isatty()], "colour": [_colour(sys.stdout), _colour(sys.stderr)]}
+
+
+def _stream(name: str):
+    cap = _capture.get()
+    if cap is not None:
+        return cap.stream(name)
+    return sys.stdout if name == "out" else sys.stderr
 
 
 def _colour(stream) -> bool:
     """Whether Rich would colour this stream (its defaults: FORCE_COLOR, NO_COLOR, a dumb terminal, a tty)."""
+    if isinstance(stream, _Kept):
+        return stream.colour
     if os.environ.get("FORCE_COLOR"):
         return True
     if os.environ.get("NO_COLOR") or os.environ.get("TERM", "").lower() in ("dumb", "unknown"):
@@ -43,13 +108,13 @@ _COLOURS = {"green": "32", "red": "31", "yellow": "33"}
 def _tagged(name: str, tag: str, colour: str, msg: str) -> None:
     """`tag` in its colour, then the message as typed (no markup), on stdout ("out") or stderr ("err"):
     through the Rich console once one is made (one writer keeps the order), else written straight."""
-    console = globals().get(name)
+    console = globals().get(name) if _capture.get() is None else None
     if console is not None:
         from rich.markup import escape
 
         console.print(f"[{colour}]{tag}[/{colour}]{escape(msg)}" if tag else msg, markup=bool(tag))
         return
-    stream = sys.stdout if name == "out" else sys.stderr
+    stream = _stream(name)
     if tag and _colour(stream):
         tag = f"\x1b[{_COLOURS[colour]}m{tag}\x1b[0m"
     stream.write(f"{tag}{msg}\n")
@@ -59,19 +124,21 @@ def _tagged(name: str, tag: str, colour: str, msg: str) -> None:
 def print_json(data: Any) -> None:
     """Indented for a reader on a terminal; compact into a pipe or file, as `nft -j` prints (json's C
     encoder serves only compact output: indenting 100k rules costs seconds)."""
-    indent = 2 if sys.stdout.isatty() else None
-    sys.stdout.write(json.dumps(data, indent=indent, default=str) + "\n")
+    out = _stream("out")
+    indent = 2 if out.isatty() else None
+    out.write(json.dumps(data, indent=indent, default=str) + "\n")
 
 
 def print_json_line(data: Any, flush: bool = True) -> None:
     """One JSON object per line. Streams that print bursts pass flush=False and call flush() per burst."""
-    sys.stdout.write(json.dumps(data, separators=(",", ":"), default=str) + "\n")
+    out = _stream("out")
+    out.write(json.dumps(data, separators=(",", ":"), default=str) + "\n")
     if flush:
-        sys.stdout.flush()
+        out.flush()
 
 
 def flush() -> None:
-    sys.stdout.flush()
+    _stream("out").flush()
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]],
@@ -88,8 +155,9 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     if markup:
         styled, cells = cells, [[Text.from_markup(v).plain for v in r] for r in cells]
     cols = list(columns)
-    if globals().get("out") is None and not sys.stdout.isatty() and not os.environ.get("FORCE_COLOR"):
-        _plain_table(title, cols, cells, sys.stdout)   # a pipe: no Rich needed
+    stream = _stream("out")
+    if globals().get("out") is None and not stream.isatty() and not os.environ.get("FORCE_COLOR"):
+        _plain_table(title, cols, cells, stream)   # a pipe: no Rich needed
         return
     out = _console("out")
     if not out.is_terminal:
@@ -149,6 +217,11 @@ def info(msg: str, markup: bool = False) -> None:
         _console("out").print(msg, markup=True)
     else:
         _tagged("out", "", "", msg)
+
+
+def detail(text: str) -> None:
+    """Lines under an error (a verifier's log tail), as they are, on stderr."""
+    _console("err").print(text, markup=False, highlight=False)
 
 
 def warning(msg: str) -> None:

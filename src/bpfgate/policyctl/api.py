@@ -348,8 +348,10 @@ def set_delete(name: str, elements: Iterable[Any], *, netns: str | None = None,
 
 
 def _edit_set(name: str, elements: list, add: bool, netns: str | None, backend: Backend | None) -> list[str]:
-    if backend is None and _agent.running(netns):   # while an agent runs, it is the one writer
-        return _agent.call(netns, "set_add" if add else "set_delete", name=name, elements=elements)
+    if backend is None:   # while an agent runs, it is the one writer
+        done = _agent.offer(netns, "set_add" if add else "set_delete", name=name, elements=elements)
+        if done is not _agent.NOT_RUNNING:
+            return done
     backend = _backend(backend)
     with _serialised(netns, backend, op=f"{'add to' if add else 'delete from'} set {name}"):
         return _sets.edit_set(backend, netns, name, elements, add)
