@@ -5,7 +5,7 @@ directory). When no agent runs (no socket, or a dead agent's), everything works 
 
 The CLI's edit commands (CLI_EDITS) go further: their whole command line is sent before click is imported
 (cli/entry.py), and the agent runs it with the CLI's own click command (agent/api.py), its edit offered
-back to the agent in-process (`here`). Light to import: that client's run is mostly Python's start."""
+back to the agent in-process (`here`). Light to import: such a client imports json and socket, not typing."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The `bpfgate` command's entry point. Two kinds of command are answered here, before click, Rich and the
-control plane are imported (a whole run is then little more than Python's start):
+control plane are imported (a whole run is then Python's start and a few standard modules):
 - `bpfgate apply FILE` of the file applied last ("no change");
 - `bpfgate rule add|del ...` and `set add|del ...` while an agent runs for the command's namespace: the
   command line goes to the agent as it is, the agent parses it with the very click command (options are
