@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 
 from bpfgate.errors import BpfgateError, NotFound
-from bpfgate.kernel import links, netlink, netns, tc
+from bpfgate import lazy
+from bpfgate.kernel import links, netns
 
 from . import record
 from .point import Options, Point, prog_ids
 from .record import Attachment
+
+netlink = lazy.module("bpfgate.kernel.netlink")   # pyroute2: imported when an attach or detach needs it
+tc = lazy.module("bpfgate.kernel.tc")
 
 METHODS = ("tc", "libbpf")
 

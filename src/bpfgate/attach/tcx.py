@@ -8,11 +8,14 @@ pinned=False): then it lives as long as the attaching process.
 from __future__ import annotations
 
 from bpfgate.errors import BpfgateError
-from bpfgate.kernel import links, netlink, netns, pins
+from bpfgate import lazy
+from bpfgate.kernel import links, netns, pins
 
 from . import linked
 from .point import Options, Point, prog_ids
 from .record import Attachment
+
+netlink = lazy.module("bpfgate.kernel.netlink")   # pyroute2: imported when an attach or detach needs it
 
 
 def link_pin_path(att_netns: str | None, dev: str, hook: str) -> str:

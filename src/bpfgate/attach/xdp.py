@@ -6,12 +6,15 @@ pinned under /sys/fs/bpf/bpfgate/links/ unless the caller holds it.
 
 from __future__ import annotations
 
-from bpfgate.kernel import links, netlink, netns
+from bpfgate import lazy
+from bpfgate.kernel import links, netns
 
 from . import linked
 from .point import Options, Point, prog_ids
 from .record import Attachment, save
 from .tcx import link_pin_path
+
+netlink = lazy.module("bpfgate.kernel.netlink")   # pyroute2: imported when an attach or detach needs it
 
 
 def attach(prog, point: Point, opts: Options, *, pinned: bool = True) -> Attachment:

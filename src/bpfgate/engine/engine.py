@@ -18,7 +18,8 @@ from contextlib import closing, contextmanager
 from bpfgate import attach as attach_mod
 from bpfgate import cgroups
 from bpfgate.errors import BpfgateError, NotFound, PolicyError
-from bpfgate.kernel import netlink, pins
+from bpfgate import lazy
+from bpfgate.kernel import pins
 from bpfgate.kernel.maps import Map, possible_cpus
 from bpfgate.kernel.objects import BpfObject, LoadFailedQuietly
 from bpfgate.policy import layout as L
@@ -34,6 +35,8 @@ from . import recover, resize
 from .listing import read_counters
 from .paths import MAPS, pin_dir
 from .state import SNAPSHOT_NEXT, StateStore
+
+netlink = lazy.module("bpfgate.kernel.netlink")   # pyroute2: edits of a running engine need none
 
 OBJECT = "engine"
 OWNER = "engine"
