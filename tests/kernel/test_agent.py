@@ -336,3 +336,38 @@ def test_edits_are_answered_by_the_agent_before_click(agent_env):
     assert a.stop() == 0
     r, imported = run_entry(*add, env=env)   # no agent: the full command line, which edits directly
     assert r.returncode == 0 and "click" in imported and "no-8081" in rule_names(n), r.stderr
+
+
+def test_errors_through_the_agent_keep_their_type_and_fields(agent_env, monkeypatch):
+    """The Python API's edits while the agent runs: each error the control plane raises in the agent comes back
+    as it was raised (type, message, exit code, fields: a PolicyError's path and reason), and a request the
+    agent fails on unexpectedly is answered with an error, logged, and not done directly by the client."""
+    from bpfgate.agent import client
+    from bpfgate.errors import BadInput, NotFound, PolicyError
+
+    n, d, start = agent_env
+    policy = yaml.safe_load(drop_port(n.dev, 8080))
+    (d / "p.yaml").write_text(yaml.safe_dump({**policy, "sets": {"ports": {"type": "port", "elements": [8082]}}}))
+    a = start()
+    assert until(lambda: "no-8080" in rule_names(n))
+    monkeypatch.setenv(client.DIR_ENV, a.args[a.args.index("--state-dir") + 1])
+    before = rule_names(n)
+    with pytest.raises(PolicyError) as e:
+        policyctl.add_rule(n.dev, "tc-ingress", {"name": "bad", "src": "198.18.0.300/32"}, netns=n.ns)
+    assert e.value.path == "rule bad.src" and "198.18.0.300" in e.value.reason and e.value.exit_code == 2
+    with pytest.raises(NotFound, match="no-such") as e:
+        policyctl.delete_rule(n.dev, "tc-ingress", "no-such", netns=n.ns)
+    with pytest.raises(PolicyError, match="exists") as e:
+        policyctl.add_rule(n.dev, "tc-ingress", {"name": "no-8080", "action": "drop"}, netns=n.ns)
+    assert e.value.path == "rule no-8080"
+    with pytest.raises((PolicyError, BadInput)) as e:
+        policyctl.set_add("ports", ["99999"], netns=n.ns)
+    assert "99999" in str(e.value) and e.value.exit_code == 2
+    assert rule_names(n) == before
+    with pytest.raises(BpfgateError, match="add_rule in the bpfgate agent: [A-Za-z]+Error: ") as e:
+        client.offer(n.ns, "add_rule", dev=n.dev, hook="tc-ingress", rule=42)   # not what a client sends
+    assert type(e.value) is BpfgateError
+    logged = a.wait_log(lambda r: r["msg"] == "request failed")
+    assert logged["level"] == "error" and logged["op"] == "add_rule" and "Traceback" in logged["traceback"]
+    assert rule_names(n) == before and client.running(n.ns)["pid"] == a.p.pid   # still serving
+    assert a.stop() == 0

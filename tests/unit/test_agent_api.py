@@ -160,3 +160,134 @@ def test_an_edit_answered_by_the_agent_imports_neither_click_nor_the_control_pla
             " file=sys.stderr)\n")
     r = subprocess.run([sys.executable, "-c", code, *ADD], capture_output=True, text=True, timeout=60, check=False)
     assert (r.returncode, r.stdout, r.stderr) == (0, "OK   rule web added on eth0 tc-ingress at position 3\n", "[]\n")
+
+
+DEL = ["rule", "del", "web", "--dev", "eth0", "--netns", "bgunit"]
+
+
+def test_an_unexpected_error_in_the_agent_is_answered_and_logged(api, monkeypatch, capsys):
+    """Not one of ours: the client gets an error (never "no agent", which would make it edit directly beside
+    the agent), the agent logs it as a JSON line with its traceback and keeps serving."""
+    from bpfgate.agent import api as api_mod
+    from bpfgate.cli import entry
+
+    def broken(agent, a):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(api_mod.OPS, "delete_rule", broken)
+    for ask in (client.call, client.offer):
+        with pytest.raises(BpfgateError, match="delete_rule in the bpfgate agent: RuntimeError: boom") as e:
+            ask("bgunit", "delete_rule", dev="eth0", hook="tc-ingress", name="x")
+        assert type(e.value) is BpfgateError and e.value.exit_code == 1
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(r["level"], r["msg"], r["op"], r["error"]) for r in logged] == \
+        [("error", "request failed", "delete_rule", "RuntimeError: boom")] * 2
+    assert "raise RuntimeError" in logged[0]["traceback"]
+    assert entry.answered_by_agent(DEL) == 1   # the command line run in the agent: the same, one line
+    err = capsys.readouterr().err.splitlines()
+    assert json.loads(err[0])["msg"] == "request failed" and len(err) == 2   # the agent's log, then the client's
+    assert err[1] == "bpfgate: error: delete_rule in the bpfgate agent: RuntimeError: boom (an error of the agent " \
+                     "itself; see its log)", err
+    assert client.running("bgunit")["pid"] == os.getpid()
+    for bad in (b"[1]\n", b"{not json\n"):   # a malformed request: answered too
+        reply = json.loads(api[1].answer(bad))
+        assert not reply["ok"] and reply["error"]["cause"].startswith("bad request"), reply
+
+
+@pytest.fixture
+def mute_agent(tmp_path, monkeypatch):
+    """A socket whose listener takes each request and closes without a reply (an agent that died on it)."""
+    import threading
+
+    monkeypatch.setenv(client.DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(client, "WAIT_S", 5)
+    path = client.socket_path("bgmute")
+    os.makedirs(os.path.dirname(path))
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(8)
+    taken = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            taken.append(conn.makefile("rb").readline())
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield taken
+    srv.close()
+    t.join(5)
+
+
+def test_an_agent_that_took_the_request_and_gave_no_reply_is_not_no_agent(mute_agent, capsys):
+    """Only no socket or a refused connection mean no agent; here the client, the Python API and the CLI fail
+    saying the agent did not answer, and none of them edits directly."""
+    from bpfgate import policyctl
+    from bpfgate.cli import entry, main
+
+    with pytest.raises(BpfgateError, match="delete_rule through the bpfgate agent: the agent did not answer"):
+        client.offer("bgmute", "delete_rule", dev="eth0", hook="tc-ingress", name="x")
+    with pytest.raises(BpfgateError, match="the agent did not answer"):
+        policyctl.delete_rule("eth0", "tc-ingress", "x", netns="bgmute")
+    with pytest.raises(BpfgateError, match="ping through the bpfgate agent: the agent did not answer"):
+        client.running("bgmute")   # apply's refusal asks this: it must not take the agent for gone
+    argv = ["rule", "del", "x", "--dev", "eth0", "--netns", "bgmute"]
+    assert entry.answered_by_agent(argv) == 1 and main.invoke(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("the agent did not answer") == 2 and "Traceback" not in err, err
+    assert len(mute_agent) == 5
+
+
+def _errors() -> list[BpfgateError]:
+    from bpfgate.engine.engine import NoRoom
+    from bpfgate.errors import AttachError, NotSupported, PacketError, PolicyError, VerifierError
+    from bpfgate.policyctl.apply import ApplyError
+
+    return [VerifierError("load engine", "12: (bf) r1 = r6\nR1 invalid mem access 'scalar'", "the whole log",
+                          prog="bg_engine"),
+            NotSupported("tcx", "not in this kernel", min_kernel="6.6", errno=95),
+            PolicyError("rule web.src", "'198.18.0.300/32' is not an address"),
+            PacketError("tcp to x", "x", "not an address"), AttachError("attach eth0", 16),
+            NoRoom("rule web", "no room"), NotFound("delete rule x", "no such rule", hint="see `bpfgate rules`"),
+            ApplyError("apply policy", NotFound("swap", "gone"), 0, [])]
+
+
+@pytest.mark.parametrize("err", _errors(), ids=lambda e: type(e).__name__)
+def test_errors_cross_the_socket_with_their_fields(api, monkeypatch, err):
+    """Each error a reply can carry is rebuilt with its type (the nearest of bpfgate.errors), message, exit code
+    and fields: a VerifierError keeps the summary the CLI prints under it, a PolicyError its path and reason."""
+    from bpfgate import errors
+    from bpfgate.agent import api as api_mod
+
+    def failing(agent, a):
+        raise err
+
+    monkeypatch.setitem(api_mod.OPS, "set_add", failing)
+    with pytest.raises(BpfgateError) as e:
+        client.offer("bgunit", "set_add", name="s", elements=["x"])
+    got = e.value
+    want = next(c for c in type(err).__mro__ if getattr(errors, c.__name__, None) is c)
+    assert type(got) is want and str(got) == str(err) and got.exit_code == err.exit_code
+    assert (got.op, got.cause, got.hint) == (err.op, err.cause, err.hint)
+    assert json.loads(json.dumps(vars(err), default=str)) == vars(got)
+
+
+def test_a_verifier_error_from_the_agent_prints_as_the_cli_prints_one(api, monkeypatch, capsys):
+    from bpfgate.agent import api as api_mod
+    from bpfgate.cli import main
+
+    err = _errors()[0]
+
+    def failing(agent, a):
+        raise err
+
+    monkeypatch.setitem(api_mod.OPS, "delete_rule", failing)
+    assert main.invoke(DEL) == 5   # the full command line, its edit offered to the agent
+    out, text = capsys.readouterr()
+    assert out == "" and text.startswith("bpfgate: error: load engine: verifier rejected program 'bg_engine': ")
+    assert "R1 invalid mem access 'scalar'" in text and "12: (bf) r1 = r6" in text and "Traceback" not in text

@@ -9,10 +9,11 @@ import json
 import os
 import socketserver
 import threading
+import traceback
 from typing import Any, Callable
 
 from bpfgate.agent import client
-from bpfgate.agent.daemon import Agent
+from bpfgate.agent.daemon import Agent, log
 from bpfgate.errors import BpfgateError
 
 
@@ -49,6 +50,14 @@ class _Elsewhere(Exception):
     """A client's edit command names another namespace than the agent's: the client runs it itself."""
 
 
+def _named(req: dict) -> str:
+    """The request's operation, as its client names it (a command line: the edit it does)."""
+    op, argv = str(req.get("op")), req.get("argv")
+    if op == "cli" and isinstance(argv, list) and all(isinstance(a, str) for a in argv[:2]):
+        return client.CLI_EDITS.get(tuple(argv[:2]), op)
+    return op
+
+
 class Api:
     def __init__(self, agent: Agent):
         self.agent = agent
@@ -60,16 +69,7 @@ class Api:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                try:
-                    req = json.loads(self.rfile.readline())
-                    reply = {"ok": True, "result": api.run(req)}
-                except BpfgateError as e:
-                    reply = {"ok": False, "error": {"type": type(e).__name__, "op": e.op, "cause": e.cause,
-                                                    "hint": e.hint}}
-                except (ValueError, KeyError, TypeError) as e:
-                    reply = {"ok": False, "error": {"type": "BpfgateError", "op": "agent request",
-                                                    "cause": f"bad request: {e}"}}
-                self.wfile.write(json.dumps(reply, default=str).encode() + b"\n")
+                self.wfile.write(api.answer(self.rfile.readline()))
 
         try:
             os.unlink(self.path)   # a killed agent's (the pid lock says no agent runs)
@@ -85,12 +85,39 @@ class Api:
         threading.Thread(target=self._server.serve_forever, name="agent-api", daemon=True).start()
         return self.path
 
+    def answer(self, line: bytes) -> bytes:
+        """The reply to one request line: always one, whatever went wrong (a client with no reply must not
+        take it for "no agent" and write beside the agent); an error not of ours is logged with its
+        traceback."""
+        op = "agent request"
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            reply = {"ok": False, "error": {"type": "BpfgateError", "op": op, "cause": f"bad request: {e}"}}
+        else:
+            op = _named(req)
+            try:
+                reply = {"ok": True, "result": self.run(req)}
+            except Exception as e:   # noqa: BLE001 - every request gets its answer; the agent keeps serving
+                if not isinstance(e, BpfgateError):
+                    log("error", "request failed", op=op, error=f"{type(e).__name__}: {e}",
+                        traceback=traceback.format_exc())
+                reply = {"ok": False, "error": client.error_reply(e, op)}
+        try:
+            return json.dumps(reply, default=str).encode() + b"\n"
+        except (TypeError, ValueError) as e:   # a result JSON cannot carry (default=str takes most)
+            log("error", "reply not serialisable", op=op, error=f"{type(e).__name__}: {e}")
+            return json.dumps({"ok": False, "error": client.error_reply(e, op)}).encode() + b"\n"
+
     def run(self, req: dict) -> Any:
         op = req.get("op")
         if op == "ping":
             return {"pid": os.getpid(), "policy_dir": self.agent.policy_dir}
         if op == "cli":
-            return self.run_cli(req["argv"], req["tty"], req["colour"])
+            plain = [False, False]
+            return self.run_cli(req.get("argv"), req.get("tty") or plain, req.get("colour") or plain)
         fn = OPS.get(op)
         if fn is None:
             raise BpfgateError("agent request", f"unknown operation {op!r}")

@@ -97,8 +97,11 @@ class _NoAgent(Exception):
 
 
 def _call(netns: str | None, request: dict, what: str | None = None) -> dict:
-    """One request, its reply; `what`: the operation's name in a timeout's error (default the op's)."""
+    """One request, its reply; `what`: the operation's name in a timeout's error (default the op's).
+    _NoAgent only when nobody listens (no socket, connection refused): an agent that took the request and
+    gave no reply is an error, never "no agent", or the caller would write beside a running agent."""
     path = socket_path(netns)
+    doing = f"{what or request['op']} through the bpfgate agent"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(WAIT_S)
     try:
@@ -108,32 +111,63 @@ def _call(netns: str | None, request: dict, what: str | None = None) -> dict:
             raise _NoAgent() from None   # a socket a killed agent left: nobody listens
         except PermissionError:
             raise errors.PermissionDenied(f"talk to the bpfgate agent at {path}", "permission denied") from None
-        s.sendall(json.dumps(request, default=str).encode() + b"\n")   # addresses as text
         data = b""
         try:
+            s.sendall(json.dumps(request, default=str).encode() + b"\n")   # addresses as text
             while not data.endswith(b"\n"):
                 chunk = s.recv(1 << 16)
                 if not chunk:
                     break
                 data += chunk
         except socket.timeout:
-            raise BpfgateError(f"{what or request['op']} through the bpfgate agent",
-                               f"no answer in {WAIT_S:g} s: the agent is busy (reconciling)",
+            raise BpfgateError(doing, f"no answer in {WAIT_S:g} s: the agent is busy (reconciling)",
                                hint="try again, or raise BPFGATE_AGENT_WAIT") from None
+        except OSError as e:   # reset or broken pipe: the agent went away while it had the request
+            data = b""
+            lost = f" ({e.strerror or e})"
+        else:
+            lost = ""
     finally:
         s.close()
-    if not data:
-        raise _NoAgent()
-    reply = json.loads(data)
+    try:
+        reply = json.loads(data) if data.endswith(b"\n") else None
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise BpfgateError(doing, f"the agent did not answer{lost}: it closed the connection without a reply",
+                           hint="nothing was done here, beside the agent; see its log, and try again")
     if not reply.get("ok"):
-        e = reply["error"]
-        cls = getattr(errors, e.get("type", ""), None)
-        if not (isinstance(cls, type) and issubclass(cls, BpfgateError)):
-            cls = BpfgateError
-        err = cls.__new__(cls)   # its type (exit code) kept; the subclasses' constructors differ
-        BpfgateError.__init__(err, e["op"], e["cause"], hint=e.get("hint"))
-        raise err
+        raise rebuilt(reply["error"])
     return reply
+
+
+def error_reply(e: BaseException, op: str) -> dict:
+    """The reply's "error" for `e` raised while the agent served `op`: a BpfgateError with its type (the
+    nearest of bpfgate.errors), exit code and fields (a VerifierError's summary, a PolicyError's path, ...),
+    anything else as a BpfgateError naming its type and message."""
+    if not isinstance(e, BpfgateError):
+        return {"type": "BpfgateError", "op": f"{op} in the bpfgate agent", "cause": f"{type(e).__name__}: {e}",
+                "hint": "an error of the agent itself; see its log"}
+    known = next(c for c in type(e).__mro__ if getattr(errors, c.__name__, None) is c)
+    fields = {k: v for k, v in vars(e).items() if k not in ("op", "cause", "hint") and not k.startswith("_")}
+    return {"type": known.__name__, "op": e.op, "cause": e.cause, "hint": e.hint, "message": str(e),
+            "exit_code": e.exit_code, "fields": fields}
+
+
+def rebuilt(e: dict) -> BpfgateError:
+    """The error of a reply (error_reply) raised here: its type, message, exit code and fields as the agent
+    had them (a VerifierError keeps its summary for the CLI's detail line)."""
+    cls = getattr(errors, e.get("type", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, BpfgateError)):
+        cls = BpfgateError
+    err = cls.__new__(cls)   # the subclasses' constructors differ: their fields are set as they were
+    BpfgateError.__init__(err, e["op"], e["cause"], hint=e.get("hint"))
+    err.__dict__.update(e.get("fields") or {})
+    if e.get("message"):
+        err.args = (e["message"],)
+    if e.get("exit_code", cls.exit_code) != cls.exit_code:
+        err.exit_code = e["exit_code"]
+    return err
 
 
 def refuse_writes(netns: str | None, what: str) -> None:
