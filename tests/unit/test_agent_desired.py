@@ -60,3 +60,23 @@ def test_a_file_changing_a_few_rules_is_read_only_where_it_changed(tmp_path, mon
     write(new[1:2] + new[:1] + new[2:])   # a rule moved: read whole
     moved = desired.read(str(tmp_path), ["eth0", "eth1"], cache)
     assert calls == ["big.yaml"] and [r.name for r in moved[0].policies[0].hooks[next(iter(want[0].hooks))].rules][:2] == ["r1", "r0"]
+
+
+def test_a_settled_file_is_known_by_its_stat_and_a_fresh_one_read_again(tmp_path, monkeypatch):
+    reads = []
+    real = export.read_policy_file
+    monkeypatch.setattr(export, "read_policy_file", lambda path: reads.append(path) or real(path))
+    path = tmp_path / "a.yaml"
+    path.write_text(POLICY.format(dev="eth0", rule="one"))
+    cache: dict = {}
+    desired.read(str(tmp_path), ["eth0"], cache)
+    desired.read(str(tmp_path), ["eth0"], cache)
+    assert len(reads) == 2   # just written: two writes in one clock tick could share a stat, so read again
+    monkeypatch.setattr(desired, "SETTLED_S", -1.0)   # as if written long ago
+    desired.read(str(tmp_path), ["eth0"], cache)
+    first = desired.read(str(tmp_path), ["eth0"], cache)
+    assert len(reads) == 3   # its stat stood for its bytes: not read, nor hashed
+    path.write_text(POLICY.format(dev="eth0", rule="two"))
+    second = desired.read(str(tmp_path), ["eth0"], cache)
+    assert len(reads) == 4 and second[0].digest != first[0].digest
+    assert second[0].policies[0].hooks[next(iter(second[0].policies[0].hooks))].rules[0].name == "two"

@@ -70,3 +70,67 @@ def test_a_guarded_hook_is_left_to_the_full_path():
     assert change(old.replace("name: r5\n", "name: r5x\n"), old) is None
     old = text(BASE, default="deny", hook="xdp")
     assert change(old.replace("name: r5\n", "name: r5x\n"), old) is None
+
+
+def _batch(names: list[str], edits: list[tuple]) -> list[str]:
+    """The rule names after LiveHook.batch's edits: deletes, replaces (in place), adds at their index."""
+    out = [n for n in names if n not in {e[1] for e in edits if e[0] == "delete"}]
+    for e in edits:
+        if e[0] == "add":
+            out.insert(e[2], e[1].name)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_changes_give_edits_that_make_the_new_list_or_none(seed):
+    import importlib
+    import random
+
+    export = importlib.import_module("bpfgate.policyctl.export")   # the modules (policyctl.export and
+    plan = importlib.import_module("bpfgate.policyctl.plan")       # policyctl.plan are also functions)
+
+    rng = random.Random(seed)
+    old_names = [f"r{i}" for i in range(60)]
+    new_names, changed = list(old_names), set()
+    for _ in range(rng.randint(1, 5)):
+        op = rng.choice(["delete", "rename", "insert", "change", "change", "move"])
+        i = rng.randrange(len(new_names))
+        if op == "delete":
+            del new_names[i]
+        elif op == "rename":
+            new_names[i] = new_names[i] + "x"
+        elif op == "insert":
+            new_names.insert(i, f"n{rng.randrange(1000)}")
+        elif op == "change":
+            changed.add(new_names[i])   # same name, another protocol: a replace
+        else:
+            new_names.insert(rng.randrange(len(new_names)), new_names.pop(i))
+    if len(set(new_names)) != len(new_names):
+        return
+    old, new = text(old_names), text(new_names)
+    for name in changed:
+        new = new.replace(f"name: {name}\n        protocol: udp", f"name: {name}\n        protocol: sctp")
+    ch = change(new, old)
+    if ch is None:
+        return   # the full path (a move, too many changes ...): what it must do is test_what_it_leaves...
+    edits = ch.forward[("eth0", Hook.TC_INGRESS)]
+    assert _batch(old_names, edits) == new_names
+    assert _batch(new_names, ch.backward[("eth0", Hook.TC_INGRESS)]) == old_names
+    # the agent's way: the new documents patched from the old ones, and the plan it remembers for them
+    old_docs = export.load_policies(old, "policy.yaml")
+    docs, split = inc.patched(new, old, old_docs, "policy.yaml")
+    assert split.lists[0].items == inc.rules_lists(new)[0].items
+    want = export.load_policies(new, "policy.yaml")
+    assert docs[0].hooks == want[0].hooks
+    o, n = old_docs[0].hooks[Hook.TC_INGRESS], docs[0].hooks[Hook.TC_INGRESS]
+    remembered = plan.rule_changes(o, n)
+    plan._known_changes.clear()
+    assert remembered == plan.rule_changes(o, n)
+
+
+def test_a_kept_split_of_the_old_text_gives_the_same_change():
+    old = text(BASE)
+    new = text(BASE).replace("name: r5\n", "name: r5x\n")
+    kept = inc.split(old)
+    a, b = change(new, old), inc.small_change(new, old, "policy.yaml", None, kept)
+    assert a.forward == b.forward and a.patches == b.patches

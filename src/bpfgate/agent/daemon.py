@@ -83,8 +83,9 @@ class Agent:
 
     @property
     def engines(self):
-        """The engines rule edits through the socket use, held open between requests (reopened when
-        another writer changed one): a one-rule edit does not load the saved state every time."""
+        """The engines the rounds and the edits through the socket use, held open between them (reopened
+        when another writer changed one): a one-rule edit does not load the saved state every time, and a
+        round compares a file's policy with the one it applied last (the same objects, mostly)."""
         if self._engines is None:
             from bpfgate.policyctl.engine_backend import EngineBackend
 
@@ -169,8 +170,8 @@ class Agent:
                 for dev, hook in missing:   # its state says attached, the kernel has none: start clean
                     self._remove(dev, hook)
             try:
-                if pf.policies:
-                    policyctl.apply(pf.policies, netns=self.netns, start_watcher=False)
+                if pf.policies:   # with the held engines: the plan compares with the policy applied last
+                    policyctl.apply(pf.policies, netns=self.netns, start_watcher=False, backend=self.engines)
             except BpfgateError as e:
                 rnd.errors[pf.path] = str(e)
                 continue
@@ -190,7 +191,7 @@ class Agent:
         from bpfgate import policyctl
 
         try:
-            policyctl.remove(dev, hook, netns=self.netns)
+            policyctl.remove(dev, hook, netns=self.netns, backend=self.engines)
         except NotFound:
             pass   # gone already (its interface too, perhaps)
 

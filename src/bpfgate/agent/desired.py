@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 
 from bpfgate.errors import BpfgateError
@@ -41,11 +42,34 @@ def policy_files(directory: str) -> list[str]:
             if n.endswith(SUFFIXES) and not n.startswith(".") and os.path.isfile(os.path.join(directory, n))]
 
 
+SETTLED_S = 2.0   # a file unchanged for this long is known by its stat (see _identity)
+
+
+@dataclass
+class _Seen:
+    """A policy file as the last round read it."""
+    identity: tuple | None   # _identity() when it may stand for the bytes, else None (read them again)
+    raw: str                 # sha256 of its bytes
+    docs: list[Policy]
+    text: str
+    split: object = None     # incremental.split(text), once a change needed it
+
+
+def _identity(path: str) -> tuple | None:
+    """What stands for a file's bytes between rounds: its stat, once it has not changed for SETTLED_S (a
+    write also sets ctime, which no one can set back; two writes inside one clock tick of the kernel's can
+    leave the same stat, so a file changed that recently is read again next round)."""
+    st = os.stat(path)
+    if time.time() - st.st_ctime < SETTLED_S:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def read(directory: str, interfaces: list[str], parsed: dict | None = None) -> list[PolicyFile]:
     """Every policy file, each with its policies per concrete interface or its error. An interface two
-    files claim goes to the first file (by name); the second is in error. `parsed` ({path: (digest of its
-    bytes, its documents, its text)}, kept by the caller between rounds): a file whose bytes did not change is
-    not read again (a round every few seconds must not parse a 100k-rule file each time), and one that
+    files claim goes to the first file (by name); the second is in error. `parsed` (path -> what the last
+    round read, kept by the caller between rounds): a file whose stat or bytes did not change is not read
+    again (a round every few seconds must not parse, nor hash, a 100k-rule file each time), and one that
     changed a few rules is read only where it changed."""
     from bpfgate.policyctl import incremental
     from bpfgate.policyctl.export import load_policies, read_policy_file
@@ -58,19 +82,24 @@ def read(directory: str, interfaces: list[str], parsed: dict | None = None) -> l
         del cache[gone]
     for path in paths:
         try:
-            decoded, name = read_policy_file(path)
-            text = decoded.encode("utf-8", "surrogatepass")
-            raw = hashlib.sha256(text).hexdigest()
             hit = cache.pop(path, None)
-            if hit is not None and hit[0] == raw:
-                docs = hit[1]
-            else:   # a few rules changed: only they are read (policyctl/incremental.py)
-                docs = (hit is not None and incremental.patched(decoded, hit[2], hit[1], name)) or \
-                    load_policies(decoded, name)
-            cache[path] = (raw, docs, decoded)
+            identity = _identity(path)
+            if hit is not None and identity is not None and hit.identity == identity:
+                seen = hit
+            else:
+                decoded, name = read_policy_file(path)
+                raw = hashlib.sha256(decoded.encode("utf-8", "surrogatepass")).hexdigest()
+                if hit is not None and hit.raw == raw:
+                    seen = _Seen(identity, raw, hit.docs, hit.text, hit.split)
+                else:   # a few rules changed: only they are read (policyctl/incremental.py)
+                    done = hit is not None and incremental.patched(decoded, hit.text, hit.docs, name, hit.split)
+                    seen = _Seen(identity, raw, done[0], decoded, done[1]) if done else \
+                        _Seen(identity, raw, load_policies(decoded, name), decoded)
+            cache[path] = seen
         except (OSError, BpfgateError) as e:
             out.append(PolicyFile(path, "", error=str(e)))
             continue
+        docs = seen.docs
         policies, error = [], None
         for doc in docs:
             if doc.cgroups:   # the agent keeps interfaces in step; a cgroup's engine is applied by hand
@@ -85,7 +114,7 @@ def read(directory: str, interfaces: list[str], parsed: dict | None = None) -> l
                     claimed[dev] = path
                     policies.append(Policy(interfaces=[dev], hooks=dict(doc.hooks)))
         expanded = ",".join(sorted(d for p in policies for d in p.interfaces))
-        digest = hashlib.sha256(text + b"\0" + expanded.encode()).hexdigest()
+        digest = hashlib.sha256(f"{seen.raw}\0{expanded}".encode()).hexdigest()
         out.append(PolicyFile(path, digest, [] if error else policies, error))
     return out
 

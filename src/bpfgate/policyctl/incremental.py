@@ -13,6 +13,7 @@ an edit the engine refuses) returns None: the full path runs and says what is wr
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from dataclasses import dataclass
@@ -84,10 +85,13 @@ class ListChange:
     added: list[tuple[int, str]]     # (index in the new list, item text)
 
 
-def list_change(old: list[str], new: list[str], most: int) -> ListChange | None:
+def list_change(old: list[str], new: list[str], most: int, in_old: set[str] | None = None,
+                in_new: set[str] | None = None) -> ListChange | None:
     """The items one list lost and gained (at most `most` of them), when the items both hold keep their
-    order; else None. Set and list operations only (C speed: ~40 ms for two lists of 100k)."""
-    in_old, in_new = set(old), set(new)
+    order; else None. Set and list operations only (C speed: ~40 ms for two lists of 100k). `in_old`,
+    `in_new`: the lists' sets, when the caller has them."""
+    in_old = set(old) if in_old is None else in_old
+    in_new = set(new) if in_new is None else in_new
     if len(in_old) != len(old) or len(in_new) != len(new):
         return None   # the same item twice: the full path names the duplicate rule
     gone, came = in_old - in_new, in_new - in_old
@@ -136,14 +140,19 @@ def _edits(ch: ListChange, old_rules, new_rules, n_old: int, n_new: int) -> tupl
         return None
     adds = sorted(((i, n, r) for n, (i, r) in new_by.items() if n not in old_by), key=lambda x: x[0])
     # the order the edits give: the old list less its removed rules (a changed one stays in its place), then
-    # each add inserted at its index; every rule of new_by must land at its index in the new list
-    at = {i: n for n, (i, _r) in old_by.items()}
-    seq = [at.get(i) for i in range(n_old) if i not in at or at[i] in new_by]
-    for i, n, _r in adds:
-        seq.insert(i, n)
-    pos = {n: i for i, n in enumerate(seq) if n is not None}
-    if len(seq) != n_new or any(pos.get(n) != i for n, (i, _r) in new_by.items()):
-        return None
+    # each add inserted at its index; every rule of new_by must land at its index in the new list (counted
+    # from the edits alone: the lists are 100k long, the edits a few)
+    deleted = sorted(i for n, (i, _r) in old_by.items() if n not in new_by)
+    kept = n_old - len(deleted)
+    if kept + len(adds) != n_new or any(i > kept + k for k, (i, _n, _r) in enumerate(adds)):
+        return None   # (an add past the end of the list at its turn would land short of its index)
+    for n, (i, _r) in new_by.items():
+        if n in old_by:
+            at = old_by[n][0] - bisect.bisect_left(deleted, old_by[n][0])
+            for j, _n, _r in adds:
+                at += j <= at
+            if at != i:
+                return None
     edits: list = [("delete", n) for n in old_by if n not in new_by]
     edits += [("replace", n, r) for n, (_i, r) in new_by.items() if n in old_by]
     edits += [("add", r, i) for i, _n, r in adds]
@@ -155,24 +164,42 @@ def _edits(ch: ListChange, old_rules, new_rules, n_old: int, n_new: int) -> tupl
 
 
 @dataclass
+class Split:
+    """A text's rules lists, and each list's items as a set: what the next text is compared with (the agent
+    keeps it between rounds, so only the new text is split)."""
+    lists: list[RulesList]
+    sets: list[set[str]]
+
+
+def split(text: str) -> Split | None:
+    lists = rules_lists(text)
+    return None if lists is None else Split(lists, [set(lst.items) for lst in lists])
+
+
+@dataclass
 class Change:
     plan: Plan
     forward: dict      # (dev, hook) -> edits
     backward: dict     # (dev, hook) -> edits that undo them
+    patches: dict      # hook -> (old indices removed, [(new index, rule) added]): the new rules from the old
+    split: Split       # of the new text
 
 
-def small_change(text: str, old_text: str, source: str, netns: str | None) -> Change | None:
-    """The change from the file applied last to `text` as batches of live edits, or None (see the module)."""
+def small_change(text: str, old_text: str, source: str, netns: str | None,
+                 old_split: Split | None = None) -> Change | None:
+    """The change from the file applied last to `text` as batches of live edits, or None (see the module).
+    `old_split`: split(old_text), when the caller kept it."""
     from . import guard
     from .export import desired_state
 
-    lists, old_lists = rules_lists(text), rules_lists(old_text)
-    if not lists or old_lists is None or len(lists) != len(old_lists):
+    new_split, old_split = split(text), old_split or split(old_text)
+    if not new_split or not new_split.lists or old_split is None or len(new_split.lists) != len(old_split.lists):
         return None
+    lists, old_lists = new_split.lists, old_split.lists
     if frame(text, lists, [[]] * len(lists)) != frame(old_text, old_lists, [[]] * len(lists)):
         return None
-    changes = [list_change(o.items, n.items, min(2 * BATCH_MAX, len(n.items) // 5))
-               for o, n in zip(old_lists, lists)]
+    changes = [list_change(o.items, n.items, min(2 * BATCH_MAX, len(n.items) // 5), os, ns)
+               for o, n, os, ns in zip(old_lists, lists, old_split.sets, new_split.sets)]
     if any(c is None for c in changes) or not any(c.removed or c.added for c in changes):
         return None   # (no item changed: the frame's text is the same, so the digests cannot differ)
     if any(u in t for c in changes for _i, t in c.removed + c.added for u in _UNSAFE):
@@ -185,7 +212,7 @@ def small_change(text: str, old_text: str, source: str, netns: str | None) -> Ch
         return None   # the full path reports it, with the line in the whole file
     if set(new_found) != set(range(len(lists))) or set(old_found) != set(new_found):
         return None
-    per_hook = {}
+    per_hook, patches = {}, {}
     for k, c in enumerate(changes):
         hook, added = new_found[k]
         old_hook, removed = old_found[k]
@@ -197,6 +224,7 @@ def small_change(text: str, old_text: str, source: str, netns: str | None) -> Ch
         if fwd is None or back is None:
             return None
         per_hook[hook] = (fwd, back)
+        patches[hook] = ([i for i, _t in c.removed], [(i, r) for (i, _t), r in zip(c.added, added)])
     forward, backward, hooks = {}, {}, []
     frame_hps = desired_state([new_policy])
     for (dev, hook), hp in sorted(frame_hps.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
@@ -208,34 +236,34 @@ def small_change(text: str, old_text: str, source: str, netns: str | None) -> Ch
             return None   # the guard reads every rule: the full path
         forward[(dev, hook)], backward[(dev, hook)] = edits, undo
         hooks.append(HookPlan(dev, hook, "swap", hp, hp, rule_changes))
-    return Change(Plan(netns, hooks), forward, backward)
+    return Change(Plan(netns, hooks), forward, backward, patches, new_split)
 
 
-def patched(text: str, old_text: str, old: list, source: str) -> list | None:
-    """The documents of `text` made from those of `old_text` (`old`, one document) and the items that
-    changed, or None (read the file whole). What the agent does with a file that changed a little."""
+def patched(text: str, old_text: str, old: list, source: str, old_split: Split | None = None):
+    """(the documents of `text` made from those of `old_text` (`old`, one document) and the items that
+    changed, split(text)), or None (read the file whole). What the agent does with a file that changed a
+    little. The plan of making old's hook policies the new ones is remembered (plan.remember_changes): the
+    agent's next apply need not compare 100k rules to find the few."""
+    from .plan import remember_changes
+
     if len(old) != 1:
         return None
-    change = small_change(text, old_text, source, None)
+    change = small_change(text, old_text, source, None, old_split)
     if change is None:
         return None
     hooks = dict(old[0].hooks)
-    for (_dev, hook), edits in change.forward.items():
-        if hooks[hook] is not old[0].hooks[hook]:
-            continue   # the same edits for each interface of the hook
-        hooks[hook] = hooks[hook].model_copy(update={"rules": tuple(edited(hooks[hook].rules, edits))})
-    return [old[0].model_copy(update={"hooks": hooks})]
-
-
-def edited(rules, edits: list[tuple]) -> list:
-    """`rules` after LiveHook.batch's edits (deletes, replaces, adds by index, in that order)."""
-    drop = {e[1] for e in edits if e[0] == "delete"}
-    swap = {e[1]: e[2] for e in edits if e[0] == "replace"}
-    out = [swap.get(r.name, r) for r in rules if r.name not in drop]
-    for e in edits:
-        if e[0] == "add":
-            out.insert(len(out) if e[2] is None else e[2], e[1])
-    return out
+    for hook, (removed, added) in change.patches.items():
+        if not removed and not added:
+            continue
+        rules = list(hooks[hook].rules)
+        for i in reversed(removed):
+            del rules[i]
+        for i, rule in added:
+            rules.insert(i, rule)
+        hooks[hook] = hooks[hook].model_copy(update={"rules": tuple(rules)})
+        remember_changes(old[0].hooks[hook], hooks[hook],
+                         next(h.rules for h in change.plan.hooks if h.hook == hook and h.action == "swap"))
+    return [old[0].model_copy(update={"hooks": hooks})], change.split
 
 
 def apply(text: str, dig: str, netns: str | None, backend, state_root: str | None, source: str):

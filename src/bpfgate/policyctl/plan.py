@@ -158,7 +158,37 @@ def rule_fields_changed(old: Rule, new: Rule) -> tuple[str, ...]:
     return tuple(f for f in fields if a.get(f) != b.get(f))
 
 
+# what the agent's rounds ask again and again of the same hook policies, remembered (with the policies, so
+# an id is never another object's; few, as each may be 100k rules): the changes between the last patched
+# policies, and the running policy's automation rules
+_known_changes: dict[int, tuple[HookPolicy, HookPolicy, list[RuleChange]]] = {}
+_known_automation: dict[int, tuple[HookPolicy, list[Rule]]] = {}
+
+
+def _remember(memo: dict, key: int, value: tuple, most: int) -> None:
+    memo[key] = value
+    for old in list(memo)[:-most]:
+        memo.pop(old, None)
+
+
+def remember_changes(old: HookPolicy, new: HookPolicy, changes: list[RuleChange]) -> None:
+    """`new` was made from `old` by these rule changes (incremental.patched: it read only them):
+    rule_changes(old, new) returns them instead of comparing every rule. The policies are held with them,
+    so an id is never another object's."""
+    _remember(_known_changes, id(new), (old, new, sorted(changes, key=_change_order)), 2)
+    known = _known_automation.get(id(old))
+    if known is not None and known[0] is old and not known[1]:   # (a file's rules have no owner)
+        _remember(_known_automation, id(new), (new, []), 1)
+
+
+def _change_order(c: RuleChange) -> tuple:
+    return ({"removed": 0}.get(c.kind, 1), c.position if c.position is not None else -1, c.name)
+
+
 def rule_changes(old: HookPolicy | None, new: HookPolicy | None) -> list[RuleChange]:
+    known = _known_changes.get(id(new))
+    if known is not None and known[0] is old and known[1] is new:
+        return list(known[2])
     old_rules = list(old.rules) if old else []
     new_rules = list(new.rules) if new else []
     by_old = {r.name: (i, r) for i, r in enumerate(old_rules)}
@@ -183,8 +213,7 @@ def rule_changes(old: HookPolicy | None, new: HookPolicy | None) -> list[RuleCha
         for name in b:
             if name not in stay:
                 out.append(RuleChange("moved", name, by_new[name][0]))
-    order = {"removed": 0, "added": 1, "changed": 1, "moved": 1}
-    out.sort(key=lambda c: (order[c.kind], c.position if c.position is not None else -1, c.name))
+    out.sort(key=_change_order)
     return out
 
 
@@ -211,12 +240,21 @@ def live_edits(h: HookPlan) -> list[tuple] | None:
 
 def automation(hp: HookPolicy | None) -> list[Rule]:
     """The rules of a hook policy that automation added (owner set)."""
-    return [r for r in hp.rules if r.owner is not None] if hp else []
+    if hp is None:
+        return []
+    known = _known_automation.get(id(hp))
+    if known is not None and known[0] is hp:
+        return list(known[1])
+    rules = [r for r in hp.rules if r.owner is not None]
+    _remember(_known_automation, id(hp), (hp, rules), 1)
+    return list(rules)
 
 
 def keep_automation(old: HookPolicy, new: HookPolicy) -> tuple[HookPolicy, list[Rule]]:
     """`new` with the automation rules of `old` it does not name, each at its index in `old` (SYN blocks
     run first, so they stay first), and the list of those rules."""
+    if not automation(old):
+        return new, []
     names = {r.name for r in new.rules}
     kept = [(i, r) for i, r in enumerate(old.rules) if r.owner is not None and r.name not in names]
     if not kept:
