@@ -77,3 +77,18 @@ def test_maglev_removal_moves_the_removed_backends_slots_and_little_else():
     assert maglev.disruption(old, new) - maglev.shares(old)["b19"] < 0.01
     # drained (weight 0) is removed from the table the same way
     assert maglev.build([*names[:-1], ("b19", 0)], 65537) == new
+
+
+def test_the_nat_word_test_is_regex_word_boundaries():
+    import random
+    import re
+
+    from bpfgate.nat import policy as nat_policy
+
+    rng = random.Random(7)
+    words = ["nat", "xnat", "nat_", "_nat", "nat1", "a nat", "nat:", "énat", "denat-x", "nat\n", "(nat)", "NAT",
+             "nat\u0301", "1nat", "-nat-", "ナnat", "nat٣"]
+    word = re.compile(r"\bnat\b")
+    for _ in range(5000):
+        text = "".join(rng.choice(words + [" ", "\n", "x", "é", "_", "-"]) for _ in range(rng.randint(0, 6)))
+        assert nat_policy._maybe_nat(text) == bool(word.search(text)), repr(text)

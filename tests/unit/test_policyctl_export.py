@@ -161,3 +161,26 @@ def test_examples_validate_compile_and_round_trip(path):
     for p in load_documents(engine_docs, path):
         compile_policy(p, ifindex=lambda name: 1)
         assert _roundtrip(p) == p
+
+
+def _documents_line_by_line(text: str) -> list[tuple[int, str]]:
+    """split_documents as a plain walk over every line: what its shortcuts must agree with."""
+    docs, start, cur = [], 0, []
+    for i, line in enumerate(text.splitlines(keepends=True)):
+        if line.rstrip() == "---" or line.startswith("--- "):
+            docs.append((start, "".join(cur)))
+            start, cur = i, [line[3:].lstrip() if line.startswith("--- ") else "\n"]
+            continue
+        cur.append(line)
+    docs.append((start, "".join(cur)))
+    return [(s, d) for s, d in docs if any(ln.strip() and not ln.lstrip().startswith("#") for ln in d.splitlines())]
+
+
+def test_split_documents_agrees_with_a_line_by_line_walk():
+    rng = random.Random(5)
+    parts = ["", "\n", "# c\n", "  # d\n", "a: 1\n", "---\n", "--- x: 1\n", "\r\n", "\x0b", "  ", "#", "b\n",
+             "-- \n", "----\n", "--- \n", "\u2028"]
+    texts = ["  \n" * 3000 + "x: 1\n", "#" * 5000 + "\nx: 1\n", "# only comments\n" * 400]
+    texts += ["".join(rng.choice(parts) for _ in range(rng.randint(0, 10))) for _ in range(5000)]
+    for text in texts:
+        assert split_documents(text) == _documents_line_by_line(text), repr(text)

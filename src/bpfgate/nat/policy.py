@@ -34,8 +34,18 @@ from .rules import NatRule, Service, rule_from, service_from
 
 
 # A document that can be a nat one names the key somewhere; one that does not is not parsed here (PyYAML took
-# ~80% of `apply` of a 100k-rule file just to find out).
-_MAYBE_NAT = re.compile(r"\bnat\b")
+# ~80% of `apply` of a 100k-rule file just to find out). The literal first: a pattern that starts with \b
+# is tried at every position (~200 ms over a 100k-rule file), one that starts with a literal is a fast scan.
+_NAT_WORD = re.compile(r"nat\b")
+
+
+def _maybe_nat(text: str) -> bool:
+    """The word `nat` is in the text (as \bnat\b finds it)."""
+    for m in _NAT_WORD.finditer(text):
+        before = text[m.start() - 1] if m.start() else " "
+        if not (before.isalnum() or before == "_"):
+            return True
+    return False
 
 
 @dataclass
@@ -50,7 +60,7 @@ def split(docs: list[tuple[int, str]], source: str) -> tuple[list[tuple[int, str
     engine, nat = [], []
     seen: set[str] = set()
     for start, text in docs:
-        if not _MAYBE_NAT.search(text):   # no `nat` key anywhere: an engine document, read once by the engine
+        if not _maybe_nat(text):   # no `nat` key anywhere: an engine document, read once by the engine
             engine.append((start, text))
             continue
         data = fastyaml.parse(text)
