@@ -9,6 +9,9 @@ namespace (a sandbox made here). Each path adds one /24 drop rule and deletes it
                        agent does (StateStore.version() checked each time)
   agent socket         a running `bpfgate agent`, asked over its unix socket (client.call): the request,
                        the agent's edit and the reply, the interpreter already running
+  ..., 1st after start   the first such edit once the agent is ready (/readyz: its first round done)
+  ..., 1st after change  the first such edit after a round applied a change of the file (one rule fewer)
+  ..., 1st after repair  the first such edit after a round attached the engine again (its filter deleted)
   CLI with agent       `bpfgate rule add|del` as a process while the agent runs (start to exit)
   CLI without agent    `bpfgate rule add|del` as a process, no agent
   nft element          `nft add|delete element` of one prefix into a 100k-element interval set
@@ -18,12 +21,16 @@ Run as root:  .venv/bin/python bench/bench_agent_edit.py [--rules N] [--reps R]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_control_plane import free_prefixes, nft_text, policy_text, prefixes, stat, timed  # noqa: E402
@@ -53,16 +60,50 @@ def rule(name: str, src: str) -> dict:
     return {"name": name, "src": src, "action": "drop"}
 
 
-def wait_agent(ns: str, state: str, proc: subprocess.Popen, deadline_s: float) -> None:
-    """Until the agent answers and its first round applied the file."""
-    os.environ["BPFGATE_AGENT_DIR"] = state
+class AgentLog:
+    """The agent's JSON log lines (stderr), read as they come."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.lines = proc, []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                self.lines.append({"msg": line.strip()})
+
+    def wait(self, msg: str, after: int = 0, deadline_s: float = 600) -> dict:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            for rec in self.lines[after:]:
+                if rec.get("msg") == msg:
+                    return rec
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the agent exited ({self.proc.returncode}): {self.lines[-5:]}")
+            time.sleep(0.05)
+        raise SystemExit(f"no {msg!r} from the agent in {deadline_s} s: {self.lines[-5:]}")
+
+
+def rss(pid: int) -> str:
+    """A process's resident memory now and at its peak (VmRSS, VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        kb = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "VmHWM")))
+    return ", ".join(f"{k} {int(v.split()[0]) // 1024} MB" for k, v in sorted(kb.items()))
+
+
+def wait_ready(url: str, deadline_s: float) -> None:
+    """Until the agent's first round is done and every file applied (/readyz)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"the agent exited ({proc.returncode}): {proc.stderr.read()[-800:]}")
-        if client.running(ns) and policyctl.running(ns):
-            return
-        time.sleep(0.5)
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.05)
     raise SystemExit("the agent did not apply the policy in time")
 
 
@@ -73,7 +114,8 @@ def main() -> None:
     args = ap.parse_args()
     header(f"one-rule edits at {args.rules} rules: direct, held (agent), agent socket, CLI, nft element")
     nets = prefixes(args.rules)
-    free = free_prefixes(nets, 6 * args.reps)
+    free = free_prefixes(nets, 6 * args.reps + 3)
+    extra = free[6 * args.reps:]   # the first edits after the agent's start and after a change
     chunks = [free[i * args.reps:(i + 1) * args.reps] for i in range(6)]
     res: dict[str, tuple[list[float], list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp, Sandbox() as sb:
@@ -108,11 +150,41 @@ def main() -> None:
                 lambda n, s: timed(cli + ["rule", "add", n, "--dev", dev, "--netns", ns, "--src", s, "--action", "drop"]),
                 lambda n, _s: timed(cli + ["rule", "del", n, "--dev", dev, "--netns", ns]), chunks[2], args.reps, "c")
             state = os.path.join(tmp, "agent")
+            os.environ["BPFGATE_AGENT_DIR"] = state
+            t0 = time.perf_counter()
             agent = subprocess.Popen(cli + ["agent", "--policy-dir", pdir, "--netns", ns, "--state-dir", state,
                                             "--listen", "127.0.0.1:0", "--interval", "3600"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             try:
-                wait_agent(ns, state, agent, 600)
+                log = AgentLog(agent)
+                wait_ready("http://" + log.wait("agent started")["listen"], 600)
+                print(f"# agent start to ready (its first round done): {time.perf_counter() - t0:.1f} s", flush=True)
+                res["agent socket, 1st after start"] = edits(
+                    lambda n, s: client.call(ns, "add_rule", dev=dev, hook="tc-ingress", rule=rule(n, s)),
+                    lambda n, _s: client.call(ns, "delete_rule", dev=dev, hook="tc-ingress", name=n),
+                    extra[:1], 1, "f")
+                seen = len(log.lines)   # a policy change (one rule fewer) applied by a round (SIGHUP)
+                with open(path, "w") as f:
+                    f.write(policy_text(dev, nets[:-1]))
+                t0 = time.perf_counter()
+                agent.send_signal(signal.SIGHUP)
+                log.wait("applied", seen)
+                print(f"# round applying a one-rule change of the file: {time.perf_counter() - t0:.1f} s", flush=True)
+                print(f"# the agent's memory after that round: {rss(agent.pid)}", flush=True)
+                res["agent socket, 1st after change"] = edits(
+                    lambda n, s: client.call(ns, "add_rule", dev=dev, hook="tc-ingress", rule=rule(n, s)),
+                    lambda n, _s: client.call(ns, "delete_rule", dev=dev, hook="tc-ingress", name=n),
+                    extra[1:2], 1, "g")
+                seen = len(log.lines)   # the engine's filter deleted by hand: a round attaches a new engine
+                subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "del", "dev", dev, "ingress"], check=True)
+                t0 = time.perf_counter()
+                agent.send_signal(signal.SIGHUP)
+                log.wait("drift repaired: the engine was missing in the kernel", seen)
+                print(f"# round attaching the engine again: {time.perf_counter() - t0:.1f} s", flush=True)
+                res["agent socket, 1st after repair"] = edits(
+                    lambda n, s: client.call(ns, "add_rule", dev=dev, hook="tc-ingress", rule=rule(n, s)),
+                    lambda n, _s: client.call(ns, "delete_rule", dev=dev, hook="tc-ingress", name=n),
+                    extra[2:], 1, "x")
                 env = {**os.environ, "BPFGATE_AGENT_DIR": state}
                 res["agent socket"] = edits(
                     lambda n, s: client.call(ns, "add_rule", dev=dev, hook="tc-ingress", rule=rule(n, s)),
