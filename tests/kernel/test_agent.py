@@ -371,3 +371,51 @@ def test_errors_through_the_agent_keep_their_type_and_fields(agent_env, monkeypa
     assert logged["level"] == "error" and logged["op"] == "add_rule" and "Traceback" in logged["traceback"]
     assert rule_names(n) == before and client.running(n.ns)["pid"] == a.p.pid   # still serving
     assert a.stop() == 0
+
+
+def test_rounds_keep_the_engines_open_for_the_next_edit(web, tmp_path):
+    """After its first round, and after each round that changed an engine (its file, or another writer), the
+    agent holds the engine open and current: the next edit through its socket finds it so (opening it then is
+    most of a second at 100k rules). A file that goes: its engine is not held any more."""
+    from bpfgate.agent import Agent
+    from bpfgate.engine.state import StateStore
+    from bpfgate.policy.model import Hook
+
+    n = web
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "p.yaml").write_text(drop_port(n.dev, 8080))
+    agent = Agent(str(d), netns=n.ns, state_dir=str(tmp_path / "state"))
+    agent.lock()
+    key = (n.dev, Hook.TC_INGRESS, n.ns)
+
+    def held():
+        """The engine held for the hook, when it is current (its saved state's version)."""
+        eng, version = agent.engines._held.get(key, (None, None))
+        return eng if eng is not None and version == StateStore(*key).version() else None
+
+    try:
+        agent.serving = True   # its socket takes edits
+        agent.reconcile()
+        first = held()
+        assert first is not None and "no-8080" in rule_names(n)
+        policyctl.add_rule(n.dev, "tc-ingress", {"name": "no-8082", "protocol": "tcp", "dst_port": 8082,
+                                                 "action": "drop"}, netns=n.ns, backend=agent.engines)
+        assert held() is first and dropped(n, 8082)   # the edit used it, as it was
+        (d / "p.yaml").write_text(drop_port(n.dev, 8081))
+        assert agent.reconcile().applied
+        second = held()   # the round's swap in the held engine, or it opened again: current either way
+        assert second is not None and dropped(n, 8081) and served(n, 8080)
+        policyctl.add_rule(n.dev, "tc-ingress", {"name": "by-hand", "protocol": "tcp", "dst_port": 8080,
+                                                 "action": "drop"}, netns=n.ns)   # another writer
+        assert held() is None
+        assert not agent.reconcile().applied
+        third = held()
+        assert third is not None and third is not second and dropped(n, 8080)
+        policyctl.delete_rule(n.dev, "tc-ingress", "by-hand", netns=n.ns, backend=agent.engines)
+        assert held() is third and served(n, 8080)
+        (d / "p.yaml").unlink()
+        agent.reconcile()
+        assert not agent.engines._held and not policyctl.running(n.ns)
+    finally:
+        agent.unlock()

@@ -83,6 +83,7 @@ class Api:
         os.chmod(self.path, 0o600)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="agent-api", daemon=True).start()
+        self.agent.serving = True
         return self.path
 
     def answer(self, line: bytes) -> bytes:
@@ -158,6 +159,7 @@ class Api:
         return {"stdout": cap.out.getvalue(), "stderr": cap.err.getvalue(), "code": code}
 
     def close(self) -> None:
+        self.agent.serving = False
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -80,12 +80,14 @@ class Agent:
         self.ready = threading.Event()         # the first round is done
         self._wake = threading.Event()
         self._engines = None                   # engines held open for edits through the socket
+        self.serving = False                   # its socket takes edits (api.py): rounds keep engines open
 
     @property
     def engines(self):
         """The engines the rounds and the edits through the socket use, held open between them (reopened
         when another writer changed one): a one-rule edit does not load the saved state every time, and a
-        round compares a file's policy with the one it applied last (the same objects, mostly)."""
+        round compares a file's policy with the one it applied last (the same objects, mostly). Each round
+        ends with them open and current (_hold_open)."""
         if self._engines is None:
             from bpfgate.policyctl.engine_backend import EngineBackend
 
@@ -185,7 +187,24 @@ class Agent:
                 self._remove(dev, Hook(hook))
                 rnd.removed.append((dev, Hook(hook)))
         self._save_owned()
+        self._hold_open()
         return self._done(rnd)
+
+    def _hold_open(self) -> None:
+        """The engines the agent owns held open for edits through the socket, opened here, in the round
+        (after the first round, after one that changed an engine), not at the next edit (at 100k rules
+        opening one loads its saved state: most of a second)."""
+        if not self.serving:   # --once, tests: no edit will come
+            return
+        keys = {(dev, Hook(hook)) for rec in self.owned.values() for dev, hook in rec["keys"]}
+        try:
+            failed = self.engines.keep_open(keys, self.netns)
+        except Exception as e:   # noqa: BLE001 - the round's work is done; the next edit opens what it needs
+            log("warning", "engines not held open", error=f"{type(e).__name__}: {e}")
+            return
+        for (dev, hook), why in failed.items():
+            log("warning", "engine not held open: the next edit opens it", interface=dev, hook=hook.value,
+                error=why)
 
     def _remove(self, dev: str, hook: Hook) -> None:
         from bpfgate import policyctl

@@ -35,6 +35,7 @@ class EngineBackend:
         self._cache: dict | None = None   # opened engines, kept while a session() holds the namespace lock
         self._held: dict | None = {} if hold else None   # key -> (engine, state version it left)
         self._applied: dict = {}   # held: key -> (the HookPolicy applied, state version it left)
+        self._unopenable: dict = {}   # held: key -> state version keep_open() failed to open
         self.repaired: list[str] = []     # engines found cut short by a killed edit and repaired on opening
 
     def close(self) -> None:
@@ -114,6 +115,41 @@ class EngineBackend:
             self._held[key] = (eng, store.version())
         else:
             eng.close()
+
+    def keep_open(self, keys: set[tuple[str, Hook]], netns: str | None) -> dict[tuple[str, Hook], str]:
+        """Held backends (the agent, after each round): the engines of `keys` held open and current, so the
+        next edit finds them so. One whose saved state changed since it was opened (a round applied its
+        file, another writer) is closed before it is opened again: one copy at a time (a 100k-rule engine
+        holds a few hundred MB). Held engines not in `keys` are closed. Returns {(dev, hook): why} of those
+        that could not be opened; they are not tried again until their saved state changes."""
+        from bpfgate.engine.state import StateStore
+        from bpfgate.errors import BpfgateError
+
+        for key in [k for k in self._held if k[2] != netns or k[:2] not in keys]:
+            self._forget(*key)
+        failed = {}
+        for dev, hook in sorted(keys, key=lambda k: (k[0], k[1].value)):
+            key = (dev, hook, netns)
+            store = StateStore(*key)
+            version = store.version()
+            held = self._held.get(key)
+            if not store.exists() or (held is not None and held[1] == version) or \
+                    self._unopenable.get(key) == version:
+                continue
+            self._forget(*key)
+            try:
+                with self._held_engine(key):
+                    pass
+            except BpfgateError as e:
+                self._unopenable[key] = version
+                failed[(dev, hook)] = str(e)
+            else:
+                self._unopenable.pop(key, None)
+        return failed
+
+    def release(self, dev: str, hook: Hook, netns: str | None) -> None:
+        """Close the engine held for (dev, hook): another writer is about to change it."""
+        self._forget(dev, hook, netns)
 
     def _forget(self, dev: str, hook: Hook, netns: str | None) -> None:
         self._applied.pop((dev, hook, netns), None)
