@@ -6,6 +6,7 @@ the new agent adopts the running engines without re-attaching them."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -399,6 +400,7 @@ def test_rounds_keep_the_engines_open_for_the_next_edit(web, tmp_path):
         agent.reconcile()
         first = held()
         assert first is not None and "no-8080" in rule_names(n)
+        assert gc.get_freeze_count() > 0   # what it holds is out of the cyclic collector's walks
         policyctl.add_rule(n.dev, "tc-ingress", {"name": "no-8082", "protocol": "tcp", "dst_port": 8082,
                                                  "action": "drop"}, netns=n.ns, backend=agent.engines)
         assert held() is first and dropped(n, 8082)   # the edit used it, as it was
@@ -419,3 +421,4 @@ def test_rounds_keep_the_engines_open_for_the_next_edit(web, tmp_path):
         assert not agent.engines._held and not policyctl.running(n.ns)
     finally:
         agent.unlock()
+        gc.unfreeze()   # this process is pytest's, not an agent's

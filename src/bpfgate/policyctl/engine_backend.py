@@ -116,18 +116,20 @@ class EngineBackend:
         else:
             eng.close()
 
-    def keep_open(self, keys: set[tuple[str, Hook]], netns: str | None) -> dict[tuple[str, Hook], str]:
+    def keep_open(self, keys: set[tuple[str, Hook]], netns: str | None) -> tuple[int, dict[tuple[str, Hook], str]]:
         """Held backends (the agent, after each round): the engines of `keys` held open and current, so the
         next edit finds them so. One whose saved state changed since it was opened (a round applied its
         file, another writer) is closed before it is opened again: one copy at a time (a 100k-rule engine
-        holds a few hundred MB). Held engines not in `keys` are closed. Returns {(dev, hook): why} of those
-        that could not be opened; they are not tried again until their saved state changes."""
+        holds a few hundred MB). Held engines not in `keys` are closed. Returns how many were opened or
+        closed, and {(dev, hook): why} of those that could not be opened (not tried again until their
+        saved state changes)."""
         from bpfgate.engine.state import StateStore
         from bpfgate.errors import BpfgateError
 
-        for key in [k for k in self._held if k[2] != netns or k[:2] not in keys]:
+        gone = [k for k in self._held if k[2] != netns or k[:2] not in keys]
+        for key in gone:
             self._forget(*key)
-        failed = {}
+        changed, failed = len(gone), {}
         for dev, hook in sorted(keys, key=lambda k: (k[0], k[1].value)):
             key = (dev, hook, netns)
             store = StateStore(*key)
@@ -137,6 +139,7 @@ class EngineBackend:
                     self._unopenable.get(key) == version:
                 continue
             self._forget(*key)
+            changed += 1
             try:
                 with self._held_engine(key):
                     pass
@@ -145,7 +148,7 @@ class EngineBackend:
                 failed[(dev, hook)] = str(e)
             else:
                 self._unopenable.pop(key, None)
-        return failed
+        return changed, failed
 
     def release(self, dev: str, hook: Hook, netns: str | None) -> None:
         """Close the engine held for (dev, hook): another writer is about to change it."""
