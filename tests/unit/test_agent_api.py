@@ -291,3 +291,28 @@ def test_a_verifier_error_from_the_agent_prints_as_the_cli_prints_one(api, monke
     out, text = capsys.readouterr()
     assert out == "" and text.startswith("bpfgate: error: load engine: verifier rejected program 'bg_engine': ")
     assert "R1 invalid mem access 'scalar'" in text and "12: (bf) r1 = r6" in text and "Traceback" not in text
+
+
+def test_an_agent_whose_queue_is_full_is_busy_not_gone(tmp_path, monkeypatch, capsys):
+    """A listener that takes no connection: the client fails saying the agent is busy (no traceback, no direct
+    edit beside it)."""
+    from bpfgate.cli import entry
+
+    monkeypatch.setenv(client.DIR_ENV, str(tmp_path))
+    path = client.socket_path("bgfull")
+    os.makedirs(os.path.dirname(path))
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(0)
+    queued = socket.socket(socket.AF_UNIX)
+    queued.connect(path)   # fills the queue: nobody accepts
+    try:
+        with pytest.raises(BpfgateError, match="delete_rule through the bpfgate agent: the agent takes no connection"):
+            client.offer("bgfull", "delete_rule", dev="eth0", hook="tc-ingress", name="x")
+        assert entry.answered_by_agent(["rule", "del", "x", "--dev", "eth0", "--netns", "bgfull"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("bpfgate: error: delete_rule through the bpfgate agent: the agent takes no") and \
+            err.count("\n") == 1, err
+    finally:
+        queued.close()
+        srv.close()

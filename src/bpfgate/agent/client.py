@@ -111,6 +111,9 @@ def _call(netns: str | None, request: dict, what: str | None = None) -> dict:
             raise _NoAgent() from None   # a socket a killed agent left: nobody listens
         except PermissionError:
             raise errors.PermissionDenied(f"talk to the bpfgate agent at {path}", "permission denied") from None
+        except (BlockingIOError, socket.timeout):   # its queue of connections full: it listens, it is stuck
+            raise BpfgateError(doing, "the agent takes no connection (its queue is full): it is busy",
+                               hint="try again; see its log if this lasts") from None
         data = b""
         try:
             s.sendall(json.dumps(request, default=str).encode() + b"\n")   # addresses as text
