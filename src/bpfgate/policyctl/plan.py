@@ -60,7 +60,8 @@ class HookPlan:
     def where(self) -> str:
         return f"{self.dev} {self.hook.value}"
 
-    def lines(self) -> list[str]:
+    def lines(self, rules: bool = True) -> list[str]:
+        """What the change does, a line each; `rules`: with a line per rule change (else only the rest)."""
         if self.action == "attach":
             head = [f"+ {self.where}: attach, default {self.new.default}, {len(self.new.rules)} rule(s)"]
         elif self.action == "detach":
@@ -76,7 +77,8 @@ class HookPlan:
         if self.default:
             out.append(f"  ~ default {self.default[0]} -> {self.default[1]}")
         out += [f"  {line}" for line in self.set_changes()]
-        out += [f"  {c.describe()}" for c in self.rules]
+        if rules:
+            out += [f"  {c.describe()}" for c in self.rules]
         return out
 
     def set_changes(self) -> list[str]:
