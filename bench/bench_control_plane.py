@@ -3,7 +3,8 @@
 A policy file of N source-CIDR drop rules (IPv4 /12../32 and IPv6 /24../128, alternating, distinct, one
 rule each) on one veth in a named network namespace (a sandbox made here). Per CLI measured (`--cli
 LABEL=SRC_DIR`, e.g. the main branch's checkout before a change, to compare in the same run; default: this
-checkout), each a separate process timed from start to exit, `reps` times (median, min-max):
+checkout), each a separate process timed from start to exit, `reps` rounds of every CLI in turn, the first
+one rotating (median, min-max):
   apply        `bpfgate apply FILE` onto an interface with no policy (attach)          + its peak RSS
   apply JSON   the same policy written as JSON (what a script writes), onto no policy
   reapply      the same file again (no change)
@@ -211,7 +212,12 @@ def main() -> None:
         free = free_prefixes(nets, args.reps)
         peer_r = measure_nft(ns, dev, nft_path, args.reps, free)
         print(f"  nft -f: {stat(peer_r['apply'])}", flush=True)
-        results = {c.label: measure_cli(c, ns, dev, files, args.reps, free) for c in clis}
+        results: dict[str, dict[str, list]] = {c.label: {} for c in clis}
+        for r in range(args.reps):   # rounds of every checkout, the first one rotating: on this machine kind
+            # whichever runs second is slower on several rows (memory reclaim, caches), so none is always second
+            for c in clis[r % len(clis):] + clis[:r % len(clis)]:
+                for key, vals in measure_cli(c, ns, dev, files, 1, free[r:r + 1]).items():
+                    results[c.label].setdefault(key, []).extend(vals)
         peer_r2 = measure_nft(ns, dev, nft_path, args.reps, free)   # the peer again, after: the machine's load drifts
     nft_apply = peer_r["apply"] + peer_r2["apply"]
     nft_add, nft_del = peer_r["add"] + peer_r2["add"], peer_r["del"] + peer_r2["del"]
