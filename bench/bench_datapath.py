@@ -1,16 +1,45 @@
 """The data path with real frames: packets/s that a filter on the receiving end of a veth pair processes,
-bpfgate against iptables, nftables and bare drop programs, in one run.
+and the receive CPU's time per packet, bpfgate against iptables, nftables and bare drop programs, in one run.
 
-    sudo .venv/bin/python bench/bench_datapath.py [--quick] [--seconds 2] [--reps 3] [--cpu N] [--object PATH]
-                                                  [--test-run]
+    sudo .venv/bin/python bench/bench_datapath.py [--quick] [--seconds 2] [--reps 3] [--cpu N] [--rx-cpu M]
+                                                  [--same-cpu] [--object PATH] [--test-run]
 
 Each case is its own pair of network namespaces (a sandbox: tx -- rx over one veth pair). An injector in
 tx (AF_PACKET, PACKET_QDISC_BYPASS, sendmmsg of 256 frames a call: 64-byte UDP/IPv4 to rx port 9, 64
-source ports) runs pinned to one CPU for --seconds; a veth delivers each frame on the sending CPU
-(softirq, or the peer's NAPI for native XDP), so that one CPU carries the whole receive side. Processed
-= the packets the filter's own counter saw drop (its drop rule, the bare programs' counters, the
-iptables/nft rule counters; "no filter": the rx stack's UDP NoPorts), divided by the time. Every case
-drops the traffic at its last rule, after rules of every shape that match nothing:
+source ports) runs pinned to CPU N (--cpu, default the highest) for --seconds.
+A veth delivers each frame on the sending CPU (its backlog softirq, or for native XDP the peer's NAPI
+scheduled there): left alone, one CPU carries the injector and the whole receive side, and a filter's cost
+only shows as a lower injection rate. So by default the receive side is moved to CPU M (--rx-cpu, default
+another CPU the bench may use), in the sandbox's devices only (they go away with it):
+  skb cases (no filter, TC, iptables, nft)  RPS: the rx veth's rps_cpus = M, so the backlog (TC ingress,
+                                            the stack, netfilter) runs in M's NET_RX softirq
+  native XDP cases                          the rx veth's NAPI threaded (after the attach, which makes the
+                                            NAPI), its napi/ kernel thread pinned to M
+A case the kernel refuses this stays on the injector's CPU and says so ("receive side" column). --same-cpu:
+none of this (the veth's own behaviour, as this bench measured before).
+Columns:
+  processed     the packets the filter's own counter saw drop (its drop rule, the bare programs' counters,
+                the iptables/nft rule counters; "no filter": the rx stack's UDP NoPorts) / the injection time
+  sent          the frames the injector got accepted / the time. A frame the device refuses (sendmmsg:
+                ENOBUFS, the XDP ring full) is sent again; when M falls behind the socket's send buffer
+                fills with frames not yet freed and the injector waits ("waits/s": its voluntary context
+                switches). Nothing is dropped in between here (softnet_stat's backlog drops: printed if
+                any), so sent = processed: whichever side is slower sets the rate.
+  on rx         the share of the packets handled on the receive CPU (the filter's per-CPU counters for the
+                BPF cases, softnet_stat's processed for the others): the evidence it moved
+  rx busy       the receive side's time / wall time: M's NET_RX softirq time (timed at the softirq
+                tracepoints by bench/net_rx_time.bpf.c) + the NAPI thread's run time (/proc/PID/schedstat)
+  rx CPU per packet  that time / processed packets: what each packet cost the receive side
+How to read them: at "rx busy" near 100% the receive side is the bottleneck and processed is its capacity.
+Below that the injector (one CPU: ~0.5-1.3 Mpps) is, processed is its rate, and a cheap filter's capacity
+shows only as time per packet (which then carries each softirq run's or thread wake-up's fixed cost over
+fewer packets than at saturation: a lightly loaded case looks a bit dearer per packet). Time per packet is
+also what a CPU-bound neighbour on M changes least: it takes M's time from the receive side (a NAPI thread
+shares M with it, the softirq is pushed to ksoftirqd), lowering processed, not the time a packet takes.
+Ratios: processed and capacity (the base's time per packet / the case's) to the bare drop program of the
+same hook, or to "no filter" for the stack and netfilter cases; then the targets (bpfgate TC at the most
+rules against iptables raw with 1 rule and bare TC, bpfgate XDP against bare XDP).
+Every case drops the traffic at its last rule, after rules of every shape that match nothing:
   no filter           the rx stack (UDP, no socket on port 9)
   bare xdp / tc drop  a program that only counts and drops (bench/bare_drop.bpf.c): the floor of the hook
   bpfgate tc / xdp    the policy engine (no conntrack) with 1, 10k, 100k rules: a third each of tcp
@@ -26,9 +55,8 @@ rules: two builds compared in one run. An engine build from before bg_cls_short 
 gets every entry in bg_cls.
 --test-run times the same bpfgate cases (and the bare programs) with BPF_PROG_TEST_RUN instead of frames:
 ns per packet of the program alone, on one of the injector's frames (less noise from a loaded machine).
-Reps run the cases interleaved (a noisy neighbour hits them alike);
-figures are medians with min-max and the ratio to the bare drop program of the same hook. A benchmark: it
-prints, it asserts nothing.
+Reps run the cases interleaved (a noisy neighbour hits them alike); figures are medians with min-max. A
+benchmark: it prints, it asserts nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +68,7 @@ import json
 import os
 import random
 import re
+import resource
 import socket
 import statistics
 import struct
@@ -57,6 +86,7 @@ from bpfgate.engine import Engine  # noqa: E402
 from bpfgate.engine import engine as engine_mod  # noqa: E402
 from bpfgate.kernel.testrun import test_run  # noqa: E402
 from bpfgate.policy.compile import compile_hook  # noqa: E402
+from bpfgate.kernel.links import attach_auto  # noqa: E402
 from bpfgate.kernel.objects import BpfObject  # noqa: E402
 from bpfgate.policy.compile import Limits  # noqa: E402
 from bpfgate.policy.model import Hook, HookPolicy  # noqa: E402
@@ -116,16 +146,19 @@ def inject(ifname: str, dst_mac: str, src: str, dst: str, seconds: float, cpu: i
         msgs[i].hdr.iov = ctypes.pointer(iovs[i])
         msgs[i].hdr.iovlen = 1
     libc = ctypes.CDLL(None, use_errno=True)
-    sent, t0 = 0, time.monotonic()
+    waits = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+    sent, refused, t0 = 0, 0, time.monotonic()
     end = t0 + seconds
     while time.monotonic() < end:
         n = libc.sendmmsg(s.fileno(), msgs, BATCH, 0)
         if n < 0:
             if ctypes.get_errno() in (105, 11):   # ENOBUFS / EAGAIN: the device is full, go on
+                refused += 1
                 continue
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         sent += n
-    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0}))
+    waits = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - waits
+    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0, "refused": refused, "waits": waits}))
 
 
 # ---- cases -----------------------------------------------------------------------------------------------
@@ -158,13 +191,54 @@ class Case:
         self.tx_if, self.rx_if = self.link.end(self.tx), self.link.end(self.rx)
         mac = self.rx.run(["cat", f"/sys/class/net/{self.rx_if.name}/address"], check=True).stdout.strip()
         self.rx_mac = mac
+        self.rx_cpu: int | None = None   # None: the injector's CPU (the veth's own behaviour)
+        self.mode = "same CPU"
+        self.napi: list[int] = []        # the rx veth's NAPI threads, when XDP runs in them
         self.pps: list[float] = []
         self.sent_pps: list[float] = []
+        self.on_rx_cpu: list[float] = []      # share of the filter's packets handled on the receive CPU
+        self.busy: list[float] = []           # the receive CPU's softirq + NAPI thread time / wall time
+        self.ns_per_packet: list[float] = []  # that time per processed packet
+        self.waits: list[float] = []          # per s, the injector's waits for its socket's send buffer
+        self.backlog_drops = 0                # softnet_stat's dropped (backlog full), every CPU, all reps
+        self.refused = 0                      # the injector's sendmmsg calls the device refused, all reps
+
+    def split(self, cpu: int) -> str | None:
+        """Move the receive side to `cpu`: the stack's backlog by RPS; XDP (which runs in the veth's NAPI
+        poll, scheduled on the sending CPU) by a NAPI thread pinned there. Returns why not, or None."""
+        dev = f"/sys/class/net/{self.rx_if.name}"
+        if self.hook != "xdp":
+            mask = format(1 << cpu, "x")
+            every_queue = f"for q in {dev}/queues/rx-*; do echo {mask} > $q/rps_cpus || exit 1; done"
+            r = self.rx.run(["sh", "-c", every_queue])
+            if r.returncode:
+                return f"RPS refused: {(r.stderr or r.stdout).strip()}"
+            self.rx_cpu, self.mode = cpu, "RPS"
+            return None
+        before = napi_threads(self.rx_if.name)
+        r = self.rx.run(["sh", "-c", f"echo 1 > {dev}/threaded"])
+        if r.returncode:
+            return f"threaded NAPI refused: {(r.stderr or r.stdout).strip()}"
+        new = sorted(napi_threads(self.rx_if.name) - before)
+        if not new:
+            return "threaded NAPI: no NAPI thread appeared"
+        try:
+            for pid in new:
+                os.sched_setaffinity(pid, {cpu})
+        except OSError as e:
+            self.rx.run(["sh", "-c", f"echo 0 > {dev}/threaded"])
+            return f"NAPI thread {pid} not pinned: {e}"
+        self.rx_cpu, self.mode, self.napi = cpu, "NAPI thread", new
+        return None
 
     def setup(self) -> None: ...
 
     def count(self) -> int:
         raise NotImplementedError
+
+    def per_cpu(self) -> list[int] | None:
+        """The filter's own count per CPU, where it keeps one."""
+        return None
 
     def close(self) -> None: ...
 
@@ -189,7 +263,10 @@ class Bare(Case):
             self.att = attach.attach_tc(prog, self.rx_if.name, "ingress", netns_name=self.rx.netns, owner="bench")
 
     def count(self) -> int:
-        return sum(self.obj.map("drops")[0])
+        return sum(self.per_cpu())
+
+    def per_cpu(self) -> list[int]:
+        return list(self.obj.map("drops")[0])
 
     def close(self) -> None:
         attach.detach(self.att)
@@ -213,6 +290,10 @@ class Bpfgate(Case):
 
     def count(self) -> int:
         return self.eng.counters()["sink"].packets
+
+    def per_cpu(self) -> list[int]:
+        per = self.eng.maps["bg_counters"].lookup(self.eng.rule_ids()["sink"])
+        return [struct.unpack_from("=Q", bytes(v))[0] for v in per]   # a counter starts with u64 packets
 
     def close(self) -> None:
         self.eng.detach()
@@ -247,6 +328,53 @@ class NftSet(Case):
     def count(self) -> int:
         out = self.rx.run(["nft", "list", "chain", "ip", "bgbench", "pre"], check=True, timeout=60).stdout
         return int(re.search(r"counter packets (\d+)", out).group(1))
+
+
+# ---- where the receive side runs -------------------------------------------------------------------------
+
+def napi_threads(ifname: str) -> set[int]:
+    """PIDs of the NAPI kernel threads named after `ifname` (every namespace: compare before and after)."""
+    want, pids = f"napi/{ifname}-"[:15], set()   # comm is cut at 15 characters
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and open(f"/proc/{p}/comm").read().startswith(want):
+                pids.add(int(p))
+        except OSError:   # gone meanwhile
+            pass
+    return pids
+
+
+def threads_run_s(pids: list[int]) -> float:
+    """Seconds the threads have run (/proc/PID/schedstat: nanoseconds, exact)."""
+    return sum(int(open(f"/proc/{pid}/schedstat").read().split()[0]) for pid in pids) / 1e9
+
+
+class NetRxClock:
+    """Seconds each CPU has spent in the NET_RX softirq, timed by bench/net_rx_time.bpf.c at the softirq's
+    tracepoints."""
+
+    def __init__(self, tmp: str):
+        self.obj = BpfObject.open(build(tmp, "net_rx_time"))
+        self.obj.load()
+        self.links = [attach_auto(self.obj, "net_rx_entry"), attach_auto(self.obj, "net_rx_exit")]
+
+    def seconds(self, cpu: int) -> float:
+        return self.obj.map("spent")[0][cpu] / 1e9
+
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
+        self.obj.close()
+
+
+def softnet() -> dict[int, tuple[int, int]]:
+    """Per CPU, /proc/net/softnet_stat: (packets the stack's receive took in, packets dropped with the
+    backlog full). Counters of 32 bits."""
+    out = {}
+    for i, line in enumerate(open("/proc/net/softnet_stat")):
+        col = [int(x, 16) for x in line.split()]
+        out[col[12] if len(col) > 12 else i] = (col[0], col[1])
+    return out
 
 
 # ---- BPF_PROG_TEST_RUN ----------------------------------------------------------------------------------
@@ -315,7 +443,7 @@ def test_run_main(a, sizes: list[int]) -> None:
     frame = udp_frames(bytes(6), bytes(6), src, dst)[0]
     print(f"# {a.reps} reps x {REPEAT} packets per case, interleaved; 64-byte UDP/IPv4 {src} -> {dst}:{DPORT}")
     with tempfile.TemporaryDirectory() as tmp:
-        bare = BpfObject.open(build_bare(tmp))
+        bare = BpfObject.open(build(tmp, "bare_drop"))
         bare.load()
         cases = [TestRunCase("bare xdp drop", bare.program("bench_xdp_drop"), frame),
                  TestRunCase("bare tc drop", bare.program("bench_tc_drop"), frame)]
@@ -335,21 +463,36 @@ def test_run_main(a, sizes: list[int]) -> None:
             bare.close()
 
 
-def measure(case: Case, seconds: float, cpu: int) -> None:
-    before = case.count()
+def measure(case: Case, seconds: float, cpu: int, clock: NetRxClock) -> None:
+    rx_cpu = cpu if case.rx_cpu is None else case.rx_cpu
+    before, per_cpu, net = case.count(), case.per_cpu(), softnet()
+    busy = clock.seconds(rx_cpu) + threads_run_s(case.napi)
     r = case.tx.run([sys.executable, os.path.abspath(__file__), "--inject", case.tx_if.name, case.rx_mac,
                      case.tx_if.ip4, case.rx_if.ip4, str(seconds), str(cpu)], timeout=seconds + 60, check=True)
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    time.sleep(0.05)
-    case.pps.append((case.count() - before) / res["seconds"])
-    case.sent_pps.append(res["sent"] / res["seconds"])
+    time.sleep(0.05)   # what the receive CPU still holds in its backlog
+    t, done = res["seconds"], case.count() - before
+    busy = clock.seconds(rx_cpu) + threads_run_s(case.napi) - busy
+    case.pps.append(done / t)
+    case.sent_pps.append(res["sent"] / t)
+    case.busy.append(busy / t)
+    case.ns_per_packet.append(busy * 1e9 / done if done else float("nan"))
+    case.waits.append(res["waits"] / t)
+    case.refused += res["refused"]
+    net_after = softnet()
+    if per_cpu is not None:   # the filter's own per-CPU count
+        took = [b - a for a, b in zip(per_cpu, case.per_cpu())]
+    else:                     # the stack's: every packet received on that CPU (little else is on the veth)
+        took = [(net_after[c][0] - net[c][0]) % (1 << 32) if c in net else 0 for c in range(max(net_after) + 1)]
+    case.on_rx_cpu.append(took[rx_cpu] / sum(took) if sum(took) else float("nan"))
+    case.backlog_drops += sum((net_after[c][1] - net[c][1]) % (1 << 32) for c in net if c in net_after)
 
 
-def build_bare(tmp: str) -> str:
-    out = os.path.join(tmp, "bare_drop.bpf.o")
+def build(tmp: str, name: str) -> str:
+    out = os.path.join(tmp, f"{name}.bpf.o")
     arch = os.uname().machine
     subprocess.run(["clang", "-O2", "-g", "-target", "bpf", f"-I/usr/include/{arch}-linux-gnu", "-c",
-                    os.path.join(HERE, "bare_drop.bpf.c"), "-o", out], check=True)
+                    os.path.join(HERE, f"{name}.bpf.c"), "-o", out], check=True)
     return out
 
 
@@ -357,25 +500,41 @@ def mpps(v: list[float]) -> str:
     return f"{statistics.median(v) / 1e6:6.3f} Mpps (min {min(v) / 1e6:.3f} - max {max(v) / 1e6:.3f})"
 
 
+def pct(v: list[float]) -> str:
+    v = [x for x in v if x == x]   # nan: no packet
+    return f"{100 * statistics.median(v):3.0f}%" if v else "   -"
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--quick", action="store_true", help="1 and 10k rules only, no 100k cases")
-    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--seconds", type=float, default=2.0, help="injection time per case and rep")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)))
+    cpus = sorted(os.sched_getaffinity(0))
+    ap.add_argument("--cpu", type=int, default=cpus[-1], help="the injector's CPU")
+    ap.add_argument("--rx-cpu", type=int, help="the receive side's CPU (default: another one the bench may use)")
+    ap.add_argument("--same-cpu", action="store_true",
+                    help="leave the receive side on the injector's CPU, as a veth does by itself")
     ap.add_argument("--object", help="also the bpfgate cases with this engine object (e.g. main's build)")
     ap.add_argument("--test-run", action="store_true", help="BPF_PROG_TEST_RUN ns/packet instead of frames")
     a = ap.parse_args()
     if a.test_run:
         test_run_main(a, [1, 10_000] if a.quick else [1, 10_000, 100_000])
         return
-    header("data path: packets/s processed on the receiving end of a veth pair (one CPU)")
-    print(f"# {a.reps} reps x {a.seconds:g} s per case, interleaved; injector and receive side on CPU {a.cpu}; "
+    rx_cpu = None
+    if not a.same_cpu:
+        rx_cpu = a.rx_cpu if a.rx_cpu is not None else next((c for c in cpus if c != a.cpu), None)
+        if rx_cpu is None or rx_cpu == a.cpu:
+            ap.error("one CPU only: --same-cpu, or --rx-cpu another CPU than --cpu")
+    where = (f"receive side on CPU {rx_cpu} (RPS; XDP: a pinned NAPI thread)" if rx_cpu is not None
+             else "receive side on the same CPU")
+    header("data path: packets/s processed on the receiving end of a veth pair, receive CPU time per packet")
+    print(f"# {a.reps} reps x {a.seconds:g} s per case, interleaved; injector on CPU {a.cpu}, {where}; "
           f"64-byte UDP/IPv4 frames from {SPORTS} source ports")
     rng = random.Random(15)
     sizes = [1, 10_000] if a.quick else [1, 10_000, 100_000]
     with tempfile.TemporaryDirectory() as tmp, Sandbox() as sb:
-        bare = build_bare(tmp)
+        bare, clock = build(tmp, "bare_drop"), NetRxClock(tmp)
         cases: list[Case] = [NoFilter(sb, "no filter", "stack"), Bare(sb, "bare xdp drop", "xdp", bare),
                              Bare(sb, "bare tc drop", "tc-ingress", bare)]
         for name, hook, n, rules_rng, worst, obj in engine_cases(sizes, a.object):
@@ -387,22 +546,57 @@ def main() -> None:
         if not a.quick:
             cases.append(NftSet(sb, "nft set 100k", 100_000, rng))
         try:
+            for c in cases if rx_cpu is not None else ():
+                why_not = c.split(rx_cpu)
+                if why_not:
+                    print(f"# {c.name}: receive side left on the injector's CPU: {why_not}", flush=True)
             for rep in range(a.reps):
                 for c in cases:
-                    measure(c, a.seconds, a.cpu)
+                    measure(c, a.seconds, a.cpu, clock)
                 print(f"# rep {rep + 1}/{a.reps} done", flush=True)
         finally:
             for c in cases:
                 c.close()
-    floor = {c.hook: statistics.median(c.pps) for c in cases if isinstance(c, Bare)}
-    stack = statistics.median(cases[0].pps)
+            clock.close()
+    report(cases, sizes, a.cpu)
+
+
+def median_ns(c: Case) -> float:
+    ns = [x for x in c.ns_per_packet if x == x]   # nan: no packet
+    return statistics.median(ns) if ns else float("nan")
+
+
+def report(cases: list[Case], sizes: list[int], cpu: int) -> None:
+    base = {c.hook: c for c in cases if isinstance(c, Bare)}
     width = max(28, *(len(c.name) for c in cases))
-    print(f"{'case':{width}s} {'processed':42s} {'sent':>10s}  ratio")
+    print(f"{'case':{width}s} {'processed':38s} {'sent':>7s} {'on rx':>5s} {'rx busy':>7s} "
+          f"{'rx CPU per packet':26s} {'waits/s':>7s}  {'receive side':17s} processed, capacity x")
     for c in cases:
-        base = floor.get(c.hook)
-        ratio = (f"{statistics.median(c.pps) / base:5.2f} x bare {c.hook}" if base
-                 else f"{statistics.median(c.pps) / stack:5.2f} x no filter")
-        print(f"{c.name:{width}s} {mpps(c.pps)}  {statistics.median(c.sent_pps) / 1e6:6.3f} M  {ratio}")
+        b = base.get(c.hook, cases[0])   # the bare program of the hook, else the bare stack
+        ns = [x for x in c.ns_per_packet if x == x]
+        per = f"{statistics.median(ns):5.0f} ns ({min(ns):.0f} - {max(ns):.0f})" if ns else "-"
+        side = f"CPU {cpu if c.rx_cpu is None else c.rx_cpu} {c.mode}"
+        ratio = (f"{statistics.median(c.pps) / statistics.median(b.pps):5.2f} "
+                 f"{median_ns(b) / median_ns(c):5.2f} {b.name}")
+        print(f"{c.name:{width}s} {mpps(c.pps)} {statistics.median(c.sent_pps) / 1e6:7.3f} {pct(c.on_rx_cpu):>5s} "
+              f"{pct(c.busy):>7s} {per:26s} {statistics.median(c.waits):7.0f}  {side:17s} {ratio}")
+    for c in cases:
+        if c.napi:
+            print(f"# {c.name}: NAPI thread {', '.join(map(str, c.napi))}; {c.refused} injector calls refused, "
+                  f"{c.backlog_drops} backlog drops (all reps)")
+        elif c.refused or c.backlog_drops:
+            print(f"# {c.name}: {c.refused} injector calls refused, {c.backlog_drops} backlog drops (all reps)")
+    by_name = {c.name: c for c in cases}
+    top = sizes[-1]
+    print("# the targets, medians of this run: processed, and capacity (the denominator's receive CPU time per "
+          "packet / the numerator's)")
+    for num, den in ((f"bpfgate tc {top} rules", "iptables raw 1 rules"),
+                     (f"bpfgate tc {top} in-prefix", "iptables raw 1 rules"),
+                     (f"bpfgate tc {top} rules", "bare tc drop"), (f"bpfgate tc {top} in-prefix", "bare tc drop"),
+                     (f"bpfgate xdp {top} rules", "bare xdp drop"), (f"bpfgate xdp {top} in-prefix", "bare xdp drop")):
+        n, d = by_name[num], by_name[den]
+        print(f"{num:28s} / {den:22s} processed {statistics.median(n.pps) / statistics.median(d.pps):5.2f}   "
+              f"capacity {median_ns(d) / median_ns(n):5.2f}")
 
 
 if __name__ == "__main__":
