@@ -32,10 +32,10 @@ Columns:
   rx CPU per packet  that time / processed packets: what each packet cost the receive side
 How to read them: at "rx busy" near 100% the receive side is the bottleneck and processed is its capacity.
 Below that the injector (one CPU: ~0.5-1.3 Mpps) is, processed is its rate, and a cheap filter's capacity
-shows only as time per packet (which then carries each softirq run's or thread wake-up's fixed cost over
-fewer packets than at saturation: a lightly loaded case looks a bit dearer per packet). Time per packet is
-also what a CPU-bound neighbour on M changes least: it takes M's time from the receive side (a NAPI thread
-shares M with it, the softirq is pushed to ksoftirqd), lowering processed, not the time a packet takes.
+shows only as time per packet (which then spreads each softirq run's or thread wake-up's fixed cost over
+fewer packets than at saturation: a lightly loaded case can look dearer per packet). A CPU-bound neighbour
+on M takes M's time from the receive side (a NAPI thread shares M with it, the softirq is pushed to
+ksoftirqd): it lowers processed, and moves time per packet less (the caches it shares still do).
 Ratios: processed and capacity (the base's time per packet / the case's) to the bare drop program of the
 same hook, or to "no filter" for the stack and netfilter cases; then the targets (bpfgate TC at the most
 rules against iptables raw with 1 rule and bare TC, bpfgate XDP against bare XDP).
