@@ -276,7 +276,8 @@ LAYOUT = {
     "bpfgate.policy.prefixes.Packed": ("top_keys", "top_vals", "pfx_keys", "pfx_vals"),
     "bpfgate.policy.prefixes.Tree": ("tree", "width", "prefixes", "top", "pfx", "nested", "ladder", "elems", "members",
                                      "kid", "short"),
-    "bpfgate.policy.sources.RuleSources": ("_blob", "_edits", "_rules"),
+    # _rows: which of two blobs it holds; both load (the rows, or rules pickled one by one): no version bump
+    "bpfgate.policy.sources.RuleSources": ("_blob", "_edits", "_rows", "_rules"),
 }
 
 
@@ -356,3 +357,23 @@ def test_rules_pickle_as_their_non_default_values_and_old_pickles_load():
             assert back == r and hash(back) == hash(r)
             assert back.model_dump(exclude_unset=True) == r.model_dump(exclude_unset=True)
     assert len(pickle.dumps(rules)) < len(_pickled_by_pydantic(rules))
+
+
+def test_saved_rules_are_rows_and_blobs_of_rules_pickled_one_by_one_still_load():
+    """The rules' blob holds rows of field values (policy/sources.py); a RuleSources saved before (rules
+    pickled one by one, key "blob") reads the same, and so does a blob whose Rule had another field."""
+    from bpfgate.policy import sources
+
+    rng = random.Random(11)
+    rules = {i: r for i, r in enumerate([rule(d) for d in RICH] + [random_rule(rng, i) for i in range(300)])}
+    rows = pickle.loads(pickle.dumps(sources.RuleSources(rules)))
+    old = sources.RuleSources.__new__(sources.RuleSources)
+    old.__setstate__({"blob": pickle.dumps(rules, protocol=pickle.HIGHEST_PROTOCOL), "edits": {}})
+    fields, field_sets, table = pickle.loads(sources._encode(rules))
+    other = sources.RuleSources.__new__(sources.RuleSources)   # a field since removed, one not there yet
+    other.__setstate__({"rows": pickle.dumps((fields[:-1] + ("gone",), field_sets,
+                                              [(*r[:-1], "x") for r in table])), "edits": {}})
+    for got in (rows, old, other):
+        assert got._blob is not None and dict(got) == rules
+        for rid, r in rules.items():
+            assert got[rid].model_dump(exclude_unset=True) == r.model_dump(exclude_unset=True)

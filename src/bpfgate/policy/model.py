@@ -455,13 +455,18 @@ MATCH_FIELDS = ("src", "dst", "protocol", "src_port", "dst_port", "tcp_flags", "
                 "vlan", "ct")
 
 
-def _rule_rebuild(values: dict, fields_set: tuple) -> Rule:
+def rebuild_rule(values: dict, fields_set: tuple) -> Rule:
+    """A Rule from values that were valid when saved (fields missing from them take their defaults)."""
     rule = Rule.__new__(Rule)
-    object.__setattr__(rule, "__dict__", {**_RULE_DEFAULTS, **values})
+    whole = len(values) == len(_RULE_DEFAULTS)
+    object.__setattr__(rule, "__dict__", values if whole else {**_RULE_DEFAULTS, **values})
     object.__setattr__(rule, "__pydantic_fields_set__", set(fields_set))
     object.__setattr__(rule, "__pydantic_extra__", None)
     object.__setattr__(rule, "__pydantic_private__", None)
     return rule
+
+
+_rule_rebuild = rebuild_rule   # the name rules pickled one by one refer to (saved states, older blobs)
 
 
 def _reduce_rule(rule: Rule):

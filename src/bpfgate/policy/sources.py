@@ -4,6 +4,11 @@ is read back only when a rule itself is looked up.
 Opening an engine (every CLI command on it) unpickles its saved state; at 100k rules, unpickling the Rule
 models is most of that (~0.9 of ~1.3 s). A live edit or a counter read needs no rule but the one it
 adds: edits made before the blob is read are kept beside it and applied when it is.
+
+The blob holds the rules as rows (rule_id, index of its fields_set, every field's value in model order)
+under the field names: a tuple of a model's values pickles and loads ~2x faster than a reduce per rule,
+and the rows are rebuilt without validation (they were valid when saved). A blob of rules pickled one by
+one (key "blob", bpfgate before the rows) still loads.
 """
 
 from __future__ import annotations
@@ -11,9 +16,29 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterator, MutableMapping
 
-from .model import Rule
+from .model import Rule, rebuild_rule
 
 _GONE = None   # an edit that removed the rule
+_FIELDS = tuple(Rule.model_fields)
+
+
+def _encode(rules: dict[int, Rule]) -> bytes:
+    field_sets: dict[tuple, int] = {}
+    rows = []
+    for rid, rule in rules.items():
+        fs = field_sets.setdefault(tuple(rule.__pydantic_fields_set__), len(field_sets))
+        rows.append((rid, fs, *rule.__dict__.values()))
+    return pickle.dumps((_FIELDS, list(field_sets), rows), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _decode(blob: bytes) -> dict[int, Rule]:
+    fields, field_sets, rows = pickle.loads(blob)
+    if fields != _FIELDS:   # saved by a version whose Rule had other fields: keep the known ones
+        known = [i for i, f in enumerate(fields) if f in _FIELDS]
+        fields = tuple(fields[i] for i in known)
+        rows = [(r[0], r[1], *(r[2 + i] for i in known)) for r in rows]
+        field_sets = [tuple(f for f in fs if f in _FIELDS) for fs in field_sets]
+    return {row[0]: rebuild_rule(dict(zip(fields, row[2:])), field_sets[row[1]]) for row in rows}
 
 
 class RuleSources(MutableMapping):
@@ -21,10 +46,11 @@ class RuleSources(MutableMapping):
         self._rules: dict[int, Rule] = dict(rules or {})
         self._blob: bytes | None = None           # the saved rules, not read yet
         self._edits: dict[int, Rule | None] = {}  # changes made since, while the blob is unread
+        self._rows = True                         # the blob holds rows (_encode), not pickled Rules
 
     def _all(self) -> dict[int, Rule]:
         if self._blob is not None:
-            rules = pickle.loads(self._blob)
+            rules = _decode(self._blob) if self._rows else pickle.loads(self._blob)
             for rid, rule in self._edits.items():
                 if rule is _GONE:
                     rules.pop(rid, None)
@@ -70,8 +96,10 @@ class RuleSources(MutableMapping):
 
     def __getstate__(self) -> dict:
         if self._blob is None:
-            return {"blob": pickle.dumps(self._rules, protocol=pickle.HIGHEST_PROTOCOL), "edits": {}}
-        return {"blob": self._blob, "edits": self._edits}   # never read: saved again as it was loaded
+            return {"rows": _encode(self._rules), "edits": {}}
+        # never read: saved again as it was loaded
+        return {"rows" if self._rows else "blob": self._blob, "edits": self._edits}
 
     def __setstate__(self, state: dict) -> None:
-        self._rules, self._blob, self._edits = {}, state["blob"], dict(state["edits"])
+        self._rows = "rows" in state
+        self._rules, self._blob, self._edits = {}, state["rows" if self._rows else "blob"], dict(state["edits"])
