@@ -154,6 +154,13 @@ def parse_protocol(item) -> int:
 NEGATABLE = ("src", "dst", "protocol", "src_port", "dst_port")
 
 
+def _plain(v) -> bool:
+    """Whether a field's value is one item that is neither negated ("!") nor a set reference ("@")."""
+    if isinstance(v, str):
+        return v.lstrip()[:1] not in ("!", "@")
+    return isinstance(v, int)
+
+
 def _negated_items(field: str, v) -> tuple[list, bool]:
     """A field's items with a leading "!" taken off, and whether they had it (all or none may)."""
     items = _as_list(v)
@@ -393,6 +400,8 @@ class Rule(Strict):
             return data
         if "negated" in data:
             raise ValueError("negated: unknown field (negate a value with '!', e.g. src: '!198.18.0.0/16')")
+        if all(_plain(data[f]) for f in NEGATABLE if data.get(f) is not None):
+            return data   # most rules: nothing negated, no set named (and no copy of them made)
         out, negated = dict(data), []
         for f in NEGATABLE:
             if out.get(f) is not None:
