@@ -116,3 +116,17 @@ def test_actions_encoded():
                          | L.RF_REDIR_INGRESS)
     assert (act.rate, act.burst, act.over_action, act.log_rate) == (1000, 1000, L.ACT_PASS, 3)
     assert len(act.pack()) == 40
+
+
+def test_rules_checked_as_the_file_was_read_are_checked_again_for_another_hook():
+    """The compiler trusts check() for the hook it checked the rules for, and only for that one."""
+    from bpfgate.policy.parse import checked_for, load_text
+
+    text = ("version: 1\ninterfaces: [eth0]\nhooks:\n  tc-ingress:\n    rules:\n"
+            "      - {name: m, protocol: tcp, mark: 7, action: pass}\n")
+    hp = load_text(text, "p.yaml").hooks[Hook.TC_INGRESS]
+    assert checked_for(hp, Hook.TC_INGRESS) and not checked_for(hp, Hook.XDP)
+    assert compile_hook(hp, Hook.TC_INGRESS).names
+    with pytest.raises(PolicyError, match="mark is not possible at xdp"):
+        compile_hook(hp, Hook.XDP)
+    assert not checked_for(hp.model_copy(), Hook.TC_INGRESS)   # another object

@@ -15,7 +15,7 @@ from . import layout as L
 from .atoms import Atom, atom_count, rule_atoms
 from .hooks import DEFAULT_NAME
 from .model import Hook, HookPolicy, Policy, Reject, Rule
-from .parse import _fmt, rule_problem
+from .parse import _fmt, checked_for, rule_problem
 from .prefixes import Classes
 from .sets import SetState, addr_elements, hook_sets, ref_problem, set_problem, uses_sets, with_ports
 from .shapes import TooManyShapes, expand, free_bits, plan_shapes
@@ -167,10 +167,11 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
             raise PolicyError(where(("sets", name, "elements", problem[0])), problem[1])
     out.sets = hook_sets(hp)
     out.classes = _classes(hp, gen, limits, where)
+    checked = checked_for(hp, hook)   # a policy file's rules were checked as it was read
     for i, rule in enumerate(hp.rules):
         loc = ("hooks", hook.value, "rules", i)
         named = uses_sets(rule)
-        problem = rule_problem(rule, hook) or (ref_problem(rule, hp.sets) if named else None)
+        problem = (None if checked else rule_problem(rule, hook)) or (ref_problem(rule, hp.sets) if named else None)
         if problem:
             raise PolicyError(where(loc + ((problem[0],) if problem[0] else ())), problem[1])
         source = rule

@@ -4,6 +4,7 @@ and the field, e.g. `policy.yaml:12 hooks.tc-ingress.rules[3].dst_port: port 700
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 
 import yaml
@@ -283,6 +284,23 @@ def check(policy: Policy, where=None) -> None:
             if problem:
                 field, reason = problem
                 raise PolicyError(where(base + ((field,) if field else ())), reason)
+        _mark_checked(hp, hook)
+
+
+# the hook policies whose rules check() found compilable for their hook: id -> (weak reference, hook); the
+# compiler does not ask rule_problem of their rules again (~0.1 s at 100k rules)
+_CHECKED: dict[int, tuple] = {}
+
+
+def _mark_checked(hp, hook: Hook) -> None:
+    key = id(hp)
+    _CHECKED[key] = (weakref.ref(hp, lambda _ref: _CHECKED.pop(key, None)), hook)
+
+
+def checked_for(hp, hook: Hook) -> bool:
+    """Whether check() found every rule of this very HookPolicy compilable for `hook`."""
+    entry = _CHECKED.get(id(hp))
+    return entry is not None and entry[0]() is hp and entry[1] is hook
 
 
 def rule_problem(rule: Rule, hook: Hook) -> tuple[str | None, str] | None:
