@@ -85,3 +85,28 @@ def test_nd_warning_for_default_deny_ingress():
     assert not warnings("eth0", TI, hp(EST, Rule(name="icmp6", protocol="icmpv6"), default="deny"))
     p = plan({("eth0", TI): hp(EST, default="deny")}, {})
     assert len(p.warnings()) == 1 and p.to_dict()["warnings"] == p.warnings()
+
+
+def test_automation_rules_are_remembered_while_their_policy_lives_and_passed_on_to_patched_policies():
+    """What plan.automation learnt of a hook policy holds for as long as the policy lives (and no longer:
+    a memo must not keep a 100k-rule policy alive); a policy patched from one without automation rules has
+    none either, across any number of patches (an agent's rounds)."""
+    import gc
+    import importlib
+
+    P = importlib.import_module("bpfgate.policyctl.plan")   # (the package's `plan` is the function)
+
+    syn = Rule.model_validate({"name": "syn-block", "src": "198.18.0.1", "action": "drop", "owner": "syn-blocker"})
+    hp = HookPolicy.model_validate({"rules": [syn, {"name": "a", "protocol": "tcp", "action": "drop"}]})
+    assert P.automation(hp) == [syn]
+    key = id(hp)
+    del hp
+    gc.collect()
+    assert key not in P._known_automation
+    old = HookPolicy.model_validate({"rules": [{"name": "a", "protocol": "tcp", "action": "drop"}]})
+    assert P.automation(old) == []
+    for i in range(3):   # each round: the policy patched from the last one
+        new = old.model_copy(update={"rules": (*old.rules, Rule.model_validate({"name": f"r{i}", "action": "drop"}))})
+        P.remember_changes(old, new, [])
+        assert P._known_automation[id(new)][0]() is new and P.automation(new) == []
+        old = new

@@ -297,6 +297,12 @@ def _mark_checked(hp, hook: Hook) -> None:
     _CHECKED[key] = (weakref.ref(hp, lambda _ref: _CHECKED.pop(key, None)), hook)
 
 
+def checked(hp) -> bool:
+    """Whether check() passed this very HookPolicy (for its hook): its rules have no owner, among others."""
+    entry = _CHECKED.get(id(hp))
+    return entry is not None and entry[0]() is hp
+
+
 def checked_for(hp, hook: Hook) -> bool:
     """Whether check() found every rule of this very HookPolicy compilable for `hook`."""
     entry = _CHECKED.get(id(hp))

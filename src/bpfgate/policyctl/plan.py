@@ -12,6 +12,7 @@ rule over. Only detaching the whole hook removes them, and the plan warns about 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -160,11 +161,12 @@ def rule_fields_changed(old: Rule, new: Rule) -> tuple[str, ...]:
     return tuple(f for f in fields if a.get(f) != b.get(f))
 
 
-# what the agent's rounds ask again and again of the same hook policies, remembered (with the policies, so
-# an id is never another object's; few, as each may be 100k rules): the changes between the last patched
-# policies, and the running policy's automation rules
+# what the agent's rounds ask again and again of the same hook policies, remembered: the changes between the
+# last patched policies (with the policies, so an id is never another object's; few, as each may be 100k
+# rules), and the automation rules of every hook policy asked about while it lives (a weak reference: the
+# running policy of one round is the old one of the next, and a memo must not keep a 100k-rule one alive)
 _known_changes: dict[int, tuple[HookPolicy, HookPolicy, list[RuleChange]]] = {}
-_known_automation: dict[int, tuple[HookPolicy, list[Rule]]] = {}
+_known_automation: dict[int, tuple[weakref.ref, list[Rule]]] = {}
 
 
 def _remember(memo: dict, key: int, value: tuple, most: int) -> None:
@@ -178,9 +180,13 @@ def remember_changes(old: HookPolicy, new: HookPolicy, changes: list[RuleChange]
     rule_changes(old, new) returns them instead of comparing every rule. The policies are held with them,
     so an id is never another object's."""
     _remember(_known_changes, id(new), (old, new, sorted(changes, key=_change_order)), 2)
-    known = _known_automation.get(id(old))
-    if known is not None and known[0] is old and not known[1]:   # (a file's rules have no owner)
-        _remember(_known_automation, id(new), (new, []), 1)
+    if not automation(old):   # the rules added come from a file, which can not set owner
+        _remember_automation(new, [])
+
+
+def _remember_automation(hp: HookPolicy, rules: list[Rule]) -> None:
+    key = id(hp)
+    _known_automation[key] = (weakref.ref(hp, lambda _ref: _known_automation.pop(key, None)), rules)
 
 
 def _change_order(c: RuleChange) -> tuple:
@@ -245,10 +251,12 @@ def automation(hp: HookPolicy | None) -> list[Rule]:
     if hp is None:
         return []
     known = _known_automation.get(id(hp))
-    if known is not None and known[0] is hp:
+    if known is not None and known[0]() is hp:
         return list(known[1])
-    rules = [r for r in hp.rules if r.owner is not None]
-    _remember(_known_automation, id(hp), (hp, rules), 1)
+    from bpfgate.policy.parse import checked
+
+    rules = [] if checked(hp) else [r for r in hp.rules if r.owner is not None]   # (a file sets no owner)
+    _remember_automation(hp, rules)
     return list(rules)
 
 
