@@ -365,7 +365,8 @@ def test_saved_rules_are_rows_and_blobs_of_rules_pickled_one_by_one_still_load()
     from bpfgate.policy import sources
 
     rng = random.Random(11)
-    rules = {i: r for i, r in enumerate([rule(d) for d in RICH] + [random_rule(rng, i) for i in range(300)])}
+    plain = [rule({"name": f"p{i}", "src": f"198.18.{i}.0/24", "action": "drop"}) for i in range(2)]
+    rules = dict(enumerate([*plain, *map(rule, RICH), *(random_rule(rng, i) for i in range(300))]))
     rows = pickle.loads(pickle.dumps(sources.RuleSources(rules)))
     old = sources.RuleSources.__new__(sources.RuleSources)
     old.__setstate__({"blob": pickle.dumps(rules, protocol=pickle.HIGHEST_PROTOCOL), "edits": {}})
@@ -377,3 +378,7 @@ def test_saved_rules_are_rows_and_blobs_of_rules_pickled_one_by_one_still_load()
         assert got._blob is not None and dict(got) == rules
         for rid, r in rules.items():
             assert got[rid].model_dump(exclude_unset=True) == r.model_dump(exclude_unset=True)
+    a, b = rows[0], rows[1]
+    assert a.model_fields_set is b.model_fields_set   # shared: rules are frozen ...
+    a.model_copy(update={"comment": "x"})             # ... and a copy changes its own
+    assert b.model_fields_set == {"name", "src", "action"}

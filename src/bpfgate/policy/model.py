@@ -464,12 +464,13 @@ MATCH_FIELDS = ("src", "dst", "protocol", "src_port", "dst_port", "tcp_flags", "
                 "vlan", "ct")
 
 
-def rebuild_rule(values: dict, fields_set: tuple) -> Rule:
-    """A Rule from values that were valid when saved (fields missing from them take their defaults)."""
+def rebuild_rule(values: dict, fields_set: tuple | set) -> Rule:
+    """A Rule from values that were valid when saved (fields missing from them take their defaults); a set
+    given as fields_set becomes the rule's own (rules may share one: a frozen model never changes it)."""
     rule = Rule.__new__(Rule)
     whole = len(values) == len(_RULE_DEFAULTS)
     object.__setattr__(rule, "__dict__", values if whole else {**_RULE_DEFAULTS, **values})
-    object.__setattr__(rule, "__pydantic_fields_set__", set(fields_set))
+    object.__setattr__(rule, "__pydantic_fields_set__", fields_set if isinstance(fields_set, set) else set(fields_set))
     object.__setattr__(rule, "__pydantic_extra__", None)
     object.__setattr__(rule, "__pydantic_private__", None)
     return rule

@@ -38,7 +38,10 @@ def _decode(blob: bytes) -> dict[int, Rule]:
         fields = tuple(fields[i] for i in known)
         rows = [(r[0], r[1], *(r[2 + i] for i in known)) for r in rows]
         field_sets = [tuple(f for f in fs if f in _FIELDS) for fs in field_sets]
-    return {row[0]: rebuild_rule(dict(zip(fields, row[2:])), field_sets[row[1]]) for row in rows}
+    # the rules of one fields_set share one set object (they are frozen: pydantic never changes it, and a
+    # model_copy copies it): ~200 bytes less per rule held, 20 MB at 100k rules
+    shared = [set(fs) for fs in field_sets]
+    return {row[0]: rebuild_rule(dict(zip(fields, row[2:])), shared[row[1]]) for row in rows}
 
 
 class RuleSources(MutableMapping):
