@@ -14,6 +14,7 @@ an edit the engine refuses) returns None: the full path runs and says what is wr
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -97,8 +98,8 @@ def list_change(old: list[str], new: list[str], most: int, in_old: set[str] | No
     gone, came = in_old - in_new, in_new - in_old
     if len(gone) + len(came) > most:
         return None
-    removed = sorted((old.index(t), t) for t in gone)
-    added = sorted((new.index(t), t) for t in came)
+    removed = _where(old, gone)
+    added = _where(new, came)
     kept_old, kept_new = list(old), list(new)
     for i, _t in reversed(removed):
         del kept_old[i]
@@ -107,6 +108,13 @@ def list_change(old: list[str], new: list[str], most: int, in_old: set[str] | No
     if kept_old != kept_new:
         return None   # a rule moved
     return ListChange(removed, added)
+
+
+def _where(items: list[str], wanted: set[str]) -> list[tuple[int, str]]:
+    """(index, item) of the items in `wanted`, in order: one pass at C speed (a list.index per item is a
+    pass each)."""
+    found = list(itertools.compress(itertools.count(), map(wanted.__contains__, items))) if wanted else []
+    return [(i, items[i]) for i in found]
 
 
 def _marker(k: int, nonce: str) -> str:
