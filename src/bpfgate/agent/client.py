@@ -5,13 +5,12 @@ directory). When no agent runs (no socket, or a dead agent's), everything works 
 
 The CLI's edit commands (CLI_EDITS) go further: their whole command line is sent before click is imported
 (cli/entry.py), and the agent runs it with the CLI's own click command (agent/api.py), its edit offered
-back to the agent in-process (`here`). Light to import: such a client imports json and socket, not typing."""
+back to the agent in-process (`here`). Light to import: such a client imports neither typing nor json and socket
+(wire.py)."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 from contextvars import ContextVar
 
 TYPE_CHECKING = False   # not `from typing`: typing is ~5 ms of the start of a command answered before click
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 from bpfgate import errors
+from bpfgate.agent import wire
 from bpfgate.errors import BpfgateError
 
 DIR_ENV = "BPFGATE_AGENT_DIR"
@@ -102,7 +102,7 @@ def _call(netns: str | None, request: dict, what: str | None = None) -> dict:
     gave no reply is an error, never "no agent", or the caller would write beside a running agent."""
     path = socket_path(netns)
     doing = f"{what or request['op']} through the bpfgate agent"
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s = wire.unix_socket()
     s.settimeout(WAIT_S)
     try:
         try:
@@ -111,18 +111,18 @@ def _call(netns: str | None, request: dict, what: str | None = None) -> dict:
             raise _NoAgent() from None   # a socket a killed agent left: nobody listens
         except PermissionError:
             raise errors.PermissionDenied(f"talk to the bpfgate agent at {path}", "permission denied") from None
-        except (BlockingIOError, socket.timeout):   # its queue of connections full: it listens, it is stuck
+        except (BlockingIOError, wire.TIMEOUT):   # its queue of connections full: it listens, it is stuck
             raise BpfgateError(doing, "the agent takes no connection (its queue is full): it is busy",
                                hint="try again; see its log if this lasts") from None
         data = b""
         try:
-            s.sendall(json.dumps(request, default=str).encode() + b"\n")   # addresses as text
+            s.sendall(wire.dumps(request) + b"\n")   # addresses as text
             while not data.endswith(b"\n"):
                 chunk = s.recv(1 << 16)
                 if not chunk:
                     break
                 data += chunk
-        except socket.timeout:
+        except wire.TIMEOUT:
             raise BpfgateError(doing, f"no answer in {WAIT_S:g} s: the agent is busy (reconciling)",
                                hint="try again, or raise BPFGATE_AGENT_WAIT") from None
         except OSError as e:   # reset or broken pipe: the agent went away while it had the request
@@ -133,7 +133,7 @@ def _call(netns: str | None, request: dict, what: str | None = None) -> dict:
     finally:
         s.close()
     try:
-        reply = json.loads(data) if data.endswith(b"\n") else None
+        reply = wire.loads(data) if data.endswith(b"\n") else None
     except ValueError:
         reply = None
     if not isinstance(reply, dict):

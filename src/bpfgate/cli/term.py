@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import sys
 from contextvars import ContextVar
@@ -124,6 +123,8 @@ def _tagged(name: str, tag: str, colour: str, msg: str) -> None:
 def print_json(data: Any) -> None:
     """Indented for a reader on a terminal; compact into a pipe or file, as `nft -j` prints (json's C
     encoder serves only compact output: indenting 100k rules costs seconds)."""
+    import json   # here: a command answered by an agent prints no JSON, and json is ~5 ms of its start
+
     out = _stream("out")
     indent = 2 if out.isatty() else None
     out.write(json.dumps(data, indent=indent, default=str) + "\n")
@@ -131,6 +132,8 @@ def print_json(data: Any) -> None:
 
 def print_json_line(data: Any, flush: bool = True) -> None:
     """One JSON object per line. Streams that print bursts pass flush=False and call flush() per burst."""
+    import json
+
     out = _stream("out")
     out.write(json.dumps(data, separators=(",", ":"), default=str) + "\n")
     if flush:
