@@ -12,7 +12,7 @@ namespace (a sandbox made here). Each path adds one /24 drop rule and deletes it
   ..., 1st after start   the first such edit once the agent is ready (/readyz: its first round done)
   ..., 1st after change  the first such edit after a round applied a change of the file (one rule fewer)
   ..., 1st after repair  the first such edit after a round attached the engine again (its filter deleted)
-  CLI with agent       `bpfgate rule add|del` as a process while the agent runs (start to exit)
+  CLI with agent       `bpfgate rule add|del` (the installed script) as a process while the agent runs (start to exit)
   CLI without agent    `bpfgate rule add|del` as a process, no agent
   nft element          `nft add|delete element` of one prefix into a 100k-element interval set
 Run as root:  .venv/bin/python bench/bench_agent_edit.py [--rules N] [--reps R]
@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_control_plane import free_prefixes, nft_text, policy_text, prefixes, stat, timed  # noqa: E402
+from bench_control_plane import command, free_prefixes, nft_text, policy_text, prefixes, stat, timed  # noqa: E402
 from common import header  # noqa: E402
 
 from bpfgate import policyctl  # noqa: E402
@@ -147,8 +147,10 @@ def main() -> None:
                 held.close()
             cli = [sys.executable, "-m", "bpfgate"]
             res["CLI without agent"] = edits(
-                lambda n, s: timed(cli + ["rule", "add", n, "--dev", dev, "--netns", ns, "--src", s, "--action", "drop"]),
-                lambda n, _s: timed(cli + ["rule", "del", n, "--dev", dev, "--netns", ns]), chunks[2], args.reps, "c")
+                lambda n, s: timed(command() + ["rule", "add", n, "--dev", dev, "--netns", ns, "--src", s,
+                                                "--action", "drop"]),
+                lambda n, _s: timed(command() + ["rule", "del", n, "--dev", dev, "--netns", ns]), chunks[2], args.reps,
+                "c")
             state = os.path.join(tmp, "agent")
             os.environ["BPFGATE_AGENT_DIR"] = state
             t0 = time.perf_counter()
@@ -191,9 +193,9 @@ def main() -> None:
                     lambda n, _s: client.call(ns, "delete_rule", dev=dev, hook="tc-ingress", name=n),
                     chunks[3], args.reps, "s")
                 res["CLI with agent"] = edits(
-                    lambda n, s: timed(cli + ["rule", "add", n, "--dev", dev, "--netns", ns, "--src", s,
+                    lambda n, s: timed(command() + ["rule", "add", n, "--dev", dev, "--netns", ns, "--src", s,
                                               "--action", "drop"], env),
-                    lambda n, _s: timed(cli + ["rule", "del", n, "--dev", dev, "--netns", ns], env),
+                    lambda n, _s: timed(command() + ["rule", "del", n, "--dev", dev, "--netns", ns], env),
                     chunks[4], args.reps, "a")
             finally:
                 agent.send_signal(signal.SIGTERM)
