@@ -385,7 +385,9 @@ def test_rounds_keep_the_engines_open_for_the_next_edit(web, tmp_path):
     n = web
     d = tmp_path / "policies"
     d.mkdir()
-    (d / "p.yaml").write_text(drop_port(n.dev, 8080))
+    # nine more rules: a file whose one rule changes is read where it changed (policyctl/incremental.py)
+    pad = [{"name": f"pad-{p}", "protocol": "udp", "dst_port": p, "action": "drop"} for p in range(9001, 9010)]
+    (d / "p.yaml").write_text(drop_port(n.dev, 8080, pad))
     agent = Agent(str(d), netns=n.ns, state_dir=str(tmp_path / "state"))
     agent.lock()
     key = (n.dev, Hook.TC_INGRESS, n.ns)
@@ -404,16 +406,18 @@ def test_rounds_keep_the_engines_open_for_the_next_edit(web, tmp_path):
         policyctl.add_rule(n.dev, "tc-ingress", {"name": "no-8082", "protocol": "tcp", "dst_port": 8082,
                                                  "action": "drop"}, netns=n.ns, backend=agent.engines)
         assert held() is first and dropped(n, 8082)   # the edit used it, as it was
-        (d / "p.yaml").write_text(drop_port(n.dev, 8081))
+        (d / "p.yaml").write_text(drop_port(n.dev, 8081, pad))
         assert agent.reconcile().applied
         second = held()   # the round's swap in the held engine, or it opened again: current either way
         assert second is not None and dropped(n, 8081) and served(n, 8080)
+        assert agent._since_whole == 1   # a rule replaced by a live edit: only the young heap collected
         policyctl.add_rule(n.dev, "tc-ingress", {"name": "by-hand", "protocol": "tcp", "dst_port": 8080,
                                                  "action": "drop"}, netns=n.ns)   # another writer
         assert held() is None
         assert not agent.reconcile().applied
         third = held()
         assert third is not None and third is not second and dropped(n, 8080)
+        assert agent._since_whole == 0   # an engine opened again: the whole heap collected
         policyctl.delete_rule(n.dev, "tc-ingress", "by-hand", netns=n.ns, backend=agent.engines)
         assert held() is third and served(n, 8080)
         (d / "p.yaml").unlink()

@@ -29,6 +29,7 @@ from bpfgate.errors import BpfgateError, NotFound
 from bpfgate.policy.model import Hook
 
 STATE_DIR = client.DEFAULT_DIR
+FULL_EVERY = 16   # rounds that edited a few rules between two collections of the whole heap (_freeze_heap)
 KERNEL_HOOKS = {"tc-ingress": Hook.TC_INGRESS, "tcx-ingress": Hook.TC_INGRESS, "tc-egress": Hook.TC_EGRESS,
                 "tcx-egress": Hook.TC_EGRESS, "xdp": Hook.XDP}
 
@@ -82,6 +83,7 @@ class Agent:
         self._wake = threading.Event()
         self._engines = None                   # engines held open for edits through the socket
         self.serving = False                   # its socket takes edits (api.py): rounds keep engines open
+        self._since_whole = 0                  # rounds since the whole heap was last collected (_freeze_heap)
 
     @property
     def engines(self):
@@ -188,8 +190,13 @@ class Agent:
                 self._remove(dev, Hook(hook))
                 rnd.removed.append((dev, Hook(hook)))
         self._save_owned()
-        if self._hold_open() or rnd.applied or rnd.removed or rnd.repaired:
-            self._freeze_heap()
+        opened = self._hold_open()
+        if opened or rnd.applied or rnd.removed or rnd.repaired:
+            # only edits made in the held engines (files read where they changed): the objects frozen
+            # before are let go by reference counts alone
+            small = not (opened or rnd.removed or rnd.repaired) and all(
+                getattr(self._parsed.get(path), "split", None) is not None for path in rnd.applied)
+            self._freeze_heap(whole=not small)
         return self._done(rnd)
 
     def _hold_open(self) -> int:
@@ -209,15 +216,21 @@ class Agent:
                 error=why)
         return changed
 
-    def _freeze_heap(self) -> None:
+    def _freeze_heap(self, whole: bool = True) -> None:
         """What the agent holds (the engines' state, the parsed files: millions of objects at 100k rules)
-        kept out of the cyclic collector's reach: a full collection walks every object it tracks (~0.4 s at
+        kept out of the cyclic collector's reach: a full collection walks every object it tracks (~0.5 s at
         100k rules), which an edit through the socket would pay whenever one falls due. Done after a round
-        that changed what is held; what the last one froze is collected first (nothing is kept that only a
-        collection would free)."""
+        that changed what is held. `whole`: what the last one froze is collected too (nothing is kept that
+        only a collection would free: an engine replaced is a cycle with its state). Otherwise (a round that
+        edited a few rules) only what was made since is collected, and every FULL_EVERY such rounds the
+        whole heap is, so a cycle of frozen objects let go meanwhile is not kept for long."""
         if not self.serving:
             return
-        gc.unfreeze()
+        self._since_whole = 0 if whole else self._since_whole + 1
+        if self._since_whole >= FULL_EVERY:
+            whole, self._since_whole = True, 0
+        if whole:
+            gc.unfreeze()
         gc.collect()
         gc.freeze()
 
