@@ -7,6 +7,8 @@ main branch before a change, to compare in the same run; default: this checkout)
 process (interval 2 s) is started, and once its first round has attached the policy:
   change10   the file rewritten with 10 rules renamed (then back, alternating) and the agent sent SIGHUP:
              seconds from the write to the engine's saved state changing (the edit made), `reps` times
+  change10 CPU  the agent's CPU (user + system) for each such change: from the write until the round after
+             it (its collection of the heap included), less what it spends idle over that time
   idle       the agent's CPU (user + system) over `--idle` seconds with nothing changing, % of one core
 Run as root:  .venv/bin/python bench/bench_agent_file.py [--rules N] [--reps R] [--idle S] [--cli base=/path/src ...]
 """
@@ -53,7 +55,7 @@ def measure(src: str | None, ns: str, dev: str, texts: tuple[str, str], workdir:
                               "--interval", "2", "--listen", "127.0.0.1:0"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     store = StateStore(dev, Hook.TC_INGRESS, ns)
-    out: dict[str, list[float]] = {"change10": [], "idle": []}
+    out: dict[str, list[float]] = {"change10": [], "change10_cpu": [], "idle": []}
     try:
         deadline = time.time() + 300
         while not store.exists():
@@ -66,7 +68,7 @@ def measure(src: str | None, ns: str, dev: str, texts: tuple[str, str], workdir:
         out["idle"].append((cpu_seconds(agent.pid) - c0) / (time.time() - t0))
         for k in range(reps):
             v0 = store.version()
-            t = time.perf_counter()
+            c0, t = cpu_seconds(agent.pid), time.perf_counter()
             write(path, texts[(k + 1) % 2])
             agent.send_signal(signal.SIGHUP)
             while store.version() == v0:
@@ -75,6 +77,7 @@ def measure(src: str | None, ns: str, dev: str, texts: tuple[str, str], workdir:
                 time.sleep(0.002)
             out["change10"].append(time.perf_counter() - t)
             time.sleep(2.5)   # the next round (nothing to do) before the next change
+            out["change10_cpu"].append(cpu_seconds(agent.pid) - c0 - out["idle"][0] * (time.perf_counter() - t))
     finally:
         agent.terminate()
         agent.wait(60)
@@ -105,6 +108,8 @@ def main() -> None:
     print("|---|" + "---|" * len(clis))
     print("| file changing 10 rules: write to enforced | " + " | ".join(stat(rows[label]["change10"])
                                                                    for label, _ in clis) + " |")
+    print("| the agent's CPU per such change | " + " | ".join(stat(rows[label]["change10_cpu"])
+                                                           for label, _ in clis) + " |")
     print("| idle CPU, % of a core | " + " | ".join(f"{rows[label]['idle'][0] * 100:.1f} %" for label, _ in clis)
           + " |")
 
