@@ -138,3 +138,13 @@ def test_cidrs_read_as_ipaddress_reads_them(text):
     else:
         got = parse_network(text)
         assert got == want and type(got) is type(want) and str(got) == str(want)
+
+
+def test_rules_read_from_a_file_share_their_fields_set_and_a_copy_changes_its_own():
+    text = ("version: 1\ninterfaces: [eth0]\nhooks:\n  tc-ingress:\n    rules:\n"
+            "      - {name: a, src: 198.18.0.0/24, action: drop}\n      - {name: b, src: 198.18.1.0/24, action: drop}\n"
+            "      - {name: c, protocol: tcp, dst_port: 80, action: drop}\n")
+    a, b, c = load_text(text, "p.yaml").hooks[Hook.TC_INGRESS].rules
+    assert a.model_fields_set is b.model_fields_set and c.model_fields_set == {"name", "protocol", "dst_port", "action"}
+    a.model_copy(update={"comment": "x"})
+    assert b.model_fields_set == {"name", "src", "action"}

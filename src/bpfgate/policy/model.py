@@ -479,6 +479,15 @@ def rebuild_rule(values: dict, fields_set: tuple | set) -> Rule:
 _rule_rebuild = rebuild_rule   # the name rules pickled one by one refer to (saved states, older blobs)
 
 
+def share_fields_sets(rules) -> None:
+    """Rules with the same fields set share one fields_set object (pydantic makes one per model: ~200 bytes,
+    20 MB at 100k rules; Rule is frozen, so pydantic never changes it, and a model_copy copies it)."""
+    shared: dict[frozenset, set] = {}
+    for rule in rules:
+        fs = rule.__pydantic_fields_set__
+        object.__setattr__(rule, "__pydantic_fields_set__", shared.setdefault(frozenset(fs), fs))
+
+
 def _reduce_rule(rule: Rule):
     return _rule_rebuild, ({k: v for k, v in rule.__dict__.items() if v != _RULE_DEFAULTS[k]},
                            tuple(rule.__pydantic_fields_set__))

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from ..errors import PolicyError
 from . import fastyaml
 from .source import MAX_BYTES, read_source  # noqa: F401 - read_source: the policy file's reader, named here too
-from .model import ICMP_PROTOCOLS, PORT_PROTOCOLS, SOCKET_HOOKS, Hook, Policy, Rule
+from .model import ICMP_PROTOCOLS, PORT_PROTOCOLS, SOCKET_HOOKS, Hook, Policy, Rule, share_fields_sets
 
 Loc = tuple  # path into the data: str keys and int list indices
 
@@ -254,6 +254,8 @@ def _validated(data, where: _Where) -> Policy:
         shown = _data_loc(data, err["loc"])
         raise PolicyError(where(shown), _reason(err, shown)) from None
     check(policy, where)
+    for hp in policy.hooks.values():
+        share_fields_sets(hp.rules)
     return policy
 
 
