@@ -4,7 +4,6 @@ and the field, e.g. `policy.yaml:12 hooks.tc-ingress.rules[3].dst_port: port 700
 from __future__ import annotations
 
 import json
-import weakref
 from pathlib import Path
 
 import yaml
@@ -12,6 +11,7 @@ from pydantic import ValidationError
 
 from ..errors import PolicyError
 from . import fastyaml
+from .memo import ObjectMemo
 from .source import MAX_BYTES, read_source  # noqa: F401 - read_source: the policy file's reader, named here too
 from .model import ICMP_PROTOCOLS, PORT_PROTOCOLS, SOCKET_HOOKS, Hook, Policy, Rule, share_fields_sets
 
@@ -289,26 +289,23 @@ def check(policy: Policy, where=None) -> None:
         _mark_checked(hp, hook)
 
 
-# the hook policies whose rules check() found compilable for their hook: id -> (weak reference, hook); the
-# compiler does not ask rule_problem of their rules again (~0.1 s at 100k rules)
-_CHECKED: dict[int, tuple] = {}
+# the hook policies whose rules check() found compilable, and for which hook: the compiler does not ask
+# rule_problem of their rules again (~0.1 s at 100k rules)
+_CHECKED = ObjectMemo()
 
 
 def _mark_checked(hp, hook: Hook) -> None:
-    key = id(hp)
-    _CHECKED[key] = (weakref.ref(hp, lambda _ref: _CHECKED.pop(key, None)), hook)
+    _CHECKED.put(hp, hook)
 
 
 def checked(hp) -> bool:
     """Whether check() passed this very HookPolicy (for its hook): its rules have no owner, among others."""
-    entry = _CHECKED.get(id(hp))
-    return entry is not None and entry[0]() is hp
+    return hp in _CHECKED
 
 
 def checked_for(hp, hook: Hook) -> bool:
     """Whether check() found every rule of this very HookPolicy compilable for `hook`."""
-    entry = _CHECKED.get(id(hp))
-    return entry is not None and entry[0]() is hp and entry[1] is hook
+    return _CHECKED.get(hp) is hook
 
 
 def rule_problem(rule: Rule, hook: Hook) -> tuple[str | None, str] | None:

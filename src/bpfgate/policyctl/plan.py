@@ -12,11 +12,11 @@ rule over. Only detaching the whole hook removes them, and the plan warns about 
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bpfgate.policy.hooks import Hook
+from bpfgate.policy.memo import ObjectMemo
 
 if TYPE_CHECKING:   # a plan with no change is made and printed without the models (unchanged.py)
     from bpfgate.policy.model import HookPolicy, Rule
@@ -166,7 +166,7 @@ def rule_fields_changed(old: Rule, new: Rule) -> tuple[str, ...]:
 # rules), and the automation rules of every hook policy asked about while it lives (a weak reference: the
 # running policy of one round is the old one of the next, and a memo must not keep a 100k-rule one alive)
 _known_changes: dict[int, tuple[HookPolicy, HookPolicy, list[RuleChange]]] = {}
-_known_automation: dict[int, tuple[weakref.ref, list[Rule]]] = {}
+_known_automation = ObjectMemo()   # hook policy -> its automation rules
 
 
 def _remember(memo: dict, key: int, value: tuple, most: int) -> None:
@@ -181,12 +181,7 @@ def remember_changes(old: HookPolicy, new: HookPolicy, changes: list[RuleChange]
     so an id is never another object's."""
     _remember(_known_changes, id(new), (old, new, sorted(changes, key=_change_order)), 2)
     if not automation(old):   # the rules added come from a file, which can not set owner
-        _remember_automation(new, [])
-
-
-def _remember_automation(hp: HookPolicy, rules: list[Rule]) -> None:
-    key = id(hp)
-    _known_automation[key] = (weakref.ref(hp, lambda _ref: _known_automation.pop(key, None)), rules)
+        _known_automation.put(new, [])
 
 
 def _change_order(c: RuleChange) -> tuple:
@@ -250,13 +245,13 @@ def automation(hp: HookPolicy | None) -> list[Rule]:
     """The rules of a hook policy that automation added (owner set)."""
     if hp is None:
         return []
-    known = _known_automation.get(id(hp))
-    if known is not None and known[0]() is hp:
-        return list(known[1])
+    known = _known_automation.get(hp)
+    if known is not None:
+        return list(known)
     from bpfgate.policy.parse import checked
 
     rules = [] if checked(hp) else [r for r in hp.rules if r.owner is not None]   # (a file sets no owner)
-    _remember_automation(hp, rules)
+    _known_automation.put(hp, rules)
     return list(rules)
 
 
