@@ -40,7 +40,9 @@ class _Decoding:
     object_hook = object_pairs_hook = None
     parse_float, parse_int = float, int
     parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
-    memo: dict = {}
+
+
+_scan = _json.make_scanner(_Decoding()) if _json is not None else None
 
 
 def loads(data: bytes):
@@ -52,7 +54,7 @@ def loads(data: bytes):
         return json.loads(text)
     start = len(text) - len(text.lstrip(" \t\n\r"))
     try:
-        value, end = _json.make_scanner(_Decoding())(text, start)
+        value, end = _scan(text, start)
     except StopIteration:
         raise ValueError("not a JSON document") from None
     if text[end:].strip(" \t\n\r"):
