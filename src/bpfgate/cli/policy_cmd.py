@@ -269,11 +269,15 @@ def register(app: click.Group) -> None:
         """The running rules, in order, with their counters (packets, bytes)."""
         from bpfgate import policyctl
 
-        rows = policyctl.rules(dev, netns=netns, hook=hook, names=names or None, reset=reset)
-        if reset and not rows:   # as `policy export`: nothing to reset is a not-found, not a success
+        tables = policyctl.rule_tables(dev, netns=netns, hook=hook, names=names or None, reset=reset)
+        if reset and not any(t.shown for t in tables):   # as `policy export`: nothing to reset is a not-found
             from bpfgate.errors import NotFound
 
             raise NotFound("reset counters", "no bpfgate policy is running" + (f" in {netns}" if netns else ""))
+        if as_json and term.json_compact():   # straight from the columns: no row objects at 100k rules
+            term.print_json_text(policyctl.rules_json(tables))
+            return
+        rows = [r for t in tables for r in t.rows()]
         if _printed_as_json_or_none(rows, as_json, netns):
             return
         if reset:

@@ -126,8 +126,18 @@ def print_json(data: Any) -> None:
     import json   # here: a command answered by an agent prints no JSON, and json is ~5 ms of its start
 
     out = _stream("out")
-    indent = 2 if out.isatty() else None
+    indent = None if json_compact() else 2
     out.write(json.dumps(data, indent=indent, default=str) + "\n")
+
+
+def json_compact() -> bool:
+    """Whether print_json prints compact JSON (into a pipe or a file)."""
+    return not _stream("out").isatty()
+
+
+def print_json_text(text: str) -> None:
+    """JSON already encoded compact (what print_json would print when json_compact())."""
+    _stream("out").write(text + "\n")
 
 
 def print_json_line(data: Any, flush: bool = True) -> None:

@@ -32,7 +32,7 @@ from bpfgate.policy.sets import SetState
 
 from . import records as R
 from . import recover, resize
-from .listing import read_counters
+from .listing import Listing, counter_columns, read_counters
 from .paths import MAPS, pin_dir
 from .state import SNAPSHOT_NEXT, StateStore
 
@@ -443,7 +443,7 @@ class Engine:
                 self._room_for_slot()
                 diff = self._live().add(rule, position)   # a refusal (PolicyError) has written nothing
                 self.apply_diff(diff)
-                self._journal("add", rule=rule, position=position)
+                self._journal("add", rule=rule, position=position, slots=self._slots([rule.name]))
                 return diff
         except NoRoom:
             if self.store is None:   # a detached engine (tests, benchmarks) has no pins to move
@@ -500,7 +500,8 @@ class Engine:
                 shown = live.conf
                 diff = live.batch(edits)
                 self._write_batch(diff, shown)
-                self._journal("batch", edits=[_edit_data(e) for e in edits])
+                named = [e[2].name if e[0] == "replace" else e[1].name for e in edits if e[0] != "delete"]
+                self._journal("batch", edits=[_edit_data(e) for e in edits], slots=self._slots(named))
                 return diff
         except BaseException:
             if self.store is None:
@@ -542,7 +543,7 @@ class Engine:
                 self._room_for_slot()   # a changed action takes a fresh slot
             diff = live.replace(name, rule)
             self.apply_diff(diff)
-            self._journal("replace", name=name, rule=rule)
+            self._journal("replace", name=name, rule=rule, slots=self._slots([rule.name]))
             return diff
 
     def _sync(self) -> None:
@@ -668,37 +669,42 @@ class Engine:
         c = live.c
         return "allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny", live.names()
 
-    def listing(self) -> tuple[str, list[tuple]]:
-        """(default, every rule as `bpfgate rules` lists it: ruledata.rule_row, in order). The rows of rules
-        unchanged since the saved snapshot come from the rows the first listing of that snapshot saved: at
-        100k rules, reading the Rule models back and describing them is ~1 s."""
+    def listing(self) -> Listing:
+        """Every rule as `bpfgate rules` lists it (ruledata.rule_row), in order. The rows of rules unchanged
+        since the saved snapshot come from the rows the first listing of that snapshot saved: at 100k rules,
+        reading the Rule models back and describing them is ~1 s."""
         default, _names = self.outline()
         live = self._live()
         source = live.c.source
         edited = source.changed_since_saved() if self.store is not None else None
         saved = self.store.load_listing() if edited is not None else {}
         skip = edited or ()
+        rids = [rid for _p, rid in live.order]
         rows, made = [], False
-        for _p, rid in live.order:
+        for rid in rids:
             row = saved.get(rid) if rid not in skip else None
             if row is None:
                 row, made = rule_row(source[rid]), True
             rows.append(row)
+        listing = Listing.of_rows(default, live.c.default_rule, rids, rows)
         if edited is None:
-            return default, rows
+            return listing
         version = self.store.version()
         whole = version == self._seen_version   # the state in memory is the saved one, journal and all
         if whole and (made or self.store.current_listing() is None):   # the next listing reads these rows
-            rids = [rid for _p, rid in live.order]
-            self.store.save_listing(dict(zip(rids, rows)), rids, (default, live.c.default_rule), version[1])
+            self.store.save_listing(listing, version[1])
         elif made and not saved:
-            self.store.save_listing({rid: row for (_p, rid), row in zip(live.order, rows)})
-        return default, rows
+            self.store.save_listing(listing)
+        return listing
 
     def rule_ids(self) -> dict[str, int]:
         self._sync()
         c = self._live().c
         return {c.names[rid]: rid for rid in [c.default_rule] + [r for _p, r in self.live.order]}
+
+    def counter_columns(self, nslots: int) -> tuple[list[int], list[int]]:
+        """Packets and bytes of slots 0..nslots-1 (per-CPU, summed)."""
+        return counter_columns(self.maps["bg_counters"], nslots)
 
     def counters(self) -> dict[str, R.Counter]:
         """Packets and bytes per rule name (per-CPU, summed), "(default)" included."""
@@ -889,6 +895,12 @@ class Engine:
     def _journal(self, op: str, **kw) -> None:
         if self.store is not None:
             self.store.journal(op, **kw)
+
+    def _slots(self, names: Iterable[str]) -> dict[str, int]:
+        """The slots of the named rules that are live, as a journal line records them: a listing replays
+        the line onto its saved rows (engine/listing.py) and needs them for the rules' counters."""
+        by_name = self._live().by_name
+        return {n: by_name[n] for n in names if n in by_name}
 
 
 def _open_pins(dev: str, hook: Hook, netns_name: str | None) -> dict[str, Map]:

@@ -8,9 +8,11 @@ directory is root-only). N is SNAPSHOT_VERSION, bumped whenever what the pickle 
 versioning), of another version, or that does not unpickle loads as one BpfgateError ("detach it and apply
 the policy again") instead of a traceback or a half-working engine.
 
-A live edit appends one JSON line to journal.jsonl, e.g. {"op": "add", "rule": {...}, "position": 0}, a
-rule being its fields as the policy file has them (bpfgate.policy.ruledata), so journals do not depend on
-the classes' layout; lines written before that hold a rule as a base64 pickle (a string) and still load.
+A live edit appends one JSON line to journal.jsonl, e.g. {"op": "add", "rule": {...}, "position": 0,
+"slots": {"web": 12}}, a rule being its fields as the policy file has them (bpfgate.policy.ruledata), so
+journals do not depend on the classes' layout; lines written before that hold a rule as a base64 pickle (a
+string) and still load. "slots" (the rules' slots after the edit) is for `rules`, which replays the lines
+onto the rows it saved (engine/listing.py) instead of loading the state; opening does not read it.
 A batch of edits made as one atomic step (Engine.apply_edits) is one line, {"op": "batch", "edits": [...]}:
 a journal cut short holds all of it or none.
 Opening replays the lines through LiveHook, which is deterministic, so another process ends up with the
@@ -41,6 +43,8 @@ if TYPE_CHECKING:   # the models and LiveHook are imported where a state is read
     # engines and their state versions (apply's no-change check) needs neither
     from bpfgate.policy.live import LiveHook
     from bpfgate.policy.model import Rule
+
+    from .listing import Listing
 
 STATE_ROOT = state_root("engine")   # the attachment record of an engine names its directory: detach removes it
 
@@ -257,20 +261,29 @@ class StateStore:
             return {}
 
     def load_listing(self) -> dict[int, tuple]:
-        """The rows `bpfgate rules` shows (ruledata.rule_row) by rule id, saved by an earlier listing of the
-        snapshot this state was loaded from; {} when there are none (another snapshot's, none, unreadable).
+        """The rows `bpfgate rules` shows (policy.listed.data_row) by rule id, saved by an earlier listing of
+        the snapshot this state was loaded from; {} when there are none (another snapshot's, none, unreadable).
         A row stands for its rule only while the rule is unchanged since that snapshot: the caller takes
         the rows of rules edited since (the journal's) from the rules themselves."""
+        from .listing import Listing
+
         if self.snapshot_id is None:
             return {}
         saved = self._read_listing()
-        return saved.get("rows", {}) if saved.get("snapshot") == self.snapshot_id else {}
+        if saved.get("snapshot") != self.snapshot_id:
+            return {}
+        try:
+            return Listing.from_state(saved["listing"]).by_rid()
+        except (KeyError, TypeError, ValueError):   # a listing of another layout
+            return {}
 
-    def current_listing(self) -> dict | None:
-        """The saved listing when it is the whole running state, read without loading the state: saved with
-        the rules' order, of the snapshot saved now and the journal as it is now (a listing saved before
-        journals were keyed: an empty one), none cut short. {"rows", "order": rule ids, "default": (action,
-        rule id)}; else None."""
+    def current_listing(self) -> Listing | None:
+        """The running rules as saved beside the state, read without loading it: a listing of the whole state
+        of the snapshot saved now, with the journal's edits made since it was saved replayed onto it (and
+        saved again so, for the next reader). None when there is no such listing, an edit is cut short, or
+        the journal since is not one the listing can follow."""
+        from .listing import Listing
+
         try:
             snap = _identity(os.stat(self._p("snapshot.pickle")))
         except FileNotFoundError:
@@ -278,29 +291,48 @@ class StateStore:
         if self.interrupted() is not None:
             return None
         saved = self._read_listing()
-        if saved.get("snapshot") != snap or saved.get("order") is None:
+        if saved.get("snapshot") != snap or not isinstance(saved.get("journal"), tuple):
+            return None   # another snapshot's, or not the whole state (rows only)
+        try:
+            listing = Listing.from_state(saved["listing"])
+        except (KeyError, TypeError, ValueError):
             return None
+        seen = saved["journal"]   # the journal's version() when the rows were its state: (mtime, size, inode)
         journal = self.version()[1]
-        if "journal" in saved:
-            if saved["journal"] != journal:
-                return None   # an edit since
-        elif journal is not None and journal[1]:   # saved before listings were keyed to the journal
+        if journal == seen:
+            return listing
+        if journal is None or journal[2] != seen[2] or journal[1] < seen[1]:
+            return None   # emptied or replaced since: the journal of another snapshot
+        try:   # the lines appended since (a journal is only appended to until the next snapshot)
+            with open(self._p("journal.jsonl"), "rb") as f:
+                if os.fstat(f.fileno()).st_ino != journal[2]:
+                    return None
+                f.seek(seen[1])
+                tail = f.read(journal[1] - seen[1])
+            if tail and not tail.endswith(b"\n"):
+                return None   # a line being written
+            records = [json.loads(line) for line in tail.splitlines() if line.strip()]
+            if not all(isinstance(r, dict) for r in records) or not listing.replay(records):
+                return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):   # a line this listing cannot follow
             return None
-        return saved
+        self.snapshot_id = snap
+        self.save_listing(listing, journal)
+        return listing
 
-    def save_listing(self, rows: dict[int, tuple], order: list[int] | None = None,
-                     default: tuple[str, int] | None = None, journal: tuple | None = None) -> None:
-        """Keep the rows of this state's snapshot for the next listing; with `order`, `default` and the
-        journal's version() when they are the whole saved state's (no edit since it was read), so a listing
-        can skip loading the state (current_listing). Readers write it without the lock: each through its
-        own temporary file; a row of a rule edited since the snapshot is never read (see load_listing)."""
+    def save_listing(self, listing: Listing, journal: tuple | None = None) -> None:
+        """Keep the rows of this state's snapshot for the next listing. `journal`: the journal's version()
+        when the rows are the whole saved state's (no edit since it was read), so a listing can skip loading
+        the state (current_listing); None: rows only, of the rules unchanged since the snapshot. Readers write it without the lock: each through its own temporary file; a row of
+        a rule edited since the snapshot is never read (see load_listing)."""
         if self.snapshot_id is None:
             return
         tmp = self._p(f"listing.pickle.{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
-                pickle.dump({"snapshot": self.snapshot_id, "rows": rows, "order": order, "default": default,
-                             "journal": journal}, f, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump({"snapshot": self.snapshot_id, "listing": listing.to_state(),
+                             "journal": journal},
+                            f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, self._p("listing.pickle"))
         except OSError:   # only a cache: a full disk or a removed directory (detached meanwhile) costs time
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .listed import data_row
 from .model import CT_STATES, PROTOCOLS, TCP_FLAGS, Rule, SetDef, SetRef, element_text
 
 _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
@@ -97,21 +98,9 @@ def _rule_data(rule: Rule) -> dict[str, Any]:
     return d
 
 
-LISTED_OPTIONS = ("redirect", "reject", "mark", "rate_limit", "log", "count")
-_MATCH_FIELDS = frozenset(Rule.model_fields) - {"name", "action", "comment", "owner", "negated", *LISTED_OPTIONS}
-
-
-def match_text(data: dict[str, Any]) -> str:
-    """The match fields of `rule_data(...)` output on one line, as `bpfgate rules` shows them."""
-    return " ".join(f"{k}={v if not isinstance(v, list) else ','.join(map(str, v))}"
-                    for k, v in data.items() if k in _MATCH_FIELDS) or "any"
-
-
 def rule_row(rule: Rule) -> tuple:
     """(name, action, match text, options, owner, comment): a rule as `bpfgate rules` lists it."""
-    data = rule_data(rule)
-    return (rule.name, rule.action, match_text(data), {k: data[k] for k in LISTED_OPTIONS if k in data},
-            rule.owner, rule.comment)
+    return data_row(rule_data(rule))
 
 
 def rule_from_data(d: dict[str, Any]) -> Rule:

@@ -34,7 +34,7 @@ import types
 # submodules named like a function of the API: the name is the function's, as when the API was this module
 _FUNCTIONS_FIRST = frozenset({"apply", "plan", "explain", "export", "sets"})
 # names served by a light submodule without api (`rules` at 100k rules: without the models and the compiler)
-_LIGHT = {"rules": "listing", "RuleRow": "listing"}
+_LIGHT = {name: "listing" for name in ("rules", "RuleRow", "rule_tables", "HookRules", "rules_json")}
 
 
 class _Package(types.ModuleType):

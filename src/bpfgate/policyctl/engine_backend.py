@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from bpfgate.policy.hooks import Hook
 
 if TYPE_CHECKING:
+    from bpfgate.engine.listing import Listing
     from bpfgate.policy.compile import CompiledHook
     from bpfgate.policy.layout import Conf
     from bpfgate.policy.model import HookPolicy, Rule
@@ -207,21 +208,21 @@ class EngineBackend:
 
         return StateStore.listing(netns)
 
-    def listing(self, dev: str, hook: Hook, netns: str | None) -> tuple[str, list[tuple], dict] | None:
-        """(default, the rules as `rules` lists them: ruledata.rule_row, their counters) of one hook; None when
-        it runs none. From the listing saved beside the state when it is current (the state not loaded)."""
+    def listing(self, dev: str, hook: Hook, netns: str | None) -> tuple[Listing, list[int], list[int]] | None:
+        """(the rules as `rules` lists them: engine.listing.Listing, packets and bytes by slot) of one hook;
+        None when it runs none. From the listing saved beside the state when it is current (the state not
+        loaded)."""
         from bpfgate.engine.listing import saved_listing
         from bpfgate.errors import NotFound
 
         if self._held is None and not (self._cache and (dev, hook, netns) in self._cache):
             found = saved_listing(dev, hook, netns)
             if found is not None:
-                default, rows, counts = found
-                return default, rows, {n: RuleCounters(*c) for n, c in counts.items()}
+                return found
         try:
             with self._open(dev, hook, netns) as eng:
-                default, rows = eng.listing()
-                return default, rows, {n: RuleCounters(n, c.packets, c.bytes) for n, c in eng.counters().items()}
+                listing = eng.listing()
+                return (listing, *eng.counter_columns(max(listing.rids + [listing.default_rid]) + 1))
         except NotFound:
             return None
 
