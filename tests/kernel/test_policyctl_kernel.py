@@ -185,8 +185,8 @@ def test_saved_listing_follows_edits_swaps_and_counters(net):
 
     rows = [("web", "drop", "protocol=tcp dst_port=80"), ("alt", "pass", "protocol=tcp dst_port=8080"),
             ("(default)", "allow", "no rule matched")]
-    assert listed() == rows   # described from the rules, and saved
-    assert saved_listing(n.dev, Hook.TC_INGRESS, n.ns) is not None
+    assert saved_listing(n.dev, Hook.TC_INGRESS, n.ns)[0].rows() == [(*r, {}, None, None) for r in rows[:2]]   # by the attach
+    assert listed() == rows
     assert listed() == rows   # read back
     assert dropped(n, 80) and served(n, 8080)
     assert settled_counts(n)["web"] > 0 and counts(n)["alt"] > 0   # counters live, not saved ones

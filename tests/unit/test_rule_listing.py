@@ -3,14 +3,16 @@ straight from them, each against what the models and json.dumps give."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import pickle
+import random
 
 from bpfgate import policyctl
 from bpfgate.engine.listing import Listing
-from bpfgate.policy.listed import MATCH_FIELDS, LISTED_OPTIONS
+from bpfgate.policy.listed import LISTED_OPTIONS, MATCH_FIELDS, data_row
 from bpfgate.policy.model import Policy, Rule
-from bpfgate.policy.ruledata import rule_data, rule_from_data, rule_row
+from bpfgate.policy.ruledata import net_text, rule_data, rule_from_data, rule_row
 from bpfgate.policyctl.backend import MemoryBackend
 
 RULES = [
@@ -73,3 +75,24 @@ def test_rules_json_is_what_json_dumps_writes():
     some = policyctl.rule_tables(netns="ns", backend=be, names=["v6", "(default)"], dev="eth1")
     assert policyctl.rules_json(some) == json.dumps(
         [r.to_dict() for r in policyctl.rules("eth1", netns="ns", backend=be, names=["v6", "(default)"])])
+
+
+def test_net_text_is_ipaddress_text():
+    rng = random.Random(7)
+    nets = [ipaddress.ip_network(t) for t in ("::/0", "::1/128", "::ffff:0:0/96", "::ffff:1.2.3.4/128", "::1.2.3.4/128",
+                                               "::ffff:0:1.2.3.4/128", "64:ff9b::102:304/128", "1:0:0:1::/64",
+                                               "1:0:1:0:0:1::/96", "0:0:1::/48", "0.0.0.0/0", "198.18.0.0/15")]
+    for _ in range(20000):   # zero runs of every length and place, ffff words, IPv4
+        words = [rng.choice([0, 0, 0, 1, 0xffff, rng.randrange(1 << 16)]) for _ in range(8)]
+        nets.append(ipaddress.IPv6Network((int("".join(f"{w:04x}" for w in words), 16), 128)))
+        nets.append(ipaddress.IPv4Network((rng.randrange(1 << 32), 32)))
+    assert [net_text(n) for n in nets] == [str(n) for n in nets]
+
+
+def test_rule_row_of_plain_rules_is_the_generic_one():
+    plain = [{"name": "a", "src": ["198.18.0.0/16", "fd00::/64"], "dst": "198.19.0.1", "action": "drop"},
+             {"name": "b", "protocol": ["tcp", "udp"], "src_port": "1024-2048", "dst_port": [53, "80-81"]},
+             {"name": "c", "protocol": 99, "action": "drop"}, {"name": "d"}]
+    for d in plain + RULES:
+        rule = rule_from_data(d)
+        assert rule_row(rule) == data_row(rule_data(rule)), d

@@ -207,6 +207,7 @@ class Engine:
             with ThreadPoolExecutor(1) as pool:
                 loading = pool.submit(load, quiet=True)
                 presaved = store.presave(live)
+                listing = listing_of(compiled)   # saved with the state: a first `rules` reads no state
             try:
                 eng = loading.result()
             except LoadFailedQuietly:
@@ -251,6 +252,7 @@ class Engine:
             if not (presaved and store.take_snapshot(SNAPSHOT_NEXT)):
                 eng._snapshot()
             eng._seen_version = store.version()
+            store.save_fresh_listing(listing)
         except BaseException:
             for a in atts:
                 attach_mod.detach(a)
@@ -673,20 +675,13 @@ class Engine:
         """Every rule as `bpfgate rules` lists it (ruledata.rule_row), in order. The rows of rules unchanged
         since the saved snapshot come from the rows the first listing of that snapshot saved: at 100k rules,
         reading the Rule models back and describing them is ~1 s."""
-        default, _names = self.outline()
+        self._sync()
         live = self._live()
-        source = live.c.source
-        edited = source.changed_since_saved() if self.store is not None else None
+        edited = live.c.source.changed_since_saved() if self.store is not None else None
         saved = self.store.load_listing() if edited is not None else {}
         skip = edited or ()
-        rids = [rid for _p, rid in live.order]
-        rows, made = [], False
-        for rid in rids:
-            row = saved.get(rid) if rid not in skip else None
-            if row is None:
-                row, made = rule_row(source[rid]), True
-            rows.append(row)
-        listing = Listing.of_rows(default, live.c.default_rule, rids, rows)
+        listing = listing_of(live.c, saved, skip)
+        made = any(rid in skip or rid not in saved for rid in listing.rids)   # rows described afresh
         if edited is None:
             return listing
         version = self.store.version()
@@ -993,6 +988,17 @@ def _edit_data(edit: tuple) -> dict:
     if edit[0] == "replace":
         return {"op": "replace", "name": edit[1], "rule": rule_data(edit[2])}
     return {"op": "add", "rule": rule_data(edit[1]), "position": edit[2]}
+
+
+def listing_of(c: CompiledHook, saved: dict[int, tuple] | None = None, edited: Iterable[int] = ()) -> Listing:
+    """The rules of `c` as `rules` lists them, in order; rows of `saved` (by rule id) reused, except for the
+    rules `edited`."""
+    saved = saved or {}
+    rids = [rid for _p, rid in c.order]
+    rows = [saved.get(rid) if rid not in edited else None for rid in rids]
+    rows = [row if row is not None else rule_row(c.source[rid]) for rid, row in zip(rids, rows)]
+    return Listing.of_rows("allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny", c.default_rule,
+                           rids, rows)
 
 
 def rule_names(compiled: CompiledHook) -> dict[int, str]:

@@ -320,6 +320,18 @@ class StateStore:
         self.save_listing(listing, journal)
         return listing
 
+    def save_fresh_listing(self, listing: Listing) -> None:
+        """Keep the rows of the state its writer just saved (a snapshot, its journal empty) for the next
+        listing. Not when an edit was journaled already: the listing must be the whole state."""
+        try:
+            snap = _identity(os.stat(self._p("snapshot.pickle")))
+        except FileNotFoundError:
+            return
+        journal = self.version()[1]
+        if journal is not None and not journal[1]:
+            self.snapshot_id = snap
+            self.save_listing(listing, journal)
+
     def save_listing(self, listing: Listing, journal: tuple | None = None) -> None:
         """Keep the rows of this state's snapshot for the next listing. `journal`: the journal's version()
         when the rows are the whole saved state's (no edit since it was read), so a listing can skip loading

@@ -8,10 +8,12 @@ policyctl can use it.
 
 from __future__ import annotations
 
+import operator
+from socket import AF_INET6, inet_ntoa, inet_ntop
 from typing import Any
 
 from .listed import data_row
-from .model import CT_STATES, PROTOCOLS, TCP_FLAGS, Rule, SetDef, SetRef, element_text
+from .model import CT_STATES, PROTOCOLS, TCP_FLAGS, Network, Rule, SetDef, SetRef, element_text
 
 _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 _CT_NAMES = {v: k for k, v in CT_STATES.items()}
@@ -55,12 +57,24 @@ def set_data(sd: SetDef) -> dict[str, Any]:
     return d
 
 
+def net_text(net: Network) -> str:
+    """str(net), 3-5x faster: the C library writes the address. Its text is ipaddress's for every IPv4
+    address, and for every IPv6 one but those with 80 zero bits then 0000 or ffff (it writes their last 32
+    bits as a dotted quad): those go to ipaddress."""
+    a = net.network_address
+    if net.version == 4:
+        return f"{inet_ntoa(a.packed)}/{net._prefixlen}"
+    if int(a) >> 32 in (0, 0xffff):
+        return str(net)
+    return f"{inet_ntop(AF_INET6, a.packed)}/{net._prefixlen}"
+
+
 def _rule_data(rule: Rule) -> dict[str, Any]:
     d: dict[str, Any] = {"name": rule.name}
     if rule.src is not None:
-        d["src"] = str(rule.src) if isinstance(rule.src, SetRef) else _one_or_list([str(n) for n in rule.src])
+        d["src"] = str(rule.src) if isinstance(rule.src, SetRef) else _one_or_list([net_text(n) for n in rule.src])
     if rule.dst is not None:
-        d["dst"] = str(rule.dst) if isinstance(rule.dst, SetRef) else _one_or_list([str(n) for n in rule.dst])
+        d["dst"] = str(rule.dst) if isinstance(rule.dst, SetRef) else _one_or_list([net_text(n) for n in rule.dst])
     if rule.protocol is not None:
         d["protocol"] = _one_or_list([_PROTO_NAMES.get(p, p) for p in rule.protocol])
     for f in ("src_port", "dst_port"):
@@ -98,9 +112,31 @@ def _rule_data(rule: Rule) -> dict[str, Any]:
     return d
 
 
+# a rule that sets nothing but these (no set named, nothing negated) is listed without rule_data
+_ADDRESS_PORT_FIELDS = ("name", "src", "dst", "protocol", "src_port", "dst_port", "action")
+_OTHER_FIELDS = tuple(f for f in Rule.model_fields if f not in _ADDRESS_PORT_FIELDS)
+_others = operator.itemgetter(*_OTHER_FIELDS)
+_OTHER_DEFAULTS = _others({f: Rule.model_fields[f].get_default() for f in _OTHER_FIELDS})
+
+
 def rule_row(rule: Rule) -> tuple:
     """(name, action, match text, options, owner, comment): a rule as `bpfgate rules` lists it."""
-    return data_row(rule_data(rule))
+    v = rule.__dict__
+    if _others(v) != _OTHER_DEFAULTS or isinstance(v["src"], SetRef) or isinstance(v["dst"], SetRef) or \
+            isinstance(v["src_port"], SetRef) or isinstance(v["dst_port"], SetRef):
+        return data_row(rule_data(rule))
+    # the common rule, ~3x faster (100k of them are most of a first listing): match_text of rule_data's fields
+    match = []
+    if v["src"] is not None:
+        match.append("src=" + ",".join([net_text(n) for n in v["src"]]))
+    if v["dst"] is not None:
+        match.append("dst=" + ",".join([net_text(n) for n in v["dst"]]))
+    if v["protocol"] is not None:
+        match.append("protocol=" + ",".join([str(_PROTO_NAMES.get(p, p)) for p in v["protocol"]]))
+    for f in ("src_port", "dst_port"):
+        if v[f] is not None:
+            match.append(f"{f}=" + ",".join([str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in v[f]]))
+    return v["name"], v["action"], " ".join(match) or "any", {}, None, None
 
 
 def rule_from_data(d: dict[str, Any]) -> Rule:
