@@ -207,6 +207,7 @@ def test_saved_listing_follows_edits_swaps_and_counters(net):
     assert [r[0] for r in listed()] == ["v6", "alt", "(default)"]
     assert saved_listing(n.dev, Hook.TC_INGRESS, n.ns)[0].names == ["v6", "alt"]
     policyctl.apply(pol([n.dev], [{**ALT, "action": "drop"}]), netns=n.ns)   # a swap: another saved state
+    assert saved_listing(n.dev, Hook.TC_INGRESS, n.ns)[0].names == ["alt"]   # ... and its listing
     assert listed() == [("alt", "drop", "protocol=tcp dst_port=8080"), rows[2]]
     assert listed() == [("alt", "drop", "protocol=tcp dst_port=8080"), rows[2]]
     before = counts(n)["alt"]
