@@ -382,3 +382,61 @@ def test_saved_rules_are_rows_and_blobs_of_rules_pickled_one_by_one_still_load()
     assert a.model_fields_set is b.model_fields_set   # shared: rules are frozen ...
     a.model_copy(update={"comment": "x"})             # ... and a copy changes its own
     assert b.model_fields_set == {"name", "src", "action"}
+
+
+def test_saved_listing_follows_the_journal(store):
+    """A listing saved with a state, read by another process after live edits: the journal's lines replayed
+    onto it give the rows (and slots) of the edited state; a line being written, or a new snapshot, make it
+    no listing of the running state (the reader loads the state instead)."""
+    from bpfgate.engine.engine import listing_of
+
+    rng = random.Random(11)
+
+    def random_rule(rng, i):   # few shapes (an edit needing a 17th is refused), some with options
+        d = rng.choice([{"src": f"198.18.{rng.randrange(256)}.0/24", "action": "drop"},
+                        {"protocol": "tcp", "dst_port": rng.randrange(1, 65536), "comment": f"c{i}"},
+                        {"dst": f"fd00::{i:x}/128", "mark": 7}])
+        return rule({"name": f"n{i}", **d})
+
+    live = live_of(HookPolicy.model_validate({"default": "deny", "rules": RICH}))
+    store.snapshot(live, [])
+    store.save_fresh_listing(listing_of(live.c))
+    made = 100
+    for _ in range(60):
+        names = list(live.by_name)
+        op = rng.choice(["add", "add", "delete", "replace", "batch"]) if names else "add"
+        if op == "add":
+            new, pos = random_rule(rng, made), rng.choice([None, rng.randrange(len(names) + 1), 10 ** 6])
+            live.add(new, pos)
+            store.journal("add", rule=new, position=pos, slots={new.name: live.by_name[new.name]})
+        elif op == "delete":
+            name = rng.choice(names)
+            live.delete(name)
+            store.journal("delete", name=name)
+        elif op == "replace":
+            name, new = rng.choice(names), random_rule(rng, made)
+            live.replace(name, new)
+            store.journal("replace", name=name, rule=new, slots={new.name: live.by_name[new.name]})
+        else:   # a batch: a delete, then two adds
+            gone, a, b = rng.choice(names), random_rule(rng, made), random_rule(rng, made + 1)
+            at = rng.randrange(len(names))
+            live.batch([("delete", gone), ("add", a, at), ("add", b, None)])
+            store.journal("batch", edits=[{"op": "delete", "name": gone},
+                                          {"op": "add", "rule": rule_data_of(a), "position": at},
+                                          {"op": "add", "rule": rule_data_of(b), "position": None}],
+                          slots={n: live.by_name[n] for n in (a.name, b.name)})
+        made += 2
+        got = S.StateStore("eth0", Hook.TC_INGRESS, "ns1").current_listing()   # another process's reader
+        want = listing_of(live.c)
+        assert got is not None and got.rids == want.rids and got.rows() == want.rows()
+    with open(store._p("journal.jsonl"), "a") as f:
+        f.write('{"op": "delete", "na')   # a line being written
+    assert S.StateStore("eth0", Hook.TC_INGRESS, "ns1").current_listing() is None
+    store.snapshot(live, [])   # another state: the listing was the old one's
+    assert S.StateStore("eth0", Hook.TC_INGRESS, "ns1").current_listing() is None
+
+
+def rule_data_of(r: Rule) -> dict:
+    from bpfgate.policy.ruledata import rule_data
+
+    return rule_data(r)
