@@ -51,6 +51,18 @@ def test_narrow_terminal_leaves_out_optional_columns_then_goes_plain(monkeypatch
     assert "┃" not in text and LONG in text and "…" not in text
 
 
+def test_long_table_on_a_terminal_is_plain_rows(monkeypatch):
+    """Rich measures every cell: 100k rules took ~20 s on a terminal. Past RICH_ROWS_MAX rows, plain rows."""
+    buf = _terminal(monkeypatch, 400)
+    rows = [["eth0", "tc-ingress", f"r{i}", "src=198.18.0.0/15", "", i] for i in range(term.RICH_ROWS_MAX + 1)]
+    term.table(None, COLS, rows)
+    text = buf.getvalue().splitlines()
+    assert "┃" not in "".join(text[:5]) and len(text) == len(rows) + 1 and text[-1].split()[2] == rows[-1][2]
+    buf = _terminal(monkeypatch, 400)
+    term.table(None, COLS, rows[:term.RICH_ROWS_MAX])
+    assert "┃" in buf.getvalue()
+
+
 def test_user_text_is_not_markup(capsys):
     term.ok("protocol [tcp] and [bold]x[/bold]")
     term.info("[fd00::1]:80")

@@ -154,10 +154,16 @@ def flush() -> None:
     _stream("out").flush()
 
 
+# past this many rows a terminal gets plain rows too, as nft prints a large set: Rich measures every cell
+# (100k rules: ~20 s) for a table nobody reads whole
+RICH_ROWS_MAX = 2000
+
+
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]],
           optional: Sequence[str] = (), markup: bool = False, wrap: bool = False) -> None:
-    """Rows under a header. A Rich table only on a terminal wide enough for every cell in full; otherwise
-    (a pipe, a file, a narrow terminal) plain aligned rows, never a cell cut to "…", as tc and nft print.
+    """Rows under a header. A Rich table only on a terminal wide enough for every cell in full, for at most
+    RICH_ROWS_MAX rows; otherwise (a pipe, a file, a narrow terminal, a long table) plain aligned rows, never
+    a cell cut to "…", as tc and nft print.
     On a terminal, the `optional` columns are left out (in that order, and said so) before the table
     gives up its frame. Cells are text as given ("[fd00::1]:80" is not Rich markup), unless `markup`:
     then the caller escaped what a user typed, and plain rows drop the styles. `wrap`: prose cells (doctor's
@@ -173,7 +179,7 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
         _plain_table(title, cols, cells, stream)   # a pipe: no Rich needed
         return
     out = _console("out")
-    if not out.is_terminal:
+    if not out.is_terminal or len(cells) > RICH_ROWS_MAX:
         _plain_table(title, cols, cells, out.file)
         return
     shown = [[Text.from_markup(v) for v in r] for r in styled] if markup else [[Text(v) for v in r] for r in cells]
