@@ -72,6 +72,8 @@ def test_rules_json_is_what_json_dumps_writes():
     rows = policyctl.rules(netns="ns", backend=be)
     assert len(rows) == 2 * (len(RULES) + 1) and rows[0].packets == 12 and rows[len(RULES)].packets == 3
     assert policyctl.rules_json(tables) == json.dumps([r.to_dict() for r in rows], default=str)
+    assert policyctl.rules_json(tables, indent=True) == json.dumps([r.to_dict() for r in rows], default=str, indent=2)
+    assert policyctl.rules_json([], indent=True) == "[]"
     some = policyctl.rule_tables(netns="ns", backend=be, names=["v6", "(default)"], dev="eth1")
     assert policyctl.rules_json(some) == json.dumps(
         [r.to_dict() for r in policyctl.rules("eth1", netns="ns", backend=be, names=["v6", "(default)"])])

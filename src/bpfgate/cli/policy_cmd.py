@@ -274,8 +274,8 @@ def register(app: click.Group) -> None:
             from bpfgate.errors import NotFound
 
             raise NotFound("reset counters", "no bpfgate policy is running" + (f" in {netns}" if netns else ""))
-        if as_json and term.json_compact():   # straight from the columns: no row objects at 100k rules
-            term.print_json_text(policyctl.rules_json(tables))
+        if as_json:   # straight from the columns: no row objects at 100k rules
+            term.print_json_text(policyctl.rules_json(tables, indent=not term.json_compact()))
             return
         rows = [r for t in tables for r in t.rows()]
         if _printed_as_json_or_none(rows, as_json, netns):

@@ -80,28 +80,37 @@ class HookRules:
     def rows(self) -> list[RuleRow]:
         return [self.row(i) for i in self.shown]
 
-    def json_items(self) -> list[str]:
-        """Each row's to_dict() as compact JSON (json.dumps's text), written straight from the columns for
-        the rules with no options, owner or comment (at 100k rules ~10x faster than dumps of dicts)."""
+    def json_items(self, indent: bool = False) -> list[str]:
+        """Each row's to_dict() as JSON, as json.dumps writes it in a list (compact, or `indent`: indent=2),
+        written straight from the columns for the rules with no options, owner or comment (at 100k rules
+        ~10x faster than dumps of dicts)."""
         import json
         from json.encoder import encode_basestring_ascii as text   # what json.dumps writes a str with
 
         ls, pk, nb = self.listing, self.packets, self.bytes
         names, actions, matches, rids, more, n = ls.names, ls.actions, ls.matches, ls.rids, ls.more, len(ls)
-        head = f'{{"dev": {text(self.dev)}, "hook": {text(self.hook)}, "position": '
+        sep, end = (",\n    ", "\n  }") if indent else (", ", "}")
+        head = f'{{{sep[1:] if indent else ""}"dev": {text(self.dev)}{sep}"hook": {text(self.hook)}{sep}"position": '
+        if indent:
+            head = "  " + head
         out = []
         for i in self.shown:
             if i == n or rids[i] in more:
-                out.append(json.dumps(self.row(i).to_dict(), default=str))
+                item = json.dumps(self.row(i).to_dict(), default=str, indent=2 if indent else None)
+                out.append("  " + item.replace("\n", "\n  ") if indent else item)
             else:
-                out.append(f'{head}{i}, "name": {text(names[i])}, "action": {text(actions[i])}, "match": '
-                           f'{text(matches[i])}, "packets": {pk[i]}, "bytes": {nb[i]}, "owner": null, "comment": null}}')
+                out.append(f'{head}{i}{sep}"name": {text(names[i])}{sep}"action": {text(actions[i])}{sep}"match": '
+                           f'{text(matches[i])}{sep}"packets": {pk[i]}{sep}"bytes": {nb[i]}{sep}"owner": null{sep}'
+                           f'"comment": null{end}')
         return out
 
 
-def rules_json(tables: list[HookRules]) -> str:
-    """json.dumps([row.to_dict() for every row of the tables]), compact."""
-    return "[" + ", ".join(item for t in tables for item in t.json_items()) + "]"
+def rules_json(tables: list[HookRules], indent: bool = False) -> str:
+    """json.dumps([row.to_dict() for every row of the tables]): compact, or `indent`: with indent=2."""
+    items = [item for t in tables for item in t.json_items(indent)]
+    if not indent:
+        return "[" + ", ".join(items) + "]"
+    return "[\n" + ",\n".join(items) + "\n]" if items else "[]"
 
 
 def _listings(backend: Backend, dev: str | None, hook: Hook | None, netns: str | None,
