@@ -11,7 +11,8 @@ one rotating (median, min-max):
   change10     a file changing 10 rules of N (the two files alternate: each apply swaps 10 rules)  + RSS
   rule add     `bpfgate rule add` of one CIDR drop rule at N rules
   rule del     `bpfgate rule del` of it
-  rules json   `bpfgate rules --json` (every rule with its counters)
+  rules json   `bpfgate rules --json` (every rule with its counters), after the edits; and once right after
+               each fresh apply (the first listing of a new state)
 Peer in the same run and namespace: `nft -f` of the same prefixes as two interval sets (ipv4_addr,
 ipv6_addr; overlapping prefixes collapsed, as an interval set needs) in a fresh table with one drop rule
 per set; `nft add element` / `nft delete element` of one prefix.
@@ -122,7 +123,7 @@ def stat(xs: list[float], unit: str = "s", scale: float = 1.0) -> str:
 
 def measure_cli(cli: Cli, ns: str, dev: str, files: dict[str, str], reps: int, free: list[str]) -> dict[str, list]:
     r: dict[str, list] = {k: [] for k in ("apply", "apply_rss", "apply_json", "reapply", "change10", "change10_rss",
-                                           "add", "del", "rules", "rules_rss")}
+                                           "add", "del", "rules", "rules_rss", "rules_fresh")}
     for i in range(reps):   # the same policy as JSON, as a script writes it
         subprocess.run([sys.executable, "-m", "bpfgate", "policy", "remove", "--netns", ns], env=cli.env,
                        capture_output=True)
@@ -134,7 +135,9 @@ def measure_cli(cli: Cli, ns: str, dev: str, files: dict[str, str], reps: int, f
         dt, rss = cli.run("apply", "--netns", ns, files["a"])
         r["apply"].append(dt)
         r["apply_rss"].append(rss / 1024)
-        print(f"  {cli.label} apply #{i + 1}: {dt:.2f} s, {rss / 1024:.0f} MB", flush=True)
+        r["rules_fresh"].append(cli.run("rules", "--netns", ns, "--json")[0])
+        print(f"  {cli.label} apply #{i + 1}: {dt:.2f} s, {rss / 1024:.0f} MB; then rules --json "
+              f"{r['rules_fresh'][-1]:.2f} s", flush=True)
     for i in range(reps):
         r["reapply"].append(cli.run("apply", "--netns", ns, files["a"])[0])
         print(f"  {cli.label} reapply #{i + 1}: {r['reapply'][-1]:.2f} s", flush=True)
@@ -236,7 +239,8 @@ def main() -> None:
     rows = [("apply, fresh attach", "apply", nft_apply),
             ("apply, fresh attach, the file as JSON", "apply_json", nft_apply),
             ("apply again, no change", "reapply", None), ("apply, 10 rules changed", "change10", None), ("rule add", "add", nft_add),
-            ("rule del", "del", nft_del), ("rules --json", "rules", None)]
+            ("rule del", "del", nft_del), ("rules --json", "rules", None),
+            ("rules --json, first after a fresh apply", "rules_fresh", None)]
     for title, key, peer_v in rows:
         cells = [stat(results[lb][key]) for lb in labels]
         peer_cell = stat(peer_v, "ms", 1000) if peer_v else ""
