@@ -659,6 +659,23 @@ class Engine:
         return HookPolicy(default=default, rules=tuple(c.source[rid] for _p, rid in live.order),
                           sets={name: st.definition() for name, st in c.sets.items()})
 
+    def share_rules(self, hp: HookPolicy) -> int:
+        """Hold `hp`'s Rule objects for the running rules equal to them, in place of this engine's own copies
+        (read back from its saved state): a caller that keeps `hp` (the agent, its parsed files) then holds
+        each rule once, not twice (~1 KB a rule). `hp` is a policy just found equal to the running one, or
+        just applied; rules that differ are left alone. Returns how many were replaced."""
+        live = self._live()
+        source = live.c.source
+        if source.changed_since_saved() is not None or len(live.order) != len(hp.rules):
+            return 0   # rules not read back from the saved state (no copies), or not this policy
+        n = 0
+        for (_p, rid), rule in zip(live.order, hp.rules):
+            mine = source[rid]
+            if mine is not rule and mine == rule:
+                source[rid] = rule
+                n += 1
+        return n
+
     def sets(self) -> dict:
         """The running policy's named sets (name -> policy.sets.SetState: type, elements), as edited live; no
         rule is read. Read only: edits go through edit_set()."""

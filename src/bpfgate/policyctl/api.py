@@ -176,6 +176,11 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
     steer = _steer_section(policies, confirm)
     with _serialised(netns, backend, state_root, "apply policy"):
         p = make_plan(desired_state(policies), backend.running(netns), netns)
+        remember = getattr(backend, "remember", None)
+        if remember is not None and not dry_run:   # the hooks found running as wanted (held backends)
+            for h in p.hooks:
+                if h.action == "none":
+                    remember(h.dev, h.hook, netns, h.new)
         live = getattr(backend, "live", None)
         compiled = precheck(p, force=force, ifindex=_ifindex(backend, netns),
                             check_interfaces=not isinstance(backend, MemoryBackend),

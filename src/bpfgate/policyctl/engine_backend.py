@@ -167,13 +167,19 @@ class EngineBackend:
                 eng.close()
 
     def remember(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy) -> None:
-        """`hp` now runs there (an apply made it): while nobody changes that engine, running() answers with
-        this object instead of rebuilding it from the engine (~1 s at 100k rules), and comparing it with a
-        next policy sharing its unchanged rules is quick. Held backends (the agent) only."""
+        """`hp` now runs there (an apply made it, or found it running): while nobody changes that engine,
+        running() answers with this object instead of rebuilding it from the engine (~1 s at 100k rules),
+        and comparing it with a next policy sharing its unchanged rules is quick. The held engine keeps
+        `hp`'s rules instead of its own equal copies (Engine.share_rules: at 100k rules ~100 MB less).
+        Held backends (the agent) only."""
         from bpfgate.engine.state import StateStore
 
         if self._held is not None:
-            self._applied[(dev, hook, netns)] = (hp, StateStore(dev, hook, netns).version())
+            key = (dev, hook, netns)
+            held = self._held.get(key)
+            if held is not None:
+                held[0].share_rules(hp)
+            self._applied[key] = (hp, StateStore(dev, hook, netns).version())
 
     def running(self, netns: str | None) -> State:
         from bpfgate.engine import Engine
