@@ -242,7 +242,30 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct bg_cls_key);
-} bg_overlay_key SEC(".maps"); /* the packet key handed to bg_classify_overlay() */
+} bg_overlay_key SEC(".maps");
+
+_Static_assert((__u64)BG_FILTER_K0 == 0x9e3779b1ULL && (__u64)BG_FILTER_MIX == 0x9e3779b9ULL,
+	       "the filter's multipliers are unsigned 32-bit (Python reads them as such)");
+
+/* Whether the shape's filter has the packet key's bit: clear, no entry of the shape can match it (a
+ * multiply and a few loads instead of a hash lookup). */
+static __always_inline int filter_has(const struct bg_shape *sh, const __u64 *pk)
+{
+	const __u64 *f = (const __u64 *)&sh->fmask;
+	__u64 h = (pk[0] & f[0]) * BG_FILTER_K0 ^ (pk[1] & f[1]) * BG_FILTER_K1 ^ (pk[2] & f[2]) * BG_FILTER_K2 ^
+		  (pk[3] & f[3]) * BG_FILTER_K3 ^ (pk[4] & f[4]) * BG_FILTER_K4 ^ (pk[5] & f[5]) * BG_FILTER_K5 ^
+		  (pk[6] & f[6]) * BG_FILTER_K6;
+
+	__u64 b;
+
+	h = (h ^ h >> 29) * BG_FILTER_MIX;
+	b = h >> 56 & 63;
+	/* the word by shifts, not by index: a packet-derived offset into the map value would make the verifier
+	 * track the key's words precisely, and the parser's paths would no longer merge at the loop */
+	b = (sh->filter[0] >> b & 1) | (sh->filter[1] >> b & 1) << 1 | (sh->filter[2] >> b & 1) << 2 |
+	    (sh->filter[3] >> b & 1) << 3;
+	return b >> (h >> 62) & 1;
+} /* the packet key handed to bg_classify_overlay() */
 
 /* The best rule of the shapes of `cf` for the packet key `pk` (stage 0 classes filled in). The key is read
  * as 64-bit words (the masks, the hash): it is written as whole words too, since a load that spans several
@@ -265,6 +288,9 @@ static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk
 		/* no entry holds class 0 (an address in no class prefix): such a packet skips the shapes
 		 * keyed on that class, often most of a blocklist's lookups */
 		if (((__u32)m[6] && !(__u32)pk[6]) || ((m[6] >> 32) && !(pk[6] >> 32)))
+			continue;
+		/* the overlay's entries may be missing from the filter: it only speeds up the generation's own */
+		if (!overlay && cf->shapes[i].filtered && !filter_has(&cf->shapes[i], pk))
 			continue;
 		/* shape and gen are the first two bytes, zero in the packet key and in masks */
 		id = cf->shapes[i].id;

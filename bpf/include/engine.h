@@ -26,6 +26,14 @@ enum bg_engine_limits {
 	BG_PFX_LENS = 7,           /* longer lengths probed per level-0 bucket of stage 0, at most */
 	BG_PFX_TOP_BITS = 16,      /* level 0 is indexed by the address's top 16 bits */
 	BG_PFX_SUB_BITS = 5,       /* and says which of the bucket's 32 sub-ranges (bits 16..20) hold a longer prefix */
+	BG_FILTER_BITS = 256,      /* bits of a shape's filter (bg_shape.filter) */
+};
+
+/* A key's filter bit (bg_shape.filter): each word of key & fmask times its multiplier, XORed, mixed once
+ * more by BG_FILTER_MIX; the top 8 bits. bpfgate.policy.layout.filter_bit is the same function. */
+enum bg_filter_k {
+	BG_FILTER_K0 = 0x9e3779b1, BG_FILTER_K1 = 0x85ebca77, BG_FILTER_K2 = 0xc2b2ae3d, BG_FILTER_K3 = 0x27d4eb2f,
+	BG_FILTER_K4 = 0x165667b1, BG_FILTER_K5 = 0x85ebca6b, BG_FILTER_K6 = 0xc2b2ae35, BG_FILTER_MIX = 0x9e3779b9,
 };
 
 enum bg_have { BG_HAVE_L3 = 0x01, BG_HAVE_PROTO = 0x02, BG_HAVE_PORTS = 0x04, BG_HAVE_TCPFLAGS = 0x08,
@@ -135,9 +143,14 @@ struct bg_shape {
 	struct bg_cls_key mask;
 	__u32 best_prio; /* early-stop bound */
 	__u8 id;
-	__u8 pad[3];
+	__u8 filtered;   /* 1: filter[] holds the bit of every entry of the shape */
+	__u8 pad[2];
 	__u32 entries;
 	__u32 pad2;
+	/* A one-hash Bloom filter: a packet whose bit (bg_filter_bit of key & fmask) is clear has no entry
+	 * in the shape, and skips its hash lookup. fmask: the mask, or the part of it with few values. */
+	struct bg_cls_key fmask;
+	__u64 filter[BG_FILTER_BITS / 64];
 };
 
 struct bg_conf {         /* bg_conf[2], double-buffered; bg_active[0] names the live slot */
@@ -202,6 +215,7 @@ struct bg_rule_log_event {
 
 /* Python reads these from BTF (bpfgate.contract): every object built with this header carries them. */
 BG_EXPORT_TYPE(enum bg_engine_limits, engine_limits);
+BG_EXPORT_TYPE(enum bg_filter_k, filter_k);
 BG_EXPORT_TYPE(enum bg_have, have);
 BG_EXPORT_TYPE(enum bg_shape_flags, shape_flags);
 BG_EXPORT_TYPE(struct bg_cls_short_key, cls_short_key);

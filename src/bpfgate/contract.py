@@ -59,7 +59,7 @@ CONTRACT: dict[str, tuple[str, ...]] = {
                    "pad0", "vlan", "sport", "dport", "src", "dst"),
     "bg_cls_val": ("prio", "rule_id"),
     "bg_rule": ("action", "over_action", "flags", "redirect_ifindex", "mark", "log_rate", "rate", "burst"),
-    "bg_shape": ("mask", "best_prio", "id", "entries"),
+    "bg_shape": ("mask", "best_prio", "id", "filtered", "entries", "fmask", "filter"),
     "bg_conf": ("nshapes", "default_rule", "gen", "shapes"),
     "bg_bucket": ("credit", "last_ns", "lock"),
     "bg_rate_src_key": ("rule_id", "family", "addr"),

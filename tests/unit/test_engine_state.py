@@ -259,8 +259,8 @@ LAYOUT = {
     "bpfgate.policy.layout.Conf": ("gen", "default_rule", "shapes", "trees"),
     "bpfgate.policy.layout.RuleAction": ("action", "over_action", "flags", "redirect_ifindex", "mark", "log_rate",
                                          "rate", "burst", "reject_with", "reject_rate"),
-    "bpfgate.policy.layout.Shape": ("id", "mask", "best_prio", "entries"),
-    "bpfgate.policy.live.LiveHook": ("best", "by_name", "c", "conf", "count", "fresh", "ifindex", "limits",
+    "bpfgate.policy.layout.Shape": ("id", "mask", "best_prio", "entries", "fmask", "filter"),
+    "bpfgate.policy.live.LiveHook": ("best", "by_name", "c", "conf", "count", "filters", "fresh", "ifindex", "limits",
                                      "low_free", "order", "owners", "quarantine"),
     # Hook members added (cgroup-*) keep older snapshots loadable: no version bump
     "bpfgate.policy.model.Hook": ("tc-ingress", "tc-egress", "xdp", "cgroup-ingress", "cgroup-egress", "cgroup-connect",
@@ -312,7 +312,7 @@ def test_snapshot_layout_matches_its_version():
     live.ifindex = None
     got = pickled_layout({"live": live, "pending": []})
     got |= pickled_layout(dict(live.c.source))   # the rules: one blob inside the snapshot (RuleSources)
-    assert (S.SNAPSHOT_VERSION, got) == (11, LAYOUT), (
+    assert (S.SNAPSHOT_VERSION, got) == (12, LAYOUT), (
         "what the engine snapshot pickles changed layout: bump SNAPSHOT_VERSION in bpfgate/engine/state.py "
         "(older snapshots then ask to reattach instead of loading wrongly) and update LAYOUT and the version here")
 

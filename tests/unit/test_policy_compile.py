@@ -17,7 +17,7 @@ from bpfgate.policy.packet import Packet
 
 
 def test_record_sizes_and_key_fields():
-    assert L.KEY_SIZE == 56 and len(L.Conf(0, 0).pack()) == 16 + L.MAX_SHAPES * 72
+    assert L.KEY_SIZE == 56 and len(L.Conf(0, 0).pack()) == 16 + L.MAX_SHAPES * 160
     k = L.ClsKey(shape=3, gen=1, have=L.HAVE_PORTS, family=4, proto=6, dport=443,
                  src=ipaddress.ip_address("198.18.0.1").packed + bytes(12))
     raw = k.pack()
@@ -69,6 +69,28 @@ def test_early_stop_skips_shapes_that_cannot_win():
     ref = Reference.of(compile_hook(HookPolicy(rules=rules), Hook.XDP))
     pkt = Packet(4, ipaddress.ip_address("10.1.1.1"), ipaddress.ip_address("10.2.2.2"), 17, 5, 53)
     assert ref.classify(pkt).name == "first" and ref.lookups == 1 and len(ref.conf.shapes) == 2
+
+
+def test_shape_filters_hold_every_entry_and_skip_lookups_that_would_miss():
+    """A shape's filter has the bit of each of its entries: over the whole mask for a few entries, over the
+    key's first word (protocol) for a big TCP-only shape, none when neither has few values."""
+    rules = [Rule(name=f"raw{i}", src=[f"{16 * i}.0.0.0/12"], action="drop") for i in range(16)]
+    rules += [Rule(name=f"t{i}", protocol="tcp", dst_port=i + 1, src=[f"10.{i % 256}.{i // 256}.0/24"],
+                   action="drop") for i in range(200)]
+    rules += [Rule(name=f"p{i}", protocol=["tcp", "udp"][i % 2], dst_port=i + 1, action="drop") for i in range(200)]
+    c = compile_hook(HookPolicy(rules=tuple(rules)), Hook.TC_INGRESS, limits=Limits(max_shapes=32))
+    conf = c.conf()
+    by_id = {s.id: s for s in conf.shapes}
+    for key in c.cls:
+        s = by_id[key[L.KEY_SHAPE_OFF]]
+        assert not any(s.fmask) or s.filter >> L.filter_bit(key, s.fmask) & 1
+    fmasks = sorted((s.entries, s.fmask == s.mask, bin(s.filter).count("1")) for s in conf.shapes)
+    assert fmasks[0] == (16, True, fmasks[0][2]) and 8 <= fmasks[0][2] <= 16   # the /12s: whole mask
+    big = sorted((bin(s.filter).count("1"), s.fmask != s.mask) for s in conf.shapes if s.entries == 200)
+    assert big == [(1, True), (2, True)]   # tcp 5-tuples; tcp and udp ports: by protocol
+    ref = Reference.of(c)
+    udp = Packet(4, ipaddress.ip_address("10.1.0.1"), ipaddress.ip_address("1.2.3.5"), 17, 9, 1001)
+    assert ref.classify(udp).name == "(default)" and ref.lookups <= 2   # the tcp 5-tuples were not looked up
 
 
 def test_fragments_and_truncation():

@@ -3,15 +3,18 @@ policy, writes nothing that does not change, and keeps slots (counters) of untou
 
 from __future__ import annotations
 
+import ipaddress
 import random
 
 import pytest
 
 from bpfgate.errors import PolicyError
+from bpfgate.policy import layout as L
 from bpfgate.policy.classify import Reference, naive
 from bpfgate.policy.compile import Limits, compile_hook
 from bpfgate.policy.live import LiveHook, swap
 from bpfgate.policy.model import Hook, HookPolicy, Rule
+from bpfgate.policy.packet import Packet
 
 from policy_gen import random_packet, random_policy, random_rule
 
@@ -144,3 +147,19 @@ def test_refused_add_leaves_the_shapes_as_they_were():
     with pytest.raises(PolicyError):
         live.add(two_new_masks)
     assert live.c.shapes == before and not live.fresh
+
+
+def test_a_key_added_live_is_in_its_shapes_filter_before_it_is_written():
+    """The filter of a shape an edit adds keys to is widened in the bg_conf published before the keys (a
+    removed key's bit stays: a stale bit costs a lookup, never a match)."""
+    hp = HookPolicy(rules=(Rule(name="a", protocol="tcp", dst_port=80, action="drop"),))
+    live = LiveHook(compile_hook(hp, Hook.TC_INGRESS))
+    (shape,) = live.conf.shapes
+    assert shape.fmask == shape.mask and bin(shape.filter).count("1") == 1
+    d = live.add(Rule(name="b", protocol="tcp", dst_port=[81, 82], action="drop"))
+    (widened,) = d.conf_before.shapes
+    assert all(widened.filter >> L.filter_bit(k, widened.fmask) & 1 for k in d.cls_update)
+    d2 = live.delete("b")
+    assert d2.cls_delete and d2.conf_before is None and d2.conf_after is None
+    pkt = Packet(4, ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2"), 6, 5, 81)
+    assert Reference(live.conf, live.c.cls, live.c.rules, live.c.names).classify(pkt).name == "(default)"

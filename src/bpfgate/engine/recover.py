@@ -42,14 +42,18 @@ def in_step(eng: Engine) -> bool:
 
 
 _CONF_C, _SHAPE_C = contract.struct("engine", "bg_conf"), contract.struct("engine", "bg_shape")
-_HDR, _SHAPE, _ENTRIES_AT = _CONF_C.shapes.offset, ctypes.sizeof(_SHAPE_C), _SHAPE_C.entries.offset
+_HDR, _SHAPE = _CONF_C.shapes.offset, ctypes.sizeof(_SHAPE_C)
+# informational (entries) or a hint each writer computes from the entries it wrote (the filter: a superset
+# of their bits, so any one of them is right for the same entries)
+_IGNORED = [(getattr(_SHAPE_C, f).offset, getattr(_SHAPE_C, f).size) for f in ("entries", "filtered", "fmask", "filter")]
 
 
 def _meaning(conf: bytes) -> bytes:
     b = bytearray(conf)
     for i in range(L.MAX_SHAPES):
-        at = _HDR + i * _SHAPE + _ENTRIES_AT
-        b[at:at + 4] = bytes(4)
+        for off, size in _IGNORED:
+            at = _HDR + i * _SHAPE + off
+            b[at:at + size] = bytes(size)
     return bytes(b)
 
 

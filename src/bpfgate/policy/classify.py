@@ -33,7 +33,8 @@ class Reference:
                  names: dict[int, str] | None = None, classes: Classes | None = None):
         self.conf, self.cls, self.rules, self.names = conf, cls, rules, names or {}
         self.classes = classes or Classes()
-        self.shapes = [(s.best_prio, L.key_int(s.mask), L.shape_gen_bits(s.id, conf.gen)) for s in conf.shapes]
+        self.shapes = [(s.best_prio, L.key_int(s.mask), L.shape_gen_bits(s.id, conf.gen),
+                        s.fmask if any(s.fmask) else None, s.filter) for s in conf.shapes]
         self.lookups = 0  # hash lookups done, for tests of the early stop
 
     @classmethod
@@ -42,11 +43,14 @@ class Reference:
 
     def lookup(self, key: bytes) -> int:
         """The rule_id for a packed packet key."""
-        k = L.key_int(self.classes.stamp(key) if self.conf.trees else key)   # stage 0: prefix classes
+        key = self.classes.stamp(key) if self.conf.trees else key   # stage 0: prefix classes
+        k = L.key_int(key)
         best_prio, best_rule = NO_MATCH, self.conf.default_rule
-        for shape_best, mask, tag in self.shapes:      # BPF: bounded loop over MAX_SHAPES
+        for shape_best, mask, tag, fmask, bits in self.shapes:   # BPF: bounded loop over MAX_SHAPES
             if shape_best >= best_prio:                # no later shape can hold a better rule
                 break
+            if fmask is not None and not bits >> L.filter_bit(key, fmask) & 1:
+                continue   # the filter says no entry: skipped as in BPF (a bit missing shows as a miss)
             self.lookups += 1
             hit = self.cls.get(L.int_key((k & mask) | tag))
             if hit is not None and hit.prio < best_prio:

@@ -73,12 +73,29 @@ class CompiledHook:
             return self._conf
         best: dict[int, int] = {}
         count: Counter = Counter()
+        few: dict[int, list[bytes]] = {}     # a shape's keys, while it has at most FILTER_MAX
+        word0: dict[int, set[bytes]] = {}    # the values of its keys' first words, while at most FILTER_MAX
+        w0 = L.WORD0
         for key, val in self.cls.items():
             sid = key[L.KEY_SHAPE_OFF]
-            count[sid] += 1
-            if val.prio < best.get(sid, 1 << 32):
+            n = count[sid] = count[sid] + 1
+            if n == 1:
+                best[sid], few[sid], word0[sid] = val.prio, [key], {key[w0]}
+                continue
+            if val.prio < best[sid]:
                 best[sid] = val.prio
-        shapes = [L.Shape(sid, self.shapes[sid].mask_bytes, best[sid], count[sid]) for sid in best]
+            if n <= L.FILTER_MAX:
+                few[sid].append(key)
+            w = word0[sid]
+            if w is not None:
+                w.add(key[w0])
+                if len(w) > L.FILTER_MAX:
+                    word0[sid] = None
+        shapes = []
+        for sid in best:
+            mask = self.shapes[sid].mask_bytes
+            fmask, bits = L.shape_filter(mask, few[sid] if count[sid] <= L.FILTER_MAX else None, word0[sid])
+            shapes.append(L.Shape(sid, mask, best[sid], count[sid], fmask, bits))
         shapes.sort(key=lambda s: (s.best_prio, s.id))
         return L.Conf(self.gen, self.default_rule, tuple(shapes), self.classes.bits)
 

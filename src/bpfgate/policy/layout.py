@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import struct
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bpfgate import contract
@@ -52,7 +55,7 @@ KEY = contract.record("engine", "bg_cls_key", "shape gen have family proto tcp_f
 VAL = contract.record("engine", "bg_cls_val", "prio rule_id")
 RULE = contract.record("engine", "bg_rule", "action over_action flags redirect_ifindex mark log_rate rate burst "
                                            "reject_with reject_rate")
-SHAPE = contract.record("engine", "bg_shape", "mask best_prio id entries")
+SHAPE = contract.record("engine", "bg_shape", "mask best_prio id filtered entries fmask filter")
 CONF = contract.record("engine", "bg_conf", "nshapes default_rule gen trees overlay shapes")
 PFX_TOP = contract.record("engine", "bg_pfx_top", "cls sub nlens lens")
 PFX_KEY = contract.record("engine", "bg_pfx_key", "addr gen tree len")
@@ -199,18 +202,65 @@ class RuleAction:
                          self.rate, self.burst, self.reject_with, self.reject_rate)
 
 
+# A shape's filter (bg_shape.filter): one bit per entry, so a packet whose bit is clear skips the shape's hash
+# lookup. Over the whole mask when the shape has few entries, else over the fields of the key's first word
+# (have, family, proto, tcp flags, icmp) when those take few values (a TCP-only shape for a UDP packet), else
+# none. FILTER_MAX values at most: 256 bits stay mostly clear (a miss passes the filter <= ~17% of the time).
+FILTER_BITS = C.BG_FILTER_BITS
+FILTER_MAX = 48
+_FILTER_K = tuple(getattr(C, f"BG_FILTER_K{i}") & 0xFFFFFFFF for i in range(7))
+_FILTER_MIX = C.BG_FILTER_MIX & 0xFFFFFFFF
+_M64 = (1 << 64) - 1
+_WORDS = struct.Struct(f"={KEY_SIZE // 8}Q")
+WORD0 = slice(KEY_OFF["have"], 8)   # the key's first word past shape and gen (engine.bpf.c asserts the offsets)
+_WORD0_MASK = bytes(WORD0.start) + b"\xff" * (WORD0.stop - WORD0.start) + bytes(KEY_SIZE - WORD0.stop)
+
+
+def filter_bit(key: bytes, fmask: bytes) -> int:
+    """The filter bit of `key` (any shape and gen bytes: fmask has none) under `fmask`: engine.bpf.c's
+    filter_has() computes the same from the packet key."""
+    h = 0
+    for w, f, k in zip(_WORDS.unpack(key), _WORDS.unpack(fmask), _FILTER_K):
+        h ^= (w & f) * k
+    h &= _M64
+    h = ((h ^ (h >> 29)) * _FILTER_MIX) & _M64
+    return h >> 56
+
+
+def shape_filter(mask: bytes, keys: Sequence[bytes] | None, word0: set[bytes] | None) -> tuple[bytes, int]:
+    """(fmask, filter bits) of a shape with entry keys `keys` (None: more than FILTER_MAX) whose keys' first
+    words past shape and gen take the values `word0` (None: more than FILTER_MAX); (zero mask, 0): no filter."""
+    if keys is not None:
+        fmask = mask
+    else:
+        fmask = bytes(a & b for a, b in zip(mask, _WORD0_MASK))
+        if word0 is None or not any(fmask):
+            return bytes(KEY_SIZE), 0
+        keys = [bytes(WORD0.start) + w + bytes(KEY_SIZE - WORD0.stop) for w in word0]
+    if not any(fmask):
+        return bytes(KEY_SIZE), 0
+    bits = 0
+    for k in keys:
+        bits |= 1 << filter_bit(k, fmask)
+    return fmask, bits
+
+
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """One entry of bg_conf.shapes[]: the mask applied to the packet key, the shape id written into it, and
-    the best priority among its entries (the early-stop bound)."""
+    """One entry of bg_conf.shapes[]: the mask applied to the packet key, the shape id written into it, the
+    best priority among its entries (the early-stop bound), and its filter (shape_filter())."""
 
     id: int
     mask: bytes            # 56 bytes, bg_cls_key layout; shape and gen bytes are zero
     best_prio: int
     entries: int = field(default=0, compare=False)   # informational: not a reason to rewrite bg_conf
+    fmask: bytes = bytes(KEY_SIZE)   # zero: no filter
+    filter: int = 0                  # FILTER_BITS bits: every entry's filter_bit() is set (more may be)
 
     def pack(self) -> bytes:
-        return SHAPE.pack(self.mask, self.best_prio, self.id, self.entries)
+        words = b"".join(((self.filter >> (64 * i)) & _M64).to_bytes(8, sys.byteorder)
+                         for i in range(FILTER_BITS // 64))
+        return SHAPE.pack(self.mask, self.best_prio, self.id, int(any(self.fmask)), self.entries, self.fmask, words)
 
 
 @dataclass(frozen=True, slots=True)

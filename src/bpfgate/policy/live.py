@@ -88,6 +88,9 @@ class LiveHook:
         compiled._conf = None   # edits change bg_cls from here on: conf() computes it afresh
         self.best = {s.id: s.best_prio for s in self.conf.shapes}  # a lower bound of each shape's best
         self.count = {s.id: s.entries for s in self.conf.shapes}
+        # shape id -> [fmask, bits] of its filter: a key added sets its bit; one removed leaves it (a stale bit
+        # costs a lookup, never a match); a shape made during edits has none
+        self.filters = {s.id: [s.fmask, s.filter] for s in self.conf.shapes if any(s.fmask)}
         self.quarantine: set[int] = set()
         self.fresh: dict[int, ShapeSpec | None] = {}   # shape ids handed out during the current edit -> the
                                                          # unused spec they replaced (restored on a refusal)
@@ -278,6 +281,9 @@ class LiveHook:
             cur = self.c.cls.get(k)
             if cur is None:
                 self.count[k[0]] = self.count.get(k[0], 0) + 1
+                f = self.filters.get(k[0])
+                if f is not None:
+                    f[1] |= 1 << L.filter_bit(k, f[0])
             if cur is None or prio <= cur.prio:
                 self.c.cls[k] = val
                 self.best[k[0]] = min(prio, self.best.get(k[0], 1 << 32))  # only ever lowered: a safe bound
@@ -365,12 +371,13 @@ class LiveHook:
                               f"use; apply the whole policy (atomic swap) to re-plan the shapes")
         spec = ShapeSpec(L.shape_id(free[0], atom.mask), atom.mask)
         self.fresh[spec.id] = self.c.shapes.get(spec.id)   # its keys are written after every atom is placed
+        self.filters.pop(spec.id, None)
         self.c.shapes[spec.id] = spec
         return spec
 
     def _conf(self, sids) -> L.Conf:
-        shapes = [L.Shape(sid, self.c.shapes[sid].mask_bytes, self.best[sid], self.count.get(sid, 0))
-                  for sid in sids]
+        shapes = [L.Shape(sid, self.c.shapes[sid].mask_bytes, self.best[sid], self.count.get(sid, 0),
+                          *self.filters.get(sid, (bytes(L.KEY_SIZE), 0))) for sid in sids]
         shapes.sort(key=lambda s: (s.best_prio, s.id))
         return L.Conf(self.c.gen, self.c.default_rule, tuple(shapes), self.c.classes.bits)
 
