@@ -52,7 +52,7 @@ Every case drops the traffic at its last rule, after rules of every shape that m
   nft set 100k        an interval set of 100k source prefixes (no match), then the drop
 --object PATH adds the bpfgate cases once more with another build of the engine (e.g. main's), with the same
 rules: two builds compared in one run. An engine build from before bg_cls_short (the short classifier key)
-gets every entry in bg_cls.
+gets every entry in bg_cls; one from before the shapes' filters, its shorter bg_shape records.
 --test-run times the same bpfgate cases (and the bare programs) with BPF_PROG_TEST_RUN instead of frames:
 ns per packet of the program alone, on one of the injector's frames (less noise from a loaded machine).
 Reps run the cases interleaved (a noisy neighbour hits them alike); figures are medians with min-max. A
@@ -81,13 +81,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_classifier import rules_for  # noqa: E402
 from common import header  # noqa: E402
 
-from bpfgate import attach  # noqa: E402
+from bpfgate import attach, contract  # noqa: E402
 from bpfgate.engine import Engine  # noqa: E402
 from bpfgate.engine import engine as engine_mod  # noqa: E402
 from bpfgate.kernel.testrun import test_run  # noqa: E402
 from bpfgate.policy.compile import compile_hook  # noqa: E402
 from bpfgate.kernel.links import attach_auto  # noqa: E402
 from bpfgate.kernel.objects import BpfObject  # noqa: E402
+from bpfgate.policy import layout as L  # noqa: E402
 from bpfgate.policy.compile import Limits  # noqa: E402
 from bpfgate.policy.model import Hook, HookPolicy  # noqa: E402
 from bpfgate.sandbox import Sandbox  # noqa: E402
@@ -282,7 +283,7 @@ class Bpfgate(Case):
         engine_mod.OBJECT = obj or packaged
         t0 = time.perf_counter()
         try:
-            self.eng = Engine.attach(self.rx_if.name, hook, hp, netns_name=self.rx.netns, ct=False,
+            self.eng = engine_class(obj).attach(self.rx_if.name, hook, hp, netns_name=self.rx.netns, ct=False,
                                      limits=LIMITS, **({"mode": "native"} if hook == "xdp" else {}))
         finally:
             engine_mod.OBJECT = packaged
@@ -382,7 +383,44 @@ def softnet() -> dict[int, tuple[int, int]]:
 REPEAT = 200_000
 
 
-class _AllInBgCls(Engine):
+class _UnfilteredConf:
+    """A bg_conf packed for a build from before the shapes' filters: each bg_shape cut to its first 72
+    bytes (mask, best_prio, id, entries; `filtered` was padding)."""
+    OLD_SHAPE = 72
+
+    def __init__(self, conf):
+        self.conf = conf
+
+    def pack(self, overlay: bool = False) -> bytes:
+        raw = self.conf.pack(overlay)
+        hdr, size = len(raw) - L.MAX_SHAPES * L.SHAPE_SIZE, L.SHAPE_SIZE
+        flag = contract.struct("engine", "bg_shape").filtered.offset
+        out = bytearray(raw[:hdr])
+        for i in range(L.MAX_SHAPES):
+            shape = bytearray(raw[hdr + i * size:hdr + i * size + self.OLD_SHAPE])
+            shape[flag] = 0
+            out += shape
+        return bytes(out)
+
+
+class _Unfiltered(Engine):
+    """An engine build from before the shapes' filters."""
+
+    def _publish(self, conf, overlay: bool = False) -> None:
+        super()._publish(_UnfilteredConf(conf), overlay)
+
+
+def engine_class(obj: str | None) -> type[Engine]:
+    """The Engine class that writes the maps of the engine build `obj` (None: the packaged one)."""
+    if obj is None:
+        return Engine
+    raw = open(obj, "rb").read()
+    if b"bg_cls_short" not in raw:
+        return _AllInBgCls
+    return Engine if b"fmask" in raw else _Unfiltered
+
+
+class _AllInBgCls(_Unfiltered):
     """An engine build from before bg_cls_short: every entry in bg_cls (the flagged shape ids are just ids)."""
 
     def _write_cls(self, entries):
@@ -410,7 +448,7 @@ class TestRunCase:
             prealloc = {"bg_cls": min(3 * n, engine_mod.HASH_MAX)} if n >= engine_mod.PREALLOC_MIN else {}
         try:
             sizes = engine_mod.rule_array_sizes(max(compiled.rules) + 1)
-            eng = (_AllInBgCls if old else Engine).load(hook, ct=False, prealloc=prealloc, max_entries=sizes)
+            eng = engine_class(obj).load(hook, ct=False, prealloc=prealloc, max_entries=sizes)
         finally:
             engine_mod.OBJECT, engine_mod.MAPS = packaged, maps
         eng.load_policy(compiled, limits=LIMITS)
