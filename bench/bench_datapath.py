@@ -384,9 +384,10 @@ REPEAT = 200_000
 
 
 class _UnfilteredConf:
-    """A bg_conf packed for a build from before the shapes' filters: each bg_shape cut to its first 72
-    bytes (mask, best_prio, id, entries; `filtered` was padding)."""
-    OLD_SHAPE = 72
+    """A bg_conf packed for a build from before the shapes' filters: its first 16 bytes (tree_protos came
+    after them), then each bg_shape cut to its first 72 bytes (mask, best_prio, id, entries; `filtered` was
+    padding)."""
+    OLD_HDR, OLD_SHAPE = 16, 72
 
     def __init__(self, conf):
         self.conf = conf
@@ -395,7 +396,7 @@ class _UnfilteredConf:
         raw = self.conf.pack(overlay)
         hdr, size = len(raw) - L.MAX_SHAPES * L.SHAPE_SIZE, L.SHAPE_SIZE
         flag = contract.struct("engine", "bg_shape").filtered.offset
-        out = bytearray(raw[:hdr])
+        out = bytearray(raw[:self.OLD_HDR])
         for i in range(L.MAX_SHAPES):
             shape = bytearray(raw[hdr + i * size:hdr + i * size + self.OLD_SHAPE])
             shape[flag] = 0

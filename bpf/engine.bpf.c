@@ -242,10 +242,21 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct bg_cls_key);
-} bg_overlay_key SEC(".maps");
+} bg_overlay_key SEC(".maps"); /* the packet key handed to bg_classify_overlay() */
 
 _Static_assert((__u64)BG_FILTER_K0 == 0x9e3779b1ULL && (__u64)BG_FILTER_MIX == 0x9e3779b9ULL,
 	       "the filter's multipliers are unsigned 32-bit (Python reads them as such)");
+
+/* Bit p (< 256) of a 256-bit set in a map value. The word is picked by shifts, not by index: a
+ * packet-derived offset into the map value would make the verifier track the key's words precisely, and
+ * the parser's paths would no longer merge at the classifier's loop (1M instructions). */
+static __always_inline int bit256(const __u64 *set, __u32 p)
+{
+	__u64 b = p & 63;
+
+	b = (set[0] >> b & 1) | (set[1] >> b & 1) << 1 | (set[2] >> b & 1) << 2 | (set[3] >> b & 1) << 3;
+	return b >> (p >> 6 & 3) & 1;
+}
 
 /* Whether the shape's filter has the packet key's bit: clear, no entry of the shape can match it (a
  * multiply and a few loads instead of a hash lookup). */
@@ -256,16 +267,9 @@ static __always_inline int filter_has(const struct bg_shape *sh, const __u64 *pk
 		  (pk[3] & f[3]) * BG_FILTER_K3 ^ (pk[4] & f[4]) * BG_FILTER_K4 ^ (pk[5] & f[5]) * BG_FILTER_K5 ^
 		  (pk[6] & f[6]) * BG_FILTER_K6;
 
-	__u64 b;
-
 	h = (h ^ h >> 29) * BG_FILTER_MIX;
-	b = h >> 56 & 63;
-	/* the word by shifts, not by index: a packet-derived offset into the map value would make the verifier
-	 * track the key's words precisely, and the parser's paths would no longer merge at the loop */
-	b = (sh->filter[0] >> b & 1) | (sh->filter[1] >> b & 1) << 1 | (sh->filter[2] >> b & 1) << 2 |
-	    (sh->filter[3] >> b & 1) << 3;
-	return b >> (h >> 62) & 1;
-} /* the packet key handed to bg_classify_overlay() */
+	return bit256(sh->filter, h >> 56);
+}
 
 /* The best rule of the shapes of `cf` for the packet key `pk` (stage 0 classes filled in). The key is read
  * as 64-bit words (the masks, the hash): it is written as whole words too, since a load that spans several
@@ -360,11 +364,12 @@ static __always_inline __u32 classify(struct bg_cls_key *pkt)
 		return 0xffffffff;
 	gen = cf->gen;
 	if (cf->trees && (pkt->have & BG_HAVE_L3)) {
-		__u32 v6 = pkt->family == 6, src_cls = 0, dst_cls = 0;
+		__u32 v6 = pkt->family == 6, src_cls = 0, dst_cls = 0, all = cf->overlay;
 
-		if (cf->trees & (1 << (BG_TREE_SRC4 + v6)))
+		/* a batch's overlay entries may be of protocols tree_protos does not hold yet: every walk then */
+		if ((cf->trees & (1 << (BG_TREE_SRC4 + v6))) && (all || bit256(cf->tree_protos[0], pkt->proto)))
 			src_cls = prefix_class(pkt->src, gen, BG_TREE_SRC4 + v6);
-		if (cf->trees & (1 << (BG_TREE_DST4 + v6)))
+		if ((cf->trees & (1 << (BG_TREE_DST4 + v6))) && (all || bit256(cf->tree_protos[1], pkt->proto)))
 			dst_cls = prefix_class(pkt->dst, gen, BG_TREE_DST4 + v6);
 		pk[6] = src_cls | (__u64)dst_cls << 32; /* src_cls, dst_cls */
 	}

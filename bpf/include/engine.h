@@ -160,6 +160,9 @@ struct bg_conf {         /* bg_conf[2], double-buffered; bg_active[0] names the 
 	__u8 trees;      /* 1 << BG_TREE_*: the prefix-class trees this generation uses (0: no stage 0) */
 	__u8 overlay;    /* 1: a batch of edits is being written; its keys (gen | BG_GEN_OVERLAY) decide first */
 	__u8 pad[5];
+	/* [0] src, [1] dst: bit p set when an entry keyed on that side's class may match key.proto p; a packet
+	 * of another protocol skips that side's stage 0 walk (its class would be looked up by no shape) */
+	__u64 tree_protos[2][4];
 	struct bg_shape shapes[BG_MAX_SHAPES];
 };
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -163,3 +164,23 @@ def test_a_key_added_live_is_in_its_shapes_filter_before_it_is_written():
     assert d2.cls_delete and d2.conf_before is None and d2.conf_after is None
     pkt = Packet(4, ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2"), 6, 5, 81)
     assert Reference(live.conf, live.c.cls, live.c.rules, live.c.names).classify(pkt).name == "(default)"
+
+
+def test_a_protocol_added_live_to_a_class_keyed_shape_walks_its_tree_before_its_keys_are_written():
+    """Conf.tree_protos: the dst tree is walked for TCP only while only TCP rules key on its classes; a UDP
+    rule keyed on them widens it in the bg_conf published before its keys."""
+    rules = [Rule(name=f"t{i}", protocol="tcp", dst_port=80, src=[f"10.{i}.0.0/16"], dst=[f"192.0.2.{i}/32"],
+                  action="drop") for i in range(4)]
+    rules.append(Rule(name="nets", src=["10.0.0.0/8", "172.16.0.0/12"], action="drop"))
+    live = LiveHook(compile_hook(HookPolicy(rules=tuple(rules)), Hook.TC_INGRESS))
+    src, dst = live.conf.tree_protos
+    assert dst == 1 << 6 and src == L.ALL_PROTOS   # "nets" matches every protocol
+    d = live.add(Rule(name="u", protocol="udp", dst_port=53, dst=["192.0.2.1/32"], src=["10.1.0.0/16"],
+                      action="drop"), 0)   # prefixes the generation has classes for
+    assert d.conf_before.tree_protos[1] == (1 << 6) | (1 << 17)
+    ref = Reference(d.conf_before, live.c.cls, live.c.rules, live.c.names, live.c.classes)
+    pkt = Packet(4, ipaddress.ip_address("10.1.1.1"), ipaddress.ip_address("192.0.2.1"), 17, 5, 53)
+    assert ref.classify(pkt).name == "u"
+    stale = Reference(replace(d.conf_before, tree_protos=(src, dst)), live.c.cls, live.c.rules, live.c.names,
+                      live.c.classes)
+    assert stale.classify(pkt).name == "nets"   # without the widening: no dst class, "u" missed

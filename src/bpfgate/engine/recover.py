@@ -46,10 +46,12 @@ _HDR, _SHAPE = _CONF_C.shapes.offset, ctypes.sizeof(_SHAPE_C)
 # informational (entries) or a hint each writer computes from the entries it wrote (the filter: a superset
 # of their bits, so any one of them is right for the same entries)
 _IGNORED = [(getattr(_SHAPE_C, f).offset, getattr(_SHAPE_C, f).size) for f in ("entries", "filtered", "fmask", "filter")]
+_PROTOS = (_CONF_C.tree_protos.offset, _CONF_C.tree_protos.size)   # a hint as the filter is
 
 
 def _meaning(conf: bytes) -> bytes:
     b = bytearray(conf)
+    b[_PROTOS[0]:_PROTOS[0] + _PROTOS[1]] = bytes(_PROTOS[1])
     for i in range(L.MAX_SHAPES):
         for off, size in _IGNORED:
             at = _HDR + i * _SHAPE + off

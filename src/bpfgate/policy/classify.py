@@ -43,7 +43,8 @@ class Reference:
 
     def lookup(self, key: bytes) -> int:
         """The rule_id for a packed packet key."""
-        key = self.classes.stamp(key) if self.conf.trees else key   # stage 0: prefix classes
+        if self.conf.trees:   # stage 0: prefix classes, of the sides some shape may look up for the protocol
+            key = L.unclassed(self.classes.stamp(key), self.conf.tree_protos)
         k = L.key_int(key)
         best_prio, best_rule = NO_MATCH, self.conf.default_rule
         for shape_best, mask, tag, fmask, bits in self.shapes:   # BPF: bounded loop over MAX_SHAPES

@@ -74,14 +74,16 @@ class CompiledHook:
         best: dict[int, int] = {}
         count: Counter = Counter()
         few: dict[int, list[bytes]] = {}     # a shape's keys, while it has at most FILTER_MAX
+        protos: dict[int, int] = {}          # the protocols of its keys
         word0: dict[int, set[bytes]] = {}    # the values of its keys' first words, while at most FILTER_MAX
-        w0 = L.WORD0
+        w0, po = L.WORD0, L.KEY_OFF["proto"]
         for key, val in self.cls.items():
             sid = key[L.KEY_SHAPE_OFF]
             n = count[sid] = count[sid] + 1
             if n == 1:
-                best[sid], few[sid], word0[sid] = val.prio, [key], {key[w0]}
+                best[sid], few[sid], word0[sid], protos[sid] = val.prio, [key], {key[w0]}, 1 << key[po]
                 continue
+            protos[sid] |= 1 << key[po]
             if val.prio < best[sid]:
                 best[sid] = val.prio
             if n <= L.FILTER_MAX:
@@ -91,13 +93,15 @@ class CompiledHook:
                 w.add(key[w0])
                 if len(w) > L.FILTER_MAX:
                     word0[sid] = None
-        shapes = []
+        shapes, sides = [], [0, 0]
         for sid in best:
             mask = self.shapes[sid].mask_bytes
             fmask, bits = L.shape_filter(mask, few[sid] if count[sid] <= L.FILTER_MAX else None, word0[sid])
             shapes.append(L.Shape(sid, mask, best[sid], count[sid], fmask, bits))
+            for i, p in enumerate(L.tree_protos(mask, protos[sid])):
+                sides[i] |= p
         shapes.sort(key=lambda s: (s.best_prio, s.id))
-        return L.Conf(self.gen, self.default_rule, tuple(shapes), self.classes.bits)
+        return L.Conf(self.gen, self.default_rule, tuple(shapes), self.classes.bits, tuple(sides))
 
     def entries(self):
         """bg_cls as (ClsKey, ClsValue) records, for display and tests."""

@@ -56,7 +56,7 @@ VAL = contract.record("engine", "bg_cls_val", "prio rule_id")
 RULE = contract.record("engine", "bg_rule", "action over_action flags redirect_ifindex mark log_rate rate burst "
                                            "reject_with reject_rate")
 SHAPE = contract.record("engine", "bg_shape", "mask best_prio id filtered entries fmask filter")
-CONF = contract.record("engine", "bg_conf", "nshapes default_rule gen trees overlay shapes")
+CONF = contract.record("engine", "bg_conf", "nshapes default_rule gen trees overlay tree_protos shapes")
 PFX_TOP = contract.record("engine", "bg_pfx_top", "cls sub nlens lens")
 PFX_KEY = contract.record("engine", "bg_pfx_key", "addr gen tree len")
 KEY_SIZE = KEY.size
@@ -245,6 +245,36 @@ def shape_filter(mask: bytes, keys: Sequence[bytes] | None, word0: set[bytes] | 
     return fmask, bits
 
 
+ALL_PROTOS = (1 << 256) - 1
+_CLS_OFF = (KEY_OFF["src_cls"], KEY_OFF["dst_cls"])
+_PROTO_OFF = KEY_OFF["proto"]
+
+
+def tree_protos(mask: bytes, protos: int) -> tuple[int, int]:
+    """What entries of a shape with `mask` whose protocols are the bits of `protos` add to Conf.tree_protos:
+    per side whose class the mask keys on, those bits (every protocol when the mask leaves it out)."""
+    p = protos if mask[_PROTO_OFF] == 0xFF else ALL_PROTOS
+    return tuple(p if any(mask[off:off + 4]) else 0 for off in _CLS_OFF)
+
+
+def proto_bit(key: bytes) -> int:
+    return 1 << key[_PROTO_OFF]
+
+
+def unclassed(key: bytes, protos: tuple[int, int]) -> bytes:
+    """A packet key (classes stamped) with class 0 on each side whose walk tree_protos skips for its protocol,
+    as engine.bpf.c's classify() does."""
+    p = key[_PROTO_OFF]
+    for off, side in zip(_CLS_OFF, protos):
+        if not side >> p & 1:
+            key = key[:off] + bytes(4) + key[off + 4:]
+    return key
+
+
+def _bits256(bits: int) -> bytes:
+    return b"".join(((bits >> (64 * i)) & _M64).to_bytes(8, sys.byteorder) for i in range(4))
+
+
 @dataclass(frozen=True, slots=True)
 class Shape:
     """One entry of bg_conf.shapes[]: the mask applied to the packet key, the shape id written into it, the
@@ -258,9 +288,8 @@ class Shape:
     filter: int = 0                  # FILTER_BITS bits: every entry's filter_bit() is set (more may be)
 
     def pack(self) -> bytes:
-        words = b"".join(((self.filter >> (64 * i)) & _M64).to_bytes(8, sys.byteorder)
-                         for i in range(FILTER_BITS // 64))
-        return SHAPE.pack(self.mask, self.best_prio, self.id, int(any(self.fmask)), self.entries, self.fmask, words)
+        return SHAPE.pack(self.mask, self.best_prio, self.id, int(any(self.fmask)), self.entries, self.fmask,
+                          _bits256(self.filter))
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +300,8 @@ class Conf:
     default_rule: int             # rule_id applied when no entry matches
     shapes: tuple[Shape, ...] = field(default=())   # visit order: best_prio ascending
     trees: int = 0                # 1 << TREE_*: prefix-class trees in use (stage 0)
+    # (src, dst): bit p set when an entry keyed on that side's class may match key.proto p (tree_protos())
+    tree_protos: tuple[int, int] = (ALL_PROTOS, ALL_PROTOS)
 
     def pack(self, overlay: bool = False) -> bytes:
         """overlay: a batch's overlay entries (key.gen | GEN_OVERLAY) decide first (Engine.apply_edits)."""
@@ -278,4 +309,5 @@ class Conf:
             raise ValueError(f"{len(self.shapes)} shapes > {MAX_SHAPES}")
         empty = Shape(0, bytes(KEY_SIZE), 0xFFFFFFFF).pack()
         body = b"".join(s.pack() for s in self.shapes) + empty * (MAX_SHAPES - len(self.shapes))
-        return CONF.pack(len(self.shapes), self.default_rule, self.gen, self.trees, int(overlay), body)
+        return CONF.pack(len(self.shapes), self.default_rule, self.gen, self.trees, int(overlay),
+                         b"".join(_bits256(p) for p in self.tree_protos), body)

@@ -91,6 +91,7 @@ class LiveHook:
         # shape id -> [fmask, bits] of its filter: a key added sets its bit; one removed leaves it (a stale bit
         # costs a lookup, never a match); a shape made during edits has none
         self.filters = {s.id: [s.fmask, s.filter] for s in self.conf.shapes if any(s.fmask)}
+        self.tree_protos = list(self.conf.tree_protos)   # widened by added keys, never narrowed
         self.quarantine: set[int] = set()
         self.fresh: dict[int, ShapeSpec | None] = {}   # shape ids handed out during the current edit -> the
                                                          # unused spec they replaced (restored on a refusal)
@@ -284,6 +285,8 @@ class LiveHook:
                 f = self.filters.get(k[0])
                 if f is not None:
                     f[1] |= 1 << L.filter_bit(k, f[0])
+                for i, p in enumerate(L.tree_protos(self.c.shapes[k[0]].mask_bytes, L.proto_bit(k))):
+                    self.tree_protos[i] |= p
             if cur is None or prio <= cur.prio:
                 self.c.cls[k] = val
                 self.best[k[0]] = min(prio, self.best.get(k[0], 1 << 32))  # only ever lowered: a safe bound
@@ -379,7 +382,7 @@ class LiveHook:
         shapes = [L.Shape(sid, self.c.shapes[sid].mask_bytes, self.best[sid], self.count.get(sid, 0),
                           *self.filters.get(sid, (bytes(L.KEY_SIZE), 0))) for sid in sids]
         shapes.sort(key=lambda s: (s.best_prio, s.id))
-        return L.Conf(self.c.gen, self.c.default_rule, tuple(shapes), self.c.classes.bits)
+        return L.Conf(self.c.gen, self.c.default_rule, tuple(shapes), self.c.classes.bits, tuple(self.tree_protos))
 
 
 def swap(previous: CompiledHook, hp: HookPolicy, **kw) -> CompiledHook:
