@@ -26,11 +26,12 @@ enum bg_engine_limits {
 	BG_PFX_LENS = 7,           /* longer lengths probed per level-0 bucket of stage 0, at most */
 	BG_PFX_TOP_BITS = 16,      /* level 0 is indexed by the address's top 16 bits */
 	BG_PFX_SUB_BITS = 5,       /* and says which of the bucket's 32 sub-ranges (bits 16..20) hold a longer prefix */
-	BG_FILTER_BITS = 256,      /* bits of a shape's filter (bg_shape.filter) */
+	BG_FILTER_BITS = 64,       /* bits of a shape's filter (bg_shape.filter) */
 };
 
-/* A key's filter bit (bg_shape.filter): each word of key & fmask times its multiplier, XORed, mixed once
- * more by BG_FILTER_MIX; the top 8 bits. bpfgate.policy.layout.filter_bit is the same function. */
+/* A key's filter bit (bg_shape.filter): each word of key & fmask (0, 1, 2, 4, 6: fmask has no bits in 3
+ * and 5) times its multiplier, XORed, mixed once more by BG_FILTER_MIX; the top 6 bits.
+ * bpfgate.policy.layout.filter_bit is the same function. */
 enum bg_filter_k {
 	BG_FILTER_K0 = 0x9e3779b1, BG_FILTER_K1 = 0x85ebca77, BG_FILTER_K2 = 0xc2b2ae3d, BG_FILTER_K3 = 0x27d4eb2f,
 	BG_FILTER_K4 = 0x165667b1, BG_FILTER_K5 = 0x85ebca6b, BG_FILTER_K6 = 0xc2b2ae35, BG_FILTER_MIX = 0x9e3779b9,
@@ -143,7 +144,7 @@ struct bg_shape {
 	struct bg_cls_key mask;
 	__u32 best_prio; /* early-stop bound */
 	__u8 id;
-	__u8 filtered;   /* 1: filter[] holds the bit of every entry of the shape */
+	__u8 filtered;   /* 1: filter[] holds the bit of every entry (informational: else it is all ones) */
 	__u8 pad[2];
 	__u32 entries;
 	__u32 pad2;

@@ -91,7 +91,7 @@ def test_record_formats_are_the_btf_layouts(read):
     from bpfgate.engine import records as R
     from bpfgate.policy import layout as L
 
-    assert (L.KEY.size, L.VAL.size, L.RULE.size, L.SHAPE.size, L.PFX_TOP.size, L.PFX_KEY.size) == (56, 8, 40, 160, 16, 24)
+    assert (L.KEY.size, L.VAL.size, L.RULE.size, L.SHAPE.size, L.PFX_TOP.size, L.PFX_KEY.size) == (56, 8, 40, 136, 16, 24)
     assert L.CONF.size == 80 + L.MAX_SHAPES * L.SHAPE.size
     assert (R.CT_KEY.size, R.CT_VALUE.size, R.RULE_LOG.size) == (40, 112, 72)
     assert L.KEY.format == "=BBBBBBBBB1xHHH16s16sII"   # pad0 packs as a zero byte, not a caller's argument

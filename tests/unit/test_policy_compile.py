@@ -17,7 +17,7 @@ from bpfgate.policy.packet import Packet
 
 
 def test_record_sizes_and_key_fields():
-    assert L.KEY_SIZE == 56 and len(L.Conf(0, 0).pack()) == 80 + L.MAX_SHAPES * 160
+    assert L.KEY_SIZE == 56 and len(L.Conf(0, 0).pack()) == 80 + L.MAX_SHAPES * 136
     k = L.ClsKey(shape=3, gen=1, have=L.HAVE_PORTS, family=4, proto=6, dport=443,
                  src=ipaddress.ip_address("198.18.0.1").packed + bytes(12))
     raw = k.pack()
