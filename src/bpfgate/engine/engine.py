@@ -537,8 +537,7 @@ class Engine:
             self.pending_free.append((time.time(), list(diff.rules_free)))
 
     def _default(self) -> str:
-        c = self._live().c
-        return "allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny"
+        return default_of(self._live().c)
 
     def replace_rule(self, name: str, rule: Rule) -> Diff:
         with self._editing():
@@ -655,7 +654,7 @@ class Engine:
         self._sync()
         live = self._live()
         c = live.c
-        default = "allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny"
+        default = default_of(c)
         return HookPolicy(default=default, rules=tuple(c.source[rid] for _p, rid in live.order),
                           sets={name: st.definition() for name, st in c.sets.items()})
 
@@ -688,7 +687,7 @@ class Engine:
         self._sync()
         live = self._live()
         c = live.c
-        return "allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny", live.names()
+        return default_of(c), live.names()
 
     def listing(self) -> Listing:
         """Every rule as `bpfgate rules` lists it (ruledata.rule_row), in order. The rows of rules unchanged
@@ -1016,8 +1015,12 @@ def listing_of(c: CompiledHook, saved: dict[int, tuple] | None = None, edited: I
     rids = [rid for _p, rid in c.order]
     rows = [saved.get(rid) if rid not in edited else None for rid in rids]
     rows = [row if row is not None else rule_row(c.source[rid]) for rid, row in zip(rids, rows)]
-    return Listing.of_rows("allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny", c.default_rule,
-                           rids, rows)
+    return Listing.of_rows(default_of(c), c.default_rule, rids, rows)
+
+
+def default_of(c: CompiledHook) -> str:
+    """The compiled policy's default, as a policy file says it."""
+    return "allow" if c.rules[c.default_rule].action == L.ACT_PASS else "deny"
 
 
 def rule_names(compiled: CompiledHook) -> dict[int, str]:

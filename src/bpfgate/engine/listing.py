@@ -24,6 +24,11 @@ from .state import StateStore
 _PLAIN = ({}, None, None)   # the options, owner and comment of a rule that has none (never handed out)
 
 
+def _has_more(row: tuple) -> bool:
+    """Whether a row has options, an owner or a comment (kept in Listing.more)."""
+    return bool(row[3]) or row[4] is not None or row[5] is not None
+
+
 class Listing:
     """One hook's rules as `bpfgate rules` lists them (policy.listed.data_row), in order, as columns."""
 
@@ -37,12 +42,16 @@ class Listing:
 
     @classmethod
     def of_rows(cls, default: str, default_rid: int, rids: list[int], rows: list[tuple]) -> "Listing":
-        more = {rid: tuple(r[3:]) for rid, r in zip(rids, rows) if r[3] or r[4] is not None or r[5] is not None}
+        more = {rid: tuple(r[3:]) for rid, r in zip(rids, rows) if _has_more(r)}
         return cls(default, default_rid, list(rids), [r[0] for r in rows], [r[1] for r in rows],
                    [r[2] for r in rows], more)
 
     def __len__(self) -> int:
         return len(self.rids)
+
+    def slots(self) -> int:
+        """How many counter slots the rules use (their highest slot, the default's included, plus one)."""
+        return max(self.rids + [self.default_rid]) + 1
 
     def row(self, i: int) -> tuple:
         extra, owner, comment = self.more.get(self.rids[i], _PLAIN)
@@ -106,7 +115,7 @@ class Listing:
     def _insert(self, i: int, rid: int, row: tuple) -> None:
         for col, v in ((self.rids, rid), (self.names, row[0]), (self.actions, row[1]), (self.matches, row[2])):
             col.insert(i, v)
-        if row[3] or row[4] is not None or row[5] is not None:
+        if _has_more(row):
             self.more[rid] = tuple(row[3:])
 
 
@@ -121,7 +130,7 @@ def saved_listing(dev: str, hook: Hook, netns_name: str | None = None) -> tuple[
     except BpfgateError:
         return None
     try:
-        packets, nbytes = counter_columns(m, max(listing.rids + [listing.default_rid]) + 1)
+        packets, nbytes = counter_columns(m, listing.slots())
     except IndexError:   # slots past the map: not this engine's listing
         return None
     finally:

@@ -228,7 +228,7 @@ class EngineBackend:
         try:
             with self._open(dev, hook, netns) as eng:
                 listing = eng.listing()
-                return (listing, *eng.counter_columns(max(listing.rids + [listing.default_rid]) + 1))
+                return (listing, *eng.counter_columns(listing.slots()))
         except NotFound:
             return None
 
