@@ -12,7 +12,10 @@ namespace (a sandbox made here). Each path adds one /24 drop rule and deletes it
   ..., 1st after start   the first such edit once the agent is ready (/readyz: its first round done)
   ..., 1st after change  the first such edit after a round applied a change of the file (one rule fewer)
   ..., 1st after repair  the first such edit after a round attached the engine again (its filter deleted)
-  CLI with agent       `bpfgate rule add|del` (the installed script) as a process while the agent runs (start to exit)
+  CLI with agent       `bpfgate rule add|del` (the installed command) as a process while the agent runs (start to
+                       exit): the C front end (frontend/) where scripts/run or `make -C frontend install`
+                       put it, else the Python console script
+  ..., bpfgate-py      the same through the Python console script (`bpfgate-py`, installed beside it)
   CLI without agent    `bpfgate rule add|del` as a process, no agent
   nft element          `nft add|delete element` of one prefix into a 100k-element interval set
 Run as root:  .venv/bin/python bench/bench_agent_edit.py [--rules N] [--reps R]
@@ -114,9 +117,9 @@ def main() -> None:
     args = ap.parse_args()
     header(f"one-rule edits at {args.rules} rules: direct, held (agent), agent socket, CLI, nft element")
     nets = prefixes(args.rules)
-    free = free_prefixes(nets, 6 * args.reps + 3)
-    extra = free[6 * args.reps:]   # the first edits after the agent's start and after a change
-    chunks = [free[i * args.reps:(i + 1) * args.reps] for i in range(6)]
+    free = free_prefixes(nets, 7 * args.reps + 3)
+    extra = free[7 * args.reps:]   # the first edits after the agent's start and after a change
+    chunks = [free[i * args.reps:(i + 1) * args.reps] for i in range(7)]
     res: dict[str, tuple[list[float], list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp, Sandbox() as sb:
         host = sb.host("edit")
@@ -197,6 +200,13 @@ def main() -> None:
                                               "--action", "drop"], env),
                     lambda n, _s: timed(command() + ["rule", "del", n, "--dev", dev, "--netns", ns], env),
                     chunks[4], args.reps, "a")
+                python_cli = os.path.join(os.path.dirname(sys.executable), "bpfgate-py")
+                if os.access(python_cli, os.X_OK) and command() != [python_cli]:
+                    res["CLI with agent, bpfgate-py"] = edits(
+                        lambda n, s: timed([python_cli, "rule", "add", n, "--dev", dev, "--netns", ns, "--src", s,
+                                            "--action", "drop"], env),
+                        lambda n, _s: timed([python_cli, "rule", "del", n, "--dev", dev, "--netns", ns], env),
+                        chunks[6], args.reps, "p")
             finally:
                 agent.send_signal(signal.SIGTERM)
                 agent.wait(timeout=120)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -272,3 +275,33 @@ def cgroup():
     finally:
         attach.detach_matching(target=cg, any_netns=True)
         os.rmdir(cg)
+
+
+FRONTEND_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "frontend")
+
+
+@pytest.fixture(scope="session")
+def frontend_binary(tmp_path_factory) -> str:
+    """The `bpfgate` command's C front end (frontend/bpfgate.c) built from source as `make install` builds it."""
+    build = tmp_path_factory.mktemp("frontend-build")
+    subprocess.run(["make", "-s", "-C", FRONTEND_SRC, f"BUILD={build}"], check=True)
+    return str(build / "bpfgate")
+
+
+@pytest.fixture
+def frontend(frontend_binary, tmp_path):
+    """install(python_cli=None) -> (path, calls): the front end copied into a bin directory of its own, beside a
+    `bpfgate-py` that appends its arguments to the file `calls` and runs the shell command `python_cli`
+    (default: this Python's bpfgate CLI). `calls` empty after a command: the front end started no Python."""
+    def install(python_cli: str | None = None) -> tuple[str, str]:
+        bindir = tmp_path / f"bin{len(list(tmp_path.glob('bin*')))}"
+        bindir.mkdir()
+        calls = bindir / "calls"
+        calls.write_text("")
+        run = python_cli or f"exec {shlex.quote(sys.executable)} -m bpfgate \"$@\""
+        script = bindir / "bpfgate-py"
+        script.write_text(f"#!/bin/sh\necho \"$*\" >> {shlex.quote(str(calls))}\n{run}\n")
+        script.chmod(0o755)
+        shutil.copy(frontend_binary, bindir / "bpfgate")
+        return str(bindir / "bpfgate"), str(calls)
+    return install

@@ -283,12 +283,14 @@ def test_writes_go_through_the_running_agent(agent_env, tmp_path):
     assert r.returncode == 0 and "no-8081" in rule_names(n), r.stderr
 
 
-def test_edits_are_answered_by_the_agent_before_click(agent_env):
+def test_edits_are_answered_by_the_agent_before_click(agent_env, frontend):
     """While the agent runs, `rule add|del` and `set add|del` go to it as typed, answered before click, Rich or
-    the control plane are imported, and print exactly what the full command line prints (which the agent
-    also serves): the edit enforced, --json, a bad rule or element (one line, nothing changed), a usage
-    error. With the agent gone, the same command line works directly."""
+    the control plane are imported (and by the C front end without starting Python), and print exactly what
+    the full command line prints (which the agent also serves): the edit enforced, --json, a bad rule or
+    element (one line, nothing changed), a usage error. With the agent gone, the same command line works
+    directly (the front end runs the Python CLI)."""
     n, d, start = agent_env
+    front, front_calls = frontend()
     policy = yaml.safe_load(drop_port(n.dev, 8080, [{"name": "no-set", "protocol": "tcp", "dst_port": "@ports",
                                                      "action": "drop"}]))
     (d / "p.yaml").write_text(yaml.safe_dump({**policy, "sets": {"ports": {"type": "port", "elements": [8082]}}}))
@@ -305,6 +307,11 @@ def test_edits_are_answered_by_the_agent_before_click(agent_env):
             assert run_entry(*undo, env=env)[0].returncode == 0
         full = run_cli(argv, env=env)
         assert (fast.returncode, fast.stdout, fast.stderr) == (full.returncode, full.stdout, full.stderr), argv
+        if undo:
+            assert run_entry(*undo, env=env)[0].returncode == 0
+        c = subprocess.run([front, *argv], capture_output=True, text=True, env=env, timeout=WAIT, check=False)
+        assert (c.returncode, c.stdout, c.stderr) == (full.returncode, full.stdout, full.stderr), argv
+        assert open(front_calls).read() == "", "the front end started Python"
         return fast
 
     where = ["--netns", n.ns, "--dev", n.dev]
@@ -337,6 +344,9 @@ def test_edits_are_answered_by_the_agent_before_click(agent_env):
     assert a.stop() == 0
     r, imported = run_entry(*add, env=env)   # no agent: the full command line, which edits directly
     assert r.returncode == 0 and "click" in imported and "no-8081" in rule_names(n), r.stderr
+    r = subprocess.run([front, *delete], capture_output=True, text=True, env=env, timeout=WAIT, check=False)
+    assert r.returncode == 0 and "no-8081" not in rule_names(n), r.stderr
+    assert open(front_calls).read() == " ".join(delete) + "\n"
 
 
 def test_errors_through_the_agent_keep_their_type_and_fields(agent_env, monkeypatch):
