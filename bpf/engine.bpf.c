@@ -106,11 +106,14 @@ struct {
 	__type(value, struct bg_bucket);
 } bg_rate_src SEC(".maps");
 
+/* one bucket per rule for all CPUs (log_rate is the rule's events per second), under its lock: per-CPU
+ * buckets would let ncpu x log_rate through, and a per-CPU array of every rule slot costs its creation time
+ * and memory once per CPU (at 256k slots ~0.13 s and 4 MB a CPU) for the few rules that log */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, BG_MAX_RULES);
 	__type(key, __u32);
-	__type(value, struct bg_log_bucket);
+	__type(value, struct bg_bucket);
 } bg_log_rate SEC(".maps");
 
 struct {
@@ -456,29 +459,16 @@ static __always_inline int within_rate(__u32 rule_id, const struct bg_rule *r, c
 
 static __always_inline int log_allowed(__u32 rule_id, const struct bg_rule *r)
 {
-	struct bg_log_bucket *b = bpf_map_lookup_elem(&bg_log_rate, &rule_id);
-	__u64 now = bpf_ktime_get_ns(), cap = (__u64)r->log_rate * NSEC, credit;
+	struct bg_bucket *b = bpf_map_lookup_elem(&bg_log_rate, &rule_id);
+	__u64 now = bpf_ktime_get_ns();
+	int ok;
 
 	if (!b)
 		return 0;
-	if (!b->last_ns) {
-		credit = cap;
-	} else {
-		__u64 elapsed = bg_ns_since(now, b->last_ns);
-
-		if (elapsed > 10 * NSEC)
-			elapsed = 10 * NSEC;
-		credit = b->credit + elapsed * r->log_rate;
-		if (credit > cap)
-			credit = cap;
-	}
-	b->last_ns = now;
-	if (credit < NSEC) {
-		b->credit = credit;
-		return 0;
-	}
-	b->credit = credit - NSEC;
-	return 1;
+	bpf_spin_lock(&b->lock);
+	ok = bucket_refill_take(b, r->log_rate, r->log_rate, NSEC, now);   /* a second's worth at most */
+	bpf_spin_unlock(&b->lock);
+	return ok;
 }
 
 static __always_inline void log_event(void *ctx, __u32 rule_id, __u8 action, const struct bg_cls_key *k,

@@ -182,11 +182,6 @@ struct bg_rate_src_key {
 	__u8 addr[16];
 };
 
-struct bg_log_bucket {   /* per-CPU bg_log_rate[rule_id] */
-	__u64 credit;
-	__u64 last_ns;
-};
-
 /* conntrack: bg_ct, shared with flow accounting: conntrack.h (key, value), ct_track.h (code) */
 
 enum bg_engine_hook {

@@ -63,7 +63,6 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "bg_conf": ("nshapes", "default_rule", "gen", "shapes"),
     "bg_bucket": ("credit", "last_ns", "lock"),
     "bg_rate_src_key": ("rule_id", "family", "addr"),
-    "bg_log_bucket": ("credit", "last_ns"),
     "bg_ct_key": ("family", "proto", "sport", "dport", "src", "dst"),
     "bg_ct_value": ("first_ns", "last_ns", "packets", "bytes", "ended", "flags", "ifindex", "tcp_flags",
                     "created_dir", "ext"),

@@ -40,7 +40,7 @@ RECORDS = {
     ("engine", "bg_cls_key"), ("engine", "bg_cls_val"), ("engine", "bg_rule"), ("engine", "bg_shape"),
     ("engine", "bg_conf"), ("engine", "bg_pfx_top"), ("engine", "bg_pfx_key"), ("engine", "bg_counter"),
     ("engine", "bg_ct_key"), ("engine", "bg_ct_value"), ("engine", "bg_rule_log_event"), ("engine", "bg_event_hdr"),
-    ("engine", "bg_bucket"), ("engine", "bg_log_bucket"), ("engine", "bg_capture_cfg"),
+    ("engine", "bg_capture_cfg"),
     ("engine", "bg_capture_event"),
 }
 

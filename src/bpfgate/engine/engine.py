@@ -795,8 +795,7 @@ class Engine:
         ids = sorted(rules)
         keys = _u32s(ids)
         if fresh:   # a new slot starts with zero counters and full buckets (docs section 5)
-            for name, size in (("bg_counters", R.COUNTER.size), ("bg_rate_rule", R.BUCKET_SIZE),
-                               ("bg_log_rate", R.LOG_BUCKET_SIZE)):
+            for name in ("bg_counters", "bg_rate_rule", "bg_log_rate"):
                 m = self.maps[name]
                 m.update_batch_raw(keys, bytes(m._vbuf_size * len(ids)), len(ids))
         packed: dict[int, bytes] = {}   # by object: the compiler shares one record among equal actions

@@ -6,7 +6,6 @@ object's BTF (bpfgate.contract; the C side is bpf/include/engine.h).
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ CT_VALUE = contract.record("engine", "bg_ct_value", "first_ns last_ns packets by
 RULE_LOG = contract.record("engine", "bg_rule_log_event", "hdr rule_id ifindex pkt_len action hook family proto "
                                                           "sport dport ct_state tcp_flags src dst")
 EVENT_HDR = contract.record("engine", "bg_event_hdr", "type len cpu ts_ns")
-BUCKET_SIZE = ctypes.sizeof(contract.struct("engine", "bg_bucket"))
-LOG_BUCKET_SIZE = ctypes.sizeof(contract.struct("engine", "bg_log_bucket"))
 CTF_REPLY, CTF_MIDSTREAM = C.BG_CTF_REPLY, C.BG_CTF_MIDSTREAM
 EV_RULE_LOG = C.BG_EV_RULE_LOG
 CT_NAMES = {value: word for word, value in CT_STATES.items()}

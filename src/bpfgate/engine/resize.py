@@ -209,6 +209,8 @@ def _carry(eng: Engine, nxt: Engine, pairs: list[tuple[int, int]]) -> None:
     keys = _u32s(n for _o, n in pairs)
     for name in CARRIED:
         src, vs = eng.maps[name], eng.maps[name]._vbuf_size
+        if nxt.maps[name]._vbuf_size != vs:
+            continue   # another layout (an engine attached by an older bpfgate): the new slots start afresh
         raw = bytearray()
         for _k, vals, _n in src.lookup_batch_raw(chunk=_READ_CHUNK):   # the array in slot order
             raw += vals
