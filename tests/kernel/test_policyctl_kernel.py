@@ -120,6 +120,63 @@ def test_failed_apply_leaves_the_previous_policy_running(net):
     assert policyctl.running(n.ns) == before
 
 
+def until(pred, timeout: float = scaled(30)) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_attach_takes_the_engine_loaded_while_the_policy_compiled(net, monkeypatch):
+    """A fresh attach's engine is loaded (its programs verified) while the policy is checked and compiled, and
+    the attach takes it: one load per interface, none after. A policy refused at compile, or a preload made
+    otherwise than the attach loads (here: without conntrack), leaves nothing: its engine is closed."""
+    import threading
+
+    from bpfgate.engine import Engine
+
+    loads, closed = [], []
+    load, close = Engine.load.__func__, Engine.close
+
+    def counted_load(cls, *a, **kw):
+        eng = load(cls, *a, **kw)
+        loads.append((threading.current_thread().name, eng))
+        return eng
+
+    def counted_close(self):
+        closed.append(self)
+        return close(self)
+
+    monkeypatch.setattr(Engine, "load", classmethod(counted_load))
+    monkeypatch.setattr(Engine, "close", counted_close)
+    n = net
+    bad = {"name": "mirror", "action": "redirect", "redirect": {"interface": "nosuchif0"}}
+    with pytest.raises(PolicyError, match="no such interface"):
+        policyctl.apply(pol([n.dev], [bad]), netns=n.ns)
+    assert until(lambda: loads and loads[0][1] in closed), "the refused policy's preloaded engine stayed open"
+    assert [t for t, _e in loads] == ["bpfgate-preload"]
+    assert policyctl.running(n.ns) == {}
+    loads.clear()
+    policyctl.apply(pol([n.dev, n.dev2], [WEB, ALT]), netns=n.ns)
+    assert [t for t, _e in loads] == ["bpfgate-preload"] * 2
+    assert dropped(n, 80) and served(n, 8080) and counts(n)["web"] > 0
+    policyctl.remove(netns=n.ns)
+    loads.clear()
+    pre = Engine.preload(n.dev, "tc-ingress", 1, netns_name=n.ns, ct=False)
+    eng = Engine.attach(n.dev, "tc-ingress", pol([n.dev], [WEB]).hooks[Hook.TC_INGRESS], netns_name=n.ns,
+                        preloaded=pre)
+    try:
+        assert until(lambda: len(loads) == 2)
+        (preloaded,) = [e for t, e in loads if t == "bpfgate-preload"]
+        assert eng is not preloaded and eng in [e for _t, e in loads]
+        assert until(lambda: preloaded in closed)
+        assert dropped(n, 80)
+    finally:
+        eng.detach()
+
+
 def test_interface_gone_mid_apply_rolls_back_the_first(net):
     """The second interface disappears between planning and its attach (a real attach failure): the first
     interface, already swapped, is swapped back: its old policy drops again, with real traffic."""

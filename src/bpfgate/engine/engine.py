@@ -12,7 +12,8 @@ import struct
 import functools
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 
 from bpfgate import attach as attach_mod
@@ -168,11 +169,28 @@ class Engine:
         return [self.obj.program(name) for name in PROGRAMS[self.hook]]
 
     @classmethod
+    def preload(cls, dev: str, hook: Hook | str, rules: int, *, netns_name: str | None = None,
+                ct: bool = True) -> Preload | None:
+        """Start loading, in a thread, the engine that attach() of a policy of `rules` rules will load on
+        dev/hook (give it as `preloaded`): the kernel verifies its programs (~0.3-0.6 s, the GIL let go) while
+        the caller checks and compiles the policy. None where that load cannot be told yet: a cgroup, an engine
+        of another hook of the device (its flow table is shared), a policy large enough to have its tables
+        preallocated (sized by the compiled policy; its load overlaps the saving of its state instead)."""
+        hook = Hook(hook)
+        if hook.on_cgroup or rules >= PREALLOC_MIN or cls._sibling_ct_pin(dev, hook, netns_name) is not None:
+            return None
+        # a fresh attach gives the rules slots 0..rules (the default's included); small tables allocate per entry
+        kw = _load_kw(hook, ct, _ct_hooks(dev, netns_name), {}, rule_array_sizes(rules + 1))
+        return Preload(kw, functools.partial(cls.load, hook, quiet=True, **kw))
+
+    @classmethod
     def attach(cls, dev: str, hook: Hook | str, policy: HookPolicy | CompiledHook | None = None, *,
                netns_name: str | None = None, mode: str | None = None, ct: bool = True,
-               limits: Limits = Limits(), prealloc: dict[str, int] | None = None) -> Engine:
+               limits: Limits = Limits(), prealloc: dict[str, int] | None = None,
+               preloaded: Preload | None = None) -> Engine:
         """Load, write `policy` (default: allow everything), pin the maps, attach. Nothing stays behind on
-        failure. mode: tc|libbpf|tcx for TC hooks, auto|native|generic for XDP."""
+        failure. mode: tc|libbpf|tcx for TC hooks, auto|native|generic for XDP. `preloaded` (preload()): its
+        engine when it was loaded as this attach loads one, else it is closed once loaded."""
         hook = Hook(hook)
         if hook.on_cgroup:   # checked before anything is loaded: a one-line error, nothing attached
             if netns_name:
@@ -190,22 +208,23 @@ class Engine:
             policy or HookPolicy(default="allow"), hook, limits=limits,
             ifindex=lambda name: netlink.ifindex(name, netns_name))
         ct_hooks = _ct_hooks(dev, netns_name)
-        # replies are known only if outgoing flows are tracked: by the tracker, unless an egress engine
-        # with ct runs (exactly one program tracks egress, or the per-flow counters count it twice)
-        tracker = ct and hook in (Hook.TC_INGRESS, Hook.XDP) and Hook.TC_EGRESS not in ct_hooks
+        kw = _load_kw(hook, ct, ct_hooks, prealloc_for(compiled) if prealloc is None else prealloc,
+                      rule_array_sizes(max(compiled.rules) + 1))
+        tracker = "bg_ct_track" in kw["also"]
         reuse = {}
         shared = cls._sibling_ct(dev, hook, netns_name)   # one flow table per interface, shared by its hooks
         if shared is not None:
             reuse["bg_ct"] = shared.fd
-        load = functools.partial(cls.load, hook, ct=ct, reuse=reuse, also=("bg_ct_track",) if tracker else (),
-                                 prealloc=prealloc_for(compiled) if prealloc is None else prealloc,
-                                 max_entries=rule_array_sizes(max(compiled.rules) + 1))
+        load = functools.partial(cls.load, hook, reuse=reuse, **kw)
         live = LiveHook(compiled, limits, None)
+        loading = preloaded.take(kw) if preloaded is not None and not reuse else None
+        if preloaded is not None and loading is None:
+            preloaded.discard()
         try:
             # the kernel verifies the programs (ctypes lets go of the GIL) while the state is pickled: at 100k
             # rules each takes most of a second; the snapshot becomes the saved state once all is attached
             with ThreadPoolExecutor(1) as pool:
-                loading = pool.submit(load, quiet=True)
+                loading = loading or pool.submit(load, quiet=True)
                 presaved = store.presave(live)
                 listing = listing_of(compiled)   # saved with the state: a first `rules` reads no state
             try:
@@ -213,6 +232,8 @@ class Engine:
             except LoadFailedQuietly:
                 eng = load()   # again, to say why (or a passing failure)
         except BaseException:
+            if loading is not None:
+                _close_once_loaded(loading)
             store.remove()
             raise
         finally:
@@ -271,10 +292,15 @@ class Engine:
 
     @classmethod
     def _sibling_ct(cls, dev: str, hook: Hook, netns_name: str | None) -> Map | None:
+        path = cls._sibling_ct_pin(dev, hook, netns_name)
+        return Map.from_pin(path) if path is not None else None
+
+    @staticmethod
+    def _sibling_ct_pin(dev: str, hook: Hook, netns_name: str | None) -> str | None:
         for other in Hook:
             path = os.path.join(pin_dir(dev, other, netns_name), "bg_ct")
             if other is not hook and os.path.exists(path):
-                return Map.from_pin(path)
+                return path
         return None
 
     @classmethod
@@ -963,6 +989,45 @@ def _has_ct(meta: dict) -> bool:
     if "ct" in meta:
         return bool(meta["ct"])
     return any(k.endswith(CT_KEY_SUFFIX) for k in meta.get("attachments", []))
+
+
+def _load_kw(hook: Hook, ct: bool, ct_hooks: set[Hook], prealloc: dict[str, int], max_entries: dict[str, int]) -> dict:
+    """Engine.load's arguments for an attach on `hook` of a device whose engines that track flows are on
+    `ct_hooks`. Replies are known only if outgoing flows are tracked: by the tracker (also loaded), unless an
+    egress engine with ct runs (exactly one program tracks egress, or the per-flow counters count it twice)."""
+    tracker = ct and hook in (Hook.TC_INGRESS, Hook.XDP) and Hook.TC_EGRESS not in ct_hooks
+    return {"ct": ct, "also": ("bg_ct_track",) if tracker else (), "prealloc": prealloc, "max_entries": max_entries}
+
+
+class Preload:
+    """An engine loading in a daemon thread (Engine.preload): a process that exits meanwhile does not wait
+    for it, and the kernel frees what it made."""
+
+    def __init__(self, kw: dict, load) -> None:
+        self.kw = kw
+        self.future: Future = Future()
+        threading.Thread(target=self._run, args=(load,), name="bpfgate-preload", daemon=True).start()
+
+    def _run(self, load) -> None:
+        try:
+            self.future.set_result(load())
+        except BaseException as e:   # noqa: BLE001 - the attach that takes it raises it (or loads again)
+            self.future.set_exception(e)
+
+    def take(self, kw: dict) -> Future | None:
+        """The load's future when it was made with Engine.load's arguments `kw`, else None."""
+        return self.future if kw == self.kw else None
+
+    def discard(self) -> None:
+        _close_once_loaded(self.future)
+
+
+def _close_once_loaded(future: Future) -> None:
+    """Close the engine a load makes, when it is made (the caller does not wait for it)."""
+    def close(f: Future) -> None:
+        if f.exception() is None:
+            f.result().close()
+    future.add_done_callback(close)
 
 
 def _ct_hooks(dev: str, netns_name: str | None) -> set[Hook]:

@@ -176,6 +176,11 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
     steer = _steer_section(policies, confirm)
     with _serialised(netns, backend, state_root, "apply policy"):
         p = make_plan(desired_state(policies), backend.running(netns), netns)
+        preload = getattr(backend, "preload", None)
+        if preload is not None and not dry_run:   # verified by the kernel while the policy is checked
+            for h in p.changes():
+                if h.action == "attach" and h.new is not None:
+                    preload(h.dev, h.hook, netns, h.new)
         remember = getattr(backend, "remember", None)
         if remember is not None and not dry_run:   # the hooks found running as wanted (held backends)
             for h in p.hooks:

@@ -38,6 +38,7 @@ class EngineBackend:
         self._applied: dict = {}   # held: key -> (the HookPolicy applied, state version it left)
         self._unopenable: dict = {}   # held: key -> state version keep_open() failed to open
         self.repaired: list[str] = []     # engines found cut short by a killed edit and repaired on opening
+        self._preloads: dict = {}   # key -> Preload: engines loading for the attaches of this session
 
     def close(self) -> None:
         """Close the held engines (the agent's shutdown); their programs keep running from the pins."""
@@ -56,15 +57,33 @@ class EngineBackend:
         """Within the control plane's lock nobody else changes the engines: open each one once (opening
         loads its saved state, the expensive part of a one-rule edit)."""
         if self._cache is not None or self._held is not None:
-            yield
+            try:
+                yield
+            finally:
+                self._discard_preloads()
             return
         self._cache = {}
         try:
             yield
         finally:
+            self._discard_preloads()
             cache, self._cache = self._cache, None
             for eng in cache.values():
                 eng.close()
+
+    def preload(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy) -> None:
+        """Start loading the engine that attach() will load for `hp` there (Engine.preload): its programs are
+        verified while the policy is checked and compiled. Those not attached in this session are closed."""
+        from bpfgate.engine import Engine
+
+        p = Engine.preload(dev, hook, len(hp.rules), netns_name=netns)
+        if p is not None:
+            self._preloads[(dev, hook, netns)] = p
+
+    def _discard_preloads(self) -> None:
+        preloads, self._preloads = self._preloads, {}
+        for p in preloads.values():
+            p.discard()
 
     @contextmanager
     def _open(self, dev: str, hook: Hook, netns: str | None):
@@ -248,7 +267,8 @@ class EngineBackend:
 
         self._forget(dev, hook, netns)
         policy = compiled if compiled is not None else hp
-        Engine.attach(dev, hook, policy, netns_name=netns, mode=engine_mode(hook, mode)).close()
+        Engine.attach(dev, hook, policy, netns_name=netns, mode=engine_mode(hook, mode),
+                      preloaded=self._preloads.pop((dev, hook, netns), None)).close()
 
     def swap(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy,
              compiled: tuple[CompiledHook, CompiledHook] | None = None) -> None:
