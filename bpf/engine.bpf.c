@@ -415,12 +415,12 @@ static __always_inline int bucket_refill_take(struct bg_bucket *b, __u64 rate, _
 
 /* per-rule buckets (ARRAY) are exact under the lock; per-source buckets live in an LRU hash, where the
  * kernel allows no spin lock: concurrent CPUs may race on one source's bucket (approximate, never stuck) */
-static __always_inline int bucket_take_locked(struct bg_bucket *b, const struct bg_rule *r, __u64 cost, __u64 now)
+static __always_inline int bucket_take_locked(struct bg_bucket *b, __u64 rate, __u64 burst, __u64 cost, __u64 now)
 {
 	int ok;
 
 	bpf_spin_lock(&b->lock);
-	ok = bucket_refill_take(b, r->rate, r->burst, cost, now);
+	ok = bucket_refill_take(b, rate, burst, cost, now);
 	bpf_spin_unlock(&b->lock);
 	return ok;
 }
@@ -452,7 +452,7 @@ static __always_inline int within_rate(__u32 rule_id, const struct bg_rule *r, c
 	b = bpf_map_lookup_elem(&bg_rate_rule, &rule_id);
 	if (!b)
 		return 1;
-	return bucket_take_locked(b, r, cost, now);
+	return bucket_take_locked(b, r->rate, r->burst, cost, now);
 }
 
 #include "reject.h" /* the reject action's replies: bg_rules, bg_reject_rate, bucket_refill_take, cfg_hook */
@@ -460,15 +460,10 @@ static __always_inline int within_rate(__u32 rule_id, const struct bg_rule *r, c
 static __always_inline int log_allowed(__u32 rule_id, const struct bg_rule *r)
 {
 	struct bg_bucket *b = bpf_map_lookup_elem(&bg_log_rate, &rule_id);
-	__u64 now = bpf_ktime_get_ns();
-	int ok;
 
 	if (!b)
 		return 0;
-	bpf_spin_lock(&b->lock);
-	ok = bucket_refill_take(b, r->log_rate, r->log_rate, NSEC, now);   /* a second's worth at most */
-	bpf_spin_unlock(&b->lock);
-	return ok;
+	return bucket_take_locked(b, r->log_rate, r->log_rate, NSEC, bpf_ktime_get_ns());   /* a second's worth at most */
 }
 
 static __always_inline void log_event(void *ctx, __u32 rule_id, __u8 action, const struct bg_cls_key *k,

@@ -30,6 +30,7 @@
 
 #define PYTHON_CLI "bpfgate-py"
 #define DEFAULT_AGENT_DIR "/run/bpfgate/agent"
+#define NO_ANSWER "no answer in %g s: the agent is busy (reconciling) (try again, or raise BPFGATE_AGENT_WAIT)"
 
 /* the commands a running agent answers, by their first two words, and the operation each does there
  * (agent/client.py CLI_EDITS: the names its errors use) */
@@ -528,8 +529,7 @@ int main(int argc, char **argv)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			return failed(op, "no answer in %g s: the agent is busy (reconciling) (try again, or raise "
-				      "BPFGATE_AGENT_WAIT)", wait_s);
+			return failed(op, NO_ANSWER, wait_s);
 		if (n <= 0)
 			lost = strerror(errno);
 		else
@@ -541,8 +541,7 @@ int main(int argc, char **argv)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			return failed(op, "no answer in %g s: the agent is busy (reconciling) (try again, or raise "
-				      "BPFGATE_AGENT_WAIT)", wait_s);
+			return failed(op, NO_ANSWER, wait_s);
 		if (n < 0)
 			lost = strerror(errno);
 		if (n <= 0)

@@ -10,9 +10,9 @@ import ctypes
 import os
 import struct
 import functools
+import threading
 import time
 from collections.abc import Iterable, Sequence
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 
@@ -217,9 +217,7 @@ class Engine:
             reuse["bg_ct"] = shared.fd
         load = functools.partial(cls.load, hook, reuse=reuse, **kw)
         live = LiveHook(compiled, limits, None)
-        loading = preloaded.take(kw) if preloaded is not None and not reuse else None
-        if preloaded is not None and loading is None:
-            preloaded.discard()
+        loading = preloaded.take(kw if not reuse else None) if preloaded is not None else None
         try:
             # the kernel verifies the programs (ctypes lets go of the GIL) while the state is pickled: at 100k
             # rules each takes most of a second; the snapshot becomes the saved state once all is attached
@@ -1014,9 +1012,13 @@ class Preload:
         except BaseException as e:   # noqa: BLE001 - the attach that takes it raises it (or loads again)
             self.future.set_exception(e)
 
-    def take(self, kw: dict) -> Future | None:
-        """The load's future when it was made with Engine.load's arguments `kw`, else None."""
-        return self.future if kw == self.kw else None
+    def take(self, kw: dict | None) -> Future | None:
+        """The load's future when it was made with Engine.load's arguments `kw`; else None, and the engine it
+        makes is closed once made."""
+        if kw == self.kw:
+            return self.future
+        self.discard()
+        return None
 
     def discard(self) -> None:
         _close_once_loaded(self.future)

@@ -56,20 +56,17 @@ class EngineBackend:
     def session(self):
         """Within the control plane's lock nobody else changes the engines: open each one once (opening
         loads its saved state, the expensive part of a one-rule edit)."""
-        if self._cache is not None or self._held is not None:
-            try:
-                yield
-            finally:
-                self._discard_preloads()
-            return
-        self._cache = {}
+        fresh = self._cache is None and self._held is None
+        if fresh:
+            self._cache = {}
         try:
             yield
         finally:
             self._discard_preloads()
-            cache, self._cache = self._cache, None
-            for eng in cache.values():
-                eng.close()
+            if fresh:
+                cache, self._cache = self._cache, None
+                for eng in cache.values():
+                    eng.close()
 
     def preload(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy) -> None:
         """Start loading the engine that attach() will load for `hp` there (Engine.preload): its programs are
