@@ -90,6 +90,9 @@ def test_examples_and_hand_written_styles():
     "a: 'x #y'\n", "a:\n  - b\n - c\n", "a: -1\n", "a: [a: b]\n", "? a\n: b\n", "a: 1\n---\nb: 2\n",
     "a: 1\n  b: 2\n", "a:\n b: 1\n  c: 2\n", "a: [1, 2,]\n", "a: {b: 1, b: 2}\n", "<<: {a: 1}\n",
     "a: x\x07y\n", "a: \x00\n", "\ufeffa: 1\n", "a: &x [1]\nb: *x\n", "a: [*x]\n", "- &a x\n",
+    # scalars with a slash: never a number, bool, null or date
+    "a: 198.18.0.0/15\n", "a: fd00::/8\n", "a: [1/2, 0x1/0, 1:20/3, /x, x/]\n", "a: -/x\n", "a: :/x\n",
+    "a: 2001-01-01/x\n", "a: {b: 10.0.0.0/8}\n", "a: .inf/1\n", "a: ~/x\n", "a: yes/no\n",
 ])
 def test_unusual_yaml_is_declined_or_read_the_same(text):
     fast = fastyaml.parse(text)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import layout as L
 from .model import CT_STATES, Rule, SetRef
-from .prefixes import PAIR_CAP
+from .prefixes import PAIR_CAP, tree_of
 
 ADDR_BITS = 128  # src/dst fields are 16 bytes; IPv4 sits in the top 32 bits, the rest is zero
 
@@ -30,16 +30,10 @@ def port_blocks(lo: int, hi: int) -> list[tuple[int, int]]:
     return out
 
 
-def net_prefix(net) -> tuple[int, int, int]:
-    """Network -> (value over the 128-bit key field, prefix length, address width)."""
-    width = net.max_prefixlen
-    return int(net.network_address) << (ADDR_BITS - width), net.prefixlen, width
-
-
-@dataclass(frozen=True, slots=True)
-class Atom:
+class Atom(NamedTuple):
     """One (mask, value) over the key as an integer (layout.key_int). `zero` are bits the packet is known
-    to have zero whenever the atom's mask matches (an IPv4 address's bits past 32), never worth expanding."""
+    to have zero whenever the atom's mask matches (an IPv4 address's bits past 32), never worth expanding.
+    A tuple: a compile makes one per rule at least, and a frozen dataclass's __init__ costs ~4x more."""
 
     mask: int
     value: int
@@ -92,13 +86,20 @@ def _have(rule: Rule) -> int:
 
 def atom_count(rule: Rule) -> int:
     """How many atoms rule_atoms() will yield (before shape fitting), without building them."""
+    d = rule.__dict__
+    get = rule.matching if rule.negated else d.get   # matching() is the field as written unless negated
     n = 1
-    for f in ("src", "dst", "protocol", "vlan", "ct"):
-        v = rule.matching(f)
-        n *= 1 if v is None or isinstance(v, SetRef) else len(v)
+    for f in ("src", "dst", "protocol"):
+        v = get(f)
+        if v is not None and not isinstance(v, SetRef):
+            n *= len(v)
+    for f in ("vlan", "ct"):
+        if d[f] is not None:
+            n *= len(d[f])
     for f in ("src_port", "dst_port"):
-        ranges = rule.matching(f)
-        n *= 1 if ranges is None else sum(len(port_blocks(lo, hi)) for lo, hi in ranges)
+        ranges = get(f)
+        if ranges is not None:
+            n *= sum(len(port_blocks(lo, hi)) for lo, hi in ranges)
     return n
 
 
@@ -112,9 +113,16 @@ def _cls_bits(c: int) -> int:
     return int.from_bytes(c.to_bytes(4, sys.byteorder), "big")
 
 
-def _classes(classes, field_name: str, net) -> range | tuple:
-    found = classes.classes_in(field_name, net) if classes is not None and net is not None else None
+def _classes(classes, field_name: str, version: int, value: int, plen: int) -> range | tuple:
+    tr = classes.trees.get(tree_of(field_name, version)) if classes is not None else None
+    found = tr.nested.get((value, plen)) if tr is not None else None
     return NO_CLASS if found is None else found
+
+
+def _prefix(net) -> tuple[int, int, int, int]:
+    """(value over the 128-bit key field, prefix length, address width, value over the address width)."""
+    width, v = net.max_prefixlen, int(net.network_address)
+    return v << (ADDR_BITS - width), net.prefixlen, width, v
 
 
 def _set_bits(rule: Rule, classes, field_name: str, ref) -> tuple[int, int]:
@@ -131,8 +139,12 @@ def rule_atoms(rule: Rule, classes=None):
     nested in it (an exact class id: no prefix length in the mask), others stay raw prefixes. A field naming
     an address set is one atom: the set's bit of the field's class id (any family: the set holds both)."""
     have = _have(rule)
-    tmask, tval = rule.tcp_flags or (0, 0)
-    src, dst, sport, dport, protos = (rule.matching(f) for f in ("src", "dst", "src_port", "dst_port", "protocol"))
+    d = rule.__dict__
+    tmask, tval = d["tcp_flags"] or (0, 0)
+    if rule.negated:
+        src, dst, sport, dport, protos = (rule.matching(f) for f in ("src", "dst", "src_port", "dst_port", "protocol"))
+    else:   # matching() is the field as written
+        src, dst, sport, dport, protos = d["src"], d["dst"], d["src_port"], d["dst_port"], d["protocol"]
     smask = sval = dmask = dval = 0   # set bits over src_cls / dst_cls
     if isinstance(src, SetRef):
         smask, sval = _set_bits(rule, classes, "src", src)
@@ -140,40 +152,44 @@ def rule_atoms(rule: Rule, classes=None):
     if isinstance(dst, SetRef):
         dmask, dval = _set_bits(rule, classes, "dst", dst)
         dst = None
-    srcs = list(src) if src is not None else [None]   # a negated field may match nothing: no atoms then
-    dsts = list(dst) if dst is not None else [None]
+    # a negated field may match nothing: no atoms then
+    srcs = [_prefix(n) + (n.version,) for n in src] if src is not None else [None]
+    dsts = [_prefix(n) + (n.version,) for n in dst] if dst is not None else [None]
     sports = [b for lo, hi in sport for b in port_blocks(lo, hi)] if sport is not None else [(0, 0)]
     dports = [b for lo, hi in dport for b in port_blocks(lo, hi)] if dport is not None else [(0, 0)]
-    it, ic = rule.icmp_type, rule.icmp_code
-    skmask = classes.kmask("src") if classes is not None else CLS_ALL
-    dkmask = classes.kmask("dst") if classes is not None else CLS_ALL
-    for sn, dn in itertools.product(srcs, dsts):
-        if sn is not None and dn is not None and sn.version != dn.version:
+    it, ic = d["icmp_type"], d["icmp_code"]
+    with_sets = classes is not None and classes.set_bits
+    skmask = classes.kmask("src") if with_sets else CLS_ALL
+    dkmask = classes.kmask("dst") if with_sets else CLS_ALL
+    inner = list(itertools.product(protos if protos is not None else (None,), d["vlan"] or (None,), d["ct"] or (None,),
+                                   sports, dports))
+    for sn, dn in ((srcs[0], dsts[0]),) if len(srcs) == len(dsts) == 1 else itertools.product(srcs, dsts):
+        if sn is not None and dn is not None and sn[4] != dn[4]:
             continue
-        scls, dcls = _classes(classes, "src", sn), _classes(classes, "dst", dn)
+        scls = NO_CLASS if sn is None else _classes(classes, "src", sn[4], sn[3], sn[1])
+        dcls = NO_CLASS if dn is None else _classes(classes, "dst", dn[4], dn[3], dn[1])
         if scls is not NO_CLASS and dcls is not NO_CLASS and len(scls) * len(dcls) > PAIR_CAP:
             if len(scls) >= len(dcls):
                 scls = NO_CLASS
             else:
                 dcls = NO_CLASS
-        s = ANY if sn is None else net_prefix(sn)
-        d = ANY if dn is None else net_prefix(dn)
-        family = 0 if sn is None and dn is None else (sn if sn is not None else dn).version
+        s = ANY if sn is None else sn
+        dd = ANY if dn is None else dn
+        family = 0 if sn is None and dn is None else (sn if sn is not None else dn)[4]
         zero = V4_ZERO if family == 4 else 0
         s_cls, d_cls = scls is not NO_CLASS, dcls is not NO_CLASS
-        for proto, vlan, ct in itertools.product(protos if protos is not None else (None,), rule.vlan or (None,),
-                                                 rule.ct or (None,)):
-            for (sp, spl), (dp, dpl) in itertools.product(sports, dports):
-                mask = _pack(have, 0xFF if family else 0, 0 if proto is None else 0xFF, tmask,
-                             0 if it is None else 0xFF, 0 if ic is None else 0xFF,
-                             0 if ct is None else CT_MASK, 0 if vlan is None else VLAN_MASK,
-                             prefix_mask(spl, 16), prefix_mask(dpl, 16),
-                             0 if s_cls else prefix_mask(s[1], ADDR_BITS), 0 if d_cls else prefix_mask(d[1], ADDR_BITS),
-                             skmask if s_cls else smask, dkmask if d_cls else dmask)
-                base = _pack(have, family, proto or 0, tval, it or 0, ic or 0, ct or 0, vlan or 0, sp, dp,
-                             0 if s_cls else s[0], 0 if d_cls else d[0], sval, dval)
-                for sc, dc in itertools.product(scls, dcls):   # one atom per class pair (one, unless classes)
-                    yield Atom(mask, base | (_cls_bits(sc) << 32 if sc else 0) | (_cls_bits(dc) if dc else 0), zero)
+        pairs = [(sc, dc) for sc in scls for dc in dcls]   # one atom per class pair (one, unless classes)
+        for proto, vlan, ct, (sp, spl), (dp, dpl) in inner:
+            mask = _pack(have, 0xFF if family else 0, 0 if proto is None else 0xFF, tmask,
+                         0 if it is None else 0xFF, 0 if ic is None else 0xFF,
+                         0 if ct is None else CT_MASK, 0 if vlan is None else VLAN_MASK,
+                         prefix_mask(spl, 16), prefix_mask(dpl, 16),
+                         0 if s_cls else prefix_mask(s[1], ADDR_BITS), 0 if d_cls else prefix_mask(dd[1], ADDR_BITS),
+                         skmask if s_cls else smask, dkmask if d_cls else dmask)
+            base = _pack(have, family, proto or 0, tval, it or 0, ic or 0, ct or 0, vlan or 0, sp, dp,
+                         0 if s_cls else s[0], 0 if d_cls else dd[0], sval, dval)
+            for sc, dc in pairs:
+                yield Atom(mask, base | (_cls_bits(sc) << 32 if sc else 0) | (_cls_bits(dc) if dc else 0), zero)
 
 
 # the bits that hold a ct state (1..4: three), so a shape that adds ct costs 8x, not 256x

@@ -161,7 +161,7 @@ class SlotAllocator:
         self.next = 0
 
     def get(self, name: str, action: L.RuleAction) -> int:
-        rid = self.keep.get((name, action))
+        rid = self.keep.get((name, action)) if self.keep else None
         if rid is not None and rid not in self.taken:
             self.taken.add(rid)
             return rid
@@ -181,6 +181,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     out = CompiledHook(hook, gen, default_id, {}, {}, {default_id: default}, {default_id: DEFAULT_NAME}, {})
     atoms: list[tuple[int, list[Atom]]] = []
     interned: dict[L.RuleAction, L.RuleAction] = {}
+    plain_actions: dict[tuple, L.RuleAction] = {}   # (action, count, reject) -> its record
     hist: Counter = Counter()
     for name, sd in hp.sets.items():
         problem = set_problem(sd)
@@ -198,11 +199,20 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         source = rule
         if named:
             rule = with_ports(rule, hp.sets)   # port sets: their ranges (address sets are class bits)
-        if atom_count(rule) > limits.max_rule_entries:
-            raise PolicyError(where(loc), f"rule {rule.name!r} expands to {atom_count(rule)} entries "
+        n = atom_count(rule)
+        if n > limits.max_rule_entries:
+            raise PolicyError(where(loc), f"rule {rule.name!r} expands to {n} entries "
                               f"(limit {limits.max_rule_entries}): split it or use wider prefixes/ranges")
-        action = rule_action(rule, ifindex)
-        action = interned.setdefault(action, action)   # one object per distinct record: packed once at load
+        d = rule.__dict__
+        if d["log"] is None and d["mark"] is None and d["rate_limit"] is None and d["redirect"] is None:
+            plain = (d["action"], d["count"], d["reject"])   # most rules: one of a few records
+            action = plain_actions.get(plain)
+            if action is None:
+                action = rule_action(rule, ifindex)
+                action = plain_actions[plain] = interned.setdefault(action, action)
+        else:
+            action = rule_action(rule, ifindex)
+            action = interned.setdefault(action, action)   # one object per distinct record: packed once at load
         rid = slots.get(rule.name, action)
         out.rules[rid] = action
         out.names[rid], out.prios[rid], out.source[rid] = rule.name, (i + 1) * PRIO_STEP, source
@@ -219,12 +229,22 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     for mask in sorted(set(placement.values())):
         spec = ShapeSpec(L.shape_id(len(ids), mask), mask)   # SHAPE_SHORT: its entries in bg_cls_short
         ids[mask] = out.shapes[spec.id] = spec
+    # per atom mask: its shape's gen/shape bits and the bits the shape has beyond the mask
+    fit = {m: (L.shape_gen_bits(ids[sm].id, gen), ids[sm].mask & ~m) for m, sm in placement.items()}
     for i, (rid, ra) in enumerate(atoms):   # rules in priority order: the first writer of a key wins
-        keys = []
         val = L.ClsValue(out.prios[rid], rid)
-        for a in ra:
-            keys.extend(atom_keys(a, ids[placement[a.mask]], gen))
-        keys = out.rule_keys[rid] = list(dict.fromkeys(keys))   # overlapping lists give a key once
+        if len(ra) == 1:
+            (mask, value, zero), = ra
+            tag, extra = fit[mask]
+            free = extra & ~zero
+            keys = [(value | tag).to_bytes(L.KEY_SIZE, "big")] if not free else \
+                [(v | tag).to_bytes(L.KEY_SIZE, "big") for v in expand(value, free)]
+        else:
+            keys = []
+            for a in ra:
+                keys.extend(atom_keys(a, ids[placement[a.mask]], gen))
+            keys = list(dict.fromkeys(keys))   # overlapping lists give a key once
+        out.rule_keys[rid] = keys
         if len(keys) > limits.max_rule_entries:
             raise PolicyError(where(("hooks", hook.value, "rules", i)),
                               f"rule {out.names[rid]!r} expands to {len(keys)} entries after shape fitting "

@@ -33,8 +33,14 @@ class _Declined(Exception):
     pass
 
 
+# text that no implicit resolver takes (none of them matches a "/"): CIDRs, most of a large policy's scalars
+_SLASHED = re.compile(r"[0-9A-Za-z_.:-]*/[0-9A-Za-z_.:/-]*")
+
+
 def _resolve(text: str):
     """A plain scalar as SafeLoader reads it (implicit tags: null, bool, int, float, timestamp, else str)."""
+    if "/" in text and _SLASHED.fullmatch(text):
+        return text
     for tag, regexp in _RESOLVERS.get(text[:1] if text else "", ()):
         if regexp.match(text):
             if tag == _STR_TAG:
@@ -106,14 +112,16 @@ def _tokens(text: str) -> list[tuple]:
     or "v" (a scalar after a dash)."""
     out: list[tuple] = []
     plain_keys: set[str] = set()
+    odd = "\t" in text or "\r" in text   # else no line needs looking at for them
+    match = _LINE.match
     for n, line in enumerate(text.split("\n"), 1):
         if "#" in line:
             s = line.lstrip(" ")
             if not s or s[0] == "#":
                 continue
             line = _strip_comment(line)
-        indent, dash, key, val, rest = _LINE.match(line).groups()
-        if "\t" in line or "\r" in line or line.startswith(("---", "...", "%")):
+        indent, dash, key, val, rest = match(line).groups()
+        if odd and ("\t" in line or "\r" in line) or line.startswith(("---", "...", "%")):
             raise _Declined
         col = len(indent)
         if dash:
@@ -153,12 +161,15 @@ class _Reader:
 
     def map(self, col: int, loc: Loc) -> dict:
         out: dict = {}
-        lines = self.lines
+        toks, lines = self.t, self.lines
+        end = len(toks)
         if lines is not None:
-            lines[loc] = self.t[self.i][4]
-        while True:
-            tok = self._peek()
-            if tok is None or tok[0] < col:
+            lines[loc] = toks[self.i][4]
+        while True:   # the tokens read inline (no _peek): a large policy has ~3 keys a rule
+            if self.i >= end:
+                return out
+            tok = toks[self.i]
+            if tok[0] < col:
                 return out
             if tok[0] > col or tok[1] != "k":
                 raise _Declined
@@ -166,46 +177,46 @@ class _Reader:
             if key in out:
                 raise _Declined   # duplicate key: the full reader says where
             self.i += 1
-            sub = loc + (key,)
             if rest is not None:
                 val = _value(rest)
                 if lines is not None:
-                    _mark_flow(lines, sub, val, line)
+                    _mark_flow(lines, loc + (key,), val, line)
             else:
-                nxt = self._peek()
+                nxt = toks[self.i] if self.i < end else None
                 if nxt is not None and (nxt[0] > col or (nxt[0] == col and nxt[1] == "-")):
+                    sub = loc + (key,)
                     val = self.node(sub) if nxt[0] > col else self.seq(col, sub)
                 else:
                     val = None   # `key:` and nothing below: null
-                    if lines is not None:
-                        lines[sub] = line
             out[key] = val
             if lines is not None:
-                lines[sub] = line   # the key's line, not the value's below it
+                lines[loc + (key,)] = line   # the key's line, not the value's below it
 
     def seq(self, col: int, loc: Loc) -> list:
         out: list = []
-        lines = self.lines
+        toks, lines = self.t, self.lines
+        end = len(toks)
         if lines is not None:
-            lines[loc] = self.t[self.i][4]
+            lines[loc] = toks[self.i][4]
         while True:
-            tok = self._peek()
-            if tok is None or tok[0] < col or (tok[0] == col and tok[1] == "k"):
+            if self.i >= end:
+                return out
+            tok = toks[self.i]
+            if tok[0] < col or (tok[0] == col and tok[1] == "k"):
                 return out   # dedent, or the next key of the mapping this sequence is indentless in
             if tok[0] > col or tok[1] != "-":
                 raise _Declined
             self.i += 1
-            item = self._peek()
+            item = toks[self.i] if self.i < end else None
             if item is None or item[4] != tok[4]:
                 raise _Declined   # a dash alone on its line
-            sub = loc + (len(out),)
             if item[1] == "v":
                 self.i += 1
                 val = _value(item[3])
                 if lines is not None:
-                    _mark_flow(lines, sub, val, item[4])
+                    _mark_flow(lines, loc + (len(out),), val, item[4])
             else:
-                val = self.node(sub)
+                val = self.node(loc + (len(out),))
             out.append(val)
 
 

@@ -13,7 +13,7 @@ from ..errors import PolicyError
 from . import fastyaml
 from .memo import ObjectMemo
 from .source import MAX_BYTES, read_source  # noqa: F401 - read_source: the policy file's reader, named here too
-from .model import ICMP_PROTOCOLS, PORT_PROTOCOLS, SOCKET_HOOKS, Hook, Policy, Rule, share_fields_sets
+from .model import ICMP_PROTOCOLS, PORT_PROTOCOLS, SOCKET_HOOKS, Hook, Policy, Rule, SetRef, share_fields_sets
 
 Loc = tuple  # path into the data: str keys and int list indices
 
@@ -274,19 +274,30 @@ def check(policy: Policy, where=None) -> None:
             raise PolicyError(where(("sets", name, "elements", problem[0])), problem[1])
     for hook, hp in policy.hooks.items():
         seen: dict[str, int] = {}
+        packet_hook = hook not in SOCKET_HOOKS
         for i, rule in enumerate(hp.rules):
-            base = ("hooks", hook.value, "rules", i)
             if rule.name in seen:
-                raise PolicyError(where(base + ("name",)), f"rule name {rule.name!r} already used by rules[{seen[rule.name]}]")
+                raise PolicyError(where(("hooks", hook.value, "rules", i, "name")),
+                                  f"rule name {rule.name!r} already used by rules[{seen[rule.name]}]")
             seen[rule.name] = i
+            d = rule.__dict__
+            if packet_hook and rule.__pydantic_fields_set__ <= _ADDRESS_ONLY and d["action"] in ("pass", "drop") \
+                    and (d["src"] is None or d["dst"] is None) and type(d["src"]) is not SetRef \
+                    and type(d["dst"]) is not SetRef:
+                continue   # most rules of a large policy: nothing below can be wrong with them
             if rule.owner is not None:
-                raise PolicyError(where(base + ("owner",)), "owner is set by the program that adds a rule "
-                                  "(e.g. `bpfgate syn --block`), not in a policy file")
+                raise PolicyError(where(("hooks", hook.value, "rules", i, "owner")), "owner is set by the program "
+                                  "that adds a rule (e.g. `bpfgate syn --block`), not in a policy file")
             problem = rule_problem(rule, hook) or ref_problem(rule, policy.sets)
             if problem:
                 field, reason = problem
-                raise PolicyError(where(base + ((field,) if field else ())), reason)
+                raise PolicyError(where(("hooks", hook.value, "rules", i) + ((field,) if field else ())), reason)
         _mark_checked(hp, hook)
+
+
+# fields of a rule that rule_problem() and ref_problem() find nothing wrong with, for a packet hook, when its
+# action is pass or drop, it has one of src/dst and names no set
+_ADDRESS_ONLY = frozenset({"name", "src", "dst", "action", "negated", "comment", "count"})
 
 
 # the hook policies whose rules check() found compilable, and for which hook: the compiler does not ask

@@ -418,12 +418,14 @@ class Classes:
         """sets: name -> elements (networks) of the address sets the rules may name."""
         cands: dict[int, set] = defaultdict(set)
         named: dict[str, set] = defaultdict(set)
+        src4, src6, dst4, dst6 = (cands[t] for t in (L.TREE_SRC4, L.TREE_SRC6, L.TREE_DST4, L.TREE_DST6))
         for rule in rules:
-            for fname in ("src", "dst"):
-                v = rule.matching(fname)
+            d = rule.__dict__
+            for fname, v4, v6 in (("src", src4, src6), ("dst", dst4, dst6)):
+                v = rule.matching(fname) if rule.negated else d[fname]   # as written unless negated
                 if isinstance(v, tuple):
                     for net in v:
-                        cands[tree_of(fname, net.version)].add((int(net.network_address), net.prefixlen))
+                        (v4 if net.version == 4 else v6).add((int(net.network_address), net.prefixlen))
                 elif v is not None:   # a SetRef
                     named[fname].add(v.name)
         set_bits = {f: {name: 1 << (31 - i) for i, name in enumerate(sorted(names))} for f, names in named.items()}

@@ -88,7 +88,11 @@ def ref_problem(rule: Rule, sets: dict) -> tuple[str, str] | None:
 
 
 def uses_sets(rule: Rule) -> bool:
-    return any(isinstance(getattr(rule, f), SetRef) for f in SET_TYPES)
+    d = rule.__dict__
+    for f in SET_TYPES:   # a loop, not any(): called for every rule of a compile
+        if isinstance(d[f], SetRef):
+            return True
+    return False
 
 
 def with_ports(rule: Rule, sets: dict) -> Rule:
