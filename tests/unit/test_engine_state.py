@@ -312,7 +312,7 @@ def test_snapshot_layout_matches_its_version():
     live.ifindex = None
     got = pickled_layout({"live": live, "pending": []})
     got |= pickled_layout(dict(live.c.source))   # the rules: one blob inside the snapshot (RuleSources)
-    assert (S.SNAPSHOT_VERSION, got) == (12, LAYOUT), (
+    assert (S.SNAPSHOT_VERSION, got) == (13, LAYOUT), (
         "what the engine snapshot pickles changed layout: bump SNAPSHOT_VERSION in bpfgate/engine/state.py "
         "(older snapshots then ask to reattach instead of loading wrongly) and update LAYOUT and the version here")
 

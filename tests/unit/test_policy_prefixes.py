@@ -4,6 +4,7 @@ the nested class prefixes, and compiled policies using classes classify like the
 from __future__ import annotations
 
 import ipaddress
+import pickle
 import random
 
 import pytest
@@ -60,10 +61,13 @@ def test_walk_finds_the_longest_class_prefix(width, seed):
 def test_class_ranges_are_the_nested_class_prefixes(width):
     rng = random.Random(width)
     cands = random_prefixes(rng, width, 400, buckets=3)
-    tree = P.build_tree(0, width, cands)
+    built = P.build_tree(0, width, cands)
+    tree = pickle.loads(pickle.dumps(built))   # a saved state: its class ranges are made again when first used
+    assert tree.nested is None and tree.prefixes == built.prefixes
     k = set(tree.prefixes)
     for v, n in cands:
         got = tree.classes_in(v, n)
+        assert got == built.classes_in(v, n)
         if (v, n) not in k:
             assert got is None
             continue

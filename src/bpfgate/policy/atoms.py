@@ -115,7 +115,7 @@ def _cls_bits(c: int) -> int:
 
 def _classes(classes, field_name: str, version: int, value: int, plen: int) -> range | tuple:
     tr = classes.trees.get(tree_of(field_name, version)) if classes is not None else None
-    found = tr.nested.get((value, plen)) if tr is not None else None
+    found = tr.classes_in(value, plen) if tr is not None else None
     return NO_CLASS if found is None else found
 
 
