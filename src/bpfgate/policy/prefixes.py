@@ -67,7 +67,7 @@ class Tree:
     prefixes: list[tuple[int, int]]                                     # K sorted; class id = index + 1
     top: dict[int, tuple[int, int, tuple[int, ...]]] = field(default_factory=dict)  # top16 -> (cls, sub, lens)
     pfx: dict[tuple[int, int], int] = field(default_factory=dict)                   # (value, len) -> cls
-    nested: dict[tuple[int, int], range] = field(default_factory=dict)              # K prefix -> its classes
+    nested: dict[tuple[int, int], range] | None = field(default_factory=dict)       # K prefix -> its classes
     # ladder trees only (a field naming sets): set elements -> their set bits, and every prefix longer than
     # /16 (class prefixes and elements) by level-0 bucket, so an edit recomputes only its buckets
     ladder: tuple[int, ...] = ()
@@ -77,12 +77,14 @@ class Tree:
     short: set = field(default_factory=set)   # prefixes of /16 and shorter (class prefixes and elements)
 
     def __post_init__(self):
-        self._nest()
+        if self.nested is not None:   # None: the caller makes it (build_tree(), which has the sizes)
+            self._nest()
         if self.ladder:
             self.kid = {p: i for i, p in enumerate(self.prefixes, 1)}
 
-    def _nest(self) -> dict[tuple[int, int], range]:
-        sizes = _subtree_sizes(self.prefixes, self.width)   # K sorted: a prefix's nested ones follow it
+    def _nest(self, sizes: list[int] | None = None) -> dict[tuple[int, int], range]:
+        # K sorted: a prefix's nested ones follow it
+        sizes = sizes if sizes is not None else _subtree_sizes(self.prefixes, self.width)
         self.nested = {p: range(i + 1, i + 1 + n) for i, (p, n) in enumerate(zip(self.prefixes, sizes))}
         return self.nested
 
@@ -328,9 +330,14 @@ def build_tree(tree: int, width: int, candidates: set[tuple[int, int]]) -> Tree:
         dropped.update((b, n) for n in out)
     if dropped:
         keep = [(v, n) for v, n in keep if (v >> (width - TOP), n) not in dropped]
-    t = Tree(tree, width, keep)
+    t = Tree(tree, width, keep, nested=None)
+    t._nest(size if len(keep) == len(ps) else None)   # nothing left out: the sizes are those of ps
     cls_at = [0] * (1 << TOP)
-    for cid, (v, n) in sorted(enumerate(keep, 1), key=lambda e: e[1][1]):   # shortest first: longer overwrite
+    merged = any(n != tl for tg in targets.values() for n, tl in tg.items())
+    # shortest first, longer overwrite: level 0 always, bg_pfx only when a bucket's lengths were merged (else
+    # every class prefix is its own entry)
+    for cid, (v, n) in sorted(((cid, p) for cid, p in enumerate(keep, 1) if merged or p[1] <= TOP),
+                              key=lambda e: e[1][1]):
         if n <= TOP:
             lo = v >> (width - TOP)
             cls_at[lo:lo + (1 << (TOP - n))] = [cid] * (1 << (TOP - n))
@@ -340,14 +347,23 @@ def build_tree(tree: int, width: int, candidates: set[tuple[int, int]]) -> Tree:
             step = 1 << (width - tl)
             for e in range(1 << (tl - n)):
                 t.pfx[(v + e * step, tl)] = cid
+    if not merged:
+        t.pfx = {p: cid for cid, p in enumerate(keep, 1) if p[1] > TOP}
     subs: dict[int, int] = defaultdict(int)
     for v, n in keep:
         if n > TOP:
             first = (v >> (width - SUB_END)) & SUB_MASK
             span = 1 << max(SUB_END - n, 0)
             subs[v >> (width - TOP)] |= ((1 << span) - 1) << first
+    lens_of: dict[tuple, tuple[int, ...]] = {}   # a bucket's target lengths -> longest first (a few kinds)
     for b in set(subs) | {i for i, c in enumerate(cls_at) if c}:
-        lens = tuple(sorted(set(targets[b].values()), reverse=True)) if b in subs else ()
+        if b in subs:
+            tls = tuple(targets[b].values())
+            lens = lens_of.get(tls)
+            if lens is None:
+                lens = lens_of[tls] = tuple(sorted(set(tls), reverse=True))
+        else:
+            lens = ()
         t.top[b] = (cls_at[b], subs.get(b, 0), lens)
     return t
 
