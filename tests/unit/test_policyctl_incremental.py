@@ -3,6 +3,8 @@ which changes it takes as live edits, the edits' order, and every case it leaves
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from bpfgate.policy.hooks import Hook
@@ -134,3 +136,56 @@ def test_a_kept_split_of_the_old_text_gives_the_same_change():
     kept = inc.split(old)
     a, b = change(new, old), inc.small_change(new, old, "policy.yaml", None, kept)
     assert a.forward == b.forward and a.patches == b.patches
+
+
+def _by_sets(old: list[str], new: list[str], most: int):
+    """list_change() as the sets alone say it: what every path of it must give."""
+    if len(set(old)) != len(old) or len(set(new)) != len(new):
+        return None
+    gone, came = set(old) - set(new), set(new) - set(old)
+    if len(gone) + len(came) > most:
+        return None
+    if [t for t in old if t not in gone] != [t for t in new if t not in came]:
+        return None
+    return ([(i, t) for i, t in enumerate(old) if t in gone], [(i, t) for i, t in enumerate(new) if t in came])
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_list_change_of_lists_edited_in_place_or_not_is_what_the_sets_say(seed):
+    rng = random.Random(seed)
+    old = [f"item {i}" for i in range(rng.choice([0, 1, 5, 40]))]
+    new = list(old)
+    for _ in range(rng.randint(0, 6)):
+        kind = rng.choice(["edit", "edit", "swap", "dup", "back", "add", "del"])
+        i = rng.randrange(len(new)) if new else None
+        if kind == "edit" and new:
+            new[i] = f"edited {rng.randrange(3)}"   # two edits may write the same item
+        elif kind == "swap" and len(new) > 1:
+            j = rng.randrange(len(new))
+            new[i], new[j] = new[j], new[i]
+        elif kind == "dup" and new:
+            new[i] = rng.choice(new)
+        elif kind == "back" and new and old:
+            new[i] = rng.choice(old)   # an old item again, maybe elsewhere
+        elif kind == "add":
+            new.insert(rng.randint(0, len(new)), f"added {rng.randrange(10)}")
+        elif kind == "del" and new:
+            del new[i]
+    most = rng.choice([2, 4, 100])
+    got = inc.list_change(old, new, most)
+    want = _by_sets(old, new, most)
+    assert (None if got is None else (got.removed, got.added)) == want, (old, new, most)
+
+
+@pytest.mark.parametrize("new", [
+    ["a", "X", "c", "d"],          # one edited in place
+    ["a", "X", "c", "Y"],          # two
+    ["a", "X", "c", "X"],          # two edited to the same item: a duplicate
+    ["a", "d", "c", "d"],          # edited to another item of the list: a duplicate
+    ["a", "c", "b", "d"],          # two swapped: a move
+    ["a", "b", "c", "d"],          # nothing
+])
+def test_list_change_in_place_cases(new):
+    old = ["a", "b", "c", "d"]
+    got = inc.list_change(old, new, 100)
+    assert (None if got is None else (got.removed, got.added)) == _by_sets(old, new, 100)

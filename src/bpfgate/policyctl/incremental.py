@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 import os
 import re
 from dataclasses import dataclass
@@ -61,7 +62,8 @@ def rules_lists(text: str) -> list[RulesList] | None:
         # more indented ("\n" + lookaheads: ~7x faster than a ^ anchor over 100k items)
         stop = re.compile(rf"\n(?! {{{indent + 1}}}| {{{indent}}}- |[ \t]*(?:#|\n))").search(text, first)
         end = stop.start() + 1 if stop else len(text)
-        pieces = ("\n" + text[first:end].removesuffix("\n")).split("\n" + " " * indent + "- ")[1:]
+        # the items' text from the newline before the first (the match ends past it), less a last newline: one copy
+        pieces = text[first - 1:end - (text[end - 1] == "\n")].split("\n" + " " * indent + "- ")[1:]
         out.append(RulesList(first, end, indent, pieces))
         pos = end
     if len(out) != keys:
@@ -89,12 +91,22 @@ class ListChange:
 def list_change(old: list[str], new: list[str], most: int, in_old: set[str] | None = None,
                 in_new: set[str] | None = None) -> ListChange | None:
     """The items one list lost and gained (at most `most` of them), when the items both hold keep their
-    order; else None. Set and list operations only (C speed: ~40 ms for two lists of 100k). `in_old`,
-    `in_new`: the lists' sets, when the caller has them."""
+    order; else None. Set and list operations only (C speed: ~40 ms for two lists of 100k; ~5 ms when the
+    lists differ only in place). `in_old`, `in_new`: the lists' sets, when the caller has them."""
     in_old = set(old) if in_old is None else in_old
-    in_new = set(new) if in_new is None else in_new
-    if len(in_old) != len(old) or len(in_new) != len(new):
+    if len(in_old) != len(old):
         return None   # the same item twice: the full path names the duplicate rule
+    if len(old) == len(new):   # rules edited in place (the commonest change): compare position by position
+        at = list(itertools.islice(itertools.compress(itertools.count(), map(operator.ne, old, new)), most // 2 + 1))
+        came = [new[i] for i in at]
+        # every other position holds the same item in both lists (unique: the old one's are): when the new
+        # items at these positions are distinct and none is an old item, they are exactly what came, the old
+        # ones exactly what went, and the items both hold are in the same order (a moved item is in both)
+        if 2 * len(at) <= most and len(set(came)) == len(came) and not any(t in in_old for t in came):
+            return ListChange([(i, old[i]) for i in at], list(zip(at, came)))
+    in_new = set(new) if in_new is None else in_new
+    if len(in_new) != len(new):
+        return None
     gone, came = in_old - in_new, in_new - in_old
     if len(gone) + len(came) > most:
         return None
@@ -171,17 +183,24 @@ def _edits(ch: ListChange, old_rules, new_rules, n_old: int, n_new: int) -> tupl
     return edits, changes
 
 
-@dataclass
 class Split:
-    """A text's rules lists, and each list's items as a set: what the next text is compared with (the agent
-    keeps it between rounds, so only the new text is split)."""
-    lists: list[RulesList]
-    sets: list[set[str]]
+    """A text's rules lists, and each list's items as a set (made when first needed): what the next text is
+    compared with (the agent keeps it between rounds, so only the new text is split)."""
+
+    def __init__(self, lists: list[RulesList]):
+        self.lists = lists
+        self._sets: list[set[str]] | None = None
+
+    @property
+    def sets(self) -> list[set[str]]:
+        if self._sets is None:
+            self._sets = [set(lst.items) for lst in self.lists]
+        return self._sets
 
 
 def split(text: str) -> Split | None:
     lists = rules_lists(text)
-    return None if lists is None else Split(lists, [set(lst.items) for lst in lists])
+    return None if lists is None else Split(lists)
 
 
 @dataclass
