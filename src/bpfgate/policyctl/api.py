@@ -220,6 +220,10 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
             if pending is not None:
                 _confirm.disarm(pending)
             raise
+        if remember is not None:   # what runs now: the next plan starts from it, not from rules read back
+            for h in p.changes():
+                if h.new is not None:
+                    remember(h.dev, h.hook, netns, h.new)
         if dig is not None and steer is None:
             unchanged.record(dig, p, netns, state_root, text=text)
         if pending is not None:

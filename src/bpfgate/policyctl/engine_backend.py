@@ -155,7 +155,10 @@ class EngineBackend:
             if not store.exists() or (held is not None and held[1] == version) or \
                     self._unopenable.get(key) == version:
                 continue
+            applied = self._applied.get(key)
             self._forget(*key)
+            if applied is not None and applied[1] == version:   # a round applied it: still what runs
+                self._applied[key] = applied
             changed += 1
             try:
                 with self._held_engine(key):
