@@ -52,7 +52,8 @@ Every case drops the traffic at its last rule, after rules of every shape that m
   nft set 100k        an interval set of 100k source prefixes (no match), then the drop
 --object PATH adds the bpfgate cases once more with another build of the engine (e.g. main's), with the same
 rules: two builds compared in one run. An engine build from before bg_cls_short (the short classifier key)
-gets every entry in bg_cls; one from before the shapes' filters, its shorter bg_shape records.
+gets every entry in bg_cls; one from before the shapes' filters, its shorter bg_shape records; one from before
+bg_cls_direct, the direct shape's entries in bg_cls_short.
 --test-run times the same bpfgate cases (and the bare programs) with BPF_PROG_TEST_RUN instead of frames:
 ns per packet of the program alone, on one of the injector's frames (less noise from a loaded machine).
 Reps run the cases interleaved (a noisy neighbour hits them alike); figures are medians with min-max. A
@@ -63,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import ipaddress
 import json
 import os
@@ -279,14 +281,15 @@ class Bpfgate(Case):
         super().__init__(sb, name, hook)
         decoy = (self.tx_if.ip4, self.rx_if.ip4) if worst else None
         hp = HookPolicy.model_validate({"default": "allow", "rules": mixed_rules(n_rules, rng, decoy)})
-        packaged = engine_mod.OBJECT
+        packaged, maps = engine_mod.OBJECT, engine_mod.MAPS
         engine_mod.OBJECT = obj or packaged
+        engine_mod.MAPS = maps_of(obj)
         t0 = time.perf_counter()
         try:
             self.eng = engine_class(obj).attach(self.rx_if.name, hook, hp, netns_name=self.rx.netns, ct=False,
                                      limits=LIMITS, **({"mode": "native"} if hook == "xdp" else {}))
         finally:
-            engine_mod.OBJECT = packaged
+            engine_mod.OBJECT, engine_mod.MAPS = packaged, maps
         self.attach_s = time.perf_counter() - t0
 
     def count(self) -> int:
@@ -404,7 +407,43 @@ class _UnfilteredConf:
         return bytes(out)
 
 
-class _Unfiltered(Engine):
+class _NoDirect(Engine):
+    """An engine build from before bg_cls_direct: the direct shape's entries in bg_cls_short too (its flagged
+    shape id is just an id there; bg_conf.direct was padding)."""
+
+    def _write_cls(self, entries):
+        by: dict[str, dict] = {}
+        for k, v in entries.items():
+            name, raw = ("bg_cls_short", L.short_key(k)) if k[L.KEY_SHAPE_OFF] & L.SHAPE_SHORT else ("bg_cls", k)
+            by.setdefault(name, {})[raw] = v
+        for name, part in by.items():
+            self.maps[name].update_batch_raw(b"".join(part), b"".join(v.pack() for v in part.values()), len(part))
+
+    def _publish(self, conf, overlay: bool = False) -> None:
+        """The direct shape's filter holds only its keys in bg_cls_short: unfiltered here, where all are."""
+        if isinstance(conf, L.Conf):
+            conf = dataclasses.replace(conf, shapes=tuple(
+                dataclasses.replace(s, fmask=bytes(L.KEY_SIZE), filter=0) if s.id & L.SHAPE_DIRECT else s
+                for s in conf.shapes))
+        super()._publish(conf, overlay)
+
+    def _delete_cls(self, keys):
+        wide = [k for k in keys if not k[L.KEY_SHAPE_OFF] & L.SHAPE_SHORT]
+        short = [L.short_key(k) for k in keys if k[L.KEY_SHAPE_OFF] & L.SHAPE_SHORT]
+        for name, part in (("bg_cls", wide), ("bg_cls_short", short)):
+            if part:
+                self.maps[name].delete_batch(part)
+
+
+def maps_of(obj: str | None) -> tuple[str, ...]:
+    """The engine maps of the build `obj` (None: the packaged one)."""
+    if obj is None:
+        return engine_mod.MAPS
+    raw = open(obj, "rb").read()
+    return tuple(m for m in engine_mod.MAPS if m.encode() in raw)
+
+
+class _Unfiltered(_NoDirect):
     """An engine build from before the shapes' filters."""
 
     def _publish(self, conf, overlay: bool = False) -> None:
@@ -418,7 +457,9 @@ def engine_class(obj: str | None) -> type[Engine]:
     raw = open(obj, "rb").read()
     if b"bg_cls_short" not in raw:
         return _AllInBgCls
-    return Engine if b"fmask" in raw else _Unfiltered
+    if b"fmask" not in raw:
+        return _Unfiltered
+    return Engine if b"bg_cls_direct" in raw else _NoDirect
 
 
 class _AllInBgCls(_Unfiltered):
@@ -442,9 +483,9 @@ class TestRunCase:
         old = obj is not None and b"bg_cls_short" not in open(obj, "rb").read()
         packaged, maps = engine_mod.OBJECT, engine_mod.MAPS
         engine_mod.OBJECT = obj or packaged
+        engine_mod.MAPS = maps_of(obj)
         prealloc = engine_mod.prealloc_for(compiled)
         if old:   # its bg_cls sized as that build's attach sized it
-            engine_mod.MAPS = tuple(m for m in maps if m != "bg_cls_short")
             n = len(compiled.cls)
             prealloc = {"bg_cls": min(3 * n, engine_mod.HASH_MAX)} if n >= engine_mod.PREALLOC_MIN else {}
         try:

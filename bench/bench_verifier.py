@@ -68,6 +68,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.object:
         engine_mod.OBJECT = args.object
+        raw = open(args.object, "rb").read()   # an older build lacks the maps added since
+        engine_mod.MAPS = tuple(m for m in engine_mod.MAPS if m.encode() in raw)
     rows = [measure(Hook(h), ct, args.ns) for h in args.hooks.split(",") for ct in (True, False)]
     if args.json:
         print(json.dumps(rows))

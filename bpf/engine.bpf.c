@@ -49,6 +49,14 @@ struct {
 	__type(value, struct bg_cls_val);
 } bg_cls_short SEC(".maps");
 
+/* the BG_SHAPE_DIRECT shape's entries that fit its index (engine.h) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BG_DIRECT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bg_cls_val);
+} bg_cls_direct SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, BG_CONF_SLOTS);
@@ -274,6 +282,64 @@ static __always_inline int filter_has(const struct bg_shape *sh, const __u64 *pk
 	return sh->filter[0] >> (h >> 58) & 1;
 }
 
+/* The packet key's index in bg_cls_direct (engine.h): ((gen & 1) * 3 + slot) << 16 | dport, slot = proto & 3
+ * (sctp 0, udp 1, tcp 2); BG_DIRECT_SLOTS or more (past the array: its lookup finds nothing) when no entry
+ * there can match the packet (one without both protocol and ports, or of another protocol). Branch-free:
+ * each branch here would be more states for the verifier. */
+static __always_inline __u64 direct_index(const __u64 *pk, __u64 gen)
+{
+	__u64 have = pk[0] >> 16 & 0xff, proto = pk[0] >> 32 & 0xff, slot = proto & 3;
+	/* the protocol of each slot (slot 3: none, no protocol number is 0xffff) */
+	__u64 want = (__u64)BG_IPPROTO_SCTP | (__u64)BG_IPPROTO_UDP << 16 | (__u64)BG_IPPROTO_TCP << 32 | 0xffffULL << 48;
+	__u64 off = (proto ^ (want >> (slot * 16) & 0xffff)) |
+		    ((have & (BG_HAVE_PROTO | BG_HAVE_PORTS)) ^ (BG_HAVE_PROTO | BG_HAVE_PORTS));
+
+	off = (off | (0 - off)) >> 63; /* 1: does not fit */
+	return ((gen & 1) * BG_DIRECT_PROTOS + slot + off * 8) << 16 | pk[1] >> 48; /* dport: the key's bytes 14..15 */
+}
+
+/* The entry of bg_cls_direct at idx (NULL past its end; prio 0: none there). The index goes through
+ * `scratch`, a word of a key buffer read no more (the tc program's frame has no room to spare, see struct
+ * verdict), written whole (a partly written stack slot would keep its old contents live for the verifier). */
+static __always_inline struct bg_cls_val *direct_lookup(__u64 idx, __u64 *scratch)
+{
+	*scratch = idx; /* the u32 key in its first 4 bytes (little-endian, as the BPF target is here) */
+	return bpf_map_lookup_elem(&bg_cls_direct, scratch);
+}
+
+/* The direct shape's mask (engine.h), as the key's words 0 and 1: have's PROTO and PORTS bits, proto; dport */
+#define BG_DIRECT_W0 ((__u64)(BG_HAVE_PROTO | BG_HAVE_PORTS) << 16 | 0xffULL << 32)
+#define BG_DIRECT_W1 (0xffffULL << 48)
+
+/* The direct shape's entry for the packet key `pk` in the overlay of a batch (overlay: a constant), then
+ * in bg_cls_direct, or in bg_cls_short for a key that does not fit the array (di: direct_index()). */
+static __always_inline struct bg_cls_val *direct_entry(__u8 id, const __u64 *pk, __u64 gen, __u64 di,
+						       struct bg_cls_key *k, const int overlay)
+{
+	struct bg_cls_val *v = 0;
+	__u64 *d = (__u64 *)k;
+
+	if (overlay) {
+		/* the short key of the direct shape: its mask has no address or class bits */
+		d[0] = (pk[0] & BG_DIRECT_W0) | id | (gen | BG_GEN_OVERLAY) << 8;
+		d[1] = pk[1] & BG_DIRECT_W1;
+		d[2] = 0;
+		d[3] = 0;
+		v = bpf_map_lookup_elem(&bg_cls_short, k);
+		if (!v && di >= BG_DIRECT_SLOTS) {
+			d[0] &= ~(__u64)(BG_GEN_OVERLAY << 8);
+			v = bpf_map_lookup_elem(&bg_cls_short, k);
+		}
+		asm volatile("" : "+r"(v)); /* the two maps' lookups stay apart (see best_rule) */
+	}
+	if (!v && di < BG_DIRECT_SLOTS) {
+		v = direct_lookup(di, (__u64 *)k);
+		if (v && !v->prio)
+			v = 0;
+	}
+	return v;
+}
+
 /* The best rule of the shapes of `cf` for the packet key `pk` (stage 0 classes filled in). The key is read
  * as 64-bit words (the masks, the hash): it is written as whole words too, since a load that spans several
  * narrower stores still in flight waits for them (store forwarding fails). overlay (a constant at each
@@ -281,10 +347,33 @@ static __always_inline int filter_has(const struct bg_shape *sh, const __u64 *pk
  * it changes, and prio BG_PRIO_NONE (never best) stands for "no entry". */
 static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk, __u64 gen, const int overlay)
 {
-	__u32 best = 0xffffffff, rule = cf->default_rule;
+	__u32 best = 0xffffffff, rule = cf->default_rule, skip = 0;
+	struct bg_cls_key k;
+	__u8 did = cf->direct;
 
+	/* The direct shape first, wherever it is in the visit order (a hit only lowers `best`, which is what the
+	 * early stop compares). Outside a batch only its entries that fit the array are read here: its filter
+	 * holds only its keys in bg_cls_short (the compiler's), so the loop skips it unless the packet's key may
+	 * be one of those; a test in the loop would be more states for the verifier. A generation without a
+	 * direct shape has nothing in its part of the array. In a batch its overlay entry first (the loop then
+	 * skips it). */
+	if (!overlay) {
+		struct bg_cls_val *v = direct_lookup(direct_index(pk, gen), (__u64 *)&k);
+
+		if (v && v->prio) {
+			best = v->prio;
+			rule = v->rule_id;
+		}
+	} else if (did) {
+		struct bg_cls_val *v = direct_entry(did, pk, gen, direct_index(pk, gen), &k, overlay);
+
+		skip = BG_SHAPE_DIRECT;
+		if (v && v->prio < best) {
+			best = v->prio;
+			rule = v->rule_id;
+		}
+	}
 	for (int i = 0; i < BG_MAX_SHAPES; i++) {
-		struct bg_cls_key k;
 		struct bg_cls_val *v;
 		const __u64 *m = (const __u64 *)&cf->shapes[i].mask;
 		__u64 *d = (__u64 *)&k;
@@ -302,6 +391,8 @@ static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk
 			continue;
 		/* shape and gen are the first two bytes, zero in the packet key and in masks */
 		id = cf->shapes[i].id;
+		if (overlay && (id & skip))
+			continue; /* the direct shape, looked up before the loop */
 		d[0] = (pk[0] & m[0]) | id | gen << 8;
 		d[1] = pk[1] & m[1];
 		v = 0;

@@ -27,6 +27,8 @@ enum bg_engine_limits {
 	BG_PFX_TOP_BITS = 16,      /* level 0 is indexed by the address's top 16 bits */
 	BG_PFX_SUB_BITS = 5,       /* and says which of the bucket's 32 sub-ranges (bits 16..20) hold a longer prefix */
 	BG_FILTER_BITS = 64,       /* bits of a shape's filter (bg_shape.filter) */
+	BG_DIRECT_PROTOS = 3,      /* bg_cls_direct: sctp, udp, tcp (the protocols with ports; slot proto & 3) */
+	BG_DIRECT_SLOTS = 2 * BG_DIRECT_PROTOS << 16, /* generation slot x protocol x destination port */
 };
 
 /* A key's filter bit (bg_shape.filter): each word of key & fmask (0, 1, 2, 4, 6: fmask has no bits in 3
@@ -78,7 +80,15 @@ struct bg_cls_key {      /* 56 bytes = 7 x u64: key of bg_cls, also the packet k
 /* A shape whose mask holds no address bits past the first 4 bytes of src and dst (every IPv4 shape: stage 0
  * turns most address matches into class ids) keeps its entries in bg_cls_short under this shorter key: the
  * hash reads 32 bytes instead of 56. Its id carries BG_SHAPE_SHORT, so a key says which map it is in. */
-enum bg_shape_flags { BG_SHAPE_SHORT = 0x80 };
+enum bg_shape_flags { BG_SHAPE_SHORT = 0x80, BG_SHAPE_DIRECT = 0x40 };
+
+/* The shape of "protocol P, destination port N" (mask: have PROTO|PORTS, proto, dport; at most one per
+ * generation, its id carries BG_SHAPE_DIRECT too) keeps its keys of tcp, udp and sctp in an array,
+ * bg_cls_direct, read without a hash: index ((gen & 1) * BG_DIRECT_PROTOS + slot) << 16 | dport, slot =
+ * proto & 3 (sctp 0, udp 1, tcp 2); value prio 0: no entry (a rule's prio is never 0). Its other keys (an
+ * entry without both have bits, a batch's overlay entries) stay in bg_cls_short, and its filter
+ * (bg_shape.filter) holds only those. The program reads the array before the other shapes (bg_conf.direct
+ * names the shape). */
 
 struct bg_cls_short_key { /* 32 bytes = 4 x u64: words 0, 1 of bg_cls_key, then src[0..3] dst[0..3], classes */
 	__u8 shape;      /* shape id, BG_SHAPE_SHORT set */
@@ -160,7 +170,8 @@ struct bg_conf {         /* bg_conf[2], double-buffered; bg_active[0] names the 
 	__u8 gen;
 	__u8 trees;      /* 1 << BG_TREE_*: the prefix-class trees this generation uses (0: no stage 0) */
 	__u8 overlay;    /* 1: a batch of edits is being written; its keys (gen | BG_GEN_OVERLAY) decide first */
-	__u8 pad[5];
+	__u8 direct;     /* the id of the BG_SHAPE_DIRECT shape in shapes[] (bg_cls_direct), 0: none */
+	__u8 pad[4];
 	/* [0] src, [1] dst: bit p set when an entry keyed on that side's class may match key.proto p; a packet
 	 * of another protocol skips that side's stage 0 walk (its class would be looked up by no shape) */
 	__u64 tree_protos[2][4];

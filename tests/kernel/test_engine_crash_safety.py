@@ -50,19 +50,25 @@ def hook_policy(dev, rules, default="allow"):
 
 
 def big(dev):
-    """65,000 bg_cls entries (drop tcp ports 1-60000, 8080 and 8081 among them) and 5,000 stage 0 prefixes,
-    from 650 rules (one rule slot each: the engine's smallest rule arrays hold them)."""
+    """125,000 classifier entries (drop tcp ports 1-60000, 8080 and 8081 among them: the array
+    bg_cls_direct, written first and in a moment; udp source ports 1-60000: bg_cls_short, written after it,
+    the long part of the write) and 5,000 stage 0 prefixes, from 1250 rules (one rule slot each: the
+    engine's smallest rule arrays hold them)."""
     rules = [{"name": f"ports{i}", "protocol": "tcp", "dst_port": list(range(1 + i * 100, 101 + i * 100)),
               "action": "drop"} for i in range(600)]
     rules += [{"name": f"nets{i}", "protocol": "udp", "src": [f"10.{i}.{j}.0/24" for j in range(100)],
                "action": "drop"} for i in range(50)]
+    rules += [{"name": f"sports{i}", "protocol": "udp", "src_port": list(range(1 + i * 100, 101 + i * 100)),
+               "action": "drop"} for i in range(600)]
     return hook_policy(dev, rules)
 
 
 def small(dev, port):
-    """A port rule and a prefix rule: the two kinds of shape of big(), with the same shape ids."""
+    """A port rule, a prefix rule and a source port rule: the three kinds of shape of big(), with the same
+    shape ids."""
     return hook_policy(dev, [{"name": f"no-{port}", "protocol": "tcp", "dst_port": port, "action": "drop"},
-                             {"name": "nets", "protocol": "udp", "src": "10.0.0.0/24", "action": "drop"}])
+                             {"name": "nets", "protocol": "udp", "src": "10.0.0.0/24", "action": "drop"},
+                             {"name": "sports", "protocol": "udp", "src_port": 1, "action": "drop"}])
 
 
 def apply(n, data):
@@ -98,7 +104,8 @@ def saved_gen(n) -> int:
 
 def first_key(n, data) -> tuple[str, bytes]:
     """The first classifier key a swap to `data` writes (what the child computes: the same compile), and
-    the map it goes to (bg_cls, or bg_cls_short: every shape of these policies is a short one)."""
+    the map it goes to (bg_cls_short, or bg_cls_direct for a tcp port's: every shape of these policies is a
+    short one)."""
     hp = Policy.model_validate(data).hooks[HOOK]
     with Engine.open(n.dev, HOOK, n.ns) as eng:
         new = live_swap(eng.live.c, hp, limits=eng.live.limits, ifindex=eng._ifindex)
@@ -113,9 +120,14 @@ def kill_swap(n, data, tmp_path, at: str) -> bool:
     f.write_text(yaml.safe_dump(data))
     old_gen, (cls_map, key) = saved_gen(n), first_key(n, data)
     u32 = ctypes.c_uint32
-    with pinned(n, cls_map) as cls, pinned(n, "bg_active", u32, u32) as active:
+    direct = cls_map == "bg_cls_direct"   # an array: the slot holds an entry once its prio is not 0
+    kv = (u32, ctypes.c_uint64) if direct else (None, None)   # (the value's prio: its low 32 bits)
+    with pinned(n, cls_map, *kv) as cls, pinned(n, "bg_active", u32, u32) as active:
         slot = int(active.lookup(0))
-        seen = (lambda: cls.lookup(key) is not None) if at == "write" else (lambda: int(active.lookup(0)) != slot)
+        if direct:
+            key = u32.from_buffer_copy(key).value
+        written = (lambda: cls.lookup(key) & 0xFFFFFFFF != 0) if direct else (lambda: cls.lookup(key) is not None)
+        seen = written if at == "write" else (lambda: int(active.lookup(0)) != slot)
         cpu = {min(os.sched_getaffinity(0))}
         mine, proc = os.sched_getaffinity(0), None
         os.sched_setaffinity(0, cpu)   # the watcher shares a CPU with the child, which runs at nice 19: each
@@ -142,11 +154,16 @@ def kill_swap(n, data, tmp_path, at: str) -> bool:
 
 
 def entries(n, name) -> int:
-    """Entries of a map; "bg_cls": of both classifier maps (bg_cls, bg_cls_short)."""
+    """Entries of a map; "bg_cls": of every classifier map (bg_cls, bg_cls_short, bg_cls_direct's slots
+    holding one)."""
     total = 0
     for one in L.CLS_MAPS if name == "bg_cls" else (name,):
         with pinned(n, one) as m:
             total += sum(c for _k, _v, c in m.lookup_batch_raw(1 << 14))
+    if name == "bg_cls":
+        with pinned(n, "bg_cls_direct", ctypes.c_uint32) as m:
+            for _k, v, c in m.lookup_batch_raw(1 << 16):
+                total += sum(1 for i in range(c) if any(v[i * L.VAL.size:(i + 1) * L.VAL.size]))
     return total
 
 
@@ -203,8 +220,8 @@ def test_live_edit_cut_short_is_repaired(net):
     with Engine.open(n.dev, HOOK, n.ns) as eng, eng.store.locked():
         rule = Rule.model_validate({"name": "ghost", "protocol": "tcp", "dst_port": 8080, "action": "drop"})
         eng.apply_diff(eng.live.add(rule, 0))   # marks the state dir, writes bg_rules/bg_conf/bg_cls; no journal
-    assert entries(n, "bg_cls") == 3   # the ghost's entry is in the kernel, the saved state has two
-    assert [r.name for r in policyctl.rules(n.dev, netns=n.ns)] == ["no-8082", "nets", "(default)"]
+    assert entries(n, "bg_cls") == 4   # the ghost's entry is in the kernel, the saved state has three
+    assert [r.name for r in policyctl.rules(n.dev, netns=n.ns)] == ["no-8082", "nets", "sports", "(default)"]
     assert_exact(n)
     assert served(n, 8080) and dropped(n, 8082)
 

@@ -46,6 +46,38 @@ def test_short_key_is_the_c_layout_and_only_for_shapes_within_4_address_bytes():
     assert short == {"v4", "v6-32"} and len({L.shape_index(s.id) for s in c.conf().shapes}) == len(c.conf().shapes)
 
 
+def test_direct_shape_keys_go_to_the_array_at_their_index():
+    """The shape "protocol P, destination port N" (exactly) carries SHAPE_DIRECT: its keys of tcp, udp and
+    sctp go to bg_cls_direct at ((gen & 1) * 3 + slot) << 16 | port, slot = proto & 3 (direct_index() in
+    engine.bpf.c), its overlay keys and any other shape's keys to the hash maps; one such shape at most; its
+    filter holds only its keys in the hash (none here: the program's loop skips it)."""
+    rules = (Rule(name="web", protocol="tcp", dst_port=[80, 443], action="drop"),
+             Rule(name="dns", protocol=["udp", "sctp"], dst_port=53, action="drop"),
+             Rule(name="from", protocol="tcp", src_port=80, action="drop"),
+             Rule(name="net", protocol="tcp", dst_port=22, src="198.18.0.0/24", action="drop"))
+    for gen in (0, 1):
+        c = compile_hook(HookPolicy(rules=rules), Hook.TC_INGRESS, gen=gen)
+        direct = [s for s in c.conf().shapes if s.id & L.SHAPE_DIRECT]
+        assert len(direct) == 1 and direct[0].mask == L.DIRECT_MASK and direct[0].id & L.SHAPE_SHORT
+        assert L.Conf.pack(c.conf())[L.CONF_DIRECT_OFF] == direct[0].id
+        where = {}
+        for k, v in c.cls.items():
+            name, raw = L.cls_map_key(k)
+            where.setdefault(c.names[v.rule_id], set()).add((name, raw))
+            assert L.cls_map_key(L.overlay_key(k))[0] != "bg_cls_direct"
+        u32 = lambda i: struct.pack("=I", i)   # noqa: E731
+        sctp, udp, tcp = ((gen * L.DIRECT_PROTOS + slot) << 16 for slot in range(3))
+        assert where["web"] == {("bg_cls_direct", u32(tcp | 80)), ("bg_cls_direct", u32(tcp | 443))}
+        assert where["dns"] == {("bg_cls_direct", u32(udp | 53)), ("bg_cls_direct", u32(sctp | 53))}
+        assert any(direct[0].fmask) and direct[0].filter == 0
+        assert {name for r in ("from", "net") for name, _ in where[r]} == {"bg_cls_short"}
+        wide, short, idx = L.split_keys(c.cls)
+        assert sorted(idx) == sorted(raw for r in ("web", "dns") for _n, raw in where[r]) and not wide
+    assert L.direct_index(L.ClsKey(shape=L.SHAPE_DIRECT | L.SHAPE_SHORT, have=L.HAVE_PROTO, proto=6).pack()) is None
+    assert L.direct_index(L.ClsKey(shape=L.SHAPE_DIRECT | L.SHAPE_SHORT, have=L.HAVE_PROTO | L.HAVE_PORTS,
+                                   proto=47, dport=1).pack()) is None
+
+
 @pytest.mark.parametrize("lo, hi", [(0, 65535), (1, 65534), (1000, 2000), (80, 80), (32767, 32768)])
 def test_port_blocks_cover_exactly(lo, hi):
     covered = [p for v, n in port_blocks(lo, hi) for p in range(v, v + (1 << (16 - n)))]
@@ -54,13 +86,14 @@ def test_port_blocks_cover_exactly(lo, hi):
 
 
 def test_many_rules_one_shape_and_flat_lookups():
-    """10k single-port rules: one shape, one lookup per packet, whatever the rule count."""
+    """10k single-port rules: one shape, one lookup per packet, whatever the rule count (the direct shape's:
+    an array read, no hash lookup)."""
     rules = tuple(Rule(name=f"p{i}", protocol="tcp", dst_port=i + 1, action="drop") for i in range(10_000))
     c = compile_hook(HookPolicy(rules=rules), Hook.TC_INGRESS)
     ref = Reference.of(c)
     assert len(ref.conf.shapes) == 1 and len(c.cls) == 10_000
     v = ref.classify(Packet(4, ipaddress.ip_address("1.2.3.4"), ipaddress.ip_address("1.2.3.5"), 6, 9, 5000))
-    assert v.name == "p4999" and ref.lookups == 1
+    assert v.name == "p4999" and ref.lookups == 0 and ref.conf.shapes[0].id & L.SHAPE_DIRECT
 
 
 def test_early_stop_skips_shapes_that_cannot_win():
@@ -73,7 +106,8 @@ def test_early_stop_skips_shapes_that_cannot_win():
 
 def test_shape_filters_hold_every_entry_and_skip_lookups_that_would_miss():
     """A shape's filter has the bit of each of its entries: over the whole mask for a few entries, over the
-    key's first word (protocol) for a big TCP-only shape, none when neither has few values."""
+    key's first word (protocol) for a big TCP-only shape, none when neither has few values; the direct
+    shape's, of its entries in the hash only (none here: all are in the array)."""
     rules = [Rule(name=f"raw{i}", src=[f"{16 * i}.0.0.0/12"], action="drop") for i in range(16)]
     rules += [Rule(name=f"t{i}", protocol="tcp", dst_port=i + 1, src=[f"10.{i % 256}.{i // 256}.0/24"],
                    action="drop") for i in range(200)]
@@ -83,11 +117,11 @@ def test_shape_filters_hold_every_entry_and_skip_lookups_that_would_miss():
     by_id = {s.id: s for s in conf.shapes}
     for key in c.cls:
         s = by_id[key[L.KEY_SHAPE_OFF]]
-        assert not any(s.fmask) or s.filter >> L.filter_bit(key, s.fmask) & 1
+        assert L.in_direct(key) or not any(s.fmask) or s.filter >> L.filter_bit(key, s.fmask) & 1
     fmasks = sorted((s.entries, s.fmask == s.mask, bin(s.filter).count("1")) for s in conf.shapes)
     assert fmasks[0] == (16, True, fmasks[0][2]) and 8 <= fmasks[0][2] <= 16   # the /12s: whole mask
     big = sorted((bin(s.filter).count("1"), s.fmask != s.mask) for s in conf.shapes if s.entries == 200)
-    assert big == [(1, True), (2, True)]   # tcp 5-tuples; tcp and udp ports: by protocol
+    assert big == [(0, False), (1, True)]   # tcp and udp ports: the direct shape; tcp 5-tuples: by protocol
     ref = Reference.of(c)
     udp = Packet(4, ipaddress.ip_address("10.1.0.1"), ipaddress.ip_address("1.2.3.5"), 17, 9, 1001)
     assert ref.classify(udp).name == "(default)" and ref.lookups <= 2   # the tcp 5-tuples were not looked up

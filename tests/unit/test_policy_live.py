@@ -153,16 +153,16 @@ def test_refused_add_leaves_the_shapes_as_they_were():
 def test_a_key_added_live_is_in_its_shapes_filter_before_it_is_written():
     """The filter of a shape an edit adds keys to is widened in the bg_conf published before the keys (a
     removed key's bit stays: a stale bit costs a lookup, never a match)."""
-    hp = HookPolicy(rules=(Rule(name="a", protocol="tcp", dst_port=80, action="drop"),))
+    hp = HookPolicy(rules=(Rule(name="a", protocol="tcp", src_port=80, action="drop"),))   # (not the direct shape)
     live = LiveHook(compile_hook(hp, Hook.TC_INGRESS))
     (shape,) = live.conf.shapes
     assert shape.fmask == shape.mask and bin(shape.filter).count("1") == 1
-    d = live.add(Rule(name="b", protocol="tcp", dst_port=[81, 82], action="drop"))
+    d = live.add(Rule(name="b", protocol="tcp", src_port=[81, 82], action="drop"))
     (widened,) = d.conf_before.shapes
     assert all(widened.filter >> L.filter_bit(k, widened.fmask) & 1 for k in d.cls_update)
     d2 = live.delete("b")
     assert d2.cls_delete and d2.conf_before is None and d2.conf_after is None
-    pkt = Packet(4, ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2"), 6, 5, 81)
+    pkt = Packet(4, ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2"), 6, 81, 5)
     assert Reference(live.conf, live.c.cls, live.c.rules, live.c.names).classify(pkt).name == "(default)"
 
 

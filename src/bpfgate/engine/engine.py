@@ -49,7 +49,7 @@ RULE_ARRAYS = ("bg_rules", "bg_counters", "bg_rate_rule", "bg_log_rate")
 MAX_RULE_SLOTS = R.C.BG_MAX_RULES
 GRACE_S = 1.0                            # freed rule slots wait this long (in-flight packets, RCU)
 CAPTURE_MAPS = ("bg_capture_cfg", "bg_capture_ring")   # capture with the verdict (inspect.capture.EngineCapture)
-U32_KEYED = {"bg_ct_lookup_only", "bg_pfx_top", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters",
+U32_KEYED = {"bg_ct_lookup_only", "bg_pfx_top", "bg_cls_direct", "bg_capture_cfg", "bg_conf", "bg_active", "bg_rules", "bg_counters",
              "bg_rate_rule", "bg_log_rate", "bg_stats", "bg_redirect_devs", "bg_redirect_stats"}
 HOOK_CODE = {Hook.TC_INGRESS: R.C.BG_ENGINE_TC_INGRESS, Hook.TC_EGRESS: R.C.BG_ENGINE_TC_EGRESS,
              Hook.XDP: R.C.BG_ENGINE_XDP, Hook.CGROUP_INGRESS: R.C.BG_ENGINE_CGROUP_INGRESS,
@@ -544,8 +544,8 @@ class Engine:
         self._check_slots(diff.rules_update)
         changed = [*diff.cls_update, *diff.cls_delete]
         room = cls_entries(live.conf)   # this generation's entries, then the overlay and deleted keys'
-        for k in [*diff.cls_delete, *changed]:
-            room[L.cls_map_key(k)[0]] += 1
+        for k in [*diff.cls_delete, *changed]:   # (a SHAPE_DIRECT key's overlay is in bg_cls_short)
+            room[L.cls_map_key(L.overlay_key(k))[0]] += 1
         self._check_room(room)
         self._begin_write("edit")
         self._write_rules(diff.rules_update, fresh=True)
@@ -859,18 +859,30 @@ class Engine:
                 "gone_dropped": sum(m.lookup(R.C.BG_REDIR_STAT_GONE_DROPPED))}
 
     def _write_cls(self, entries: dict[bytes, L.ClsValue]) -> None:
-        """Entries (keys in the 56-byte form) into bg_cls, or bg_cls_short for a SHAPE_SHORT shape's."""
+        """Entries (keys in the 56-byte form) into bg_cls, or bg_cls_short for a SHAPE_SHORT shape's, or
+        bg_cls_direct for the keys of the SHAPE_DIRECT shape that fit it (L.cls_map_key)."""
         if not entries:
             return
-        wide = {k: v for k, v in entries.items() if not k[L.KEY_SHAPE_OFF] & L.SHAPE_SHORT}
-        short = entries if not wide else {k: v for k, v in entries.items() if k not in wide}
-        for name, part, keys in (("bg_cls", wide, wide), ("bg_cls_short", short, L.split_keys(short)[1])):
+        parts: dict[str, tuple[list[bytes], array.array]] = {}
+        if not any(k[L.KEY_SHAPE_OFF] & L.SHAPE_DIRECT for k in entries):   # the usual case: two maps
+            wide = {k: v for k, v in entries.items() if not k[L.KEY_SHAPE_OFF] & L.SHAPE_SHORT}
+            short = entries if not wide else {k: v for k, v in entries.items() if k not in wide}
+            split = (("bg_cls", wide, list(wide)), ("bg_cls_short", short, L.split_keys(short)[1]))
+        else:
+            by: dict[str, dict] = {}
+            for k, v in entries.items():
+                name, raw = L.cls_map_key(k)
+                by.setdefault(name, {})[raw] = v
+            split = tuple((name, part, list(part)) for name, part in by.items())
+        for name, part, keys in split:
             if part:
                 vals = array.array("I")
                 for v in part.values():
                     vals.append(v.prio)
                     vals.append(v.rule_id)
-                self.maps[name].update_batch_raw(b"".join(keys), vals.tobytes(), len(part))
+                parts[name] = (keys, vals)
+        for name, (keys, vals) in parts.items():
+            self.maps[name].update_batch_raw(b"".join(keys), vals.tobytes(), len(keys))
 
     def _write_generation(self, compiled: CompiledHook, rules: dict[int, L.RuleAction], fresh: bool) -> None:
         """Rule slots, stage 0 tables and bg_cls entries of a generation nothing reads yet. Three independent
@@ -912,9 +924,12 @@ class Engine:
             self.maps["bg_pfx"].delete_batch([p.pfx_keys[i:i + size] for i in range(0, len(p.pfx_keys), size)])
 
     def _delete_cls(self, keys: list[bytes]) -> None:
-        for name, part in zip(L.CLS_MAPS, L.split_keys(keys)):
+        wide, short, direct = L.split_keys(keys)
+        for name, part in zip(L.CLS_MAPS, (wide, short)):
             if part:
                 self.maps[name].delete_batch(part)
+        if direct:   # an array: its entry becomes "none"
+            self.maps["bg_cls_direct"].update_batch_raw(b"".join(direct), L.direct_empty(len(direct)), len(direct))
 
     def _publish(self, conf: L.Conf, overlay: bool = False) -> None:
         """Write the inactive bg_conf slot, then flip bg_active: one 4-byte write publishes it."""

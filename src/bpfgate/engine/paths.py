@@ -8,7 +8,7 @@ from bpfgate.cgroups import dir_name
 from bpfgate.kernel import pins
 from bpfgate.policy.hooks import Hook
 
-MAPS = ("bg_cls", "bg_cls_short", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule",
+MAPS = ("bg_cls", "bg_cls_short", "bg_cls_direct", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule",
         "bg_rate_src", "bg_log_rate", "bg_ct", "events", "bg_stats", "bg_pfx_top", "bg_pfx", "bg_ct_lookup_only",
         "bg_redirect_devs", "bg_redirect_stats")
 

@@ -67,9 +67,10 @@ def repair(eng: Engine) -> dict[str, int]:
     eng._write_classes(c)
     eng._write_cls(c.cls)
     eng._publish(live.conf)
-    wide, short = L.split_keys(c.cls)
+    wide, short, direct = L.split_keys(c.cls)
     gone = {"bg_cls": _delete_others(eng.maps["bg_cls"], set(wide)),
-            "bg_cls_short": _delete_others(eng.maps["bg_cls_short"], set(short))}
+            "bg_cls_short": _delete_others(eng.maps["bg_cls_short"], set(short)),
+            "bg_cls_direct": _zero_others(eng.maps["bg_cls_direct"], set(memoryview(b"".join(direct)).cast("I")))}
     p = c.classes.packed
     size = len(p.pfx_keys) // p.npfx if p.npfx else 0
     gone["bg_pfx"] = _delete_others(eng.maps["bg_pfx"], {p.pfx_keys[i:i + size]
@@ -94,7 +95,8 @@ def _delete_others(m, keep: set[bytes]) -> int:
 
 
 def _zero_others(m, keep: set[int]) -> int:
-    """Zero every bg_pfx_top slot holding something the saved state does not (arrays cannot delete)."""
+    """Zero every slot of an array (bg_pfx_top, bg_cls_direct) holding something the saved state does not
+    (arrays cannot delete)."""
     zero = bytes(m._vbuf_size)
     stale = []
     for kraw, vraw, n in m.lookup_batch_raw(1 << 16):

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 NEXT = "next-"                    # pins of a resize in progress: NEXT + map name, NEXT + "prog-" + program
 # maps whose contents belong to one generation of sizes: created anew by a resize (the rest are SHARED)
-SIZED = ("bg_cls", "bg_cls_short", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule",
+SIZED = ("bg_cls", "bg_cls_short", "bg_cls_direct", "bg_conf", "bg_active", "bg_rules", "bg_counters", "bg_rate_rule",
          "bg_log_rate", "bg_pfx_top", "bg_pfx")
 SHARED = ("bg_ct", "events", "bg_stats", "bg_rate_src", "bg_ct_lookup_only", "bg_capture_cfg", "bg_capture_ring")
 CARRIED = ("bg_counters", "bg_rate_rule", "bg_log_rate")   # per rule slot: an unchanged rule keeps them

@@ -36,6 +36,10 @@ class Reference:
         self.shapes = [(s.best_prio, L.key_int(s.mask), L.shape_gen_bits(s.id, conf.gen),
                         s.fmask if any(s.fmask) else None, s.filter) for s in conf.shapes]
         self.lookups = 0  # hash lookups done, for tests of the early stop
+        # the SHAPE_DIRECT shape (mask, tag): its keys that fit bg_cls_direct are read before the loop, whose
+        # filter for it holds only its other keys
+        self.direct = next(((L.key_int(s.mask), L.shape_gen_bits(s.id, conf.gen)) for s in conf.shapes
+                            if s.id & L.SHAPE_DIRECT), None)
 
     @classmethod
     def of(cls, compiled: CompiledHook) -> "Reference":
@@ -47,6 +51,11 @@ class Reference:
             key = L.unclassed(self.classes.stamp(key), self.conf.tree_protos)
         k = L.key_int(key)
         best_prio, best_rule = NO_MATCH, self.conf.default_rule
+        if self.direct is not None:   # BPF: the array, before the loop (a hit only lowers best_prio)
+            dkey = L.int_key((k & self.direct[0]) | self.direct[1])
+            hit = self.cls.get(dkey) if L.in_direct(dkey) else None
+            if hit is not None:
+                best_prio, best_rule = hit.prio, hit.rule_id
         for shape_best, mask, tag, fmask, bits in self.shapes:   # BPF: bounded loop over MAX_SHAPES
             if shape_best >= best_prio:                # no later shape can hold a better rule
                 break

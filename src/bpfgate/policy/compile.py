@@ -73,7 +73,8 @@ class CompiledHook:
             return self._conf
         best: dict[int, int] = {}
         count: Counter = Counter()
-        few: dict[int, list[bytes]] = {}     # a shape's keys, while it has at most FILTER_MAX
+        hashed: Counter = Counter()          # its keys the filter holds (not the ones in bg_cls_direct)
+        few: dict[int, list[bytes]] = {}     # a shape's (hashed) keys, while it has at most FILTER_MAX
         protos: dict[int, int] = {}          # the protocols of its keys
         word0: dict[int, set[bytes]] = {}    # the values of its keys' first words, while at most FILTER_MAX
         w0, po = L.WORD0, L.KEY_OFF["proto"]
@@ -81,11 +82,14 @@ class CompiledHook:
             sid = key[L.KEY_SHAPE_OFF]
             n = count[sid] = count[sid] + 1
             if n == 1:
-                best[sid], few[sid], word0[sid], protos[sid] = val.prio, [key], {key[w0]}, 1 << key[po]
+                best[sid], few[sid], word0[sid], protos[sid] = val.prio, [], set(), 1 << key[po]
+            else:
+                protos[sid] |= 1 << key[po]
+                if val.prio < best[sid]:
+                    best[sid] = val.prio
+            if sid & L.SHAPE_DIRECT and L.in_direct(key):
                 continue
-            protos[sid] |= 1 << key[po]
-            if val.prio < best[sid]:
-                best[sid] = val.prio
+            n = hashed[sid] = hashed[sid] + 1
             if n <= L.FILTER_MAX:
                 few[sid].append(key)
             w = word0[sid]
@@ -96,7 +100,7 @@ class CompiledHook:
         shapes, sides = [], [0, 0]
         for sid in best:
             mask = self.shapes[sid].mask_bytes
-            fmask, bits = L.shape_filter(mask, few[sid] if count[sid] <= L.FILTER_MAX else None, word0[sid])
+            fmask, bits = L.shape_filter(mask, few[sid] if hashed[sid] <= L.FILTER_MAX else None, word0[sid])
             shapes.append(L.Shape(sid, mask, best[sid], count[sid], fmask, bits))
             for i, p in enumerate(L.tree_protos(mask, protos[sid])):
                 sides[i] |= p

@@ -56,7 +56,8 @@ VAL = contract.record("engine", "bg_cls_val", "prio rule_id")
 RULE = contract.record("engine", "bg_rule", "action over_action flags redirect_ifindex mark log_rate rate burst "
                                            "reject_with reject_rate")
 SHAPE = contract.record("engine", "bg_shape", "mask best_prio id filtered entries fmask filter")
-CONF = contract.record("engine", "bg_conf", "nshapes default_rule gen trees overlay tree_protos shapes")
+CONF = contract.record("engine", "bg_conf", "nshapes default_rule gen trees overlay direct tree_protos shapes")
+CONF_DIRECT_OFF = contract.struct("engine", "bg_conf").direct.offset
 PFX_TOP = contract.record("engine", "bg_pfx_top", "cls sub nlens lens")
 PFX_KEY = contract.record("engine", "bg_pfx_key", "addr gen tree len")
 KEY_SIZE = KEY.size
@@ -77,14 +78,32 @@ _WIDE_ADDR = int.from_bytes(bytes(_SRC + 4) + b"\xff" * 12 + bytes(4) + b"\xff" 
                             "big")   # key_int() bits of src[4..15] and dst[4..15]
 
 
+# The shape "protocol P, destination port N" (exactly this mask; one per generation) carries SHAPE_DIRECT
+# too: its keys of a packet with both have bits and a protocol with ports live in the array bg_cls_direct,
+# read without a hash (engine.h); its other keys, and every overlay key, in bg_cls_short, and its filter
+# holds only those (in_direct() keys are left out of it).
+SHAPE_DIRECT = C.BG_SHAPE_DIRECT
+DIRECT_PROTOS = C.BG_DIRECT_PROTOS
+DIRECT_SLOTS = C.BG_DIRECT_SLOTS
+_DIRECT_PROTO = {132: 0, 17: 1, 6: 2}   # sctp, udp, tcp: slot proto & 3 (direct_index() in engine.bpf.c)
+assert len(_DIRECT_PROTO) == DIRECT_PROTOS and all(p & 3 == s for p, s in _DIRECT_PROTO.items())
+_HAVE, _PROTO, _DPORT = KEY_OFF["have"], KEY_OFF["proto"], KEY_OFF["dport"]
+_DIRECT_HAVE = HAVE_PROTO | HAVE_PORTS
+DIRECT_MASK = bytes(_HAVE) + bytes((_DIRECT_HAVE,)) + bytes(_PROTO - _HAVE - 1) + b"\xff" + \
+    bytes(_DPORT - _PROTO - 1) + b"\xff\xff" + bytes(KEY_SIZE - _DPORT - 2)
+_DIRECT_MASK_INT = int.from_bytes(DIRECT_MASK, "big")
+_DIRECT_EMPTY = bytes(VAL.size)   # prio 0: no entry
+_U32 = struct.Struct("=I")
+
+
 def shape_id(index: int, mask: int) -> int:
-    """The id of shape number `index` (below 128) with this mask (key_int form): SHAPE_SHORT set when no
-    address bit past the first 4 bytes of src and dst is in it."""
-    return index | (0 if mask & _WIDE_ADDR else SHAPE_SHORT)
+    """The id of shape number `index` (below 64) with this mask (key_int form): SHAPE_SHORT set when no
+    address bit past the first 4 bytes of src and dst is in it; SHAPE_DIRECT too for the direct mask."""
+    return index | (0 if mask & _WIDE_ADDR else SHAPE_SHORT) | (SHAPE_DIRECT if mask == _DIRECT_MASK_INT else 0)
 
 
 def shape_index(sid: int) -> int:
-    return sid & ~SHAPE_SHORT
+    return sid & ~(SHAPE_SHORT | SHAPE_DIRECT)
 
 
 def short_key(key: bytes) -> bytes:
@@ -92,20 +111,49 @@ def short_key(key: bytes) -> bytes:
     return key[:_SRC + 4] + key[_DST:_DST + 4] + key[_DST + 16:]
 
 
+def direct_index(key: bytes) -> int | None:
+    """The index in bg_cls_direct of a key (56-byte form) that lives there, else None."""
+    if not key[KEY_SHAPE_OFF] & SHAPE_DIRECT or key[KEY_GEN_OFF] & GEN_OVERLAY or key[_HAVE] != _DIRECT_HAVE:
+        return None
+    slot = _DIRECT_PROTO.get(key[_PROTO])
+    if slot is None:
+        return None
+    port = int.from_bytes(key[_DPORT:_DPORT + 2], sys.byteorder)
+    return ((key[KEY_GEN_OFF] & 1) * DIRECT_PROTOS + slot) << 16 | port
+
+
+def in_direct(key: bytes) -> bool:
+    """Whether a key (56-byte form) lives in bg_cls_direct."""
+    return bool(key[KEY_SHAPE_OFF] & SHAPE_DIRECT) and direct_index(key) is not None
+
+
 def cls_map_key(key: bytes) -> tuple[str, bytes]:
     """The classifier map a key (56-byte form) lives in, and the key as that map holds it."""
+    if key[KEY_SHAPE_OFF] & SHAPE_DIRECT:
+        i = direct_index(key)
+        if i is not None:
+            return "bg_cls_direct", _U32.pack(i)
     return ("bg_cls_short", short_key(key)) if key[KEY_SHAPE_OFF] & SHAPE_SHORT else ("bg_cls", key)
 
 
-def split_keys(keys) -> tuple[list[bytes], list[bytes]]:
-    """Keys (56-byte form) by the map they live in: (bg_cls keys, bg_cls_short keys in its form)."""
-    wide, short = [], []
+def split_keys(keys) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Keys (56-byte form) by the map they live in (CLS_MAPS): bg_cls keys, bg_cls_short keys in its form,
+    bg_cls_direct indexes (u32)."""
+    wide, short, direct = [], [], []
     for k in keys:
-        if k[KEY_SHAPE_OFF] & SHAPE_SHORT:
+        sid = k[KEY_SHAPE_OFF]
+        if sid & SHAPE_DIRECT and (i := direct_index(k)) is not None:
+            direct.append(_U32.pack(i))
+        elif sid & SHAPE_SHORT:
             short.append(short_key(k))
         else:
             wide.append(k)
-    return wide, short
+    return wide, short, direct
+
+
+def direct_empty(n: int) -> bytes:
+    """n bg_cls_direct values of no entry (an array's delete)."""
+    return _DIRECT_EMPTY * n
 
 # stage 0 (prefix classes): trees by field and family, bg_conf.trees bits, level-0 geometry
 TREE_SRC4, TREE_SRC6, TREE_DST4, TREE_DST6 = C.BG_TREE_SRC4, C.BG_TREE_SRC6, C.BG_TREE_DST4, C.BG_TREE_DST6
@@ -316,5 +364,6 @@ class Conf:
             raise ValueError(f"{len(self.shapes)} shapes > {MAX_SHAPES}")
         empty = Shape(0, bytes(KEY_SIZE), 0xFFFFFFFF).pack()
         body = b"".join(s.pack() for s in self.shapes) + empty * (MAX_SHAPES - len(self.shapes))
-        return CONF.pack(len(self.shapes), self.default_rule, self.gen, self.trees, int(overlay),
+        direct = next((s.id for s in self.shapes if s.id & SHAPE_DIRECT), 0)
+        return CONF.pack(len(self.shapes), self.default_rule, self.gen, self.trees, int(overlay), direct,
                          b"".join(_bits256(p) for p in self.tree_protos), body)

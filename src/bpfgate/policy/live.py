@@ -283,7 +283,7 @@ class LiveHook:
             if cur is None:
                 self.count[k[0]] = self.count.get(k[0], 0) + 1
                 f = self.filters.get(k[0])
-                if f is not None:
+                if f is not None and not L.in_direct(k):   # the filter holds a direct shape's hashed keys
                     f[1] |= 1 << L.filter_bit(k, f[0])
                 for i, p in enumerate(L.tree_protos(self.c.shapes[k[0]].mask_bytes, L.proto_bit(k))):
                     self.tree_protos[i] |= p
@@ -375,6 +375,8 @@ class LiveHook:
         spec = ShapeSpec(L.shape_id(free[0], atom.mask), atom.mask)
         self.fresh[spec.id] = self.c.shapes.get(spec.id)   # its keys are written after every atom is placed
         self.filters.pop(spec.id, None)
+        if spec.id & L.SHAPE_DIRECT:   # its filter starts empty: keys it gets in the hash set their bits
+            self.filters[spec.id] = list(L.shape_filter(spec.mask_bytes, None, set()))
         self.c.shapes[spec.id] = spec
         return spec
 
