@@ -248,12 +248,19 @@ static __always_inline __u64 src4_dst4(__u64 src, __u64 dst)
 #endif
 }
 
+/* What the program hands bg_classify() (the packet key) and the buffer its lookups' keys are built in: a
+ * global function's frame is added to the program's own, which leaves it too little room for a key. */
+struct bg_cls_arg {
+	struct bg_cls_key pkt;
+	struct bg_cls_key k;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct bg_cls_key);
-} bg_overlay_key SEC(".maps"); /* the packet key handed to bg_classify_overlay() */
+	__type(value, struct bg_cls_arg);
+} bg_cls_arg SEC(".maps");
 
 _Static_assert((__u64)BG_FILTER_K0 == 0x9e3779b1ULL && (__u64)BG_FILTER_MIX == 0x9e3779b9ULL,
 	       "the filter's multipliers are unsigned 32-bit (Python reads them as such)");
@@ -282,20 +289,20 @@ static __always_inline int filter_has(const struct bg_shape *sh, const __u64 *pk
 	return sh->filter[0] >> (h >> 58) & 1;
 }
 
-/* The packet key's index in bg_cls_direct (engine.h): ((gen & 1) * 3 + slot) << 16 | dport, slot = proto & 3
- * (sctp 0, udp 1, tcp 2); BG_DIRECT_SLOTS or more (past the array: its lookup finds nothing) when no entry
+/* The index in bg_cls_direct (engine.h) of the packet key whose words 0 and 1 are w0, w1: ((gen & 1) * 3 +
+ * slot) << 16 | dport, slot = proto & 3 (sctp 0, udp 1, tcp 2); BG_DIRECT_SLOTS or more (past the array: its lookup finds nothing) when no entry
  * there can match the packet (one without both protocol and ports, or of another protocol). Branch-free:
  * each branch here would be more states for the verifier. */
-static __always_inline __u64 direct_index(const __u64 *pk, __u64 gen)
+static __always_inline __u64 direct_index(__u64 w0, __u64 w1, __u64 gen)
 {
-	__u64 have = pk[0] >> 16 & 0xff, proto = pk[0] >> 32 & 0xff, slot = proto & 3;
+	__u64 have = w0 >> 16 & 0xff, proto = w0 >> 32 & 0xff, slot = proto & 3;
 	/* the protocol of each slot (slot 3: none, no protocol number is 0xffff) */
 	__u64 want = (__u64)BG_IPPROTO_SCTP | (__u64)BG_IPPROTO_UDP << 16 | (__u64)BG_IPPROTO_TCP << 32 | 0xffffULL << 48;
 	__u64 off = (proto ^ (want >> (slot * 16) & 0xffff)) |
 		    ((have & (BG_HAVE_PROTO | BG_HAVE_PORTS)) ^ (BG_HAVE_PROTO | BG_HAVE_PORTS));
 
 	off = (off | (0 - off)) >> 63; /* 1: does not fit */
-	return ((gen & 1) * BG_DIRECT_PROTOS + slot + off * 8) << 16 | pk[1] >> 48; /* dport: the key's bytes 14..15 */
+	return ((gen & 1) * BG_DIRECT_PROTOS + slot + off * 8) << 16 | w1 >> 48; /* dport: the key's bytes 14..15 */
 }
 
 /* The entry of bg_cls_direct at idx (NULL past its end; prio 0: none there). The index goes through
@@ -344,11 +351,11 @@ static __always_inline struct bg_cls_val *direct_entry(__u8 id, const __u64 *pk,
  * as 64-bit words (the masks, the hash): it is written as whole words too, since a load that spans several
  * narrower stores still in flight waits for them (store forwarding fails). overlay (a constant at each
  * use): a batch of edits is being written; its overlay entries (key.gen | BG_GEN_OVERLAY) decide the keys
- * it changes, and prio BG_PRIO_NONE (never best) stands for "no entry". */
-static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk, __u64 gen, const int overlay)
+ * it changes, and prio BG_PRIO_NONE (never best) stands for "no entry". k: where the lookups' keys are built. */
+static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk, __u64 gen, const int overlay,
+				       struct bg_cls_key *k)
 {
 	__u32 best = 0xffffffff, rule = cf->default_rule, skip = 0;
-	struct bg_cls_key k;
 	__u8 did = cf->direct;
 
 	/* The direct shape first, wherever it is in the visit order (a hit only lowers `best`, which is what the
@@ -358,14 +365,14 @@ static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk
 	 * direct shape has nothing in its part of the array. In a batch its overlay entry first (the loop then
 	 * skips it). */
 	if (!overlay) {
-		struct bg_cls_val *v = direct_lookup(direct_index(pk, gen), (__u64 *)&k);
+		struct bg_cls_val *v = direct_lookup(direct_index(pk[0], pk[1], gen), (__u64 *)k);
 
 		if (v && v->prio) {
 			best = v->prio;
 			rule = v->rule_id;
 		}
 	} else if (did) {
-		struct bg_cls_val *v = direct_entry(did, pk, gen, direct_index(pk, gen), &k, overlay);
+		struct bg_cls_val *v = direct_entry(did, pk, gen, direct_index(pk[0], pk[1], gen), k, overlay);
 
 		skip = BG_SHAPE_DIRECT;
 		if (v && v->prio < best) {
@@ -376,7 +383,7 @@ static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk
 	for (int i = 0; i < BG_MAX_SHAPES; i++) {
 		struct bg_cls_val *v;
 		const __u64 *m = (const __u64 *)&cf->shapes[i].mask;
-		__u64 *d = (__u64 *)&k;
+		__u64 *d = (__u64 *)k;
 		__u8 id;
 
 		if (i >= cf->nshapes || cf->shapes[i].best_prio >= best)
@@ -402,11 +409,11 @@ static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk
 			d[3] = pk[6] & m[6];
 			if (overlay) {
 				d[0] |= BG_GEN_OVERLAY << 8;
-				v = bpf_map_lookup_elem(&bg_cls_short, &k);
+				v = bpf_map_lookup_elem(&bg_cls_short, k);
 				d[0] &= ~(__u64)(BG_GEN_OVERLAY << 8);
 			}
 			if (!v)
-				v = bpf_map_lookup_elem(&bg_cls_short, &k);
+				v = bpf_map_lookup_elem(&bg_cls_short, k);
 			/* keeps the lookups of the two maps apart: clang would merge them into one call on either
 			 * map, which the verifier then leaves to the generic helper (an indirect call) instead of
 			 * inlining it */
@@ -419,11 +426,11 @@ static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk
 			d[6] = pk[6] & m[6];
 			if (overlay) {
 				d[0] |= BG_GEN_OVERLAY << 8;
-				v = bpf_map_lookup_elem(&bg_cls, &k);
+				v = bpf_map_lookup_elem(&bg_cls, k);
 				d[0] &= ~(__u64)(BG_GEN_OVERLAY << 8);
 			}
 			if (!v)
-				v = bpf_map_lookup_elem(&bg_cls, &k);
+				v = bpf_map_lookup_elem(&bg_cls, k);
 		}
 		if (v && v->prio < best) {
 			best = v->prio;
@@ -433,21 +440,27 @@ static __always_inline __u32 best_rule(const struct bg_conf *cf, const __u64 *pk
 	return rule;
 }
 
-/* Global: verified once on its own, so the rare overlay path costs the programs no verifier budget. */
-__noinline __u32 bg_classify_overlay(__u32 slot)
+/* The rule for the packet key in bg_cls_arg (stage 0 classes filled in) by the shapes of bg_conf[slot];
+ * overlay: the bg_conf.overlay stage 0 saw. Global: verified once on its own, not once for each of the many
+ * verifier states the parser and conntrack end in (with the direct read inline the programs with conntrack
+ * went past 6.1's 1M instructions); scalar arguments only (a pointer argument needs Linux 5.12). */
+__noinline __u32 bg_classify(__u32 slot, __u32 overlay)
 {
 	__u32 zero = 0;
 	struct bg_conf *cf = bpf_map_lookup_elem(&bg_conf, &slot);
-	struct bg_cls_key *pkt = bpf_map_lookup_elem(&bg_overlay_key, &zero);
+	struct bg_cls_arg *a = bpf_map_lookup_elem(&bg_cls_arg, &zero);
 
-	if (!cf || !pkt)
+	if (!cf || !a)
 		return 0xffffffff;
-	return best_rule(cf, (const __u64 *)pkt, cf->gen, 1);
+	if (overlay)
+		return best_rule(cf, (const __u64 *)&a->pkt, cf->gen, 1, &a->k);
+	return best_rule(cf, (const __u64 *)&a->pkt, cf->gen, 0, &a->k);
 }
 
 static __always_inline __u32 classify(struct bg_cls_key *pkt)
 {
-	__u32 zero = 0, slot, *active;
+	__u32 zero = 0, slot, *active, overlay;
+	struct bg_cls_arg *arg;
 	struct bg_conf *cf;
 	__u64 *pk = (__u64 *)pkt;
 	__u64 gen;
@@ -458,8 +471,9 @@ static __always_inline __u32 classify(struct bg_cls_key *pkt)
 	if (!cf)
 		return 0xffffffff;
 	gen = cf->gen;
+	overlay = cf->overlay;
 	if (cf->trees && (pkt->have & BG_HAVE_L3)) {
-		__u32 v6 = pkt->family == 6, src_cls = 0, dst_cls = 0, all = cf->overlay;
+		__u32 v6 = pkt->family == 6, src_cls = 0, dst_cls = 0, all = overlay;
 
 		/* a batch's overlay entries may be of protocols tree_protos does not hold yet: every walk then.
 		 * Bitwise: one branch per tree (6.1's verifier budget) */
@@ -469,15 +483,11 @@ static __always_inline __u32 classify(struct bg_cls_key *pkt)
 			dst_cls = prefix_class(pkt->dst, gen, BG_TREE_DST4 + v6);
 		pk[6] = src_cls | (__u64)dst_cls << 32; /* src_cls, dst_cls */
 	}
-	if (cf->overlay) {
-		struct bg_cls_key *o = bpf_map_lookup_elem(&bg_overlay_key, &zero);
-
-		if (o) {
-			*o = *pkt;
-			return bg_classify_overlay(slot);
-		}
-	}
-	return best_rule(cf, pk, gen, 0);
+	arg = bpf_map_lookup_elem(&bg_cls_arg, &zero);
+	if (!arg)
+		return 0xffffffff;
+	arg->pkt = *pkt;
+	return bg_classify(slot, overlay);
 }
 
 /* ---- actions -------------------------------------------------------------------------------------- */
