@@ -486,6 +486,21 @@ static __always_inline __u32 classify(struct bg_cls_key *pkt)
 	arg = bpf_map_lookup_elem(&bg_cls_arg, &zero);
 	if (!arg)
 		return 0xffffffff;
+	if (!overlay) {
+		/* A hit in the direct array that no other shape can beat (the first of them in the visit order,
+		 * best_prio ascending, has no lower prio) is the answer without bg_classify's call (~10 ns here,
+		 * where every return pays the CPU's Safe RET mitigation). bg_classify reads the array again
+		 * otherwise: handing it the hit as arguments took the 6.1 TC program with conntrack past 1M
+		 * instructions. */
+		struct bg_cls_val *v = direct_lookup(direct_index(pk[0], pk[1], gen), (__u64 *)&arg->k);
+
+		if (v && v->prio) {
+			__u32 j = cf->shapes[0].id >> 6 & 1; /* 1: shapes[0] is the direct shape (BG_SHAPE_DIRECT) */
+
+			if (j >= cf->nshapes || cf->shapes[j].best_prio >= v->prio)
+				return v->rule_id;
+		}
+	}
 	arg->pkt = *pkt;
 	return bg_classify(slot, overlay);
 }
