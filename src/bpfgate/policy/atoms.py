@@ -86,18 +86,12 @@ def _have(rule: Rule) -> int:
 
 def atom_count(rule: Rule) -> int:
     """How many atoms rule_atoms() will yield (before shape fitting), without building them."""
-    d = rule.__dict__
-    get = rule.matching if rule.negated else d.get   # matching() is the field as written unless negated
+    src, dst, protos, sport, dport = rule.matching_negatable()
     n = 1
-    for f in ("src", "dst", "protocol"):
-        v = get(f)
+    for v in (src, dst, protos, rule.vlan, rule.ct):
         if v is not None and not isinstance(v, SetRef):
             n *= len(v)
-    for f in ("vlan", "ct"):
-        if d[f] is not None:
-            n *= len(d[f])
-    for f in ("src_port", "dst_port"):
-        ranges = get(f)
+    for ranges in (sport, dport):
         if ranges is not None:
             n *= sum(len(port_blocks(lo, hi)) for lo, hi in ranges)
     return n
@@ -119,10 +113,11 @@ def _classes(classes, field_name: str, version: int, value: int, plen: int) -> r
     return NO_CLASS if found is None else found
 
 
-def _prefix(net) -> tuple[int, int, int, int]:
-    """(value over the 128-bit key field, prefix length, address width, value over the address width)."""
+def _prefix(net) -> tuple[int, int, int, int, int]:
+    """(value over the 128-bit key field, prefix length, address width, value over the address width,
+    IP version)."""
     width, v = net.max_prefixlen, int(net.network_address)
-    return v << (ADDR_BITS - width), net.prefixlen, width, v
+    return v << (ADDR_BITS - width), net.prefixlen, width, v, net.version
 
 
 def _set_bits(rule: Rule, classes, field_name: str, ref) -> tuple[int, int]:
@@ -141,10 +136,7 @@ def rule_atoms(rule: Rule, classes=None):
     have = _have(rule)
     d = rule.__dict__
     tmask, tval = d["tcp_flags"] or (0, 0)
-    if rule.negated:
-        src, dst, sport, dport, protos = (rule.matching(f) for f in ("src", "dst", "src_port", "dst_port", "protocol"))
-    else:   # matching() is the field as written
-        src, dst, sport, dport, protos = d["src"], d["dst"], d["src_port"], d["dst_port"], d["protocol"]
+    src, dst, protos, sport, dport = rule.matching_negatable()
     smask = sval = dmask = dval = 0   # set bits over src_cls / dst_cls
     if isinstance(src, SetRef):
         smask, sval = _set_bits(rule, classes, "src", src)
@@ -153,8 +145,8 @@ def rule_atoms(rule: Rule, classes=None):
         dmask, dval = _set_bits(rule, classes, "dst", dst)
         dst = None
     # a negated field may match nothing: no atoms then
-    srcs = [_prefix(n) + (n.version,) for n in src] if src is not None else [None]
-    dsts = [_prefix(n) + (n.version,) for n in dst] if dst is not None else [None]
+    srcs = [_prefix(n) for n in src] if src is not None else [None]
+    dsts = [_prefix(n) for n in dst] if dst is not None else [None]
     sports = [b for lo, hi in sport for b in port_blocks(lo, hi)] if sport is not None else [(0, 0)]
     dports = [b for lo, hi in dport for b in port_blocks(lo, hi)] if dport is not None else [(0, 0)]
     it, ic = d["icmp_type"], d["icmp_code"]

@@ -18,7 +18,7 @@ from .model import Hook, HookPolicy, Policy, Reject, Rule
 from .parse import _fmt, checked_for, rule_problem
 from .prefixes import Classes
 from .sets import SetState, addr_elements, hook_sets, ref_problem, set_problem, uses_sets, with_ports
-from .shapes import TooManyShapes, expand, free_bits, plan_shapes
+from .shapes import TooManyShapes, expand, plan_shapes
 from .sources import RuleSources
 
 PRIO_STEP = 1024          # gap between consecutive rules' priorities, so a live insert needs no renumbering
@@ -114,8 +114,12 @@ class CompiledHook:
 
 def atom_keys(atom: Atom, shape: ShapeSpec, gen: int) -> list[bytes]:
     """The bg_cls keys of one atom placed in a shape: its value with every combination of free bits."""
-    tag = L.shape_gen_bits(shape.id, gen)
-    free = free_bits(shape.mask, atom.mask, atom.zero)
+    return _placed_keys(atom, L.shape_gen_bits(shape.id, gen), shape.mask & ~atom.mask)
+
+
+def _placed_keys(atom: Atom, tag: int, extra: int) -> list[bytes]:
+    """atom_keys() given the shape's gen/shape bits (`tag`) and its mask's bits beyond the atom's (`extra`)."""
+    free = extra & ~atom.zero
     if not free:   # most atoms: one key
         return [L.int_key(atom.value | tag)]
     return [L.int_key(v | tag) for v in expand(atom.value, free)]
@@ -237,17 +241,10 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     fit = {m: (L.shape_gen_bits(ids[sm].id, gen), ids[sm].mask & ~m) for m, sm in placement.items()}
     for i, (rid, ra) in enumerate(atoms):   # rules in priority order: the first writer of a key wins
         val = L.ClsValue(out.prios[rid], rid)
-        if len(ra) == 1:
-            (mask, value, zero), = ra
-            tag, extra = fit[mask]
-            free = extra & ~zero
-            keys = [(value | tag).to_bytes(L.KEY_SIZE, "big")] if not free else \
-                [(v | tag).to_bytes(L.KEY_SIZE, "big") for v in expand(value, free)]
-        else:
-            keys = []
-            for a in ra:
-                keys.extend(atom_keys(a, ids[placement[a.mask]], gen))
-            keys = list(dict.fromkeys(keys))   # overlapping lists give a key once
+        if len(ra) == 1:   # one atom's keys are distinct
+            keys = _placed_keys(ra[0], *fit[ra[0].mask])
+        else:   # overlapping lists give a key once
+            keys = list(dict.fromkeys(k for a in ra for k in _placed_keys(a, *fit[a.mask])))
         out.rule_keys[rid] = keys
         if len(keys) > limits.max_rule_entries:
             raise PolicyError(where(("hooks", hook.value, "rules", i)),

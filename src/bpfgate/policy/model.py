@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copyreg
 import ipaddress
+import operator
 import re
 import socket
 from dataclasses import dataclass
@@ -152,6 +153,7 @@ def parse_protocol(item) -> int:
 
 # match fields a rule may negate ("!198.18.0.0/16", "!tcp", "!22"); the compiler expands the complement
 NEGATABLE = ("src", "dst", "protocol", "src_port", "dst_port")
+_NEGATABLE_AS_WRITTEN = operator.itemgetter(*NEGATABLE)
 
 
 def _plain(v) -> bool:
@@ -432,6 +434,13 @@ class Rule(Strict):
 
     def match_fields(self) -> list[str]:
         return [f for f in MATCH_FIELDS if getattr(self, f) is not None]
+
+    def matching_negatable(self) -> tuple:
+        """matching() of each NEGATABLE field (src, dst, protocol, src_port, dst_port), in one call: the
+        compiler asks for them for every rule, and a rule negating none has them as written."""
+        if not self.negated:
+            return _NEGATABLE_AS_WRITTEN(self.__dict__)
+        return tuple(self.matching(f) for f in NEGATABLE)
 
     def matching(self, field: str):
         """The values a packet's field must have to match (None: any): the field as written, or for a

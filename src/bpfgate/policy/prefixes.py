@@ -448,9 +448,8 @@ class Classes:
         named: dict[str, set] = defaultdict(set)
         src4, src6, dst4, dst6 = (cands[t] for t in (L.TREE_SRC4, L.TREE_SRC6, L.TREE_DST4, L.TREE_DST6))
         for rule in rules:
-            d = rule.__dict__
-            for fname, v4, v6 in (("src", src4, src6), ("dst", dst4, dst6)):
-                v = rule.matching(fname) if rule.negated else d[fname]   # as written unless negated
+            src, dst = rule.matching_negatable()[:2]
+            for fname, v, v4, v6 in (("src", src, src4, src6), ("dst", dst, dst4, dst6)):
                 if isinstance(v, tuple):
                     for net in v:
                         (v4 if net.version == 4 else v6).add((int(net.network_address), net.prefixlen))
