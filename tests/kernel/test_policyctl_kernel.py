@@ -177,6 +177,37 @@ def test_attach_takes_the_engine_loaded_while_the_policy_compiled(net, monkeypat
         eng.detach()
 
 
+def test_a_large_sets_engine_is_preloaded_with_its_tables_sized(net, monkeypatch):
+    """A few rules naming a large address set: the engine loaded while the policy compiles has its prefix
+    table preallocated as the compiled policy needs it, so the attach takes it (one load, none after)."""
+    import threading
+
+    from bpfgate.engine import Engine
+    from bpfgate.engine.engine import PREALLOC_MIN
+
+    loads = []
+    load = Engine.load.__func__
+
+    def counted_load(cls, *a, **kw):
+        loads.append(threading.current_thread().name)
+        return load(cls, *a, **kw)
+
+    monkeypatch.setattr(Engine, "load", classmethod(counted_load))
+    n = net
+    p = Policy.model_validate({
+        "interfaces": [n.dev], "sets": {"big": {"type": "addr", "elements": [
+            f"fd00:99::{i >> 16:x}:{i & 0xffff:x}" for i in range(PREALLOC_MIN)]}},
+        "hooks": {"tc-ingress": {"rules": [{"name": "big", "src": "@big", "action": "drop"}, WEB, ALT]}}})
+    policyctl.apply(p, netns=n.ns)
+    try:
+        assert loads == ["bpfgate-preload"]
+        with Engine.open(n.dev, "tc-ingress", n.ns) as eng:
+            assert eng.maps["bg_pfx"].max_entries == 3 * PREALLOC_MIN
+        assert dropped(n, 80) and served(n, 8080)
+    finally:
+        policyctl.remove(netns=n.ns)
+
+
 def test_interface_gone_mid_apply_rolls_back_the_first(net):
     """The second interface disappears between planning and its attach (a real attach failure): the first
     interface, already swapped, is swapped back: its old policy drops again, with real traffic."""

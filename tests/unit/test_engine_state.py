@@ -440,3 +440,19 @@ def rule_data_of(r: Rule) -> dict:
     from bpfgate.policy.ruledata import rule_data
 
     return rule_data(r)
+
+
+def test_a_preloaded_engine_serves_an_attach_whose_tables_it_holds():
+    """Engine.load's arguments of a preload against an attach's: the same programs and arrays, the same
+    tables preallocated with at least the room asked and at most twice it."""
+    from bpfgate.engine.engine import _serves
+
+    kw = {"ct": True, "also": ("bg_ct_track",), "max_entries": {"bg_rules": 16384}, "prealloc": {"bg_pfx": 300_000}}
+    assert _serves(kw, kw)
+    assert _serves(kw, kw | {"prealloc": {"bg_pfx": 150_000}})
+    assert not _serves(kw, kw | {"prealloc": {"bg_pfx": 149_999}})   # more than twice the room: memory held
+    assert not _serves(kw, kw | {"prealloc": {"bg_pfx": 300_003}})   # too small
+    assert not _serves(kw, kw | {"prealloc": {"bg_pfx": 300_000, "bg_cls": 100_000}})
+    assert not _serves(kw, kw | {"prealloc": {}})
+    assert not _serves(kw, kw | {"ct": False})
+    assert not _serves(kw, kw | {"max_entries": {"bg_rules": 32768}})

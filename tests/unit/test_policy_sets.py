@@ -79,6 +79,23 @@ def test_one_rule_over_a_large_set_is_one_entry_and_one_shape():
                                            dst=__import__("ipaddress").ip_address("10.0.0.1"), proto=6)).name == "b"
 
 
+def test_the_stage0_estimate_read_before_compiling_is_what_the_compile_counts():
+    """What an engine loaded beside the compile sizes its prefix table by: each named set once per field
+    naming it, plus the rules' own addresses (at most a few more than the compile counts)."""
+    from bpfgate.policy.sets import stage0_estimate
+
+    els = [f"fd00:{i:x}::/48" for i in range(3_000)] + [f"198.18.{i >> 8}.{i & 255}" for i in range(2_000)]
+    text = ("version: 1\ninterfaces: [eth0]\nsets:\n  big:\n    type: addr\n    elements:\n"
+            + "".join(f'      - "{e}"\n' for e in els)
+            + 'hooks:\n  tc-ingress:\n    rules:\n      - {name: b, src: "@big", action: drop}\n'
+            + '      - {name: c, dst: "@big", action: drop}\n      - {name: d, src: "@big", protocol: udp}\n'
+            + '      - {name: e, src: [198.19.0.0/16, "fd01::/32"], dst: 198.19.1.0/24}\n')
+    hp = _hook(text)
+    counted = compile_hook(hp, Hook.TC_INGRESS).classes.pfx_count()
+    assert stage0_estimate(hp) == 2 * len(els) + 3
+    assert counted <= 2 * len(els) + 3 <= counted + 3   # a /16 may stay in level 0 alone
+
+
 @pytest.mark.parametrize("change, where, reason", [
     ('src: "@blocklist"', 'src: "@nope"', "p.yaml:12 hooks.tc-ingress.rules[0].src: unknown set 'nope'"),
     ('src: "@blocklist"', 'src: "@web"', "rules[0].src: set 'web' is of type port; src needs a set of type addr"),

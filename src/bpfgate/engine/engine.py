@@ -169,18 +169,21 @@ class Engine:
         return [self.obj.program(name) for name in PROGRAMS[self.hook]]
 
     @classmethod
-    def preload(cls, dev: str, hook: Hook | str, rules: int, *, netns_name: str | None = None,
+    def preload(cls, dev: str, hook: Hook | str, rules: int, *, prefixes: int = 0, netns_name: str | None = None,
                 ct: bool = True) -> Preload | None:
-        """Start loading, in a thread, the engine that attach() of a policy of `rules` rules will load on
-        dev/hook (give it as `preloaded`): the kernel verifies its programs (~0.3-0.6 s, the GIL let go) while
-        the caller checks and compiles the policy. None where that load cannot be told yet: a cgroup, an engine
-        of another hook of the device (its flow table is shared), a policy large enough to have its tables
-        preallocated (sized by the compiled policy; its load overlaps the saving of its state instead)."""
+        """Start loading, in a thread, the engine that attach() of a policy of `rules` rules and about
+        `prefixes` stage 0 prefixes (sets.stage0_estimate) will load on dev/hook (give it as `preloaded`): the
+        kernel verifies its programs (~0.3-0.6 s, the GIL let go) while the caller checks and compiles the
+        policy. None where that load cannot be told yet: a cgroup, an engine of another hook of the device (its
+        flow table is shared), a policy with enough rules to have its classifier tables preallocated (sized by
+        the compiled policy; its load overlaps the saving of its state instead)."""
         hook = Hook(hook)
         if hook.on_cgroup or rules >= PREALLOC_MIN or cls._sibling_ct_pin(dev, hook, netns_name) is not None:
             return None
-        # a fresh attach gives the rules slots 0..rules (the default's included); small tables allocate per entry
-        kw = _load_kw(hook, ct, _ct_hooks(dev, netns_name), {}, rule_array_sizes(rules + 1))
+        # a fresh attach gives the rules slots 0..rules (the default's included); small tables allocate per
+        # entry; a large set's prefixes are preallocated as prealloc_for() will size them
+        prealloc = {"bg_pfx": min(3 * prefixes, HASH_MAX)} if prefixes >= PREALLOC_MIN else {}
+        kw = _load_kw(hook, ct, _ct_hooks(dev, netns_name), prealloc, rule_array_sizes(rules + 1))
         return Preload(kw, functools.partial(cls.load, hook, quiet=True, **kw))
 
     @classmethod
@@ -1012,6 +1015,15 @@ def _load_kw(hook: Hook, ct: bool, ct_hooks: set[Hook], prealloc: dict[str, int]
     return {"ct": ct, "also": ("bg_ct_track",) if tracker else (), "prealloc": prealloc, "max_entries": max_entries}
 
 
+def _serves(loaded: dict, wanted: dict) -> bool:
+    """Whether an engine loaded with `loaded` (Engine.load's arguments) serves an attach asking `wanted`: the
+    same programs and arrays, and the same tables preallocated, each with the room asked for and at most twice
+    that (an estimate's surplus; resize.needed shrinks only past SHRINK_OVER times)."""
+    have, need = loaded["prealloc"], wanted["prealloc"]
+    return ({k: v for k, v in loaded.items() if k != "prealloc"} == {k: v for k, v in wanted.items() if k != "prealloc"}
+            and have.keys() == need.keys() and all(need[m] <= have[m] <= 2 * need[m] for m in need))
+
+
 class Preload:
     """An engine loading in a daemon thread (Engine.preload): a process that exits meanwhile does not wait
     for it, and the kernel frees what it made."""
@@ -1028,9 +1040,9 @@ class Preload:
             self.future.set_exception(e)
 
     def take(self, kw: dict | None) -> Future | None:
-        """The load's future when it was made with Engine.load's arguments `kw`; else None, and the engine it
-        makes is closed once made."""
-        if kw == self.kw:
+        """The load's future when what it loads serves Engine.load's arguments `kw` (_serves); else None, and
+        the engine it makes is closed once made."""
+        if kw is not None and _serves(self.kw, kw):
             return self.future
         self.discard()
         return None

@@ -125,3 +125,19 @@ def in_set(sets: dict, ref: SetRef, value) -> bool:
 
 def hook_sets(hp: HookPolicy) -> dict[str, SetState]:
     return {name: SetState.of(sd) for name, sd in hp.sets.items()}
+
+
+def stage0_estimate(hp: HookPolicy) -> int:
+    """About how many prefixes a policy puts in its stage 0 trees (Classes.pfx_count() once compiled): its
+    rules' addresses plus, once per field naming it, each address set's elements. Read before compiling, to
+    size the tables of an engine loaded meanwhile; the compile may merge or add some."""
+    n, named = 0, set()
+    for r in hp.rules:
+        d = r.__dict__
+        for f in ("src", "dst"):
+            v = d[f]
+            if isinstance(v, SetRef):
+                named.add((f, v.name))
+            elif v is not None:
+                n += len(v)
+    return n + sum(len(_elements(hp.sets[name])) for _, name in named if name in hp.sets)

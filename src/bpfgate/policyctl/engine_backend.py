@@ -72,8 +72,9 @@ class EngineBackend:
         """Start loading the engine that attach() will load for `hp` there (Engine.preload): its programs are
         verified while the policy is checked and compiled. Those not attached in this session are closed."""
         from bpfgate.engine import Engine
+        from bpfgate.policy.sets import stage0_estimate
 
-        p = Engine.preload(dev, hook, len(hp.rules), netns_name=netns)
+        p = Engine.preload(dev, hook, len(hp.rules), prefixes=stage0_estimate(hp), netns_name=netns)
         if p is not None:
             self._preloads[(dev, hook, netns)] = p
 
