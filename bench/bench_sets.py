@@ -9,7 +9,9 @@ and one rule dropping its sources, on one veth in a named network namespace (a s
                writes alone (Engine._write_stage): what an agent holding the engine open would pay
   shapes       `policy classifier`'s shapes and lookups before and after 1000 live adds (must not change)
 Peer: `nft -f` of the same elements as two interval sets (collapsed), `nft add element` / `nft delete element`.
-Run as root:  .venv/bin/python bench/bench_sets.py [--elements N] [--reps R]
+Per CLI measured (`--cli LABEL=SRC_DIR`, e.g. a checkout of main before a change; default: this checkout), the
+CLI commands in rounds of every CLI in turn; the in-process figures and shapes are this checkout's.
+Run as root:  .venv/bin/python bench/bench_sets.py [--elements N] [--reps R] [--cli base=/path/src ...]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import ipaddress
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,11 +77,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--elements", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--cli", action="append", default=[], metavar="LABEL=SRC",
+                    help="a bpfgate source tree to measure (PYTHONPATH); default: this checkout as 'now'")
     args = ap.parse_args()
+    clis = [Cli(*c.split("=", 1)) for c in args.cli] or [Cli("now", None)]
     header(f"named sets end to end, {args.elements} elements, {args.reps} reps")
     nets = elements(args.elements)
     free = free_addresses(nets, max(args.reps, 1000))
-    cli = Cli("now", None)
     with Sandbox() as sb, tempfile.TemporaryDirectory() as tmp:
         fw, peer = sb.host("fw"), sb.host("peer")
         dev, ns = sb.link(fw, peer).end(fw).name, fw.netns
@@ -88,8 +93,8 @@ def main() -> None:
         with open(nft_path, "w") as f:
             f.write(nft_text(nets, dev))
         nft = ["ip", "netns", "exec", ns, "nft"]
-        r: dict[str, list] = {k: [] for k in ("apply", "add", "del", "nft_apply", "nft_add", "nft_del",
-                                               "edit", "kernel")}
+        r: dict[str, list] = {k: [] for k in ("nft_apply", "nft_add", "nft_del", "edit", "kernel")}
+        by: dict[str, dict[str, list]] = {c.label: {"apply": [], "add": [], "del": []} for c in clis}
         for i in range(args.reps):
             subprocess.run(nft + ["delete", "table", "inet", "bgsets"], capture_output=True)
             r["nft_apply"].append(timed(nft + ["-f", nft_path])[0])
@@ -98,13 +103,15 @@ def main() -> None:
             r["nft_del"].append(timed(nft + ["delete", "element", *elem])[0])
         subprocess.run(nft + ["delete", "table", "inet", "bgsets"], capture_output=True)
         for i in range(args.reps):
-            subprocess.run([sys.executable, "-m", "bpfgate", "policy", "remove", "--netns", ns], capture_output=True)
-            r["apply"].append(cli.run("apply", "--netns", ns, path)[0])
-            print(f"  apply #{i + 1}: {r['apply'][-1]:.2f} s", flush=True)
-        for i in range(args.reps):
-            r["add"].append(cli.run("set", "add", "blocklist", free[i], "--netns", ns)[0])
-            r["del"].append(cli.run("set", "del", "blocklist", free[i], "--netns", ns)[0])
-            print(f"  set add/del #{i + 1}: {r['add'][-1] * 1000:.0f} / {r['del'][-1] * 1000:.0f} ms", flush=True)
+            for cli in clis[i % len(clis):] + clis[:i % len(clis)]:   # the first one rotates
+                m = by[cli.label]
+                subprocess.run([sys.executable, "-m", "bpfgate", "policy", "remove", "--netns", ns],
+                               env=cli.env, capture_output=True)
+                m["apply"].append(cli.run("apply", "--netns", ns, path)[0])
+                m["add"].append(cli.run("set", "add", "blocklist", free[i], "--netns", ns)[0])
+                m["del"].append(cli.run("set", "del", "blocklist", free[i], "--netns", ns)[0])
+                print(f"  {cli.label} apply #{i + 1}: {m['apply'][-1]:.2f} s; set add/del "
+                      f"{m['add'][-1] * 1000:.0f} / {m['del'][-1] * 1000:.0f} ms", flush=True)
 
         from bpfgate import policyctl
         from bpfgate.engine import Engine
@@ -129,13 +136,17 @@ def main() -> None:
                 eng.edit_set("blocklist", [a], add=False)
         subprocess.run([sys.executable, "-m", "bpfgate", "policy", "remove", "--netns", ns], capture_output=True)
     ms = dict(unit="ms", scale=1000)
-    print(f"\n| operation ({args.elements} elements) | bpfgate | nft |\n|---|---|---|")
-    print(f"| apply, fresh attach | {stat(r['apply'])} | {stat(r['nft_apply'])} |")
-    print(f"| set add, CLI end to end | {stat(r['add'], **ms)} | {stat(r['nft_add'], **ms)} |")
-    print(f"| set del, CLI end to end | {stat(r['del'], **ms)} | {stat(r['nft_del'], **ms)} |")
+    labels = [c.label for c in clis]
+    print(f"\n| operation ({args.elements} elements) | {' | '.join('bpfgate ' + x for x in labels)} | nft |"
+          f"{''.join(f' {x} / nft |' for x in labels)}\n|---|{'---|' * (2 * len(labels) + 1)}")
+    for key, what, unit in (("apply", "apply, fresh attach", {}), ("add", "set add, CLI end to end", ms),
+                            ("del", "set del, CLI end to end", ms)):
+        peer = r["nft_" + key]
+        ratios = "".join(f" {statistics.median(by[x][key]) / statistics.median(peer):.1f}x |" for x in labels)
+        print(f"| {what} | {' | '.join(stat(by[x][key], **unit) for x in labels)} | {stat(peer, **unit)} |{ratios}")
     us = dict(unit="us", scale=1e6)
-    print(f"| set add in-process, engine held open (1000 adds) | {stat(r['edit'], **us)} | |")
-    print(f"| of which kernel writes | {stat(r['kernel'], **us)} | |")
+    print(f"\nset add in-process, engine held open (1000 adds): {stat(r['edit'], **us)}; "
+          f"of which kernel writes {stat(r['kernel'], **us)}")
     probes = lambda rep: {t.tree: t.max_probes for t in rep.stage0}   # noqa: E731
     print(f"\nshapes (hash lookups per packet at most) before / after 1000 live adds: {before.lookups_worst} / "
           f"{after.lookups_worst}; stage 0 probes at most: {probes(before)} / {probes(after)}")

@@ -17,7 +17,7 @@ from .hooks import DEFAULT_NAME
 from .model import Hook, HookPolicy, Policy, Reject, Rule
 from .parse import _fmt, checked_for, rule_problem
 from .prefixes import Classes
-from .sets import SetState, addr_elements, hook_sets, ref_problem, set_problem, uses_sets, with_ports
+from .sets import SetState, hook_sets, ref_problem, set_problem, uses_sets, with_ports
 from .shapes import TooManyShapes, expand, plan_shapes
 from .sources import RuleSources
 
@@ -196,7 +196,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         if problem:
             raise PolicyError(where(("sets", name, "elements", problem[0])), problem[1])
     out.sets = hook_sets(hp)
-    out.classes = _classes(hp, gen, limits, where)
+    out.classes = _classes(hp, out.sets, gen, limits, where)
     checked = checked_for(hp, hook)   # a policy file's rules were checked as it was read
     for i, rule in enumerate(hp.rules):
         loc = ("hooks", hook.value, "rules", i)
@@ -261,13 +261,13 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     return out
 
 
-def _classes(hp: HookPolicy, gen: int, limits: Limits, where) -> Classes:
+def _classes(hp: HookPolicy, sets: dict[str, SetState], gen: int, limits: Limits, where) -> Classes:
     if not limits.classes:
         if any(uses_sets(r) for r in hp.rules):
             raise PolicyError(where(("hooks",)), "named sets need stage 0 prefix classes (Limits.classes)")
         return Classes(gen=gen)
     try:
-        return Classes.of(hp.rules, gen, addr_elements(hp.sets))
+        return Classes.of(hp.rules, gen, {n: s.keys for n, s in sets.items() if s.type == "addr"})
     except ValueError as e:
         raise PolicyError(where(("sets",)), str(e)) from None
 

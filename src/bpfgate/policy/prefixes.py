@@ -213,10 +213,24 @@ class Tree:
         if self.short:
             self.top, self.pfx = self._region(0, 1 << TOP)
             return
-        for b in self.members:
-            top, entries = self.bucket(b)
-            self.top[b] = top
-            self.pfx.update(entries)
+        w, rung, kid, elems, desc = self.width, RUNG[self.width], self.kid, self.elems, self.ladder_desc
+        top, pfx = self.top, self.pfx
+        for b, mem in self.members.items():
+            if len(mem) != 1:
+                top[b], entries = self.bucket(b)
+                pfx.update(entries)
+                continue
+            # bucket() of a bucket holding one prefix (most of a large set's), inline: ~2x faster at 100k
+            (v, n), = mem
+            val = kid.get((v, n), 0) | PRESENT | elems.get((v, n), 0)
+            r = rung[n]
+            if r == n:
+                pfx[(v, r)] = val
+            else:
+                step = 1 << (w - r)
+                for e in range(1 << (r - n)):
+                    pfx[(v + e * step, r)] = val
+            top[b] = (PRESENT, ((1 << (1 << max(SUB_END - n, 0))) - 1) << ((v >> (w - SUB_END)) & SUB_MASK), desc)
 
     def edit_element(self, p: tuple[int, int], bit: int, add: bool) -> tuple[dict, dict, set]:
         """Add or remove one element's set bit; the tables' changes: (level-0 entries by bucket (None: the
@@ -443,7 +457,8 @@ class Classes:
 
     @classmethod
     def of(cls, rules, gen: int = 0, sets=None) -> "Classes":
-        """sets: name -> elements (networks) of the address sets the rules may name."""
+        """sets: name -> elements of the address sets the rules may name, as (version, value, length) keys
+        (SetState.keys)."""
         cands: dict[int, set] = defaultdict(set)
         named: dict[str, set] = defaultdict(set)
         src4, src6, dst4, dst6 = (cands[t] for t in (L.TREE_SRC4, L.TREE_SRC6, L.TREE_DST4, L.TREE_DST6))
@@ -466,9 +481,9 @@ class Classes:
         for f, bits in set_bits.items():
             elems: dict[int, dict] = {tree_of(f, 4): {}, tree_of(f, 6): {}}
             for name, bit in bits.items():
-                for net in (sets or {}).get(name, ()):
-                    e = elems[tree_of(f, net.version)]
-                    p = (int(net.network_address), net.prefixlen)
+                for version, value, plen in (sets or {}).get(name, ()):
+                    e = elems[tree_of(f, version)]
+                    p = (value, plen)
                     e[p] = e.get(p, 0) | bit
             for t, e in elems.items():
                 trees[t] = build_ladder_tree(t, 128 if t & 1 else 32, cands.get(t, set()), e)

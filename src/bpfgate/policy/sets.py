@@ -110,11 +110,6 @@ def _elements(s):
     return s.elements if isinstance(s, (SetDef, SetState)) else s
 
 
-def addr_elements(sets: dict) -> dict[str, tuple]:
-    """name -> networks of the address sets."""
-    return {n: tuple(_elements(s)) for n, s in sets.items() if s.type == "addr"}
-
-
 def in_set(sets: dict, ref: SetRef, value) -> bool:
     """Whether a packet's address (or port) is in the set: the naive classifier's test."""
     s = sets[ref.name]
