@@ -15,7 +15,9 @@ one rotating (median, min-max):
                each fresh apply (the first listing of a new state)
 Peer in the same run and namespace: `nft -f` of the same prefixes as two interval sets (ipv4_addr,
 ipv6_addr; overlapping prefixes collapsed, as an interval set needs) in a fresh table with one drop rule
-per set; `nft add element` / `nft delete element` of one prefix.
+per set; `nft add element` / `nft delete element` of one prefix. And `nft -f` of the file as nft rules, one
+per prefix with a counter, in order (what bpfgate's file says: first match, a counter per rule; nft then
+walks them one by one per packet).
 Run as root:  .venv/bin/python bench/bench_control_plane.py [--rules N] [--reps R] [--cli base=/path/src ...]
 """
 
@@ -72,6 +74,12 @@ def nft_text(nets: list) -> str:
             f"  set b6 {{ type ipv6_addr; flags interval; elements = {{ {v6} }} }}\n"
             "  chain in { type filter hook ingress device %s priority 0; ip saddr @b4 drop; ip6 saddr @b6 drop; }\n"
             "}\n")
+
+
+def nft_rules_text(nets: list) -> str:
+    """The policy as nft rules: one per prefix, in order, each with its counter."""
+    body = "".join(f"    {'ip' if p.version == 4 else 'ip6'} saddr {p} counter drop\n" for p in nets)
+    return "table inet bgbench {\n  chain in {\n    type filter hook ingress device %s priority 0;\n" + body + "  }\n}\n"
 
 
 def timed(argv: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -172,10 +180,12 @@ def free_prefixes(nets: list, n: int) -> list[str]:
     return out
 
 
-def measure_nft(ns: str, dev: str, path: str, reps: int, free: list[str]) -> dict[str, list]:
+def measure_nft(ns: str, dev: str, path: str, rules_path: str, reps: int, free: list[str]) -> dict[str, list]:
     nft = ["ip", "netns", "exec", ns, "nft"]
-    r: dict[str, list] = {"apply": [], "add": [], "del": []}
+    r: dict[str, list] = {"apply": [], "add": [], "del": [], "apply_rules": []}
     for _ in range(reps):
+        subprocess.run(nft + ["delete", "table", "inet", "bgbench"], capture_output=True)
+        r["apply_rules"].append(timed(nft + ["-f", rules_path])[0])
         subprocess.run(nft + ["delete", "table", "inet", "bgbench"], capture_output=True)
         r["apply"].append(timed(nft + ["-f", path])[0])
     for i in range(reps):
@@ -212,24 +222,26 @@ def main() -> None:
         files["json"] = os.path.join(tmp, "a.json")
         with open(files["json"], "w") as f:
             json.dump(yaml.load(policy_text(dev, nets), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), f)
-        nft_path = os.path.join(tmp, "sets.nft")
+        nft_path, nft_rules = os.path.join(tmp, "sets.nft"), os.path.join(tmp, "rules.nft")
         with open(nft_path, "w") as f:
             f.write(nft_text(nets) % dev)
+        with open(nft_rules, "w") as f:
+            f.write(nft_rules_text(nets) % dev)
         elems = sum(1 for _ in ipaddress.collapse_addresses(p for p in nets if p.version == 4)) + sum(
             1 for _ in ipaddress.collapse_addresses(p for p in nets if p.version == 6))
         print(f"# policy file {os.path.getsize(files['a']) / 1e6:.1f} MB, {len(nets)} rules; nft file "
               f"{os.path.getsize(nft_path) / 1e6:.1f} MB, {elems} set elements (collapsed)")
         free = free_prefixes(nets, args.reps)
-        peer_r = measure_nft(ns, dev, nft_path, args.reps, free)
-        print(f"  nft -f: {stat(peer_r['apply'])}", flush=True)
+        peer_r = measure_nft(ns, dev, nft_path, nft_rules, args.reps, free)
+        print(f"  nft -f: {stat(peer_r['apply'])}; as rules: {stat(peer_r['apply_rules'])}", flush=True)
         results: dict[str, dict[str, list]] = {c.label: {} for c in clis}
         for r in range(args.reps):   # rounds of every checkout, the first one rotating: on this machine kind
             # whichever runs second is slower on several rows (memory reclaim, caches), so none is always second
             for c in clis[r % len(clis):] + clis[:r % len(clis)]:
                 for key, vals in measure_cli(c, ns, dev, files, 1, free[r:r + 1]).items():
                     results[c.label].setdefault(key, []).extend(vals)
-        peer_r2 = measure_nft(ns, dev, nft_path, args.reps, free)   # the peer again, after: the machine's load drifts
-    nft_apply = peer_r["apply"] + peer_r2["apply"]
+        peer_r2 = measure_nft(ns, dev, nft_path, nft_rules, args.reps, free)   # the peer again, after: the machine's load drifts
+    nft_apply, nft_rules_apply = peer_r["apply"] + peer_r2["apply"], peer_r["apply_rules"] + peer_r2["apply_rules"]
     nft_add, nft_del = peer_r["add"] + peer_r2["add"], peer_r["del"] + peer_r2["del"]
     print()
     labels = list(results)
@@ -237,6 +249,7 @@ def main() -> None:
           " | ".join(f"{lb} / nft" for lb in labels) + " |")
     print("|---" * (2 + 2 * len(labels)) + "|")
     rows = [("apply, fresh attach", "apply", nft_apply),
+            ("apply, fresh attach (peer: nft -f of the rules, one per prefix)", "apply", nft_rules_apply),
             ("apply, fresh attach, the file as JSON", "apply_json", nft_apply),
             ("apply again, no change", "reapply", None), ("apply, 10 rules changed", "change10", None), ("rule add", "add", nft_add),
             ("rule del", "del", nft_del), ("rules --json", "rules", None),
@@ -244,7 +257,7 @@ def main() -> None:
     for title, key, peer_v in rows:
         cells = [stat(results[lb][key]) for lb in labels]
         peer_cell = stat(peer_v, "ms", 1000) if peer_v else ""
-        ratios = [f"{statistics.median(results[lb][key]) / statistics.median(peer_v):.0f}x" if peer_v else ""
+        ratios = [f"{statistics.median(results[lb][key]) / statistics.median(peer_v):.1f}x" if peer_v else ""
                   for lb in labels]
         print(f"| {title} | " + " | ".join(cells) + f" | {peer_cell} | " + " | ".join(ratios) + " |")
     for title, key in (("peak RSS, apply", "apply_rss"), ("peak RSS, 10-rule change", "change10_rss"),

@@ -201,6 +201,30 @@ def test_a_live_add_past_the_maps_grows_them(web, tight):
     assert n.client.http_get(f"http://{n.ip4}:{WEB}/").ok
 
 
+def test_a_live_replace_past_a_table_grows_it(web, monkeypatch):
+    """Classifier and prefix tables made tight at attach (the engine sizes them 4x the policy, at least 64k
+    entries): a replace whose rule needs more entries than they have room for swaps the policy with it
+    into grown tables."""
+    from bpfgate.engine import engine as engine_mod
+
+    n = web
+    monkeypatch.setattr(engine_mod, "hash_sizes", lambda c, prealloc: {
+        m: k + 2 for m, k in engine_mod._table_entries(c).items() if m not in prealloc})
+    policyctl.apply(sized(n.dev, 50), netns=n.ns, start_watcher=False)
+    monkeypatch.undo()
+    wide = Rule.model_validate({"name": "udp-denied", "protocol": "udp", "dst_port": DENIED, "action": "drop",
+                                "src": [f"198.19.{i}.0/24" for i in range(64)] + ["198.18.0.0/15"]})
+    with closing(Engine.open(n.dev, HOOK, n.ns)) as eng:
+        caps0, prog0 = {m: eng.maps[m].max_entries for m in engine_mod.HASH_TABLES}, eng.prog_id
+        eng.replace_rule("udp-denied", wide)
+    with closing(Engine.open(n.dev, HOOK, n.ns)) as eng:
+        caps1 = {m: eng.maps[m].max_entries for m in engine_mod.HASH_TABLES}
+        assert any(caps1[m] > caps0[m] for m in caps0) and eng.prog_id != prog0 and attached_prog(n) == eng.prog_id
+    rules = policyctl.running(n.ns)[(n.dev, HOOK)].rules
+    assert len(rules) == 50 and rules[3] == wide
+    assert n.client.http_get(f"http://{n.ip4}:{WEB}/").ok
+
+
 def test_an_xdp_engine_grows_in_place(web, engines, tight):
     from bpfgate.kernel import netlink
 

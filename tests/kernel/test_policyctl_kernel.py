@@ -179,11 +179,12 @@ def test_attach_takes_the_engine_loaded_while_the_policy_compiled(net, monkeypat
 
 def test_a_large_sets_engine_is_preloaded_with_its_tables_sized(net, monkeypatch):
     """A few rules naming a large address set: the engine loaded while the policy compiles has its prefix
-    table preallocated as the compiled policy needs it, so the attach takes it (one load, none after)."""
+    table preallocated as the compiled policy needs it and its other tables at their smallest, so the attach
+    takes it (one load, none after)."""
     import threading
 
     from bpfgate.engine import Engine
-    from bpfgate.engine.engine import PREALLOC_MIN
+    from bpfgate.engine.engine import HASH_MIN, PREALLOC_MIN
 
     loads = []
     load = Engine.load.__func__
@@ -203,6 +204,8 @@ def test_a_large_sets_engine_is_preloaded_with_its_tables_sized(net, monkeypatch
         assert loads == ["bpfgate-preload"]
         with Engine.open(n.dev, "tc-ingress", n.ns) as eng:
             assert eng.maps["bg_pfx"].max_entries == 3 * PREALLOC_MIN
+            # the tables allocated per entry are sized for the policy too: their buckets take memory up front
+            assert eng.maps["bg_cls"].max_entries == eng.maps["bg_cls_short"].max_entries == HASH_MIN
         assert dropped(n, 80) and served(n, 8080)
     finally:
         policyctl.remove(netns=n.ns)

@@ -72,7 +72,9 @@ def rule_array_sizes(slots: int) -> dict[str, int]:
 
 
 PREALLOC_MIN = 1 << 15   # entries from which bg_cls / bg_cls_short / bg_pfx are preallocated
-HASH_MAX = R.C.BG_HASH_MAX  # their size when allocated per entry
+HASH_MAX = R.C.BG_HASH_MAX  # their largest size when allocated per entry (a detached load's size)
+HASH_MIN = 1 << 16          # their smallest size when attached
+HASH_TABLES = (*L.CLS_MAPS, "bg_pfx")
 
 
 def cls_entries(conf: L.Conf) -> dict[str, int]:
@@ -85,8 +87,20 @@ def prealloc_for(compiled: CompiledHook) -> dict[str, int]:
     """Hash table sizes for a policy: large tables are preallocated (inserts ~2x faster: 100k rules load in
     < 100 ms) with room for a swap to a policy of the same size plus half again; small ones allocate per
     entry (up to 2M). Past the room, an attached engine resizes its maps (resize.py); a detached one refuses."""
-    sizes = cls_entries(compiled.conf()) | {"bg_pfx": compiled.classes.pfx_count()}
-    return {name: min(3 * n, HASH_MAX) for name, n in sizes.items() if n >= PREALLOC_MIN}
+    return {name: min(3 * n, HASH_MAX) for name, n in _table_entries(compiled).items() if n >= PREALLOC_MIN}
+
+
+def hash_sizes(compiled: CompiledHook, prealloc: dict[str, int]) -> dict[str, int]:
+    """Sizes of the hash tables allocated per entry (those not in `prealloc`). The kernel allocates a
+    table's buckets for its whole size when it creates it (16 B an entry: 32 MB at 2M entries, ~100 MB for an
+    engine's three), so each is sized for the policy with room for a swap and edits (x4, a power of two, at
+    least HASH_MIN: 1 MB); past it, an attached engine resizes its maps (resize.py)."""
+    return {name: min(max(HASH_MIN, 1 << (4 * n - 1).bit_length()), HASH_MAX)
+            for name, n in _table_entries(compiled).items() if name not in prealloc}
+
+
+def _table_entries(compiled: CompiledHook) -> dict[str, int]:
+    return cls_entries(compiled.conf()) | {"bg_pfx": compiled.classes.pfx_count()}
 
 
 def _set_map_flags(obj: BpfObject, name: str, flags: int) -> None:
@@ -183,7 +197,8 @@ class Engine:
         # a fresh attach gives the rules slots 0..rules (the default's included); small tables allocate per
         # entry; a large set's prefixes are preallocated as prealloc_for() will size them
         prealloc = {"bg_pfx": min(3 * prefixes, HASH_MAX)} if prefixes >= PREALLOC_MIN else {}
-        kw = _load_kw(hook, ct, _ct_hooks(dev, netns_name), prealloc, rule_array_sizes(rules + 1))
+        sizes = rule_array_sizes(rules + 1) | {m: HASH_MIN for m in HASH_TABLES if m not in prealloc}
+        kw = _load_kw(hook, ct, _ct_hooks(dev, netns_name), prealloc, sizes)
         return Preload(kw, functools.partial(cls.load, hook, quiet=True, **kw))
 
     @classmethod
@@ -211,8 +226,9 @@ class Engine:
             policy or HookPolicy(default="allow"), hook, limits=limits,
             ifindex=lambda name: netlink.ifindex(name, netns_name))
         ct_hooks = _ct_hooks(dev, netns_name)
-        kw = _load_kw(hook, ct, ct_hooks, prealloc_for(compiled) if prealloc is None else prealloc,
-                      rule_array_sizes(max(compiled.rules) + 1))
+        prealloc = prealloc_for(compiled) if prealloc is None else prealloc
+        kw = _load_kw(hook, ct, ct_hooks, prealloc,
+                      rule_array_sizes(max(compiled.rules) + 1) | hash_sizes(compiled, prealloc))
         tracker = "bg_ct_track" in kw["also"]
         reuse = {}
         shared = cls._sibling_ct(dev, hook, netns_name)   # one flow table per interface, shared by its hooks
@@ -363,7 +379,8 @@ class Engine:
         """Attach a tracker sharing this device's bg_ct and record it in the ingress engines' meta, so
         the last of them to detach removes it (as if it had attached it)."""
         loaded = Engine.load(Hook.TC_INGRESS, ct=True, reuse={"bg_ct": self.maps["bg_ct"].fd},
-                             max_entries=rule_array_sizes(1), only=("bg_ct_track",))
+                             max_entries=rule_array_sizes(1) | dict.fromkeys(HASH_TABLES, HASH_MIN),
+                             only=("bg_ct_track",))
         try:
             att = _attach_tracker(loaded.obj.program("bg_ct_track"), self.dev, self.netns)
         finally:
@@ -567,14 +584,25 @@ class Engine:
         return default_of(self._live().c)
 
     def replace_rule(self, name: str, rule: Rule) -> Diff:
-        with self._editing():
-            live = self._live()
-            if rule_action(rule, self._ifindex) != live.c.rules[live.rule_id(name)]:
-                self._room_for_slot()   # a changed action takes a fresh slot
-            diff = live.replace(name, rule)
-            self.apply_diff(diff)
-            self._journal("replace", name=name, rule=rule, slots=self._slots([rule.name]))
-            return diff
+        """Replace rule `name` live. Past the room of the maps, the policy with the rule replaced is swapped
+        in with maps sized for it, as add_rule; the Diff is then empty."""
+        try:
+            with self._editing():
+                live = self._live()
+                if rule_action(rule, self._ifindex) != live.c.rules[live.rule_id(name)]:
+                    self._room_for_slot()   # a changed action takes a fresh slot
+                diff = live.replace(name, rule)
+                self.apply_diff(diff)
+                self._journal("replace", name=name, rule=rule, slots=self._slots([rule.name]))
+                return diff
+        except NoRoom:
+            if self.store is None:
+                raise
+        with self._editing():   # the failed edit re-read the saved state: the running policy
+            rules = [rule if r.name == name else r for r in (self.live.c.source[rid] for _p, rid in self.live.order)]
+            self._swap(HookPolicy(default=self._default(), rules=tuple(rules),
+                                  sets={n: st.definition() for n, st in self.live.c.sets.items()}))
+            return Diff()
 
     def _sync(self) -> None:
         """Readers catch up with edits other processes made (not called inside an edit: flock is not

@@ -1,7 +1,7 @@
 """A whole-policy swap that does not fit the running engine's maps (or fits tables many times smaller) grows
 or shrinks them, atomically, with no moment without a policy.
 
-Maps cannot change size once created, and the engine sizes its rule arrays (and preallocated bg_cls/bg_pfx)
+Maps cannot change size once created, and the engine sizes its rule arrays and classifier and prefix tables
 for the policy it was attached with. Such a swap loads a second engine object whose sized maps fit the new
 policy and which shares every other map with the running one (the flow table, ring buffers, per-source rate
 buckets, stats, switches: SHARED), writes the new policy into it whole, carries the counters and rate buckets
@@ -50,17 +50,18 @@ _READ_CHUNK = 1 << 14
 def needed(eng: Engine, old: CompiledHook, new: CompiledHook) -> bool:
     """Whether swapping `new` in needs other maps: it does not fit the running ones beside `old` (an in-place
     swap holds both generations until the flip), or they are SHRINK_OVER times larger than it needs."""
-    from .engine import HASH_MAX, cls_entries, prealloc_for, rule_array_sizes
+    from .engine import HASH_MAX, cls_entries, hash_sizes, prealloc_for, rule_array_sizes
 
     slots = eng.maps["bg_rules"].max_entries
     if max(new.rules) >= slots:
         return True
-    want = prealloc_for(new)
+    prealloc = prealloc_for(new)
+    want = prealloc | hash_sizes(new, prealloc)
     both = (cls_entries(eng._live().conf), cls_entries(new.conf()))   # eng's live generation is `old`
     for name, n in (*((m, both[0][m] + both[1][m]) for m in both[0]),
                     ("bg_pfx", old.classes.pfx_count() + new.classes.pfx_count())):
         cap = eng.maps[name].max_entries
-        if n > cap or (cap < HASH_MAX and cap > SHRINK_OVER * want.get(name, 0)):
+        if n > cap or (cap < HASH_MAX and cap > SHRINK_OVER * want[name]):
             return True   # too small, or preallocated (memory held) far past what the new policy needs
     return slots > SHRINK_OVER * rule_array_sizes(len(new.rules) + 1)["bg_rules"]
 
@@ -68,7 +69,7 @@ def needed(eng: Engine, old: CompiledHook, new: CompiledHook) -> bool:
 def resize(eng: Engine, new: CompiledHook, hp: HookPolicy | None) -> CompiledHook:
     """Swap `new` (compiled against the running generation) in with maps sized for it. Called inside the
     engine's edit lock. Returns the compiled policy that runs."""
-    from .engine import MAX_RULE_SLOTS, PROGRAMS, Engine, NoRoom, pin_dir, prealloc_for, rule_array_sizes
+    from .engine import MAX_RULE_SLOTS, PROGRAMS, Engine, NoRoom, hash_sizes, pin_dir, prealloc_for, rule_array_sizes
 
     old, limits = eng._live().c, eng._live().limits
     same_slots = True
@@ -79,10 +80,11 @@ def resize(eng: Engine, new: CompiledHook, hp: HookPolicy | None) -> CompiledHoo
         raise NoRoom("rules", f"the engine holds at most {MAX_RULE_SLOTS} rule slots and this policy needs "
                      f"{max(new.rules) + 1}")
     pairs = _carried(old, new, same_slots)
+    prealloc = prealloc_for(new)
     meta = eng.store.load_meta()
     nxt = Engine.load(eng.hook, ct=bool(meta.get("ct", True)),
                       reuse={name: eng.maps[name].fd for name in SHARED if name in eng.maps},
-                      prealloc=prealloc_for(new), max_entries=rule_array_sizes(max(new.rules) + 1))
+                      prealloc=prealloc, max_entries=rule_array_sizes(max(new.rules) + 1) | hash_sizes(new, prealloc))
     pdir = pin_dir(eng.dev, eng.hook, eng.netns)
     committed = False
     try:
