@@ -140,6 +140,34 @@ def test_cidrs_read_as_ipaddress_reads_them(text):
         assert got == want and type(got) is type(want) and str(got) == str(want)
 
 
+def test_networks_are_built_as_the_ipaddress_constructor_builds_them():
+    """model._network (what reading and loading back rules build 100k networks with) against the constructor:
+    the same value, attributes, text and refusals, for random values and lengths of both families."""
+    import random
+
+    from bpfgate.policy.model import _exact_network, _network
+
+    rng = random.Random(5)
+    for _ in range(4000):
+        version = rng.choice((4, 6))
+        width = 32 if version == 4 else 128
+        plen = rng.choice((0, 1, width - 1, width, rng.randint(0, width)))
+        value = rng.getrandbits(width)
+        if rng.random() < 0.8:
+            value = value >> (width - plen) << (width - plen) if plen else 0
+        try:
+            want = _exact_network(version, value, plen)
+        except ValueError:
+            with pytest.raises(ValueError):
+                _network(version, value, plen)
+            continue
+        got = _network(version, value, plen)
+        assert (got, type(got), str(got), hash(got), vars(got).keys()) == (want, type(want), str(want), hash(want),
+                                                                           vars(want).keys())
+        if plen >= width - 1:
+            assert list(got.hosts()) == list(want.hosts())
+
+
 def test_rules_read_from_a_file_share_their_fields_set_and_a_copy_changes_its_own():
     text = ("version: 1\ninterfaces: [eth0]\nhooks:\n  tc-ingress:\n    rules:\n"
             "      - {name: a, src: 198.18.0.0/24, action: drop}\n      - {name: b, src: 198.18.1.0/24, action: drop}\n"

@@ -22,8 +22,46 @@ from .hooks import CGROUP_HOOKS, SOCKET_HOOKS, Hook  # noqa: F401 - the models' 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
-def _network(version: int, value: int, plen: int) -> Network:
+def _exact_network(version: int, value: int, plen: int) -> Network:
     return (ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network)((value, plen))
+
+
+_FAMILY = {4: (ipaddress.IPv4Network, ipaddress.IPv4Address), 6: (ipaddress.IPv6Network, ipaddress.IPv6Address)}
+
+
+def _quick_network(version: int, value: int, plen: int) -> Network:
+    """What IPv4Network/IPv6Network((value, plen)) makes, without its argument parsing: ~2-3x faster (100k
+    rules read or loaded back build 100k networks). It sets the attributes the constructor sets; at import
+    it is compared with the constructor, which is used instead if this Python's ipaddress differs."""
+    cls, addr = _FAMILY[version]
+    net = object.__new__(cls)
+    net.network_address = addr(value)
+    net.netmask, net._prefixlen = cls._make_netmask(plen)   # refuses a length out of range, as the constructor
+    if value & net.netmask._ip != value:
+        raise ValueError(f"{net} has host bits set")
+    if plen >= cls._max_prefixlen - 1:
+        net.hosts = net.__iter__ if plen < cls._max_prefixlen else (lambda: [addr(value)])
+    return net
+
+
+def _quick_is_exact() -> bool:
+    try:
+        for version, value, plen in ((4, 0xC6120000, 15), (4, 0xC6120001, 32), (4, 0xC6120002, 31), (4, 0, 0),
+                                     (6, 0xFD << 120, 8), (6, 5, 128), (6, 4, 127)):
+            a, b = _quick_network(version, value, plen), _exact_network(version, value, plen)
+            if (a != b or hash(a) != hash(b) or str(a) != str(b) or vars(a).keys() != vars(b).keys()
+                    or a.netmask != b.netmask or a.prefixlen != b.prefixlen
+                    or plen >= a.max_prefixlen - 1 and list(a.hosts()) != list(b.hosts())):
+                return False
+        _quick_network(4, 0xC6120001, 31)
+    except ValueError:   # the host bits refused, as the constructor refuses them
+        return True
+    except Exception:  # noqa: BLE001 - any other difference: use the constructor
+        return False
+    return False
+
+
+_network = _quick_network if _quick_is_exact() else _exact_network
 
 
 def _reduce_network(net: Network):
@@ -62,12 +100,11 @@ def parse_network(item) -> Network:
     try:
         m = _V4_CIDR.fullmatch(text)
         if m:
-            return ipaddress.IPv4Network((int.from_bytes(socket.inet_aton(m.group(1)), "big"),
-                                          int(m.group(2) or 32)))
+            return _network(4, int.from_bytes(socket.inet_aton(m.group(1)), "big"), int(m.group(2) or 32))
         m = _V6_CIDR.fullmatch(text)
         if m:   # hex and colons only (no embedded IPv4, no scope): inet_pton and ipaddress agree on these
-            return ipaddress.IPv6Network((int.from_bytes(socket.inet_pton(socket.AF_INET6, m.group(1)), "big"),
-                                          int(m.group(2) or 128)))
+            return _network(6, int.from_bytes(socket.inet_pton(socket.AF_INET6, m.group(1)), "big"),
+                            int(m.group(2) or 128))
         if ":" in text:
             return ipaddress.IPv6Network(text)
     except (ValueError, OSError):
