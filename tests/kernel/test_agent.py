@@ -39,9 +39,9 @@ def drop_port(dev: str, port: int, extra: list[dict] = ()) -> str:
 
 
 class AgentProc:
-    def __init__(self, web, policy_dir, state_dir):
+    def __init__(self, web, policy_dir, state_dir, interval: float = INTERVAL):
         self.args = [sys.executable, "-m", "bpfgate.cli.main", "agent", "--policy-dir", str(policy_dir),
-                     "--netns", web.ns, "--listen", "127.0.0.1:0", "--interval", str(INTERVAL),
+                     "--netns", web.ns, "--listen", "127.0.0.1:0", "--interval", str(interval),
                      "--state-dir", str(state_dir)]
         self.p = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[dict] = []
@@ -94,8 +94,8 @@ def agent_env(web, tmp_path):
     d.mkdir()
     agents: list[AgentProc] = []
 
-    def start() -> AgentProc:
-        a = AgentProc(web, d, state)
+    def start(interval: float = INTERVAL) -> AgentProc:
+        a = AgentProc(web, d, state, interval)
         agents.append(a)
         return a
     try:
@@ -178,6 +178,27 @@ def test_agent_repairs_drift_and_follows_interface_patterns(agent_env):
     n.server.run(["ip", "link", "set", "eth7", "up"], check=True)
     assert until(lambda: ("eth7", "tc-ingress") in {(dv, h.value) for dv, h in Engine.attached(n.ns)})
     # it goes again: its engine is detached
+    n.server.run(["ip", "link", "del", "eth7"], check=True)
+    assert until(lambda: "eth7" not in {dv for dv, _ in Engine.attached(n.ns)})
+    assert a.stop() == 0
+
+
+def test_a_file_written_or_an_interface_appearing_starts_a_round_at_once(agent_env):
+    """Rounds an hour apart: the agent still acts at once when a policy file is saved (inotify) and when an
+    interface matching a pattern appears or goes (rtnetlink link events)."""
+    n, d, start = agent_env
+    (d / "all.yaml").write_text(drop_port("eth*", 8080))
+    a = start(interval=3600)
+    assert a.wait_log(lambda e: e["msg"] == "agent started")["watching"] is True
+    assert until(lambda: "no-8080" in rule_names(n))   # the first round, at start
+    tmp = d / ".all.yaml.tmp"
+    tmp.write_text(drop_port("eth*", 8081))
+    tmp.rename(d / "all.yaml")   # replaced atomically, as an editor or a ConfigMap update does
+    assert until(lambda: "no-8081" in rule_names(n)) and dropped(n, 8081)
+    (d / "all.yaml").write_text(drop_port("eth*", 8082))   # written in place
+    assert until(lambda: "no-8082" in rule_names(n))
+    n.server.run(["ip", "link", "add", "eth7", "type", "veth", "peer", "name", "bgpeer7"], check=True)
+    assert until(lambda: ("eth7", "tc-ingress") in {(dv, h.value) for dv, h in Engine.attached(n.ns)})
     n.server.run(["ip", "link", "del", "eth7"], check=True)
     assert until(lambda: "eth7" not in {dv for dv, _ in Engine.attached(n.ns)})
     assert a.stop() == 0

@@ -1,7 +1,8 @@
 """The agent: one long-running owner of the policy engines of a network namespace, reconciling them with a
 policy directory.
 
-Each round (every --interval seconds, at once on SIGHUP) reads every policy file, and for each file whose
+Each round (every --interval seconds; at once on SIGHUP, and when a file of the directory is written or an
+interface of the namespace appears or goes: watch.py) reads every policy file, and for each file whose
 text or expanded interfaces changed, or whose engines are missing from the kernel (a filter someone
 removed, an interface that went and came back), applies it through the control plane (policyctl: its
 lock, its checks, its all-or-nothing swap). A file that fails to read or to apply is reported and nothing

@@ -22,7 +22,8 @@ def register(app: click.Group) -> None:
     @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="ADDR:PORT",
                   help="/healthz, /readyz and /metrics (loopback unless you name another address; port 0: any)")
     @click.option("--interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
-                  metavar="SECONDS", help="How often to reconcile (SIGHUP: at once).")
+                  metavar="SECONDS", help="How often to reconcile; a file of DIR written or an interface appearing "
+                  "or going (and SIGHUP) starts a round at once.")
     @click.option("--state-dir", default=None, metavar="DIR", help="Where the agent keeps its lock, socket and "
                   "record of what it applied [default: $BPFGATE_AGENT_DIR or /run/bpfgate/agent]; the CLI finds "
                   "a running agent there.")
@@ -36,6 +37,7 @@ def register(app: click.Group) -> None:
         from bpfgate.agent.api import Api
         from bpfgate.agent.daemon import log
         from bpfgate.agent.http import Server
+        from bpfgate.agent.watch import watch
         from bpfgate.errors import NotFound
         from bpfgate.kernel import netlink
 
@@ -55,18 +57,24 @@ def register(app: click.Group) -> None:
             host, port = server.serve(listen)
             api = Api(agent)
             sock = api.serve()
+            watcher, unwatched = watch(agent.policy_dir, netns, agent.wake)
+            if watcher is None:
+                log("warning", "not watching the directory and interfaces: acting every --interval only",
+                    error=unwatched)
             stop = threading.Event()
             handlers = {signal.SIGTERM: lambda *_: stop.set() or agent.wake(),
                         signal.SIGINT: lambda *_: stop.set() or agent.wake(),
                         signal.SIGHUP: lambda *_: agent.wake()}
             old = {s: signal.signal(s, h) for s, h in handlers.items()}
             log("info", "agent started", pid=os.getpid(), policy_dir=agent.policy_dir, netns=netns,
-                listen=f"{host}:{port}", socket=sock, interval=interval)
+                listen=f"{host}:{port}", socket=sock, interval=interval, watching=watcher is not None)
             try:
                 agent.run(interval, stop)
             finally:
                 for s, h in old.items():
                     signal.signal(s, h)
+                if watcher is not None:
+                    watcher.close()
                 api.close()
                 server.close()
                 log("info", "agent stopped; the engines keep running from their pins")
