@@ -211,6 +211,31 @@ def test_a_large_sets_engine_is_preloaded_with_its_tables_sized(net, monkeypatch
         policyctl.remove(netns=n.ns)
 
 
+def test_the_agents_backend_keeps_the_next_engine_verified(net):
+    """Held engines (the agent): after an attach the backend loads the next such engine ahead, and an attach
+    on another interface takes it (a new interface of a pattern waits for no verifier); closing the
+    backend closes what it loaded ahead."""
+    from bpfgate.engine import Engine
+
+    n = net
+    b = EngineBackend(hold=True)
+    try:
+        policyctl.apply(pol([n.dev], [WEB]), netns=n.ns, backend=b, start_watcher=False)
+        spares = list(b._spares.values())
+        assert len(spares) == 1 and spares[0].future.result(timeout=scaled(60)).program.id
+        ready = spares[0].future.result().program.id
+        policyctl.apply(pol([n.dev, n.dev2], [WEB]), netns=n.ns, backend=b, start_watcher=False)
+        with Engine.open(n.dev2, "tc-ingress", n.ns) as eng:
+            assert eng.prog_id == ready
+        assert dropped(n, 80)
+        (nxt,) = b._spares.values()
+        assert nxt is not spares[0]
+    finally:
+        b.close()
+        policyctl.remove(netns=n.ns)
+    assert not b._spares and until(lambda: nxt.future.done() and nxt.future.result().obj is None)
+
+
 def test_interface_gone_mid_apply_rolls_back_the_first(net):
     """The second interface disappears between planning and its attach (a real attach failure): the first
     interface, already swapped, is swapped back: its old policy drops again, with real traffic."""

@@ -188,9 +188,16 @@ class Engine:
         """Start loading, in a thread, the engine that attach() of a policy of `rules` rules and about
         `prefixes` stage 0 prefixes (sets.stage0_estimate) will load on dev/hook (give it as `preloaded`): the
         kernel verifies its programs (~0.3-0.6 s, the GIL let go) while the caller checks and compiles the
-        policy. None where that load cannot be told yet: a cgroup, an engine of another hook of the device (its
-        flow table is shared), a policy with enough rules to have its classifier tables preallocated (sized by
-        the compiled policy; its load overlaps the saving of its state instead)."""
+        policy. None where that load cannot be told yet (preload_kw)."""
+        kw = cls.preload_kw(dev, hook, rules, prefixes=prefixes, netns_name=netns_name, ct=ct)
+        return None if kw is None else Preload.start(Hook(hook), kw)
+
+    @classmethod
+    def preload_kw(cls, dev: str, hook: Hook | str, rules: int, *, prefixes: int = 0,
+                   netns_name: str | None = None, ct: bool = True) -> dict | None:
+        """Engine.load's arguments for preload(); None for a cgroup, an engine of another hook of the device
+        (its flow table is shared), a policy with enough rules to have its classifier tables preallocated
+        (sized by the compiled policy; its load overlaps the saving of its state instead)."""
         hook = Hook(hook)
         if hook.on_cgroup or rules >= PREALLOC_MIN or cls._sibling_ct_pin(dev, hook, netns_name) is not None:
             return None
@@ -198,8 +205,7 @@ class Engine:
         # entry; a large set's prefixes are preallocated as prealloc_for() will size them
         prealloc = {"bg_pfx": min(3 * prefixes, HASH_MAX)} if prefixes >= PREALLOC_MIN else {}
         sizes = rule_array_sizes(rules + 1) | {m: HASH_MIN for m in HASH_TABLES if m not in prealloc}
-        kw = _load_kw(hook, ct, _ct_hooks(dev, netns_name), prealloc, sizes)
-        return Preload(kw, functools.partial(cls.load, hook, quiet=True, **kw))
+        return _load_kw(hook, ct, _ct_hooks(dev, netns_name), prealloc, sizes)
 
     @classmethod
     def attach(cls, dev: str, hook: Hook | str, policy: HookPolicy | CompiledHook | None = None, *,
@@ -1058,8 +1064,14 @@ class Preload:
 
     def __init__(self, kw: dict, load) -> None:
         self.kw = kw
+        self.served = False   # an attach took it
         self.future: Future = Future()
         threading.Thread(target=self._run, args=(load,), name="bpfgate-preload", daemon=True).start()
+
+    @classmethod
+    def start(cls, hook: Hook, kw: dict) -> "Preload":
+        """Load an engine for `hook` with Engine.load's arguments `kw` (Engine.preload_kw)."""
+        return cls(kw, functools.partial(Engine.load, hook, quiet=True, **kw))
 
     def _run(self, load) -> None:
         try:
@@ -1071,6 +1083,7 @@ class Preload:
         """The load's future when what it loads serves Engine.load's arguments `kw` (_serves); else None, and
         the engine it makes is closed once made."""
         if kw is not None and _serves(self.kw, kw):
+            self.served = True
             return self.future
         self.discard()
         return None

@@ -39,11 +39,16 @@ class EngineBackend:
         self._unopenable: dict = {}   # held: key -> state version keep_open() failed to open
         self.repaired: list[str] = []     # engines found cut short by a killed edit and repaired on opening
         self._preloads: dict = {}   # key -> Preload: engines loading for the attaches of this session
+        self._spares: dict = {}     # held: (hook, load arguments) -> Preload of the engine the next attach
+        #                             like the last one takes (a new interface of a pattern: no verifier wait)
 
     def close(self) -> None:
         """Close the held engines (the agent's shutdown); their programs keep running from the pins."""
         held, self._held = self._held, ({} if self._held is not None else None)
         self._applied.clear()
+        spares, self._spares = self._spares, {}
+        for p in spares.values():
+            p.discard()
         for eng, _version in (held or {}).values():
             eng.close()
 
@@ -72,11 +77,13 @@ class EngineBackend:
         """Start loading the engine that attach() will load for `hp` there (Engine.preload): its programs are
         verified while the policy is checked and compiled. Those not attached in this session are closed."""
         from bpfgate.engine import Engine
+        from bpfgate.engine.engine import Preload
         from bpfgate.policy.sets import stage0_estimate
 
-        p = Engine.preload(dev, hook, len(hp.rules), prefixes=stage0_estimate(hp), netns_name=netns)
-        if p is not None:
-            self._preloads[(dev, hook, netns)] = p
+        kw = Engine.preload_kw(dev, hook, len(hp.rules), prefixes=stage0_estimate(hp), netns_name=netns)
+        if kw is not None:
+            spare = self._spares.pop((hook, repr(kw)), None)
+            self._preloads[(dev, hook, netns)] = spare or Preload.start(hook, kw)
 
     def _discard_preloads(self) -> None:
         preloads, self._preloads = self._preloads, {}
@@ -266,10 +273,14 @@ class EngineBackend:
                compiled: CompiledHook | None = None) -> None:
         from bpfgate.engine import Engine
 
+        from bpfgate.engine.engine import Preload
+
         self._forget(dev, hook, netns)
         policy = compiled if compiled is not None else hp
-        Engine.attach(dev, hook, policy, netns_name=netns, mode=engine_mode(hook, mode),
-                      preloaded=self._preloads.pop((dev, hook, netns), None)).close()
+        pre = self._preloads.pop((dev, hook, netns), None)
+        Engine.attach(dev, hook, policy, netns_name=netns, mode=engine_mode(hook, mode), preloaded=pre).close()
+        if self._held is not None and pre is not None and pre.served:   # the agent: verified ahead of need
+            self._spares.setdefault((hook, repr(pre.kw)), Preload.start(hook, pre.kw))
 
     def swap(self, dev: str, hook: Hook, netns: str | None, hp: HookPolicy,
              compiled: tuple[CompiledHook, CompiledHook] | None = None) -> None:
