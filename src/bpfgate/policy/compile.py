@@ -239,7 +239,8 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         ids[mask] = out.shapes[spec.id] = spec
     # per atom mask: its shape's gen/shape bits and the bits the shape has beyond the mask
     fit = {m: (L.shape_gen_bits(ids[sm].id, gen), ids[sm].mask & ~m) for m, sm in placement.items()}
-    for i, (rid, ra) in enumerate(atoms):   # rules in priority order: the first writer of a key wins
+    for i in range(len(atoms)):   # rules in priority order: the first writer of a key wins
+        (rid, ra), atoms[i] = atoms[i], None   # freed as used: the keys made next take their memory (~50 MB)
         val = L.ClsValue(out.prios[rid], rid)
         if len(ra) == 1:   # one atom's keys are distinct
             keys = _placed_keys(ra[0], *fit[ra[0].mask])
