@@ -276,8 +276,7 @@ LAYOUT = {
     "bpfgate.policy.prefixes.Packed": ("top_keys", "top_vals", "pfx_keys", "pfx_vals"),
     "bpfgate.policy.prefixes.Tree": ("tree", "width", "prefixes", "top", "pfx", "nested", "ladder", "elems", "members",
                                      "kid", "short"),
-    # _rows: which of two blobs it holds; both load (the rows, or rules pickled one by one): no version bump
-    "bpfgate.policy.sources.RuleSources": ("_blob", "_edits", "_rows", "_rules"),
+    "bpfgate.policy.sources.RuleSources": ("_blob", "_edits", "_rules"),
 }
 
 
@@ -312,7 +311,8 @@ def test_snapshot_layout_matches_its_version():
     live.ifindex = None
     got = pickled_layout({"live": live, "pending": []})
     got |= pickled_layout(dict(live.c.source))   # the rules: one blob inside the snapshot (RuleSources)
-    assert (S.SNAPSHOT_VERSION, got) == (13, LAYOUT), (
+    got |= pickled_layout(live.c.classes)        # a pickle of their own inside the snapshot (CompiledHook)
+    assert (S.SNAPSHOT_VERSION, got) == (14, LAYOUT), (
         "what the engine snapshot pickles changed layout: bump SNAPSHOT_VERSION in bpfgate/engine/state.py "
         "(older snapshots then ask to reattach instead of loading wrongly) and update LAYOUT and the version here")
 
@@ -359,22 +359,24 @@ def test_rules_pickle_as_their_non_default_values_and_old_pickles_load():
     assert len(pickle.dumps(rules)) < len(_pickled_by_pydantic(rules))
 
 
-def test_saved_rules_are_rows_and_blobs_of_rules_pickled_one_by_one_still_load():
-    """The rules' blob holds rows of field values (policy/sources.py); a RuleSources saved before (rules
-    pickled one by one, key "blob") reads the same, and so does a blob whose Rule had another field."""
+def test_saved_rules_are_rows_in_chunks_and_a_blob_whose_rule_had_another_field_loads(monkeypatch):
+    """The rules' blob holds rows of field values (policy/sources.py), pickled a chunk of rules at a time;
+    a blob whose Rule had another field reads the same."""
     from bpfgate.policy import sources
 
+    monkeypatch.setattr(sources, "CHUNK", 100)
     rng = random.Random(11)
     plain = [rule({"name": f"p{i}", "src": f"198.18.{i}.0/24", "action": "drop"}) for i in range(2)]
     rules = dict(enumerate([*plain, *map(rule, RICH), *(random_rule(rng, i) for i in range(300))]))
     rows = pickle.loads(pickle.dumps(sources.RuleSources(rules)))
-    old = sources.RuleSources.__new__(sources.RuleSources)
-    old.__setstate__({"blob": pickle.dumps(rules, protocol=pickle.HIGHEST_PROTOCOL), "edits": {}})
-    fields, field_sets, table = pickle.loads(sources._encode(rules))
-    other = sources.RuleSources.__new__(sources.RuleSources)   # a field since removed, one not there yet
-    other.__setstate__({"rows": pickle.dumps((fields[:-1] + ("gone",), field_sets,
-                                              [(*r[:-1], "x") for r in table])), "edits": {}})
-    for got in (rows, old, other):
+    assert len(rows._blob) == -(-len(rules) // 100)
+    chunks = []
+    for blob in sources._encode(rules):   # a field since removed, one not there yet
+        fields, field_sets, table = pickle.loads(blob)
+        chunks.append(pickle.dumps((fields[:-1] + ("gone",), field_sets, [(*r[:-1], "x") for r in table])))
+    other = sources.RuleSources.__new__(sources.RuleSources)
+    other.__setstate__({"rows": chunks, "edits": {}})
+    for got in (rows, other):
         assert got._blob is not None and dict(got) == rules
         for rid, r in rules.items():
             assert got[rid].model_dump(exclude_unset=True) == r.model_dump(exclude_unset=True)

@@ -55,8 +55,8 @@ STATE_ROOT = state_root("engine")   # the attachment record of an engine names i
 # 8 = Redirect.on_gone; 9 = action reject (Rule.reject, RuleAction.reject_with/reject_rate); 10 = named sets
 # (CompiledHook.sets, Classes.set_bits, Tree's ladder state, SetRef in rules); 11 = SetState.keys (elements
 # as integers); 12 = the shapes' filters (Shape.fmask/filter, LiveHook.filters); 13 = Tree.nested not saved
-# (made again from Tree.prefixes).
-SNAPSHOT_VERSION = 13
+# (made again from Tree.prefixes); 14 = RuleSources' blob a list of pickles of a few thousand rules each.
+SNAPSHOT_VERSION = 14
 # Rules pickle as their non-default values (policy/model.py); snapshots holding pydantic's own pickles of
 # them still load, so that needed no bump (a bpfgate before it reads the new ones as unreadable, with the hint).
 SNAPSHOT_MAGIC = b"bpfgate-engine-snapshot "

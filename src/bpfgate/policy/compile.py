@@ -5,6 +5,7 @@ See docs/policy-engine.md for the classifier; layout.py for the binary records.
 
 from __future__ import annotations
 
+import pickle
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
@@ -66,6 +67,14 @@ class CompiledHook:
     low_free: int = 0                                                      # every slot below it is taken
     sets: dict[str, SetState] = field(default_factory=dict)               # the named sets, as edited live
     _conf: L.Conf | None = field(default=None, repr=False, compare=False)  # conf() as compiled, until edited
+
+    def __getstate__(self) -> dict:
+        # the prefix classes as a pickle of their own: their ~2 objects a rule then stay out of the snapshot's
+        # memo (an entry per object pickled, and a growth of it copies the whole table: ~30 MB at 100k rules)
+        return {**self.__dict__, "classes": pickle.dumps(self.classes, protocol=pickle.HIGHEST_PROTOCOL)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, classes=pickle.loads(state["classes"]))
 
     def conf(self) -> L.Conf:
         """bg_conf for this generation: non-empty shapes ordered by their best priority."""
