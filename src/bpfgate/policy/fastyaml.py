@@ -111,7 +111,7 @@ def _tokens(text: str) -> list[tuple]:
     """(column, kind, key, rest, line) per item: kind "-" (a sequence entry), "k" (key, value or None)
     or "v" (a scalar after a dash)."""
     out: list[tuple] = []
-    plain_keys: set[str] = set()
+    plain_keys: dict[str, str] = {}
     odd = "\t" in text or "\r" in text   # else no line needs looking at for them
     match = _LINE.match
     for n, line in enumerate(text.split("\n"), 1):
@@ -130,10 +130,13 @@ def _tokens(text: str) -> list[tuple]:
             out.append((col, "-", None, None, n))
             col += len(dash)
         if key is not None:
-            if key not in plain_keys:
+            seen = plain_keys.get(key)
+            if seen is None:
                 if _resolve(key) != key:   # `on:`, `yes:`, `1:` are not plain names
                     raise _Declined
-                plain_keys.add(key)
+                plain_keys[key] = key
+            else:
+                key = seen   # one str per distinct key: a large policy repeats a few keys 100k times
             out.append((col, "k", key, val, n))
         elif dash:
             out.append((col, "v", None, rest, n))
