@@ -169,14 +169,8 @@ class Tree:
         sub = 0
         rung = RUNG[w]
         for n, v, val in sorted(vals):   # shorter first: a longer prefix's entries overwrite at the same rung
-            r = rung[n]
-            if r == n:
-                out[(v, r)] = val
-            else:
-                step = 1 << (w - r)
-                for e in range(1 << (r - n)):
-                    out[(v + e * step, r)] = val
-            sub |= ((1 << (1 << max(SUB_END - n, 0))) - 1) << ((v >> (w - SUB_END)) & SUB_MASK)
+            _at_rung(out, v, n, rung[n], w, val)
+            sub |= _sub_bits(v, n, w)
         return (cid | bits, sub, self.ladder_desc), out
 
     @functools.cached_property
@@ -222,15 +216,8 @@ class Tree:
                 continue
             # bucket() of a bucket holding one prefix (most of a large set's), inline: ~2x faster at 100k
             (v, n), = mem
-            val = kid.get((v, n), 0) | PRESENT | elems.get((v, n), 0)
-            r = rung[n]
-            if r == n:
-                pfx[(v, r)] = val
-            else:
-                step = 1 << (w - r)
-                for e in range(1 << (r - n)):
-                    pfx[(v + e * step, r)] = val
-            top[b] = (PRESENT, ((1 << (1 << max(SUB_END - n, 0))) - 1) << ((v >> (w - SUB_END)) & SUB_MASK), desc)
+            _at_rung(pfx, v, n, rung[n], w, kid.get((v, n), 0) | PRESENT | elems.get((v, n), 0))
+            top[b] = (PRESENT, _sub_bits(v, n, w), desc)
 
     def edit_element(self, p: tuple[int, int], bit: int, add: bool) -> tuple[dict, dict, set]:
         """Add or remove one element's set bit; the tables' changes: (level-0 entries by bucket (None: the
@@ -380,6 +367,21 @@ def build_tree(tree: int, width: int, candidates: set[tuple[int, int]]) -> Tree:
             lens = ()
         t.top[b] = (cls_at[b], subs.get(b, 0), lens)
     return t
+
+
+def _at_rung(out: dict, v: int, n: int, r: int, w: int, val: int) -> None:
+    """Prefix (v, n)'s bg_pfx entries: itself at its rung r, or the /r prefixes it holds."""
+    if r == n:
+        out[(v, r)] = val
+    else:
+        step = 1 << (w - r)
+        for e in range(1 << (r - n)):
+            out[(v + e * step, r)] = val
+
+
+def _sub_bits(v: int, n: int, w: int) -> int:
+    """The level-0 entry's bits of the sub-ranges of its bucket that prefix (v, n) covers."""
+    return ((1 << (1 << max(SUB_END - n, 0))) - 1) << ((v >> (w - SUB_END)) & SUB_MASK)
 
 
 def build_ladder_tree(tree: int, width: int, candidates: set[tuple[int, int]], elems: dict) -> Tree:
