@@ -87,7 +87,7 @@ def prealloc_for(compiled: CompiledHook) -> dict[str, int]:
     """Hash table sizes for a policy: large tables are preallocated (inserts ~2x faster: 100k rules load in
     < 100 ms) with room for a swap to a policy of the same size plus half again; small ones allocate per
     entry (up to 2M). Past the room, an attached engine resizes its maps (resize.py); a detached one refuses."""
-    return {name: min(3 * n, HASH_MAX) for name, n in _table_entries(compiled).items() if n >= PREALLOC_MIN}
+    return _prealloc_sizes(_table_entries(compiled))
 
 
 def hash_sizes(compiled: CompiledHook, prealloc: dict[str, int]) -> dict[str, int]:
@@ -95,12 +95,20 @@ def hash_sizes(compiled: CompiledHook, prealloc: dict[str, int]) -> dict[str, in
     table's buckets for its whole size when it creates it (16 B an entry: 32 MB at 2M entries, ~100 MB for an
     engine's three), so each is sized for the policy with room for a swap and edits (x4, a power of two, at
     least HASH_MIN: 1 MB); past it, an attached engine resizes its maps (resize.py)."""
-    return {name: min(max(HASH_MIN, 1 << (4 * n - 1).bit_length()), HASH_MAX)
-            for name, n in _table_entries(compiled).items() if name not in prealloc}
+    return _per_entry_sizes(_table_entries(compiled), prealloc)
 
 
 def _table_entries(compiled: CompiledHook) -> dict[str, int]:
     return cls_entries(compiled.conf()) | {"bg_pfx": compiled.classes.pfx_count()}
+
+
+def _prealloc_sizes(entries: dict[str, int]) -> dict[str, int]:
+    return {name: min(3 * n, HASH_MAX) for name, n in entries.items() if n >= PREALLOC_MIN}
+
+
+def _per_entry_sizes(entries: dict[str, int], prealloc: dict[str, int]) -> dict[str, int]:
+    return {name: min(max(HASH_MIN, 1 << (4 * n - 1).bit_length()), HASH_MAX)
+            for name, n in entries.items() if name not in prealloc}
 
 
 def _set_map_flags(obj: BpfObject, name: str, flags: int) -> None:
@@ -201,10 +209,11 @@ class Engine:
         hook = Hook(hook)
         if hook.on_cgroup or rules >= PREALLOC_MIN or cls._sibling_ct_pin(dev, hook, netns_name) is not None:
             return None
-        # a fresh attach gives the rules slots 0..rules (the default's included); small tables allocate per
-        # entry; a large set's prefixes are preallocated as prealloc_for() will size them
-        prealloc = {"bg_pfx": min(3 * prefixes, HASH_MAX)} if prefixes >= PREALLOC_MIN else {}
-        sizes = rule_array_sizes(rules + 1) | {m: HASH_MIN for m in HASH_TABLES if m not in prealloc}
+        # a fresh attach gives the rules slots 0..rules (the default's included); the tables are sized as
+        # for a compiled policy with these prefixes and (unknown yet) no classifier entries to speak of
+        entries = dict.fromkeys(L.CLS_MAPS, 0) | {"bg_pfx": prefixes}
+        prealloc = _prealloc_sizes(entries)
+        sizes = rule_array_sizes(rules + 1) | _per_entry_sizes(entries, prealloc)
         return _load_kw(hook, ct, _ct_hooks(dev, netns_name), prealloc, sizes)
 
     @classmethod
@@ -385,7 +394,7 @@ class Engine:
         """Attach a tracker sharing this device's bg_ct and record it in the ingress engines' meta, so
         the last of them to detach removes it (as if it had attached it)."""
         loaded = Engine.load(Hook.TC_INGRESS, ct=True, reuse={"bg_ct": self.maps["bg_ct"].fd},
-                             max_entries=rule_array_sizes(1) | dict.fromkeys(HASH_TABLES, HASH_MIN),
+                             max_entries=rule_array_sizes(1) | _per_entry_sizes(dict.fromkeys(HASH_TABLES, 0), {}),
                              only=("bg_ct_track",))
         try:
             att = _attach_tracker(loaded.obj.program("bg_ct_track"), self.dev, self.netns)
@@ -503,10 +512,9 @@ class Engine:
             if self.store is None:   # a detached engine (tests, benchmarks) has no pins to move
                 raise
         with self._editing():
-            rules = [self.live.c.source[rid] for _p, rid in self.live.order]
+            rules = self._running_rules()
             rules.insert(len(rules) if position is None else max(0, min(position, len(rules))), rule)
-            self._swap(HookPolicy(default=self._default(), rules=tuple(rules),
-                                  sets={n: st.definition() for n, st in self.live.c.sets.items()}))
+            self._swap_running(rules)
             return Diff()
 
     def delete_rule(self, name: str) -> Diff:
@@ -540,8 +548,7 @@ class Engine:
             for text in elements:
                 (edited.add if add else edited.remove)(parse_element(text))
             sets[name] = edited.definition()
-            self._swap(HookPolicy(default=self._default(), rules=tuple(c.source[rid] for _p, rid in self.live.order),
-                                  sets=sets))
+            self._swap_running(self._running_rules(), sets)
             return []
 
     def apply_edits(self, edits: Sequence[tuple]) -> Diff:
@@ -605,10 +612,19 @@ class Engine:
             if self.store is None:
                 raise
         with self._editing():   # the failed edit re-read the saved state: the running policy
-            rules = [rule if r.name == name else r for r in (self.live.c.source[rid] for _p, rid in self.live.order)]
-            self._swap(HookPolicy(default=self._default(), rules=tuple(rules),
-                                  sets={n: st.definition() for n, st in self.live.c.sets.items()}))
+            self._swap_running([rule if r.name == name else r for r in self._running_rules()])
             return Diff()
+
+    def _running_rules(self) -> list[Rule]:
+        """The running policy's rules in order."""
+        return [self.live.c.source[rid] for _p, rid in self.live.order]
+
+    def _swap_running(self, rules: list[Rule], sets: dict | None = None) -> None:
+        """Swap in the running policy with these rules (and sets: default, the running ones): a live edit
+        past the room of the maps, which the swap resizes (resize.py)."""
+        if sets is None:
+            sets = {n: st.definition() for n, st in self.live.c.sets.items()}
+        self._swap(HookPolicy(default=self._default(), rules=tuple(rules), sets=sets))
 
     def _sync(self) -> None:
         """Readers catch up with edits other processes made (not called inside an edit: flock is not
