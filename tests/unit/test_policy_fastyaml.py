@@ -93,6 +93,14 @@ def test_examples_and_hand_written_styles():
     # scalars with a slash: never a number, bool, null or date
     "a: 198.18.0.0/15\n", "a: fd00::/8\n", "a: [1/2, 0x1/0, 1:20/3, /x, x/]\n", "a: -/x\n", "a: :/x\n",
     "a: 2001-01-01/x\n", "a: {b: 10.0.0.0/8}\n", "a: .inf/1\n", "a: ~/x\n", "a: yes/no\n",
+    # plain scalars of letters, digits and _ . : / - (read without the indicator checks): the implicit
+    # resolvers' first characters, indicators, a trailing colon, sexagesimal numbers and dates
+    "a: -\n", "a: -x\n", "a: :\n", "a: :x\n", "a: x:\n", "a: [x:]\n", "a: {b: x:}\n", "a: 1:20\n",
+    "a: 190:20:30\n", "a: 1_000\n", "a: 0x1F\n", "a: 0o17\n", "a: 017\n", "a: 1.5\n", "a: .5\n", "a: -.inf\n",
+    "a: .NaN\n", "a: 1e3\n", "a: 6.8523015e+5\n", "a: 2001-12-14\n", "a: 2001-12-14t21:59:43.10-05:00\n",
+    "a: yes\n", "a: No\n", "a: on\n", "a: OFF\n", "a: y\n", "a: n\n", "a: null\n", "a: Null\n", "a: _x\n",
+    "a: TRUE\n", "a: false\n", "a: drop\n", "a: r1\n", "a: 1.2.3.4\n", "a: ::\n", "a: ::1\n", "a: x.y-z_1\n",
+    "a: [on, 1:2, -1, x-, x.]\n", "a: {b: off, c: 0b101, d: +1}\n",
 ])
 def test_unusual_yaml_is_declined_or_read_the_same(text):
     fast = fastyaml.parse(text)

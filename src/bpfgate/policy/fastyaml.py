@@ -69,10 +69,18 @@ def _quoted(text: str) -> str:
     return body
 
 
+# a plain scalar of these characters holds no indicator, comment or flow syntax (a name, a word, a CIDR: most
+# of a large policy's values): only its first and last characters and the resolvers can tell against it
+_VERBATIM = re.compile(r"[0-9A-Za-z_.:/-]+")
+_RESOLVED_FIRST = frozenset(_RESOLVERS)   # first characters of scalars that an implicit resolver may take
+
+
 def _scalar(text: str, flow: bool = False):
     text = text.strip(" ")
     if text[:1] in ("'", '"'):
         return _quoted(text)
+    if _VERBATIM.fullmatch(text) and text[-1] != ":" and text != "-":   # as _plain_scalar() reads it, faster
+        return text if "/" in text or text[0] not in _RESOLVED_FIRST else _resolve(text)
     return _plain_scalar(text, flow)
 
 
