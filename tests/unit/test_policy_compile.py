@@ -186,3 +186,41 @@ def test_rules_checked_as_the_file_was_read_are_checked_again_for_another_hook()
     with pytest.raises(PolicyError, match="mark is not possible at xdp"):
         compile_hook(hp, Hook.XDP)
     assert not checked_for(hp.model_copy(), Hook.TC_INGRESS)   # another object
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_address_rules_atoms_are_rule_atoms(seed):
+    """atoms_of() takes its own path for a rule matching one address field alone: the same atoms as
+    rule_atoms(), with the policy's classes (set bits among them, or none) and without."""
+    import random
+
+    from bpfgate.policy.atoms import _address_atoms, atoms_of, rule_atoms
+    from bpfgate.policy.prefixes import Classes
+    from bpfgate.policy.sets import hook_sets, uses_sets, with_ports
+    from policy_gen import _net, random_policy, random_set_policy
+
+    rng = random.Random(seed)
+    hp = (random_set_policy if seed % 2 else random_policy)(rng, 60)
+    extra = []
+    for i in range(80):
+        nets = [str(_net(rng, rng.random() < 0.5)) for _ in range(rng.choice([1, 1, 2, 3]))]
+        d = {"name": f"a{i}", rng.choice(["src", "dst"]): nets, "action": rng.choice(["pass", "drop"])}
+        if rng.random() < 0.3:
+            d.update(rng.choice([{"log": True}, {"mark": 7, "action": "pass"}, {"comment": "x"}, {"count": False}]))
+        extra.append(Rule.model_validate(d))
+    hp = hp.model_copy(update={"rules": hp.rules + tuple(extra)})
+    sets = hook_sets(hp)
+    classes = Classes.of(hp.rules, 0, {n: st.keys for n, st in sets.items() if st.type == "addr"})
+    fast = 0
+    for rule in hp.rules:
+        named = uses_sets(rule)
+        rule = with_ports(rule, hp.sets) if named else rule   # as the compiler gives it
+        for cl in (classes,) if named else (classes, None):
+            assert atoms_of(rule, cl) == list(rule_atoms(rule, cl)), rule
+        if (rule.src is None) != (rule.dst is None) and not rule.negated and rule.protocol is None \
+                and rule.vlan is None and rule.ct is None and rule.src_port is None and rule.dst_port is None \
+                and rule.tcp_flags is None and rule.icmp_type is None and type(rule.src or rule.dst) is tuple:
+            fast += 1
+    assert fast >= 80   # the fast path was taken (each of `extra` qualifies)
+    assert _address_atoms("src", (ipaddress.ip_network("198.18.0.0/15"),), None) == \
+        list(rule_atoms(Rule(name="x", src="198.18.0.0/15"), None))

@@ -128,6 +128,53 @@ def _set_bits(rule: Rule, classes, field_name: str, ref) -> tuple[int, int]:
     return bit, 0 if field_name in rule.negated else bit
 
 
+# a rule's fields that _address_atoms() reads as rule_atoms() would: the others must hold their defaults
+_ADDRESS_FIELDS = frozenset({"name", "src", "dst", "action", "comment", "count", "log", "mark", "rate_limit",
+                             "redirect", "reject", "owner"})
+
+
+def atoms_of(rule: Rule, classes=None) -> list[Atom]:
+    """list(rule_atoms(rule, classes)), for a rule matching on one address field alone (a blocklist's rule:
+    most of a large policy) ~4x faster."""
+    d = rule.__dict__
+    src, dst = d["src"], d["dst"]
+    if (src is None) != (dst is None) and rule.__pydantic_fields_set__ <= _ADDRESS_FIELDS and not d["negated"] \
+            and type(src or dst) is tuple:
+        return _address_atoms("src" if dst is None else "dst", src or dst, classes)
+    return list(rule_atoms(rule, classes))
+
+
+@functools.lru_cache(maxsize=1 << 10)
+def _address_key(field_name: str, family: int, plen: int | None, kmask: int) -> tuple[int, int]:
+    """(mask, value without the address or class) of an atom matching one address field alone: a class
+    (plen None; its class bits go in the field's class id) or a raw prefix of plen bits."""
+    cls_mask, raw_mask = (kmask, 0) if plen is None else (0, prefix_mask(plen, ADDR_BITS))
+    if field_name == "src":
+        mask = _pack(L.HAVE_L3, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, raw_mask, 0, cls_mask, 0)
+    else:
+        mask = _pack(L.HAVE_L3, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0, raw_mask, 0, cls_mask)
+    return mask, _pack(L.HAVE_L3, family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _address_atoms(field_name: str, nets: tuple, classes) -> list[Atom]:
+    kmask = classes.kmask(field_name) if classes is not None and classes.set_bits else CLS_ALL
+    src = field_name == "src"
+    out = []
+    for net in nets:
+        family, plen, value = net.version, net.prefixlen, int(net.network_address)
+        zero = V4_ZERO if family == 4 else 0
+        found = _classes(classes, field_name, family, value, plen)
+        if found is NO_CLASS:
+            mask, base = _address_key(field_name, family, plen, kmask)
+            shifted = value << (ADDR_BITS - net.max_prefixlen)
+            out.append(Atom(mask, base | shifted << (_SRC_SHIFT if src else _DST_SHIFT), zero))
+            continue
+        mask, base = _address_key(field_name, family, None, kmask)
+        for c in found:
+            out.append(Atom(mask, base | (_cls_bits(c) << 32 if src else _cls_bits(c)), zero))
+    return out
+
+
 def rule_atoms(rule: Rule, classes=None):
     """Yield the rule's atoms. Address pairs of different families are skipped (they match nothing).
     With `classes` (prefixes.Classes), an address prefix that is a class prefix becomes one atom per class

@@ -13,7 +13,7 @@ from typing import Callable
 
 from ..errors import PolicyError
 from . import layout as L
-from .atoms import Atom, atom_count, rule_atoms
+from .atoms import Atom, atom_count, atoms_of
 from .hooks import DEFAULT_NAME
 from .model import Hook, HookPolicy, Policy, Reject, Rule
 from .parse import _fmt, checked_for, rule_problem
@@ -234,7 +234,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         out.rules[rid] = action
         out.names[rid], out.prios[rid], out.source[rid] = rule.name, (i + 1) * PRIO_STEP, source
         out.by_name[rule.name] = rid
-        ra = list(rule_atoms(rule, out.classes))
+        ra = atoms_of(rule, out.classes)
         atoms.append((rid, ra))
         for a in ra:
             hist[(a.mask, a.zero)] += 1

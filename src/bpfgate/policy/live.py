@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..errors import PolicyError
 from . import layout as L
-from .atoms import atom_count, rule_atoms
+from .atoms import atom_count, atoms_of
 from .compile import CompiledHook, Limits, ShapeSpec, _ifindex, atom_keys, compile_hook, rule_action
 from .model import HookPolicy, Rule, SetRef, element_text, parse_element
 from .parse import rule_problem
@@ -248,7 +248,7 @@ class LiveHook:
                               f"{self.limits.max_rule_entries})")
         keys: list[bytes] = []
         try:  # place every atom first: a refusal leaves everything unchanged
-            placed = [(atom, self._place(atom)) for atom in rule_atoms(rule, self.c.classes)]
+            placed = [(atom, self._place(atom)) for atom in atoms_of(rule, self.c.classes)]
             n = sum(expansion(shape.mask, atom.mask, atom.zero) for atom, shape in placed)
             if n > self.limits.max_rule_entries:
                 raise PolicyError(f"rule {rule.name}", f"expands to {n} entries in the current shapes (limit "
