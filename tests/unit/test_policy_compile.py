@@ -194,7 +194,7 @@ def test_address_rules_atoms_are_rule_atoms(seed):
     rule_atoms(), with the policy's classes (set bits among them, or none) and without."""
     import random
 
-    from bpfgate.policy.atoms import _address_atoms, atoms_of, rule_atoms
+    from bpfgate.policy.atoms import _address_atoms, atom_count, atoms_of, rule_atoms
     from bpfgate.policy.prefixes import Classes
     from bpfgate.policy.sets import hook_sets, uses_sets, with_ports
     from policy_gen import _net, random_policy, random_set_policy
@@ -221,6 +221,7 @@ def test_address_rules_atoms_are_rule_atoms(seed):
                 and rule.vlan is None and rule.ct is None and rule.src_port is None and rule.dst_port is None \
                 and rule.tcp_flags is None and rule.icmp_type is None and type(rule.src or rule.dst) is tuple:
             fast += 1
+            assert atom_count(rule) == len(list(rule_atoms(rule, None)))
     assert fast >= 80   # the fast path was taken (each of `extra` qualifies)
     assert _address_atoms("src", (ipaddress.ip_network("198.18.0.0/15"),), None) == \
         list(rule_atoms(Rule(name="x", src="198.18.0.0/15"), None))

@@ -86,6 +86,9 @@ def _have(rule: Rule) -> int:
 
 def atom_count(rule: Rule) -> int:
     """How many atoms rule_atoms() will yield (before shape fitting), without building them."""
+    one = _one_address(rule)
+    if one is not None:
+        return len(one[1])
     src, dst, protos, sport, dport = rule.matching_negatable()
     n = 1
     for v in (src, dst, protos, rule.vlan, rule.ct):
@@ -136,12 +139,18 @@ _ADDRESS_FIELDS = frozenset({"name", "src", "dst", "action", "comment", "count",
 def atoms_of(rule: Rule, classes=None) -> list[Atom]:
     """list(rule_atoms(rule, classes)), for a rule matching on one address field alone (a blocklist's rule:
     most of a large policy) ~4x faster."""
+    one = _one_address(rule)
+    return _address_atoms(*one, classes) if one is not None else list(rule_atoms(rule, classes))
+
+
+def _one_address(rule: Rule) -> tuple[str, tuple] | None:
+    """(field, networks) of a rule matching that address field alone, its networks as written; else None."""
     d = rule.__dict__
     src, dst = d["src"], d["dst"]
     if (src is None) != (dst is None) and rule.__pydantic_fields_set__ <= _ADDRESS_FIELDS and not d["negated"] \
             and type(src or dst) is tuple:
-        return _address_atoms("src" if dst is None else "dst", src or dst, classes)
-    return list(rule_atoms(rule, classes))
+        return ("src", src) if dst is None else ("dst", dst)
+    return None
 
 
 @functools.lru_cache(maxsize=1 << 10)
