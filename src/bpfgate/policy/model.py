@@ -524,6 +524,33 @@ def rebuild_rule(values: dict, fields_set: tuple | set) -> Rule:
 
 _rule_rebuild = rebuild_rule   # the name rules pickled one by one refer to (saved states, older blobs)
 
+_QUICK_KEYS = frozenset({"name", "src", "dst", "action"})
+_QUICK_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,63}")   # Rule.name's length and pattern
+
+
+def quick_rule(d) -> Rule | None:
+    """What Rule.model_validate(d) makes of a rule mapping of the common form (a name, one address or CIDR
+    as src or dst, action pass or drop: a blocklist's rule), made without pydantic's per-field calls (~25%
+    of reading a 100k-rule file); None for any other mapping, and for one with an error (pydantic then says
+    what it is)."""
+    if type(d) is not dict or not d.keys() <= _QUICK_KEYS or type(d.get("name")) is not str \
+            or not _QUICK_NAME.fullmatch(d["name"]) or d.get("action", "pass") not in ("pass", "drop"):
+        return None
+    values = dict(d)
+    for f in ("src", "dst"):
+        v = d.get(f)
+        if v is None:
+            if f in d:
+                return None
+            continue
+        if type(v) is not str or not _plain(v):
+            return None
+        try:
+            values[f] = (parse_network(v),)
+        except ValueError:
+            return None
+    return rebuild_rule(values, set(d))
+
 
 def share_fields_sets(rules) -> None:
     """Rules with the same fields set share one fields_set object (pydantic makes one per model: ~200 bytes,

@@ -13,7 +13,8 @@ from ..errors import PolicyError
 from . import fastyaml
 from .memo import ObjectMemo
 from .source import MAX_BYTES, read_source  # noqa: F401 - read_source: the policy file's reader, named here too
-from .model import ICMP_PROTOCOLS, PORT_PROTOCOLS, SOCKET_HOOKS, Hook, Policy, Rule, SetRef, share_fields_sets
+from .model import (ICMP_PROTOCOLS, PORT_PROTOCOLS, SOCKET_HOOKS, Hook, Policy, Rule, SetRef, quick_rule,
+                    share_fields_sets)
 
 Loc = tuple  # path into the data: str keys and int list indices
 
@@ -248,7 +249,7 @@ def _validated(data, where: _Where) -> Policy:
     if not isinstance(data, dict):
         raise PolicyError(where(()), "a policy is a mapping (interfaces, hooks)")
     try:
-        policy = Policy.model_validate(data)
+        policy = Policy.model_validate(_quick_rules(data))
     except ValidationError as e:
         err = e.errors()[0]
         shown = _data_loc(data, err["loc"])
@@ -257,6 +258,19 @@ def _validated(data, where: _Where) -> Policy:
     for hp in policy.hooks.values():
         share_fields_sets(hp.rules)
     return policy
+
+
+def _quick_rules(data: dict) -> dict:
+    """`data` with its rule mappings of the common form made Rules already (quick_rule), which pydantic
+    takes as they are. `data` itself is left as read: an error's line is found in it."""
+    hooks = data.get("hooks")
+    if type(hooks) is not dict:
+        return data
+    out = {}
+    for name, hp in hooks.items():
+        rules = hp.get("rules") if type(hp) is dict else None
+        out[name] = {**hp, "rules": [quick_rule(r) or r for r in rules]} if type(rules) is list else hp
+    return {**data, "hooks": out}
 
 
 def load_file(path: str | Path) -> Policy:
