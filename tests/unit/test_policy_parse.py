@@ -229,3 +229,12 @@ def test_a_file_of_quick_rules_reads_as_before():
     with pytest.raises(PolicyError) as e:
         load_text(head + bad, "p.yaml")
     assert "p.yaml:12 hooks.tc-ingress.rules[7].src: bad CIDR" in str(e.value) and "host bits" in str(e.value)
+
+
+def test_a_bad_element_of_a_set_written_under_a_hook_is_reported():
+    """check() covers the sets of every hook (the compiler trusts a checked policy's sets)."""
+    text = ("interfaces: [eth0]\nhooks:\n  tc-ingress:\n    sets:\n      b: {type: addr, elements: [198.18.0.0/24, 80]}\n"
+            "    rules:\n      - {name: r, src: 198.18.0.4, action: drop}\n")
+    with pytest.raises(PolicyError) as e:
+        load_text(text, "p.yaml")
+    assert "p.yaml:5 hooks.tc-ingress.sets.b.elements[1]: 80 is a port" in str(e.value)

@@ -200,13 +200,13 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     interned: dict[L.RuleAction, L.RuleAction] = {}
     plain_actions: dict[tuple, L.RuleAction] = {}   # (action, count, reject) -> its record
     hist: Counter = Counter()
-    for name, sd in hp.sets.items():
+    checked = checked_for(hp, hook)   # a policy file's sets and rules were checked as it was read
+    for name, sd in () if checked else hp.sets.items():
         problem = set_problem(sd)
         if problem:
             raise PolicyError(where(("sets", name, "elements", problem[0])), problem[1])
     out.sets = hook_sets(hp)
     out.classes = _classes(hp, out.sets, gen, limits, where)
-    checked = checked_for(hp, hook)   # a policy file's rules were checked as it was read
     for i, rule in enumerate(hp.rules):
         loc = ("hooks", hook.value, "rules", i)
         named = uses_sets(rule)

@@ -287,6 +287,10 @@ def check(policy: Policy, where=None) -> None:
         if problem:
             raise PolicyError(where(("sets", name, "elements", problem[0])), problem[1])
     for hook, hp in policy.hooks.items():
+        for name, sd in hp.sets.items() if hp.sets is not policy.sets else ():   # sets written under a hook
+            problem = set_problem(sd)
+            if problem:
+                raise PolicyError(where(("hooks", hook.value, "sets", name, "elements", problem[0])), problem[1])
         seen: dict[str, int] = {}
         packet_hook = hook not in SOCKET_HOOKS
         for i, rule in enumerate(hp.rules):
