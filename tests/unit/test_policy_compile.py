@@ -225,3 +225,28 @@ def test_address_rules_atoms_are_rule_atoms(seed):
     assert fast >= 80   # the fast path was taken (each of `extra` qualifies)
     assert _address_atoms("src", (ipaddress.ip_network("198.18.0.0/15"),), None) == \
         list(rule_atoms(Rule(name="x", src="198.18.0.0/15"), None))
+
+
+def test_a_rule_listing_addresses_alone_is_held_to_the_table_limit_not_the_rule_limit():
+    """A blocklist written inline (one rule, one address list) compiles as as many one-address rules do:
+    max_rule_entries stops cross products, and a list of addresses alone is none. max_entries still holds."""
+    nets = ([f"198.18.{i >> 8}.{i & 255}/32" for i in range(600)] + [f"fd00::{i:x}/128" for i in range(600)]
+            + ["198.19.0.0/16", "198.19.7.0/24", "fd00:1::/48"])
+    rule = Rule(name="block", src=nets, action="drop")
+    hp = HookPolicy(rules=(rule, Rule(name="web", protocol="tcp", dst_port=80)))
+    c = compile_hook(hp, Hook.TC_INGRESS, limits=Limits(max_rule_entries=100))
+    assert len(c.rule_keys[c.by_name["block"]]) >= 1200
+    ref = Reference.of(c)
+    for src in ("198.18.1.7", "198.18.2.88", "fd00::2a", "198.19.7.9", "198.19.200.1", "fd00:1::5",
+                "198.18.2.89", "198.20.0.1", "fd00::1:0", "fd00:2::1"):
+        a = ipaddress.ip_address(src)
+        other = ipaddress.ip_address("198.18.255.1" if a.version == 4 else "fd00:ff::1")
+        p = Packet(a.version, a, other, 6, 1234, 80)
+        assert ref.classify(p).name == naive(hp, p).name, src
+    assert naive(hp, Packet(4, ipaddress.ip_address("198.18.2.87"), ipaddress.ip_address("198.18.255.1"),
+                            6, 1, 80)).name == "block"
+    crossed = Rule(name="crossed", src=nets[:60], protocol="tcp", dst_port=[1, 2])   # 120 atoms: a cross product
+    with pytest.raises(PolicyError, match=r"expands to 120 entries .*named set"):
+        compile_hook(HookPolicy(rules=(crossed,)), Hook.TC_INGRESS, limits=Limits(max_rule_entries=100))
+    with pytest.raises(PolicyError, match="map entries"):
+        compile_hook(hp, Hook.TC_INGRESS, limits=Limits(max_rule_entries=100, max_entries=1000))

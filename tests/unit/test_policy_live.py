@@ -184,3 +184,18 @@ def test_a_protocol_added_live_to_a_class_keyed_shape_walks_its_tree_before_its_
     stale = Reference(replace(d.conf_before, tree_protos=(src, dst)), live.c.cls, live.c.rules, live.c.names,
                       live.c.classes)
     assert stale.classify(pkt).name == "nets"   # without the widening: no dst class, "u" missed
+
+
+def test_a_rule_listing_addresses_alone_is_added_live_past_the_rule_limit():
+    """A live add of an inline blocklist (one address list) is held to the tables, not to max_rule_entries;
+    a cross product past it is still refused."""
+    limits = Limits(max_rule_entries=50)
+    hp = HookPolicy(rules=(Rule(name="first", src=[f"198.18.9.{i}/32" for i in range(80)], action="drop"),))
+    live = LiveHook(compile_hook(hp, Hook.TC_INGRESS, limits=limits), limits)
+    d = live.add(Rule(name="block", src=[f"198.18.0.{i}/32" for i in range(200)], action="drop"))
+    assert len(d.cls_update) == 200
+    with pytest.raises(PolicyError, match="expands to 120 entries"):
+        live.add(Rule(name="crossed", src=[f"198.18.1.{i}/32" for i in range(60)], protocol="tcp", dst_port=[1, 2]))
+    ref = Reference.of(live.c)
+    p = Packet(4, ipaddress.ip_address("198.18.0.199"), ipaddress.ip_address("198.18.255.1"), 6, 1, 80)
+    assert ref.classify(p).name == "block"

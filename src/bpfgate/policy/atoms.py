@@ -143,6 +143,12 @@ def atoms_of(rule: Rule, classes=None) -> list[Atom]:
     return _address_atoms(*one, classes) if one is not None else list(rule_atoms(rule, classes))
 
 
+def address_list(rule: Rule) -> bool:
+    """Whether the rule matches one address field's list alone: one atom per address listed (as many
+    one-address rules make), no cross product."""
+    return _one_address(rule) is not None
+
+
 def _one_address(rule: Rule) -> tuple[str, tuple] | None:
     """(field, networks) of a rule matching that address field alone, its networks as written; else None."""
     d = rule.__dict__

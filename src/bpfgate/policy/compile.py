@@ -13,7 +13,7 @@ from typing import Callable
 
 from ..errors import PolicyError
 from . import layout as L
-from .atoms import Atom, atom_count, atoms_of
+from .atoms import Atom, address_list, atom_count, atoms_of
 from .hooks import DEFAULT_NAME
 from .model import Hook, HookPolicy, Policy, Reject, Rule
 from .parse import _fmt, checked_for, rule_problem
@@ -200,6 +200,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     interned: dict[L.RuleAction, L.RuleAction] = {}
     plain_actions: dict[tuple, L.RuleAction] = {}   # (action, count, reject) -> its record
     hist: Counter = Counter()
+    address_lists: set[int] = set()   # rules matching one address list alone
     checked = checked_for(hp, hook)   # a policy file's sets and rules were checked as it was read
     for name, sd in () if checked else hp.sets.items():
         problem = set_problem(sd)
@@ -217,9 +218,11 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         if named:
             rule = with_ports(rule, hp.sets)   # port sets: their ranges (address sets are class bits)
         n = atom_count(rule)
-        if n > limits.max_rule_entries:
-            raise PolicyError(where(loc), f"rule {rule.name!r} expands to {n} entries "
-                              f"(limit {limits.max_rule_entries}): split it or use wider prefixes/ranges")
+        listed = address_list(rule)   # its entries count as many one-address rules' (max_entries), not here
+        if n > limits.max_rule_entries and not listed:
+            raise PolicyError(where(loc), f"rule {rule.name!r} expands to {n} entries (limit "
+                              f"{limits.max_rule_entries}): split it, use wider prefixes/ranges, or put its "
+                              "addresses in a named set (`sets:`)")
         d = rule.__dict__
         if d["log"] is None and d["mark"] is None and d["rate_limit"] is None and d["redirect"] is None:
             plain = (d["action"], d["count"], d["reject"])   # most rules: one of a few records
@@ -234,6 +237,8 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         out.rules[rid] = action
         out.names[rid], out.prios[rid], out.source[rid] = rule.name, (i + 1) * PRIO_STEP, source
         out.by_name[rule.name] = rid
+        if listed:
+            address_lists.add(rid)
         ra = atoms_of(rule, out.classes)
         atoms.append((rid, ra))
         for a in ra:
@@ -258,7 +263,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         else:   # overlapping lists give a key once
             keys = list(dict.fromkeys(k for a in ra for k in _placed_keys(a, *fit[a.mask])))
         out.rule_keys[rid] = keys
-        if len(keys) > limits.max_rule_entries:
+        if len(keys) > limits.max_rule_entries and rid not in address_lists:
             raise PolicyError(where(("hooks", hook.value, "rules", i)),
                               f"rule {out.names[rid]!r} expands to {len(keys)} entries after shape fitting "
                               f"(limit {limits.max_rule_entries}): split it or use fewer prefix lengths")

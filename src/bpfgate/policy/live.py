@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..errors import PolicyError
 from . import layout as L
-from .atoms import atom_count, atoms_of
+from .atoms import address_list, atom_count, atoms_of
 from .compile import CompiledHook, Limits, ShapeSpec, _ifindex, atom_keys, compile_hook, rule_action
 from .model import HookPolicy, Rule, SetRef, element_text, parse_element
 from .parse import rule_problem
@@ -243,14 +243,15 @@ class LiveHook:
                 raise PolicyError(f"rule {rule.name}.{f}", f"no rule of the running policy names set {ref.name!r} "
                                   f"in {f}: apply the whole policy to name it there")
         rule = with_ports(rule, self.c.sets)
-        if atom_count(rule) > self.limits.max_rule_entries:
+        listed = address_list(rule)   # as many one-address rules: the table's room limits it, not this
+        if atom_count(rule) > self.limits.max_rule_entries and not listed:
             raise PolicyError(f"rule {rule.name}", f"expands to {atom_count(rule)} entries (limit "
                               f"{self.limits.max_rule_entries})")
         keys: list[bytes] = []
         try:  # place every atom first: a refusal leaves everything unchanged
             placed = [(atom, self._place(atom)) for atom in atoms_of(rule, self.c.classes)]
             n = sum(expansion(shape.mask, atom.mask, atom.zero) for atom, shape in placed)
-            if n > self.limits.max_rule_entries:
+            if n > self.limits.max_rule_entries and not listed:
                 raise PolicyError(f"rule {rule.name}", f"expands to {n} entries in the current shapes (limit "
                                   f"{self.limits.max_rule_entries}); apply the whole policy to re-plan the shapes")
             for atom, shape in placed:
