@@ -3,6 +3,8 @@
 A policy file with one address set of N elements (IPv4 /24 and /32, IPv6 /48, /64 and /128, mixed, distinct)
 and one rule dropping its sources, on one veth in a named network namespace (a sandbox made here):
   apply        `bpfgate apply FILE` onto an interface with no policy (attach), end to end
+  inline       the same, of a file whose rule lists the N elements itself (`src: [...]`, no set): a blocklist
+               written inline
   set add      `bpfgate set add blocklist ELEMENT` at N elements, end to end (a process each)
   set del      `bpfgate set del blocklist ELEMENT`
   in-process   Engine.edit_set() of one element (lock, catch-up, the edit, journal) and, of that, the kernel
@@ -53,6 +55,11 @@ def policy_text(dev: str, nets: list) -> str:
             + '      - {name: blocked, src: "@blocklist", action: drop}\n')
 
 
+def inline_text(dev: str, nets: list) -> str:
+    return (f"version: 1\ninterfaces: [{dev}]\nhooks:\n  tc-ingress:\n    default: allow\n    rules:\n"
+            "      - name: blocked\n        action: drop\n        src:\n" + "".join(f'          - "{p}"\n' for p in nets))
+
+
 def nft_text(nets: list, dev: str) -> str:
     v4 = ", ".join(str(p) for p in ipaddress.collapse_addresses(p for p in nets if p.version == 4))
     v6 = ", ".join(str(p) for p in ipaddress.collapse_addresses(p for p in nets if p.version == 6))
@@ -88,13 +95,16 @@ def main() -> None:
         fw, peer = sb.host("fw"), sb.host("peer")
         dev, ns = sb.link(fw, peer).end(fw).name, fw.netns
         path, nft_path = os.path.join(tmp, "sets.yaml"), os.path.join(tmp, "sets.nft")
+        inline_path = os.path.join(tmp, "inline.yaml")
         with open(path, "w") as f:
             f.write(policy_text(dev, nets))
+        with open(inline_path, "w") as f:
+            f.write(inline_text(dev, nets))
         with open(nft_path, "w") as f:
             f.write(nft_text(nets, dev))
         nft = ["ip", "netns", "exec", ns, "nft"]
         r: dict[str, list] = {k: [] for k in ("nft_apply", "nft_add", "nft_del", "edit", "kernel")}
-        by: dict[str, dict[str, list]] = {c.label: {"apply": [], "add": [], "del": []} for c in clis}
+        by: dict[str, dict[str, list]] = {c.label: {"apply": [], "add": [], "del": [], "inline": []} for c in clis}
         for i in range(args.reps):
             subprocess.run(nft + ["delete", "table", "inet", "bgsets"], capture_output=True)
             r["nft_apply"].append(timed(nft + ["-f", nft_path])[0])
@@ -105,13 +115,20 @@ def main() -> None:
         for i in range(args.reps):
             for cli in clis[i % len(clis):] + clis[:i % len(clis)]:   # the first one rotates
                 m = by[cli.label]
-                subprocess.run([sys.executable, "-m", "bpfgate", "policy", "remove", "--netns", ns],
-                               env=cli.env, capture_output=True)
+                remove = [sys.executable, "-m", "bpfgate", "policy", "remove", "--netns", ns]
+                subprocess.run(remove, env=cli.env, capture_output=True)
+                try:
+                    m["inline"].append(cli.run("apply", "--netns", ns, inline_path)[0])
+                except SystemExit as e:   # a build that refuses the form
+                    m["inline"].append(None)
+                    print(f"  {cli.label} inline: {str(e)[-160:]}")
+                subprocess.run(remove, env=cli.env, capture_output=True)
                 m["apply"].append(cli.run("apply", "--netns", ns, path)[0])
                 m["add"].append(cli.run("set", "add", "blocklist", free[i], "--netns", ns)[0])
                 m["del"].append(cli.run("set", "del", "blocklist", free[i], "--netns", ns)[0])
+                inline = "refused" if m["inline"][-1] is None else f"{m['inline'][-1]:.2f} s"
                 print(f"  {cli.label} apply #{i + 1}: {m['apply'][-1]:.2f} s; set add/del "
-                      f"{m['add'][-1] * 1000:.0f} / {m['del'][-1] * 1000:.0f} ms", flush=True)
+                      f"{m['add'][-1] * 1000:.0f} / {m['del'][-1] * 1000:.0f} ms; inline apply {inline}", flush=True)
 
         from bpfgate import policyctl
         from bpfgate.engine import Engine
@@ -140,10 +157,13 @@ def main() -> None:
     print(f"\n| operation ({args.elements} elements) | {' | '.join('bpfgate ' + x for x in labels)} | nft |"
           f"{''.join(f' {x} / nft |' for x in labels)}\n|---|{'---|' * (2 * len(labels) + 1)}")
     for key, what, unit in (("apply", "apply, fresh attach", {}), ("add", "set add, CLI end to end", ms),
-                            ("del", "set del, CLI end to end", ms)):
-        peer = r["nft_" + key]
-        ratios = "".join(f" {statistics.median(by[x][key]) / statistics.median(peer):.1f}x |" for x in labels)
-        print(f"| {what} | {' | '.join(stat(by[x][key], **unit) for x in labels)} | {stat(peer, **unit)} |{ratios}")
+                            ("del", "set del, CLI end to end", ms), ("inline", "apply, the elements inline (no set)", {})):
+        peer = r["nft_" + ("apply" if key == "inline" else key)]
+        got = {x: [v for v in by[x][key] if v is not None] for x in labels}
+        ratios = "".join(f" {statistics.median(got[x]) / statistics.median(peer):.1f}x |" if got[x] else " - |"
+                         for x in labels)
+        print(f"| {what} | {' | '.join(stat(got[x], **unit) if got[x] else 'refused' for x in labels)} | "
+              f"{stat(peer, **unit)} |{ratios}")
     us = dict(unit="us", scale=1e6)
     print(f"\nset add in-process, engine held open (1000 adds): {stat(r['edit'], **us)}; "
           f"of which kernel writes {stat(r['kernel'], **us)}")
