@@ -80,17 +80,23 @@ def _scalar(v: Any, flow: bool) -> str | None:
     return f"'{v}'" if a.allow_single_quoted and "'" not in v else None
 
 
+# a list longer than this (a blocklist written in the rule) is written one item a line, not as a flow list
+# the emitter would fold over many lines: the fast reader reads it, and an error names its item's line
+LONG_LIST = 16
+
+
 def _rule_text(rule: dict[str, Any], indent: str) -> str | None:
     """A rule of scalars and lists of scalars as the emitter writes it (one flow mapping when every value is
-    a scalar, else a block mapping of flow lists), or None when it needs the emitter (other values, or a
-    line long enough that the emitter might fold it)."""
-    fields = []
+    a scalar, else a block mapping of flow lists; a list past LONG_LIST items a block list), or None when it
+    needs the emitter (other values, or a line long enough that the emitter might fold it)."""
+    fields = []   # (key, text, or the item texts of a block list; whether a list)
     for k, v in rule.items():
         if isinstance(v, list):
-            items = [_scalar(x, flow=True) for x in v]
+            block_list = len(v) > LONG_LIST
+            items = [_scalar(x, flow=not block_list) for x in v]
             if not items or None in items:
                 return None
-            fields.append((k, "[" + ", ".join(items) + "]", True))
+            fields.append((k, items if block_list else "[" + ", ".join(items) + "]", True))
         else:
             fields.append((k, v, False))
     block = any(is_list for _k, _t, is_list in fields)   # the emitter's rule: a mapping of scalars is a flow one
@@ -101,7 +107,14 @@ def _rule_text(rule: dict[str, Any], indent: str) -> str | None:
                 return None
             fields[i] = (k, text, False)
     if block:
-        lines = [f"{indent}{'- ' if i == 0 else '  '}{k}: {t}" for i, (k, t, _l) in enumerate(fields)]
+        lines = []
+        for i, (k, t, _l) in enumerate(fields):
+            head = f"{indent}{'- ' if i == 0 else '  '}{k}:"
+            if isinstance(t, list):
+                lines.append(head)
+                lines += [f"{indent}  - {x}" for x in t]
+            else:
+                lines.append(f"{head} {t}")
     else:
         lines = [indent + "- {" + ", ".join(f"{k}: {t}" for k, t, _l in fields) + "}"]
     if any(len(ln) > 100 for ln in lines):
