@@ -211,6 +211,37 @@ def test_a_large_sets_engine_is_preloaded_with_its_tables_sized(net, monkeypatch
         policyctl.remove(netns=n.ns)
 
 
+def test_a_rule_listing_many_addresses_loads_one_engine_sized_by_its_compile(net, monkeypatch):
+    """One rule listing more addresses than PREALLOC_MIN: its classifier table is preallocated from the
+    compiled policy, so no engine is loaded ahead with tables of another size (it was, and then discarded:
+    a second load in the attach)."""
+    import threading
+
+    from bpfgate.engine import Engine
+    from bpfgate.engine.engine import PREALLOC_MIN
+
+    loads = []
+    load = Engine.load.__func__
+
+    def counted_load(cls, *a, **kw):
+        loads.append(threading.current_thread().name)
+        return load(cls, *a, **kw)
+
+    monkeypatch.setattr(Engine, "load", classmethod(counted_load))
+    n = net
+    listed = [f"fd00:98::{i >> 16:x}:{i & 0xffff:x}" for i in range(PREALLOC_MIN)]
+    p = Policy.model_validate({"interfaces": [n.dev], "hooks": {"tc-ingress": {"rules": [
+        {"name": "big", "src": listed, "action": "drop"}, WEB, ALT]}}})
+    policyctl.apply(p, netns=n.ns)
+    try:
+        assert len(loads) == 1 and loads != ["bpfgate-preload"]
+        with Engine.open(n.dev, "tc-ingress", n.ns) as eng:
+            assert eng.maps["bg_cls_short"].max_entries >= 3 * PREALLOC_MIN   # preallocated for the policy
+        assert dropped(n, 80) and served(n, 8080)
+    finally:
+        policyctl.remove(netns=n.ns)
+
+
 def test_the_agents_backend_keeps_the_next_engine_verified(net):
     """Held engines (the agent): after an attach the backend loads the next such engine ahead, and an attach
     on another interface takes it (a new interface of a pattern waits for no verifier); closing the

@@ -250,3 +250,14 @@ def test_a_rule_listing_addresses_alone_is_held_to_the_table_limit_not_the_rule_
         compile_hook(HookPolicy(rules=(crossed,)), Hook.TC_INGRESS, limits=Limits(max_rule_entries=100))
     with pytest.raises(PolicyError, match="map entries"):
         compile_hook(hp, Hook.TC_INGRESS, limits=Limits(max_rule_entries=100, max_entries=1000))
+
+
+def test_entries_estimate_counts_atoms_until_enough():
+    from bpfgate.policy.atoms import entries_estimate
+    from bpfgate.policy.model import SetRef
+
+    rules = [Rule(name="list", src=[f"198.18.0.{i}" for i in range(10)]),
+             Rule(name="cross", src=["198.18.1.0/24", "198.18.2.0/24"], protocol="tcp", dst_port=[80, 443]),
+             Rule(name="set", src="198.18.3.0/24").model_copy(update={"src": SetRef("s")})]
+    assert entries_estimate(rules, 1000) == 10 + 4 + 1
+    assert entries_estimate(rules, 12) == 14   # stops at the rule that reaches it

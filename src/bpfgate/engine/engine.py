@@ -191,23 +191,26 @@ class Engine:
         return [self.obj.program(name) for name in PROGRAMS[self.hook]]
 
     @classmethod
-    def preload(cls, dev: str, hook: Hook | str, rules: int, *, prefixes: int = 0, netns_name: str | None = None,
-                ct: bool = True) -> Preload | None:
-        """Start loading, in a thread, the engine that attach() of a policy of `rules` rules and about
-        `prefixes` stage 0 prefixes (sets.stage0_estimate) will load on dev/hook (give it as `preloaded`): the
+    def preload(cls, dev: str, hook: Hook | str, rules: int, *, prefixes: int = 0, entries: int = 0,
+                netns_name: str | None = None, ct: bool = True) -> Preload | None:
+        """Start loading, in a thread, the engine that attach() of a policy of `rules` rules, about `prefixes`
+        stage 0 prefixes (sets.stage0_estimate) and at least `entries` classifier entries
+        (atoms.entries_estimate) will load on dev/hook (give it as `preloaded`): the
         kernel verifies its programs (~0.3-0.6 s, the GIL let go) while the caller checks and compiles the
         policy. None where that load cannot be told yet (preload_kw)."""
-        kw = cls.preload_kw(dev, hook, rules, prefixes=prefixes, netns_name=netns_name, ct=ct)
+        kw = cls.preload_kw(dev, hook, rules, prefixes=prefixes, entries=entries, netns_name=netns_name, ct=ct)
         return None if kw is None else Preload.start(Hook(hook), kw)
 
     @classmethod
-    def preload_kw(cls, dev: str, hook: Hook | str, rules: int, *, prefixes: int = 0,
+    def preload_kw(cls, dev: str, hook: Hook | str, rules: int, *, prefixes: int = 0, entries: int = 0,
                    netns_name: str | None = None, ct: bool = True) -> dict | None:
         """Engine.load's arguments for preload(); None for a cgroup, an engine of another hook of the device
-        (its flow table is shared), a policy with enough rules to have its classifier tables preallocated
-        (sized by the compiled policy; its load overlaps the saving of its state instead)."""
+        (its flow table is shared), a policy with enough rules or classifier entries (atoms.entries_estimate)
+        to have its classifier tables preallocated (sized by the compiled policy; its load overlaps the saving
+        of its state instead)."""
         hook = Hook(hook)
-        if hook.on_cgroup or rules >= PREALLOC_MIN or cls._sibling_ct_pin(dev, hook, netns_name) is not None:
+        if hook.on_cgroup or max(rules, entries) >= PREALLOC_MIN \
+                or cls._sibling_ct_pin(dev, hook, netns_name) is not None:
             return None
         # a fresh attach gives the rules slots 0..rules (the default's included); the tables are sized as
         # for a compiled policy with these prefixes and (unknown yet) no classifier entries to speak of

@@ -100,6 +100,21 @@ def atom_count(rule: Rule) -> int:
     return n
 
 
+def entries_estimate(rules, enough: int) -> int:
+    """At least how many classifier entries `rules` make (their atoms; a rule naming a set counts one),
+    counted until `enough`: read before compiling, to tell a policy with large tables."""
+    n = 0
+    for rule in rules:
+        d = rule.__dict__
+        if not any(isinstance(d[f], SetRef) for f in ("src", "dst", "src_port", "dst_port")):
+            n += atom_count(rule)
+        else:
+            n += 1
+        if n >= enough:
+            break
+    return n
+
+
 ANY = (0, 0, ADDR_BITS)
 CLS_ALL = 0xFFFFFFFF
 NO_CLASS = (None,)   # the address stays a raw prefix

@@ -78,9 +78,12 @@ class EngineBackend:
         verified while the policy is checked and compiled. Those not attached in this session are closed."""
         from bpfgate.engine import Engine
         from bpfgate.engine.engine import Preload
+        from bpfgate.engine.engine import PREALLOC_MIN
+        from bpfgate.policy.atoms import entries_estimate
         from bpfgate.policy.sets import stage0_estimate
 
-        kw = Engine.preload_kw(dev, hook, len(hp.rules), prefixes=stage0_estimate(hp), netns_name=netns)
+        kw = Engine.preload_kw(dev, hook, len(hp.rules), prefixes=stage0_estimate(hp),
+                               entries=entries_estimate(hp.rules, PREALLOC_MIN), netns_name=netns)
         if kw is not None:
             spare = self._spares.pop((hook, repr(kw)), None)
             self._preloads[(dev, hook, netns)] = spare or Preload.start(hook, kw)
