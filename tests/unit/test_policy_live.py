@@ -199,3 +199,15 @@ def test_a_rule_listing_addresses_alone_is_added_live_past_the_rule_limit():
     ref = Reference.of(live.c)
     p = Packet(4, ipaddress.ip_address("198.18.0.199"), ipaddress.ip_address("198.18.255.1"), 6, 1, 80)
     assert ref.classify(p).name == "block"
+
+
+def test_an_address_list_placed_in_a_wider_shape_is_held_to_the_rule_limit():
+    """The free bits of the shape an address list lands in multiply its entries: that expansion is held to
+    max_rule_entries as any rule's (one entry per address is all a list is granted)."""
+    limits = Limits(max_rule_entries=50, max_shapes=1, classes=False)
+    hp = HookPolicy(rules=(Rule(name="net", src="10.0.0.0/16", action="drop"),))
+    live = LiveHook(compile_hook(hp, Hook.TC_INGRESS, limits=limits), limits)
+    with pytest.raises(PolicyError, match="expands to 256 entries"):
+        live.add(Rule(name="wide", src=["192.0.0.0/8"], action="drop"))   # 2^8 /16 keys
+    d = live.add(Rule(name="many", src=[f"172.{16 + i}.0.0/16" for i in range(60)]))
+    assert len(d.cls_update) == 60   # one /16 each: past the limit of 50, as the list is long

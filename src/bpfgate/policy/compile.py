@@ -218,7 +218,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         if named:
             rule = with_ports(rule, hp.sets)   # port sets: their ranges (address sets are class bits)
         n = atom_count(rule)
-        listed = address_list(rule)   # its entries count as many one-address rules' (max_entries), not here
+        listed = address_list(rule)   # an atom per address, as many one-address rules make: not held here
         if n > limits.max_rule_entries and not listed:
             raise PolicyError(where(loc), f"rule {rule.name!r} expands to {n} entries (limit "
                               f"{limits.max_rule_entries}): split it, use wider prefixes/ranges, or put its "
@@ -263,7 +263,9 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         else:   # overlapping lists give a key once
             keys = list(dict.fromkeys(k for a in ra for k in _placed_keys(a, *fit[a.mask])))
         out.rule_keys[rid] = keys
-        if len(keys) > limits.max_rule_entries and rid not in address_lists:
+        # an address list may make one entry per atom (address, or class under it), however many; a
+        # shape's expansion past that is held to the limit as any rule's
+        if len(keys) > (max(limits.max_rule_entries, len(ra)) if rid in address_lists else limits.max_rule_entries):
             raise PolicyError(where(("hooks", hook.value, "rules", i)),
                               f"rule {out.names[rid]!r} expands to {len(keys)} entries after shape fitting "
                               f"(limit {limits.max_rule_entries}): split it or use fewer prefix lengths")

@@ -243,7 +243,7 @@ class LiveHook:
                 raise PolicyError(f"rule {rule.name}.{f}", f"no rule of the running policy names set {ref.name!r} "
                                   f"in {f}: apply the whole policy to name it there")
         rule = with_ports(rule, self.c.sets)
-        listed = address_list(rule)   # as many one-address rules: the table's room limits it, not this
+        listed = address_list(rule)   # an atom per address, as many one-address rules make: not held here
         if atom_count(rule) > self.limits.max_rule_entries and not listed:
             raise PolicyError(f"rule {rule.name}", f"expands to {atom_count(rule)} entries (limit "
                               f"{self.limits.max_rule_entries})")
@@ -251,7 +251,7 @@ class LiveHook:
         try:  # place every atom first: a refusal leaves everything unchanged
             placed = [(atom, self._place(atom)) for atom in atoms_of(rule, self.c.classes)]
             n = sum(expansion(shape.mask, atom.mask, atom.zero) for atom, shape in placed)
-            if n > self.limits.max_rule_entries and not listed:
+            if n > (max(self.limits.max_rule_entries, len(placed)) if listed else self.limits.max_rule_entries):
                 raise PolicyError(f"rule {rule.name}", f"expands to {n} entries in the current shapes (limit "
                                   f"{self.limits.max_rule_entries}); apply the whole policy to re-plan the shapes")
             for atom, shape in placed:
