@@ -215,6 +215,7 @@ def test_quick_rules_are_what_pydantic_makes(d):
         assert list(quick.__dict__.items()) == list(want.__dict__.items())
         assert [type(n) for n in quick.src or quick.dst or ()] == [type(n) for n in want.src or want.dst or ()]
         assert quick.model_fields_set == want.model_fields_set and quick == want
+        assert quick.action is want.action   # one str for all rules (100k rules held: ~5 MB)
 
 
 def test_a_file_of_quick_rules_reads_as_before():

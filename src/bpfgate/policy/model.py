@@ -526,6 +526,7 @@ _rule_rebuild = rebuild_rule   # the name rules pickled one by one refer to (sav
 
 _QUICK_KEYS = frozenset({"name", "src", "dst", "action"})
 _QUICK_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,63}")   # Rule.name's length and pattern
+_QUICK_ACTIONS = {"pass": "pass", "drop": "drop"}
 
 
 def quick_rule(d) -> Rule | None:
@@ -533,10 +534,14 @@ def quick_rule(d) -> Rule | None:
     as src or dst, action pass or drop: a blocklist's rule), made without pydantic's per-field calls (~25%
     of reading a 100k-rule file); None for any other mapping, and for one with an error (pydantic then says
     what it is)."""
-    if type(d) is not dict or not d.keys() <= _QUICK_KEYS or type(d.get("name")) is not str \
-            or not _QUICK_NAME.fullmatch(d["name"]) or d.get("action", "pass") not in ("pass", "drop"):
+    act = d.get("action", "pass") if type(d) is dict else None
+    action = _QUICK_ACTIONS.get(act) if type(act) is str else None
+    if action is None or not d.keys() <= _QUICK_KEYS or type(d.get("name")) is not str \
+            or not _QUICK_NAME.fullmatch(d["name"]):
         return None
     values = dict(d)
+    if "action" in d:
+        values["action"] = action   # one str object for all rules, as validation gives (not one each)
     for f in ("src", "dst"):
         v = d.get(f)
         if v is None:
