@@ -310,9 +310,9 @@ def test_snapshot_layout_matches_its_version():
     live = live_of(HookPolicy.model_validate({"default": "deny", "rules": RICH}))
     live.ifindex = None
     got = pickled_layout({"live": live, "pending": []})
-    got |= pickled_layout(dict(live.c.source))   # the rules: one blob inside the snapshot (RuleSources)
-    got |= pickled_layout(live.c.classes)        # a pickle of their own inside the snapshot (CompiledHook)
-    assert (S.SNAPSHOT_VERSION, got) == (14, LAYOUT), (
+    got |= pickled_layout(dict(live.c.source))   # the rules: a pickle of their own after the state (RuleSources)
+    got |= pickled_layout(live.c.classes)        # a pickle of their own after the state (CompiledHook.parts_apart)
+    assert (S.SNAPSHOT_VERSION, got) == (15, LAYOUT), (
         "what the engine snapshot pickles changed layout: bump SNAPSHOT_VERSION in bpfgate/engine/state.py "
         "(older snapshots then ask to reattach instead of loading wrongly) and update LAYOUT and the version here")
 

@@ -2,7 +2,8 @@
 as a snapshot plus a journal of the live edits made since, under /run/bpfgate/engine/<netns>/<dev>/<hook>/.
 
 snapshot.pickle is written on attach and swap: a header line `bpfgate-engine-snapshot <N>\n`, then a pickle
-of {"live": LiveHook, "pending": pending freed slots} (byte keys and a large index: fast to load; the
+of {"live": LiveHook, "pending": pending freed slots} without the hook's largest parts, then a pickle of
+each of these (LiveHook.parts_apart) (byte keys and a large index: fast to load; the
 directory is root-only). N is SNAPSHOT_VERSION, bumped whenever what the pickle holds changes layout
 (LiveHook, CompiledHook, Classes, layout records, Rule ...): a snapshot without the header (bpfgate before
 versioning), of another version, or that does not unpickle loads as one BpfgateError ("detach it and apply
@@ -55,8 +56,10 @@ STATE_ROOT = state_root("engine")   # the attachment record of an engine names i
 # 8 = Redirect.on_gone; 9 = action reject (Rule.reject, RuleAction.reject_with/reject_rate); 10 = named sets
 # (CompiledHook.sets, Classes.set_bits, Tree's ladder state, SetRef in rules); 11 = SetState.keys (elements
 # as integers); 12 = the shapes' filters (Shape.fmask/filter, LiveHook.filters); 13 = Tree.nested not saved
-# (made again from Tree.prefixes); 14 = RuleSources' blob a list of pickles of a few thousand rules each.
-SNAPSHOT_VERSION = 14
+# (made again from Tree.prefixes); 14 = RuleSources' blob a list of pickles of a few thousand rules each;
+# 15 = the prefix classes, the rules and the bg_cls entries with their owners pickled after the state,
+# each on its own (LiveHook.parts_apart).
+SNAPSHOT_VERSION = 15
 # Rules pickle as their non-default values (policy/model.py); snapshots holding pydantic's own pickles of
 # them still load, so that needed no bump (a bpfgate before it reads the new ones as unreadable, with the hint).
 SNAPSHOT_MAGIC = b"bpfgate-engine-snapshot "
@@ -80,6 +83,13 @@ def _rule(v) -> Rule:
     if not isinstance(rule, Rule):
         raise ValueError("journal entry is not a rule")
     return rule
+
+
+def _is_state(state) -> bool:
+    """Whether a snapshot's first pickle is an engine state: {"live": LiveHook, "pending": ...}."""
+    from bpfgate.policy.live import LiveHook
+
+    return isinstance(state, dict) and isinstance(state.get("live"), LiveHook) and "pending" in state
 
 
 def _identity(st: os.stat_result) -> tuple:
@@ -181,7 +191,10 @@ class StateStore:
         (take_snapshot), the journal left alone."""
         def save(f: BinaryIO) -> None:   # pickled into the file: at 100k rules no 34 MB copies in memory
             f.write(SNAPSHOT_MAGIC + b"%d\n" % SNAPSHOT_VERSION)
-            pickle.dump({"live": live, "pending": pending_free}, f, protocol=pickle.HIGHEST_PROTOCOL)
+            rest, parts = live.parts_apart()   # each pickle's memo is freed before the next one starts
+            pickle.dump({"live": rest, "pending": pending_free}, f, protocol=pickle.HIGHEST_PROTOCOL)
+            for part in parts:
+                pickle.dump(part, f, protocol=pickle.HIGHEST_PROTOCOL)
 
         fn, live.ifindex = live.ifindex, None    # a function does not pickle; reattached on load
         try:
@@ -231,7 +244,9 @@ class StateStore:
         return BpfgateError(f"load the saved state of the engine on {self.where}", cause, hint=REATTACH)
 
     def _load_snapshot(self) -> dict:
-        from bpfgate.policy.live import LiveHook   # before unpickling: an import error of bpfgate is no bad snapshot
+        # before unpickling: an import error of bpfgate is no bad snapshot
+        from bpfgate.policy.prefixes import Classes
+        from bpfgate.policy.sources import RuleSources
 
         try:
             with open(self._p("snapshot.pickle"), "rb") as f:
@@ -244,13 +259,17 @@ class StateStore:
                                            f"version {SNAPSHOT_VERSION} (saved by another bpfgate)")
                 try:
                     state = pickle.load(f)
+                    if not _is_state(state):
+                        raise self._unreadable("its snapshot does not hold an engine state")
+                    parts = pickle.load(f), pickle.load(f), pickle.load(f)   # LiveHook.parts_apart
+                    if not (isinstance(parts[0], Classes) and isinstance(parts[1], RuleSources)):
+                        raise self._unreadable("its snapshot does not hold an engine state")
+                    state["live"].rejoin(parts)
                     self.snapshot_id = _identity(os.fstat(f.fileno()))
                 except _UNPICKLE_ERRORS as e:
                     raise self._unreadable(f"its snapshot does not load ({_brief(e)})") from None
         except FileNotFoundError:   # a torn attach (meta.json, no snapshot): detach still cleans it up
             raise self._unreadable("its snapshot is missing") from None
-        if not (isinstance(state, dict) and isinstance(state.get("live"), LiveHook) and "pending" in state):
-            raise self._unreadable("its snapshot does not hold an engine state")
         return state
 
     def _read_listing(self) -> dict:

@@ -7,9 +7,13 @@ programs' RCU grace period, forget rules_free. Each step alone leaves a consiste
 
 from __future__ import annotations
 
+import array
 import bisect
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import attrgetter
 from typing import Callable
 
 from ..errors import PolicyError
@@ -24,6 +28,24 @@ from .shapes import expansion
 
 
 Edit = tuple   # ("delete", name) | ("replace", name, Rule) | ("add", Rule, position or None)
+
+
+_PRIO_RULE = attrgetter("prio", "rule_id")
+
+
+def _pack_cls(cls: dict[bytes, L.ClsValue]) -> tuple[list[bytes], array.array]:
+    """bg_cls as its keys and their values' (prio, rule_id) pairs: pickled without an object (and a reduce's
+    tuple) per value, ~160k fewer entries in the memo at 100k rules."""
+    return list(cls), array.array("I", chain.from_iterable(map(_PRIO_RULE, cls.values())))
+
+
+def _unpack_cls(keys: list[bytes], pairs: array.array) -> dict[bytes, L.ClsValue]:
+    # the values made without ClsValue's __init__ (a frozen dataclass's sets each field through
+    # object.__setattr__): their slots set through the slots' descriptors in C loops, ~3x faster at 100k
+    vals = list(map(object.__new__, repeat(L.ClsValue, len(keys))))
+    deque(map(L.ClsValue.prio.__set__, vals, pairs[0::2]), maxlen=0)
+    deque(map(L.ClsValue.rule_id.__set__, vals, pairs[1::2]), maxlen=0)
+    return dict(zip(keys, vals))
 
 
 @dataclass
@@ -98,6 +120,28 @@ class LiveHook:
         self.order = compiled.order   # (prio, rule_id) sorted
         self.by_name = compiled.by_name   # live rules only: O(1) lookups
         self.low_free = compiled.low_free   # every slot below it is taken: the free-slot search starts here
+
+    # ---- saving --------------------------------------------------------------------------------
+    def parts_apart(self) -> tuple[LiveHook, tuple]:
+        """A copy of this state without its largest parts, and those parts, to pickle one after the other
+        (rejoin() puts them back once loaded): a pickler's memo holds an entry for every object it wrote until
+        it ends, and its table doubles past ~350k of them (8 -> 16 MB, both held meanwhile). Apart, no pickle
+        of 100k rules passes that, and the rules' and prefix classes' own pickles are never held at once."""
+        c = self.c
+        copy = object.__new__(CompiledHook)
+        copy.__dict__.update(c.__dict__, classes=None, source=None, cls=None, rule_keys=None, contested=None)
+        live = object.__new__(LiveHook)
+        live.__dict__.update(self.__dict__, c=copy)
+        if self.owners is c.contested:   # the compiler's table, taken over: saved once, with the keys
+            live.owners = None
+        return live, (c.classes, c.source, (*_pack_cls(c.cls), c.rule_keys, c.contested))
+
+    def rejoin(self, parts: tuple) -> None:
+        c = self.c
+        c.classes, c.source, (keys, pairs, c.rule_keys, c.contested) = parts
+        c.cls = _unpack_cls(keys, pairs)
+        if self.owners is None:
+            self.owners = c.contested
 
     # ---- queries -------------------------------------------------------------------------------
     def names(self) -> RuleNames:
