@@ -174,7 +174,9 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
     if confirm is not None and not 0 < confirm <= 86400:
         raise BadInput("apply with --confirm", f"{confirm:g} s is not between 0 and 86400 seconds")
     steer = _steer_section(policies, confirm)
-    with _serialised(netns, backend, state_root, "apply policy"):
+    with (_serialised(netns, backend, state_root, "apply policy"),
+          unchanged.staged_text(text if dig is not None and not dry_run else None, netns, state_root) as staged):
+        text = docs = engine_docs = None   # the file's text is in `staged` for the record: not held meanwhile
         p = make_plan(desired_state(policies), backend.running(netns), netns)
         preload = getattr(backend, "preload", None)
         if preload is not None and not dry_run:   # verified by the kernel while the policy is checked
@@ -200,7 +202,7 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
             if steer_changes and not dry_run and not isinstance(backend, MemoryBackend):
                 steer_policy.apply(steer, netns)
             if not dry_run and dig is not None and steer is None:   # steering is not in the engines' state
-                unchanged.record(dig, p, netns, state_root, text=text)
+                unchanged.record(dig, p, netns, state_root, staged=staged)
             return ApplyResult(p, bool(steer_changes) and not dry_run, dry_run=dry_run, repaired=repaired,
                                steer=steer_changes)
         if waiting is not None:
@@ -225,7 +227,7 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
                 if h.new is not None:
                     remember(h.dev, h.hook, netns, h.new)
         if dig is not None and steer is None:
-            unchanged.record(dig, p, netns, state_root, text=text)
+            unchanged.record(dig, p, netns, state_root, staged=staged)
         if pending is not None:
             _confirm.restart_clock(pending, confirm)
         if steer_changes and not isinstance(backend, MemoryBackend):

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from bpfgate.policy.hooks import Hook
 
@@ -150,10 +150,12 @@ def unchanged(dig: str | None, netns: str | None, state_root: str | None) -> Pla
     return Plan(netns, hooks)
 
 
-def record(dig: str | None, plan: Plan, netns: str | None, state_root: str | None, text: str | None = None) -> None:
+def record(dig: str | None, plan: Plan, netns: str | None, state_root: str | None, text: str | None = None,
+           staged: str | None = None) -> None:
     """After an apply of a file: what the next apply of the same file compares with, and its `text` (what
-    the next apply of a slightly changed file compares with: incremental.py). Nothing is recorded when the
-    plan keeps rules of automation (their listing needs the engines read)."""
+    the next apply of a slightly changed file compares with: incremental.py), or the file staged_text()
+    wrote it to. Nothing is recorded when the plan keeps rules of automation (their listing needs the
+    engines read)."""
     path = _path(netns, state_root)
     if dig is None or any(h.kept for h in plan.hooks):
         forget(netns, state_root)
@@ -165,16 +167,39 @@ def record(dig: str | None, plan: Plan, netns: str | None, state_root: str | Non
         forget(netns, state_root)
         return
     if text is not None:   # before the record: a record is only ever read with its own text (digest)
-        tmp = _text_path(netns, state_root) + ".tmp"
-        with open(tmp, "w", encoding="utf-8", errors="surrogatepass") as f:
-            f.write(text)
-        os.replace(tmp, _text_path(netns, state_root))
+        staged = _text_path(netns, state_root) + ".tmp"
+        _write_text(staged, text)
+    if staged is not None:
+        os.replace(staged, _text_path(netns, state_root))
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"digest": dig, "devs": devs, "engines": engines}, f)
     os.replace(tmp, path)
-    if text is None:
+    if staged is None:
         _unlink(_text_path(netns, state_root))
+
+
+@contextmanager
+def staged_text(text: str | None, netns: str | None, state_root: str | None) -> Iterator[str | None]:
+    """The path `text` (a policy file's, or None: nothing) is written to for record(staged=), so an apply
+    holds no copy of the file while it compiles and attaches (~7 MB at 100k rules). Removed at the end
+    unless recorded. None without a control-plane directory (no lock taken: nothing is recorded there).
+    One name, written under the namespace's lock: a file left by an apply killed meanwhile is overwritten."""
+    path = _text_path(netns, state_root) + ".tmp"
+    if text is None or not os.path.isdir(os.path.dirname(path)):
+        yield None
+        return
+    _write_text(path, text)
+    del text   # this frame lives as long as the body
+    try:
+        yield path
+    finally:
+        _unlink(path)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8", errors="surrogatepass") as f:
+        f.write(text)
 
 
 def forget(netns: str | None, state_root: str | None) -> None:
