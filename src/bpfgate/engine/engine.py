@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
+from itertools import islice
 
 from bpfgate import attach as attach_mod
 from bpfgate import cgroups
@@ -62,6 +63,7 @@ PROGRAMS = {Hook.TC_INGRESS: ("bg_engine_tc",), Hook.TC_EGRESS: ("bg_engine_tc",
             Hook.CGROUP_BIND: ("bg_sock_bind4", "bg_sock_bind6")}
 LINK_PIN = "link-"   # + program name: a cgroup engine's links, pinned beside its maps
 _U32 = struct.Struct("=I")
+_BATCH = 1 << 14   # entries a large write of bg_rules or bg_cls makes per syscall
 
 
 def rule_array_sizes(slots: int) -> dict[str, int]:
@@ -873,8 +875,8 @@ class Engine:
         if not rules:
             return
         ids = sorted(rules)
-        keys = _u32s(ids)
         if fresh:   # a new slot starts with zero counters and full buckets (docs section 5)
+            keys = _u32s(ids)
             for name in ("bg_counters", "bg_rate_rule", "bg_log_rate"):
                 m = self.maps[name]
                 m.update_batch_raw(keys, bytes(m._vbuf_size * len(ids)), len(ids))
@@ -886,9 +888,11 @@ class Engine:
                 b = packed[id(a)] = a.pack()
             return b
 
-        vals = b"".join([pack(rules[i]) for i in ids])
         self._write_redirect_targets(rules.values())   # before a rule can send packets there
-        self.maps["bg_rules"].update_batch_raw(keys, vals, len(ids))
+        m = self.maps["bg_rules"]
+        for i in range(0, len(ids), _BATCH):   # a batch's records at a time (all of 100k: ~5 MB)
+            part = ids[i:i + _BATCH]
+            m.update_batch_raw(_u32s(part), b"".join([pack(rules[rid]) for rid in part]), len(part))
 
     def _write_redirect_targets(self, rules: Iterable[L.RuleAction]) -> None:
         """Put the redirect rules' target interfaces in the devmap the programs redirect through. One that
@@ -919,26 +923,25 @@ class Engine:
         bg_cls_direct for the keys of the SHAPE_DIRECT shape that fit it (L.cls_map_key)."""
         if not entries:
             return
-        parts: dict[str, tuple[list[bytes], array.array]] = {}
         if not any(k[L.KEY_SHAPE_OFF] & L.SHAPE_DIRECT for k in entries):   # the usual case: two maps
             wide = {k: v for k, v in entries.items() if not k[L.KEY_SHAPE_OFF] & L.SHAPE_SHORT}
             short = entries if not wide else {k: v for k, v in entries.items() if k not in wide}
-            split = (("bg_cls", wide, list(wide)), ("bg_cls_short", short, L.split_keys(short)[1]))
+            split = (("bg_cls", wide, iter(wide)), ("bg_cls_short", short, map(L.short_key, short)))
         else:
             by: dict[str, dict] = {}
             for k, v in entries.items():
                 name, raw = L.cls_map_key(k)
                 by.setdefault(name, {})[raw] = v
-            split = tuple((name, part, list(part)) for name, part in by.items())
+            split = tuple((name, part, iter(part)) for name, part in by.items())
         for name, part, keys in split:
-            if part:
+            values = iter(part.values())
+            # a batch at a time: only its keys in their map's form are held (all of 100k: ~10 MB)
+            while batch := list(islice(keys, _BATCH)):
                 vals = array.array("I")
-                for v in part.values():
+                for v in islice(values, len(batch)):
                     vals.append(v.prio)
                     vals.append(v.rule_id)
-                parts[name] = (keys, vals)
-        for name, (keys, vals) in parts.items():
-            self.maps[name].update_batch_raw(b"".join(keys), vals.tobytes(), len(keys))
+                self.maps[name].update_batch_raw(b"".join(batch), vals.tobytes(), len(batch))
 
     def _write_generation(self, compiled: CompiledHook, rules: dict[int, L.RuleAction], fresh: bool) -> None:
         """Rule slots, stage 0 tables and bg_cls entries of a generation nothing reads yet. Three independent
