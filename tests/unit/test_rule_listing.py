@@ -39,6 +39,8 @@ def test_rows_columns_and_their_round_trip():
     assert set(ls.more) == {3, 9, 1, 4}   # only the rules with options, an owner or a comment
     again = Listing.from_state(pickle.loads(pickle.dumps(ls.to_state())))   # as the listing file keeps it
     assert again.rows() == rows and again.default == "deny"
+    by_action = {}
+    assert all(by_action.setdefault(a, a) is a for a in again.actions)   # one str per action, not per row
 
 
 def test_journal_replay_gives_the_rows_of_the_edited_state():

@@ -31,8 +31,15 @@ def _lines(column: list[str]) -> str | list[str]:
     return text if column and text.count("\n") == len(column) - 1 else column
 
 
-def _unlines(column: str | list) -> list:
-    return column.split("\n") if isinstance(column, str) else column
+def _unlines(column: str | list, few: bool = False) -> list:
+    """A column saved by _lines(); `few`: its items take a few values (actions), each kept as one str."""
+    if not isinstance(column, str):
+        return column
+    items = column.split("\n")
+    if few:   # 100k rows of "drop": one object, not 100k (~5 MB)
+        seen: dict[str, str] = {}
+        items = [seen.setdefault(x, x) for x in items]
+    return items
 
 
 def _has_more(row: tuple) -> bool:
@@ -81,7 +88,7 @@ class Listing:
     @classmethod
     def from_state(cls, d: dict) -> "Listing":
         default, default_rid = d["default"]
-        cols = [_unlines(d[k]) for k in ("rids", "names", "actions", "matches")]
+        cols = [_unlines(d[k], few=k == "actions") for k in ("rids", "names", "actions", "matches")]
         if not all(isinstance(c, list) and len(c) == len(cols[0]) for c in cols) or not isinstance(d["more"], dict):
             raise ValueError("not a listing")
         return cls(default, default_rid, *cols, d["more"])
