@@ -177,23 +177,31 @@ def test_attach_takes_the_engine_loaded_while_the_policy_compiled(net, monkeypat
         eng.detach()
 
 
-def test_a_large_sets_engine_is_preloaded_with_its_tables_sized(net, monkeypatch):
-    """A few rules naming a large address set: the engine loaded while the policy compiles has its prefix
-    table preallocated as the compiled policy needs it and its other tables at their smallest, so the attach
-    takes it (one load, none after)."""
+@pytest.fixture
+def loads(monkeypatch) -> list[str]:
+    """The name of the thread of every Engine.load made meanwhile."""
     import threading
 
     from bpfgate.engine import Engine
-    from bpfgate.engine.engine import HASH_MIN, PREALLOC_MIN
 
-    loads = []
+    made: list[str] = []
     load = Engine.load.__func__
 
     def counted_load(cls, *a, **kw):
-        loads.append(threading.current_thread().name)
+        made.append(threading.current_thread().name)
         return load(cls, *a, **kw)
 
     monkeypatch.setattr(Engine, "load", classmethod(counted_load))
+    return made
+
+
+def test_a_large_sets_engine_is_preloaded_with_its_tables_sized(net, loads):
+    """A few rules naming a large address set: the engine loaded while the policy compiles has its prefix
+    table preallocated as the compiled policy needs it and its other tables at their smallest, so the attach
+    takes it (one load, none after)."""
+    from bpfgate.engine import Engine
+    from bpfgate.engine.engine import HASH_MIN, PREALLOC_MIN
+
     n = net
     p = Policy.model_validate({
         "interfaces": [n.dev], "sets": {"big": {"type": "addr", "elements": [
@@ -211,23 +219,13 @@ def test_a_large_sets_engine_is_preloaded_with_its_tables_sized(net, monkeypatch
         policyctl.remove(netns=n.ns)
 
 
-def test_a_rule_listing_many_addresses_loads_one_engine_sized_by_its_compile(net, monkeypatch):
+def test_a_rule_listing_many_addresses_loads_one_engine_sized_by_its_compile(net, loads):
     """One rule listing more addresses than PREALLOC_MIN: its classifier table is preallocated from the
     compiled policy, so no engine is loaded ahead with tables of another size (it was, and then discarded:
     a second load in the attach)."""
-    import threading
-
     from bpfgate.engine import Engine
     from bpfgate.engine.engine import PREALLOC_MIN
 
-    loads = []
-    load = Engine.load.__func__
-
-    def counted_load(cls, *a, **kw):
-        loads.append(threading.current_thread().name)
-        return load(cls, *a, **kw)
-
-    monkeypatch.setattr(Engine, "load", classmethod(counted_load))
     n = net
     listed = [f"fd00:98::{i >> 16:x}:{i & 0xffff:x}" for i in range(PREALLOC_MIN)]
     p = Policy.model_validate({"interfaces": [n.dev], "hooks": {"tc-ingress": {"rules": [
