@@ -36,6 +36,12 @@ class Limits:
     cheap_merge: int = 4096   # merge two shapes below max_shapes when it adds at most this many entries
     classes: bool = True      # stage 0: address prefixes as prefix classes (False: raw prefixes only)
 
+    def rule_entries(self, atoms: int, address_list: bool) -> int:
+        """The entries one rule of `atoms` atoms may make: max_rule_entries, or one per atom for a rule
+        matching one address list alone (an address, or a class under it, each: as many one-address rules
+        make); a shape's expansion past that is held to it as any rule's."""
+        return max(self.max_rule_entries, atoms) if address_list else self.max_rule_entries
+
 
 @dataclass(frozen=True)
 class ShapeSpec:
@@ -263,9 +269,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
         else:   # overlapping lists give a key once
             keys = list(dict.fromkeys(k for a in ra for k in _placed_keys(a, *fit[a.mask])))
         out.rule_keys[rid] = keys
-        # an address list may make one entry per atom (address, or class under it), however many; a
-        # shape's expansion past that is held to the limit as any rule's
-        if len(keys) > (max(limits.max_rule_entries, len(ra)) if rid in address_lists else limits.max_rule_entries):
+        if len(keys) > limits.rule_entries(len(ra), rid in address_lists):
             raise PolicyError(where(("hooks", hook.value, "rules", i)),
                               f"rule {out.names[rid]!r} expands to {len(keys)} entries after shape fitting "
                               f"(limit {limits.max_rule_entries}): split it or use fewer prefix lengths")

@@ -295,7 +295,7 @@ class LiveHook:
         try:  # place every atom first: a refusal leaves everything unchanged
             placed = [(atom, self._place(atom)) for atom in atoms_of(rule, self.c.classes)]
             n = sum(expansion(shape.mask, atom.mask, atom.zero) for atom, shape in placed)
-            if n > (max(self.limits.max_rule_entries, len(placed)) if listed else self.limits.max_rule_entries):
+            if n > self.limits.rule_entries(len(placed), listed):
                 raise PolicyError(f"rule {rule.name}", f"expands to {n} entries in the current shapes (limit "
                                   f"{self.limits.max_rule_entries}); apply the whole policy to re-plan the shapes")
             for atom, shape in placed:

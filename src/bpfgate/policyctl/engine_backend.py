@@ -77,8 +77,7 @@ class EngineBackend:
         """Start loading the engine that attach() will load for `hp` there (Engine.preload): its programs are
         verified while the policy is checked and compiled. Those not attached in this session are closed."""
         from bpfgate.engine import Engine
-        from bpfgate.engine.engine import Preload
-        from bpfgate.engine.engine import PREALLOC_MIN
+        from bpfgate.engine.engine import PREALLOC_MIN, Preload
         from bpfgate.policy.atoms import entries_estimate
         from bpfgate.policy.sets import stage0_estimate
 
