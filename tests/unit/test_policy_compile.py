@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import struct
 
 import pytest
+import yaml
 
 from bpfgate.errors import PolicyError
 from bpfgate.policy import layout as L
@@ -154,6 +156,23 @@ def test_rule_expansion_cap():
                protocol="tcp", dst_port="1-65534")
     with pytest.raises(PolicyError, match=r"rules\[0\].*expands to"):
         compile_hook(HookPolicy(rules=(big,)), Hook.TC_INGRESS)
+
+
+def test_rule_expansion_cap_names_the_file_and_line(tmp_path):
+    from bpfgate.policy.parse import load_file, load_text
+
+    text = ("interfaces: [eth0]\nhooks:\n  xdp:\n    rules:\n      - {name: ok, protocol: udp}\n      - name: big\n        protocol: tcp\n"
+            "        src: [" + ", ".join(f"10.0.{i}.0/24" for i in range(100)) + "]\n"
+            "        dst: [" + ", ".join(f"10.1.{i}.0/24" for i in range(100)) + "]\n        dst_port: 1-65534\n")
+    f = tmp_path / "big.yaml"
+    f.write_text(text)
+    as_json = json.dumps(yaml.safe_load(text), indent=1)   # read by the json module, its lines by PyYAML
+    line = as_json.splitlines().index('     "name": "big",')   # the item's `{` (1-based: the line before)
+    for policy, where in ((load_file(f), "big.yaml:6"), (load_text(text), "<policy>:6"),
+                          (load_text(as_json, "big.json"), f"big.json:{line}")):
+        with pytest.raises(PolicyError) as e:
+            compile_hook(policy.hooks[Hook.XDP], Hook.XDP)
+        assert str(e.value).startswith(f"policy {where} hooks.xdp.rules[1]: rule 'big' expands to")
 
 
 def test_priorities_and_default_slot():

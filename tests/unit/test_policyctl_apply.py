@@ -116,6 +116,38 @@ def test_compile_error_is_refused_before_any_change(be):
     assert len(be.log) == n
 
 
+HUGE_YAML = ("      - name: huge\n        protocol: tcp\n        src: [{src}]\n        dst_port: [{ports}]\n"
+             .format(src=", ".join(f"198.18.{i}.{j}/32" for i in range(2) for j in range(0, 256, 2)),
+                     ports=", ".join(str(p) for p in range(1, 2001, 3))))
+
+
+def test_compile_error_names_the_line_in_a_file_of_several_documents(be, tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("interfaces: [eth1]\nhooks:\n  tc-ingress:\n    rules:\n      - {name: ssh, protocol: tcp}\n"
+                 "---\n# the second document\ninterfaces: [eth0]\nhooks:\n  tc-ingress:\n    rules:\n"
+                 "      - {name: ssh, protocol: tcp}\n" + HUGE_YAML)
+    with pytest.raises(PolicyError, match=r"^policy p\.yaml:13 hooks\.tc-ingress\.rules\[1\]: rule 'huge' expands to"):
+        policyctl.apply(str(f), backend=be)
+    assert be.log == []
+
+
+def test_compile_error_of_a_file_changed_since_it_was_read_names_no_line(be, tmp_path, monkeypatch):
+    import importlib
+
+    apply_mod = importlib.import_module("bpfgate.policyctl.apply")   # the module, not policyctl.apply()
+    f = tmp_path / "p.yaml"
+    f.write_text("interfaces: [eth0]\nhooks:\n  tc-ingress:\n    rules:\n" + HUGE_YAML)
+    real = apply_mod.compile_hook
+
+    def rewritten_first(*a, **kw):   # someone edits the file between its reading and the compiler's error
+        f.write_text("# edited\n" + f.read_text())
+        return real(*a, **kw)
+    monkeypatch.setattr(apply_mod, "compile_hook", rewritten_first)
+    with pytest.raises(PolicyError, match=r"^policy p\.yaml hooks\.tc-ingress\.rules\[0\]: rule 'huge' expands to"):
+        policyctl.apply(str(f), backend=be)
+    assert be.log == []
+
+
 def test_dry_run_changes_nothing(be):
     r = policyctl.apply(BASE, backend=be, dry_run=True)
     assert r.dry_run and r.changed and not r.applied and be.log == []

@@ -16,7 +16,7 @@ from . import layout as L
 from .atoms import Atom, address_list, atom_count, atoms_of
 from .hooks import DEFAULT_NAME
 from .model import Hook, HookPolicy, Policy, Reject, Rule
-from .parse import _fmt, checked_for, rule_problem
+from .parse import _fmt, checked_for, rule_problem, where_of
 from .prefixes import Classes
 from .sets import SetState, hook_sets, ref_problem, set_problem, uses_sets, with_ports
 from .shapes import TooManyShapes, expand, plan_shapes
@@ -197,7 +197,7 @@ class SlotAllocator:
 def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = Limits(),
                  ifindex: Callable[[str], int] = _ifindex, previous: CompiledHook | None = None,
                  where: Callable[[tuple], str] | None = None) -> CompiledHook:
-    where = where or _fmt
+    where = where or where_of(hp) or _fmt   # a policy file's: `file:LINE path`
     slots = SlotAllocator(previous)
     default = L.RuleAction(L.ACTIONS[hp.default], flags=L.RF_COUNT)
     default_id = slots.get(DEFAULT_NAME, default)

@@ -4,6 +4,7 @@ and the field, e.g. `policy.yaml:12 hooks.tc-ingress.rules[3].dst_port: port 700
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from ..errors import PolicyError
 from . import fastyaml
 from .memo import ObjectMemo
-from .source import MAX_BYTES, read_source  # noqa: F401 - read_source: the policy file's reader, named here too
+from .source import MAX_BYTES, read_again, read_source  # noqa: F401 - read_source: the policy file's reader, named here too
 from .model import (ICMP_PROTOCOLS, PORT_PROTOCOLS, SOCKET_HOOKS, Hook, Policy, Rule, SetRef, quick_rule,
                     share_fields_sets)
 
@@ -163,7 +164,18 @@ def _reason(err: dict, shown: Loc) -> str:
     return msg
 
 
-def load_text(text: str, source: str = "<policy>") -> Policy:
+def load_text(text: str, source: str = "<policy>", again: Callable[[], str | None] | None = None) -> Policy:
+    """The policy of `text`. `again` gives the text once more (None when it is no longer this text): the
+    compiler's errors, found after reading, name their line from it; without it the policy keeps the text."""
+    policy = _loaded(text, source)
+    later = again or (lambda: text)
+    where = _Where(source, _LazyLines(lambda lines: _fill_lines(later(), source, lines)))
+    for hp in policy.hooks.values():
+        _WHERE.put(hp, where)
+    return policy
+
+
+def _loaded(text: str, source: str) -> Policy:
     if len(text) > MAX_BYTES:
         raise PolicyError(source, f"larger than {MAX_BYTES // 2**20} MiB, the limit for a policy file")
     data = fastyaml.parse(text)   # None: outside what the fast reader takes; PyYAML reads it below
@@ -231,6 +243,22 @@ def _yaml_lines(text: str, source: str, lines: dict) -> None:
         pass
 
 
+def _fill_lines(text: str | None, source: str, lines: dict) -> None:
+    """Fill `lines` (path -> line) from a policy's text, read by the reader that read it (none: no lines)."""
+    if text is not None and fastyaml.parse(text, lines) is None:
+        lines.clear()
+        _yaml_lines(text, source, lines)
+
+
+# per hook policy read from a file: its `file:line path` formatter, for the errors found after reading it
+_WHERE = ObjectMemo()
+
+
+def where_of(hp) -> Callable[[Loc], str] | None:
+    """How to name a place in the file this very HookPolicy was read from (None: not read from one)."""
+    return _WHERE.get(hp)
+
+
 class _LazyLines(dict):
     """The line of every path, filled by `fill(self)` when first looked up."""
 
@@ -274,7 +302,8 @@ def _quick_rules(data: dict) -> dict:
 
 
 def load_file(path: str | Path) -> Policy:
-    return load_text(*read_source(path))
+    text, source = read_source(path)
+    return load_text(text, source, read_again(path, text))
 
 
 def check(policy: Policy, where=None) -> None:

@@ -3,6 +3,7 @@ apply's no-change check digests the text without parsing it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import PolicyError
@@ -33,3 +34,20 @@ def read_source(path: str | Path) -> tuple[str, str]:
         line = data.count(b"\n", 0, e.start) + 1
         raise PolicyError(f"{name}:{line}", f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
                           "a policy file is YAML") from None
+
+
+def read_again(path: str | Path, text: str) -> Callable[[], str | None]:
+    """Reads `path` once more, giving its text when it is still `text` (same length and hash) and None
+    otherwise: the line of an error found late without holding a large file's text meanwhile. Stdin cannot
+    be read again: its text is held."""
+    if str(path) == "-":
+        return lambda: text
+    size, digest = len(text), hash(text)
+
+    def again() -> str | None:
+        try:
+            now, _name = read_source(path)
+        except PolicyError:
+            return None
+        return now if len(now) == size and hash(now) == digest else None
+    return again

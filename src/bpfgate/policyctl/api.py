@@ -14,6 +14,7 @@ from bpfgate.policy.compile import CompiledHook, compile_hook
 from bpfgate.policy.model import Hook, HookPolicy, Policy, Rule
 from bpfgate.policy.packet import Packet
 from bpfgate.policy.parse import rule_problem
+from bpfgate.policy.source import read_again
 from bpfgate.steer import policy as steer_policy
 
 from . import guard
@@ -152,7 +153,7 @@ def apply(source: Source, *, netns: str | None = None, dry_run: bool = False, fo
         if not docs:
             raise PolicyError(name, "empty policy file")
         engine_docs, nat_docs = nat_policy.split(docs, name)
-        source = load_documents(engine_docs, name) if engine_docs else []
+        source = load_documents(engine_docs, name, read_again(source, text)) if engine_docs else []
         if nat_docs:
             if confirm is not None:
                 raise BadInput("apply with --confirm", "confirmation covers policy engine documents only; "

@@ -8,7 +8,7 @@ validators: `Rule.model_validate(rule_data(r)) == r` for every valid rule (unit-
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import yaml
 from bpfgate.cgroups import is_cgroup
 from bpfgate.errors import PolicyError
 from bpfgate.policy.model import Hook, HookPolicy, Policy
-from bpfgate.policy.parse import load_text, read_source
+from bpfgate.policy.parse import load_text, read_again, read_source
 from bpfgate.policy.ruledata import rule_data, set_data
 
 
@@ -212,21 +212,24 @@ def _content(line: str) -> bool:
     return bool(line.strip()) and not line.lstrip().startswith("#")
 
 
-def load_policies(text: str, source: str = "<policy>") -> list[Policy]:
+def load_policies(text: str, source: str = "<policy>", again: Callable[[], str | None] | None = None) -> list[Policy]:
     """Every document of a policy file, validated; line numbers in errors are those of the whole file.
-    An interface may appear in one document only."""
+    An interface may appear in one document only. `again`: the file's text read once more (parse.load_text)."""
     docs = split_documents(text)
     if not docs:
         raise PolicyError(source, "empty policy file")
-    return load_documents(docs, source)
+    return load_documents(docs, source, again)
 
 
-def load_documents(docs: list[tuple[int, str]], source: str) -> list[Policy]:
-    """split_documents()'s documents, validated (line numbers: the whole file's)."""
+def load_documents(docs: list[tuple[int, str]], source: str,
+                   again: Callable[[], str | None] | None = None) -> list[Policy]:
+    """split_documents()'s documents, validated (line numbers: the whole file's). `again`: the whole file's
+    text read once more, for the lines of the compiler's errors (without it each policy keeps its text)."""
     out: list[Policy] = []
     seen: dict[str, int] = {}
     for n, (start, doc) in enumerate(docs):
-        p = load_text("\n" * start + doc, source)   # padding keeps the file's line numbers
+        # padding keeps the file's line numbers
+        p = load_text("\n" * start + doc, source, _document_again(again, start) if again else None)
         for dev in (*p.interfaces, *p.cgroups):
             if dev in seen:
                 kind = "cgroups" if is_cgroup(dev) else "interfaces"
@@ -237,6 +240,15 @@ def load_documents(docs: list[tuple[int, str]], source: str) -> list[Policy]:
     return out
 
 
+def _document_again(again: Callable[[], str | None], start: int) -> Callable[[], str | None]:
+    """The document starting at line index `start` of the file's text read again, padded as it was read."""
+    def doc() -> str | None:
+        text = again()
+        found = [d for s, d in split_documents(text) if s == start] if text is not None else []
+        return "\n" * start + found[0] if found else None
+    return doc
+
+
 def read_policy_file(path: str | Path) -> tuple[str, str]:
     """(text, name for errors) of a policy file (`-` is stdin). Size and encoding limits: parse.read_source."""
     return read_source(path)
@@ -244,7 +256,8 @@ def read_policy_file(path: str | Path) -> tuple[str, str]:
 
 def load_policy_file(path: str | Path) -> list[Policy]:
     """A policy file (`-` is stdin) -> its documents."""
-    return load_policies(*read_policy_file(path))
+    text, source = read_policy_file(path)
+    return load_policies(text, source, read_again(path, text))
 
 
 def desired_state(policies: Iterable[Policy]) -> dict[tuple[str, Hook], HookPolicy]:
