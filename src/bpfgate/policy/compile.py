@@ -194,10 +194,29 @@ class SlotAllocator:
         return self.next
 
 
+class _Refused(Exception):
+    """A policy the compiler refuses: the place (a path into the policy's data) and why."""
+
+    def __init__(self, loc: tuple, reason: str):
+        super().__init__(loc, reason)
+        self.loc, self.reason = loc, reason
+
+
 def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = Limits(),
                  ifindex: Callable[[str], int] = _ifindex, previous: CompiledHook | None = None,
                  where: Callable[[tuple], str] | None = None) -> CompiledHook:
-    where = where or where_of(hp) or _fmt   # a policy file's: `file:LINE path`
+    """The hook policy compiled; PolicyError (at `where(path)`, by default `file:LINE path` for a policy
+    file's) when the compiler refuses it."""
+    try:
+        return _compiled(hp, hook, gen, limits, ifindex, previous)
+    except _Refused as e:
+        loc, reason = e.loc, e.reason   # not `e`: its traceback holds the compiler's state
+    # named once the compiler's state is freed: the line is found by reading the file again
+    raise PolicyError((where or where_of(hp) or _fmt)(loc), reason)
+
+
+def _compiled(hp: HookPolicy, hook: Hook, gen: int, limits: Limits, ifindex: Callable[[str], int],
+              previous: CompiledHook | None) -> CompiledHook:
     slots = SlotAllocator(previous)
     default = L.RuleAction(L.ACTIONS[hp.default], flags=L.RF_COUNT)
     default_id = slots.get(DEFAULT_NAME, default)
@@ -211,22 +230,22 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     for name, sd in () if checked else hp.sets.items():
         problem = set_problem(sd)
         if problem:
-            raise PolicyError(where(("sets", name, "elements", problem[0])), problem[1])
+            raise _Refused(("sets", name, "elements", problem[0]), problem[1])
     out.sets = hook_sets(hp)
-    out.classes = _classes(hp, out.sets, gen, limits, where)
+    out.classes = _classes(hp, out.sets, gen, limits)
     for i, rule in enumerate(hp.rules):
         loc = ("hooks", hook.value, "rules", i)
         named = uses_sets(rule)
         problem = (None if checked else rule_problem(rule, hook)) or (ref_problem(rule, hp.sets) if named else None)
         if problem:
-            raise PolicyError(where(loc + ((problem[0],) if problem[0] else ())), problem[1])
+            raise _Refused(loc + ((problem[0],) if problem[0] else ()), problem[1])
         source = rule
         if named:
             rule = with_ports(rule, hp.sets)   # port sets: their ranges (address sets are class bits)
         n = atom_count(rule)
         listed = address_list(rule)   # an atom per address, as many one-address rules make: not held here
         if n > limits.max_rule_entries and not listed:
-            raise PolicyError(where(loc), f"rule {rule.name!r} expands to {n} entries (limit "
+            raise _Refused(loc, f"rule {rule.name!r} expands to {n} entries (limit "
                               f"{limits.max_rule_entries}): split it, use wider prefixes/ranges, or put its "
                               "addresses in a named set (`sets:`)")
         d = rule.__dict__
@@ -254,7 +273,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     try:
         placement = plan_shapes(hist, limits.max_shapes, limits.max_entries, limits.cheap_merge)
     except TooManyShapes as e:
-        raise PolicyError(where(("hooks", hook.value)), e.reason) from None
+        raise _Refused(("hooks", hook.value), e.reason) from None
     ids: dict[int, ShapeSpec] = {}
     for mask in sorted(set(placement.values())):
         spec = ShapeSpec(L.shape_id(len(ids), mask), mask)   # SHAPE_SHORT: its entries in bg_cls_short
@@ -270,7 +289,7 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
             keys = list(dict.fromkeys(k for a in ra for k in _placed_keys(a, *fit[a.mask])))
         out.rule_keys[rid] = keys
         if len(keys) > limits.rule_entries(len(ra), rid in address_lists):
-            raise PolicyError(where(("hooks", hook.value, "rules", i)),
+            raise _Refused(("hooks", hook.value, "rules", i),
                               f"rule {out.names[rid]!r} expands to {len(keys)} entries after shape fitting "
                               f"(limit {limits.max_rule_entries}): split it or use fewer prefix lengths")
         for k in keys:
@@ -284,15 +303,15 @@ def compile_hook(hp: HookPolicy, hook: Hook, *, gen: int = 0, limits: Limits = L
     return out
 
 
-def _classes(hp: HookPolicy, sets: dict[str, SetState], gen: int, limits: Limits, where) -> Classes:
+def _classes(hp: HookPolicy, sets: dict[str, SetState], gen: int, limits: Limits) -> Classes:
     if not limits.classes:
         if any(uses_sets(r) for r in hp.rules):
-            raise PolicyError(where(("hooks",)), "named sets need stage 0 prefix classes (Limits.classes)")
+            raise _Refused(("hooks",), "named sets need stage 0 prefix classes (Limits.classes)")
         return Classes(gen=gen)
     try:
         return Classes.of(hp.rules, gen, {n: s.keys for n, s in sets.items() if s.type == "addr"})
     except ValueError as e:
-        raise PolicyError(where(("sets",)), str(e)) from None
+        raise _Refused(("sets",), str(e)) from None
 
 
 def compile_policy(policy: Policy, *, previous: dict[Hook, CompiledHook] | None = None,

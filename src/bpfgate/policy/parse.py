@@ -260,16 +260,22 @@ def where_of(hp) -> Callable[[Loc], str] | None:
 
 
 class _LazyLines(dict):
-    """The line of every path, filled by `fill(self)` when first looked up."""
+    """The lines of a path and of the paths above it, filled by `fill(self)` when first looked up: only those
+    are kept (a 100k-rule file has ~400k paths; their lines would outweigh its policy)."""
 
     def __init__(self, fill):
         super().__init__()
-        self._fill = fill
+        self._fill, self._wanted = fill, frozenset()
+
+    def __setitem__(self, loc, line) -> None:
+        if loc in self._wanted:
+            super().__setitem__(loc, line)
 
     def __contains__(self, loc) -> bool:
-        if self._fill is not None:
-            fill, self._fill = self._fill, None
-            fill(self)
+        if loc not in self._wanted:   # _Where asks for a path, then for the paths above it
+            self.clear()
+            self._wanted = frozenset(loc[:n] for n in range(len(loc) + 1))
+            self._fill(self)
         return super().__contains__(loc)
 
 
