@@ -302,6 +302,11 @@ def test_sweep_stale_removes_pins_and_state_named_after_a_dead_run():
     state_dir = os.path.join("/run/bpfgate/engine", name, "eth0", "tc-ingress")
     os.makedirs(pin_dir)
     os.makedirs(state_dir)
+    from bpfgate.attach import record
+
+    marker = record.clsact_marker(name, "eth0")   # a clsact qdisc bpfgate made in that namespace
+    made += [record.CLSACT_DIR] if not os.path.exists(record.CLSACT_DIR) else []
+    record.mark_clsact_ours(name, "eth0")
     try:
         with BpfObject.open("selftest") as obj:
             obj.load()
@@ -311,7 +316,10 @@ def test_sweep_stale_removes_pins_and_state_named_after_a_dead_run():
         assert f"state /run/bpfgate/engine/{name}" in removed
         assert not os.path.exists(os.path.join("/sys/fs/bpf/bpfgate/engine", name))
         assert not os.path.exists(os.path.join("/run/bpfgate/engine", name))
+        assert f"state {marker}" in removed and not os.path.exists(marker)
     finally:
+        if os.path.exists(marker):
+            os.unlink(marker)
         for root in roots:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
         for root in made:
@@ -319,3 +327,31 @@ def test_sweep_stale_removes_pins_and_state_named_after_a_dead_run():
                 os.rmdir(root)
             except OSError:
                 pass   # something else put an engine there meanwhile
+
+
+def _named_after(tag: str) -> list[str]:
+    found = []
+    for root in ("/run/bpfgate", "/sys/fs/bpf/bpfgate"):
+        for d, dirs, files in os.walk(root):
+            found += [os.path.join(d, n) for n in dirs + files if n.startswith(tag)]
+    return found
+
+
+def test_teardown_removes_what_bpfgate_kept_for_a_policy_left_attached():
+    """Closing a sandbox whose namespace still has a policy attached (no detach): its engine's pins, state,
+    attachment records and clsact marker go with the namespace."""
+    from bpfgate import policyctl
+    from bpfgate.policy.model import Policy
+
+    sb = Sandbox()
+    try:
+        fw, peer = sb.host("fw"), sb.host("peer")
+        dev = sb.link(fw, peer).end(fw).name
+        policy = Policy.model_validate({"interfaces": [dev], "hooks": {"tc-ingress": {"rules": [
+            {"name": "block", "src": "198.18.0.0/24", "action": "drop"}]}}})
+        policyctl.apply(policy, netns=fw.netns)
+        kept = _named_after(sb.tag)
+        assert any("/clsact/" in p for p in kept) and any(p.startswith("/sys/fs/bpf/") for p in kept), kept
+    finally:
+        sb.close()
+    assert _named_after(sb.tag) == []

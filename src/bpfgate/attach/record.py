@@ -24,6 +24,7 @@ from bpfgate.errors import BpfgateError
 from bpfgate.families import RUN_ROOT, state_root  # noqa: F401 - the attach layer's names for them
 
 STATE_DIR = os.path.join(RUN_ROOT, "attachments")
+CLSACT_DIR = os.path.join(STATE_DIR, "clsact")   # a marker per device whose clsact qdisc bpfgate made
 FAMILY_STATE = families.with_state()   # families with per-attach-point state under RUN_ROOT/<family>/
 
 
@@ -159,7 +160,7 @@ def find(dev: str | None = None, hook: str | None = None, netns_name: str | None
 
 
 def clsact_marker(att_netns: str | None, dev: str) -> str:
-    return os.path.join(STATE_DIR, "clsact", f"{att_netns or '-'}.{dev}")
+    return os.path.join(CLSACT_DIR, f"{att_netns or '-'}.{dev}")
 
 
 def mark_clsact_ours(att_netns: str | None, dev: str) -> None:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from pyroute2 import IPRoute
@@ -22,6 +23,7 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bpfgate import families
+from bpfgate.attach import record
 from bpfgate.kernel import netns
 from bpfgate.sandbox import procs
 from bpfgate.sandbox.names import DEFAULT_PREFIX, is_alive, owner_of, proc_start_time
@@ -188,7 +190,7 @@ def sweep_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
         if o and o[0] not in live_tags and not is_alive(o[1]):
             delete_root_iface(ifname)
             removed.append(f"interface {ifname}")
-    removed += _sweep_run_state(prefix, live_tags)
+    removed += remove_run_state(lambda tag, pid: tag not in live_tags and not is_alive(pid), prefix)
     return sorted(set(removed))
 
 
@@ -197,9 +199,10 @@ PIN_ROOT = "/sys/fs/bpf/bpfgate"
 
 
 def _state_roots() -> list[str]:
-    """Where bpfgate keeps things per namespace: attachment records, the control plane's directories,
-    every family's state under /run/bpfgate and its pins under /sys/fs/bpf/bpfgate."""
+    """Where bpfgate keeps things per namespace: attachment records and clsact markers, the control plane's
+    directories, every family's state under /run/bpfgate and its pins under /sys/fs/bpf/bpfgate."""
     roots = [os.path.join(RUN_STATE, sub) for sub in ("attachments", "policyctl", *families.with_state())]
+    roots.append(record.CLSACT_DIR)
     try:
         roots += [os.path.join(PIN_ROOT, d) for d in sorted(os.listdir(PIN_ROOT))]
     except FileNotFoundError:
@@ -207,9 +210,9 @@ def _state_roots() -> list[str]:
     return roots
 
 
-def _sweep_run_state(prefix: str, live_tags: set) -> list[str]:
-    """bpfgate state and pins named after a dead run's sandbox hosts: a killed run's teardown never ran,
-    and its namespaces are gone with it."""
+def remove_run_state(gone: Callable[[str, int], bool], prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """bpfgate state and pins named after the hosts of sandboxes whose namespaces are gone (`gone(tag, owner
+    pid)`): a policy still attached when its namespace went, or a killed run's that never tore down."""
     removed = []
     for root in _state_roots():
         try:
@@ -218,7 +221,7 @@ def _sweep_run_state(prefix: str, live_tags: set) -> list[str]:
             continue
         for name in names:
             o = owner_of(name.split(".", 1)[0], prefix)
-            if not o or o[0] in live_tags or is_alive(o[1]):
+            if not o or not gone(*o):
                 continue
             path = os.path.join(root, name)
             if os.path.isdir(path):

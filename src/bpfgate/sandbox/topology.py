@@ -214,6 +214,7 @@ class Sandbox:
     """Throwaway network namespaces linked by veths. See the package docstring."""
 
     def __init__(self, prefix: str = names.DEFAULT_PREFIX):
+        self.prefix = prefix
         for _ in range(10):  # 3 random characters per PID: retry the rare clash
             self.tag = names.new_tag(prefix)
             self.record = cleanup.Record(self.tag, os.getpid(), cleanup.owner_start_time())
@@ -401,7 +402,8 @@ class Sandbox:
 
     def close(self) -> None:
         """Remove everything: processes (by PID, whole process groups), namespaces, root interfaces,
-        the work dir. Safe to call twice; raises SandboxError naming what could not be removed."""
+        the work dir, bpfgate's state and pins of the namespaces. Safe to call twice; raises SandboxError
+        naming what could not be removed."""
         if self._closed:
             return
         problems: list[str] = []
@@ -409,7 +411,10 @@ class Sandbox:
             self._stop_processes(problems)
             for h in [self.root, *self.hosts.values()]:
                 h._close()  # an open netlink socket would keep its namespace alive
-            problems += cleanup.remove_record(self.record)
+            left = cleanup.remove_record(self.record)
+            if not left:   # the namespaces are gone: so is what bpfgate kept for them (a policy left attached)
+                cleanup.remove_run_state(lambda tag, _pid: tag == self.tag, self.prefix)
+            problems += left
             self._closed = True
             cleanup.unregister(self)
         if problems:
