@@ -154,14 +154,22 @@ def all_netns() -> list[str | None]:
     return names
 
 
+def gone_netns() -> list[str]:
+    """Named namespaces that bpfgate still holds records or state for but that no longer exist (deleted
+    with a policy attached): what it holds for them is stale."""
+    names = {a.netns for a in attach.records()} | {st.netns for st in attach.stale_state(any_netns=True)}
+    return sorted(n for n in names if n is not None and not netns.exists(n))
+
+
 def collect(netns_names: Iterable[str | None] = (None,), *, cgroups: bool = True,
-            stats_window: float = 0.0) -> list[Entry]:
+            stats_window: float = 0.0, gone: bool = False) -> list[Entry]:
     """All attachments in the given namespaces (None: ours). stats_window > 0: turn run-time stats on for
-    that many seconds first, so run_cnt/run_time_ns show live traffic (they are off by default)."""
+    that many seconds first, so run_cnt/run_time_ns show live traffic (they are off by default).
+    gone: also what bpfgate holds for namespaces deleted since (stale)."""
     if stats_window > 0:
         with stats_enabled():
             time.sleep(stats_window)
-            return collect(netns_names, cgroups=cgroups)
+            return collect(netns_names, cgroups=cgroups, gone=gone)
     recorded = {(a.netns, a.target, a.hook, a.prog_id): a for a in attach.records()}
     entries: list[Entry] = []
     netns_names = list(netns_names)
@@ -170,7 +178,7 @@ def collect(netns_names: Iterable[str | None] = (None,), *, cgroups: bool = True
     if cgroups:
         entries += cgroup_entries()
     entries = [_fill(e, recorded) for e in entries] + record_entries()
-    return entries + stale_entries(netns_names, entries)
+    return entries + stale_entries(netns_names + (gone_netns() if gone else []), entries)
 
 
 def record_entries() -> list[Entry]:

@@ -138,6 +138,21 @@ def test_cli_status_and_detach(ns, progs):
     assert not ours(ns)
 
 
+def test_namespace_deleted_with_a_program_attached_is_shown_stale_and_detached(ns, progs):
+    attach.attach_tc(progs.program("bg_empty_tc"), "va", "ingress", netns_name=ns)
+    sh("ip", "netns", "del", ns)
+
+    def mine():
+        out = sh(sys.executable, "-m", "bpfgate", "status", "--all-netns", "--json", "--no-cgroups").stdout
+        return [e for e in json.loads(out)["attachments"] if e["netns"] == ns]
+    stale = mine()
+    assert [(e["target"], e["hook"], e["bpfgate"]) for e in stale] == [("va", "tc-ingress", True)]
+    assert "not attached in the kernel" in stale[0]["details"]["stale"]
+    r = sh(sys.executable, "-m", "bpfgate", "detach", "--all-netns", "--json")
+    assert any(ns in line for line in json.loads(r.stdout)["removed"]), r.stdout
+    assert mine() == [] and attach.find(netns_name=ns) == []
+
+
 def test_cli_status_with_stats_counts_runs(ns, progs):
     import socket
     import threading

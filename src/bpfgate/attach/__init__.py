@@ -149,10 +149,15 @@ def detach(att: Attachment) -> list[str]:
         att.held = None
         done.append(f"{att.hook} link {att.prog_name} on {att.where}")
     else:
+        undone = []
         try:
-            done += _UNDO[att.method].detach(att) if att.method in _UNDO else []
+            undone = _UNDO[att.method].detach(att) if att.method in _UNDO else []
         except NotFound:   # the interface or namespace is gone: nothing is attached there any more
             pass
+        if att.method in _UNDO and not undone:
+            undone = [f"record of {att.hook} {att.prog_name} on {att.where} (not in the kernel: its interface or "
+                      "namespace is gone)"]
+        done += undone
     for path in att.pins:
         if pins.unpin(path):
             done.append(f"pin {path}")

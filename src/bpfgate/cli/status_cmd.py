@@ -33,7 +33,8 @@ def _print_removed(done: list[str], as_json: bool) -> None:
 def register(app: click.Group) -> None:
     @app.command("status")
     @click.option("--netns", help="Look inside this named network namespace instead of the current one.")
-    @click.option("--all-netns", is_flag=True, help="The current namespace and every named one.")
+    @click.option("--all-netns", is_flag=True, help="The current namespace and every named one (and what "
+                  "bpfgate still holds for namespaces deleted since: stale, `detach --all-netns` removes it).")
     @click.option("--stats", "stats_window", type=Seconds(min=0), default=0.0, metavar="SECONDS",
                   help="Enable run-time stats for SECONDS first, so run_cnt/run_time_ns show live traffic.")
     @click.option("--no-cgroups", is_flag=True, help="Skip the cgroup v2 tree walk.")
@@ -43,7 +44,7 @@ def register(app: click.Group) -> None:
         """List every BPF attachment: tc filters, TCX, XDP, cgroups, with run stats."""
         caps.require("list BPF attachments", caps.CAP_BPF, caps.CAP_NET_ADMIN, caps.CAP_SYS_ADMIN)
         entries = status.collect(_netns_list(netns, all_netns), cgroups=not no_cgroups,
-                                 stats_window=stats_window)
+                                 stats_window=stats_window, gone=all_netns)
         if ours:
             entries = [e for e in entries if e.bpfgate]
         if as_json:
