@@ -24,7 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from bpfgate import families
 from bpfgate.attach import record
-from bpfgate.kernel import netns
+from bpfgate.kernel import netns, pins
 from bpfgate.sandbox import procs
 from bpfgate.sandbox.names import DEFAULT_PREFIX, is_alive, owner_of, proc_start_time
 from bpfgate.sandbox.timing import scaled
@@ -195,7 +195,7 @@ def sweep_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
 
 
 RUN_STATE = "/run/bpfgate"
-PIN_ROOT = "/sys/fs/bpf/bpfgate"
+PIN_ROOT = pins.PIN_ROOT
 
 
 def _state_roots() -> list[str]:
@@ -231,6 +231,8 @@ def remove_run_state(gone: Callable[[str, int], bool], prefix: str = DEFAULT_PRE
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+            if root.startswith(PIN_ROOT + os.sep):
+                pins.prune_empty(root)   # no empty pin directories left (as a detach leaves them)
             removed.append(f"state {path}")
     return removed
 
