@@ -100,6 +100,20 @@ def test_guard_message_and_force(be, capsys, tmp_path):
     assert code == 0 and "applied" in out
 
 
+def test_rules_table_cuts_a_long_address_list_and_json_has_it_all(be, capsys, tmp_path):
+    nets = [f"198.18.{i // 256}.{i % 256}/32" for i in range(1000)]
+    f = tmp_path / "p.yaml"
+    f.write_text("interfaces: [eth0]\nhooks:\n  tc-ingress:\n    rules:\n      - name: block\n"
+                 f"        src: [{', '.join(nets)}]\n        protocol: [tcp, udp, sctp]\n        action: drop\n")
+    run(capsys, "apply", str(f))
+    code, out, _ = run(capsys, "rules")
+    assert code == 0 and "1000 in all; --json lists them" in out and "198.18.0.7/32" in out
+    assert "198.18.0.8/32" not in out and "protocol=tcp,udp,sctp" in out.replace(" ", "").replace("\n", "")
+    code, out, _ = run(capsys, "rules", "--json")
+    (block,) = [r for r in json.loads(out) if r["name"] == "block"]
+    assert block["match"].startswith("src=" + ",".join(nets) + " ")
+
+
 def test_rule_add_del_rules_export(be, capsys, tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text(GOOD)

@@ -15,6 +15,24 @@ HOOKS = click.Choice(["tc-ingress", "tc-egress", "xdp", "cgroup-ingress", "cgrou
                       "cgroup-bind"])
 
 
+LIST_SHOWN = 8   # the values of one field a `rules` table cell shows (`--json` gives them all)
+
+
+def _short_lists(match: str) -> str:
+    """A rule's match text with each field's long value list cut to its first LIST_SHOWN values and a count
+    (a blocklist rule's 100k addresses would be one 7 MB cell)."""
+    if match.count(",") < LIST_SHOWN:
+        return match
+    words = []
+    for word in match.split(" "):
+        key, eq, values = word.partition("=")
+        items = values.split(",")
+        if eq and len(items) > LIST_SHOWN:
+            word = f"{key}={','.join(items[:LIST_SHOWN])},... ({len(items)} in all; --json lists them)"
+        words.append(word)
+    return " ".join(words)
+
+
 def _running_hooks(command):
     """--dev, --hook, --netns, --json: the options of a command over the running hooks (default: all)."""
     for option in reversed((click.option("--dev", help="Only this interface (or cgroup path)."),
@@ -287,7 +305,7 @@ def register(app: click.Group) -> None:
         comments = any(r.comment for r in rows)   # the column only when a rule has one
         term.table(None, ["dev", "hook", "#", "rule", "action", "match", "options", "packets", "bytes"]
                    + (["comment"] if comments else []),
-                   [[r.dev, r.hook, "" if r.position is None else r.position, r.name, r.action, r.match,
+                   [[r.dev, r.hook, "" if r.position is None else r.position, r.name, r.action, _short_lists(r.match),
                      opts(r), r.packets, r.bytes] + ([r.comment] if comments else []) for r in rows])
 
     @app.group("policy")
