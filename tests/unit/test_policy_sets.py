@@ -156,6 +156,93 @@ def test_reference_equals_naive_with_sets_bulk(seed):
     assert _agree(500 + seed, 25, 4000, Limits(max_shapes=32)) == 4000
 
 
+# ---- long inline address lists: matched as sets --------------------------------------------------------
+
+def _inline_text(nets, wide="198.18.0.0/16"):
+    return ("version: 1\ninterfaces: [eth0]\nhooks:\n  tc-ingress:\n    rules:\n"
+            "      - {name: web, protocol: tcp, dst_port: 80, action: pass}\n"
+            "      - name: block\n        action: drop\n        src: [" + ", ".join(nets) + "]\n"
+            f"      - {{name: wide, src: {wide}, action: pass}}\n")
+
+
+def _agree_on(hp, c, rng, addrs, n=3000):
+    import ipaddress
+
+    ref = Reference.of(c)
+    for _ in range(n):
+        a = ipaddress.ip_address(rng.choice(addrs)(rng))
+        pkt = Packet(family=a.version, src=a, dst=a, proto=rng.choice([6, 17]), sport=1, dport=rng.choice([80, 81]))
+        got, want = ref.classify(pkt), naive(hp, pkt)
+        assert (got.name, got.action) == (want.name, want.action), (pkt, got, want)
+
+
+def test_a_long_inline_address_list_is_one_entry_as_a_named_set_is():
+    from bpfgate.policy.sets import INLINE_SET_MIN
+
+    nets = [f"198.18.{i >> 8}.{i & 255}/32" for i in range(0, 2 * INLINE_SET_MIN, 2)]
+    nets += [f"fd00:{i:x}::/64" for i in range(500)] + ["198.19.0.0/24", "10.0.0.0/12"]
+    hp = _hook(_inline_text(nets))
+    c = compile_hook(hp, Hook.TC_INGRESS)
+    block = c.by_name["block"]
+    assert len(c.rule_keys[block]) == 1 and c.classes.pfx_count() >= len(nets) - 1   # /12: level 0 only
+    assert c.sets == {}   # no set of the policy's: `set list` shows none, `set add` names none
+    assert c.source[block] is hp.rules[1]   # listed and exported as written
+    _agree_on(hp, c, random.Random(1), [lambda r: f"198.18.{r.randrange(16)}.{r.randrange(256)}",
+                                        lambda r: f"fd00:{r.randrange(600):x}::{r.randrange(3)}",
+                                        lambda r: f"198.19.0.{r.randrange(256)}", lambda r: f"10.{r.randrange(32)}.0.1"])
+
+
+def test_an_inline_list_a_set_cannot_hold_stays_an_entry_per_address():
+    from bpfgate.policy.sets import INLINE_SET_MIN
+
+    v6 = [f"fd00::{i:x}:0/112" for i in range(INLINE_SET_MIN)]   # a /112 element: 65536 /128 entries each
+    hp = _hook(_inline_text(v6, wide="fd00::/16"))
+    c = compile_hook(hp, Hook.TC_INGRESS)
+    assert len(c.rule_keys[c.by_name["block"]]) == INLINE_SET_MIN and not c.classes.set_bits
+    # a field naming 8 sets already: no bit left for the list
+    v4 = [f"198.18.{i >> 8}.{i & 255}" for i in range(INLINE_SET_MIN)]
+    text = _inline_text(v4).replace("hooks:", "sets:\n" + "".join(
+        f"  s{k}: {{type: addr, elements: [198.19.{k}.0/24]}}\n" for k in range(8)) + "hooks:")
+    text += "".join(f'      - {{name: n{k}, src: "@s{k}", action: drop}}\n' for k in range(8))
+    hp = _hook(text)
+    c = compile_hook(hp, Hook.TC_INGRESS)
+    assert len(c.rule_keys[c.by_name["block"]]) == INLINE_SET_MIN and len(c.classes.set_bits["src"]) == 8
+    _agree_on(hp, c, random.Random(2), [lambda r: f"198.18.{r.randrange(5)}.{r.randrange(256)}",
+                                        lambda r: f"198.19.{r.randrange(9)}.1"], n=1000)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reference_equals_naive_with_address_lists_as_sets(seed, monkeypatch):
+    """Every rule matching one address list alone compiled as a set (as long lists are), beside named sets
+    and rules of every other kind."""
+    from policy_gen import _net
+
+    from bpfgate.policy import sets
+    from bpfgate.policy.model import HookPolicy, Rule
+
+    monkeypatch.setattr(sets, "INLINE_SET_MIN", 1)
+    rng = random.Random(900 + seed)
+    hp = random_set_policy(rng, 20)
+    rules = list(hp.rules)
+    for k in range(4):   # rules of one address list alone, most of them lists a set holds
+        field = rng.choice(["src", "dst"])
+        nets = [str(_net(rng, rng.random() < 0.4)) for _ in range(rng.randint(1, 6))]
+        rules.insert(rng.randrange(len(rules) + 1), Rule(name=f"list{k}", action=rng.choice(["pass", "drop"]),
+                                                         **{field: nets}))
+    hp = HookPolicy(default=hp.default, rules=tuple(rules), sets=hp.sets)
+    assert sets.inline_sets(hp.rules), "no rule of the policy is compiled as a set"
+    try:
+        c = compile_hook(hp, Hook.TC_INGRESS, limits=Limits(max_shapes=32), gen=seed & 1)
+    except PolicyError as e:   # too varied for the limits: a reported refusal
+        assert "shapes" in str(e) or "entries" in str(e), e
+        return
+    ref = Reference.of(c)
+    for _ in range(3000):
+        pkt = random_packet(rng, hp)
+        got, want = ref.classify(pkt), naive(hp, pkt)
+        assert (got.name, got.action) == (want.name, want.action), (pkt, got, want)
+
+
 # ---- live edits ---------------------------------------------------------------------------------------
 
 def _tables(c):

@@ -86,7 +86,7 @@ def _have(rule: Rule) -> int:
 
 def atom_count(rule: Rule) -> int:
     """How many atoms rule_atoms() will yield (before shape fitting), without building them."""
-    one = _one_address(rule)
+    one = one_address(rule)
     if one is not None:
         return len(one[1])
     src, dst, protos, sport, dport = rule.matching_negatable()
@@ -154,17 +154,17 @@ _ADDRESS_FIELDS = frozenset({"name", "src", "dst", "action", "comment", "count",
 def atoms_of(rule: Rule, classes=None) -> list[Atom]:
     """list(rule_atoms(rule, classes)), for a rule matching on one address field alone (a blocklist's rule:
     most of a large policy) ~4x faster."""
-    one = _one_address(rule)
+    one = one_address(rule)
     return _address_atoms(*one, classes) if one is not None else list(rule_atoms(rule, classes))
 
 
 def address_list(rule: Rule) -> bool:
     """Whether the rule matches one address field's list alone: one atom per address listed (as many
     one-address rules make), no cross product."""
-    return _one_address(rule) is not None
+    return one_address(rule) is not None
 
 
-def _one_address(rule: Rule) -> tuple[str, tuple] | None:
+def one_address(rule: Rule) -> tuple[str, tuple] | None:
     """(field, networks) of a rule matching that address field alone, its networks as written; else None."""
     d = rule.__dict__
     src, dst = d["src"], d["dst"]

@@ -18,7 +18,7 @@ from .hooks import DEFAULT_NAME
 from .model import Hook, HookPolicy, Policy, Reject, Rule
 from .parse import _fmt, checked_for, rule_problem, where_of
 from .prefixes import Classes
-from .sets import SetState, hook_sets, ref_problem, set_problem, uses_sets, with_ports
+from .sets import SetState, hook_sets, inline_sets, ref_problem, set_problem, uses_sets, with_ports
 from .shapes import TooManyShapes, expand, plan_shapes
 from .sources import RuleSources
 
@@ -232,7 +232,8 @@ def _compiled(hp: HookPolicy, hook: Hook, gen: int, limits: Limits, ifindex: Cal
         if problem:
             raise _Refused(("sets", name, "elements", problem[0]), problem[1])
     out.sets = hook_sets(hp)
-    out.classes = _classes(hp, out.sets, gen, limits)
+    inline = inline_sets(hp.rules) if limits.classes else {}   # long address lists matched as sets
+    out.classes = _classes(hp, out.sets, gen, limits, inline)
     for i, rule in enumerate(hp.rules):
         loc = ("hooks", hook.value, "rules", i)
         named = uses_sets(rule)
@@ -242,6 +243,8 @@ def _compiled(hp: HookPolicy, hook: Hook, gen: int, limits: Limits, ifindex: Cal
         source = rule
         if named:
             rule = with_ports(rule, hp.sets)   # port sets: their ranges (address sets are class bits)
+        elif i in inline:
+            rule = inline[i][0]   # its list as a set: one atom (the set's class bit)
         n = atom_count(rule)
         listed = address_list(rule)   # an atom per address, as many one-address rules make: not held here
         if n > limits.max_rule_entries and not listed:
@@ -303,13 +306,17 @@ def _compiled(hp: HookPolicy, hook: Hook, gen: int, limits: Limits, ifindex: Cal
     return out
 
 
-def _classes(hp: HookPolicy, sets: dict[str, SetState], gen: int, limits: Limits) -> Classes:
+def _classes(hp: HookPolicy, sets: dict[str, SetState], gen: int, limits: Limits, inline: dict) -> Classes:
     if not limits.classes:
         if any(uses_sets(r) for r in hp.rules):
             raise _Refused(("hooks",), "named sets need stage 0 prefix classes (Limits.classes)")
         return Classes(gen=gen)
+    rules, named = hp.rules, {n: s.keys for n, s in sets.items() if s.type == "addr"}
+    if inline:
+        rules = [inline[i][0] if i in inline else r for i, r in enumerate(rules)]
+        named.update((name, keys) for _rule, name, keys in inline.values())
     try:
-        return Classes.of(hp.rules, gen, {n: s.keys for n, s in sets.items() if s.type == "addr"})
+        return Classes.of(rules, gen, named)
     except ValueError as e:
         raise _Refused(("sets",), str(e)) from None
 

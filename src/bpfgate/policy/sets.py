@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .atoms import one_address
 from .model import SET_TYPES, HookPolicy, Rule, SetDef, SetRef, _network, element_text, element_type
-from .prefixes import ELEMENT_OK, element_problem
+from .prefixes import ELEMENT_OK, RUNG, SET_BITS, TOP, element_problem
 
 
 def _key(e) -> tuple:
@@ -136,3 +137,49 @@ def stage0_estimate(hp: HookPolicy) -> int:
             elif v is not None:
                 n += len(v)
     return n + sum(len(_elements(hp.sets[name])) for _, name in named if name in hp.sets)
+
+
+INLINE_SET_MIN = 1024   # a rule listing this many addresses (one field, matched alone) matches them as a set
+
+
+def inline_sets(rules) -> dict[int, tuple[Rule, str, dict]]:
+    """The rules whose one long address list compiles as if it were a named set (nft's anonymous set):
+    {rule index: (the rule naming that set, the set's name, its elements as SetState keys)}. The rule is
+    then one classifier entry and its addresses stage 0 entries with the set's bit, where each address was
+    an entry of its own. Only while the field has a set bit free, and when every address fits a set at
+    about the stage 0 entries the list takes as it is."""
+    found = []
+    for i, rule in enumerate(rules):
+        d = rule.__dict__
+        if type(d["src"]) is tuple and len(d["src"]) >= INLINE_SET_MIN or \
+                type(d["dst"]) is tuple and len(d["dst"]) >= INLINE_SET_MIN:
+            one = one_address(rule)
+            if one is not None and _fits_a_set(one[1]):
+                found.append((i, rule, *one))
+    if not found:
+        return {}
+    named = {"src": set(), "dst": set()}
+    for rule in rules:
+        d = rule.__dict__
+        for f, names in named.items():
+            if isinstance(d[f], SetRef):
+                names.add(d[f].name)
+    out = {}
+    for i, rule, f, nets in found:
+        if len(named[f]) < SET_BITS:
+            name = f"{f} of rule {rule.name}"   # a space: no set of a policy file is named so
+            named[f].add(name)
+            out[i] = (rule.model_copy(update={f: SetRef(name)}), name, dict.fromkeys(map(_key, nets)))
+    return out
+
+
+def _fits_a_set(nets) -> bool:
+    """Every network can be a set element, and the elements take at most twice as many stage 0 entries as
+    the networks (a set keeps an element at the ladder's next length: /17 as 8 /20 entries)."""
+    cost = 0
+    for net in nets:
+        w, n = net.max_prefixlen, net.prefixlen
+        if not ELEMENT_OK[(w, n)]:
+            return False
+        cost += 1 if n <= TOP else 1 << (RUNG[w][n] - n)
+    return cost <= 2 * len(nets)
