@@ -293,7 +293,11 @@ class LiveHook:
                               f"{self.limits.max_rule_entries})")
         keys: list[bytes] = []
         try:  # place every atom first: a refusal leaves everything unchanged
-            placed = [(atom, self._place(atom)) for atom in atoms_of(rule, self.c.classes)]
+            placed, chosen = [], set()   # chosen: shapes this rule's atoms take (unused ones too: not reused)
+            for atom in atoms_of(rule, self.c.classes):
+                shape = self._place(atom, chosen)
+                chosen.add(shape.id)
+                placed.append((atom, shape))
             n = sum(expansion(shape.mask, atom.mask, atom.zero) for atom, shape in placed)
             if n > self.limits.rule_entries(len(placed), listed):
                 raise PolicyError(f"rule {rule.name}", f"expands to {n} entries in the current shapes (limit "
@@ -400,8 +404,10 @@ class LiveHook:
         self.quarantine.difference_update(slots)
         self.low_free = min([self.low_free, *slots])
 
-    def _place(self, atom) -> ShapeSpec:
-        """The existing shape that takes the atom with the fewest entries, else a new shape."""
+    def _place(self, atom, chosen: set[int]) -> ShapeSpec:
+        """The existing shape that takes the atom with the fewest entries, else a new shape (never in the
+        place of a shape in `chosen`, which the edit's other atoms are in though no key of theirs is written
+        yet: their keys would be of the old shape's mask)."""
         fits = [s for s in self.c.shapes.values() if s.mask & atom.mask == atom.mask]
         best = min(fits, key=lambda s: expansion(s.mask, atom.mask, atom.zero)) if fits else None
         if best is not None and expansion(best.mask, atom.mask, atom.zero) <= max(self.limits.cheap_merge, 1):
@@ -410,7 +416,8 @@ class LiveHook:
             if spec.mask == atom.mask:
                 return spec
         in_use = {L.shape_index(sid) for sid in ({s.id for s in self.conf.shapes}
-                                                 | {sid for sid, n in self.count.items() if n > 0} | set(self.fresh))}
+                                                 | {sid for sid, n in self.count.items() if n > 0} | set(self.fresh)
+                                                 | chosen)}
         free = [i for i in range(self.limits.max_shapes) if i not in in_use]
         if not free:
             if best is not None:
