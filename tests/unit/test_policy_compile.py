@@ -284,3 +284,6 @@ def test_entries_estimate_counts_atoms_until_enough():
              Rule(name="set", src="198.18.3.0/24").model_copy(update={"src": SetRef("s")})]
     assert entries_estimate(rules, 1000) == 10 + 4 + 1
     assert entries_estimate(rules, 12) == 14   # stops at the rule that reaches it
+    long = [f"198.19.{i >> 8}.{i & 255}" for i in range(2000)]   # a list that compiles as a set: one entry
+    assert entries_estimate([Rule(name="as-set", src=long), Rule(name="entries", src=[*long, "fd00::/100"])],
+                            10**6) == 1 + 2001

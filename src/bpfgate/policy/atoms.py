@@ -101,13 +101,16 @@ def atom_count(rule: Rule) -> int:
 
 
 def entries_estimate(rules, enough: int) -> int:
-    """At least how many classifier entries `rules` make (their atoms; a rule naming a set counts one),
-    counted until `enough`: read before compiling, to tell a policy with large tables."""
+    """At least how many classifier entries `rules` make (their atoms; a rule naming a set counts one, as
+    does one whose address list compiles as a set), counted until `enough`: read before compiling, to tell a
+    policy with large tables."""
+    from .sets import set_list
+
     n = 0
     for rule in rules:
         d = rule.__dict__
         if not any(isinstance(d[f], SetRef) for f in ("src", "dst", "src_port", "dst_port")):
-            n += atom_count(rule)
+            n += atom_count(rule) if set_list(rule) is None else 1
         else:
             n += 1
         if n >= enough:

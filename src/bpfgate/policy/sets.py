@@ -148,14 +148,7 @@ def inline_sets(rules) -> dict[int, tuple[Rule, str, dict]]:
     then one classifier entry and its addresses stage 0 entries with the set's bit, where each address was
     an entry of its own. Only while the field has a set bit free, and when every address fits a set at
     about the stage 0 entries the list takes as it is."""
-    found = []
-    for i, rule in enumerate(rules):
-        d = rule.__dict__
-        if type(d["src"]) is tuple and len(d["src"]) >= INLINE_SET_MIN or \
-                type(d["dst"]) is tuple and len(d["dst"]) >= INLINE_SET_MIN:
-            one = one_address(rule)
-            if one is not None and _fits_a_set(one[1]):
-                found.append((i, rule, *one))
+    found = [(i, rule, *one) for i, rule in enumerate(rules) if (one := set_list(rule)) is not None]
     if not found:
         return {}
     named = {"src": set(), "dst": set()}
@@ -171,6 +164,18 @@ def inline_sets(rules) -> dict[int, tuple[Rule, str, dict]]:
             named[f].add(name)
             out[i] = (rule.model_copy(update={f: SetRef(name)}), name, dict.fromkeys(map(_key, nets)))
     return out
+
+
+def set_list(rule: Rule) -> tuple[str, tuple] | None:
+    """(field, networks) of a rule whose one address list compiles as a set where the field has a set bit
+    free (inline_sets), else None."""
+    d = rule.__dict__
+    if type(d["src"]) is tuple and len(d["src"]) >= INLINE_SET_MIN or \
+            type(d["dst"]) is tuple and len(d["dst"]) >= INLINE_SET_MIN:
+        one = one_address(rule)
+        if one is not None and _fits_a_set(one[1]):
+            return one
+    return None
 
 
 def _fits_a_set(nets) -> bool:
