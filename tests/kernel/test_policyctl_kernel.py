@@ -483,20 +483,28 @@ def test_xdp_and_egress_hooks(net, mode):
 
 def test_an_inline_blocklist_past_the_rule_limit_applies_and_is_deleted_live(net, tmp_path):
     """One rule listing 70,000 addresses (how an nft/ipset user writes a blocklist inline, past the 65,536
-    entries one rule may expand to): applied from a file by the CLI, it drops the listed client in both
-    families and passes the other host; `rule del` removes its entries live."""
+    entries one rule may expand to; compiled as a set): applied from a file by the CLI, it drops the listed
+    client in both families and passes the other host; the file applied again without one of them (the
+    rule replaced live: an entry per address) passes that one only; `rule del` removes its entries live."""
     n = net
     c4, c6 = n.link.end(n.client).ip4, n.link.end(n.client).ip6
     listed = [f"198.19.{i >> 8}.{i & 255}" for i in range(40_000)] + [f"fd00:77::{i:x}" for i in range(30_000)]
     listed[1234], listed[-1234] = c4, c6
     f = tmp_path / "block.yaml"
-    f.write_text(f"interfaces: [{n.dev}, {n.dev2}]\nhooks:\n  tc-ingress:\n    rules:\n      - name: block\n"
-                 "        action: drop\n        src:\n" + "".join(f"          - {a}\n" for a in listed))
+
+    def write(addrs):
+        f.write_text(f"interfaces: [{n.dev}, {n.dev2}]\nhooks:\n  tc-ingress:\n    rules:\n      - name: block\n"
+                     "        action: drop\n        src:\n" + "".join(f"          - {a}\n" for a in addrs))
+    write(listed)
     r = _cli("apply", "--netns", n.ns, str(f), timeout=300)
     assert r.returncode == 0, r.stderr
     assert dropped(n, 80) and dropped(n, 80, v6=True)
     o4 = n.link2.end(n.server).ip4
     assert n.other.http_get(f"http://{o4}:80/", T_OK).ok   # not listed: passes
+    write(listed[:1234] + listed[1235:])
+    r = _cli("apply", "--netns", n.ns, str(f), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert served(n, 80) and dropped(n, 80, v6=True)
     r = _cli("rule", "del", "--netns", n.ns, "--dev", n.dev, "block")
     assert r.returncode == 0, r.stderr
     assert served(n, 80) and served(n, 80, v6=True)
