@@ -103,6 +103,19 @@ def test_the_why_names_the_matched_fields():
     assert "no rule matched" in d.line()
 
 
+def test_the_why_of_a_long_address_list_names_the_networks_holding_the_address():
+    listed = [f"198.19.{i}.0/24" for i in range(100)] + ["198.19.7.128/25"]
+    pol = Policy.model_validate({"interfaces": ["eth0"], "hooks": {"tc-ingress": {"rules": [
+        {"name": "block", "src": listed, "action": "drop"},
+        {"name": "not-listed", "dst": [f"!{n}" for n in listed[:20]], "action": "drop"}]}}})
+    (r,) = policyctl.explain("udp 198.19.7.200:1 -> 198.19.3.1:53", file=pol)
+    assert r.rule == "block"
+    assert r.matched == [{"field": "src", "rule": "198.19.7.0/24,198.19.7.128/25 (of the 101 listed)",
+                          "packet": "198.19.7.200"}]
+    (r,) = policyctl.explain("udp 198.19.200.1:1 -> 198.19.30.1:53", file=pol)   # a negated list: as written
+    assert r.rule == "not-listed" and r.matched[0]["rule"].count(",") == 19
+
+
 def test_cli_explain_file_json_and_errors(tmp_path):
     import yaml
 

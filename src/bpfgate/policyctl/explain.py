@@ -206,6 +206,17 @@ _PACKET_FIELD = {"src": "src", "dst": "dst", "protocol": "protocol", "src_port":
                  "ct": "ct"}
 
 
+LIST_SHOWN = 8   # a rule's address list longer than this is shown by the networks holding the packet's address
+
+
+def _holding(nets, addr, listed: int) -> str | None:
+    """The networks of a long address list that hold `addr` (None: the field names a set)."""
+    if type(nets) is not tuple or addr is None:
+        return None
+    hold = [str(n) for n in nets if n.version == addr.version and addr in n]
+    return ",".join(hold[:LIST_SHOWN]) + f" (of the {listed} listed)"
+
+
 def explain_hook(dev: str, hook: str, hp: HookPolicy, compiled: CompiledHook, conf: L.Conf,
                  pkt: Packet) -> Explanation:
     """What the hook's classifier (its map contents: conf, bg_cls, stage 0) decides for pkt, and why."""
@@ -222,8 +233,11 @@ def explain_hook(dev: str, hook: str, hp: HookPolicy, compiled: CompiledHook, co
         for f in MATCH_FIELDS:
             if f in data:
                 want = data[f]
-                matched.append({"field": f, "rule": ",".join(map(str, want)) if isinstance(want, list) else str(want),
-                                "packet": str(seen.get(_PACKET_FIELD[f]))})
+                text = ",".join(map(str, want)) if isinstance(want, list) else str(want)
+                if f in ("src", "dst") and isinstance(want, list) and len(want) > LIST_SHOWN \
+                        and f not in hp.rules[pos].negated:
+                    text = _holding(getattr(hp.rules[pos], f), getattr(pkt.effective(), f), len(want)) or text
+                matched.append({"field": f, "rule": text, "packet": str(seen.get(_PACKET_FIELD[f]))})
     other = naive(hp, pkt).name
     return Explanation(dev, hook, name, pos, action, matched, None if other == name else other)
 
