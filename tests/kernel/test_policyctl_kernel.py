@@ -219,22 +219,28 @@ def test_a_large_sets_engine_is_preloaded_with_its_tables_sized(net, loads):
         policyctl.remove(netns=n.ns)
 
 
-def test_a_rule_listing_many_addresses_loads_one_engine_sized_by_its_compile(net, loads):
-    """One rule listing more addresses than PREALLOC_MIN: its classifier table is preallocated from the
-    compiled policy, so no engine is loaded ahead with tables of another size (it was, and then discarded:
-    a second load in the attach)."""
+@pytest.mark.parametrize("as_set", [False, True])
+def test_a_rule_listing_many_addresses_loads_one_engine_sized_by_its_compile(net, loads, as_set, monkeypatch):
+    """One rule listing more addresses than PREALLOC_MIN, an entry per address: its classifier table is
+    preallocated from the compiled policy, so no engine is loaded ahead with tables of another size (it was,
+    and then discarded: a second load in the attach). The same list compiled as a set (as a list that long
+    is, where a set holds it) is one entry: its engine is the one loaded ahead while the policy compiles."""
     from bpfgate.engine import Engine
     from bpfgate.engine.engine import PREALLOC_MIN
+    from bpfgate.policy import sets
 
+    if not as_set:
+        monkeypatch.setattr(sets, "INLINE_SET_MIN", 10**9)
     n = net
     listed = [f"fd00:98::{i >> 16:x}:{i & 0xffff:x}" for i in range(PREALLOC_MIN)]
     p = Policy.model_validate({"interfaces": [n.dev], "hooks": {"tc-ingress": {"rules": [
         {"name": "big", "src": listed, "action": "drop"}, WEB, ALT]}}})
     policyctl.apply(p, netns=n.ns)
     try:
-        assert len(loads) == 1 and loads != ["bpfgate-preload"]
-        with Engine.open(n.dev, "tc-ingress", n.ns) as eng:
-            assert eng.maps["bg_cls_short"].max_entries >= 3 * PREALLOC_MIN   # preallocated for the policy
+        assert loads == ["bpfgate-preload"] if as_set else len(loads) == 1 and loads != ["bpfgate-preload"]
+        if not as_set:
+            with Engine.open(n.dev, "tc-ingress", n.ns) as eng:
+                assert eng.maps["bg_cls_short"].max_entries >= 3 * PREALLOC_MIN   # preallocated for the policy
         assert dropped(n, 80) and served(n, 8080)
     finally:
         policyctl.remove(netns=n.ns)
