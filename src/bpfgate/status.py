@@ -174,6 +174,8 @@ def collect(netns_names: Iterable[str | None] = (None,), *, cgroups: bool = True
     entries: list[Entry] = []
     netns_names = list(netns_names)
     for ns in netns_names:
+        if ns is not None and not netns.exists(ns) and ns in gone_netns():
+            continue   # deleted with something of bpfgate's attached: what it left is listed as stale below
         entries += interface_entries(ns)
     if cgroups:
         entries += cgroup_entries()

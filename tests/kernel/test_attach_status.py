@@ -147,6 +147,8 @@ def test_namespace_deleted_with_a_program_attached_is_shown_stale_and_detached(n
         return [e for e in json.loads(out)["attachments"] if e["netns"] == ns]
     stale = mine()
     assert [(e["target"], e["hook"], e["bpfgate"]) for e in stale] == [("va", "tc-ingress", True)]
+    out = sh(sys.executable, "-m", "bpfgate", "status", "--netns", ns, "--json", "--no-cgroups").stdout
+    assert [e["netns"] for e in json.loads(out)["attachments"] if "stale" in e["details"]] == [ns]
     assert "not attached in the kernel" in stale[0]["details"]["stale"]
     r = sh(sys.executable, "-m", "bpfgate", "detach", "--all-netns", "--json")
     assert any(ns in line for line in json.loads(r.stdout)["removed"]), r.stdout
