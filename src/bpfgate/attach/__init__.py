@@ -154,9 +154,8 @@ def detach(att: Attachment) -> list[str]:
             undone = _UNDO[att.method].detach(att) if att.method in _UNDO else []
         except NotFound:   # the interface or namespace is gone: nothing is attached there any more
             pass
-        if att.method in _UNDO and not undone:
-            undone = [f"record of {att.hook} {att.prog_name} on {att.where} (not in the kernel: its interface or "
-                      "namespace is gone)"]
+        if att.method in _UNDO and not undone:   # the record alone goes: say so, as status calls it stale
+            undone = [f"record of {att.hook} {att.prog_name} on {att.where} (not attached in the kernel)"]
         done += undone
     for path in att.pins:
         if pins.unpin(path):
